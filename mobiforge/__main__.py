@@ -1,0 +1,5 @@
+import sys
+
+from mobiforge.cli import main
+
+sys.exit(main())

@@ -1,0 +1,158 @@
+"""The interface every mobiforge model shares, and the preprocessing that travels with it.
+
+Every model exposes timm's interface: ``forward_features`` (the last feature map, unpooled),
+``forward_head(x, pre_logits=False)``, ``get_classifier``/``reset_classifier(num_classes)``,
+``num_features`` (channels of ``forward_features``) and ``head_hidden_size`` (width of the pre-logits vector),
+plus ``preprocess``: the input size and normalisation the model expects.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How images are turned into the model's input: resize the short side, center-crop, normalise."""
+
+    img_size: int = 224
+    crop_pct: float = 0.875  # resize to img_size / crop_pct, then center-crop img_size (ImageNet convention)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bilinear"
+
+    @property
+    def resize_size(self) -> int:
+        return int(math.floor(self.img_size / self.crop_pct))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["mean"], data["std"] = list(self.mean), list(self.std)
+        data["resize_size"] = self.resize_size
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preprocess:
+        return cls(
+            img_size=int(data["img_size"]),
+            crop_pct=float(data.get("crop_pct", 0.875)),
+            mean=tuple(data.get("mean", IMAGENET_MEAN)),  # type: ignore[arg-type]
+            std=tuple(data.get("std", IMAGENET_STD)),  # type: ignore[arg-type]
+            interpolation=str(data.get("interpolation", "bilinear")),
+        )
+
+
+def default_preprocess(small_input: bool) -> Preprocess:
+    # CIFAR-style models see whole 32 px images: no resize, no crop.
+    return Preprocess(img_size=32, crop_pct=1.0) if small_input else Preprocess()
+
+
+class MobileClassifier(nn.Module):
+    """Base class: global-average-pooled features followed by ``self.classifier`` (a Linear or a Sequential
+    ending in one). Subclasses build their layers and implement ``forward_features``.
+    """
+
+    classifier_attr = "classifier"
+    spec: dict[str, Any] | None = None
+
+    def __init__(self, num_classes: int, preprocess: Preprocess) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.preprocess = preprocess
+        self.num_features = 0
+        self.head_hidden_size = 0
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def get_classifier(self) -> nn.Module:
+        return getattr(self, self.classifier_attr)
+
+    def _final_linear_slot(self) -> tuple[nn.Module, str]:
+        classifier = self.get_classifier()
+        if isinstance(classifier, nn.Sequential):
+            return classifier, str(len(classifier) - 1)
+        return self, self.classifier_attr
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the final linear layer for ``num_classes`` outputs (0: the model returns pre-logits)."""
+        parent, slot = self._final_linear_slot()
+        new: nn.Module = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
+        if isinstance(new, nn.Linear):
+            nn.init.normal_(new.weight, 0, 0.01)
+            nn.init.zeros_(new.bias)
+        setattr(parent, slot, new)
+        self.num_classes = num_classes
+        if self.spec is not None:
+            self.spec = {**self.spec, "kwargs": {**self.spec["kwargs"], "num_classes": num_classes}}
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
+        classifier = self.get_classifier()
+        if pre_logits:
+            return classifier[:-1](x) if isinstance(classifier, nn.Sequential) else x
+        return classifier(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def init_weights(model: nn.Module) -> None:
+    """torchvision's MobileNet initialisation: Kaiming (fan-out) convs, unit BN, small-normal linear layers."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, 0, 0.01)
+            nn.init.zeros_(module.bias)
+
+
+def check_length(name: str, values: list[int] | None, expected: int) -> None:
+    if values is not None and len(values) != expected:
+        raise ValueError(f"{name} needs {expected} values (one per row of the architecture table), got {len(values)}")
+
+
+class StackedNet(MobileClassifier):
+    """``features`` (stem, blocks, head conv in one Sequential) then global pooling and ``classifier``.
+
+    MobileNetV1/V2/V3, EfficientNet-Lite and the seed network all have this shape; one Sequential keeps the
+    state_dict keys identical to torchvision's ``features.N...`` layout.
+    """
+
+    def __init__(
+        self,
+        features: list[nn.Module],
+        classifier: nn.Module,
+        num_features: int,
+        head_hidden_size: int,
+        num_classes: int,
+        preprocess: Preprocess,
+    ) -> None:
+        super().__init__(num_classes, preprocess)
+        self.features = nn.Sequential(*features)
+        self.classifier = classifier
+        self.num_features = num_features
+        self.head_hidden_size = head_hidden_size
+        init_weights(self)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+
+def linear_classifier(in_features: int, num_classes: int, dropout: float) -> nn.Sequential:
+    """Dropout then Linear (torchvision's MobileNetV2 head); ``num_classes=0`` keeps pre-logits."""
+    last: nn.Module = nn.Linear(in_features, num_classes) if num_classes > 0 else nn.Identity()
+    return nn.Sequential(nn.Dropout(dropout), last)
