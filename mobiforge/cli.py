@@ -22,9 +22,7 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model (when MODEL is a name)")
     group.add_argument("--num-classes", type=int, default=None, help="classifier outputs (model default: 1000)")
     group.add_argument("--width-mult", type=float, default=None, help="channel multiplier")
-    group.add_argument(
-        "--small-input", action="store_true", default=None, help="CIFAR-style variant for 32 px images"
-    )
+    group.add_argument("--small-input", action="store_true", default=None, help="CIFAR-style variant for 32 px images")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,7 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
         "profile", help="parameters, MACs, sizes, measured latency and peak memory of a model or checkpoint"
     )
     profile.add_argument(
-        "model", nargs="?", default=DEFAULT_MODEL, metavar="MODEL_OR_CHECKPOINT",
+        "model",
+        nargs="?",
+        default=DEFAULT_MODEL,
+        metavar="MODEL_OR_CHECKPOINT",
         help=f"a registered model name or a checkpoint .pt file (default: {DEFAULT_MODEL})",
     )
     profile.add_argument("--img-size", type=int, default=None, help="input size (default: the model's own)")
@@ -113,9 +114,7 @@ def run_profile(args: argparse.Namespace) -> int:
     max_size = parse_size(args.max_size) if args.max_size else None
     max_latency = parse_duration_ms(args.max_latency) if args.max_latency else None
     model, name = _load_for_profile(args)
-    report = profile_model(
-        model, args.img_size, args.batch_size, args.threads, max_size, max_latency, name=name
-    )
+    report = profile_model(model, args.img_size, args.batch_size, args.threads, max_size, max_latency, name=name)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -151,8 +150,11 @@ def _print_profile(report) -> None:  # type: ignore[no-untyped-def]
     console = Console()
     console.print(table)
     for check in report.budgets:
-        shown = (format_bytes(check.value), format_bytes(check.limit)) if check.unit == "bytes" else (
-            f"{check.value:.2f} ms", f"{check.limit:.2f} ms")
+        shown = (
+            (format_bytes(check.value), format_bytes(check.limit))
+            if check.unit == "bytes"
+            else (f"{check.value:.2f} ms", f"{check.limit:.2f} ms")
+        )
         verdict = "[green]PASS[/green]" if check.passed else "[red]FAIL[/red]"
         console.print(f"{verdict} {check.name}: {shown[0]} (budget {shown[1]})")
 

@@ -140,7 +140,7 @@ def measure_latency(
     ordered = sorted(times)
     return LatencyStats(
         median_ms=statistics.median(ordered),
-        p90_ms=ordered[min(len(ordered) - 1, int(round(0.9 * (len(ordered) - 1))))],
+        p90_ms=ordered[min(len(ordered) - 1, round(0.9 * (len(ordered) - 1)))],
         mean_ms=statistics.fmean(ordered),
         min_ms=ordered[0],
         runs=len(ordered),
@@ -154,7 +154,7 @@ def fastest_layout(model: nn.Module, example: torch.Tensor, trial_runs: int = 10
         model.to(memory_format=layout)
         x = example.contiguous(memory_format=layout)
         with torch.no_grad():
-            stats = measure_latency(lambda: model(x), warmup=3, min_runs=trial_runs, min_seconds=0.0)
+            stats = measure_latency(lambda x=x: model(x), warmup=3, min_runs=trial_runs, min_seconds=0.0)
         if stats.median_ms < best_ms:
             best, best_ms = layout, stats.median_ms
     model.to(memory_format=torch.contiguous_format)
@@ -257,11 +257,12 @@ def profile_model(
     max_size_bytes: int | None = None,
     max_latency_ms: float | None = None,
     name: str | None = None,
+    min_seconds: float = 1.0,
 ) -> ProfileReport:
     """Profile ``model`` at ``img_size`` (default: the model's own input size) on ``threads`` CPU threads.
 
     ``max_size_bytes`` is checked against the int8 weight size (what ships to a phone), ``max_latency_ms``
-    against the median latency at ``batch_size``.
+    against the median latency at ``batch_size``. Latency is timed for at least ``min_seconds`` (and 30 runs).
     """
     if img_size is None:
         preprocess = getattr(model, "preprocess", None)
@@ -277,7 +278,7 @@ def profile_model(
         model.to(memory_format=layout)
         x = example.contiguous(memory_format=layout)
         with torch.no_grad():
-            latency = measure_latency(lambda: model(x))
+            latency = measure_latency(lambda: model(x), min_seconds=min_seconds)
         model.to(memory_format=torch.contiguous_format)
     report = ProfileReport(
         model=name or (model.spec["name"] if getattr(model, "spec", None) else type(model).__name__),

@@ -31,7 +31,7 @@ class Preprocess:
 
     @property
     def resize_size(self) -> int:
-        return int(math.floor(self.img_size / self.crop_pct))
+        return math.floor(self.img_size / self.crop_pct)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -118,11 +118,6 @@ def init_weights(model: nn.Module) -> None:
         elif isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, 0, 0.01)
             nn.init.zeros_(module.bias)
-
-
-def check_length(name: str, values: list[int] | None, expected: int) -> None:
-    if values is not None and len(values) != expected:
-        raise ValueError(f"{name} needs {expected} values (one per row of the architecture table), got {len(values)}")
 
 
 class StackedNet(MobileClassifier):

@@ -39,6 +39,13 @@ def get_act_layer(name: str | None) -> ActLayer | None:
         raise ValueError(f"unknown activation {name!r}; known: {', '.join(sorted(_ACTIVATIONS))}") from None
 
 
+def check_widths(expected: int, **width_lists: list[int] | None) -> None:
+    """Explicit width lists must have one value per row of the architecture table they override."""
+    for name, values in width_lists.items():
+        if values is not None and len(values) != expected:
+            raise ValueError(f"{name} needs {expected} values (one per table row), got {len(values)}")
+
+
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None, round_limit: float = 0.9) -> int:
     """Round a channel count to a multiple of ``divisor`` without dropping more than 10% (TF MobileNet rule)."""
     min_value = min_value or divisor
@@ -111,19 +118,14 @@ def expand_stage_rows(
     the widths derived from ``width_mult``; that is how a pruned or hand-tuned model is described.
     """
     num_blocks = sum(row.repeats for row in rows)
-    for name, values, expected in (
-        ("stage_channels", stage_channels, len(rows)),
-        ("hidden_channels", hidden_channels, num_blocks),
-        ("se_channels", se_channels, num_blocks),
-    ):
-        if values is not None and len(values) != expected:
-            raise ValueError(f"{name} needs {expected} values, got {len(values)}")
+    check_widths(len(rows), stage_channels=stage_channels)
+    check_widths(num_blocks, hidden_channels=hidden_channels, se_channels=se_channels)
     configs: list[InvertedResidualConfig] = []
     for stage, row in enumerate(rows):
         out_channels = stage_channels[stage] if stage_channels else make_divisible(row.channels * width_mult)
         for repeat in range(row.repeats):
             index = len(configs)
-            hidden = hidden_channels[index] if hidden_channels else int(round(in_channels * row.expand_ratio))
+            hidden = hidden_channels[index] if hidden_channels else round(in_channels * row.expand_ratio)
             if se_channels is not None:
                 squeeze = se_channels[index]
             else:

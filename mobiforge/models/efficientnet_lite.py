@@ -58,9 +58,7 @@ def efficientnet_lite0(
     stem = stem_channels or 32
     head = head_channels or 1280
     blocks = expand_stage_rows(rows, stem, width_mult, "relu6", stage_channels, hidden_channels)
-    features: list[nn.Module] = [
-        ConvBNAct(3, stem, 3, 1 if small_input else 2, norm_layer=norm, act_layer=nn.ReLU6)
-    ]
+    features: list[nn.Module] = [ConvBNAct(3, stem, 3, 1 if small_input else 2, norm_layer=norm, act_layer=nn.ReLU6)]
     features += [InvertedResidual(cfg, norm_layer=norm) for cfg in blocks]
     features.append(ConvBNAct(blocks[-1].out_channels, head, 1, norm_layer=norm, act_layer=nn.ReLU6))
     classifier = linear_classifier(head, num_classes, dropout)

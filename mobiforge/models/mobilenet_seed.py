@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from mobiforge.models.base import StackedNet, default_preprocess, linear_classifier
-from mobiforge.models.blocks import ConvBNAct, remove_first_downsampling
+from mobiforge.models.blocks import ConvBNAct, check_widths, remove_first_downsampling
 from mobiforge.models.registry import register_model
 
 
@@ -102,9 +102,7 @@ def mobilenet_seed(
         stem_channels, block_channels (6), hidden_channels (6), head_channels: explicit widths.
     """
     rows = remove_first_downsampling(SEED_BLOCKS) if small_input else SEED_BLOCKS
-    for name, values in (("block_channels", block_channels), ("hidden_channels", hidden_channels)):
-        if values is not None and len(values) != len(rows):
-            raise ValueError(f"{name} needs {len(rows)} values (one per block), got {len(values)}")
+    check_widths(len(rows), block_channels=block_channels, hidden_channels=hidden_channels)
     in_channels = stem = stem_channels or max(8, round(32 * width_mult))
     features: list[nn.Module] = [ConvBNAct(3, stem, 3, 1 if small_input else 2)]
     for index, row in enumerate(rows):

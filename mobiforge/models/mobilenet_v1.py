@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from mobiforge.models.base import StackedNet, default_preprocess, linear_classifier
-from mobiforge.models.blocks import ConvBNAct, make_divisible, remove_first_downsampling
+from mobiforge.models.blocks import ConvBNAct, check_widths, make_divisible, remove_first_downsampling
 from mobiforge.models.registry import register_model
 
 
@@ -70,8 +70,7 @@ def mobilenet_v1(
         stem_channels, block_channels (13 values): explicit widths that override ``width_mult``.
     """
     rows = remove_first_downsampling(MOBILENET_V1_BLOCKS) if small_input else MOBILENET_V1_BLOCKS
-    if block_channels is not None and len(block_channels) != len(rows):
-        raise ValueError(f"block_channels needs {len(rows)} values (one per block), got {len(block_channels)}")
+    check_widths(len(rows), block_channels=block_channels)
     in_channels = stem = stem_channels or make_divisible(32 * width_mult)
     features: list[nn.Module] = [ConvBNAct(3, stem, 3, 1 if small_input else 2)]
     for index, row in enumerate(rows):

@@ -66,6 +66,5 @@ def mobilenet_v2(
     features: list[nn.Module] = [ConvBNAct(3, stem, 3, 1 if small_input else 2, act_layer=nn.ReLU6)]
     features += [InvertedResidual(cfg) for cfg in blocks]
     features.append(ConvBNAct(blocks[-1].out_channels, head, 1, act_layer=nn.ReLU6))
-    return StackedNet(
-        features, linear_classifier(head, num_classes, dropout), head, head, num_classes, default_preprocess(small_input)
-    )
+    classifier = linear_classifier(head, num_classes, dropout)
+    return StackedNet(features, classifier, head, head, num_classes, default_preprocess(small_input))

@@ -17,6 +17,7 @@ from mobiforge.models.blocks import (
     ConvBNAct,
     InvertedResidual,
     InvertedResidualConfig,
+    check_widths,
     make_divisible,
     remove_first_downsampling,
 )
@@ -85,10 +86,7 @@ def _mobilenet_v3(
     se_channels: list[int] | None,
     head_channels: int | None,
 ) -> StackedNet:
-    for name, values in (("block_channels", block_channels), ("hidden_channels", hidden_channels),
-                         ("se_channels", se_channels)):
-        if values is not None and len(values) != len(rows):
-            raise ValueError(f"{name} needs {len(rows)} values (one per block), got {len(values)}")
+    check_widths(len(rows), block_channels=block_channels, hidden_channels=hidden_channels, se_channels=se_channels)
     rows = remove_first_downsampling(rows) if small_input else rows
     norm = partial(nn.BatchNorm2d, eps=0.001, momentum=0.01)
     in_channels = stem = stem_channels or make_divisible(16 * width_mult)
@@ -97,10 +95,9 @@ def _mobilenet_v3(
     ]
     for index, row in enumerate(rows):
         hidden = hidden_channels[index] if hidden_channels else make_divisible(row.hidden * width_mult)
-        if se_channels is not None:
-            squeeze = se_channels[index]
-        else:
-            squeeze = make_divisible(hidden // 4) if row.use_se else 0
+        # torchvision's rule: SE squeezes to a quarter of the hidden width.
+        default_squeeze = make_divisible(hidden // 4) if row.use_se else 0
+        squeeze = se_channels[index] if se_channels is not None else default_squeeze
         out = block_channels[index] if block_channels else make_divisible(row.out * width_mult)
         cfg = InvertedResidualConfig(in_channels, hidden, out, row.kernel_size, row.stride, squeeze, row.activation)
         features.append(InvertedResidual(cfg, norm_layer=norm))
@@ -131,8 +128,19 @@ def mobilenet_v3_large(
 ) -> StackedNet:
     """MobileNetV3-Large. Explicit per-block widths (15 values each) override ``width_mult``; ``se_channels``
     uses 0 for blocks without squeeze-excite. ``small_input`` gives the CIFAR-style stride-8 variant."""
-    return _mobilenet_v3(V3_LARGE, 1280, num_classes, width_mult, small_input, dropout, stem_channels,
-                         block_channels, hidden_channels, se_channels, head_channels)
+    return _mobilenet_v3(
+        V3_LARGE,
+        1280,
+        num_classes,
+        width_mult,
+        small_input,
+        dropout,
+        stem_channels,
+        block_channels,
+        hidden_channels,
+        se_channels,
+        head_channels,
+    )
 
 
 @register_model
@@ -148,5 +156,16 @@ def mobilenet_v3_small(
     head_channels: int | None = None,
 ) -> StackedNet:
     """MobileNetV3-Small. Explicit per-block widths take 11 values each; see ``mobilenet_v3_large``."""
-    return _mobilenet_v3(V3_SMALL, 1024, num_classes, width_mult, small_input, dropout, stem_channels,
-                         block_channels, hidden_channels, se_channels, head_channels)
+    return _mobilenet_v3(
+        V3_SMALL,
+        1024,
+        num_classes,
+        width_mult,
+        small_input,
+        dropout,
+        stem_channels,
+        block_channels,
+        hidden_channels,
+        se_channels,
+        head_channels,
+    )

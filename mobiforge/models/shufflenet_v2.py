@@ -99,18 +99,25 @@ class ShuffleNetV2(MobileClassifier):
 
 
 def _shufflenet_v2(
-    width: str, num_classes: int, small_input: bool, stages_out_channels: list[int] | None,
+    width: str,
+    num_classes: int,
+    small_input: bool,
+    stages_out_channels: list[int] | None,
     stages_repeats: list[int] | None,
 ) -> ShuffleNetV2:
     return ShuffleNetV2(
-        list(stages_out_channels or STAGE_CHANNELS[width]), list(stages_repeats or STAGE_REPEATS), num_classes,
+        list(stages_out_channels or STAGE_CHANNELS[width]),
+        list(stages_repeats or STAGE_REPEATS),
+        num_classes,
         small_input,
     )
 
 
 @register_model
 def shufflenet_v2_x0_5(
-    num_classes: int = 1000, small_input: bool = False, stages_out_channels: list[int] | None = None,
+    num_classes: int = 1000,
+    small_input: bool = False,
+    stages_out_channels: list[int] | None = None,
     stages_repeats: list[int] | None = None,
 ) -> ShuffleNetV2:
     """ShuffleNetV2 0.5x. The width is chosen by name; ``stages_out_channels`` (5 values) overrides it."""
@@ -119,7 +126,9 @@ def shufflenet_v2_x0_5(
 
 @register_model
 def shufflenet_v2_x1_0(
-    num_classes: int = 1000, small_input: bool = False, stages_out_channels: list[int] | None = None,
+    num_classes: int = 1000,
+    small_input: bool = False,
+    stages_out_channels: list[int] | None = None,
     stages_repeats: list[int] | None = None,
 ) -> ShuffleNetV2:
     """ShuffleNetV2 1.0x (2.28M parameters, 146M multiply-adds at 224 px)."""
@@ -128,7 +137,9 @@ def shufflenet_v2_x1_0(
 
 @register_model
 def shufflenet_v2_x1_5(
-    num_classes: int = 1000, small_input: bool = False, stages_out_channels: list[int] | None = None,
+    num_classes: int = 1000,
+    small_input: bool = False,
+    stages_out_channels: list[int] | None = None,
     stages_repeats: list[int] | None = None,
 ) -> ShuffleNetV2:
     """ShuffleNetV2 1.5x."""
@@ -137,7 +148,9 @@ def shufflenet_v2_x1_5(
 
 @register_model
 def shufflenet_v2_x2_0(
-    num_classes: int = 1000, small_input: bool = False, stages_out_channels: list[int] | None = None,
+    num_classes: int = 1000,
+    small_input: bool = False,
+    stages_out_channels: list[int] | None = None,
     stages_repeats: list[int] | None = None,
 ) -> ShuffleNetV2:
     """ShuffleNetV2 2.0x."""

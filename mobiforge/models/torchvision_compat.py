@@ -51,7 +51,8 @@ def torchvision_key_map(name: str, num_classes: int = 1000) -> dict[str, str]:
     key_map = {}
     for (their_key, their_value), (our_key, our_value) in zip(theirs_sd.items(), ours_sd.items(), strict=True):
         if their_value.shape != our_value.shape:
-            raise AssertionError(f"{name}: {their_key} {tuple(their_value.shape)} vs {our_key} {tuple(our_value.shape)}")
+            shapes = f"{their_key} {tuple(their_value.shape)} vs {our_key} {tuple(our_value.shape)}"
+            raise AssertionError(f"{name}: {shapes}")
         key_map[their_key] = our_key
     return key_map
 
@@ -67,9 +68,7 @@ def convert_torchvision_state_dict(name: str, state_dict: Mapping[str, torch.Ten
     missing = sorted(set(key_map) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(key_map))
     if missing or unexpected:
-        raise MobiforgeError(
-            f"not a torchvision {name} state_dict: missing {missing[:3]}, unexpected {unexpected[:3]}"
-        )
+        raise MobiforgeError(f"not a torchvision {name} state_dict: missing {missing[:3]}, unexpected {unexpected[:3]}")
     return {key_map[key]: value for key, value in state_dict.items()}
 
 

@@ -1,0 +1,51 @@
+"""Write a benchmark's section of benchmarks/RESULTS.md with the command, machine, versions and date."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import re
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+HEADER = (
+    "# Benchmark results\n\n"
+    "Every figure here was printed by a script in `benchmarks/`; each section names the command that produced it,\n"
+    "the machine, the library versions and the date. Rerun the command to reproduce (numbers vary by machine).\n"
+)
+
+
+def environment() -> str:
+    import torch
+    import torchvision
+
+    import mobiforge
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"{cpu}, {os.cpu_count()} cores visible; Python {platform.python_version()}, torch {torch.__version__}, "
+        f"torchvision {torchvision.__version__}, mobiforge {mobiforge.__version__}"
+    )
+
+
+def write_section(name: str, body: str) -> None:
+    """Replace (or append) the section between ``<!-- name:start -->`` and ``<!-- name:end -->``."""
+    command = " ".join(["python", *[Path(sys.argv[0]).as_posix(), *sys.argv[1:]]])
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    section = (
+        f"<!-- {name}:start -->\n{body.rstrip()}\n\n"
+        f"Command: `{command}` · Machine: {environment()} · Date: {stamp}\n<!-- {name}:end -->"
+    )
+    text = RESULTS.read_text() if RESULTS.exists() else HEADER
+    pattern = re.compile(rf"<!-- {re.escape(name)}:start -->.*?<!-- {re.escape(name)}:end -->", re.S)
+    text = pattern.sub(lambda _: section, text) if pattern.search(text) else f"{text.rstrip()}\n\n{section}\n"
+    RESULTS.write_text(text)

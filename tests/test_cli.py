@@ -1,0 +1,75 @@
+"""The command line: subcommands, JSON output, exit codes and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mobiforge import create_model
+from mobiforge.checkpoint import model_checkpoint, save_checkpoint
+from mobiforge.cli import main
+
+
+def test_help_lists_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "models" in out and "profile" in out
+
+
+def test_models_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models", "mobilenet_v3*", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [row["name"] for row in rows] == ["mobilenet_v3_large", "mobilenet_v3_small"]
+    assert rows[0]["params"] == 5_483_032
+
+
+def test_models_table(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models", "shufflenet_v2_x1_0"]) == 0
+    assert "2.28M" in capsys.readouterr().out
+
+
+def test_unknown_model_is_one_line_with_suggestion(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["profile", "mobilenet_v3_smal"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "did you mean mobilenet_v3_small" in err
+
+
+def test_profile_budget_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["profile", "mobilenet_v3_small", "--small-input", "--num-classes", "10", "--threads", "1", "--json"]
+    assert main([*args, "--max-size", "2MB", "--max-latency", "10s"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["passed"] and [b["name"] for b in report["budgets"]] == ["int8 weight size", "median latency"]
+    assert main([*args, "--max-size", "100KB"]) == 1
+    assert json.loads(capsys.readouterr().out)["passed"] is False
+
+
+def test_profile_checkpoint_uses_its_input_size(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = create_model("mobilenet_seed", num_classes=4, width_mult=0.25, small_input=True)
+    path = save_checkpoint(model_checkpoint(model), tmp_path / "seed.pt")
+    assert main(["profile", str(path), "--json", "--threads", "1"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["img_size"] == 32 and report["model"] == "seed.pt"
+
+
+def test_bad_flag_values_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["profile", "mobilenet_v2", "--max-size", "tiny"]) == 2
+    assert "cannot read size 'tiny'" in capsys.readouterr().err
+    assert main(["profile", str(tmp_path / "nope.pt")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_console_script_runs() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "mobiforge", "models", "mobilenet_seed", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(result.stdout)[0]["name"] == "mobilenet_seed"
