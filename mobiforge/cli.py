@@ -7,6 +7,7 @@ printed as one line, exit status 2; a failed budget check exits 1.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -23,6 +24,102 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--num-classes", type=int, default=None, help="classifier outputs (model default: 1000)")
     group.add_argument("--width-mult", type=float, default=None, help="channel multiplier")
     group.add_argument("--small-input", action="store_true", default=None, help="CIFAR-style variant for 32 px images")
+
+
+def add_data_args(parser: argparse.ArgumentParser) -> None:
+    """Data flags, shared by every command that trains (train, distill, prune fine-tuning, ship)."""
+    group = parser.add_argument_group("data")
+    group.add_argument(
+        "--data",
+        default="digits",
+        help="image folder (DIR/train + DIR/val|test, or DIR/<class>/) or 'digits' (built in, default)",
+    )
+    group.add_argument("--img-size", type=int, default=None, help="input size (default 224; 32 for digits)")
+    group.add_argument("--val-split", type=float, default=0.1, help="val fraction when DIR has class folders only")
+    group.add_argument("--split-seed", type=int, default=0)
+    group.add_argument("--batch-size", "-b", type=int, default=64)
+    group.add_argument("--workers", "-j", type=int, default=2, help="data loader processes")
+    group.add_argument("--skip-bad-images", action="store_true", help="skip undecodable files instead of failing")
+    group.add_argument(
+        "--hflip",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="random horizontal flips (default: on, off for digits)",
+    )
+    group.add_argument(
+        "--crop",
+        choices=["rrc", "pad"],
+        default=None,
+        help="RandomResizedCrop or pad-and-crop (default: pad up to 64 px, else rrc)",
+    )
+    group.add_argument("--min-scale", type=float, default=0.08, help="RandomResizedCrop's smallest area")
+    group.add_argument("--trivial-augment", action="store_true", help="TrivialAugmentWide")
+    group.add_argument("--random-erasing", type=float, default=0.0, metavar="P")
+    group.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA")
+    group.add_argument("--cutmix", type=float, default=0.0, metavar="ALPHA")
+
+
+def add_optim_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("optimisation (defaults: the seed article's SGD 0.01/0.9, StepLR(10, 0.1))")
+    group.add_argument("--optimizer", "--opt", choices=["sgd", "adamw", "rmsprop"], default="sgd")
+    group.add_argument("--lr", type=float, default=0.01)
+    group.add_argument("--momentum", type=float, default=0.9)
+    group.add_argument("--weight-decay", "--wd", type=float, default=0.0)
+    group.add_argument("--decay-norm-and-bias", action="store_true", help="also decay BN and bias parameters")
+    group.add_argument("--scheduler", "--sched", choices=["step", "cosine", "onecycle", "none"], default="step")
+    group.add_argument("--step-size", type=int, default=10, help="epochs between StepLR decays")
+    group.add_argument("--gamma", type=float, default=0.1)
+    group.add_argument("--warmup-epochs", type=float, default=0.0)
+    group.add_argument("--label-smoothing", type=float, default=0.0)
+    group.add_argument("--clip-grad", type=float, default=None, metavar="NORM")
+    group.add_argument("--ema", type=float, default=None, metavar="DECAY", help="EMA of weights, e.g. 0.999")
+
+
+def add_train_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("run")
+    group.add_argument("--model", "-m", default=DEFAULT_MODEL)
+    group.add_argument("--width-mult", type=float, default=None)
+    group.add_argument(
+        "--small-input",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="CIFAR-style stem (default: on for images of 64 px or less)",
+    )
+    group.add_argument("--dropout", type=float, default=None)
+    group.add_argument("--epochs", type=int, default=30)
+    group.add_argument("--seed", type=int, default=0)
+    group.add_argument("--deterministic", action="store_true", help="repeatable results (slower kernels)")
+    group.add_argument(
+        "--amp",
+        choices=["auto", "bf16", "fp16", "none"],
+        default="auto",
+        help="mixed precision (auto: bf16 on CUDA, none on CPU)",
+    )
+    group.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    group.add_argument("--compile", action="store_true", help="torch.compile the model")
+    group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    group.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's default)")
+    group.add_argument("--runs-dir", default="runs")
+    group.add_argument("--name", default=None, help="run directory name (default: model-data-timestamp)")
+    group.add_argument("--resume", default=None, metavar="CKPT", help="continue runs/NAME/last.pt")
+    group.add_argument("--no-tensorboard", dest="tensorboard", action="store_false")
+    add_data_args(parser)
+    add_optim_args(parser)
+
+
+def train_config_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from mobiforge.data import DataConfig
+    from mobiforge.engine import OptimConfig
+    from mobiforge.train import TrainConfig
+
+    def pick(cls):  # type: ignore[no-untyped-def]
+        names = {f.name for f in dataclasses.fields(cls)}
+        return {key: value for key, value in vars(args).items() if key in names}
+
+    data = DataConfig(**pick(DataConfig))
+    optim = OptimConfig(**{**pick(OptimConfig), "ema_decay": args.ema})
+    run = {key: value for key, value in pick(TrainConfig).items() if key not in ("data", "optim")}
+    return TrainConfig(data=data, optim=optim, **run)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,7 +156,86 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _model_args(profile)
     profile.set_defaults(handler=run_profile)
+
+    train = commands.add_parser("train", help="train a model on an image folder (default: built-in digits)")
+    add_train_args(train)
+    train.set_defaults(handler=run_train)
+
+    evaluate = commands.add_parser("eval", help="top-1/top-5, per-class accuracy and confusion of a checkpoint")
+    evaluate.add_argument("checkpoint", metavar="CKPT")
+    evaluate.add_argument("--data", default=None, help="image folder (default: the one the checkpoint trained on)")
+    evaluate.add_argument("--split", default="val", help="val, test or train")
+    evaluate.add_argument("--batch-size", "-b", type=int, default=64)
+    evaluate.add_argument("--workers", "-j", type=int, default=2)
+    evaluate.add_argument("--skip-bad-images", action="store_true")
+    evaluate.add_argument("--json", action="store_true")
+    evaluate.set_defaults(handler=run_eval)
+
+    predict = commands.add_parser("predict", help="top-k classes of images, with the checkpoint's preprocessing")
+    predict.add_argument("checkpoint", metavar="CKPT")
+    predict.add_argument("images", nargs="+", metavar="IMAGE")
+    predict.add_argument("--top-k", "-k", type=int, default=5)
+    predict.add_argument("--json", action="store_true")
+    predict.set_defaults(handler=run_predict)
     return parser
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from mobiforge.cli_progress import RichReporter
+    from mobiforge.train import train
+
+    config = train_config_from_args(args)
+    with RichReporter() as reporter:
+        result = train(config, reporter)
+    if not result.history:
+        return 130 if result.interrupted else 0
+    last = result.last
+    print(
+        f"done: val top-1 {last['val_top1']:.2f}% (best {result.best_top1:.2f}%), top-5 {last['val_top5']:.2f}% "
+        f"after {last['epoch']} epochs; checkpoints in {result.run_dir}"
+    )
+    return 130 if result.interrupted else 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from mobiforge.inference import evaluate_checkpoint
+
+    report = evaluate_checkpoint(
+        args.checkpoint, args.data, args.split, args.batch_size, args.workers, args.skip_bad_images
+    )
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    result = report.result
+    console = Console()
+    console.print(
+        f"{args.checkpoint} on {report.data} [{report.split}], {result.images} images: "
+        f"top-1 {result.top1:.2f}%, top-5 {result.top5:.2f}%, loss {result.loss:.4f}"
+    )
+    table = Table(title="per class")
+    table.add_column("class")
+    table.add_column("images", justify="right")
+    table.add_column("top-1", justify="right")
+    for name, total, accuracy in zip(report.classes, result.confusion.sum(1).tolist(), result.per_class, strict=True):
+        table.add_row(name, str(total), f"{accuracy:.1f}%" if total else "-")
+    console.print(table)
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from mobiforge.inference import predict
+
+    results = predict(args.checkpoint, args.images, args.top_k)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for item in results:
+        ranked = ", ".join(f"{entry['class']} {100 * entry['probability']:.1f}%" for entry in item["top"])
+        print(f"{item['image']}: {ranked}")
+    return 0
 
 
 def run_models(args: argparse.Namespace) -> int:

@@ -1,0 +1,346 @@
+"""Datasets, splits, transforms, the bad-file scan and the built-in ``digits`` data.
+
+Layouts accepted for ``--data DIR`` (torchvision ``ImageFolder`` class folders throughout):
+
+* ``DIR/train/<class>/*`` with ``DIR/val/<class>/*`` or ``DIR/test/<class>/*``;
+* ``DIR/<class>/*`` alone: split into train/val by a seeded, stratified ``val_split``;
+* ``digits``: scikit-learn's 1,797 handwritten digits (8x8 px, bundled with scikit-learn, no download), written
+  once as PNG class folders under ``$MOBIFORGE_HOME/datasets/digits`` (default ``~/.cache/mobiforge``).
+
+Every problem with the data is found before training starts and reported in one line naming the folder or files.
+
+Augmentation is made deterministic per sample: each sample's random transform is seeded from (seed, epoch,
+index), so a run resumed mid-epoch, or run with another number of loader workers, sees the very same images.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import warnings
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS
+from torchvision.transforms import v2
+
+from mobiforge.errors import MobiforgeError
+from mobiforge.models.base import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+
+BUILTIN_DATASETS = ("digits",)
+Sample = tuple[str, int]
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how they are augmented (shared by train, distill, prune, ship)."""
+
+    data: str = "digits"
+    img_size: int | None = None  # None: 32 for built-in digits, else 224
+    val_split: float = 0.1
+    split_seed: int = 0
+    batch_size: int = 64
+    workers: int = 2
+    skip_bad_images: bool = False
+    hflip: bool | None = None  # None: on, except for digits (a mirrored digit is another symbol)
+    crop: str | None = None  # "rrc" (RandomResizedCrop) or "pad" (pad-and-crop); None: "pad" up to 64 px
+    min_scale: float = 0.08  # RandomResizedCrop's smallest area fraction
+    trivial_augment: bool = False
+    random_erasing: float = 0.0
+    mixup: float = 0.0  # alpha; 0 disables
+    cutmix: float = 0.0  # alpha; 0 disables
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def resolved_img_size(self) -> int:
+        if self.img_size is not None:
+            return self.img_size
+        return 32 if self.data in BUILTIN_DATASETS else 224
+
+
+@dataclass
+class DatasetSplits:
+    """The samples of both splits, the class names and a description of where they came from."""
+
+    train: list[Sample]
+    val: list[Sample]
+    classes: list[str]
+    root: Path
+    description: str
+    ignored_files: int = 0
+
+
+# --------------------------------------------------------------------------------------------------- discovery
+
+
+def mobiforge_home() -> Path:
+    return Path(os.environ.get("MOBIFORGE_HOME", Path.home() / ".cache" / "mobiforge"))
+
+
+def materialize_digits(root: Path | None = None) -> Path:
+    """Write scikit-learn's digits as ``root/{train,val}/<digit>/*.png`` once (stratified 80/20, seed 0)."""
+    root = root or mobiforge_home() / "datasets" / "digits"
+    if (root / ".complete").exists():
+        return root
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    tmp = root.with_name(root.name + ".tmp")
+    order = list(range(len(digits.target)))
+    random.Random(0).shuffle(order)
+    seen: Counter[int] = Counter()
+    for index in order:
+        label = int(digits.target[index])
+        split = "val" if seen[label] % 5 == 0 else "train"
+        seen[label] += 1
+        folder = tmp / split / str(label)
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = (digits.images[index] * (255.0 / 16.0)).round().astype("uint8")
+        Image.fromarray(pixels, mode="L").save(folder / f"{index:04d}.png")
+    tmp.joinpath(".complete").touch()
+    if root.exists():  # a half-written earlier attempt
+        import shutil
+
+        shutil.rmtree(root)
+    tmp.rename(root)
+    return root
+
+
+def class_folders(folder: Path) -> list[str]:
+    return sorted(entry.name for entry in os.scandir(folder) if entry.is_dir() and not entry.name.startswith("."))
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMG_EXTENSIONS)
+
+
+def scan_split(folder: Path, class_to_idx: dict[str, int]) -> tuple[list[Sample], int, list[str]]:
+    """Samples of one split folder, the number of files ignored by extension and the empty class folders."""
+    samples: list[Sample] = []
+    ignored = 0
+    empty: list[str] = []
+    for name in class_folders(folder):
+        files = sorted(
+            str(Path(dirpath) / filename)
+            for dirpath, _, filenames in os.walk(folder / name, followlinks=True)
+            for filename in filenames
+            if not filename.startswith(".")
+        )
+        images = [path for path in files if _is_image(path)]
+        ignored += len(files) - len(images)
+        if not images:
+            empty.append(name)
+            continue
+        if name in class_to_idx:
+            samples += [(path, class_to_idx[name]) for path in images]
+    return samples, ignored, empty
+
+
+def stratified_split(samples: Sequence[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """Split per class with a seeded shuffle: every class with 2+ images gets at least one val image."""
+    by_class: dict[int, list[Sample]] = {}
+    for sample in samples:
+        by_class.setdefault(sample[1], []).append(sample)
+    train: list[Sample] = []
+    val: list[Sample] = []
+    rng = random.Random(seed)
+    for label in sorted(by_class):
+        items = sorted(by_class[label])
+        rng.shuffle(items)
+        count = max(1, round(len(items) * val_fraction)) if len(items) > 1 else 0
+        val += items[:count]
+        train += items[count:]
+    return sorted(train), sorted(val)
+
+
+def discover(config: DataConfig, train_split: str = "train", val_split: str | None = None) -> DatasetSplits:
+    """Find the images of ``config.data`` and check the layout; raises ``MobiforgeError`` on any problem."""
+    if config.data in BUILTIN_DATASETS:
+        root = materialize_digits()
+    else:
+        root = Path(config.data).expanduser()
+        if not root.is_dir():
+            raise MobiforgeError(f"--data {config.data}: no such folder; give an image folder or 'digits'")
+    if (root / "train").is_dir():
+        names = [val_split] if val_split else ["val", "test"]
+        val_dir = next((root / name for name in names if (root / name).is_dir()), None)
+        if val_dir is None:
+            raise MobiforgeError(f"--data {root}: found train/ but no {' or '.join(names)}/ folder beside it")
+        train_dir = root / train_split
+        if not train_dir.is_dir():
+            raise MobiforgeError(f"--data {root}: no {train_split}/ folder")
+        classes = class_folders(train_dir)
+        _check_classes(train_dir, classes)
+        class_to_idx = {name: index for index, name in enumerate(classes)}
+        train, ignored_train, empty = scan_split(train_dir, class_to_idx)
+        _check_empty(train_dir, empty)
+        unknown = sorted(set(class_folders(val_dir)) - set(classes))
+        if unknown:
+            raise MobiforgeError(f"{val_dir} has classes not in {train_dir}: {', '.join(unknown)}")
+        val, ignored_val, empty = scan_split(val_dir, class_to_idx)
+        _check_empty(val_dir, empty)
+        description = f"{train_dir} + {val_dir}"
+        ignored = ignored_train + ignored_val
+    else:
+        classes = class_folders(root)
+        _check_classes(root, classes)
+        class_to_idx = {name: index for index, name in enumerate(classes)}
+        samples, ignored, empty = scan_split(root, class_to_idx)
+        _check_empty(root, empty)
+        if not 0.0 < config.val_split < 1.0:
+            raise MobiforgeError(f"--val-split must be between 0 and 1, got {config.val_split}")
+        train, val = stratified_split(samples, config.val_split, config.split_seed)
+        description = f"{root} split {1 - config.val_split:.0%}/{config.val_split:.0%} (seed {config.split_seed})"
+    for name, split in (("train", train), ("val", val)):
+        if not split:
+            raise MobiforgeError(f"--data {root}: the {name} split has no images")
+    return DatasetSplits(train, val, classes, root, description, ignored)
+
+
+def _check_classes(folder: Path, classes: list[str]) -> None:
+    if not classes:
+        raise MobiforgeError(f"{folder} has no class folders; expected {folder}/<class>/<image files>")
+    if len(classes) == 1:
+        raise MobiforgeError(f"{folder} has a single class ({classes[0]}); a classifier needs at least two")
+
+
+def _check_empty(folder: Path, empty: list[str]) -> None:
+    if empty:
+        raise MobiforgeError(f"{folder}: class folders with no images: {', '.join(empty)}; add images or remove them")
+
+
+# --------------------------------------------------------------------------------------------- bad-file scan
+
+
+def _decode_problem(path: str) -> str | None:
+    try:
+        if os.path.getsize(path) == 0:
+            return "empty file"
+        with Image.open(path) as image:
+            image.load()  # a full decode: verify() misses truncated JPEGs
+    except Exception as error:
+        return str(error).splitlines()[0] if str(error) else type(error).__name__
+    return None
+
+
+def find_bad_images(paths: Sequence[str], workers: int = 4) -> dict[str, str]:
+    """Every file among ``paths`` that PIL cannot fully decode, with the reason."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # PIL releases the GIL while decoding
+        problems = list(pool.map(_decode_problem, paths, chunksize=64))
+    return {path: problem for path, problem in zip(paths, problems, strict=True) if problem}
+
+
+def check_images(splits: DatasetSplits, skip_bad: bool) -> DatasetSplits:
+    """Scan every image; fail listing the bad ones, or drop them with a warning when ``skip_bad``."""
+    bad = find_bad_images([path for path, _ in splits.train + splits.val])
+    if bad:
+        listing = "; ".join(f"{path} ({reason})" for path, reason in sorted(bad.items()))
+        if not skip_bad:
+            raise MobiforgeError(
+                f"{len(bad)} image file(s) cannot be decoded: {listing}. Fix or delete them, or pass --skip-bad-images"
+            )
+        warnings.warn(f"skipping {len(bad)} image file(s) that cannot be decoded: {listing}", stacklevel=2)
+        splits.train = [s for s in splits.train if s[0] not in bad]
+        splits.val = [s for s in splits.val if s[0] not in bad]
+        for name, split in (("train", splits.train), ("val", splits.val)):
+            if not split:
+                raise MobiforgeError(f"the {name} split has no decodable images left")
+    return splits
+
+
+# ------------------------------------------------------------------------------------------------ transforms
+
+
+def train_transform(config: DataConfig) -> v2.Compose:
+    size = config.resolved_img_size()
+    crop = config.crop or ("pad" if size <= 64 else "rrc")
+    steps: list[Any] = [v2.ToImage()]
+    if crop == "rrc":
+        steps.append(v2.RandomResizedCrop(size, scale=(config.min_scale, 1.0), antialias=True))
+    elif crop == "pad":
+        steps += [
+            v2.Resize((size, size), antialias=True),
+            v2.RandomCrop(size, padding=size // 8, padding_mode="reflect"),
+        ]
+    else:
+        raise MobiforgeError(f"--crop must be 'rrc' or 'pad', got {crop!r}")
+    hflip = config.hflip if config.hflip is not None else config.data != "digits"
+    if hflip:
+        steps.append(v2.RandomHorizontalFlip())
+    if config.trivial_augment:
+        steps.append(v2.TrivialAugmentWide())
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(config.mean), list(config.std))]
+    if config.random_erasing > 0:
+        steps.append(v2.RandomErasing(p=config.random_erasing))
+    return v2.Compose(steps)
+
+
+def eval_transform(preprocess: Preprocess) -> v2.Compose:
+    """Resize the short side to ``resize_size``, center-crop ``img_size``, normalise: the checkpoint's recipe."""
+    interpolation = v2.InterpolationMode(preprocess.interpolation)
+    if preprocess.crop_pct >= 1.0:
+        resize: Any = v2.Resize((preprocess.img_size, preprocess.img_size), interpolation, antialias=True)
+    else:
+        resize = v2.Resize(preprocess.resize_size, interpolation, antialias=True)
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            resize,
+            v2.CenterCrop(preprocess.img_size),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(list(preprocess.mean), list(preprocess.std)),
+        ]
+    )
+
+
+def preprocess_for(config: DataConfig) -> Preprocess:
+    """The eval preprocessing that matches a training config (stored in every checkpoint)."""
+    size = config.resolved_img_size()
+    return Preprocess(img_size=size, crop_pct=1.0 if size <= 64 else 0.875, mean=config.mean, std=config.std)
+
+
+def load_rgb(path: str, draft_size: int | None = None) -> Image.Image:
+    """Open an image as RGB. For JPEGs, ``draft_size`` lets libjpeg decode at a reduced scale (a large speed-up on
+    full-size photos) while keeping at least ``draft_size`` pixels on each side."""
+    with Image.open(path) as image:
+        if draft_size and image.format == "JPEG":
+            image.draft("RGB", (draft_size, draft_size))
+        return image.convert("RGB")
+
+
+class ImageSamples(Dataset):
+    """(path, label) samples with a transform; ``set_epoch`` re-seeds the per-sample augmentation."""
+
+    def __init__(
+        self, samples: Sequence[Sample], transform: Callable[[Any], Any], seed: int = 0, draft_size: int | None = None
+    ) -> None:
+        self.samples = list(samples)
+        self.transform = transform
+        self.seed = seed
+        self.epoch = 0
+        self.draft_size = draft_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        path, label = self.samples[index]
+        image = load_rgb(path, self.draft_size)
+        # Seeding per sample makes augmentation independent of worker count and of where a resumed run restarts.
+        sample_seed = hash((self.seed, self.epoch, index)) & 0x7FFF_FFFF_FFFF_FFFF
+        if torch.utils.data.get_worker_info() is not None:
+            torch.manual_seed(sample_seed)  # a worker's RNG serves only augmentation
+            return self.transform(image), label
+        with torch.random.fork_rng(devices=[]):  # in the main process, leave the training RNG (dropout) alone
+            torch.manual_seed(sample_seed)
+            return self.transform(image), label

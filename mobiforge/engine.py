@@ -1,0 +1,317 @@
+"""The training loop as plain functions (``train_one_epoch``, ``evaluate``) and the factories around them.
+
+No CLI and no printing here: progress goes to an optional callback. Pruning fine-tuning, distillation and QAT
+reuse these functions (distillation passes its own ``loss_fn``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from mobiforge.errors import MobiforgeError
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer, schedule and regularisation. The defaults are the seed article's: SGD(lr 0.01, momentum 0.9),
+    StepLR(10, 0.1), plain cross-entropy."""
+
+    optimizer: str = "sgd"  # sgd | adamw | rmsprop
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    decay_norm_and_bias: bool = False  # weight decay on BN and bias parameters (usually harmful)
+    scheduler: str = "step"  # step | cosine | onecycle | none
+    step_size: int = 10  # epochs, for "step"
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0  # linear warm-up, for "cosine" and "step"
+    min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
+    label_smoothing: float = 0.0
+    clip_grad: float | None = None  # max gradient norm
+    ema_decay: float | None = None  # e.g. 0.999; evaluation then uses the EMA weights
+
+
+class DivergedError(MobiforgeError):
+    """The loss became NaN or infinite."""
+
+
+def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict[str, Any]]:
+    """Two groups: weights that get decay, and BN/bias parameters (1-D tensors) that do not."""
+    if decay_norm_and_bias or weight_decay == 0:
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim <= 1 else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
+    groups = param_groups(model, config.weight_decay, config.decay_norm_and_bias)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=False)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=config.lr)
+    if config.optimizer == "rmsprop":
+        # TF-style RMSprop of the MobileNet papers (eps inside the root, alpha 0.9).
+        return torch.optim.RMSprop(groups, lr=config.lr, alpha=0.9, eps=0.0316, momentum=config.momentum)
+    raise MobiforgeError(f"--optimizer must be sgd, adamw or rmsprop, got {config.optimizer!r}")
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, config: OptimConfig, epochs: int, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """A scheduler stepped once per iteration (so that warm-up is smooth and resuming mid-epoch is exact)."""
+    total = max(1, epochs * steps_per_epoch)
+    warmup = min(total - 1, round(config.warmup_epochs * steps_per_epoch))
+    sched = torch.optim.lr_scheduler
+    if config.scheduler == "onecycle":
+        return sched.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total)
+    if config.scheduler == "step":
+        main: sched.LRScheduler = sched.StepLR(optimizer, config.step_size * steps_per_epoch, config.gamma)
+    elif config.scheduler == "cosine":
+        floor = config.lr * config.min_lr_ratio
+        main = sched.CosineAnnealingLR(optimizer, T_max=max(1, total - warmup), eta_min=floor)
+    elif config.scheduler == "none":
+        main = sched.LambdaLR(optimizer, lambda _: 1.0)
+    else:
+        raise MobiforgeError(f"--scheduler must be step, cosine, onecycle or none, got {config.scheduler!r}")
+    if warmup <= 0:
+        return main
+    ramp = sched.LinearLR(optimizer, start_factor=1e-3, end_factor=1.0, total_iters=warmup)
+    return sched.SequentialLR(optimizer, [ramp, main], milestones=[warmup])
+
+
+def build_ema(model: nn.Module, decay: float | None) -> AveragedModel | None:
+    """An exponential moving average of the weights (BN buffers included), or ``None``."""
+    if not decay:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """``auto`` is bf16 on CUDA GPUs that support it, none on CPU (bf16 autocast measured slower here)."""
+    if amp == "none":
+        return None
+    if amp == "bf16":
+        return torch.bfloat16
+    if amp == "fp16":
+        if device.type != "cuda":
+            raise MobiforgeError("--amp fp16 needs a CUDA device; use --amp bf16 on CPU")
+        return torch.float16
+    if amp == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    raise MobiforgeError(f"--amp must be auto, bf16, fp16 or none, got {amp!r}")
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+@dataclass
+class StepInfo:
+    """What the progress callback receives after every training step."""
+
+    epoch: int
+    step: int
+    steps: int
+    loss: float
+    lr: float
+    images_per_second: float
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    images: int
+    seconds: float
+    steps: int
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds else 0.0
+
+
+def _batches(loader: Iterable[Any], skip: int) -> Iterator[Any]:
+    for index, batch in enumerate(loader):
+        if index >= skip:
+            yield batch
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    *,
+    epoch: int = 0,
+    device: torch.device | str = "cpu",
+    amp_dtype: torch.dtype | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    ema: AveragedModel | None = None,
+    clip_grad: float | None = None,
+    channels_last: bool = False,
+    batch_transform: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+    start_step: int = 0,
+    progress: Callable[[StepInfo], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> EpochStats:
+    """One pass over ``loader``; ``loss_fn(logits, targets, images)`` gives the loss (images for distillation).
+
+    ``start_step`` skips that many batches (a run resumed mid-epoch). ``should_stop`` is polled after every step
+    (Ctrl-C); the returned ``steps`` says how far the epoch got. A non-finite loss raises ``DivergedError``
+    before the optimizer steps, so the weights are never corrupted by it.
+    """
+    device = torch.device(device)
+    model.train()
+    steps = len(loader) if hasattr(loader, "__len__") else 0  # type: ignore[arg-type]
+    total_loss, images, step = 0.0, 0, start_step
+    start = time.perf_counter()
+    for images_batch, targets in _batches(loader, start_step):
+        images_batch = images_batch.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        if channels_last:
+            images_batch = images_batch.contiguous(memory_format=torch.channels_last)
+        if batch_transform is not None:
+            images_batch, targets = batch_transform(images_batch, targets)
+        with autocast(device, amp_dtype):
+            logits = model(images_batch)
+            loss = loss_fn(logits, targets, images_batch)
+        if not torch.isfinite(loss):
+            raise DivergedError(f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}")
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            if clip_grad:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            if clip_grad:
+                nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+            optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        if ema is not None:
+            ema.update_parameters(model)
+        batch = images_batch.shape[0]
+        total_loss += loss.item() * batch
+        images += batch
+        step += 1
+        if progress is not None:
+            elapsed = time.perf_counter() - start
+            lr = optimizer.param_groups[0]["lr"]
+            progress(StepInfo(epoch, step, steps, loss.item(), lr, images / elapsed if elapsed else 0.0))
+        if should_stop is not None and should_stop():
+            break
+    return EpochStats(total_loss / max(1, images), images, time.perf_counter() - start, step)
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    top1: float
+    top5: float
+    images: int
+    confusion: torch.Tensor  # [true, predicted] counts
+    per_class: list[float] = field(default_factory=list)
+
+    def to_dict(self, classes: list[str] | None = None) -> dict[str, Any]:
+        names = classes or [str(i) for i in range(len(self.per_class))]
+        return {
+            "loss": self.loss,
+            "top1": self.top1,
+            "top5": self.top5,
+            "images": self.images,
+            "per_class_top1": dict(zip(names, self.per_class, strict=True)),
+            "confusion": self.confusion.tolist(),
+        }
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    num_classes: int,
+    *,
+    device: torch.device | str = "cpu",
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+    distributed: bool = False,
+) -> EvalResult:
+    """Top-1/top-5 accuracy (in %), mean loss and the confusion matrix of ``model`` over ``loader``.
+
+    With ``distributed``, each rank evaluates its own shard and the counts are summed across ranks, so every rank
+    returns the figures of the whole set.
+    """
+    device = torch.device(device)
+    model.eval()
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    sums = torch.zeros(3, dtype=torch.float64)  # loss, top-5 hits, images
+    for images_batch, targets in loader:
+        images_batch = images_batch.to(device, non_blocking=True)
+        if channels_last:
+            images_batch = images_batch.contiguous(memory_format=torch.channels_last)
+        with autocast(device, amp_dtype):
+            logits = model(images_batch)
+        logits, targets = logits.float().cpu(), targets.cpu()
+        sums[0] += nn.functional.cross_entropy(logits, targets, reduction="sum").item()
+        top = logits.topk(min(5, num_classes), dim=1).indices
+        sums[1] += (top == targets[:, None]).any(dim=1).sum().item()
+        sums[2] += targets.numel()
+        confusion += torch.bincount(targets * num_classes + top[:, 0], minlength=num_classes**2).view(
+            num_classes, num_classes
+        )
+    if distributed and dist.is_initialized():
+        for tensor in (confusion, sums):
+            reduced = tensor.to(_dist_device())
+            dist.all_reduce(reduced)
+            tensor.copy_(reduced.cpu())
+    images = int(sums[2].item())
+    if images == 0:
+        raise MobiforgeError("evaluation set is empty")
+    correct = confusion.diag()
+    per_class_total = confusion.sum(dim=1)
+    per_class = [
+        100.0 * float(hit) / float(total) if total else math.nan
+        for hit, total in zip(correct.tolist(), per_class_total.tolist(), strict=True)
+    ]
+    return EvalResult(
+        loss=float(sums[0] / images),
+        top1=100.0 * float(correct.sum()) / images,
+        top5=100.0 * float(sums[1]) / images,
+        images=images,
+        confusion=confusion,
+        per_class=per_class,
+    )
+
+
+def _dist_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def cross_entropy_loss(
+    label_smoothing: float = 0.0,
+) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Cross-entropy that also takes soft (mixup/cutmix) targets; the third argument (images) is unused."""
+    criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+
+    def loss_fn(logits: torch.Tensor, targets: torch.Tensor, _images: torch.Tensor) -> torch.Tensor:
+        return criterion(logits.float(), targets)
+
+    return loss_fn
