@@ -138,6 +138,7 @@ class EpochStats:
     images: int
     seconds: float
     steps: int
+    loss_sum: float = 0.0
 
     @property
     def images_per_second(self) -> float:
@@ -166,19 +167,22 @@ def train_one_epoch(
     channels_last: bool = False,
     batch_transform: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
     start_step: int = 0,
+    carried: tuple[float, int, float] = (0.0, 0, 0.0),
     progress: Callable[[StepInfo], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> EpochStats:
     """One pass over ``loader``; ``loss_fn(logits, targets, images)`` gives the loss (images for distillation).
 
-    ``start_step`` skips that many batches (a run resumed mid-epoch). ``should_stop`` is polled after every step
-    (Ctrl-C); the returned ``steps`` says how far the epoch got. A non-finite loss raises ``DivergedError``
+    ``start_step`` skips that many batches (a run resumed mid-epoch) and ``carried`` is the (loss sum, images,
+    seconds) of the steps done before the interruption, so that the epoch's figures come out as if uninterrupted.
+    ``should_stop`` is polled after every step (Ctrl-C); the returned ``steps`` says how far the epoch got. A non-finite loss raises ``DivergedError``
     before the optimizer steps, so the weights are never corrupted by it.
     """
     device = torch.device(device)
     model.train()
     steps = len(loader) if hasattr(loader, "__len__") else 0  # type: ignore[arg-type]
-    total_loss, images, step = 0.0, 0, start_step
+    total_loss, images, carried_seconds = carried
+    step = start_step
     start = time.perf_counter()
     for images_batch, targets in _batches(loader, start_step):
         images_batch = images_batch.to(device, non_blocking=True)
@@ -216,10 +220,12 @@ def train_one_epoch(
         if progress is not None:
             elapsed = time.perf_counter() - start
             lr = optimizer.param_groups[0]["lr"]
-            progress(StepInfo(epoch, step, steps, loss.item(), lr, images / elapsed if elapsed else 0.0))
+            progress(StepInfo(epoch, step, steps, loss.item(), lr, (images - carried[1]) / elapsed if elapsed else 0.0))
         if should_stop is not None and should_stop():
             break
-    return EpochStats(total_loss / max(1, images), images, time.perf_counter() - start, step)
+    return EpochStats(
+        total_loss / max(1, images), images, carried_seconds + time.perf_counter() - start, step, total_loss
+    )
 
 
 @dataclass

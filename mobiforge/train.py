@@ -353,6 +353,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
     batch_transform = _mixup_cutmix(config.data, len(classes))
 
     start_epoch, start_step, history, best_top1 = 0, 0, [], -1.0
+    partial = {"loss_sum": 0.0, "images": 0, "seconds": 0.0}  # the part of an epoch done before an interruption
     if resume_ckpt is not None:
         model.load_state_dict(resume_ckpt["state_dict"])
         optimizer.load_state_dict(resume_ckpt["optimizer"])
@@ -364,6 +365,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
         start_epoch, start_step = int(resume_ckpt["epoch"]), int(resume_ckpt.get("step_in_epoch", 0))
         history = list(resume_ckpt.get("metrics", {}).get("history", []))
         best_top1 = float(resume_ckpt.get("metrics", {}).get("best_top1", -1.0))
+        partial = dict(resume_ckpt.get("partial_epoch") or partial)
         _restore_rng(resume_ckpt["rng"])
 
     run_dir = _prepare_run_dir(config, resume_ckpt)
@@ -389,6 +391,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
             preprocess=preprocess,
             epoch=epoch,
             step_in_epoch=step_in_epoch,
+            partial_epoch=partial if step_in_epoch else None,
             optimizer=optimizer.state_dict(),
             scheduler=scheduler.state_dict(),
             scaler=scaler.state_dict() if scaler is not None else None,
@@ -439,6 +442,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
                     channels_last=config.channels_last,
                     batch_transform=batch_transform,
                     start_step=start_step,
+                    carried=(partial["loss_sum"], int(partial["images"]), partial["seconds"]),
                     progress=reporter.step if ddp.is_main else None,
                     should_stop=should_stop,
                 )
@@ -447,6 +451,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
                 kept = f"; the last good checkpoint is {last}" if last.exists() else ""
                 raise engine.DivergedError(f"{error}{kept}. Lower --lr or set --clip-grad") from None
             if stats.steps < len(train_loader):  # stopped by Ctrl-C mid-epoch
+                partial = {"loss_sum": stats.loss_sum, "images": stats.images, "seconds": stats.seconds}
                 if ddp.is_main:
                     save_checkpoint(checkpoint(epoch, stats.steps, {}), run_dir / "last.pt")
                 interrupted = True
@@ -454,7 +459,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
                     f"interrupted: saved {run_dir / 'last.pt'}; continue with --resume {run_dir / 'last.pt'}"
                 )
                 break
-            start_step = 0
+            start_step, partial = 0, {"loss_sum": 0.0, "images": 0, "seconds": 0.0}
             last_eval = engine.evaluate(
                 eval_model,
                 val_loader,

@@ -1,0 +1,157 @@
+"""Data discovery, splits, bad files and transforms."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import make_folder, make_image, make_split_folder
+
+from mobiforge.data import (
+    DataConfig,
+    ImageSamples,
+    check_images,
+    discover,
+    eval_transform,
+    materialize_digits,
+    preprocess_for,
+    stratified_split,
+    train_transform,
+)
+from mobiforge.errors import MobiforgeError
+
+
+def test_train_val_layout(tmp_path: Path) -> None:
+    splits = discover(DataConfig(data=str(make_split_folder(tmp_path))))
+    assert splits.classes == ["class0", "class1", "class2"]
+    assert len(splits.train) == 36 and len(splits.val) == 12
+
+
+def test_train_test_layout(tmp_path: Path) -> None:
+    splits = discover(DataConfig(data=str(make_split_folder(tmp_path, val_name="test"))))
+    assert len(splits.val) == 12 and "test" in splits.description
+
+
+def test_class_folders_are_split_stratified_and_seeded(tmp_path: Path) -> None:
+    make_folder(tmp_path, classes=3, per_class=20)
+    first = discover(DataConfig(data=str(tmp_path), val_split=0.25, split_seed=1))
+    again = discover(DataConfig(data=str(tmp_path), val_split=0.25, split_seed=1))
+    other = discover(DataConfig(data=str(tmp_path), val_split=0.25, split_seed=2))
+    assert first.val == again.val and first.val != other.val
+    assert [label for _, label in first.val].count(0) == 5  # 25% of each class
+    assert not set(first.train) & set(first.val)
+
+
+def test_stratified_split_keeps_one_val_image_per_class() -> None:
+    samples = [(f"a{i}", 0) for i in range(3)] + [(f"b{i}", 1) for i in range(30)]
+    train, val = stratified_split(samples, 0.1, 0)
+    assert sorted(label for _, label in val) == [0, 1, 1, 1]
+    assert len(train) + len(val) == 33
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda root: make_folder(root, classes=1), "single class"),
+        (lambda root: (make_folder(root), (root / "empty_class").mkdir()), "class folders with no images: empty_class"),
+        (lambda root: (make_folder(root / "train"), make_folder(root / "val", classes=4)), "classes not in"),
+        (lambda root: make_folder(root / "train"), "no val or test/ folder"),
+        (lambda root: root.mkdir(exist_ok=True), "has no class folders"),
+    ],
+)
+def test_layout_errors_are_one_line(tmp_path: Path, build, message: str) -> None:
+    root = tmp_path / "data"
+    root.mkdir()
+    build(root)
+    with pytest.raises(MobiforgeError, match=message) as error:
+        discover(DataConfig(data=str(root)))
+    assert "\n" not in str(error.value)
+
+
+def test_empty_split_is_an_error(tmp_path: Path) -> None:
+    make_folder(tmp_path / "train")
+    for label in range(3):
+        (tmp_path / "val" / f"class{label}").mkdir(parents=True)
+        (tmp_path / "val" / f"class{label}" / "notes.txt").write_text("not an image")
+    with pytest.raises(MobiforgeError, match="class folders with no images"):
+        discover(DataConfig(data=str(tmp_path)))
+
+
+def test_missing_folder(tmp_path: Path) -> None:
+    with pytest.raises(MobiforgeError, match="no such folder"):
+        discover(DataConfig(data=str(tmp_path / "nope")))
+
+
+def _add_bad_files(root: Path) -> list[Path]:
+    good = make_image(root / "train" / "class0" / "good.jpg", (10, 10, 10), size=64)
+    truncated = root / "train" / "class0" / "truncated.jpg"
+    truncated.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
+    empty = root / "train" / "class1" / "empty.jpg"
+    empty.write_bytes(b"")
+    text = root / "val" / "class2" / "text.jpg"
+    text.write_text("this is not a jpeg")
+    return [truncated, empty, text]
+
+
+def test_bad_files_are_all_listed_before_training(tmp_path: Path) -> None:
+    make_split_folder(tmp_path)
+    bad = _add_bad_files(tmp_path)
+    splits = discover(DataConfig(data=str(tmp_path)))
+    with pytest.raises(MobiforgeError, match="3 image file") as error:
+        check_images(splits, skip_bad=False)
+    message = str(error.value)
+    assert all(str(path) in message for path in bad) and "--skip-bad-images" in message
+    assert "\n" not in message
+
+
+def test_skip_bad_images_warns_and_drops_them(tmp_path: Path) -> None:
+    make_split_folder(tmp_path)
+    _add_bad_files(tmp_path)
+    splits = discover(DataConfig(data=str(tmp_path)))
+    with pytest.warns(UserWarning, match="skipping 3"):
+        checked = check_images(splits, skip_bad=True)
+    assert len(checked.train) == 37 and len(checked.val) == 12
+
+
+def test_files_ignored_by_extension_are_counted(tmp_path: Path) -> None:
+    make_split_folder(tmp_path)
+    (tmp_path / "train" / "class0" / "animation.gif").write_bytes(b"GIF89a")
+    assert discover(DataConfig(data=str(tmp_path))).ignored_files == 1
+
+
+def test_digits_are_materialised_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MOBIFORGE_HOME", str(tmp_path))
+    root = materialize_digits()
+    splits = discover(DataConfig(data="digits"))
+    assert splits.classes == [str(d) for d in range(10)]
+    assert len(splits.train) + len(splits.val) == 1797
+    stamp = (root / ".complete").stat().st_mtime_ns
+    assert materialize_digits() == root and (root / ".complete").stat().st_mtime_ns == stamp
+
+
+def test_transforms_shapes_and_determinism(tmp_path: Path) -> None:
+    make_folder(tmp_path, per_class=4, size=40)
+    splits = discover(DataConfig(data=str(tmp_path), val_split=0.25))
+    config = DataConfig(data=str(tmp_path), img_size=32, trivial_augment=True, random_erasing=0.5)
+    dataset = ImageSamples(splits.train, train_transform(config), seed=3)
+    first, label = dataset[0]
+    assert first.shape == (3, 32, 32) and first.dtype == torch.float32 and label == 0
+    assert torch.equal(dataset[0][0], first)  # the same sample, epoch and seed give the same augmentation
+    dataset.set_epoch(1)
+    assert not torch.equal(dataset[0][0], first)
+    preprocess = preprocess_for(DataConfig(img_size=96))
+    assert (preprocess.img_size, preprocess.resize_size) == (96, 109)
+    evaluated = ImageSamples(splits.val, eval_transform(preprocess))[0][0]
+    assert evaluated.shape == (3, 96, 96)
+
+
+def test_training_rng_is_untouched_by_sample_seeding(tmp_path: Path) -> None:
+    make_folder(tmp_path, per_class=2)
+    splits = discover(DataConfig(data=str(tmp_path), val_split=0.5))
+    dataset = ImageSamples(splits.train, train_transform(DataConfig(img_size=16)))
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    dataset[0]
+    assert torch.equal(torch.rand(3), expected)

@@ -1,0 +1,292 @@
+"""Training end to end: run directory, checkpoints, exact resume after SIGKILL and Ctrl-C, DDP, eval, predict."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import make_image, make_split_folder
+
+from mobiforge.checkpoint import load_checkpoint, model_from_checkpoint
+from mobiforge.cli import main
+from mobiforge.data import DataConfig
+from mobiforge.engine import OptimConfig
+from mobiforge.errors import MobiforgeError
+from mobiforge.inference import evaluate_checkpoint, predict
+from mobiforge.train import TrainConfig, train
+
+
+def _config(data: Path, runs: Path, **overrides) -> TrainConfig:
+    config = TrainConfig(
+        model="mobilenet_seed",
+        width_mult=0.25,
+        data=DataConfig(data=str(data), img_size=16, batch_size=8, workers=0),
+        optim=OptimConfig(optimizer="adamw", lr=2e-3, scheduler="cosine"),
+        epochs=3,
+        runs_dir=str(runs),
+        name="run",
+        tensorboard=False,
+    )
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return config
+
+
+@pytest.fixture
+def colours(tmp_path: Path) -> Path:
+    return make_split_folder(tmp_path / "data", classes=3, train=32, val=6)
+
+
+def test_train_writes_a_complete_run_directory(colours: Path, tmp_path: Path) -> None:
+    result = train(_config(colours, tmp_path / "runs"))
+    run = result.run_dir
+    for name in ("config.yaml", "last.pt", "best.pt", "metrics.csv", "curves.png", "confusion.png"):
+        assert (run / name).is_file(), name
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    raw = torch.load(run / "last.pt", weights_only=True)
+    for key in ("epoch", "state_dict", "optimizer", "scheduler", "rng", "spec", "classes", "preprocess", "config"):
+        assert key in raw, key
+    assert raw["epoch"] == 3 and raw["classes"] == ["class0", "class1", "class2"]
+    assert raw["preprocess"]["img_size"] == 16
+    model = model_from_checkpoint(run / "best.pt")
+    assert model.spec["kwargs"]["small_input"] is True
+
+
+def test_a_short_fit_learns_well_above_chance(colours: Path, tmp_path: Path) -> None:
+    # ~150 steps: BatchNorm's running statistics need about that many updates before eval mode is meaningful.
+    config = _config(colours, tmp_path / "runs", epochs=12)
+    config.data.img_size = 32
+    result = train(config)
+    assert result.best_top1 >= 80  # three patterns: chance is 33%
+
+
+def test_existing_run_is_never_overwritten(colours: Path, tmp_path: Path) -> None:
+    train(_config(colours, tmp_path / "runs", epochs=1))
+    with pytest.raises(MobiforgeError, match="already holds a run; continue it with --resume"):
+        train(_config(colours, tmp_path / "runs", epochs=1))
+
+
+def _cli_args(data: Path, runs: Path, name: str, epochs: int = 3, workers: int = 2) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "mobiforge",
+        "train",
+        "--model",
+        "mobilenet_v2",
+        "--width-mult",
+        "0.5",
+        "--data",
+        str(data),
+        "--img-size",
+        "48",
+        "--batch-size",
+        "4",
+        "--workers",
+        str(workers),
+        "--epochs",
+        str(epochs),
+        "--deterministic",
+        "--threads",
+        "1",
+        "--runs-dir",
+        str(runs),
+        "--name",
+        name,
+        "--opt",
+        "adamw",
+        "--lr",
+        "0.002",
+        "--sched",
+        "cosine",
+        "--no-tensorboard",
+        "--mixup",
+        "0.2",
+    ]
+
+
+def _final_state(run: Path) -> tuple[list[dict[str, str]], dict[str, torch.Tensor]]:
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    for row in rows:
+        row.pop("epoch_seconds"), row.pop("images_per_second")
+    return rows, load_checkpoint(run / "last.pt")["state_dict"]
+
+
+def _assert_same_run(a: Path, b: Path) -> None:
+    rows_a, state_a = _final_state(a)
+    rows_b, state_b = _final_state(b)
+    assert rows_a == rows_b
+    assert all(torch.equal(state_a[key], state_b[key]) for key in state_a)
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A deterministic 3-epoch run that nothing interrupts, shared by the resume tests."""
+    root = tmp_path_factory.mktemp("resume")
+    data = make_split_folder(root / "data", classes=3, train=24, val=6)
+    subprocess.run(_cli_args(data, root / "runs", "reference"), check=True, capture_output=True)
+    return data, root / "runs" / "reference"
+
+
+def _wait_for(predicate, timeout: float = 120.0) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        if time.time() > deadline:
+            raise TimeoutError
+        time.sleep(0.05)
+
+
+def _epoch_in(path: Path) -> int:
+    try:
+        return int(torch.load(path, weights_only=True)["epoch"]) if path.exists() else 0
+    except Exception:  # being replaced right now
+        return 0
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(reference_run: tuple[Path, Path]) -> None:
+    data, reference = reference_run
+    runs = reference.parent
+    process = subprocess.Popen(_cli_args(data, runs, "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    last = runs / "killed" / "last.pt"
+    _wait_for(lambda: _epoch_in(last) >= 1)
+    time.sleep(0.5)  # well into epoch 2
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert _epoch_in(last) == 1  # it died during the second epoch
+    resumed = subprocess.run(
+        [sys.executable, "-m", "mobiforge", "train", "--resume", str(last), "--epochs", "3"],
+        capture_output=True,
+        text=True,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    _assert_same_run(reference, runs / "killed")
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_mid_epoch_and_resume_matches(reference_run: tuple[Path, Path]) -> None:
+    data, reference = reference_run
+    runs = reference.parent
+    process = subprocess.Popen(_cli_args(data, runs, "interrupted"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    last = runs / "interrupted" / "last.pt"
+    _wait_for(lambda: _epoch_in(last) >= 1)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=120) == 130
+    saved = torch.load(last, weights_only=True)
+    assert saved["epoch"] == 1 and saved["step_in_epoch"] > 0  # saved mid-epoch 2
+    subprocess.run(
+        [sys.executable, "-m", "mobiforge", "train", "--resume", str(last), "--epochs", "3"],
+        check=True,
+        capture_output=True,
+    )
+    _assert_same_run(reference, runs / "interrupted")
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes(colours: Path, tmp_path: Path) -> None:
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    assert torchrun is not None
+    command = [
+        torchrun,
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "mobiforge",
+        "train",
+        "--model",
+        "mobilenet_v3_small",
+        "--width-mult",
+        "0.5",
+        "--data",
+        str(colours),
+        "--img-size",
+        "16",
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+        "--epochs",
+        "2",
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--name",
+        "ddp",
+        "--threads",
+        "1",
+        "--no-tensorboard",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    run = tmp_path / "runs" / "ddp"
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert len(rows) == 2
+    checkpoint = torch.load(run / "last.pt", weights_only=True)
+    assert checkpoint["metrics"]["val"]["images"] == 18  # both shards' counts summed: the whole val set
+    assert sum(sum(row) for row in checkpoint["metrics"]["val"]["confusion"]) == 18
+    assert not list(run.glob("*.tmp"))
+
+
+def test_eval_and_predict(colours: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = train(_config(colours, tmp_path / "runs", epochs=4)).run_dir
+    report = evaluate_checkpoint(run / "best.pt", workers=0)
+    assert report.result.images == 18 and len(report.result.per_class) == 3
+    assert report.result.top1 == pytest.approx(load_checkpoint(run / "best.pt")["metrics"]["val"]["top1"])
+    held_out = make_image(tmp_path / "new.png", (40, 200, 60), size=30, seed=99)  # class1's colour
+    top = predict(run / "best.pt", [str(held_out)], top_k=2)[0]["top"]
+    assert len(top) == 2 and sum(entry["probability"] for entry in top) <= 1.0 + 1e-6
+    assert main(["eval", str(run / "best.pt"), "--json", "--workers", "0"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 18
+    assert main(["predict", str(run / "best.pt"), str(held_out)]) == 0
+    assert "class" in capsys.readouterr().out
+    assert main(["predict", str(run / "best.pt"), str(tmp_path / "missing.png")]) == 2
+    assert "missing.png does not exist" in capsys.readouterr().err
+
+
+def test_cli_train_on_digits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.setenv("MOBIFORGE_HOME", str(tmp_path / "home"))
+    code = main(
+        [
+            "train",
+            "--model",
+            "mobilenet_v3_small",
+            "--width-mult",
+            "0.5",
+            "--epochs",
+            "1",
+            "--workers",
+            "0",
+            "--runs-dir",
+            str(tmp_path / "runs"),
+            "--name",
+            "digits",
+            "--no-tensorboard",
+            "--img-size",
+            "16",
+        ]
+    )
+    assert code == 0
+    assert "done: val top-1" in capsys.readouterr().out
+
+
+def test_hymenoptera_with_its_gif_needs_no_flag(shared_dir: Path) -> None:
+    from mobiforge.data import check_images, discover
+
+    root = shared_dir / "datasets" / "hymenoptera"
+    if not root.is_dir():
+        pytest.skip("hymenoptera is not present")
+    splits = check_images(discover(DataConfig(data=str(root))), skip_bad=False)
+    assert splits.classes == ["ants", "bees"]
+    assert splits.ignored_files == 1  # the .gif
+    assert len(splits.train) + len(splits.val) == 397
