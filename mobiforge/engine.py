@@ -175,8 +175,8 @@ def train_one_epoch(
 
     ``start_step`` skips that many batches (a run resumed mid-epoch) and ``carried`` is the (loss sum, images,
     seconds) of the steps done before the interruption, so that the epoch's figures come out as if uninterrupted.
-    ``should_stop`` is polled after every step (Ctrl-C); the returned ``steps`` says how far the epoch got. A non-finite loss raises ``DivergedError``
-    before the optimizer steps, so the weights are never corrupted by it.
+    ``should_stop`` is polled after every step (Ctrl-C); the returned ``steps`` says how far the epoch got.
+    A non-finite loss raises ``DivergedError`` before the optimizer steps, so the weights are never corrupted.
     """
     device = torch.device(device)
     model.train()
