@@ -1,0 +1,131 @@
+"""CIFAR-10 time to accuracy: the best test top-1 that `mobiforge train` reaches in a wall-clock budget.
+
+The model must fit the article's mobile budget (int8 weights under 1 MB). The script measures training speed on
+this machine first, picks the number of epochs that fits the budget (evaluation included), trains with a one-cycle
+schedule and records the recipe, the per-epoch curve and the wall time in benchmarks/RESULTS.md.
+
+    python benchmarks/cifar10_time_to_accuracy.py --data ../shared/datasets/cifar10 [--budget-min 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import write_section
+
+from mobiforge import create_model
+from mobiforge.data import DataConfig
+from mobiforge.engine import OptimConfig
+from mobiforge.profile import int8_weight_bytes
+from mobiforge.train import SilentReporter, TrainConfig, train
+
+
+class LogReporter(SilentReporter):
+    def __init__(self, start: float) -> None:
+        self.start_time = start
+        self.rows: list[dict] = []
+
+    def epoch(self, row: dict) -> None:
+        row = {**row, "wall_min": (time.time() - self.start_time) / 60}
+        self.rows.append(row)
+        print(
+            f"epoch {row['epoch']}/{row['epochs']}: train loss {row['train_loss']:.3f} "
+            f"test top-1 {row['val_top1']:.2f}% "
+            f"({row['images_per_second']:.0f} img/s, wall {row['wall_min']:.1f} min)",
+            flush=True,
+        )
+
+    def message(self, text: str) -> None:
+        print(text, flush=True)
+
+
+def measure_speed(config: TrainConfig, steps: int = 25) -> float:
+    """Training images/s of the model alone (channels_last, this batch size): the basis for the epoch count."""
+    model = create_model(config.model, num_classes=10, width_mult=config.width_mult, small_input=True)
+    model = model.to(memory_format=torch.channels_last).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    batch = config.data.batch_size
+    x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,))
+    for index in range(steps + 3):
+        if index == 3:
+            start = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return steps * batch / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/datasets/cifar10"))
+    parser.add_argument("--budget-min", type=float, default=30.0)
+    parser.add_argument("--model", default="mobilenet_v2")
+    parser.add_argument("--width-mult", type=float, default=0.5)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=0.2)
+    parser.add_argument("--epochs", type=int, default=None, help="default: as many as fit the budget")
+    parser.add_argument("--runs-dir", default="runs")
+    args = parser.parse_args()
+
+    start = time.time()
+    config = TrainConfig(
+        model=args.model,
+        width_mult=args.width_mult,
+        small_input=True,
+        data=DataConfig(data=args.data, img_size=32, batch_size=args.batch_size, workers=2),
+        optim=OptimConfig(lr=args.lr, scheduler="onecycle", weight_decay=5e-4, label_smoothing=0.1, momentum=0.9),
+        epochs=1,
+        runs_dir=args.runs_dir,
+        name=f"cifar10-{args.model}-w{args.width_mult}-{time.strftime('%Y%m%d-%H%M%S')}",
+        tensorboard=False,
+    )
+    int8_bytes = int8_weight_bytes(
+        create_model(args.model, num_classes=10, width_mult=args.width_mult, small_input=True)
+    )
+    if int8_bytes > 1_000_000:
+        raise SystemExit(f"{args.model} x{args.width_mult} has {int8_bytes / 1e6:.2f} MB of int8 weights: over 1 MB")
+    speed = measure_speed(config)
+    # 50k train images per epoch at the measured speed (less ~10% for the data pipeline sharing the two cores),
+    # plus evaluating 10k test images at about 4x training speed.
+    epoch_seconds = 50_000 / (0.9 * speed) + 10_000 / (4 * speed)
+    budget_seconds = args.budget_min * 60 - (time.time() - start)
+    config.epochs = args.epochs or max(1, int(budget_seconds // epoch_seconds))
+    print(f"model speed {speed:.0f} img/s -> {config.epochs} epochs in {args.budget_min:.0f} min", flush=True)
+    reporter = LogReporter(start)
+    result = train(config, reporter)
+    wall = (time.time() - start) / 60
+
+    lines = [
+        "## CIFAR-10 time to accuracy (`mobiforge train`, 2-core CPU)",
+        "",
+        f"Best test top-1 **{result.best_top1:.2f}%** in **{wall:.1f} min** wall time "
+        f"(budget {args.budget_min:.0f} min, data checks, training and per-epoch evaluation of the 10,000 test images included).",
+        "",
+        f"Recipe: `{args.model}` width {args.width_mult}, CIFAR-style stem (`small_input`), "
+        f"int8 weights {int8_bytes / 1e6:.2f} MB; 32 px, pad-and-crop + flip; batch {args.batch_size}, SGD momentum "
+        f"0.9, one-cycle lr {args.lr}, weight decay 5e-4 (not on BN/bias), label smoothing 0.1, channels_last fp32, "
+        f"{config.epochs} epochs (chosen from the measured speed of {speed:.0f} img/s). Run directory: "
+        f"`{result.run_dir}` (curves.png there).",
+        "",
+        "| epoch | train loss | test top-1 | train img/s | wall (min) |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for row in reporter.rows:
+        lines.append(
+            f"| {row['epoch']} | {row['train_loss']:.3f} | {row['val_top1']:.2f}% | {row['images_per_second']:.0f} "
+            f"| {row['wall_min']:.1f} |"
+        )
+    write_section("cifar10_time_to_accuracy", "\n".join(lines))
+    print(f"best test top-1 {result.best_top1:.2f}% in {wall:.1f} min", flush=True)
+
+
+if __name__ == "__main__":
+    main()
