@@ -107,7 +107,8 @@ def main() -> None:
         "## CIFAR-10 time to accuracy (`mobiforge train`, 2-core CPU)",
         "",
         f"Best test top-1 **{result.best_top1:.2f}%** in **{wall:.1f} min** wall time "
-        f"(budget {args.budget_min:.0f} min, data checks, training and per-epoch evaluation of the 10,000 test images included).",
+        f"(budget {args.budget_min:.0f} min, data checks, training and per-epoch evaluation of the 10,000 test "
+        "images included).",
         "",
         f"Recipe: `{args.model}` width {args.width_mult}, CIFAR-style stem (`small_input`), "
         f"int8 weights {int8_bytes / 1e6:.2f} MB; 32 px, pad-and-crop + flip; batch {args.batch_size}, SGD momentum "
