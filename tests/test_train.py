@@ -290,3 +290,59 @@ def test_hymenoptera_with_its_gif_needs_no_flag(shared_dir: Path) -> None:
     assert splits.classes == ["ants", "bees"]
     assert splits.ignored_files == 1  # the .gif
     assert len(splits.train) + len(splits.val) == 397
+
+
+def test_every_training_option_runs(colours: Path, tmp_path: Path) -> None:
+    config = _config(colours, tmp_path / "runs", epochs=2, amp="bf16")
+    config.data.mixup, config.data.cutmix, config.data.trivial_augment = 0.2, 1.0, True
+    config.data.random_erasing, config.data.crop = 0.25, "rrc"
+    config.optim = OptimConfig(
+        optimizer="rmsprop", lr=1e-3, scheduler="onecycle", weight_decay=1e-5, label_smoothing=0.1, clip_grad=1.0,
+        ema_decay=0.9,
+    )
+    result = train(config)
+    assert len(result.history) == 2 and all(torch.isfinite(torch.tensor(r["train_loss"])) for r in result.history)
+    checkpoint = load_checkpoint(result.run_dir / "last.pt")
+    assert checkpoint["ema"] is not None and checkpoint["config"]["amp"] == "bf16"
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
+    colours: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mobiforge.engine as engine
+
+    real = engine.cross_entropy_loss
+    steps_per_epoch = 96 // 8
+
+    def poisoned(label_smoothing: float = 0.0):
+        loss_fn, calls = real(label_smoothing), [0]
+
+        def fn(logits, targets, images):
+            calls[0] += 1
+            loss = loss_fn(logits, targets, images)
+            return loss * float("nan") if calls[0] > steps_per_epoch + 3 else loss  # NaN in the second epoch
+
+        return fn
+
+    monkeypatch.setattr(engine, "cross_entropy_loss", poisoned)
+    with pytest.raises(engine.DivergedError, match="loss became nan at epoch 2, step 4; the last good checkpoint is"):
+        train(_config(colours, tmp_path / "runs", epochs=3))
+    assert load_checkpoint(tmp_path / "runs" / "run" / "last.pt")["epoch"] == 1
+
+
+def test_hymenoptera_short_training(shared_dir: Path, tmp_path: Path) -> None:
+    root = shared_dir / "datasets" / "hymenoptera"
+    if not root.is_dir():
+        pytest.skip("hymenoptera is not present")
+    config = TrainConfig(
+        model="mobilenet_v3_small",
+        width_mult=0.5,
+        data=DataConfig(data=str(root), img_size=64, batch_size=32, workers=2),
+        epochs=1,
+        runs_dir=str(tmp_path),
+        name="ants-bees",
+        tensorboard=False,
+    )
+    result = train(config)
+    checkpoint = load_checkpoint(result.run_dir / "last.pt")
+    assert checkpoint["classes"] == ["ants", "bees"] and checkpoint["data"]["val_images"] == 153

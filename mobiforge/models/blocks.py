@@ -8,6 +8,7 @@ and channel pruning mechanical. Width rounding (``make_divisible``) lives here a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
@@ -55,11 +56,34 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None,
     return new_value
 
 
+class Conv2dSameTF(nn.Conv2d):
+    """A strided conv with TensorFlow's "SAME" padding: the extra pixel of an even padding goes right/bottom.
+
+    PyTorch pads symmetrically, which shifts every stride-2 feature map by half a pixel against TensorFlow; weights
+    ported from TensorFlow (EfficientNet-Lite) need this to reproduce their accuracy. The padding depends on the
+    input size, so it is computed per call (one ``F.pad``, exported as a static pad for a fixed input size).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads = []
+        for size, kernel, stride, dilation in zip(
+            reversed(x.shape[-2:]),
+            reversed(self.kernel_size),
+            reversed(self.stride),
+            reversed(self.dilation),
+            strict=True,
+        ):
+            total = max((math.ceil(size / stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+            pads += [total // 2, total - total // 2]
+        return super().forward(nn.functional.pad(x, pads))
+
+
 class ConvBNAct(nn.Sequential):
     """Conv2d, then an optional norm, then an optional activation.
 
     Children are ``0`` (conv), ``1`` (norm, when present) and the activation, exactly as torchvision's
     ``Conv2dNormActivation``. The conv has a bias only when no norm follows it (a bias before BN is wasted).
+    ``tf_padding`` uses TensorFlow's asymmetric "SAME" padding for strided convs (for TF-ported weights).
     """
 
     def __init__(
@@ -72,12 +96,17 @@ class ConvBNAct(nn.Sequential):
         norm_layer: NormLayer | None = nn.BatchNorm2d,
         act_layer: ActLayer | None = nn.ReLU,
         bias: bool | None = None,
+        tf_padding: bool = False,
     ) -> None:
         if bias is None:
             bias = norm_layer is None
-        layers: list[nn.Module] = [
-            nn.Conv2d(in_channels, out_channels, kernel_size, stride, (kernel_size - 1) // 2, groups=groups, bias=bias)
-        ]
+        if tf_padding and stride > 1:  # stride-1 "SAME" padding with odd kernels equals PyTorch's symmetric one
+            conv: nn.Conv2d = Conv2dSameTF(in_channels, out_channels, kernel_size, stride, 0, groups=groups, bias=bias)
+        else:
+            conv = nn.Conv2d(
+                in_channels, out_channels, kernel_size, stride, (kernel_size - 1) // 2, groups=groups, bias=bias
+            )
+        layers: list[nn.Module] = [conv]
         if norm_layer is not None:
             layers.append(norm_layer(out_channels))
         if act_layer is not None:
@@ -207,7 +236,9 @@ class InvertedResidual(nn.Module):
     The shortcut is the identity, used only when stride is 1 and widths match (the paper's rule).
     """
 
-    def __init__(self, cfg: InvertedResidualConfig, norm_layer: NormLayer = nn.BatchNorm2d) -> None:
+    def __init__(
+        self, cfg: InvertedResidualConfig, norm_layer: NormLayer = nn.BatchNorm2d, tf_padding: bool = False
+    ) -> None:
         super().__init__()
         self.cfg = cfg
         act = get_act_layer(cfg.activation)
@@ -223,6 +254,7 @@ class InvertedResidual(nn.Module):
                 groups=cfg.hidden_channels,
                 norm_layer=norm_layer,
                 act_layer=act,
+                tf_padding=tf_padding,
             )
         )
         if cfg.se_channels:

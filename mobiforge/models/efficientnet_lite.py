@@ -43,6 +43,7 @@ def efficientnet_lite0(
     stage_channels: list[int] | None = None,
     hidden_channels: list[int] | None = None,
     head_channels: int | None = None,
+    tf_padding: bool = False,
 ) -> StackedNet:
     """EfficientNet-Lite0 (4.65M parameters, 385M multiply-adds at 224 px).
 
@@ -52,14 +53,18 @@ def efficientnet_lite0(
         small_input: CIFAR-style: stride-1 stem and stride-1 second stage.
         dropout: dropout before the classifier.
         stem_channels, stage_channels (7), hidden_channels (16), head_channels: explicit widths.
+        tf_padding: TensorFlow "SAME" padding in strided convs, as the TF-trained ImageNet weights expect.
     """
     rows = remove_first_downsampling(EFFICIENTNET_B0_STAGES) if small_input else EFFICIENTNET_B0_STAGES
     norm = partial(nn.BatchNorm2d, eps=0.001, momentum=0.01)
     stem = stem_channels or 32
     head = head_channels or 1280
     blocks = expand_stage_rows(rows, stem, width_mult, "relu6", stage_channels, hidden_channels)
-    features: list[nn.Module] = [ConvBNAct(3, stem, 3, 1 if small_input else 2, norm_layer=norm, act_layer=nn.ReLU6)]
-    features += [InvertedResidual(cfg, norm_layer=norm) for cfg in blocks]
+    stride = 1 if small_input else 2
+    features: list[nn.Module] = [
+        ConvBNAct(3, stem, 3, stride, norm_layer=norm, act_layer=nn.ReLU6, tf_padding=tf_padding)
+    ]
+    features += [InvertedResidual(cfg, norm_layer=norm, tf_padding=tf_padding) for cfg in blocks]
     features.append(ConvBNAct(blocks[-1].out_channels, head, 1, norm_layer=norm, act_layer=nn.ReLU6))
     classifier = linear_classifier(head, num_classes, dropout)
     return StackedNet(features, classifier, head, head, num_classes, default_preprocess(small_input))

@@ -11,6 +11,7 @@ import difflib
 import fnmatch
 import inspect
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from torch import nn
@@ -51,19 +52,32 @@ def _check_name(name: str) -> None:
         raise UnknownModelError(f"unknown model {name!r}; {hint}")
 
 
-def create_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build a registered model.
+def create_model(
+    name: str,
+    pretrained: bool | str = False,
+    weights: str | Path | None = None,
+    download: bool = False,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build a registered model, optionally with pretrained weights.
 
     Args:
         name: a name from ``list_models()``.
+        pretrained: ``True`` for the model's default weights, or a weights tag (``mobiforge models --weights``).
+        weights: an explicit weights file in the entry's format (implies ``pretrained``).
+        download: allow fetching the weights from the publisher when no local copy exists (never implicit).
         **kwargs: builder arguments (``num_classes``, ``width_mult``, ``small_input``, explicit channel lists...).
             ``None`` values are dropped so that callers can pass optional flags through unchanged.
 
     Returns:
-        The model, with ``model.spec == {"name": name, "kwargs": <the non-None kwargs>}``.
+        The model, with ``model.spec == {"name": name, "kwargs": <the non-None kwargs>}``: the architecture only,
+        so rebuilding from a spec never loads weights. With weights, ``model.pretrained`` names the entry and the
+        classifier is replaced when ``num_classes`` differs from the weights'.
     """
     _check_name(name)
     kwargs = {key: value for key, value in kwargs.items() if value is not None}
+    if pretrained or weights is not None:
+        return _create_pretrained(name, pretrained or True, weights, download, kwargs)
     builder = _MODEL_BUILDERS[name]
     accepted = inspect.signature(builder).parameters
     unknown = sorted(set(kwargs) - set(accepted))
@@ -74,6 +88,21 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     except ValueError as error:  # an inconsistent width list or the like: say which model and why
         raise MobiforgeError(f"cannot build {name!r}: {error}") from None
     model.spec = {"name": name, "kwargs": _plain(kwargs)}
+    return model
+
+
+def _create_pretrained(
+    name: str, tag: bool | str, file: str | Path | None, download: bool, kwargs: dict[str, Any]
+) -> nn.Module:
+    from mobiforge.models.weights import find_weights_file, get_weights, load_pretrained
+
+    entry = get_weights(name, tag)
+    num_classes = kwargs.pop("num_classes", entry.num_classes)
+    path = find_weights_file(entry, file, download)  # before building: a missing file fails fast
+    model = create_model(name, **{**kwargs, **entry.model_kwargs, "num_classes": entry.num_classes})
+    load_pretrained(model, entry, path, num_classes)
+    model.spec = {"name": name, "kwargs": _plain({**kwargs, **entry.model_kwargs, "num_classes": num_classes})}
+    model.pretrained = entry.name
     return model
 
 
