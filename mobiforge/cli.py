@@ -57,6 +57,14 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--random-erasing", type=float, default=0.0, metavar="P")
     group.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA")
     group.add_argument("--cutmix", type=float, default=0.0, metavar="ALPHA")
+    group.add_argument(
+        "--mean",
+        type=float,
+        nargs=3,
+        default=None,
+        help="normalisation mean (default: the pretrained weights', else ImageNet's)",
+    )
+    group.add_argument("--std", type=float, nargs=3, default=None)
 
 
 def add_optim_args(parser: argparse.ArgumentParser) -> None:
@@ -86,6 +94,19 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
         help="CIFAR-style stem (default: on for images of 64 px or less)",
     )
     group.add_argument("--dropout", type=float, default=None)
+    group.add_argument(
+        "--pretrained",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="TAG",
+        help="start from pretrained weights (default entry, or TAG); the classifier is replaced",
+    )
+    group.add_argument("--weights", default=None, metavar="FILE", help="explicit pretrained weights file")
+    group.add_argument("--download", action="store_true", help="allow downloading missing pretrained weights")
+    group.add_argument("--freeze-epochs", type=int, default=0, help="train only the classifier for N epochs")
+    group.add_argument("--backbone-lr-scale", type=float, default=1.0, help="backbone lr relative to the head's")
+    group.add_argument("--freeze-bn", action="store_true", help="keep BatchNorm statistics fixed throughout")
     group.add_argument("--epochs", type=int, default=30)
     group.add_argument("--seed", type=int, default=0)
     group.add_argument("--deterministic", action="store_true", help="repeatable results (slower kernels)")
@@ -117,6 +138,8 @@ def train_config_from_args(args: argparse.Namespace):  # type: ignore[no-untyped
         return {key: value for key, value in vars(args).items() if key in names}
 
     data = DataConfig(**pick(DataConfig))
+    data.mean = tuple(data.mean) if data.mean else None  # type: ignore[assignment]
+    data.std = tuple(data.std) if data.std else None  # type: ignore[assignment]
     optim = OptimConfig(**{**pick(OptimConfig), "ema_decay": args.ema})
     run = {key: value for key, value in pick(TrainConfig).items() if key not in ("data", "optim")}
     return TrainConfig(data=data, optim=optim, **run)

@@ -15,6 +15,7 @@ index), so a run resumed mid-epoch, or run with another number of loader workers
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import warnings
@@ -56,13 +57,25 @@ class DataConfig:
     random_erasing: float = 0.0
     mixup: float = 0.0  # alpha; 0 disables
     cutmix: float = 0.0  # alpha; 0 disables
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    mean: tuple[float, float, float] | None = None  # None: the pretrained weights' own, else ImageNet's
+    std: tuple[float, float, float] | None = None
 
     def resolved_img_size(self) -> int:
         if self.img_size is not None:
             return self.img_size
         return 32 if self.data in BUILTIN_DATASETS else 224
+
+    def resolved(self, weights_preprocess: Preprocess | None = None) -> DataConfig:
+        """A copy with the input size and normalisation filled in: the explicit values, else those of the
+        pretrained weights (a model must see inputs normalised as in its pretraining), else ImageNet's."""
+        base = weights_preprocess
+        img_size = self.img_size or (base.img_size if base is not None and self.data not in BUILTIN_DATASETS else None)
+        return dataclasses.replace(
+            self,
+            img_size=img_size or self.resolved_img_size(),
+            mean=self.mean or (base.mean if base is not None else IMAGENET_MEAN),
+            std=self.std or (base.std if base is not None else IMAGENET_STD),
+        )
 
 
 @dataclass
@@ -276,7 +289,8 @@ def train_transform(config: DataConfig) -> v2.Compose:
         steps.append(v2.RandomHorizontalFlip())
     if config.trivial_augment:
         steps.append(v2.TrivialAugmentWide())
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(config.mean), list(config.std))]
+    mean, std = config.mean or IMAGENET_MEAN, config.std or IMAGENET_STD
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
     if config.random_erasing > 0:
         steps.append(v2.RandomErasing(p=config.random_erasing))
     return v2.Compose(steps)
@@ -300,10 +314,19 @@ def eval_transform(preprocess: Preprocess) -> v2.Compose:
     )
 
 
-def preprocess_for(config: DataConfig) -> Preprocess:
-    """The eval preprocessing that matches a training config (stored in every checkpoint)."""
+def preprocess_for(config: DataConfig, weights_preprocess: Preprocess | None = None) -> Preprocess:
+    """The eval preprocessing that matches a (resolved) training config; stored in every checkpoint. Crop ratio
+    and interpolation follow the pretrained weights when there are any."""
     size = config.resolved_img_size()
-    return Preprocess(img_size=size, crop_pct=1.0 if size <= 64 else 0.875, mean=config.mean, std=config.std)
+    crop_pct = 1.0 if size <= 64 else (weights_preprocess.crop_pct if weights_preprocess else 0.875)
+    interpolation = weights_preprocess.interpolation if weights_preprocess else "bilinear"
+    return Preprocess(
+        img_size=size,
+        crop_pct=crop_pct,
+        mean=config.mean or IMAGENET_MEAN,
+        std=config.std or IMAGENET_STD,
+        interpolation=interpolation,
+    )
 
 
 def load_rgb(path: str, draft_size: int | None = None) -> Image.Image:

@@ -45,19 +45,37 @@ class DivergedError(MobiforgeError):
     """The loss became NaN or infinite."""
 
 
-def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict[str, Any]]:
-    """Two groups: weights that get decay, and BN/bias parameters (1-D tensors) that do not."""
-    if decay_norm_and_bias or weight_decay == 0:
-        return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
-    decay, no_decay = [], []
+def param_groups(
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    decay_norm_and_bias: bool = False,
+    head: nn.Module | None = None,
+    backbone_lr_scale: float = 1.0,
+) -> list[dict[str, Any]]:
+    """Parameter groups: BN/bias parameters (1-D tensors) without weight decay unless ``decay_norm_and_bias``,
+    and, when ``head`` is given, the rest of the model (the backbone) at ``lr * backbone_lr_scale``."""
+    head_ids = {id(p) for p in head.parameters()} if head is not None else set()
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for param in model.parameters():
-        if param.requires_grad:
-            (no_decay if param.ndim <= 1 else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        is_backbone = head is not None and id(param) not in head_ids
+        decays = decay_norm_and_bias or param.ndim > 1
+        groups.setdefault((is_backbone, decays), []).append(param)
+    return [
+        {
+            "params": params,
+            "lr": lr * (backbone_lr_scale if is_backbone else 1.0),
+            "weight_decay": weight_decay if decays else 0.0,
+        }
+        for (is_backbone, decays), params in sorted(groups.items())
+    ]
 
 
-def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
-    groups = param_groups(model, config.weight_decay, config.decay_norm_and_bias)
+def build_optimizer(
+    model: nn.Module, config: OptimConfig, head: nn.Module | None = None, backbone_lr_scale: float = 1.0
+) -> torch.optim.Optimizer:
+    """The configured optimizer; with ``head``, the backbone learns ``backbone_lr_scale`` times slower."""
+    groups = param_groups(model, config.lr, config.weight_decay, config.decay_norm_and_bias, head, backbone_lr_scale)
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=False)
     if config.optimizer == "adamw":
@@ -145,6 +163,12 @@ class EpochStats:
         return self.images / self.seconds if self.seconds else 0.0
 
 
+def set_bn_eval(model: nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
 def _batches(loader: Iterable[Any], skip: int) -> Iterator[Any]:
     for index, batch in enumerate(loader):
         if index >= skip:
@@ -166,6 +190,7 @@ def train_one_epoch(
     clip_grad: float | None = None,
     channels_last: bool = False,
     batch_transform: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+    frozen_bn: bool = False,
     start_step: int = 0,
     carried: tuple[float, int, float] = (0.0, 0, 0.0),
     progress: Callable[[StepInfo], None] | None = None,
@@ -173,6 +198,7 @@ def train_one_epoch(
 ) -> EpochStats:
     """One pass over ``loader``; ``loss_fn(logits, targets, images)`` gives the loss (images for distillation).
 
+    ``frozen_bn`` keeps BatchNorm layers in eval mode (running statistics fixed; for frozen pretrained backbones).
     ``start_step`` skips that many batches (a run resumed mid-epoch) and ``carried`` is the (loss sum, images,
     seconds) of the steps done before the interruption, so that the epoch's figures come out as if uninterrupted.
     ``should_stop`` is polled after every step (Ctrl-C); the returned ``steps`` says how far the epoch got.
@@ -180,6 +206,8 @@ def train_one_epoch(
     """
     device = torch.device(device)
     model.train()
+    if frozen_bn:
+        set_bn_eval(model)
     steps = len(loader) if hasattr(loader, "__len__") else 0  # type: ignore[arg-type]
     total_loss, images, carried_seconds = carried
     step = start_step

@@ -46,8 +46,9 @@ from mobiforge.data import (
     train_transform,
 )
 from mobiforge.errors import MobiforgeError
-from mobiforge.models import create_model
+from mobiforge.models import build_from_spec, create_model
 from mobiforge.models.base import Preprocess
+from mobiforge.models.weights import get_weights
 
 
 @dataclass
@@ -58,6 +59,12 @@ class TrainConfig:
     width_mult: float | None = None
     small_input: bool | None = None  # None: on for images of 64 px or less
     dropout: float | None = None
+    pretrained: bool | str = False  # True or a weights tag: start from pretrained weights (classifier replaced)
+    weights: str | None = None  # an explicit weights file for the pretrained entry
+    download: bool = False  # allow fetching missing weights from the publisher
+    freeze_epochs: int = 0  # train only the classifier for this many epochs (backbone and its BN frozen)
+    backbone_lr_scale: float = 1.0  # backbone learning rate relative to the classifier's
+    freeze_bn: bool = False  # keep every BatchNorm in eval mode throughout
     data: DataConfig = field(default_factory=DataConfig)
     optim: engine.OptimConfig = field(default_factory=engine.OptimConfig)
     epochs: int = 30
@@ -75,7 +82,9 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        data["data"]["mean"], data["data"]["std"] = list(self.data.mean), list(self.data.std)
+        for key in ("mean", "std"):
+            value = getattr(self.data, key)
+            data["data"][key] = list(value) if value is not None else None
         return data
 
     @classmethod
@@ -83,7 +92,7 @@ class TrainConfig:
         data = dict(data)
         data_config = dict(data.pop("data", {}))
         for key in ("mean", "std"):
-            if key in data_config:
+            if data_config.get(key) is not None:
                 data_config[key] = tuple(data_config[key])
         return cls(data=DataConfig(**data_config), optim=engine.OptimConfig(**data.pop("optim", {})), **data)
 
@@ -318,16 +327,27 @@ def train(config: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
     if splits.ignored_files:
         reporter.message(f"ignored {splits.ignored_files} file(s) that are not images by extension (e.g. .gif)")
     classes = splits.classes
+    pretrained = config.pretrained or config.weights is not None
+    weights_preprocess = get_weights(config.model, config.pretrained or True).preprocess if pretrained else None
+    config.data = config.data.resolved(weights_preprocess)
     img_size = config.data.resolved_img_size()
     small_input = config.small_input if config.small_input is not None else img_size <= 64
-    model = create_model(
-        config.model,
-        num_classes=len(classes),
-        width_mult=config.width_mult,
-        small_input=small_input,
-        dropout=config.dropout,
-    )
-    preprocess: Preprocess = preprocess_for(config.data)
+    if resume_ckpt is not None:  # the checkpoint's own architecture; its weights are loaded below
+        model = build_from_spec(resume_ckpt["spec"])
+    else:
+        model = create_model(
+            config.model,
+            pretrained=config.pretrained,
+            weights=config.weights,
+            download=config.download,
+            num_classes=len(classes),
+            width_mult=config.width_mult,
+            small_input=small_input,
+            dropout=config.dropout,
+        )
+    if pretrained and resume_ckpt is None:
+        reporter.message(f"starting from {model.pretrained} weights; new classifier for {len(classes)} classes")
+    preprocess: Preprocess = preprocess_for(config.data, weights_preprocess)
     model.preprocess = preprocess
     model.to(device)
     if config.channels_last:
@@ -344,7 +364,8 @@ def train(config: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
     train_loader = _loader(train_set, sampler, config.data, drop_last, device)
     val_loader = _loader(val_set, None, config.data, False, device)
 
-    optimizer = engine.build_optimizer(model, config.optim)
+    head = model.get_classifier() if (pretrained or config.backbone_lr_scale != 1.0) else None
+    optimizer = engine.build_optimizer(model, config.optim, head, config.backbone_lr_scale)
     scheduler = engine.build_scheduler(optimizer, config.optim, config.epochs, len(train_loader))
     amp_dtype = engine.resolve_amp(config.amp, device)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
@@ -377,8 +398,11 @@ def train(config: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
         writer = _tensorboard(run_dir) if config.tensorboard else None
     train_model: nn.Module = model
     if ddp.enabled:
+        # Frozen-backbone epochs leave parameters without gradients, which DDP must be told to expect.
         train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=config.freeze_epochs > 0,
         )
     if config.compile:
         train_model = torch.compile(train_model)
@@ -426,6 +450,8 @@ def train(config: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
         should_stop = _stop_check(stop, ddp, device)
         for epoch in range(start_epoch, config.epochs):
             sampler.set_epoch(epoch)
+            frozen = epoch < config.freeze_epochs
+            _set_backbone_trainable(model, trainable=not frozen)
             try:
                 stats = engine.train_one_epoch(
                     train_model,
@@ -441,6 +467,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
                     clip_grad=config.optim.clip_grad,
                     channels_last=config.channels_last,
                     batch_transform=batch_transform,
+                    frozen_bn=frozen or config.freeze_bn,
                     start_step=start_step,
                     carried=(partial["loss_sum"], int(partial["images"]), partial["seconds"]),
                     progress=reporter.step if ddp.is_main else None,
@@ -504,6 +531,14 @@ def train(config: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
     if ddp.enabled:
         dist.barrier()
     return TrainResult(run_dir, best_top1, history, interrupted)
+
+
+def _set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
+    """Freeze or unfreeze everything but the classifier (frozen parameters get no gradient, so no update)."""
+    head = {id(p) for p in model.get_classifier().parameters()}
+    for param in model.parameters():
+        if id(param) not in head:
+            param.requires_grad_(trainable)
 
 
 def _stop_check(stop: _StopFlag, ddp: Distributed, device: torch.device) -> Callable[[], bool]:

@@ -35,7 +35,7 @@ def test_article_defaults() -> None:
 def test_weight_decay_skips_norm_and_bias() -> None:
     model = create_model("mobilenet_v3_small", num_classes=3)
     optimizer = build_optimizer(model, OptimConfig(weight_decay=1e-4))
-    decayed, plain = optimizer.param_groups
+    plain, decayed = optimizer.param_groups
     assert decayed["weight_decay"] == 1e-4 and plain["weight_decay"] == 0.0
     assert all(p.ndim > 1 for p in decayed["params"]) and all(p.ndim <= 1 for p in plain["params"])
     assert len(build_optimizer(model, OptimConfig(weight_decay=1e-4, decay_norm_and_bias=True)).param_groups) == 1

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 import torch
 
 from mobiforge.errors import MobiforgeError
+from mobiforge.models.convert import map_by_order
 from mobiforge.models.registry import create_model
 
 # mobiforge name -> torchvision builder name (they coincide, but the list says which families are compatible).
@@ -45,16 +46,7 @@ def torchvision_key_map(name: str, num_classes: int = 1000) -> dict[str, str]:
         )
     reference = torchvision.models.get_model(TORCHVISION_EQUIVALENTS[name], weights=None, num_classes=num_classes)
     ours = create_model(name, num_classes=num_classes)
-    theirs_sd, ours_sd = reference.state_dict(), ours.state_dict()
-    if len(theirs_sd) != len(ours_sd):
-        raise AssertionError(f"{name}: {len(theirs_sd)} torchvision tensors vs {len(ours_sd)} here")
-    key_map = {}
-    for (their_key, their_value), (our_key, our_value) in zip(theirs_sd.items(), ours_sd.items(), strict=True):
-        if their_value.shape != our_value.shape:
-            shapes = f"{their_key} {tuple(their_value.shape)} vs {our_key} {tuple(our_value.shape)}"
-            raise AssertionError(f"{name}: {shapes}")
-        key_map[their_key] = our_key
-    return key_map
+    return map_by_order(reference.state_dict(), ours.state_dict())
 
 
 def convert_torchvision_state_dict(name: str, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
