@@ -24,10 +24,10 @@ from mobiforge.train import SilentReporter, TrainConfig, train  # noqa: E402
 
 class Log(SilentReporter):
     def __init__(self) -> None:
-        self.start, self.rows = time.time(), []
+        self.t0, self.rows = time.time(), []
 
     def epoch(self, row: dict) -> None:
-        self.rows.append({**row, "wall_s": time.time() - self.start})
+        self.rows.append({**row, "wall_s": time.time() - self.t0})
         print(f"epoch {row['epoch']}: train loss {row['train_loss']:.3f}, val top-1 {row['val_top1']:.2f}%", flush=True)
 
 
@@ -57,7 +57,7 @@ def main() -> None:
     )
     log = Log()
     result = train(config, log)
-    wall = time.time() - log.start
+    wall = time.time() - log.t0
     lines = [
         "## hymenoptera fine-tuning from ImageNet weights (`mobiforge train --pretrained`)",
         "",
@@ -72,9 +72,7 @@ def main() -> None:
         "| epoch | train loss | val top-1 | wall (s) |",
         "|---:|---:|---:|---:|",
     ]
-    lines += [
-        f"| {r['epoch']} | {r['train_loss']:.3f} | {r['val_top1']:.2f}% | {r['wall_s']:.0f} |" for r in log.rows
-    ]
+    lines += [f"| {r['epoch']} | {r['train_loss']:.3f} | {r['val_top1']:.2f}% | {r['wall_s']:.0f} |" for r in log.rows]
     write_section("hymenoptera_finetune", "\n".join(lines))
     print(f"best val top-1 {result.best_top1:.2f}% in {wall / 60:.1f} min", flush=True)
 

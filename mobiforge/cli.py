@@ -159,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("pattern", nargs="?", default="*", help="substring or shell pattern, e.g. 'mobilenet_v3*'")
     models.add_argument("--img-size", type=int, default=224, help="input size for the MAC count (default 224)")
     models.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    models.add_argument("--weights", action="store_true", help="list the pretrained weights entries instead")
     models.set_defaults(handler=run_models)
 
     profile = commands.add_parser(
@@ -265,6 +266,8 @@ def run_models(args: argparse.Namespace) -> int:
     from mobiforge.models import create_model, list_models
     from mobiforge.profile import count_macs, count_params
 
+    if args.weights:
+        return _list_weights(args)
     names = list_models(args.pattern)
     if not names:
         raise MobiforgeError(f"no model matches {args.pattern!r}; run `mobiforge models` to list them all")
@@ -291,6 +294,38 @@ def run_models(args: argparse.Namespace) -> int:
     table.add_column("MACs", justify="right")
     for row in rows:
         table.add_row(row["name"], f"{row['params'] / 1e6:.2f}M", f"{row['macs'] / 1e6:.0f}M")
+    Console().print(table)
+    return 0
+
+
+def _list_weights(args: argparse.Namespace) -> int:
+    from mobiforge.models import list_models
+    from mobiforge.models.weights import list_weights, locate_quietly
+
+    rows = [
+        {
+            "weights": entry.name,
+            "top1": entry.metrics.get("top1"),
+            "img_size": entry.preprocess.img_size,
+            "file": entry.filename,
+            "available": str(locate_quietly(entry) or ""),
+            "source": entry.source,
+            "license": entry.license,
+        }
+        for name in list_models(args.pattern)
+        for entry in list_weights(name)
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="pretrained weights (use --pretrained [TAG]; TAG is the part after the dot)")
+    for column in ("weights", "ImageNet top-1", "local file", "source"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["weights"], f"{row['top1']:.1f}", row["available"] or "-", row["source"])
     Console().print(table)
     return 0
 

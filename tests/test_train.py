@@ -297,7 +297,12 @@ def test_every_training_option_runs(colours: Path, tmp_path: Path) -> None:
     config.data.mixup, config.data.cutmix, config.data.trivial_augment = 0.2, 1.0, True
     config.data.random_erasing, config.data.crop = 0.25, "rrc"
     config.optim = OptimConfig(
-        optimizer="rmsprop", lr=1e-3, scheduler="onecycle", weight_decay=1e-5, label_smoothing=0.1, clip_grad=1.0,
+        optimizer="rmsprop",
+        lr=1e-3,
+        scheduler="onecycle",
+        weight_decay=1e-5,
+        label_smoothing=0.1,
+        clip_grad=1.0,
         ema_decay=0.9,
     )
     result = train(config)

@@ -170,3 +170,28 @@ def test_fine_tuning_freezes_then_unfreezes(tmp_path: Path) -> None:
     resumed = train(TrainConfig(resume=str(run / "last.pt"), epochs=2))  # now unfrozen
     after = load_checkpoint(resumed.run_dir / "last.pt")["state_dict"]
     assert not torch.equal(after["features.0.0.weight"], state["features.0.0.weight"])
+
+
+@pytest.mark.slow
+def test_fine_tuned_on_hymenoptera_predicts_held_out_photos(shared_dir: Path, tmp_path: Path) -> None:
+    from mobiforge.inference import predict
+
+    root = shared_dir / "datasets" / "hymenoptera"
+    if not root.is_dir():
+        pytest.skip("hymenoptera is not present")
+    config = TrainConfig(
+        model="efficientnet_lite0",
+        pretrained=True,
+        data=DataConfig(data=str(root), batch_size=16, workers=2, min_scale=0.25),
+        optim=OptimConfig(lr=0.01, scheduler="cosine"),
+        epochs=1,
+        freeze_epochs=1,
+        runs_dir=str(tmp_path),
+        name="ants-bees",
+        tensorboard=False,
+    )
+    run = train(config).run_dir
+    photos = {name: sorted((root / "val" / name).glob("*.jpg"))[:4] for name in ("ants", "bees")}  # never trained on
+    results = predict(run / "best.pt", [str(p) for files in photos.values() for p in files], top_k=1)
+    predicted = [item["top"][0]["class"] for item in results]
+    assert predicted == ["ants"] * 4 + ["bees"] * 4

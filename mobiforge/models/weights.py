@@ -175,6 +175,14 @@ def find_weights_file(weights: Weights, explicit: str | os.PathLike[str] | None 
     )
 
 
+def locate_quietly(weights: Weights) -> Path | None:
+    """The local file of ``weights`` if there is one (no checksum, no download): for listings."""
+    for folder in cache_dirs():
+        if (folder / weights.filename).is_file():
+            return folder / weights.filename
+    return _package_file(weights)
+
+
 # ------------------------------------------------------------------------------------------------- loading
 
 
