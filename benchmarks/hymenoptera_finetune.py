@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import write_section  # noqa: E402
+from _results import write_section
 
-from mobiforge.data import DataConfig  # noqa: E402
-from mobiforge.engine import OptimConfig  # noqa: E402
-from mobiforge.train import SilentReporter, TrainConfig, train  # noqa: E402
+from mobiforge.data import DataConfig
+from mobiforge.engine import OptimConfig
+from mobiforge.train import SilentReporter, TrainConfig, train
 
 
 class Log(SilentReporter):

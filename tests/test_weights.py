@@ -91,7 +91,7 @@ def test_torchvision_file_in_hub_cache(isolated_caches: Path, monkeypatch: pytes
     hub = Path(torch.hub.get_dir()) / "checkpoints"
     path, reference = _generated_torchvision_file(hub, "mobilenet_v3_small", entry.filename)
     # A generated file cannot carry the published checksum: it is refused as not being the published file ...
-    with pytest.raises(MobiforgeError, match="does not match mobilenet_v3_small.tv_imagenet1k_v1"):
+    with pytest.raises(MobiforgeError, match=r"does not match mobilenet_v3_small\.tv_imagenet1k_v1"):
         create_model("mobilenet_v3_small", pretrained=True)
     # ... and accepted once the entry describes it, which exercises lookup, key conversion and loading.
     patched = dataclasses.replace(entry, sha256=W._sha256(path))
