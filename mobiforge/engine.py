@@ -118,7 +118,8 @@ def build_ema(model: nn.Module, decay: float | None) -> AveragedModel | None:
 
 
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """``auto`` is bf16 on CUDA GPUs that support it, none on CPU (bf16 autocast measured slower here)."""
+    """``auto`` is bf16 on CUDA GPUs that support it, none on CPU. On this project's AVX512-BF16 CPU, bf16 autocast
+    trained MobileNetV2 1.2x faster at 224 px but 0.8x as fast at 32 px, so on CPU it is opt-in (``bf16``)."""
     if amp == "none":
         return None
     if amp == "bf16":

@@ -320,6 +320,8 @@ def train(config: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
     ddp, device = setup_distributed(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)  # denormal floats slow CPU kernels down; measured 5-10% faster here
     _seed_everything(config.seed, config.deterministic)
 
     splits = discover(config.data)

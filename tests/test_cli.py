@@ -73,3 +73,30 @@ def test_console_script_runs() -> None:
         check=True,
     )
     assert json.loads(result.stdout)[0]["name"] == "mobilenet_seed"
+
+
+def test_train_flags_fill_the_config_dataclasses() -> None:
+    from mobiforge.cli import build_parser, train_config_from_args
+
+    args = build_parser().parse_args(
+        [
+            "train", "--model", "efficientnet_lite0", "--pretrained", "--freeze-epochs", "2", "--backbone-lr-scale",
+            "0.1", "--freeze-bn", "--mean", "0.5", "0.5", "0.5", "--std", "0.5", "0.5", "0.5", "--opt", "adamw",
+            "--sched", "cosine", "--warmup-epochs", "1", "--ema", "0.999", "--mixup", "0.2", "--no-hflip",
+            "--data", "some/folder", "--img-size", "192", "--epochs", "7",
+        ]
+    )  # fmt: skip
+    config = train_config_from_args(args)
+    assert config.model == "efficientnet_lite0" and config.pretrained is True and config.epochs == 7
+    assert (config.freeze_epochs, config.backbone_lr_scale, config.freeze_bn) == (2, 0.1, True)
+    assert config.data.mean == (0.5, 0.5, 0.5) and config.data.hflip is False and config.data.img_size == 192
+    assert (config.optim.optimizer, config.optim.scheduler, config.optim.ema_decay) == ("adamw", "cosine", 0.999)
+    assert config.data.mixup == 0.2 and config.optim.warmup_epochs == 1
+    tagged = train_config_from_args(build_parser().parse_args(["train", "--pretrained", "tv_imagenet1k_v1"]))
+    assert tagged.pretrained == "tv_imagenet1k_v1"
+
+
+def test_models_weights_listing(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models", "efficientnet", "--weights", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["weights"] == "efficientnet_lite0.imagenet" and rows[0]["available"].endswith(".pth")

@@ -153,44 +153,43 @@ def _epoch_in(path: Path) -> int:
         return 0
 
 
-@pytest.mark.slow
-def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(reference_run: tuple[Path, Path]) -> None:
-    data, reference = reference_run
-    runs = reference.parent
-    process = subprocess.Popen(_cli_args(data, runs, "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    last = runs / "killed" / "last.pt"
+def _stop_during_epoch_two(data: Path, runs: Path, name: str, signum: int) -> tuple[Path, int]:
+    """Start the deterministic run, send ``signum`` half a second into its second epoch; return last.pt, exit code."""
+    process = subprocess.Popen(_cli_args(data, runs, name), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    last = runs / name / "last.pt"
     _wait_for(lambda: _epoch_in(last) >= 1)
-    time.sleep(0.5)  # well into epoch 2
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert _epoch_in(last) == 1  # it died during the second epoch
+    time.sleep(0.5)
+    process.send_signal(signum)
+    return last, process.wait(timeout=120)
+
+
+def _resume(last: Path) -> None:
     resumed = subprocess.run(
         [sys.executable, "-m", "mobiforge", "train", "--resume", str(last), "--epochs", "3"],
         capture_output=True,
         text=True,
     )
     assert resumed.returncode == 0, resumed.stderr
-    _assert_same_run(reference, runs / "killed")
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(reference_run: tuple[Path, Path]) -> None:
+    data, reference = reference_run
+    last, _ = _stop_during_epoch_two(data, reference.parent, "killed", signal.SIGKILL)
+    assert _epoch_in(last) == 1  # it died during the second epoch, with no chance to save
+    _resume(last)
+    _assert_same_run(reference, last.parent)
 
 
 @pytest.mark.slow
 def test_ctrl_c_saves_mid_epoch_and_resume_matches(reference_run: tuple[Path, Path]) -> None:
     data, reference = reference_run
-    runs = reference.parent
-    process = subprocess.Popen(_cli_args(data, runs, "interrupted"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    last = runs / "interrupted" / "last.pt"
-    _wait_for(lambda: _epoch_in(last) >= 1)
-    time.sleep(0.5)
-    process.send_signal(signal.SIGINT)
-    assert process.wait(timeout=120) == 130
+    last, code = _stop_during_epoch_two(data, reference.parent, "interrupted", signal.SIGINT)
+    assert code == 130
     saved = torch.load(last, weights_only=True)
     assert saved["epoch"] == 1 and saved["step_in_epoch"] > 0  # saved mid-epoch 2
-    subprocess.run(
-        [sys.executable, "-m", "mobiforge", "train", "--resume", str(last), "--epochs", "3"],
-        check=True,
-        capture_output=True,
-    )
-    _assert_same_run(reference, runs / "interrupted")
+    _resume(last)
+    _assert_same_run(reference, last.parent)
 
 
 @pytest.mark.slow
