@@ -100,6 +100,7 @@ def main() -> None:
     budget_seconds = args.budget_min * 60 - (time.time() - start)
     config.epochs = args.epochs or max(1, int(budget_seconds // epoch_seconds))
     print(f"model speed {speed:.0f} img/s -> {config.epochs} epochs in {args.budget_min:.0f} min", flush=True)
+    chosen = "set by --epochs to fit the budget" if args.epochs else "as many as the measured speed fits"
     reporter = LogReporter(start)
     result = train(config, reporter)
     wall = (time.time() - start) / 60
@@ -114,8 +115,7 @@ def main() -> None:
         f"Recipe: `{args.model}` width {args.width_mult}, CIFAR-style stem (`small_input`), "
         f"int8 weights {int8_bytes / 1e6:.2f} MB; 32 px, pad-and-crop + flip; batch {args.batch_size}, SGD momentum "
         f"0.9, one-cycle lr {args.lr}, weight decay 5e-4 (not on BN/bias), label smoothing 0.1, channels_last fp32, "
-        f"{config.epochs} epochs (chosen from the measured speed of {speed:.0f} img/s). Run directory: "
-        f"`{result.run_dir}` (curves.png there).",
+        f"{config.epochs} epochs ({chosen}; model-only speed {speed:.0f} img/s).",
         "",
         "| epoch | train loss | test top-1 | train img/s | wall (min) |",
         "|---:|---:|---:|---:|---:|",

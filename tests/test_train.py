@@ -350,3 +350,11 @@ def test_hymenoptera_short_training(shared_dir: Path, tmp_path: Path) -> None:
     result = train(config)
     checkpoint = load_checkpoint(result.run_dir / "last.pt")
     assert checkpoint["classes"] == ["ants", "bees"] and checkpoint["data"]["val_images"] == 153
+
+
+@pytest.mark.slow
+def test_torch_compile_option(colours: Path, tmp_path: Path) -> None:
+    result = train(_config(colours, tmp_path / "runs", epochs=1, compile=True))  # ~45 s of inductor compilation
+    state = load_checkpoint(result.run_dir / "last.pt")["state_dict"]
+    assert not any(key.startswith("_orig_mod") for key in state)  # the checkpoint holds the plain model's keys
+    assert model_from_checkpoint(result.run_dir / "last.pt")(torch.randn(1, 3, 16, 16)).shape == (1, 3)
