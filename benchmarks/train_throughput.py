@@ -105,7 +105,8 @@ def main() -> None:
         "## Training throughput: `mobiforge train` vs a plain torchvision-reference-style loop",
         "",
         f"mobilenet_v2, {torch.get_num_threads()} threads, {args.workers} loader workers, images/s of epoch "
-        f"{args.epochs} of {args.epochs} (data loading included).",
+        f"{args.epochs} of {args.epochs} (data loading included). The epochs are short: on a shared 2-core VM, "
+        "reruns of this script have differed by about 20%.",
         "",
         "| case | batch | plain loop (img/s) | mobiforge train (img/s) | speed-up | with --amp bf16 (img/s) "
         "| speed-up |",
