@@ -107,7 +107,7 @@ def add_train_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--freeze-epochs", type=int, default=0, help="train only the classifier for N epochs")
     group.add_argument("--backbone-lr-scale", type=float, default=1.0, help="backbone lr relative to the head's")
     group.add_argument("--freeze-bn", action="store_true", help="keep BatchNorm statistics fixed throughout")
-    group.add_argument("--epochs", type=int, default=30)
+    group.add_argument("--epochs", type=int, default=None, help="default 30; with --resume: the run's own")
     group.add_argument("--seed", type=int, default=0)
     group.add_argument("--deterministic", action="store_true", help="repeatable results (slower kernels)")
     group.add_argument(

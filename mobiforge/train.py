@@ -67,7 +67,7 @@ class TrainConfig:
     freeze_bn: bool = False  # keep every BatchNorm in eval mode throughout
     data: DataConfig = field(default_factory=DataConfig)
     optim: engine.OptimConfig = field(default_factory=engine.OptimConfig)
-    epochs: int = 30
+    epochs: int | None = None  # None: 30 for a new run; a resumed run keeps its own unless this extends it
     seed: int = 0
     deterministic: bool = False
     amp: str = "auto"  # auto | bf16 | fp16 | none
@@ -313,10 +313,11 @@ def train(config: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
     """Train ``config.model`` on ``config.data``; returns the run directory and the per-epoch history."""
     reporter = reporter or SilentReporter()
     resume_ckpt = load_checkpoint(config.resume) if config.resume else None
-    if resume_ckpt is not None:
+    if resume_ckpt is not None:  # the run's own config; only the epoch count may be raised
         saved = TrainConfig.from_dict(resume_ckpt["config"])
-        saved.resume, saved.epochs = config.resume, config.epochs  # a resumed run may be extended
-        config = saved
+        config = dataclasses.replace(saved, resume=config.resume, epochs=config.epochs or saved.epochs)
+    else:
+        config = dataclasses.replace(config, epochs=config.epochs or 30)  # never mutate the caller's config
     ddp, device = setup_distributed(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -331,7 +332,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
     classes = splits.classes
     pretrained = config.pretrained or config.weights is not None
     weights_preprocess = get_weights(config.model, config.pretrained or True).preprocess if pretrained else None
-    config.data = config.data.resolved(weights_preprocess)
+    config = dataclasses.replace(config, data=config.data.resolved(weights_preprocess))
     img_size = config.data.resolved_img_size()
     small_input = config.small_input if config.small_input is not None else img_size <= 64
     if resume_ckpt is not None:  # the checkpoint's own architecture; its weights are loaded below

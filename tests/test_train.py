@@ -165,7 +165,7 @@ def _stop_during_epoch_two(data: Path, runs: Path, name: str, signum: int) -> tu
 
 def _resume(last: Path) -> None:
     resumed = subprocess.run(
-        [sys.executable, "-m", "mobiforge", "train", "--resume", str(last), "--epochs", "3"],
+        [sys.executable, "-m", "mobiforge", "train", "--resume", str(last)],  # keeps the run's own 3 epochs
         capture_output=True,
         text=True,
     )
