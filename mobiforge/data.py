@@ -250,16 +250,24 @@ def find_bad_images(paths: Sequence[str], workers: int = 4) -> dict[str, str]:
     return {path: problem for path, problem in zip(paths, problems, strict=True) if problem}
 
 
+def decodable(samples: Sequence[Sample], skip_bad: bool) -> set[str]:
+    """Scan every image of ``samples``; fail listing the bad ones, or (``skip_bad``) warn and return their paths."""
+    bad = find_bad_images([path for path, _ in samples])
+    if not bad:
+        return set()
+    listing = "; ".join(f"{path} ({reason})" for path, reason in sorted(bad.items()))
+    if not skip_bad:
+        raise MobiforgeError(
+            f"{len(bad)} image file(s) cannot be decoded: {listing}. Fix or delete them, or pass --skip-bad-images"
+        )
+    warnings.warn(f"skipping {len(bad)} image file(s) that cannot be decoded: {listing}", stacklevel=3)
+    return set(bad)
+
+
 def check_images(splits: DatasetSplits, skip_bad: bool) -> DatasetSplits:
-    """Scan every image; fail listing the bad ones, or drop them with a warning when ``skip_bad``."""
-    bad = find_bad_images([path for path, _ in splits.train + splits.val])
+    """Scan both splits before training starts (see ``decodable``); an emptied split is an error."""
+    bad = decodable(splits.train + splits.val, skip_bad)
     if bad:
-        listing = "; ".join(f"{path} ({reason})" for path, reason in sorted(bad.items()))
-        if not skip_bad:
-            raise MobiforgeError(
-                f"{len(bad)} image file(s) cannot be decoded: {listing}. Fix or delete them, or pass --skip-bad-images"
-            )
-        warnings.warn(f"skipping {len(bad)} image file(s) that cannot be decoded: {listing}", stacklevel=2)
         splits.train = [s for s in splits.train if s[0] not in bad]
         splits.val = [s for s in splits.val if s[0] not in bad]
         for name, split in (("train", splits.train), ("val", splits.val)):

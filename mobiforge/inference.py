@@ -16,11 +16,10 @@ from mobiforge import engine
 from mobiforge.checkpoint import load_checkpoint, model_from_checkpoint
 from mobiforge.data import (
     DataConfig,
-    DatasetSplits,
     ImageSamples,
     Sample,
-    check_images,
     class_folders,
+    decodable,
     discover,
     eval_transform,
     load_rgb,
@@ -96,8 +95,11 @@ def evaluate_checkpoint(
     preprocess = Preprocess.from_dict(checkpoint["preprocess"])
     config = _data_config(checkpoint, data)
     samples = split_samples(config, split, classes)
-    checked = check_images(DatasetSplits(samples, samples[:1], classes, Path(config.data), ""), skip_bad_images)
-    dataset = ImageSamples(checked.train, eval_transform(preprocess), draft_size=preprocess.resize_size)
+    bad = decodable(samples, skip_bad_images)
+    samples = [sample for sample in samples if sample[0] not in bad]
+    if not samples:
+        raise MobiforgeError(f"no decodable images in the {split} split of {config.data}")
+    dataset = ImageSamples(samples, eval_transform(preprocess), draft_size=preprocess.resize_size)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
     model.to(memory_format=torch.channels_last)
     result = engine.evaluate(model, loader, len(classes), channels_last=True)
