@@ -34,6 +34,7 @@ from torchvision.transforms import v2
 
 from mobiforge.errors import MobiforgeError
 from mobiforge.models.base import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from mobiforge.paths import mobiforge_home
 
 BUILTIN_DATASETS = ("digits",)
 Sample = tuple[str, int]
@@ -91,10 +92,6 @@ class DatasetSplits:
 
 
 # --------------------------------------------------------------------------------------------------- discovery
-
-
-def mobiforge_home() -> Path:
-    return Path(os.environ.get("MOBIFORGE_HOME", Path.home() / ".cache" / "mobiforge"))
 
 
 def materialize_digits(root: Path | None = None) -> Path:

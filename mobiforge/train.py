@@ -312,6 +312,7 @@ def _prepare_run_dir(config: TrainConfig, resume_ckpt: dict[str, Any] | None) ->
 def train(config: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
     """Train ``config.model`` on ``config.data``; returns the run directory and the per-epoch history."""
     reporter = reporter or SilentReporter()
+    _check_config(config)  # before defaults fill in: an explicit 0 is an error, not "use the default"
     resume_ckpt = load_checkpoint(config.resume) if config.resume else None
     if resume_ckpt is not None:  # the run's own config; only the epoch count may be raised
         saved = TrainConfig.from_dict(resume_ckpt["config"])
@@ -534,6 +535,21 @@ def train(config: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
     if ddp.enabled:
         dist.barrier()
     return TrainResult(run_dir, best_top1, history, interrupted)
+
+
+def _check_config(config: TrainConfig) -> None:
+    """Reject values that would otherwise fail deep inside torch with a traceback."""
+    checks = [
+        ("--epochs", config.epochs, config.epochs is None or config.epochs >= 1, "at least 1"),
+        ("--batch-size", config.data.batch_size, config.data.batch_size >= 1, "at least 1"),
+        ("--workers", config.data.workers, config.data.workers >= 0, "0 or more"),
+        ("--img-size", config.data.img_size, config.data.img_size is None or config.data.img_size >= 8, ">= 8"),
+        ("--lr", config.optim.lr, config.optim.lr > 0, "positive"),
+        ("--freeze-epochs", config.freeze_epochs, config.freeze_epochs >= 0, "0 or more"),
+    ]
+    for flag, value, ok, expected in checks:
+        if not ok:
+            raise MobiforgeError(f"{flag} must be {expected}, got {value}")
 
 
 def _set_backbone_trainable(model: nn.Module, trainable: bool) -> None:

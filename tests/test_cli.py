@@ -100,3 +100,18 @@ def test_models_weights_listing(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["models", "efficientnet", "--weights", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert rows[0]["weights"] == "efficientnet_lite0.imagenet" and rows[0]["available"].endswith(".pth")
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+        (["--epochs", "0"], "--epochs must be at least 1, got 0"),
+        (["--img-size", "4"], "--img-size must be >= 8, got 4"),
+        (["--lr", "-1"], "--lr must be positive, got -1.0"),
+    ],
+)
+def test_bad_train_flags_are_one_line_errors(flags: list[str], message: str, capsys) -> None:
+    assert main(["train", "--data", "digits", *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1

@@ -28,6 +28,7 @@ from torch import nn
 from mobiforge.errors import MobiforgeError
 from mobiforge.models.base import Preprocess
 from mobiforge.models.convert import convert_by_order
+from mobiforge.paths import mobiforge_home
 
 
 def imagenet_categories() -> list[str]:
@@ -97,10 +98,6 @@ def get_weights(model: str, tag: str | bool = True) -> Weights:
 
 
 # ----------------------------------------------------------------------------------------------- file lookup
-
-
-def mobiforge_home() -> Path:
-    return Path(os.environ.get("MOBIFORGE_HOME", Path.home() / ".cache" / "mobiforge"))
 
 
 def cache_dirs() -> list[Path]:
