@@ -83,9 +83,34 @@ def add_optim_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--ema", type=float, default=None, metavar="DECAY", help="EMA of weights, e.g. 0.999")
 
 
-def add_train_args(parser: argparse.ArgumentParser) -> None:
+def add_distill_args(parser: argparse.ArgumentParser, teacher_required: bool) -> None:
+    group = parser.add_argument_group("distillation")
+    group.add_argument(
+        "--teacher",
+        required=teacher_required,
+        default=None,
+        metavar="CKPT_OR_MODEL",
+        help="teacher checkpoint, or a model name with pretrained weights (adapted to the data first)",
+    )
+    group.add_argument("--alpha", type=float, default=0.5, help="weight of the teacher's soft targets (0-1)")
+    group.add_argument("--temperature", "-T", type=float, default=4.0)
+    group.add_argument(
+        "--feature-weight", type=float, default=0.0, help="weight of pre-logit feature MSE (equal widths only)"
+    )
+    group.add_argument("--teacher-epochs", type=int, default=3, help="epochs to adapt a pretrained teacher")
+
+
+def distill_config_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from mobiforge.distill import DistillConfig
+
+    if not args.teacher:
+        return None
+    return DistillConfig(args.teacher, args.alpha, args.temperature, args.feature_weight, args.teacher_epochs)
+
+
+def add_train_args(parser: argparse.ArgumentParser, model_flags: tuple[str, ...] = ("--model", "-m")) -> None:
     group = parser.add_argument_group("run")
-    group.add_argument("--model", "-m", default=DEFAULT_MODEL)
+    group.add_argument(*model_flags, dest="model", default=DEFAULT_MODEL)
     group.add_argument("--width-mult", type=float, default=None)
     group.add_argument(
         "--small-input",
@@ -141,7 +166,7 @@ def train_config_from_args(args: argparse.Namespace):  # type: ignore[no-untyped
     data.mean = tuple(data.mean) if data.mean else None  # type: ignore[assignment]
     data.std = tuple(data.std) if data.std else None  # type: ignore[assignment]
     optim = OptimConfig(**{**pick(OptimConfig), "ema_decay": args.ema})
-    run = {key: value for key, value in pick(TrainConfig).items() if key not in ("data", "optim")}
+    run = {key: value for key, value in pick(TrainConfig).items() if key not in ("data", "optim", "distill")}
     return TrainConfig(data=data, optim=optim, **run)
 
 
@@ -195,6 +220,37 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true")
     evaluate.set_defaults(handler=run_eval)
 
+    distill = commands.add_parser(
+        "distill", help="train a student model with a teacher's soft targets (same flags as train)"
+    )
+    add_train_args(distill, model_flags=("--student", "--model", "-m"))
+    add_distill_args(distill, teacher_required=True)
+    distill.set_defaults(handler=run_distill)
+
+    prune = commands.add_parser("prune", help="structured channel pruning of a checkpoint, then fine-tuning")
+    prune.add_argument("checkpoint", metavar="CKPT")
+    prune.add_argument("--data", default=None, help="image folder (default: the one the checkpoint trained on)")
+    target = prune.add_mutually_exclusive_group(required=True)
+    target.add_argument("--ratio", type=float, default=None, help="fraction of channels to remove, e.g. 0.5")
+    target.add_argument("--target-macs", default=None, help="prune until at most this many MACs, e.g. 150M")
+    target.add_argument("--target-params", default=None, help="prune until at most this many parameters, e.g. 1M")
+    prune.add_argument("--importance", choices=["l1", "taylor", "bn"], default="l1")
+    prune.add_argument("--global", dest="global_pruning", action="store_true", help="rank channels across layers")
+    prune.add_argument("--round-to", type=int, default=8, help="keep channel counts multiples of this")
+    prune.add_argument("--iterative", dest="iterative_steps", type=int, default=1, metavar="STEPS")
+    prune.add_argument("--finetune-epochs", type=int, default=0)
+    prune.add_argument("--batch-size", "-b", type=int, default=64)
+    prune.add_argument("--workers", "-j", type=int, default=2)
+    prune.add_argument("--seed", type=int, default=0)
+    prune.add_argument("--threads", type=int, default=None, help="CPU threads (latency is measured with these)")
+    prune.add_argument("--runs-dir", default="runs")
+    prune.add_argument("--name", default=None)
+    prune.add_argument("--json", action="store_true")
+    add_optim_args(prune)
+    prune.set_defaults(lr=0.01, scheduler="cosine", weight_decay=4e-5)
+    add_distill_args(prune, teacher_required=False)
+    prune.set_defaults(handler=run_prune)
+
     predict = commands.add_parser("predict", help="top-k classes of images, with the checkpoint's preprocessing")
     predict.add_argument("checkpoint", metavar="CKPT")
     predict.add_argument("images", nargs="+", metavar="IMAGE")
@@ -211,6 +267,10 @@ def run_train(args: argparse.Namespace) -> int:
     config = train_config_from_args(args)
     with RichReporter() as reporter:
         result = train(config, reporter)
+    return _print_run_result(result)
+
+
+def _print_run_result(result) -> int:  # type: ignore[no-untyped-def]
     if not result.history:
         return 130 if result.interrupted else 0
     last = result.last
@@ -219,6 +279,81 @@ def run_train(args: argparse.Namespace) -> int:
         f"after {last['epoch']} epochs; checkpoints in {result.run_dir}"
     )
     return 130 if result.interrupted else 0
+
+
+def run_distill(args: argparse.Namespace) -> int:
+    from mobiforge.cli_progress import RichReporter
+    from mobiforge.distill import distill
+
+    config = dataclasses.replace(train_config_from_args(args), distill=distill_config_from_args(args))
+    with RichReporter() as reporter:
+        result = distill(config, reporter)
+    return _print_run_result(result)
+
+
+def _count(text: str | None, flag: str) -> int | None:
+    """``"150M"`` -> 150_000_000 (K, M, G suffixes) for --target-macs / --target-params."""
+    if text is None:
+        return None
+    scales = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
+    body, suffix = (text[:-1], text[-1].lower()) if text[-1:].isalpha() else (text, "")
+    try:
+        return int(float(body) * scales[suffix])
+    except (KeyError, ValueError):
+        raise MobiforgeError(f"{flag} {text!r}: write a count like 150M, 800K or 1.5M") from None
+
+
+def run_prune(args: argparse.Namespace) -> int:
+    from mobiforge.cli_progress import RichReporter
+    from mobiforge.engine import OptimConfig
+    from mobiforge.prune import PruneConfig, prune
+
+    optim_fields = {f.name for f in dataclasses.fields(OptimConfig)}
+    optim = OptimConfig(**{k: v for k, v in vars(args).items() if k in optim_fields}, ema_decay=args.ema)
+    config = PruneConfig(
+        checkpoint=args.checkpoint,
+        data=args.data,
+        ratio=args.ratio,
+        target_macs=_count(args.target_macs, "--target-macs"),
+        target_params=_count(args.target_params, "--target-params"),
+        importance=args.importance,
+        global_pruning=args.global_pruning,
+        round_to=args.round_to,
+        iterative_steps=args.iterative_steps,
+        finetune_epochs=args.finetune_epochs,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        optim=optim,
+        distill=distill_config_from_args(args),
+        seed=args.seed,
+        threads=args.threads,
+        runs_dir=args.runs_dir,
+        name=args.name,
+    )
+    with RichReporter() as reporter:
+        result = prune(config, reporter)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"pruning {args.checkpoint} -> {result.checkpoint}")
+    for column in ("model", "params", "MACs", "latency (ms, batch 1)", "val top-1"):
+        table.add_column(column, justify="right" if column != "model" else "left")
+    rows = [("original", result.before), ("pruned", result.pruned)]
+    if result.after is not None:
+        rows.append((f"pruned + {args.finetune_epochs} epoch fine-tuning", result.after))
+    for label, figures in rows:
+        table.add_row(
+            label,
+            f"{figures.params / 1e6:.3f}M",
+            f"{figures.macs / 1e6:.1f}M",
+            f"{figures.latency_ms:.2f}",
+            f"{figures.top1:.2f}%" if figures.top1 is not None else "-",
+        )
+    Console().print(table)
+    return 0
 
 
 def run_eval(args: argparse.Namespace) -> int:

@@ -45,6 +45,7 @@ from mobiforge.data import (
     preprocess_for,
     train_transform,
 )
+from mobiforge.distill import DistillConfig, check_distill_config, distillation_loss
 from mobiforge.errors import MobiforgeError
 from mobiforge.models import build_from_spec, create_model
 from mobiforge.models.base import Preprocess
@@ -65,6 +66,8 @@ class TrainConfig:
     freeze_epochs: int = 0  # train only the classifier for this many epochs (backbone and its BN frozen)
     backbone_lr_scale: float = 1.0  # backbone learning rate relative to the classifier's
     freeze_bn: bool = False  # keep every BatchNorm in eval mode throughout
+    init_from: str | None = None  # start from this checkpoint's model and weights (e.g. a pruned one)
+    distill: DistillConfig | None = None  # train as the student of a teacher checkpoint
     data: DataConfig = field(default_factory=DataConfig)
     optim: engine.OptimConfig = field(default_factory=engine.OptimConfig)
     epochs: int | None = None  # None: 30 for a new run; a resumed run keeps its own unless this extends it
@@ -94,7 +97,13 @@ class TrainConfig:
         for key in ("mean", "std"):
             if data_config.get(key) is not None:
                 data_config[key] = tuple(data_config[key])
-        return cls(data=DataConfig(**data_config), optim=engine.OptimConfig(**data.pop("optim", {})), **data)
+        distill = data.pop("distill", None)
+        return cls(
+            data=DataConfig(**data_config),
+            optim=engine.OptimConfig(**data.pop("optim", {})),
+            distill=DistillConfig(**distill) if distill else None,
+            **data,
+        )
 
 
 class Reporter(Protocol):
@@ -333,11 +342,17 @@ def train(config: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
     classes = splits.classes
     pretrained = config.pretrained or config.weights is not None
     weights_preprocess = get_weights(config.model, config.pretrained or True).preprocess if pretrained else None
+    init_ckpt = _init_checkpoint(config, classes) if resume_ckpt is None else None
+    if init_ckpt is not None:  # the starting checkpoint's input size and normalisation, unless set explicitly
+        weights_preprocess = Preprocess.from_dict(init_ckpt["preprocess"])
     config = dataclasses.replace(config, data=config.data.resolved(weights_preprocess))
     img_size = config.data.resolved_img_size()
     small_input = config.small_input if config.small_input is not None else img_size <= 64
     if resume_ckpt is not None:  # the checkpoint's own architecture; its weights are loaded below
         model = build_from_spec(resume_ckpt["spec"])
+    elif init_ckpt is not None:
+        model = build_from_spec(init_ckpt["spec"])
+        model.load_state_dict(init_ckpt["state_dict"])
     else:
         model = create_model(
             config.model,
@@ -374,7 +389,9 @@ def train(config: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
     amp_dtype = engine.resolve_amp(config.amp, device)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     ema = engine.build_ema(model, config.optim.ema_decay)
-    loss_fn = engine.cross_entropy_loss(config.optim.label_smoothing)
+    loss_fn: Callable[..., torch.Tensor] = engine.cross_entropy_loss(config.optim.label_smoothing)
+    if config.distill is not None:
+        loss_fn = distillation_loss(config.distill, classes, model, preprocess, config.optim.label_smoothing, device)
     batch_transform = _mixup_cutmix(config.data, len(classes))
 
     start_epoch, start_step, history, best_top1 = 0, 0, [], -1.0
@@ -550,6 +567,21 @@ def _check_config(config: TrainConfig) -> None:
     for flag, value, ok, expected in checks:
         if not ok:
             raise MobiforgeError(f"{flag} must be {expected}, got {value}")
+    if config.distill is not None:
+        check_distill_config(config.distill)
+
+
+def _init_checkpoint(config: TrainConfig, classes: list[str]) -> dict[str, Any] | None:
+    """The checkpoint named by ``init_from``, checked against the data's classes."""
+    if not config.init_from:
+        return None
+    checkpoint = load_checkpoint(config.init_from)
+    if checkpoint.get("classes") != classes:
+        raise MobiforgeError(
+            f"{config.init_from} was trained on {len(checkpoint.get('classes') or [])} other classes than the "
+            f"{len(classes)} of {config.data.data}; start from a checkpoint of this dataset"
+        )
+    return checkpoint
 
 
 def _set_backbone_trainable(model: nn.Module, trainable: bool) -> None:

@@ -1,0 +1,312 @@
+"""Structured channel pruning with torch-pruning, fine-tuned with the train command's own loop.
+
+``prune(config)`` loads a checkpoint, measures it (parameters, MACs, batch-1 latency, val accuracy), removes whole
+channels with torch-pruning's dependency graph (which keeps depthwise convs, residual adds and squeeze-excite
+consistent), writes the result as a plain checkpoint whose spec carries the new widths, fine-tunes it with
+``mobiforge.train.train`` (optionally distilling from a teacher) and measures again.
+
+Run directory ``runs/NAME/``: ``pruned.pt`` (before fine-tuning), the fine-tuning run's files (``best.pt``,
+``last.pt``, ``metrics.csv``...) and ``prune_report.json`` with the before/after table.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mobiforge import engine
+from mobiforge.checkpoint import load_checkpoint, model_checkpoint, model_from_checkpoint, save_checkpoint
+from mobiforge.data import DataConfig, ImageSamples, train_transform
+from mobiforge.distill import DistillConfig
+from mobiforge.errors import MobiforgeError
+from mobiforge.inference import evaluate_checkpoint, split_samples
+from mobiforge.models.base import Preprocess
+from mobiforge.models.widths import check_prunable, respec
+from mobiforge.profile import count_macs, count_params, measure_latency, num_threads
+from mobiforge.train import Reporter, SilentReporter, TrainConfig, train
+
+IMPORTANCES = ("l1", "taylor", "bn")
+
+
+@dataclass
+class PruneConfig:
+    """What to prune, by how much, and how to fine-tune afterwards (saved in ``prune_report.json``)."""
+
+    checkpoint: str
+    data: str | None = None  # default: the data the checkpoint was trained on
+    ratio: float | None = None  # fraction of channels removed from every prunable layer (or globally)
+    target_macs: int | None = None  # prune until the model has at most this many MACs
+    target_params: int | None = None  # ... or at most this many parameters
+    importance: str = "l1"  # l1 (weight magnitude) | taylor (first-order, from gradients) | bn (BN scale)
+    global_pruning: bool = False  # rank channels across layers instead of the same ratio in each
+    round_to: int = 8  # channel counts stay multiples of this (SIMD-friendly)
+    iterative_steps: int = 1  # prune in this many steps, re-scoring channels after each
+    calibration_batches: int = 4  # training batches whose gradients score channels for --importance taylor
+    finetune_epochs: int = 0
+    batch_size: int = 64
+    workers: int = 2
+    optim: engine.OptimConfig = field(
+        default_factory=lambda: engine.OptimConfig(lr=0.01, scheduler="cosine", weight_decay=4e-5)
+    )
+    distill: DistillConfig | None = None
+    seed: int = 0
+    threads: int | None = None  # latency is measured with this many threads (default: torch's)
+    runs_dir: str = "runs"
+    name: str | None = None
+
+
+@dataclass
+class ModelFigures:
+    params: int
+    macs: int
+    latency_ms: float
+    latency_p90_ms: float
+    top1: float | None
+
+
+@dataclass
+class PruneResult:
+    run_dir: Path
+    before: ModelFigures
+    pruned: ModelFigures
+    after: ModelFigures | None
+    checkpoint: Path
+    spec: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["run_dir"], data["checkpoint"] = str(self.run_dir), str(self.checkpoint)
+        return data
+
+
+def _check(config: PruneConfig) -> None:
+    targets = [value for value in (config.ratio, config.target_macs, config.target_params) if value is not None]
+    if len(targets) != 1:
+        raise MobiforgeError("give exactly one of --ratio, --target-macs or --target-params")
+    if config.ratio is not None and not 0 < config.ratio < 1:
+        raise MobiforgeError(f"--ratio must be between 0 and 1 (the fraction of channels removed), got {config.ratio}")
+    if config.importance not in IMPORTANCES:
+        raise MobiforgeError(f"--importance must be one of {', '.join(IMPORTANCES)}, got {config.importance!r}")
+    for flag, value in (("--round-to", config.round_to), ("--iterative", config.iterative_steps)):
+        if value < 1:
+            raise MobiforgeError(f"{flag} must be at least 1, got {value}")
+    if config.finetune_epochs < 0:
+        raise MobiforgeError(f"--finetune-epochs must be 0 or more, got {config.finetune_epochs}")
+
+
+def _importance(name: str) -> Any:
+    import torch_pruning as tp
+
+    return {
+        "l1": lambda: tp.importance.MagnitudeImportance(p=1),
+        "taylor": lambda: tp.importance.TaylorImportance(),
+        "bn": lambda: tp.importance.BNScaleImportance(),
+    }[name]()
+
+
+def build_pruner(model: nn.Module, example: torch.Tensor, config: PruneConfig, ratio: float, steps: int) -> Any:
+    """A torch-pruning MetaPruner that never touches the classifier and keeps widths multiples of round_to."""
+    try:
+        import torch_pruning as tp
+    except ImportError:
+        raise MobiforgeError("pruning needs torch-pruning: pip install 'mobiforge[prune]'") from None
+    head = model.get_classifier()  # all of it: V3 has a hidden Linear before the last one
+    return tp.pruner.MetaPruner(
+        model,
+        example,
+        importance=_importance(config.importance),
+        global_pruning=config.global_pruning,
+        pruning_ratio=ratio,
+        max_pruning_ratio=0.9,  # a layer keeps at least a tenth of its channels
+        iterative_steps=steps,
+        ignored_layers=[module for module in head.modules() if isinstance(module, nn.Linear)],
+        round_to=config.round_to,
+    )
+
+
+def prune_model(
+    model: nn.Module,
+    example: torch.Tensor,
+    config: PruneConfig,
+    ratio: float,
+    gradient_fn: Callable[[nn.Module], None] | None = None,
+) -> nn.Module:
+    """Prune ``model`` in place by ``ratio`` in ``config.iterative_steps`` steps; returns it."""
+    model.eval()
+    pruner = build_pruner(model, example, config, ratio, config.iterative_steps)
+    for _ in range(config.iterative_steps):
+        if config.importance == "taylor":
+            if gradient_fn is None:
+                raise MobiforgeError("--importance taylor needs training data for its gradients")
+            gradient_fn(model)
+        pruner.step()
+        model.zero_grad(set_to_none=True)
+    return model
+
+
+def ratio_for_target(
+    model: nn.Module,
+    example: torch.Tensor,
+    config: PruneConfig,
+    measure: Callable[[nn.Module], int],
+    target: int,
+    gradient_fn: Callable[[nn.Module], None] | None = None,
+) -> float:
+    """The smallest channel ratio whose pruned copy has ``measure(copy) <= target`` (bisection on copies)."""
+    one_shot = dataclasses.replace(config, iterative_steps=1)
+    low, high = 0.0, 0.9
+    trial = prune_model(copy.deepcopy(model), example, one_shot, high, gradient_fn)
+    if measure(trial) > target:
+        raise MobiforgeError(
+            f"the target cannot be reached: removing 90% of the channels leaves {measure(trial):,} "
+            f"(target {target:,}); choose a smaller model or a larger target"
+        )
+    for _ in range(10):
+        middle = (low + high) / 2
+        trial = prune_model(copy.deepcopy(model), example, one_shot, middle, gradient_fn)
+        low, high = (low, middle) if measure(trial) <= target else (middle, high)
+    return high
+
+
+def measure_figures(model: nn.Module, img_size: int, threads: int | None, top1: float | None) -> ModelFigures:
+    """Parameters, MACs and batch-1 latency (median and p90 over >= 1 s, channels_last, eager PyTorch)."""
+    model = copy.deepcopy(model).eval().to(memory_format=torch.channels_last)
+    example = torch.randn(1, 3, img_size, img_size).contiguous(memory_format=torch.channels_last)
+    with num_threads(threads), torch.no_grad():
+        latency = measure_latency(lambda: model(example), min_seconds=2.0)
+    macs = count_macs(model, (1, 3, img_size, img_size))
+    return ModelFigures(count_params(model), macs, latency.median_ms, latency.p90_ms, top1)
+
+
+def _taylor_gradients(checkpoint: dict[str, Any], data: DataConfig, batches: int) -> Callable[[nn.Module], None]:
+    """Accumulates the loss gradients of a few training batches (what Taylor importance scores channels by)."""
+    samples = split_samples(data, "train", checkpoint["classes"])
+    dataset = ImageSamples(samples, train_transform(data), seed=0)
+    generator = torch.Generator().manual_seed(0)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=data.batch_size, shuffle=True, generator=generator)
+
+    def accumulate(model: nn.Module) -> None:
+        model.zero_grad(set_to_none=True)
+        for index, (images, targets) in enumerate(loader):
+            if index == batches:
+                break
+            nn.functional.cross_entropy(model(images), targets).backward()
+
+    return accumulate
+
+
+def _finetune_config(checkpoint: dict[str, Any], config: PruneConfig, pruned_path: Path, run_dir: Path) -> TrainConfig:
+    """The original run's data settings, this command's optimiser, starting from the pruned checkpoint."""
+    saved = TrainConfig.from_dict(checkpoint["config"]) if checkpoint.get("config") else TrainConfig()
+    preprocess = Preprocess.from_dict(checkpoint["preprocess"])
+    data = dataclasses.replace(
+        saved.data,
+        data=config.data or saved.data.data,
+        img_size=preprocess.img_size,
+        mean=preprocess.mean,
+        std=preprocess.std,
+        batch_size=config.batch_size,
+        workers=config.workers,
+    )
+    return dataclasses.replace(
+        saved,
+        data=data,
+        optim=config.optim,
+        epochs=config.finetune_epochs,
+        init_from=str(pruned_path),
+        distill=config.distill,
+        pretrained=False,
+        weights=None,
+        freeze_epochs=0,
+        resume=None,
+        seed=config.seed,
+        threads=config.threads,
+        runs_dir=str(run_dir.parent),
+        name=run_dir.name,
+        tensorboard=False,
+    )
+
+
+def prune(config: PruneConfig, reporter: Reporter | None = None) -> PruneResult:
+    """Prune ``config.checkpoint``, fine-tune it, and measure both (see the module docstring)."""
+    reporter = reporter or SilentReporter()
+    _check(config)
+    checkpoint = load_checkpoint(config.checkpoint)
+    if not checkpoint.get("classes"):
+        raise MobiforgeError(f"{config.checkpoint} has no class names; prune a checkpoint written by `mobiforge train`")
+    check_prunable(checkpoint["spec"]["name"])
+    run_dir = Path(config.runs_dir) / (
+        config.name or f"{checkpoint['spec']['name']}-pruned-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
+    if (run_dir / "pruned.pt").exists():
+        raise MobiforgeError(f"{run_dir} already holds a pruning run; choose another --name")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+
+    model = model_from_checkpoint(checkpoint)
+    preprocess = Preprocess.from_dict(checkpoint["preprocess"])
+    size = preprocess.img_size
+    example = torch.randn(1, 3, size, size)
+    before_eval = evaluate_checkpoint(config.checkpoint, config.data, "val", config.batch_size, config.workers)
+    before = measure_figures(model, size, config.threads, before_eval.result.top1)
+    reporter.message(
+        f"before: {before.params / 1e6:.3f}M params, {before.macs / 1e6:.1f}M MACs, "
+        f"{before.latency_ms:.2f} ms, val top-1 {before.top1:.2f}%"
+    )
+
+    gradient_fn = None
+    if config.importance == "taylor":
+        data = TrainConfig.from_dict(checkpoint["config"]).data if checkpoint.get("config") else DataConfig()
+        data = dataclasses.replace(
+            data, data=config.data or data.data, img_size=size, mean=preprocess.mean, std=preprocess.std
+        )
+        gradient_fn = _taylor_gradients(checkpoint, data, config.calibration_batches)
+    ratio = config.ratio
+    if ratio is None:
+        target = config.target_macs if config.target_macs is not None else config.target_params
+        measure: Callable[[nn.Module], int] = (
+            (lambda m: count_macs(m, (1, 3, size, size))) if config.target_macs is not None else count_params
+        )
+        ratio = ratio_for_target(model, example, config, measure, int(target or 0), gradient_fn)
+    prune_model(model, example, config, ratio, gradient_fn)
+    spec = respec(model)
+    pruned_model = model_from_checkpoint({"spec": spec, "state_dict": model.state_dict()})
+    run_dir.mkdir(parents=True, exist_ok=True)
+    pruned_path = save_checkpoint(
+        model_checkpoint(
+            pruned_model,
+            classes=checkpoint["classes"],
+            preprocess=preprocess,
+            epoch=0,
+            config=checkpoint.get("config"),
+            pruning={"source": str(config.checkpoint), "ratio": ratio, "importance": config.importance},
+        ),
+        run_dir / "pruned.pt",
+    )
+    pruned_eval = evaluate_checkpoint(pruned_path, config.data, "val", config.batch_size, config.workers)
+    pruned = measure_figures(pruned_model, size, config.threads, pruned_eval.result.top1)
+    reporter.message(
+        f"pruned ({ratio:.0%} of channels): {pruned.params / 1e6:.3f}M params, {pruned.macs / 1e6:.1f}M MACs, "
+        f"{pruned.latency_ms:.2f} ms, val top-1 {pruned.top1:.2f}% before fine-tuning"
+    )
+
+    after, final_path = None, pruned_path
+    if config.finetune_epochs:
+        train(_finetune_config(checkpoint, config, pruned_path, run_dir), reporter)
+        final_path = run_dir / "best.pt"
+        final_eval = evaluate_checkpoint(final_path, config.data, "val", config.batch_size, config.workers)
+        after = dataclasses.replace(pruned, top1=final_eval.result.top1)
+    result = PruneResult(run_dir, before, pruned, after, final_path, spec)
+    report = {**result.to_dict(), "config": dataclasses.asdict(config)}
+    (run_dir / "prune_report.json").write_text(json.dumps(report, indent=2))
+    return result
