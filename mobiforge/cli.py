@@ -251,6 +251,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_distill_args(prune, teacher_required=False)
     prune.set_defaults(handler=run_prune)
 
+    export = commands.add_parser(
+        "export", help="export a checkpoint to ExecuTorch, LiteRT or ONNX (optionally int8) and verify it there"
+    )
+    _export_args(export)
+    export.add_argument("--format", "-f", choices=["executorch", "tflite", "onnx"], required=True)
+    export.add_argument("--int8", choices=["ptq", "qat"], default=None, help="post-training or quantization-aware")
+    export.set_defaults(handler=run_export)
+
+    quantize = commands.add_parser("quantize", help="int8 export (PTQ or QAT), verified in the runtime")
+    _export_args(quantize)
+    quantize.add_argument("--format", "-f", choices=["executorch", "tflite", "onnx"], default="executorch")
+    quantize.add_argument("--method", dest="int8", choices=["ptq", "qat"], default="ptq")
+    quantize.set_defaults(handler=run_export)
+
     predict = commands.add_parser("predict", help="top-k classes of images, with the checkpoint's preprocessing")
     predict.add_argument("checkpoint", metavar="CKPT")
     predict.add_argument("images", nargs="+", metavar="IMAGE")
@@ -354,6 +368,73 @@ def run_prune(args: argparse.Namespace) -> int:
         )
     Console().print(table)
     return 0
+
+
+def _export_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", metavar="CKPT")
+    parser.add_argument("--data", default=None, help="image folder (default: the one the checkpoint trained on)")
+    parser.add_argument("--out", "-o", default=None, help="artifact path (default: next to the checkpoint)")
+    parser.add_argument("--calibration-images", type=int, default=256, help="train images that calibrate int8")
+    parser.add_argument("--val-images", type=int, default=None, help="verify on this many val images (default all)")
+    parser.add_argument("--qat-epochs", type=int, default=1)
+    parser.add_argument("--qat-images", type=int, default=None, help="train images per QAT epoch (default all)")
+    parser.add_argument("--qat-lr", type=float, default=1e-3)
+    parser.add_argument("--max-drop", type=float, default=None, help="fail if int8 loses more top-1 points")
+    parser.add_argument("--batch-size", "-b", type=int, default=64)
+    parser.add_argument("--workers", "-j", type=int, default=2)
+    parser.add_argument("--json", action="store_true")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from mobiforge.export import ExportConfig, export_checkpoint
+
+    fields = {f.name for f in dataclasses.fields(ExportConfig)}
+    config = ExportConfig(**{key: value for key, value in vars(args).items() if key in fields})
+    report = export_checkpoint(config)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print_export_report(report)
+    return 0 if report.passed else 1
+
+
+def print_export_report(report) -> None:  # type: ignore[no-untyped-def]
+    from rich.console import Console
+    from rich.table import Table
+
+    from mobiforge.profile import format_bytes
+
+    table = Table(title=f"{report.path} ({report.format}, {report.precision}), {report.images} val images")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    rows = [
+        ("file size", format_bytes(report.file_bytes)),
+        (f"top-1 in {report.format}", f"{report.top1:.2f}%"),
+        ("top-1 PyTorch fp32", f"{report.torch_fp32_top1:.2f}%"),
+        ("top-1 agreement with PyTorch", f"{report.agreement:.2f}%"),
+        ("max abs logit difference", f"{report.max_abs_logit_diff:.4g}"),
+    ]
+    if report.reference_max_abs_diff is not None:
+        rows.append(("max abs diff vs PT2E reference", f"{report.reference_max_abs_diff:.4g}"))
+    for threads, stats in report.latency_ms.items():
+        eager = report.torch_latency_ms[threads]
+        rows.append(
+            (
+                f"latency batch 1, {threads} thread(s): median / p90",
+                f"{stats['median']:.2f} / {stats['p90']:.2f} ms (PyTorch eager {eager['median']:.2f} ms)",
+            )
+        )
+    for label, value in rows:
+        table.add_row(label, value)
+    console = Console()
+    console.print(table)
+    for note in report.notes:
+        console.print(f"note: {note}")
+    if report.max_drop is not None and report.precision != "fp32":
+        verdict = "[green]PASS[/green]" if report.passed else "[red]FAIL[/red]"
+        console.print(
+            f"{verdict} int8 top-1 drop {report.drop:.2f} points (limit {report.max_drop}); report: {report.path}.json"
+        )
 
 
 def run_eval(args: argparse.Namespace) -> int:

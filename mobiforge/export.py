@@ -1,0 +1,346 @@
+"""Export a checkpoint to a mobile runtime, optionally int8, and verify the artifact *in that runtime*.
+
+Formats: ExecuTorch ``.pte`` lowered to the XNNPACK delegate, LiteRT ``.tflite`` (litert-torch), ONNX (opset 18,
+dynamic batch). int8: post-training (PT2E with the runtime's quantizer; ONNX Runtime QDQ for ONNX) or
+quantization-aware fine-tuning (PT2E QAT, then the same conversion).
+
+The accuracy gate: every artifact is run by its own runtime on the validation images; the report gives top-1
+through the runtime next to the PyTorch fp32 model's, their top-1 agreement, the max abs logit difference, the file
+size and the batch-1 latency (median, p90) on 1 and 2 threads, beside PyTorch eager's. With ``max_drop`` an int8
+artifact that loses more top-1 points than that is marked failed (``passed: false`` in the JSON written next to
+it; the CLI exits 1) but kept for inspection.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from mobiforge import engine
+from mobiforge.checkpoint import load_checkpoint, model_from_checkpoint
+from mobiforge.data import DataConfig, ImageSamples, eval_transform, train_transform
+from mobiforge.errors import MobiforgeError
+from mobiforge.inference import _data_config, split_samples
+from mobiforge.models.base import Preprocess
+from mobiforge.profile import measure_latency, num_threads
+from mobiforge.quantize import litert_quantizer, missing, onnx_static_int8, ptq_pt2e, qat_pt2e, xnnpack_quantizer
+from mobiforge.runtimes import load_runner
+
+FORMATS = {"executorch": ".pte", "tflite": ".tflite", "onnx": ".onnx"}
+INT8_MODES = ("ptq", "qat")
+
+
+@dataclass
+class ExportConfig:
+    checkpoint: str
+    format: str = "executorch"
+    int8: str | None = None  # None (fp32) | ptq | qat
+    data: str | None = None  # default: the data the checkpoint was trained on
+    out: str | None = None  # default: next to the checkpoint
+    calibration_images: int = 256
+    val_images: int | None = None  # evaluate on an evenly spaced subset of the val split (default: all of it)
+    qat_epochs: int = 1
+    qat_images: int | None = None  # train images per QAT epoch (a seeded subset; default: all)
+    qat_lr: float = 1e-3
+    max_drop: float | None = None  # fail an int8 export losing more top-1 points than this
+    batch_size: int = 64
+    workers: int = 2
+    threads: tuple[int, ...] = (1, 2)
+    seed: int = 0
+
+
+@dataclass
+class ArtifactReport:
+    path: str
+    format: str
+    precision: str  # fp32 | int8-ptq | int8-qat
+    file_bytes: int
+    images: int
+    top1: float  # through the runtime
+    torch_fp32_top1: float
+    agreement: float  # % of images where the runtime's and PyTorch fp32's top-1 class agree
+    max_abs_logit_diff: float  # runtime vs PyTorch fp32
+    reference_max_abs_diff: float | None  # int8 runtime vs its PT2E reference model (None for fp32 / ONNX QDQ)
+    latency_ms: dict[str, dict[str, float]]  # threads -> median/p90 in the runtime
+    torch_latency_ms: dict[str, dict[str, float]]  # threads -> median/p90 of PyTorch eager fp32
+    max_drop: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def drop(self) -> float:
+        return self.torch_fp32_top1 - self.top1
+
+    @property
+    def passed(self) -> bool:
+        return self.max_drop is None or self.precision == "fp32" or self.drop <= self.max_drop
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "drop": self.drop, "passed": self.passed}
+
+
+# ----------------------------------------------------------------------------------------------------- writers
+
+
+def write_executorch(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
+    """torch.export -> edge dialect -> XNNPACK delegate -> .pte."""
+    try:
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        from executorch.exir import to_edge_transform_and_lower
+    except ImportError:
+        raise missing("executorch") from None
+    program = torch.export.export(model, (example,))
+    lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch()
+    path.write_bytes(lowered.buffer)
+    return path
+
+
+def write_tflite(model: nn.Module, example: torch.Tensor, path: Path, quantizer: Any = None) -> Path:
+    try:
+        import litert_torch
+        from litert_torch.quantize.quant_config import QuantConfig
+    except ImportError:
+        raise missing("litert-torch") from None
+    quant_config = QuantConfig(pt2e_quantizer=quantizer) if quantizer is not None else None
+    litert_torch.convert(model, (example,), quant_config=quant_config).export(str(path))
+    return path
+
+
+def write_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
+    """ONNX opset 18 with a dynamic batch dimension, weights inside the file."""
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError:
+        raise missing("onnx and onnxscript") from None
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    torch.onnx.export(
+        model,
+        (example,),
+        str(path),
+        dynamo=True,
+        opset_version=18,
+        external_data=False,
+        dynamic_shapes=({0: batch},),
+        input_names=["input"],
+        output_names=["logits"],
+        verbose=False,
+    )
+    return path
+
+
+# -------------------------------------------------------------------------------------------------------- data
+
+
+def _subset(samples: list[Any], count: int | None, seed: int, spaced: bool) -> list[Any]:
+    if count is None or count >= len(samples):
+        return samples
+    if spaced:  # evenly spaced keeps the class balance of a sorted split
+        return [samples[int(i * len(samples) / count)] for i in range(count)]
+    return random.Random(seed).sample(samples, count)
+
+
+def _tensors(samples: list[Any], preprocess: Preprocess, config: ExportConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    dataset = ImageSamples(samples, eval_transform(preprocess), draft_size=preprocess.resize_size)
+    loader = DataLoader(dataset, batch_size=config.batch_size, num_workers=config.workers)
+    images, labels = zip(*loader, strict=True)
+    return torch.cat(images), torch.cat(labels)
+
+
+@dataclass
+class ExportData:
+    val_images: torch.Tensor
+    val_labels: torch.Tensor
+    calibration: list[torch.Tensor]
+    data_config: DataConfig
+    train_samples: list[Any]
+
+
+def load_export_data(checkpoint: dict[str, Any], config: ExportConfig) -> ExportData:
+    classes = checkpoint.get("classes")
+    if not classes:
+        raise MobiforgeError(f"{config.checkpoint} has no class names; export a checkpoint written by mobiforge")
+    preprocess = Preprocess.from_dict(checkpoint["preprocess"])
+    data_config = _data_config(checkpoint, config.data)
+    saved = (checkpoint.get("config") or {}).get("data") or {}
+    data_config = dataclasses.replace(
+        data_config,
+        **{key: saved[key] for key in ("crop", "hflip", "min_scale") if key in saved},
+        img_size=preprocess.img_size,
+        mean=preprocess.mean,
+        std=preprocess.std,
+        batch_size=32,
+        workers=config.workers,
+    )
+    val = _subset(split_samples(data_config, "val", classes), config.val_images, config.seed, spaced=True)
+    val_images, val_labels = _tensors(val, preprocess, config)
+    calibration: list[torch.Tensor] = []
+    train_samples: list[Any] = []
+    if config.int8:
+        train_samples = split_samples(data_config, "train", classes)
+        chosen = _subset(train_samples, config.calibration_images, config.seed, spaced=False)
+        calibration = list(_tensors(chosen, preprocess, config)[0].split(32))
+    return ExportData(val_images, val_labels, calibration, data_config, train_samples)
+
+
+# ----------------------------------------------------------------------------------------------------- pipeline
+
+
+def default_output(config: ExportConfig) -> Path:
+    source = Path(config.checkpoint)
+    suffix = f"-int8-{config.int8}" if config.int8 else ""
+    return source.with_name(f"{source.stem}{suffix}{FORMATS[config.format]}")
+
+
+def _check(config: ExportConfig) -> None:
+    if config.format not in FORMATS:
+        raise MobiforgeError(f"--format must be one of {', '.join(FORMATS)}, got {config.format!r}")
+    if config.int8 not in (None, *INT8_MODES):
+        raise MobiforgeError(f"--int8 must be ptq or qat, got {config.int8!r}")
+    if config.calibration_images < 1 or config.qat_epochs < 1:
+        raise MobiforgeError("--calibration-images and --qat-epochs must be at least 1")
+    if config.max_drop is not None and config.max_drop < 0:
+        raise MobiforgeError(f"--max-drop must be 0 or more points, got {config.max_drop}")
+
+
+def _qat_model(model: nn.Module, quantizer: Any, data: ExportData, config: ExportConfig, fold: bool) -> nn.Module:
+    samples = _subset(data.train_samples, config.qat_images, config.seed, spaced=False)
+    dataset = ImageSamples(samples, train_transform(data.data_config), seed=config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    loader = DataLoader(
+        dataset, batch_size=32, shuffle=True, drop_last=True, num_workers=config.workers, generator=generator
+    )
+    optim = engine.OptimConfig(lr=config.qat_lr, momentum=0.9, scheduler="cosine", weight_decay=0.0)
+    return qat_pt2e(
+        model, quantizer, loader, data.calibration[0], config.qat_epochs, optim, len(loader), fold_quantize=fold
+    )
+
+
+def build_artifact(
+    model: nn.Module, config: ExportConfig, data: ExportData, path: Path
+) -> tuple[nn.Module | None, str]:
+    """Write the artifact; returns the PT2E reference model of an int8 PT2E artifact (else None) and a note."""
+    example = data.val_images[:1].clone()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if config.format == "onnx":
+        if config.int8 == "qat":
+            raise MobiforgeError(
+                "--int8 qat is not available for onnx: ONNX Runtime quantizes fp32 graphs (use --int8 ptq), and "
+                "the exporter cannot yet write PT2E's quantize/dequantize ops; use executorch or tflite for QAT"
+            )
+        if config.int8 == "ptq":
+            fp32 = write_onnx(model, example, path.with_name(path.stem + ".fp32.onnx"))
+            try:
+                onnx_static_int8(fp32, path, data.calibration, "input")
+            finally:
+                fp32.unlink(missing_ok=True)
+            return None, "ONNX Runtime static QDQ: per-channel int8 weights, uint8 activations"
+        write_onnx(model, example, path)
+        return None, ""
+    make_quantizer = xnnpack_quantizer if config.format == "executorch" else litert_quantizer
+    reference: nn.Module | None = None
+    if config.int8 is not None:
+        quantizer = make_quantizer()
+        fold = config.format == "executorch"  # litert-torch folds the weights itself
+        if config.int8 == "ptq":
+            reference = ptq_pt2e(model, quantizer, data.calibration, fold_quantize=fold)
+        else:
+            # litert-torch 0.10's own QAT annotator fails on this torch (it exports a function, not a module);
+            # XNNPACK's QAT quantizer inserts the same scheme (per-channel int8 weights, int8 activations).
+            reference = _qat_model(model, xnnpack_quantizer(qat=True), data, config, fold)
+        if config.format == "executorch":
+            write_executorch(reference, example, path)
+        else:
+            write_tflite(reference, example, path, quantizer)
+        return reference, "PT2E: per-channel symmetric int8 weights, static int8 activations, BN folded"
+    if config.format == "executorch":
+        write_executorch(model, example, path)
+    else:
+        write_tflite(model, example, path)
+    return None, ""
+
+
+def _run_all(runner: Any, images: torch.Tensor, batched: bool) -> torch.Tensor:
+    if batched:
+        return torch.cat([torch.from_numpy(runner(chunk.numpy())) for chunk in images.split(64)])
+    return torch.cat([torch.from_numpy(runner(image[None].numpy())) for image in images])
+
+
+def _latency(fn: Any, threads: int) -> dict[str, float]:
+    with num_threads(threads):
+        stats = measure_latency(fn, min_seconds=1.0)
+    return {"median": stats.median_ms, "p90": stats.p90_ms}
+
+
+def _top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return 100.0 * (logits.argmax(1) == labels).float().mean().item()
+
+
+def export_checkpoint(config: ExportConfig) -> ArtifactReport:
+    """Export, run in the runtime, measure, gate; the report is also written as ``<artifact>.json``."""
+    _check(config)
+    checkpoint = load_checkpoint(config.checkpoint)
+    model = model_from_checkpoint(checkpoint).eval()
+    torch.manual_seed(config.seed)
+    data = load_export_data(checkpoint, config)
+    path = Path(config.out) if config.out else default_output(config)
+    if path.suffix != FORMATS[config.format]:
+        raise MobiforgeError(f"--out {path}: a {config.format} artifact needs the suffix {FORMATS[config.format]}")
+
+    started = time.time()
+    reference, note = build_artifact(model, config, data, path)
+    with torch.no_grad():
+        torch_logits = torch.cat([model(chunk) for chunk in data.val_images.split(64)])
+    batched = config.format == "onnx"  # the other two are exported for batch 1, as phones run them
+    runner = load_runner(path, threads=max(config.threads))
+    runtime_logits = _run_all(runner, data.val_images, batched)
+    reference_diff = None
+    if reference is not None:
+        with torch.no_grad():
+            reference_logits = torch.cat([reference(chunk) for chunk in data.val_images.split(64)])
+        reference_diff = (runtime_logits - reference_logits).abs().max().item()
+
+    example = data.val_images[:1].contiguous()
+    latency, torch_latency = {}, {}
+    eager = model.to(memory_format=torch.channels_last)
+    eager_input = example.contiguous(memory_format=torch.channels_last)
+    for threads in config.threads:
+        timed = load_runner(path, threads=threads)
+        latency[str(threads)] = _latency(lambda timed=timed: timed(example.numpy()), threads)
+        with torch.no_grad():
+            torch_latency[str(threads)] = _latency(lambda: eager(eager_input), threads)
+    precision = f"int8-{config.int8}" if config.int8 else "fp32"
+    report = ArtifactReport(
+        path=str(path),
+        format=config.format,
+        precision=precision,
+        file_bytes=path.stat().st_size,
+        images=len(data.val_labels),
+        top1=_top1(runtime_logits, data.val_labels),
+        torch_fp32_top1=_top1(torch_logits, data.val_labels),
+        agreement=100.0 * (runtime_logits.argmax(1) == torch_logits.argmax(1)).float().mean().item(),
+        max_abs_logit_diff=(runtime_logits - torch_logits).abs().max().item(),
+        reference_max_abs_diff=reference_diff,
+        latency_ms=latency,
+        torch_latency_ms=torch_latency,
+        max_drop=config.max_drop,
+        notes=[note] if note else [],
+    )
+    report.notes.append(f"export and verification took {time.time() - started:.0f} s")
+    record = {**report.to_dict(), "checkpoint": str(config.checkpoint), "config": dataclasses.asdict(config)}
+    Path(f"{path}.json").write_text(json.dumps(record, indent=2))
+    return report
+
+
+def numpy_logits(runner: Any, images: torch.Tensor) -> np.ndarray:
+    """Logits of ``images`` through a runner, one image at a time (for tests and scripts)."""
+    return _run_all(runner, images, batched=False).numpy()
