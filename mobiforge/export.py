@@ -201,6 +201,24 @@ def default_output(config: ExportConfig) -> Path:
     return source.with_name(f"{source.stem}{suffix}{FORMATS[config.format]}")
 
 
+RUNTIME_MODULES = {
+    "executorch": ("executorch.exir", "executorch.runtime"),
+    "tflite": ("litert_torch", "ai_edge_litert.interpreter"),
+    "onnx": ("onnx", "onnxscript", "onnxruntime"),
+}
+
+
+def require_runtime(fmt: str) -> None:
+    """Fail before any slow work when the format's packages are missing, naming the extra to install."""
+    import importlib
+
+    for module in RUNTIME_MODULES[fmt]:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise missing(module.split(".")[0].replace("_", "-")) from None
+
+
 def _check(config: ExportConfig) -> None:
     if config.format not in FORMATS:
         raise MobiforgeError(f"--format must be one of {', '.join(FORMATS)}, got {config.format!r}")
@@ -208,6 +226,11 @@ def _check(config: ExportConfig) -> None:
         raise MobiforgeError(f"--int8 must be ptq or qat, got {config.int8!r}")
     if config.calibration_images < 1 or config.qat_epochs < 1:
         raise MobiforgeError("--calibration-images and --qat-epochs must be at least 1")
+    if config.format == "onnx" and config.int8 == "qat":
+        raise MobiforgeError(
+            "--int8 qat is not available for onnx: ONNX Runtime quantizes fp32 graphs (use --int8 ptq), and "
+            "the exporter cannot yet write PT2E's quantize/dequantize ops; use executorch or tflite for QAT"
+        )
     if config.max_drop is not None and config.max_drop < 0:
         raise MobiforgeError(f"--max-drop must be 0 or more points, got {config.max_drop}")
 
@@ -232,11 +255,6 @@ def build_artifact(
     example = data.val_images[:1].clone()
     path.parent.mkdir(parents=True, exist_ok=True)
     if config.format == "onnx":
-        if config.int8 == "qat":
-            raise MobiforgeError(
-                "--int8 qat is not available for onnx: ONNX Runtime quantizes fp32 graphs (use --int8 ptq), and "
-                "the exporter cannot yet write PT2E's quantize/dequantize ops; use executorch or tflite for QAT"
-            )
         if config.int8 == "ptq":
             fp32 = write_onnx(model, example, path.with_name(path.stem + ".fp32.onnx"))
             try:
@@ -288,13 +306,14 @@ def _top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
 def export_checkpoint(config: ExportConfig) -> ArtifactReport:
     """Export, run in the runtime, measure, gate; the report is also written as ``<artifact>.json``."""
     _check(config)
+    require_runtime(config.format)
+    path = Path(config.out) if config.out else default_output(config)
+    if path.suffix != FORMATS[config.format]:
+        raise MobiforgeError(f"--out {path}: a {config.format} artifact needs the suffix {FORMATS[config.format]}")
     checkpoint = load_checkpoint(config.checkpoint)
     model = model_from_checkpoint(checkpoint).eval()
     torch.manual_seed(config.seed)
     data = load_export_data(checkpoint, config)
-    path = Path(config.out) if config.out else default_output(config)
-    if path.suffix != FORMATS[config.format]:
-        raise MobiforgeError(f"--out {path}: a {config.format} artifact needs the suffix {FORMATS[config.format]}")
 
     started = time.time()
     reference, note = build_artifact(model, config, data, path)
