@@ -47,6 +47,8 @@ def split_samples(config: DataConfig, split: str, classes: list[str]) -> list[Sa
         raise MobiforgeError(f"--data {config.data}: no such folder")
     class_to_idx = {name: index for index, name in enumerate(classes)}
     folder = root / split
+    if split == "val" and not folder.is_dir() and (root / "test").is_dir():
+        folder = root / "test"  # DIR/{train,test}: training validated on test/, so "val" means the same here
     if folder.is_dir():
         unknown = sorted(set(class_folders(folder)) - set(classes))
         if unknown:

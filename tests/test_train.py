@@ -358,3 +358,10 @@ def test_torch_compile_option(colours: Path, tmp_path: Path) -> None:
     state = load_checkpoint(result.run_dir / "last.pt")["state_dict"]
     assert not any(key.startswith("_orig_mod") for key in state)  # the checkpoint holds the plain model's keys
     assert model_from_checkpoint(result.run_dir / "last.pt")(torch.randn(1, 3, 16, 16)).shape == (1, 3)
+
+
+def test_eval_of_a_train_test_layout_uses_test_as_val(tmp_path: Path) -> None:
+    data = make_split_folder(tmp_path / "tt", classes=3, train=8, val=3, val_name="test")
+    run = train(_config(data, tmp_path / "runs", epochs=1)).run_dir
+    assert evaluate_checkpoint(run / "last.pt", workers=0).result.images == 9  # the split training validated on
+    assert evaluate_checkpoint(run / "last.pt", split="test", workers=0).result.images == 9
