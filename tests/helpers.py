@@ -44,3 +44,24 @@ def make_split_folder(root: Path, classes: int = 3, train: int = 12, val: int = 
     make_folder(root / "train", classes, train)
     make_folder(root / val_name, classes, val)
     return root
+
+
+def small_train_config(data: Path, runs: Path, name: str = "run", img_size: int = 16, batch_size: int = 8, **overrides):  # type: ignore[no-untyped-def]
+    """A TrainConfig that trains a tiny model on generated data in seconds (AdamW + cosine, no workers)."""
+    from mobiforge.data import DataConfig
+    from mobiforge.engine import OptimConfig
+    from mobiforge.train import TrainConfig
+
+    config = TrainConfig(
+        model="mobilenet_seed",
+        width_mult=0.25,
+        data=DataConfig(data=str(data), img_size=img_size, batch_size=batch_size, workers=0),
+        optim=OptimConfig(optimizer="adamw", lr=2e-3, scheduler="cosine"),
+        epochs=3,
+        runs_dir=str(runs),
+        name=name,
+        tensorboard=False,
+    )
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return config

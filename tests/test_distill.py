@@ -8,14 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import make_split_folder
+from helpers import make_split_folder, small_train_config
 
 from mobiforge import create_model
 from mobiforge.checkpoint import load_checkpoint
 from mobiforge.cli import main
-from mobiforge.data import DataConfig
 from mobiforge.distill import DistillationLoss, DistillConfig, InputAdapter, distill, kd_loss
-from mobiforge.engine import OptimConfig
 from mobiforge.errors import MobiforgeError
 from mobiforge.models.base import Preprocess
 from mobiforge.train import TrainConfig, train
@@ -88,19 +86,7 @@ def data_and_teacher(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pa
 
 
 def _config(data: Path, runs: Path, name: str, **overrides) -> TrainConfig:
-    config = TrainConfig(
-        model="mobilenet_seed",
-        width_mult=0.25,
-        data=DataConfig(data=str(data), img_size=16, batch_size=16, workers=0),
-        optim=OptimConfig(optimizer="adamw", lr=2e-3, scheduler="cosine"),
-        epochs=2,
-        runs_dir=str(runs),
-        name=name,
-        tensorboard=False,
-    )
-    for key, value in overrides.items():
-        setattr(config, key, value)
-    return config
+    return small_train_config(data, runs, name, batch_size=16, **{"epochs": 2, **overrides})
 
 
 def test_distill_from_a_checkpoint(data_and_teacher: tuple[Path, Path], tmp_path: Path) -> None:

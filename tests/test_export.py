@@ -8,14 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import make_split_folder
+from helpers import make_split_folder, small_train_config
 
 from mobiforge.cli import main
-from mobiforge.data import DataConfig
-from mobiforge.engine import OptimConfig
 from mobiforge.errors import MobiforgeError
 from mobiforge.export import ArtifactReport, ExportConfig, export_checkpoint
-from mobiforge.train import TrainConfig, train
+from mobiforge.train import train
 
 pytest.importorskip("executorch")
 pytest.importorskip("litert_torch")
@@ -28,15 +26,8 @@ SUFFIX = {"executorch": ".pte", "tflite": ".tflite", "onnx": ".onnx"}
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("export")
     data = make_split_folder(root / "data", classes=3, train=24, val=8)
-    config = TrainConfig(
-        model="mobilenet_v2",
-        width_mult=0.35,
-        data=DataConfig(data=str(data), img_size=24, batch_size=16, workers=0),
-        optim=OptimConfig(optimizer="adamw", lr=2e-3, scheduler="cosine"),
-        epochs=2,
-        runs_dir=str(root / "runs"),
-        name="run",
-        tensorboard=False,
+    config = small_train_config(
+        data, root / "runs", img_size=24, batch_size=16, model="mobilenet_v2", width_mult=0.35, epochs=2
     )
     return train(config).run_dir / "last.pt"
 

@@ -7,18 +7,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import make_split_folder
+from helpers import make_split_folder, small_train_config
 
 from mobiforge import create_model
 from mobiforge.checkpoint import load_checkpoint, model_checkpoint, model_from_checkpoint, save_checkpoint
 from mobiforge.cli import main
-from mobiforge.data import DataConfig
-from mobiforge.engine import OptimConfig
 from mobiforge.errors import MobiforgeError
 from mobiforge.models.widths import check_prunable, respec
 from mobiforge.profile import count_macs
 from mobiforge.prune import PruneConfig, prune, prune_model, ratio_for_target
-from mobiforge.train import TrainConfig, train
+from mobiforge.train import train
 
 pytest.importorskip("torch_pruning")
 
@@ -82,15 +80,8 @@ def test_target_macs_is_met_without_overshooting_much() -> None:
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("prune")
     data = make_split_folder(root / "data", classes=3, train=32, val=6)
-    config = TrainConfig(
-        model="mobilenet_v2",
-        width_mult=0.5,
-        data=DataConfig(data=str(data), img_size=32, batch_size=16, workers=0),
-        optim=OptimConfig(optimizer="adamw", lr=2e-3, scheduler="cosine"),
-        epochs=2,
-        runs_dir=str(root / "runs"),
-        name="base",
-        tensorboard=False,
+    config = small_train_config(
+        data, root / "runs", "base", img_size=32, batch_size=16, model="mobilenet_v2", width_mult=0.5, epochs=2
     )
     return data, train(config).run_dir / "last.pt"
 

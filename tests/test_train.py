@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import make_image, make_split_folder
+from helpers import make_image, make_split_folder, small_train_config
 
 from mobiforge.checkpoint import load_checkpoint, model_from_checkpoint
 from mobiforge.cli import main
@@ -26,19 +26,7 @@ from mobiforge.train import TrainConfig, train
 
 
 def _config(data: Path, runs: Path, **overrides) -> TrainConfig:
-    config = TrainConfig(
-        model="mobilenet_seed",
-        width_mult=0.25,
-        data=DataConfig(data=str(data), img_size=16, batch_size=8, workers=0),
-        optim=OptimConfig(optimizer="adamw", lr=2e-3, scheduler="cosine"),
-        epochs=3,
-        runs_dir=str(runs),
-        name="run",
-        tensorboard=False,
-    )
-    for key, value in overrides.items():
-        setattr(config, key, value)
-    return config
+    return small_train_config(data, runs, **overrides)
 
 
 @pytest.fixture
