@@ -56,6 +56,7 @@ class ExportConfig:
     batch_size: int = 64
     workers: int = 2
     threads: tuple[int, ...] = (1, 2)
+    latency_seconds: float = 1.0  # each latency is timed for at least this long (and 30 runs)
     seed: int = 0
 
 
@@ -293,9 +294,9 @@ def _run_all(runner: Any, images: torch.Tensor, batched: bool) -> torch.Tensor:
     return torch.cat([torch.from_numpy(runner(image[None].numpy())) for image in images])
 
 
-def _latency(fn: Any, threads: int) -> dict[str, float]:
+def _latency(fn: Any, threads: int, seconds: float) -> dict[str, float]:
     with num_threads(threads):
-        stats = measure_latency(fn, min_seconds=1.0)
+        stats = measure_latency(fn, min_seconds=seconds)
     return {"median": stats.median_ms, "p90": stats.p90_ms}
 
 
@@ -334,9 +335,9 @@ def export_checkpoint(config: ExportConfig) -> ArtifactReport:
     eager_input = example.contiguous(memory_format=torch.channels_last)
     for threads in config.threads:
         timed = load_runner(path, threads=threads)
-        latency[str(threads)] = _latency(lambda timed=timed: timed(example.numpy()), threads)
+        latency[str(threads)] = _latency(lambda timed=timed: timed(example.numpy()), threads, config.latency_seconds)
         with torch.no_grad():
-            torch_latency[str(threads)] = _latency(lambda: eager(eager_input), threads)
+            torch_latency[str(threads)] = _latency(lambda: eager(eager_input), threads, config.latency_seconds)
     precision = f"int8-{config.int8}" if config.int8 else "fp32"
     report = ArtifactReport(
         path=str(path),
