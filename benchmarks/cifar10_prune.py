@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import write_section
 
 from mobiforge.checkpoint import load_checkpoint, model_from_checkpoint
+from mobiforge.distill import DistillConfig
 from mobiforge.engine import OptimConfig
 from mobiforge.profile import count_macs, count_params, int8_weight_bytes, measure_latency, num_threads
 from mobiforge.prune import PruneConfig, prune
@@ -49,6 +50,24 @@ def interleaved_latency(models: dict[str, torch.nn.Module], size: int, threads: 
     return {name: statistics.median(values) for name, values in runs.items()}
 
 
+def executorch_latency(models: dict[str, torch.nn.Module], size: int, threads: int, workdir: Path) -> dict:
+    """The same comparison in ExecuTorch (XNNPACK), where an app would run the model: fp32 .pte files."""
+    from mobiforge.export import write_executorch
+    from mobiforge.runtimes import load_runner
+
+    example = torch.randn(1, 3, size, size)
+    runners = {}
+    for name, model in models.items():
+        path = write_executorch(model.to(memory_format=torch.contiguous_format), example, workdir / f"{name}.pte")
+        runners[name] = load_runner(path, threads)
+    array = example.numpy()
+    runs: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(5):
+        for name, runner in runners.items():
+            runs[name].append(measure_latency(lambda r=runner: r(array), min_seconds=1.0).median_ms)
+    return {name: statistics.median(values) for name, values in runs.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", required=True, help="run directory of the baseline training")
@@ -56,6 +75,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.02)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--runs-dir", default="runs")
+    parser.add_argument("--teacher", action="store_true", help="distil from the baseline while fine-tuning")
     args = parser.parse_args()
 
     baseline = Path(args.baseline)
@@ -81,6 +101,7 @@ def main() -> None:
             finetune_epochs=epochs,
             batch_size=args.batch_size,
             optim=OptimConfig(lr=args.lr, momentum=0.9, scheduler="cosine", weight_decay=5e-4, label_smoothing=0.1),
+            distill=DistillConfig(str(baseline / "best.pt"), alpha=0.5, temperature=4.0) if args.teacher else None,
             runs_dir=args.runs_dir,
             name=f"cifar10-pruned-{time.strftime('%Y%m%d-%H%M%S')}",
         ),
@@ -94,6 +115,11 @@ def main() -> None:
     for model in models.values():
         model.eval().to(memory_format=torch.channels_last)
     latency = {threads: interleaved_latency(models, size, threads) for threads in (1, 2)}
+    try:
+        runtime = {threads: executorch_latency(models, size, threads, result.run_dir) for threads in (1, 2)}
+    except Exception as error:  # the export extra is optional here
+        print(f"ExecuTorch latency skipped: {error}")
+        runtime = None
     assert result.after is not None
     top1 = {"baseline": result.before.top1, "pruned": result.after.top1}
 
@@ -103,25 +129,30 @@ def main() -> None:
         f"Baseline: `{checkpoint['spec']['name']}` (CIFAR-style) trained for {len(rows)} epochs in "
         f"{train_seconds / 60:.1f} min (`{baseline / 'best.pt'}`). Pruned to at most half its MACs "
         f"({args.importance} importance, channels multiples of 8, classifier untouched), then fine-tuned for "
-        f"{epochs} epoch(s) in **{finetune_seconds / 60:.1f} min** (budget: a quarter of the baseline's training, "
+        f"{epochs} epoch(s){' distilling from the baseline (alpha 0.5, T 4)' if args.teacher else ''} in "
+        f"**{finetune_seconds / 60:.1f} min** (budget: a quarter of the baseline's training, "
         f"{budget / 60:.1f} min; SGD lr {args.lr} cosine). Latency: batch 1, {size} px, channels_last eager "
         "PyTorch, median of 5 interleaved rounds.",
         "",
-        "| model | params | MACs | int8 weights | test top-1 | latency 1 thread | latency 2 threads |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| model | params | MACs | int8 weights | test top-1 | eager 1 thread | eager 2 threads "
+        "| ExecuTorch 1 thread | ExecuTorch 2 threads |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, model in models.items():
         lines.append(
             f"| {name} | {count_params(model) / 1e6:.3f}M | {count_macs(model, (1, 3, size, size)) / 1e6:.1f}M "
             f"| {int8_weight_bytes(model) / 1e6:.2f} MB | {top1[name]:.2f}% | {latency[1][name]:.2f} ms "
-            f"| {latency[2][name]:.2f} ms |"
+            f"| {latency[2][name]:.2f} ms | "
+            + (f"{runtime[1][name]:.2f} ms | {runtime[2][name]:.2f} ms |" if runtime else "- | - |")
         )
     drop = top1["baseline"] - top1["pruned"]
     speedups = [1 - latency[t]["pruned"] / latency[t]["baseline"] for t in (1, 2)]
+    runtime_speedups = [1 - runtime[t]["pruned"] / runtime[t]["baseline"] for t in (1, 2)] if runtime else [0, 0]
     lines += [
         "",
         f"Top-1 change {-drop:+.2f} points (target: within 1.5); latency down {speedups[0]:.0%} (1 thread) and "
-        f"{speedups[1]:.0%} (2 threads) (target: at least 30%). Before fine-tuning the pruned model scored "
+        f"{speedups[1]:.0%} (2 threads) in eager PyTorch, {runtime_speedups[0]:.0%} / {runtime_speedups[1]:.0%} in "
+        "ExecuTorch (target: at least 30%). Before fine-tuning the pruned model scored "
         f"{result.pruned.top1:.2f}%. Whole script: {wall / 60:.1f} min.",
     ]
     write_section("cifar10_prune", "\n".join(lines))

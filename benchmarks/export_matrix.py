@@ -20,7 +20,7 @@ from _results import write_section
 
 from mobiforge.checkpoint import load_checkpoint
 from mobiforge.errors import MobiforgeError
-from mobiforge.export import FORMATS, ExportConfig, export_checkpoint
+from mobiforge.export import FORMATS, ArtifactReport, ExportConfig, export_checkpoint
 
 ONNX_QAT = "n/a (ONNX Runtime quantizes fp32 graphs only; `--int8 qat` stops with that message)"
 
@@ -62,13 +62,19 @@ def main() -> None:
             except MobiforgeError as error:
                 print(f"{fmt} {label}: {error}", flush=True)
                 continue
-            reports[(fmt, label)] = report
             print(
                 f"{fmt} {label}: top-1 {report.top1:.2f}% (fp32 PyTorch {report.torch_fp32_top1:.2f}%), "
                 f"{report.file_bytes / 1e6:.2f} MB, {report.latency_ms['1']['median']:.2f} ms",
                 flush=True,
             )
 
+    # The table holds every report found next to the artifacts: this run's formats and those of earlier runs of
+    # this script with other --formats (each JSON records its own measurement).
+    for fmt in FORMATS:
+        for label in ("fp32", "ptq", "qat"):
+            path = out_dir / f"{checkpoint.stem}-{label}{FORMATS[fmt]}.json"
+            if path.is_file():
+                reports[(fmt, label)] = ArtifactReport.from_json(path)
     first = next(iter(reports.values()))
     lines = [
         f"## Export and int8 of `{spec['name']}` ({checkpoint.parent.name}): every artifact run in its own runtime",
@@ -90,7 +96,7 @@ def main() -> None:
             f"| {report.file_bytes / 1e6:.2f} MB | {ratio} | {lat['1']['median']:.2f} ({lat['1']['p90']:.2f}) ms "
             f"| {lat['2']['median']:.2f} ({lat['2']['p90']:.2f}) ms |"
         )
-    if "onnx" in args.formats:
+    if (out_dir / f"{checkpoint.stem}-fp32.onnx").is_file():
         lines.append(f"| onnx | qat | {ONNX_QAT} | | | | | | |")
     eager = first.torch_latency_ms
     fp32_runs = {fmt: r for (fmt, label), r in reports.items() if label == "fp32"}
