@@ -36,6 +36,7 @@ def main() -> None:
     parser.add_argument("--qat-epochs", type=int, default=1)
     parser.add_argument("--qat-lr", type=float, default=1e-3)
     parser.add_argument("--formats", nargs="+", default=list(FORMATS))
+    parser.add_argument("--int8-modes", nargs="+", default=["fp32", "ptq", "qat"], help="which to (re)run")
     args = parser.parse_args()
 
     checkpoint = Path(args.checkpoint)
@@ -44,8 +45,8 @@ def main() -> None:
     spec = load_checkpoint(checkpoint)["spec"]
     reports, started = {}, time.time()
     for fmt in args.formats:
-        for int8 in (None, "ptq", "qat"):
-            label = int8 or "fp32"
+        for label in args.int8_modes:
+            int8 = None if label == "fp32" else label
             config = ExportConfig(
                 str(checkpoint),
                 fmt,
