@@ -37,6 +37,7 @@ def main() -> None:
     parser.add_argument("--qat-lr", type=float, default=1e-3)
     parser.add_argument("--formats", nargs="+", default=list(FORMATS))
     parser.add_argument("--int8-modes", nargs="+", default=["fp32", "ptq", "qat"], help="which to (re)run")
+    parser.add_argument("--table-only", action="store_true", help="rebuild the table from the JSON reports only")
     args = parser.parse_args()
 
     checkpoint = Path(args.checkpoint)
@@ -44,7 +45,7 @@ def main() -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     spec = load_checkpoint(checkpoint)["spec"]
     reports, started = {}, time.time()
-    for fmt in args.formats:
+    for fmt in [] if args.table_only else args.formats:
         for label in args.int8_modes:
             int8 = None if label == "fp32" else label
             config = ExportConfig(
@@ -83,7 +84,9 @@ def main() -> None:
         f"Val images: {first.images}; PyTorch fp32 top-1 {first.torch_fp32_top1:.2f}%. int8 calibration: "
         f"{args.calibration_images} training images; QAT: {args.qat_epochs} epoch(s) on "
         f"{args.qat_images or 'all'} training images, SGD lr {args.qat_lr} cosine. Latency: batch 1, median (p90) "
-        "in the runtime; PyTorch eager fp32 in the same run for comparison.",
+        "in the runtime; PyTorch eager fp32 in the same run for comparison. Each row is read from the JSON report "
+        f"that `mobiforge export` wrote next to its artifact in `{out_dir}` (runs of this script with other "
+        "`--formats`/`--int8-modes` add or replace rows; each JSON has its own config).",
         "",
         "| runtime | precision | top-1 | drop vs fp32 | agreement | file | size vs fp32 | 1 thread | 2 threads |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -109,7 +112,9 @@ def main() -> None:
         f"{eager['2']['median']:.2f} ms (2 threads). Fastest fp32 runtime: {fastest[0]}, "
         f"{speedup:.1f}x faster than eager on 1 thread (target 2x: {'met' if speedup >= 2 else 'MISSED'}).",
         "",
-        "Targets: " + "; ".join(_verdicts(reports)) + f". Whole script: {(time.time() - started) / 60:.1f} min.",
+        "Targets: "
+        + "; ".join(_verdicts(reports))
+        + ("." if args.table_only else f". Whole script: {(time.time() - started) / 60:.1f} min."),
     ]
     write_section(args.section, "\n".join(lines))
     print("\n".join(lines))
