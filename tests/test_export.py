@@ -59,6 +59,7 @@ def test_fp32_and_int8_artifacts_match_pytorch(checkpoint: Path, tmp_path: Path,
         assert int8.reference_max_abs_diff < 0.25 * max(1.0, int8.max_abs_logit_diff + 1.0)
 
 
+@pytest.mark.slow
 def test_qat_export_runs_in_executorch(checkpoint: Path, tmp_path: Path) -> None:
     report = _export(checkpoint, tmp_path / "qat.pte", "executorch", "qat", qat_images=32)
     assert report.precision == "int8-qat" and report.reference_max_abs_diff is not None
