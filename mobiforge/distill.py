@@ -171,12 +171,12 @@ def adapt_teacher(train_config: Any, config: DistillConfig, reporter: Any) -> st
     from mobiforge.models import is_model
     from mobiforge.train import train
 
-    if Path(config.teacher).is_file() or not is_model(config.teacher):
-        if not Path(config.teacher).is_file():
-            raise MobiforgeError(
-                f"--teacher {config.teacher}: neither a checkpoint file nor a model name (see `mobiforge models`)"
-            )
+    if Path(config.teacher).is_file():
         return config.teacher
+    if not is_model(config.teacher):
+        raise MobiforgeError(
+            f"--teacher {config.teacher}: neither a checkpoint file nor a model name (see `mobiforge models`)"
+        )
     run_dir = Path(train_config.runs_dir) / train_config.name
     teacher_config = dataclasses.replace(
         train_config,

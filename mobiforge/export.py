@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -324,7 +323,15 @@ def export_checkpoint(config: ExportConfig) -> ArtifactReport:
     data = load_export_data(checkpoint, config)
 
     started = time.time()
-    reference, note = build_artifact(model, config, data, path)
+    try:
+        reference, note = build_artifact(model, config, data, path)
+    except MobiforgeError:
+        raise
+    except Exception as error:  # a converter failing deep inside its own stack: say which step, in one line
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise MobiforgeError(
+            f"{config.format} export of {config.checkpoint} failed in the converter: {type(error).__name__}: {first}"
+        ) from None
     with torch.no_grad():
         torch_logits = torch.cat([model(chunk) for chunk in data.val_images.split(64)])
     batched = config.format == "onnx"  # the other two are exported for batch 1, as phones run them
@@ -366,8 +373,3 @@ def export_checkpoint(config: ExportConfig) -> ArtifactReport:
     record = {**report.to_dict(), "checkpoint": str(config.checkpoint), "config": dataclasses.asdict(config)}
     Path(f"{path}.json").write_text(json.dumps(record, indent=2))
     return report
-
-
-def numpy_logits(runner: Any, images: torch.Tensor) -> np.ndarray:
-    """Logits of ``images`` through a runner, one image at a time (for tests and scripts)."""
-    return _run_all(runner, images, batched=False).numpy()

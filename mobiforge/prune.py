@@ -106,11 +106,9 @@ def _check(config: PruneConfig) -> None:
 def _importance(name: str) -> Any:
     import torch_pruning as tp
 
-    return {
-        "l1": lambda: tp.importance.MagnitudeImportance(p=1),
-        "taylor": lambda: tp.importance.TaylorImportance(),
-        "bn": lambda: tp.importance.BNScaleImportance(),
-    }[name]()
+    if name == "taylor":
+        return tp.importance.TaylorImportance()
+    return tp.importance.BNScaleImportance() if name == "bn" else tp.importance.MagnitudeImportance(p=1)
 
 
 def build_pruner(model: nn.Module, example: torch.Tensor, config: PruneConfig, ratio: float, steps: int) -> Any:
@@ -204,8 +202,9 @@ def _taylor_gradients(checkpoint: dict[str, Any], data: DataConfig, batches: int
     return accumulate
 
 
-def _finetune_config(checkpoint: dict[str, Any], config: PruneConfig, pruned_path: Path, run_dir: Path) -> TrainConfig:
-    """The original run's data settings, this command's optimiser, starting from the pruned checkpoint."""
+def _saved_run(checkpoint: dict[str, Any], config: PruneConfig) -> TrainConfig:
+    """The checkpoint's training config with this command's data folder and loader settings and the checkpoint's
+    own input size and normalisation (used for Taylor gradients and for fine-tuning alike)."""
     saved = TrainConfig.from_dict(checkpoint["config"]) if checkpoint.get("config") else TrainConfig()
     preprocess = Preprocess.from_dict(checkpoint["preprocess"])
     data = dataclasses.replace(
@@ -217,9 +216,13 @@ def _finetune_config(checkpoint: dict[str, Any], config: PruneConfig, pruned_pat
         batch_size=config.batch_size,
         workers=config.workers,
     )
+    return dataclasses.replace(saved, data=data)
+
+
+def _finetune_config(checkpoint: dict[str, Any], config: PruneConfig, pruned_path: Path, run_dir: Path) -> TrainConfig:
+    """The original run's data settings, this command's optimiser, starting from the pruned checkpoint."""
     return dataclasses.replace(
-        saved,
-        data=data,
+        _saved_run(checkpoint, config),
         optim=config.optim,
         epochs=config.finetune_epochs,
         init_from=str(pruned_path),
@@ -266,11 +269,7 @@ def prune(config: PruneConfig, reporter: Reporter | None = None) -> PruneResult:
 
     gradient_fn = None
     if config.importance == "taylor":
-        data = TrainConfig.from_dict(checkpoint["config"]).data if checkpoint.get("config") else DataConfig()
-        data = dataclasses.replace(
-            data, data=config.data or data.data, img_size=size, mean=preprocess.mean, std=preprocess.std
-        )
-        gradient_fn = _taylor_gradients(checkpoint, data, config.calibration_batches)
+        gradient_fn = _taylor_gradients(checkpoint, _saved_run(checkpoint, config).data, config.calibration_batches)
     ratio = config.ratio
     if ratio is None:
         target = config.target_macs if config.target_macs is not None else config.target_params
@@ -302,10 +301,10 @@ def prune(config: PruneConfig, reporter: Reporter | None = None) -> PruneResult:
 
     after, final_path = None, pruned_path
     if config.finetune_epochs:
-        train(_finetune_config(checkpoint, config, pruned_path, run_dir), reporter)
-        final_path = run_dir / "best.pt"
-        final_eval = evaluate_checkpoint(final_path, config.data, "val", config.batch_size, config.workers)
-        after = dataclasses.replace(pruned, top1=final_eval.result.top1)
+        finetuned = train(_finetune_config(checkpoint, config, pruned_path, run_dir), reporter)
+        if finetuned.history:  # train() already evaluated best.pt on the same val split: no second pass
+            final_path = run_dir / "best.pt"
+            after = dataclasses.replace(pruned, top1=finetuned.best_top1)
     result = PruneResult(run_dir, before, pruned, after, final_path, spec)
     report = {**result.to_dict(), "config": dataclasses.asdict(config)}
     (run_dir / "prune_report.json").write_text(json.dumps(report, indent=2))

@@ -41,13 +41,13 @@ def xnnpack_quantizer(qat: bool = False) -> Any:
     return XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=qat))
 
 
-def litert_quantizer(qat: bool = False) -> Any:
-    """litert-torch's PT2E quantizer with the same scheme (per-channel weights, static activations)."""
+def litert_quantizer() -> Any:
+    """litert-torch's PT2E quantizer config for static int8 (tells its converter how the graph was quantized)."""
     try:
         from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
     except ImportError:
         raise missing("litert-torch") from None
-    config = get_symmetric_quantization_config(is_per_channel=True, is_qat=qat, is_dynamic=False)
+    config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False)
     return PT2EQuantizer().set_global(config)
 
 

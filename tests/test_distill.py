@@ -98,6 +98,9 @@ def test_distill_from_a_checkpoint(data_and_teacher: tuple[Path, Path], tmp_path
         "teacher": str(teacher), "alpha": 0.7, "temperature": 3.0, "feature_weight": 0.0, "teacher_epochs": 3
     }  # fmt: skip
     assert saved["preprocess"]["img_size"] == 16 and len(result.history) == 2
+    # The teacher really enters the loss: the same seed without it trains to different losses.
+    alone = train(_config(data, tmp_path, "alone"))
+    assert [row["train_loss"] for row in alone.history] != [row["train_loss"] for row in result.history]
 
 
 def test_cli_distill_and_errors(data_and_teacher: tuple[Path, Path], tmp_path: Path, capsys) -> None:
