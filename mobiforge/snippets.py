@@ -1,0 +1,188 @@
+""" "Use it in your app": Android (Kotlin) and iOS (Swift) code that loads a shipped artifact in its runtime and
+feeds it one image preprocessed exactly as the model was trained (resize, center crop, normalise, NCHW float32).
+
+The snippets are templates filled with the model's own constants; the API names follow each runtime's documented
+mobile bindings (ExecuTorch ``org.pytorch.executorch`` / ``ExecuTorch`` Swift package, LiteRT ``Interpreter``,
+ONNX Runtime ``OrtSession`` / ``ORTSession``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_KOTLIN_PREPROCESS = """\
+// Preprocessing of this model: resize the short side to {resize}, center-crop {size}x{size}, RGB scaled to [0, 1],
+// then (x - mean) / std per channel, laid out as NCHW float32 [1, 3, {size}, {size}].
+val MEAN = floatArrayOf({mean})
+val STD = floatArrayOf({std})
+val CLASSES = arrayOf({classes})
+
+fun toInput(bitmap: Bitmap): FloatArray {{
+    val scale = {resize}f / minOf(bitmap.width, bitmap.height)
+    val resized = Bitmap.createScaledBitmap(
+        bitmap, Math.round(bitmap.width * scale), Math.round(bitmap.height * scale), true)
+    val crop = Bitmap.createBitmap(resized, (resized.width - {size}) / 2, (resized.height - {size}) / 2, {size}, {size})
+    val pixels = IntArray({size} * {size})
+    crop.getPixels(pixels, 0, {size}, 0, 0, {size}, {size})
+    val input = FloatArray(3 * {size} * {size})
+    for (i in pixels.indices) {{
+        val p = pixels[i]
+        input[i] = (((p shr 16) and 0xFF) / 255f - MEAN[0]) / STD[0]
+        input[{plane} + i] = (((p shr 8) and 0xFF) / 255f - MEAN[1]) / STD[1]
+        input[2 * {plane} + i] = ((p and 0xFF) / 255f - MEAN[2]) / STD[2]
+    }}
+    return input
+}}
+"""
+
+_KOTLIN_RUN = {
+    "executorch": """\
+// build.gradle: implementation("org.pytorch:executorch-android:1.0.0")
+import org.pytorch.executorch.EValue
+import org.pytorch.executorch.Module
+import org.pytorch.executorch.Tensor
+
+val module = Module.load(context.filesDir.resolve("{file}").absolutePath)  // copy the asset to files/ first
+
+fun classify(bitmap: Bitmap): String {{
+    val input = Tensor.fromBlob(toInput(bitmap), longArrayOf(1, 3, {size}, {size}))
+    val logits = module.forward(EValue.from(input))[0].toTensor().dataAsFloatArray
+    return CLASSES[logits.indices.maxBy {{ logits[it] }}]
+}}
+""",
+    "tflite": """\
+// build.gradle: implementation("com.google.ai.edge.litert:litert:1.0.1")
+import org.tensorflow.lite.Interpreter
+import java.nio.ByteBuffer
+import java.nio.ByteOrder
+
+val interpreter = Interpreter(loadModelFile(context, "{file}"))  // a MappedByteBuffer of the asset
+
+fun classify(bitmap: Bitmap): String {{
+    // The input keeps PyTorch's NCHW layout; int8 models quantize their float input inside the graph.
+    val input = ByteBuffer.allocateDirect(4 * 3 * {size} * {size}).order(ByteOrder.nativeOrder())
+    input.asFloatBuffer().put(toInput(bitmap))
+    val logits = Array(1) {{ FloatArray(CLASSES.size) }}
+    interpreter.run(input, logits)
+    return CLASSES[logits[0].indices.maxBy {{ logits[0][it] }}]
+}}
+""",
+    "onnx": """\
+// build.gradle: implementation("com.microsoft.onnxruntime:onnxruntime-android:1.20.0")
+import ai.onnxruntime.OnnxTensor
+import ai.onnxruntime.OrtEnvironment
+import java.nio.FloatBuffer
+
+val env = OrtEnvironment.getEnvironment()
+val session = env.createSession(context.assets.open("{file}").readBytes())
+
+fun classify(bitmap: Bitmap): String {{
+    val input = OnnxTensor.createTensor(env, FloatBuffer.wrap(toInput(bitmap)), longArrayOf(1, 3, {size}, {size}))
+    session.run(mapOf("input" to input)).use {{ result ->
+        val logits = (result[0].value as Array<FloatArray>)[0]
+        return CLASSES[logits.indices.maxBy {{ logits[it] }}]
+    }}
+}}
+""",
+}
+
+_SWIFT_PREPROCESS = """\
+// Preprocessing of this model: resize the short side to {resize}, center-crop {size}x{size}, RGB scaled to [0, 1],
+// then (x - mean) / std per channel, laid out as NCHW float32 [1, 3, {size}, {size}].
+let mean: [Float] = [{mean}]
+let std: [Float] = [{std}]
+let classes = [{classes}]
+
+/// `rgba`: the {size}x{size} center crop as RGBA bytes (e.g. drawn into a CGContext of that size).
+func toInput(rgba: [UInt8]) -> [Float] {{
+    var input = [Float](repeating: 0, count: 3 * {plane})
+    for i in 0..<{plane} {{
+        for c in 0..<3 {{
+            input[c * {plane} + i] = (Float(rgba[4 * i + c]) / 255 - mean[c]) / std[c]
+        }}
+    }}
+    return input
+}}
+"""
+
+_SWIFT_RUN = {
+    "executorch": """\
+// Swift Package: https://github.com/pytorch/executorch, products ExecuTorch + XNNPACK backend
+import ExecuTorch
+
+let module = Module(filePath: Bundle.main.path(forResource: "{stem}", ofType: "{ext}")!)
+
+func classify(rgba: [UInt8]) throws -> String {{
+    let input = Tensor<Float>(toInput(rgba: rgba), shape: [1, 3, {size}, {size}])
+    let logits: Tensor<Float> = try module.forward(input)[0].tensor()!
+    let scores = logits.scalars()
+    return classes[scores.indices.max {{ scores[$0] < scores[$1] }}!]
+}}
+""",
+    "tflite": """\
+// CocoaPods: pod 'TensorFlowLiteSwift' (LiteRT)
+import TensorFlowLite
+
+let interpreter = try Interpreter(modelPath: Bundle.main.path(forResource: "{stem}", ofType: "{ext}")!)
+
+func classify(rgba: [UInt8]) throws -> String {{
+    try interpreter.allocateTensors()
+    let input = toInput(rgba: rgba)  // NCHW, as exported
+    try interpreter.copy(input.withUnsafeBufferPointer {{ Data(buffer: $0) }}, toInputAt: 0)
+    try interpreter.invoke()
+    let output = try interpreter.output(at: 0)
+    let scores = output.data.withUnsafeBytes {{ Array($0.bindMemory(to: Float.self)) }}
+    return classes[scores.indices.max {{ scores[$0] < scores[$1] }}!]
+}}
+""",
+    "onnx": """\
+// CocoaPods: pod 'onnxruntime-objc'
+import onnxruntime_objc
+
+let env = try ORTEnv(loggingLevel: .warning)
+let session = try ORTSession(env: env, modelPath: Bundle.main.path(forResource: "{stem}", ofType: "{ext}")!,
+                             sessionOptions: nil)
+
+func classify(rgba: [UInt8]) throws -> String {{
+    var input = toInput(rgba: rgba)
+    let data = NSMutableData(bytes: &input, length: input.count * MemoryLayout<Float>.size)
+    let tensor = try ORTValue(tensorData: data, elementType: .float, shape: [1, 3, {size}, {size}])
+    let outputs = try session.run(withInputs: ["input": tensor], outputNames: ["logits"], runOptions: nil)
+    let bytes = try outputs["logits"]!.tensorData() as Data
+    let scores = bytes.withUnsafeBytes {{ Array($0.bindMemory(to: Float.self)) }}
+    return classes[scores.indices.max {{ scores[$0] < scores[$1] }}!]
+}}
+""",
+}
+
+
+def _constants(card: dict[str, Any]) -> dict[str, Any]:
+    pre = card["preprocessing"]
+    size = pre["crop"]
+    file = card["artifact"]["file"]
+    stem, _, ext = file.rpartition(".")
+    return {
+        "size": size,
+        "plane": size * size,
+        "resize": pre["resize"],
+        "mean": ", ".join(f"{value:.4f}f" for value in pre["mean"]),
+        "std": ", ".join(f"{value:.4f}f" for value in pre["std"]),
+        "classes": ", ".join(f'"{name}"' for name in card["classes"]),
+        "file": file,
+        "stem": stem,
+        "ext": ext,
+    }
+
+
+def android_snippet(card: dict[str, Any]) -> str:
+    """Kotlin: preprocessing with this model's constants, then loading and running the artifact."""
+    values = _constants(card)
+    return _KOTLIN_PREPROCESS.format(**values) + "\n" + _KOTLIN_RUN[card["artifact"]["format"]].format(**values)
+
+
+def ios_snippet(card: dict[str, Any]) -> str:
+    """Swift: the same for iOS (Swift's float literals have no ``f`` suffix)."""
+    values = _constants(card)
+    values["mean"] = values["mean"].replace("f", "")
+    values["std"] = values["std"].replace("f", "")
+    return _SWIFT_PREPROCESS.format(**values) + "\n" + _SWIFT_RUN[card["artifact"]["format"]].format(**values)
