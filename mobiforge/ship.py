@@ -139,7 +139,7 @@ class Candidate:
     model: str
     width_mult: float | None
     img_size: int
-    source: str  # scratch | pruned (the teacher, pruned into the size budget)
+    source: str  # scratch | teacher (itself) | pruned / truncated (the teacher made to fit the size budget)
     params: int = 0
     macs: int = 0
     int8_estimate_bytes: int = 0
@@ -352,6 +352,28 @@ def teacher_candidate(spec: dict[str, Any], num_classes: int, max_size: int, tar
 
 
 PRUNING = PruneConfig(checkpoint="", ratio=0.5, global_pruning=True, importance="l1")
+TRUNCATABLE = ("efficientnet_lite0",)  # families with a ``depth`` argument (a prefix of their blocks)
+
+
+def truncated_candidate(
+    spec: dict[str, Any], num_classes: int, max_size: int, below: int | None = None
+) -> Candidate | None:
+    """The deepest prefix of the teacher (its first blocks, a new head conv and classifier) whose int8 weights fit
+    the budget, below ``below`` blocks: its layers take the teacher's weights unchanged, so unlike pruning nothing
+    learned is disturbed; what it loses is the late, most ImageNet-specific layers."""
+    name, size = spec["name"], spec["img_size"]
+    if name not in TRUNCATABLE:
+        return None
+    teacher = _teacher_weights(spec, num_classes)
+    if teacher.spec["kwargs"].get("depth"):
+        return None
+    full = len(teacher.features) - 2  # minus the stem and the head conv
+    for depth in range(min(below or full + 1, full + 1) - 1, 0, -1):
+        model = create_model(name, **{**teacher.spec["kwargs"], "depth": depth})
+        if int8_weight_bytes(model) * FILE_OVERHEAD <= max_size:
+            label = f"{name}-depth{depth}-{size}px"
+            return _measured_as(model, label, name, size, "truncated", spec=model.spec)
+    return None
 
 
 def _prune_into(model: nn.Module, img_size: int, target: int) -> float:
@@ -443,6 +465,9 @@ def search(
     candidates = grid_candidates(config, info)
     if teacher_spec is not None:
         candidates.append(teacher_candidate(teacher_spec, len(info["classes"]), config.max_size))
+        if candidates[-1].source == "pruned":
+            truncated = truncated_candidate(teacher_spec, len(info["classes"]), config.max_size)
+            candidates += [truncated] if truncated else []
     for candidate in candidates:
         if candidate.int8_estimate_bytes * FILE_OVERHEAD > config.max_size:
             candidate.status = "too large (estimate)"
@@ -465,9 +490,18 @@ def search(
         measure_candidate(model, candidate, config, run_dir / "search")
         points: list[tuple[int, int]] = []  # (int8 weight bytes, file bytes) of each pruned try
         for _ in range(3):  # file overheads differ by runtime (ONNX QDQ adds ~200 KB to a small net): re-aim
-            if candidate.source != "pruned" or (candidate.artifact_bytes or 0) <= config.max_size:
+            if candidate.source not in ("pruned", "truncated") or (candidate.artifact_bytes or 0) <= config.max_size:
                 break
             assert teacher_spec is not None
+            if candidate.source == "truncated":
+                depth = (candidate.spec or {})["kwargs"]["depth"]
+                shorter = truncated_candidate(teacher_spec, len(info["classes"]), config.max_size, below=depth)
+                if shorter is None:
+                    break
+                candidates[candidates.index(candidate)] = candidate = shorter
+                say(f"search: {config.runtime} files run larger than estimated; measuring {candidate.name}")
+                measure_candidate(build_from_spec(shorter.spec or {}), candidate, config, run_dir / "search")
+                continue
             points.append((candidate.int8_estimate_bytes, candidate.artifact_bytes or 0))
             target = _next_prune_target(points, config.max_size)
             index = candidates.index(candidate)
@@ -514,7 +548,7 @@ def _next_prune_target(points: list[tuple[int, int]], max_size: int) -> int:
 
 def _candidate_model(candidate: Candidate, info: dict[str, Any], teacher_spec: dict[str, Any] | None) -> nn.Module:
     num_classes = len(info["classes"])
-    if candidate.source == "pruned":
+    if candidate.source in ("pruned", "truncated"):
         return build_from_spec(candidate.spec or {})
     if candidate.source == "teacher":
         assert teacher_spec is not None
@@ -679,6 +713,16 @@ def train_candidate(
             data=_data(config, img_size=None),  # the teacher's input size and normalisation
             optim=engine.OptimConfig(lr=0.01, scheduler="cosine", weight_decay=4e-5, label_smoothing=0.1),
         )
+    elif candidate.source == "truncated":
+        assert teacher is not None
+        start = _truncate_teacher(teacher["checkpoint"], candidate, run_dir / "candidates" / candidate.name)
+        train_config = dataclasses.replace(
+            base,
+            model=candidate.model,
+            init_from=str(start),
+            data=_data(config, img_size=None),  # the teacher's input size and normalisation
+            optim=engine.OptimConfig(lr=0.005, scheduler="cosine", weight_decay=4e-5, label_smoothing=0.1),
+        )
     else:
         batch = _batch_size(config, candidate.img_size)
         steps = epochs * math.ceil(train_images / batch)
@@ -701,6 +745,34 @@ def train_candidate(
         "history": result.history,
         "distilled": teacher is not None,
     }
+
+
+def _truncate_teacher(teacher_checkpoint: str, candidate: Candidate, folder: Path) -> Path:
+    """The candidate's prefix network with the fine-tuned teacher's weights in every layer they share."""
+    path = folder / "truncated.pt"
+    if path.exists():
+        return path
+    checkpoint = load_checkpoint(teacher_checkpoint)
+    model = build_from_spec(candidate.spec or {})
+    state = model.state_dict()
+    shared = {
+        key: value
+        for key, value in checkpoint["state_dict"].items()
+        if key in state and value.shape == state[key].shape and not key.startswith("classifier")
+    }
+    model.load_state_dict(shared, strict=False)
+    folder.mkdir(parents=True, exist_ok=True)
+    return save_checkpoint(
+        model_checkpoint(
+            model,
+            classes=checkpoint["classes"],
+            preprocess=Preprocess.from_dict(checkpoint["preprocess"]),
+            epoch=0,
+            config=checkpoint.get("config"),
+            truncation={"source": teacher_checkpoint, "shared_tensors": len(shared)},
+        ),
+        path,
+    )
 
 
 def _prune_teacher(teacher_checkpoint: str, target: int, config: ShipConfig, folder: Path) -> Path:

@@ -206,3 +206,28 @@ def test_a_given_teacher_too_large_is_pruned_into_the_budget_and_distilled(tmp_p
     assert trained["distilled"] and trained["epochs_run"] >= 1
     assert (tmp_path / "run" / "candidates" / pruned["name"] / "pruned.pt").exists()
     assert result.chosen == pruned["name"]
+
+
+def test_a_truncated_teacher_keeps_its_first_blocks_weights(tmp_path: Path) -> None:
+    import torch
+
+    from mobiforge.checkpoint import load_checkpoint, model_checkpoint, save_checkpoint
+    from mobiforge.models import create_model
+    from mobiforge.profile import int8_weight_bytes
+    from mobiforge.ship import FILE_OVERHEAD, _truncate_teacher, truncated_candidate
+
+    spec = {"name": "efficientnet_lite0", "kwargs": {}, "img_size": 224}
+    candidate = truncated_candidate(spec, num_classes=3, max_size=1_000_000)
+    assert candidate is not None and candidate.source == "truncated"
+    depth = candidate.spec["kwargs"]["depth"]
+    assert candidate.int8_estimate_bytes * FILE_OVERHEAD <= 1_000_000  # and one block more would not fit
+    deeper = create_model("efficientnet_lite0", num_classes=3, depth=depth + 1)
+    assert int8_weight_bytes(deeper) * FILE_OVERHEAD > 1_000_000
+
+    teacher = create_model("efficientnet_lite0", num_classes=3)
+    path = save_checkpoint(model_checkpoint(teacher, classes=["a", "b", "c"]), tmp_path / "teacher.pt")
+    truncated = load_checkpoint(_truncate_teacher(str(path), candidate, tmp_path / "cand"))
+    assert truncated["spec"]["kwargs"]["depth"] == depth
+    for key, value in truncated["state_dict"].items():
+        if key.startswith("features.") and int(key.split(".")[1]) <= depth:  # the stem and the kept blocks
+            assert torch.equal(value, teacher.state_dict()[key]), key

@@ -44,6 +44,7 @@ def efficientnet_lite0(
     hidden_channels: list[int] | None = None,
     head_channels: int | None = None,
     tf_padding: bool = False,
+    depth: int | None = None,
 ) -> StackedNet:
     """EfficientNet-Lite0 (4.65M parameters, 385M multiply-adds at 224 px).
 
@@ -54,12 +55,18 @@ def efficientnet_lite0(
         dropout: dropout before the classifier.
         stem_channels, stage_channels (7), hidden_channels (16), head_channels: explicit widths.
         tf_padding: TensorFlow "SAME" padding in strided convs, as the TF-trained ImageNet weights expect.
+        depth: keep only the first ``depth`` of the 16 MBConv blocks (then the head conv): a shallower network
+            whose layers are a prefix of the full one's, so ImageNet weights carry over to them unchanged.
     """
     rows = remove_first_downsampling(EFFICIENTNET_B0_STAGES) if small_input else EFFICIENTNET_B0_STAGES
     norm = partial(nn.BatchNorm2d, eps=0.001, momentum=0.01)
     stem = stem_channels or 32
     head = head_channels or 1280
     blocks = expand_stage_rows(rows, stem, width_mult, "relu6", stage_channels, hidden_channels)
+    if depth is not None:
+        if not 1 <= depth <= len(blocks):
+            raise ValueError(f"depth must be between 1 and {len(blocks)}, got {depth}")
+        blocks = blocks[:depth]
     stride = 1 if small_input else 2
     features: list[nn.Module] = [
         ConvBNAct(3, stem, 3, stride, norm_layer=norm, act_layer=nn.ReLU6, tf_padding=tf_padding)
