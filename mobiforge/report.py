@@ -297,6 +297,10 @@ def _headline(config: Any, card: dict[str, Any] | None, shipped: bool) -> list[s
     return lines
 
 
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
 def write_ship_report(
     run_dir: Path,
     config: Any,
@@ -342,7 +346,7 @@ def write_ship_report(
         "",
         f"Data: {survey['description']}: {survey['train_images']} train / {survey['val_images']} val images, "
         f"{len(survey['classes'])} classes, median image side {survey['median_side']} px.",
-        f"Teacher: {teacher_line or 'none'}.",
+        f"{_sentence(teacher_line or 'no teacher')}.",
         "",
         f"Command: `{ship_command(config)}`",
     ]

@@ -691,7 +691,9 @@ def train_candidate(
     run_dir: Path,
     reporter: Reporter,
     state: ShipState,
+    deadline: float,
 ) -> dict[str, Any]:
+    """Train one candidate (from scratch, or from the teacher's pruned / truncated weights) until ``deadline``."""
     distill = DistillConfig(teacher=teacher["checkpoint"], alpha=0.5, temperature=4.0) if teacher else None
     train_images = state.data["stages"]["survey"]["train_images"]
     base = TrainConfig(
@@ -702,26 +704,20 @@ def train_candidate(
         name=candidate.name,
         tensorboard=False,
     )
-    if candidate.source == "pruned":
+    if candidate.source in ("pruned", "truncated"):
         assert teacher is not None
-        target = candidate.prune_target_bytes or int(config.max_size / FILE_OVERHEAD)
-        pruned = _prune_teacher(teacher["checkpoint"], target, config, run_dir / "candidates" / candidate.name)
-        train_config = dataclasses.replace(
-            base,
-            model=candidate.model,
-            init_from=str(pruned),
-            data=_data(config, img_size=None),  # the teacher's input size and normalisation
-            optim=engine.OptimConfig(lr=0.01, scheduler="cosine", weight_decay=4e-5, label_smoothing=0.1),
-        )
-    elif candidate.source == "truncated":
-        assert teacher is not None
-        start = _truncate_teacher(teacher["checkpoint"], candidate, run_dir / "candidates" / candidate.name)
+        folder = run_dir / "candidates" / candidate.name
+        if candidate.source == "pruned":
+            target = candidate.prune_target_bytes or int(config.max_size / FILE_OVERHEAD)
+            start, lr = _prune_teacher(teacher["checkpoint"], target, config, folder), 0.01
+        else:  # unchanged pretrained layers: a gentler rate
+            start, lr = _truncate_teacher(teacher["checkpoint"], candidate, folder), 0.005
         train_config = dataclasses.replace(
             base,
             model=candidate.model,
             init_from=str(start),
             data=_data(config, img_size=None),  # the teacher's input size and normalisation
-            optim=engine.OptimConfig(lr=0.005, scheduler="cosine", weight_decay=4e-5, label_smoothing=0.1),
+            optim=engine.OptimConfig(lr=lr, scheduler="cosine", weight_decay=4e-5, label_smoothing=0.1),
         )
     else:
         batch = _batch_size(config, candidate.img_size)
@@ -734,7 +730,7 @@ def train_candidate(
             optim=scratch_recipe(candidate.img_size <= SMALL_IMAGE_SIDE, steps, batch),
         )
     started = time.time()
-    result = _train_resumable(train_config, reporter, state.deadline)
+    result = _train_resumable(train_config, reporter, deadline)
     return {
         "checkpoint": str(result.run_dir / "best.pt"),
         "run_dir": str(result.run_dir),
@@ -942,7 +938,9 @@ def ship(config: ShipConfig, reporter: Reporter | None = None) -> ShipResult:
             epochs, epoch_s = _next_training(queue, info, teacher, state.left())
             more = f", then {', '.join(c.name for c in queue[1:])}" if len(queue) > 1 else ""
             say(f"train: {candidate.name}, {epochs} epochs (~{epoch_s:.0f} s each){more}")
-            state.finish(stage, train_candidate(candidate, epochs, config, teacher, run_dir, reporter, state))
+            deadline = state.deadline - sum(_export_reserve(c) for c in queue)  # the exports must fit too
+            trained = train_candidate(candidate, epochs, config, teacher, run_dir, reporter, state, deadline)
+            state.finish(stage, trained)
         state.finish(f"export:{candidate.name}", export_candidate(candidate, state.done(stage), config, say, state))
         queue.pop(0)
     return _finish(config, run_dir, state, candidates, say)

@@ -188,6 +188,7 @@ def test_a_given_teacher_that_fits_is_shipped_as_it_is(tmp_path: Path) -> None:
     assert card["model"]["source"] == "teacher" and card["preprocessing"]["input_shape"] == [1, 3, 16, 16]
 
 
+@pytest.mark.slow  # about 80 s: trains a teacher, re-aims the pruning at ONNX's file size, trains, exports
 def test_a_given_teacher_too_large_is_pruned_into_the_budget_and_distilled(tmp_path: Path) -> None:
     from mobiforge.checkpoint import model_from_checkpoint
     from mobiforge.profile import int8_weight_bytes
