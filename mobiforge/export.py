@@ -257,7 +257,22 @@ def _qat_model(model: nn.Module, quantizer: Any, data: ExportData, config: Expor
 def build_artifact(
     model: nn.Module, config: ExportConfig, data: ExportData, path: Path
 ) -> tuple[nn.Module | None, str]:
-    """Write the artifact; returns the PT2E reference model of an int8 PT2E artifact (else None) and a note."""
+    """Write the artifact; returns the PT2E reference model of an int8 PT2E artifact (else None) and a note.
+    A converter failing deep inside its own stack becomes one line naming the format and the model."""
+    try:
+        return _write_artifact(model, config, data, path)
+    except MobiforgeError:
+        raise
+    except Exception as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise MobiforgeError(
+            f"{config.format} export of {config.checkpoint} failed in the converter: {type(error).__name__}: {first}"
+        ) from None
+
+
+def _write_artifact(
+    model: nn.Module, config: ExportConfig, data: ExportData, path: Path
+) -> tuple[nn.Module | None, str]:
     example = data.val_images[:1].clone()
     path.parent.mkdir(parents=True, exist_ok=True)
     if config.format == "onnx":
@@ -323,15 +338,7 @@ def export_checkpoint(config: ExportConfig) -> ArtifactReport:
     data = load_export_data(checkpoint, config)
 
     started = time.time()
-    try:
-        reference, note = build_artifact(model, config, data, path)
-    except MobiforgeError:
-        raise
-    except Exception as error:  # a converter failing deep inside its own stack: say which step, in one line
-        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise MobiforgeError(
-            f"{config.format} export of {config.checkpoint} failed in the converter: {type(error).__name__}: {first}"
-        ) from None
+    reference, note = build_artifact(model, config, data, path)
     with torch.no_grad():
         torch_logits = torch.cat([model(chunk) for chunk in data.val_images.split(64)])
     batched = config.format == "onnx"  # the other two are exported for batch 1, as phones run them

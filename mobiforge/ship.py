@@ -390,7 +390,7 @@ def measure_candidate(model: nn.Module, candidate: Candidate, config: ShipConfig
     model = _like_trained(copy.deepcopy(model)).eval()
     size = candidate.img_size
     example = torch.randn(1, 3, size, size)
-    export_config = ExportConfig(checkpoint="", format=config.runtime, int8="ptq")
+    export_config = ExportConfig(checkpoint=f"candidate {candidate.name}", format=config.runtime, int8="ptq")
     data = ExportData(example, torch.zeros(1, dtype=torch.long), [torch.randn(8, 3, size, size)], DataConfig(), [])
     path = workdir / f"{candidate.name}{FORMATS[config.runtime]}"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -232,3 +232,19 @@ def test_a_truncated_teacher_keeps_its_first_blocks_weights(tmp_path: Path) -> N
     for key, value in truncated["state_dict"].items():
         if key.startswith("features.") and int(key.split(".")[1]) <= depth:  # the stem and the kept blocks
             assert torch.equal(value, teacher.state_dict()[key]), key
+
+
+def test_a_converter_failure_during_the_search_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mobiforge.export as export
+
+    def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("unsupported op aten::foo\n  deep stack")
+
+    monkeypatch.setattr(export, "write_onnx", broken)
+    data = make_split_folder(tmp_path / "data", classes=2, train=4, val=2)
+    with pytest.raises(
+        MobiforgeError,
+        match=r"^onnx export of candidate mobilenet_v3_small-w0.5-32px failed in the "
+        r"converter: RuntimeError: unsupported op aten::foo$",
+    ):
+        ship(tiny_config(data, tmp_path / "run"))
