@@ -68,7 +68,20 @@ def ptq_pt2e(
     with torch.no_grad():
         for batch in calibration:
             prepared(batch)
-    return convert_pt2e(prepared, fold_quantize=fold_quantize)
+    return without_unused_tensors(convert_pt2e(prepared, fold_quantize=fold_quantize))
+
+
+def without_unused_tensors(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Drop the parameters and buffers no graph node reads any more.
+
+    ``convert_pt2e`` leaves the float weights (and, after QAT, the BatchNorm tensors it folded) on the module.
+    ExecuTorch kept the QAT leftovers in the program: its .pte came out 8-10% larger than PTQ's for the same net.
+    """
+    used = {node.target for node in graph.graph.nodes if node.op == "get_attr"}
+    for name in [name for name, _ in [*graph.named_parameters(), *graph.named_buffers()] if name not in used]:
+        owner, _, attribute = name.rpartition(".")
+        delattr(graph.get_submodule(owner), attribute)
+    return graph
 
 
 def qat_pt2e(
@@ -108,7 +121,7 @@ def qat_pt2e(
     for epoch in range(epochs):
         engine.train_one_epoch(prepared, train_loader, optimizer, scheduler, loss_fn, epoch=epoch)
     prepared.train(False)
-    return convert_pt2e(prepared.graph, fold_quantize=fold_quantize)
+    return without_unused_tensors(convert_pt2e(prepared.graph, fold_quantize=fold_quantize))
 
 
 def onnx_static_int8(fp32_path: Path, out_path: Path, calibration: Sequence[torch.Tensor], input_name: str) -> Path:
