@@ -76,6 +76,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--runs-dir", default="runs")
     parser.add_argument("--teacher", action="store_true", help="distil from the baseline while fine-tuning")
+    parser.add_argument("--global", dest="global_pruning", action="store_true", help="rank channels across layers")
+    parser.add_argument("--bn-images", type=int, default=512, help="BN recalibration images after pruning (0: off)")
     args = parser.parse_args()
 
     baseline = Path(args.baseline)
@@ -98,6 +100,8 @@ def main() -> None:
             checkpoint=str(baseline / "best.pt"),
             target_macs=base_macs // 2,
             importance=args.importance,
+            global_pruning=args.global_pruning,
+            bn_recalibration_images=args.bn_images,
             finetune_epochs=epochs,
             batch_size=args.batch_size,
             optim=OptimConfig(lr=args.lr, momentum=0.9, scheduler="cosine", weight_decay=5e-4, label_smoothing=0.1),
@@ -128,7 +132,10 @@ def main() -> None:
         "",
         f"Baseline: `{checkpoint['spec']['name']}` (CIFAR-style) trained for {len(rows)} epochs in "
         f"{train_seconds / 60:.1f} min (`{baseline / 'best.pt'}`). Pruned to at most half its MACs "
-        f"({args.importance} importance, channels multiples of 8, classifier untouched), then fine-tuned for "
+        f"({args.importance} importance, {'global' if args.global_pruning else 'the same ratio in every layer'}, "
+        "channels multiples of 8, classifier untouched"
+        + (f", BatchNorm statistics re-estimated on {args.bn_images} training images" if args.bn_images else "")
+        + f"), then fine-tuned for "
         f"{epochs} epoch(s){' distilling from the baseline (alpha 0.5, T 4)' if args.teacher else ''} in "
         f"**{finetune_seconds / 60:.1f} min** (budget: a quarter of the baseline's training, "
         f"{budget / 60:.1f} min; SGD lr {args.lr} cosine). Latency: batch 1, {size} px, channels_last eager "

@@ -37,6 +37,9 @@ def main() -> None:
     parser.add_argument("--qat-lr", type=float, default=1e-3)
     parser.add_argument("--formats", nargs="+", default=list(FORMATS))
     parser.add_argument("--int8-modes", nargs="+", default=["fp32", "ptq", "qat"], help="which to (re)run")
+    parser.add_argument(
+        "--ptq-max-drop", type=float, default=1.0, help="PTQ gate; a PT2E artifact over it retries with float layers"
+    )
     parser.add_argument("--table-only", action="store_true", help="rebuild the table from the JSON reports only")
     args = parser.parse_args()
 
@@ -58,6 +61,7 @@ def main() -> None:
                 qat_images=args.qat_images,
                 qat_epochs=args.qat_epochs,
                 qat_lr=args.qat_lr,
+                max_drop=args.ptq_max_drop if int8 == "ptq" else None,
             )
             try:
                 report = export_checkpoint(config)
@@ -83,13 +87,17 @@ def main() -> None:
         "",
         f"Val images: {first.images}; PyTorch fp32 top-1 {first.torch_fp32_top1:.2f}%. int8 calibration: "
         f"{args.calibration_images} training images; QAT: {args.qat_epochs} epoch(s) on "
-        f"{args.qat_images or 'all'} training images, SGD lr {args.qat_lr} cosine. Latency: batch 1, median (p90) "
+        f"{args.qat_images or 'all'} training images, SGD lr {args.qat_lr} cosine. "
+        f"PTQ gate {args.ptq_max_drop} points: a PT2E (ExecuTorch, LiteRT) PTQ artifact over it is retried "
+        "with its most sensitive layer groups left in float (the better one through the runtime is kept; last "
+        "column). Latency: batch 1, median (p90) "
         "in the runtime; PyTorch eager fp32 in the same run for comparison. Each row is read from the JSON report "
         f"that `mobiforge export` wrote next to its artifact in `{out_dir}` (runs of this script with other "
         "`--formats`/`--int8-modes` add or replace rows; each JSON has its own config).",
         "",
-        "| runtime | precision | top-1 | drop vs fp32 | agreement | file | size vs fp32 | 1 thread | 2 threads |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| runtime | precision | top-1 | drop vs fp32 | agreement | file | size vs fp32 | 1 thread | 2 threads "
+        "| left in float |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for (fmt, label), report in reports.items():
         fp32 = reports.get((fmt, "fp32"))
@@ -98,10 +106,10 @@ def main() -> None:
         lines.append(
             f"| {fmt} | {label} | {report.top1:.2f}% | {report.drop:+.2f} | {report.agreement:.1f}% "
             f"| {report.file_bytes / 1e6:.2f} MB | {ratio} | {lat['1']['median']:.2f} ({lat['1']['p90']:.2f}) ms "
-            f"| {lat['2']['median']:.2f} ({lat['2']['p90']:.2f}) ms |"
+            f"| {lat['2']['median']:.2f} ({lat['2']['p90']:.2f}) ms | {', '.join(report.float_modules) or '-'} |"
         )
     if (out_dir / f"{checkpoint.stem}-fp32.onnx").is_file():
-        lines.append(f"| onnx | qat | {ONNX_QAT} | | | | | | |")
+        lines.append(f"| onnx | qat | {ONNX_QAT} | | | | | | | |")
     eager = first.torch_latency_ms
     fp32_runs = {fmt: r for (fmt, label), r in reports.items() if label == "fp32"}
     fastest = min(fp32_runs.items(), key=lambda item: item[1].latency_ms["1"]["median"])

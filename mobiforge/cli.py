@@ -238,6 +238,13 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--global", dest="global_pruning", action="store_true", help="rank channels across layers")
     prune.add_argument("--round-to", type=int, default=8, help="keep channel counts multiples of this")
     prune.add_argument("--iterative", dest="iterative_steps", type=int, default=1, metavar="STEPS")
+    prune.add_argument(
+        "--bn-recalibration",
+        type=int,
+        default=512,
+        metavar="IMAGES",
+        help="re-estimate BatchNorm statistics on this many training images after pruning (0: off)",
+    )
     prune.add_argument("--finetune-epochs", type=int, default=0)
     prune.add_argument("--batch-size", "-b", type=int, default=64)
     prune.add_argument("--workers", "-j", type=int, default=2)
@@ -340,6 +347,7 @@ def run_prune(args: argparse.Namespace) -> int:
         global_pruning=args.global_pruning,
         round_to=args.round_to,
         iterative_steps=args.iterative_steps,
+        bn_recalibration_images=args.bn_recalibration,
         finetune_epochs=args.finetune_epochs,
         batch_size=args.batch_size,
         workers=args.workers,
@@ -386,6 +394,18 @@ def _export_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--qat-images", type=int, default=None, help="train images per QAT epoch (default all)")
     parser.add_argument("--qat-lr", type=float, default=1e-3)
     parser.add_argument("--max-drop", type=float, default=None, help="fail if int8 loses more top-1 points")
+    parser.add_argument(
+        "--float-layers",
+        default="",
+        metavar="NAMES",
+        help="comma-separated modules to keep in float in a PT2E int8 graph, e.g. features.0,classifier",
+    )
+    parser.add_argument(
+        "--no-float-fallback",
+        dest="float_fallback",
+        action="store_false",
+        help="when PTQ misses --max-drop, do not search for layers to leave in float",
+    )
     parser.add_argument("--batch-size", "-b", type=int, default=64)
     parser.add_argument("--workers", "-j", type=int, default=2)
     parser.add_argument("--json", action="store_true")
@@ -396,6 +416,7 @@ def run_export(args: argparse.Namespace) -> int:
 
     fields = {f.name for f in dataclasses.fields(ExportConfig)}
     config = ExportConfig(**{key: value for key, value in vars(args).items() if key in fields})
+    config.float_modules = tuple(name.strip() for name in args.float_layers.split(",") if name.strip())
     report = export_checkpoint(config)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
@@ -420,6 +441,8 @@ def print_export_report(report) -> None:  # type: ignore[no-untyped-def]
         ("top-1 agreement with PyTorch", f"{report.agreement:.2f}%"),
         ("max abs logit difference", f"{report.max_abs_logit_diff:.4g}"),
     ]
+    if report.float_modules:
+        rows.append(("left in float", ", ".join(report.float_modules)))
     if report.reference_max_abs_diff is not None:
         rows.append(("max abs diff vs PT2E reference", f"{report.reference_max_abs_diff:.4g}"))
     for threads, stats in report.latency_ms.items():

@@ -13,6 +13,7 @@ it; the CLI exits 1) but kept for inspection.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import random
@@ -32,7 +33,16 @@ from mobiforge.errors import MobiforgeError
 from mobiforge.inference import _data_config, split_samples
 from mobiforge.models.base import Preprocess
 from mobiforge.profile import measure_latency, num_threads
-from mobiforge.quantize import litert_quantizer, missing, onnx_static_int8, ptq_pt2e, qat_pt2e, xnnpack_quantizer
+from mobiforge.quantize import (
+    layer_groups,
+    litert_quantizer,
+    missing,
+    onnx_static_int8,
+    ptq_pt2e,
+    qat_pt2e,
+    search_float_modules,
+    xnnpack_quantizer,
+)
 from mobiforge.runtimes import load_runner
 
 FORMATS = {"executorch": ".pte", "tflite": ".tflite", "onnx": ".onnx"}
@@ -52,6 +62,9 @@ class ExportConfig:
     qat_images: int | None = None  # train images per QAT epoch (a seeded subset; default: all)
     qat_lr: float = 1e-3
     max_drop: float | None = None  # fail an int8 export losing more top-1 points than this
+    float_modules: tuple[str, ...] = ()  # modules left in float in a PT2E int8 graph (e.g. "classifier")
+    float_fallback: bool = True  # PTQ missing max_drop: search for the layer groups to leave in float, retry
+    float_fallback_groups: int = 3  # ... at most this many
     batch_size: int = 64
     workers: int = 2
     threads: tuple[int, ...] = (1, 2)
@@ -74,6 +87,7 @@ class ArtifactReport:
     latency_ms: dict[str, dict[str, float]]  # threads -> median/p90 in the runtime
     torch_latency_ms: dict[str, dict[str, float]]  # threads -> median/p90 of PyTorch eager fp32
     max_drop: float | None = None
+    float_modules: list[str] = field(default_factory=list)  # left in float in an int8 artifact
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -167,6 +181,7 @@ class ExportData:
     val_images: torch.Tensor
     val_labels: torch.Tensor
     calibration: list[torch.Tensor]
+    calibration_labels: torch.Tensor | None
     data_config: DataConfig
     train_samples: list[Any]
 
@@ -190,12 +205,13 @@ def load_export_data(checkpoint: dict[str, Any], config: ExportConfig) -> Export
     val = _subset(split_samples(data_config, "val", classes), config.val_images, config.seed, spaced=True)
     val_images, val_labels = _tensors(val, preprocess, config)
     calibration: list[torch.Tensor] = []
-    train_samples: list[Any] = []
+    calibration_labels, train_samples = None, []
     if config.int8:
         train_samples = split_samples(data_config, "train", classes)
         chosen = _subset(train_samples, config.calibration_images, config.seed, spaced=False)
-        calibration = list(_tensors(chosen, preprocess, config)[0].split(32))
-    return ExportData(val_images, val_labels, calibration, data_config, train_samples)
+        images, calibration_labels = _tensors(chosen, preprocess, config)
+        calibration = list(images.split(32))
+    return ExportData(val_images, val_labels, calibration, calibration_labels, data_config, train_samples)
 
 
 # ----------------------------------------------------------------------------------------------------- pipeline
@@ -291,7 +307,7 @@ def _write_artifact(
         # static int8 activations). litert-torch 0.10's own annotator was measured to lose 32 top-1 points on a
         # CIFAR-10 MobileNetV2 (benchmarks/RESULTS.md) and its QAT variant fails on this torch; litert-torch still
         # does the conversion, told by its quantizer config that the graph is statically quantized.
-        quantizer = xnnpack_quantizer(qat=config.int8 == "qat")
+        quantizer = xnnpack_quantizer(qat=config.int8 == "qat", float_modules=config.float_modules)
         fold = config.format == "executorch"  # litert-torch folds the weights itself
         if config.int8 == "ptq":
             reference = ptq_pt2e(model, quantizer, data.calibration, fold_quantize=fold)
@@ -301,7 +317,10 @@ def _write_artifact(
             write_executorch(reference, example, path)
         else:
             write_tflite(reference, example, path, litert_quantizer())
-        return reference, "PT2E: per-channel symmetric int8 weights, static int8 activations, BN folded"
+        note = "PT2E: per-channel symmetric int8 weights, static int8 activations, BN folded"
+        if config.float_modules:
+            note += f"; left in float: {', '.join(config.float_modules)}"
+        return reference, note
     if config.format == "executorch":
         write_executorch(model, example, path)
     else:
@@ -326,7 +345,11 @@ def _top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def export_checkpoint(config: ExportConfig) -> ArtifactReport:
-    """Export, run in the runtime, measure, gate; the report is also written as ``<artifact>.json``."""
+    """Export, run in the runtime, measure, gate; the report is also written as ``<artifact>.json``.
+
+    A PT2E PTQ artifact that misses ``max_drop`` is retried with the most sensitive layer groups left in float
+    (``float_fallback``); the better of the two through the runtime is kept, and the report says what stayed float.
+    """
     _check(config)
     require_runtime(config.format)
     path = Path(config.out) if config.out else default_output(config)
@@ -334,10 +357,70 @@ def export_checkpoint(config: ExportConfig) -> ArtifactReport:
         raise MobiforgeError(f"--out {path}: a {config.format} artifact needs the suffix {FORMATS[config.format]}")
     checkpoint = load_checkpoint(config.checkpoint)
     model = model_from_checkpoint(checkpoint).eval()
+    _check_float_modules(model, config)
     torch.manual_seed(config.seed)
     data = load_export_data(checkpoint, config)
 
     started = time.time()
+    report = _export_and_verify(model, config, data, path)
+    if _wants_fallback(config, report):
+        report = _retry_with_float_layers(model, config, data, path, report)
+    report.notes.append(f"export and verification took {time.time() - started:.0f} s")
+    record = {**report.to_dict(), "checkpoint": str(config.checkpoint), "config": dataclasses.asdict(config)}
+    Path(f"{path}.json").write_text(json.dumps(record, indent=2))
+    return report
+
+
+def _check_float_modules(model: nn.Module, config: ExportConfig) -> None:
+    if config.float_modules and (config.format == "onnx" or not config.int8):
+        raise MobiforgeError("--float-layers applies to int8 executorch and tflite exports (PT2E graphs)")
+    names = dict(model.named_modules())
+    for name in config.float_modules:
+        if name not in names:
+            groups = ", ".join(layer_groups(model))
+            raise MobiforgeError(f"--float-layers {name!r}: the model has no such module; its layer groups: {groups}")
+
+
+def _wants_fallback(config: ExportConfig, report: ArtifactReport) -> bool:
+    return (
+        config.float_fallback
+        and config.int8 == "ptq"
+        and config.format != "onnx"
+        and not config.float_modules
+        and not report.passed
+    )
+
+
+def _retry_with_float_layers(
+    model: nn.Module, config: ExportConfig, data: ExportData, path: Path, first: ArtifactReport
+) -> ArtifactReport:
+    """Search the layer groups to leave in float on the labelled calibration images, export again, keep the
+    better artifact through the runtime."""
+    assert data.calibration_labels is not None and config.max_drop is not None
+    images = torch.cat(data.calibration)
+    fallback = search_float_modules(
+        model, data.calibration[:4], images, data.calibration_labels, config.max_drop, config.float_fallback_groups
+    )
+    retry_config = dataclasses.replace(config, float_modules=tuple(fallback.float_modules))
+    trial_path = path.with_name(f"{path.stem}.float-fallback{path.suffix}")
+    retry = _export_and_verify(model, retry_config, data, trial_path)
+    search = (
+        f"all-int8 lost {first.drop:.2f} points (over --max-drop {config.max_drop}); layer groups tried in float "
+        f"on {len(images)} training images: "
+        + "; ".join(f"{'+'.join(t.float_modules)} -> {t.top1:.1f}%" for t in fallback.trials[:5])
+        + f" (fp32 {fallback.fp32_top1:.1f}%)"
+    )
+    if retry.top1 > first.top1:
+        trial_path.replace(path)
+        retry.path = str(path)
+        retry.notes.append(search)
+        return retry
+    trial_path.unlink(missing_ok=True)
+    first.notes.append(f"{search}; all-int8 kept: float {', '.join(fallback.float_modules)} scored {retry.top1:.2f}%")
+    return first
+
+
+def _export_and_verify(model: nn.Module, config: ExportConfig, data: ExportData, path: Path) -> ArtifactReport:
     reference, note = build_artifact(model, config, data, path)
     with torch.no_grad():
         torch_logits = torch.cat([model(chunk) for chunk in data.val_images.split(64)])
@@ -352,18 +435,17 @@ def export_checkpoint(config: ExportConfig) -> ArtifactReport:
 
     example = data.val_images[:1].contiguous()
     latency, torch_latency = {}, {}
-    eager = model.to(memory_format=torch.channels_last)
+    eager = copy.deepcopy(model).to(memory_format=torch.channels_last)
     eager_input = example.contiguous(memory_format=torch.channels_last)
     for threads in config.threads:
         timed = load_runner(path, threads=threads)
         latency[str(threads)] = _latency(lambda timed=timed: timed(example.numpy()), threads, config.latency_seconds)
         with torch.no_grad():
             torch_latency[str(threads)] = _latency(lambda: eager(eager_input), threads, config.latency_seconds)
-    precision = f"int8-{config.int8}" if config.int8 else "fp32"
-    report = ArtifactReport(
+    return ArtifactReport(
         path=str(path),
         format=config.format,
-        precision=precision,
+        precision=f"int8-{config.int8}" if config.int8 else "fp32",
         file_bytes=path.stat().st_size,
         images=len(data.val_labels),
         top1=_top1(runtime_logits, data.val_labels),
@@ -374,9 +456,6 @@ def export_checkpoint(config: ExportConfig) -> ArtifactReport:
         latency_ms=latency,
         torch_latency_ms=torch_latency,
         max_drop=config.max_drop,
+        float_modules=list(config.float_modules),
         notes=[note] if note else [],
     )
-    report.notes.append(f"export and verification took {time.time() - started:.0f} s")
-    record = {**report.to_dict(), "checkpoint": str(config.checkpoint), "config": dataclasses.asdict(config)}
-    Path(f"{path}.json").write_text(json.dumps(record, indent=2))
-    return report

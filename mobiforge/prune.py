@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from torch import nn
 
 from mobiforge import engine
 from mobiforge.checkpoint import load_checkpoint, model_checkpoint, model_from_checkpoint, save_checkpoint
-from mobiforge.data import DataConfig, ImageSamples, train_transform
+from mobiforge.data import DataConfig, ImageSamples, eval_transform, train_transform
 from mobiforge.distill import DistillConfig
 from mobiforge.errors import MobiforgeError
 from mobiforge.inference import evaluate_checkpoint, split_samples
@@ -51,6 +52,7 @@ class PruneConfig:
     round_to: int = 8  # channel counts stay multiples of this (SIMD-friendly)
     iterative_steps: int = 1  # prune in this many steps, re-scoring channels after each
     calibration_batches: int = 4  # training batches whose gradients score channels for --importance taylor
+    bn_recalibration_images: int = 512  # training images that re-estimate BatchNorm statistics after pruning (0: off)
     finetune_epochs: int = 0
     batch_size: int = 64
     workers: int = 2
@@ -99,6 +101,8 @@ def _check(config: PruneConfig) -> None:
     for flag, value in (("--round-to", config.round_to), ("--iterative", config.iterative_steps)):
         if value < 1:
             raise MobiforgeError(f"{flag} must be at least 1, got {value}")
+    if config.bn_recalibration_images < 0:
+        raise MobiforgeError(f"--bn-recalibration must be 0 or more images, got {config.bn_recalibration_images}")
     if config.finetune_epochs < 0:
         raise MobiforgeError(f"--finetune-epochs must be 0 or more, got {config.finetune_epochs}")
 
@@ -193,6 +197,18 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Modu
     for norm, momentum in zip(norms, momenta, strict=True):
         norm.momentum = momentum
     return model.train(was_training)
+
+
+def recalibrate_on_training_images(
+    model: nn.Module, data: DataConfig, classes: list[str], preprocess: Preprocess, images: int, seed: int = 0
+) -> nn.Module:
+    """``recalibrate_bn`` on up to ``images`` training images drawn at random, seen as at evaluation (no
+    augmentation: the statistics are those the deployed model meets)."""
+    samples = split_samples(data, "train", classes)
+    chosen = random.Random(seed).sample(samples, min(images, len(samples)))
+    dataset = ImageSamples(chosen, eval_transform(preprocess), draft_size=preprocess.resize_size)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=32, num_workers=data.workers)
+    return recalibrate_bn(model, (batch for batch, _ in loader))
 
 
 def measure_figures(model: nn.Module, img_size: int, threads: int | None, top1: float | None) -> ModelFigures:
@@ -298,6 +314,10 @@ def prune(config: PruneConfig, reporter: Reporter | None = None) -> PruneResult:
         )
         ratio = ratio_for_target(model, example, config, measure, int(target or 0), gradient_fn)
     prune_model(model, example, config, ratio, gradient_fn)
+    if config.bn_recalibration_images:
+        data = _saved_run(checkpoint, config).data
+        recalibrate_on_training_images(model, data, checkpoint["classes"], preprocess, config.bn_recalibration_images)
+        reporter.message(f"BatchNorm statistics re-estimated on {config.bn_recalibration_images} training images")
     spec = respec(model)
     pruned_model = model_from_checkpoint({"spec": spec, "state_dict": model.state_dict()})
     run_dir.mkdir(parents=True, exist_ok=True)

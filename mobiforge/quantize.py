@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,9 @@ def missing(package: str) -> MobiforgeError:
     return MobiforgeError(f"this needs {package}, which is not installed: {EXPORT_EXTRA}")
 
 
-def xnnpack_quantizer(qat: bool = False) -> Any:
-    """ExecuTorch's XNNPACK quantizer: per-channel symmetric int8 weights, static int8 activations."""
+def xnnpack_quantizer(qat: bool = False, float_modules: Sequence[str] = ()) -> Any:
+    """ExecuTorch's XNNPACK quantizer: per-channel symmetric int8 weights, static int8 activations; the modules
+    named in ``float_modules`` (and everything inside them) are left in float."""
     try:
         from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
             XNNPACKQuantizer,
@@ -38,7 +40,91 @@ def xnnpack_quantizer(qat: bool = False) -> Any:
         )
     except ImportError:
         raise missing("executorch") from None
-    return XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=qat))
+    from torchao.quantization.pt2e.quantizer.utils import get_module_name_filter
+
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=qat))
+    if float_modules:
+        inside = [get_module_name_filter(name) for name in float_modules]
+        quantizer.set_filter_function(lambda node: not any(test(node) for test in inside))
+    return quantizer
+
+
+def layer_groups(model: nn.Module) -> list[str]:
+    """The units a sensitivity search may leave in float: each block with weights of a top-level ``nn.Sequential``
+    (stem, inverted-residual blocks, head conv) and every other top-level module with weights (the classifier)."""
+    groups = []
+    for name, child in model.named_children():
+        if isinstance(child, nn.Sequential) and len(child) > 1:
+            groups += [f"{name}.{index}" for index, block in enumerate(child) if _has_weights(block)]
+        elif _has_weights(child):
+            groups.append(name)
+    return groups
+
+
+def _has_weights(module: nn.Module) -> bool:
+    """Pooling, flatten and dropout hold no weights: leaving them float changes little and costs a trial."""
+    return any(True for _ in module.parameters())
+
+
+@dataclass
+class FallbackTrial:
+    float_modules: list[str]
+    top1: float  # simulated int8 (PT2E reference model) on the labelled search images
+    logit_mse: float  # against the fp32 model's logits on the same images
+
+
+@dataclass
+class FloatFallback:
+    """What the search left in float and why: every trial it ran, most sensitive single group first."""
+
+    float_modules: list[str]
+    fp32_top1: float
+    trials: list[FallbackTrial]
+
+
+def search_float_modules(
+    model: nn.Module,
+    calibration: Sequence[torch.Tensor],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    max_drop: float,
+    max_groups: int = 3,
+) -> FloatFallback:
+    """Which layer groups to leave in float so that simulated int8 loses at most ``max_drop`` top-1 points.
+
+    Each group is tried alone in float (the rest int8, calibrated as for the artifact); the groups whose float copy
+    brings the logits closest to fp32 are then left in float one more at a time, up to ``max_groups``, until the
+    simulated drop on ``images`` (training images, not the val split the gate reports on) is within ``max_drop``.
+    The model is exported once; every trial quantizes a copy of that graph.
+    """
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    model = model.eval()
+    graph = _export_dynamic_batch(model, calibration[0])
+    with torch.no_grad():
+        fp32_logits = model(images)
+    fp32_top1 = _top1(fp32_logits, labels)
+
+    def trial(float_modules: list[str]) -> FallbackTrial:
+        prepared = prepare_pt2e(copy.deepcopy(graph), xnnpack_quantizer(float_modules=float_modules))
+        with torch.no_grad():
+            for batch in calibration:
+                prepared(batch)
+            logits = convert_pt2e(prepared)(images)
+        return FallbackTrial(float_modules, _top1(logits, labels), (logits - fp32_logits).pow(2).mean().item())
+
+    singles = sorted((trial([group]) for group in layer_groups(model)), key=lambda result: result.logit_mse)
+    trials, chosen = list(singles), [singles[0]]
+    for single in singles[1:max_groups]:
+        if fp32_top1 - chosen[-1].top1 <= max_drop:
+            break
+        chosen.append(trial([*chosen[-1].float_modules, *single.float_modules]))
+        trials.append(chosen[-1])
+    return FloatFallback(chosen[-1].float_modules, fp32_top1, trials)
+
+
+def _top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return 100.0 * (logits.argmax(1) == labels).float().mean().item()
 
 
 def litert_quantizer() -> Any:

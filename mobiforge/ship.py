@@ -31,7 +31,6 @@ import dataclasses
 import json
 import math
 import os
-import random
 import shutil
 import statistics
 import time
@@ -44,11 +43,10 @@ import torch
 import yaml
 from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader
 
 from mobiforge import engine
 from mobiforge.checkpoint import load_checkpoint, model_checkpoint, model_from_checkpoint, save_checkpoint
-from mobiforge.data import BUILTIN_DATASETS, DataConfig, ImageSamples, discover, eval_transform
+from mobiforge.data import BUILTIN_DATASETS, DataConfig, discover
 from mobiforge.distill import DistillConfig
 from mobiforge.errors import MobiforgeError
 from mobiforge.export import (
@@ -59,13 +57,12 @@ from mobiforge.export import (
     export_checkpoint,
     require_runtime,
 )
-from mobiforge.inference import split_samples
 from mobiforge.models import build_from_spec, create_model
 from mobiforge.models.base import Preprocess
 from mobiforge.models.weights import get_weights, locate_quietly
 from mobiforge.models.widths import NOT_PRUNABLE, respec
 from mobiforge.profile import count_macs, count_params, int8_weight_bytes, measure_latency, num_threads
-from mobiforge.prune import PruneConfig, prune_model, ratio_for_target, recalibrate_bn
+from mobiforge.prune import PruneConfig, prune_model, ratio_for_target, recalibrate_on_training_images
 from mobiforge.runtimes import load_runner
 from mobiforge.train import Reporter, SilentReporter, TrainConfig, train
 
@@ -391,7 +388,9 @@ def measure_candidate(model: nn.Module, candidate: Candidate, config: ShipConfig
     size = candidate.img_size
     example = torch.randn(1, 3, size, size)
     export_config = ExportConfig(checkpoint=f"candidate {candidate.name}", format=config.runtime, int8="ptq")
-    data = ExportData(example, torch.zeros(1, dtype=torch.long), [torch.randn(8, 3, size, size)], DataConfig(), [])
+    data = ExportData(
+        example, torch.zeros(1, dtype=torch.long), [torch.randn(8, 3, size, size)], None, DataConfig(), []
+    )
     path = workdir / f"{candidate.name}{FORMATS[config.runtime]}"
     path.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -780,11 +779,8 @@ def _prune_teacher(teacher_checkpoint: str, target: int, config: ShipConfig, fol
     model = model_from_checkpoint(checkpoint).eval()
     preprocess = Preprocess.from_dict(checkpoint["preprocess"])
     ratio = _prune_into(model, preprocess.img_size, target)
-    samples = split_samples(DataConfig(data=config.data), "train", checkpoint["classes"])
-    chosen = random.Random(config.seed).sample(samples, min(512, len(samples)))
-    dataset = ImageSamples(chosen, eval_transform(preprocess), draft_size=preprocess.resize_size)
-    loader = DataLoader(dataset, batch_size=32, num_workers=config.workers)
-    recalibrate_bn(model, (images for images, _ in loader))
+    data = DataConfig(data=config.data, workers=config.workers)
+    recalibrate_on_training_images(model, data, checkpoint["classes"], preprocess, 512, config.seed)
     spec = respec(model)
     folder.mkdir(parents=True, exist_ok=True)
     return save_checkpoint(
@@ -830,6 +826,7 @@ def export_candidate(
                 qat_images=min(2000, state.data["stages"]["survey"]["train_images"]),
                 threads=(config.threads,),
                 max_drop=config.max_drop,
+                float_fallback=False,  # ship's route past a failed gate is QAT, which its time plan reserves for
                 workers=config.workers,
                 seed=config.seed,
             )

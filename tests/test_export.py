@@ -92,6 +92,76 @@ def test_converted_graphs_keep_only_the_tensors_they_use() -> None:
         assert all(tensor.dtype != torch.float32 or tensor.dim() <= 1 for tensor in graph.buffers())
 
 
+def test_layers_named_float_stay_float(checkpoint: Path, tmp_path: Path) -> None:
+    from mobiforge import quantize
+
+    model = model_from_checkpoint(checkpoint).eval()
+    calibration = [torch.randn(4, 3, 24, 24)]
+    graph = quantize.ptq_pt2e(model, quantize.xnnpack_quantizer(float_modules=["classifier"]), calibration)
+    linear = next(node for node in graph.graph.nodes if node.target == torch.ops.aten.linear.default)
+    assert linear.args[1].op == "get_attr"  # a float weight, not the output of a dequantize node
+    tensors = dict([*graph.named_parameters(), *graph.named_buffers()])
+    assert tensors[linear.args[1].target].dtype == torch.float32
+    with pytest.raises(MobiforgeError, match=r"no such module; its layer groups: features\.0"):
+        _export(checkpoint, tmp_path / "m.pte", "executorch", "ptq", float_modules=("head",))
+    with pytest.raises(MobiforgeError, match="int8 executorch and tflite"):
+        _export(checkpoint, tmp_path / "m.onnx", "onnx", "ptq", float_modules=("classifier",))
+
+
+def test_the_float_search_tries_every_group_then_adds_the_best_until_the_drop_fits() -> None:
+    from torch import nn
+
+    from mobiforge import quantize
+
+    torch.manual_seed(0)
+    block = lambda i, o: nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU())  # noqa: E731
+    model = nn.Sequential()
+    model.features = nn.Sequential(block(3, 8), block(8, 8), block(8, 8))
+    model.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    model.classifier = nn.Linear(8, 4)
+    model.eval()
+    calibration = [torch.randn(8, 3, 12, 12)]
+    images = torch.randn(16, 3, 12, 12)
+    with torch.no_grad():
+        labels = model(images).argmax(1)
+    assert quantize.layer_groups(model) == ["features.0", "features.1", "features.2", "classifier"]
+
+    # A drop that is never small enough: every group alone (most helpful first), then the best two, three.
+    strict = quantize.search_float_modules(model, calibration, images, labels, max_drop=-1.0, max_groups=3)
+    singles = strict.trials[:4]
+    assert strict.fp32_top1 == 100.0 and sorted(len(t.float_modules) for t in singles) == [1, 1, 1, 1]
+    assert [t.logit_mse for t in singles] == sorted(t.logit_mse for t in singles)
+    assert [t.float_modules for t in strict.trials[4:]] == [
+        singles[0].float_modules + singles[1].float_modules,
+        singles[0].float_modules + singles[1].float_modules + singles[2].float_modules,
+    ]
+    assert strict.float_modules == strict.trials[-1].float_modules
+
+
+@pytest.mark.slow
+def test_a_ptq_artifact_missing_the_gate_is_retried_with_float_layers(
+    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mobiforge.export as export
+
+    verify = export._export_and_verify
+
+    def all_int8_loses_badly(model, config, data, path):  # type: ignore[no-untyped-def]
+        report = verify(model, config, data, path)
+        if not config.float_modules:
+            report.top1 -= 50.0
+        return report
+
+    monkeypatch.setattr(export, "_export_and_verify", all_int8_loses_badly)
+    report = _export(checkpoint, tmp_path / "m.pte", "executorch", "ptq", max_drop=0.0, float_fallback_groups=2)
+    assert 1 <= len(report.float_modules) <= 2 and report.path == str(tmp_path / "m.pte")
+    assert f"left in float: {', '.join(report.float_modules)}" in report.notes[0]
+    assert any("all-int8 lost" in note for note in report.notes)
+    saved = json.loads((tmp_path / "m.pte.json").read_text())
+    assert saved["float_modules"] == report.float_modules
+    assert not (tmp_path / "m.float-fallback.pte").exists()
+
+
 def test_export_errors(checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     with pytest.raises(MobiforgeError, match="not available for onnx"):
         _export(checkpoint, tmp_path / "m.onnx", "onnx", "qat")

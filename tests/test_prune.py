@@ -114,6 +114,32 @@ def test_prune_and_finetune_end_to_end(trained: tuple[Path, Path], tmp_path: Pat
     model_from_checkpoint(finetuned)
 
 
+def test_pruning_re_estimates_batchnorm_statistics_on_training_images(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from mobiforge.data import DataConfig, ImageSamples, eval_transform
+    from mobiforge.inference import split_samples
+    from mobiforge.models.base import Preprocess
+
+    data, checkpoint = trained
+    common = dict(checkpoint=str(checkpoint), ratio=0.5, batch_size=16, workers=0, runs_dir=str(tmp_path))
+    stale = model_from_checkpoint(prune(PruneConfig(**common, name="stale", bn_recalibration_images=0)).checkpoint)
+    fresh = model_from_checkpoint(prune(PruneConfig(**common, name="fresh", bn_recalibration_images=1000)).checkpoint)
+    # With every training image used, the stem's BN mean is exactly the mean of the stem conv's outputs on them.
+    saved = load_checkpoint(checkpoint)
+    preprocess = Preprocess.from_dict(saved["preprocess"])
+    samples = split_samples(DataConfig(data=str(data)), "train", saved["classes"])
+    images = torch.stack([image for image, _ in ImageSamples(samples, eval_transform(preprocess))])
+    for model in (stale, fresh):
+        model.eval()
+    stem_conv, stem_bn = _convs(fresh)[0], next(m for m in fresh.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    with torch.no_grad():
+        expected = stem_conv(images).mean(dim=(0, 2, 3))
+    torch.testing.assert_close(stem_bn.running_mean, expected, rtol=1e-4, atol=1e-5)
+    stale_bn = next(m for m in stale.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert not torch.allclose(stale_bn.running_mean, expected, atol=1e-3)
+
+
 def test_cli_prune_to_target_macs_with_teacher(trained: tuple[Path, Path], tmp_path: Path, capsys) -> None:
     _, checkpoint = trained
     macs = count_macs(model_from_checkpoint(checkpoint), (1, 3, 32, 32))
