@@ -7,6 +7,7 @@ folded into the convs by the flow, symmetric int8 weights, activations calibrate
 - ``ptq_pt2e``: ``torch.export`` -> ``prepare_pt2e`` -> calibration -> ``convert_pt2e``.
 - ``qat_pt2e``: ``prepare_qat_pt2e`` -> fine-tuning with ``engine.train_one_epoch`` -> ``convert_pt2e``.
 - ``onnx_static_int8``: ``onnxruntime.quantization.quantize_static`` (QDQ, per-channel) on an fp32 ONNX file.
+- ``search_float_modules``: which layer groups to leave in float when int8 loses too much (export's fallback).
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ class FallbackTrial:
 
 @dataclass
 class FloatFallback:
-    """What the search left in float and why: every trial it ran, most sensitive single group first."""
+    """What the search left in float and why: every trial it ran, the single group whose float copy helped most
+    first."""
 
     float_modules: list[str]
     fp32_top1: float
