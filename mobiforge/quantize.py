@@ -105,7 +105,7 @@ def search_float_modules(
     graph = _export_dynamic_batch(model, calibration[0])
     with torch.no_grad():
         fp32_logits = model(images)
-    fp32_top1 = _top1(fp32_logits, labels)
+    fp32_top1 = top1_percent(fp32_logits, labels)
 
     def trial(float_modules: list[str]) -> FallbackTrial:
         prepared = prepare_pt2e(copy.deepcopy(graph), xnnpack_quantizer(float_modules=float_modules))
@@ -113,7 +113,7 @@ def search_float_modules(
             for batch in calibration:
                 prepared(batch)
             logits = convert_pt2e(prepared)(images)
-        return FallbackTrial(float_modules, _top1(logits, labels), (logits - fp32_logits).pow(2).mean().item())
+        return FallbackTrial(float_modules, top1_percent(logits, labels), (logits - fp32_logits).pow(2).mean().item())
 
     singles = sorted((trial([group]) for group in layer_groups(model)), key=lambda result: result.logit_mse)
     trials, chosen = list(singles), [singles[0]]
@@ -125,7 +125,7 @@ def search_float_modules(
     return FloatFallback(chosen[-1].float_modules, fp32_top1, trials)
 
 
-def _top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
+def top1_percent(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return 100.0 * (logits.argmax(1) == labels).float().mean().item()
 
 

@@ -131,6 +131,7 @@ def test_the_float_search_tries_every_group_then_adds_the_best_until_the_drop_fi
     singles = strict.trials[:4]
     assert strict.fp32_top1 == 100.0 and sorted(len(t.float_modules) for t in singles) == [1, 1, 1, 1]
     assert [t.logit_mse for t in singles] == sorted(t.logit_mse for t in singles)
+    assert singles[0].logit_mse < singles[-1].logit_mse  # the filter really changes what is quantized
     assert [t.float_modules for t in strict.trials[4:]] == [
         singles[0].float_modules + singles[1].float_modules,
         singles[0].float_modules + singles[1].float_modules + singles[2].float_modules,
@@ -160,6 +161,28 @@ def test_a_ptq_artifact_missing_the_gate_is_retried_with_float_layers(
     saved = json.loads((tmp_path / "m.pte.json").read_text())
     assert saved["float_modules"] == report.float_modules
     assert not (tmp_path / "m.float-fallback.pte").exists()
+
+
+def test_a_failing_float_search_keeps_the_all_int8_artifact(
+    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mobiforge.export as export
+
+    verify = export._export_and_verify
+
+    def all_int8_loses_badly(model, config, data, path):  # type: ignore[no-untyped-def]
+        report = verify(model, config, data, path)
+        report.top1 -= 50.0
+        return report
+
+    def broken_search(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("deep inside torch.export\nmore lines")
+
+    monkeypatch.setattr(export, "_export_and_verify", all_int8_loses_badly)
+    monkeypatch.setattr(export, "search_float_modules", broken_search)
+    report = _export(checkpoint, tmp_path / "m.pte", "executorch", "ptq", max_drop=0.0)
+    assert not report.passed and report.float_modules == [] and (tmp_path / "m.pte").is_file()
+    assert any("float-layer search failed (RuntimeError: deep inside torch.export" in n for n in report.notes)
 
 
 def test_export_errors(checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
