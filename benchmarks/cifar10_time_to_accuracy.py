@@ -73,6 +73,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.2)
     parser.add_argument("--epochs", type=int, default=None, help="default: as many as fit the budget")
     parser.add_argument("--runs-dir", default="runs")
+    parser.add_argument(
+        "--section", default="cifar10_time_to_accuracy", help="RESULTS.md section (another budget: another section)"
+    )
     args = parser.parse_args()
 
     start = time.time()
@@ -80,7 +83,7 @@ def main() -> None:
         model=args.model,
         width_mult=args.width_mult,
         small_input=True,
-        data=DataConfig(data=args.data, img_size=32, batch_size=args.batch_size, workers=2),
+        data=DataConfig(data=args.data, img_size=32, batch_size=args.batch_size),  # mobiforge's loader defaults
         optim=OptimConfig(lr=args.lr, scheduler="onecycle", weight_decay=5e-4, label_smoothing=0.1, momentum=0.9),
         epochs=1,
         runs_dir=args.runs_dir,
@@ -106,7 +109,7 @@ def main() -> None:
     wall = (time.time() - start) / 60
 
     lines = [
-        "## CIFAR-10 time to accuracy (`mobiforge train`, 2-core CPU)",
+        f"## CIFAR-10 time to accuracy, {args.budget_min:.0f}-minute budget (`mobiforge train`, 2-core CPU)",
         "",
         f"Best test top-1 **{result.best_top1:.2f}%** in **{wall:.1f} min** wall time "
         f"(budget {args.budget_min:.0f} min, data checks, training and per-epoch evaluation of the 10,000 test "
@@ -125,7 +128,9 @@ def main() -> None:
             f"| {row['epoch']} | {row['train_loss']:.3f} | {row['val_top1']:.2f}% | {row['images_per_second']:.0f} "
             f"| {row['wall_min']:.1f} |"
         )
-    write_section("cifar10_time_to_accuracy", "\n".join(lines))
+    lines.append("")
+    lines.append(f"Run directory: `{result.run_dir}` (its `best.pt` is a baseline for `benchmarks/cifar10_prune.py`).")
+    write_section(args.section, "\n".join(lines))
     print(f"best test top-1 {result.best_top1:.2f}% in {wall:.1f} min", flush=True)
 
 

@@ -1,9 +1,12 @@
 """Training throughput: `mobiforge train` against a plain loop in the style of torchvision's reference script.
 
-Both train the same architecture on the same images with the same batch size, thread count and loader workers,
-for two epochs; the figure is the images/s of the second epoch (the first pays for loader start-up). The plain loop
-is what most users write: ImageFolder, RandomResizedCrop + flip + ToTensor + Normalize, NCHW fp32, SGD, CE.
-mobiforge adds channels_last, its loader (JPEG draft decoding, persistent workers) and per-iteration scheduling.
+Both train the same architecture on the same images with the same batch size and thread count for two epochs
+(the plain loop with --workers loader processes, mobiforge with its defaults); the figure is the images/s of the
+second epoch (the first pays for loader start-up). The plain loop is what most users write: ImageFolder,
+RandomResizedCrop + flip + ToTensor + Normalize, NCHW fp32, SGD, CE.
+mobiforge adds channels_last, its loader (images decoded once into memory, no worker processes competing with the
+training threads) and per-iteration scheduling. The "model only" columns time the bare model on one random batch,
+without data loading, in each memory format: the ceiling of each loop on this CPU.
 
     python benchmarks/train_throughput.py [--cifar ../shared/datasets/cifar10] [--photos ../shared/datasets/hymenoptera]
 """
@@ -74,14 +77,39 @@ def plain_loop(data: Path, img_size: int, small_input: bool, batch_size: int, wo
     return speed
 
 
+def model_only(img_size: int, small_input: bool, batch_size: int, channels_last: bool, steps: int = 6) -> float:
+    """Training images/s of the bare model on one random batch (no data loading): the ceiling either loop can reach
+    with this memory format."""
+    torch.manual_seed(0)
+    model = create_model("mobilenet_v2", num_classes=10, small_input=small_input).train()
+    inputs, targets = torch.randn(batch_size, 3, img_size, img_size), torch.randint(0, 10, (batch_size,))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def step() -> None:
+        loss = nn.functional.cross_entropy(model(inputs), targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(2):  # warm-up: oneDNN picks its kernels on the first calls
+        step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps * batch_size / (time.perf_counter() - start)
+
+
 def mobiforge_train(
-    data: Path, img_size: int, small_input: bool, batch_size: int, workers: int, epochs: int, amp: str = "auto"
+    data: Path, img_size: int, small_input: bool, batch_size: int, epochs: int, amp: str = "auto"
 ) -> float:
     config = TrainConfig(
         model="mobilenet_v2",
         amp=amp,
         small_input=small_input,
-        data=DataConfig(data=str(data), img_size=img_size, batch_size=batch_size, workers=workers),
+        data=DataConfig(data=str(data), img_size=img_size, batch_size=batch_size),
         epochs=epochs,
         runs_dir=tempfile.mkdtemp(),
         name="throughput",
@@ -104,13 +132,14 @@ def main() -> None:
     lines = [
         "## Training throughput: `mobiforge train` vs a plain torchvision-reference-style loop",
         "",
-        f"mobilenet_v2, {torch.get_num_threads()} threads, {args.workers} loader workers, images/s of epoch "
+        f"mobilenet_v2, {torch.get_num_threads()} threads; the plain loop with {args.workers} loader workers, "
+        "mobiforge with its defaults (images cached in memory, no loader workers on CPU); images/s of epoch "
         f"{args.epochs} of {args.epochs} (data loading included). The epochs are short: on a shared 2-core VM, "
         "reruns of this script have differed by about 20%.",
         "",
         "| case | batch | plain loop (img/s) | mobiforge train (img/s) | speed-up | with --amp bf16 (img/s) "
-        "| speed-up |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| speed-up | model only, NCHW (img/s) | model only, channels_last (img/s) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for label, source, size, small, batch, subset in cases:
         if not source.is_dir():
@@ -118,10 +147,12 @@ def main() -> None:
             continue
         data = subset_folder(source, *subset) if subset else source
         plain = plain_loop(data, size, small, batch, args.workers, args.epochs)
-        ours = mobiforge_train(data, size, small, batch, args.workers, args.epochs)
-        bf16 = mobiforge_train(data, size, small, batch, args.workers, args.epochs, amp="bf16")
+        ours = mobiforge_train(data, size, small, batch, args.epochs)
+        bf16 = mobiforge_train(data, size, small, batch, args.epochs, amp="bf16")
+        nchw, channels_last = (model_only(size, small, batch, cl) for cl in (False, True))
         line = (
-            f"| {label} | {batch} | {plain:.1f} | {ours:.1f} | {ours / plain:.2f}x | {bf16:.1f} | {bf16 / plain:.2f}x |"
+            f"| {label} | {batch} | {plain:.1f} | {ours:.1f} | {ours / plain:.2f}x | {bf16:.1f} | {bf16 / plain:.2f}x "
+            f"| {nchw:.1f} | {channels_last:.1f} |"
         )
         lines.append(line)
         print(line, flush=True)

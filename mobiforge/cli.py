@@ -38,7 +38,19 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--val-split", type=float, default=0.1, help="val fraction when DIR has class folders only")
     group.add_argument("--split-seed", type=int, default=0)
     group.add_argument("--batch-size", "-b", type=int, default=64)
-    group.add_argument("--workers", "-j", type=int, default=2, help="data loader processes")
+    group.add_argument(
+        "--workers",
+        "-j",
+        type=int,
+        default=None,
+        help="data loader processes (default: 0 when the images are cached in memory on CPU, else 2)",
+    )
+    group.add_argument(
+        "--cache",
+        choices=["auto", "memory", "none"],  # mobiforge.data.CACHE_MODES; imported lazily
+        default="auto",
+        help="decode the images once into memory (auto: when they take under a quarter of RAM, at most 4 GiB)",
+    )
     group.add_argument("--skip-bad-images", action="store_true", help="skip undecodable files instead of failing")
     group.add_argument(
         "--hflip",
@@ -247,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prune.add_argument("--finetune-epochs", type=int, default=0)
     prune.add_argument("--batch-size", "-b", type=int, default=64)
-    prune.add_argument("--workers", "-j", type=int, default=2)
+    prune.add_argument("--workers", "-j", type=int, default=None)
     prune.add_argument("--seed", type=int, default=0)
     prune.add_argument("--threads", type=int, default=None, help="CPU threads (latency is measured with these)")
     prune.add_argument("--runs-dir", default="runs")
@@ -492,7 +504,7 @@ def _ship_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-candidates", type=int, default=3, help="fitting candidates the search looks for")
     parser.add_argument("--max-trained", type=int, default=2, help="of which at most this many are trained")
     parser.add_argument("--batch-size", "-b", type=int, default=None, help="default 128 (small images) or 32")
-    parser.add_argument("--workers", "-j", type=int, default=2)
+    parser.add_argument("--workers", "-j", type=int, default=None)
     parser.add_argument("--val-images", type=int, default=None, help="gate on this many val images (default all)")
     parser.add_argument("--skip-bad-images", action="store_true")
     parser.add_argument("--seed", type=int, default=0)

@@ -11,6 +11,11 @@ Every problem with the data is found before training starts and reported in one 
 
 Augmentation is made deterministic per sample: each sample's random transform is seeded from (seed, epoch,
 index), so a run resumed mid-epoch, or run with another number of loader workers, sees the very same images.
+
+Small datasets are decoded once into memory (``cache="auto"``): the deterministic first steps of each transform
+(decode, the resize) run once, in the same pass that checks every file, and each epoch only runs the random steps
+on uint8 tensors. Training then needs no loader processes on CPU, where they would compete with the training
+threads for the same cores (measured: 23 vs 17 img/s on hymenoptera at 224 px with 2 workers on 2 cores).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from typing import Any
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
+from torchvision import tv_tensors
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 
@@ -37,6 +43,8 @@ from mobiforge.models.base import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from mobiforge.paths import mobiforge_home
 
 BUILTIN_DATASETS = ("digits",)
+DEFAULT_LOADER_WORKERS = 2
+CACHE_MODES = ("auto", "memory", "none")
 Sample = tuple[str, int]
 
 
@@ -49,7 +57,8 @@ class DataConfig:
     val_split: float = 0.1
     split_seed: int = 0
     batch_size: int = 64
-    workers: int = 2
+    workers: int | None = None  # None: 0 when the images are cached in memory on CPU, else 2
+    cache: str = "auto"  # decode the images once into memory: auto (when they fit the memory budget) | memory | none
     skip_bad_images: bool = False
     hflip: bool | None = None  # None: on, except for digits (a mirrored digit is another symbol)
     crop: str | None = None  # "rrc" (RandomResizedCrop) or "pad" (pad-and-crop); None: "pad" up to 64 px
@@ -65,6 +74,13 @@ class DataConfig:
         if self.img_size is not None:
             return self.img_size
         return 32 if self.data in BUILTIN_DATASETS else 224
+
+    def resolved_workers(self, cached: bool, device_type: str) -> int:
+        """Loader processes: the explicit count, else none for cached images on CPU (preparing a cached sample
+        costs ~0.1-1 ms in the training process; worker processes would take cores from the training threads)."""
+        if self.workers is not None:
+            return self.workers
+        return 0 if cached and device_type == "cpu" else DEFAULT_LOADER_WORKERS
 
     def resolved(self, weights_preprocess: Preprocess | None = None) -> DataConfig:
         """A copy with the input size and normalisation filled in: the explicit values, else those of the
@@ -89,6 +105,7 @@ class DatasetSplits:
     root: Path
     description: str
     ignored_files: int = 0
+    images: dict[str, torch.Tensor] | None = None  # decoded and prepared, when cached in memory (check_images)
 
 
 # --------------------------------------------------------------------------------------------------- discovery
@@ -247,9 +264,7 @@ def find_bad_images(paths: Sequence[str], workers: int = 4) -> dict[str, str]:
     return {path: problem for path, problem in zip(paths, problems, strict=True) if problem}
 
 
-def decodable(samples: Sequence[Sample], skip_bad: bool) -> set[str]:
-    """Scan every image of ``samples``; fail listing the bad ones, or (``skip_bad``) warn and return their paths."""
-    bad = find_bad_images([path for path, _ in samples])
+def _report_bad(bad: dict[str, str], skip_bad: bool) -> set[str]:
     if not bad:
         return set()
     listing = "; ".join(f"{path} ({reason})" for path, reason in sorted(bad.items()))
@@ -257,66 +272,165 @@ def decodable(samples: Sequence[Sample], skip_bad: bool) -> set[str]:
         raise MobiforgeError(
             f"{len(bad)} image file(s) cannot be decoded: {listing}. Fix or delete them, or pass --skip-bad-images"
         )
-    warnings.warn(f"skipping {len(bad)} image file(s) that cannot be decoded: {listing}", stacklevel=3)
+    warnings.warn(f"skipping {len(bad)} image file(s) that cannot be decoded: {listing}", stacklevel=4)
     return set(bad)
 
 
-def check_images(splits: DatasetSplits, skip_bad: bool) -> DatasetSplits:
-    """Scan both splits before training starts (see ``decodable``); an emptied split is an error."""
-    bad = decodable(splits.train + splits.val, skip_bad)
-    if bad:
-        splits.train = [s for s in splits.train if s[0] not in bad]
-        splits.val = [s for s in splits.val if s[0] not in bad]
+def decodable(samples: Sequence[Sample], skip_bad: bool) -> set[str]:
+    """Scan every image of ``samples``; fail listing the bad ones, or (``skip_bad``) warn and return their paths."""
+    return _report_bad(find_bad_images([path for path, _ in samples]), skip_bad)
+
+
+@dataclass
+class CacheSpec:
+    """How one split is kept in memory: the deterministic transform steps, run once on the decoded image."""
+
+    prepare: Callable[[Any], torch.Tensor]
+    draft_size: int | None = None
+
+
+def cache_specs(config: DataConfig, preprocess: Preprocess) -> tuple[CacheSpec, CacheSpec]:
+    """The train and val splits' deterministic steps, for ``check_images(cache=...)``."""
+    train_prepare = v2.Compose(train_stages(config, cached=True)[0])
+    return (
+        CacheSpec(train_prepare, 2 * config.resolved_img_size()),
+        CacheSpec(v2.Compose(eval_stages(preprocess)[0]), preprocess.resize_size),
+    )
+
+
+def memory_budget() -> int:
+    """Bytes of decoded images ``cache="auto"`` may keep: a quarter of the machine's memory, at most 4 GiB."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        total = 8 * 2**30
+    return min(4 * 2**30, total // 4)
+
+
+def _decode_prepared(path: str, spec: CacheSpec) -> tuple[torch.Tensor | None, str | None]:
+    try:
+        if os.path.getsize(path) == 0:
+            return None, "empty file"
+        image = spec.prepare(load_rgb(path, spec.draft_size))  # convert() decodes fully: truncation raises
+    except Exception as error:
+        return None, str(error).splitlines()[0] if str(error) else type(error).__name__
+    return image.as_subclass(torch.Tensor).contiguous(), None
+
+
+def decode_into_memory(
+    paths: Sequence[str], spec: CacheSpec, budget: int, threads: int = 4
+) -> tuple[dict[str, torch.Tensor] | None, dict[str, str]]:
+    """Decode and prepare every image (the bad-file scan in the same pass). Returns the uint8 tensors by path, or
+    None once they pass ``budget`` bytes (the remaining files are then only checked), and the bad files."""
+    images: dict[str, torch.Tensor] | None = {}
+    bad: dict[str, str] = {}
+    used = 0
+    with ThreadPoolExecutor(max_workers=threads) as pool:  # PIL and torch release the GIL while resizing
+        for start in range(0, len(paths), 256):  # chunks: memory is checked before more is decoded
+            chunk = paths[start : start + 256]
+            if images is None:
+                bad.update(find_bad_images(chunk, threads))
+                continue
+            results = pool.map(_decode_prepared, chunk, [spec] * len(chunk))
+            for path, (tensor, problem) in zip(chunk, results, strict=True):
+                if problem is not None:
+                    bad[path] = problem
+                elif tensor is not None:
+                    images[path] = tensor
+                    used += tensor.numel()
+            if used > budget:
+                images = None
+    return images, bad
+
+
+def check_images(
+    splits: DatasetSplits,
+    skip_bad: bool,
+    cache: tuple[CacheSpec, CacheSpec] | None = None,
+    budget: int | None = None,
+) -> DatasetSplits:
+    """Scan both splits before training starts (see ``decodable``); an emptied split is an error.
+
+    With ``cache`` (the train and val splits' deterministic steps), every image is also kept decoded and prepared
+    in ``splits.images``, unless together they pass ``budget`` bytes (then ``splits.images`` stays None)."""
+    if cache is None:
+        bad = find_bad_images([path for path, _ in splits.train + splits.val])
+    else:
+        budget = memory_budget() if budget is None else budget
+        train_images, bad = decode_into_memory([path for path, _ in splits.train], cache[0], budget)
+        used = sum(t.numel() for t in train_images.values()) if train_images is not None else budget + 1
+        val_images, val_bad = decode_into_memory([path for path, _ in splits.val], cache[1], budget - used)
+        bad.update(val_bad)
+        splits.images = {**train_images, **val_images} if train_images is not None and val_images is not None else None
+    dropped = _report_bad(bad, skip_bad)
+    if dropped:
+        splits.train = [s for s in splits.train if s[0] not in dropped]
+        splits.val = [s for s in splits.val if s[0] not in dropped]
         for name, split in (("train", splits.train), ("val", splits.val)):
             if not split:
                 raise MobiforgeError(f"the {name} split has no decodable images left")
     return splits
 
 
-# ------------------------------------------------------------------------------------------------ transforms
+class ShrinkTo:
+    """Resize so that the short side is at most ``short_side`` (never enlarges): bounds a cached image's memory."""
+
+    def __init__(self, short_side: int) -> None:
+        self.short_side = short_side
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        if min(image.shape[-2:]) <= self.short_side:
+            return image
+        return v2.functional.resize(image, self.short_side, antialias=True)
 
 
-def train_transform(config: DataConfig) -> v2.Compose:
+def train_stages(config: DataConfig, cached: bool = False) -> tuple[list[Any], list[Any]]:
+    """The training transform as (deterministic steps, random steps). Cached images run the first list once, when
+    they are decoded; the second runs for every sample of every epoch."""
     size = config.resolved_img_size()
     crop = config.crop or ("pad" if size <= 64 else "rrc")
-    steps: list[Any] = [v2.ToImage()]
+    prepare: list[Any] = [v2.ToImage()]
     if crop == "rrc":
-        steps.append(v2.RandomResizedCrop(size, scale=(config.min_scale, 1.0), antialias=True))
+        if cached:  # RandomResizedCrop samples from the whole image: keep it, at up to twice the output size
+            prepare.append(ShrinkTo(2 * size))
+        augment: list[Any] = [v2.RandomResizedCrop(size, scale=(config.min_scale, 1.0), antialias=True)]
     elif crop == "pad":
-        steps += [
-            v2.Resize((size, size), antialias=True),
-            v2.RandomCrop(size, padding=size // 8, padding_mode="reflect"),
-        ]
+        prepare.append(v2.Resize((size, size), antialias=True))
+        augment = [v2.RandomCrop(size, padding=size // 8, padding_mode="reflect")]
     else:
         raise MobiforgeError(f"--crop must be 'rrc' or 'pad', got {crop!r}")
     hflip = config.hflip if config.hflip is not None else config.data != "digits"
     if hflip:
-        steps.append(v2.RandomHorizontalFlip())
+        augment.append(v2.RandomHorizontalFlip())
     if config.trivial_augment:
-        steps.append(v2.TrivialAugmentWide())
+        augment.append(v2.TrivialAugmentWide())
     mean, std = config.mean or IMAGENET_MEAN, config.std or IMAGENET_STD
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+    augment += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
     if config.random_erasing > 0:
-        steps.append(v2.RandomErasing(p=config.random_erasing))
-    return v2.Compose(steps)
+        augment.append(v2.RandomErasing(p=config.random_erasing))
+    return prepare, augment
 
 
-def eval_transform(preprocess: Preprocess) -> v2.Compose:
-    """Resize the short side to ``resize_size``, center-crop ``img_size``, normalise: the checkpoint's recipe."""
+def train_transform(config: DataConfig) -> v2.Compose:
+    prepare, augment = train_stages(config)
+    return v2.Compose(prepare + augment)
+
+
+def eval_stages(preprocess: Preprocess) -> tuple[list[Any], list[Any]]:
+    """The eval transform as (resize and crop, then normalise); all deterministic, split for caching."""
     interpolation = v2.InterpolationMode(preprocess.interpolation)
     if preprocess.crop_pct >= 1.0:
         resize: Any = v2.Resize((preprocess.img_size, preprocess.img_size), interpolation, antialias=True)
     else:
         resize = v2.Resize(preprocess.resize_size, interpolation, antialias=True)
-    return v2.Compose(
-        [
-            v2.ToImage(),
-            resize,
-            v2.CenterCrop(preprocess.img_size),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(list(preprocess.mean), list(preprocess.std)),
-        ]
-    )
+    prepare = [v2.ToImage(), resize, v2.CenterCrop(preprocess.img_size)]
+    return prepare, [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(preprocess.mean), list(preprocess.std))]
+
+
+def eval_transform(preprocess: Preprocess) -> v2.Compose:
+    """Resize the short side to ``resize_size``, center-crop ``img_size``, normalise: the checkpoint's recipe."""
+    prepare, normalise = eval_stages(preprocess)
+    return v2.Compose(prepare + normalise)
 
 
 def preprocess_for(config: DataConfig, weights_preprocess: Preprocess | None = None) -> Preprocess:
@@ -344,16 +458,24 @@ def load_rgb(path: str, draft_size: int | None = None) -> Image.Image:
 
 
 class ImageSamples(Dataset):
-    """(path, label) samples with a transform; ``set_epoch`` re-seeds the per-sample augmentation."""
+    """(path, label) samples with a transform; ``set_epoch`` re-seeds the per-sample augmentation. With ``images``
+    (prepared uint8 tensors by path, see ``check_images``) nothing is read from disk and ``transform`` is only the
+    random part of the recipe."""
 
     def __init__(
-        self, samples: Sequence[Sample], transform: Callable[[Any], Any], seed: int = 0, draft_size: int | None = None
+        self,
+        samples: Sequence[Sample],
+        transform: Callable[[Any], Any],
+        seed: int = 0,
+        draft_size: int | None = None,
+        images: dict[str, torch.Tensor] | None = None,
     ) -> None:
         self.samples = list(samples)
         self.transform = transform
         self.seed = seed
         self.epoch = 0
         self.draft_size = draft_size
+        self.images = images
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -363,12 +485,13 @@ class ImageSamples(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]
-        image = load_rgb(path, self.draft_size)
+        image = tv_tensors.Image(self.images[path]) if self.images is not None else load_rgb(path, self.draft_size)
         # Seeding per sample makes augmentation independent of worker count and of where a resumed run restarts.
+        # (The CPU generator alone: torch.manual_seed also seeds every accelerator, ~150 us a call here.)
         sample_seed = hash((self.seed, self.epoch, index)) & 0x7FFF_FFFF_FFFF_FFFF
         if torch.utils.data.get_worker_info() is not None:
-            torch.manual_seed(sample_seed)  # a worker's RNG serves only augmentation
+            torch.default_generator.manual_seed(sample_seed)  # a worker's RNG serves only augmentation
             return self.transform(image), label
         with torch.random.fork_rng(devices=[]):  # in the main process, leave the training RNG (dropout) alone
-            torch.manual_seed(sample_seed)
+            torch.default_generator.manual_seed(sample_seed)
             return self.transform(image), label

@@ -26,7 +26,7 @@ from torch import nn
 
 from mobiforge import engine
 from mobiforge.checkpoint import load_checkpoint, model_checkpoint, model_from_checkpoint, save_checkpoint
-from mobiforge.data import DataConfig, ImageSamples, eval_transform, train_transform
+from mobiforge.data import DEFAULT_LOADER_WORKERS, DataConfig, ImageSamples, eval_transform, train_transform
 from mobiforge.distill import DistillConfig
 from mobiforge.errors import MobiforgeError
 from mobiforge.inference import evaluate_checkpoint, split_samples
@@ -55,7 +55,7 @@ class PruneConfig:
     bn_recalibration_images: int = 512  # training images that re-estimate BatchNorm statistics after pruning (0: off)
     finetune_epochs: int = 0
     batch_size: int = 64
-    workers: int = 2
+    workers: int | None = None  # None: fine-tuning picks (see DataConfig.workers), 2 elsewhere
     optim: engine.OptimConfig = field(
         default_factory=lambda: engine.OptimConfig(lr=0.01, scheduler="cosine", weight_decay=4e-5)
     )
@@ -207,7 +207,8 @@ def recalibrate_on_training_images(
     samples = split_samples(data, "train", classes)
     chosen = random.Random(seed).sample(samples, min(images, len(samples)))
     dataset = ImageSamples(chosen, eval_transform(preprocess), draft_size=preprocess.resize_size)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=32, num_workers=data.workers)
+    workers = data.resolved_workers(cached=False, device_type="cpu")
+    loader = torch.utils.data.DataLoader(dataset, batch_size=32, num_workers=workers)
     return recalibrate_bn(model, (batch for batch, _ in loader))
 
 
@@ -255,6 +256,10 @@ def _saved_run(checkpoint: dict[str, Any], config: PruneConfig) -> TrainConfig:
     return dataclasses.replace(saved, data=data)
 
 
+def _eval_workers(config: PruneConfig) -> int:
+    return DEFAULT_LOADER_WORKERS if config.workers is None else config.workers
+
+
 def _finetune_config(checkpoint: dict[str, Any], config: PruneConfig, pruned_path: Path, run_dir: Path) -> TrainConfig:
     """The original run's data settings, this command's optimiser, starting from the pruned checkpoint."""
     return dataclasses.replace(
@@ -296,7 +301,7 @@ def prune(config: PruneConfig, reporter: Reporter | None = None) -> PruneResult:
     preprocess = Preprocess.from_dict(checkpoint["preprocess"])
     size = preprocess.img_size
     example = torch.randn(1, 3, size, size)
-    before_eval = evaluate_checkpoint(config.checkpoint, config.data, "val", config.batch_size, config.workers)
+    before_eval = evaluate_checkpoint(config.checkpoint, config.data, "val", config.batch_size, _eval_workers(config))
     before = measure_figures(model, size, config.threads, before_eval.result.top1)
     reporter.message(
         f"before: {before.params / 1e6:.3f}M params, {before.macs / 1e6:.1f}M MACs, "
@@ -332,7 +337,7 @@ def prune(config: PruneConfig, reporter: Reporter | None = None) -> PruneResult:
         ),
         run_dir / "pruned.pt",
     )
-    pruned_eval = evaluate_checkpoint(pruned_path, config.data, "val", config.batch_size, config.workers)
+    pruned_eval = evaluate_checkpoint(pruned_path, config.data, "val", config.batch_size, _eval_workers(config))
     pruned = measure_figures(pruned_model, size, config.threads, pruned_eval.result.top1)
     reporter.message(
         f"pruned ({ratio:.0%} of channels): {pruned.params / 1e6:.3f}M params, {pruned.macs / 1e6:.1f}M MACs, "

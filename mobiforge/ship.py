@@ -46,7 +46,7 @@ from torch import nn
 
 from mobiforge import engine
 from mobiforge.checkpoint import load_checkpoint, model_checkpoint, model_from_checkpoint, save_checkpoint
-from mobiforge.data import BUILTIN_DATASETS, DataConfig, discover
+from mobiforge.data import BUILTIN_DATASETS, DEFAULT_LOADER_WORKERS, DataConfig, discover
 from mobiforge.distill import DistillConfig
 from mobiforge.errors import MobiforgeError
 from mobiforge.export import (
@@ -116,7 +116,7 @@ class ShipConfig:
     max_candidates: int = 3  # fitting candidates the search looks for
     max_trained: int = 2  # of which at most this many are trained
     batch_size: int | None = None  # default: 128 for small images, 32 for large
-    workers: int = 2
+    workers: int | None = None  # None: training picks (see DataConfig.workers), 2 elsewhere
     val_images: int | None = None  # the gate's validation images (evenly spaced subset; default: all)
     skip_bad_images: bool = False
     seed: int = 0
@@ -827,7 +827,7 @@ def export_candidate(
                 threads=(config.threads,),
                 max_drop=config.max_drop,
                 float_fallback=False,  # ship's route past a failed gate is QAT, which its time plan reserves for
-                workers=config.workers,
+                workers=DEFAULT_LOADER_WORKERS if config.workers is None else config.workers,
                 seed=config.seed,
             )
         )

@@ -33,16 +33,23 @@ import torch.distributed as dist
 import yaml
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from torchvision.transforms import v2
 
 from mobiforge import engine
 from mobiforge.checkpoint import load_checkpoint, model_checkpoint, save_checkpoint
 from mobiforge.data import (
+    CACHE_MODES,
     DataConfig,
+    DatasetSplits,
     ImageSamples,
+    cache_specs,
     check_images,
     discover,
+    eval_stages,
     eval_transform,
+    memory_budget,
     preprocess_for,
+    train_stages,
     train_transform,
 )
 from mobiforge.distill import DistillConfig, check_distill_config, distillation_loss
@@ -169,13 +176,14 @@ class EpochKeyedSamples(ImageSamples):
         return super().__getitem__(index)
 
 
-def _loader(dataset: Any, sampler: Any, config: DataConfig, drop_last: bool, device: torch.device) -> DataLoader:
-    workers = max(0, config.workers)
+def _loader(
+    dataset: Any, sampler: Any, batch_size: int, workers: int, drop_last: bool, device: torch.device
+) -> DataLoader:
     # The loader draws its workers' base seed from its own generator, not from the global RNG: the global stream
     # (dropout, mixup) must not depend on when loaders are created, or a resumed run would diverge.
     return DataLoader(
         dataset,
-        batch_size=config.batch_size,
+        batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,
         persistent_workers=workers > 0,
@@ -339,9 +347,6 @@ def train(config: TrainConfig, reporter: Reporter | None = None, deadline: float
     _seed_everything(config.seed, config.deterministic)
 
     splits = discover(config.data)
-    splits = check_images(splits, config.data.skip_bad_images)
-    if splits.ignored_files:
-        reporter.message(f"ignored {splits.ignored_files} file(s) that are not images by extension (e.g. .gif)")
     classes = splits.classes
     pretrained = config.pretrained or config.weights is not None
     weights_preprocess = get_weights(config.model, config.pretrained or True).preprocess if pretrained else None
@@ -375,16 +380,24 @@ def train(config: TrainConfig, reporter: Reporter | None = None, deadline: float
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
 
-    train_set = EpochKeyedSamples(splits.train, train_transform(config.data), seed=config.seed, draft_size=2 * img_size)
+    splits = _checked_images(splits, config.data, preprocess, reporter)
     val_samples = splits.val[ddp.rank :: ddp.world_size] if ddp.enabled else splits.val
-    val_set = ImageSamples(val_samples, eval_transform(preprocess), draft_size=preprocess.resize_size)
+    if splits.images is not None:  # decoded once: each epoch runs only the random steps of the recipe
+        augment = v2.Compose(train_stages(config.data, cached=True)[1])
+        train_set = EpochKeyedSamples(splits.train, augment, seed=config.seed, images=splits.images)
+        val_set = ImageSamples(val_samples, v2.Compose(eval_stages(preprocess)[1]), images=splits.images)
+    else:
+        transform = train_transform(config.data)
+        train_set = EpochKeyedSamples(splits.train, transform, seed=config.seed, draft_size=2 * img_size)
+        val_set = ImageSamples(val_samples, eval_transform(preprocess), draft_size=preprocess.resize_size)
+    workers = config.data.resolved_workers(splits.images is not None, device.type)
     base_sampler = DistributedSampler(
         range(len(train_set)), num_replicas=ddp.world_size, rank=ddp.rank, shuffle=True, seed=config.seed
     )
     sampler = EpochKeySampler(base_sampler, len(train_set))
     drop_last = len(base_sampler) > config.data.batch_size  # a last batch of 1 breaks BatchNorm
-    train_loader = _loader(train_set, sampler, config.data, drop_last, device)
-    val_loader = _loader(val_set, None, config.data, False, device)
+    train_loader = _loader(train_set, sampler, config.data.batch_size, workers, drop_last, device)
+    val_loader = _loader(val_set, None, config.data.batch_size, workers, False, device)
 
     head = model.get_classifier() if (pretrained or config.backbone_lr_scale != 1.0) else None
     optimizer = engine.build_optimizer(model, config.optim, head, config.backbone_lr_scale)
@@ -562,12 +575,27 @@ def train(config: TrainConfig, reporter: Reporter | None = None, deadline: float
     return TrainResult(run_dir, best_top1, history, interrupted)
 
 
+def _checked_images(
+    splits: DatasetSplits, data: DataConfig, preprocess: Preprocess, reporter: Reporter
+) -> DatasetSplits:
+    """Every image checked before training starts, and kept decoded in memory when ``data.cache`` allows."""
+    cache = cache_specs(data, preprocess) if data.cache != "none" else None
+    budget = memory_budget() if data.cache == "auto" else 2**62
+    splits = check_images(splits, data.skip_bad_images, cache, budget)
+    if splits.ignored_files:
+        reporter.message(f"ignored {splits.ignored_files} file(s) that are not images by extension (e.g. .gif)")
+    if cache is not None and splits.images is None:
+        reporter.message(f"images read from disk each epoch: decoded they would pass {budget / 2**30:.1f} GiB")
+    return splits
+
+
 def _check_config(config: TrainConfig) -> None:
     """Reject values that would otherwise fail deep inside torch with a traceback."""
     checks = [
         ("--epochs", config.epochs, config.epochs is None or config.epochs >= 1, "at least 1"),
         ("--batch-size", config.data.batch_size, config.data.batch_size >= 1, "at least 1"),
-        ("--workers", config.data.workers, config.data.workers >= 0, "0 or more"),
+        ("--workers", config.data.workers, config.data.workers is None or config.data.workers >= 0, "0 or more"),
+        ("--cache", config.data.cache, config.data.cache in CACHE_MODES, " or ".join(CACHE_MODES)),
         ("--img-size", config.data.img_size, config.data.img_size is None or config.data.img_size >= 8, ">= 8"),
         ("--lr", config.optim.lr, config.optim.lr > 0, "positive"),
         ("--freeze-epochs", config.freeze_epochs, config.freeze_epochs >= 0, "0 or more"),

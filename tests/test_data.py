@@ -7,16 +7,20 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import make_folder, make_image, make_split_folder
+from torchvision.transforms import v2
 
 from mobiforge.data import (
     DataConfig,
     ImageSamples,
+    cache_specs,
     check_images,
     discover,
+    eval_stages,
     eval_transform,
     materialize_digits,
     preprocess_for,
     stratified_split,
+    train_stages,
     train_transform,
 )
 from mobiforge.errors import MobiforgeError
@@ -155,3 +159,55 @@ def test_training_rng_is_untouched_by_sample_seeding(tmp_path: Path) -> None:
     torch.manual_seed(7)
     dataset[0]
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_cached_images_report_the_same_bad_files_in_one_pass(tmp_path: Path) -> None:
+    make_split_folder(tmp_path)
+    bad = _add_bad_files(tmp_path)
+    config = DataConfig(data=str(tmp_path), img_size=32)
+    splits = discover(config)
+    with pytest.raises(MobiforgeError, match="3 image file") as error:
+        check_images(splits, skip_bad=False, cache=cache_specs(config, preprocess_for(config)))
+    assert all(str(path) in str(error.value) for path in bad) and "\n" not in str(error.value)
+    with pytest.warns(UserWarning, match="skipping 3"):
+        checked = check_images(discover(config), skip_bad=True, cache=cache_specs(config, preprocess_for(config)))
+    assert checked.images is not None
+    assert set(checked.images) == {path for path, _ in checked.train + checked.val}
+
+
+@pytest.mark.parametrize("img_size", [32, 96])  # pad-and-crop, RandomResizedCrop
+def test_cached_samples_match_samples_read_from_disk(tmp_path: Path, img_size: int) -> None:
+    make_folder(tmp_path, per_class=3, size=120)
+    config = DataConfig(data=str(tmp_path), img_size=img_size, val_split=0.34)
+    preprocess = preprocess_for(config)
+    splits = check_images(discover(config), skip_bad=False, cache=cache_specs(config, preprocess))
+    assert splits.images is not None and all(image.dtype == torch.uint8 for image in splits.images.values())
+    augment = v2.Compose(train_stages(config, cached=True)[1])
+    cached = ImageSamples(splits.train, augment, seed=5, images=splits.images)
+    from_disk = ImageSamples(splits.train, train_transform(config), seed=5, draft_size=2 * img_size)
+    first = cached[0][0]
+    assert first.shape == (3, img_size, img_size) and torch.equal(cached[0][0], first)  # seeded per sample
+    if img_size == 32:  # the same steps split in two: the very same tensors
+        assert all(torch.equal(cached[i][0], from_disk[i][0]) for i in range(len(splits.train)))
+    val_cached = ImageSamples(splits.val, v2.Compose(eval_stages(preprocess)[1]), images=splits.images)
+    val_disk = ImageSamples(splits.val, eval_transform(preprocess), draft_size=preprocess.resize_size)
+    assert all(torch.equal(val_cached[i][0], val_disk[i][0]) for i in range(len(splits.val)))
+
+
+def test_cache_over_budget_falls_back_to_files_but_still_checks_them(tmp_path: Path) -> None:
+    make_split_folder(tmp_path)
+    bad = _add_bad_files(tmp_path)
+    config = DataConfig(data=str(tmp_path), img_size=32)
+    with pytest.warns(UserWarning, match="skipping 3"):
+        checked = check_images(
+            discover(config), skip_bad=True, cache=cache_specs(config, preprocess_for(config)), budget=1000
+        )
+    assert checked.images is None
+    assert not {str(path) for path in bad} & {path for path, _ in checked.train + checked.val}
+
+
+def test_loader_workers_default_to_none_for_cached_images_on_cpu() -> None:
+    assert DataConfig().resolved_workers(cached=True, device_type="cpu") == 0
+    assert DataConfig().resolved_workers(cached=False, device_type="cpu") == 2
+    assert DataConfig().resolved_workers(cached=True, device_type="cuda") == 2
+    assert DataConfig(workers=3).resolved_workers(cached=True, device_type="cpu") == 3
