@@ -64,6 +64,22 @@ def test_existing_run_is_never_overwritten(colours: Path, tmp_path: Path) -> Non
         train(_config(colours, tmp_path / "runs", epochs=1))
 
 
+def test_images_cached_in_memory_train_exactly_like_images_read_from_files(colours: Path, tmp_path: Path) -> None:
+    runs = {}
+    for cache in ("none", "auto"):
+        config = _config(colours, tmp_path / "runs", name=cache, epochs=2, deterministic=True)
+        config.data.cache = cache
+        runs[cache] = train(config).run_dir
+    _assert_same_run(runs["none"], runs["auto"])  # pad-and-crop at 16 px: the same recipe, split in two
+
+
+def test_unknown_cache_mode_is_a_one_line_error(colours: Path, tmp_path: Path) -> None:
+    config = _config(colours, tmp_path / "runs")
+    config.data.cache = "disk"
+    with pytest.raises(MobiforgeError, match="--cache must be auto or memory or none, got disk"):
+        train(config)
+
+
 def _cli_args(data: Path, runs: Path, name: str, epochs: int = 3, workers: int = 2) -> list[str]:
     return [
         sys.executable,
