@@ -96,10 +96,10 @@ def main() -> None:
     if int8_bytes > 1_000_000:
         raise SystemExit(f"{args.model} x{args.width_mult} has {int8_bytes / 1e6:.2f} MB of int8 weights: over 1 MB")
     speed = measure_speed(config)
-    # 50k train images per epoch at the measured model speed, less the share of the two cores that JPEG decoding
-    # and augmentation take (measured here on 2026-11-27: the whole pipeline ran at 0.74x the model-only speed),
-    # plus evaluating 10k test images at about 4x training speed.
-    epoch_seconds = 50_000 / (0.74 * speed) + 10_000 / (4 * speed)
+    # 50k train images per epoch at the measured model speed (with the images cached in memory, the whole pipeline
+    # ran at 1.0-1.16x this probe's speed here on 2026-11-28; with two loader processes it was 0.74x), plus
+    # evaluating 10k test images at about 4x training speed.
+    epoch_seconds = 50_000 / speed + 10_000 / (4 * speed)
     budget_seconds = args.budget_min * 60 - (time.time() - start)
     config.epochs = args.epochs or max(1, int(budget_seconds // epoch_seconds))
     print(f"model speed {speed:.0f} img/s -> {config.epochs} epochs in {args.budget_min:.0f} min", flush=True)
