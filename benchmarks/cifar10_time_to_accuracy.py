@@ -97,7 +97,7 @@ def main() -> None:
         raise SystemExit(f"{args.model} x{args.width_mult} has {int8_bytes / 1e6:.2f} MB of int8 weights: over 1 MB")
     speed = measure_speed(config)
     # 50k train images per epoch at the measured model speed (with the images cached in memory, the whole pipeline
-    # ran at 1.0-1.16x this probe's speed here on 2026-11-28; with two loader processes it was 0.74x), plus
+    # ran at 0.82-1.16x this probe's speed here on 2026-11-28; with two loader processes it was 0.74x), plus
     # evaluating 10k test images at about 4x training speed.
     epoch_seconds = 50_000 / speed + 10_000 / (4 * speed)
     budget_seconds = args.budget_min * 60 - (time.time() - start)
