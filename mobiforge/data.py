@@ -78,9 +78,9 @@ class DataConfig:
     def resolved_workers(self, cached: bool, device_type: str) -> int:
         """Loader processes: the explicit count, else none for cached images on CPU (preparing a cached sample
         costs ~0.1-1 ms in the training process; worker processes would take cores from the training threads)."""
-        if self.workers is not None:
-            return self.workers
-        return 0 if cached and device_type == "cpu" else DEFAULT_LOADER_WORKERS
+        if self.workers is None and cached and device_type == "cpu":
+            return 0
+        return loader_workers(self.workers)
 
     def resolved(self, weights_preprocess: Preprocess | None = None) -> DataConfig:
         """A copy with the input size and normalisation filled in: the explicit values, else those of the
@@ -246,6 +246,11 @@ def _check_empty(folder: Path, empty: list[str]) -> None:
 # --------------------------------------------------------------------------------------------- bad-file scan
 
 
+def loader_workers(workers: int | None) -> int:
+    """An explicit loader process count, else the default for images read from files."""
+    return DEFAULT_LOADER_WORKERS if workers is None else workers
+
+
 def _decode_problem(path: str) -> str | None:
     try:
         if os.path.getsize(path) == 0:
@@ -328,8 +333,9 @@ def decode_into_memory(
     with ThreadPoolExecutor(max_workers=threads) as pool:  # PIL and torch release the GIL while resizing
         for start in range(0, len(paths), 256):  # chunks: memory is checked before more is decoded
             chunk = paths[start : start + 256]
-            if images is None:
-                bad.update(find_bad_images(chunk, threads))
+            if images is None:  # over budget: only check the rest
+                problems = pool.map(_decode_problem, chunk)
+                bad.update({path: problem for path, problem in zip(chunk, problems, strict=True) if problem})
                 continue
             results = pool.map(_decode_prepared, chunk, [spec] * len(chunk))
             for path, (tensor, problem) in zip(chunk, results, strict=True):
@@ -358,10 +364,15 @@ def check_images(
     else:
         budget = memory_budget() if budget is None else budget
         train_images, bad = decode_into_memory([path for path, _ in splits.train], cache[0], budget)
-        used = sum(t.numel() for t in train_images.values()) if train_images is not None else budget + 1
-        val_images, val_bad = decode_into_memory([path for path, _ in splits.val], cache[1], budget - used)
-        bad.update(val_bad)
-        splits.images = {**train_images, **val_images} if train_images is not None and val_images is not None else None
+        val_paths = [path for path, _ in splits.val]
+        if train_images is None:  # over budget already: the val split is only checked
+            bad.update(find_bad_images(val_paths))
+            splits.images = None
+        else:
+            used = sum(t.numel() for t in train_images.values())
+            val_images, val_bad = decode_into_memory(val_paths, cache[1], budget - used)
+            bad.update(val_bad)
+            splits.images = {**train_images, **val_images} if val_images is not None else None
     dropped = _report_bad(bad, skip_bad)
     if dropped:
         splits.train = [s for s in splits.train if s[0] not in dropped]

@@ -26,7 +26,7 @@ from torch import nn
 
 from mobiforge import engine
 from mobiforge.checkpoint import load_checkpoint, model_checkpoint, model_from_checkpoint, save_checkpoint
-from mobiforge.data import DEFAULT_LOADER_WORKERS, DataConfig, ImageSamples, eval_transform, train_transform
+from mobiforge.data import DataConfig, ImageSamples, eval_transform, loader_workers, train_transform
 from mobiforge.distill import DistillConfig
 from mobiforge.errors import MobiforgeError
 from mobiforge.inference import evaluate_checkpoint, split_samples
@@ -256,10 +256,6 @@ def _saved_run(checkpoint: dict[str, Any], config: PruneConfig) -> TrainConfig:
     return dataclasses.replace(saved, data=data)
 
 
-def _eval_workers(config: PruneConfig) -> int:
-    return DEFAULT_LOADER_WORKERS if config.workers is None else config.workers
-
-
 def _finetune_config(checkpoint: dict[str, Any], config: PruneConfig, pruned_path: Path, run_dir: Path) -> TrainConfig:
     """The original run's data settings, this command's optimiser, starting from the pruned checkpoint."""
     return dataclasses.replace(
@@ -301,7 +297,8 @@ def prune(config: PruneConfig, reporter: Reporter | None = None) -> PruneResult:
     preprocess = Preprocess.from_dict(checkpoint["preprocess"])
     size = preprocess.img_size
     example = torch.randn(1, 3, size, size)
-    before_eval = evaluate_checkpoint(config.checkpoint, config.data, "val", config.batch_size, _eval_workers(config))
+    workers = loader_workers(config.workers)
+    before_eval = evaluate_checkpoint(config.checkpoint, config.data, "val", config.batch_size, workers)
     before = measure_figures(model, size, config.threads, before_eval.result.top1)
     reporter.message(
         f"before: {before.params / 1e6:.3f}M params, {before.macs / 1e6:.1f}M MACs, "
@@ -337,7 +334,7 @@ def prune(config: PruneConfig, reporter: Reporter | None = None) -> PruneResult:
         ),
         run_dir / "pruned.pt",
     )
-    pruned_eval = evaluate_checkpoint(pruned_path, config.data, "val", config.batch_size, _eval_workers(config))
+    pruned_eval = evaluate_checkpoint(pruned_path, config.data, "val", config.batch_size, workers)
     pruned = measure_figures(pruned_model, size, config.threads, pruned_eval.result.top1)
     reporter.message(
         f"pruned ({ratio:.0%} of channels): {pruned.params / 1e6:.3f}M params, {pruned.macs / 1e6:.1f}M MACs, "

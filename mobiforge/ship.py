@@ -46,7 +46,7 @@ from torch import nn
 
 from mobiforge import engine
 from mobiforge.checkpoint import load_checkpoint, model_checkpoint, model_from_checkpoint, save_checkpoint
-from mobiforge.data import BUILTIN_DATASETS, DEFAULT_LOADER_WORKERS, DataConfig, discover
+from mobiforge.data import BUILTIN_DATASETS, DataConfig, discover, loader_workers
 from mobiforge.distill import DistillConfig
 from mobiforge.errors import MobiforgeError
 from mobiforge.export import (
@@ -827,7 +827,7 @@ def export_candidate(
                 threads=(config.threads,),
                 max_drop=config.max_drop,
                 float_fallback=False,  # ship's route past a failed gate is QAT, which its time plan reserves for
-                workers=DEFAULT_LOADER_WORKERS if config.workers is None else config.workers,
+                workers=loader_workers(config.workers),
                 seed=config.seed,
             )
         )

@@ -64,13 +64,24 @@ def test_existing_run_is_never_overwritten(colours: Path, tmp_path: Path) -> Non
         train(_config(colours, tmp_path / "runs", epochs=1))
 
 
-def test_images_cached_in_memory_train_exactly_like_images_read_from_files(colours: Path, tmp_path: Path) -> None:
-    runs = {}
+def test_images_cached_in_memory_train_exactly_like_images_read_from_files(
+    colours: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mobiforge.data as data
+
+    reads: list[str] = []
+    load_rgb = data.load_rgb
+    monkeypatch.setattr(data, "load_rgb", lambda path, *args: reads.append(path) or load_rgb(path, *args))
+    runs, read_counts = {}, {}
     for cache in ("none", "auto"):
         config = _config(colours, tmp_path / "runs", name=cache, epochs=2, deterministic=True)
         config.data.cache = cache
+        reads.clear()
         runs[cache] = train(config).run_dir
+        read_counts[cache] = len(reads)
     _assert_same_run(runs["none"], runs["auto"])  # pad-and-crop at 16 px: the same recipe, split in two
+    assert read_counts["auto"] == 32 * 3 + 6 * 3  # every file decoded once, before training
+    assert read_counts["none"] == 2 * read_counts["auto"]  # uncached: both epochs read every file again
 
 
 def test_unknown_cache_mode_is_a_one_line_error(colours: Path, tmp_path: Path) -> None:
