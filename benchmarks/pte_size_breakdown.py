@@ -31,14 +31,13 @@ def weight_counts(model: nn.Module) -> tuple[int, int]:
 
 
 def pte_parts(path: Path) -> dict[str, int]:
-    """Bytes of the file: named constant data (weights, biases, scales), XNNPACK graph blobs, everything else."""
+    """Bytes of the file: constant data (weights, biases, scales), inline XNNPACK graph blobs, everything else."""
     from executorch.exir._serialize._program import deserialize_pte_binary
 
     data = path.read_bytes()
     pte = deserialize_pte_binary(data)
     constants = sum(len(buffer) for buffer in pte.named_data.buffers) if pte.named_data else 0
     constants += sum(len(buffer.storage) for buffer in pte.program.constant_buffer)
-    constants += sum(segment.size for segment in pte.program.segments)
     graphs = sum(len(blob.data) for blob in pte.program.backend_delegate_data)
     return {"file": len(data), "constants": constants, "graph": graphs, "rest": len(data) - constants - graphs}
 

@@ -104,12 +104,18 @@ def model_only(img_size: int, small_input: bool, batch_size: int, channels_last:
 
 
 def mobiforge_train(
-    data: Path, img_size: int, small_input: bool, batch_size: int, epochs: int, amp: str = "auto", compile: bool = False
+    data: Path,
+    img_size: int,
+    small_input: bool,
+    batch_size: int,
+    epochs: int,
+    amp: str = "auto",
+    torch_compile: bool = False,
 ) -> float:
     config = TrainConfig(
         model="mobilenet_v2",
         amp=amp,
-        compile=compile,
+        compile=torch_compile,
         small_input=small_input,
         data=DataConfig(data=str(data), img_size=img_size, batch_size=batch_size),
         epochs=epochs,
@@ -152,7 +158,7 @@ def main() -> None:
         plain = plain_loop(data, size, small, batch, args.workers, args.epochs)
         ours = mobiforge_train(data, size, small, batch, args.epochs)
         bf16 = mobiforge_train(data, size, small, batch, args.epochs, amp="bf16")
-        compiled = mobiforge_train(data, size, small, batch, args.epochs, compile=True)
+        compiled = mobiforge_train(data, size, small, batch, args.epochs, torch_compile=True)
         nchw, channels_last = (model_only(size, small, batch, cl) for cl in (False, True))
         line = (
             f"| {label} | {batch} | {plain:.1f} | {ours:.1f} | {ours / plain:.2f}x | {bf16:.1f} | {bf16 / plain:.2f}x "

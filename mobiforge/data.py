@@ -327,25 +327,26 @@ def decode_into_memory(
 ) -> tuple[dict[str, torch.Tensor] | None, dict[str, str]]:
     """Decode and prepare every image (the bad-file scan in the same pass). Returns the uint8 tensors by path, or
     None once they pass ``budget`` bytes (the remaining files are then only checked), and the bad files."""
-    images: dict[str, torch.Tensor] | None = {}
+    images: dict[str, torch.Tensor] = {}
     bad: dict[str, str] = {}
-    used = 0
+    used, checked = 0, len(paths)
     with ThreadPoolExecutor(max_workers=threads) as pool:  # PIL and torch release the GIL while resizing
         for start in range(0, len(paths), 256):  # chunks: memory is checked before more is decoded
             chunk = paths[start : start + 256]
-            if images is None:  # over budget: only check the rest
-                problems = pool.map(_decode_problem, chunk)
-                bad.update({path: problem for path, problem in zip(chunk, problems, strict=True) if problem})
-                continue
-            results = pool.map(_decode_prepared, chunk, [spec] * len(chunk))
-            for path, (tensor, problem) in zip(chunk, results, strict=True):
+            for path, (tensor, problem) in zip(
+                chunk, pool.map(_decode_prepared, chunk, [spec] * len(chunk)), strict=True
+            ):
                 if problem is not None:
                     bad[path] = problem
                 elif tensor is not None:
                     images[path] = tensor
                     used += tensor.numel()
             if used > budget:
-                images = None
+                checked = start + len(chunk)
+                break
+    if used > budget:  # the files after the chunk that passed the budget are only checked
+        bad.update(find_bad_images(paths[checked:], threads))
+        return None, bad
     return images, bad
 
 

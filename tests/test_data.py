@@ -14,6 +14,7 @@ from mobiforge.data import (
     ImageSamples,
     cache_specs,
     check_images,
+    decode_into_memory,
     discover,
     eval_stages,
     eval_transform,
@@ -204,6 +205,25 @@ def test_cache_over_budget_falls_back_to_files_but_still_checks_them(tmp_path: P
         )
     assert checked.images is None
     assert not {str(path) for path in bad} & {path for path, _ in checked.train + checked.val}
+
+
+def test_files_after_the_budget_is_passed_are_still_checked(tmp_path: Path) -> None:
+    from PIL import Image
+
+    paths = []
+    for index in range(300):  # more than one decoding chunk (256 files)
+        path = tmp_path / f"{index}.png"
+        Image.new("RGB", (8, 8), (index % 256, 0, 0)).save(path)
+        paths.append(str(path))
+    late_bad = tmp_path / "late.jpg"
+    late_bad.write_text("not an image")
+    paths.append(str(late_bad))
+    spec = cache_specs(DataConfig(img_size=8), preprocess_for(DataConfig(img_size=8)))[0]
+    images, bad = decode_into_memory(paths, spec, budget=8 * 8 * 3 * 10)
+    assert images is None
+    assert list(bad) == [str(late_bad)]
+    images, bad = decode_into_memory(paths[:300], spec, budget=10**9)
+    assert images is not None and len(images) == 300 and not bad
 
 
 def test_loader_workers_default_to_none_for_cached_images_on_cpu() -> None:
