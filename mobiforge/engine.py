@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -108,6 +109,28 @@ def build_scheduler(
         return main
     ramp = sched.LinearLR(optimizer, start_factor=1e-3, end_factor=1.0, total_iters=warmup)
     return sched.SequentialLR(optimizer, [ramp, main], milestones=[warmup])
+
+
+def rescheduled(
+    optimizer: torch.optim.Optimizer,
+    config: OptimConfig,
+    base_lrs: list[float],
+    epochs: int,
+    steps_per_epoch: int,
+    steps_done: int,
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """The schedule of ``build_scheduler`` for a new epoch count, advanced to ``steps_done`` (a run re-planned once
+    its first epoch was timed): the learning rate continues on the new curve from the step reached."""
+    for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
+        group["lr"] = lr  # schedulers start from the base rate; chained ones read the current one
+        for key in ("initial_lr", "max_lr", "min_lr"):
+            group.pop(key, None)
+    with warnings.catch_warnings():  # replaying steps already taken, not skipping optimizer steps
+        warnings.simplefilter("ignore", UserWarning)
+        scheduler = build_scheduler(optimizer, config, epochs, steps_per_epoch)
+        for _ in range(steps_done):
+            scheduler.step()
+    return scheduler
 
 
 def build_ema(model: nn.Module, decay: float | None) -> AveragedModel | None:

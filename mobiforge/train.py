@@ -326,11 +326,19 @@ def _prepare_run_dir(config: TrainConfig, resume_ckpt: dict[str, Any] | None) ->
     return run_dir
 
 
-def train(config: TrainConfig, reporter: Reporter | None = None, deadline: float | None = None) -> TrainResult:
+def train(
+    config: TrainConfig,
+    reporter: Reporter | None = None,
+    deadline: float | None = None,
+    replan: Callable[[int, float], int] | None = None,
+) -> TrainResult:
     """Train ``config.model`` on ``config.data``; returns the run directory and the per-epoch history.
 
     ``deadline`` (a ``time.time()`` value; ship's time budget) ends the run after the last epoch that is expected
-    to finish before it, judged by the length of the epoch just done; the run stays resumable with more time."""
+    to finish before it, judged by the length of the epoch just done; the run stays resumable with more time.
+    ``replan(epochs_done, epoch_seconds)`` is asked once, after the first whole epoch that trains the full network,
+    for the run's epoch count; the schedule is stretched or shortened to it, so that a time-budgeted run planned
+    from an estimate still ends its learning-rate schedule instead of being cut mid-way or ending early."""
     reporter = reporter or SilentReporter()
     _check_config(config)  # before defaults fill in: an explicit 0 is an error, not "use the default"
     resume_ckpt = load_checkpoint(config.resume) if config.resume else None
@@ -401,6 +409,7 @@ def train(config: TrainConfig, reporter: Reporter | None = None, deadline: float
 
     head = model.get_classifier() if (pretrained or config.backbone_lr_scale != 1.0) else None
     optimizer = engine.build_optimizer(model, config.optim, head, config.backbone_lr_scale)
+    base_lrs = [group["lr"] for group in optimizer.param_groups]  # before a scheduler or a resume changes them
     scheduler = engine.build_scheduler(optimizer, config.optim, config.epochs, len(train_loader))
     amp_dtype = engine.resolve_amp(config.amp, device)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
@@ -485,8 +494,9 @@ def train(config: TrainConfig, reporter: Reporter | None = None, deadline: float
     last_eval: engine.EvalResult | None = None
     with _StopFlag() as stop:
         should_stop = _stop_check(stop, ddp, device)
-        for epoch in range(start_epoch, config.epochs):
-            epoch_started = time.time()
+        epoch = start_epoch
+        while epoch < config.epochs:  # not a range: a re-plan may change the count
+            epoch_started, whole_epoch = time.time(), start_step == 0
             sampler.set_epoch(epoch)
             frozen = epoch < config.freeze_epochs
             _set_backbone_trainable(model, trainable=not frozen)
@@ -563,9 +573,26 @@ def train(config: TrainConfig, reporter: Reporter | None = None, deadline: float
                 interrupted = True
                 break
             epoch_wall = time.time() - epoch_started  # evaluation and checkpointing included
+            if replan is not None and whole_epoch and epoch >= config.freeze_epochs:
+                epochs = max(epoch + 1, _agreed_count(replan(epoch + 1, epoch_wall), ddp, device))
+                if epochs != config.epochs:
+                    reporter.message(
+                        f"re-planned from epoch {epoch + 1} ({epoch_wall:.1f} s): {config.epochs} -> {epochs} epochs"
+                    )
+                    config = dataclasses.replace(config, epochs=epochs)
+                    steps = len(train_loader)
+                    scheduler = engine.rescheduled(
+                        optimizer, config.optim, base_lrs, epochs, steps, (epoch + 1) * steps
+                    )
+                    if ddp.is_main:  # a resume continues the new plan
+                        (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+                        state = checkpoint(epoch + 1, 0, {"val": last_eval.to_dict(classes)})
+                        save_checkpoint(state, run_dir / "last.pt")
+                replan = None
             if deadline is not None and epoch + 1 < config.epochs and time.time() + 1.1 * epoch_wall > deadline:
                 reporter.message(f"time budget reached after epoch {epoch + 1} of {config.epochs}")
                 break
+            epoch += 1
     if ddp.is_main:
         _finish_plots(run_dir, history, classes)
         if writer is not None:
@@ -638,6 +665,15 @@ def _stop_check(stop: _StopFlag, ddp: Distributed, device: torch.device) -> Call
         return bool(flag.item() > 0)
 
     return agreed
+
+
+def _agreed_count(count: int, ddp: Distributed, device: torch.device) -> int:
+    """Rank 0's count on every rank: ranks that timed their epochs differently must still stop together."""
+    if not ddp.enabled:
+        return count
+    value = torch.tensor([count], device=device)
+    dist.broadcast(value, src=0)
+    return int(value.item())
 
 
 def _write_metrics_csv(run_dir: Path, history: list[dict[str, Any]]) -> None:

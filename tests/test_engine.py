@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -15,6 +17,7 @@ from mobiforge.engine import (
     build_scheduler,
     cross_entropy_loss,
     evaluate,
+    rescheduled,
     train_one_epoch,
 )
 from mobiforge.errors import MobiforgeError
@@ -74,6 +77,36 @@ def test_onecycle_and_unknown() -> None:
     assert max(lrs) == pytest.approx(0.1, rel=0.05) and lrs[0] < 0.01
     with pytest.raises(MobiforgeError, match="--scheduler"):
         _lrs(OptimConfig(scheduler="linear"), 1, 1)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        OptimConfig(lr=0.1, scheduler="onecycle"),
+        OptimConfig(lr=0.1, scheduler="cosine", warmup_epochs=1),
+        OptimConfig(lr=0.1, step_size=2, gamma=0.1),
+    ],
+    ids=["onecycle", "cosine+warmup", "step"],
+)
+@pytest.mark.parametrize("epochs", [2, 6])
+def test_a_re_planned_schedule_continues_on_the_new_curve(config: OptimConfig, epochs: int) -> None:
+    """Planned for 4 epochs of 10 steps, re-planned after the first to ``epochs``: from step 10 on, the rate is the
+    one a run planned for ``epochs`` from the start would have, in every parameter group."""
+    model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    optimizer = build_optimizer(model, dataclasses.replace(config, weight_decay=1e-4))  # two groups
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
+    scheduler = build_scheduler(optimizer, config, 4, 10)
+    for _ in range(10):
+        optimizer.step()
+        scheduler.step()
+    scheduler = rescheduled(optimizer, config, base_lrs, epochs, 10, steps_done=10)
+    lrs = []
+    for _ in range(10, epochs * 10):
+        lrs.append(optimizer.param_groups[1]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs == pytest.approx(_lrs(config, epochs, 10)[10:])
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(optimizer.param_groups[1]["lr"])
 
 
 class FixedLogits(nn.Module):

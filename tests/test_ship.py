@@ -23,13 +23,13 @@ pytest.importorskip("onnxruntime")
 
 
 def tiny_config(data: Path, out: Path, **overrides) -> ShipConfig:  # type: ignore[no-untyped-def]
-    """One small family, one candidate, ONNX (its export takes seconds), a one-minute budget; the accuracy gate is
+    """One small family, one candidate, ONNX (its export takes seconds), a 45-second budget; the accuracy gate is
     loose because one of 12 val images is 8 points (the gate itself is tested in test_export.py)."""
     config = ShipConfig(
         data=str(data),
         out=str(out),
         runtime="onnx",
-        time_budget_s=60,
+        time_budget_s=45,
         teacher="none",
         models=["mobilenet_v3_small"],
         max_candidates=1,
@@ -74,6 +74,9 @@ def test_ship_end_to_end_then_resumes_without_redoing_work(tmp_path: Path) -> No
     assert card["latency_ms"]["median"] <= config.max_latency_ms and card["latency_ms"]["threads"] == 1
     assert 0 <= card["accuracy"]["top1_in_runtime"] <= 100 and card["accuracy"]["images"] == 12
     assert card["command"].startswith("mobiforge ship --data") and "onnxruntime" in card["versions"]
+    state = json.loads((run / "ship_state.json").read_text())
+    trained = state["stages"]["train:mobilenet_v3_small-w0.5-32px"]
+    assert trained["epochs_run"] == trained["epochs_planned"]  # re-planned from its first epoch, not cut short
 
     page = _Page()
     page.feed((run / "report.html").read_text())

@@ -58,6 +58,26 @@ def test_a_short_fit_learns_well_above_chance(colours: Path, tmp_path: Path) -> 
     assert result.best_top1 >= 80  # three patterns: chance is 33%
 
 
+@pytest.mark.parametrize("planned, replanned", [(2, 4), (4, 2)])
+def test_a_run_re_planned_after_its_first_epoch_ends_its_new_schedule(
+    colours: Path, tmp_path: Path, planned: int, replanned: int
+) -> None:
+    """ship's time-budgeted runs re-plan their epoch count once the first epoch is timed: the run then trains that
+    many epochs, its learning rate reaches the end of the new schedule, and the new plan is what a resume reads."""
+    asked = []
+
+    def replan(done: int, seconds: float) -> int:
+        asked.append((done, seconds))
+        return replanned
+
+    result = train(_config(colours, tmp_path / "runs", epochs=planned), replan=replan)
+    assert len(asked) == 1 and asked[0][0] == 1 and asked[0][1] > 0
+    assert [row["epoch"] for row in result.history] == list(range(1, replanned + 1))
+    assert result.history[-1]["lr"] == pytest.approx(0.0, abs=1e-9)  # cosine to zero: the schedule ended
+    assert load_checkpoint(result.run_dir / "last.pt")["config"]["epochs"] == replanned
+    assert f"epochs: {replanned}" in (result.run_dir / "config.yaml").read_text()
+
+
 def test_existing_run_is_never_overwritten(colours: Path, tmp_path: Path) -> None:
     train(_config(colours, tmp_path / "runs", epochs=1))
     with pytest.raises(MobiforgeError, match="already holds a run; continue it with --resume"):
