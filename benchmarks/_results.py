@@ -6,6 +6,7 @@ import datetime
 import os
 import platform
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -39,7 +40,7 @@ def environment() -> str:
 
 def write_section(name: str, body: str) -> None:
     """Replace (or append) the section between ``<!-- name:start -->`` and ``<!-- name:end -->``."""
-    command = " ".join(["python", *[Path(sys.argv[0]).as_posix(), *sys.argv[1:]]])
+    command = shlex.join(["python", Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     section = (
         f"<!-- {name}:start -->\n{body.rstrip()}\n\n"

@@ -200,19 +200,25 @@ def build_parser() -> argparse.ArgumentParser:
     models.set_defaults(handler=run_models)
 
     profile = commands.add_parser(
-        "profile", help="parameters, MACs, sizes, measured latency and peak memory of a model or checkpoint"
+        "profile",
+        help="parameters, MACs, sizes, measured latency and peak memory of a model or checkpoint; an exported "
+        ".pte/.tflite/.onnx file is timed in its own runtime",
     )
     profile.add_argument(
         "model",
         nargs="?",
         default=DEFAULT_MODEL,
         metavar="MODEL_OR_CHECKPOINT",
-        help=f"a registered model name or a checkpoint .pt file (default: {DEFAULT_MODEL})",
+        help=f"a registered model name, a checkpoint .pt file or an exported file (default: {DEFAULT_MODEL})",
     )
     profile.add_argument("--img-size", type=int, default=None, help="input size (default: the model's own)")
     profile.add_argument("--batch-size", type=int, default=1)
-    profile.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's default)")
-    profile.add_argument("--max-size", default=None, help="budget on the int8 weight size, e.g. 1MB")
+    profile.add_argument(
+        "--threads", type=int, default=None, help="CPU threads (default: torch's default; 1 for an exported file)"
+    )
+    profile.add_argument(
+        "--max-size", default=None, help="budget on the int8 weight size (an exported file's own size), e.g. 1MB"
+    )
     profile.add_argument("--max-latency", default=None, help="budget on the median latency, e.g. 100ms")
     profile.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _model_args(profile)
@@ -662,15 +668,43 @@ def _load_for_profile(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 def run_profile(args: argparse.Namespace) -> int:
     from mobiforge.profile import parse_duration_ms, parse_size, profile_model
+    from mobiforge.runtimes import SUFFIXES
 
     max_size = parse_size(args.max_size) if args.max_size else None
     max_latency = parse_duration_ms(args.max_latency) if args.max_latency else None
+    if Path(args.model).suffix in SUFFIXES:
+        return _profile_artifact(args, max_size, max_latency)
     model, name = _load_for_profile(args)
     report = profile_model(model, args.img_size, args.batch_size, args.threads, max_size, max_latency, name=name)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
         _print_profile(report)
+    return 0 if report.passed else 1
+
+
+def _profile_artifact(args: argparse.Namespace, max_size: int | None, max_latency: float | None) -> int:
+    from rich.console import Console
+
+    from mobiforge.profile import format_bytes, profile_artifact
+
+    if args.img_size is not None or args.batch_size != 1:
+        raise MobiforgeError(
+            f"{args.model}: an exported file keeps the input shape it was exported with; drop "
+            "--img-size and --batch-size"
+        )
+    report = profile_artifact(args.model, args.threads or 1, max_size, max_latency)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return 0 if report.passed else 1
+    console = Console()
+    latency = report.latency
+    console.print(
+        f"{report.path} ({report.runtime}): {format_bytes(report.file_bytes)}, input {list(report.input_shape)}, "
+        f"{report.threads} thread{'s' if report.threads > 1 else ''}: median {latency.median_ms:.2f} ms, "
+        f"p90 {latency.p90_ms:.2f} ms ({latency.runs} runs)"
+    )
+    _print_budgets(console, report.budgets)
     return 0 if report.passed else 1
 
 
@@ -701,7 +735,13 @@ def _print_profile(report) -> None:  # type: ignore[no-untyped-def]
         table.add_row(label, value)
     console = Console()
     console.print(table)
-    for check in report.budgets:
+    _print_budgets(console, report.budgets)
+
+
+def _print_budgets(console, budgets) -> None:  # type: ignore[no-untyped-def]
+    from mobiforge.profile import format_bytes
+
+    for check in budgets:
         shown = (
             (format_bytes(check.value), format_bytes(check.limit))
             if check.unit == "bytes"

@@ -3,7 +3,8 @@
 Everything here is measured on the machine it runs on, never estimated from FLOPs, except the int8 weight size,
 which is computed from the parameter shapes (the size of the file an int8 export writes is measured by
 ``mobiforge export``). Latency uses the faster of the two eager memory layouts (contiguous, channels_last), which
-the report states together with the thread count.
+the report states together with the thread count. An exported file (.pte, .tflite, .onnx) is timed in its own
+runtime instead (``profile_artifact``).
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ import time
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -296,6 +299,60 @@ def profile_model(
     )
     if max_size_bytes is not None:
         report.budgets.append(BudgetCheck("int8 weight size", max_size_bytes, report.int8_weight_bytes, "bytes"))
+    if max_latency_ms is not None:
+        report.budgets.append(BudgetCheck("median latency", max_latency_ms, latency.median_ms, "ms"))
+    return report
+
+
+@dataclass
+class ArtifactProfile:
+    """An exported artifact timed in its own runtime (``mobiforge profile model.pte``)."""
+
+    path: str
+    runtime: str
+    file_bytes: int
+    input_shape: list[int]
+    threads: int
+    latency: LatencyStats
+    budgets: list[BudgetCheck] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(check.passed for check in self.budgets)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["budgets"] = [{**asdict(check), "passed": check.passed} for check in self.budgets]
+        data["passed"] = self.passed
+        return data
+
+
+def profile_artifact(
+    path: str | Path,
+    threads: int = 1,
+    max_size_bytes: int | None = None,
+    max_latency_ms: float | None = None,
+    min_seconds: float = 1.0,
+) -> ArtifactProfile:
+    """Time an ExecuTorch, LiteRT or ONNX file at batch 1 in its runtime on ``threads`` threads, with the input shape
+    stored in the file. ``max_size_bytes`` is checked against the file size (here the file is what ships)."""
+    from mobiforge.runtimes import input_shape, load_runner, runtime_of
+
+    path = Path(path)
+    runner = load_runner(path, threads)
+    shape = input_shape(path)
+    batch = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    latency = measure_latency(lambda: runner(batch), min_seconds=min_seconds)
+    report = ArtifactProfile(
+        path=str(path),
+        runtime=runtime_of(path),
+        file_bytes=path.stat().st_size,
+        input_shape=list(shape),
+        threads=threads,
+        latency=latency,
+    )
+    if max_size_bytes is not None:
+        report.budgets.append(BudgetCheck("file size", max_size_bytes, report.file_bytes, "bytes"))
     if max_latency_ms is not None:
         report.budgets.append(BudgetCheck("median latency", max_latency_ms, latency.median_ms, "ms"))
     return report

@@ -85,6 +85,32 @@ def onnx_runner(path: Path, threads: int) -> Runner:
     return run
 
 
+def input_shape(path: str | Path) -> tuple[int, ...]:
+    """The input shape the artifact was exported with, read from the file itself (a dynamic batch reads as 1)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MobiforgeError(f"{path} does not exist")
+    runtime = runtime_of(path)
+    if runtime == "executorch":
+        try:
+            from executorch.runtime import Runtime
+        except ImportError:
+            raise missing("executorch") from None
+        return tuple(Runtime.get().load_program(path).metadata("forward").input_tensor_meta(0).sizes())
+    if runtime == "tflite":
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError:
+            raise missing("ai-edge-litert") from None
+        return tuple(int(side) for side in Interpreter(model_path=str(path)).get_input_details()[0]["shape"])
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise missing("onnxruntime") from None
+    shape = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_inputs()[0].shape
+    return tuple(side if isinstance(side, int) else 1 for side in shape)
+
+
 def load_runner(path: str | Path, threads: int = 1) -> Runner:
     """A callable running ``path`` in its runtime with ``threads`` threads (see the module docstring)."""
     path = Path(path)

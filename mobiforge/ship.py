@@ -15,7 +15,9 @@ Ctrl-C or a SIGKILL resumes instead of starting over (a training stopped mid-way
    distillation and, pruned into the size budget, a candidate of its own: pruning is how a pretrained network
    gets into a budget it does not fit.
 4. ``train:NAME``: the best-ranked fitting candidates, each within its share of the remaining time budget
-   (``mobiforge.train.train``, distilling from the teacher when there is one).
+   (``mobiforge.train.train``, distilling from the teacher when there is one). The probe's epoch count is only a
+   first plan: once the first epoch is timed, the run is re-planned (epochs and learning-rate schedule) to end by
+   the end of its share.
 5. ``export:NAME``: int8 PTQ in the runtime and the accuracy gate through the runtime on the validation images;
    QAT when PTQ loses more than ``max_drop`` points and time is left.
 6. ``result``: the most accurate artifact that meets every budget is copied to ``RUN/model.<ext>``, with
@@ -64,7 +66,7 @@ from mobiforge.models.widths import NOT_PRUNABLE, respec
 from mobiforge.profile import count_macs, count_params, int8_weight_bytes, measure_latency, num_threads
 from mobiforge.prune import PruneConfig, prune_model, ratio_for_target, recalibrate_on_training_images
 from mobiforge.runtimes import load_runner
-from mobiforge.train import Reporter, SilentReporter, TrainConfig, train
+from mobiforge.train import DEADLINE_MARGIN, Reporter, SilentReporter, TrainConfig, train
 
 STATE_FILE = "ship_state.json"
 TEACHER_MODEL = "efficientnet_lite0"  # the model zoo's network with real ImageNet weights on this machine
@@ -668,12 +670,12 @@ def _epoch_seconds(images_per_s: float, info: dict[str, Any], teacher_speed: flo
 
 def fit_epochs(end: float, cap: int) -> Callable[[int, float], int]:
     """``train``'s re-plan once the first epoch is timed: the epochs done plus as many more of that length as end
-    by ``end`` (with train's 10% deadline margin). The plan before it comes from a few probe steps on random data,
+    by ``end`` (with train's deadline margin). The plan before it comes from a few probe steps on random data,
     which read up to 1.5x slower than the epochs of the cached loader: without it, a third of the budget went
     unused on CIFAR-10."""
 
     def epochs(done: int, epoch_seconds: float) -> int:
-        return min(cap, done + max(0, int((end - time.time()) / (1.1 * epoch_seconds))))
+        return min(cap, done + max(0, int((end - time.time()) / (DEADLINE_MARGIN * epoch_seconds))))
 
     return epochs
 
@@ -751,6 +753,7 @@ def train_candidate(
         "checkpoint": str(result.run_dir / "best.pt"),
         "run_dir": str(result.run_dir),
         "best_top1": result.best_top1,
+        "epochs_estimated": epochs,  # from the probe, before the re-plan
         "epochs_planned": _planned_epochs(result.run_dir),
         "epochs_run": len(result.history),
         "seconds": time.time() - started,

@@ -58,6 +58,8 @@ from mobiforge.models import build_from_spec, create_model
 from mobiforge.models.base import Preprocess
 from mobiforge.models.weights import get_weights
 
+DEADLINE_MARGIN = 1.05  # an epoch is expected to end before a deadline if it would with 5% to spare
+
 
 @dataclass
 class TrainConfig:
@@ -589,7 +591,8 @@ def train(
                         state = checkpoint(epoch + 1, 0, {"val": last_eval.to_dict(classes)})
                         save_checkpoint(state, run_dir / "last.pt")
                 replan = None
-            if deadline is not None and epoch + 1 < config.epochs and time.time() + 1.1 * epoch_wall > deadline:
+            next_end = time.time() + DEADLINE_MARGIN * epoch_wall
+            if deadline is not None and epoch + 1 < config.epochs and next_end > deadline:
                 reporter.message(f"time budget reached after epoch {epoch + 1} of {config.epochs}")
                 break
             epoch += 1

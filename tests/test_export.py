@@ -59,6 +59,23 @@ def test_fp32_and_int8_artifacts_match_pytorch(checkpoint: Path, tmp_path: Path,
         assert int8.reference_max_abs_diff < 0.25 * max(1.0, int8.max_abs_logit_diff + 1.0)
 
 
+@pytest.mark.parametrize("fmt", ["executorch", "tflite", "onnx"])
+def test_profile_times_an_exported_file_in_its_runtime(
+    checkpoint: Path, tmp_path: Path, fmt: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    int8 = _export(checkpoint, tmp_path / f"q{SUFFIX[fmt]}", fmt, "ptq")
+    capsys.readouterr()  # what the converter printed
+    assert main(["profile", int8.path, "--json", "--max-size", "10MB", "--max-latency", "1s"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["runtime"] == fmt and report["input_shape"] == [1, 3, 24, 24] and report["threads"] == 1
+    assert report["file_bytes"] == Path(int8.path).stat().st_size and report["latency"]["median_ms"] > 0
+    assert [check["name"] for check in report["budgets"]] == ["file size", "median latency"] and report["passed"]
+    assert main(["profile", int8.path, "--max-size", "1kB"]) == 1  # over the budget: FAIL and a non-zero exit
+    assert "FAIL file size" in capsys.readouterr().out
+    assert main(["profile", int8.path, "--img-size", "32"]) == 2
+    assert "keeps the input shape it was exported with" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_qat_export_runs_in_executorch(checkpoint: Path, tmp_path: Path) -> None:
     report = _export(checkpoint, tmp_path / "qat.pte", "executorch", "qat", qat_images=32)

@@ -76,7 +76,11 @@ def test_ship_end_to_end_then_resumes_without_redoing_work(tmp_path: Path) -> No
     assert card["command"].startswith("mobiforge ship --data") and "onnxruntime" in card["versions"]
     state = json.loads((run / "ship_state.json").read_text())
     trained = state["stages"]["train:mobilenet_v3_small-w0.5-32px"]
-    assert trained["epochs_run"] == trained["epochs_planned"]  # re-planned from its first epoch, not cut short
+    # the probe's estimate carries a fixed cost per epoch that dwarfs these tiny epochs: once the first epoch was
+    # timed, the run was re-planned to use the time the estimate left unused
+    assert (
+        trained["epochs_planned"] > trained["epochs_estimated"] and trained["epochs_run"] > trained["epochs_estimated"]
+    )
 
     page = _Page()
     page.feed((run / "report.html").read_text())
