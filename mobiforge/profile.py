@@ -225,8 +225,24 @@ class BudgetCheck:
         return self.value <= self.limit
 
 
+class _Verdicts:
+    """``passed`` and ``to_dict`` of a report dataclass with a ``budgets`` list."""
+
+    budgets: list[BudgetCheck]
+
+    @property
+    def passed(self) -> bool:
+        return all(check.passed for check in self.budgets)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["budgets"] = [{**asdict(check), "passed": check.passed} for check in self.budgets]
+        data["passed"] = self.passed
+        return data
+
+
 @dataclass
-class ProfileReport:
+class ProfileReport(_Verdicts):
     model: str
     img_size: int
     batch_size: int
@@ -241,15 +257,14 @@ class ProfileReport:
     latency: LatencyStats
     budgets: list[BudgetCheck] = field(default_factory=list)
 
-    @property
-    def passed(self) -> bool:
-        return all(check.passed for check in self.budgets)
 
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["budgets"] = [{**asdict(check), "passed": check.passed} for check in self.budgets]
-        data["passed"] = self.passed
-        return data
+def _budget_checks(
+    size_name: str, size: int, max_size: int | None, latency: LatencyStats, max_latency_ms: float | None
+) -> list[BudgetCheck]:
+    checks = [] if max_size is None else [BudgetCheck(size_name, max_size, size, "bytes")]
+    if max_latency_ms is not None:
+        checks.append(BudgetCheck("median latency", max_latency_ms, latency.median_ms, "ms"))
+    return checks
 
 
 def profile_model(
@@ -283,7 +298,7 @@ def profile_model(
         with torch.no_grad():
             latency = measure_latency(lambda: model(x), min_seconds=min_seconds)
         model.to(memory_format=torch.contiguous_format)
-    report = ProfileReport(
+    return ProfileReport(
         model=name or (model.spec["name"] if getattr(model, "spec", None) else type(model).__name__),
         img_size=img_size,
         batch_size=batch_size,
@@ -296,16 +311,12 @@ def profile_model(
         serialized_bytes=serialized_bytes(model),
         peak_memory_bytes=peak_memory_bytes(model, example),
         latency=latency,
+        budgets=_budget_checks("int8 weight size", int8_weight_bytes(model), max_size_bytes, latency, max_latency_ms),
     )
-    if max_size_bytes is not None:
-        report.budgets.append(BudgetCheck("int8 weight size", max_size_bytes, report.int8_weight_bytes, "bytes"))
-    if max_latency_ms is not None:
-        report.budgets.append(BudgetCheck("median latency", max_latency_ms, latency.median_ms, "ms"))
-    return report
 
 
 @dataclass
-class ArtifactProfile:
+class ArtifactProfile(_Verdicts):
     """An exported artifact timed in its own runtime (``mobiforge profile model.pte``)."""
 
     path: str
@@ -315,16 +326,6 @@ class ArtifactProfile:
     threads: int
     latency: LatencyStats
     budgets: list[BudgetCheck] = field(default_factory=list)
-
-    @property
-    def passed(self) -> bool:
-        return all(check.passed for check in self.budgets)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["budgets"] = [{**asdict(check), "passed": check.passed} for check in self.budgets]
-        data["passed"] = self.passed
-        return data
 
 
 def profile_artifact(
@@ -343,16 +344,12 @@ def profile_artifact(
     shape = input_shape(path)
     batch = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     latency = measure_latency(lambda: runner(batch), min_seconds=min_seconds)
-    report = ArtifactProfile(
+    return ArtifactProfile(
         path=str(path),
         runtime=runtime_of(path),
         file_bytes=path.stat().st_size,
         input_shape=list(shape),
         threads=threads,
         latency=latency,
+        budgets=_budget_checks("file size", path.stat().st_size, max_size_bytes, latency, max_latency_ms),
     )
-    if max_size_bytes is not None:
-        report.budgets.append(BudgetCheck("file size", max_size_bytes, report.file_bytes, "bytes"))
-    if max_latency_ms is not None:
-        report.budgets.append(BudgetCheck("median latency", max_latency_ms, latency.median_ms, "ms"))
-    return report
