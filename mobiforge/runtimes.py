@@ -85,12 +85,26 @@ def onnx_runner(path: Path, threads: int) -> Runner:
     return run
 
 
+def _unreadable(path: Path, runtime: str, error: Exception) -> MobiforgeError:
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[-1]
+    return MobiforgeError(f"{path}: {runtime} cannot load this file ({reason}); export it again with mobiforge export")
+
+
 def input_shape(path: str | Path) -> tuple[int, ...]:
     """The input shape the artifact was exported with, read from the file itself (a dynamic batch reads as 1)."""
     path = Path(path)
     if not path.is_file():
         raise MobiforgeError(f"{path} does not exist")
     runtime = runtime_of(path)
+    try:
+        return _input_shape(path, runtime)
+    except (ImportError, MobiforgeError):
+        raise
+    except Exception as error:  # a damaged or foreign file: each runtime raises its own exception type
+        raise _unreadable(path, runtime, error) from None
+
+
+def _input_shape(path: Path, runtime: str) -> tuple[int, ...]:
     if runtime == "executorch":
         try:
             from executorch.runtime import Runtime
@@ -116,5 +130,11 @@ def load_runner(path: str | Path, threads: int = 1) -> Runner:
     path = Path(path)
     if not path.is_file():
         raise MobiforgeError(f"{path} does not exist")
-    loader = {"executorch": executorch_runner, "tflite": tflite_runner, "onnx": onnx_runner}[runtime_of(path)]
-    return loader(path, threads)
+    runtime = runtime_of(path)
+    loader = {"executorch": executorch_runner, "tflite": tflite_runner, "onnx": onnx_runner}[runtime]
+    try:
+        return loader(path, threads)
+    except MobiforgeError:
+        raise
+    except Exception as error:  # a damaged or foreign file: each runtime raises its own exception type
+        raise _unreadable(path, runtime, error) from None

@@ -76,6 +76,7 @@ SMALL_INPUT_SIZE = 32
 LARGE_INPUT_SIZES = (224, 160, 128)
 MIN_EPOCHS = 3  # a second candidate is trained only if both get at least this many epochs
 MAX_EPOCHS = 100
+TEACHER_MAX_EPOCHS = 10  # fine-tuning from ImageNet weights converges in a few epochs
 
 
 @dataclass(frozen=True)
@@ -618,7 +619,7 @@ def train_teacher(
     model = create_model(TEACHER_MODEL, num_classes=len(info["classes"]))
     size = get_weights(TEACHER_MODEL).preprocess.img_size
     epoch_s = _epoch_seconds(training_speed(model, size, config), info, teacher_speed=None)
-    epochs = int(min(10, (state.left() / 3) // epoch_s))
+    epochs = int(min(TEACHER_MAX_EPOCHS, (state.left() / 3) // epoch_s))
     if epochs < 2:
         return {"skipped": f"no time to fine-tune {TEACHER_MODEL} (about {epoch_s:.0f} s per epoch)"}
     train_config = TrainConfig(
@@ -635,7 +636,9 @@ def train_teacher(
         tensorboard=False,
     )
     say(f"teacher: fine-tuning {TEACHER_MODEL} from ImageNet weights, {epochs} epochs (~{epoch_s:.0f} s each)")
-    result = _train_resumable(train_config, reporter, state.deadline, fit_epochs(time.time() + state.left() / 3, 10))
+    result = _train_resumable(
+        train_config, reporter, state.deadline, fit_epochs(time.time() + state.left() / 3, TEACHER_MAX_EPOCHS)
+    )
     say(f"teacher: val top-1 {result.best_top1:.2f}%")
     return {
         "checkpoint": str(result.run_dir / "best.pt"),

@@ -59,6 +59,16 @@ def test_fp32_and_int8_artifacts_match_pytorch(checkpoint: Path, tmp_path: Path,
         assert int8.reference_max_abs_diff < 0.25 * max(1.0, int8.max_abs_logit_diff + 1.0)
 
 
+@pytest.mark.parametrize("suffix", [".pte", ".tflite", ".onnx"])
+def test_a_damaged_artifact_is_a_one_line_error(tmp_path: Path, suffix: str, capsys) -> None:
+    damaged = tmp_path / f"model{suffix}"
+    damaged.write_text("not a model")
+    assert main(["profile", str(damaged)]) == 2
+    err = capsys.readouterr().err
+    ours = [line for line in err.splitlines() if line.startswith("mobiforge profile: error:")]  # not the runtime's logs
+    assert "Traceback" not in err and len(ours) == 1 and "cannot load this file" in ours[0] and str(damaged) in ours[0]
+
+
 @pytest.mark.parametrize("fmt", ["executorch", "tflite", "onnx"])
 def test_profile_times_an_exported_file_in_its_runtime(
     checkpoint: Path, tmp_path: Path, fmt: str, capsys: pytest.CaptureFixture[str]
