@@ -424,7 +424,7 @@ def train(
     start_epoch, start_step, history, best_top1 = 0, 0, [], -1.0
     partial = {"loss_sum": 0.0, "images": 0, "seconds": 0.0}  # the part of an epoch done before an interruption
     if resume_ckpt is not None:
-        model.load_state_dict(resume_ckpt["state_dict"])
+        model.load_state_dict(resume_ckpt.get("train_state_dict") or resume_ckpt["state_dict"])
         optimizer.load_state_dict(resume_ckpt["optimizer"])
         scheduler.load_state_dict(resume_ckpt["scheduler"])
         if scaler is not None and resume_ckpt.get("scaler"):
@@ -457,8 +457,10 @@ def train(
     eval_model = ema.module if ema is not None else model
 
     def checkpoint(epoch: int, step_in_epoch: int, metrics: dict[str, Any]) -> dict[str, Any]:
+        # ``state_dict`` holds the weights the metrics were measured on (the EMA's, when on): eval, export and the
+        # article's loaders get the model that was validated; the raw weights only a resume needs go beside them.
         return model_checkpoint(
-            model,
+            eval_model,
             classes=classes,
             preprocess=preprocess,
             epoch=epoch,
@@ -468,6 +470,7 @@ def train(
             scheduler=scheduler.state_dict(),
             scaler=scaler.state_dict() if scaler is not None else None,
             ema=ema.state_dict() if ema is not None else None,
+            train_state_dict=model.state_dict() if ema is not None else None,
             rng=_rng_state(),
             metrics={"history": history, "best_top1": best_top1, **metrics},
             config=config.to_dict(),

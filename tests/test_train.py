@@ -147,6 +147,8 @@ def _cli_args(data: Path, runs: Path, name: str, epochs: int = 3, workers: int =
         "--no-tensorboard",
         "--mixup",
         "0.2",
+        "--ema",
+        "0.9",  # an exact resume restores the raw weights and their average
     ]
 
 
@@ -343,6 +345,10 @@ def test_every_training_option_runs(colours: Path, tmp_path: Path) -> None:
     assert len(result.history) == 2 and all(torch.isfinite(torch.tensor(r["train_loss"])) for r in result.history)
     checkpoint = load_checkpoint(result.run_dir / "last.pt")
     assert checkpoint["ema"] is not None and checkpoint["config"]["amp"] == "bf16"
+    # the weights that were validated (the EMA's) are the checkpoint's model; the raw ones are kept for a resume
+    raw, averaged = checkpoint["train_state_dict"], checkpoint["state_dict"]
+    assert all(torch.equal(averaged[key], checkpoint["ema"][f"module.{key}"]) for key in averaged)
+    assert any(not torch.equal(averaged[key], raw[key]) for key in averaged if averaged[key].is_floating_point())
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
