@@ -40,6 +40,9 @@ def main() -> None:
     parser.add_argument(
         "--ptq-max-drop", type=float, default=1.0, help="PTQ gate; a PT2E artifact over it retries with float layers"
     )
+    parser.add_argument(
+        "--qat-max-drop", type=float, default=0.5, help="QAT gate (the issue's QAT target), same retry as PTQ's"
+    )
     parser.add_argument("--table-only", action="store_true", help="rebuild the table from the JSON reports only")
     args = parser.parse_args()
 
@@ -61,7 +64,7 @@ def main() -> None:
                 qat_images=args.qat_images,
                 qat_epochs=args.qat_epochs,
                 qat_lr=args.qat_lr,
-                max_drop=args.ptq_max_drop if int8 == "ptq" else None,
+                max_drop={"ptq": args.ptq_max_drop, "qat": args.qat_max_drop}.get(label),
             )
             try:
                 report = export_checkpoint(config)
@@ -88,9 +91,9 @@ def main() -> None:
         f"Val images: {first.images}; PyTorch fp32 top-1 {first.torch_fp32_top1:.2f}%. int8 calibration: "
         f"{args.calibration_images} training images; QAT: {args.qat_epochs} epoch(s) on "
         f"{args.qat_images or 'all'} training images, SGD lr {args.qat_lr} cosine. "
-        f"PTQ gate {args.ptq_max_drop} points: a PT2E (ExecuTorch, LiteRT) PTQ artifact over it is retried "
-        "with its most sensitive layer groups left in float (the better one through the runtime is kept; last "
-        "column). Latency: batch 1, median (p90) "
+        f"Gates: PTQ {args.ptq_max_drop}, QAT {args.qat_max_drop} points; a PT2E (ExecuTorch, LiteRT) int8 "
+        "artifact over its gate is retried with its most sensitive layer groups left in float (the better one "
+        "through the runtime is kept; last column). Latency: batch 1, median (p90) "
         "in the runtime; PyTorch eager fp32 in the same run for comparison. Each row is read from the JSON report "
         f"that `mobiforge export` wrote next to its artifact in `{out_dir}` (runs of this script with other "
         "`--formats`/`--int8-modes` add or replace rows; each JSON has its own config).",

@@ -422,7 +422,7 @@ def _export_args(parser: argparse.ArgumentParser) -> None:
         "--no-float-fallback",
         dest="float_fallback",
         action="store_false",
-        help="when PTQ misses --max-drop, do not search for layers to leave in float",
+        help="when int8 (PTQ or QAT) misses --max-drop, do not search for layers to leave in float",
     )
     parser.add_argument("--batch-size", "-b", type=int, default=64)
     parser.add_argument("--workers", "-j", type=int, default=2)

@@ -65,7 +65,7 @@ class ExportConfig:
     qat_lr: float = 1e-3
     max_drop: float | None = None  # fail an int8 export losing more top-1 points than this
     float_modules: tuple[str, ...] = ()  # modules left in float in a PT2E int8 graph (e.g. "classifier")
-    float_fallback: bool = True  # PTQ missing max_drop: search for the layer groups to leave in float, retry
+    float_fallback: bool = True  # int8 missing max_drop: search for the layer groups to leave in float, retry
     float_fallback_groups: int = 3  # ... at most this many
     batch_size: int = 64
     workers: int = 2
@@ -345,8 +345,11 @@ def _latency(fn: Any, threads: int, seconds: float) -> dict[str, float]:
 def export_checkpoint(config: ExportConfig) -> ArtifactReport:
     """Export, run in the runtime, measure, gate; the report is also written as ``<artifact>.json``.
 
-    A PT2E PTQ artifact that misses ``max_drop`` is retried with the most sensitive layer groups left in float
-    (``float_fallback``); the better of the two through the runtime is kept, and the report says what stayed float.
+    A PT2E int8 artifact (PTQ or QAT) that misses ``max_drop`` is retried with the most sensitive layer groups left
+    in float (``float_fallback``); the better of the two through the runtime is kept, and the report says what
+    stayed float. The search itself runs on calibrated (PTQ) graphs: a layer that int8 rounding hurts most after
+    calibration is the one fine-tuning has most to make up for, and a PTQ trial costs seconds where QAT costs
+    an epoch per trial.
     """
     _check(config)
     require_runtime(config.format)
@@ -382,7 +385,7 @@ def _check_float_modules(model: nn.Module, config: ExportConfig) -> None:
 def _wants_fallback(config: ExportConfig, report: ArtifactReport) -> bool:
     return (
         config.float_fallback
-        and config.int8 == "ptq"
+        and config.int8 in ("ptq", "qat")
         and config.format != "onnx"
         and not config.float_modules
         and not report.passed

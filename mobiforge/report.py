@@ -240,7 +240,7 @@ def _candidate_table(rows: list[dict[str, Any]], config: Any) -> list[list[str]]
         line = [c["name"], c["source"], f"{c['params'] / 1e6:.2f}M", f"{c['macs'] / 1e6:.1f}M", measured, c["status"]]
         trained, exported = row["trained"], row["exported"]
         if trained:
-            top1 = trained.get("best_top1")
+            top1 = trained.get("top1", trained.get("best_top1"))  # the exported checkpoint's (older runs: best)
             line += [f"{trained['epochs_run']}/{trained['epochs_planned']}", f"{top1:.2f}%" if top1 is not None else ""]
         else:
             line += ["", ""]

@@ -167,8 +167,9 @@ def test_the_float_search_tries_every_group_then_adds_the_best_until_the_drop_fi
 
 
 @pytest.mark.slow
-def test_a_ptq_artifact_missing_the_gate_is_retried_with_float_layers(
-    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("int8", ["ptq", "qat"])
+def test_an_int8_artifact_missing_the_gate_is_retried_with_float_layers(
+    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, int8: str
 ) -> None:
     import mobiforge.export as export
 
@@ -181,8 +182,11 @@ def test_a_ptq_artifact_missing_the_gate_is_retried_with_float_layers(
         return report
 
     monkeypatch.setattr(export, "_export_and_verify", all_int8_loses_badly)
-    report = _export(checkpoint, tmp_path / "m.pte", "executorch", "ptq", max_drop=0.0, float_fallback_groups=2)
+    report = _export(
+        checkpoint, tmp_path / "m.pte", "executorch", int8, max_drop=0.0, float_fallback_groups=2, qat_images=32
+    )
     assert 1 <= len(report.float_modules) <= 2 and report.path == str(tmp_path / "m.pte")
+    assert report.precision == f"int8-{int8}"
     assert f"left in float: {', '.join(report.float_modules)}" in report.notes[0]
     assert any("all-int8 lost" in note for note in report.notes)
     saved = json.loads((tmp_path / "m.pte.json").read_text())
