@@ -19,7 +19,8 @@ Ctrl-C or a SIGKILL resumes instead of starting over (a training stopped mid-way
    first plan: once the first epoch is timed, the run is re-planned (epochs and learning-rate schedule) to end by
    the end of its share.
 5. ``export:NAME``: int8 PTQ in the runtime and the accuracy gate through the runtime on the validation images;
-   QAT when PTQ loses more than ``max_drop`` points and time is left.
+   when PTQ loses more than ``max_drop`` points and time is left, PTQ with the stem and first block in float, then
+   QAT.
 6. ``result``: the most accurate artifact that meets every budget is copied to ``RUN/model.<ext>``, with
    ``model_card.json``, ``report.md`` and ``report.html``; when none meets them, the report says what came closest.
 
@@ -65,6 +66,7 @@ from mobiforge.models.weights import get_weights, locate_quietly
 from mobiforge.models.widths import NOT_PRUNABLE, respec
 from mobiforge.profile import count_macs, count_params, int8_weight_bytes, measure_latency, num_threads
 from mobiforge.prune import PruneConfig, prune_model, ratio_for_target, recalibrate_on_training_images
+from mobiforge.quantize import layer_groups
 from mobiforge.runtimes import load_runner
 from mobiforge.train import DEADLINE_MARGIN, Reporter, SilentReporter, TrainConfig, train
 
@@ -833,41 +835,57 @@ def _prune_teacher(teacher_checkpoint: str, target: int, config: ShipConfig, fol
 # ------------------------------------------------------------------------------------------------------ export
 
 
+FIRST_LAYERS_IN_FLOAT = 2  # the stem and the first block: where int8 hurts MobileNet-family nets most
+
+
+def _export_attempts(checkpoint: str) -> list[tuple[str, tuple[str, ...]]]:
+    """PTQ; then PTQ with the first layer groups left in float; then QAT. ``mobiforge export`` searches every layer
+    group for the ones to leave in float (minutes: ~20 calibrations); ship, on a clock, tries the groups that search
+    picked on both hymenoptera models (the stem, alone or with the first block: RESULTS.md) for one more PTQ export.
+    """
+    groups = layer_groups(model_from_checkpoint(load_checkpoint(checkpoint)))
+    return [("ptq", ()), ("ptq", tuple(groups[:FIRST_LAYERS_IN_FLOAT])), ("qat", ())]
+
+
 def export_candidate(
     candidate: Candidate, trained: dict[str, Any], config: ShipConfig, say: Callable[..., None], state: ShipState
 ) -> dict[str, Any]:
-    """int8 PTQ through the runtime and the accuracy gate; QAT when PTQ fails the gate and time is left."""
+    """int8 PTQ through the runtime and the accuracy gate; past a failed gate, PTQ with the first layers in float,
+    then QAT, while time is left."""
     folder = Path(trained["run_dir"])
     suffix = FORMATS[config.runtime]
     reports = []
-    for method in ("ptq", "qat"):
-        if method == "qat":
+    for method, float_modules in _export_attempts(trained["checkpoint"]):
+        label = method.upper() + (f" with {', '.join(float_modules)} in float" if float_modules else "")
+        if reports:
             if config.runtime == "onnx":
-                say(f"export: {candidate.name}: PTQ missed the gate; ONNX has no QAT path, keeping PTQ")
+                say(f"export: {candidate.name}: PTQ missed the gate; ONNX has no float-layer or QAT path, keeping PTQ")
                 break
-            if state.left() < 2 * _export_reserve(candidate):
-                say(f"export: {candidate.name}: PTQ missed the gate; no time left for QAT")
+            if state.left() < (2 if method == "qat" else 1) * _export_reserve(candidate):
+                say(f"export: {candidate.name}: missed the gate; no time left for {label}")
                 break
-        say(f"export: {candidate.name}: int8 {method.upper()} -> {config.runtime}, gate through the runtime")
+        say(f"export: {candidate.name}: int8 {label} -> {config.runtime}, gate through the runtime")
+        name = f"model-int8-{method}" + ("-float" if float_modules else "")
         report = export_checkpoint(
             ExportConfig(
                 checkpoint=trained["checkpoint"],
                 format=config.runtime,
                 int8=method,
                 data=config.data,
-                out=str(folder / f"model-int8-{method}{suffix}"),
+                out=str(folder / f"{name}{suffix}"),
                 val_images=config.val_images,
                 qat_images=min(2000, state.data["stages"]["survey"]["train_images"]),
                 threads=(config.threads,),
                 max_drop=config.max_drop,
-                float_fallback=False,  # ship's route past a failed gate is QAT, which its time plan reserves for
+                float_modules=float_modules,
+                float_fallback=False,  # export's full search takes longer than ship's time plan holds
                 workers=loader_workers(config.workers),
                 seed=config.seed,
             )
         )
         reports.append(report.to_dict())
         say(
-            f"export: {candidate.name} int8 {method.upper()}: top-1 {report.top1:.2f}% through {config.runtime} "
+            f"export: {candidate.name} int8 {label}: top-1 {report.top1:.2f}% through {config.runtime} "
             f"(fp32 {report.torch_fp32_top1:.2f}%), {report.file_bytes / 1e6:.2f} MB, "
             f"{report.latency_ms[str(config.threads)]['median']:.2f} ms"
         )

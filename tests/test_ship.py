@@ -277,3 +277,55 @@ def test_a_converter_failure_during_the_search_is_one_line(tmp_path: Path, monke
         r"converter: RuntimeError: unsupported op aten::foo$",
     ):
         ship(tiny_config(data, tmp_path / "run"))
+
+
+class _FakeReport:
+    """What export_checkpoint returns, for a test of the order of ship's export attempts."""
+
+    def __init__(self, config, top1: float) -> None:  # type: ignore[no-untyped-def]
+        self.top1, self.torch_fp32_top1, self.file_bytes = top1, 90.0, 500_000
+        self.passed = 90.0 - top1 <= config.max_drop
+        self.latency_ms = {str(config.threads[0]): {"median": 5.0, "p90": 6.0}}
+        self.record = {"path": config.out, "float_modules": list(config.float_modules), "int8": config.int8}
+
+    def to_dict(self) -> dict:  # type: ignore[type-arg]
+        return {**self.record, "top1": self.top1, "passed": self.passed, "file_bytes": self.file_bytes,
+                "latency_ms": self.latency_ms}  # fmt: skip
+
+
+class _Clock:
+    def __init__(self, left: float) -> None:
+        self.seconds_left = left
+        self.data = {"stages": {"survey": {"train_images": 100}}}
+
+    def left(self) -> float:
+        return self.seconds_left
+
+
+@pytest.mark.parametrize(
+    ("scores", "left", "expected"),
+    [
+        ([89.5], 1e4, [("ptq", [])]),  # PTQ passes: done
+        ([86.0, 89.5], 1e4, [("ptq", []), ("ptq", ["features.0", "features.1"])]),
+        ([86.0, 87.0, 88.0], 1e4, [("ptq", []), ("ptq", ["features.0", "features.1"]), ("qat", [])]),
+        ([86.0, 87.0], 150.0, [("ptq", []), ("ptq", ["features.0", "features.1"])]),  # no time for QAT
+        ([86.0], 50.0, [("ptq", [])]),  # no time for anything more
+    ],
+)
+def test_a_missed_gate_tries_the_first_layers_in_float_then_qat_while_time_is_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scores: list[float], left: float, expected: list
+) -> None:
+    import mobiforge.ship
+    from mobiforge import create_model
+    from mobiforge.checkpoint import model_checkpoint, save_checkpoint
+    from mobiforge.ship import Candidate, export_candidate
+
+    checkpoint = save_checkpoint(model_checkpoint(create_model("mobilenet_v2", num_classes=2)), tmp_path / "c.pt")
+    outcomes = iter(scores)
+    monkeypatch.setattr(mobiforge.ship, "export_checkpoint", lambda config: _FakeReport(config, next(outcomes)))
+    candidate = Candidate("c", "mobilenet_v2", 1.0, 224, "scratch", export_seconds=60.0)  # reserve: 105 s
+    trained = {"checkpoint": str(checkpoint), "run_dir": str(tmp_path)}
+    result = export_candidate(candidate, trained, ShipConfig(runtime="executorch"), lambda _: None, _Clock(left))
+    assert [(r["int8"], r["float_modules"]) for r in result["reports"]] == expected
+    assert result["chosen"]["top1"] == max(scores[: len(expected)])
+    assert result["verdicts"]["accuracy_gate"] == (90.0 - max(scores[: len(expected)]) <= 1.0)
