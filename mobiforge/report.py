@@ -137,6 +137,7 @@ def model_card(config: Any, state: dict[str, Any], row: dict[str, Any], artifact
             "file": file,
             "format": config.runtime,
             "precision": exported["precision"],
+            "float_layers": exported.get("float_modules", []),  # left in float: int8 lost too much there
             "bytes": exported["file_bytes"],
         },
         "model": {
@@ -281,8 +282,9 @@ def _headline(config: Any, card: dict[str, Any] | None, shipped: bool) -> list[s
     mark = {True: "PASS", False: "FAIL"}
     lines = [
         ("**Shipped**" if shipped else "**No candidate met every budget; closest**")
-        + f": `{card['model']['candidate']}` as `{card['artifact']['file']}` ({card['artifact']['precision']}, "
-        f"{config.runtime}).",
+        + f": `{card['model']['candidate']}` as `{card['artifact']['file']}` ({card['artifact']['precision']}"
+        + (f" with {', '.join(card['artifact']['float_layers'])} in float" if card["artifact"]["float_layers"] else "")
+        + f", {config.runtime}).",
         "",
         f"- size: {card['artifact']['bytes'] / 1e6:.3f} MB (budget {config.max_size / 1e6:g} MB): "
         f"{mark[verdicts['size']]}",

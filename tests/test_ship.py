@@ -81,6 +81,7 @@ def test_ship_end_to_end_then_resumes_without_redoing_work(tmp_path: Path, monke
     assert result.artifact == run / "model.onnx" and result.artifact.stat().st_size <= config.max_size
     card = json.loads((run / "model_card.json").read_text())
     assert card["shipped"] and card["classes"] == ["class0", "class1", "class2"]
+    assert card["artifact"]["float_layers"] == []  # ONNX PTQ passed the gate whole
     assert card["preprocessing"]["input_shape"] == [1, 3, 32, 32] and len(card["preprocessing"]["mean"]) == 3
     assert card["budget"]["verdicts"] == {"size": True, "latency": True, "accuracy_gate": True}
     assert card["latency_ms"]["median"] <= config.max_latency_ms and card["latency_ms"]["threads"] == 1
