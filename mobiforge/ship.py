@@ -843,8 +843,8 @@ def _export_attempts(checkpoint: str) -> list[tuple[str, tuple[str, ...]]]:
     group for the ones to leave in float (minutes: ~20 calibrations); ship, on a clock, tries the groups that search
     picked on both hymenoptera models (the stem, alone or with the first block: RESULTS.md) for one more PTQ export.
     """
-    groups = layer_groups(model_from_checkpoint(load_checkpoint(checkpoint)))
-    return [("ptq", ()), ("ptq", tuple(groups[:FIRST_LAYERS_IN_FLOAT])), ("qat", ())]
+    first = tuple(layer_groups(model_from_checkpoint(load_checkpoint(checkpoint)))[:FIRST_LAYERS_IN_FLOAT])
+    return [("ptq", ()), *([("ptq", first)] if first else []), ("qat", ())]  # no groups: no repeat of plain PTQ
 
 
 def export_candidate(

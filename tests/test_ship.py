@@ -330,3 +330,13 @@ def test_a_missed_gate_tries_the_first_layers_in_float_then_qat_while_time_is_le
     assert [(r["int8"], r["float_modules"]) for r in result["reports"]] == expected
     assert result["chosen"]["top1"] == max(scores[: len(expected)])
     assert result["verdicts"]["accuracy_gate"] == (90.0 - max(scores[: len(expected)]) <= 1.0)
+
+
+def test_a_model_without_layer_groups_gets_no_second_plain_ptq(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mobiforge.ship
+    from mobiforge.ship import _export_attempts
+
+    monkeypatch.setattr(mobiforge.ship, "load_checkpoint", lambda path: {})
+    monkeypatch.setattr(mobiforge.ship, "model_from_checkpoint", lambda checkpoint: None)
+    monkeypatch.setattr(mobiforge.ship, "layer_groups", lambda model: [])
+    assert _export_attempts("any.pt") == [("ptq", ()), ("qat", ())]
