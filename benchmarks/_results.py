@@ -32,6 +32,8 @@ def environment() -> str:
                 break
     except OSError:
         pass
+    # The vector ISA decides what pays off on CPU (bf16 is native only with AVX512-BF16/AMX), so name it.
+    cpu = f"{cpu} ({torch.backends.cpu.get_cpu_capability()})"
     return (
         f"{cpu}, {os.cpu_count()} cores visible; Python {platform.python_version()}, torch {torch.__version__}, "
         f"torchvision {torchvision.__version__}, mobiforge {mobiforge.__version__}"

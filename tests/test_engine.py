@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from mobiforge.engine import (
     cross_entropy_loss,
     evaluate,
     rescheduled,
+    resolve_amp,
     train_one_epoch,
 )
 from mobiforge.errors import MobiforgeError
@@ -174,3 +176,17 @@ def test_start_step_skips_batches_and_should_stop_interrupts() -> None:
     assert stats.steps == 5 and stats.images == 8
     stats = train_one_epoch(model, loader, optimizer, None, cross_entropy_loss(), should_stop=lambda: True)
     assert stats.steps == 1
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mobiforge import engine
+
+    cpu = torch.device("cpu")
+    assert resolve_amp("auto", cpu) is None  # never bf16 by default on CPU
+    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="--amp bf16: this CPU has no native bf16"):
+        assert resolve_amp("bf16", cpu) == torch.bfloat16
+    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert resolve_amp("bf16", cpu) == torch.bfloat16
