@@ -61,6 +61,7 @@ class _Page(HTMLParser):
 
 def test_ship_end_to_end_then_resumes_without_redoing_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import mobiforge.ship
+    from mobiforge.report import _headline
 
     replanned = []  # a fixed re-plan: how many epochs fit depends on the machine's load (fit_epochs: tested below)
 
@@ -83,6 +84,10 @@ def test_ship_end_to_end_then_resumes_without_redoing_work(tmp_path: Path, monke
     card = json.loads((run / "model_card.json").read_text())
     assert card["shipped"] and card["classes"] == ["class0", "class1", "class2"]
     assert card["artifact"]["float_layers"] == []  # ONNX PTQ passed the gate whole
+    headline = _headline(config, card, shipped=True)[0]
+    assert "in float" not in headline  # and a PTQ artifact with float layers names them:
+    float_card = {**card, "artifact": {**card["artifact"], "float_layers": ["features.0", "features.1"]}}
+    assert "with features.0, features.1 in float, onnx)" in _headline(config, float_card, shipped=True)[0]
     assert card["preprocessing"]["input_shape"] == [1, 3, 32, 32] and len(card["preprocessing"]["mean"]) == 3
     assert card["budget"]["verdicts"] == {"size": True, "latency": True, "accuracy_gate": True}
     assert card["latency_ms"]["median"] <= config.max_latency_ms and card["latency_ms"]["threads"] == 1
