@@ -411,6 +411,12 @@ def _export_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--qat-epochs", type=int, default=1)
     parser.add_argument("--qat-images", type=int, default=None, help="train images per QAT epoch (default all)")
     parser.add_argument("--qat-lr", type=float, default=1e-3)
+    parser.add_argument(
+        "--qat-freeze-bn",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="QAT fine-tunes with BN on its running statistics (default; --no-qat-freeze-bn updates them)",
+    )
     parser.add_argument("--max-drop", type=float, default=None, help="fail if int8 loses more top-1 points")
     parser.add_argument(
         "--float-layers",

@@ -63,6 +63,9 @@ class ExportConfig:
     qat_epochs: int = 1
     qat_images: int | None = None  # train images per QAT epoch (a seeded subset; default: all)
     qat_lr: float = 1e-3
+    # BN on its running statistics while QAT fine-tunes (torchvision's recipe freezes them after 3 epochs): the
+    # fold the fake-quantized graph trains against is then the one convert_pt2e writes
+    qat_freeze_bn: bool = True
     max_drop: float | None = None  # fail an int8 export losing more top-1 points than this
     float_modules: tuple[str, ...] = ()  # modules left in float in a PT2E int8 graph (e.g. "classifier")
     float_fallback: bool = True  # int8 missing max_drop: search for the layer groups to leave in float, retry
@@ -268,7 +271,15 @@ def _qat_model(model: nn.Module, quantizer: Any, data: ExportData, config: Expor
     )
     optim = engine.OptimConfig(lr=config.qat_lr, momentum=0.9, scheduler="cosine", weight_decay=0.0)
     return qat_pt2e(
-        model, quantizer, loader, data.calibration[0], config.qat_epochs, optim, len(loader), fold_quantize=fold
+        model,
+        quantizer,
+        loader,
+        data.calibration[0],
+        config.qat_epochs,
+        optim,
+        len(loader),
+        fold_quantize=fold,
+        freeze_bn=config.qat_freeze_bn,
     )
 
 

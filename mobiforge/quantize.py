@@ -182,8 +182,12 @@ def qat_pt2e(
     steps_per_epoch: int,
     label_smoothing: float = 0.1,
     fold_quantize: bool = True,
+    freeze_bn: bool = False,
 ) -> nn.Module:
-    """Quantization-aware fine-tuning: fake-quantized training graph trained with the train command's loop."""
+    """Quantization-aware fine-tuning: fake-quantized training graph trained with the train command's loop.
+
+    ``freeze_bn`` fine-tunes with BatchNorm on its running statistics (and dropout off), as torchvision's QAT
+    recipe does after its first epochs: the simulated BN fold then matches the fold of the converted graph."""
     from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
 
@@ -198,7 +202,7 @@ def qat_pt2e(
             return self.graph(x)
 
         def train(self, mode: bool = True) -> TrainModeSwitch:
-            (move_exported_model_to_train if mode else move_exported_model_to_eval)(self.graph)
+            (move_exported_model_to_train if mode and not freeze_bn else move_exported_model_to_eval)(self.graph)
             return self
 
     graph = _export_dynamic_batch(copy.deepcopy(model).train(), example)  # export shares the weights

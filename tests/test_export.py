@@ -228,13 +228,18 @@ def test_export_errors(checkpoint: Path, tmp_path: Path, monkeypatch: pytest.Mon
     assert "not available for onnx" in capsys.readouterr().err
 
 
-def test_the_gate_fails_an_int8_artifact_that_drops_too_much(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    report = ArtifactReport(
+def _int8_report() -> ArtifactReport:
+    """An int8 report that lost 10 points, against a gate of 1."""
+    return ArtifactReport(
         path="m.pte", format="executorch", precision="int8-ptq", file_bytes=1, images=10, top1=80.0,
         torch_fp32_top1=90.0, agreement=85.0, max_abs_logit_diff=1.0, reference_max_abs_diff=0.1,
         latency_ms={"1": {"median": 1.0, "p90": 1.0}}, torch_latency_ms={"1": {"median": 2.0, "p90": 2.0}},
         max_drop=1.0,
     )  # fmt: skip
+
+
+def test_the_gate_fails_an_int8_artifact_that_drops_too_much(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    report = _int8_report()
     assert report.drop == pytest.approx(10.0) and not report.passed
     assert ArtifactReport(**{**report.__dict__, "max_drop": None}).passed
     assert ArtifactReport(**{**report.__dict__, "top1": 89.5}).passed
@@ -252,3 +257,39 @@ def test_cli_export_json(checkpoint: Path, tmp_path: Path, capsys) -> None:
     printed = json.loads(capsys.readouterr().out)
     assert printed["format"] == "onnx" and printed["images"] == 6 and out.is_file()
     assert torch.load(checkpoint, weights_only=True)["spec"]["name"] == "mobilenet_v2"
+
+
+@pytest.mark.parametrize("freeze_bn", [False, True])
+def test_qat_with_frozen_bn_keeps_the_running_statistics(monkeypatch: pytest.MonkeyPatch, freeze_bn: bool) -> None:
+    from mobiforge import engine, quantize
+    from mobiforge.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("mobilenet_v2", num_classes=3, width_mult=0.35, small_input=True)
+    images, labels = torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 0])
+    unchanged = []
+    train_one_epoch = engine.train_one_epoch
+
+    def spy(prepared, *args, **kwargs):  # type: ignore[no-untyped-def]
+        before = {name: b.clone() for name, b in prepared.named_buffers() if name.endswith("running_mean")}
+        result = train_one_epoch(prepared, *args, **kwargs)
+        after = dict(prepared.named_buffers())
+        unchanged.append(bool(before) and all(torch.equal(before[name], after[name]) for name in before))
+        return result
+
+    monkeypatch.setattr(engine, "train_one_epoch", spy)
+    optim = engine.OptimConfig(lr=1e-3)
+    quantize.qat_pt2e(
+        model, quantize.xnnpack_quantizer(qat=True), [(images, labels)], images, 1, optim, 1, freeze_bn=freeze_bn
+    )
+    assert unchanged == [freeze_bn]
+
+
+def test_cli_qat_freezes_bn_unless_told_not_to(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mobiforge.export
+
+    seen: list[ExportConfig] = []
+    monkeypatch.setattr(mobiforge.export, "export_checkpoint", lambda config: seen.append(config) or _int8_report())
+    main(["quantize", "ckpt.pt", "--method", "qat"])
+    main(["quantize", "ckpt.pt", "--method", "qat", "--no-qat-freeze-bn"])
+    assert [config.qat_freeze_bn for config in seen] == [True, False]
