@@ -182,7 +182,7 @@ def qat_pt2e(
     steps_per_epoch: int,
     label_smoothing: float = 0.1,
     fold_quantize: bool = True,
-    freeze_bn: bool = False,
+    freeze_bn: bool = True,
 ) -> nn.Module:
     """Quantization-aware fine-tuning: fake-quantized training graph trained with the train command's loop.
 
