@@ -39,7 +39,7 @@ def main() -> None:
     parser.add_argument("--formats", nargs="+", default=list(FORMATS))
     parser.add_argument("--int8-modes", nargs="+", default=["fp32", "ptq", "qat"], help="which to (re)run")
     parser.add_argument(
-        "--ptq-max-drop", type=float, default=1.0, help="PTQ gate; a PT2E artifact over it retries with float layers"
+        "--ptq-max-drop", type=float, default=1.0, help="PTQ gate; an artifact over it retries with float layers"
     )
     parser.add_argument(
         "--qat-max-drop", type=float, default=0.5, help="QAT gate (the issue's QAT target), same retry as PTQ's"
@@ -94,7 +94,7 @@ def main() -> None:
         f"{args.calibration_images} training images; QAT: {args.qat_epochs} epoch(s) on "
         f"{args.qat_images or 'all'} training images, SGD lr {args.qat_lr} cosine"
         f"{', BN statistics frozen' if args.qat_freeze_bn else ''}. "
-        f"Gates: PTQ {args.ptq_max_drop}, QAT {args.qat_max_drop} points; a PT2E (ExecuTorch, LiteRT) int8 "
+        f"Gates: PTQ {args.ptq_max_drop}, QAT {args.qat_max_drop} points; an int8 "
         "artifact over its gate is retried with its most sensitive layer groups left in float (the better one "
         "through the runtime is kept; last column). Latency: batch 1, median (p90) "
         "in the runtime; PyTorch eager fp32 in the same run for comparison. Each row is read from the JSON report "

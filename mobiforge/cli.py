@@ -422,7 +422,7 @@ def _export_args(parser: argparse.ArgumentParser) -> None:
         "--float-layers",
         default="",
         metavar="NAMES",
-        help="comma-separated modules to keep in float in a PT2E int8 graph, e.g. features.0,classifier",
+        help="comma-separated modules to keep in float in an int8 export, e.g. features.0,classifier",
     )
     parser.add_argument(
         "--no-float-fallback",

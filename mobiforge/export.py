@@ -37,7 +37,9 @@ from mobiforge.quantize import (
     layer_groups,
     litert_quantizer,
     missing,
+    onnx_simulator,
     onnx_static_int8,
+    pt2e_simulator,
     ptq_pt2e,
     qat_pt2e,
     search_float_modules,
@@ -308,10 +310,10 @@ def _write_artifact(
         if config.int8 == "ptq":
             fp32 = write_onnx(model, example, path.with_name(path.stem + ".fp32.onnx"))
             try:
-                onnx_static_int8(fp32, path, data.calibration, "input")
+                onnx_static_int8(fp32, path, data.calibration, "input", config.float_modules)
             finally:
                 fp32.unlink(missing_ok=True)
-            return None, "ONNX Runtime static QDQ: per-channel int8 weights, uint8 activations"
+            return None, "ONNX Runtime static QDQ: per-channel int8 weights, uint8 activations" + _float_note(config)
         write_onnx(model, example, path)
         return None, ""
     reference: nn.Module | None = None
@@ -330,15 +332,18 @@ def _write_artifact(
             write_executorch(reference, example, path)
         else:
             write_tflite(reference, example, path, litert_quantizer())
-        note = "PT2E: per-channel symmetric int8 weights, static int8 activations, BN folded"
-        if config.float_modules:
-            note += f"; left in float: {', '.join(config.float_modules)}"
-        return reference, note
+        return reference, "PT2E: per-channel symmetric int8 weights, static int8 activations, BN folded" + _float_note(
+            config
+        )
     if config.format == "executorch":
         write_executorch(model, example, path)
     else:
         write_tflite(model, example, path)
     return None, ""
+
+
+def _float_note(config: ExportConfig) -> str:
+    return f"; left in float: {', '.join(config.float_modules)}" if config.float_modules else ""
 
 
 def _run_all(runner: Any, images: torch.Tensor, batched: bool) -> torch.Tensor:
@@ -356,11 +361,11 @@ def _latency(fn: Any, threads: int, seconds: float) -> dict[str, float]:
 def export_checkpoint(config: ExportConfig) -> ArtifactReport:
     """Export, run in the runtime, measure, gate; the report is also written as ``<artifact>.json``.
 
-    A PT2E int8 artifact (PTQ or QAT) that misses ``max_drop`` is retried with the most sensitive layer groups left
-    in float (``float_fallback``); the better of the two through the runtime is kept, and the report says what
-    stayed float. The search itself runs on calibrated (PTQ) graphs: a layer that int8 rounding hurts most after
-    calibration is the one fine-tuning has most to make up for, and a PTQ trial costs seconds where QAT costs
-    an epoch per trial.
+    An int8 artifact (PTQ or QAT, any format) that misses ``max_drop`` is retried with the most sensitive layer
+    groups left in float (``float_fallback``); the better of the two through the runtime is kept, and the report
+    says what stayed float. The search itself runs on calibrated (PTQ) graphs, ONNX Runtime's own for ONNX: a layer
+    that int8 rounding hurts most after calibration is the one fine-tuning has most to make up for, and a PTQ trial
+    costs seconds where QAT costs an epoch per trial.
     """
     _check(config)
     require_runtime(config.format)
@@ -384,8 +389,8 @@ def export_checkpoint(config: ExportConfig) -> ArtifactReport:
 
 
 def _check_float_modules(model: nn.Module, config: ExportConfig) -> None:
-    if config.float_modules and (config.format == "onnx" or not config.int8):
-        raise MobiforgeError("--float-layers applies to int8 executorch and tflite exports (PT2E graphs)")
+    if config.float_modules and not config.int8:
+        raise MobiforgeError("--float-layers applies to int8 exports (--int8 ptq or qat)")
     names = dict(model.named_modules())
     for name in config.float_modules:
         if name not in names:
@@ -394,13 +399,7 @@ def _check_float_modules(model: nn.Module, config: ExportConfig) -> None:
 
 
 def _wants_fallback(config: ExportConfig, report: ArtifactReport) -> bool:
-    return (
-        config.float_fallback
-        and config.int8 in ("ptq", "qat")
-        and config.format != "onnx"
-        and not config.float_modules
-        and not report.passed
-    )
+    return config.float_fallback and config.int8 in ("ptq", "qat") and not config.float_modules and not report.passed
 
 
 def _retry_with_float_layers(
@@ -412,15 +411,23 @@ def _retry_with_float_layers(
     # Each trial re-calibrates (histogram observers, the slow part) and re-evaluates: a subset keeps the ~20 trials
     # of an EfficientNet-Lite0 at 224 px to minutes on two cores (it took over 20 minutes on all 256 images).
     images, labels = torch.cat(data.calibration)[:SEARCH_IMAGES], data.calibration_labels[:SEARCH_IMAGES]
+    fp32_onnx = path.with_name(f"{path.stem}.search-fp32.onnx")
     try:
+        if config.format == "onnx":  # ONNX Runtime quantizes and runs each trial: its rounding is the one shipped
+            write_onnx(model, data.val_images[:1].clone(), fp32_onnx)
+            int8_logits = onnx_simulator(fp32_onnx, data.calibration, images, "input")
+        else:
+            int8_logits = pt2e_simulator(model, data.calibration[:1], images)
         fallback = search_float_modules(
-            model, data.calibration[:1], images, labels, config.max_drop, config.float_fallback_groups
+            model, images, labels, config.max_drop, config.float_fallback_groups, int8_logits
         )
     except Exception as error:  # the all-int8 artifact is written and verified: keep it, say why there is no retry
         first.notes.append(
             f"float-layer search failed ({type(error).__name__}: {str(error).strip()[:200]}); all-int8 kept"
         )
         return first
+    finally:
+        fp32_onnx.unlink(missing_ok=True)
     retry_config = dataclasses.replace(config, float_modules=tuple(fallback.float_modules))
     trial_path = path.with_name(f"{path.stem}.float-fallback{path.suffix}")
     retry = _export_and_verify(model, retry_config, data, trial_path)

@@ -7,13 +7,15 @@ folded into the convs by the flow, symmetric int8 weights, activations calibrate
 - ``ptq_pt2e``: ``torch.export`` -> ``prepare_pt2e`` -> calibration -> ``convert_pt2e``.
 - ``qat_pt2e``: ``prepare_qat_pt2e`` -> fine-tuning with ``engine.train_one_epoch`` -> ``convert_pt2e``.
 - ``onnx_static_int8``: ``onnxruntime.quantization.quantize_static`` (QDQ, per-channel) on an fp32 ONNX file.
-- ``search_float_modules``: which layer groups to leave in float when int8 loses too much (export's fallback).
+- ``search_float_modules``: which layer groups to leave in float when int8 loses too much (export's fallback), for
+  PT2E graphs and ONNX Runtime's QDQ files alike.
 """
 
 from __future__ import annotations
 
+import ast
 import copy
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,35 +86,31 @@ class FloatFallback:
     trials: list[FallbackTrial]
 
 
+Simulator = Callable[[list[str]], torch.Tensor]  # modules left in float -> int8 logits on the search images
+
+
 def search_float_modules(
     model: nn.Module,
-    calibration: Sequence[torch.Tensor],
     images: torch.Tensor,
     labels: torch.Tensor,
     max_drop: float,
-    max_groups: int = 3,
+    max_groups: int,
+    int8_logits: Simulator,
 ) -> FloatFallback:
-    """Which layer groups to leave in float so that simulated int8 loses at most ``max_drop`` top-1 points.
+    """Which layer groups to leave in float so that int8 loses at most ``max_drop`` top-1 points.
 
     Each group is tried alone in float (the rest int8, calibrated as for the artifact); the groups whose float copy
     brings the logits closest to fp32 are then left in float one more at a time, up to ``max_groups``, until the
-    simulated drop on ``images`` (training images, not the val split the gate reports on) is within ``max_drop``.
-    The model is exported once; every trial quantizes a copy of that graph.
+    drop on ``images`` (training images, not the val split the gate reports on) is within ``max_drop``.
+    ``int8_logits`` quantizes with the given groups in float and returns the logits on ``images``: PT2E's simulated
+    int8 (``pt2e_simulator``) or ONNX Runtime running the QDQ file (``onnx_simulator``).
     """
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-
-    model = model.eval()
-    graph = _export_dynamic_batch(model, calibration[0])
     with torch.no_grad():
-        fp32_logits = model(images)
+        fp32_logits = model.eval()(images)
     fp32_top1 = top1_percent(fp32_logits, labels)
 
     def trial(float_modules: list[str]) -> FallbackTrial:
-        prepared = prepare_pt2e(copy.deepcopy(graph), xnnpack_quantizer(float_modules=float_modules))
-        with torch.no_grad():
-            for batch in calibration:
-                prepared(batch)
-            logits = convert_pt2e(prepared)(images)
+        logits = int8_logits(float_modules)
         return FallbackTrial(float_modules, top1_percent(logits, labels), (logits - fp32_logits).pow(2).mean().item())
 
     singles = sorted((trial([group]) for group in layer_groups(model)), key=lambda result: result.logit_mse)
@@ -123,6 +121,40 @@ def search_float_modules(
         chosen.append(trial([*chosen[-1].float_modules, *single.float_modules]))
         trials.append(chosen[-1])
     return FloatFallback(chosen[-1].float_modules, fp32_top1, trials)
+
+
+def pt2e_simulator(model: nn.Module, calibration: Sequence[torch.Tensor], images: torch.Tensor) -> Simulator:
+    """PT2E simulated int8 with XNNPACK's quantizer; the model is exported once, each trial quantizes a copy."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    graph = _export_dynamic_batch(model.eval(), calibration[0])
+
+    def int8_logits(float_modules: list[str]) -> torch.Tensor:
+        prepared = prepare_pt2e(copy.deepcopy(graph), xnnpack_quantizer(float_modules=float_modules))
+        with torch.no_grad():
+            for batch in calibration:
+                prepared(batch)
+            return convert_pt2e(prepared)(images)
+
+    return int8_logits
+
+
+def onnx_simulator(
+    fp32_path: Path, calibration: Sequence[torch.Tensor], images: torch.Tensor, input_name: str
+) -> Simulator:
+    """ONNX Runtime's static QDQ quantization of ``fp32_path``, run by ONNX Runtime itself."""
+    import onnxruntime as ort
+
+    def int8_logits(float_modules: list[str]) -> torch.Tensor:
+        trial = fp32_path.with_name(fp32_path.stem + ".trial.onnx")
+        try:
+            onnx_static_int8(fp32_path, trial, calibration, input_name, float_modules)
+            session = ort.InferenceSession(str(trial), providers=["CPUExecutionProvider"])
+            return torch.from_numpy(session.run(None, {input_name: images.numpy()})[0])
+        finally:
+            trial.unlink(missing_ok=True)
+
+    return int8_logits
 
 
 def top1_percent(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -216,8 +248,15 @@ def qat_pt2e(
     return without_unused_tensors(convert_pt2e(prepared.graph, fold_quantize=fold_quantize))
 
 
-def onnx_static_int8(fp32_path: Path, out_path: Path, calibration: Sequence[torch.Tensor], input_name: str) -> Path:
-    """ONNX Runtime static quantization: QDQ format, per-channel int8 weights, uint8 activations."""
+def onnx_static_int8(
+    fp32_path: Path,
+    out_path: Path,
+    calibration: Sequence[torch.Tensor],
+    input_name: str,
+    float_modules: Sequence[str] = (),
+) -> Path:
+    """ONNX Runtime static quantization: QDQ format, per-channel int8 weights, uint8 activations; the nodes exported
+    from the modules named in ``float_modules`` (and everything inside them) are left in float."""
     try:
         from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
         from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -235,6 +274,7 @@ def onnx_static_int8(fp32_path: Path, out_path: Path, calibration: Sequence[torc
     prepared = out_path.with_name(out_path.stem + ".pre.onnx")
     quant_pre_process(str(fp32_path), str(prepared))  # shape inference + graph optimisation, as ORT recommends
     try:
+        excluded = onnx_nodes_of(prepared, float_modules) if float_modules else []
         quantize_static(
             str(prepared),
             str(out_path),
@@ -243,7 +283,24 @@ def onnx_static_int8(fp32_path: Path, out_path: Path, calibration: Sequence[torc
             per_channel=True,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
+            nodes_to_exclude=excluded,
         )
     finally:
         prepared.unlink(missing_ok=True)
     return out_path
+
+
+def onnx_nodes_of(path: Path, modules: Sequence[str]) -> list[str]:
+    """The nodes of an ONNX file that torch's exporter wrote for ``modules`` (or anything inside them): it records
+    each node's module path (``pkg.torch.onnx.name_scopes``), and ORT's pre-processing keeps it."""
+    import onnx
+
+    wanted, nodes = set(modules), []
+    for node in onnx.load(str(path)).graph.node:
+        scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), "[]")
+        if wanted & set(ast.literal_eval(scopes)):
+            nodes.append(node.name)
+    if not nodes:
+        names = ", ".join(modules)
+        raise MobiforgeError(f"{path}: no ONNX node was exported from {names}; name layer groups with weights")
+    return nodes

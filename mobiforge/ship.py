@@ -838,32 +838,30 @@ def _prune_teacher(teacher_checkpoint: str, target: int, config: ShipConfig, fol
 FIRST_LAYERS_IN_FLOAT = 2  # the stem and the first block: where int8 hurts MobileNet-family nets most
 
 
-def _export_attempts(checkpoint: str) -> list[tuple[str, tuple[str, ...]]]:
-    """PTQ; then PTQ with the first layer groups left in float; then QAT. ``mobiforge export`` searches every layer
-    group for the ones to leave in float (minutes: ~20 calibrations); ship, on a clock, tries the groups that search
-    picked on both hymenoptera models (the stem, alone or with the first block: RESULTS.md) for one more PTQ export.
+def _export_attempts(checkpoint: str, runtime: str) -> list[tuple[str, tuple[str, ...]]]:
+    """PTQ; then PTQ with the first layer groups left in float; then QAT (not for ONNX, which quantizes fp32
+    graphs only). ``mobiforge export`` searches every layer group for the ones to leave in float (minutes: ~20
+    calibrations); ship, on a clock, tries the groups that search picked on both hymenoptera models (the stem, alone
+    or with the first block: RESULTS.md) for one more PTQ export.
     """
     first = tuple(layer_groups(model_from_checkpoint(load_checkpoint(checkpoint)))[:FIRST_LAYERS_IN_FLOAT])
-    return [("ptq", ()), *([("ptq", first)] if first else []), ("qat", ())]  # no groups: no repeat of plain PTQ
+    qat = [] if runtime == "onnx" else [("qat", ())]
+    return [("ptq", ()), *([("ptq", first)] if first else []), *qat]  # no groups: no repeat of plain PTQ
 
 
 def export_candidate(
     candidate: Candidate, trained: dict[str, Any], config: ShipConfig, say: Callable[..., None], state: ShipState
 ) -> dict[str, Any]:
     """int8 PTQ through the runtime and the accuracy gate; past a failed gate, PTQ with the first layers in float,
-    then QAT, while time is left."""
+    then QAT (ExecuTorch, LiteRT), while time is left."""
     folder = Path(trained["run_dir"])
     suffix = FORMATS[config.runtime]
     reports = []
-    for method, float_modules in _export_attempts(trained["checkpoint"]):
+    for method, float_modules in _export_attempts(trained["checkpoint"], config.runtime):
         label = method.upper() + (f" with {', '.join(float_modules)} in float" if float_modules else "")
-        if reports:
-            if config.runtime == "onnx":
-                say(f"export: {candidate.name}: PTQ missed the gate; ONNX has no float-layer or QAT path, keeping PTQ")
-                break
-            if state.left() < (2 if method == "qat" else 1) * _export_reserve(candidate):
-                say(f"export: {candidate.name}: missed the gate; no time left for {label}")
-                break
+        if reports and state.left() < (2 if method == "qat" else 1) * _export_reserve(candidate):
+            say(f"export: {candidate.name}: missed the gate; no time left for {label}")
+            break
         say(f"export: {candidate.name}: int8 {label} -> {config.runtime}, gate through the runtime")
         name = f"model-int8-{method}" + ("-float" if float_modules else "")
         report = export_checkpoint(

@@ -131,8 +131,22 @@ def test_layers_named_float_stay_float(checkpoint: Path, tmp_path: Path) -> None
     assert tensors[linear.args[1].target].dtype == torch.float32
     with pytest.raises(MobiforgeError, match=r"no such module; its layer groups: features\.0"):
         _export(checkpoint, tmp_path / "m.pte", "executorch", "ptq", float_modules=("head",))
-    with pytest.raises(MobiforgeError, match="int8 executorch and tflite"):
-        _export(checkpoint, tmp_path / "m.onnx", "onnx", "ptq", float_modules=("classifier",))
+    with pytest.raises(MobiforgeError, match="applies to int8 exports"):
+        _export(checkpoint, tmp_path / "m.onnx", "onnx", float_modules=("classifier",))
+
+
+def test_onnx_layers_named_float_stay_float(checkpoint: Path, tmp_path: Path) -> None:
+    import onnx
+
+    report = _export(checkpoint, tmp_path / "m.onnx", "onnx", "ptq", float_modules=("classifier",))
+    assert report.float_modules == ["classifier"] and "left in float: classifier" in report.notes[0]
+    graph = onnx.load(report.path).graph
+    produced_by = {output: node for node in graph.node for output in node.output}
+    gemm = next(node for node in graph.node if node.op_type == "Gemm")
+    weight = gemm.input[1]  # a float initializer, not the output of a DequantizeLinear node
+    assert weight not in produced_by and any(init.name == weight for init in graph.initializer)
+    convs = [node for node in graph.node if node.op_type == "Conv"]
+    assert all(produced_by[conv.input[1]].op_type == "DequantizeLinear" for conv in convs)  # the rest is int8
 
 
 def test_the_float_search_tries_every_group_then_adds_the_best_until_the_drop_fits() -> None:
@@ -154,7 +168,8 @@ def test_the_float_search_tries_every_group_then_adds_the_best_until_the_drop_fi
     assert quantize.layer_groups(model) == ["features.0", "features.1", "features.2", "classifier"]
 
     # A drop that is never small enough: every group alone (most helpful first), then the best two, three.
-    strict = quantize.search_float_modules(model, calibration, images, labels, max_drop=-1.0, max_groups=3)
+    simulator = quantize.pt2e_simulator(model, calibration, images)
+    strict = quantize.search_float_modules(model, images, labels, max_drop=-1.0, max_groups=3, int8_logits=simulator)
     singles = strict.trials[:4]
     assert strict.fp32_top1 == 100.0 and sorted(len(t.float_modules) for t in singles) == [1, 1, 1, 1]
     assert [t.logit_mse for t in singles] == sorted(t.logit_mse for t in singles)
@@ -166,10 +181,16 @@ def test_the_float_search_tries_every_group_then_adds_the_best_until_the_drop_fi
     assert strict.float_modules == strict.trials[-1].float_modules
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("int8", ["ptq", "qat"])
+@pytest.mark.parametrize(
+    ("fmt", "int8"),
+    [
+        pytest.param("executorch", "ptq", marks=pytest.mark.slow),
+        pytest.param("executorch", "qat", marks=pytest.mark.slow),
+        ("onnx", "ptq"),  # ONNX Runtime quantizes and runs every trial of the search
+    ],
+)
 def test_an_int8_artifact_missing_the_gate_is_retried_with_float_layers(
-    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, int8: str
+    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str, int8: str
 ) -> None:
     import mobiforge.export as export
 
@@ -182,16 +203,15 @@ def test_an_int8_artifact_missing_the_gate_is_retried_with_float_layers(
         return report
 
     monkeypatch.setattr(export, "_export_and_verify", all_int8_loses_badly)
-    report = _export(
-        checkpoint, tmp_path / "m.pte", "executorch", int8, max_drop=0.0, float_fallback_groups=2, qat_images=32
-    )
-    assert 1 <= len(report.float_modules) <= 2 and report.path == str(tmp_path / "m.pte")
+    out = tmp_path / f"m{SUFFIX[fmt]}"
+    report = _export(checkpoint, out, fmt, int8, max_drop=0.0, float_fallback_groups=2, qat_images=32)
+    assert 1 <= len(report.float_modules) <= 2 and report.path == str(out)
     assert report.precision == f"int8-{int8}"
     assert f"left in float: {', '.join(report.float_modules)}" in report.notes[0]
     assert any("all-int8 lost" in note for note in report.notes)
-    saved = json.loads((tmp_path / "m.pte.json").read_text())
+    saved = json.loads(Path(f"{out}.json").read_text())
     assert saved["float_modules"] == report.float_modules
-    assert not (tmp_path / "m.float-fallback.pte").exists()
+    assert sorted(path.name for path in tmp_path.iterdir()) == [out.name, f"{out.name}.json"]  # no trial files left
 
 
 def test_a_failing_float_search_keeps_the_all_int8_artifact(

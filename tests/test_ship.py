@@ -310,17 +310,18 @@ class _Clock:
 
 
 @pytest.mark.parametrize(
-    ("scores", "left", "expected"),
+    ("scores", "left", "runtime", "expected"),
     [
-        ([89.5], 1e4, [("ptq", [])]),  # PTQ passes: done
-        ([86.0, 89.5], 1e4, [("ptq", []), ("ptq", ["features.0", "features.1"])]),
-        ([86.0, 87.0, 88.0], 1e4, [("ptq", []), ("ptq", ["features.0", "features.1"]), ("qat", [])]),
-        ([86.0, 87.0], 150.0, [("ptq", []), ("ptq", ["features.0", "features.1"])]),  # no time for QAT
-        ([86.0], 50.0, [("ptq", [])]),  # no time for anything more
+        ([89.5], 1e4, "executorch", [("ptq", [])]),  # PTQ passes: done
+        ([86.0, 89.5], 1e4, "executorch", [("ptq", []), ("ptq", ["features.0", "features.1"])]),
+        ([86.0, 87.0, 88.0], 1e4, "tflite", [("ptq", []), ("ptq", ["features.0", "features.1"]), ("qat", [])]),
+        ([86.0, 87.0], 1e4, "onnx", [("ptq", []), ("ptq", ["features.0", "features.1"])]),  # ONNX has no QAT
+        ([86.0, 87.0], 150.0, "executorch", [("ptq", []), ("ptq", ["features.0", "features.1"])]),  # no time for QAT
+        ([86.0], 50.0, "executorch", [("ptq", [])]),  # no time for anything more
     ],
 )
 def test_a_missed_gate_tries_the_first_layers_in_float_then_qat_while_time_is_left(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scores: list[float], left: float, expected: list
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scores: list[float], left: float, runtime: str, expected: list
 ) -> None:
     import mobiforge.ship
     from mobiforge import create_model
@@ -332,7 +333,7 @@ def test_a_missed_gate_tries_the_first_layers_in_float_then_qat_while_time_is_le
     monkeypatch.setattr(mobiforge.ship, "export_checkpoint", lambda config: _FakeReport(config, next(outcomes)))
     candidate = Candidate("c", "mobilenet_v2", 1.0, 224, "scratch", export_seconds=60.0)  # reserve: 105 s
     trained = {"checkpoint": str(checkpoint), "run_dir": str(tmp_path)}
-    result = export_candidate(candidate, trained, ShipConfig(runtime="executorch"), lambda _: None, _Clock(left))
+    result = export_candidate(candidate, trained, ShipConfig(runtime=runtime), lambda _: None, _Clock(left))
     assert [(r["int8"], r["float_modules"]) for r in result["reports"]] == expected
     assert result["chosen"]["top1"] == max(scores[: len(expected)])
     assert result["verdicts"]["accuracy_gate"] == (90.0 - max(scores[: len(expected)]) <= 1.0)
@@ -345,4 +346,4 @@ def test_a_model_without_layer_groups_gets_no_second_plain_ptq(tmp_path: Path, m
     monkeypatch.setattr(mobiforge.ship, "load_checkpoint", lambda path: {})
     monkeypatch.setattr(mobiforge.ship, "model_from_checkpoint", lambda checkpoint: None)
     monkeypatch.setattr(mobiforge.ship, "layer_groups", lambda model: [])
-    assert _export_attempts("any.pt") == [("ptq", ()), ("qat", ())]
+    assert _export_attempts("any.pt", "executorch") == [("ptq", ()), ("qat", ())]
