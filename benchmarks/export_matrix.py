@@ -36,6 +36,7 @@ def main() -> None:
     parser.add_argument("--qat-epochs", type=int, default=1)
     parser.add_argument("--qat-lr", type=float, default=1e-3)
     parser.add_argument("--qat-freeze-bn", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--qat-distill", type=float, default=0.5, help="weight of the fp32 model's soft targets")
     parser.add_argument("--formats", nargs="+", default=list(FORMATS))
     parser.add_argument("--int8-modes", nargs="+", default=["fp32", "ptq", "qat"], help="which to (re)run")
     parser.add_argument(
@@ -66,6 +67,7 @@ def main() -> None:
                 qat_epochs=args.qat_epochs,
                 qat_lr=args.qat_lr,
                 qat_freeze_bn=args.qat_freeze_bn,
+                qat_distill=args.qat_distill,
                 max_drop={"ptq": args.ptq_max_drop, "qat": args.qat_max_drop}.get(label),
             )
             try:
@@ -93,7 +95,8 @@ def main() -> None:
         f"Val images: {first.images}; PyTorch fp32 top-1 {first.torch_fp32_top1:.2f}%. int8 calibration: "
         f"{args.calibration_images} training images; QAT: {args.qat_epochs} epoch(s) on "
         f"{args.qat_images or 'all'} training images, SGD lr {args.qat_lr} cosine"
-        f"{', BN statistics frozen' if args.qat_freeze_bn else ''}. "
+        f"{', BN statistics frozen' if args.qat_freeze_bn else ''}"
+        f"{f', distilled from the fp32 model (alpha {args.qat_distill})' if args.qat_distill else ''}. "
         f"Gates: PTQ {args.ptq_max_drop}, QAT {args.qat_max_drop} points; an int8 "
         "artifact over its gate is retried with its most sensitive layer groups left in float (the better one "
         "through the runtime is kept; last column). Latency: batch 1, median (p90) "

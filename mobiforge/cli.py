@@ -417,6 +417,13 @@ def _export_args(parser: argparse.ArgumentParser) -> None:
         default=True,
         help="QAT fine-tunes with BN on its running statistics (default; --no-qat-freeze-bn updates them)",
     )
+    parser.add_argument(
+        "--qat-distill",
+        type=float,
+        default=0.5,
+        metavar="ALPHA",
+        help="weight of the fp32 model's soft predictions in the QAT loss, the rest on the labels (0: labels only)",
+    )
     parser.add_argument("--max-drop", type=float, default=None, help="fail if int8 loses more top-1 points")
     parser.add_argument(
         "--float-layers",

@@ -21,6 +21,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from mobiforge.errors import MobiforgeError
 
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, targets, images) -> loss
+
 
 @dataclass
 class OptimConfig:
@@ -216,7 +218,7 @@ def train_one_epoch(
     loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    loss_fn: LossFn,
     *,
     epoch: int = 0,
     device: torch.device | str = "cpu",
@@ -377,7 +379,7 @@ def _dist_device() -> torch.device:
 
 def cross_entropy_loss(
     label_smoothing: float = 0.0,
-) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+) -> LossFn:
     """Cross-entropy that also takes soft (mixup/cutmix) targets; the third argument (images) is unused."""
     criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
 

@@ -215,11 +215,13 @@ def qat_pt2e(
     label_smoothing: float = 0.1,
     fold_quantize: bool = True,
     freeze_bn: bool = True,
+    loss_fn: engine.LossFn | None = None,
 ) -> nn.Module:
     """Quantization-aware fine-tuning: fake-quantized training graph trained with the train command's loop.
 
     ``freeze_bn`` fine-tunes with BatchNorm on its running statistics (and dropout off), as torchvision's QAT
-    recipe does after its first epochs: the simulated BN fold then matches the fold of the converted graph."""
+    recipe does after its first epochs: the simulated BN fold then matches the fold of the converted graph.
+    ``loss_fn`` (``engine.train_one_epoch``'s) defaults to cross-entropy on the labels."""
     from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
 
@@ -241,7 +243,7 @@ def qat_pt2e(
     prepared = TrainModeSwitch(prepare_qat_pt2e(graph, quantizer))
     optimizer = engine.build_optimizer(prepared, optim)
     scheduler = engine.build_scheduler(optimizer, optim, epochs, steps_per_epoch)
-    loss_fn = engine.cross_entropy_loss(label_smoothing)
+    loss_fn = loss_fn or engine.cross_entropy_loss(label_smoothing)
     for epoch in range(epochs):
         engine.train_one_epoch(prepared, train_loader, optimizer, scheduler, loss_fn, epoch=epoch)
     prepared.train(False)

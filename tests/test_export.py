@@ -313,3 +313,41 @@ def test_cli_qat_freezes_bn_unless_told_not_to(monkeypatch: pytest.MonkeyPatch) 
     main(["quantize", "ckpt.pt", "--method", "qat"])
     main(["quantize", "ckpt.pt", "--method", "qat", "--no-qat-freeze-bn"])
     assert [config.qat_freeze_bn for config in seen] == [True, False]
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5])
+def test_qat_distills_from_the_fp32_model(checkpoint: Path, monkeypatch: pytest.MonkeyPatch, alpha: float) -> None:
+    import torch.nn.functional as F
+
+    import mobiforge.export as export
+
+    config = ExportConfig(str(checkpoint), "executorch", "qat", qat_distill=alpha, calibration_images=4, workers=0)
+    data = load_export_data(load_checkpoint(checkpoint), config)
+    seen = {}
+    monkeypatch.setattr(export, "qat_pt2e", lambda *args, **kwargs: seen.update(kwargs))
+    model = model_from_checkpoint(checkpoint).eval()
+    export._qat_model(model, None, data, config, fold=True)
+    if alpha == 0.0:
+        assert seen["loss_fn"] is None  # qat_pt2e's own cross-entropy on the labels
+        return
+    images, labels = data.calibration[0], data.calibration_labels[:4]
+    with torch.no_grad():
+        fp32_logits = model(images)
+        hard = F.cross_entropy(fp32_logits, labels, label_smoothing=0.1)
+        # logits equal to the fp32 model's: the soft term is zero, what is left is the labels' share
+        assert seen["loss_fn"](fp32_logits, labels, images).item() == pytest.approx(0.5 * hard.item(), rel=1e-5)
+        assert seen["loss_fn"](torch.zeros_like(fp32_logits), labels, images) > 0.5 * F.cross_entropy(
+            torch.zeros_like(fp32_logits), labels, label_smoothing=0.1
+        )
+
+
+def test_cli_qat_distill_reaches_the_config(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    import mobiforge.export
+
+    seen: list[ExportConfig] = []
+    monkeypatch.setattr(mobiforge.export, "export_checkpoint", lambda config: seen.append(config) or _int8_report())
+    main(["quantize", "ckpt.pt", "--method", "qat"])
+    main(["quantize", "ckpt.pt", "--method", "qat", "--qat-distill", "0"])
+    assert [config.qat_distill for config in seen] == [0.5, 0.0]
+    with pytest.raises(MobiforgeError, match="--qat-distill must be between 0 and 1"):
+        export_checkpoint(ExportConfig("ckpt.pt", int8="qat", qat_distill=1.5))
