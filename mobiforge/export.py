@@ -35,6 +35,7 @@ from mobiforge.inference import _data_config, split_samples
 from mobiforge.models.base import Preprocess
 from mobiforge.profile import measure_latency, num_threads
 from mobiforge.quantize import (
+    fold_batchnorms,
     layer_groups,
     litert_quantizer,
     missing,
@@ -286,7 +287,7 @@ def _qat_model(model: nn.Module, quantizer: Any, data: ExportData, config: Expor
         teacher = copy.deepcopy(model).eval()
         loss_fn = DistillationLoss(teacher, same, teacher, same, distill, label_smoothing=0.1)
     return qat_pt2e(
-        model,
+        fold_batchnorms(model, config.float_modules),  # float conv-BN pairs would stay unfolded: see there
         quantizer,
         loader,
         data.calibration[0],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -351,3 +352,42 @@ def test_cli_qat_distill_reaches_the_config(monkeypatch: pytest.MonkeyPatch, cap
     assert [config.qat_distill for config in seen] == [0.5, 0.0]
     with pytest.raises(MobiforgeError, match="--qat-distill must be between 0 and 1"):
         export_checkpoint(ExportConfig("ckpt.pt", int8="qat", qat_distill=1.5))
+
+
+def test_qat_folds_the_batchnorms_of_its_float_layers(checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mobiforge.export as export
+    from mobiforge import quantize
+
+    model = model_from_checkpoint(checkpoint).eval()
+    folded = quantize.fold_batchnorms(model, ["features.0"])
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.features[0].modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.features[1].modules())  # only where asked
+    images = torch.randn(4, 3, 24, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(images), model(images), rtol=1e-4, atol=1e-4)
+    seen = {}
+    monkeypatch.setattr(export, "qat_pt2e", lambda graph, *args, **kwargs: seen.update(graph=graph))
+    config = ExportConfig(str(checkpoint), "executorch", "qat", float_modules=("features.0",), workers=0)
+    data = load_export_data(load_checkpoint(checkpoint), dataclasses.replace(config, calibration_images=4))
+    export._qat_model(model, None, data, config, fold=True)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in seen["graph"].features[0].modules())
+
+
+@pytest.mark.slow
+def test_the_float_layers_of_a_folded_qat_graph_run_in_xnnpack() -> None:
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    from mobiforge import engine, quantize
+    from mobiforge.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("mobilenet_v2", num_classes=3, width_mult=0.35).eval()
+    images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
+    # Unfolded, the float stem stayed a conv on a weight computed in the graph, run outside XNNPACK.
+    quantizer = quantize.xnnpack_quantizer(qat=True, float_modules=["features.0"])
+    folded = quantize.fold_batchnorms(model, ["features.0"])
+    graph = quantize.qat_pt2e(folded, quantizer, [(images, labels)], images, 1, engine.OptimConfig(lr=1e-3), 1)
+    lowered = to_edge_transform_and_lower(torch.export.export(graph, (images[:1],)), partitioner=[XnnpackPartitioner()])
+    left = [str(n.target) for n in lowered.exported_program().graph.nodes if n.op == "call_function"]
+    assert not any("convolution" in target for target in left)
