@@ -424,6 +424,12 @@ def _export_args(parser: argparse.ArgumentParser) -> None:
         metavar="ALPHA",
         help="weight of the fp32 model's soft predictions in the QAT loss, the rest on the labels (0: labels only)",
     )
+    parser.add_argument(
+        "--onnx-reduce-range",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="7-bit ONNX int8 weights (default: only on x86 CPUs without VNNI, where ONNX Runtime's kernels saturate)",
+    )
     parser.add_argument("--max-drop", type=float, default=None, help="fail if int8 loses more top-1 points")
     parser.add_argument(
         "--float-layers",

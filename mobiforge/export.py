@@ -39,6 +39,7 @@ from mobiforge.quantize import (
     layer_groups,
     litert_quantizer,
     missing,
+    onnx_needs_reduce_range,
     onnx_simulator,
     onnx_static_int8,
     pt2e_simulator,
@@ -75,6 +76,8 @@ class ExportConfig:
     # the int8 graph towards the model it replaces; measured to halve the logit error against fp32 (RESULTS.md)
     qat_distill: float = 0.5
     max_drop: float | None = None  # fail an int8 export losing more top-1 points than this
+    # ONNX int8 weights in 7 bits (ONNX Runtime's reduce_range); None: where this CPU's int8 kernels saturate
+    onnx_reduce_range: bool | None = None
     float_modules: tuple[str, ...] = ()  # modules left in float in a PT2E int8 graph (e.g. "classifier")
     float_fallback: bool = True  # int8 missing max_drop: search for the layer groups to leave in float, retry
     float_fallback_groups: int = 3  # ... at most this many
@@ -325,10 +328,11 @@ def _write_artifact(
         if config.int8 == "ptq":
             fp32 = write_onnx(model, example, path.with_name(path.stem + ".fp32.onnx"))
             try:
-                onnx_static_int8(fp32, path, data.calibration, "input", config.float_modules)
+                onnx_static_int8(fp32, path, data.calibration, "input", config.float_modules, _reduce_range(config))
             finally:
                 fp32.unlink(missing_ok=True)
-            return None, "ONNX Runtime static QDQ: per-channel int8 weights, uint8 activations" + _float_note(config)
+            weights = "7-bit weights (reduce_range)" if _reduce_range(config) else "int8 weights"
+            return None, f"ONNX Runtime static QDQ: per-channel {weights}, uint8 activations" + _float_note(config)
         write_onnx(model, example, path)
         return None, ""
     reference: nn.Module | None = None
@@ -355,6 +359,10 @@ def _write_artifact(
     else:
         write_tflite(model, example, path)
     return None, ""
+
+
+def _reduce_range(config: ExportConfig) -> bool:
+    return onnx_needs_reduce_range() if config.onnx_reduce_range is None else config.onnx_reduce_range
 
 
 def _float_note(config: ExportConfig) -> str:
@@ -430,7 +438,7 @@ def _retry_with_float_layers(
     try:
         if config.format == "onnx":  # ONNX Runtime quantizes and runs each trial: its rounding is the one shipped
             write_onnx(model, data.val_images[:1].clone(), fp32_onnx)
-            int8_logits = onnx_simulator(fp32_onnx, data.calibration, images, "input")
+            int8_logits = onnx_simulator(fp32_onnx, data.calibration, images, "input", _reduce_range(config))
         else:
             int8_logits = pt2e_simulator(model, data.calibration[:1], images)
         fallback = search_float_modules(

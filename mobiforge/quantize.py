@@ -140,7 +140,7 @@ def pt2e_simulator(model: nn.Module, calibration: Sequence[torch.Tensor], images
 
 
 def onnx_simulator(
-    fp32_path: Path, calibration: Sequence[torch.Tensor], images: torch.Tensor, input_name: str
+    fp32_path: Path, calibration: Sequence[torch.Tensor], images: torch.Tensor, input_name: str, reduce_range: bool
 ) -> Simulator:
     """ONNX Runtime's static QDQ quantization of ``fp32_path``, run by ONNX Runtime itself."""
     import onnxruntime as ort
@@ -148,7 +148,7 @@ def onnx_simulator(
     def int8_logits(float_modules: list[str]) -> torch.Tensor:
         trial = fp32_path.with_name(fp32_path.stem + ".trial.onnx")
         try:
-            onnx_static_int8(fp32_path, trial, calibration, input_name, float_modules)
+            onnx_static_int8(fp32_path, trial, calibration, input_name, float_modules, reduce_range)
             session = ort.InferenceSession(str(trial), providers=["CPUExecutionProvider"])
             return torch.from_numpy(session.run(None, {input_name: images.numpy()})[0])
         finally:
@@ -276,9 +276,11 @@ def onnx_static_int8(
     calibration: Sequence[torch.Tensor],
     input_name: str,
     float_modules: Sequence[str] = (),
+    reduce_range: bool = False,
 ) -> Path:
     """ONNX Runtime static quantization: QDQ format, per-channel int8 weights, uint8 activations; the nodes exported
-    from the modules named in ``float_modules`` (and everything inside them) are left in float."""
+    from the modules named in ``float_modules`` (and everything inside them) are left in float. ``reduce_range``
+    quantizes the weights to 7 bits (see ``onnx_needs_reduce_range``)."""
     try:
         from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
         from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -306,10 +308,29 @@ def onnx_static_int8(
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             nodes_to_exclude=excluded,
+            reduce_range=reduce_range,
         )
     finally:
         prepared.unlink(missing_ok=True)
     return out_path
+
+
+def onnx_needs_reduce_range(cpuinfo: str | None = None) -> bool:
+    """Whether ONNX Runtime's int8 kernels on this CPU need 7-bit weights: on x86 without VNNI they multiply uint8
+    activations by int8 weights with instructions whose 16-bit pair sums saturate, and ONNX Runtime's quantization
+    guide recommends ``reduce_range`` there (EfficientNet-Lite0 on an AVX2 CPU: 7x less logit error, RESULTS.md).
+    VNNI and AMX CPUs, and ARM, do not saturate."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
+        return False
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False  # no way to tell: keep ONNX Runtime's default
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+    return not any(flag in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
 
 
 def onnx_nodes_of(path: Path, modules: Sequence[str]) -> list[str]:
