@@ -391,3 +391,28 @@ def test_the_float_layers_of_a_folded_qat_graph_run_in_xnnpack() -> None:
     lowered = to_edge_transform_and_lower(torch.export.export(graph, (images[:1],)), partitioner=[XnnpackPartitioner()])
     left = [str(n.target) for n in lowered.exported_program().graph.nodes if n.op == "call_function"]
     assert not any("convolution" in target for target in left)
+
+
+def test_onnx_weights_take_7_bits_where_the_cpu_would_saturate(monkeypatch: pytest.MonkeyPatch) -> None:
+    import platform
+
+    from mobiforge.quantize import onnx_needs_reduce_range
+
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    assert onnx_needs_reduce_range("flags\t: fpu sse avx2 fma\n")  # AVX2 without VNNI: vpmaddubsw saturates
+    assert not onnx_needs_reduce_range("flags\t: fpu avx2 avx512f avx512_vnni\n")
+    assert not onnx_needs_reduce_range("flags\t: fpu avx2 avx_vnni\n")
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    assert not onnx_needs_reduce_range("flags\t: fpu avx2\n")
+
+
+@pytest.mark.parametrize("reduce_range", [False, True])
+def test_onnx_reduce_range_writes_7_bit_weights(checkpoint: Path, tmp_path: Path, reduce_range: bool) -> None:
+    import onnx
+    from onnx import numpy_helper
+
+    report = _export(checkpoint, tmp_path / "m.onnx", "onnx", "ptq", onnx_reduce_range=reduce_range)
+    weights = [numpy_helper.to_array(t) for t in onnx.load(report.path).graph.initializer if t.data_type == 3]
+    largest = max(int(abs(w.astype("int32")).max()) for w in weights)  # int8 initializers: the conv weights
+    assert (largest <= 64) == reduce_range
+    assert ("7-bit weights" in report.notes[0]) == reduce_range
