@@ -78,7 +78,7 @@ class ExportConfig:
     max_drop: float | None = None  # fail an int8 export losing more top-1 points than this
     # ONNX int8 weights in 7 bits (ONNX Runtime's reduce_range); None: where this CPU's int8 kernels saturate
     onnx_reduce_range: bool | None = None
-    float_modules: tuple[str, ...] = ()  # modules left in float in a PT2E int8 graph (e.g. "classifier")
+    float_modules: tuple[str, ...] = ()  # modules left in float in an int8 export (e.g. "classifier")
     float_fallback: bool = True  # int8 missing max_drop: search for the layer groups to leave in float, retry
     float_fallback_groups: int = 3  # ... at most this many
     batch_size: int = 64
@@ -288,6 +288,7 @@ def _qat_model(model: nn.Module, quantizer: Any, data: ExportData, config: Expor
         same = Preprocess()
         distill = DistillConfig(teacher="fp32 model", alpha=config.qat_distill, temperature=QAT_TEMPERATURE)
         teacher = copy.deepcopy(model).eval()
+        # (its student argument serves feature distillation only, which is off here)
         loss_fn = DistillationLoss(teacher, same, teacher, same, distill, label_smoothing=0.1)
     return qat_pt2e(
         fold_batchnorms(model, config.float_modules),  # float conv-BN pairs would stay unfolded: see there
