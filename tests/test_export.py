@@ -187,7 +187,7 @@ def test_the_float_search_tries_every_group_then_adds_the_best_until_the_drop_fi
     [
         pytest.param("executorch", "ptq", marks=pytest.mark.slow),
         pytest.param("executorch", "qat", marks=pytest.mark.slow),
-        ("onnx", "ptq"),  # ONNX Runtime quantizes and runs every trial of the search
+        pytest.param("onnx", "ptq", marks=pytest.mark.slow),  # ONNX Runtime quantizes and runs every trial
     ],
 )
 def test_an_int8_artifact_missing_the_gate_is_retried_with_float_layers(
@@ -406,6 +406,7 @@ def test_onnx_weights_take_7_bits_where_the_cpu_would_saturate(monkeypatch: pyte
     assert not onnx_needs_reduce_range("flags\t: fpu avx2\n")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("reduce_range", [False, True])
 def test_onnx_reduce_range_writes_7_bit_weights(checkpoint: Path, tmp_path: Path, reduce_range: bool) -> None:
     import onnx
