@@ -24,14 +24,24 @@ pytest.importorskip("onnxruntime")
 SUFFIX = {"executorch": ".pte", "tflite": ".tflite", "onnx": ".onnx"}
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("export")
+# The unit tier exports mobilenet_seed (174 graph nodes at 24 px, against mobilenet_v2's 469): lowering to XNNPACK
+# costs about a second per ten nodes, so the small model keeps this file within the unit suite's budget. It has
+# every kind of layer the converters treat differently (depthwise, residual add, stride-2 shortcut, conv+BN and
+# conv+bias). mobilenet_v2 (ReLU6) and mobilenet_v3_small (hardswish, SE) are checked the same way in the slow tier.
+MODELS = {"mobilenet_seed": 0.25, "mobilenet_v2": 0.35, "mobilenet_v3_small": 0.35}
+
+
+def _train_small(root: Path, model: str) -> Path:
     data = make_split_folder(root / "data", classes=3, train=24, val=8)
     config = small_train_config(
-        data, root / "runs", img_size=24, batch_size=16, model="mobilenet_v2", width_mult=0.35, epochs=2
+        data, root / "runs", img_size=24, batch_size=16, model=model, width_mult=MODELS[model], epochs=2
     )
     return train(config).run_dir / "last.pt"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _train_small(tmp_path_factory.mktemp("export"), "mobilenet_seed")
 
 
 def _export(checkpoint: Path, out: Path, fmt: str, int8: str | None = None, **kw) -> ArtifactReport:
@@ -42,22 +52,44 @@ def _export(checkpoint: Path, out: Path, fmt: str, int8: str | None = None, **kw
     return export_checkpoint(config)
 
 
-@pytest.mark.parametrize("fmt", ["executorch", "tflite", "onnx"])
-def test_fp32_and_int8_artifacts_match_pytorch(checkpoint: Path, tmp_path: Path, fmt: str) -> None:
-    fp32 = _export(checkpoint, tmp_path / f"m{SUFFIX[fmt]}", fmt)
+@pytest.fixture(scope="module")
+def artifacts(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, ArtifactReport]:
+    """One fp32 and one int8 PTQ artifact per format, shared by the tests that only read them."""
+    out = tmp_path_factory.mktemp("artifacts")
+    return {
+        f"{fmt}-{precision}": _export(checkpoint, out / f"{precision}{SUFFIX[fmt]}", fmt, int8)
+        for fmt in SUFFIX
+        for precision, int8 in (("fp32", None), ("int8", "ptq"))
+    }
+
+
+def _check_parity(fp32: ArtifactReport, int8: ArtifactReport) -> None:
     assert fp32.precision == "fp32" and fp32.images == 12
     assert fp32.agreement == 100.0 and fp32.max_abs_logit_diff < 1e-3
     assert set(fp32.latency_ms) == {"1", "2"} and fp32.latency_ms["1"]["median"] > 0
     saved = json.loads(Path(f"{fp32.path}.json").read_text())
     assert saved["passed"] and saved["top1"] == fp32.top1 and saved["file_bytes"] == Path(fp32.path).stat().st_size
 
-    int8 = _export(checkpoint, tmp_path / f"q{SUFFIX[fmt]}", fmt, "ptq")
     assert int8.precision == "int8-ptq"
     assert int8.file_bytes < 0.5 * fp32.file_bytes  # really int8 weights, not a float file
     assert int8.agreement >= 75.0
-    if fmt != "onnx":  # the runtime's integer kernels against PT2E's simulated-int8 reference model
+    if int8.format != "onnx":  # the runtime's integer kernels against PT2E's simulated-int8 reference model
         assert int8.reference_max_abs_diff is not None
         assert int8.reference_max_abs_diff < 0.25 * max(1.0, int8.max_abs_logit_diff + 1.0)
+
+
+@pytest.mark.parametrize("fmt", ["executorch", "tflite", "onnx"])
+def test_fp32_and_int8_artifacts_match_pytorch(artifacts: dict[str, ArtifactReport], fmt: str) -> None:
+    _check_parity(artifacts[f"{fmt}-fp32"], artifacts[f"{fmt}-int8"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["mobilenet_v2", "mobilenet_v3_small"])
+@pytest.mark.parametrize("fmt", ["executorch", "tflite", "onnx"])
+def test_larger_models_match_pytorch_in_every_runtime(tmp_path: Path, model: str, fmt: str) -> None:
+    checkpoint = _train_small(tmp_path, model)
+    fp32 = _export(checkpoint, tmp_path / f"m{SUFFIX[fmt]}", fmt)
+    _check_parity(fp32, _export(checkpoint, tmp_path / f"q{SUFFIX[fmt]}", fmt, "ptq"))
 
 
 @pytest.mark.parametrize("suffix", [".pte", ".tflite", ".onnx"])
@@ -72,9 +104,9 @@ def test_a_damaged_artifact_is_a_one_line_error(tmp_path: Path, suffix: str, cap
 
 @pytest.mark.parametrize("fmt", ["executorch", "tflite", "onnx"])
 def test_profile_times_an_exported_file_in_its_runtime(
-    checkpoint: Path, tmp_path: Path, fmt: str, capsys: pytest.CaptureFixture[str]
+    artifacts: dict[str, ArtifactReport], fmt: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    int8 = _export(checkpoint, tmp_path / f"q{SUFFIX[fmt]}", fmt, "ptq")
+    int8 = artifacts[f"{fmt}-int8"]
     capsys.readouterr()  # what the converter printed
     assert main(["profile", int8.path, "--json", "--max-size", "10MB", "--max-latency", "1s"]) == 0
     report = json.loads(capsys.readouterr().out)
@@ -103,21 +135,24 @@ def test_qat_export_runs_in_executorch(checkpoint: Path, tmp_path: Path) -> None
     assert report.file_bytes <= ptq.file_bytes * 1.005
 
 
-def test_converted_graphs_keep_only_the_tensors_they_use() -> None:
+@pytest.mark.parametrize("mode", ["ptq", pytest.param("qat", marks=pytest.mark.slow)])  # QAT: a minute of torchao
+def test_converted_graphs_keep_only_the_tensors_they_use(mode: str) -> None:
     from mobiforge import engine, quantize
     from mobiforge.models import create_model
 
     torch.manual_seed(0)
-    model = create_model("mobilenet_v2", num_classes=3, width_mult=0.35, small_input=True)
+    model = create_model("mobilenet_seed", num_classes=3, width_mult=0.25, small_input=True)
     images, labels = torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 0])
-    optim = engine.OptimConfig(lr=1e-3)
-    ptq = quantize.ptq_pt2e(model, quantize.xnnpack_quantizer(), [images])
-    qat = quantize.qat_pt2e(model, quantize.xnnpack_quantizer(qat=True), [(images, labels)], images, 1, optim, 1)
-    for graph in (ptq, qat):
-        used = {node.target for node in graph.graph.nodes if node.op == "get_attr"}
-        stored = {name for name, _ in [*graph.named_parameters(), *graph.named_buffers()]}
-        assert stored and stored <= used
-        assert all(tensor.dtype != torch.float32 or tensor.dim() <= 1 for tensor in graph.buffers())
+    if mode == "ptq":
+        graph = quantize.ptq_pt2e(model, quantize.xnnpack_quantizer(), [images])
+    else:
+        optim = engine.OptimConfig(lr=1e-3)
+        quantizer = quantize.xnnpack_quantizer(qat=True)
+        graph = quantize.qat_pt2e(model, quantizer, [(images, labels)], images, 1, optim, 1)
+    used = {node.target for node in graph.graph.nodes if node.op == "get_attr"}
+    stored = {name for name, _ in [*graph.named_parameters(), *graph.named_buffers()]}
+    assert stored and stored <= used
+    assert all(tensor.dtype != torch.float32 or tensor.dim() <= 1 for tensor in graph.buffers())
 
 
 def test_layers_named_float_stay_float(checkpoint: Path, tmp_path: Path) -> None:
@@ -232,8 +267,8 @@ def test_a_failing_float_search_keeps_the_all_int8_artifact(
 
     monkeypatch.setattr(export, "_export_and_verify", all_int8_loses_badly)
     monkeypatch.setattr(export, "search_float_modules", broken_search)
-    report = _export(checkpoint, tmp_path / "m.pte", "executorch", "ptq", max_drop=0.0)
-    assert not report.passed and report.float_modules == [] and (tmp_path / "m.pte").is_file()
+    report = _export(checkpoint, tmp_path / "m.onnx", "onnx", "ptq", max_drop=0.0)
+    assert not report.passed and report.float_modules == [] and (tmp_path / "m.onnx").is_file()
     assert any("float-layer search failed (RuntimeError: deep inside torch.export" in n for n in report.notes)
 
 
@@ -277,7 +312,7 @@ def test_cli_export_json(checkpoint: Path, tmp_path: Path, capsys) -> None:
     assert main(args) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["format"] == "onnx" and printed["images"] == 6 and out.is_file()
-    assert torch.load(checkpoint, weights_only=True)["spec"]["name"] == "mobilenet_v2"
+    assert torch.load(checkpoint, weights_only=True)["spec"]["name"] == "mobilenet_seed"
 
 
 @pytest.mark.parametrize("freeze_bn", [False, True])
@@ -286,23 +321,27 @@ def test_qat_with_frozen_bn_keeps_the_running_statistics(monkeypatch: pytest.Mon
     from mobiforge.models import create_model
 
     torch.manual_seed(0)
-    model = create_model("mobilenet_v2", num_classes=3, width_mult=0.35, small_input=True)
+    model = create_model("mobilenet_seed", num_classes=3, width_mult=0.25, small_input=True)
     images, labels = torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 0])
     unchanged = []
     train_one_epoch = engine.train_one_epoch
 
+    class Trained(Exception):
+        """Stops qat_pt2e after its epoch: converting costs a minute of torchao's pattern tracing, untested here."""
+
     def spy(prepared, *args, **kwargs):  # type: ignore[no-untyped-def]
         before = {name: b.clone() for name, b in prepared.named_buffers() if name.endswith("running_mean")}
-        result = train_one_epoch(prepared, *args, **kwargs)
+        train_one_epoch(prepared, *args, **kwargs)
         after = dict(prepared.named_buffers())
         unchanged.append(bool(before) and all(torch.equal(before[name], after[name]) for name in before))
-        return result
+        raise Trained
 
     monkeypatch.setattr(engine, "train_one_epoch", spy)
     optim = engine.OptimConfig(lr=1e-3)
-    quantize.qat_pt2e(
-        model, quantize.xnnpack_quantizer(qat=True), [(images, labels)], images, 1, optim, 1, freeze_bn=freeze_bn
-    )
+    with pytest.raises(Trained):
+        quantize.qat_pt2e(
+            model, quantize.xnnpack_quantizer(qat=True), [(images, labels)], images, 1, optim, 1, freeze_bn=freeze_bn
+        )
     assert unchanged == [freeze_bn]
 
 
