@@ -99,26 +99,29 @@ def main() -> None:
         f"{f', distilled from the fp32 model (alpha {args.qat_distill})' if args.qat_distill else ''}. "
         f"Gates: PTQ {args.ptq_max_drop}, QAT {args.qat_max_drop} points; an int8 "
         "artifact over its gate is retried with its most sensitive layer groups left in float (the better one "
-        "through the runtime is kept; last column). Latency: batch 1, median (p90) "
+        "through the runtime is kept; last column). PT2E reference: the simulated-int8 model the ExecuTorch and "
+        "LiteRT files were converted from, on the same images (- where there is none, or the report predates it). "
+        "Latency: batch 1, median (p90) "
         "in the runtime; PyTorch eager fp32 in the same run for comparison. Each row is read from the JSON report "
         f"that `mobiforge export` wrote next to its artifact in `{out_dir}` (runs of this script with other "
         "`--formats`/`--int8-modes` add or replace rows; each JSON has its own config).",
         "",
-        "| runtime | precision | top-1 | drop vs fp32 | agreement | file | size vs fp32 | 1 thread | 2 threads "
-        "| left in float |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| runtime | precision | top-1 | PT2E reference top-1 | drop vs fp32 | agreement | file | size vs fp32 "
+        "| 1 thread | 2 threads | left in float |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for (fmt, label), report in reports.items():
         fp32 = reports.get((fmt, "fp32"))
         ratio = f"{report.file_bytes / fp32.file_bytes:.2f}x" if fp32 else "-"
         lat = report.latency_ms
+        reference = "-" if report.reference_top1 is None else f"{report.reference_top1:.2f}%"
         lines.append(
-            f"| {fmt} | {label} | {report.top1:.2f}% | {report.drop:+.2f} | {report.agreement:.1f}% "
+            f"| {fmt} | {label} | {report.top1:.2f}% | {reference} | {report.drop:+.2f} | {report.agreement:.1f}% "
             f"| {report.file_bytes / 1e6:.2f} MB | {ratio} | {lat['1']['median']:.2f} ({lat['1']['p90']:.2f}) ms "
             f"| {lat['2']['median']:.2f} ({lat['2']['p90']:.2f}) ms | {', '.join(report.float_modules) or '-'} |"
         )
     if (out_dir / f"{checkpoint.stem}-fp32.onnx").is_file():
-        lines.append(f"| onnx | qat | {ONNX_QAT} | | | | | | | |")
+        lines.append(f"| onnx | qat | {ONNX_QAT} | | | | | | | | |")
     eager = first.torch_latency_ms
     fp32_runs = {fmt: r for (fmt, label), r in reports.items() if label == "fp32"}
     fastest = min(fp32_runs.items(), key=lambda item: item[1].latency_ms["1"]["median"])

@@ -480,6 +480,8 @@ def print_export_report(report) -> None:  # type: ignore[no-untyped-def]
     ]
     if report.float_modules:
         rows.append(("left in float", ", ".join(report.float_modules)))
+    if report.reference_top1 is not None:
+        rows.append(("top-1 PT2E reference (simulated int8)", f"{report.reference_top1:.2f}%"))
     if report.reference_max_abs_diff is not None:
         rows.append(("max abs diff vs PT2E reference", f"{report.reference_max_abs_diff:.4g}"))
     for threads, stats in report.latency_ms.items():

@@ -105,6 +105,9 @@ class ArtifactReport:
     max_drop: float | None = None
     float_modules: list[str] = field(default_factory=list)  # left in float in an int8 artifact
     notes: list[str] = field(default_factory=list)
+    # top-1 of the PT2E reference model (simulated int8): against ``top1`` it tells whether a lost image was lost by
+    # quantization itself or by the runtime's integer kernels rounding differently (None where there is none)
+    reference_top1: float | None = None
 
     @property
     def drop(self) -> float:
@@ -478,11 +481,12 @@ def _export_and_verify(model: nn.Module, config: ExportConfig, data: ExportData,
     batched = config.format == "onnx"  # the other two are exported for batch 1, as phones run them
     runner = load_runner(path, threads=max(config.threads))
     runtime_logits = _run_all(runner, data.val_images, batched)
-    reference_diff = None
+    reference_diff = reference_top1 = None
     if reference is not None:
         with torch.no_grad():
             reference_logits = torch.cat([reference(chunk) for chunk in data.val_images.split(64)])
         reference_diff = (runtime_logits - reference_logits).abs().max().item()
+        reference_top1 = top1_percent(reference_logits, data.val_labels)
 
     example = data.val_images[:1].contiguous()
     latency, torch_latency = {}, {}
@@ -509,4 +513,5 @@ def _export_and_verify(model: nn.Module, config: ExportConfig, data: ExportData,
         max_drop=config.max_drop,
         float_modules=list(config.float_modules),
         notes=[note] if note else [],
+        reference_top1=reference_top1,
     )
