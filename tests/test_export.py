@@ -86,6 +86,30 @@ def test_fp32_and_int8_artifacts_match_pytorch(artifacts: dict[str, ArtifactRepo
     _check_parity(artifacts[f"{fmt}-fp32"], artifacts[f"{fmt}-int8"])
 
 
+def test_the_report_scores_the_reference_model_apart_from_the_runtime(
+    artifacts: dict[str, ArtifactReport], checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    import mobiforge.export as export
+
+    class AlwaysClass0(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.one_hot(torch.zeros(len(x), dtype=torch.long), 3).float()
+
+    def write(model, config, data, path):  # type: ignore[no-untyped-def]
+        shutil.copy(artifacts["onnx-fp32"].path, path)  # the runtime runs the real model
+        return AlwaysClass0(), ""
+
+    monkeypatch.setattr(export, "build_artifact", write)
+    config = ExportConfig(str(checkpoint), "onnx", val_images=12, workers=0, latency_seconds=0.01, threads=(1,))
+    data = load_export_data(load_checkpoint(checkpoint), config)
+    model = model_from_checkpoint(checkpoint).eval()
+    report = export._export_and_verify(model, config, data, tmp_path / "m.onnx")
+    assert report.reference_top1 == pytest.approx(100.0 * (data.val_labels == 0).float().mean().item())
+    assert report.top1 == artifacts["onnx-fp32"].top1  # the runtime's own score, not the reference's
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["mobilenet_v2", "mobilenet_v3_small"])
 @pytest.mark.parametrize("fmt", ["executorch", "tflite", "onnx"])
