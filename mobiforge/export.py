@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 import random
 import time
@@ -366,7 +367,12 @@ def _write_artifact(
 
 
 def _reduce_range(config: ExportConfig) -> bool:
-    return onnx_needs_reduce_range() if config.onnx_reduce_range is None else config.onnx_reduce_range
+    return _cpu_needs_reduce_range() if config.onnx_reduce_range is None else config.onnx_reduce_range
+
+
+@functools.cache
+def _cpu_needs_reduce_range() -> bool:  # the CPU does not change during an export: read its flags once
+    return onnx_needs_reduce_range()
 
 
 def _float_note(config: ExportConfig) -> str:

@@ -142,13 +142,16 @@ def pt2e_simulator(model: nn.Module, calibration: Sequence[torch.Tensor], images
 def onnx_simulator(
     fp32_path: Path, calibration: Sequence[torch.Tensor], images: torch.Tensor, input_name: str, reduce_range: bool
 ) -> Simulator:
-    """ONNX Runtime's static QDQ quantization of ``fp32_path``, run by ONNX Runtime itself."""
+    """ONNX Runtime's static QDQ quantization of ``fp32_path``, run by ONNX Runtime itself. ``fp32_path`` (a file
+    written for the search) is pre-processed in place once, not once per trial."""
     import onnxruntime as ort
+
+    onnx_preprocess(fp32_path, fp32_path)
 
     def int8_logits(float_modules: list[str]) -> torch.Tensor:
         trial = fp32_path.with_name(fp32_path.stem + ".trial.onnx")
         try:
-            onnx_static_int8(fp32_path, trial, calibration, input_name, float_modules, reduce_range)
+            onnx_static_int8(fp32_path, trial, calibration, input_name, float_modules, reduce_range, preprocessed=True)
             session = ort.InferenceSession(str(trial), providers=["CPUExecutionProvider"])
             return torch.from_numpy(session.run(None, {input_name: images.numpy()})[0])
         finally:
@@ -277,13 +280,14 @@ def onnx_static_int8(
     input_name: str,
     float_modules: Sequence[str] = (),
     reduce_range: bool = False,
+    preprocessed: bool = False,
 ) -> Path:
     """ONNX Runtime static quantization: QDQ format, per-channel int8 weights, uint8 activations; the nodes exported
     from the modules named in ``float_modules`` (and everything inside them) are left in float. ``reduce_range``
-    quantizes the weights to 7 bits (see ``onnx_needs_reduce_range``)."""
+    quantizes the weights to 7 bits (see ``onnx_needs_reduce_range``). ``preprocessed``: ``fp32_path`` already went
+    through ``onnx_preprocess``."""
     try:
         from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-        from onnxruntime.quantization.shape_inference import quant_pre_process
     except ImportError:
         raise missing("onnxruntime") from None
 
@@ -295,8 +299,9 @@ def onnx_static_int8(
             batch = next(self.batches, None)
             return None if batch is None else {input_name: batch.numpy()}
 
-    prepared = out_path.with_name(out_path.stem + ".pre.onnx")
-    quant_pre_process(str(fp32_path), str(prepared))  # shape inference + graph optimisation, as ORT recommends
+    prepared = (
+        fp32_path if preprocessed else onnx_preprocess(fp32_path, out_path.with_name(out_path.stem + ".pre.onnx"))
+    )
     try:
         excluded = onnx_nodes_of(prepared, float_modules) if float_modules else []
         quantize_static(
@@ -311,8 +316,22 @@ def onnx_static_int8(
             reduce_range=reduce_range,
         )
     finally:
-        prepared.unlink(missing_ok=True)
+        if not preprocessed:
+            prepared.unlink(missing_ok=True)
     return out_path
+
+
+def onnx_preprocess(fp32_path: Path, out_path: Path) -> Path:
+    """Shape inference and graph optimisation before quantization, as ONNX Runtime's quantization guide recommends;
+    ``out_path`` may be ``fp32_path``."""
+    try:
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+    except ImportError:
+        raise missing("onnxruntime") from None
+
+    staged = out_path.with_name(out_path.stem + ".staged.onnx")
+    quant_pre_process(str(fp32_path), str(staged))
+    return staged.replace(out_path)
 
 
 def onnx_needs_reduce_range(cpuinfo: str | None = None) -> bool:

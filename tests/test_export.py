@@ -213,17 +213,9 @@ def test_onnx_layers_named_float_stay_float(checkpoint: Path, tmp_path: Path) ->
 
 
 def test_the_float_search_tries_every_group_then_adds_the_best_until_the_drop_fits() -> None:
-    from torch import nn
-
     from mobiforge import quantize
 
-    torch.manual_seed(0)
-    block = lambda i, o: nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU())  # noqa: E731
-    model = nn.Sequential()
-    model.features = nn.Sequential(block(3, 8), block(8, 8), block(8, 8))
-    model.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-    model.classifier = nn.Linear(8, 4)
-    model.eval()
+    model = _three_block_model()
     calibration = [torch.randn(8, 3, 12, 12)]
     images = torch.randn(16, 3, 12, 12)
     with torch.no_grad():
@@ -242,6 +234,38 @@ def test_the_float_search_tries_every_group_then_adds_the_best_until_the_drop_fi
         singles[0].float_modules + singles[1].float_modules + singles[2].float_modules,
     ]
     assert strict.float_modules == strict.trials[-1].float_modules
+
+
+def _three_block_model() -> torch.nn.Module:
+    from torch import nn
+
+    torch.manual_seed(0)
+    block = lambda i, o: nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU())  # noqa: E731
+    model = nn.Sequential()
+    model.features = nn.Sequential(block(3, 8), block(8, 8), block(8, 8))
+    model.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    model.classifier = nn.Linear(8, 4)
+    return model.eval()
+
+
+def test_the_onnx_simulator_preprocesses_once_for_all_its_trials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from onnxruntime.quantization import shape_inference
+
+    from mobiforge import quantize
+    from mobiforge.export import write_onnx
+
+    model, images = _three_block_model(), torch.randn(6, 3, 12, 12)
+    fp32 = write_onnx(model, images[:1], tmp_path / "search-fp32.onnx")
+    preprocess, calls = shape_inference.quant_pre_process, []
+    monkeypatch.setattr(shape_inference, "quant_pre_process", lambda *a, **kw: calls.append(a) or preprocess(*a, **kw))
+
+    simulator = quantize.onnx_simulator(fp32, [torch.randn(4, 3, 12, 12)], images, "input", reduce_range=False)
+    all_int8, float_head = simulator([]), simulator(["classifier"])
+    assert len(calls) == 1  # ~20 trials of a real search used to pre-process ~20 times
+    assert all_int8.shape == float_head.shape == (6, 4) and not torch.equal(all_int8, float_head)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["search-fp32.onnx"]  # no trial or staging files
 
 
 @pytest.mark.parametrize(
