@@ -204,6 +204,7 @@ class ExportData:
     calibration_labels: torch.Tensor | None
     data_config: DataConfig
     train_samples: list[Any]
+    val_samples: list[Any] = field(default_factory=list)  # (path, label) of each val image, in val_images' order
 
 
 def load_export_data(checkpoint: dict[str, Any], config: ExportConfig) -> ExportData:
@@ -231,7 +232,7 @@ def load_export_data(checkpoint: dict[str, Any], config: ExportConfig) -> Export
         chosen = _subset(train_samples, config.calibration_images, config.seed, spaced=False)
         images, calibration_labels = _tensors(chosen, preprocess, config)
         calibration = list(images.split(32))
-    return ExportData(val_images, val_labels, calibration, calibration_labels, data_config, train_samples)
+    return ExportData(val_images, val_labels, calibration, calibration_labels, data_config, train_samples, val)
 
 
 # ----------------------------------------------------------------------------------------------------- pipeline

@@ -104,6 +104,7 @@ def test_the_report_scores_the_reference_model_apart_from_the_runtime(
     monkeypatch.setattr(export, "build_artifact", write)
     config = ExportConfig(str(checkpoint), "onnx", val_images=12, workers=0, latency_seconds=0.01, threads=(1,))
     data = load_export_data(load_checkpoint(checkpoint), config)
+    assert [label for _, label in data.val_samples] == data.val_labels.tolist()  # each image's file, in order
     model = model_from_checkpoint(checkpoint).eval()
     report = export._export_and_verify(model, config, data, tmp_path / "m.onnx")
     assert report.reference_top1 == pytest.approx(100.0 * (data.val_labels == 0).float().mean().item())
