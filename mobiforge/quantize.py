@@ -330,8 +330,11 @@ def onnx_preprocess(fp32_path: Path, out_path: Path) -> Path:
         raise missing("onnxruntime") from None
 
     staged = out_path.with_name(out_path.stem + ".staged.onnx")
-    quant_pre_process(str(fp32_path), str(staged))
-    return staged.replace(out_path)
+    try:
+        quant_pre_process(str(fp32_path), str(staged))
+        return staged.replace(out_path)
+    finally:
+        staged.unlink(missing_ok=True)  # left only when pre-processing failed
 
 
 def onnx_needs_reduce_range(cpuinfo: str | None = None) -> bool:

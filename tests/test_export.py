@@ -213,6 +213,18 @@ def test_onnx_layers_named_float_stay_float(checkpoint: Path, tmp_path: Path) ->
     assert all(produced_by[conv.input[1]].op_type == "DequantizeLinear" for conv in convs)  # the rest is int8
 
 
+def _three_block_model() -> torch.nn.Module:
+    from torch import nn
+
+    torch.manual_seed(0)
+    block = lambda i, o: nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU())  # noqa: E731
+    model = nn.Sequential()
+    model.features = nn.Sequential(block(3, 8), block(8, 8), block(8, 8))
+    model.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    model.classifier = nn.Linear(8, 4)
+    return model.eval()
+
+
 def test_the_float_search_tries_every_group_then_adds_the_best_until_the_drop_fits() -> None:
     from mobiforge import quantize
 
@@ -235,18 +247,6 @@ def test_the_float_search_tries_every_group_then_adds_the_best_until_the_drop_fi
         singles[0].float_modules + singles[1].float_modules + singles[2].float_modules,
     ]
     assert strict.float_modules == strict.trials[-1].float_modules
-
-
-def _three_block_model() -> torch.nn.Module:
-    from torch import nn
-
-    torch.manual_seed(0)
-    block = lambda i, o: nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU())  # noqa: E731
-    model = nn.Sequential()
-    model.features = nn.Sequential(block(3, 8), block(8, 8), block(8, 8))
-    model.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-    model.classifier = nn.Linear(8, 4)
-    return model.eval()
 
 
 def test_the_onnx_simulator_preprocesses_once_for_all_its_trials(
