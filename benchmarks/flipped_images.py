@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import write_section
 
 from mobiforge.checkpoint import load_checkpoint, model_from_checkpoint
-from mobiforge.export import ExportConfig, load_export_data
+from mobiforge.export import ExportConfig, _run_all, load_export_data
 from mobiforge.runtimes import load_runner, runtime_of
 
 
@@ -43,18 +43,16 @@ def main() -> None:
     args = parser.parse_args()
 
     checkpoint = load_checkpoint(args.checkpoint)
-    classes = checkpoint["classes"]
     model = model_from_checkpoint(checkpoint).eval()
     data = load_export_data(checkpoint, ExportConfig(args.checkpoint, "onnx", val_images=args.val_images))
+    classes = checkpoint["classes"]  # load_export_data has checked they are there
     with torch.no_grad():
         fp32 = torch.cat([model(chunk) for chunk in data.val_images.split(64)])
 
     rows = []
     for file in args.files:
-        runner = load_runner(Path(file), threads=2)
-        batched = runtime_of(Path(file)) == "onnx"  # the others are exported for batch 1
-        chunks = data.val_images.split(64) if batched else data.val_images.split(1)
-        logits = torch.cat([torch.as_tensor(runner(chunk.numpy())) for chunk in chunks])
+        batched = runtime_of(Path(file)) == "onnx"  # the others are exported for batch 1, as export runs them
+        logits = _run_all(load_runner(Path(file), threads=2), data.val_images, batched)
         flipped = torch.nonzero(logits.argmax(1) != fp32.argmax(1)).flatten().tolist()
         for index in flipped:
             image = Path(data.val_samples[index][0]).name
