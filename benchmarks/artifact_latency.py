@@ -20,8 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import write_section
 
-from mobiforge.profile import profile_artifact
-from mobiforge.runtimes import runtime_of
+from mobiforge.runtimes import profile_artifact, runtime_of
 
 
 def interleaved_medians(paths: list[Path], threads: list[int], rounds: int, seconds: float) -> dict:

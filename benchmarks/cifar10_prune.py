@@ -25,11 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import write_section
 
 from mobiforge.checkpoint import load_checkpoint, model_from_checkpoint
-from mobiforge.distill import DistillConfig
 from mobiforge.engine import OptimConfig
+from mobiforge.losses import DistillConfig
 from mobiforge.profile import count_macs, count_params, int8_weight_bytes, measure_latency, num_threads
+from mobiforge.progress import SilentReporter
 from mobiforge.prune import PruneConfig, prune, prune_model, ratio_for_target
-from mobiforge.train import SilentReporter
 
 
 class Log(SilentReporter):

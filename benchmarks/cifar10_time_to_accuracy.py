@@ -23,7 +23,8 @@ from mobiforge import create_model
 from mobiforge.data import DataConfig
 from mobiforge.engine import OptimConfig
 from mobiforge.profile import int8_weight_bytes
-from mobiforge.train import SilentReporter, TrainConfig, train
+from mobiforge.progress import SilentReporter
+from mobiforge.train import TrainConfig, train
 
 
 class LogReporter(SilentReporter):

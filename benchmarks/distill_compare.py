@@ -25,7 +25,8 @@ from mobiforge.data import DataConfig
 from mobiforge.distill import DistillConfig, adapt_teacher
 from mobiforge.engine import OptimConfig
 from mobiforge.profile import int8_weight_bytes
-from mobiforge.train import SilentReporter, TrainConfig, train
+from mobiforge.progress import SilentReporter
+from mobiforge.train import TrainConfig, train
 
 
 class Log(SilentReporter):

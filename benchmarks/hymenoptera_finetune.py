@@ -19,7 +19,8 @@ from _results import write_section
 
 from mobiforge.data import DataConfig
 from mobiforge.engine import OptimConfig
-from mobiforge.train import SilentReporter, TrainConfig, train
+from mobiforge.progress import SilentReporter
+from mobiforge.train import TrainConfig, train
 
 
 class Log(SilentReporter):

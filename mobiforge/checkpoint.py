@@ -16,9 +16,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from mobiforge import __version__
 from mobiforge.errors import MobiforgeError
 from mobiforge.models.base import Preprocess
-from mobiforge.models.registry import build_from_spec
+from mobiforge.models.factory import build_from_spec
 
 REQUIRED_KEYS = ("spec", "state_dict")
 
@@ -27,8 +28,6 @@ def model_checkpoint(
     model: nn.Module, classes: list[str] | None = None, preprocess: Preprocess | None = None, **extra: Any
 ) -> dict[str, Any]:
     """The checkpoint dict of a model built by ``create_model`` (anything in ``extra`` is stored alongside)."""
-    from mobiforge import __version__
-
     spec = getattr(model, "spec", None)
     if spec is None:
         raise MobiforgeError("this model has no .spec; build it with mobiforge.create_model so it can be rebuilt")

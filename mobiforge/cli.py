@@ -113,7 +113,7 @@ def add_distill_args(parser: argparse.ArgumentParser, teacher_required: bool) ->
 
 
 def distill_config_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from mobiforge.distill import DistillConfig
+    from mobiforge.losses import DistillConfig
 
     if not args.teacher:
         return None
@@ -717,7 +717,8 @@ def run_profile(args: argparse.Namespace) -> int:
 def _profile_artifact(args: argparse.Namespace, max_size: int | None, max_latency: float | None) -> int:
     from rich.console import Console
 
-    from mobiforge.profile import format_bytes, profile_artifact
+    from mobiforge.profile import format_bytes
+    from mobiforge.runtimes import profile_artifact
 
     if args.img_size is not None or args.batch_size != 1:
         raise MobiforgeError(

@@ -8,11 +8,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from mobiforge.engine import StepInfo
+from mobiforge.progress import StepInfo
 
 
 class RichReporter:
-    """Implements ``mobiforge.train.Reporter``."""
+    """Implements ``mobiforge.progress.Reporter``."""
 
     def __init__(self) -> None:
         self.console = Console(stderr=True)

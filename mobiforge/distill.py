@@ -1,176 +1,26 @@
-"""Knowledge distillation: a student trained on the labels and on a teacher's softened predictions.
+"""``distill(config)``: train a student with a teacher's soft targets (the loss is ``mobiforge.losses``).
 
-The loss (Hinton et al., 2015) is ``(1 - alpha) * CE(student, labels) + alpha * T^2 * KL(teacher_T || student_T)``
-where ``_T`` means softmax at temperature ``T``; the ``T^2`` keeps the soft term's gradients at the scale of the
-hard one. Optionally the student's pre-logit features are pulled towards the teacher's (mean squared error) when
-both have the same width.
-
-The teacher runs in eval mode without gradients. It sees the batch the student sees, re-normalised and resized to
-its own preprocessing when that differs (an EfficientNet-Lite teacher expects [-1, 1] inputs, a student trained
-from scratch ImageNet's mean/std). ``distill(config)`` accepts as teacher a checkpoint or a pretrained model name;
-a name is first adapted to the dataset's classes by a short head-then-all fine-tuning run.
+The teacher may be a checkpoint of the same classes or the name of a model with pretrained weights; a name is
+first adapted to the dataset's classes by a short head-then-all fine-tuning run in ``RUN/teacher``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-
-from mobiforge.checkpoint import load_checkpoint, model_from_checkpoint
 from mobiforge.errors import MobiforgeError
-from mobiforge.models.base import Preprocess
+from mobiforge.losses import DistillConfig, check_distill_config
+from mobiforge.models import is_model
+from mobiforge.progress import Reporter, SilentReporter
+from mobiforge.train import TrainConfig, TrainResult, default_run_name, train
+
+__all__ = ["DistillConfig", "adapt_teacher", "distill"]
 
 
-@dataclass
-class DistillConfig:
-    """The teacher and the weights of the distillation terms (saved in the student's checkpoints)."""
-
-    teacher: str  # a checkpoint path, or a model name with pretrained weights (adapted by ``distill``)
-    alpha: float = 0.5  # weight of the soft (teacher) term; 1 - alpha goes to the labels
-    temperature: float = 4.0
-    feature_weight: float = 0.0  # weight of the pre-logit feature MSE (needs equal widths)
-    teacher_epochs: int = 3  # head adaptation of a pretrained teacher given by name
-
-
-def check_distill_config(config: DistillConfig) -> None:
-    if not 0.0 <= config.alpha <= 1.0:
-        raise MobiforgeError(f"--alpha must be between 0 and 1, got {config.alpha}")
-    if config.temperature <= 0:
-        raise MobiforgeError(f"--temperature must be positive, got {config.temperature}")
-    if config.feature_weight < 0:
-        raise MobiforgeError(f"--feature-weight must be 0 or more, got {config.feature_weight}")
-
-
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Hinton's soft-target loss: ``T^2 * KL(softmax(teacher/T) || softmax(student/T))``, batch mean."""
-    student_log_probs = F.log_softmax(student_logits.float() / temperature, dim=1)
-    teacher_log_probs = F.log_softmax(teacher_logits.float() / temperature, dim=1)
-    kl = F.kl_div(student_log_probs, teacher_log_probs, reduction="batchmean", log_target=True)
-    return kl * temperature**2
-
-
-class InputAdapter(nn.Module):
-    """Turns a batch normalised for the student into one normalised (and sized) for the teacher."""
-
-    def __init__(self, student: Preprocess, teacher: Preprocess) -> None:
-        super().__init__()
-
-        def column(values: tuple[float, ...]) -> torch.Tensor:
-            return torch.tensor(values, dtype=torch.float32).view(1, 3, 1, 1)
-
-        # x_teacher = (x_student * std_s + mean_s - mean_t) / std_t = x_student * scale + shift
-        self.register_buffer("scale", column(student.std) / column(teacher.std))
-        self.register_buffer("shift", (column(student.mean) - column(teacher.mean)) / column(teacher.std))
-        self.same_norm = student.mean == teacher.mean and student.std == teacher.std
-        self.size = teacher.img_size if teacher.img_size != student.img_size else None
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if not self.same_norm:
-            images = images * self.scale + self.shift
-        if self.size is not None:
-            images = F.interpolate(images, size=(self.size, self.size), mode="bilinear", antialias=True)
-        return images
-
-
-class _PreLogits:
-    """Captures the input of a model's final Linear layer (its pre-logit features) on every forward."""
-
-    def __init__(self, model: nn.Module) -> None:
-        classifier = model.get_classifier()
-        linear = [module for module in classifier.modules() if isinstance(module, nn.Linear)][-1]
-        self.value: torch.Tensor | None = None
-        self.width = linear.in_features
-        linear.register_forward_hook(self._capture)
-
-    def _capture(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        self.value = inputs[0]
-
-
-class DistillationLoss:
-    """``loss_fn(logits, targets, images)`` for ``engine.train_one_epoch``: labels + teacher (+ features)."""
-
-    def __init__(
-        self,
-        teacher: nn.Module,
-        teacher_preprocess: Preprocess,
-        student: nn.Module,
-        student_preprocess: Preprocess,
-        config: DistillConfig,
-        label_smoothing: float = 0.0,
-    ) -> None:
-        self.teacher = teacher.eval()
-        for param in self.teacher.parameters():
-            param.requires_grad_(False)
-        self.adapter = InputAdapter(student_preprocess, teacher_preprocess)
-        self.config = config
-        self.label_smoothing = label_smoothing
-        self.student_features = self.teacher_features = None
-        if config.feature_weight > 0:
-            self.student_features, self.teacher_features = _PreLogits(student), _PreLogits(teacher)
-            if self.student_features.width != self.teacher_features.width:
-                raise MobiforgeError(
-                    f"--feature-weight needs the same pre-logit width in student and teacher, got "
-                    f"{self.student_features.width} and {self.teacher_features.width}; use --feature-weight 0"
-                )
-
-    def to(self, device: torch.device) -> DistillationLoss:
-        self.teacher.to(device)
-        self.adapter.to(device)
-        return self
-
-    def __call__(self, logits: torch.Tensor, targets: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            teacher_logits = self.teacher(self.adapter(images))
-        hard = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
-        loss = (1 - self.config.alpha) * hard + self.config.alpha * kd_loss(
-            logits, teacher_logits, self.config.temperature
-        )
-        if self.student_features is not None and self.teacher_features is not None:
-            student, teacher = self.student_features.value, self.teacher_features.value
-            assert student is not None and teacher is not None
-            loss = loss + self.config.feature_weight * F.mse_loss(student.float(), teacher.float())
-        return loss
-
-
-def load_teacher(path: str, classes: list[str]) -> tuple[nn.Module, Preprocess]:
-    """The teacher checkpoint's model and preprocessing; its classes must be the dataset's, in order."""
-    checkpoint = load_checkpoint(path)
-    teacher_classes = checkpoint.get("classes")
-    if teacher_classes != classes:
-        raise MobiforgeError(
-            f"teacher {path} predicts {len(teacher_classes or [])} classes ({', '.join((teacher_classes or [])[:4])}"
-            f"...), the data has {len(classes)}; fine-tune the teacher on this data first, or pass a model name "
-            "with pretrained weights as --teacher to have it adapted"
-        )
-    return model_from_checkpoint(checkpoint), Preprocess.from_dict(checkpoint["preprocess"])
-
-
-def distillation_loss(
-    config: DistillConfig,
-    classes: list[str],
-    student: nn.Module,
-    student_preprocess: Preprocess,
-    label_smoothing: float,
-    device: torch.device,
-) -> DistillationLoss:
-    teacher, teacher_preprocess = load_teacher(config.teacher, classes)
-    return DistillationLoss(teacher, teacher_preprocess, student, student_preprocess, config, label_smoothing).to(
-        device
-    )
-
-
-def adapt_teacher(train_config: Any, config: DistillConfig, reporter: Any) -> str:
+def adapt_teacher(train_config: TrainConfig, config: DistillConfig, reporter: Reporter) -> str:
     """A teacher checkpoint for ``train_config``'s data: ``config.teacher`` itself when it is a file, else the
     pretrained model of that name fine-tuned for ``teacher_epochs`` (head only for the first) in RUN/teacher."""
-    from mobiforge.models import is_model
-    from mobiforge.train import train
-
     if Path(config.teacher).is_file():
         return config.teacher
     if not is_model(config.teacher):
@@ -200,10 +50,8 @@ def adapt_teacher(train_config: Any, config: DistillConfig, reporter: Any) -> st
     return str(result.run_dir / "best.pt")
 
 
-def distill(train_config: Any, reporter: Any = None) -> Any:
+def distill(train_config: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
     """Train ``train_config.model`` as a student of ``train_config.distill.teacher`` (see the module docstring)."""
-    from mobiforge.train import SilentReporter, default_run_name, train
-
     if train_config.distill is None:
         raise MobiforgeError("distill needs a teacher (--teacher CKPT_OR_MODEL)")
     check_distill_config(train_config.distill)

@@ -20,6 +20,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from mobiforge.errors import MobiforgeError
+from mobiforge.progress import StepInfo
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, targets, images) -> loss
 
@@ -174,18 +175,6 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
-
-
-@dataclass
-class StepInfo:
-    """What the progress callback receives after every training step."""
-
-    epoch: int
-    step: int
-    steps: int
-    loss: float
-    lr: float
-    images_per_second: float
 
 
 @dataclass

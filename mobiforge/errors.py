@@ -9,6 +9,14 @@ class MobiforgeError(Exception):
     exit_code = 2
 
 
+EXPORT_EXTRA = "pip install 'mobiforge[export]'"
+
+
+def missing(package: str) -> MobiforgeError:
+    """The error for an optional runtime package that is not installed, naming the extra that brings it."""
+    return MobiforgeError(f"this needs {package}, which is not installed: {EXPORT_EXTRA}")
+
+
 class UnknownModelError(MobiforgeError, KeyError):
     """A model name that is not registered."""
 

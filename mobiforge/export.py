@@ -29,17 +29,22 @@ from torch.utils.data import DataLoader
 
 from mobiforge import engine
 from mobiforge.checkpoint import load_checkpoint, model_from_checkpoint
-from mobiforge.data import DataConfig, ImageSamples, eval_transform, train_transform
-from mobiforge.distill import DistillationLoss, DistillConfig
-from mobiforge.errors import MobiforgeError
-from mobiforge.inference import _data_config, split_samples
+from mobiforge.data import (
+    DataConfig,
+    ImageSamples,
+    checkpoint_data_config,
+    eval_transform,
+    split_samples,
+    train_transform,
+)
+from mobiforge.errors import MobiforgeError, missing
+from mobiforge.losses import DistillationLoss, DistillConfig
 from mobiforge.models.base import Preprocess
 from mobiforge.profile import measure_latency, num_threads
 from mobiforge.quantize import (
     fold_batchnorms,
     layer_groups,
     litert_quantizer,
-    missing,
     onnx_needs_reduce_range,
     onnx_simulator,
     onnx_static_int8,
@@ -212,7 +217,7 @@ def load_export_data(checkpoint: dict[str, Any], config: ExportConfig) -> Export
     if not classes:
         raise MobiforgeError(f"{config.checkpoint} has no class names; export a checkpoint written by mobiforge")
     preprocess = Preprocess.from_dict(checkpoint["preprocess"])
-    data_config = _data_config(checkpoint, config.data)
+    data_config = checkpoint_data_config(checkpoint, config.data)
     saved = (checkpoint.get("config") or {}).get("data") or {}
     data_config = dataclasses.replace(
         data_config,

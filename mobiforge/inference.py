@@ -15,58 +15,15 @@ from torch.utils.data import DataLoader
 from mobiforge import engine
 from mobiforge.checkpoint import load_checkpoint, model_from_checkpoint
 from mobiforge.data import (
-    DataConfig,
     ImageSamples,
-    Sample,
-    class_folders,
+    checkpoint_data_config,
     decodable,
-    discover,
     eval_transform,
     load_rgb,
-    materialize_digits,
-    scan_split,
+    split_samples,
 )
 from mobiforge.errors import MobiforgeError
 from mobiforge.models.base import Preprocess
-
-
-def _data_config(checkpoint: dict[str, Any], data: str | None) -> DataConfig:
-    saved = dict((checkpoint.get("config") or {}).get("data") or {})
-    config = DataConfig(
-        data=data or saved.get("data", "digits"),
-        val_split=float(saved.get("val_split", 0.1)),
-        split_seed=int(saved.get("split_seed", 0)),
-    )
-    return config
-
-
-def split_samples(config: DataConfig, split: str, classes: list[str]) -> list[Sample]:
-    """The samples of ``split`` labelled with the checkpoint's ``classes`` (class folders matched by name)."""
-    root = materialize_digits() if config.data == "digits" else Path(config.data).expanduser()
-    if not root.is_dir():
-        raise MobiforgeError(f"--data {config.data}: no such folder")
-    class_to_idx = {name: index for index, name in enumerate(classes)}
-    folder = root / split
-    if split == "val" and not folder.is_dir() and (root / "test").is_dir():
-        folder = root / "test"  # DIR/{train,test}: training validated on test/, so "val" means the same here
-    if folder.is_dir():
-        unknown = sorted(set(class_folders(folder)) - set(classes))
-        if unknown:
-            raise MobiforgeError(f"{folder} has classes the model does not know: {', '.join(unknown)}")
-        samples, _, _ = scan_split(folder, class_to_idx)
-    elif (root / "train").is_dir():
-        present = ", ".join(name for name in ("train", "val", "test") if (root / name).is_dir())
-        raise MobiforgeError(f"--split {split}: {root} has no {split}/ folder (it has {present})")
-    elif split in ("train", "val"):
-        splits = discover(config)  # recreate the training run's seeded split
-        if splits.classes != classes:
-            raise MobiforgeError(f"{root} has classes {splits.classes}, the checkpoint {classes}")
-        samples = splits.train if split == "train" else splits.val
-    else:
-        raise MobiforgeError(f"--split {split}: {root} holds class folders only; use --split val or train")
-    if not samples:
-        raise MobiforgeError(f"no images in the {split} split of {root}")
-    return samples
 
 
 @dataclass
@@ -95,7 +52,7 @@ def evaluate_checkpoint(
         raise MobiforgeError(f"{path} has no class names; it was not written by `mobiforge train`")
     model = model_from_checkpoint(checkpoint)
     preprocess = Preprocess.from_dict(checkpoint["preprocess"])
-    config = _data_config(checkpoint, data)
+    config = checkpoint_data_config(checkpoint, data)
     samples = split_samples(config, split, classes)
     bad = decodable(samples, skip_bad_images)
     samples = [sample for sample in samples if sample[0] not in bad]

@@ -4,7 +4,7 @@ Everything here is measured on the machine it runs on, never estimated from FLOP
 which is computed from the parameter shapes (the size of the file an int8 export writes is measured by
 ``mobiforge export``). Latency uses the faster of the two eager memory layouts (contiguous, channels_last), which
 the report states together with the thread count. An exported file (.pte, .tflite, .onnx) is timed in its own
-runtime instead (``profile_artifact``).
+runtime instead (``mobiforge.runtimes.profile_artifact``).
 """
 
 from __future__ import annotations
@@ -17,10 +17,8 @@ import time
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -225,7 +223,7 @@ class BudgetCheck:
         return self.value <= self.limit
 
 
-class _Verdicts:
+class Verdicts:
     """``passed`` and ``to_dict`` of a report dataclass with a ``budgets`` list."""
 
     budgets: list[BudgetCheck]
@@ -242,7 +240,7 @@ class _Verdicts:
 
 
 @dataclass
-class ProfileReport(_Verdicts):
+class ProfileReport(Verdicts):
     model: str
     img_size: int
     batch_size: int
@@ -258,7 +256,7 @@ class ProfileReport(_Verdicts):
     budgets: list[BudgetCheck] = field(default_factory=list)
 
 
-def _budget_checks(
+def budget_checks(
     size_name: str, size: int, max_size: int | None, latency: LatencyStats, max_latency_ms: float | None
 ) -> list[BudgetCheck]:
     checks = [] if max_size is None else [BudgetCheck(size_name, max_size, size, "bytes")]
@@ -311,45 +309,5 @@ def profile_model(
         serialized_bytes=serialized_bytes(model),
         peak_memory_bytes=peak_memory_bytes(model, example),
         latency=latency,
-        budgets=_budget_checks("int8 weight size", int8_weight_bytes(model), max_size_bytes, latency, max_latency_ms),
-    )
-
-
-@dataclass
-class ArtifactProfile(_Verdicts):
-    """An exported artifact timed in its own runtime (``mobiforge profile model.pte``)."""
-
-    path: str
-    runtime: str
-    file_bytes: int
-    input_shape: list[int]
-    threads: int
-    latency: LatencyStats
-    budgets: list[BudgetCheck] = field(default_factory=list)
-
-
-def profile_artifact(
-    path: str | Path,
-    threads: int = 1,
-    max_size_bytes: int | None = None,
-    max_latency_ms: float | None = None,
-    min_seconds: float = 1.0,
-) -> ArtifactProfile:
-    """Time an ExecuTorch, LiteRT or ONNX file at batch 1 in its runtime on ``threads`` threads, with the input shape
-    stored in the file. ``max_size_bytes`` is checked against the file size (here the file is what ships)."""
-    from mobiforge.runtimes import input_shape, load_runner, runtime_of
-
-    path = Path(path)
-    runner = load_runner(path, threads)
-    shape = input_shape(path)
-    batch = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    latency = measure_latency(lambda: runner(batch), min_seconds=min_seconds)
-    return ArtifactProfile(
-        path=str(path),
-        runtime=runtime_of(path),
-        file_bytes=path.stat().st_size,
-        input_shape=list(shape),
-        threads=threads,
-        latency=latency,
-        budgets=_budget_checks("file size", path.stat().st_size, max_size_bytes, latency, max_latency_ms),
+        budgets=budget_checks("int8 weight size", int8_weight_bytes(model), max_size_bytes, latency, max_latency_ms),
     )

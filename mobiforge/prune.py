@@ -26,14 +26,22 @@ from torch import nn
 
 from mobiforge import engine
 from mobiforge.checkpoint import load_checkpoint, model_checkpoint, model_from_checkpoint, save_checkpoint
-from mobiforge.data import DataConfig, ImageSamples, eval_transform, loader_workers, train_transform
-from mobiforge.distill import DistillConfig
+from mobiforge.data import (
+    DataConfig,
+    ImageSamples,
+    eval_transform,
+    loader_workers,
+    split_samples,
+    train_transform,
+)
 from mobiforge.errors import MobiforgeError
-from mobiforge.inference import evaluate_checkpoint, split_samples
+from mobiforge.inference import evaluate_checkpoint
+from mobiforge.losses import DistillConfig
 from mobiforge.models.base import Preprocess
 from mobiforge.models.widths import check_prunable, respec
 from mobiforge.profile import count_macs, count_params, measure_latency, num_threads
-from mobiforge.train import Reporter, SilentReporter, TrainConfig, train
+from mobiforge.progress import Reporter, SilentReporter
+from mobiforge.train import TrainConfig, train
 
 IMPORTANCES = ("l1", "taylor", "bn")
 

@@ -24,13 +24,7 @@ import torch
 from torch import nn
 
 from mobiforge import engine
-from mobiforge.errors import MobiforgeError
-
-EXPORT_EXTRA = "pip install 'mobiforge[export]'"
-
-
-def missing(package: str) -> MobiforgeError:
-    return MobiforgeError(f"this needs {package}, which is not installed: {EXPORT_EXTRA}")
+from mobiforge.errors import MobiforgeError, missing
 
 
 def xnnpack_quantizer(qat: bool = False, float_modules: Sequence[str] = ()) -> Any:

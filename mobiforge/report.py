@@ -1,4 +1,4 @@
-"""Plots of a run (training curves, confusion matrix; matplotlib, headless) and ship's model card and reports.
+"""Ship's model card and reports (the run's own plots are ``mobiforge.plots``).
 
 ``write_ship_report`` writes ``model_card.json`` (what an app needs: file, classes, preprocessing constants, and the
 evidence: accuracy through the runtime, size, latency, budget verdicts, versions, the command), ``report.md`` with
@@ -7,80 +7,32 @@ its PNGs beside it, and ``report.html`` with the same content and the PNGs inlin
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import html
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+import torchvision
 
-
-def _pyplot():  # type: ignore[no-untyped-def]
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on servers and CI
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_curves(history: list[dict[str, Any]], path: Path) -> Path:
-    """Loss (train and val) and val accuracy (top-1, top-5) per epoch."""
-    plt = _pyplot()
-    epochs = [row["epoch"] for row in history]
-    figure, (loss_axis, acc_axis) = plt.subplots(1, 2, figsize=(10, 4))
-    loss_axis.plot(epochs, [row["train_loss"] for row in history], label="train")
-    loss_axis.plot(epochs, [row["val_loss"] for row in history], label="val")
-    loss_axis.set(xlabel="epoch", ylabel="loss", title="loss")
-    loss_axis.legend()
-    acc_axis.plot(epochs, [row["val_top1"] for row in history], label="val top-1")
-    acc_axis.plot(epochs, [row["val_top5"] for row in history], label="val top-5")
-    acc_axis.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
-    acc_axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
-
-
-def plot_confusion(confusion: torch.Tensor | list[list[int]], classes: list[str], path: Path) -> Path:
-    """Confusion matrix, rows = true class, columns = predicted, each row normalised to 1."""
-    plt = _pyplot()
-    counts = torch.as_tensor(confusion, dtype=torch.float64)
-    normalised = counts / counts.sum(dim=1, keepdim=True).clamp_min(1)
-    size = max(4.0, 0.5 * len(classes) + 2)
-    figure, axis = plt.subplots(figsize=(size, size))
-    image = axis.imshow(normalised.numpy(), cmap="Blues", vmin=0, vmax=1)
-    axis.set_xticks(range(len(classes)), classes, rotation=90 if len(classes) > 8 else 0)
-    axis.set_yticks(range(len(classes)), classes)
-    axis.set(xlabel="predicted", ylabel="true", title="confusion (row-normalised)")
-    if len(classes) <= 20:
-        for true in range(len(classes)):
-            for predicted in range(len(classes)):
-                value = int(counts[true, predicted])
-                if value:
-                    colour = "white" if normalised[true, predicted] > 0.5 else "black"
-                    axis.text(predicted, true, str(value), ha="center", va="center", color=colour, fontsize=8)
-    figure.colorbar(image, ax=axis, fraction=0.046)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
-
-
-# ------------------------------------------------------------------------------------------------ ship report
+from mobiforge import __version__
+from mobiforge.checkpoint import load_checkpoint
+from mobiforge.models.base import Preprocess
+from mobiforge.plots import pyplot
+from mobiforge.snippets import android_snippet, ios_snippet
 
 RUNTIME_PACKAGES = {"executorch": "executorch", "tflite": "ai-edge-litert", "onnx": "onnxruntime"}
 
 
 def versions(runtime: str) -> dict[str, str]:
-    import importlib.metadata
-    import os
-    import platform
-
-    import torchvision
-
-    from mobiforge import __version__
 
     found = {
         "mobiforge": __version__,
@@ -120,8 +72,6 @@ def ship_command(config: Any) -> str:
 
 def model_card(config: Any, state: dict[str, Any], row: dict[str, Any], artifact: Path | None) -> dict[str, Any]:
     """What an app developer needs to use the artifact, and the evidence that it meets the budget."""
-    from mobiforge.checkpoint import load_checkpoint
-    from mobiforge.models.base import Preprocess
 
     exported = row["exported"]["chosen"]
     trained = row["trained"]
@@ -187,7 +137,7 @@ def model_card(config: Any, state: dict[str, Any], row: dict[str, Any], artifact
 
 def plot_candidates(rows: list[dict[str, Any]], config: Any, path: Path) -> Path:
     """Top-1 through the runtime against measured latency for every trained candidate, budget drawn in."""
-    plt = _pyplot()
+    plt = pyplot()
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for row in rows:
         if not row["exported"]:
@@ -268,7 +218,6 @@ def _markdown_table(table: list[list[str]]) -> str:
 
 
 def _html_table(table: list[list[str]]) -> str:
-    import html
 
     head = "".join(f"<th>{html.escape(cell)}</th>" for cell in table[0])
     body = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in table[1:])
@@ -312,12 +261,6 @@ def write_ship_report(
     closest: dict[str, Any] | None,
 ) -> dict[str, Any] | None:
     """``model_card.json``, ``report.md`` (with PNGs beside it) and a self-contained ``report.html``."""
-    import base64
-    import html
-    import json
-    import shutil
-
-    from mobiforge.snippets import android_snippet, ios_snippet
 
     focus = chosen or (closest if closest and closest["exported"] else None)
     artifact = run_dir / f"model{Path(chosen['exported']['chosen']['path']).suffix}" if chosen else None
@@ -366,7 +309,6 @@ def write_ship_report(
     (run_dir / "report.md").write_text("\n".join(md) + "\n")
 
     def inline(text: str) -> str:  # the markdown intro's `code` and **bold** as HTML
-        import re
 
         text = html.escape(text)
         text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)

@@ -9,12 +9,13 @@ file, exactly as an app would do it.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from mobiforge.errors import MobiforgeError
-from mobiforge.quantize import missing
+from mobiforge.errors import MobiforgeError, missing
+from mobiforge.profile import BudgetCheck, LatencyStats, Verdicts, budget_checks, measure_latency
 
 Runner = Callable[[np.ndarray], np.ndarray]
 SUFFIXES = {".pte": "executorch", ".tflite": "tflite", ".onnx": "onnx"}
@@ -138,3 +139,41 @@ def load_runner(path: str | Path, threads: int = 1) -> Runner:
         raise
     except Exception as error:  # a damaged or foreign file: each runtime raises its own exception type
         raise _unreadable(path, runtime, error) from None
+
+
+@dataclass
+class ArtifactProfile(Verdicts):
+    """An exported artifact timed in its own runtime (``mobiforge profile model.pte``)."""
+
+    path: str
+    runtime: str
+    file_bytes: int
+    input_shape: list[int]
+    threads: int
+    latency: LatencyStats
+    budgets: list[BudgetCheck] = field(default_factory=list)
+
+
+def profile_artifact(
+    path: str | Path,
+    threads: int = 1,
+    max_size_bytes: int | None = None,
+    max_latency_ms: float | None = None,
+    min_seconds: float = 1.0,
+) -> ArtifactProfile:
+    """Time an ExecuTorch, LiteRT or ONNX file at batch 1 in its runtime on ``threads`` threads, with the input shape
+    stored in the file. ``max_size_bytes`` is checked against the file size (here the file is what ships)."""
+    path = Path(path)
+    runner = load_runner(path, threads)
+    shape = input_shape(path)
+    batch = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    latency = measure_latency(lambda: runner(batch), min_seconds=min_seconds)
+    return ArtifactProfile(
+        path=str(path),
+        runtime=runtime_of(path),
+        file_bytes=path.stat().st_size,
+        input_shape=list(shape),
+        threads=threads,
+        latency=latency,
+        budgets=budget_checks("file size", path.stat().st_size, max_size_bytes, latency, max_latency_ms),
+    )

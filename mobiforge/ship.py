@@ -50,7 +50,6 @@ from torch import nn
 from mobiforge import engine
 from mobiforge.checkpoint import load_checkpoint, model_checkpoint, model_from_checkpoint, save_checkpoint
 from mobiforge.data import BUILTIN_DATASETS, DataConfig, discover, loader_workers
-from mobiforge.distill import DistillConfig
 from mobiforge.errors import MobiforgeError
 from mobiforge.export import (
     FORMATS,
@@ -60,15 +59,18 @@ from mobiforge.export import (
     export_checkpoint,
     require_runtime,
 )
+from mobiforge.losses import DistillConfig
 from mobiforge.models import build_from_spec, create_model
 from mobiforge.models.base import Preprocess
 from mobiforge.models.weights import get_weights, locate_quietly
 from mobiforge.models.widths import NOT_PRUNABLE, respec
 from mobiforge.profile import count_macs, count_params, int8_weight_bytes, measure_latency, num_threads
+from mobiforge.progress import Reporter, SilentReporter
 from mobiforge.prune import PruneConfig, prune_model, ratio_for_target, recalibrate_on_training_images
 from mobiforge.quantize import layer_groups
+from mobiforge.report import write_ship_report
 from mobiforge.runtimes import load_runner
-from mobiforge.train import DEADLINE_MARGIN, Reporter, SilentReporter, TrainConfig, train
+from mobiforge.train import DEADLINE_MARGIN, TrainConfig, train
 
 STATE_FILE = "ship_state.json"
 TEACHER_MODEL = "efficientnet_lite0"  # the model zoo's network with real ImageNet weights on this machine
@@ -1015,8 +1017,6 @@ def _check(config: ShipConfig) -> None:
 def _finish(
     config: ShipConfig, run_dir: Path, state: ShipState, candidates: list[Candidate], say: Callable[..., None]
 ) -> ShipResult:
-    from mobiforge.report import write_ship_report
-
     rows = []
     for candidate in candidates:
         exported = state.done(f"export:{candidate.name}")

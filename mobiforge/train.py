@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,11 +52,13 @@ from mobiforge.data import (
     train_stages,
     train_transform,
 )
-from mobiforge.distill import DistillConfig, check_distill_config, distillation_loss
 from mobiforge.errors import MobiforgeError
+from mobiforge.losses import DistillConfig, check_distill_config, distillation_loss
 from mobiforge.models import build_from_spec, create_model
 from mobiforge.models.base import Preprocess
 from mobiforge.models.weights import get_weights
+from mobiforge.plots import plot_confusion, plot_curves
+from mobiforge.progress import Reporter, SilentReporter
 
 DEADLINE_MARGIN = 1.05  # an epoch is expected to end before a deadline if it would with 5% to spare
 
@@ -113,29 +115,6 @@ class TrainConfig:
             distill=DistillConfig(**distill) if distill else None,
             **data,
         )
-
-
-class Reporter(Protocol):
-    """Receives progress; the CLI renders it with rich, the library default stays silent."""
-
-    def start(self, info: dict[str, Any]) -> None: ...
-    def step(self, info: engine.StepInfo) -> None: ...
-    def epoch(self, row: dict[str, Any]) -> None: ...
-    def message(self, text: str) -> None: ...
-
-
-class SilentReporter:
-    def start(self, info: dict[str, Any]) -> None:
-        pass
-
-    def step(self, info: engine.StepInfo) -> None:
-        pass
-
-    def epoch(self, row: dict[str, Any]) -> None:
-        pass
-
-    def message(self, text: str) -> None:
-        pass
 
 
 @dataclass
@@ -702,8 +681,6 @@ def _tensorboard(run_dir: Path) -> Any:
 
 
 def _finish_plots(run_dir: Path, history: list[dict[str, Any]], classes: list[str]) -> None:
-    from mobiforge.report import plot_confusion, plot_curves
-
     if history:
         plot_curves(history, run_dir / "curves.png")
     best = run_dir / "best.pt"

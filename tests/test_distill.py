@@ -13,8 +13,9 @@ from helpers import make_split_folder, small_train_config
 from mobiforge import create_model
 from mobiforge.checkpoint import load_checkpoint
 from mobiforge.cli import main
-from mobiforge.distill import DistillationLoss, DistillConfig, InputAdapter, distill, kd_loss
+from mobiforge.distill import distill
 from mobiforge.errors import MobiforgeError
+from mobiforge.losses import DistillationLoss, DistillConfig, InputAdapter, kd_loss
 from mobiforge.models.base import Preprocess
 from mobiforge.train import TrainConfig, train
 

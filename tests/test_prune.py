@@ -117,8 +117,7 @@ def test_prune_and_finetune_end_to_end(trained: tuple[Path, Path], tmp_path: Pat
 def test_pruning_re_estimates_batchnorm_statistics_on_training_images(
     trained: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    from mobiforge.data import DataConfig, ImageSamples, eval_transform
-    from mobiforge.inference import split_samples
+    from mobiforge.data import DataConfig, ImageSamples, eval_transform, split_samples
     from mobiforge.models.base import Preprocess
 
     data, checkpoint = trained

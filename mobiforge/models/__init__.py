@@ -11,7 +11,8 @@ from mobiforge.models import (  # noqa: F401  (importing a family registers its 
     shufflenet_v2,
 )
 from mobiforge.models.base import MobileClassifier, Preprocess
-from mobiforge.models.registry import build_from_spec, create_model, is_model, list_models, register_model
+from mobiforge.models.factory import build_from_spec, create_model
+from mobiforge.models.registry import is_model, list_models, register_model
 
 __all__ = [
     "MobileClassifier",

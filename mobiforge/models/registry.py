@@ -1,8 +1,9 @@
-"""Model registry: one decorator registers a builder, ``create_model`` builds any model by name.
+"""Model registry, the leaf of the models package: one decorator registers a builder; ``build`` makes the bare
+architecture of any registered name.
 
-As in timm, keyword arguments that are ``None`` are dropped before the builder is called, so CLI flags can
-default to ``None`` without overriding a model's own defaults. Every model built here carries ``model.spec``,
-the plain dict ``{"name": ..., "kwargs": ...}`` that rebuilds the same architecture (see ``build_from_spec``).
+The import chain points one way, as timm's does: ``registry`` <- ``weights`` <- ``factory``. ``create_model`` (in
+``factory``) adds pretrained weights on top of ``build``; modules that only need architectures (the torchvision key
+map, the weights loaders) import this module and never the factory.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import difflib
 import fnmatch
 import inspect
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 from torch import nn
@@ -45,39 +45,22 @@ def is_model(name: str) -> bool:
     return name in _MODEL_BUILDERS
 
 
-def _check_name(name: str) -> None:
+def check_name(name: str) -> None:
+    """Raise ``UnknownModelError`` with the closest names when ``name`` is not registered."""
     if name not in _MODEL_BUILDERS:
         close = difflib.get_close_matches(name, _MODEL_BUILDERS, n=3, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}?" if close else "run `mobiforge models` to list them."
         raise UnknownModelError(f"unknown model {name!r}; {hint}")
 
 
-def create_model(
-    name: str,
-    pretrained: bool | str = False,
-    weights: str | Path | None = None,
-    download: bool = False,
-    **kwargs: Any,
-) -> nn.Module:
-    """Build a registered model, optionally with pretrained weights.
+def build(name: str, **kwargs: Any) -> nn.Module:
+    """The architecture registered as ``name``, with random weights and ``model.spec`` set.
 
-    Args:
-        name: a name from ``list_models()``.
-        pretrained: ``True`` for the model's default weights, or a weights tag (``mobiforge models --weights``).
-        weights: an explicit weights file in the entry's format (implies ``pretrained``).
-        download: allow fetching the weights from the publisher when no local copy exists (never implicit).
-        **kwargs: builder arguments (``num_classes``, ``width_mult``, ``small_input``, explicit channel lists...).
-            ``None`` values are dropped so that callers can pass optional flags through unchanged.
-
-    Returns:
-        The model, with ``model.spec == {"name": name, "kwargs": <the non-None kwargs>}``: the architecture only,
-        so rebuilding from a spec never loads weights. With weights, ``model.pretrained`` names the entry and the
-        classifier is replaced when ``num_classes`` differs from the weights'.
+    ``None`` values in ``kwargs`` are dropped (as in timm), so callers can pass optional flags through unchanged
+    and a model's own defaults stay in force.
     """
-    _check_name(name)
+    check_name(name)
     kwargs = {key: value for key, value in kwargs.items() if value is not None}
-    if pretrained or weights is not None:
-        return _create_pretrained(name, pretrained or True, weights, download, kwargs)
     builder = _MODEL_BUILDERS[name]
     accepted = inspect.signature(builder).parameters
     unknown = sorted(set(kwargs) - set(accepted))
@@ -87,36 +70,14 @@ def create_model(
         model = builder(**kwargs)
     except ValueError as error:  # an inconsistent width list or the like: say which model and why
         raise MobiforgeError(f"cannot build {name!r}: {error}") from None
-    model.spec = {"name": name, "kwargs": _plain(kwargs)}
+    model.spec = {"name": name, "kwargs": plain(kwargs)}
     return model
 
 
-def _create_pretrained(
-    name: str, tag: bool | str, file: str | Path | None, download: bool, kwargs: dict[str, Any]
-) -> nn.Module:
-    from mobiforge.models.weights import find_weights_file, get_weights, load_pretrained
-
-    entry = get_weights(name, tag)
-    num_classes = kwargs.pop("num_classes", entry.num_classes)
-    path = find_weights_file(entry, file, download)  # before building: a missing file fails fast
-    model = create_model(name, **{**kwargs, **entry.model_kwargs, "num_classes": entry.num_classes})
-    load_pretrained(model, entry, path, num_classes)
-    model.spec = {"name": name, "kwargs": _plain({**kwargs, **entry.model_kwargs, "num_classes": num_classes})}
-    model.pretrained = entry.name
-    return model
-
-
-def build_from_spec(spec: dict[str, Any]) -> nn.Module:
-    """Rebuild a model from its ``spec`` dict (as stored in checkpoints): no pickled modules involved."""
-    if not isinstance(spec, dict) or "name" not in spec:
-        raise ValueError(f"a model spec is a dict with 'name' and 'kwargs', got {spec!r}")
-    return create_model(spec["name"], **dict(spec.get("kwargs", {})))
-
-
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """Turn tuples into lists so that a spec survives JSON/YAML and ``torch.load(weights_only=True)`` alike."""
     if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
+        return {key: plain(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
+        return [plain(item) for item in value]
     return value

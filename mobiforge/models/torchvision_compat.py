@@ -22,7 +22,7 @@ import torch
 
 from mobiforge.errors import MobiforgeError
 from mobiforge.models.convert import map_by_order
-from mobiforge.models.registry import create_model
+from mobiforge.models.registry import build
 
 # mobiforge name -> torchvision builder name (they coincide, but the list says which families are compatible).
 TORCHVISION_EQUIVALENTS = {
@@ -45,7 +45,7 @@ def torchvision_key_map(name: str, num_classes: int = 1000) -> dict[str, str]:
             f"model {name!r} has no torchvision counterpart; these do: {', '.join(TORCHVISION_EQUIVALENTS)}"
         )
     reference = torchvision.models.get_model(TORCHVISION_EQUIVALENTS[name], weights=None, num_classes=num_classes)
-    ours = create_model(name, num_classes=num_classes)
+    ours = build(name, num_classes=num_classes)
     return map_by_order(reference.state_dict(), ours.state_dict())
 
 

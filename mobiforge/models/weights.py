@@ -28,6 +28,7 @@ from torch import nn
 from mobiforge.errors import MobiforgeError
 from mobiforge.models.base import Preprocess
 from mobiforge.models.convert import convert_by_order
+from mobiforge.models.torchvision_compat import convert_torchvision_state_dict
 from mobiforge.paths import mobiforge_home
 
 
@@ -218,8 +219,6 @@ def _torchvision_entries() -> None:
     metrics), loaded through the key map of ``torchvision_compat``."""
     import torchvision.models as tvm
     from torchvision.transforms import InterpolationMode
-
-    from mobiforge.models.torchvision_compat import convert_torchvision_state_dict
 
     enums = {
         "mobilenet_v2": tvm.MobileNet_V2_Weights,

@@ -17,10 +17,10 @@ from torch import nn
 from mobiforge.errors import MobiforgeError
 from mobiforge.models.blocks import ConvBNAct, InvertedResidual, SqueezeExcite, StageRow
 from mobiforge.models.efficientnet_lite import EFFICIENTNET_B0_STAGES
+from mobiforge.models.factory import build_from_spec
 from mobiforge.models.mobilenet_seed import SeedBlock
 from mobiforge.models.mobilenet_v1 import DepthwiseSeparable
 from mobiforge.models.mobilenet_v2 import MOBILENET_V2_STAGES
-from mobiforge.models.registry import build_from_spec
 
 # Families whose blocks share one width per stage (residual adds tie them): spec kwarg ``stage_channels``.
 STAGE_TABLES: dict[str, list[StageRow]] = {
