@@ -80,7 +80,7 @@ def lower(fraction: float) -> str:
 
 def executorch_latency(models: dict[str, torch.nn.Module], size: int, threads: int, workdir: Path) -> dict:
     """The same comparison in ExecuTorch (XNNPACK), where an app would run the model: fp32 .pte files."""
-    from mobiforge.export import write_executorch
+    from mobiforge.backends.executorch import write as write_executorch
     from mobiforge.runtimes import load_runner
 
     example = torch.randn(1, 3, size, size)

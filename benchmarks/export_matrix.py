@@ -18,9 +18,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import write_section
 
+from mobiforge.backends import BACKENDS
 from mobiforge.checkpoint import load_checkpoint
 from mobiforge.errors import MobiforgeError
-from mobiforge.export import FORMATS, ArtifactReport, ExportConfig, export_checkpoint
+from mobiforge.export import ArtifactReport, ExportConfig, export_checkpoint
 
 ONNX_QAT = "n/a (ONNX Runtime quantizes fp32 graphs only; `--int8 qat` stops with that message)"
 
@@ -37,7 +38,7 @@ def main() -> None:
     parser.add_argument("--qat-lr", type=float, default=1e-3)
     parser.add_argument("--qat-freeze-bn", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--qat-distill", type=float, default=0.5, help="weight of the fp32 model's soft targets")
-    parser.add_argument("--formats", nargs="+", default=list(FORMATS))
+    parser.add_argument("--formats", nargs="+", default=list(BACKENDS))
     parser.add_argument("--int8-modes", nargs="+", default=["fp32", "ptq", "qat"], help="which to (re)run")
     parser.add_argument(
         "--ptq-max-drop", type=float, default=1.0, help="PTQ gate; an artifact over it retries with float layers"
@@ -60,7 +61,7 @@ def main() -> None:
                 str(checkpoint),
                 fmt,
                 int8,
-                out=str(out_dir / f"{checkpoint.stem}-{label}{FORMATS[fmt]}"),
+                out=str(out_dir / f"{checkpoint.stem}-{label}{BACKENDS[fmt].suffix}"),
                 val_images=args.val_images,
                 calibration_images=args.calibration_images,
                 qat_images=args.qat_images,
@@ -83,9 +84,9 @@ def main() -> None:
 
     # The table holds every report found next to the artifacts: this run's formats and those of earlier runs of
     # this script with other --formats (each JSON records its own measurement).
-    for fmt in FORMATS:
+    for fmt in BACKENDS:
         for label in ("fp32", "ptq", "qat"):
-            path = out_dir / f"{checkpoint.stem}-{label}{FORMATS[fmt]}.json"
+            path = out_dir / f"{checkpoint.stem}-{label}{BACKENDS[fmt].suffix}.json"
             if path.is_file():
                 reports[(fmt, label)] = ArtifactReport.from_json(path)
     first = next(iter(reports.values()))

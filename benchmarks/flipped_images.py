@@ -19,9 +19,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import write_section
 
+from mobiforge.backends import backend_for
 from mobiforge.checkpoint import load_checkpoint, model_from_checkpoint
 from mobiforge.export import ExportConfig, _run_all, load_export_data
-from mobiforge.runtimes import load_runner, runtime_of
+from mobiforge.runtimes import load_runner
 
 
 def margin(logits: torch.Tensor) -> float:
@@ -51,7 +52,7 @@ def main() -> None:
 
     rows = []
     for file in args.files:
-        batched = runtime_of(Path(file)) == "onnx"  # the others are exported for batch 1, as export runs them
+        batched = backend_for(file).batched  # the others are exported for batch 1, as export runs them
         logits = _run_all(load_runner(Path(file), threads=2), data.val_images, batched)
         flipped = torch.nonzero(logits.argmax(1) != fp32.argmax(1)).flatten().tolist()
         for index in flipped:

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from mobiforge.backends import DEFAULT_RUNTIME, backend_names, is_artifact
 from mobiforge.errors import MobiforgeError
 
 DEFAULT_MODEL = "mobilenet_v2"
@@ -280,13 +281,13 @@ def build_parser() -> argparse.ArgumentParser:
         "export", help="export a checkpoint to ExecuTorch, LiteRT or ONNX (optionally int8) and verify it there"
     )
     _export_args(export)
-    export.add_argument("--format", "-f", choices=["executorch", "tflite", "onnx"], required=True)
+    export.add_argument("--format", "-f", choices=backend_names(), required=True)
     export.add_argument("--int8", choices=["ptq", "qat"], default=None, help="post-training or quantization-aware")
     export.set_defaults(handler=run_export)
 
     quantize = commands.add_parser("quantize", help="int8 export (PTQ or QAT), verified in the runtime")
     _export_args(quantize)
-    quantize.add_argument("--format", "-f", choices=["executorch", "tflite", "onnx"], default="executorch")
+    quantize.add_argument("--format", "-f", choices=backend_names(), default=DEFAULT_RUNTIME)
     quantize.add_argument("--method", dest="int8", choices=["ptq", "qat"], default="ptq")
     quantize.set_defaults(handler=run_export)
 
@@ -530,7 +531,7 @@ def _ship_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default="digits", help="image folder (as for train) or 'digits' (built in)")
     parser.add_argument("--max-size", default="1MB", help="largest int8 artifact file (1MB, 800KB, 2MiB)")
     parser.add_argument("--max-latency", default="100ms", help="median batch-1 latency in the runtime (100ms, 0.1s)")
-    parser.add_argument("--runtime", choices=["executorch", "tflite", "onnx"], default="executorch")
+    parser.add_argument("--runtime", choices=backend_names(), default=DEFAULT_RUNTIME)
     parser.add_argument("--threads", type=int, default=1, help="threads the latency is measured with")
     parser.add_argument("--time-budget", default="30m", help="wall time for the whole run (30m, 1h, 90s)")
     parser.add_argument("--teacher", default="auto", help="auto (pretrained EfficientNet-Lite0), none, or a CKPT")
@@ -699,11 +700,10 @@ def _load_for_profile(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 def run_profile(args: argparse.Namespace) -> int:
     from mobiforge.profile import parse_duration_ms, parse_size, profile_model
-    from mobiforge.runtimes import SUFFIXES
 
     max_size = parse_size(args.max_size) if args.max_size else None
     max_latency = parse_duration_ms(args.max_latency) if args.max_latency else None
-    if Path(args.model).suffix in SUFFIXES:
+    if is_artifact(args.model):
         return _profile_artifact(args, max_size, max_latency)
     model, name = _load_for_profile(args)
     report = profile_model(model, args.img_size, args.batch_size, args.threads, max_size, max_latency, name=name)

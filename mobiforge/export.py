@@ -1,8 +1,9 @@
 """Export a checkpoint to a mobile runtime, optionally int8, and verify the artifact *in that runtime*.
 
-Formats: ExecuTorch ``.pte`` lowered to the XNNPACK delegate, LiteRT ``.tflite`` (litert-torch), ONNX (opset 18,
-dynamic batch). int8: post-training (PT2E, graph annotated by XNNPACK's quantizer for both ExecuTorch and LiteRT;
-ONNX Runtime static QDQ for ONNX) or quantization-aware fine-tuning (PT2E QAT, then the same conversion).
+Formats: one per row of ``mobiforge.backends.BACKENDS`` (ExecuTorch ``.pte`` lowered to the XNNPACK delegate,
+LiteRT ``.tflite``, ONNX with a dynamic batch); each backend module writes its own files. int8: post-training or
+quantization-aware fine-tuning (PT2E QAT, where the backend takes it); this module prepares the data, the PT2E
+calibration and QAT loop that backends share, and the verification.
 
 The accuracy gate: every artifact is run by its own runtime on the validation images; the report gives top-1
 through the runtime next to the PyTorch fp32 model's, their top-1 agreement, the max abs logit difference, the file
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
 import json
 import random
 import time
@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from mobiforge import engine
+from mobiforge.backends import BACKENDS, DEFAULT_RUNTIME, Int8Job, get_backend
 from mobiforge.checkpoint import load_checkpoint, model_from_checkpoint
 from mobiforge.data import (
     DataConfig,
@@ -37,27 +38,20 @@ from mobiforge.data import (
     split_samples,
     train_transform,
 )
-from mobiforge.errors import MobiforgeError, missing
+from mobiforge.errors import MobiforgeError
 from mobiforge.losses import DistillationLoss, DistillConfig
 from mobiforge.models.base import Preprocess
 from mobiforge.profile import measure_latency, num_threads
 from mobiforge.quantize import (
     fold_batchnorms,
     layer_groups,
-    litert_quantizer,
-    onnx_needs_reduce_range,
-    onnx_simulator,
-    onnx_static_int8,
-    pt2e_simulator,
     ptq_pt2e,
     qat_pt2e,
     search_float_modules,
     top1_percent,
-    xnnpack_quantizer,
 )
 from mobiforge.runtimes import load_runner
 
-FORMATS = {"executorch": ".pte", "tflite": ".tflite", "onnx": ".onnx"}
 INT8_MODES = ("ptq", "qat")
 SEARCH_IMAGES = 96  # labelled training images the float-layer search scores each trial on
 QAT_TEMPERATURE = 2.0  # softmax temperature of QAT's distillation from the fp32 model
@@ -66,7 +60,7 @@ QAT_TEMPERATURE = 2.0  # softmax temperature of QAT's distillation from the fp32
 @dataclass
 class ExportConfig:
     checkpoint: str
-    format: str = "executorch"
+    format: str = DEFAULT_RUNTIME  # a name from mobiforge.backends.BACKENDS
     int8: str | None = None  # None (fp32) | ptq | qat
     data: str | None = None  # default: the data the checkpoint was trained on
     out: str | None = None  # default: next to the checkpoint
@@ -133,56 +127,6 @@ class ArtifactReport:
         return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
 
 
-# ----------------------------------------------------------------------------------------------------- writers
-
-
-def write_executorch(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
-    """torch.export -> edge dialect -> XNNPACK delegate -> .pte."""
-    try:
-        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-        from executorch.exir import to_edge_transform_and_lower
-    except ImportError:
-        raise missing("executorch") from None
-    program = torch.export.export(model, (example,))
-    lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch()
-    path.write_bytes(lowered.buffer)
-    return path
-
-
-def write_tflite(model: nn.Module, example: torch.Tensor, path: Path, quantizer: Any = None) -> Path:
-    try:
-        import litert_torch
-        from litert_torch.quantize.quant_config import QuantConfig
-    except ImportError:
-        raise missing("litert-torch") from None
-    quant_config = QuantConfig(pt2e_quantizer=quantizer) if quantizer is not None else None
-    litert_torch.convert(model, (example,), quant_config=quant_config).export(str(path))
-    return path
-
-
-def write_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
-    """ONNX opset 18 with a dynamic batch dimension, weights inside the file."""
-    try:
-        import onnx  # noqa: F401
-        import onnxscript  # noqa: F401
-    except ImportError:
-        raise missing("onnx and onnxscript") from None
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    torch.onnx.export(
-        model,
-        (example,),
-        str(path),
-        dynamo=True,
-        opset_version=18,
-        external_data=False,
-        dynamic_shapes=({0: batch},),
-        input_names=["input"],
-        output_names=["logits"],
-        verbose=False,
-    )
-    return path
-
-
 # -------------------------------------------------------------------------------------------------------- data
 
 
@@ -246,39 +190,18 @@ def load_export_data(checkpoint: dict[str, Any], config: ExportConfig) -> Export
 def default_output(config: ExportConfig) -> Path:
     source = Path(config.checkpoint)
     suffix = f"-int8-{config.int8}" if config.int8 else ""
-    return source.with_name(f"{source.stem}{suffix}{FORMATS[config.format]}")
-
-
-RUNTIME_MODULES = {
-    "executorch": ("executorch.exir", "executorch.runtime"),
-    "tflite": ("litert_torch", "ai_edge_litert.interpreter"),
-    "onnx": ("onnx", "onnxscript", "onnxruntime"),
-}
-
-
-def require_runtime(fmt: str) -> None:
-    """Fail before any slow work when the format's packages are missing, naming the extra to install."""
-    import importlib
-
-    for module in RUNTIME_MODULES[fmt]:
-        try:
-            importlib.import_module(module)
-        except ImportError:
-            raise missing(module.split(".")[0].replace("_", "-")) from None
+    return source.with_name(f"{source.stem}{suffix}{get_backend(config.format).suffix}")
 
 
 def _check(config: ExportConfig) -> None:
-    if config.format not in FORMATS:
-        raise MobiforgeError(f"--format must be one of {', '.join(FORMATS)}, got {config.format!r}")
+    backend = get_backend(config.format)
     if config.int8 not in (None, *INT8_MODES):
         raise MobiforgeError(f"--int8 must be ptq or qat, got {config.int8!r}")
     if config.calibration_images < 1 or config.qat_epochs < 1:
         raise MobiforgeError("--calibration-images and --qat-epochs must be at least 1")
-    if config.format == "onnx" and config.int8 == "qat":
-        raise MobiforgeError(
-            "--int8 qat is not available for onnx: ONNX Runtime quantizes fp32 graphs (use --int8 ptq), and "
-            "the exporter cannot yet write PT2E's quantize/dequantize ops; use executorch or tflite for QAT"
-        )
+    if config.int8 == "qat" and not backend.supports_qat:
+        able = ", ".join(b.name for b in BACKENDS.values() if b.supports_qat)
+        raise MobiforgeError(f"--int8 qat is not available for {backend.name}: {backend.no_qat_reason}; use {able}")
     if not 0.0 <= config.qat_distill <= 1.0:
         raise MobiforgeError(f"--qat-distill must be between 0 and 1, got {config.qat_distill}")
     if config.max_drop is not None and config.max_drop < 0:
@@ -333,52 +256,29 @@ def build_artifact(
 def _write_artifact(
     model: nn.Module, config: ExportConfig, data: ExportData, path: Path
 ) -> tuple[nn.Module | None, str]:
-    example = data.val_images[:1].clone()
     path.parent.mkdir(parents=True, exist_ok=True)
-    if config.format == "onnx":
-        if config.int8 == "ptq":
-            fp32 = write_onnx(model, example, path.with_name(path.stem + ".fp32.onnx"))
-            try:
-                onnx_static_int8(fp32, path, data.calibration, "input", config.float_modules, _reduce_range(config))
-            finally:
-                fp32.unlink(missing_ok=True)
-            weights = "7-bit weights (reduce_range)" if _reduce_range(config) else "int8 weights"
-            return None, f"ONNX Runtime static QDQ: per-channel {weights}, uint8 activations" + _float_note(config)
-        write_onnx(model, example, path)
+    backend = get_backend(config.format).impl()
+    if config.int8 is None:
+        backend.write(model, data.val_images[:1].clone(), path)
         return None, ""
-    reference: nn.Module | None = None
-    if config.int8 is not None:
-        # Both runtimes get their int8 graph annotated by XNNPACK's quantizer (per-channel symmetric int8 weights,
-        # static int8 activations). litert-torch 0.10's own annotator was measured to lose 32 top-1 points on a
-        # CIFAR-10 MobileNetV2 (benchmarks/RESULTS.md) and its QAT variant fails on this torch; litert-torch still
-        # does the conversion, told by its quantizer config that the graph is statically quantized.
-        quantizer = xnnpack_quantizer(qat=config.int8 == "qat", float_modules=config.float_modules)
-        fold = config.format == "executorch"  # litert-torch folds the weights itself
+    reference, note = backend.write_int8(model, _int8_job(model, config, data), path)
+    return reference, note + _float_note(config)
+
+
+def _int8_job(model: nn.Module, config: ExportConfig, data: ExportData) -> Int8Job:
+    def pt2e(quantizer: Any, fold: bool) -> nn.Module:
         if config.int8 == "ptq":
-            reference = ptq_pt2e(model, quantizer, data.calibration, fold_quantize=fold)
-        else:
-            reference = _qat_model(model, quantizer, data, config, fold)
-        if config.format == "executorch":
-            write_executorch(reference, example, path)
-        else:
-            write_tflite(reference, example, path, litert_quantizer())
-        return reference, "PT2E: per-channel symmetric int8 weights, static int8 activations, BN folded" + _float_note(
-            config
-        )
-    if config.format == "executorch":
-        write_executorch(model, example, path)
-    else:
-        write_tflite(model, example, path)
-    return None, ""
+            return ptq_pt2e(model, quantizer, data.calibration, fold_quantize=fold)
+        return _qat_model(model, quantizer, data, config, fold)
 
-
-def _reduce_range(config: ExportConfig) -> bool:
-    return _cpu_needs_reduce_range() if config.onnx_reduce_range is None else config.onnx_reduce_range
-
-
-@functools.cache
-def _cpu_needs_reduce_range() -> bool:  # the CPU does not change during an export: read its flags once
-    return onnx_needs_reduce_range()
+    return Int8Job(
+        example=data.val_images[:1].clone(),
+        calibration=data.calibration,
+        float_modules=config.float_modules,
+        qat=config.int8 == "qat",
+        pt2e=pt2e,
+        reduce_range=config.onnx_reduce_range,
+    )
 
 
 def _float_note(config: ExportConfig) -> str:
@@ -407,10 +307,11 @@ def export_checkpoint(config: ExportConfig) -> ArtifactReport:
     costs seconds where QAT costs an epoch per trial.
     """
     _check(config)
-    require_runtime(config.format)
+    backend = get_backend(config.format)
+    backend.require()
     path = Path(config.out) if config.out else default_output(config)
-    if path.suffix != FORMATS[config.format]:
-        raise MobiforgeError(f"--out {path}: a {config.format} artifact needs the suffix {FORMATS[config.format]}")
+    if path.suffix != backend.suffix:
+        raise MobiforgeError(f"--out {path}: a {config.format} artifact needs the suffix {backend.suffix}")
     checkpoint = load_checkpoint(config.checkpoint)
     model = model_from_checkpoint(checkpoint).eval()
     _check_float_modules(model, config)
@@ -450,13 +351,10 @@ def _retry_with_float_layers(
     # Each trial re-calibrates (histogram observers, the slow part) and re-evaluates: a subset keeps the ~20 trials
     # of an EfficientNet-Lite0 at 224 px to minutes on two cores (it took over 20 minutes on all 256 images).
     images, labels = torch.cat(data.calibration)[:SEARCH_IMAGES], data.calibration_labels[:SEARCH_IMAGES]
-    fp32_onnx = path.with_name(f"{path.stem}.search-fp32.onnx")
+    scratch = path.with_name(f"{path.stem}.search-scratch{path.suffix}")
     try:
-        if config.format == "onnx":  # ONNX Runtime quantizes and runs each trial: its rounding is the one shipped
-            write_onnx(model, data.val_images[:1].clone(), fp32_onnx)
-            int8_logits = onnx_simulator(fp32_onnx, data.calibration, images, "input", _reduce_range(config))
-        else:
-            int8_logits = pt2e_simulator(model, data.calibration[:1], images)
+        job = _int8_job(model, config, data)
+        int8_logits = get_backend(config.format).impl().int8_simulator(model, job, images, scratch)
         fallback = search_float_modules(
             model, images, labels, config.max_drop, config.float_fallback_groups, int8_logits
         )
@@ -466,7 +364,7 @@ def _retry_with_float_layers(
         )
         return first
     finally:
-        fp32_onnx.unlink(missing_ok=True)
+        scratch.unlink(missing_ok=True)
     retry_config = dataclasses.replace(config, float_modules=tuple(fallback.float_modules))
     trial_path = path.with_name(f"{path.stem}.float-fallback{path.suffix}")
     retry = _export_and_verify(model, retry_config, data, trial_path)
@@ -490,7 +388,7 @@ def _export_and_verify(model: nn.Module, config: ExportConfig, data: ExportData,
     reference, note = build_artifact(model, config, data, path)
     with torch.no_grad():
         torch_logits = torch.cat([model(chunk) for chunk in data.val_images.split(64)])
-    batched = config.format == "onnx"  # the other two are exported for batch 1, as phones run them
+    batched = get_backend(config.format).batched
     runner = load_runner(path, threads=max(config.threads))
     runtime_logits = _run_all(runner, data.val_images, batched)
     reference_diff = reference_top1 = None

@@ -13,18 +13,18 @@ folded into the convs by the flow, symmetric int8 weights, activations calibrate
 
 from __future__ import annotations
 
-import ast
 import copy
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from mobiforge import engine
-from mobiforge.errors import MobiforgeError, missing
+from mobiforge.errors import missing
+
+PT2E_NOTE = "PT2E: per-channel symmetric int8 weights, static int8 activations, BN folded"
 
 
 def xnnpack_quantizer(qat: bool = False, float_modules: Sequence[str] = ()) -> Any:
@@ -133,39 +133,8 @@ def pt2e_simulator(model: nn.Module, calibration: Sequence[torch.Tensor], images
     return int8_logits
 
 
-def onnx_simulator(
-    fp32_path: Path, calibration: Sequence[torch.Tensor], images: torch.Tensor, input_name: str, reduce_range: bool
-) -> Simulator:
-    """ONNX Runtime's static QDQ quantization of ``fp32_path``, run by ONNX Runtime itself. ``fp32_path`` (a file
-    written for the search) is pre-processed in place once, not once per trial."""
-    import onnxruntime as ort
-
-    onnx_preprocess(fp32_path, fp32_path)
-
-    def int8_logits(float_modules: list[str]) -> torch.Tensor:
-        trial = fp32_path.with_name(fp32_path.stem + ".trial.onnx")
-        try:
-            onnx_static_int8(fp32_path, trial, calibration, input_name, float_modules, reduce_range, preprocessed=True)
-            session = ort.InferenceSession(str(trial), providers=["CPUExecutionProvider"])
-            return torch.from_numpy(session.run(None, {input_name: images.numpy()})[0])
-        finally:
-            trial.unlink(missing_ok=True)
-
-    return int8_logits
-
-
 def top1_percent(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return 100.0 * (logits.argmax(1) == labels).float().mean().item()
-
-
-def litert_quantizer() -> Any:
-    """litert-torch's PT2E quantizer config for static int8 (tells its converter how the graph was quantized)."""
-    try:
-        from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
-    except ImportError:
-        raise missing("litert-torch") from None
-    config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False)
-    return PT2EQuantizer().set_global(config)
 
 
 def _export_dynamic_batch(model: nn.Module, example: torch.Tensor) -> nn.Module:
@@ -265,101 +234,3 @@ def qat_pt2e(
         engine.train_one_epoch(prepared, train_loader, optimizer, scheduler, loss_fn, epoch=epoch)
     prepared.train(False)
     return without_unused_tensors(convert_pt2e(prepared.graph, fold_quantize=fold_quantize))
-
-
-def onnx_static_int8(
-    fp32_path: Path,
-    out_path: Path,
-    calibration: Sequence[torch.Tensor],
-    input_name: str,
-    float_modules: Sequence[str] = (),
-    reduce_range: bool = False,
-    preprocessed: bool = False,
-) -> Path:
-    """ONNX Runtime static quantization: QDQ format, per-channel int8 weights, uint8 activations; the nodes exported
-    from the modules named in ``float_modules`` (and everything inside them) are left in float. ``reduce_range``
-    quantizes the weights to 7 bits (see ``onnx_needs_reduce_range``). ``preprocessed``: ``fp32_path`` already went
-    through ``onnx_preprocess``."""
-    try:
-        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    except ImportError:
-        raise missing("onnxruntime") from None
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = iter(calibration)
-
-        def get_next(self) -> dict[str, Any] | None:
-            batch = next(self.batches, None)
-            return None if batch is None else {input_name: batch.numpy()}
-
-    prepared = (
-        fp32_path if preprocessed else onnx_preprocess(fp32_path, out_path.with_name(out_path.stem + ".pre.onnx"))
-    )
-    try:
-        excluded = onnx_nodes_of(prepared, float_modules) if float_modules else []
-        quantize_static(
-            str(prepared),
-            str(out_path),
-            Reader(),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            nodes_to_exclude=excluded,
-            reduce_range=reduce_range,
-        )
-    finally:
-        if not preprocessed:
-            prepared.unlink(missing_ok=True)
-    return out_path
-
-
-def onnx_preprocess(fp32_path: Path, out_path: Path) -> Path:
-    """Shape inference and graph optimisation before quantization, as ONNX Runtime's quantization guide recommends;
-    ``out_path`` may be ``fp32_path``."""
-    try:
-        from onnxruntime.quantization.shape_inference import quant_pre_process
-    except ImportError:
-        raise missing("onnxruntime") from None
-
-    staged = out_path.with_name(out_path.stem + ".staged.onnx")
-    try:
-        quant_pre_process(str(fp32_path), str(staged))
-        return staged.replace(out_path)
-    finally:
-        staged.unlink(missing_ok=True)  # left only when pre-processing failed
-
-
-def onnx_needs_reduce_range(cpuinfo: str | None = None) -> bool:
-    """Whether ONNX Runtime's int8 kernels on this CPU need 7-bit weights: on x86 without VNNI they multiply uint8
-    activations by int8 weights with instructions whose 16-bit pair sums saturate, and ONNX Runtime's quantization
-    guide recommends ``reduce_range`` there (EfficientNet-Lite0 on an AVX2 CPU: 7x less logit error, RESULTS.md).
-    VNNI and AMX CPUs, and ARM, do not saturate."""
-    import platform
-
-    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
-        return False
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return False  # no way to tell: keep ONNX Runtime's default
-    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
-    return not any(flag in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
-
-
-def onnx_nodes_of(path: Path, modules: Sequence[str]) -> list[str]:
-    """The nodes of an ONNX file that torch's exporter wrote for ``modules`` (or anything inside them): it records
-    each node's module path (``pkg.torch.onnx.name_scopes``), and ORT's pre-processing keeps it."""
-    import onnx
-
-    wanted, nodes = set(modules), []
-    for node in onnx.load(str(path)).graph.node:
-        scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), "[]")
-        if wanted & set(ast.literal_eval(scopes)):
-            nodes.append(node.name)
-    if not nodes:
-        names = ", ".join(modules)
-        raise MobiforgeError(f"{path}: no ONNX node was exported from {names}; name layer groups with weights")
-    return nodes

@@ -24,12 +24,11 @@ import torch
 import torchvision
 
 from mobiforge import __version__
+from mobiforge.backends import get_backend
 from mobiforge.checkpoint import load_checkpoint
 from mobiforge.models.base import Preprocess
 from mobiforge.plots import pyplot
 from mobiforge.snippets import android_snippet, ios_snippet
-
-RUNTIME_PACKAGES = {"executorch": "executorch", "tflite": "ai-edge-litert", "onnx": "onnxruntime"}
 
 
 def versions(runtime: str) -> dict[str, str]:
@@ -41,7 +40,7 @@ def versions(runtime: str) -> dict[str, str]:
         "torchvision": torchvision.__version__,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
     }
-    package = RUNTIME_PACKAGES[runtime]
+    package = get_backend(runtime).package
     with contextlib.suppress(importlib.metadata.PackageNotFoundError):  # the runtime is an optional extra
         found[package] = importlib.metadata.version(package)
     return found

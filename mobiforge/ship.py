@@ -48,17 +48,11 @@ from PIL import Image
 from torch import nn
 
 from mobiforge import engine
+from mobiforge.backends import DEFAULT_RUNTIME, get_backend
 from mobiforge.checkpoint import load_checkpoint, model_checkpoint, model_from_checkpoint, save_checkpoint
 from mobiforge.data import BUILTIN_DATASETS, DataConfig, discover, loader_workers
 from mobiforge.errors import MobiforgeError
-from mobiforge.export import (
-    FORMATS,
-    ExportConfig,
-    ExportData,
-    build_artifact,
-    export_checkpoint,
-    require_runtime,
-)
+from mobiforge.export import ExportConfig, ExportData, build_artifact, export_checkpoint
 from mobiforge.losses import DistillConfig
 from mobiforge.models import build_from_spec, create_model
 from mobiforge.models.base import Preprocess
@@ -70,9 +64,10 @@ from mobiforge.prune import PruneConfig, prune_model, ratio_for_target, recalibr
 from mobiforge.quantize import layer_groups
 from mobiforge.report import write_ship_report
 from mobiforge.runtimes import load_runner
-from mobiforge.train import DEADLINE_MARGIN, TrainConfig, train
+from mobiforge.train import EPOCH_END, TrainConfig, Trainer, TrainResult, train
 
 STATE_FILE = "ship_state.json"
+DEADLINE_MARGIN = 1.05  # an epoch is expected to end before a deadline if it would with 5% to spare
 TEACHER_MODEL = "efficientnet_lite0"  # the model zoo's network with real ImageNet weights on this machine
 FILE_OVERHEAD = 1.12  # an int8 artifact is measured at up to ~11% above its int8 weight bytes (graph, scales)
 SMALL_IMAGE_SIDE = 64  # images this small (CIFAR, digits) train at 32 px with the CIFAR-style stems
@@ -113,7 +108,7 @@ class ShipConfig:
     data: str = "digits"
     max_size: int = 1_000_000  # bytes of the int8 artifact file, what goes on the device
     max_latency_ms: float = 100.0  # median batch-1 latency in the runtime, on ``threads`` threads, on this machine
-    runtime: str = "executorch"  # executorch | tflite | onnx
+    runtime: str = DEFAULT_RUNTIME  # a name from mobiforge.backends.BACKENDS
     threads: int = 1
     time_budget_s: float = 1800.0
     teacher: str = "auto"  # auto | none | a checkpoint
@@ -399,7 +394,7 @@ def measure_candidate(model: nn.Module, candidate: Candidate, config: ShipConfig
     data = ExportData(
         example, torch.zeros(1, dtype=torch.long), [torch.randn(8, 3, size, size)], None, DataConfig(), []
     )
-    path = workdir / f"{candidate.name}{FORMATS[config.runtime]}"
+    path = workdir / f"{candidate.name}{get_backend(config.runtime).suffix}"
     path.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
     build_artifact(model, export_config, data, path)
@@ -687,13 +682,42 @@ def fit_epochs(end: float, cap: int) -> Callable[[int, float], int]:
     return epochs
 
 
+def replan_once(plan: Callable[[int, float], int]) -> Callable[[Trainer], None]:
+    """A train callback: once, after the first whole epoch that trains the full network, ``plan(epochs_done,
+    epoch_seconds)`` sets the run's epoch count; the schedule is stretched or shortened to it, so that a
+    time-budgeted run planned from an estimate still ends its learning-rate schedule instead of being cut mid-way
+    or ending early."""
+    asked = False
+
+    def on_epoch_end(trainer: Trainer) -> None:
+        nonlocal asked
+        if asked or not trainer.whole_epoch or trainer.frozen:
+            return
+        asked = True
+        trainer.set_epochs(plan(trainer.epoch, trainer.epoch_seconds))
+
+    return on_epoch_end
+
+
+def stop_by(deadline: float) -> Callable[[Trainer], None]:
+    """A train callback: end the run after the last epoch expected to finish before ``deadline`` (a
+    ``time.time()`` value), judged by the length of the epoch just done; the run stays resumable with more time."""
+
+    def on_epoch_end(trainer: Trainer) -> None:
+        epochs = trainer.config.epochs or 0
+        if trainer.epoch < epochs and time.time() + DEADLINE_MARGIN * trainer.epoch_seconds > deadline:
+            trainer.stop(f"time budget reached after epoch {trainer.epoch} of {epochs}")
+
+    return on_epoch_end
+
+
 def _train_resumable(
-    config: TrainConfig, reporter: Reporter, deadline: float, replan: Callable[[int, float], int] | None
-) -> Any:
+    config: TrainConfig, reporter: Reporter, deadline: float, plan: Callable[[int, float], int]
+) -> TrainResult:
     last = Path(config.runs_dir) / str(config.name) / "last.pt"
     if last.exists():
         config = TrainConfig(resume=str(last))
-    result = train(config, reporter, deadline=deadline, replan=replan)
+    result = train(config, reporter, callbacks={EPOCH_END: [replan_once(plan), stop_by(deadline)]})
     if result.interrupted:
         raise ShipInterrupted(
             "stopped; the finished stages and the training so far are saved: rerun the same command to resume"
@@ -841,13 +865,13 @@ FIRST_LAYERS_IN_FLOAT = 2  # the stem and the first block: where int8 hurts Mobi
 
 
 def _export_attempts(checkpoint: str, runtime: str) -> list[tuple[str, tuple[str, ...]]]:
-    """PTQ; then PTQ with the first layer groups left in float; then QAT (not for ONNX, which quantizes fp32
-    graphs only). ``mobiforge export`` searches every layer group for the ones to leave in float (minutes: ~20
-    calibrations); ship, on a clock, tries the groups that search picked on both hymenoptera models (the stem, alone
-    or with the first block: RESULTS.md) for one more PTQ export.
+    """PTQ; then PTQ with the first layer groups left in float; then QAT where the backend takes it (not ONNX,
+    which quantizes fp32 graphs only). ``mobiforge export`` searches every layer group for the ones to leave in
+    float (minutes: ~20 calibrations); ship, on a clock, tries the groups that search picked on both hymenoptera
+    models (the stem, alone or with the first block: RESULTS.md) for one more PTQ export.
     """
     first = tuple(layer_groups(model_from_checkpoint(load_checkpoint(checkpoint)))[:FIRST_LAYERS_IN_FLOAT])
-    qat = [] if runtime == "onnx" else [("qat", ())]
+    qat = [("qat", ())] if get_backend(runtime).supports_qat else []
     return [("ptq", ()), *([("ptq", first)] if first else []), *qat]  # no groups: no repeat of plain PTQ
 
 
@@ -857,7 +881,7 @@ def export_candidate(
     """int8 PTQ through the runtime and the accuracy gate; past a failed gate, PTQ with the first layers in float,
     then QAT (ExecuTorch, LiteRT), while time is left."""
     folder = Path(trained["run_dir"])
-    suffix = FORMATS[config.runtime]
+    suffix = get_backend(config.runtime).suffix
     reports = []
     for method, float_modules in _export_attempts(trained["checkpoint"], config.runtime):
         label = method.upper() + (f" with {', '.join(float_modules)} in float" if float_modules else "")
@@ -940,7 +964,7 @@ def ship(config: ShipConfig, reporter: Reporter | None = None) -> ShipResult:
     """Run (or resume) the staged pipeline of the module docstring."""
     reporter = reporter or SilentReporter()
     _check(config)
-    require_runtime(config.runtime)
+    get_backend(config.runtime).require()
     run_dir = config.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     state = ShipState(run_dir, config)
@@ -998,8 +1022,7 @@ def ship(config: ShipConfig, reporter: Reporter | None = None) -> ShipResult:
 
 
 def _check(config: ShipConfig) -> None:
-    if config.runtime not in FORMATS:
-        raise MobiforgeError(f"--runtime must be one of {', '.join(FORMATS)}, got {config.runtime!r}")
+    get_backend(config.runtime)  # an unknown name: one line naming the runtimes there are
     checks = [
         ("--max-size", config.max_size > 0),
         ("--max-latency", config.max_latency_ms > 0),

@@ -60,8 +60,6 @@ from mobiforge.models.weights import get_weights
 from mobiforge.plots import plot_confusion, plot_curves
 from mobiforge.progress import Reporter, SilentReporter
 
-DEADLINE_MARGIN = 1.05  # an epoch is expected to end before a deadline if it would with 5% to spare
-
 
 @dataclass
 class TrainConfig:
@@ -307,284 +305,397 @@ def _prepare_run_dir(config: TrainConfig, resume_ckpt: dict[str, Any] | None) ->
     return run_dir
 
 
-def train(
-    config: TrainConfig,
-    reporter: Reporter | None = None,
-    deadline: float | None = None,
-    replan: Callable[[int, float], int] | None = None,
-) -> TrainResult:
-    """Train ``config.model`` on ``config.data``; returns the run directory and the per-epoch history.
+EPOCH_END = "on_epoch_end"  # the one hook event: after an epoch's evaluation and checkpoint
+Callback = Callable[["Trainer"], None]
 
-    ``deadline`` (a ``time.time()`` value; ship's time budget) ends the run after the last epoch that is expected
-    to finish before it, judged by the length of the epoch just done; the run stays resumable with more time.
-    ``replan(epochs_done, epoch_seconds)`` is asked once, after the first whole epoch that trains the full network,
-    for the run's epoch count; the schedule is stretched or shortened to it, so that a time-budgeted run planned
-    from an estimate still ends its learning-rate schedule instead of being cut mid-way or ending early."""
-    reporter = reporter or SilentReporter()
-    _check_config(config)  # before defaults fill in: an explicit 0 is an error, not "use the default"
-    resume_ckpt = load_checkpoint(config.resume) if config.resume else None
-    if resume_ckpt is not None:  # the run's own config; only the epoch count may be raised
-        saved = TrainConfig.from_dict(resume_ckpt["config"])
-        config = dataclasses.replace(saved, resume=config.resume, epochs=config.epochs or saved.epochs)
-    else:
-        config = dataclasses.replace(config, epochs=config.epochs or 30)  # never mutate the caller's config
-    ddp, device = setup_distributed(config.device)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    if device.type == "cpu":
-        torch.set_flush_denormal(True)  # denormal floats slow CPU kernels down; measured 5-10% faster here
-    _seed_everything(config.seed, config.deterministic)
 
-    splits = discover(config.data)
-    classes = splits.classes
-    pretrained = config.pretrained or config.weights is not None
-    weights_preprocess = get_weights(config.model, config.pretrained or True).preprocess if pretrained else None
-    init_ckpt = _init_checkpoint(config, classes) if resume_ckpt is None else None
-    if init_ckpt is not None:  # the starting checkpoint's input size and normalisation, unless set explicitly
-        weights_preprocess = Preprocess.from_dict(init_ckpt["preprocess"])
-    config = dataclasses.replace(config, data=config.data.resolved(weights_preprocess))
-    img_size = config.data.resolved_img_size()
-    small_input = config.small_input if config.small_input is not None else img_size <= 64
-    if resume_ckpt is not None:  # the checkpoint's own architecture; its weights are loaded below
-        model = build_from_spec(resume_ckpt["spec"])
-    elif init_ckpt is not None:
-        model = build_from_spec(init_ckpt["spec"])
-        model.load_state_dict(init_ckpt["state_dict"])
-    else:
-        model = create_model(
+class Trainer:
+    """One training run, in pieces: ``setup`` (config, model, data, optimisation, restore, run directory), ``fit``
+    (the epoch loop), ``train_epoch``, ``evaluate``, ``save``.
+
+    Callers extend a run through callbacks instead of new parameters (as Ultralytics' trainer does): after every
+    epoch's evaluation and checkpoint, each ``on_epoch_end`` callback gets the trainer and may read ``epoch``
+    (epochs done), ``epoch_seconds`` (that epoch's wall time, evaluation and checkpointing included),
+    ``whole_epoch`` (it started at its first step in this session), ``frozen`` (it trained the head only) and
+    ``config``, and may call ``set_epochs`` (re-plan the run's length and learning-rate schedule) or ``stop``
+    (end the run after this epoch; it stays resumable). ``mobiforge.ship`` keeps its time budget that way.
+    """
+
+    def __init__(
+        self, config: TrainConfig, reporter: Reporter | None = None, callbacks: dict[str, list[Callback]] | None = None
+    ) -> None:
+        _check_config(config)  # before defaults fill in: an explicit 0 is an error, not "use the default"
+        self.config = config
+        self.reporter = reporter or SilentReporter()
+        self.callbacks: dict[str, list[Callback]] = {event: list(fns) for event, fns in (callbacks or {}).items()}
+        self.history: list[dict[str, Any]] = []
+        self.best_top1 = -1.0
+        self.epoch = self.start_step = 0
+        self.partial = _no_partial()  # the part of an epoch done before an interruption
+        self.epoch_seconds, self.whole_epoch, self.frozen = 0.0, True, False
+        self.last_eval: engine.EvalResult | None = None
+        self.interrupted = False
+        self._stop_reason: str | None = None
+
+    def add_callback(self, event: str, callback: Callback) -> None:
+        self.callbacks.setdefault(event, []).append(callback)
+
+    # ------------------------------------------------------------------------------------------------ setup
+
+    def setup(self) -> None:
+        resume_ckpt = load_checkpoint(self.config.resume) if self.config.resume else None
+        self._resolve_config(resume_ckpt)
+        self.ddp, self.device = setup_distributed(self.config.device)
+        if self.config.threads:
+            torch.set_num_threads(self.config.threads)
+        if self.device.type == "cpu":
+            torch.set_flush_denormal(True)  # denormal floats slow CPU kernels down; measured 5-10% faster here
+        _seed_everything(self.config.seed, self.config.deterministic)
+        self._build_model(resume_ckpt)
+        self._build_data()
+        self._build_optimisation()
+        if resume_ckpt is not None:
+            self._restore(resume_ckpt)
+        self._open_run_dir(resume_ckpt)
+        self._wrap_model()
+
+    def _resolve_config(self, resume_ckpt: dict[str, Any] | None) -> None:
+        """A resumed run keeps its own config (only the epoch count may be raised); a new one gets its defaults."""
+        config = self.config
+        if resume_ckpt is not None:
+            saved = TrainConfig.from_dict(resume_ckpt["config"])
+            config = dataclasses.replace(saved, resume=config.resume, epochs=config.epochs or saved.epochs)
+        else:
+            config = dataclasses.replace(config, epochs=config.epochs or 30)  # never mutate the caller's config
+        self.config = config
+
+    def _build_model(self, resume_ckpt: dict[str, Any] | None) -> None:
+        config = self.config
+        self.splits = discover(config.data)
+        self.classes = self.splits.classes
+        self.pretrained = bool(config.pretrained or config.weights is not None)
+        weights_preprocess = (
+            get_weights(config.model, config.pretrained or True).preprocess if self.pretrained else None
+        )
+        init_ckpt = _init_checkpoint(config, self.classes) if resume_ckpt is None else None
+        if init_ckpt is not None:  # the starting checkpoint's input size and normalisation, unless set explicitly
+            weights_preprocess = Preprocess.from_dict(init_ckpt["preprocess"])
+        config = self.config = dataclasses.replace(config, data=config.data.resolved(weights_preprocess))
+        self.img_size = config.data.resolved_img_size()
+        if resume_ckpt is not None:  # the checkpoint's own architecture; its weights are loaded by _restore
+            model = build_from_spec(resume_ckpt["spec"])
+        elif init_ckpt is not None:
+            model = build_from_spec(init_ckpt["spec"])
+            model.load_state_dict(init_ckpt["state_dict"])
+        else:
+            model = self._new_model()
+        if self.pretrained and resume_ckpt is None:
+            self.reporter.message(
+                f"starting from {model.pretrained} weights; new classifier for {len(self.classes)} classes"
+            )
+        self.preprocess = model.preprocess = preprocess_for(config.data, weights_preprocess)
+        model.to(self.device)
+        if config.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.model = model
+
+    def _new_model(self) -> nn.Module:
+        config = self.config
+        return create_model(
             config.model,
             pretrained=config.pretrained,
             weights=config.weights,
             download=config.download,
-            num_classes=len(classes),
+            num_classes=len(self.classes),
             width_mult=config.width_mult,
-            small_input=small_input,
+            small_input=config.small_input if config.small_input is not None else self.img_size <= 64,
             dropout=config.dropout,
         )
-    if pretrained and resume_ckpt is None:
-        reporter.message(f"starting from {model.pretrained} weights; new classifier for {len(classes)} classes")
-    preprocess: Preprocess = preprocess_for(config.data, weights_preprocess)
-    model.preprocess = preprocess
-    model.to(device)
-    if config.channels_last:
-        model.to(memory_format=torch.channels_last)
 
-    splits = _checked_images(splits, config.data, preprocess, reporter)
-    val_samples = splits.val[ddp.rank :: ddp.world_size] if ddp.enabled else splits.val
-    if splits.images is not None:  # decoded once: each epoch runs only the random steps of the recipe
-        augment = v2.Compose(train_stages(config.data, cached=True)[1])
-        train_set = EpochKeyedSamples(splits.train, augment, seed=config.seed, images=splits.images)
-        val_set = ImageSamples(val_samples, v2.Compose(eval_stages(preprocess)[1]), images=splits.images)
-    else:
-        transform = train_transform(config.data)
-        train_set = EpochKeyedSamples(splits.train, transform, seed=config.seed, draft_size=2 * img_size)
-        val_set = ImageSamples(val_samples, eval_transform(preprocess), draft_size=preprocess.resize_size)
-    workers = config.data.resolved_workers(splits.images is not None, device.type)
-    base_sampler = DistributedSampler(
-        range(len(train_set)), num_replicas=ddp.world_size, rank=ddp.rank, shuffle=True, seed=config.seed
-    )
-    sampler = EpochKeySampler(base_sampler, len(train_set))
-    drop_last = len(base_sampler) > config.data.batch_size  # a last batch of 1 breaks BatchNorm
-    train_loader = _loader(train_set, sampler, config.data.batch_size, workers, drop_last, device)
-    val_loader = _loader(val_set, None, config.data.batch_size, workers, False, device)
-
-    head = model.get_classifier() if (pretrained or config.backbone_lr_scale != 1.0) else None
-    optimizer = engine.build_optimizer(model, config.optim, head, config.backbone_lr_scale)
-    base_lrs = [group["lr"] for group in optimizer.param_groups]  # before a scheduler or a resume changes them
-    scheduler = engine.build_scheduler(optimizer, config.optim, config.epochs, len(train_loader))
-    amp_dtype = engine.resolve_amp(config.amp, device)
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    ema = engine.build_ema(model, config.optim.ema_decay)
-    loss_fn: Callable[..., torch.Tensor] = engine.cross_entropy_loss(config.optim.label_smoothing)
-    if config.distill is not None:
-        loss_fn = distillation_loss(config.distill, classes, model, preprocess, config.optim.label_smoothing, device)
-    batch_transform = _mixup_cutmix(config.data, len(classes))
-
-    start_epoch, start_step, history, best_top1 = 0, 0, [], -1.0
-    partial = {"loss_sum": 0.0, "images": 0, "seconds": 0.0}  # the part of an epoch done before an interruption
-    if resume_ckpt is not None:
-        model.load_state_dict(resume_ckpt.get("train_state_dict") or resume_ckpt["state_dict"])
-        optimizer.load_state_dict(resume_ckpt["optimizer"])
-        scheduler.load_state_dict(resume_ckpt["scheduler"])
-        if scaler is not None and resume_ckpt.get("scaler"):
-            scaler.load_state_dict(resume_ckpt["scaler"])
-        if ema is not None and resume_ckpt.get("ema"):
-            ema.load_state_dict(resume_ckpt["ema"])
-        start_epoch, start_step = int(resume_ckpt["epoch"]), int(resume_ckpt.get("step_in_epoch", 0))
-        history = list(resume_ckpt.get("metrics", {}).get("history", []))
-        best_top1 = float(resume_ckpt.get("metrics", {}).get("best_top1", -1.0))
-        partial = dict(resume_ckpt.get("partial_epoch") or partial)
-        _restore_rng(resume_ckpt["rng"])
-
-    run_dir = _prepare_run_dir(config, resume_ckpt)
-    writer = None
-    if ddp.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-        _write_metrics_csv(run_dir, history)
-        writer = _tensorboard(run_dir) if config.tensorboard else None
-    train_model: nn.Module = model
-    if ddp.enabled:
-        # Frozen-backbone epochs leave parameters without gradients, which DDP must be told to expect.
-        train_model = nn.parallel.DistributedDataParallel(
-            model,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=config.freeze_epochs > 0,
+    def _build_data(self) -> None:
+        config, ddp = self.config, self.ddp
+        splits = self.splits = _checked_images(self.splits, config.data, self.preprocess, self.reporter)
+        val_samples = splits.val[ddp.rank :: ddp.world_size] if ddp.enabled else splits.val
+        if splits.images is not None:  # decoded once: each epoch runs only the random steps of the recipe
+            augment = v2.Compose(train_stages(config.data, cached=True)[1])
+            train_set = EpochKeyedSamples(splits.train, augment, seed=config.seed, images=splits.images)
+            val_set = ImageSamples(val_samples, v2.Compose(eval_stages(self.preprocess)[1]), images=splits.images)
+        else:
+            transform = train_transform(config.data)
+            train_set = EpochKeyedSamples(splits.train, transform, seed=config.seed, draft_size=2 * self.img_size)
+            draft = self.preprocess.resize_size
+            val_set = ImageSamples(val_samples, eval_transform(self.preprocess), draft_size=draft)
+        workers = config.data.resolved_workers(splits.images is not None, self.device.type)
+        base_sampler = DistributedSampler(
+            range(len(train_set)), num_replicas=ddp.world_size, rank=ddp.rank, shuffle=True, seed=config.seed
         )
-    if config.compile:
-        train_model = torch.compile(train_model)
-    eval_model = ema.module if ema is not None else model
+        self.sampler = EpochKeySampler(base_sampler, len(train_set))
+        drop_last = len(base_sampler) > config.data.batch_size  # a last batch of 1 breaks BatchNorm
+        batch = config.data.batch_size
+        self.train_loader = _loader(train_set, self.sampler, batch, workers, drop_last, self.device)
+        self.val_loader = _loader(val_set, None, batch, workers, False, self.device)
 
-    def checkpoint(epoch: int, step_in_epoch: int, metrics: dict[str, Any]) -> dict[str, Any]:
+    def _build_optimisation(self) -> None:
+        config, model = self.config, self.model
+        head = model.get_classifier() if (self.pretrained or config.backbone_lr_scale != 1.0) else None
+        self.optimizer = engine.build_optimizer(model, config.optim, head, config.backbone_lr_scale)
+        self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]  # before a scheduler or resume
+        self.scheduler = engine.build_scheduler(self.optimizer, config.optim, config.epochs, len(self.train_loader))
+        self.amp_dtype = engine.resolve_amp(config.amp, self.device)
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self.ema = engine.build_ema(model, config.optim.ema_decay)
+        self.loss_fn: engine.LossFn = engine.cross_entropy_loss(config.optim.label_smoothing)
+        if config.distill is not None:
+            smoothing = config.optim.label_smoothing
+            self.loss_fn = distillation_loss(
+                config.distill, self.classes, model, self.preprocess, smoothing, self.device
+            )
+        self.batch_transform = _mixup_cutmix(config.data, len(self.classes))
+
+    def _restore(self, checkpoint: dict[str, Any]) -> None:
+        """Everything a resumed run continues from: weights, optimiser, schedule, scaler, EMA, progress, RNG."""
+        self.model.load_state_dict(checkpoint.get("train_state_dict") or checkpoint["state_dict"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        if self.scaler is not None and checkpoint.get("scaler"):
+            self.scaler.load_state_dict(checkpoint["scaler"])
+        if self.ema is not None and checkpoint.get("ema"):
+            self.ema.load_state_dict(checkpoint["ema"])
+        self.epoch, self.start_step = int(checkpoint["epoch"]), int(checkpoint.get("step_in_epoch", 0))
+        metrics = checkpoint.get("metrics", {})
+        self.history = list(metrics.get("history", []))
+        self.best_top1 = float(metrics.get("best_top1", -1.0))
+        self.partial = dict(checkpoint.get("partial_epoch") or self.partial)
+        _restore_rng(checkpoint["rng"])
+
+    def _open_run_dir(self, resume_ckpt: dict[str, Any] | None) -> None:
+        self.run_dir = _prepare_run_dir(self.config, resume_ckpt)
+        self.writer = None
+        if self.ddp.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._write_config()
+            _write_metrics_csv(self.run_dir, self.history)
+            self.writer = _tensorboard(self.run_dir) if self.config.tensorboard else None
+
+    def _wrap_model(self) -> None:
+        self.train_model: nn.Module = self.model
+        if self.ddp.enabled:
+            # Frozen-backbone epochs leave parameters without gradients, which DDP must be told to expect.
+            self.train_model = nn.parallel.DistributedDataParallel(
+                self.model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=self.config.freeze_epochs > 0,
+            )
+        if self.config.compile:
+            self.train_model = torch.compile(self.train_model)
+        self.eval_model = self.ema.module if self.ema is not None else self.model
+
+    # -------------------------------------------------------------------------------------------------- fit
+
+    def fit(self) -> TrainResult:
+        """Set up, then train until the planned epochs are done, a callback stops the run, or Ctrl-C."""
+        self.setup()
+        self.reporter.start(self._start_info())
+        with _StopFlag() as stop:
+            self._should_stop = _stop_check(stop, self.ddp, self.device)
+            while self.epoch < self.config.epochs:  # not a range: a callback may re-plan the count
+                started, self.whole_epoch = time.time(), self.start_step == 0
+                stats = self.train_epoch()
+                if stats.steps < len(self.train_loader):  # stopped by Ctrl-C mid-epoch
+                    self._save_interrupted(stats)
+                    break
+                self.start_step, self.partial = 0, _no_partial()
+                self.last_eval = self.evaluate()
+                self._end_epoch(stats)
+                if stop.requested:
+                    self.interrupted = True
+                    break
+                self.epoch_seconds = time.time() - started
+                for callback in self.callbacks.get(EPOCH_END, []):
+                    callback(self)
+                if self._stop_reason is not None:
+                    self.reporter.message(self._stop_reason)
+                    break
+        self._finish()
+        return TrainResult(self.run_dir, self.best_top1, self.history, self.interrupted)
+
+    def train_epoch(self) -> engine.EpochStats:
+        """One epoch (or what is left of it after a resume) of the train loop's ``train_one_epoch``."""
+        config, epoch = self.config, self.epoch
+        self.sampler.set_epoch(epoch)
+        self.frozen = epoch < config.freeze_epochs
+        _set_backbone_trainable(self.model, trainable=not self.frozen)
+        try:
+            return engine.train_one_epoch(
+                self.train_model,
+                self.train_loader,
+                self.optimizer,
+                self.scheduler,
+                self.loss_fn,
+                epoch=epoch,
+                device=self.device,
+                amp_dtype=self.amp_dtype,
+                scaler=self.scaler,
+                ema=self.ema,
+                clip_grad=config.optim.clip_grad,
+                channels_last=config.channels_last,
+                batch_transform=self.batch_transform,
+                frozen_bn=self.frozen or config.freeze_bn,
+                start_step=self.start_step,
+                carried=(self.partial["loss_sum"], int(self.partial["images"]), self.partial["seconds"]),
+                progress=self.reporter.step if self.ddp.is_main else None,
+                should_stop=self._should_stop,
+            )
+        except engine.DivergedError as error:
+            last = self.run_dir / "last.pt"
+            kept = f"; the last good checkpoint is {last}" if last.exists() else ""
+            raise engine.DivergedError(f"{error}{kept}. Lower --lr or set --clip-grad") from None
+
+    def evaluate(self) -> engine.EvalResult:
+        """Top-1/top-5 and loss on the val split, of the weights a checkpoint stores (the EMA's, when on)."""
+        return engine.evaluate(
+            self.eval_model,
+            self.val_loader,
+            len(self.classes),
+            device=self.device,
+            amp_dtype=self.amp_dtype,
+            channels_last=self.config.channels_last,
+            distributed=self.ddp.enabled,
+        )
+
+    def _end_epoch(self, stats: engine.EpochStats) -> None:
+        assert self.last_eval is not None
+        row = {
+            "epoch": self.epoch + 1,
+            "train_loss": stats.loss,
+            "val_loss": self.last_eval.loss,
+            "val_top1": self.last_eval.top1,
+            "val_top5": self.last_eval.top5,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "epoch_seconds": stats.seconds,
+            "images_per_second": stats.images_per_second * self.ddp.world_size,
+        }
+        self.history.append(row)
+        is_best = self.last_eval.top1 > self.best_top1
+        self.best_top1 = max(self.best_top1, self.last_eval.top1)
+        self.epoch += 1
+        if self.ddp.is_main:
+            self.save(is_best)
+            _write_metrics_csv(self.run_dir, self.history)
+            if self.writer is not None:
+                for key, value in row.items():
+                    if key != "epoch":
+                        self.writer.add_scalar(key, value, self.epoch)
+        self.reporter.epoch({**row, "best_top1": self.best_top1, "epochs": self.config.epochs})
+
+    # ------------------------------------------------------------------------------------------- callbacks
+
+    def set_epochs(self, epochs: int) -> None:
+        """Re-plan the run to ``epochs`` (never fewer than done): the learning-rate schedule is stretched or
+        shortened to end there, and the new plan is saved so that a resume follows it."""
+        epochs = max(self.epoch, _agreed_count(epochs, self.ddp, self.device))
+        if epochs == self.config.epochs:
+            return
+        self.reporter.message(
+            f"re-planned from epoch {self.epoch} ({self.epoch_seconds:.1f} s): {self.config.epochs} -> {epochs} epochs"
+        )
+        self.config = dataclasses.replace(self.config, epochs=epochs)
+        steps = len(self.train_loader)
+        self.scheduler = engine.rescheduled(
+            self.optimizer, self.config.optim, self.base_lrs, epochs, steps, self.epoch * steps
+        )
+        if self.ddp.is_main:
+            self._write_config()
+            self.save(is_best=False)
+
+    def stop(self, reason: str) -> None:
+        """End the run after the current epoch (a planned end, not an interruption: ``last.pt`` resumes it)."""
+        self._stop_reason = reason
+
+    # ------------------------------------------------------------------------------------------------- save
+
+    def checkpoint(self, step_in_epoch: int = 0, evaluated: bool = True) -> dict[str, Any]:
         # ``state_dict`` holds the weights the metrics were measured on (the EMA's, when on): eval, export and the
         # article's loaders get the model that was validated; the raw weights only a resume needs go beside them.
+        val = {"val": self.last_eval.to_dict(self.classes)} if evaluated and self.last_eval else {}
         return model_checkpoint(
-            eval_model,
-            classes=classes,
-            preprocess=preprocess,
-            epoch=epoch,
+            self.eval_model,
+            classes=self.classes,
+            preprocess=self.preprocess,
+            epoch=self.epoch,
             step_in_epoch=step_in_epoch,
-            partial_epoch=partial if step_in_epoch else None,
-            optimizer=optimizer.state_dict(),
-            scheduler=scheduler.state_dict(),
-            scaler=scaler.state_dict() if scaler is not None else None,
-            ema=ema.state_dict() if ema is not None else None,
-            train_state_dict=model.state_dict() if ema is not None else None,
+            partial_epoch=self.partial if step_in_epoch else None,
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+            scaler=self.scaler.state_dict() if self.scaler is not None else None,
+            ema=self.ema.state_dict() if self.ema is not None else None,
+            train_state_dict=self.model.state_dict() if self.ema is not None else None,
             rng=_rng_state(),
-            metrics={"history": history, "best_top1": best_top1, **metrics},
-            config=config.to_dict(),
-            data={"description": splits.description, "train_images": len(splits.train), "val_images": len(splits.val)},
+            metrics={"history": self.history, "best_top1": self.best_top1, **val},
+            config=self.config.to_dict(),
+            data={
+                "description": self.splits.description,
+                "train_images": len(self.splits.train),
+                "val_images": len(self.splits.val),
+            },
         )
 
-    reporter.start(
-        {
-            "run_dir": str(run_dir),
-            "model": config.model,
-            "params": sum(p.numel() for p in model.parameters()),
-            "classes": len(classes),
-            "train_images": len(splits.train),
-            "val_images": len(splits.val),
-            "data": splits.description,
-            "device": str(device),
-            "world_size": ddp.world_size,
-            "img_size": img_size,
-            "epochs": config.epochs,
-            "start_epoch": start_epoch,
+    def save(self, is_best: bool, step_in_epoch: int = 0, evaluated: bool = True) -> None:
+        """``last.pt`` atomically, and ``best.pt`` as its copy when this epoch scored best."""
+        save_checkpoint(self.checkpoint(step_in_epoch, evaluated), self.run_dir / "last.pt")
+        if is_best:
+            shutil.copyfile(self.run_dir / "last.pt", self.run_dir / ".best.pt.tmp")
+            os.replace(self.run_dir / ".best.pt.tmp", self.run_dir / "best.pt")
+
+    def _save_interrupted(self, stats: engine.EpochStats) -> None:
+        self.partial = {"loss_sum": stats.loss_sum, "images": stats.images, "seconds": stats.seconds}
+        if self.ddp.is_main:
+            self.save(is_best=False, step_in_epoch=stats.steps, evaluated=False)
+        self.interrupted = True
+        last = self.run_dir / "last.pt"
+        self.reporter.message(f"interrupted: saved {last}; continue with --resume {last}")
+
+    def _write_config(self) -> None:
+        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
+
+    def _start_info(self) -> dict[str, Any]:
+        return {
+            "run_dir": str(self.run_dir),
+            "model": self.config.model,
+            "params": sum(p.numel() for p in self.model.parameters()),
+            "classes": len(self.classes),
+            "train_images": len(self.splits.train),
+            "val_images": len(self.splits.val),
+            "data": self.splits.description,
+            "device": str(self.device),
+            "world_size": self.ddp.world_size,
+            "img_size": self.img_size,
+            "epochs": self.config.epochs,
+            "start_epoch": self.epoch,
             "threads": torch.get_num_threads(),
-            "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "none",
+            "amp": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "none",
         }
-    )
-    interrupted = False
-    last_eval: engine.EvalResult | None = None
-    with _StopFlag() as stop:
-        should_stop = _stop_check(stop, ddp, device)
-        epoch = start_epoch
-        while epoch < config.epochs:  # not a range: a re-plan may change the count
-            epoch_started, whole_epoch = time.time(), start_step == 0
-            sampler.set_epoch(epoch)
-            frozen = epoch < config.freeze_epochs
-            _set_backbone_trainable(model, trainable=not frozen)
-            try:
-                stats = engine.train_one_epoch(
-                    train_model,
-                    train_loader,
-                    optimizer,
-                    scheduler,
-                    loss_fn,
-                    epoch=epoch,
-                    device=device,
-                    amp_dtype=amp_dtype,
-                    scaler=scaler,
-                    ema=ema,
-                    clip_grad=config.optim.clip_grad,
-                    channels_last=config.channels_last,
-                    batch_transform=batch_transform,
-                    frozen_bn=frozen or config.freeze_bn,
-                    start_step=start_step,
-                    carried=(partial["loss_sum"], int(partial["images"]), partial["seconds"]),
-                    progress=reporter.step if ddp.is_main else None,
-                    should_stop=should_stop,
-                )
-            except engine.DivergedError as error:
-                last = run_dir / "last.pt"
-                kept = f"; the last good checkpoint is {last}" if last.exists() else ""
-                raise engine.DivergedError(f"{error}{kept}. Lower --lr or set --clip-grad") from None
-            if stats.steps < len(train_loader):  # stopped by Ctrl-C mid-epoch
-                partial = {"loss_sum": stats.loss_sum, "images": stats.images, "seconds": stats.seconds}
-                if ddp.is_main:
-                    save_checkpoint(checkpoint(epoch, stats.steps, {}), run_dir / "last.pt")
-                interrupted = True
-                reporter.message(
-                    f"interrupted: saved {run_dir / 'last.pt'}; continue with --resume {run_dir / 'last.pt'}"
-                )
-                break
-            start_step, partial = 0, {"loss_sum": 0.0, "images": 0, "seconds": 0.0}
-            last_eval = engine.evaluate(
-                eval_model,
-                val_loader,
-                len(classes),
-                device=device,
-                amp_dtype=amp_dtype,
-                channels_last=config.channels_last,
-                distributed=ddp.enabled,
-            )
-            row = {
-                "epoch": epoch + 1,
-                "train_loss": stats.loss,
-                "val_loss": last_eval.loss,
-                "val_top1": last_eval.top1,
-                "val_top5": last_eval.top5,
-                "lr": optimizer.param_groups[0]["lr"],
-                "epoch_seconds": stats.seconds,
-                "images_per_second": stats.images_per_second * ddp.world_size,
-            }
-            history.append(row)
-            is_best = last_eval.top1 > best_top1
-            best_top1 = max(best_top1, last_eval.top1)
-            if ddp.is_main:
-                state = checkpoint(epoch + 1, 0, {"val": last_eval.to_dict(classes)})
-                save_checkpoint(state, run_dir / "last.pt")
-                if is_best:
-                    shutil.copyfile(run_dir / "last.pt", run_dir / ".best.pt.tmp")
-                    os.replace(run_dir / ".best.pt.tmp", run_dir / "best.pt")
-                _write_metrics_csv(run_dir, history)
-                if writer is not None:
-                    for key, value in row.items():
-                        if key != "epoch":
-                            writer.add_scalar(key, value, epoch + 1)
-            reporter.epoch({**row, "best_top1": best_top1, "epochs": config.epochs})
-            if stop.requested:
-                interrupted = True
-                break
-            epoch_wall = time.time() - epoch_started  # evaluation and checkpointing included
-            if replan is not None and whole_epoch and epoch >= config.freeze_epochs:
-                epochs = max(epoch + 1, _agreed_count(replan(epoch + 1, epoch_wall), ddp, device))
-                if epochs != config.epochs:
-                    reporter.message(
-                        f"re-planned from epoch {epoch + 1} ({epoch_wall:.1f} s): {config.epochs} -> {epochs} epochs"
-                    )
-                    config = dataclasses.replace(config, epochs=epochs)
-                    steps = len(train_loader)
-                    scheduler = engine.rescheduled(
-                        optimizer, config.optim, base_lrs, epochs, steps, (epoch + 1) * steps
-                    )
-                    if ddp.is_main:  # a resume continues the new plan
-                        (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-                        state = checkpoint(epoch + 1, 0, {"val": last_eval.to_dict(classes)})
-                        save_checkpoint(state, run_dir / "last.pt")
-                replan = None
-            next_end = time.time() + DEADLINE_MARGIN * epoch_wall
-            if deadline is not None and epoch + 1 < config.epochs and next_end > deadline:
-                reporter.message(f"time budget reached after epoch {epoch + 1} of {config.epochs}")
-                break
-            epoch += 1
-    if ddp.is_main:
-        _finish_plots(run_dir, history, classes)
-        if writer is not None:
-            writer.close()
-    if ddp.enabled:
-        dist.barrier()
-    return TrainResult(run_dir, best_top1, history, interrupted)
+
+    def _finish(self) -> None:
+        if self.ddp.is_main:
+            _finish_plots(self.run_dir, self.history, self.classes)
+            if self.writer is not None:
+                self.writer.close()
+        if self.ddp.enabled:
+            dist.barrier()
+
+
+def train(
+    config: TrainConfig, reporter: Reporter | None = None, callbacks: dict[str, list[Callback]] | None = None
+) -> TrainResult:
+    """Train ``config.model`` on ``config.data``; returns the run directory and the per-epoch history.
+
+    ``callbacks`` maps a hook event (``"on_epoch_end"``) to functions of the ``Trainer`` (see its docstring)."""
+    return Trainer(config, reporter, callbacks).fit()
+
+
+def _no_partial() -> dict[str, Any]:
+    return {"loss_sum": 0.0, "images": 0, "seconds": 0.0}
 
 
 def _checked_images(

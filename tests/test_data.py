@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import make_folder, make_image, make_split_folder
 from torchvision.transforms import v2
 
 from mobiforge.data import (
@@ -25,6 +24,7 @@ from mobiforge.data import (
     train_transform,
 )
 from mobiforge.errors import MobiforgeError
+from tests.helpers import make_folder, make_image, make_split_folder
 
 
 def test_train_val_layout(tmp_path: Path) -> None:

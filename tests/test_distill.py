@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import make_split_folder, small_train_config
 
 from mobiforge import create_model
 from mobiforge.checkpoint import load_checkpoint
@@ -18,6 +17,7 @@ from mobiforge.errors import MobiforgeError
 from mobiforge.losses import DistillationLoss, DistillConfig, InputAdapter, kd_loss
 from mobiforge.models.base import Preprocess
 from mobiforge.train import TrainConfig, train
+from tests.helpers import make_split_folder, small_train_config
 
 
 def test_kd_loss_known_values() -> None:

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import make_split_folder, small_train_config
 
 from mobiforge.checkpoint import load_checkpoint, model_from_checkpoint
 from mobiforge.cli import main
 from mobiforge.errors import MobiforgeError
 from mobiforge.export import ArtifactReport, ExportConfig, export_checkpoint, load_export_data
 from mobiforge.train import train
+from tests.helpers import make_split_folder, small_train_config
 
 pytest.importorskip("executorch")
 pytest.importorskip("litert_torch")
@@ -254,15 +254,14 @@ def test_the_onnx_simulator_preprocesses_once_for_all_its_trials(
 ) -> None:
     from onnxruntime.quantization import shape_inference
 
-    from mobiforge import quantize
-    from mobiforge.export import write_onnx
+    from mobiforge.backends.onnx import onnx_simulator, write
 
     model, images = _three_block_model(), torch.randn(6, 3, 12, 12)
-    fp32 = write_onnx(model, images[:1], tmp_path / "search-fp32.onnx")
+    fp32 = write(model, images[:1], tmp_path / "search-fp32.onnx")
     preprocess, calls = shape_inference.quant_pre_process, []
     monkeypatch.setattr(shape_inference, "quant_pre_process", lambda *a, **kw: calls.append(a) or preprocess(*a, **kw))
 
-    simulator = quantize.onnx_simulator(fp32, [torch.randn(4, 3, 12, 12)], images, "input", reduce_range=False)
+    simulator = onnx_simulator(fp32, [torch.randn(4, 3, 12, 12)], images, "input", reduce_range=False)
     all_int8, float_head = simulator([]), simulator(["classifier"])
     assert len(calls) == 1  # ~20 trials of a real search used to pre-process ~20 times
     assert all_int8.shape == float_head.shape == (6, 4) and not torch.equal(all_int8, float_head)
@@ -491,7 +490,7 @@ def test_the_float_layers_of_a_folded_qat_graph_run_in_xnnpack() -> None:
 def test_onnx_weights_take_7_bits_where_the_cpu_would_saturate(monkeypatch: pytest.MonkeyPatch) -> None:
     import platform
 
-    from mobiforge.quantize import onnx_needs_reduce_range
+    from mobiforge.backends.onnx import onnx_needs_reduce_range
 
     monkeypatch.setattr(platform, "machine", lambda: "x86_64")
     assert onnx_needs_reduce_range("flags\t: fpu sse avx2 fma\n")  # AVX2 without VNNI: vpmaddubsw saturates

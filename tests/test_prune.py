@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import make_split_folder, small_train_config
 
 from mobiforge import create_model
 from mobiforge.checkpoint import load_checkpoint, model_checkpoint, model_from_checkpoint, save_checkpoint
@@ -17,6 +16,7 @@ from mobiforge.models.widths import check_prunable, respec
 from mobiforge.profile import count_macs
 from mobiforge.prune import PruneConfig, prune, prune_model, ratio_for_target
 from mobiforge.train import train
+from tests.helpers import make_split_folder, small_train_config
 
 pytest.importorskip("torch_pruning")
 

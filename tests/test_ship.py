@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from mobiforge.checkpoint import load_checkpoint
 from mobiforge.cli import _duration_s, main
 from mobiforge.errors import MobiforgeError
 from mobiforge.ship import ShipConfig, ShipState, scratch_recipe, ship
@@ -116,14 +117,38 @@ def test_ship_end_to_end_then_resumes_without_redoing_work(tmp_path: Path, monke
 
 
 def test_fit_epochs_counts_the_epochs_of_the_timed_length_that_end_in_time() -> None:
-    from mobiforge.ship import fit_epochs
-    from mobiforge.train import DEADLINE_MARGIN
+    from mobiforge.ship import DEADLINE_MARGIN, fit_epochs
 
     assert DEADLINE_MARGIN == 1.05
     assert fit_epochs(time.time() + 100, cap=50)(1, 10.0) == 1 + 9  # 100 s hold 9 epochs of 10.5 s
     assert fit_epochs(time.time() + 100, cap=5)(1, 10.0) == 5
     assert fit_epochs(time.time() + 5, cap=50)(3, 10.0) == 3  # no time for another: the epochs done
     assert fit_epochs(time.time() - 5, cap=50)(3, 10.0) == 3
+
+
+def test_ship_keeps_its_budget_through_train_callbacks(tmp_path: Path) -> None:
+    """The deadline and the re-plan are ship's callbacks on the trainer, not parameters of train(): a passed
+    deadline ends the run after its first epoch (resumable, not interrupted); the re-plan skips head-only epochs."""
+    from mobiforge.ship import replan_once, stop_by
+    from mobiforge.train import EPOCH_END, train
+    from tests.helpers import small_train_config
+
+    data = make_split_folder(tmp_path / "data", classes=3, train=8, val=3)
+    asked: list[tuple[int, float]] = []
+
+    def plan(done: int, seconds: float) -> int:
+        asked.append((done, seconds))
+        return 4
+
+    config = small_train_config(data, tmp_path / "runs", epochs=3, freeze_epochs=1)
+    result = train(config, callbacks={EPOCH_END: [replan_once(plan), stop_by(time.time() + 3600)]})
+    assert asked and asked[0][0] == 2  # the first epoch trained the head only: the plan is asked after the second
+    assert len(asked) == 1 and len(result.history) == 4 and not result.interrupted
+
+    late = small_train_config(data, tmp_path / "runs", name="late", epochs=3)
+    result = train(late, callbacks={EPOCH_END: [stop_by(time.time())]})
+    assert len(result.history) == 1 and not result.interrupted
+    assert load_checkpoint(result.run_dir / "last.pt")["epoch"] == 1  # a resume with more time continues
 
 
 def test_ship_says_when_nothing_fits(tmp_path: Path) -> None:
@@ -271,12 +296,12 @@ def test_a_truncated_teacher_keeps_its_first_blocks_weights(tmp_path: Path) -> N
 
 
 def test_a_converter_failure_during_the_search_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import mobiforge.export as export
+    import mobiforge.backends.onnx as onnx_backend
 
     def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise RuntimeError("unsupported op aten::foo\n  deep stack")
 
-    monkeypatch.setattr(export, "write_onnx", broken)
+    monkeypatch.setattr(onnx_backend, "write", broken)
     data = make_split_folder(tmp_path / "data", classes=2, train=4, val=2)
     with pytest.raises(
         MobiforgeError,

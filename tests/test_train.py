@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import make_image, make_split_folder, small_train_config
 
 from mobiforge.checkpoint import load_checkpoint, model_from_checkpoint
 from mobiforge.cli import main
@@ -22,7 +21,8 @@ from mobiforge.data import DataConfig
 from mobiforge.engine import OptimConfig
 from mobiforge.errors import MobiforgeError
 from mobiforge.inference import evaluate_checkpoint, predict
-from mobiforge.train import TrainConfig, train
+from mobiforge.train import EPOCH_END, TrainConfig, Trainer, train
+from tests.helpers import make_image, make_split_folder, small_train_config
 
 
 def _config(data: Path, runs: Path, **overrides) -> TrainConfig:
@@ -62,15 +62,16 @@ def test_a_short_fit_learns_well_above_chance(colours: Path, tmp_path: Path) -> 
 def test_a_run_re_planned_after_its_first_epoch_ends_its_new_schedule(
     colours: Path, tmp_path: Path, planned: int, replanned: int
 ) -> None:
-    """ship's time-budgeted runs re-plan their epoch count once the first epoch is timed: the run then trains that
+    """A callback re-plans the epoch count once the first epoch is timed (ship does, on its budget): the run trains that
     many epochs, its learning rate reaches the end of the new schedule, and the new plan is what a resume reads."""
     asked = []
 
-    def replan(done: int, seconds: float) -> int:
-        asked.append((done, seconds))
-        return replanned
+    def replan(trainer: Trainer) -> None:
+        if not asked:
+            asked.append((trainer.epoch, trainer.epoch_seconds))
+            trainer.set_epochs(replanned)
 
-    result = train(_config(colours, tmp_path / "runs", epochs=planned), replan=replan)
+    result = train(_config(colours, tmp_path / "runs", epochs=planned), callbacks={EPOCH_END: [replan]})
     assert len(asked) == 1 and asked[0][0] == 1 and asked[0][1] > 0
     assert [row["epoch"] for row in result.history] == list(range(1, replanned + 1))
     assert result.history[-1]["lr"] == pytest.approx(0.0, abs=1e-9)  # cosine to zero: the schedule ended

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from helpers import make_split_folder
 
 from mobiforge import create_model
 from mobiforge.checkpoint import load_checkpoint
@@ -18,6 +17,7 @@ from mobiforge.engine import OptimConfig
 from mobiforge.errors import MobiforgeError
 from mobiforge.models import weights as W
 from mobiforge.train import TrainConfig, train
+from tests.helpers import make_split_folder
 
 
 @pytest.fixture

@@ -1,0 +1,157 @@
+"""One place per runtime: the ``BACKENDS`` table, one row per runtime, each naming the module that implements it.
+
+A row says what the rest of mobiforge needs to know without loading the runtime: the ``--format``/``--runtime``
+name, the file suffix, the packages it needs and the extra that brings them, whether it can take a QAT graph and
+whether its files take any batch size. The CLI's choices, export's suffixes, the report's versions and ship's QAT
+step all derive from it. The implementation (writers, int8 quantization, runner, input shape) lives in one module
+per runtime (``executorch.py``, ``litert.py``, ``onnx.py``), loaded on first use so that this table stays free of
+torch and ``mobiforge --help`` stays fast.
+
+Adding a runtime means adding its module and one ``Backend`` row (``register_backend`` does it from outside the
+package; the tests register a fake one). An implementation provides:
+
+- ``write(model, example, path)``: the fp32 artifact;
+- ``write_int8(model, job, path) -> (reference, note)``: the int8 artifact from an ``Int8Job``; ``reference`` is
+  the simulated-int8 PyTorch model it was converted from (``None`` where there is none), ``note`` says how;
+- ``int8_simulator(model, job, images, scratch) -> (float_modules -> logits)``: int8 logits with some layer groups
+  left in float, for export's float-layer search (``scratch`` is a file path it may use; the caller removes it);
+- ``runner(path, threads) -> (float32 NCHW batch -> logits)``, and ``input_shape(path)``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mobiforge.errors import MobiforgeError, missing
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from torch import nn
+
+Runner = Callable[["np.ndarray"], "np.ndarray"]  # float32 NCHW batch -> float32 logits, in the runtime
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One runtime: what is known of it without importing it, and where its implementation lives."""
+
+    name: str  # the --format / --runtime value
+    suffix: str  # of the files it writes and runs
+    title: str  # for people: the runtime and how it runs on the phone
+    package: str  # the pip distribution whose version a report records
+    modules: tuple[str, ...]  # importable modules it needs to export and run
+    implementation: str | Any  # "module" path (imported on first use), or an object with the functions above
+    supports_qat: bool = True  # takes a QAT-trained PT2E graph
+    no_qat_reason: str = ""  # why not, for the one-line error
+    batched: bool = False  # its files take any batch size; otherwise batch 1, as phones run them
+
+    def impl(self) -> Any:
+        """The implementation, importing its module on first use."""
+        if isinstance(self.implementation, str):
+            return importlib.import_module(self.implementation)
+        return self.implementation
+
+    def require(self) -> None:
+        """Fail before any slow work when the runtime's packages are missing, naming the extra to install."""
+        for module in self.modules:
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                raise missing(module.split(".")[0].replace("_", "-")) from None
+
+
+@dataclass
+class Int8Job:
+    """What an int8 writer gets: an example input, calibration batches, the layer groups to leave in float, and
+    ``pt2e(quantizer, fold)``, which returns the model quantized through torchao's PT2E flow with that quantizer
+    (calibrated for PTQ, fine-tuned for QAT: the export decides which)."""
+
+    example: torch.Tensor
+    calibration: Sequence[torch.Tensor]
+    float_modules: tuple[str, ...]
+    qat: bool
+    pt2e: Callable[[Any, bool], nn.Module]
+    reduce_range: bool | None = None  # 7-bit weights where a runtime's int8 kernels saturate (None: it decides)
+
+
+BACKENDS: dict[str, Backend] = {}
+DEFAULT_RUNTIME = "executorch"  # what export, quantize and ship write unless told otherwise
+
+
+def register_backend(backend: Backend) -> Backend:
+    """Add a runtime to the table; a name or suffix already taken is an error, not a silent override."""
+    for other in BACKENDS.values():
+        if backend.name == other.name or backend.suffix == other.suffix:
+            raise ValueError(f"backend {backend.name} ({backend.suffix}) clashes with {other.name} ({other.suffix})")
+    BACKENDS[backend.name] = backend
+    return backend
+
+
+def unregister_backend(name: str) -> None:
+    BACKENDS.pop(name, None)
+
+
+def backend_names() -> list[str]:
+    return list(BACKENDS)
+
+
+def get_backend(name: str) -> Backend:
+    try:
+        return BACKENDS[name]
+    except KeyError:
+        raise MobiforgeError(f"unknown runtime {name!r}; choose one of {', '.join(BACKENDS)}") from None
+
+
+def backend_for(path: str | Path) -> Backend:
+    """The runtime of an artifact, by its suffix."""
+    suffix = Path(path).suffix
+    for backend in BACKENDS.values():
+        if backend.suffix == suffix:
+            return backend
+    expected = ", ".join(backend.suffix for backend in BACKENDS.values())
+    raise MobiforgeError(f"{path}: unknown artifact type; expected one of {expected}")
+
+
+def is_artifact(path: str | Path) -> bool:
+    return any(Path(path).suffix == backend.suffix for backend in BACKENDS.values())
+
+
+register_backend(
+    Backend(
+        name="executorch",
+        suffix=".pte",
+        title="ExecuTorch, XNNPACK delegate",
+        package="executorch",
+        modules=("executorch.exir", "executorch.runtime"),
+        implementation="mobiforge.backends.executorch",
+    )
+)
+register_backend(
+    Backend(
+        name="tflite",
+        suffix=".tflite",
+        title="LiteRT (TensorFlow Lite)",
+        package="ai-edge-litert",
+        modules=("litert_torch", "ai_edge_litert.interpreter"),
+        implementation="mobiforge.backends.litert",
+    )
+)
+register_backend(
+    Backend(
+        name="onnx",
+        suffix=".onnx",
+        title="ONNX Runtime",
+        package="onnxruntime",
+        modules=("onnx", "onnxscript", "onnxruntime"),
+        implementation="mobiforge.backends.onnx",
+        supports_qat=False,
+        no_qat_reason="ONNX Runtime quantizes fp32 graphs (use --int8 ptq), and the exporter cannot yet write "
+        "PT2E's quantize/dequantize ops",
+        batched=True,
+    )
+)

@@ -1,0 +1,130 @@
+"""One place per runtime: a runtime added as one module and one table row reaches export, its verification, the
+gate's QAT check, profile and the CLI's choices, with no other edit. The test registers a fake one: torch.export's
+own ExportedProgram files, run by torch."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mobiforge.backends import BACKENDS, Backend, backend_for, get_backend, register_backend, unregister_backend
+from mobiforge.cli import build_parser, main
+from mobiforge.errors import MobiforgeError
+from mobiforge.export import ExportConfig, export_checkpoint
+from mobiforge.runtimes import input_shape, load_runner
+from mobiforge.train import train
+from tests.helpers import make_split_folder, small_train_config
+
+
+class TorchExportRuntime:
+    """A whole runtime in four functions: ``torch.export.save`` writes the file, ``torch.export.load`` runs it."""
+
+    @staticmethod
+    def write(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
+        program = torch.export.export(model.eval(), (example,))
+        torch.export.save(program, path, extra_files={"shape": json.dumps(list(example.shape))})
+        return path
+
+    @staticmethod
+    def write_int8(model: nn.Module, job: Any, path: Path) -> tuple[None, str]:
+        raise AssertionError("not reached: the fake backend is fp32 only in this test")
+
+    @staticmethod
+    def int8_simulator(model: nn.Module, job: Any, images: torch.Tensor, scratch: Path) -> Any:
+        raise AssertionError("not reached")
+
+    @staticmethod
+    def runner(path: Path, threads: int) -> Any:
+        module = torch.export.load(path).module()
+
+        def run(batch: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                return module(torch.from_numpy(batch)).numpy()
+
+        return run
+
+    @staticmethod
+    def input_shape(path: Path) -> tuple[int, ...]:
+        extra = {"shape": ""}
+        torch.export.load(path, extra_files=extra)
+        return tuple(json.loads(extra["shape"]))
+
+
+FAKE = Backend(
+    name="torchexport",
+    suffix=".pt2",
+    title="torch.export ExportedProgram (a test runtime)",
+    package="torch",
+    modules=("torch.export",),
+    implementation=TorchExportRuntime(),
+    supports_qat=False,
+    no_qat_reason="the test runtime has no int8 path",
+)
+
+
+@pytest.fixture
+def fake() -> Iterator[Backend]:
+    register_backend(FAKE)
+    try:
+        yield FAKE
+    finally:
+        unregister_backend(FAKE.name)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("backends")
+    data = make_split_folder(root / "data", classes=3, train=12, val=6)
+    return train(small_train_config(data, root / "runs", epochs=1)).run_dir / "last.pt"
+
+
+def test_the_built_in_rows_name_their_suffixes_and_capabilities() -> None:
+    assert {name: b.suffix for name, b in BACKENDS.items()} == {
+        "executorch": ".pte",
+        "tflite": ".tflite",
+        "onnx": ".onnx",
+    }
+    assert [b.name for b in BACKENDS.values() if not b.supports_qat] == ["onnx"]
+    assert backend_for("model.tflite").name == "tflite"
+    with pytest.raises(MobiforgeError, match=r"model\.bin: unknown artifact type; expected one of \.pte, "):
+        backend_for("model.bin")
+    with pytest.raises(MobiforgeError, match="unknown runtime 'coreml'; choose one of executorch, tflite, onnx"):
+        get_backend("coreml")
+    with pytest.raises(ValueError, match="clashes"):
+        register_backend(Backend("other", ".pte", "", "", (), object()))
+
+
+def test_a_registered_backend_exports_verifies_and_profiles(fake: Backend, checkpoint: Path, tmp_path: Path) -> None:
+    config = ExportConfig(str(checkpoint), fake.name, out=str(tmp_path / "m.pt2"), workers=0, latency_seconds=0.05)
+    report = export_checkpoint(config)
+    assert report.format == fake.name and Path(report.path).stat().st_size == report.file_bytes
+    assert report.agreement == 100.0 and report.max_abs_logit_diff < 1e-4  # run by its own runner on the val images
+    assert input_shape(report.path) == (1, 3, 16, 16)
+    assert load_runner(report.path)(np.zeros((1, 3, 16, 16), np.float32)).shape == (1, 3)
+
+    with pytest.raises(MobiforgeError, match=r"needs the suffix \.pt2"):
+        export_checkpoint(ExportConfig(str(checkpoint), fake.name, out=str(tmp_path / "m.onnx")))
+    with pytest.raises(MobiforgeError, match="--int8 qat is not available for torchexport: the test runtime has no"):
+        export_checkpoint(ExportConfig(str(checkpoint), fake.name, int8="qat"))
+
+
+def test_the_cli_offers_a_registered_backend(
+    fake: Backend, checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    parser = build_parser()
+    args = parser.parse_args(["export", str(checkpoint), "--format", fake.name])
+    assert args.format == fake.name
+    assert parser.parse_args(["ship", "--runtime", fake.name]).runtime == fake.name
+    out = tmp_path / "cli.pt2"
+    assert main(["export", str(checkpoint), "-f", fake.name, "-o", str(out), "--workers", "0"]) == 0
+    capsys.readouterr()
+    assert main(["profile", str(out), "--json"]) == 0
+    profiled = json.loads(capsys.readouterr().out)
+    assert profiled["runtime"] == fake.name and profiled["input_shape"] == [1, 3, 16, 16]
