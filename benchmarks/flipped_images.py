@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import write_section
 
 from mobiforge.backends import backend_for
-from mobiforge.checkpoint import load_checkpoint, model_from_checkpoint
+from mobiforge.checkpoint import Checkpoint
 from mobiforge.export import ExportConfig, _run_all, load_export_data
 from mobiforge.runtimes import load_runner
 
@@ -43,10 +43,10 @@ def main() -> None:
     parser.add_argument("--section", default=None, help="also write the table to this RESULTS.md section")
     args = parser.parse_args()
 
-    checkpoint = load_checkpoint(args.checkpoint)
-    model = model_from_checkpoint(checkpoint).eval()
+    checkpoint = Checkpoint.load(args.checkpoint)
+    model = checkpoint.model()
     data = load_export_data(checkpoint, ExportConfig(args.checkpoint, "onnx", val_images=args.val_images))
-    classes = checkpoint["classes"]  # load_export_data has checked they are there
+    classes = checkpoint.named_classes()
     with torch.no_grad():
         fp32 = torch.cat([model(chunk) for chunk in data.val_images.split(64)])
 

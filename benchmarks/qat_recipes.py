@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import write_section
 
-from mobiforge.checkpoint import load_checkpoint, model_from_checkpoint
+from mobiforge.checkpoint import Checkpoint
 from mobiforge.export import QAT_TEMPERATURE, ExportConfig, _qat_model, load_export_data
 from mobiforge.quantize import top1_percent, xnnpack_quantizer
 
@@ -36,8 +36,8 @@ def main() -> None:
     parser.add_argument("--section", default="qat_recipes")
     args = parser.parse_args()
 
-    checkpoint = load_checkpoint(args.checkpoint)
-    model = model_from_checkpoint(checkpoint).eval()
+    checkpoint = Checkpoint.load(args.checkpoint)
+    model = checkpoint.model()
     base = ExportConfig(
         args.checkpoint, "executorch", "qat", qat_epochs=args.epochs, qat_images=args.qat_images,
         val_images=args.val_images,

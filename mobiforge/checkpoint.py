@@ -4,12 +4,16 @@ A checkpoint holds everything needed to rebuild and use the model without pickle
 rebuild dict), ``state_dict``, ``classes``, ``preprocess``, plus training state (``epoch``, ``optimizer``,
 ``scheduler``, ``ema``, ``rng``), ``metrics``, ``config`` and ``mobiforge_version``. The seed article's keys
 (``epoch``, ``state_dict``, ``optimizer``) are among them, so code written for the article still loads it.
+
+In code a checkpoint is a ``Checkpoint``: the typed view of that dict, with ``load``, ``save``, ``model()`` and
+``require_classes``. The dict functions below stay the on-disk contract (and the article's way in).
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -86,3 +90,90 @@ def model_from_checkpoint(checkpoint: dict[str, Any] | str | os.PathLike[str]) -
     if checkpoint.get("preprocess"):
         model.preprocess = Preprocess.from_dict(checkpoint["preprocess"])
     return model.eval()
+
+
+# Keys with a field of their own in ``Checkpoint``; everything else rides along in ``extra``, stored as it came.
+_FIELDS = ("spec", "state_dict", "classes", "preprocess", "epoch", "metrics", "config")
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint in code. ``extra`` holds the training state (optimizer, scheduler, EMA, RNG...) and anything
+    else a writer stored, untouched, so ``Checkpoint.load(p).save(q)`` keeps every key."""
+
+    spec: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
+    classes: list[str] | None = None
+    preprocess: Preprocess = field(default_factory=Preprocess)
+    epoch: int = 0
+    metrics: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    source: str = "checkpoint"  # where it came from, for messages (the path, when loaded)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Checkpoint:
+        return cls.from_dict(load_checkpoint(path, map_location), source=str(path))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "checkpoint") -> Checkpoint:
+        preprocess = data.get("preprocess")
+        return cls(
+            spec=data["spec"],
+            state_dict=data["state_dict"],
+            classes=list(data["classes"]) if data.get("classes") is not None else None,
+            preprocess=Preprocess.from_dict(preprocess) if preprocess else Preprocess(),
+            epoch=int(data.get("epoch") or 0),
+            metrics=dict(data.get("metrics") or {}),
+            config=data.get("config"),
+            extra={key: value for key, value in data.items() if key not in _FIELDS},
+            source=source,
+        )
+
+    @classmethod
+    def of(
+        cls, model: nn.Module, classes: list[str] | None = None, preprocess: Preprocess | None = None, **extra: Any
+    ) -> Checkpoint:
+        """The checkpoint of a model built by ``create_model`` (``extra``: more keys to store)."""
+        return cls.from_dict(model_checkpoint(model, classes, preprocess, **extra))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.extra,
+            "spec": self.spec,
+            "state_dict": self.state_dict,
+            "classes": self.classes,
+            "preprocess": self.preprocess.to_dict(),
+            "epoch": self.epoch,
+            "metrics": self.metrics,
+            "config": self.config,
+        }
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        return save_checkpoint(self.to_dict(), path)
+
+    def model(self) -> nn.Module:
+        """The model rebuilt from its spec, with these weights and this preprocessing, in eval mode."""
+        model = build_from_spec(self.spec)
+        model.load_state_dict(self.state_dict)
+        model.preprocess = self.preprocess
+        return model.eval()
+
+    def named_classes(self) -> list[str]:
+        """The class names, or a one-line error: a checkpoint without them cannot label anything."""
+        if not self.classes:
+            raise MobiforgeError(f"{self.source} has no class names; use a checkpoint written by mobiforge train")
+        return self.classes
+
+    def require_classes(self, classes: list[str], role: str, advice: str) -> None:
+        """Fail with one line unless this checkpoint predicts exactly ``classes``, in that order."""
+        own = self.classes or []
+        if own != classes:
+            raise MobiforgeError(
+                f"{role} {self.source} predicts {len(own)} classes ({_preview(own)}), the data has {len(classes)} "
+                f"({_preview(classes)}); {advice}"
+            )
+
+
+def _preview(names: list[str]) -> str:
+    return ", ".join(names[:4]) + (", ..." if len(names) > 4 else "") if names else "none"

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
 from mobiforge.backends import DEFAULT_RUNTIME, backend_names, is_artifact
 from mobiforge.errors import MobiforgeError
+from mobiforge.log import DEBUG_ENV, configure, debug_requested
+from mobiforge.units import format_bytes, parse_count, parse_duration, parse_size
 
 DEFAULT_MODEL = "mobilenet_v2"
 
@@ -191,16 +195,21 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train, compress and ship MobileNet-family image classifiers to phones and edge devices.",
     )
     parser.add_argument("--version", action="version", version=f"mobiforge {__version__}")
+    debug_help = f"log what mobiforge decides and show the traceback behind an error (or set {DEBUG_ENV}=1)"
+    parser.add_argument("--debug", action="store_true", help=debug_help)
+    common = argparse.ArgumentParser(add_help=False)  # --debug after the command too, without overriding it
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    add_command = functools.partial(commands.add_parser, parents=[common])
 
-    models = commands.add_parser("models", help="list the registered models with parameters and MACs")
+    models = add_command("models", help="list the registered models with parameters and MACs")
     models.add_argument("pattern", nargs="?", default="*", help="substring or shell pattern, e.g. 'mobilenet_v3*'")
     models.add_argument("--img-size", type=int, default=224, help="input size for the MAC count (default 224)")
     models.add_argument("--json", action="store_true", help="print JSON instead of a table")
     models.add_argument("--weights", action="store_true", help="list the pretrained weights entries instead")
     models.set_defaults(handler=run_models)
 
-    profile = commands.add_parser(
+    profile = add_command(
         "profile",
         help="parameters, MACs, sizes, measured latency and peak memory of a model or checkpoint; an exported "
         ".pte/.tflite/.onnx file is timed in its own runtime",
@@ -225,11 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(profile)
     profile.set_defaults(handler=run_profile)
 
-    train = commands.add_parser("train", help="train a model on an image folder (default: built-in digits)")
+    train = add_command("train", help="train a model on an image folder (default: built-in digits)")
     add_train_args(train)
     train.set_defaults(handler=run_train)
 
-    evaluate = commands.add_parser("eval", help="top-1/top-5, per-class accuracy and confusion of a checkpoint")
+    evaluate = add_command("eval", help="top-1/top-5, per-class accuracy and confusion of a checkpoint")
     evaluate.add_argument("checkpoint", metavar="CKPT")
     evaluate.add_argument("--data", default=None, help="image folder (default: the one the checkpoint trained on)")
     evaluate.add_argument("--split", default="val", help="val, test or train")
@@ -239,14 +248,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true")
     evaluate.set_defaults(handler=run_eval)
 
-    distill = commands.add_parser(
-        "distill", help="train a student model with a teacher's soft targets (same flags as train)"
-    )
+    distill = add_command("distill", help="train a student model with a teacher's soft targets (same flags as train)")
     add_train_args(distill, model_flags=("--student", "--model", "-m"))
     add_distill_args(distill, teacher_required=True)
     distill.set_defaults(handler=run_distill)
 
-    prune = commands.add_parser("prune", help="structured channel pruning of a checkpoint, then fine-tuning")
+    prune = add_command("prune", help="structured channel pruning of a checkpoint, then fine-tuning")
     prune.add_argument("checkpoint", metavar="CKPT")
     prune.add_argument("--data", default=None, help="image folder (default: the one the checkpoint trained on)")
     target = prune.add_mutually_exclusive_group(required=True)
@@ -277,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_distill_args(prune, teacher_required=False)
     prune.set_defaults(handler=run_prune)
 
-    export = commands.add_parser(
+    export = add_command(
         "export", help="export a checkpoint to ExecuTorch, LiteRT or ONNX (optionally int8) and verify it there"
     )
     _export_args(export)
@@ -285,19 +292,19 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--int8", choices=["ptq", "qat"], default=None, help="post-training or quantization-aware")
     export.set_defaults(handler=run_export)
 
-    quantize = commands.add_parser("quantize", help="int8 export (PTQ or QAT), verified in the runtime")
+    quantize = add_command("quantize", help="int8 export (PTQ or QAT), verified in the runtime")
     _export_args(quantize)
     quantize.add_argument("--format", "-f", choices=backend_names(), default=DEFAULT_RUNTIME)
     quantize.add_argument("--method", dest="int8", choices=["ptq", "qat"], default="ptq")
     quantize.set_defaults(handler=run_export)
 
-    ship = commands.add_parser(
+    ship = add_command(
         "ship", help="image folder + device budget -> the best verified int8 on-device model, with a report"
     )
     _ship_args(ship)
     ship.set_defaults(handler=run_ship)
 
-    predict = commands.add_parser("predict", help="top-k classes of images, with the checkpoint's preprocessing")
+    predict = add_command("predict", help="top-k classes of images, with the checkpoint's preprocessing")
     predict.add_argument("checkpoint", metavar="CKPT")
     predict.add_argument("images", nargs="+", metavar="IMAGE")
     predict.add_argument("--top-k", "-k", type=int, default=5)
@@ -337,18 +344,6 @@ def run_distill(args: argparse.Namespace) -> int:
     return _print_run_result(result)
 
 
-def _count(text: str | None, flag: str) -> int | None:
-    """``"150M"`` -> 150_000_000 (K, M, G suffixes) for --target-macs / --target-params."""
-    if text is None:
-        return None
-    scales = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
-    body, suffix = (text[:-1], text[-1].lower()) if text[-1:].isalpha() else (text, "")
-    try:
-        return int(float(body) * scales[suffix])
-    except (KeyError, ValueError):
-        raise MobiforgeError(f"{flag} {text!r}: write a count like 150M, 800K or 1.5M") from None
-
-
 def run_prune(args: argparse.Namespace) -> int:
     from mobiforge.cli_progress import RichReporter
     from mobiforge.engine import OptimConfig
@@ -360,8 +355,8 @@ def run_prune(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint,
         data=args.data,
         ratio=args.ratio,
-        target_macs=_count(args.target_macs, "--target-macs"),
-        target_params=_count(args.target_params, "--target-params"),
+        target_macs=parse_count(args.target_macs, "--target-macs") if args.target_macs else None,
+        target_params=parse_count(args.target_params, "--target-params") if args.target_params else None,
         importance=args.importance,
         global_pruning=args.global_pruning,
         round_to=args.round_to,
@@ -467,8 +462,6 @@ def print_export_report(report) -> None:  # type: ignore[no-untyped-def]
     from rich.console import Console
     from rich.table import Table
 
-    from mobiforge.profile import format_bytes
-
     table = Table(title=f"{report.path} ({report.format}, {report.precision}), {report.images} val images")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -516,17 +509,6 @@ def _gate_resolution(report) -> str:  # type: ignore[no-untyped-def]
     return f"; one of {report.images} val images is {one_image:.2f} points here, so the limit allows no net lost image"
 
 
-def _duration_s(text: str) -> float:
-    """``30m`` / ``1h`` / ``90s`` / ``45`` (minutes) -> seconds."""
-    import re
-
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(s|m|min|h)?\s*", text)
-    if not match:
-        raise MobiforgeError(f"--time-budget {text!r}: write it like 30m, 1h or 90s")
-    scale = {"s": 1, "m": 60, "min": 60, "h": 3600, None: 60}[match.group(2)]
-    return float(match.group(1)) * scale
-
-
 def _ship_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default="digits", help="image folder (as for train) or 'digits' (built in)")
     parser.add_argument("--max-size", default="1MB", help="largest int8 artifact file (1MB, 800KB, 2MiB)")
@@ -551,7 +533,6 @@ def _ship_args(parser: argparse.ArgumentParser) -> None:
 
 def run_ship(args: argparse.Namespace) -> int:
     from mobiforge.cli_progress import RichReporter
-    from mobiforge.profile import parse_duration_ms, parse_size
     from mobiforge.ship import ShipConfig, ship
 
     fields = {f.name for f in dataclasses.fields(ShipConfig)}
@@ -559,8 +540,8 @@ def run_ship(args: argparse.Namespace) -> int:
         **{
             **{key: value for key, value in vars(args).items() if key in fields},
             "max_size": parse_size(args.max_size),
-            "max_latency_ms": parse_duration_ms(args.max_latency),
-            "time_budget_s": _duration_s(args.time_budget),
+            "max_latency_ms": parse_duration(args.max_latency, "ms", "--max-latency", to="ms"),
+            "time_budget_s": parse_duration(args.time_budget, "m", "--time-budget"),
             "models": [name.strip() for name in args.models.split(",")] if args.models else None,
         }
     )
@@ -699,10 +680,10 @@ def _load_for_profile(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def run_profile(args: argparse.Namespace) -> int:
-    from mobiforge.profile import parse_duration_ms, parse_size, profile_model
+    from mobiforge.profile import profile_model
 
     max_size = parse_size(args.max_size) if args.max_size else None
-    max_latency = parse_duration_ms(args.max_latency) if args.max_latency else None
+    max_latency = parse_duration(args.max_latency, "ms", "--max-latency", to="ms") if args.max_latency else None
     if is_artifact(args.model):
         return _profile_artifact(args, max_size, max_latency)
     model, name = _load_for_profile(args)
@@ -717,7 +698,6 @@ def run_profile(args: argparse.Namespace) -> int:
 def _profile_artifact(args: argparse.Namespace, max_size: int | None, max_latency: float | None) -> int:
     from rich.console import Console
 
-    from mobiforge.profile import format_bytes
     from mobiforge.runtimes import profile_artifact
 
     if args.img_size is not None or args.batch_size != 1:
@@ -744,8 +724,6 @@ def _print_profile(report) -> None:  # type: ignore[no-untyped-def]
     from rich.console import Console
     from rich.table import Table
 
-    from mobiforge.profile import format_bytes
-
     table = Table(
         title=f"{report.model} at {report.img_size} px, batch {report.batch_size}, "
         f"{report.threads} thread{'s' if report.threads > 1 else ''}"
@@ -771,7 +749,6 @@ def _print_profile(report) -> None:  # type: ignore[no-untyped-def]
 
 
 def _print_budgets(console, budgets) -> None:  # type: ignore[no-untyped-def]
-    from mobiforge.profile import format_bytes
 
     for check in budgets:
         shown = (
@@ -786,9 +763,14 @@ def _print_budgets(console, budgets) -> None:  # type: ignore[no-untyped-def]
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    debug = debug_requested(args.debug)
+    configure(debug)
     try:
         return int(args.handler(args))
     except MobiforgeError as error:
+        if debug:  # the maintainer's view: where the one-line error came from, and what it replaced
+            error.__suppress_context__ = False  # `raise ... from None` hid the library's own exception
+            traceback.print_exc()
         print(f"mobiforge {args.command}: error: {error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:

@@ -246,15 +246,15 @@ def _check_empty(folder: Path, empty: list[str]) -> None:
 # --------------------------------------------------------------------------------------------- bad-file scan
 
 
-def checkpoint_data_config(checkpoint: dict[str, Any], data: str | None) -> DataConfig:
-    """The data a checkpoint trained on (``data`` overrides its folder), with the run's own seeded split."""
-    saved = dict((checkpoint.get("config") or {}).get("data") or {})
-    config = DataConfig(
+def checkpoint_data_config(train_config: dict[str, Any] | None, data: str | None) -> DataConfig:
+    """The data a checkpoint trained on, from its saved training config (``data`` overrides the folder), with the
+    run's own seeded split."""
+    saved = dict((train_config or {}).get("data") or {})
+    return DataConfig(
         data=data or saved.get("data", "digits"),
         val_split=float(saved.get("val_split", 0.1)),
         split_seed=int(saved.get("split_seed", 0)),
     )
-    return config
 
 
 def split_samples(config: DataConfig, split: str, classes: list[str]) -> list[Sample]:

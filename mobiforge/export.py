@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 
 from mobiforge import engine
 from mobiforge.backends import BACKENDS, DEFAULT_RUNTIME, Int8Job, get_backend
-from mobiforge.checkpoint import load_checkpoint, model_from_checkpoint
+from mobiforge.checkpoint import Checkpoint
 from mobiforge.data import (
     DataConfig,
     ImageSamples,
@@ -39,6 +39,7 @@ from mobiforge.data import (
     train_transform,
 )
 from mobiforge.errors import MobiforgeError
+from mobiforge.log import logger
 from mobiforge.losses import DistillationLoss, DistillConfig
 from mobiforge.models.base import Preprocess
 from mobiforge.profile import measure_latency, num_threads
@@ -156,13 +157,11 @@ class ExportData:
     val_samples: list[Any] = field(default_factory=list)  # (path, label) of each val image, in val_images' order
 
 
-def load_export_data(checkpoint: dict[str, Any], config: ExportConfig) -> ExportData:
-    classes = checkpoint.get("classes")
-    if not classes:
-        raise MobiforgeError(f"{config.checkpoint} has no class names; export a checkpoint written by mobiforge")
-    preprocess = Preprocess.from_dict(checkpoint["preprocess"])
-    data_config = checkpoint_data_config(checkpoint, config.data)
-    saved = (checkpoint.get("config") or {}).get("data") or {}
+def load_export_data(checkpoint: Checkpoint, config: ExportConfig) -> ExportData:
+    classes = checkpoint.named_classes()
+    preprocess = checkpoint.preprocess
+    data_config = checkpoint_data_config(checkpoint.config, config.data)
+    saved = (checkpoint.config or {}).get("data") or {}
     data_config = dataclasses.replace(
         data_config,
         **{key: saved[key] for key in ("crop", "hflip", "min_scale") if key in saved},
@@ -258,6 +257,7 @@ def _write_artifact(
 ) -> tuple[nn.Module | None, str]:
     path.parent.mkdir(parents=True, exist_ok=True)
     backend = get_backend(config.format).impl()
+    logger.debug("writing %s (%s, int8 %s, float layers %s)", path, config.format, config.int8, config.float_modules)
     if config.int8 is None:
         backend.write(model, data.val_images[:1].clone(), path)
         return None, ""
@@ -312,8 +312,8 @@ def export_checkpoint(config: ExportConfig) -> ArtifactReport:
     path = Path(config.out) if config.out else default_output(config)
     if path.suffix != backend.suffix:
         raise MobiforgeError(f"--out {path}: a {config.format} artifact needs the suffix {backend.suffix}")
-    checkpoint = load_checkpoint(config.checkpoint)
-    model = model_from_checkpoint(checkpoint).eval()
+    checkpoint = Checkpoint.load(config.checkpoint)
+    model = checkpoint.model()
     _check_float_modules(model, config)
     torch.manual_seed(config.seed)
     data = load_export_data(checkpoint, config)

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from mobiforge import engine
-from mobiforge.checkpoint import load_checkpoint, model_from_checkpoint
+from mobiforge.checkpoint import Checkpoint
 from mobiforge.data import (
     ImageSamples,
     checkpoint_data_config,
@@ -23,7 +23,6 @@ from mobiforge.data import (
     split_samples,
 )
 from mobiforge.errors import MobiforgeError
-from mobiforge.models.base import Preprocess
 
 
 @dataclass
@@ -46,13 +45,10 @@ def evaluate_checkpoint(
     skip_bad_images: bool = False,
 ) -> CheckpointEval:
     """Top-1/top-5, per-class accuracy and confusion matrix of a checkpoint on a split of an image folder."""
-    checkpoint = load_checkpoint(path)
-    classes = checkpoint.get("classes")
-    if not classes:
-        raise MobiforgeError(f"{path} has no class names; it was not written by `mobiforge train`")
-    model = model_from_checkpoint(checkpoint)
-    preprocess = Preprocess.from_dict(checkpoint["preprocess"])
-    config = checkpoint_data_config(checkpoint, data)
+    checkpoint = Checkpoint.load(path)
+    classes = checkpoint.named_classes()
+    model, preprocess = checkpoint.model(), checkpoint.preprocess
+    config = checkpoint_data_config(checkpoint.config, data)
     samples = split_samples(config, split, classes)
     bad = decodable(samples, skip_bad_images)
     samples = [sample for sample in samples if sample[0] not in bad]
@@ -67,10 +63,10 @@ def evaluate_checkpoint(
 
 def predict(path: str | Path, images: list[str], top_k: int = 5) -> list[dict[str, Any]]:
     """Top-``top_k`` classes with probabilities for each image file."""
-    checkpoint = load_checkpoint(path)
-    classes = checkpoint.get("classes") or [str(i) for i in range(checkpoint["spec"]["kwargs"].get("num_classes", 0))]
-    model = model_from_checkpoint(checkpoint)
-    transform = eval_transform(Preprocess.from_dict(checkpoint["preprocess"]))
+    checkpoint = Checkpoint.load(path)
+    classes = checkpoint.classes or [str(i) for i in range(checkpoint.spec["kwargs"].get("num_classes", 0))]
+    model = checkpoint.model()
+    transform = eval_transform(checkpoint.preprocess)
     batch = []
     for image_path in images:
         if not Path(image_path).is_file():

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mobiforge.checkpoint import load_checkpoint, model_from_checkpoint
+from mobiforge.checkpoint import Checkpoint
 from mobiforge.errors import MobiforgeError
 from mobiforge.models.base import Preprocess
 
@@ -137,15 +137,10 @@ class DistillationLoss:
 
 def load_teacher(path: str, classes: list[str]) -> tuple[nn.Module, Preprocess]:
     """The teacher checkpoint's model and preprocessing; its classes must be the dataset's, in order."""
-    checkpoint = load_checkpoint(path)
-    teacher_classes = checkpoint.get("classes")
-    if teacher_classes != classes:
-        raise MobiforgeError(
-            f"teacher {path} predicts {len(teacher_classes or [])} classes ({', '.join((teacher_classes or [])[:4])}"
-            f"...), the data has {len(classes)}; fine-tune the teacher on this data first, or pass a model name "
-            "with pretrained weights as --teacher to have it adapted"
-        )
-    return model_from_checkpoint(checkpoint), Preprocess.from_dict(checkpoint["preprocess"])
+    checkpoint = Checkpoint.load(path)
+    advice = "fine-tune the teacher on this data first, or pass a model name with pretrained weights as --teacher"
+    checkpoint.require_classes(classes, "teacher", advice + " to have it adapted")
+    return checkpoint.model(), checkpoint.preprocess
 
 
 def distillation_loss(

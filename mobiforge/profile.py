@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import re
 import statistics
 import time
 import weakref
@@ -26,33 +25,6 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
 from mobiforge.errors import MobiforgeError
-
-_SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
-_TIME_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
-
-
-def parse_size(text: str) -> int:
-    """``"1MB"`` -> 1_000_000 bytes (SI units; ``KiB``/``MiB`` for powers of two; a bare number is bytes)."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
-    if not match or match.group(2).lower() not in _SIZE_UNITS:
-        raise MobiforgeError(f"cannot read size {text!r}: write it like 1MB, 800KB or 2MiB")
-    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
-
-
-def parse_duration_ms(text: str) -> float:
-    """``"100ms"`` -> 100.0, ``"0.1s"`` -> 100.0 (a bare number is milliseconds)."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
-    unit = match.group(2).lower() if match else None
-    if not match or (unit and unit not in _TIME_UNITS):
-        raise MobiforgeError(f"cannot read duration {text!r}: write it like 100ms or 0.1s")
-    return float(match.group(1)) * _TIME_UNITS[unit or "ms"]
-
-
-def format_bytes(num_bytes: float) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if num_bytes >= scale:
-            return f"{num_bytes / scale:.2f} {unit}"
-    return f"{int(num_bytes)} B"
 
 
 def count_params(model: nn.Module) -> int:

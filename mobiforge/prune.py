@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from mobiforge import engine
-from mobiforge.checkpoint import load_checkpoint, model_checkpoint, model_from_checkpoint, save_checkpoint
+from mobiforge.checkpoint import Checkpoint
 from mobiforge.data import (
     DataConfig,
     ImageSamples,
@@ -230,9 +230,42 @@ def measure_figures(model: nn.Module, img_size: int, threads: int | None, top1: 
     return ModelFigures(count_params(model), macs, latency.median_ms, latency.p90_ms, top1)
 
 
-def _taylor_gradients(checkpoint: dict[str, Any], data: DataConfig, batches: int) -> Callable[[nn.Module], None]:
+def prune_and_save(
+    checkpoint: Checkpoint,
+    prune_fn: Callable[[nn.Module], float],
+    data: DataConfig,
+    recalibration_images: int,
+    seed: int,
+    path: Path,
+    record: dict[str, Any],
+) -> tuple[Checkpoint, float]:
+    """The one prune -> recalibrate -> respec -> save flow (``mobiforge prune`` and ship's pruned teacher).
+
+    ``prune_fn`` prunes the checkpoint's model in place and returns its channel ratio. BatchNorm statistics are then
+    re-estimated on ``recalibration_images`` training images of ``data`` (0: not; the old ones describe sums over
+    channels that are gone), and the new widths are written into the spec, so the saved file rebuilds with
+    ``weights_only=True``. ``record`` (plus the ratio) is stored as the checkpoint's ``pruning`` entry."""
+    model = checkpoint.model()
+    ratio = prune_fn(model)
+    classes = checkpoint.named_classes()
+    if recalibration_images:
+        recalibrate_on_training_images(model, data, classes, checkpoint.preprocess, recalibration_images, seed)
+    rebuilt = Checkpoint(spec=respec(model), state_dict=model.state_dict()).model()
+    pruned = Checkpoint.of(
+        rebuilt,
+        classes=classes,
+        preprocess=checkpoint.preprocess,
+        epoch=0,
+        config=checkpoint.config,
+        pruning={"source": checkpoint.source, **record, "ratio": ratio},
+    )
+    pruned.save(path)
+    return pruned, ratio
+
+
+def _taylor_gradients(checkpoint: Checkpoint, data: DataConfig, batches: int) -> Callable[[nn.Module], None]:
     """Accumulates the loss gradients of a few training batches (what Taylor importance scores channels by)."""
-    samples = split_samples(data, "train", checkpoint["classes"])
+    samples = split_samples(data, "train", checkpoint.named_classes())
     dataset = ImageSamples(samples, train_transform(data), seed=0)
     generator = torch.Generator().manual_seed(0)
     loader = torch.utils.data.DataLoader(dataset, batch_size=data.batch_size, shuffle=True, generator=generator)
@@ -247,11 +280,11 @@ def _taylor_gradients(checkpoint: dict[str, Any], data: DataConfig, batches: int
     return accumulate
 
 
-def _saved_run(checkpoint: dict[str, Any], config: PruneConfig) -> TrainConfig:
+def _saved_run(checkpoint: Checkpoint, config: PruneConfig) -> TrainConfig:
     """The checkpoint's training config with this command's data folder and loader settings and the checkpoint's
     own input size and normalisation (used for Taylor gradients and for fine-tuning alike)."""
-    saved = TrainConfig.from_dict(checkpoint["config"]) if checkpoint.get("config") else TrainConfig()
-    preprocess = Preprocess.from_dict(checkpoint["preprocess"])
+    saved = TrainConfig.from_dict(checkpoint.config) if checkpoint.config else TrainConfig()
+    preprocess = checkpoint.preprocess
     data = dataclasses.replace(
         saved.data,
         data=config.data or saved.data.data,
@@ -264,7 +297,7 @@ def _saved_run(checkpoint: dict[str, Any], config: PruneConfig) -> TrainConfig:
     return dataclasses.replace(saved, data=data)
 
 
-def _finetune_config(checkpoint: dict[str, Any], config: PruneConfig, pruned_path: Path, run_dir: Path) -> TrainConfig:
+def _finetune_config(checkpoint: Checkpoint, config: PruneConfig, pruned_path: Path, run_dir: Path) -> TrainConfig:
     """The original run's data settings, this command's optimiser, starting from the pruned checkpoint."""
     return dataclasses.replace(
         _saved_run(checkpoint, config),
@@ -288,12 +321,11 @@ def prune(config: PruneConfig, reporter: Reporter | None = None) -> PruneResult:
     """Prune ``config.checkpoint``, fine-tune it, and measure both (see the module docstring)."""
     reporter = reporter or SilentReporter()
     _check(config)
-    checkpoint = load_checkpoint(config.checkpoint)
-    if not checkpoint.get("classes"):
-        raise MobiforgeError(f"{config.checkpoint} has no class names; prune a checkpoint written by `mobiforge train`")
-    check_prunable(checkpoint["spec"]["name"])
+    checkpoint = Checkpoint.load(config.checkpoint)
+    checkpoint.named_classes()
+    check_prunable(checkpoint.spec["name"])
     run_dir = Path(config.runs_dir) / (
-        config.name or f"{checkpoint['spec']['name']}-pruned-{time.strftime('%Y%m%d-%H%M%S')}"
+        config.name or f"{checkpoint.spec['name']}-pruned-{time.strftime('%Y%m%d-%H%M%S')}"
     )
     if (run_dir / "pruned.pt").exists():
         raise MobiforgeError(f"{run_dir} already holds a pruning run; choose another --name")
@@ -301,9 +333,8 @@ def prune(config: PruneConfig, reporter: Reporter | None = None) -> PruneResult:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
 
-    model = model_from_checkpoint(checkpoint)
-    preprocess = Preprocess.from_dict(checkpoint["preprocess"])
-    size = preprocess.img_size
+    model = checkpoint.model()
+    size = checkpoint.preprocess.img_size
     example = torch.randn(1, 3, size, size)
     workers = loader_workers(config.workers)
     before_eval = evaluate_checkpoint(config.checkpoint, config.data, "val", config.batch_size, workers)
@@ -316,32 +347,25 @@ def prune(config: PruneConfig, reporter: Reporter | None = None) -> PruneResult:
     gradient_fn = None
     if config.importance == "taylor":
         gradient_fn = _taylor_gradients(checkpoint, _saved_run(checkpoint, config).data, config.calibration_batches)
-    ratio = config.ratio
-    if ratio is None:
-        target = config.target_macs if config.target_macs is not None else config.target_params
-        measure: Callable[[nn.Module], int] = (
-            (lambda m: count_macs(m, (1, 3, size, size))) if config.target_macs is not None else count_params
-        )
-        ratio = ratio_for_target(model, example, config, measure, int(target or 0), gradient_fn)
-    prune_model(model, example, config, ratio, gradient_fn)
-    if config.bn_recalibration_images:
-        data = _saved_run(checkpoint, config).data
-        recalibrate_on_training_images(model, data, checkpoint["classes"], preprocess, config.bn_recalibration_images)
-        reporter.message(f"BatchNorm statistics re-estimated on {config.bn_recalibration_images} training images")
-    spec = respec(model)
-    pruned_model = model_from_checkpoint({"spec": spec, "state_dict": model.state_dict()})
-    run_dir.mkdir(parents=True, exist_ok=True)
-    pruned_path = save_checkpoint(
-        model_checkpoint(
-            pruned_model,
-            classes=checkpoint["classes"],
-            preprocess=preprocess,
-            epoch=0,
-            config=checkpoint.get("config"),
-            pruning={"source": str(config.checkpoint), "ratio": ratio, "importance": config.importance},
-        ),
-        run_dir / "pruned.pt",
-    )
+
+    def prune_fn(model: nn.Module) -> float:
+        ratio = config.ratio
+        if ratio is None:
+            target = config.target_macs if config.target_macs is not None else config.target_params
+            measure: Callable[[nn.Module], int] = (
+                (lambda m: count_macs(m, (1, 3, size, size))) if config.target_macs is not None else count_params
+            )
+            ratio = ratio_for_target(model, example, config, measure, int(target or 0), gradient_fn)
+        prune_model(model, example, config, ratio, gradient_fn)
+        return ratio
+
+    record = {"importance": config.importance, "global": config.global_pruning}
+    data = _saved_run(checkpoint, config).data
+    images = config.bn_recalibration_images
+    pruned_ckpt, ratio = prune_and_save(checkpoint, prune_fn, data, images, 0, run_dir / "pruned.pt", record)
+    if images:
+        reporter.message(f"BatchNorm statistics re-estimated on {images} training images")
+    pruned_path, spec, pruned_model = run_dir / "pruned.pt", pruned_ckpt.spec, pruned_ckpt.model()
     pruned_eval = evaluate_checkpoint(pruned_path, config.data, "val", config.batch_size, workers)
     pruned = measure_figures(pruned_model, size, config.threads, pruned_eval.result.top1)
     reporter.message(

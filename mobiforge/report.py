@@ -25,8 +25,7 @@ import torchvision
 
 from mobiforge import __version__
 from mobiforge.backends import get_backend
-from mobiforge.checkpoint import load_checkpoint
-from mobiforge.models.base import Preprocess
+from mobiforge.checkpoint import Checkpoint
 from mobiforge.plots import pyplot
 from mobiforge.snippets import android_snippet, ios_snippet
 
@@ -71,11 +70,10 @@ def ship_command(config: Any) -> str:
 
 def model_card(config: Any, state: dict[str, Any], row: dict[str, Any], artifact: Path | None) -> dict[str, Any]:
     """What an app developer needs to use the artifact, and the evidence that it meets the budget."""
-
     exported = row["exported"]["chosen"]
     trained = row["trained"]
-    checkpoint = load_checkpoint(trained["checkpoint"])
-    preprocess = Preprocess.from_dict(checkpoint["preprocess"])
+    checkpoint = Checkpoint.load(trained["checkpoint"])
+    preprocess = checkpoint.preprocess
     latency = exported["latency_ms"][str(config.threads)]
     survey = state["stages"]["survey"]
     verdicts = row["exported"]["verdicts"]
@@ -91,14 +89,14 @@ def model_card(config: Any, state: dict[str, Any], row: dict[str, Any], artifact
         },
         "model": {
             "candidate": row["candidate"]["name"],
-            "spec": checkpoint["spec"],
+            "spec": checkpoint.spec,
             "source": row["candidate"]["source"],
             "params": row["candidate"]["params"],
             "macs": row["candidate"]["macs"],
             "distilled": trained.get("distilled", False),
             "epochs": trained["epochs_run"],
         },
-        "classes": checkpoint["classes"],
+        "classes": checkpoint.classes,
         "preprocessing": {
             "input_shape": [1, 3, preprocess.img_size, preprocess.img_size],
             "layout": "NCHW",

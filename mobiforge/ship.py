@@ -49,18 +49,18 @@ from torch import nn
 
 from mobiforge import engine
 from mobiforge.backends import DEFAULT_RUNTIME, get_backend
-from mobiforge.checkpoint import load_checkpoint, model_checkpoint, model_from_checkpoint, save_checkpoint
+from mobiforge.checkpoint import Checkpoint
 from mobiforge.data import BUILTIN_DATASETS, DataConfig, discover, loader_workers
 from mobiforge.errors import MobiforgeError
 from mobiforge.export import ExportConfig, ExportData, build_artifact, export_checkpoint
+from mobiforge.log import logger
 from mobiforge.losses import DistillConfig
 from mobiforge.models import build_from_spec, create_model
-from mobiforge.models.base import Preprocess
 from mobiforge.models.weights import get_weights, locate_quietly
 from mobiforge.models.widths import NOT_PRUNABLE, respec
 from mobiforge.profile import count_macs, count_params, int8_weight_bytes, measure_latency, num_threads
 from mobiforge.progress import Reporter, SilentReporter
-from mobiforge.prune import PruneConfig, prune_model, ratio_for_target, recalibrate_on_training_images
+from mobiforge.prune import PruneConfig, prune_and_save, prune_model, ratio_for_target
 from mobiforge.quantize import layer_groups
 from mobiforge.report import write_ship_report
 from mobiforge.runtimes import load_runner
@@ -235,6 +235,7 @@ class _Progress:
         left = self.state.left()
         sign = "" if left >= 0 else "-"
         self.reporter.message(f"[ship {sign}{_clock(abs(left))} left] {text}")
+        logger.debug("ship, %.0f s elapsed: %s", self.state.elapsed(), text)
 
 
 def _clock(seconds: float) -> str:
@@ -329,7 +330,7 @@ def _measured_as(model: nn.Module, name: str, family: str, img_size: int, source
 def _teacher_weights(spec: dict[str, Any], num_classes: int) -> nn.Module:
     """The teacher network before its fine-tuning: the given checkpoint, or the ImageNet-pretrained model."""
     if spec.get("checkpoint"):
-        return model_from_checkpoint(spec["checkpoint"]).eval()
+        return Checkpoint.load(spec["checkpoint"]).model()
     kwargs = {**spec.get("kwargs", {}), "num_classes": num_classes}
     return create_model(spec["name"], pretrained=bool(spec.get("pretrained")), **kwargs).eval()
 
@@ -568,13 +569,12 @@ def teacher_plan(config: ShipConfig, info: dict[str, Any]) -> tuple[dict[str, An
     if config.teacher != "auto":
         if not Path(config.teacher).is_file():
             raise MobiforgeError(f"--teacher {config.teacher}: no such checkpoint; give a file, auto or none")
-        checkpoint = load_checkpoint(config.teacher)
-        if checkpoint.get("classes") != info["classes"]:
-            raise MobiforgeError(f"--teacher {config.teacher} was trained on other classes than --data {config.data}")
+        checkpoint = Checkpoint.load(config.teacher)
+        checkpoint.require_classes(info["classes"], "--teacher", f"give a teacher trained on --data {config.data}")
         spec = {
-            "name": checkpoint["spec"]["name"],
-            "kwargs": {k: v for k, v in checkpoint["spec"].get("kwargs", {}).items() if k != "num_classes"},
-            "img_size": Preprocess.from_dict(checkpoint["preprocess"]).img_size,
+            "name": checkpoint.spec["name"],
+            "kwargs": {k: v for k, v in checkpoint.spec.get("kwargs", {}).items() if k != "num_classes"},
+            "img_size": checkpoint.preprocess.img_size,
             "checkpoint": config.teacher,
         }
         return spec, f"teacher {config.teacher}"
@@ -602,8 +602,7 @@ def train_teacher(
     the time left; a given checkpoint is used as is."""
     if config.teacher != "auto":
         path = Path(config.teacher).resolve()
-        checkpoint = load_checkpoint(path)
-        metrics = checkpoint.get("metrics") or {}
+        metrics = Checkpoint.load(path).metrics
         history = metrics.get("history", [])
         return {
             "checkpoint": str(path),
@@ -809,27 +808,24 @@ def _truncate_teacher(teacher_checkpoint: str, candidate: Candidate, folder: Pat
     path = folder / "truncated.pt"
     if path.exists():
         return path
-    checkpoint = load_checkpoint(teacher_checkpoint)
+    teacher = Checkpoint.load(teacher_checkpoint)
     model = build_from_spec(candidate.spec or {})
     state = model.state_dict()
     shared = {
         key: value
-        for key, value in checkpoint["state_dict"].items()
+        for key, value in teacher.state_dict.items()
         if key in state and value.shape == state[key].shape and not key.startswith("classifier")
     }
     model.load_state_dict(shared, strict=False)
-    folder.mkdir(parents=True, exist_ok=True)
-    return save_checkpoint(
-        model_checkpoint(
-            model,
-            classes=checkpoint["classes"],
-            preprocess=Preprocess.from_dict(checkpoint["preprocess"]),
-            epoch=0,
-            config=checkpoint.get("config"),
-            truncation={"source": teacher_checkpoint, "shared_tensors": len(shared)},
-        ),
-        path,
+    truncated = Checkpoint.of(
+        model,
+        classes=teacher.named_classes(),
+        preprocess=teacher.preprocess,
+        epoch=0,
+        config=teacher.config,
+        truncation={"source": teacher_checkpoint, "shared_tensors": len(shared)},
     )
+    return truncated.save(path)
 
 
 def _prune_teacher(teacher_checkpoint: str, target: int, config: ShipConfig, folder: Path) -> Path:
@@ -837,25 +833,12 @@ def _prune_teacher(teacher_checkpoint: str, target: int, config: ShipConfig, fol
     path = folder / "pruned.pt"
     if path.exists():
         return path
-    checkpoint = load_checkpoint(teacher_checkpoint)
-    model = model_from_checkpoint(checkpoint).eval()
-    preprocess = Preprocess.from_dict(checkpoint["preprocess"])
-    ratio = _prune_into(model, preprocess.img_size, target)
+    teacher = Checkpoint.load(teacher_checkpoint)
+    size = teacher.preprocess.img_size
     data = DataConfig(data=config.data, workers=config.workers)
-    recalibrate_on_training_images(model, data, checkpoint["classes"], preprocess, 512, config.seed)
-    spec = respec(model)
-    folder.mkdir(parents=True, exist_ok=True)
-    return save_checkpoint(
-        model_checkpoint(
-            model_from_checkpoint({"spec": spec, "state_dict": model.state_dict()}),
-            classes=checkpoint["classes"],
-            preprocess=Preprocess.from_dict(checkpoint["preprocess"]),
-            epoch=0,
-            config=checkpoint.get("config"),
-            pruning={"source": teacher_checkpoint, "ratio": ratio, "importance": "l1", "global": True},
-        ),
-        path,
-    )
+    record = {"importance": "l1", "global": True}
+    prune_and_save(teacher, lambda model: _prune_into(model, size, target), data, 512, config.seed, path, record)
+    return path
 
 
 # ------------------------------------------------------------------------------------------------------ export
@@ -870,7 +853,7 @@ def _export_attempts(checkpoint: str, runtime: str) -> list[tuple[str, tuple[str
     float (minutes: ~20 calibrations); ship, on a clock, tries the groups that search picked on both hymenoptera
     models (the stem, alone or with the first block: RESULTS.md) for one more PTQ export.
     """
-    first = tuple(layer_groups(model_from_checkpoint(load_checkpoint(checkpoint)))[:FIRST_LAYERS_IN_FLOAT])
+    first = tuple(layer_groups(Checkpoint.load(checkpoint).model())[:FIRST_LAYERS_IN_FLOAT])
     qat = [("qat", ())] if get_backend(runtime).supports_qat else []
     return [("ptq", ()), *([("ptq", first)] if first else []), *qat]  # no groups: no repeat of plain PTQ
 

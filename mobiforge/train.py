@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from torchvision.transforms import v2
 
 from mobiforge import engine
-from mobiforge.checkpoint import load_checkpoint, model_checkpoint, save_checkpoint
+from mobiforge.checkpoint import Checkpoint, load_checkpoint, model_checkpoint, save_checkpoint
 from mobiforge.data import (
     CACHE_MODES,
     DataConfig,
@@ -53,6 +53,7 @@ from mobiforge.data import (
     train_transform,
 )
 from mobiforge.errors import MobiforgeError
+from mobiforge.log import logger
 from mobiforge.losses import DistillConfig, check_distill_config, distillation_loss
 from mobiforge.models import build_from_spec, create_model
 from mobiforge.models.base import Preprocess
@@ -379,14 +380,14 @@ class Trainer:
         )
         init_ckpt = _init_checkpoint(config, self.classes) if resume_ckpt is None else None
         if init_ckpt is not None:  # the starting checkpoint's input size and normalisation, unless set explicitly
-            weights_preprocess = Preprocess.from_dict(init_ckpt["preprocess"])
+            weights_preprocess = init_ckpt.preprocess
         config = self.config = dataclasses.replace(config, data=config.data.resolved(weights_preprocess))
         self.img_size = config.data.resolved_img_size()
         if resume_ckpt is not None:  # the checkpoint's own architecture; its weights are loaded by _restore
             model = build_from_spec(resume_ckpt["spec"])
         elif init_ckpt is not None:
-            model = build_from_spec(init_ckpt["spec"])
-            model.load_state_dict(init_ckpt["state_dict"])
+            model = build_from_spec(init_ckpt.spec)
+            model.load_state_dict(init_ckpt.state_dict)
         else:
             model = self._new_model()
         if self.pretrained and resume_ckpt is None:
@@ -495,7 +496,9 @@ class Trainer:
     def fit(self) -> TrainResult:
         """Set up, then train until the planned epochs are done, a callback stops the run, or Ctrl-C."""
         self.setup()
-        self.reporter.start(self._start_info())
+        info = self._start_info()
+        logger.debug("training: %s", info)
+        self.reporter.start(info)
         with _StopFlag() as stop:
             self._should_stop = _stop_check(stop, self.ddp, self.device)
             while self.epoch < self.config.epochs:  # not a range: a callback may re-plan the count
@@ -730,16 +733,12 @@ def _check_config(config: TrainConfig) -> None:
         check_distill_config(config.distill)
 
 
-def _init_checkpoint(config: TrainConfig, classes: list[str]) -> dict[str, Any] | None:
+def _init_checkpoint(config: TrainConfig, classes: list[str]) -> Checkpoint | None:
     """The checkpoint named by ``init_from``, checked against the data's classes."""
     if not config.init_from:
         return None
-    checkpoint = load_checkpoint(config.init_from)
-    if checkpoint.get("classes") != classes:
-        raise MobiforgeError(
-            f"{config.init_from} was trained on {len(checkpoint.get('classes') or [])} other classes than the "
-            f"{len(classes)} of {config.data.data}; start from a checkpoint of this dataset"
-        )
+    checkpoint = Checkpoint.load(config.init_from)
+    checkpoint.require_classes(classes, "the starting checkpoint", f"start from a checkpoint of {config.data.data}")
     return checkpoint
 
 
@@ -796,6 +795,6 @@ def _finish_plots(run_dir: Path, history: list[dict[str, Any]], classes: list[st
         plot_curves(history, run_dir / "curves.png")
     best = run_dir / "best.pt"
     if best.exists():
-        confusion = load_checkpoint(best)["metrics"].get("val", {}).get("confusion")
+        confusion = Checkpoint.load(best).metrics.get("val", {}).get("confusion")
         if confusion is not None:
             plot_confusion(confusion, classes, run_dir / "confusion.png")

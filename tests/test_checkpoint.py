@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mobiforge import create_model
-from mobiforge.checkpoint import load_checkpoint, model_checkpoint, model_from_checkpoint, save_checkpoint
+from mobiforge.checkpoint import Checkpoint, load_checkpoint, model_checkpoint, model_from_checkpoint, save_checkpoint
 from mobiforge.errors import MobiforgeError
 
 
@@ -51,3 +51,30 @@ def test_clear_errors_for_bad_files(tmp_path: Path) -> None:
     torch.save(create_model("mobilenet_v3_small").state_dict(), bare)
     with pytest.raises(MobiforgeError, match="not a mobiforge checkpoint"):
         load_checkpoint(bare)
+
+
+def test_the_typed_checkpoint_keeps_every_key_and_rebuilds_the_model(tmp_path: Path) -> None:
+    model = create_model("mobilenet_seed", num_classes=2, width_mult=0.25).eval()
+    raw = model_checkpoint(model, classes=["cat", "dog"], epoch=3, optimizer={"state": {}}, rng={"seed": 1})
+    path = save_checkpoint(raw, tmp_path / "a.pt")
+    checkpoint = Checkpoint.load(path)
+    assert checkpoint.classes == ["cat", "dog"] and checkpoint.epoch == 3 and checkpoint.source == str(path)
+    assert checkpoint.preprocess.img_size == model.preprocess.img_size
+    assert checkpoint.extra["optimizer"] == {"state": {}} and checkpoint.extra["rng"] == {"seed": 1}
+    again = load_checkpoint(checkpoint.save(tmp_path / "b.pt"))  # a read-then-write loses no key
+    assert set(raw) <= set(again) and again["optimizer"] == raw["optimizer"]
+    x = torch.randn(1, 3, 32, 32)
+    assert torch.equal(checkpoint.model()(x), model(x)) and not checkpoint.model().training
+
+
+def test_a_checkpoint_of_other_classes_is_refused_in_one_line(tmp_path: Path) -> None:
+    model = create_model("mobilenet_seed", num_classes=2, width_mult=0.25)
+    checkpoint = Checkpoint.of(model, classes=["cat", "dog"])
+    checkpoint.require_classes(["cat", "dog"], "teacher", "unused")
+    with pytest.raises(MobiforgeError) as error:
+        checkpoint.require_classes(["ant", "bee", "wasp"], "teacher", "train one on this data")
+    message = str(error.value)
+    assert "\n" not in message and "predicts 2 classes (cat, dog), the data has 3 (ant, bee, wasp)" in message
+    assert message.endswith("; train one on this data")
+    with pytest.raises(MobiforgeError, match="has no class names"):
+        Checkpoint.of(model).named_classes()

@@ -115,3 +115,23 @@ def test_bad_train_flags_are_one_line_errors(flags: list[str], message: str, cap
     assert main(["train", "--data", "digits", *flags]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_debug_shows_the_traceback_behind_a_one_line_error(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    missing = str(tmp_path / "missing.pt")
+    assert main(["eval", missing]) == 2
+    plain = capsys.readouterr().err
+    assert plain.count("\n") == 1 and "Traceback" not in plain  # users get one line
+    for argv in (["--debug", "eval", missing], ["eval", missing, "--debug"]):
+        assert main(argv) == 2
+        shown = capsys.readouterr().err
+        assert "Traceback" in shown and "load_checkpoint" in shown and shown.endswith(plain)
+
+
+def test_mobiforge_debug_in_the_environment_turns_debug_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mobiforge.log import debug_requested
+
+    monkeypatch.setenv("MOBIFORGE_DEBUG", "1")
+    assert debug_requested()
+    monkeypatch.setenv("MOBIFORGE_DEBUG", "0")
+    assert not debug_requested() and debug_requested(True)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mobiforge.checkpoint import load_checkpoint, model_from_checkpoint
+from mobiforge.checkpoint import Checkpoint, model_from_checkpoint
 from mobiforge.cli import main
 from mobiforge.errors import MobiforgeError
 from mobiforge.export import ArtifactReport, ExportConfig, export_checkpoint, load_export_data
@@ -103,7 +103,7 @@ def test_the_report_scores_the_reference_model_apart_from_the_runtime(
 
     monkeypatch.setattr(export, "build_artifact", write)
     config = ExportConfig(str(checkpoint), "onnx", val_images=12, workers=0, latency_seconds=0.01, threads=(1,))
-    data = load_export_data(load_checkpoint(checkpoint), config)
+    data = load_export_data(Checkpoint.load(checkpoint), config)
     assert [label for _, label in data.val_samples] == data.val_labels.tolist()  # each image's file, in order
     model = model_from_checkpoint(checkpoint).eval()
     report = export._export_and_verify(model, config, data, tmp_path / "m.onnx")
@@ -153,7 +153,7 @@ def test_qat_export_runs_in_executorch(checkpoint: Path, tmp_path: Path) -> None
     assert report.precision == "int8-qat" and report.reference_max_abs_diff is not None
     # QAT trains a copy: the fp32 model that the report compares with is the checkpoint's, untouched.
     model = model_from_checkpoint(checkpoint)
-    data = load_export_data(load_checkpoint(checkpoint), ExportConfig(str(checkpoint), val_images=12, workers=0))
+    data = load_export_data(Checkpoint.load(checkpoint), ExportConfig(str(checkpoint), val_images=12, workers=0))
     with torch.no_grad():
         expected = 100.0 * (model(data.val_images).argmax(1) == data.val_labels).float().mean().item()
     assert report.torch_fp32_top1 == pytest.approx(expected)
@@ -417,7 +417,7 @@ def test_qat_distills_from_the_fp32_model(checkpoint: Path, monkeypatch: pytest.
     import mobiforge.export as export
 
     config = ExportConfig(str(checkpoint), "executorch", "qat", qat_distill=alpha, calibration_images=4, workers=0)
-    data = load_export_data(load_checkpoint(checkpoint), config)
+    data = load_export_data(Checkpoint.load(checkpoint), config)
     seen = {}
     monkeypatch.setattr(export, "qat_pt2e", lambda *args, **kwargs: seen.update(kwargs))
     model = model_from_checkpoint(checkpoint).eval()
@@ -462,7 +462,7 @@ def test_qat_folds_the_batchnorms_of_its_float_layers(checkpoint: Path, monkeypa
     seen = {}
     monkeypatch.setattr(export, "qat_pt2e", lambda graph, *args, **kwargs: seen.update(graph=graph))
     config = ExportConfig(str(checkpoint), "executorch", "qat", float_modules=("features.0",), workers=0)
-    data = load_export_data(load_checkpoint(checkpoint), dataclasses.replace(config, calibration_images=4))
+    data = load_export_data(Checkpoint.load(checkpoint), dataclasses.replace(config, calibration_images=4))
     export._qat_model(model, None, data, config, fold=True)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in seen["graph"].features[0].modules())
 

@@ -15,7 +15,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mobiforge"
 
 # Lowest first. A module may import from its own layer and the ones before it. Shell patterns match submodules.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("base", ("mobiforge", "mobiforge.errors", "mobiforge.paths", "mobiforge.progress", "mobiforge.log")),
+    (
+        "base",
+        ("mobiforge", "mobiforge.errors", "mobiforge.paths", "mobiforge.progress", "mobiforge.log", "mobiforge.units"),
+    ),
     ("models", ("mobiforge.models", "mobiforge.models.*")),
     ("data", ("mobiforge.checkpoint", "mobiforge.data", "mobiforge.plots", "mobiforge.profile")),
     ("training primitives", ("mobiforge.engine", "mobiforge.losses")),

@@ -12,24 +12,26 @@ from mobiforge.profile import (
     count_macs,
     int8_weight_bytes,
     measure_latency,
-    parse_duration_ms,
-    parse_size,
     peak_memory_bytes,
     profile_model,
 )
+from mobiforge.units import parse_count, parse_duration, parse_size
 
 
 def test_parse_size_and_duration() -> None:
     assert parse_size("1MB") == 1_000_000
     assert parse_size("1.5 MiB") == int(1.5 * 1024**2)
     assert parse_size("800kb") == 800_000
-    assert parse_duration_ms("100ms") == 100.0
-    assert parse_duration_ms("0.1s") == 100.0
-    assert parse_duration_ms("25") == 25.0
+    assert parse_duration("100ms", "ms", to="ms") == 100.0
+    assert parse_duration("0.1s", "ms", to="ms") == 100.0
+    assert parse_duration("25", "ms", to="ms") == 25.0
     with pytest.raises(MobiforgeError, match="like 1MB"):
         parse_size("one megabyte")
     with pytest.raises(MobiforgeError, match="like 100ms"):
-        parse_duration_ms("100 parsecs")
+        parse_duration("100 parsecs", "ms")
+    assert parse_duration("45", "m") == 2700 and parse_count("1.5M", "--target-params") == 1_500_000
+    with pytest.raises(MobiforgeError, match="--target-macs '150X': write a count like 150M"):
+        parse_count("150X", "--target-macs")
 
 
 def test_macs_of_known_layers() -> None:

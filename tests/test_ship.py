@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 
 from mobiforge.checkpoint import load_checkpoint
-from mobiforge.cli import _duration_s, main
+from mobiforge.cli import main
 from mobiforge.errors import MobiforgeError
 from mobiforge.ship import ShipConfig, ShipState, scratch_recipe, ship
 from mobiforge.snippets import android_snippet, ios_snippet
+from mobiforge.units import parse_duration
 from tests.helpers import make_split_folder
 
 pytest.importorskip("onnxruntime")
@@ -178,8 +179,8 @@ def test_ship_flags_are_checked_in_one_line(tmp_path: Path, capsys: pytest.Captu
     assert "no such folder" in capsys.readouterr().err
     assert main(["ship", "--time-budget", "soon"]) == 2
     assert "--time-budget 'soon'" in capsys.readouterr().err
-    assert _duration_s("30m") == 1800 and _duration_s("1h") == 3600 and _duration_s("90s") == 90
-    assert _duration_s("45") == 45 * 60  # a bare number is minutes
+    assert parse_duration("30m", "m") == 1800 and parse_duration("1h", "m") == 3600
+    assert parse_duration("90s", "m") == 90 and parse_duration("45", "m") == 45 * 60  # --time-budget 45: minutes
 
 
 def test_short_runs_get_adamw_long_small_image_runs_the_measured_cifar_recipe() -> None:
