@@ -32,7 +32,7 @@ lint: install
 	$(BIN)/ruff format --check mobiforge tests benchmarks
 
 bench: install
-	$(BIN)/python benchmarks/profile_zoo.py
+	$(BIN)/python -m benchmarks.profile_zoo
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

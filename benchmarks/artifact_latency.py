@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import write_section
-
+from benchmarks.results import write_section
 from mobiforge.runtimes import profile_artifact, runtime_of
 
 

@@ -15,15 +15,12 @@ import argparse
 import copy
 import csv
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import write_section
-
+from benchmarks.results import write_section
 from mobiforge.checkpoint import load_checkpoint, model_from_checkpoint
 from mobiforge.engine import OptimConfig
 from mobiforge.losses import DistillConfig

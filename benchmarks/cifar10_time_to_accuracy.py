@@ -10,15 +10,12 @@ schedule and records the recipe, the per-epoch curve and the wall time in benchm
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import write_section
-
+from benchmarks.results import write_section
 from mobiforge import create_model
 from mobiforge.data import DataConfig
 from mobiforge.engine import OptimConfig

@@ -8,16 +8,13 @@ Runs on the built-in digits data (no download) and writes its section of benchma
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import write_section
-
+from benchmarks.results import write_section
 from mobiforge.checkpoint import load_checkpoint
 from mobiforge.data import DataConfig
 from mobiforge.engine import OptimConfig

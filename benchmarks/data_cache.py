@@ -10,16 +10,13 @@ files by two loader processes (the uncached default) against cached tensors in t
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import write_section
-
+from benchmarks.results import write_section
 from mobiforge.data import (
     DataConfig,
     ImageSamples,

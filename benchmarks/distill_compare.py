@@ -13,13 +13,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import statistics
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import write_section
-
+from benchmarks.results import write_section
 from mobiforge import create_model
 from mobiforge.data import DataConfig
 from mobiforge.distill import DistillConfig, adapt_teacher

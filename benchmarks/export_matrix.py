@@ -11,13 +11,10 @@ in the same runtime, the fastest runtime's fp32 at least 2x better than PyTorch 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import write_section
-
+from benchmarks.results import write_section
 from mobiforge.backends import BACKENDS
 from mobiforge.checkpoint import load_checkpoint
 from mobiforge.errors import MobiforgeError

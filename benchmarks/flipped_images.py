@@ -11,17 +11,14 @@ the ones `mobiforge export` verifies on (same subset for the same `--val-images`
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import write_section
-
+from benchmarks.results import write_section
 from mobiforge.backends import backend_for
 from mobiforge.checkpoint import Checkpoint
-from mobiforge.export import ExportConfig, _run_all, load_export_data
+from mobiforge.export import ExportConfig, load_export_data, run_all
 from mobiforge.runtimes import load_runner
 
 
@@ -53,7 +50,7 @@ def main() -> None:
     rows = []
     for file in args.files:
         batched = backend_for(file).batched  # the others are exported for batch 1, as export runs them
-        logits = _run_all(load_runner(Path(file), threads=2), data.val_images, batched)
+        logits = run_all(load_runner(Path(file), threads=2), data.val_images, batched)
         flipped = torch.nonzero(logits.argmax(1) != fp32.argmax(1)).flatten().tolist()
         for index in flipped:
             image = Path(data.val_samples[index][0]).name

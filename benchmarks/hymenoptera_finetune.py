@@ -10,13 +10,10 @@ top-1 per epoch and the wall time in benchmarks/RESULTS.md. Target: at least 93%
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import write_section
-
+from benchmarks.results import write_section
 from mobiforge.data import DataConfig
 from mobiforge.engine import OptimConfig
 from mobiforge.progress import SilentReporter

@@ -12,15 +12,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
-from pathlib import Path
 
 import torch
 import torchvision
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import write_section
-
+from benchmarks.results import write_section
 from mobiforge import create_model, list_models
 from mobiforge.models.torchvision_compat import TORCHVISION_EQUIVALENTS
 from mobiforge.profile import count_macs, count_params, fastest_layout, int8_weight_bytes, measure_latency

@@ -15,14 +15,11 @@ counts of the model's weights and output channels.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import write_section
-
+from benchmarks.results import write_section
 from mobiforge.checkpoint import model_from_checkpoint
 
 

@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import write_section
-
+from benchmarks.results import write_section
 from mobiforge.checkpoint import Checkpoint
-from mobiforge.export import QAT_TEMPERATURE, ExportConfig, _qat_model, load_export_data
+from mobiforge.export import QAT_TEMPERATURE, ExportConfig, load_export_data, qat_model
 from mobiforge.quantize import top1_percent, xnnpack_quantizer
 
 
@@ -52,7 +49,7 @@ def main() -> None:
         config = dataclasses.replace(base, qat_distill=alpha, qat_lr=lr)
         torch.manual_seed(config.seed)
         started = time.time()
-        reference = _qat_model(model, xnnpack_quantizer(qat=True), data, config, fold=True)
+        reference = qat_model(model, xnnpack_quantizer(qat=True), data, config, fold=True)
         with torch.no_grad():
             logits = torch.cat([reference(chunk) for chunk in data.val_images.split(64)])
         agreement = 100.0 * (logits.argmax(1) == fp32.argmax(1)).float().mean().item()

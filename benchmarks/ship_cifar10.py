@@ -10,12 +10,9 @@ budget goes to one candidate (--max-trained 1). Report and model card: benchmark
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _ship import run_and_record
-
+from benchmarks.ship_run import run_and_record
 from mobiforge.ship import ShipConfig
 
 

@@ -9,12 +9,9 @@ report the val top-1 reached, aiming for 90%. The report and model card land in 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _ship import run_and_record
-
+from benchmarks.ship_run import run_and_record
 from mobiforge.ship import ShipConfig
 
 

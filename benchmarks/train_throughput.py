@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,9 +26,7 @@ from torch.utils.data import DataLoader
 from torchvision import datasets
 from torchvision import transforms as T
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import write_section
-
+from benchmarks.results import write_section
 from mobiforge import create_model
 from mobiforge.data import DataConfig
 from mobiforge.engine import cpu_has_native_bf16

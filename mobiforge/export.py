@@ -207,7 +207,7 @@ def _check(config: ExportConfig) -> None:
         raise MobiforgeError(f"--max-drop must be 0 or more points, got {config.max_drop}")
 
 
-def _qat_model(model: nn.Module, quantizer: Any, data: ExportData, config: ExportConfig, fold: bool) -> nn.Module:
+def qat_model(model: nn.Module, quantizer: Any, data: ExportData, config: ExportConfig, fold: bool) -> nn.Module:
     samples = _subset(data.train_samples, config.qat_images, config.seed, spaced=False)
     dataset = ImageSamples(samples, train_transform(data.data_config), seed=config.seed)
     generator = torch.Generator().manual_seed(config.seed)
@@ -269,7 +269,7 @@ def _int8_job(model: nn.Module, config: ExportConfig, data: ExportData) -> Int8J
     def pt2e(quantizer: Any, fold: bool) -> nn.Module:
         if config.int8 == "ptq":
             return ptq_pt2e(model, quantizer, data.calibration, fold_quantize=fold)
-        return _qat_model(model, quantizer, data, config, fold)
+        return qat_model(model, quantizer, data, config, fold)
 
     return Int8Job(
         example=data.val_images[:1].clone(),
@@ -285,7 +285,7 @@ def _float_note(config: ExportConfig) -> str:
     return f"; left in float: {', '.join(config.float_modules)}" if config.float_modules else ""
 
 
-def _run_all(runner: Any, images: torch.Tensor, batched: bool) -> torch.Tensor:
+def run_all(runner: Any, images: torch.Tensor, batched: bool) -> torch.Tensor:
     if batched:
         return torch.cat([torch.from_numpy(runner(chunk.numpy())) for chunk in images.split(64)])
     return torch.cat([torch.from_numpy(runner(image[None].numpy())) for image in images])
@@ -390,7 +390,7 @@ def _export_and_verify(model: nn.Module, config: ExportConfig, data: ExportData,
         torch_logits = torch.cat([model(chunk) for chunk in data.val_images.split(64)])
     batched = get_backend(config.format).batched
     runner = load_runner(path, threads=max(config.threads))
-    runtime_logits = _run_all(runner, data.val_images, batched)
+    runtime_logits = run_all(runner, data.val_images, batched)
     reference_diff = reference_top1 = None
     if reference is not None:
         with torch.no_grad():

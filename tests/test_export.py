@@ -421,7 +421,7 @@ def test_qat_distills_from_the_fp32_model(checkpoint: Path, monkeypatch: pytest.
     seen = {}
     monkeypatch.setattr(export, "qat_pt2e", lambda *args, **kwargs: seen.update(kwargs))
     model = model_from_checkpoint(checkpoint).eval()
-    export._qat_model(model, None, data, config, fold=True)
+    export.qat_model(model, None, data, config, fold=True)
     if alpha == 0.0:
         assert seen["loss_fn"] is None  # qat_pt2e's own cross-entropy on the labels
         return
@@ -463,7 +463,7 @@ def test_qat_folds_the_batchnorms_of_its_float_layers(checkpoint: Path, monkeypa
     monkeypatch.setattr(export, "qat_pt2e", lambda graph, *args, **kwargs: seen.update(graph=graph))
     config = ExportConfig(str(checkpoint), "executorch", "qat", float_modules=("features.0",), workers=0)
     data = load_export_data(Checkpoint.load(checkpoint), dataclasses.replace(config, calibration_images=4))
-    export._qat_model(model, None, data, config, fold=True)
+    export.qat_model(model, None, data, config, fold=True)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in seen["graph"].features[0].modules())
 
 

@@ -121,3 +121,18 @@ def test_the_command_line_starts_without_torch() -> None:
     code = "import sys, mobiforge.cli; mobiforge.cli.build_parser(); print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+BENCHMARKS = sorted((PACKAGE.parent / "benchmarks").glob("*.py"))
+
+
+@pytest.mark.parametrize("script", BENCHMARKS, ids=lambda path: path.stem)
+def test_benchmarks_use_the_public_api_as_modules(script: Path) -> None:
+    """`python -m benchmarks.NAME` from the repository root: no sys.path edits, no private mobiforge names."""
+    tree = ast.parse(script.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr == "path" and getattr(node.value, "id", "") == "sys":
+            raise AssertionError(f"{script.name} touches sys.path; run it as python -m benchmarks.{script.stem}")
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mobiforge"):
+            private = [alias.name for alias in node.names if alias.name.startswith("_")]
+            assert not private, f"{script.name} imports private {', '.join(private)} from {node.module}"

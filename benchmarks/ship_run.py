@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import write_section
-
+from benchmarks.results import write_section
 from mobiforge.cli_progress import RichReporter
 from mobiforge.ship import ShipConfig, ship
 

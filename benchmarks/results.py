@@ -15,6 +15,8 @@ HEADER = (
     "# Benchmark results\n\n"
     "Every figure here was printed by a script in `benchmarks/`; each section names the command that produced it,\n"
     "the machine, the library versions and the date. Rerun the command to reproduce (numbers vary by machine).\n"
+    "Commands recorded as `python benchmarks/NAME.py ...` (before 2026-12-01) run today, from the repository\n"
+    "root, as `python -m benchmarks.NAME ...`.\n"
 )
 
 
@@ -40,9 +42,15 @@ def environment() -> str:
     )
 
 
+def _how_run() -> list[str]:
+    """``-m benchmarks.NAME`` as it was run (the way that works from the repository root), else the script path."""
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    return ["-m", spec.name] if spec is not None else [Path(sys.argv[0]).as_posix()]
+
+
 def write_section(name: str, body: str) -> None:
     """Replace (or append) the section between ``<!-- name:start -->`` and ``<!-- name:end -->``."""
-    command = shlex.join(["python", Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
+    command = shlex.join(["python", *_how_run(), *sys.argv[1:]])
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     section = (
         f"<!-- {name}:start -->\n{body.rstrip()}\n\n"
