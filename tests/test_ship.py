@@ -369,7 +369,14 @@ def test_a_model_without_layer_groups_gets_no_second_plain_ptq(tmp_path: Path, m
     import mobiforge.ship
     from mobiforge.ship import _export_attempts
 
-    monkeypatch.setattr(mobiforge.ship, "load_checkpoint", lambda path: {})
-    monkeypatch.setattr(mobiforge.ship, "model_from_checkpoint", lambda checkpoint: None)
+    class NoCheckpoint:
+        @staticmethod
+        def load(path: str) -> NoCheckpoint:
+            return NoCheckpoint()
+
+        def model(self) -> None:
+            return None
+
+    monkeypatch.setattr(mobiforge.ship, "Checkpoint", NoCheckpoint)
     monkeypatch.setattr(mobiforge.ship, "layer_groups", lambda model: [])
     assert _export_attempts("any.pt", "executorch") == [("ptq", ()), ("qat", ())]
