@@ -766,7 +766,7 @@ def train_candidate(
             init_from=str(start),
             data=_data(config, img_size=None),  # the teacher's input size and normalisation
             # Both start from the fine-tuned teacher's weights: a gentle rate (at 0.01 a pruned EfficientNet-Lite0
-            # fell to one-class predictions on hymenoptera for 12 epochs, RESULTS.md).
+            # collapsed to one-class predictions on hymenoptera: RESULTS.md).
             optim=engine.OptimConfig(lr=0.005, scheduler="cosine", weight_decay=4e-5, label_smoothing=0.1),
         )
     else:
@@ -783,8 +783,8 @@ def train_candidate(
     result = _train_resumable(train_config, reporter, deadline, fit_epochs(fit_by, MAX_EPOCHS))
     return {
         # The schedule's end point, not the val-selected best epoch: the same val images then judge the int8 file,
-        # and the best of ~30 evaluations on 153 hymenoptera images is partly luck that int8 rounding undoes
-        # (epoch 24 at 90.85% among final epochs at 88.24%, its int8 files at 86-88%: RESULTS.md).
+        # and on a small val set the best of many evaluations is partly luck that int8 rounding undoes (the
+        # hymenoptera ship run in RESULTS.md shows it).
         "checkpoint": str(result.run_dir / "last.pt"),
         "run_dir": str(result.run_dir),
         "top1": result.history[-1]["val_top1"],

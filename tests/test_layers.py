@@ -136,3 +136,15 @@ def test_benchmarks_use_the_public_api_as_modules(script: Path) -> None:
         if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mobiforge"):
             private = [alias.name for alias in node.names if alias.name.startswith("_")]
             assert not private, f"{script.name} imports private {', '.join(private)} from {node.module}"
+
+
+DOCS = [PACKAGE.parent / "README.md", *sorted((PACKAGE.parent / "docs").glob("*.md"))]
+
+
+@pytest.mark.parametrize("page", DOCS, ids=lambda path: path.name)
+def test_doc_links_point_at_files_that_exist(page: Path) -> None:
+    import re
+
+    for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+        if "://" not in target:
+            assert (page.parent / target).exists(), f"{page.name} links to {target}, which does not exist"
