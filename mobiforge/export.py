@@ -124,7 +124,11 @@ class ArtifactReport:
     @classmethod
     def from_json(cls, path: str | Path) -> ArtifactReport:
         """The report that ``export_checkpoint`` wrote next to an artifact."""
-        data = json.loads(Path(path).read_text())
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ArtifactReport:
+        """From ``to_dict``'s output (its computed ``drop`` and ``passed`` are recomputed, unknown keys ignored)."""
         return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
 
 

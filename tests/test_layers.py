@@ -25,7 +25,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("training", ("mobiforge.train", "mobiforge.inference")),
     ("compress", ("mobiforge.quantize", "mobiforge.prune")),
     ("deploy", ("mobiforge.backends", "mobiforge.backends.*", "mobiforge.runtimes", "mobiforge.export")),
-    ("recipes", ("mobiforge.distill", "mobiforge.report", "mobiforge.snippets", "mobiforge.ship", "mobiforge.ship.*")),
+    ("recipes", ("mobiforge.distill", "mobiforge.ship", "mobiforge.ship.*")),
     ("cli", ("mobiforge.cli", "mobiforge.cli.*", "mobiforge.cli_progress", "mobiforge.__main__")),
 )
 # Only the CLI imports internal modules inside functions: `mobiforge --help` must not pay for torch.

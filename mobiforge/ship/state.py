@@ -1,0 +1,274 @@
+"""Ship's stage records and the state file that makes a ship run resumable.
+
+Every stage writes a typed record when it finishes; ``ShipState`` keeps them in the order they finished and saves
+them atomically to ``RUN/ship_state.json`` after each one. The file's layout is the one ship has always written
+(``{"config", "elapsed_s", "stages": {"survey", "search", "teacher", "train:NAME", "export:NAME", "result"}}``,
+now with a ``"version"``); records are read with ``from_dict``, which fills fields missing from older files with
+their defaults and ignores keys it does not know, so a state file written by an earlier mobiforge still resumes
+(tested with files committed in ``tests/data``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from mobiforge.data import BUILTIN_DATASETS
+from mobiforge.errors import MobiforgeError
+from mobiforge.export import ArtifactReport
+from mobiforge.ship.config import ShipConfig
+
+STATE_FILE = "ship_state.json"
+STATE_VERSION = 2  # 1: the untyped dicts written before 2026-12-01 (no "version" key); same layout
+
+R = TypeVar("R")
+
+
+def known_fields(cls: type[R], data: dict[str, Any]) -> R:
+    """``cls(**data)`` with only the keys ``cls`` has: older files lack new fields (their defaults apply), newer
+    ones may carry fields this version does not know."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return cls(**{key: value for key, value in data.items() if key in names})
+
+
+@dataclass
+class Survey:
+    """Classes, split sizes and the typical image side: what the plan is built on."""
+
+    classes: list[str]
+    train_images: int
+    val_images: int
+    description: str = ""
+    median_side: int = 224
+    small_images: bool = False
+    img_sizes: list[int] = field(default_factory=lambda: [224])
+
+
+@dataclass
+class TeacherSpec:
+    """The teacher before it is trained: enough to build, prune or truncate it for the search."""
+
+    name: str
+    img_size: int
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str | None = None  # a given teacher checkpoint; None: the pretrained model of that name
+    pretrained: bool = False
+
+
+@dataclass
+class Candidate:
+    """A candidate and what the search measured of it."""
+
+    name: str
+    model: str
+    width_mult: float | None
+    img_size: int
+    source: str  # scratch | teacher (itself) | pruned / truncated (the teacher made to fit the size budget)
+    params: int = 0
+    macs: int = 0
+    int8_estimate_bytes: int = 0
+    prune_ratio: float | None = None
+    spec: dict[str, Any] | None = None  # the pruned or truncated architecture (rebuilds the measured model)
+    prune_target_bytes: int | None = None  # int8 weight bytes the teacher was pruned to
+    artifact_bytes: int | None = None  # the int8 artifact written by the search
+    latency_ms: float | None = None  # its median latency in the runtime
+    train_images_per_s: float | None = None
+    export_seconds: float | None = None  # how long quantizing and writing its artifact took
+    status: str = "not measured"
+
+    @property
+    def fits(self) -> bool:
+        return self.status == "fits"
+
+
+@dataclass
+class SearchRecord:
+    candidates: list[Candidate]
+    teacher_note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"candidates": [dataclasses.asdict(c) for c in self.candidates], "teacher_note": self.teacher_note}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SearchRecord:
+        candidates = [known_fields(Candidate, c) for c in data.get("candidates", [])]
+        return cls(candidates, data.get("teacher_note", ""))
+
+
+@dataclass
+class TrainRecord:
+    """A finished training (a candidate's, or the teacher's): the checkpoint that goes on, and how it went."""
+
+    checkpoint: str
+    run_dir: str
+    top1: float | None = None  # val top-1 of ``checkpoint``
+    best_top1: float | None = None
+    epochs_planned: int = 0
+    epochs_run: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    epochs_estimated: int | None = None  # from the speed probe, before the re-plan
+    seconds: float | None = None
+    distilled: bool = False
+    given: bool = False  # a teacher checkpoint given by the user, not trained here
+
+
+@dataclass
+class TeacherRecord:
+    """The teacher stage: its training, or why there is none."""
+
+    trained: TrainRecord | None = None
+    skipped: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"skipped": self.skipped} if self.trained is None else _plain(self.trained)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TeacherRecord:
+        if "skipped" in data:
+            return cls(skipped=str(data["skipped"]))
+        return cls(trained=known_fields(TrainRecord, data))
+
+
+@dataclass
+class ExportRecord:
+    """Every int8 attempt's report, the one kept, and its budget verdicts."""
+
+    reports: list[ArtifactReport]
+    chosen: ArtifactReport
+    verdicts: dict[str, bool]
+
+    @property
+    def met(self) -> bool:
+        return all(self.verdicts.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "reports": [r.to_dict() for r in self.reports],
+            "chosen": self.chosen.to_dict(),
+            "verdicts": self.verdicts,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ExportRecord:
+        reports = [ArtifactReport.from_dict(r) for r in data.get("reports", [])]
+        return cls(reports, ArtifactReport.from_dict(data["chosen"]), dict(data.get("verdicts", {})))
+
+
+@dataclass
+class ResultRecord:
+    chosen: str | None
+    closest: str | None
+    artifact: str | None
+    elapsed_s: float = 0.0
+
+
+def _plain(record: Any) -> dict[str, Any]:
+    return record.to_dict() if hasattr(record, "to_dict") else dataclasses.asdict(record)
+
+
+def read_record(stage: str, data: dict[str, Any]) -> Any:
+    """The typed record of a stage by its name; a stage this version does not know stays a plain dict."""
+    kind = stage.split(":", 1)[0]
+    if kind == "survey":
+        return known_fields(Survey, data)
+    if kind == "search":
+        return SearchRecord.from_dict(data)
+    if kind == "teacher":
+        return TeacherRecord.from_dict(data)
+    if kind == "train":
+        return known_fields(TrainRecord, data)
+    if kind == "export":
+        return ExportRecord.from_dict(data)
+    if kind == "result":
+        return known_fields(ResultRecord, data)
+    return data
+
+
+class ShipState:
+    """The finished stages and the time spent, persisted atomically after every stage."""
+
+    def __init__(self, run_dir: Path, config: ShipConfig) -> None:
+        self.path = run_dir / STATE_FILE
+        self.session_start = time.time()
+        self.config = plain_config(config)
+        self.stages: dict[str, Any] = {}
+        self.elapsed_before = 0.0
+        if self.path.exists():
+            self._read(json.loads(self.path.read_text()), run_dir)
+        self.deadline = self.session_start + config.time_budget_s - self.elapsed_before
+
+    def _read(self, saved: dict[str, Any], run_dir: Path) -> None:
+        if saved.get("config") != self.config:
+            changed = sorted(key for key in self.config if (saved.get("config") or {}).get(key) != self.config[key])
+            raise MobiforgeError(
+                f"{run_dir} holds a ship run with other settings ({', '.join(changed)}); rerun it with the "
+                "same ones to resume, or give --out a new folder"
+            )
+        self.elapsed_before = float(saved.get("elapsed_s", 0.0))
+        self.stages = {name: read_record(name, data) for name, data in (saved.get("stages") or {}).items()}
+
+    # ----------------------------------------------------------------------------------------------- time
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.time() - self.session_start
+
+    def left(self) -> float:
+        return self.deadline - time.time()
+
+    # --------------------------------------------------------------------------------------------- stages
+
+    @property
+    def survey(self) -> Survey:
+        return self.stages["survey"]
+
+    def done(self, stage: str) -> Any:
+        return self.stages.get(stage)
+
+    def trained(self, name: str) -> TrainRecord | None:
+        return self.stages.get(f"train:{name}")
+
+    def exported(self, name: str) -> ExportRecord | None:
+        return self.stages.get(f"export:{name}")
+
+    def finish(self, stage: str, record: R) -> R:
+        self.stages[stage] = record
+        self.save()
+        return record
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "config": self.config,
+            "elapsed_s": self.elapsed(),
+            "stages": {
+                name: _plain(record) if not isinstance(record, dict) else record for name, record in self.stages.items()
+            },
+        }
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2))
+        os.replace(tmp, self.path)
+
+
+def plain_config(config: ShipConfig) -> dict[str, Any]:
+    """The settings a resumed run must share with the first (the run directory itself excluded)."""
+    data = dataclasses.asdict(config)
+    data["data"] = config.data if config.data in BUILTIN_DATASETS else str(Path(config.data).resolve())
+    data.pop("out")
+    return data
+
+
+@dataclass
+class Row:
+    """One candidate with what became of it: the report's unit."""
+
+    candidate: Candidate
+    trained: TrainRecord | None = None
+    exported: ExportRecord | None = None
