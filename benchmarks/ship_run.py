@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from benchmarks.results import write_section
-from mobiforge.cli_progress import RichReporter
+from mobiforge.cli.progress import RichReporter
 from mobiforge.ship import ShipConfig, ship
 
 KEPT = ("report.md", "report.html", "model_card.json", "candidates.png", "curves.png", "confusion.png")

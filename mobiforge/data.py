@@ -20,7 +20,6 @@ threads for the same cores (measured: 23 vs 17 img/s on hymenoptera at 224 px wi
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import random
 import warnings
@@ -38,61 +37,20 @@ from torchvision import tv_tensors
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 
+from mobiforge.config import BUILTIN_DATASETS as BUILTIN_DATASETS  # public here too
+from mobiforge.config import CACHE_MODES as CACHE_MODES
+from mobiforge.config import DEFAULT_LOADER_WORKERS as DEFAULT_LOADER_WORKERS
+from mobiforge.config import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+)
+from mobiforge.config import DataConfig as DataConfig
+from mobiforge.config import loader_workers as loader_workers
 from mobiforge.errors import MobiforgeError
-from mobiforge.models.base import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from mobiforge.models.base import Preprocess
 from mobiforge.paths import mobiforge_home
 
-BUILTIN_DATASETS = ("digits",)
-DEFAULT_LOADER_WORKERS = 2
-CACHE_MODES = ("auto", "memory", "none")
 Sample = tuple[str, int]
-
-
-@dataclass
-class DataConfig:
-    """Where the images come from and how they are augmented (shared by train, distill, prune, ship)."""
-
-    data: str = "digits"
-    img_size: int | None = None  # None: 32 for built-in digits, else 224
-    val_split: float = 0.1
-    split_seed: int = 0
-    batch_size: int = 64
-    workers: int | None = None  # None: 0 when the images are cached in memory on CPU, else 2
-    cache: str = "auto"  # decode the images once into memory: auto (when they fit the memory budget) | memory | none
-    skip_bad_images: bool = False
-    hflip: bool | None = None  # None: on, except for digits (a mirrored digit is another symbol)
-    crop: str | None = None  # "rrc" (RandomResizedCrop) or "pad" (pad-and-crop); None: "pad" up to 64 px
-    min_scale: float = 0.08  # RandomResizedCrop's smallest area fraction
-    trivial_augment: bool = False
-    random_erasing: float = 0.0
-    mixup: float = 0.0  # alpha; 0 disables
-    cutmix: float = 0.0  # alpha; 0 disables
-    mean: tuple[float, float, float] | None = None  # None: the pretrained weights' own, else ImageNet's
-    std: tuple[float, float, float] | None = None
-
-    def resolved_img_size(self) -> int:
-        if self.img_size is not None:
-            return self.img_size
-        return 32 if self.data in BUILTIN_DATASETS else 224
-
-    def resolved_workers(self, cached: bool, device_type: str) -> int:
-        """Loader processes: the explicit count, else none for cached images on CPU (preparing a cached sample
-        costs ~0.1-1 ms in the training process; worker processes would take cores from the training threads)."""
-        if self.workers is None and cached and device_type == "cpu":
-            return 0
-        return loader_workers(self.workers)
-
-    def resolved(self, weights_preprocess: Preprocess | None = None) -> DataConfig:
-        """A copy with the input size and normalisation filled in: the explicit values, else those of the
-        pretrained weights (a model must see inputs normalised as in its pretraining), else ImageNet's."""
-        base = weights_preprocess
-        img_size = self.img_size or (base.img_size if base is not None and self.data not in BUILTIN_DATASETS else None)
-        return dataclasses.replace(
-            self,
-            img_size=img_size or self.resolved_img_size(),
-            mean=self.mean or (base.mean if base is not None else IMAGENET_MEAN),
-            std=self.std or (base.std if base is not None else IMAGENET_STD),
-        )
 
 
 @dataclass
@@ -284,11 +242,6 @@ def split_samples(config: DataConfig, split: str, classes: list[str]) -> list[Sa
     if not samples:
         raise MobiforgeError(f"no images in the {split} split of {root}")
     return samples
-
-
-def loader_workers(workers: int | None) -> int:
-    """An explicit loader process count, else the default for images read from files."""
-    return DEFAULT_LOADER_WORKERS if workers is None else workers
 
 
 def _decode_problem(path: str) -> str | None:

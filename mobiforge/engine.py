@@ -19,30 +19,11 @@ import torch.distributed as dist
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from mobiforge.config import OptimConfig as OptimConfig  # public here too
 from mobiforge.errors import MobiforgeError
 from mobiforge.progress import StepInfo
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, targets, images) -> loss
-
-
-@dataclass
-class OptimConfig:
-    """Optimizer, schedule and regularisation. The defaults are the seed article's: SGD(lr 0.01, momentum 0.9),
-    StepLR(10, 0.1), plain cross-entropy."""
-
-    optimizer: str = "sgd"  # sgd | adamw | rmsprop
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    decay_norm_and_bias: bool = False  # weight decay on BN and bias parameters (usually harmful)
-    scheduler: str = "step"  # step | cosine | onecycle | none
-    step_size: int = 10  # epochs, for "step"
-    gamma: float = 0.1
-    warmup_epochs: float = 0.0  # linear warm-up, for "cosine" and "step"
-    min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
-    label_smoothing: float = 0.0
-    clip_grad: float | None = None  # max gradient norm
-    ema_decay: float | None = None  # e.g. 0.999; evaluation then uses the EMA weights
 
 
 class DivergedError(MobiforgeError):

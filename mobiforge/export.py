@@ -28,8 +28,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from mobiforge import engine
-from mobiforge.backends import BACKENDS, DEFAULT_RUNTIME, Int8Job, get_backend
+from mobiforge.backends import BACKENDS, Int8Job, get_backend
 from mobiforge.checkpoint import Checkpoint
+from mobiforge.config import INT8_MODES
+from mobiforge.config import ExportConfig as ExportConfig  # public here too
+from mobiforge.config import QuantizeConfig as QuantizeConfig
 from mobiforge.data import (
     DataConfig,
     ImageSamples,
@@ -53,40 +56,8 @@ from mobiforge.quantize import (
 )
 from mobiforge.runtimes import load_runner
 
-INT8_MODES = ("ptq", "qat")
 SEARCH_IMAGES = 96  # labelled training images the float-layer search scores each trial on
 QAT_TEMPERATURE = 2.0  # softmax temperature of QAT's distillation from the fp32 model
-
-
-@dataclass
-class ExportConfig:
-    checkpoint: str
-    format: str = DEFAULT_RUNTIME  # a name from mobiforge.backends.BACKENDS
-    int8: str | None = None  # None (fp32) | ptq | qat
-    data: str | None = None  # default: the data the checkpoint was trained on
-    out: str | None = None  # default: next to the checkpoint
-    calibration_images: int = 256
-    val_images: int | None = None  # evaluate on an evenly spaced subset of the val split (default: all of it)
-    qat_epochs: int = 1
-    qat_images: int | None = None  # train images per QAT epoch (a seeded subset; default: all)
-    qat_lr: float = 1e-3
-    # BN on its running statistics while QAT fine-tunes (torchvision's recipe freezes them after 3 epochs): the
-    # fold the fake-quantized graph trains against is then the one convert_pt2e writes
-    qat_freeze_bn: bool = True
-    # weight of the fp32 model's own soft predictions in the QAT loss (the rest on the labels): fine-tuning then pulls
-    # the int8 graph towards the model it replaces; measured to halve the logit error against fp32 (RESULTS.md)
-    qat_distill: float = 0.5
-    max_drop: float | None = None  # fail an int8 export losing more top-1 points than this
-    # ONNX int8 weights in 7 bits (ONNX Runtime's reduce_range); None: where this CPU's int8 kernels saturate
-    onnx_reduce_range: bool | None = None
-    float_modules: tuple[str, ...] = ()  # modules left in float in an int8 export (e.g. "classifier")
-    float_fallback: bool = True  # int8 missing max_drop: search for the layer groups to leave in float, retry
-    float_fallback_groups: int = 3  # ... at most this many
-    batch_size: int = 64
-    workers: int = 2
-    threads: tuple[int, ...] = (1, 2)
-    latency_seconds: float = 1.0  # each latency is timed for at least this long (and 30 runs)
-    seed: int = 0
 
 
 @dataclass

@@ -13,26 +13,14 @@ trainer; these pieces sit below it, so the trainer, QAT and pruning all use the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mobiforge.checkpoint import Checkpoint
+from mobiforge.config import DistillConfig as DistillConfig  # public here too
 from mobiforge.errors import MobiforgeError
 from mobiforge.models.base import Preprocess
-
-
-@dataclass
-class DistillConfig:
-    """The teacher and the weights of the distillation terms (saved in the student's checkpoints)."""
-
-    teacher: str  # a checkpoint path, or a model name with pretrained weights (adapted by ``distill``)
-    alpha: float = 0.5  # weight of the soft (teacher) term; 1 - alpha goes to the labels
-    temperature: float = 4.0
-    feature_weight: float = 0.0  # weight of the pre-logit feature MSE (needs equal widths)
-    teacher_epochs: int = 3  # head adaptation of a pretrained teacher given by name
 
 
 def check_distill_config(config: DistillConfig) -> None:

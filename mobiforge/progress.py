@@ -1,7 +1,7 @@
 """Progress reporting: the ``Reporter`` protocol every long-running step talks to, and its silent default.
 
 The library never prints: training, pruning and ship hand their progress to a reporter. The CLI passes a rich
-one (``mobiforge.cli_progress``); Python callers get ``SilentReporter`` unless they pass their own. This module is
+one (``mobiforge.cli.progress``); Python callers get ``SilentReporter`` unless they pass their own. This module is
 in the bottom layer and imports nothing heavy, so every layer above can accept a reporter.
 """
 

@@ -17,15 +17,16 @@ import json
 import random
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from mobiforge import engine
 from mobiforge.checkpoint import Checkpoint
+from mobiforge.config import IMPORTANCES
+from mobiforge.config import PruneConfig as PruneConfig  # public here too
 from mobiforge.data import (
     DataConfig,
     ImageSamples,
@@ -36,42 +37,11 @@ from mobiforge.data import (
 )
 from mobiforge.errors import MobiforgeError
 from mobiforge.inference import evaluate_checkpoint
-from mobiforge.losses import DistillConfig
 from mobiforge.models.base import Preprocess
 from mobiforge.models.widths import check_prunable, respec
 from mobiforge.profile import count_macs, count_params, measure_latency, num_threads
 from mobiforge.progress import Reporter, SilentReporter
 from mobiforge.train import TrainConfig, train
-
-IMPORTANCES = ("l1", "taylor", "bn")
-
-
-@dataclass
-class PruneConfig:
-    """What to prune, by how much, and how to fine-tune afterwards (saved in ``prune_report.json``)."""
-
-    checkpoint: str
-    data: str | None = None  # default: the data the checkpoint was trained on
-    ratio: float | None = None  # fraction of channels removed from every prunable layer (or globally)
-    target_macs: int | None = None  # prune until the model has at most this many MACs
-    target_params: int | None = None  # ... or at most this many parameters
-    importance: str = "l1"  # l1 (weight magnitude) | taylor (first-order, from gradients) | bn (BN scale)
-    global_pruning: bool = False  # rank channels across layers instead of the same ratio in each
-    round_to: int = 8  # channel counts stay multiples of this (SIMD-friendly)
-    iterative_steps: int = 1  # prune in this many steps, re-scoring channels after each
-    calibration_batches: int = 4  # training batches whose gradients score channels for --importance taylor
-    bn_recalibration_images: int = 512  # training images that re-estimate BatchNorm statistics after pruning (0: off)
-    finetune_epochs: int = 0
-    batch_size: int = 64
-    workers: int | None = None  # None: fine-tuning picks (see DataConfig.workers), 2 elsewhere
-    optim: engine.OptimConfig = field(
-        default_factory=lambda: engine.OptimConfig(lr=0.01, scheduler="cosine", weight_decay=4e-5)
-    )
-    distill: DistillConfig | None = None
-    seed: int = 0
-    threads: int | None = None  # latency is measured with this many threads (default: torch's)
-    runs_dir: str = "runs"
-    name: str | None = None
 
 
 @dataclass

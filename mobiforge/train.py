@@ -23,7 +23,7 @@ import shutil
 import signal
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +37,9 @@ from torchvision.transforms import v2
 
 from mobiforge import engine
 from mobiforge.checkpoint import Checkpoint, load_checkpoint, model_checkpoint, save_checkpoint
+from mobiforge.config import CACHE_MODES, DataConfig
+from mobiforge.config import TrainConfig as TrainConfig  # public here too
 from mobiforge.data import (
-    CACHE_MODES,
-    DataConfig,
     DatasetSplits,
     ImageSamples,
     cache_specs,
@@ -54,66 +54,12 @@ from mobiforge.data import (
 )
 from mobiforge.errors import MobiforgeError
 from mobiforge.log import logger
-from mobiforge.losses import DistillConfig, check_distill_config, distillation_loss
+from mobiforge.losses import check_distill_config, distillation_loss
 from mobiforge.models import build_from_spec, create_model
 from mobiforge.models.base import Preprocess
 from mobiforge.models.weights import get_weights
 from mobiforge.plots import plot_confusion, plot_curves
 from mobiforge.progress import Reporter, SilentReporter
-
-
-@dataclass
-class TrainConfig:
-    """Everything a training run depends on; saved as ``config.yaml`` and inside every checkpoint."""
-
-    model: str = "mobilenet_v2"
-    width_mult: float | None = None
-    small_input: bool | None = None  # None: on for images of 64 px or less
-    dropout: float | None = None
-    pretrained: bool | str = False  # True or a weights tag: start from pretrained weights (classifier replaced)
-    weights: str | None = None  # an explicit weights file for the pretrained entry
-    download: bool = False  # allow fetching missing weights from the publisher
-    freeze_epochs: int = 0  # train only the classifier for this many epochs (backbone and its BN frozen)
-    backbone_lr_scale: float = 1.0  # backbone learning rate relative to the classifier's
-    freeze_bn: bool = False  # keep every BatchNorm in eval mode throughout
-    init_from: str | None = None  # start from this checkpoint's model and weights (e.g. a pruned one)
-    distill: DistillConfig | None = None  # train as the student of a teacher checkpoint
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: engine.OptimConfig = field(default_factory=engine.OptimConfig)
-    epochs: int | None = None  # None: 30 for a new run; a resumed run keeps its own unless this extends it
-    seed: int = 0
-    deterministic: bool = False
-    amp: str = "auto"  # auto | bf16 | fp16 | none
-    channels_last: bool = True  # measured several times faster for MobileNets on CPU
-    compile: bool = False
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    threads: int | None = None
-    runs_dir: str = "runs"
-    name: str | None = None  # default: <model>-<data>-<timestamp>
-    resume: str | None = None
-    tensorboard: bool = True
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        for key in ("mean", "std"):
-            value = getattr(self.data, key)
-            data["data"][key] = list(value) if value is not None else None
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        data = dict(data)
-        data_config = dict(data.pop("data", {}))
-        for key in ("mean", "std"):
-            if data_config.get(key) is not None:
-                data_config[key] = tuple(data_config[key])
-        distill = data.pop("distill", None)
-        return cls(
-            data=DataConfig(**data_config),
-            optim=engine.OptimConfig(**data.pop("optim", {})),
-            distill=DistillConfig(**distill) if distill else None,
-            **data,
-        )
 
 
 @dataclass

@@ -76,7 +76,12 @@ def test_console_script_runs() -> None:
 
 
 def test_train_flags_fill_the_config_dataclasses() -> None:
-    from mobiforge.cli import build_parser, train_config_from_args
+    from mobiforge.cli import build_parser
+    from mobiforge.cli.options import read_options
+    from mobiforge.config import TrainConfig
+
+    def train_config_from_args(args):  # type: ignore[no-untyped-def]
+        return read_options(args, TrainConfig)
 
     args = build_parser().parse_args(
         [
@@ -135,3 +140,77 @@ def test_mobiforge_debug_in_the_environment_turns_debug_on(monkeypatch: pytest.M
     assert debug_requested()
     monkeypatch.setenv("MOBIFORGE_DEBUG", "0")
     assert not debug_requested() and debug_requested(True)
+
+
+CLI_ONLY = {"help", "version", "debug", "json", "command"}
+
+
+def _subparsers():  # type: ignore[no-untyped-def]
+    import argparse
+
+    from mobiforge.cli import build_parser
+
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices
+
+
+def test_every_flag_is_generated_from_its_dataclass_field() -> None:
+    """Every option of every command: its strings, default, choices and help come from one field of the command's
+    config (no sampled subset), and every field with option metadata is offered."""
+    import argparse
+    import dataclasses
+
+    from mobiforge.cli import COMMANDS
+    from mobiforge.cli.options import config_fields, flag_of
+
+    for name, sub in _subparsers().items():
+        _, config_class, keywords, _, _ = COMMANDS[name]
+        fields = config_fields(config_class, keywords.get("nested", ()))
+        offered = set()
+        for action in sub._actions:
+            if action.dest in CLI_ONLY:
+                continue
+            field = fields.get(action.dest)
+            assert field is not None, f"mobiforge {name}: {action.option_strings or action.dest} has no field"
+            meta = field.metadata["cli"]
+            offered.add(action.dest)
+            if action.option_strings:
+                extra = keywords.get("aliases", {}).get(field.name, ())
+                negated = [f"--no-{s[2:]}" for s in flag_of(field)] if action.nargs == 0 and len(
+                    action.option_strings) > len(flag_of(field)) + len(extra) else []  # fmt: skip
+                assert action.option_strings == [*extra, *flag_of(field), *negated], (name, action.option_strings)
+                assert action.default is argparse.SUPPRESS, (name, field.name)  # the field's default applies
+                assert action.required == (field.name in keywords.get("required", ()))
+            choices = meta["choices"]() if callable(meta["choices"]) else meta["choices"]
+            assert (list(action.choices) if action.choices else None) == (list(choices) if choices else None)
+            assert (action.help or "").startswith(meta["help"]), (name, field.name)
+            default = field.default if field.default is not dataclasses.MISSING else None
+            if default not in (None, False, ()) and "default" not in meta["help"] and meta["show"] is None:
+                assert f"(default: {default})" in action.help or field.name in ("optimizer", "scheduler", "lr"), (
+                    name, field.name)  # fmt: skip
+        assert offered == set(fields), f"mobiforge {name} lacks {sorted(set(fields) - offered)}"
+
+
+def test_a_flag_left_out_keeps_the_field_default_and_commands_own_their_defaults() -> None:
+    from mobiforge.cli import build_parser
+    from mobiforge.cli.options import read_options
+    from mobiforge.config import ExportConfig, PruneConfig, QuantizeConfig, ShipConfig, TrainConfig
+
+    parser = build_parser()
+    train = read_options(parser.parse_args(["train", "--lr", "0.2", "--mean", "0.5", "0.5", "0.5"]), TrainConfig)
+    assert train.optim.lr == 0.2 and train.optim.scheduler == "step" and train.data.mean == (0.5, 0.5, 0.5)
+    assert train == TrainConfig(optim=train.optim, data=train.data) and train.distill is None
+    prune = read_options(parser.parse_args(["prune", "c.pt", "--ratio", "0.5"]), PruneConfig, nested=("distill",))
+    assert prune.optim == PruneConfig(checkpoint="c.pt").optim and prune.distill is None  # prune's own optimiser
+    distill = read_options(
+        parser.parse_args(["distill", "--teacher", "t.pt", "--student", "mobilenet_v3_small"]), TrainConfig,
+        nested=("distill",),
+    )  # fmt: skip
+    assert distill.model == "mobilenet_v3_small" and distill.distill.teacher == "t.pt" and distill.distill.alpha == 0.5
+    ship = read_options(parser.parse_args(["ship", "--max-size", "800KB", "--time-budget", "2h"]), ShipConfig)
+    assert ship.max_size == 800_000 and ship.time_budget_s == 7200 and ship.max_latency_ms == 100.0
+    export = read_options(parser.parse_args(["export", "c.pt", "-f", "onnx", "--float-layers", "a, b"]), ExportConfig)
+    assert export.float_modules == ("a", "b") and export.int8 is None and export.float_fallback
+    quantize = read_options(parser.parse_args(["quantize", "c.pt", "--no-float-fallback"]), QuantizeConfig)
+    assert quantize.int8 == "ptq" and not quantize.float_fallback and quantize.format == "executorch"

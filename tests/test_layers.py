@@ -17,16 +17,25 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mobiforge"
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (
         "base",
-        ("mobiforge", "mobiforge.errors", "mobiforge.paths", "mobiforge.progress", "mobiforge.log", "mobiforge.units"),
+        (
+            "mobiforge",
+            "mobiforge.errors",
+            "mobiforge.paths",
+            "mobiforge.progress",
+            "mobiforge.log",
+            "mobiforge.units",
+            "mobiforge.backends",  # the runtime table only; the backends' modules are deploy
+            "mobiforge.config",
+        ),
     ),
     ("models", ("mobiforge.models", "mobiforge.models.*")),
     ("data", ("mobiforge.checkpoint", "mobiforge.data", "mobiforge.plots", "mobiforge.profile")),
     ("training primitives", ("mobiforge.engine", "mobiforge.losses")),
     ("training", ("mobiforge.train", "mobiforge.inference")),
     ("compress", ("mobiforge.quantize", "mobiforge.prune")),
-    ("deploy", ("mobiforge.backends", "mobiforge.backends.*", "mobiforge.runtimes", "mobiforge.export")),
+    ("deploy", ("mobiforge.backends.*", "mobiforge.runtimes", "mobiforge.export")),
     ("recipes", ("mobiforge.distill", "mobiforge.ship", "mobiforge.ship.*")),
-    ("cli", ("mobiforge.cli", "mobiforge.cli.*", "mobiforge.cli_progress", "mobiforge.__main__")),
+    ("cli", ("mobiforge.cli", "mobiforge.cli.*", "mobiforge.cli.progress", "mobiforge.__main__")),
 )
 # Only the CLI imports internal modules inside functions: `mobiforge --help` must not pay for torch.
 LAZY_IMPORTS_ALLOWED = ("mobiforge.cli", "mobiforge.cli.*")

@@ -32,7 +32,8 @@ Ctrl-C or a SIGKILL resumes instead of starting over (a training stopped mid-way
 Time: the budget covers every stage; elapsed time is carried across resumed sessions.
 """
 
-from mobiforge.ship.config import CANDIDATE_GRID, TEACHER_MODEL, GridRow, ShipConfig, ShipInterrupted
+from mobiforge.config import ShipConfig
+from mobiforge.ship.config import CANDIDATE_GRID, TEACHER_MODEL, GridRow, ShipInterrupted
 from mobiforge.ship.pipeline import ShipResult, ship
 from mobiforge.ship.plan import DEADLINE_MARGIN, fit_epochs, replan_once, scratch_recipe, stop_by
 from mobiforge.ship.search import survey, teacher_candidate, truncated_candidate

@@ -11,10 +11,10 @@ from pathlib import Path
 import torch
 
 from mobiforge.backends import get_backend
+from mobiforge.config import ShipConfig
 from mobiforge.errors import MobiforgeError
 from mobiforge.log import logger
 from mobiforge.progress import Reporter, SilentReporter
-from mobiforge.ship.config import ShipConfig
 from mobiforge.ship.plan import export_reserve, next_training
 from mobiforge.ship.report import write_ship_report
 from mobiforge.ship.search import rank, search, survey, teacher_plan

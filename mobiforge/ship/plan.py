@@ -7,8 +7,9 @@ import time
 from collections.abc import Callable
 
 from mobiforge import engine
+from mobiforge.config import ShipConfig
 from mobiforge.data import DataConfig
-from mobiforge.ship.config import MAX_EPOCHS, MIN_EPOCHS, SMALL_IMAGE_SIDE, ShipConfig
+from mobiforge.ship.config import MAX_EPOCHS, MIN_EPOCHS, SMALL_IMAGE_SIDE
 from mobiforge.ship.state import Candidate, Survey, TrainRecord
 from mobiforge.train import Trainer
 

@@ -26,8 +26,9 @@ import torchvision
 from mobiforge import __version__
 from mobiforge.backends import get_backend
 from mobiforge.checkpoint import Checkpoint
+from mobiforge.config import ShipConfig
 from mobiforge.plots import pyplot
-from mobiforge.ship.config import FILE_OVERHEAD, ShipConfig
+from mobiforge.ship.config import FILE_OVERHEAD
 from mobiforge.ship.snippets import android_snippet, ios_snippet
 from mobiforge.ship.state import Row, ShipState
 

@@ -25,6 +25,7 @@ from torch import nn
 
 from mobiforge.backends import get_backend
 from mobiforge.checkpoint import Checkpoint
+from mobiforge.config import ShipConfig
 from mobiforge.data import DataConfig, discover
 from mobiforge.errors import MobiforgeError
 from mobiforge.export import ExportConfig, ExportData, build_artifact
@@ -41,7 +42,6 @@ from mobiforge.ship.config import (
     SMALL_IMAGE_SIDE,
     SMALL_INPUT_SIZE,
     TEACHER_MODEL,
-    ShipConfig,
 )
 from mobiforge.ship.plan import batch_size
 from mobiforge.ship.state import Candidate, Survey, TeacherSpec

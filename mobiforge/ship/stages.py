@@ -14,6 +14,7 @@ import yaml
 from mobiforge import engine
 from mobiforge.backends import get_backend
 from mobiforge.checkpoint import Checkpoint
+from mobiforge.config import ShipConfig
 from mobiforge.data import DataConfig, loader_workers
 from mobiforge.errors import MobiforgeError
 from mobiforge.export import ExportConfig, export_checkpoint
@@ -30,7 +31,6 @@ from mobiforge.ship.config import (
     SMALL_IMAGE_SIDE,
     TEACHER_MAX_EPOCHS,
     TEACHER_MODEL,
-    ShipConfig,
     ShipInterrupted,
 )
 from mobiforge.ship.plan import (

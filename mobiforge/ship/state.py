@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from mobiforge.config import ShipConfig
 from mobiforge.data import BUILTIN_DATASETS
 from mobiforge.errors import MobiforgeError
 from mobiforge.export import ArtifactReport
-from mobiforge.ship.config import ShipConfig
 
 STATE_FILE = "ship_state.json"
 STATE_VERSION = 2  # 1: the untyped dicts written before 2026-12-01 (no "version" key); same layout

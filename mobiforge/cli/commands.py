@@ -1,0 +1,173 @@
+"""One function per command: fill the command's config from the flags, call the library, print the result.
+
+The library is imported inside each function, so ``mobiforge --help`` never loads torch. A command returns its exit
+status: 0 done, 1 a budget or gate failed, 130 interrupted; errors a user can fix raise ``MobiforgeError``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from mobiforge import config as cfg
+from mobiforge.backends import is_artifact
+from mobiforge.cli import render
+from mobiforge.cli.options import read_options
+from mobiforge.errors import MobiforgeError
+
+
+def _emit(args: argparse.Namespace, data: Any) -> bool:
+    """Print ``data`` as JSON when ``--json`` was given; says whether it did."""
+    if getattr(args, "json", False):
+        print(json.dumps(data, indent=2))
+        return True
+    return False
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from mobiforge.cli.progress import RichReporter
+    from mobiforge.train import train
+
+    with RichReporter() as reporter:
+        result = train(read_options(args, cfg.TrainConfig), reporter)
+    return render.run_result(result)
+
+
+def run_distill(args: argparse.Namespace) -> int:
+    from mobiforge.cli.progress import RichReporter
+    from mobiforge.distill import distill
+
+    with RichReporter() as reporter:
+        result = distill(read_options(args, cfg.TrainConfig, nested=("distill",)), reporter)
+    return render.run_result(result)
+
+
+def run_prune(args: argparse.Namespace) -> int:
+    from mobiforge.cli.progress import RichReporter
+    from mobiforge.prune import prune
+
+    config = read_options(args, cfg.PruneConfig, nested=("distill",))
+    with RichReporter() as reporter:
+        result = prune(config, reporter)
+    if not _emit(args, result.to_dict()):
+        render.prune_table(config.checkpoint, result, config.finetune_epochs)
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from mobiforge.export import export_checkpoint
+
+    report = export_checkpoint(read_options(args, getattr(args, "config_class", cfg.ExportConfig)))
+    if not _emit(args, report.to_dict()):
+        render.export_report(report)
+    return 0 if report.passed else 1
+
+
+def run_ship(args: argparse.Namespace) -> int:
+    from mobiforge.cli.progress import RichReporter
+    from mobiforge.ship import ship
+
+    with RichReporter() as reporter:
+        result = ship(read_options(args, cfg.ShipConfig), reporter)
+    card_path = result.run_dir / "model_card.json"
+    if getattr(args, "json", False) and card_path.exists():
+        print(card_path.read_text())
+    elif result.chosen:
+        print(f"shipped {result.artifact} ({result.chosen}); report: {result.run_dir / 'report.html'}")
+    else:
+        closest = f"; closest: {result.closest}" if result.closest else ""
+        print(f"no candidate met the budget{closest}; report: {result.run_dir / 'report.html'}")
+    return 0 if result.chosen else 1
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from mobiforge.inference import evaluate_checkpoint
+
+    options = read_options(args, cfg.EvalOptions)
+    report = evaluate_checkpoint(
+        options.checkpoint, options.data, options.split, options.batch_size, options.workers, options.skip_bad_images
+    )
+    if not _emit(args, report.to_dict()):
+        render.eval_report(options.checkpoint, report)
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from mobiforge.inference import predict
+
+    options = read_options(args, cfg.PredictOptions)
+    results = predict(options.checkpoint, options.images, options.top_k)
+    if not _emit(args, results):
+        render.predictions(results)
+    return 0
+
+
+def run_models(args: argparse.Namespace) -> int:
+    from mobiforge.models import create_model, list_models
+    from mobiforge.models.weights import list_weights, locate_quietly
+    from mobiforge.profile import count_macs, count_params
+
+    options = read_options(args, cfg.ModelsOptions)
+    names = list_models(options.pattern)
+    if not names:
+        raise MobiforgeError(f"no model matches {options.pattern!r}; run `mobiforge models` to list them all")
+    if options.weights:
+        rows = [_weights_row(entry, locate_quietly(entry)) for name in names for entry in list_weights(name)]
+        if not _emit(args, rows):
+            render.weights_table(rows)
+        return 0
+    shape = (1, 3, options.img_size, options.img_size)
+    rows = []
+    for name in names:
+        model = create_model(name)
+        rows.append({"name": name, "params": count_params(model), "macs": count_macs(model, shape)})
+        rows[-1]["img_size"] = options.img_size
+    if not _emit(args, rows):
+        render.models_table(rows, options.img_size)
+    return 0
+
+
+def _weights_row(entry: Any, local: Path | None) -> dict[str, Any]:
+    return {
+        "weights": entry.name,
+        "top1": entry.metrics.get("top1"),
+        "img_size": entry.preprocess.img_size,
+        "file": entry.filename,
+        "available": str(local or ""),
+        "source": entry.source,
+        "license": entry.license,
+    }
+
+
+def run_profile(args: argparse.Namespace) -> int:
+    from mobiforge.checkpoint import model_from_checkpoint
+    from mobiforge.models import create_model, is_model
+    from mobiforge.profile import profile_model
+    from mobiforge.runtimes import profile_artifact
+
+    options = read_options(args, cfg.ProfileOptions)
+    if is_artifact(options.model):
+        if options.img_size is not None or options.batch_size != 1:
+            raise MobiforgeError(
+                f"{options.model}: an exported file keeps the input shape it was exported with; drop "
+                "--img-size and --batch-size"
+            )
+        report = profile_artifact(options.model, options.threads or 1, options.max_size, options.max_latency_ms)
+        if not _emit(args, report.to_dict()):
+            render.artifact_profile(report)
+        return 0 if report.passed else 1
+    path = Path(options.model)
+    if not is_model(options.model) and (path.suffix in {".pt", ".pth"} or path.exists()):
+        model, name = model_from_checkpoint(path), path.name
+    else:
+        kwargs = {"num_classes": options.num_classes, "width_mult": options.width_mult}
+        model, name = create_model(options.model, small_input=options.small_input, **kwargs), options.model
+    report = profile_model(
+        model, options.img_size, options.batch_size, options.threads, options.max_size, options.max_latency_ms,
+        name=name,
+    )  # fmt: skip
+    if not _emit(args, report.to_dict()):
+        render.model_profile(report)
+    return 0 if report.passed else 1

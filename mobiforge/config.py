@@ -1,0 +1,471 @@
+"""Every setting of every command, as dataclasses: the one source of each default, help text, flag and choice.
+
+The library takes these dataclasses; the CLI is generated from them (``mobiforge.cli.options`` reads each field's
+``option(...)`` metadata to build its flags, and fills the dataclass from the flags given, so a flag left out keeps
+the field's default). A field without ``option`` metadata is a library-only setting. This module imports nothing
+heavy: ``mobiforge --help`` builds every parser from it without loading torch.
+
+Command-specific defaults are written where the command owns them: prune's optimiser is a field default of
+``PruneConfig.optim``, not a second copy of ``OptimConfig``'s.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mobiforge.backends import DEFAULT_RUNTIME, backend_names
+from mobiforge.units import SECONDS, format_bytes, parse_count, parse_duration, parse_size
+
+if TYPE_CHECKING:
+    from mobiforge.models.base import Preprocess
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+BUILTIN_DATASETS = ("digits",)
+DEFAULT_LOADER_WORKERS = 2
+DEFAULT_MODEL = "mobilenet_v2"
+CACHE_MODES = ("auto", "memory", "none")
+CROPS = ("rrc", "pad")
+OPTIMIZERS = ("sgd", "adamw", "rmsprop")
+SCHEDULERS = ("step", "cosine", "onecycle", "none")
+AMP_MODES = ("auto", "bf16", "fp16", "none")
+IMPORTANCES = ("l1", "taylor", "bn")
+INT8_MODES = ("ptq", "qat")
+
+
+def option(
+    help: str = "",
+    *,
+    flags: tuple[str, ...] = (),
+    choices: tuple[str, ...] | Callable[[], list[str]] | None = None,
+    metavar: str | None = None,
+    parse: Callable[[str], Any] | None = None,
+    show: Callable[[Any], str] | None = None,
+    positional: bool = False,
+    nargs: str | int | None = None,
+    const: Any = None,
+    group: str | None = None,
+) -> dict[str, Any]:
+    """The metadata that makes a dataclass field a command-line option.
+
+    ``flags``: the option strings (default ``--field-name``); ``parse``: turns the text into the field's value (a
+    size, a duration, a comma list); ``show``: how the default reads in the help; ``group``: a name shared by
+    options of which at most one may be given; ``choices`` may be a function, called when the parser is built.
+    """
+    return {
+        "cli": {
+            "help": help,
+            "flags": flags,
+            "choices": choices,
+            "metavar": metavar,
+            "parse": parse,
+            "show": show,
+            "positional": positional,
+            "nargs": nargs,
+            "const": const,
+            "group": group,
+        }
+    }
+
+
+def opt(default: Any = dataclasses.MISSING, help: str = "", **kwargs: Any) -> Any:
+    """A dataclass field with a default and ``option`` metadata (``default=MISSING``: a required field)."""
+    if default is dataclasses.MISSING:
+        return field(metadata=option(help, **kwargs))
+    return field(default=default, metadata=option(help, **kwargs))
+
+
+def comma_tuple(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+def comma_list(text: str) -> list[str]:
+    return list(comma_tuple(text))
+
+
+def loader_workers(workers: int | None) -> int:
+    return DEFAULT_LOADER_WORKERS if workers is None else workers
+
+
+# ---------------------------------------------------------------------------------------------------- training
+
+
+@dataclass
+class DataConfig:
+    """data: where the images come from and how they are augmented (train, distill, prune, ship)"""
+
+    data: str = opt("digits", "image folder (DIR/train + DIR/val|test, or DIR/<class>/) or 'digits' (built in)")
+    img_size: int | None = opt(None, "input size (default 224; 32 for digits)")  # None: see resolved_img_size
+    val_split: float = opt(0.1, "val fraction when DIR has class folders only")
+    split_seed: int = opt(0, "seed of that split")
+    batch_size: int = opt(64, flags=("--batch-size", "-b"))
+    workers: int | None = opt(
+        None,
+        "data loader processes (default: 0 when the images are cached in memory on CPU, else 2)",
+        flags=("--workers", "-j"),
+    )
+    cache: str = opt(
+        "auto",
+        "decode the images once into memory (auto: when they take under a quarter of RAM, at most 4 GiB)",
+        choices=CACHE_MODES,
+    )
+    skip_bad_images: bool = opt(False, "skip undecodable files instead of failing")
+    hflip: bool | None = opt(None, "random horizontal flips (default: on, off for digits)")
+    crop: str | None = opt(
+        None, "RandomResizedCrop or pad-and-crop (default: pad up to 64 px, else rrc)", choices=CROPS
+    )
+    min_scale: float = opt(0.08, "RandomResizedCrop's smallest area fraction")
+    trivial_augment: bool = opt(False, "TrivialAugmentWide")
+    random_erasing: float = opt(0.0, "RandomErasing probability", metavar="P")
+    mixup: float = opt(0.0, "mixup alpha (0: off)", metavar="ALPHA")
+    cutmix: float = opt(0.0, "cutmix alpha (0: off)", metavar="ALPHA")
+    mean: tuple[float, float, float] | None = opt(
+        None, "normalisation mean (default: the pretrained weights', else ImageNet's)", nargs=3
+    )
+    std: tuple[float, float, float] | None = opt(None, "normalisation std (default: as for --mean)", nargs=3)
+
+    def resolved_img_size(self) -> int:
+        if self.img_size is not None:
+            return self.img_size
+        return 32 if self.data in BUILTIN_DATASETS else 224
+
+    def resolved_workers(self, cached: bool, device_type: str) -> int:
+        """Loader processes: the explicit count, else none for cached images on CPU (preparing a cached sample
+        costs ~0.1-1 ms in the training process; worker processes would take cores from the training threads)."""
+        if self.workers is None and cached and device_type == "cpu":
+            return 0
+        return loader_workers(self.workers)
+
+    def resolved(self, weights_preprocess: Preprocess | None = None) -> DataConfig:
+        """A copy with the input size and normalisation filled in: the explicit values, else those of the
+        pretrained weights (a model must see inputs normalised as in its pretraining), else ImageNet's."""
+        base = weights_preprocess
+        img_size = self.img_size or (base.img_size if base is not None and self.data not in BUILTIN_DATASETS else None)
+        return dataclasses.replace(
+            self,
+            img_size=img_size or self.resolved_img_size(),
+            mean=self.mean or (base.mean if base is not None else IMAGENET_MEAN),
+            std=self.std or (base.std if base is not None else IMAGENET_STD),
+        )
+
+
+@dataclass
+class OptimConfig:
+    """optimisation: optimizer, schedule, regularisation (train: the seed article's SGD 0.01/0.9, StepLR)"""
+
+    optimizer: str = opt("sgd", flags=("--optimizer", "--opt"), choices=OPTIMIZERS)
+    lr: float = opt(0.01, "learning rate")
+    momentum: float = opt(0.9)
+    weight_decay: float = opt(0.0, flags=("--weight-decay", "--wd"))
+    decay_norm_and_bias: bool = opt(False, "also decay BN and bias parameters (usually harmful)")
+    scheduler: str = opt("step", flags=("--scheduler", "--sched"), choices=SCHEDULERS)
+    step_size: int = opt(10, "epochs between StepLR decays")
+    gamma: float = opt(0.1, "StepLR's decay factor")
+    warmup_epochs: float = opt(0.0, "linear warm-up, for cosine and step")
+    min_lr_ratio: float = opt(0.0, "cosine floor as a fraction of --lr")
+    label_smoothing: float = opt(0.0)
+    clip_grad: float | None = opt(None, "max gradient norm", metavar="NORM")
+    ema_decay: float | None = opt(None, "EMA of weights, e.g. 0.999 (evaluated and saved)", flags=("--ema",),
+                                  metavar="DECAY")  # fmt: skip
+
+
+@dataclass
+class DistillConfig:
+    """distillation: the teacher and the weights of the distillation terms (saved in the student's checkpoints)"""
+
+    teacher: str = opt(
+        help="teacher checkpoint, or a model name with pretrained weights (adapted to the data first)",
+        metavar="CKPT_OR_MODEL",
+    )
+    alpha: float = opt(0.5, "weight of the teacher's soft targets (0-1); 1 - alpha goes to the labels")
+    temperature: float = opt(4.0, flags=("--temperature", "-T"))
+    feature_weight: float = opt(0.0, "weight of pre-logit feature MSE (equal widths only)")
+    teacher_epochs: int = opt(3, "epochs to adapt a pretrained teacher given by name")
+
+
+@dataclass
+class TrainConfig:
+    """run: everything a training run depends on; saved as config.yaml and inside every checkpoint"""
+
+    model: str = opt(DEFAULT_MODEL, flags=("--model", "-m"))
+    width_mult: float | None = opt(None, "channel multiplier")
+    small_input: bool | None = opt(None, "CIFAR-style stem (default: on for images of 64 px or less)")
+    dropout: float | None = opt(None)
+    pretrained: bool | str = opt(
+        False,
+        "start from pretrained weights (default entry, or TAG); the classifier is replaced",
+        nargs="?",
+        const=True,
+        metavar="TAG",
+    )
+    weights: str | None = opt(None, "explicit pretrained weights file", metavar="FILE")
+    download: bool = opt(False, "allow downloading missing pretrained weights")
+    freeze_epochs: int = opt(0, "train only the classifier for N epochs (backbone and its BN frozen)")
+    backbone_lr_scale: float = opt(1.0, "backbone learning rate relative to the classifier's")
+    freeze_bn: bool = opt(False, "keep BatchNorm statistics fixed throughout")
+    init_from: str | None = None  # start from this checkpoint's model and weights (e.g. a pruned one)
+    distill: DistillConfig | None = None  # train as the student of a teacher checkpoint
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    epochs: int | None = opt(None, "default 30; with --resume: the run's own")
+    seed: int = opt(0)
+    deterministic: bool = opt(False, "repeatable results (slower kernels)")
+    amp: str = opt("auto", "mixed precision (auto: bf16 on CUDA, none on CPU)", choices=AMP_MODES)
+    channels_last: bool = opt(True, "channels_last memory format (measured several times faster on CPU)")
+    compile: bool = opt(False, "torch.compile the model")
+    device: str = opt("auto", "auto, cpu, cuda or cuda:N")
+    threads: int | None = opt(None, "CPU threads (default: torch's default)")
+    runs_dir: str = opt("runs")
+    name: str | None = opt(None, "run directory name (default: model-data-timestamp)")
+    resume: str | None = opt(None, "continue runs/NAME/last.pt", metavar="CKPT")
+    tensorboard: bool = opt(True, "write TensorBoard events when TensorBoard is installed")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        for key in ("mean", "std"):
+            value = getattr(self.data, key)
+            data["data"][key] = list(value) if value is not None else None
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        data = dict(data)
+        data_config = dict(data.pop("data", {}))
+        for key in ("mean", "std"):
+            if data_config.get(key) is not None:
+                data_config[key] = tuple(data_config[key])
+        distill = data.pop("distill", None)
+        return cls(
+            data=DataConfig(**data_config),
+            optim=OptimConfig(**data.pop("optim", {})),
+            distill=DistillConfig(**distill) if distill else None,
+            **data,
+        )
+
+
+# ------------------------------------------------------------------------------------------------- compression
+
+
+@dataclass
+class PruneConfig:
+    """pruning: what to prune, by how much, and how to fine-tune afterwards (saved in prune_report.json)"""
+
+    checkpoint: str = opt(help="the checkpoint to prune", positional=True, metavar="CKPT")
+    data: str | None = opt(None, "image folder (default: the one the checkpoint trained on)")
+    ratio: float | None = opt(None, "fraction of channels to remove, e.g. 0.5", group="target")
+    target_macs: int | None = opt(
+        None,
+        "prune until at most this many MACs, e.g. 150M",
+        parse=lambda text: parse_count(text, "--target-macs"),
+        group="target",
+        metavar="COUNT",
+    )
+    target_params: int | None = opt(
+        None,
+        "prune until at most this many parameters, e.g. 1M",
+        parse=lambda text: parse_count(text, "--target-params"),
+        group="target",
+        metavar="COUNT",
+    )
+    importance: str = opt("l1", "l1 (weight magnitude), taylor (gradients), bn (BN scales)", choices=IMPORTANCES)
+    global_pruning: bool = opt(False, "rank channels across layers", flags=("--global",))
+    round_to: int = opt(8, "keep channel counts multiples of this")
+    iterative_steps: int = opt(1, "prune in this many steps, re-scoring after each", flags=("--iterative",),
+                               metavar="STEPS")  # fmt: skip
+    calibration_batches: int = opt(4, "training batches whose gradients score channels for --importance taylor")
+    bn_recalibration_images: int = opt(
+        512,
+        "re-estimate BatchNorm statistics on this many training images after pruning (0: off)",
+        flags=("--bn-recalibration",),
+        metavar="IMAGES",
+    )
+    finetune_epochs: int = opt(0, "fine-tuning epochs after pruning")
+    batch_size: int = opt(64, flags=("--batch-size", "-b"))
+    workers: int | None = opt(None, "data loader processes (default: as for train)", flags=("--workers", "-j"))
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(lr=0.01, scheduler="cosine", weight_decay=4e-5)
+    )  # fine-tuning a pruned network: a gentle cosine schedule
+    distill: DistillConfig | None = None  # fine-tune as the student of a teacher
+    seed: int = opt(0)
+    threads: int | None = opt(None, "CPU threads (latency is measured with these)")
+    runs_dir: str = opt("runs")
+    name: str | None = opt(None, "run directory name (default: model-pruned-timestamp)")
+
+
+# ------------------------------------------------------------------------------------------------------ export
+
+
+@dataclass
+class ExportConfig:
+    """export: the runtime, int8 and the accuracy gate"""
+
+    checkpoint: str = opt(help="the checkpoint to export", positional=True, metavar="CKPT")
+    format: str = opt(DEFAULT_RUNTIME, "the runtime", flags=("--format", "-f"), choices=backend_names)
+    int8: str | None = opt(None, "post-training (ptq) or quantization-aware (qat) int8", choices=INT8_MODES)
+    data: str | None = opt(None, "image folder (default: the one the checkpoint trained on)")
+    out: str | None = opt(None, "artifact path (default: next to the checkpoint)", flags=("--out", "-o"))
+    calibration_images: int = opt(256, "train images that calibrate int8")
+    val_images: int | None = opt(None, "verify on an evenly spaced subset of this many val images (default all)")
+    qat_epochs: int = opt(1)
+    qat_images: int | None = opt(None, "train images per QAT epoch, a seeded subset (default all)")
+    qat_lr: float = opt(1e-3)
+    # BN on its running statistics while QAT fine-tunes (torchvision's recipe freezes them after 3 epochs): the
+    # fold the fake-quantized graph trains against is then the one convert_pt2e writes
+    qat_freeze_bn: bool = opt(True, "QAT fine-tunes with BN on its running statistics (off: the batches update them)")
+    # weight of the fp32 model's own soft predictions in the QAT loss (the rest on the labels): fine-tuning then pulls
+    # the int8 graph towards the model it replaces; measured to halve the logit error against fp32 (RESULTS.md)
+    qat_distill: float = opt(
+        0.5,
+        "weight of the fp32 model's soft predictions in the QAT loss, the rest on the labels (0: labels only)",
+        metavar="ALPHA",
+    )
+    max_drop: float | None = opt(None, "fail if int8 loses more top-1 points than this")
+    # ONNX int8 weights in 7 bits (ONNX Runtime's reduce_range); None: where this CPU's int8 kernels saturate
+    onnx_reduce_range: bool | None = opt(
+        None, "7-bit ONNX int8 weights (default: only on x86 CPUs without VNNI, where ONNX Runtime's kernels saturate)"
+    )
+    float_modules: tuple[str, ...] = opt(
+        (),
+        "comma-separated modules to keep in float in an int8 export, e.g. features.0,classifier",
+        flags=("--float-layers",),
+        parse=comma_tuple,
+        metavar="NAMES",
+        show=",".join,
+    )
+    float_fallback: bool = opt(True, "when int8 misses --max-drop, search for layers to leave in float and retry")
+    float_fallback_groups: int = 3  # ... at most this many
+    batch_size: int = opt(64, flags=("--batch-size", "-b"))
+    workers: int = opt(DEFAULT_LOADER_WORKERS, flags=("--workers", "-j"))
+    threads: tuple[int, ...] = (1, 2)
+    latency_seconds: float = 1.0  # each latency is timed for at least this long (and 30 runs)
+    seed: int = 0
+
+
+@dataclass
+class QuantizeConfig(ExportConfig):
+    """quantize: export with int8 (``mobiforge quantize`` is ``mobiforge export --int8``)"""
+
+    int8: str | None = opt("ptq", "post-training (ptq) or quantization-aware (qat) int8", flags=("--method",),
+                           choices=INT8_MODES)  # fmt: skip
+
+
+# -------------------------------------------------------------------------------------------------------- ship
+
+
+def _show_size(value: int) -> str:
+    return format_bytes(value).replace(" ", "").replace(".00", "")
+
+
+@dataclass
+class ShipConfig:
+    """ship: what is asked for; saved in the state file (a rerun must ask for the same)"""
+
+    data: str = opt("digits", "image folder (as for train) or 'digits' (built in)")
+    max_size: int = opt(
+        1_000_000, "largest int8 artifact file (1MB, 800KB, 2MiB)", parse=parse_size, show=_show_size, metavar="SIZE"
+    )
+    max_latency_ms: float = opt(
+        100.0,
+        "median batch-1 latency in the runtime (100ms, 0.1s; a bare number is ms)",
+        flags=("--max-latency",),
+        parse=lambda text: parse_duration(text, "ms", "--max-latency", to="ms"),
+        show=lambda v: f"{v:g}ms",
+        metavar="TIME",
+    )
+    runtime: str = opt(DEFAULT_RUNTIME, "the runtime the model ships in", choices=backend_names)
+    threads: int = opt(1, "threads the latency is measured with")
+    time_budget_s: float = opt(
+        1800.0,
+        "wall time for the whole run (30m, 1h, 90s; a bare number is minutes)",
+        flags=("--time-budget",),
+        parse=lambda text: parse_duration(text, "m", "--time-budget"),
+        show=lambda v: f"{v / SECONDS['m']:g}m",
+        metavar="TIME",
+    )
+    teacher: str = opt("auto", "auto (pretrained EfficientNet-Lite0), none, or a CKPT")
+    out: str | None = opt(None, "run directory (default runs/ship-<data name>)", flags=("--out", "-o"))
+    max_drop: float = opt(1.0, "int8 accuracy gate: top-1 points lost through the runtime")
+    models: list[str] | None = opt(None, "comma-separated families to search (default: all)", parse=comma_list)
+    img_size: int | None = opt(None, "one input size instead of the data's regime")
+    max_candidates: int = opt(3, "fitting candidates the search looks for")
+    max_trained: int = opt(2, "of which at most this many are trained")
+    batch_size: int | None = opt(None, "default 128 (small images) or 32", flags=("--batch-size", "-b"))
+    workers: int | None = opt(None, "data loader processes (default: as for train)", flags=("--workers", "-j"))
+    val_images: int | None = opt(None, "gate on an evenly spaced subset of this many val images (default all)")
+    skip_bad_images: bool = opt(False, "skip undecodable files instead of failing")
+    seed: int = opt(0)
+
+    def run_dir(self) -> Path:
+        if self.out:
+            return Path(self.out)
+        name = "digits" if self.data in BUILTIN_DATASETS else (Path(self.data).resolve().name or "data")
+        return Path("runs") / f"ship-{name}"
+
+
+# -------------------------------------------------------------------------------------- eval, predict, profile
+
+
+@dataclass
+class EvalOptions:
+    """evaluation of a checkpoint on a split of an image folder"""
+
+    checkpoint: str = opt(help="the checkpoint to evaluate", positional=True, metavar="CKPT")
+    data: str | None = opt(None, "image folder (default: the one the checkpoint trained on)")
+    split: str = opt("val", "val, test or train")
+    batch_size: int = opt(64, flags=("--batch-size", "-b"))
+    workers: int = opt(DEFAULT_LOADER_WORKERS, flags=("--workers", "-j"))
+    skip_bad_images: bool = opt(False, "skip undecodable files instead of failing")
+
+
+@dataclass
+class PredictOptions:
+    """prediction: the top-k classes of each image, with the checkpoint's preprocessing"""
+
+    checkpoint: str = opt(help="the checkpoint to run", positional=True, metavar="CKPT")
+    images: list[str] = opt(help="image files", positional=True, nargs="+", metavar="IMAGE")
+    top_k: int = opt(5, flags=("--top-k", "-k"))
+
+
+@dataclass
+class ProfileOptions:
+    """profile: a model built by name, a checkpoint, or an exported file"""
+
+    model: str = opt(
+        DEFAULT_MODEL,
+        "a registered model name, a checkpoint .pt file or an exported file",
+        positional=True,
+        nargs="?",
+        metavar="MODEL_OR_CHECKPOINT",
+    )
+    img_size: int | None = opt(None, "input size (default: the model's own)")
+    batch_size: int = opt(1)
+    threads: int | None = opt(None, "CPU threads (default: torch's default; 1 for an exported file)")
+    max_size: int | None = opt(
+        None,
+        "budget on the int8 weight size (an exported file's own size), e.g. 1MB",
+        parse=parse_size,
+        metavar="SIZE",
+    )
+    max_latency_ms: float | None = opt(
+        None,
+        "budget on the median latency, e.g. 100ms (a bare number is ms)",
+        flags=("--max-latency",),
+        parse=lambda text: parse_duration(text, "ms", "--max-latency", to="ms"),
+        metavar="TIME",
+    )
+    num_classes: int | None = opt(None, "classifier outputs, when MODEL is a name (model default: 1000)")
+    width_mult: float | None = opt(None, "channel multiplier, when MODEL is a name")
+    small_input: bool | None = opt(None, "CIFAR-style variant for 32 px images, when MODEL is a name")
+
+
+@dataclass
+class ModelsOptions:
+    """models: the registered models, or their pretrained weights"""
+
+    pattern: str = opt("*", "substring or shell pattern, e.g. 'mobilenet_v3*'", positional=True, nargs="?")
+    img_size: int = opt(224, "input size for the MAC count")
+    weights: bool = opt(False, "list the pretrained weights entries instead")
