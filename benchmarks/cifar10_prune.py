@@ -93,6 +93,25 @@ def executorch_latency(models: dict[str, torch.nn.Module], size: int, threads: i
     return {name: statistics.median(values) for name, values in runs.items()}
 
 
+def finetune_plan(base_model, size: int, base_macs: int, rows: list, budget: float, args) -> tuple[float, int]:  # type: ignore[no-untyped-def]
+    """Epoch length of the fine-tuning, from the baseline's measured epochs scaled by the measured cost of one
+    training step of the pruned model (plus the teacher's forward pass when distilling) against one of the
+    baseline's: MACs alone overstate the saving (a pruned epoch with the teacher took longer than a baseline epoch
+    here). Returns that cost ratio and the epochs that fit ``budget``."""
+    train_seconds = sum(float(row["epoch_seconds"]) for row in rows)
+    epoch_seconds = train_seconds / len(rows)
+    pruned_probe = copy.deepcopy(base_model)
+    example = torch.randn(1, 3, size, size)
+    probe_config = PruneConfig(checkpoint="", target_macs=base_macs // 2, importance="l1")
+    ratio = ratio_for_target(
+        pruned_probe, example, probe_config, lambda m: count_macs(m, (1, 3, size, size)), base_macs // 2
+    )
+    prune_model(pruned_probe, example, probe_config, ratio)
+    teacher = base_model if args.teacher else None
+    cost = step_seconds(pruned_probe, size, args.batch_size, teacher) / step_seconds(base_model, size, args.batch_size)
+    return cost, max(1, int(budget // (cost * epoch_seconds)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", required=True, help="run directory of the baseline training")
@@ -114,20 +133,7 @@ def main() -> None:
     base_model = model_from_checkpoint(checkpoint)
     size = checkpoint["preprocess"]["img_size"]
     base_macs = count_macs(base_model, (1, 3, size, size))
-    # Epoch length of the fine-tuning, from the baseline's measured epochs scaled by the measured cost of one training
-    # step of the pruned model (plus the teacher's forward pass when distilling) against one of the baseline's:
-    # MACs alone overstate the saving (a pruned epoch with the teacher took longer than a baseline epoch here).
-    epoch_seconds = train_seconds / len(rows)
-    pruned_probe = copy.deepcopy(base_model)
-    example = torch.randn(1, 3, size, size)
-    probe_config = PruneConfig(checkpoint="", target_macs=base_macs // 2, importance="l1")
-    ratio = ratio_for_target(
-        pruned_probe, example, probe_config, lambda m: count_macs(m, (1, 3, size, size)), base_macs // 2
-    )
-    prune_model(pruned_probe, example, probe_config, ratio)
-    teacher = base_model if args.teacher else None
-    cost = step_seconds(pruned_probe, size, args.batch_size, teacher) / step_seconds(base_model, size, args.batch_size)
-    epochs = max(1, int(budget // (cost * epoch_seconds)))
+    cost, epochs = finetune_plan(base_model, size, base_macs, rows, budget, args)
     print(
         f"baseline: {len(rows)} epochs in {train_seconds / 60:.1f} min -> budget {budget / 60:.1f} min; a fine-tuning "
         f"step costs {cost:.2f}x a baseline step -> {epochs} epoch(s)",
