@@ -6,7 +6,7 @@ file and thread count, round after round, so that a slow spell of the machine hi
 the median over rounds of each file's median latency, and its change against the first file of the same runtime
 (list the fp32 file of each runtime first to compare int8 against fp32).
 
-    python benchmarks/artifact_latency.py runs/NAME/export/best-fp32.pte runs/NAME/export/best-ptq.pte \
+    python -m benchmarks.artifact_latency runs/NAME/export/best-fp32.pte runs/NAME/export/best-ptq.pte \
         runs/NAME/export/best-qat.pte --threads 1 2 --rounds 9
 """
 

@@ -6,7 +6,7 @@ fit in a quarter of the baseline's training time (at least one), then measures b
 interleaved rounds (1 and 2 threads) and records params, MACs, latency and test top-1 in benchmarks/RESULTS.md.
 Targets (issue 5): top-1 within 1.5 points of the baseline, latency down by at least 30%.
 
-    python benchmarks/cifar10_prune.py --baseline runs/cifar10-mnv2/ [--importance l1]
+    python -m benchmarks.cifar10_prune --baseline runs/cifar10-mnv2/ [--importance l1]
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ The model must fit the article's mobile budget (int8 weights under 1 MB). The sc
 this machine first, picks the number of epochs that fits the budget (evaluation included), trains with a one-cycle
 schedule and records the recipe, the per-epoch curve and the wall time in benchmarks/RESULTS.md.
 
-    python benchmarks/cifar10_time_to_accuracy.py --data ../shared/datasets/cifar10 [--budget-min 30]
+    python -m benchmarks.cifar10_time_to_accuracy --data ../shared/datasets/cifar10 [--budget-min 30]
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Runs on the built-in digits data (no download) and writes its section of benchmarks/RESULTS.md.
 
-    python benchmarks/cuda_check.py [--epochs 4]
+    python -m benchmarks.cuda_check [--epochs 4]
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ For each dataset: the time of the pre-training check of every file alone (`--cac
 (`--cache auto`), the memory they take, and the time to prepare 10,000 samples of each split per epoch: read from
 files by two loader processes (the uncached default) against cached tensors in the training process.
 
-    python benchmarks/data_cache.py [--cifar ../shared/datasets/cifar10] [--photos ../shared/datasets/hymenoptera]
+    python -m benchmarks.data_cache [--cifar ../shared/datasets/cifar10] [--photos ../shared/datasets/hymenoptera]
 """
 
 from __future__ import annotations

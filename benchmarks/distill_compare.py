@@ -4,7 +4,7 @@ For each seed the student is trained twice with `mobiforge.train` / `mobiforge.d
 once with Hinton KD from the teacher (a checkpoint, or a pretrained model name, which is first fine-tuned on the
 data). Best val top-1 of both and their difference go to benchmarks/RESULTS.md under --section.
 
-    python benchmarks/distill_compare.py --data ../shared/datasets/hymenoptera --teacher efficientnet_lite0 \
+    python -m benchmarks.distill_compare --data ../shared/datasets/hymenoptera --teacher efficientnet_lite0 \
         --student mobilenet_v2 --width-mult 0.5 --epochs 30 --section hymenoptera_distill
 """
 

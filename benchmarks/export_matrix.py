@@ -5,7 +5,7 @@ the val split, agreement with PyTorch fp32, file size, batch-1 latency (median) 
 the issue-6 targets (PTQ within 1.0 point of fp32, QAT within 0.5, int8 files <= 0.3x fp32, int8 faster than fp32
 in the same runtime, the fastest runtime's fp32 at least 2x better than PyTorch eager) go to benchmarks/RESULTS.md.
 
-    python benchmarks/export_matrix.py --checkpoint runs/NAME/best.pt --section export_cifar10 [--qat-images 5000]
+    python -m benchmarks.export_matrix --checkpoint runs/NAME/best.pt --section export_cifar10 [--qat-images 5000]
 """
 
 from __future__ import annotations

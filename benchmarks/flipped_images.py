@@ -5,7 +5,7 @@ every val image whose top-1 through the file's runtime differs from PyTorch fp32
 vectors and their top-1 margins, so a lost image can be seen as a near tie or as a real error. The val images are
 the ones `mobiforge export` verifies on (same subset for the same `--val-images`).
 
-    python benchmarks/flipped_images.py --checkpoint runs/NAME/best.pt runs/NAME/export/best-qat.pte ...
+    python -m benchmarks.flipped_images --checkpoint runs/NAME/best.pt runs/NAME/export/best-qat.pte ...
 """
 
 from __future__ import annotations

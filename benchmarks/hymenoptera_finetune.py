@@ -4,7 +4,7 @@ Fine-tunes the pretrained EfficientNet-Lite0 with `mobiforge train --pretrained`
 top-1 per epoch and the wall time in benchmarks/RESULTS.md. Target: at least 93% val top-1 within 10 epochs and
 15 minutes on the 2-core reference machine (PyTorch's ResNet-18 tutorial reaches about 94-95%).
 
-    python benchmarks/hymenoptera_finetune.py [--data ../shared/datasets/hymenoptera]
+    python -m benchmarks.hymenoptera_finetune [--data ../shared/datasets/hymenoptera]
 """
 
 from __future__ import annotations

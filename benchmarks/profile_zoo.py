@@ -5,7 +5,7 @@ machine from favouring whichever model ran first, all models are timed in interl
 the median over rounds of the per-round median (and p90). torchvision's MobileNetV2/V3 and ShuffleNetV2 run in
 the same rounds, so the two are directly comparable. The table is printed and written to benchmarks/RESULTS.md.
 
-    python benchmarks/profile_zoo.py [--threads 1 2] [--rounds 3] [--min-seconds 1]
+    python -m benchmarks.profile_zoo [--threads 1 2] [--rounds 3] [--min-seconds 1]
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ parameters beside the tensors instead: a float32 scale and an int64 zero point p
 the int32 biases. This script reads the files `mobiforge export` wrote and splits them into those parts, next to the
 counts of the model's weights and output channels.
 
-    python benchmarks/pte_size_breakdown.py --checkpoint runs/NAME/best.pt --fp32 runs/NAME/export/best-fp32.pte \
+    python -m benchmarks.pte_size_breakdown --checkpoint runs/NAME/best.pt --fp32 runs/NAME/export/best-fp32.pte \
         --int8 runs/NAME/export/best-ptq.pte     # or the two .tflite files
 """
 

@@ -5,7 +5,7 @@ same images) and is scored by its PT2E reference model (simulated int8, what the
 split: top-1, top-1 agreement with fp32 and the mean squared logit difference to fp32. On a val split of a few
 hundred images top-1 moves in steps of one image; agreement and logit error show the drift that decides them.
 
-    python benchmarks/qat_recipes.py --checkpoint runs/NAME/best.pt --epochs 2 --recipes 0:1e-3 0.5:1e-3 1:1e-3
+    python -m benchmarks.qat_recipes --checkpoint runs/NAME/best.pt --epochs 2 --recipes 0:1e-3 0.5:1e-3 1:1e-3
 """
 
 from __future__ import annotations

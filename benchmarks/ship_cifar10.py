@@ -4,7 +4,7 @@ Target (issue 7): an int8 artifact under 1 MB and 100 ms (batch 1, one thread, E
 least 90% test top-1 within 60 minutes. Accuracy here is bound by training time on 2 CPU cores, so the whole
 budget goes to one candidate (--max-trained 1). Report and model card: benchmarks/ship/cifar10/.
 
-    python benchmarks/ship_cifar10.py [--data ../shared/datasets/cifar10] [--budget 60]
+    python -m benchmarks.ship_cifar10 [--data ../shared/datasets/cifar10] [--budget 60]
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Target (issue 7): an int8 artifact under 1 MB and 100 ms (batch 1, one thread, ExecuTorch on this machine);
 report the val top-1 reached, aiming for 90%. The report and model card land in benchmarks/ship/hymenoptera/.
 
-    python benchmarks/ship_hymenoptera.py [--data ../shared/datasets/hymenoptera] [--budget 30]
+    python -m benchmarks.ship_hymenoptera [--data ../shared/datasets/hymenoptera] [--budget 30]
 """
 
 from __future__ import annotations

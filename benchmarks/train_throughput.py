@@ -9,7 +9,7 @@ training threads) and per-iteration scheduling. The `--amp bf16` and `--compile`
 option added (torch.compile compiles during epoch 1, so epoch 2 is its steady state). The "model only" columns time
 the bare model on one random batch, without data loading, in each memory format: the ceiling of each loop on this CPU.
 
-    python benchmarks/train_throughput.py [--cifar ../shared/datasets/cifar10] [--photos ../shared/datasets/hymenoptera]
+    python -m benchmarks.train_throughput [--cifar ../shared/datasets/cifar10] [--photos ../shared/datasets/hymenoptera]
 """
 
 from __future__ import annotations
