@@ -303,17 +303,34 @@ def prune(config: PruneConfig, reporter: Reporter | None = None) -> PruneResult:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
 
-    model = checkpoint.model()
+    before = _figures(checkpoint, Path(config.checkpoint), config)
+    reporter.message(f"before: {_describe(before)}")
+    record = {"importance": config.importance, "global": config.global_pruning}
+    data, images = _saved_run(checkpoint, config).data, config.bn_recalibration_images
+    pruned_path = run_dir / "pruned.pt"
+    pruned_ckpt, ratio = prune_and_save(checkpoint, _pruning(checkpoint, config), data, images, 0, pruned_path, record)
+    if images:
+        reporter.message(f"BatchNorm statistics re-estimated on {images} training images")
+    pruned = _figures(pruned_ckpt, pruned_path, config)
+    reporter.message(f"pruned ({ratio:.0%} of channels): {_describe(pruned)} before fine-tuning")
+
+    after, final_path = None, pruned_path
+    if config.finetune_epochs:
+        finetuned = train(_finetune_config(checkpoint, config, pruned_path, run_dir), reporter)
+        if finetuned.history:  # train() already evaluated best.pt on the same val split: no second pass
+            final_path = run_dir / "best.pt"
+            after = dataclasses.replace(pruned, top1=finetuned.best_top1)
+    result = PruneResult(run_dir, before, pruned, after, final_path, pruned_ckpt.spec)
+    report = {**result.to_dict(), "config": dataclasses.asdict(config)}
+    (run_dir / "prune_report.json").write_text(json.dumps(report, indent=2))
+    return result
+
+
+def _pruning(checkpoint: Checkpoint, config: PruneConfig) -> Callable[[nn.Module], float]:
+    """The function that prunes a model in place by ``config`` (a ratio, or the ratio that meets a MAC or parameter
+    target) and returns the ratio."""
     size = checkpoint.preprocess.img_size
     example = torch.randn(1, 3, size, size)
-    workers = loader_workers(config.workers)
-    before_eval = evaluate_checkpoint(config.checkpoint, config.data, "val", config.batch_size, workers)
-    before = measure_figures(model, size, config.threads, before_eval.result.top1)
-    reporter.message(
-        f"before: {before.params / 1e6:.3f}M params, {before.macs / 1e6:.1f}M MACs, "
-        f"{before.latency_ms:.2f} ms, val top-1 {before.top1:.2f}%"
-    )
-
     gradient_fn = None
     if config.importance == "taylor":
         gradient_fn = _taylor_gradients(checkpoint, _saved_run(checkpoint, config).data, config.calibration_batches)
@@ -329,27 +346,18 @@ def prune(config: PruneConfig, reporter: Reporter | None = None) -> PruneResult:
         prune_model(model, example, config, ratio, gradient_fn)
         return ratio
 
-    record = {"importance": config.importance, "global": config.global_pruning}
-    data = _saved_run(checkpoint, config).data
-    images = config.bn_recalibration_images
-    pruned_ckpt, ratio = prune_and_save(checkpoint, prune_fn, data, images, 0, run_dir / "pruned.pt", record)
-    if images:
-        reporter.message(f"BatchNorm statistics re-estimated on {images} training images")
-    pruned_path, spec, pruned_model = run_dir / "pruned.pt", pruned_ckpt.spec, pruned_ckpt.model()
-    pruned_eval = evaluate_checkpoint(pruned_path, config.data, "val", config.batch_size, workers)
-    pruned = measure_figures(pruned_model, size, config.threads, pruned_eval.result.top1)
-    reporter.message(
-        f"pruned ({ratio:.0%} of channels): {pruned.params / 1e6:.3f}M params, {pruned.macs / 1e6:.1f}M MACs, "
-        f"{pruned.latency_ms:.2f} ms, val top-1 {pruned.top1:.2f}% before fine-tuning"
-    )
+    return prune_fn
 
-    after, final_path = None, pruned_path
-    if config.finetune_epochs:
-        finetuned = train(_finetune_config(checkpoint, config, pruned_path, run_dir), reporter)
-        if finetuned.history:  # train() already evaluated best.pt on the same val split: no second pass
-            final_path = run_dir / "best.pt"
-            after = dataclasses.replace(pruned, top1=finetuned.best_top1)
-    result = PruneResult(run_dir, before, pruned, after, final_path, spec)
-    report = {**result.to_dict(), "config": dataclasses.asdict(config)}
-    (run_dir / "prune_report.json").write_text(json.dumps(report, indent=2))
-    return result
+
+def _figures(checkpoint: Checkpoint, path: Path, config: PruneConfig) -> ModelFigures:
+    """Size, speed and val top-1 of a checkpoint (saved at ``path``)."""
+    workers = loader_workers(config.workers)
+    evaluated = evaluate_checkpoint(path, config.data, "val", config.batch_size, workers)
+    return measure_figures(checkpoint.model(), checkpoint.preprocess.img_size, config.threads, evaluated.result.top1)
+
+
+def _describe(figures: ModelFigures) -> str:
+    return (
+        f"{figures.params / 1e6:.3f}M params, {figures.macs / 1e6:.1f}M MACs, {figures.latency_ms:.2f} ms, "
+        f"val top-1 {figures.top1:.2f}%"
+    )

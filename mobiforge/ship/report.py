@@ -259,12 +259,27 @@ def write_ship_report(
     closest: Row | None,
 ) -> dict[str, Any] | None:
     """``model_card.json``, ``report.md`` (with PNGs beside it) and a self-contained ``report.html``."""
-
     focus = chosen or (closest if closest and closest.exported else None)
     artifact = run_dir / f"model{Path(chosen.exported.chosen.path).suffix}" if chosen and chosen.exported else None
     card = model_card(config, state, focus, artifact) if focus else None
     if card is not None:
         (run_dir / "model_card.json").write_text(json.dumps(card, indent=2))
+    images = _images(run_dir, config, rows, focus)
+    intro = _intro(run_dir, config, state, card, chosen is not None)
+    table = _candidate_table(rows, config)
+    snippets = []
+    if card is not None:
+        snippets = [("Android (Kotlin)", "kotlin", android_snippet(card)), ("iOS (Swift)", "swift", ios_snippet(card))]
+    (run_dir / "report.md").write_text(_markdown(intro, table, images, snippets))
+    (run_dir / "report.html").write_text(_html(intro, table, images, snippets))
+    return card
+
+
+Snippet = tuple[str, str, str]  # title, language, code
+
+
+def _images(run_dir: Path, config: ShipConfig, rows: list[Row], focus: Row | None) -> dict[str, Path]:
+    """The report's figures, written or copied into ``run_dir``, by title."""
     images: dict[str, Path] = {}
     if any(row.exported for row in rows):
         images["accuracy vs latency"] = plot_candidates(rows, config, run_dir / "candidates.png")
@@ -273,8 +288,13 @@ def write_ship_report(
         for title, name in (("training curves", "curves.png"), ("confusion matrix (val, fp32)", "confusion.png")):
             if (source / name).exists():
                 images[title] = Path(shutil.copyfile(source / name, run_dir / name))
+    return images
 
-    table = _candidate_table(rows, config)
+
+def _intro(
+    run_dir: Path, config: ShipConfig, state: ShipState, card: dict[str, Any] | None, shipped: bool
+) -> list[str]:
+    """The title, the verdict lines, the data and teacher, and the command, as markdown lines."""
     survey = state.survey
     teacher = state.done("teacher")
     teacher_line = state.done("search").teacher_note
@@ -282,10 +302,10 @@ def write_ship_report(
         teacher_line += f"; val top-1 {teacher.trained.top1:.2f}% ({teacher.trained.checkpoint})"
     elif teacher and teacher.skipped:
         teacher_line += f"; {teacher.skipped}"
-    intro = [
+    return [
         f"# mobiforge ship: {run_dir.name}",
         "",
-        *_headline(config, card, chosen is not None),
+        *_headline(config, card, shipped),
         "",
         f"Data: {survey.description}: {survey.train_images} train / {survey.val_images} val images, "
         f"{len(survey.classes)} classes, median image side {survey.median_side} px.",
@@ -293,49 +313,51 @@ def write_ship_report(
         "",
         f"Command: `{ship_command(config)}`",
     ]
-    snippets = []
-    if card is not None:
-        snippets = [
-            ("Android (Kotlin)", "kotlin", android_snippet(card)),
-            ("iOS (Swift)", "swift", ios_snippet(card)),
-        ]
+
+
+def _markdown(intro: list[str], table: list[list[str]], images: dict[str, Path], snippets: list[Snippet]) -> str:
     md = [*intro, "", "## Candidates", "", _markdown_table(table), ""]
     md += [f"## {title.capitalize()}\n\n![{title}]({path.name})\n" for title, path in images.items()]
     if snippets:
         md += ["## Use it in your app", ""]
         md += [f"### {title}\n\n```{lang}\n{code}```\n" for title, lang, code in snippets]
-    (run_dir / "report.md").write_text("\n".join(md) + "\n")
+    return "\n".join(md) + "\n"
 
-    def inline(text: str) -> str:  # the markdown intro's `code` and **bold** as HTML
 
-        text = html.escape(text)
-        text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
-        return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+STYLE = (
+    "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+    "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:4px 6px;text-align:left}"
+    "th{background:#f3f3f3}pre{background:#f6f8fa;padding:1em;overflow-x:auto;font-size:12px}img{max-width:100%}"
+)
 
-    body = [f"<h1>{html.escape(intro[0][2:])}</h1>"]
+
+def _inline(text: str) -> str:
+    """The markdown intro's `code` and **bold** as HTML."""
+    text = html.escape(text)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+
+
+def _html(intro: list[str], table: list[list[str]], images: dict[str, Path], snippets: list[Snippet]) -> str:
+    """A page that opens anywhere alone: the figures inlined as base64 PNGs."""
+    title = html.escape(intro[0][2:])
+    body = [f"<h1>{title}</h1>"]
     items = [line[2:] for line in intro[1:] if line.startswith("- ")]
     paragraphs = [line for line in intro[1:] if line and not line.startswith("- ")]
-    body.append(f"<p>{inline(paragraphs[0])}</p>" if paragraphs else "")
-    body.append("<ul>" + "".join(f"<li>{inline(item)}</li>" for item in items) + "</ul>")
-    body += [f"<p>{inline(line)}</p>" for line in paragraphs[1:]]
+    body.append(f"<p>{_inline(paragraphs[0])}</p>" if paragraphs else "")
+    body.append("<ul>" + "".join(f"<li>{_inline(item)}</li>" for item in items) + "</ul>")
+    body += [f"<p>{_inline(line)}</p>" for line in paragraphs[1:]]
     body += ["<h2>Candidates</h2>", _html_table(table)]
-    for title, path in images.items():
+    for caption, path in images.items():
         encoded = base64.b64encode(path.read_bytes()).decode()
         body.append(
-            f"<h2>{html.escape(title.capitalize())}</h2>"
-            f'<img alt="{html.escape(title)}" src="data:image/png;base64,{encoded}">'
+            f"<h2>{html.escape(caption.capitalize())}</h2>"
+            f'<img alt="{html.escape(caption)}" src="data:image/png;base64,{encoded}">'
         )
     if snippets:
         body.append("<h2>Use it in your app</h2>")
-        body += [f"<h3>{title}</h3><pre><code>{html.escape(code)}</code></pre>" for title, _, code in snippets]
-    style = (
-        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-        "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:4px 6px;text-align:left}"
-        "th{background:#f3f3f3}pre{background:#f6f8fa;padding:1em;overflow-x:auto;font-size:12px}img{max-width:100%}"
+        body += [f"<h3>{name}</h3><pre><code>{html.escape(code)}</code></pre>" for name, _, code in snippets]
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
+        f"<style>{STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
     )
-    page = (
-        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(intro[0][2:])}</title>'
-        f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
-    )
-    (run_dir / "report.html").write_text(page)
-    return card
