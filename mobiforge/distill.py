@@ -13,7 +13,8 @@ from mobiforge.errors import MobiforgeError
 from mobiforge.losses import DistillConfig, check_distill_config
 from mobiforge.models import is_model
 from mobiforge.progress import Reporter, SilentReporter
-from mobiforge.train import TrainConfig, TrainResult, default_run_name, train
+from mobiforge.runs import TrainResult, default_run_name
+from mobiforge.train import TrainConfig, train
 
 __all__ = ["DistillConfig", "adapt_teacher", "distill"]
 

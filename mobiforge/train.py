@@ -15,7 +15,6 @@ and NCCL on GPU); only rank 0 writes files; evaluation counts are summed across 
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import os
 import random
@@ -30,13 +29,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-import yaml
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from torchvision.transforms import v2
 
 from mobiforge import engine
-from mobiforge.checkpoint import Checkpoint, load_checkpoint, model_checkpoint, save_checkpoint
+from mobiforge.checkpoint import load_checkpoint, model_checkpoint, save_checkpoint
 from mobiforge.config import CACHE_MODES, DataConfig
 from mobiforge.config import TrainConfig as TrainConfig  # public here too
 from mobiforge.data import (
@@ -48,31 +46,22 @@ from mobiforge.data import (
     eval_stages,
     eval_transform,
     memory_budget,
-    preprocess_for,
     train_stages,
     train_transform,
 )
 from mobiforge.errors import MobiforgeError
 from mobiforge.log import logger
 from mobiforge.losses import check_distill_config, distillation_loss
-from mobiforge.models import build_from_spec, create_model
 from mobiforge.models.base import Preprocess
-from mobiforge.models.weights import get_weights
-from mobiforge.plots import plot_confusion, plot_curves
 from mobiforge.progress import Reporter, SilentReporter
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    best_top1: float
-    history: list[dict[str, Any]]
-    interrupted: bool = False
-
-    @property
-    def last(self) -> dict[str, Any]:
-        return self.history[-1] if self.history else {}
-
+from mobiforge.runs import (
+    TrainResult,
+    finish_plots,
+    prepare_run_dir,
+    starting_point,
+    write_config,
+    write_metrics_csv,
+)
 
 # ----------------------------------------------------------------------------------------------- data plumbing
 
@@ -236,22 +225,6 @@ class _StopFlag:
 # ----------------------------------------------------------------------------------------------------- train
 
 
-def default_run_name(config: TrainConfig) -> str:
-    data_name = Path(config.data.data).name or "data"
-    return f"{config.model}-{data_name}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def _prepare_run_dir(config: TrainConfig, resume_ckpt: dict[str, Any] | None) -> Path:
-    if config.resume:
-        return Path(config.resume).resolve().parent
-    run_dir = Path(config.runs_dir) / (config.name or default_run_name(config))
-    if (run_dir / "last.pt").exists():
-        raise MobiforgeError(
-            f"{run_dir} already holds a run; continue it with --resume {run_dir / 'last.pt'} or choose another --name"
-        )
-    return run_dir
-
-
 EPOCH_END = "on_epoch_end"  # the one hook event: after an epoch's evaluation and checkpoint
 Callback = Callable[["Trainer"], None]
 
@@ -317,47 +290,19 @@ class Trainer:
         self.config = config
 
     def _build_model(self, resume_ckpt: dict[str, Any] | None) -> None:
-        config = self.config
-        self.splits = discover(config.data)
+        self.splits = discover(self.config.data)
         self.classes = self.splits.classes
-        self.pretrained = bool(config.pretrained or config.weights is not None)
-        weights_preprocess = (
-            get_weights(config.model, config.pretrained or True).preprocess if self.pretrained else None
-        )
-        init_ckpt = _init_checkpoint(config, self.classes) if resume_ckpt is None else None
-        if init_ckpt is not None:  # the starting checkpoint's input size and normalisation, unless set explicitly
-            weights_preprocess = init_ckpt.preprocess
-        config = self.config = dataclasses.replace(config, data=config.data.resolved(weights_preprocess))
-        self.img_size = config.data.resolved_img_size()
-        if resume_ckpt is not None:  # the checkpoint's own architecture; its weights are loaded by _restore
-            model = build_from_spec(resume_ckpt["spec"])
-        elif init_ckpt is not None:
-            model = build_from_spec(init_ckpt.spec)
-            model.load_state_dict(init_ckpt.state_dict)
-        else:
-            model = self._new_model()
-        if self.pretrained and resume_ckpt is None:
+        start = starting_point(self.config, self.classes, resume_ckpt["spec"] if resume_ckpt else None)
+        if start.pretrained and resume_ckpt is None:
             self.reporter.message(
-                f"starting from {model.pretrained} weights; new classifier for {len(self.classes)} classes"
+                f"starting from {start.model.pretrained} weights; new classifier for {len(self.classes)} classes"
             )
-        self.preprocess = model.preprocess = preprocess_for(config.data, weights_preprocess)
+        self.config, self.img_size, self.pretrained = start.config, start.img_size, start.pretrained
+        self.preprocess, model = start.preprocess, start.model
         model.to(self.device)
-        if config.channels_last:
+        if self.config.channels_last:
             model.to(memory_format=torch.channels_last)
         self.model = model
-
-    def _new_model(self) -> nn.Module:
-        config = self.config
-        return create_model(
-            config.model,
-            pretrained=config.pretrained,
-            weights=config.weights,
-            download=config.download,
-            num_classes=len(self.classes),
-            width_mult=config.width_mult,
-            small_input=config.small_input if config.small_input is not None else self.img_size <= 64,
-            dropout=config.dropout,
-        )
 
     def _build_data(self) -> None:
         config, ddp = self.config, self.ddp
@@ -416,12 +361,12 @@ class Trainer:
         _restore_rng(checkpoint["rng"])
 
     def _open_run_dir(self, resume_ckpt: dict[str, Any] | None) -> None:
-        self.run_dir = _prepare_run_dir(self.config, resume_ckpt)
+        self.run_dir = prepare_run_dir(self.config, resume_ckpt)
         self.writer = None
         if self.ddp.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._write_config()
-            _write_metrics_csv(self.run_dir, self.history)
+            write_metrics_csv(self.run_dir, self.history)
             self.writer = _tensorboard(self.run_dir) if self.config.tensorboard else None
 
     def _wrap_model(self) -> None:
@@ -530,7 +475,7 @@ class Trainer:
         self.epoch += 1
         if self.ddp.is_main:
             self.save(is_best)
-            _write_metrics_csv(self.run_dir, self.history)
+            write_metrics_csv(self.run_dir, self.history)
             if self.writer is not None:
                 for key, value in row.items():
                     if key != "epoch":
@@ -605,7 +550,7 @@ class Trainer:
         self.reporter.message(f"interrupted: saved {last}; continue with --resume {last}")
 
     def _write_config(self) -> None:
-        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.config.to_dict(), sort_keys=False))
+        write_config(self.run_dir, self.config)
 
     def _start_info(self) -> dict[str, Any]:
         return {
@@ -627,7 +572,7 @@ class Trainer:
 
     def _finish(self) -> None:
         if self.ddp.is_main:
-            _finish_plots(self.run_dir, self.history, self.classes)
+            finish_plots(self.run_dir, self.history, self.classes)
             if self.writer is not None:
                 self.writer.close()
         if self.ddp.enabled:
@@ -679,15 +624,6 @@ def _check_config(config: TrainConfig) -> None:
         check_distill_config(config.distill)
 
 
-def _init_checkpoint(config: TrainConfig, classes: list[str]) -> Checkpoint | None:
-    """The checkpoint named by ``init_from``, checked against the data's classes."""
-    if not config.init_from:
-        return None
-    checkpoint = Checkpoint.load(config.init_from)
-    checkpoint.require_classes(classes, "the starting checkpoint", f"start from a checkpoint of {config.data.data}")
-    return checkpoint
-
-
 def _set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
     """Freeze or unfreeze everything but the classifier (frozen parameters get no gradient, so no update)."""
     head = {id(p) for p in model.get_classifier().parameters()}
@@ -717,30 +653,9 @@ def _agreed_count(count: int, ddp: Distributed, device: torch.device) -> int:
     return int(value.item())
 
 
-def _write_metrics_csv(run_dir: Path, history: list[dict[str, Any]]) -> None:
-    if not history:
-        return
-    tmp = run_dir / ".metrics.csv.tmp"
-    with tmp.open("w", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=list(history[0]))
-        writer.writeheader()
-        writer.writerows(history)
-    os.replace(tmp, run_dir / "metrics.csv")
-
-
 def _tensorboard(run_dir: Path) -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # tensorboard is optional
         return None
     return SummaryWriter(str(run_dir / "tensorboard"))
-
-
-def _finish_plots(run_dir: Path, history: list[dict[str, Any]], classes: list[str]) -> None:
-    if history:
-        plot_curves(history, run_dir / "curves.png")
-    best = run_dir / "best.pt"
-    if best.exists():
-        confusion = Checkpoint.load(best).metrics.get("val", {}).get("confusion")
-        if confusion is not None:
-            plot_confusion(confusion, classes, run_dir / "confusion.png")

@@ -24,6 +24,7 @@ from mobiforge.models.weights import get_weights
 from mobiforge.progress import Reporter
 from mobiforge.prune import prune_and_save
 from mobiforge.quantize import layer_groups
+from mobiforge.runs import TrainResult
 from mobiforge.ship.config import (
     FILE_OVERHEAD,
     FIRST_LAYERS_IN_FLOAT,
@@ -45,7 +46,7 @@ from mobiforge.ship.plan import (
 )
 from mobiforge.ship.search import prune_into, training_speed
 from mobiforge.ship.state import Candidate, ExportRecord, ShipState, TeacherRecord, TrainRecord
-from mobiforge.train import EPOCH_END, TrainConfig, TrainResult, train
+from mobiforge.train import EPOCH_END, TrainConfig, train
 
 
 def train_teacher(

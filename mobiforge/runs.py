@@ -1,0 +1,132 @@
+"""What a training run starts from (the model, its preprocessing) and what it leaves: its directory, its files
+(``config.yaml``, ``metrics.csv``, plots) and its result.
+
+Shared by every way of training (the ``Trainer`` in ``train``, the cached frozen-trunk path in ``transfer``), so
+both start from the same model and leave the same run directory.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from torch import nn
+
+from mobiforge.checkpoint import Checkpoint
+from mobiforge.config import TrainConfig
+from mobiforge.data import preprocess_for
+from mobiforge.errors import MobiforgeError
+from mobiforge.models import build_from_spec, create_model
+from mobiforge.models.base import Preprocess
+from mobiforge.models.weights import get_weights
+from mobiforge.plots import plot_confusion, plot_curves
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    best_top1: float
+    history: list[dict[str, Any]]
+    interrupted: bool = False
+
+    @property
+    def last(self) -> dict[str, Any]:
+        return self.history[-1] if self.history else {}
+
+
+def default_run_name(config: TrainConfig) -> str:
+    data_name = Path(config.data.data).name or "data"
+    return f"{config.model}-{data_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def prepare_run_dir(config: TrainConfig, resume_ckpt: dict[str, Any] | None) -> Path:
+    if config.resume:
+        return Path(config.resume).resolve().parent
+    run_dir = Path(config.runs_dir) / (config.name or default_run_name(config))
+    if (run_dir / "last.pt").exists():
+        raise MobiforgeError(
+            f"{run_dir} already holds a run; continue it with --resume {run_dir / 'last.pt'} or choose another --name"
+        )
+    return run_dir
+
+
+def write_config(run_dir: Path, config: TrainConfig) -> None:
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def write_metrics_csv(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    if not history:
+        return
+    tmp = run_dir / ".metrics.csv.tmp"
+    with tmp.open("w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+    os.replace(tmp, run_dir / "metrics.csv")
+
+
+def finish_plots(run_dir: Path, history: list[dict[str, Any]], classes: list[str]) -> None:
+    if history:
+        plot_curves(history, run_dir / "curves.png")
+    best = run_dir / "best.pt"
+    if best.exists():
+        confusion = Checkpoint.load(best).metrics.get("val", {}).get("confusion")
+        if confusion is not None:
+            plot_confusion(confusion, classes, run_dir / "confusion.png")
+
+
+@dataclass
+class Start:
+    """A run's starting point: its model (weights loaded, except a resume's), preprocessing and resolved config."""
+
+    model: nn.Module
+    preprocess: Preprocess
+    config: TrainConfig  # with the input size and normalisation filled in
+    img_size: int
+    pretrained: bool
+
+
+def starting_point(config: TrainConfig, classes: list[str], resume_spec: dict[str, Any] | None = None) -> Start:
+    """The model a run starts from: a resumed run's own architecture (``resume_spec``; its weights are the
+    caller's to load), the ``init_from`` checkpoint, or a new model, with pretrained weights when asked. The input
+    size and normalisation come from the flags, else the starting weights, else ImageNet's."""
+    pretrained = bool(config.pretrained or config.weights is not None)
+    weights_preprocess = get_weights(config.model, config.pretrained or True).preprocess if pretrained else None
+    init = _init_checkpoint(config, classes) if resume_spec is None else None
+    if init is not None:  # the starting checkpoint's input size and normalisation, unless set explicitly
+        weights_preprocess = init.preprocess
+    config = dataclasses.replace(config, data=config.data.resolved(weights_preprocess))
+    img_size = config.data.resolved_img_size()
+    if resume_spec is not None:
+        model = build_from_spec(resume_spec)
+    elif init is not None:
+        model = build_from_spec(init.spec)
+        model.load_state_dict(init.state_dict)
+    else:
+        model = create_model(
+            config.model,
+            pretrained=config.pretrained,
+            weights=config.weights,
+            download=config.download,
+            num_classes=len(classes),
+            width_mult=config.width_mult,
+            small_input=config.small_input if config.small_input is not None else img_size <= 64,
+            dropout=config.dropout,
+        )
+    preprocess = model.preprocess = preprocess_for(config.data, weights_preprocess)
+    return Start(model, preprocess, config, img_size, pretrained)
+
+
+def _init_checkpoint(config: TrainConfig, classes: list[str]) -> Checkpoint | None:
+    """The checkpoint named by ``init_from``, checked against the data's classes."""
+    if not config.init_from:
+        return None
+    checkpoint = Checkpoint.load(config.init_from)
+    checkpoint.require_classes(classes, "the starting checkpoint", f"start from a checkpoint of {config.data.data}")
+    return checkpoint
