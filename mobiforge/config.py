@@ -207,6 +207,13 @@ class TrainConfig:
     freeze_epochs: int = opt(0, "train only the classifier for N epochs (backbone and its BN frozen)")
     backbone_lr_scale: float = opt(1.0, "backbone learning rate relative to the classifier's")
     freeze_bn: bool = opt(False, "keep BatchNorm statistics fixed throughout")
+    trainable_blocks: int | None = opt(
+        None,
+        "train only the last N blocks (0: the classifier alone, a linear probe) on the frozen network's "
+        "outputs, computed once per image and view and cached in the run directory",
+        metavar="N",
+    )
+    views: int = opt(4, "with --trainable-blocks: cached views per training image (the plain crop, then augmented)")
     init_from: str | None = None  # start from this checkpoint's model and weights (e.g. a pruned one)
     distill: DistillConfig | None = None  # train as the student of a teacher checkpoint
     data: DataConfig = field(default_factory=DataConfig)

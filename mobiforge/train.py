@@ -62,6 +62,7 @@ from mobiforge.runs import (
     write_config,
     write_metrics_csv,
 )
+from mobiforge.transfer import fit_tail
 
 # ----------------------------------------------------------------------------------------------- data plumbing
 
@@ -584,7 +585,11 @@ def train(
 ) -> TrainResult:
     """Train ``config.model`` on ``config.data``; returns the run directory and the per-epoch history.
 
-    ``callbacks`` maps a hook event (``"on_epoch_end"``) to functions of the ``Trainer`` (see its docstring)."""
+    ``callbacks`` maps a hook event (``"on_epoch_end"``) to functions of the ``Trainer`` (see its docstring). With
+    ``trainable_blocks`` the frozen trunk's outputs are cached and only the tail trains (``mobiforge.transfer``;
+    no callbacks there: an epoch takes seconds)."""
+    if config.trainable_blocks is not None:
+        return fit_tail(config, reporter)
     return Trainer(config, reporter, callbacks).fit()
 
 

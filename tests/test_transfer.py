@@ -1,0 +1,144 @@
+"""Training the tail of a frozen network on cached trunk outputs (`train --trainable-blocks N`): the run is a normal
+run of the whole network, the cache resumes after a kill, and a cache of other weights or settings is never read."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+import mobiforge.transfer as transfer
+from mobiforge import create_model
+from mobiforge.checkpoint import load_checkpoint, model_checkpoint, save_checkpoint
+from mobiforge.data import DataConfig
+from mobiforge.errors import MobiforgeError
+from mobiforge.inference import evaluate_checkpoint
+from mobiforge.progress import SilentReporter
+from mobiforge.train import train
+from tests.helpers import make_split_folder, small_train_config
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    return make_split_folder(tmp_path / "data", classes=3, train=16, val=6)
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Path:
+    """A starting checkpoint (random weights, the data's classes), so the trunk's weights are known."""
+    model = create_model("mobilenet_seed", num_classes=3, width_mult=0.25, small_input=True)
+    return save_checkpoint(model_checkpoint(model, classes=["class0", "class1", "class2"]), tmp_path / "start.pt")
+
+
+def _config(data: Path, runs: Path, start: Path, blocks: int, **overrides):  # type: ignore[no-untyped-def]
+    config = small_train_config(data, runs, model="mobilenet_seed", init_from=str(start), epochs=3)
+    config.trainable_blocks, config.views = blocks, 2
+    config.optim.lr = 0.01
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return config
+
+
+def test_the_tail_trains_on_cached_outputs_and_the_run_holds_the_whole_network(
+    data: Path, start: Path, tmp_path: Path
+) -> None:
+    result = train(_config(data, tmp_path / "runs", start, blocks=2))
+    run = result.run_dir
+    for name in ("config.yaml", "last.pt", "best.pt", "metrics.csv", "curves.png"):
+        assert (run / name).exists(), name
+    assert len(result.history) == 3 and 0 <= result.best_top1 <= 100
+    before, after = load_checkpoint(start)["state_dict"], load_checkpoint(run / "last.pt")["state_dict"]
+    cut = len(create_model("mobilenet_seed", width_mult=0.25).features) - 2
+    trunk = [key for key in before if key.startswith("features.") and int(key.split(".")[1]) < cut]
+    tail = [key for key in before if key not in trunk and key.endswith("weight")]
+    assert trunk and all(torch.equal(before[key], after[key]) for key in trunk)  # frozen
+    assert any(not torch.equal(before[key], after[key]) for key in tail)  # trained
+    # the cached fp16 outputs and the whole fp32 network agree on the val images (to one image of six)
+    evaluated = evaluate_checkpoint(run / "best.pt", workers=0)
+    assert abs(evaluated.result.top1 - result.best_top1) <= 100 / 6 + 1e-6
+
+
+def test_the_linear_probe_trains_the_classifier_alone(data: Path, start: Path, tmp_path: Path) -> None:
+    result = train(_config(data, tmp_path / "runs", start, blocks=0))
+    before, after = load_checkpoint(start)["state_dict"], load_checkpoint(result.run_dir / "last.pt")["state_dict"]
+    changed = {key for key in before if not torch.equal(before[key], after[key])}
+    assert changed and all(key.startswith("classifier.") for key in changed)
+
+
+def test_a_killed_cache_resumes_from_its_finished_chunks(
+    data: Path, start: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(transfer, "CHUNK_IMAGES", 8)  # 48 train images x 2 views: 12 chunks, then 3 for val
+    compute, calls = transfer._compute_chunk, []
+
+    def killed_after_five(*args, **kwargs):  # type: ignore[no-untyped-def]
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return compute(*args, **kwargs)
+
+    monkeypatch.setattr(transfer, "_compute_chunk", killed_after_five)
+    config = _config(data, tmp_path / "runs", start, blocks=1)
+    with pytest.raises(KeyboardInterrupt):
+        train(config)
+    assert len(list((tmp_path / "runs" / "run" / "cache").glob("train-*.pt"))) == 5
+
+    calls.clear()
+    monkeypatch.setattr(transfer, "_compute_chunk", lambda *a, **kw: calls.append(1) or compute(*a, **kw))
+    result = train(config)  # the same command again
+    assert len(calls) == 12 - 5 + 3 and len(result.history) == 3
+
+
+def test_a_cache_of_other_weights_or_settings_is_never_read(data: Path, tmp_path: Path) -> None:
+    model = create_model("mobilenet_seed", num_classes=3, width_mult=0.25, small_input=True).eval()
+    samples = [(str(path), 0) for path in sorted((data / "train" / "class0").iterdir())]
+    folder, reporter = tmp_path / "cache", SilentReporter()
+
+    def activations(model, **settings):  # type: ignore[no-untyped-def]
+        config = DataConfig(data=str(data), img_size=settings.get("img_size", 16))
+        preprocess = model.preprocess.__class__(img_size=config.img_size, crop_pct=1.0)
+        plan = transfer.plan_cache(model, 3, preprocess, config, 2, 0, samples, folder, 0)
+        return plan.key, transfer.cached_activations(model, 3, samples, plan, folder, "train", 0, reporter)[0]
+
+    key, first = activations(model)
+    assert torch.equal(activations(model)[1], first)  # read back
+    assert activations(model, img_size=24)[0] != key  # another resolution: another cache
+    changed = create_model("mobilenet_seed", num_classes=3, width_mult=0.25, small_input=True).eval()
+    assert activations(changed)[0] != key  # other weights: another cache
+
+    chunk = next(folder.glob(f"train-{key[:24]}-v0-*.pt"))
+    stored = torch.load(chunk, weights_only=True)
+    torch.save({**stored, "key": "someone else's"}, chunk)
+    with pytest.warns(UserWarning, match="cached for other weights, data or settings"):
+        assert torch.equal(activations(model)[1], first)
+
+
+def test_bad_tail_settings_are_one_line_errors(data: Path, start: Path, tmp_path: Path) -> None:
+    with pytest.raises(MobiforgeError, match="--trainable-blocks must be between 0 and"):
+        train(_config(data, tmp_path / "runs", start, blocks=99))
+    with pytest.raises(MobiforgeError, match="--resume"):
+        train(_config(data, tmp_path / "runs", start, blocks=1, resume=str(start)))
+    shufflenet = small_train_config(data, tmp_path / "runs", model="shufflenet_v2_x0_5", width_mult=None, name="s")
+    shufflenet.trainable_blocks = 2
+    with pytest.raises(MobiforgeError, match="no block sequence to cut; use --trainable-blocks 0"):
+        train(shufflenet)
+
+
+def test_a_cache_that_does_not_fit_keeps_fewer_views_or_says_what_it_needs(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = create_model("mobilenet_seed", num_classes=3, width_mult=0.25, small_input=True).eval()
+    samples = [(str(path), 0) for path in sorted((data / "train" / "class0").iterdir())]
+    config = DataConfig(data=str(data), img_size=16)
+    shape = transfer.plan_cache(model, 3, model.preprocess, config, 1, 0, samples, tmp_path, 0).item_shape
+    one_view = transfer.CachePlan("", [None], shape, len(samples)).bytes  # type: ignore[list-item]
+    monkeypatch.setattr(transfer, "memory_budget", lambda: 2 * one_view)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plan = transfer.plan_cache(model, 3, model.preprocess, config, 4, 0, samples, tmp_path, 0)
+    assert len(plan.transforms) == 2 and "holds 2 of the 4 views" in str(caught[0].message)
+    monkeypatch.setattr(transfer, "memory_budget", lambda: one_view // 2)
+    with pytest.raises(MobiforgeError, match=r"the feature cache needs .* for one view of 16 images"):
+        transfer.plan_cache(model, 3, model.preprocess, config, 4, 0, samples, tmp_path, 0)
