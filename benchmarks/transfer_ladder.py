@@ -1,0 +1,129 @@
+"""The first rungs of the transfer ladder on a photo folder (default: hymenoptera), with EfficientNet-Lite0's
+ImageNet weights: a linear probe and a tail fine-tune on cached trunk outputs (``train --trainable-blocks``), each
+timed end to end (feature cache included) with its val top-1; and the training throughput of the cached tail step
+against full fine-tuning of the same model at the same resolution, side by side in interleaved rounds.
+
+    python -m benchmarks.transfer_ladder [--data ../shared/datasets/hymenoptera] [--runs-dir runs/ladder]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from benchmarks.results import write_section
+from mobiforge import create_model
+from mobiforge.data import DataConfig
+from mobiforge.engine import OptimConfig
+from mobiforge.progress import SilentReporter
+from mobiforge.train import TrainConfig, train
+from mobiforge.transfer import Tail, cut_index, trunk_output
+
+MODEL = "efficientnet_lite0"
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "hymenoptera"
+
+
+class Log(SilentReporter):
+    def message(self, text: str) -> None:
+        print(text, flush=True)
+
+
+def rung(data: str, runs_dir: str, name: str, blocks: int, views: int, epochs: int, lr: float) -> dict:
+    config = TrainConfig(
+        model=MODEL,
+        pretrained=True,
+        trainable_blocks=blocks,
+        views=views,
+        data=DataConfig(data=data, batch_size=64),
+        optim=OptimConfig(optimizer="adamw", lr=lr, scheduler="cosine", weight_decay=1e-4, label_smoothing=0.1),
+        epochs=epochs,
+        runs_dir=runs_dir,
+        name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}",
+        tensorboard=False,
+    )
+    started = time.time()
+    result = train(config, Log())
+    trainable = sum(p.numel() for p in Tail(create_model(MODEL, num_classes=2), cut_index(
+        create_model(MODEL, num_classes=2), blocks)).parameters())  # fmt: skip
+    print(f"{name}: val top-1 {result.history[-1]['val_top1']:.2f}% in {time.time() - started:.0f} s", flush=True)
+    return {
+        "rung": name,
+        "trainable": trainable,
+        "seconds": time.time() - started,
+        "top1": result.history[-1]["val_top1"],
+        "best": result.best_top1,
+    }
+
+
+def throughput(blocks: int, batch: int, rounds: int) -> dict[str, float]:
+    """Training images per second: a step of the tail on cached outputs vs a step of the whole network."""
+    model = create_model(MODEL, num_classes=2).to(memory_format=torch.channels_last)
+    cut = cut_index(model, blocks)
+    images = torch.randn(batch, 3, 224, 224).contiguous(memory_format=torch.channels_last)
+    targets = torch.zeros(batch, dtype=torch.long)
+    with torch.no_grad():  # a normal tensor: the tail's backward may save it
+        cached = trunk_output(model.eval(), cut, images)
+    full, tail_model = copy.deepcopy(model).train(), copy.deepcopy(model)
+    tail = Tail(tail_model, cut).train()
+    steps = {
+        "full fine-tuning": (full, images),
+        f"cached tail (last {blocks} blocks)": (tail, cached.float()),
+    }
+    optimizers = {name: torch.optim.SGD(m.parameters(), lr=1e-3) for name, (m, _) in steps.items()}
+    samples: dict[str, list[float]] = {name: [] for name in steps}
+    for round_index in range(rounds + 1):
+        for name, (module, inputs) in steps.items():
+            started = time.perf_counter()
+            optimizers[name].zero_grad()
+            nn.functional.cross_entropy(module(inputs), targets).backward()
+            optimizers[name].step()
+            if round_index:  # the first round warms up
+                samples[name].append(batch / (time.perf_counter() - started))
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(SHARED))
+    parser.add_argument("--runs-dir", default="runs/ladder")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--section", default="transfer_ladder_hymenoptera")
+    args = parser.parse_args()
+
+    rungs = [
+        rung(args.data, args.runs_dir, "linear probe", 0, views=2, epochs=30, lr=3e-3),
+        rung(args.data, args.runs_dir, "tail: last 3 blocks", 3, views=4, epochs=15, lr=1e-3),
+    ]
+    speed = throughput(blocks=3, batch=32, rounds=args.rounds)
+    names = list(speed)
+    lines = [
+        f"## Transfer ladder: cached frozen trunk, EfficientNet-Lite0 ImageNet weights ({Path(args.data).name})",
+        "",
+        "Each rung is `train --pretrained --trainable-blocks N` end to end: the feature cache (the frozen trunk run",
+        "once per image and view) and the tail's epochs. Val top-1 of the last epoch and of the best.",
+        "",
+        "| rung | trainable params | time (s) | val top-1 (last) | val top-1 (best) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r['rung']} | {r['trainable'] / 1e6:.3f}M | {r['seconds']:.0f} | {r['top1']:.2f}% | {r['best']:.2f}% |"
+        for r in rungs
+    ]
+    lines += [
+        "",
+        f"Training throughput at 224 px, batch 32, median of {args.rounds} interleaved steps: "
+        + ", ".join(f"{name} {speed[name]:.0f} img/s" for name in names)
+        + f"; the cached tail step is {speed[names[1]] / speed[names[0]]:.1f}x faster.",
+    ]
+    print("\n".join(lines))
+    write_section(args.section, "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
