@@ -16,6 +16,7 @@ import pytest
 from mobiforge.checkpoint import load_checkpoint
 from mobiforge.cli import main
 from mobiforge.errors import MobiforgeError
+from mobiforge.progress import SilentReporter
 from mobiforge.ship import ShipConfig, ShipState, scratch_recipe, ship
 from mobiforge.ship.snippets import android_snippet, ios_snippet
 from mobiforge.units import parse_duration
@@ -458,3 +459,42 @@ def test_a_run_saved_in_the_untyped_format_resumes_after_its_search(
     assert result.chosen == "mobilenet_v3_small-w0.5-32px" and result.artifact is not None
     state = json.loads((tmp_path / "run" / "ship_state.json").read_text())
     assert state["version"] == 2 and state["stages"]["train:mobilenet_v3_small-w0.5-32px"]["epochs_run"] == 2
+
+
+def test_no_time_to_fine_tune_the_teacher_still_gives_a_probe_on_its_imagenet_features(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The issue-23 failure: a budget too small to fine-tune EfficientNet-Lite0 used to mean no pretrained features
+    at all. The teacher stage now climbs to the first rung of the ladder, a linear probe on cached features."""
+    import mobiforge.ship.stages as stages
+    from mobiforge.ship import Survey
+    from mobiforge.ship.stages import train_teacher
+
+    monkeypatch.setattr(stages, "training_speed", lambda *a, **kw: 0.01)  # full fine-tuning can never fit
+    monkeypatch.setattr(stages, "inference_speed", lambda *a, **kw: 1000.0)  # one inference pass does
+    data = make_split_folder(tmp_path / "data", classes=2, train=6, val=3)
+    config = ShipConfig(data=str(data), out=str(tmp_path / "run"), teacher="auto", workers=0)
+
+    class State:
+        survey = Survey(classes=["class0", "class1"], train_images=12, val_images=6)
+        deadline = time.time() + 600
+
+        def left(self) -> float:
+            return 600.0
+
+    messages: list[str] = []
+    record = train_teacher(config, tmp_path / "run", SilentReporter(), messages.append, State())
+    assert record.trained is not None and record.skipped is None
+    assert any("a linear probe instead" in m for m in messages)
+    assert len(record.rungs) == 1 and record.rungs[0].name.startswith("linear probe")
+    assert record.rungs[0].trainable_params == 1280 * 2 + 2  # the classifier alone
+    teacher = load_checkpoint(record.trained.checkpoint)
+    assert teacher["spec"]["name"] == "efficientnet_lite0" and teacher["classes"] == ["class0", "class1"]
+    assert teacher["transfer"]["trainable_blocks"] == 0
+    from mobiforge.ship.state import TeacherRecord
+
+    assert TeacherRecord.from_dict(record.to_dict()) == record  # the ladder survives the state file
+
+    monkeypatch.setattr(stages, "train", lambda *a, **kw: pytest.fail("a finished probe is read back"))
+    again = train_teacher(config, tmp_path / "run", SilentReporter(), messages.append, State())
+    assert again.trained is not None and again.trained.top1 == record.trained.top1

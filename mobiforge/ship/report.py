@@ -302,6 +302,11 @@ def _intro(
         teacher_line += f"; val top-1 {teacher.trained.top1:.2f}% ({teacher.trained.checkpoint})"
     elif teacher and teacher.skipped:
         teacher_line += f"; {teacher.skipped}"
+    for rung in teacher.rungs if teacher else []:
+        teacher_line += (
+            f"; ladder: {rung.name}, {rung.trainable_params / 1e6:.3f}M trainable, {rung.seconds:.0f} s, "
+            f"val top-1 {rung.top1:.2f}%"
+        )
     return [
         f"# mobiforge ship: {run_dir.name}",
         "",

@@ -241,6 +241,18 @@ def _like_trained(model: nn.Module) -> nn.Module:
     return model
 
 
+def inference_speed(model: nn.Module, img_size: int, batch: int = 16, steps: int = 2) -> float:
+    """Images per second of ``model``'s forward pass in inference mode (channels_last, after one warm-up)."""
+    model = copy.deepcopy(model).eval().to(memory_format=torch.channels_last)
+    images = torch.randn(batch, 3, img_size, img_size).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        model(images)
+        started = time.perf_counter()
+        for _ in range(steps):
+            model(images)
+    return steps * batch / (time.perf_counter() - started)
+
+
 def training_speed(model: nn.Module, img_size: int, config: ShipConfig, steps: int = 3) -> float:
     """Training images per second of ``model`` (SGD steps on random data, channels_last, after one warm-up)."""
     model = copy.deepcopy(model).train().to(memory_format=torch.channels_last)

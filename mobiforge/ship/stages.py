@@ -44,8 +44,8 @@ from mobiforge.ship.plan import (
     scratch_recipe,
     stop_by,
 )
-from mobiforge.ship.search import prune_into, training_speed
-from mobiforge.ship.state import Candidate, ExportRecord, ShipState, TeacherRecord, TrainRecord
+from mobiforge.ship.search import inference_speed, prune_into, training_speed
+from mobiforge.ship.state import Candidate, ExportRecord, Rung, ShipState, TeacherRecord, TrainRecord
 from mobiforge.train import EPOCH_END, TrainConfig, train
 
 
@@ -67,7 +67,8 @@ def train_teacher(
     epoch_s = epoch_seconds(training_speed(model, size, config), state.survey, teacher_speed=None)
     epochs = int(min(TEACHER_MAX_EPOCHS, (state.left() / 3) // epoch_s))
     if epochs < 2:
-        return TeacherRecord(skipped=f"no time to fine-tune {TEACHER_MODEL} (about {epoch_s:.0f} s per epoch)")
+        say(f"teacher: no time to fine-tune {TEACHER_MODEL} (about {epoch_s:.0f} s per epoch); a linear probe instead")
+        return probe_teacher(config, run_dir, reporter, say, state)
     train_config = TrainConfig(
         model=TEACHER_MODEL,
         pretrained=True,
@@ -87,6 +88,52 @@ def train_teacher(
     say(f"teacher: val top-1 {result.best_top1:.2f}%")
     best = result.run_dir / "best.pt"
     return TeacherRecord(_record(result, best, result.best_top1))
+
+
+PROBE_VIEWS = 2  # the plain crop and one augmented view per training image
+PROBE_EPOCHS = 30  # epochs of the classifier alone: seconds on cached features
+
+
+def probe_teacher(
+    config: ShipConfig, run_dir: Path, reporter: Reporter, say: Callable[..., None], state: ShipState
+) -> TeacherRecord:
+    """The first rung of the transfer ladder as the teacher: the pretrained network frozen, its features computed
+    once per image and view, the classifier alone trained on them (``train --trainable-blocks 0``). It costs one
+    inference pass over the data, so "no time to fine-tune" no longer means "no pretrained features"."""
+    folder = run_dir / "teacher-probe"
+    model = create_model(TEACHER_MODEL, num_classes=len(state.survey.classes)).eval()
+    size = get_weights(TEACHER_MODEL).preprocess.img_size
+    passes = state.survey.train_images * PROBE_VIEWS + state.survey.val_images
+    seconds = 1.3 * passes / inference_speed(model, size) + 10.0
+    if seconds > state.left() / 3 and not (folder / "best.pt").exists():
+        return TeacherRecord(skipped=f"no time for {TEACHER_MODEL}'s features either (about {seconds:.0f} s)")
+    started = time.time()
+    if not (folder / "best.pt").exists():  # a rerun after the probe finished reads it back
+        say(f"teacher: linear probe on {TEACHER_MODEL}'s frozen ImageNet features (~{seconds:.0f} s)")
+        train(
+            TrainConfig(
+                model=TEACHER_MODEL,
+                pretrained=True,
+                trainable_blocks=0,
+                views=PROBE_VIEWS,
+                data=data_config(config, img_size=None),
+                optim=engine.OptimConfig(optimizer="adamw", lr=3e-3, scheduler="cosine", weight_decay=1e-4),
+                epochs=PROBE_EPOCHS,
+                seed=config.seed,
+                runs_dir=str(run_dir),
+                name=folder.name,
+                tensorboard=False,
+            ),
+            reporter,
+        )
+    checkpoint = Checkpoint.load(folder / "best.pt")
+    history = checkpoint.metrics.get("history", [])
+    top1 = float(checkpoint.metrics.get("best_top1", 0.0))
+    say(f"teacher: linear probe val top-1 {top1:.2f}%")
+    params = sum(p.numel() for p in model.get_classifier().parameters())
+    rung = Rung("linear probe (frozen ImageNet features)", params, time.time() - started, top1)
+    record = TrainRecord(str(folder / "best.pt"), str(folder), top1, top1, len(history), len(history), history)
+    return TeacherRecord(record, rungs=[rung])
 
 
 def _record(result: TrainResult, checkpoint: Path, top1: float) -> TrainRecord:

@@ -118,20 +118,33 @@ class TrainRecord:
 
 
 @dataclass
+class Rung:
+    """One rung of the transfer ladder: how much of the pretrained network trained, for how long, how well."""
+
+    name: str
+    trainable_params: int
+    seconds: float
+    top1: float
+
+
+@dataclass
 class TeacherRecord:
-    """The teacher stage: its training, or why there is none."""
+    """The teacher stage: its training (and the ladder rungs that led to it), or why there is none."""
 
     trained: TrainRecord | None = None
     skipped: str | None = None
+    rungs: list[Rung] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"skipped": self.skipped} if self.trained is None else _plain(self.trained)
+        data = {"skipped": self.skipped} if self.trained is None else _plain(self.trained)
+        return {**data, "rungs": [dataclasses.asdict(rung) for rung in self.rungs]} if self.rungs else data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TeacherRecord:
+        rungs = [known_fields(Rung, rung) for rung in data.get("rungs", [])]
         if "skipped" in data:
-            return cls(skipped=str(data["skipped"]))
-        return cls(trained=known_fields(TrainRecord, data))
+            return cls(skipped=str(data["skipped"]), rungs=rungs)
+        return cls(trained=known_fields(TrainRecord, data), rungs=rungs)
 
 
 @dataclass
