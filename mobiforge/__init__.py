@@ -7,7 +7,7 @@ The names below are imported on first use (PEP 562), not with the package: ``imp
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 __version__ = "0.1.0"
 
@@ -19,9 +19,6 @@ _LAZY = {
 }
 
 __all__ = ["__version__", "build_from_spec", "create_model", "list_models", "register_model"]
-
-if TYPE_CHECKING:
-    from mobiforge.models import build_from_spec, create_model, list_models, register_model
 
 
 def __getattr__(name: str) -> Any:

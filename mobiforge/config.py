@@ -15,13 +15,10 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from mobiforge.backends import DEFAULT_RUNTIME, backend_names
 from mobiforge.units import SECONDS, format_bytes, parse_count, parse_duration, parse_size
-
-if TYPE_CHECKING:
-    from mobiforge.models.base import Preprocess
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -35,6 +32,15 @@ SCHEDULERS = ("step", "cosine", "onecycle", "none")
 AMP_MODES = ("auto", "bf16", "fp16", "none")
 IMPORTANCES = ("l1", "taylor", "bn")
 INT8_MODES = ("ptq", "qat")
+
+
+class InputSpec(Protocol):
+    """What ``DataConfig.resolved`` reads of a pretrained model's preprocessing (``models.base.Preprocess``,
+    which sits above this module)."""
+
+    img_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
 
 
 def option(
@@ -140,7 +146,7 @@ class DataConfig:
             return 0
         return loader_workers(self.workers)
 
-    def resolved(self, weights_preprocess: Preprocess | None = None) -> DataConfig:
+    def resolved(self, weights_preprocess: InputSpec | None = None) -> DataConfig:
         """A copy with the input size and normalisation filled in: the explicit values, else those of the
         pretrained weights (a model must see inputs normalised as in its pretraining), else ImageNet's."""
         base = weights_preprocess

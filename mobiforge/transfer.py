@@ -115,12 +115,14 @@ def trunk_state(model: MobileClassifier, cut: int | None) -> dict[str, torch.Ten
 
 @dataclass
 class CachePlan:
-    """What is cached: the key that names it, the transform of each view, and the bytes it takes."""
+    """What is cached: the key that names it, the transform of each view, the bytes it takes, and the digest of
+    the trunk's weights (hashed once, shared by the train and val caches)."""
 
     key: str
     transforms: list[Callable[[Any], Any]]
     item_shape: tuple[int, ...]
     images: int
+    trunk: str = ""
 
     @property
     def bytes(self) -> int:
@@ -128,8 +130,18 @@ class CachePlan:
         return per_item * self.images * len(self.transforms)
 
 
+def trunk_digest(model: MobileClassifier, cut: int | None) -> str:
+    """A hash of the frozen trunk's weights and buffers."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(trunk_state(model, cut).items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def cache_key(
-    model: MobileClassifier,
+    trunk: str,
+    spec: dict[str, Any] | None,
     cut: int | None,
     preprocess: Preprocess,
     data: DataConfig,
@@ -137,19 +149,24 @@ def cache_key(
     seed: int,
     samples: list[Sample],
 ) -> str:
-    """A hash of everything the cached activations depend on."""
+    """A hash of everything the cached activations depend on (``trunk``: ``trunk_digest`` of the weights)."""
     digest = hashlib.sha256()
-    recipe = {"version": CACHE_VERSION, "spec": model.spec, "cut": cut, "preprocess": preprocess.to_dict()}
+    recipe = {"version": CACHE_VERSION, "spec": spec, "cut": cut, "preprocess": preprocess.to_dict(), "trunk": trunk}
     if views > 1:  # the augmentation only matters where augmented views are cached
         recipe.update(views=views, seed=seed, augmentation=_augmentation_settings(data))
     digest.update(json.dumps(recipe, sort_keys=True, default=str).encode())
-    for name, tensor in sorted(trunk_state(model, cut).items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     for path, label in samples:
         stat = os.stat(path)
         digest.update(f"{path}|{label}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
+
+
+def eval_plan(
+    train_plan: CachePlan, spec: dict[str, Any] | None, cut: int | None, preprocess: Preprocess, samples: list[Sample]
+) -> CachePlan:
+    """The val cache: one plain eval crop per image, the same trunk."""
+    key = cache_key(train_plan.trunk, spec, cut, preprocess, DataConfig(), 1, 0, samples)
+    return CachePlan(key, [eval_transform(preprocess)], train_plan.item_shape, len(samples), train_plan.trunk)
 
 
 def _augmentation_settings(data: DataConfig) -> dict[str, Any]:
@@ -246,8 +263,9 @@ def plan_cache(
     if fitting < views:
         warnings.warn(f"the feature cache holds {fitting} of the {views} views asked for (memory)", stacklevel=2)
         transforms = transforms[:fitting]
-    key = cache_key(model, cut, preprocess, data, len(transforms), seed, samples)
-    return CachePlan(key, transforms, item_shape, len(samples))
+    trunk = trunk_digest(model, cut)
+    key = cache_key(trunk, model.spec, cut, preprocess, data, len(transforms), seed, samples)
+    return CachePlan(key, transforms, item_shape, len(samples), trunk)
 
 
 # ---------------------------------------------------------------------------------------------------- training
@@ -292,8 +310,7 @@ def fit_tail(config: TrainConfig, reporter: Reporter | None = None) -> TrainResu
         splits.val))  # fmt: skip
     started = time.time()
     train_x, train_y = cached_activations(model, cut, splits.train, plan, folder, "train", config.seed, reporter)
-    val_plan = dataclasses.replace(plan, key=cache_key(model, cut, preprocess, config.data, 1, 0, splits.val))
-    val_plan.transforms, val_plan.images = [eval_transform(preprocess)], len(splits.val)
+    val_plan = eval_plan(plan, model.spec, cut, preprocess, splits.val)
     val_x, val_y = cached_activations(model, cut, splits.val, val_plan, folder, "val", 0, reporter)
     logger.debug("feature cache ready in %.1f s: train %s, val %s", time.time() - started, train_x.shape, val_x.shape)
 

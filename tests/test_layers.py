@@ -62,16 +62,11 @@ def internal_imports(module: str) -> list[tuple[str, bool]]:
     """(imported mobiforge module, imported inside a function) for every import statement of ``module``."""
     tree = ast.parse(MODULES[module].read_text())
     in_function: set[int] = set()
-    type_only: set[int] = set()  # `if TYPE_CHECKING:` imports never run
     for node in ast.walk(tree):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             in_function.update(id(child) for child in ast.walk(node) if child is not node)
-        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
-            type_only.update(id(child) for child in ast.walk(node))
-    found = []
+    found = []  # `if TYPE_CHECKING:` imports count: a cycle through type hints is still one for a reader
     for node in ast.walk(tree):
-        if id(node) in type_only:
-            continue
         lazy = id(node) in in_function
         if isinstance(node, ast.Import):
             found += [(alias.name, lazy) for alias in node.names if alias.name.split(".")[0] == "mobiforge"]

@@ -182,15 +182,18 @@ def _coerce(value: Any, hint: Any) -> Any:
     return value
 
 
-def config_fields(cls: type, nested: tuple[str, ...] = ()) -> dict[str, dataclasses.Field[Any]]:
+def config_fields(
+    cls: type, nested: tuple[str, ...] = (), base: Any = None
+) -> dict[str, tuple[dataclasses.Field[Any], Any]]:
     """Every field behind an option of ``cls`` (nested ``data``/``optim`` and those named in ``nested`` included),
-    by dest: what the flag test checks every flag against."""
+    by dest, with the default its command shows: what the flag test checks every flag against."""
     hints = _hints(cls)
-    found: dict[str, dataclasses.Field[Any]] = {}
+    found: dict[str, tuple[dataclasses.Field[Any], Any]] = {}
     for field in dataclasses.fields(cls):
         inner = nested_config(hints[field.name])
+        default = _default(field, base)
         if inner is not None and field.name in (*nested, *ALWAYS_NESTED):
-            found.update(config_fields(inner))
+            found.update(config_fields(inner, base=default if dataclasses.is_dataclass(default) else None))
         elif "cli" in field.metadata:
-            found[field.name] = field
+            found[field.name] = (field, default)
     return found
