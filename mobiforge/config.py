@@ -220,6 +220,12 @@ class TrainConfig:
         metavar="N",
     )
     views: int = opt(4, "with --trainable-blocks: cached views per training image (the plain crop, then augmented)")
+    cache_dir: str | None = opt(
+        None,
+        "with --trainable-blocks: the feature cache's folder (default: RUN/cache); runs sharing one reuse each "
+        "other's trunk passes, e.g. a student's cached teacher logits",
+        metavar="DIR",
+    )
     init_from: str | None = None  # start from this checkpoint's model and weights (e.g. a pruned one)
     distill: DistillConfig | None = None  # train as the student of a teacher checkpoint
     data: DataConfig = field(default_factory=DataConfig)
@@ -227,7 +233,11 @@ class TrainConfig:
     epochs: int | None = opt(None, "default 30; with --resume: the run's own")
     seed: int = opt(0)
     deterministic: bool = opt(False, "repeatable results (slower kernels)")
-    amp: str = opt("auto", "mixed precision (auto: bf16 on CUDA, none on CPU)", choices=AMP_MODES)
+    amp: str = opt(
+        "auto",
+        "mixed precision (auto: bf16 on CUDA; on CPU none, except a cached frozen trunk's pass, bf16 where native)",
+        choices=AMP_MODES,
+    )
     channels_last: bool = opt(True, "channels_last memory format (measured several times faster on CPU)")
     compile: bool = opt(False, "torch.compile the model")
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")

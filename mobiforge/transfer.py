@@ -8,10 +8,17 @@ view), in inference mode and channels_last, and its output is kept in fp16: ``vi
 first the plain eval crop, the others the training augmentation, seeded per image and view) and one per val
 image. Each epoch then costs only the tail's steps.
 
-The activations are written in chunks to ``RUN/cache/`` under a key that hashes the trunk's weights, the cut, the
-preprocessing and augmentation, the views and the files (paths, sizes, modification times): a killed run resumes
-from the chunks it finished, and a cache of other weights, another resolution or other data is never read (its key
-differs; a chunk whose stored key does not match is recomputed, with a warning).
+The activations are written in chunks to ``RUN/cache/`` (or ``cache_dir``, which runs may share) under a key that
+hashes the trunk's weights, the cut, the preprocessing and augmentation, the seed, the trunk's precision and the
+files (paths, sizes, modification times); each view is a file of its own, so a run with more views reuses another's
+first ones. A killed run resumes from the chunks it finished, and a cache of other weights, another resolution or
+other data is never read (its key differs; a chunk whose stored key does not match is recomputed, with a warning).
+On CPUs with native bf16 (AVX512-BF16, AMX) the trunk runs in bf16 (``amp`` auto or bf16; RESULTS.md has the
+speed-up).
+
+Distillation needs no teacher in the loop: the teacher's logits for every cached (image, view) are computed once,
+from its own cached trunk (a teacher that is itself a cached tail run, such as ship's linear probe, reads its
+trunk passes back from a shared cache) and the student's steps cost only the student.
 """
 
 from __future__ import annotations
@@ -34,12 +41,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
 from mobiforge import engine
-from mobiforge.checkpoint import model_checkpoint, save_checkpoint
+from mobiforge.checkpoint import Checkpoint, model_checkpoint, save_checkpoint
 from mobiforge.config import TrainConfig
 from mobiforge.data import DataConfig, ImageSamples, Sample, check_images, discover, eval_transform, memory_budget
 from mobiforge.data import train_transform as augmentation
 from mobiforge.errors import MobiforgeError
 from mobiforge.log import logger
+from mobiforge.losses import check_distill_config, kd_loss
 from mobiforge.models.base import MobileClassifier, Preprocess, StackedNet
 from mobiforge.progress import Reporter, SilentReporter
 from mobiforge.runs import (
@@ -52,7 +60,7 @@ from mobiforge.runs import (
 )
 from mobiforge.units import format_bytes
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 CHUNK_IMAGES = 128  # images per cache file: what a killed run recomputes at most, per view
 EXTRACT_BATCH = 32
 
@@ -115,19 +123,30 @@ def trunk_state(model: MobileClassifier, cut: int | None) -> dict[str, torch.Ten
 
 @dataclass
 class CachePlan:
-    """What is cached: the key that names it, the transform of each view, the bytes it takes, and the digest of
-    the trunk's weights (hashed once, shared by the train and val caches)."""
+    """What is cached: the key that names it, the transform of each view, the bytes it takes, the digest of the
+    trunk's weights (hashed once, shared by the train and val caches) and the trunk pass's precision."""
 
     key: str
     transforms: list[Callable[[Any], Any]]
     item_shape: tuple[int, ...]
     images: int
     trunk: str = ""
+    dtype: torch.dtype | None = None  # autocast dtype of the trunk pass (None: fp32)
 
     @property
     def bytes(self) -> int:
         per_item = 2 * int(torch.tensor(self.item_shape).prod()) if self.item_shape else 2
         return per_item * self.images * len(self.transforms)
+
+
+def trunk_dtype(amp: str) -> torch.dtype | None:
+    """The frozen trunk's precision: bf16 where the CPU runs it natively (``amp`` auto or bf16), else fp32. The
+    trunk only runs forward, once, so bf16 costs no training stability; the tail trains in fp32."""
+    if amp == "none" or amp == "fp16":
+        return None
+    if amp == "bf16" and not engine.cpu_has_native_bf16():
+        warnings.warn("--amp bf16: this CPU has no native bf16; the trunk pass runs in fp32", stacklevel=2)
+    return torch.bfloat16 if engine.cpu_has_native_bf16() else None
 
 
 def trunk_digest(model: MobileClassifier, cut: int | None) -> str:
@@ -141,19 +160,25 @@ def trunk_digest(model: MobileClassifier, cut: int | None) -> str:
 
 def cache_key(
     trunk: str,
-    spec: dict[str, Any] | None,
     cut: int | None,
     preprocess: Preprocess,
     data: DataConfig,
-    views: int,
     seed: int,
     samples: list[Sample],
+    dtype: torch.dtype | None,
 ) -> str:
-    """A hash of everything the cached activations depend on (``trunk``: ``trunk_digest`` of the weights)."""
+    """A hash of everything one view's cached activations depend on (``trunk``: ``trunk_digest`` of the
+    weights). The number of views is not in it: view k is the same whatever the count, so runs share views."""
     digest = hashlib.sha256()
-    recipe = {"version": CACHE_VERSION, "spec": spec, "cut": cut, "preprocess": preprocess.to_dict(), "trunk": trunk}
-    if views > 1:  # the augmentation only matters where augmented views are cached
-        recipe.update(views=views, seed=seed, augmentation=_augmentation_settings(data))
+    recipe = {
+        "version": CACHE_VERSION,
+        "cut": cut,
+        "preprocess": preprocess.to_dict(),
+        "trunk": trunk,
+        "seed": seed,
+        "augmentation": _augmentation_settings(data),
+        "dtype": str(dtype),
+    }
     digest.update(json.dumps(recipe, sort_keys=True, default=str).encode())
     for path, label in samples:
         stat = os.stat(path)
@@ -161,12 +186,11 @@ def cache_key(
     return digest.hexdigest()
 
 
-def eval_plan(
-    train_plan: CachePlan, spec: dict[str, Any] | None, cut: int | None, preprocess: Preprocess, samples: list[Sample]
-) -> CachePlan:
+def eval_plan(train_plan: CachePlan, cut: int | None, preprocess: Preprocess, samples: list[Sample]) -> CachePlan:
     """The val cache: one plain eval crop per image, the same trunk."""
-    key = cache_key(train_plan.trunk, spec, cut, preprocess, DataConfig(), 1, 0, samples)
-    return CachePlan(key, [eval_transform(preprocess)], train_plan.item_shape, len(samples), train_plan.trunk)
+    key = cache_key(train_plan.trunk, cut, preprocess, DataConfig(), 0, samples, train_plan.dtype)
+    transforms = [eval_transform(preprocess)]
+    return CachePlan(key, transforms, train_plan.item_shape, len(samples), train_plan.trunk, train_plan.dtype)
 
 
 def _augmentation_settings(data: DataConfig) -> dict[str, Any]:
@@ -193,18 +217,21 @@ def cached_activations(
         dataset = ImageSamples(samples, transform, seed=seed)
         dataset.set_epoch(view)
         for start in range(0, len(samples), CHUNK_IMAGES):
-            path = folder / f"{split}-{plan.key[:24]}-v{view}-{start // CHUNK_IMAGES:05d}.pt"
+            # named by the key alone: a teacher pass over the same crops reads back another run's train chunks
+            path = folder / f"{plan.key[:24]}-v{view}-{start // CHUNK_IMAGES:05d}.pt"
             chunk = _read_chunk(path, plan.key)
             if chunk is None:
                 indices = range(start, min(start + CHUNK_IMAGES, len(samples)))
-                chunk = _compute_chunk(model, cut, Subset(dataset, list(indices)))
+                chunk = _compute_chunk(model, cut, Subset(dataset, list(indices)), plan.dtype)
                 save_checkpoint({"key": plan.key, **chunk}, path)
                 computed += len(indices)
             outputs.append(chunk["features"])
             labels.append(chunk["labels"])
     reused = len(samples) * len(plan.transforms) - computed
+    precision = "bf16" if plan.dtype == torch.bfloat16 else "fp32"
     reporter.message(
-        f"{split} cache: {computed} trunk passes computed, {reused} read back ({plan.bytes / 2**20:.1f} MiB, fp16)"
+        f"{split} cache: {computed} trunk passes computed ({precision}), {reused} read back "
+        f"({plan.bytes / 2**20:.1f} MiB, fp16)"
     )
     return torch.cat(outputs), torch.cat(labels)
 
@@ -224,11 +251,15 @@ def _read_chunk(path: Path, key: str) -> dict[str, torch.Tensor] | None:
 
 
 @torch.inference_mode()
-def _compute_chunk(model: MobileClassifier, cut: int | None, dataset: Subset) -> dict[str, torch.Tensor]:
+def _compute_chunk(
+    model: MobileClassifier, cut: int | None, dataset: Subset, dtype: torch.dtype | None
+) -> dict[str, torch.Tensor]:
     features, labels = [], []
     for images, targets in DataLoader(dataset, batch_size=EXTRACT_BATCH):
         images = images.contiguous(memory_format=torch.channels_last)
-        features.append(trunk_output(model, cut, images).to(torch.float16).contiguous())
+        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            output = trunk_output(model, cut, images)
+        features.append(output.to(torch.float16).contiguous())
         labels.append(targets)
     return {"features": torch.cat(features), "labels": torch.cat(labels)}
 
@@ -243,6 +274,7 @@ def plan_cache(
     samples: list[Sample],
     folder: Path,
     val_images: int,
+    dtype: torch.dtype | None = None,
 ) -> CachePlan:
     """The training cache's plan, with as many views as fit in memory and on disk (fewer with a warning; a
     one-line error naming the size when not even one does)."""
@@ -264,8 +296,48 @@ def plan_cache(
         warnings.warn(f"the feature cache holds {fitting} of the {views} views asked for (memory)", stacklevel=2)
         transforms = transforms[:fitting]
     trunk = trunk_digest(model, cut)
-    key = cache_key(trunk, model.spec, cut, preprocess, data, len(transforms), seed, samples)
-    return CachePlan(key, transforms, item_shape, len(samples), trunk)
+    key = cache_key(trunk, cut, preprocess, data, seed, samples, dtype)
+    return CachePlan(key, transforms, item_shape, len(samples), trunk, dtype)
+
+
+# ------------------------------------------------------------------------------------------------ the teacher
+
+
+def teacher_cut(checkpoint: Checkpoint, teacher: MobileClassifier) -> int | None:
+    """Where a teacher's own frozen trunk ends: a cached tail run's cut (its trunk passes may be cached already),
+    else the pooled features (one pass of the whole network)."""
+    blocks = (checkpoint.extra.get("transfer") or {}).get("trainable_blocks")
+    return cut_index(teacher, blocks) if blocks else None
+
+
+def cached_teacher_logits(
+    config: TrainConfig,
+    samples: list[Sample],
+    classes: list[str],
+    plan: CachePlan,
+    preprocess: Preprocess,
+    folder: Path,
+    reporter: Reporter,
+) -> torch.Tensor:
+    """The teacher's logits for every (view, image) of the student's training cache, in its order: the teacher's
+    trunk on the same crops (cached in ``folder`` too), then its tail."""
+    assert config.distill is not None
+    checkpoint = Checkpoint.load(config.distill.teacher)
+    checkpoint.require_classes(classes, "teacher", "fine-tune the teacher on this data first")
+    if checkpoint.preprocess.to_dict() != preprocess.to_dict():
+        raise MobiforgeError(
+            f"distilling with --trainable-blocks needs the teacher's input size and normalisation "
+            f"({checkpoint.preprocess.img_size} px), got the student's {preprocess.img_size} px or another "
+            "normalisation; start the student from the teacher's weights, or train without --trainable-blocks"
+        )
+    teacher = checkpoint.model().to(memory_format=torch.channels_last)
+    cut = teacher_cut(checkpoint, teacher)
+    views = len(plan.transforms)
+    teacher_plan = plan_cache(teacher, cut, preprocess, config.data, views, config.seed, samples, folder, 0, plan.dtype)
+    trunk, _ = cached_activations(teacher, cut, samples, teacher_plan, folder, "teacher", config.seed, reporter)
+    head = Tail(teacher, cut).eval()
+    with torch.inference_mode():
+        return torch.cat([head(part.float()) for part in trunk.split(256)])
 
 
 # ---------------------------------------------------------------------------------------------------- training
@@ -278,13 +350,23 @@ def _check(config: TrainConfig) -> None:
         raise MobiforgeError(f"--views must be at least 1, got {config.views}")
     unsupported = [
         (config.resume, "--resume (a cached run retrains its tail in seconds: run the same command again)"),
-        (config.distill, "a teacher (distillation) with --trainable-blocks"),
+        (config.distill and config.distill.feature_weight, "--feature-weight with --trainable-blocks"),
         (int(os.environ.get("WORLD_SIZE", "1")) > 1, "torchrun with --trainable-blocks"),
         (config.freeze_epochs, "--freeze-epochs with --trainable-blocks (the trunk is frozen already)"),
     ]
     for given, what in unsupported:
         if given:
             raise MobiforgeError(f"{what} is not supported")
+    if config.distill:
+        check_distill_config(config.distill)
+
+
+@dataclass
+class TailData:
+    """The cached tensors a tail trains on: trunk outputs and labels, and the teacher's logits when distilling."""
+
+    train: tuple[torch.Tensor, ...]
+    val: tuple[torch.Tensor, torch.Tensor]
 
 
 def fit_tail(config: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
@@ -305,26 +387,44 @@ def fit_tail(config: TrainConfig, reporter: Reporter | None = None) -> TrainResu
     run_dir.mkdir(parents=True, exist_ok=True)
     write_config(run_dir, config)
     model.to(memory_format=torch.channels_last)
-    folder = run_dir / "cache"
+    folder = Path(config.cache_dir) if config.cache_dir else run_dir / "cache"
+    dtype = trunk_dtype(config.amp)
     plan = plan_cache(model, cut, preprocess, config.data, config.views, config.seed, splits.train, folder, len(
-        splits.val))  # fmt: skip
+        splits.val), dtype)  # fmt: skip
     started = time.time()
     train_x, train_y = cached_activations(model, cut, splits.train, plan, folder, "train", config.seed, reporter)
-    val_plan = eval_plan(plan, model.spec, cut, preprocess, splits.val)
-    val_x, val_y = cached_activations(model, cut, splits.val, val_plan, folder, "val", 0, reporter)
+    val_x, val_y = cached_activations(
+        model, cut, splits.val, eval_plan(plan, cut, preprocess, splits.val), folder, "val", 0, reporter
+    )
+    teacher = ()
+    if config.distill:
+        teacher = (cached_teacher_logits(config, splits.train, splits.classes, plan, preprocess, folder, reporter),)
     logger.debug("feature cache ready in %.1f s: train %s, val %s", time.time() - started, train_x.shape, val_x.shape)
-
-    tail = Tail(model, cut)
-    result = _train_tail(config, tail, (train_x, train_y), (val_x, val_y), model, splits.classes, run_dir, reporter)
+    data = TailData((train_x, train_y, *teacher), (val_x, val_y))
+    result = _train_tail(config, Tail(model, cut), data, model, splits.classes, run_dir, reporter)
     finish_plots(run_dir, result.history, splits.classes)
     return result
+
+
+def _tail_loss(config: TrainConfig, batches: _Float) -> engine.LossFn:
+    """Cross-entropy, or with a teacher the distillation loss against the batch's cached teacher logits."""
+    hard = engine.cross_entropy_loss(config.optim.label_smoothing)
+    distill = config.distill
+    if distill is None:
+        return hard
+
+    def loss(logits: torch.Tensor, targets: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        assert batches.teacher is not None
+        soft = kd_loss(logits, batches.teacher, distill.temperature)
+        return (1 - distill.alpha) * hard(logits, targets, features) + distill.alpha * soft
+
+    return loss
 
 
 def _train_tail(
     config: TrainConfig,
     tail: Tail,
-    train: tuple[torch.Tensor, torch.Tensor],
-    val: tuple[torch.Tensor, torch.Tensor],
+    data: TailData,
     model: nn.Module,
     classes: list[str],
     run_dir: Path,
@@ -332,28 +432,28 @@ def _train_tail(
 ) -> TrainResult:
     """The train loop's own functions on cached tensors; each epoch's checkpoint holds the whole network."""
     generator = torch.Generator().manual_seed(config.seed)
-    batch = config.data.batch_size
-    train_loader = DataLoader(
-        TensorDataset(*train), batch_size=batch, shuffle=True, generator=generator, drop_last=len(train[0]) > batch
+    batch, images = config.data.batch_size, len(data.train[0])
+    train_batches = _Float(
+        DataLoader(TensorDataset(*data.train), batch, shuffle=True, generator=generator, drop_last=images > batch)
     )
-    val_loader = DataLoader(TensorDataset(*val), batch_size=256)
+    val_batches = _Float(DataLoader(TensorDataset(*data.val), batch_size=256))
     optimizer = engine.build_optimizer(tail, config.optim)
-    scheduler = engine.build_scheduler(optimizer, config.optim, config.epochs or 1, len(train_loader))
-    loss_fn = engine.cross_entropy_loss(config.optim.label_smoothing)
+    scheduler = engine.build_scheduler(optimizer, config.optim, config.epochs or 1, len(train_batches))
+    loss_fn = _tail_loss(config, train_batches)
     history: list[dict[str, Any]] = []
     best = -1.0
     reporter.start(
         {"run_dir": str(run_dir), "model": config.model, "params": sum(p.numel() for p in tail.parameters()),
-         "classes": len(classes), "train_images": len(train[0]), "val_images": len(val[0]), "data": "feature cache",
+         "classes": len(classes), "train_images": images, "val_images": len(data.val[0]), "data": "feature cache",
          "device": "cpu", "world_size": 1, "img_size": config.data.img_size, "epochs": config.epochs, "start_epoch": 0,
          "threads": torch.get_num_threads(), "amp": "none"}
     )  # fmt: skip
     for epoch in range(config.epochs or 1):
         stats = engine.train_one_epoch(
-            tail, _Float(train_loader), optimizer, scheduler, loss_fn, epoch=epoch, clip_grad=config.optim.clip_grad,
+            tail, train_batches, optimizer, scheduler, loss_fn, epoch=epoch, clip_grad=config.optim.clip_grad,
             channels_last=False, progress=reporter.step,
         )  # fmt: skip
-        evaluated = engine.evaluate(tail, _Float(val_loader), len(classes), channels_last=False)
+        evaluated = engine.evaluate(tail, val_batches, len(classes), channels_last=False)
         row = {
             "epoch": epoch + 1,
             "train_loss": stats.loss,
@@ -386,13 +486,18 @@ def _train_tail(
 
 
 class _Float:
-    """Batches of the fp16 cache as float32 (the tail trains and is evaluated in fp32)."""
+    """Batches of the fp16 cache as float32 (the tail trains and is evaluated in fp32). A batch's cached teacher
+    logits, when there are any, wait in ``teacher`` for the loss: the train loop calls it right after drawing the
+    batch, and its ``(images, targets)`` batches have no room for a third tensor."""
 
     def __init__(self, loader: DataLoader) -> None:
         self.loader = loader
+        self.teacher: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self) -> Any:
-        return ((features.float(), labels) for features, labels in self.loader)
+        for features, labels, *teacher in self.loader:
+            self.teacher = teacher[0].float() if teacher else None
+            yield features.float(), labels

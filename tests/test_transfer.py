@@ -12,6 +12,7 @@ import torch
 import mobiforge.transfer as transfer
 from mobiforge import create_model
 from mobiforge.checkpoint import load_checkpoint, model_checkpoint, save_checkpoint
+from mobiforge.config import DistillConfig
 from mobiforge.data import DataConfig
 from mobiforge.errors import MobiforgeError
 from mobiforge.inference import evaluate_checkpoint
@@ -83,7 +84,7 @@ def test_a_killed_cache_resumes_from_its_finished_chunks(
     config = _config(data, tmp_path / "runs", start, blocks=1)
     with pytest.raises(KeyboardInterrupt):
         train(config)
-    assert len(list((tmp_path / "runs" / "run" / "cache").glob("train-*.pt"))) == 5
+    assert len(list((tmp_path / "runs" / "run" / "cache").glob("*.pt"))) == 5
 
     calls.clear()
     monkeypatch.setattr(transfer, "_compute_chunk", lambda *a, **kw: calls.append(1) or compute(*a, **kw))
@@ -108,7 +109,7 @@ def test_a_cache_of_other_weights_or_settings_is_never_read(data: Path, tmp_path
     changed = create_model("mobilenet_seed", num_classes=3, width_mult=0.25, small_input=True).eval()
     assert activations(changed)[0] != key  # other weights: another cache
 
-    chunk = next(folder.glob(f"train-{key[:24]}-v0-*.pt"))
+    chunk = next(folder.glob(f"{key[:24]}-v0-*.pt"))
     stored = torch.load(chunk, weights_only=True)
     torch.save({**stored, "key": "someone else's"}, chunk)
     with pytest.warns(UserWarning, match="cached for other weights, data or settings"):
@@ -142,3 +143,53 @@ def test_a_cache_that_does_not_fit_keeps_fewer_views_or_says_what_it_needs(
     monkeypatch.setattr(transfer, "memory_budget", lambda: one_view // 2)
     with pytest.raises(MobiforgeError, match=r"the feature cache needs .* for one view of 16 images"):
         transfer.plan_cache(model, 3, model.preprocess, config, 4, 0, samples, tmp_path, 0)
+
+
+class _Messages(SilentReporter):
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def message(self, text: str) -> None:
+        self.lines.append(text)
+
+
+def test_a_student_distils_from_cached_teacher_logits_reading_the_teachers_trunk_passes_back(
+    data: Path, start: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shared = str(tmp_path / "shared-cache")
+    probe = train(_config(data, tmp_path / "runs", start, blocks=0, name="probe", cache_dir=shared))
+    teacher = str(probe.run_dir / "best.pt")
+
+    seen: list[torch.Tensor] = []
+    kd = transfer.kd_loss
+    monkeypatch.setattr(transfer, "kd_loss", lambda s, t, temp: seen.append(t) or kd(s, t, temp))
+    reporter = _Messages()
+    config = _config(data, tmp_path / "runs", start, blocks=2, name="student", cache_dir=shared)
+    config.distill = DistillConfig(teacher=teacher, alpha=0.7, temperature=2.0)
+    result = train(config, reporter)
+    assert len(result.history) == 3
+    # the teacher's pooled features come back from the probe's cache: no teacher pass is computed again
+    assert any(line.startswith("teacher cache: 0 trunk passes computed") for line in reporter.lines), reporter.lines
+    assert seen and seen[0].shape[1] == 3  # the loss saw the teacher's logits, batch by batch
+    # the logits are the probe's own predictions on the cached crops
+    probe_model = load_checkpoint(teacher)
+    assert probe_model["transfer"]["trainable_blocks"] == 0
+
+
+def test_more_views_reuse_the_views_already_cached(data: Path, start: Path, tmp_path: Path) -> None:
+    shared = str(tmp_path / "shared-cache")
+    train(_config(data, tmp_path / "runs", start, blocks=1, name="two", cache_dir=shared))
+    reporter = _Messages()
+    train(_config(data, tmp_path / "runs", start, blocks=1, name="three", cache_dir=shared, views=3), reporter)
+    train_line = next(line for line in reporter.lines if line.startswith("train cache"))
+    assert train_line.startswith("train cache: 48 trunk passes computed"), train_line  # view 3 only, of 48 images
+    assert "96 read back" in train_line
+
+
+def test_a_teacher_with_other_preprocessing_is_a_one_line_error(data: Path, start: Path, tmp_path: Path) -> None:
+    other = small_train_config(data, tmp_path / "runs", name="other", img_size=24, epochs=1)
+    teacher = train(other).run_dir / "best.pt"
+    config = _config(data, tmp_path / "runs", start, blocks=1, name="student")
+    config.distill = DistillConfig(teacher=str(teacher))
+    with pytest.raises(MobiforgeError, match="needs the teacher's input size and normalisation"):
+        train(config)
