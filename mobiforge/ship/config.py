@@ -13,7 +13,6 @@ SMALL_INPUT_SIZE = 32
 LARGE_INPUT_SIZES = (224, 160, 128)
 MIN_EPOCHS = 3  # a second candidate is trained only if both get at least this many epochs
 MAX_EPOCHS = 100
-TEACHER_MAX_EPOCHS = 10  # fine-tuning from ImageNet weights converges in a few epochs
 FIRST_LAYERS_IN_FLOAT = 2  # the stem and the first block: where int8 hurts MobileNet-family nets most
 
 

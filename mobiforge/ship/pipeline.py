@@ -18,8 +18,16 @@ from mobiforge.progress import Reporter, SilentReporter
 from mobiforge.ship.plan import export_reserve, next_training
 from mobiforge.ship.report import write_ship_report
 from mobiforge.ship.search import rank, search, survey, teacher_plan
-from mobiforge.ship.stages import export_candidate, train_candidate, train_teacher
+from mobiforge.ship.stages import (
+    cached_student,
+    export_candidate,
+    train_cached_student,
+    train_candidate,
+    train_teacher,
+)
 from mobiforge.ship.state import Candidate, ResultRecord, Row, SearchRecord, ShipState, TrainRecord
+
+CACHED_SHARE = 0.6  # of the time left, at most, for a cached student when more candidates wait
 
 
 @dataclass
@@ -108,6 +116,14 @@ def _train_and_export(
         if state.trained(candidate.name) is None and candidate.source == "teacher":  # trained: the teacher run
             assert teacher is not None
             state.finish(stage, dataclasses.replace(teacher, distilled=False))
+        if state.trained(candidate.name) is None and cached_student(candidate, teacher):
+            assert teacher is not None
+            usable = state.left() - sum(export_reserve(c) for c in queue)
+            seconds = usable * (1.0 if len(queue) == 1 else CACHED_SHARE)
+            say(f"train: {candidate.name} on the cached trunk, distilled from the teacher's cached logits")
+            trained = train_cached_student(candidate, config, teacher, run_dir, reporter, state, seconds)
+            say(f"train: {candidate.name}: {trained.rung}, {trained.epochs_run} epochs, val top-1 {trained.top1:.2f}%")
+            state.finish(stage, trained)
         if state.trained(candidate.name) is None:
             epochs, epoch_s, seconds = next_training(queue, state.survey, teacher, state.left())
             more = f", then {', '.join(c.name for c in queue[1:])}" if len(queue) > 1 else ""

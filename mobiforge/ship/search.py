@@ -372,9 +372,13 @@ def _reaim(
     return candidate
 
 
-def rank(candidate: Candidate) -> tuple[bool, int]:
-    """Networks from the (pretrained) teacher first, then the most compute: within a family accuracy grows with it."""
-    return candidate.source == "scratch", -candidate.macs
+SOURCE_ORDER = ("teacher", "truncated", "pruned", "scratch")
+
+
+def rank(candidate: Candidate) -> tuple[int, int]:
+    """Networks from the (pretrained) teacher first: itself, then truncated (its first blocks keep their weights
+    and train on the ladder's cache), then pruned; then the most compute: within a family accuracy grows with it."""
+    return SOURCE_ORDER.index(candidate.source), -candidate.macs
 
 
 def next_prune_target(points: list[tuple[int, int]], max_size: int) -> int:

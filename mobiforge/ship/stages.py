@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,30 +31,41 @@ from mobiforge.ship.config import (
     FIRST_LAYERS_IN_FLOAT,
     MAX_EPOCHS,
     SMALL_IMAGE_SIDE,
-    TEACHER_MAX_EPOCHS,
     TEACHER_MODEL,
     ShipInterrupted,
+)
+from mobiforge.ship.ladder import (
+    MARGIN,
+    MIN_TAIL_EPOCHS,
+    STUDENT_TAILS,
+    TEACHER_TAILS,
+    VIEWS,
+    RungPlan,
+    measure,
+    tail_rung,
+    teacher_ladder,
+    views_for,
 )
 from mobiforge.ship.plan import (
     batch_size,
     data_config,
-    epoch_seconds,
     export_reserve,
     fit_epochs,
     replan_once,
     scratch_recipe,
     stop_by,
 )
-from mobiforge.ship.search import inference_speed, prune_into, training_speed
+from mobiforge.ship.search import inference_speed, prune_into
 from mobiforge.ship.state import Candidate, ExportRecord, Rung, ShipState, TeacherRecord, TrainRecord
 from mobiforge.train import EPOCH_END, TrainConfig, train
+from mobiforge.transfer import Tail, cut_index
 
 
 def train_teacher(
     config: ShipConfig, run_dir: Path, reporter: Reporter, say: Callable[..., None], state: ShipState
 ) -> TeacherRecord:
-    """Fine-tune the pretrained teacher (head first, then everything at a tenth of the rate) with at most a third of
-    the time left; a given checkpoint is used as is."""
+    """Climb the transfer ladder with the pretrained teacher in at most a third of the time left (a given
+    checkpoint is used as is); the teacher is the best rung."""
     if config.teacher != "auto":
         path = Path(config.teacher).resolve()
         metrics = Checkpoint.load(path).metrics
@@ -64,76 +76,84 @@ def train_teacher(
         )
     model = create_model(TEACHER_MODEL, num_classes=len(state.survey.classes))
     size = get_weights(TEACHER_MODEL).preprocess.img_size
-    epoch_s = epoch_seconds(training_speed(model, size, config), state.survey, teacher_speed=None)
-    epochs = int(min(TEACHER_MAX_EPOCHS, (state.left() / 3) // epoch_s))
-    if epochs < 2:
-        say(f"teacher: no time to fine-tune {TEACHER_MODEL} (about {epoch_s:.0f} s per epoch); a linear probe instead")
-        return probe_teacher(config, run_dir, reporter, say, state)
-    train_config = TrainConfig(
-        model=TEACHER_MODEL,
-        pretrained=True,
-        freeze_epochs=1,
-        backbone_lr_scale=0.1,
-        data=data_config(config, img_size=None),
-        optim=engine.OptimConfig(lr=0.01, scheduler="cosine", weight_decay=1e-4, label_smoothing=0.1),
-        epochs=epochs,
-        seed=config.seed,
-        runs_dir=str(run_dir),
-        name="teacher",
-        tensorboard=False,
-    )
-    say(f"teacher: fine-tuning {TEACHER_MODEL} from ImageNet weights, {epochs} epochs (~{epoch_s:.0f} s each)")
-    plan = fit_epochs(time.time() + state.left() / 3, TEACHER_MAX_EPOCHS)
-    result = train_resumable(train_config, reporter, state.deadline, plan)
-    say(f"teacher: val top-1 {result.best_top1:.2f}%")
-    best = result.run_dir / "best.pt"
-    return TeacherRecord(_record(result, best, result.best_top1))
+    rungs = teacher_ladder(measure(model, size, TEACHER_TAILS, config, full=True), state.survey, state.left() / 3)
+    if not rungs:
+        return TeacherRecord(skipped=f"no time for {TEACHER_MODEL}'s features (one pass over the data)")
+    plan = " -> ".join(f"{rung.name} ({rung.epochs} epochs)" for rung in rungs)
+    say(f"teacher: {TEACHER_MODEL} from ImageNet weights, ladder: {plan}, ~{sum(r.seconds for r in rungs):.0f} s")
+    climbed: list[tuple[TrainRecord, Rung]] = []
+    for rung in rungs:
+        start = max(climbed, key=lambda done: done[1].top1)[0] if climbed else None
+        climbed.append(climb(rung, start, config, run_dir, reporter, state))
+        say(f"teacher: {rung.name}: val top-1 {climbed[-1][1].top1:.2f}% in {climbed[-1][1].seconds:.0f} s")
+    best = max(climbed, key=lambda done: done[1].top1)
+    return TeacherRecord(best[0], rungs=[rung for _, rung in climbed])
 
 
-PROBE_VIEWS = 2  # the plain crop and one augmented view per training image
-PROBE_EPOCHS = 30  # epochs of the classifier alone: seconds on cached features
-
-
-def probe_teacher(
-    config: ShipConfig, run_dir: Path, reporter: Reporter, say: Callable[..., None], state: ShipState
-) -> TeacherRecord:
-    """The first rung of the transfer ladder as the teacher: the pretrained network frozen, its features computed
-    once per image and view, the classifier alone trained on them (``train --trainable-blocks 0``). It costs one
-    inference pass over the data, so "no time to fine-tune" no longer means "no pretrained features"."""
-    folder = run_dir / "teacher-probe"
-    model = create_model(TEACHER_MODEL, num_classes=len(state.survey.classes)).eval()
-    size = get_weights(TEACHER_MODEL).preprocess.img_size
-    passes = state.survey.train_images * PROBE_VIEWS + state.survey.val_images
-    seconds = 1.3 * passes / inference_speed(model, size) + 10.0
-    if seconds > state.left() / 3 and not (folder / "best.pt").exists():
-        return TeacherRecord(skipped=f"no time for {TEACHER_MODEL}'s features either (about {seconds:.0f} s)")
+def climb(
+    rung: RungPlan,
+    start: TrainRecord | None,
+    config: ShipConfig,
+    run_dir: Path,
+    reporter: Reporter,
+    state: ShipState,
+) -> tuple[TrainRecord, Rung]:
+    """One rung with the teacher: a cached run of its tail (the probe: of its classifier), or full fine-tuning from
+    the best rung below. A rung already finished by a killed run is read back."""
+    name = "teacher-" + rung.name.replace(" ", "-")
+    folder = run_dir / name
+    model = create_model(TEACHER_MODEL, num_classes=len(state.survey.classes))
     started = time.time()
-    if not (folder / "best.pt").exists():  # a rerun after the probe finished reads it back
-        say(f"teacher: linear probe on {TEACHER_MODEL}'s frozen ImageNet features (~{seconds:.0f} s)")
-        train(
-            TrainConfig(
-                model=TEACHER_MODEL,
-                pretrained=True,
-                trainable_blocks=0,
-                views=PROBE_VIEWS,
-                data=data_config(config, img_size=None),
-                optim=engine.OptimConfig(optimizer="adamw", lr=3e-3, scheduler="cosine", weight_decay=1e-4),
-                epochs=PROBE_EPOCHS,
-                seed=config.seed,
-                runs_dir=str(run_dir),
-                name=folder.name,
-                tensorboard=False,
-            ),
-            reporter,
+    if not _finished(folder, rung.epochs):
+        if rung.trainable_blocks is not None:  # a cached rung cut short restarts; its cache is in run_dir/cache
+            shutil.rmtree(folder, ignore_errors=True)
+        base = TrainConfig(
+            model=TEACHER_MODEL,
+            data=data_config(config, img_size=None),
+            epochs=rung.epochs,
+            seed=config.seed,
+            runs_dir=str(run_dir),
+            name=name,
+            tensorboard=False,
         )
+        if rung.trainable_blocks is not None:
+            train(_cached(base, rung, run_dir, pretrained=True), reporter)
+        else:
+            assert start is not None
+            full = dataclasses.replace(
+                base,
+                init_from=start.checkpoint,
+                backbone_lr_scale=0.1,
+                optim=engine.OptimConfig(lr=0.01, scheduler="cosine", weight_decay=1e-4, label_smoothing=0.1),
+            )
+            train_resumable(full, reporter, state.deadline, fit_epochs(time.time() + rung.seconds, rung.epochs))
     checkpoint = Checkpoint.load(folder / "best.pt")
     history = checkpoint.metrics.get("history", [])
     top1 = float(checkpoint.metrics.get("best_top1", 0.0))
-    say(f"teacher: linear probe val top-1 {top1:.2f}%")
-    params = sum(p.numel() for p in model.get_classifier().parameters())
-    rung = Rung("linear probe (frozen ImageNet features)", params, time.time() - started, top1)
-    record = TrainRecord(str(folder / "best.pt"), str(folder), top1, top1, len(history), len(history), history)
-    return TeacherRecord(record, rungs=[rung])
+    blocks = rung.trainable_blocks
+    trained = Tail(model, cut_index(model, blocks)) if blocks is not None else model
+    record = TrainRecord(str(folder / "best.pt"), str(folder), top1, top1, rung.epochs, len(history), history)
+    params = sum(p.numel() for p in trained.parameters())
+    return record, Rung(rung.name, params, time.time() - started, top1)
+
+
+def _finished(folder: Path, epochs: int) -> bool:
+    last = folder / "last.pt"
+    return last.exists() and (folder / "best.pt").exists() and Checkpoint.load(last).epoch >= epochs
+
+
+def _cached(base: TrainConfig, rung: RungPlan, run_dir: Path, **overrides: object) -> TrainConfig:
+    """A cached tail run of the ladder: its trunk passes in the ship run's shared cache, AdamW with cosine decay
+    (the classifier alone takes a larger rate)."""
+    lr = 3e-3 if rung.trainable_blocks == 0 else 1e-3
+    return dataclasses.replace(
+        base,
+        trainable_blocks=rung.trainable_blocks,
+        views=rung.views,
+        cache_dir=str(run_dir / "cache"),
+        optim=engine.OptimConfig(optimizer="adamw", lr=lr, scheduler="cosine", weight_decay=1e-4),
+        **overrides,  # type: ignore[arg-type]
+    )
 
 
 def _record(result: TrainResult, checkpoint: Path, top1: float) -> TrainRecord:
@@ -222,6 +242,57 @@ def train_candidate(
     record = _record(result, result.run_dir / "last.pt", result.history[-1]["val_top1"])
     return dataclasses.replace(
         record, epochs_estimated=epochs, seconds=time.time() - started, distilled=teacher is not None
+    )
+
+
+def cached_student(candidate: Candidate, teacher: TrainRecord | None) -> bool:
+    """Whether ``candidate`` trains on the ladder's cache: a truncated teacher, whose first blocks are the
+    teacher's, with a teacher to distil from."""
+    return candidate.source == "truncated" and teacher is not None
+
+
+def train_cached_student(
+    candidate: Candidate,
+    config: ShipConfig,
+    teacher: TrainRecord,
+    run_dir: Path,
+    reporter: Reporter,
+    state: ShipState,
+    seconds: float,
+) -> TrainRecord:
+    """A truncated student (the teacher's first blocks, a new head conv) trained on the ladder's tail rung: its
+    last blocks on their cached inputs, distilled from the teacher's cached logits, as many blocks and epochs as
+    ``seconds`` allow. Its first blocks keep the teacher's (ImageNet) weights."""
+    folder = run_dir / "candidates" / candidate.name
+    start = truncate_teacher(teacher.checkpoint, candidate, folder)
+    student = Checkpoint.load(start).model()
+    teacher_checkpoint = Checkpoint.load(teacher.checkpoint)
+    if not teacher_checkpoint.extra.get("transfer"):  # its logits need one pass of the whole teacher
+        speed = inference_speed(teacher_checkpoint.model(), teacher_checkpoint.preprocess.img_size)
+        seconds -= MARGIN * state.survey.train_images * VIEWS[0] / speed
+    speeds = measure(student, candidate.img_size, STUDENT_TAILS, config)
+    views = views_for(speeds, state.survey, seconds)
+    rung = tail_rung(speeds, state.survey, views, seconds, STUDENT_TAILS) or RungPlan(
+        "last 1 blocks", 1, MIN_TAIL_EPOCHS, 0.0, VIEWS[-1]
+    )
+    for name in ("last.pt", "best.pt"):  # a run cut short restarts: its trunk passes are cached
+        (folder / name).unlink(missing_ok=True)
+    base = TrainConfig(
+        model=candidate.model,
+        init_from=str(start),
+        distill=DistillConfig(teacher=teacher.checkpoint, alpha=0.5, temperature=4.0),
+        data=data_config(config, img_size=None),
+        epochs=rung.epochs,
+        seed=config.seed,
+        runs_dir=str(run_dir / "candidates"),
+        name=candidate.name,
+        tensorboard=False,
+    )
+    started = time.time()
+    result = train(_cached(base, rung, run_dir), reporter)
+    record = _record(result, result.run_dir / "last.pt", result.history[-1]["val_top1"])
+    return dataclasses.replace(
+        record, epochs_estimated=rung.epochs, seconds=time.time() - started, distilled=True, rung=rung.name
     )
 
 

@@ -115,6 +115,7 @@ class TrainRecord:
     seconds: float | None = None
     distilled: bool = False
     given: bool = False  # a teacher checkpoint given by the user, not trained here
+    rung: str | None = None  # the transfer-ladder rung it trained on (a cached tail), None: end to end
 
 
 @dataclass

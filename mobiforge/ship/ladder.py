@@ -1,0 +1,164 @@
+"""The transfer ladder: ways of using a pretrained network, each much cheaper than the next, and the planner that
+climbs it with speeds measured on this machine.
+
+1. **linear probe**: the network frozen, its pooled features computed once per image and view, the classifier
+   alone trained on them (seconds once the features exist);
+2. **tail**: the last k blocks trained on the cached input of block -k (k as large as the time allows);
+3. **full fine-tune**: every layer, from the best rung's weights, end to end (an epoch costs a forward and a
+   backward pass of the whole network over the data).
+
+The planner (``teacher_ladder``, ``tail_rung``) is a pure function of the measured speeds and the seconds given,
+so it is tested under made-up clocks; ``measure`` times the real passes on a few batches.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mobiforge.config import ShipConfig
+from mobiforge.models.base import StackedNet
+from mobiforge.ship.plan import epoch_seconds
+from mobiforge.ship.search import inference_speed, training_speed
+from mobiforge.ship.state import Survey
+from mobiforge.transfer import Tail, trunk_dtype, trunk_output
+
+PROBE_EPOCHS = 30  # epochs of the classifier alone: seconds on cached features
+TAIL_EPOCHS = 20  # at most, for a tail on cached inputs
+MIN_TAIL_EPOCHS = 6  # a tail rung with fewer is not worth its cache pass
+FULL_MIN_EPOCHS = 2
+FULL_MAX_EPOCHS = 10  # fine-tuning from ImageNet weights converges in a few epochs
+TEACHER_TAILS = (3,)  # the teacher's tail rung: its last 3 blocks (the head conv counts as one)
+STUDENT_TAILS = (4, 3, 2, 1)  # a truncated student's tails, most trainable first (its head conv is new)
+VIEWS = (4, 2)  # views per training image: four where their trunk passes are cheap, else two
+CHEAP_VIEWS_SHARE = 0.15  # "cheap": the trunk passes of four views take at most this share of the seconds
+MARGIN = 1.3  # estimates from random-data timings ran ~1.3x short of real epochs (decoding, evaluation)
+
+
+@dataclass(frozen=True)
+class LadderSpeeds:
+    """Images per second of one network's passes, measured here: the whole forward pass (the probe's trunk), the
+    trunk before the last k blocks, the cached training step of those k blocks (k=0: the classifier), and a full
+    fine-tuning step (None: not measured)."""
+
+    forward: float
+    prefix: dict[int, float]
+    tail: dict[int, float]
+    full: float | None = None
+
+
+@dataclass(frozen=True)
+class RungPlan:
+    name: str
+    trainable_blocks: int | None  # None: every layer (full fine-tune)
+    epochs: int
+    seconds: float  # estimated, end to end
+    views: int = 2
+
+
+def views_for(speeds: LadderSpeeds, info: Survey, seconds: float) -> int:
+    """Four views per training image when their trunk passes take a small share of ``seconds``, else two."""
+    for views in VIEWS:
+        if (info.train_images * views + info.val_images) / speeds.forward <= CHEAP_VIEWS_SHARE * seconds:
+            return views
+    return VIEWS[-1]
+
+
+def _cached_epoch(images: int, val_images: int, speed: float) -> float:
+    return MARGIN * (images / speed + val_images / (3 * speed)) + 0.5
+
+
+def probe_rung(speeds: LadderSpeeds, info: Survey, views: int, seconds: float) -> RungPlan | None:
+    passes = info.train_images * views + info.val_images
+    cost = MARGIN * passes / speeds.forward + 10.0
+    cost += PROBE_EPOCHS * _cached_epoch(info.train_images * views, info.val_images, speeds.tail[0])
+    return RungPlan("linear probe", 0, PROBE_EPOCHS, cost, views) if cost <= seconds else None
+
+
+def tail_rung(
+    speeds: LadderSpeeds, info: Survey, views: int, seconds: float, tails: tuple[int, ...]
+) -> RungPlan | None:
+    """The most trainable blocks of ``tails`` whose cache pass and at least MIN_TAIL_EPOCHS epochs fit."""
+    passes = info.train_images * views + info.val_images
+    for blocks in tails:
+        if blocks not in speeds.tail or blocks not in speeds.prefix:
+            continue
+        cache = MARGIN * passes / speeds.prefix[blocks] + 10.0
+        epoch = _cached_epoch(info.train_images * views, info.val_images, speeds.tail[blocks])
+        epochs = min(TAIL_EPOCHS, int((seconds - cache) // epoch))
+        if epochs >= MIN_TAIL_EPOCHS:
+            return RungPlan(f"last {blocks} blocks", blocks, epochs, cache + epochs * epoch, views)
+    return None
+
+
+def full_rung(speeds: LadderSpeeds, info: Survey, seconds: float) -> RungPlan | None:
+    if not speeds.full:
+        return None
+    epoch = epoch_seconds(speeds.full, info, teacher_speed=None)
+    epochs = int(min(FULL_MAX_EPOCHS, seconds // epoch))
+    return RungPlan("full fine-tune", None, epochs, epochs * epoch) if epochs >= FULL_MIN_EPOCHS else None
+
+
+def teacher_ladder(speeds: LadderSpeeds, info: Survey, seconds: float) -> list[RungPlan]:
+    """The rungs to climb in ``seconds``: the probe first (nothing is cheaper), then the tail, then full fine-tuning,
+    each only if it fits in what the ones below it leave."""
+    views = views_for(speeds, info, seconds)
+    rungs: list[RungPlan] = []
+    left = seconds
+    for plan in (
+        lambda left: probe_rung(speeds, info, views, left),
+        lambda left: tail_rung(speeds, info, views, left, TEACHER_TAILS),
+        lambda left: full_rung(speeds, info, left),
+    ):
+        rung = plan(left)
+        if rung is None:
+            if not rungs:
+                return []  # no probe: nothing above it fits either
+            continue
+        rungs.append(rung)
+        left -= rung.seconds
+    return rungs
+
+
+# ------------------------------------------------------------------------------------------------ measurement
+
+
+def measure(
+    model: StackedNet, img_size: int, tails: tuple[int, ...], config: ShipConfig, full: bool = False
+) -> LadderSpeeds:
+    """The speeds the planner needs, timed on random data in the precision the cache will use."""
+    tails = tuple(k for k in tails if 0 < k < len(model.features))
+    dtype = trunk_dtype("auto")
+    with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        forward = inference_speed(model, img_size)
+        prefix = {k: _prefix_speed(model, len(model.features) - k, img_size) for k in tails}
+    tail = {k: _tail_speed(model, k, img_size) for k in (0, *tails)}
+    return LadderSpeeds(forward, prefix, tail, training_speed(model, img_size, config) if full else None)
+
+
+def _prefix_speed(model: StackedNet, cut: int, img_size: int) -> float:
+    return inference_speed(model.features[:cut], img_size)
+
+
+def _tail_speed(model: StackedNet, blocks: int, img_size: int, batch: int = 64, steps: int = 3) -> float:
+    """Training images per second of the last ``blocks`` (0: the classifier) on cached-input-shaped data."""
+    model = copy.deepcopy(model).eval()
+    cut = len(model.features) - blocks if blocks else None
+    with torch.inference_mode():
+        shape = trunk_output(model, cut, torch.zeros(1, 3, img_size, img_size)).shape[1:]
+    tail = Tail(model, cut).train()
+    inputs = torch.randn(batch, *shape)
+    targets = torch.zeros(batch, dtype=torch.long)
+    optimizer = torch.optim.AdamW(tail.parameters(), lr=1e-4)
+    started = 0.0
+    for step in range(steps + 1):
+        if step == 1:
+            started = time.perf_counter()
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(tail(inputs), targets).backward()
+        optimizer.step()
+    return steps * batch / (time.perf_counter() - started)

