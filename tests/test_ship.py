@@ -439,7 +439,6 @@ def test_a_run_saved_in_the_untyped_format_resumes_after_its_search(
 ) -> None:
     """The survey and search of an earlier mobiforge's state file are kept: the run goes on to train and ship."""
     import mobiforge.ship.stages
-    from mobiforge.progress import SilentReporter
 
     monkeypatch.setattr(mobiforge.ship.stages, "fit_epochs", lambda end, cap: lambda done, seconds: 2)
     make_split_folder(tmp_path / "data", classes=3, train=12, val=4)  # the data that state file was written for
