@@ -103,8 +103,11 @@ def test_the_teacher_climbs_its_rungs_and_a_truncated_student_distils_on_the_sha
     student_speeds = LadderSpeeds(forward=50.0, prefix={2: 60.0, 1: 70.0}, tail={2: 100.0, 1: 300.0})
     monkeypatch.setattr(stages, "measure", lambda *a, **kw: student_speeds)
     reporter = _Messages()
-    trained = stages.train_cached_student(candidate, config, record.trained, run, reporter, _State(), 120.0)
+    deadline = time.time() + 600
+    trained = stages.train_cached_student(candidate, config, record.trained, run, reporter, _State(), 40.0, deadline)
     assert trained.rung == "last 2 blocks" and trained.distilled and trained.epochs_run == trained.epochs_planned
+    assert trained.trainable_params and trained.trainable_params < sum(p.numel() for p in create_model(
+        "efficientnet_lite0", num_classes=2, depth=candidate.spec["kwargs"]["depth"]).parameters())  # fmt: skip
     teacher_lines = [line for line in reporter.lines if line.startswith("teacher cache")]
     assert teacher_lines and " 0 trunk passes computed" in teacher_lines[0]  # the teacher's rung cached them
     imagenet = create_model("efficientnet_lite0", pretrained=True, num_classes=2).state_dict()
@@ -112,3 +115,38 @@ def test_the_teacher_climbs_its_rungs_and_a_truncated_student_distils_on_the_sha
     cut = candidate.spec["kwargs"]["depth"] + 2 - 2  # features: stem, blocks, head conv; the last 2 train
     frozen = [key for key in student if key.startswith("features.") and int(key.split(".")[1]) < cut]
     assert frozen and all(torch.equal(student[key], imagenet[key]) for key in frozen)
+
+    # with time left after the tail, the student climbs to a full fine-tune from it (the teacher in the loop); a
+    # finished tail is read back, not trained again
+    monkeypatch.setattr(stages, "plan_epochs", lambda *a, **kw: (2, 1.0))
+    monkeypatch.setattr(stages, "fit_epochs", lambda end, cap: lambda done, seconds: 2)
+    monkeypatch.setattr(stages, "_train_student_tail", lambda *a, **kw: pytest.fail("the finished tail is kept"))
+    climbed = stages.train_cached_student(candidate, config, record.trained, run, reporter, _State(), 600.0, deadline)
+    assert climbed.rung is not None and climbed.rung.startswith("last 2 blocks")
+    assert "full fine-tune" in climbed.rung and climbed.distilled
+    full_run = run / "candidates" / f"{candidate.name}-full"
+    assert (full_run / "last.pt").exists() and load_checkpoint(full_run / "last.pt")["epoch"] == 2
+
+
+def test_the_report_shows_every_rung_with_its_time() -> None:
+    from mobiforge.ship.report import _ladder_table
+    from mobiforge.ship.state import Candidate, Row, Rung, TrainRecord
+
+    teacher = TeacherRecord(
+        TrainRecord("t.pt", "t"),
+        rungs=[Rung("linear probe", 12_810, 113.0, 75.9), Rung("last 3 blocks", 1_510_000, 332.0, 81.9)],
+    )
+
+    class State:
+        def done(self, stage: str) -> TeacherRecord | None:
+            return teacher if stage == "teacher" else None
+
+    student = Candidate("lite0-depth10", "efficientnet_lite0", None, 224, "truncated")
+    trained = TrainRecord(
+        "s.pt", "s", top1=80.5, seconds=400.0, distilled=True, rung="last 4 blocks", trainable_params=700_000
+    )
+    table = _ladder_table(State(), [Row(student, trained, None)])  # type: ignore[arg-type]
+    assert table[0] == ["rung", "trainable params", "time", "val top-1"]
+    assert table[1] == ["teacher: linear probe", "0.013M", "113 s", "75.90%"]
+    assert table[2] == ["teacher: last 3 blocks", "1.510M", "332 s", "81.90%"]
+    assert table[3] == ["lite0-depth10: last 4 blocks, distilled", "0.700M", "400 s", "80.50%"]

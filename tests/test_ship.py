@@ -25,6 +25,26 @@ from tests.helpers import make_split_folder
 pytest.importorskip("onnxruntime")
 
 
+@pytest.fixture(autouse=True)
+def _tiny_models_count_as_above_chance(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Models trained for seconds on generated data are near chance; these tests are about the pipeline, so the
+    chance floor (tested on its own below) lets them through."""
+    import mobiforge.ship.stages
+
+    monkeypatch.setattr(mobiforge.ship.stages, "above_chance", lambda *args: True)
+
+
+def test_a_model_no_better_than_the_largest_class_is_never_above_chance(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.undo()  # the real floor
+    from mobiforge.ship.stages import above_chance
+
+    assert not above_chance(10.16, 1000, 0.1)  # the digits failure of issue 25: one class for everything
+    assert not above_chance(52.0, 100, 0.5)  # two balanced classes, a coin's score
+    assert above_chance(62.0, 1000, 0.5) and above_chance(90.2, 153, 0.55)  # hymenoptera-sized, clearly learned
+    assert not above_chance(70.0, 10, 0.5)  # 7 of 10 happens by luck
+    assert not above_chance(100.0, 10, 1.0)  # one class only: nothing to tell
+
+
 def tiny_config(data: Path, out: Path, **overrides) -> ShipConfig:  # type: ignore[no-untyped-def]
     """One small family, one candidate, ONNX (its export takes seconds), a one-minute budget; the accuracy gate is
     loose because one of 12 val images is 8 points (the gate itself is tested in test_export.py)."""
@@ -92,7 +112,7 @@ def test_ship_end_to_end_then_resumes_without_redoing_work(tmp_path: Path, monke
     float_card = {**card, "artifact": {**card["artifact"], "float_layers": ["features.0", "features.1"]}}
     assert "with features.0, features.1 in float, onnx)" in _headline(config, float_card, shipped=True)[0]
     assert card["preprocessing"]["input_shape"] == [1, 3, 32, 32] and len(card["preprocessing"]["mean"]) == 3
-    assert card["budget"]["verdicts"] == {"size": True, "latency": True, "accuracy_gate": True}
+    assert card["budget"]["verdicts"] == {"size": True, "latency": True, "accuracy_gate": True, "above_chance": True}
     assert card["latency_ms"]["median"] <= config.max_latency_ms and card["latency_ms"]["threads"] == 1
     assert 0 <= card["accuracy"]["top1_in_runtime"] <= 100 and card["accuracy"]["images"] == 12
     assert card["command"].startswith("mobiforge ship --data") and "onnxruntime" in card["versions"]

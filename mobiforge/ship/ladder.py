@@ -32,6 +32,7 @@ TAIL_EPOCHS = 20  # at most, for a tail on cached inputs
 MIN_TAIL_EPOCHS = 6  # a tail rung with fewer is not worth its cache pass
 FULL_MIN_EPOCHS = 2
 FULL_MAX_EPOCHS = 10  # fine-tuning from ImageNet weights converges in a few epochs
+FULL_MAX_STUDENT_EPOCHS = 30  # a student's full fine-tune after its tail rung
 TEACHER_TAILS = (3,)  # the teacher's tail rung: its last 3 blocks (the head conv counts as one)
 STUDENT_TAILS = (4, 3, 2, 1)  # a truncated student's tails, most trainable first (its head conv is new)
 VIEWS = (4, 2)  # views per training image: four where their trunk passes are cheap, else two

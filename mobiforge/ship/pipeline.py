@@ -15,7 +15,7 @@ from mobiforge.config import ShipConfig
 from mobiforge.errors import MobiforgeError
 from mobiforge.log import logger
 from mobiforge.progress import Reporter, SilentReporter
-from mobiforge.ship.plan import export_reserve, next_training
+from mobiforge.ship.plan import DEADLINE_MARGIN, export_reserve, next_training
 from mobiforge.ship.report import write_ship_report
 from mobiforge.ship.search import rank, search, survey, teacher_plan
 from mobiforge.ship.stages import (
@@ -118,14 +118,19 @@ def _train_and_export(
             state.finish(stage, dataclasses.replace(teacher, distilled=False))
         if state.trained(candidate.name) is None and cached_student(candidate, teacher):
             assert teacher is not None
-            usable = state.left() - sum(export_reserve(c) for c in queue)
-            seconds = usable * (1.0 if len(queue) == 1 else CACHED_SHARE)
+            reserve = sum(export_reserve(c) for c in queue)
+            seconds = (state.left() - reserve) * (1.0 if len(queue) == 1 else CACHED_SHARE)
             say(f"train: {candidate.name} on the cached trunk, distilled from the teacher's cached logits")
-            trained = train_cached_student(candidate, config, teacher, run_dir, reporter, state, seconds)
+            deadline = state.deadline - reserve
+            trained = train_cached_student(candidate, config, teacher, run_dir, reporter, state, seconds, deadline)
             say(f"train: {candidate.name}: {trained.rung}, {trained.epochs_run} epochs, val top-1 {trained.top1:.2f}%")
             state.finish(stage, trained)
         if state.trained(candidate.name) is None:
             epochs, epoch_s, seconds = next_training(queue, state.survey, teacher, state.left())
+            if shipped_one(state) and state.left() - export_reserve(candidate) < DEADLINE_MARGIN * epoch_s:
+                say(f"train: no time left for {candidate.name} (~{epoch_s:.0f} s per epoch, then its export)")
+                queue.pop(0)
+                continue
             more = f", then {', '.join(c.name for c in queue[1:])}" if len(queue) > 1 else ""
             say(f"train: {candidate.name}, {epochs} epochs (~{epoch_s:.0f} s each){more}")
             deadline = state.deadline - sum(export_reserve(c) for c in queue)  # the exports must fit too
@@ -136,6 +141,12 @@ def _train_and_export(
         assert trained_record is not None
         state.finish(f"export:{candidate.name}", export_candidate(candidate, trained_record, config, say, state))
         queue.pop(0)
+
+
+def shipped_one(state: ShipState) -> bool:
+    """Whether some candidate has an int8 artifact already: after that, one that cannot finish in time is
+    skipped (before it, the last candidate trains at least an epoch, so that the run has something to show)."""
+    return any(stage.startswith("export:") for stage in state.stages)
 
 
 def _check(config: ShipConfig) -> None:

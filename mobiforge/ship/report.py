@@ -243,6 +243,11 @@ def _headline(config: ShipConfig, card: dict[str, Any] | None, shipped: bool) ->
         f"{card['accuracy']['drop']:.2f} points, gate {config.max_drop:g}): {mark[verdicts['accuracy_gate']]}",
         f"- time: {card['budget']['time_used_s'] / 60:.1f} min of the {config.time_budget_s / 60:g} min budget",
     ]
+    if "above_chance" in verdicts:
+        lines.append(
+            "- above chance: the val score is clearly above answering the largest class alone (one-sided "
+            f"binomial test): {mark[verdicts['above_chance']]}"
+        )
     return lines
 
 
@@ -266,12 +271,15 @@ def write_ship_report(
         (run_dir / "model_card.json").write_text(json.dumps(card, indent=2))
     images = _images(run_dir, config, rows, focus)
     intro = _intro(run_dir, config, state, card, chosen is not None)
-    table = _candidate_table(rows, config)
+    tables = {"Candidates": _candidate_table(rows, config)}
+    ladder = _ladder_table(state, rows)
+    if ladder:
+        tables["Transfer ladder"] = ladder
     snippets = []
     if card is not None:
         snippets = [("Android (Kotlin)", "kotlin", android_snippet(card)), ("iOS (Swift)", "swift", ios_snippet(card))]
-    (run_dir / "report.md").write_text(_markdown(intro, table, images, snippets))
-    (run_dir / "report.html").write_text(_html(intro, table, images, snippets))
+    (run_dir / "report.md").write_text(_markdown(intro, tables, images, snippets))
+    (run_dir / "report.html").write_text(_html(intro, tables, images, snippets))
     return card
 
 
@@ -299,14 +307,11 @@ def _intro(
     teacher = state.done("teacher")
     teacher_line = state.done("search").teacher_note
     if teacher and teacher.trained and teacher.trained.top1 is not None:
-        teacher_line += f"; val top-1 {teacher.trained.top1:.2f}% ({teacher.trained.checkpoint})"
+        best = max(teacher.rungs, key=lambda rung: rung.top1).name if teacher.rungs else None
+        source = f"its best rung, {best}: see the transfer ladder" if best else Path(teacher.trained.checkpoint).name
+        teacher_line += f"; val top-1 {teacher.trained.top1:.2f}% ({source})"
     elif teacher and teacher.skipped:
         teacher_line += f"; {teacher.skipped}"
-    for rung in teacher.rungs if teacher else []:
-        teacher_line += (
-            f"; ladder: {rung.name}, {rung.trainable_params / 1e6:.3f}M trainable, {rung.seconds:.0f} s, "
-            f"val top-1 {rung.top1:.2f}%"
-        )
     return [
         f"# mobiforge ship: {run_dir.name}",
         "",
@@ -320,8 +325,31 @@ def _intro(
     ]
 
 
-def _markdown(intro: list[str], table: list[list[str]], images: dict[str, Path], snippets: list[Snippet]) -> str:
-    md = [*intro, "", "## Candidates", "", _markdown_table(table), ""]
+Tables = dict[str, list[list[str]]]  # title -> rows, the first the header
+
+
+def _ladder_table(state: ShipState, rows: list[Row]) -> list[list[str]]:
+    """Every rung climbed: the teacher's, then each student trained on the cache (its rung, distilled)."""
+    teacher = state.done("teacher")
+    table = [
+        [f"teacher: {rung.name}", f"{rung.trainable_params / 1e6:.3f}M", f"{rung.seconds:.0f} s", f"{rung.top1:.2f}%"]
+        for rung in (teacher.rungs if teacher else [])
+    ]
+    for row in rows:
+        trained = row.trained
+        if trained and trained.rung:
+            top1 = f"{trained.top1:.2f}%" if trained.top1 is not None else "-"
+            params = f"{trained.trainable_params / 1e6:.3f}M" if trained.trainable_params else "-"
+            name = f"{row.candidate.name}: {trained.rung}, distilled"
+            table.append([name, params, f"{trained.seconds or 0:.0f} s", top1])
+    return [["rung", "trainable params", "time", "val top-1"], *table] if table else []
+
+
+def _markdown(intro: list[str], tables: Tables, images: dict[str, Path], snippets: list[Snippet]) -> str:
+    md = list(intro)
+    for title, table in tables.items():
+        md += ["", f"## {title}", "", _markdown_table(table)]
+    md.append("")
     md += [f"## {title.capitalize()}\n\n![{title}]({path.name})\n" for title, path in images.items()]
     if snippets:
         md += ["## Use it in your app", ""]
@@ -343,7 +371,7 @@ def _inline(text: str) -> str:
     return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
 
 
-def _html(intro: list[str], table: list[list[str]], images: dict[str, Path], snippets: list[Snippet]) -> str:
+def _html(intro: list[str], tables: Tables, images: dict[str, Path], snippets: list[Snippet]) -> str:
     """A page that opens anywhere alone: the figures inlined as base64 PNGs."""
     title = html.escape(intro[0][2:])
     body = [f"<h1>{title}</h1>"]
@@ -352,7 +380,8 @@ def _html(intro: list[str], table: list[list[str]], images: dict[str, Path], sni
     body.append(f"<p>{_inline(paragraphs[0])}</p>" if paragraphs else "")
     body.append("<ul>" + "".join(f"<li>{_inline(item)}</li>" for item in items) + "</ul>")
     body += [f"<p>{_inline(line)}</p>" for line in paragraphs[1:]]
-    body += ["<h2>Candidates</h2>", _html_table(table)]
+    for caption, table in tables.items():
+        body += [f"<h2>{html.escape(caption)}</h2>", _html_table(table)]
     for caption, path in images.items():
         encoded = base64.b64encode(path.read_bytes()).decode()
         body.append(

@@ -15,6 +15,7 @@ import math
 import shutil
 import statistics
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,7 @@ def survey(config: ShipConfig) -> Survey:
         median_side=side,
         small_images=small,
         img_sizes=sizes,
+        majority_rate=max(Counter(label for _, label in splits.val).values()) / len(splits.val) if splits.val else None,
     )
 
 

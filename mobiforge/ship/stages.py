@@ -35,6 +35,8 @@ from mobiforge.ship.config import (
     ShipInterrupted,
 )
 from mobiforge.ship.ladder import (
+    FULL_MAX_STUDENT_EPOCHS,
+    FULL_MIN_EPOCHS,
     MARGIN,
     MIN_TAIL_EPOCHS,
     STUDENT_TAILS,
@@ -51,12 +53,13 @@ from mobiforge.ship.plan import (
     data_config,
     export_reserve,
     fit_epochs,
+    plan_epochs,
     replan_once,
     scratch_recipe,
     stop_by,
 )
 from mobiforge.ship.search import inference_speed, prune_into
-from mobiforge.ship.state import Candidate, ExportRecord, Rung, ShipState, TeacherRecord, TrainRecord
+from mobiforge.ship.state import Candidate, ExportRecord, Rung, ShipState, Survey, TeacherRecord, TrainRecord
 from mobiforge.train import EPOCH_END, TrainConfig, train
 from mobiforge.transfer import Tail, cut_index
 
@@ -259,10 +262,76 @@ def train_cached_student(
     reporter: Reporter,
     state: ShipState,
     seconds: float,
+    deadline: float,
 ) -> TrainRecord:
-    """A truncated student (the teacher's first blocks, a new head conv) trained on the ladder's tail rung: its
-    last blocks on their cached inputs, distilled from the teacher's cached logits, as many blocks and epochs as
-    ``seconds`` allow. Its first blocks keep the teacher's (ImageNet) weights."""
+    """A truncated student (the teacher's first blocks, a new head conv) climbs the ladder: first its last blocks on
+    their cached inputs, distilled from the teacher's cached logits, as many blocks and epochs as ``seconds`` allow
+    (its first blocks keep the teacher's ImageNet weights); then, when at least FULL_MIN_EPOCHS of end-to-end
+    training still fit in ``seconds``, every layer from there, with the teacher in the loop. The better of the two
+    (last epochs) goes on."""
+    begun = time.time()
+    folder = run_dir / "candidates" / candidate.name
+    tail = _tail_done(folder) or _train_student_tail(candidate, config, teacher, run_dir, reporter, state, seconds)
+    epochs, _ = plan_epochs(candidate, state.survey, teacher, seconds - (time.time() - begun))
+    if epochs < FULL_MIN_EPOCHS:
+        return tail
+    full = TrainConfig(
+        model=candidate.model,
+        init_from=tail.checkpoint,
+        distill=DistillConfig(teacher=teacher.checkpoint, alpha=0.5, temperature=4.0),
+        data=data_config(config, img_size=None),
+        # from a trained tail: a gentler rate than from the teacher's weights (0.005), all layers alike
+        optim=engine.OptimConfig(lr=0.003, scheduler="cosine", weight_decay=4e-5, label_smoothing=0.1),
+        epochs=epochs,
+        seed=config.seed,
+        runs_dir=str(run_dir / "candidates"),
+        name=f"{candidate.name}-full",
+        tensorboard=False,
+    )
+    started = time.time()
+    end = min(deadline, begun + seconds)
+    result = train_resumable(full, reporter, end, fit_epochs(end, FULL_MAX_STUDENT_EPOCHS))
+    record = _record(result, result.run_dir / "last.pt", result.history[-1]["val_top1"])
+    if (record.top1 or 0.0) < (tail.top1 or 0.0):
+        return dataclasses.replace(tail, rung=f"{tail.rung} (then full fine-tune: {record.top1:.2f}%, not kept)")
+    return dataclasses.replace(
+        record,
+        epochs_estimated=epochs,
+        seconds=(tail.seconds or 0.0) + time.time() - started,
+        distilled=True,
+        rung=f"{tail.rung}, then full fine-tune ({len(result.history)} epochs)",
+        trainable_params=sum(p.numel() for p in Checkpoint.load(tail.checkpoint).model().parameters()),
+    )
+
+
+def _tail_done(folder: Path) -> TrainRecord | None:
+    """The student's cached tail run when a killed ship finished it (its record is rebuilt from the run)."""
+    last = folder / "last.pt"
+    if not (last.exists() and (folder / "config.yaml").exists()):
+        return None
+    checkpoint = Checkpoint.load(last)
+    if checkpoint.epoch < planned_epochs(folder):
+        return None
+    history = checkpoint.metrics.get("history", [])
+    blocks = (checkpoint.extra.get("transfer") or {}).get("trainable_blocks")
+    model = checkpoint.model()
+    return TrainRecord(
+        str(last), str(folder), history[-1]["val_top1"], checkpoint.metrics.get("best_top1"), len(history),
+        len(history), history, distilled=True, rung=f"last {blocks} blocks",
+        trainable_params=sum(p.numel() for p in Tail(model, cut_index(model, blocks)).parameters()),
+    )  # fmt: skip
+
+
+def _train_student_tail(
+    candidate: Candidate,
+    config: ShipConfig,
+    teacher: TrainRecord,
+    run_dir: Path,
+    reporter: Reporter,
+    state: ShipState,
+    seconds: float,
+) -> TrainRecord:
+    """The student's tail rung (see ``train_cached_student``)."""
     folder = run_dir / "candidates" / candidate.name
     start = truncate_teacher(teacher.checkpoint, candidate, folder)
     student = Checkpoint.load(start).model()
@@ -291,8 +360,14 @@ def train_cached_student(
     started = time.time()
     result = train(_cached(base, rung, run_dir), reporter)
     record = _record(result, result.run_dir / "last.pt", result.history[-1]["val_top1"])
+    trainable = sum(p.numel() for p in Tail(student, cut_index(student, rung.trainable_blocks)).parameters())
     return dataclasses.replace(
-        record, epochs_estimated=rung.epochs, seconds=time.time() - started, distilled=True, rung=rung.name
+        record,
+        epochs_estimated=rung.epochs,
+        seconds=time.time() - started,
+        distilled=True,
+        rung=rung.name,
+        trainable_params=trainable,
     )
 
 
@@ -355,6 +430,38 @@ def export_attempts(checkpoint: str, runtime: str) -> list[tuple[str, tuple[str,
     return [("ptq", ()), *([("ptq", first)] if first else []), *qat]  # no groups: no repeat of plain PTQ
 
 
+CHANCE_P_VALUE = 1e-3  # how unlikely the val score must be for a model that answers the largest class alone
+
+
+def above_chance(top1: float, images: int, majority_rate: float) -> bool:
+    """Whether ``top1`` (%) on ``images`` val images is clearly above ``majority_rate``: the one-sided binomial
+    probability of scoring at least that well by always answering the largest class is under CHANCE_P_VALUE."""
+    if images <= 0 or majority_rate >= 1.0:
+        return False
+    correct = round(top1 * images / 100)
+    if correct <= majority_rate * images:
+        return False
+    log_p, log_q = math.log(majority_rate), math.log1p(-majority_rate)
+    tail = sum(
+        math.exp(math.lgamma(images + 1) - math.lgamma(k + 1) - math.lgamma(images - k + 1) + k * log_p
+                 + (images - k) * log_q)
+        for k in range(correct, images + 1)
+    )  # fmt: skip
+    return tail < CHANCE_P_VALUE
+
+
+QAT_IMAGES = 2000  # training images of ship's QAT epoch, at most
+
+
+def attempt_seconds(method: str, candidate: Candidate, info: Survey) -> float:
+    """What one more export attempt takes: a PTQ export, or QAT's epoch on up to QAT_IMAGES images (at the
+    candidate's measured training speed, with the fake-quant overhead) plus its export."""
+    if method != "qat":
+        return export_reserve(candidate)
+    images = min(QAT_IMAGES, info.train_images)
+    return 2 * export_reserve(candidate) + 2.0 * images / (candidate.train_images_per_s or 10.0)
+
+
 def export_candidate(
     candidate: Candidate, trained: TrainRecord, config: ShipConfig, say: Callable[..., None], state: ShipState
 ) -> ExportRecord:
@@ -365,7 +472,7 @@ def export_candidate(
     reports = []
     for method, float_modules in export_attempts(trained.checkpoint, config.runtime):
         label = method.upper() + (f" with {', '.join(float_modules)} in float" if float_modules else "")
-        if reports and state.left() < (2 if method == "qat" else 1) * export_reserve(candidate):
+        if reports and state.left() < attempt_seconds(method, candidate, state.survey):
             say(f"export: {candidate.name}: missed the gate; no time left for {label}")
             break
         say(f"export: {candidate.name}: int8 {label} -> {config.runtime}, gate through the runtime")
@@ -378,7 +485,7 @@ def export_candidate(
                 data=config.data,
                 out=str(folder / f"{name}{suffix}"),
                 val_images=config.val_images,
-                qat_images=min(2000, state.survey.train_images),
+                qat_images=min(QAT_IMAGES, state.survey.train_images),
                 threads=(config.threads,),
                 max_drop=config.max_drop,
                 float_modules=float_modules,
@@ -402,4 +509,6 @@ def export_candidate(
         "latency": latency <= config.max_latency_ms,
         "accuracy_gate": bool(best.passed),
     }
+    if state.survey.majority_rate is not None:  # a model no better than one constant answer never ships
+        verdicts["above_chance"] = above_chance(best.top1, best.images, state.survey.majority_rate)
     return ExportRecord(reports, best, verdicts)

@@ -47,6 +47,7 @@ class Survey:
     median_side: int = 224
     small_images: bool = False
     img_sizes: list[int] = field(default_factory=lambda: [224])
+    majority_rate: float | None = None  # the largest class's share of the val images: what one constant answer scores
 
 
 @dataclass
@@ -116,6 +117,7 @@ class TrainRecord:
     distilled: bool = False
     given: bool = False  # a teacher checkpoint given by the user, not trained here
     rung: str | None = None  # the transfer-ladder rung it trained on (a cached tail), None: end to end
+    trainable_params: int | None = None  # of that rung
 
 
 @dataclass
