@@ -29,6 +29,8 @@ def run_and_record(section: str, title: str, config: ShipConfig, target: str) ->
     report = (result.run_dir / "report.md").read_text()
     headline = report.split("## Candidates")[0].split("\n", 1)[1].strip()
     table = report.split("## Candidates")[1].split("\n## ")[0].strip()
+    if "## Transfer ladder" in report:  # every rung's trainable params, time and val top-1
+        table += "\n\nTransfer ladder:\n\n" + report.split("## Transfer ladder")[1].split("\n## ")[0].strip()
     card_path = result.run_dir / "model_card.json"
     card = json.loads(card_path.read_text()) if card_path.exists() else None
     lines = [

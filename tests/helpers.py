@@ -7,6 +7,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from mobiforge.progress import SilentReporter
+
 COLOURS = [(220, 40, 40), (40, 200, 60), (50, 60, 230), (230, 220, 40)]
 
 
@@ -65,3 +67,13 @@ def small_train_config(data: Path, runs: Path, name: str = "run", img_size: int 
     for key, value in overrides.items():
         setattr(config, key, value)
     return config
+
+
+class MessageLog(SilentReporter):
+    """A silent reporter that keeps the messages it is given (cache lines, ship's stage lines)."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def message(self, text: str) -> None:
+        self.lines.append(text)

@@ -22,7 +22,7 @@ from mobiforge.ship.ladder import (
     teacher_ladder,
 )
 from mobiforge.ship.state import TeacherRecord
-from tests.helpers import make_split_folder
+from tests.helpers import MessageLog, make_split_folder
 
 # speeds of the order measured for EfficientNet-Lite0 at 224 px on a 2-core CPU (images per second)
 SPEEDS = LadderSpeeds(forward=100.0, prefix={3: 120.0}, tail={0: 20_000.0, 3: 300.0}, full=15.0)
@@ -64,14 +64,6 @@ class _State:
         return 600.0
 
 
-class _Messages(SilentReporter):
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def message(self, text: str) -> None:
-        self.lines.append(text)
-
-
 def test_the_teacher_climbs_its_rungs_and_a_truncated_student_distils_on_the_shared_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -102,7 +94,7 @@ def test_the_teacher_climbs_its_rungs_and_a_truncated_student_distils_on_the_sha
     assert candidate is not None
     student_speeds = LadderSpeeds(forward=50.0, prefix={2: 60.0, 1: 70.0}, tail={2: 100.0, 1: 300.0})
     monkeypatch.setattr(stages, "measure", lambda *a, **kw: student_speeds)
-    reporter = _Messages()
+    reporter = MessageLog()
     deadline = time.time() + 600
     trained = stages.train_cached_student(candidate, config, record.trained, run, reporter, _State(), 40.0, deadline)
     assert trained.rung == "last 2 blocks" and trained.distilled and trained.epochs_run == trained.epochs_planned

@@ -18,7 +18,7 @@ from mobiforge.errors import MobiforgeError
 from mobiforge.inference import evaluate_checkpoint
 from mobiforge.progress import SilentReporter
 from mobiforge.train import train
-from tests.helpers import make_split_folder, small_train_config
+from tests.helpers import MessageLog, make_split_folder, small_train_config
 
 
 @pytest.fixture
@@ -145,14 +145,6 @@ def test_a_cache_that_does_not_fit_keeps_fewer_views_or_says_what_it_needs(
         transfer.plan_cache(model, 3, model.preprocess, config, 4, 0, samples, tmp_path, 0)
 
 
-class _Messages(SilentReporter):
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def message(self, text: str) -> None:
-        self.lines.append(text)
-
-
 def test_a_student_distils_from_cached_teacher_logits_reading_the_teachers_trunk_passes_back(
     data: Path, start: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -163,7 +155,7 @@ def test_a_student_distils_from_cached_teacher_logits_reading_the_teachers_trunk
     seen: list[torch.Tensor] = []
     kd = transfer.kd_loss
     monkeypatch.setattr(transfer, "kd_loss", lambda s, t, temp: seen.append(t) or kd(s, t, temp))
-    reporter = _Messages()
+    reporter = MessageLog()
     config = _config(data, tmp_path / "runs", start, blocks=2, name="student", cache_dir=shared)
     config.distill = DistillConfig(teacher=teacher, alpha=0.7, temperature=2.0)
     result = train(config, reporter)
@@ -179,7 +171,7 @@ def test_a_student_distils_from_cached_teacher_logits_reading_the_teachers_trunk
 def test_more_views_reuse_the_views_already_cached(data: Path, start: Path, tmp_path: Path) -> None:
     shared = str(tmp_path / "shared-cache")
     train(_config(data, tmp_path / "runs", start, blocks=1, name="two", cache_dir=shared))
-    reporter = _Messages()
+    reporter = MessageLog()
     train(_config(data, tmp_path / "runs", start, blocks=1, name="three", cache_dir=shared, views=3), reporter)
     train_line = next(line for line in reporter.lines if line.startswith("train cache"))
     assert train_line.startswith("train cache: 48 trunk passes computed"), train_line  # view 3 only, of 48 images

@@ -14,16 +14,14 @@ so it is tested under made-up clocks; ``measure`` times the real passes on a few
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from mobiforge.config import ShipConfig
 from mobiforge.models.base import StackedNet
 from mobiforge.ship.plan import epoch_seconds
-from mobiforge.ship.search import inference_speed, training_speed
+from mobiforge.ship.search import inference_speed, step_speed, training_speed
 from mobiforge.ship.state import Survey
 from mobiforge.transfer import Tail, trunk_dtype, trunk_output
 
@@ -152,14 +150,4 @@ def _tail_speed(model: StackedNet, blocks: int, img_size: int, batch: int = 64, 
     with torch.inference_mode():
         shape = trunk_output(model, cut, torch.zeros(1, 3, img_size, img_size)).shape[1:]
     tail = Tail(model, cut).train()
-    inputs = torch.randn(batch, *shape)
-    targets = torch.zeros(batch, dtype=torch.long)
-    optimizer = torch.optim.AdamW(tail.parameters(), lr=1e-4)
-    started = 0.0
-    for step in range(steps + 1):
-        if step == 1:
-            started = time.perf_counter()
-        optimizer.zero_grad()
-        nn.functional.cross_entropy(tail(inputs), targets).backward()
-        optimizer.step()
-    return steps * batch / (time.perf_counter() - started)
+    return step_speed(tail, torch.randn(batch, *shape), torch.optim.AdamW(tail.parameters(), lr=1e-4), steps)

@@ -260,16 +260,20 @@ def training_speed(model: nn.Module, img_size: int, config: ShipConfig, steps: i
     model = copy.deepcopy(model).train().to(memory_format=torch.channels_last)
     batch = batch_size(config, img_size)
     images = torch.randn(batch, 3, img_size, img_size).contiguous(memory_format=torch.channels_last)
-    targets = torch.zeros(batch, dtype=torch.long)
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    return step_speed(model, images, torch.optim.SGD(model.parameters(), lr=1e-3), steps)
+
+
+def step_speed(module: nn.Module, inputs: torch.Tensor, optimizer: torch.optim.Optimizer, steps: int) -> float:
+    """Images per second of ``steps`` training steps of ``module`` on ``inputs`` (after one warm-up step)."""
+    targets = torch.zeros(inputs.shape[0], dtype=torch.long)
     started = 0.0
     for step in range(steps + 1):
         if step == 1:
             started = time.perf_counter()
         optimizer.zero_grad()
-        nn.functional.cross_entropy(model(images), targets).backward()
+        nn.functional.cross_entropy(module(inputs), targets).backward()
         optimizer.step()
-    return steps * batch / (time.perf_counter() - started)
+    return steps * inputs.shape[0] / (time.perf_counter() - started)
 
 
 # ------------------------------------------------------------------------------------------------------ search

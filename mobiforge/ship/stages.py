@@ -451,6 +451,7 @@ def above_chance(top1: float, images: int, majority_rate: float) -> bool:
 
 
 QAT_IMAGES = 2000  # training images of ship's QAT epoch, at most
+QAT_STEP_COST = 4.0  # a QAT image costs this many plain training images (fake quantization, calibration, BN folds)
 
 
 def attempt_seconds(method: str, candidate: Candidate, info: Survey) -> float:
@@ -459,7 +460,7 @@ def attempt_seconds(method: str, candidate: Candidate, info: Survey) -> float:
     if method != "qat":
         return export_reserve(candidate)
     images = min(QAT_IMAGES, info.train_images)
-    return 2 * export_reserve(candidate) + 2.0 * images / (candidate.train_images_per_s or 10.0)
+    return 2 * export_reserve(candidate) + QAT_STEP_COST * images / (candidate.train_images_per_s or 10.0)
 
 
 def export_candidate(
