@@ -334,6 +334,11 @@ def cached_teacher_logits(
     cut = teacher_cut(checkpoint, teacher)
     views = len(plan.transforms)
     teacher_plan = plan_cache(teacher, cut, preprocess, config.data, views, config.seed, samples, folder, 0, plan.dtype)
+    if len(teacher_plan.transforms) < views:  # the teacher's trunk output is larger than the student's
+        raise MobiforgeError(
+            f"the teacher's cached features fit {len(teacher_plan.transforms)} of the student's {views} views; "
+            f"use --views {len(teacher_plan.transforms)}"
+        )
     trunk, _ = cached_activations(teacher, cut, samples, teacher_plan, folder, "teacher", config.seed, reporter)
     head = Tail(teacher, cut).eval()
     with torch.inference_mode():

@@ -11,9 +11,9 @@ import torch
 
 import mobiforge.transfer as transfer
 from mobiforge import create_model
-from mobiforge.checkpoint import load_checkpoint, model_checkpoint, save_checkpoint
+from mobiforge.checkpoint import Checkpoint, load_checkpoint, model_checkpoint, save_checkpoint
 from mobiforge.config import DistillConfig
-from mobiforge.data import DataConfig
+from mobiforge.data import DataConfig, ImageSamples, discover, eval_transform
 from mobiforge.errors import MobiforgeError
 from mobiforge.inference import evaluate_checkpoint
 from mobiforge.progress import SilentReporter
@@ -155,17 +155,33 @@ def test_a_student_distils_from_cached_teacher_logits_reading_the_teachers_trunk
     seen: list[torch.Tensor] = []
     kd = transfer.kd_loss
     monkeypatch.setattr(transfer, "kd_loss", lambda s, t, temp: seen.append(t) or kd(s, t, temp))
+    given: list[transfer.TailData] = []
+    train_tail = transfer._train_tail
+    monkeypatch.setattr(
+        transfer, "_train_tail", lambda c, t, data, *a: given.append(data) or train_tail(c, t, data, *a)
+    )
     reporter = MessageLog()
-    config = _config(data, tmp_path / "runs", start, blocks=2, name="student", cache_dir=shared)
+    # one view, the plain crop: the probe cached it, and its logits can be checked image by image
+    config = _config(data, tmp_path / "runs", start, blocks=2, name="student", cache_dir=shared, views=1)
     config.distill = DistillConfig(teacher=teacher, alpha=0.7, temperature=2.0)
     result = train(config, reporter)
     assert len(result.history) == 3
     # the teacher's pooled features come back from the probe's cache: no teacher pass is computed again
     assert any(line.startswith("teacher cache: 0 trunk passes computed") for line in reporter.lines), reporter.lines
-    assert seen and seen[0].shape[1] == 3  # the loss saw the teacher's logits, batch by batch
-    # the logits are the probe's own predictions on the cached crops
-    probe_model = load_checkpoint(teacher)
-    assert probe_model["transfer"]["trainable_blocks"] == 0
+
+    # the cached logits are the probe's own predictions, image by image in the student's order, and the loss used them
+    probe = Checkpoint.load(teacher).model()
+    samples = discover(DataConfig(data=str(data), img_size=16)).train
+    images = torch.stack([image for image, _ in ImageSamples(samples, eval_transform(probe.preprocess))])
+    dtype = transfer.trunk_dtype("auto")
+    with torch.inference_mode(), torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        pooled = transfer.trunk_output(probe, None, images)
+    with torch.inference_mode():
+        expected = probe.get_classifier()(pooled.half().float())
+    _, labels, logits = given[0].train
+    assert torch.equal(labels, torch.tensor([label for _, label in samples]))
+    assert logits.shape == expected.shape and torch.allclose(logits, expected, atol=1e-3)
+    assert seen and all(any(torch.equal(row, known) for known in logits) for row in torch.cat(seen)[:5])
 
 
 def test_more_views_reuse_the_views_already_cached(data: Path, start: Path, tmp_path: Path) -> None:

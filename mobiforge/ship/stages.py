@@ -105,7 +105,6 @@ def climb(
     the best rung below. A rung already finished by a killed run is read back."""
     name = "teacher-" + rung.name.replace(" ", "-")
     folder = run_dir / name
-    model = create_model(TEACHER_MODEL, num_classes=len(state.survey.classes))
     started = time.time()
     if not _finished(folder, rung.epochs):
         if rung.trainable_blocks is not None:  # a cached rung cut short restarts; its cache is in run_dir/cache
@@ -133,7 +132,7 @@ def climb(
     checkpoint = Checkpoint.load(folder / "best.pt")
     history = checkpoint.metrics.get("history", [])
     top1 = float(checkpoint.metrics.get("best_top1", 0.0))
-    blocks = rung.trainable_blocks
+    blocks, model = rung.trainable_blocks, checkpoint.model()
     trained = Tail(model, cut_index(model, blocks)) if blocks is not None else model
     record = TrainRecord(str(folder / "best.pt"), str(folder), top1, top1, rung.epochs, len(history), history)
     params = sum(p.numel() for p in trained.parameters())
