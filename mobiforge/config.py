@@ -297,6 +297,12 @@ class PruneConfig:
     importance: str = opt("l1", "l1 (weight magnitude), taylor (gradients), bn (BN scales)", choices=IMPORTANCES)
     global_pruning: bool = opt(False, "rank channels across layers", flags=("--global",))
     round_to: int = opt(8, "keep channel counts multiples of this")
+    keep_blocks: int = opt(
+        0,
+        "leave the network's first N blocks (its features[:N]) unpruned, their BatchNorm statistics as they were: "
+        "ImageNet features kept exactly, the rest pruned (0: prune every block)",
+        metavar="N",
+    )
     iterative_steps: int = opt(1, "prune in this many steps, re-scoring after each", flags=("--iterative",),
                                metavar="STEPS")  # fmt: skip
     calibration_batches: int = opt(4, "training batches whose gradients score channels for --importance taylor")

@@ -1,5 +1,5 @@
-"""The transfer ladder in ship: the planner under made-up clocks, then the teacher's rungs and a truncated student
-trained on the shared cache with the teacher's cached logits."""
+"""The transfer ladder in ship: the planner under made-up clocks, then the teacher's rungs, and truncated and pruned
+students trained on the cache with the teacher's cached logits."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from mobiforge.checkpoint import load_checkpoint
 from mobiforge.models import create_model
 from mobiforge.progress import SilentReporter
-from mobiforge.ship import ShipConfig, Survey, TeacherSpec, truncated_candidate
+from mobiforge.ship import ShipConfig, Survey, TeacherSpec, teacher_candidate, truncated_candidate
 from mobiforge.ship.ladder import (
     MIN_TAIL_EPOCHS,
     STUDENT_TAILS,
@@ -118,6 +118,22 @@ def test_the_teacher_climbs_its_rungs_and_a_truncated_student_distils_on_the_sha
     assert "full fine-tune" in climbed.rung and climbed.distilled
     full_run = run / "candidates" / f"{candidate.name}-full"
     assert (full_run / "last.pt").exists() and load_checkpoint(full_run / "last.pt")["epoch"] == 2
+    monkeypatch.undo()
+
+    # a pruned student: the teacher's first blocks whole (weights and BN statistics), every later block narrowed
+    # and trained on the cached output of those, distilled from the same cached logits
+    pruned = teacher_candidate(TeacherSpec("efficientnet_lite0", 224, pretrained=True), 2, 1_000_000)
+    assert pruned.source == "pruned" and pruned.kept_blocks and stages.cached_student(pruned, record.trained)
+    tail = len(create_model("efficientnet_lite0").features) - pruned.kept_blocks
+    narrow_speeds = LadderSpeeds(forward=50.0, prefix={tail: 60.0}, tail={tail: 100.0})
+    monkeypatch.setattr(stages, "measure", lambda *a, **kw: narrow_speeds)
+    monkeypatch.setattr(stages, "plan_epochs", lambda *a, **kw: (0, 1.0))  # no time for a full fine-tune after it
+    narrowed = stages.train_cached_student(pruned, config, record.trained, run, reporter, _State(), 40.0, deadline)
+    assert narrowed.rung == f"last {tail} blocks" and narrowed.distilled
+    student, teacher = (load_checkpoint(path)["state_dict"] for path in (narrowed.checkpoint, record.trained.checkpoint))
+    front = [key for key in student if key.startswith("features.") and int(key.split(".")[1]) < pruned.kept_blocks]
+    assert front and all(torch.equal(student[key], teacher[key]) for key in front)
+    assert student["features.17.0.weight"].shape[0] < teacher["features.17.0.weight"].shape[0]  # the head conv
 
 
 def test_the_report_shows_every_rung_with_its_time() -> None:

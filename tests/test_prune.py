@@ -139,6 +139,25 @@ def test_pruning_re_estimates_batchnorm_statistics_on_training_images(
     assert not torch.allclose(stale_bn.running_mean, expected, atol=1e-3)
 
 
+def test_kept_blocks_keep_their_weights_and_statistics_while_the_rest_is_pruned(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    _, checkpoint = trained
+    keep = 4
+    config = PruneConfig(
+        checkpoint=str(checkpoint), ratio=0.5, keep_blocks=keep, workers=0, runs_dir=str(tmp_path), name="kept"
+    )
+    result = prune(config)
+    before, after = model_from_checkpoint(checkpoint), model_from_checkpoint(result.checkpoint)
+    front = before.features[:keep].state_dict()
+    assert front.keys() == after.features[:keep].state_dict().keys()
+    for key, value in after.features[:keep].state_dict().items():  # weights and BN statistics alike
+        torch.testing.assert_close(value, front[key], msg=key)
+    assert result.pruned.params < 0.7 * result.before.params  # the later blocks lost channels
+    assert _convs(after.features[keep:])[0].out_channels < _convs(before.features[keep:])[0].out_channels
+    assert json.loads((result.run_dir / "prune_report.json").read_text())["config"]["keep_blocks"] == keep
+
+
 def test_cli_prune_to_target_macs_with_teacher(trained: tuple[Path, Path], tmp_path: Path, capsys) -> None:
     _, checkpoint = trained
     macs = count_macs(model_from_checkpoint(checkpoint), (1, 3, 32, 32))
@@ -163,3 +182,5 @@ def test_prune_flag_errors(trained: tuple[Path, Path], tmp_path: Path, capsys) -
         main(["prune", str(checkpoint), "--ratio", "0.5", "--target-macs", "1M"])
     assert main(["prune", str(checkpoint), "--target-params", "100", "--runs-dir", str(tmp_path)]) == 2
     assert "cannot be reached" in capsys.readouterr().err
+    assert main(["prune", str(checkpoint), "--ratio", "0.5", "--keep-blocks", "99", "--runs-dir", str(tmp_path)]) == 2
+    assert "--keep-blocks must be below" in capsys.readouterr().err

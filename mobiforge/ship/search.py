@@ -11,6 +11,7 @@ training-speed probe sizes its training.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import shutil
 import statistics
@@ -31,6 +32,7 @@ from mobiforge.data import DataConfig, discover
 from mobiforge.errors import MobiforgeError
 from mobiforge.export import ExportConfig, ExportData, build_artifact
 from mobiforge.models import build_from_spec, create_model
+from mobiforge.models.base import StackedNet
 from mobiforge.models.weights import get_weights, locate_quietly
 from mobiforge.models.widths import NOT_PRUNABLE, respec
 from mobiforge.profile import count_macs, count_params, int8_weight_bytes, measure_latency, num_threads
@@ -47,7 +49,8 @@ from mobiforge.ship.config import (
 from mobiforge.ship.plan import batch_size
 from mobiforge.ship.state import Candidate, Survey, TeacherSpec
 
-PRUNING = PruneConfig(checkpoint="", ratio=0.5, global_pruning=True, importance="l1")
+PRUNING = PruneConfig(checkpoint="", ratio=0.5, importance="l1")  # every pruned layer loses the same share
+KEPT_SHARE = 1 / 3  # of the pruned teacher's int8 bytes, at most, in its first blocks left whole
 TRUNCATABLE = ("efficientnet_lite0",)  # families with a ``depth`` argument (a prefix of their blocks)
 SEARCH_SHARE = 0.2  # of the time left, at most, once a candidate fits
 REAIM_TRIES = 3
@@ -144,18 +147,20 @@ def teacher_weights(spec: TeacherSpec, num_classes: int) -> nn.Module:
 
 def teacher_candidate(spec: TeacherSpec, num_classes: int, max_size: int, target: int | None = None) -> Candidate:
     """The teacher itself when its int8 weights fit the size budget (or its family cannot be pruned), else the
-    teacher pruned (global L1: the least important channels of the whole network go first, so the early layers
-    that hold general features keep most of theirs) until they do. Fine-tuning moves the weights little, so the
-    fine-tuned teacher prunes to nearly the same shapes, and never above the size target."""
+    teacher pruned until they do: its first blocks (up to KEPT_SHARE of the bytes) are left whole, with the general
+    features they hold, and every later layer loses the same share of its channels (L1). The student then trains
+    on the cached output of those first blocks. Fine-tuning moves the weights little, so the fine-tuned teacher
+    prunes to nearly the same shapes, and never above the size target."""
     name, size = spec.name, spec.img_size
     model = teacher_weights(spec, num_classes)
     prunable = not any(name.startswith(prefix) for prefix in NOT_PRUNABLE)
     if int8_weight_bytes(model) * FILE_OVERHEAD <= max_size or not prunable:
         return _measured_as(model, f"{name}-{size}px", name, size, "teacher")
     target = target or int(max_size / FILE_OVERHEAD)
-    ratio = prune_into(model, size, target)
+    keep = kept_blocks(model, target)
+    ratio = prune_into(model, size, target, keep)
     label = f"{name}-pruned{round(100 * ratio)}-{size}px"
-    extra = {"prune_ratio": ratio, "spec": respec(model), "prune_target_bytes": target}
+    extra = {"prune_ratio": ratio, "spec": respec(model), "prune_target_bytes": target, "kept_blocks": keep}
     return _measured_as(model, label, name, size, "pruned", **extra)
 
 
@@ -180,11 +185,22 @@ def truncated_candidate(
     return None
 
 
-def prune_into(model: nn.Module, img_size: int, target: int) -> float:
-    """Prune ``model`` in place until its int8 weights take at most ``target`` bytes; returns the channel ratio."""
+def kept_blocks(model: nn.Module, target: int) -> int:
+    """How many of ``model``'s first blocks stay whole when it is pruned to ``target`` int8 bytes: the most whose
+    bytes are at most KEPT_SHARE of it (0 for a network without a block sequence)."""
+    if not isinstance(model, StackedNet):
+        return 0
+    blocks = range(len(model.features) - 1, 0, -1)
+    return next((k for k in blocks if int8_weight_bytes(model.features[:k]) <= KEPT_SHARE * target), 0)
+
+
+def prune_into(model: nn.Module, img_size: int, target: int, keep: int = 0) -> float:
+    """Prune ``model`` in place until its int8 weights take at most ``target`` bytes, its first ``keep`` blocks
+    whole; returns the channel ratio of the rest."""
     example = torch.randn(1, 3, img_size, img_size)
-    ratio = ratio_for_target(model, example, PRUNING, int8_weight_bytes, target)
-    prune_model(model, example, PRUNING, ratio)
+    config = dataclasses.replace(PRUNING, keep_blocks=keep)
+    ratio = ratio_for_target(model, example, config, int8_weight_bytes, target)
+    prune_model(model, example, config, ratio)
     return ratio
 
 
@@ -378,12 +394,13 @@ def _reaim(
     return candidate
 
 
-SOURCE_ORDER = ("teacher", "truncated", "pruned", "scratch")
+SOURCE_ORDER = ("teacher", "pruned", "truncated", "scratch")
 
 
 def rank(candidate: Candidate) -> tuple[int, int]:
-    """Networks from the (pretrained) teacher first: itself, then truncated (its first blocks keep their weights
-    and train on the ladder's cache), then pruned; then the most compute: within a family accuracy grows with it."""
+    """Networks from the (pretrained) teacher first: itself, then pruned (every stage kept, the first blocks whole),
+    then truncated (its first blocks alone; both train on the ladder's cache); then the most compute: within a
+    family accuracy grows with it."""
     return SOURCE_ORDER.index(candidate.source), -candidate.macs
 
 

@@ -21,6 +21,7 @@ from mobiforge.errors import MobiforgeError
 from mobiforge.export import ExportConfig, export_checkpoint
 from mobiforge.losses import DistillConfig
 from mobiforge.models import build_from_spec, create_model
+from mobiforge.models.base import StackedNet
 from mobiforge.models.weights import get_weights
 from mobiforge.progress import Reporter
 from mobiforge.prune import prune_and_save
@@ -248,9 +249,18 @@ def train_candidate(
 
 
 def cached_student(candidate: Candidate, teacher: TrainRecord | None) -> bool:
-    """Whether ``candidate`` trains on the ladder's cache: a truncated teacher, whose first blocks are the
+    """Whether ``candidate`` trains on the ladder's cache: a truncated or pruned teacher whose first blocks are the
     teacher's, with a teacher to distil from."""
-    return candidate.source == "truncated" and teacher is not None
+    keeps_front = candidate.source == "truncated" or (candidate.source == "pruned" and bool(candidate.kept_blocks))
+    return keeps_front and teacher is not None
+
+
+def student_tails(candidate: Candidate, student: StackedNet) -> tuple[int, ...]:
+    """The trainable tails a cached student may take: a truncated one's last few blocks (its head conv is new); a
+    pruned one's every block after those left whole (all of them lost channels)."""
+    if candidate.source == "pruned":
+        return (len(student.features) - (candidate.kept_blocks or 0),)
+    return STUDENT_TAILS
 
 
 def train_cached_student(
@@ -263,9 +273,10 @@ def train_cached_student(
     seconds: float,
     deadline: float,
 ) -> TrainRecord:
-    """A truncated student (the teacher's first blocks, a new head conv) climbs the ladder: first its last blocks on
-    their cached inputs, distilled from the teacher's cached logits, as many blocks and epochs as ``seconds`` allow
-    (its first blocks keep the teacher's ImageNet weights); then, when at least FULL_MIN_EPOCHS of end-to-end
+    """A truncated student (the teacher's first blocks, a new head conv) or a pruned one (the teacher's first blocks
+    whole, the rest narrowed) climbs the ladder: first its last blocks on their cached inputs, distilled from the
+    teacher's cached logits, as many blocks and epochs as ``seconds`` allow (``student_tails``; its first blocks keep
+    the teacher's ImageNet weights); then, when at least FULL_MIN_EPOCHS of end-to-end
     training still fit in ``seconds``, every layer from there, with the teacher in the loop. The better of the two
     (last epochs) goes on."""
     begun = time.time()
@@ -332,16 +343,17 @@ def _train_student_tail(
 ) -> TrainRecord:
     """The student's tail rung (see ``train_cached_student``)."""
     folder = run_dir / "candidates" / candidate.name
-    start = truncate_teacher(teacher.checkpoint, candidate, folder)
+    start = _teacher_start(candidate, teacher, config, folder)
     student = Checkpoint.load(start).model()
+    tails = student_tails(candidate, student)
     teacher_checkpoint = Checkpoint.load(teacher.checkpoint)
     if not teacher_checkpoint.extra.get("transfer"):  # its logits need one pass of the whole teacher
         speed = inference_speed(teacher_checkpoint.model(), teacher_checkpoint.preprocess.img_size)
         seconds -= MARGIN * state.survey.train_images * VIEWS[0] / speed
-    speeds = measure(student, candidate.img_size, STUDENT_TAILS, config)
+    speeds = measure(student, candidate.img_size, tails, config)
     views = views_for(speeds, state.survey, seconds)
-    rung = tail_rung(speeds, state.survey, views, seconds, STUDENT_TAILS) or RungPlan(
-        "last 1 blocks", 1, MIN_TAIL_EPOCHS, 0.0, VIEWS[-1]
+    rung = tail_rung(speeds, state.survey, views, seconds, tails) or RungPlan(
+        f"last {tails[-1]} blocks", tails[-1], MIN_TAIL_EPOCHS, 0.0, VIEWS[-1]
     )
     for name in ("last.pt", "best.pt"):  # a run cut short restarts: its trunk passes are cached
         (folder / name).unlink(missing_ok=True)
@@ -373,7 +385,7 @@ def _train_student_tail(
 def _teacher_start(candidate: Candidate, teacher: TrainRecord, config: ShipConfig, folder: Path) -> Path:
     if candidate.source == "pruned":
         target = candidate.prune_target_bytes or int(config.max_size / FILE_OVERHEAD)
-        return prune_teacher(teacher.checkpoint, target, config, folder)
+        return prune_teacher(teacher.checkpoint, target, candidate.kept_blocks or 0, config, folder)
     return truncate_teacher(teacher.checkpoint, candidate, folder)
 
 
@@ -402,16 +414,17 @@ def truncate_teacher(teacher_checkpoint: str, candidate: Candidate, folder: Path
     return truncated.save(path)
 
 
-def prune_teacher(teacher_checkpoint: str, target: int, config: ShipConfig, folder: Path) -> Path:
-    """The fine-tuned teacher pruned into the size budget, its BatchNorm statistics re-estimated on training images."""
+def prune_teacher(teacher_checkpoint: str, target: int, keep: int, config: ShipConfig, folder: Path) -> Path:
+    """The fine-tuned teacher pruned into the size budget, its first ``keep`` blocks whole, the BatchNorm statistics
+    of the rest re-estimated on training images."""
     path = folder / "pruned.pt"
     if path.exists():
         return path
     teacher = Checkpoint.load(teacher_checkpoint)
     size = teacher.preprocess.img_size
     data = DataConfig(data=config.data, workers=config.workers)
-    record = {"importance": "l1", "global": True}
-    prune_and_save(teacher, lambda model: prune_into(model, size, target), data, 512, config.seed, path, record)
+    record = {"importance": "l1", "global": False, "keep_blocks": keep}
+    prune_and_save(teacher, lambda m: prune_into(m, size, target, keep), data, 512, config.seed, path, record, keep)
     return path
 
 

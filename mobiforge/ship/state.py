@@ -76,6 +76,7 @@ class Candidate:
     prune_ratio: float | None = None
     spec: dict[str, Any] | None = None  # the pruned or truncated architecture (rebuilds the measured model)
     prune_target_bytes: int | None = None  # int8 weight bytes the teacher was pruned to
+    kept_blocks: int | None = None  # the pruned teacher's first blocks, left whole (it trains on the cache behind them)
     artifact_bytes: int | None = None  # the int8 artifact written by the search
     latency_ms: float | None = None  # its median latency in the runtime
     train_images_per_s: float | None = None
