@@ -171,6 +171,8 @@ def _check(config: ExportConfig) -> None:
     backend = get_backend(config.format)
     if config.int8 not in (None, *INT8_MODES):
         raise MobiforgeError(f"--int8 must be ptq or qat, got {config.int8!r}")
+    if config.reference_images is not None and config.reference_images < 0:
+        raise MobiforgeError(f"--reference-images must be 0 or more, got {config.reference_images}")
     if config.calibration_images < 1 or config.qat_epochs < 1:
         raise MobiforgeError("--calibration-images and --qat-epochs must be at least 1")
     if config.int8 == "qat" and not backend.supports_qat:
@@ -359,23 +361,35 @@ def _retry_with_float_layers(
     return first
 
 
+def _against_reference(
+    reference: nn.Module, runtime_logits: torch.Tensor, data: ExportData, images: int | None
+) -> tuple[float, float | None]:
+    """The largest logit difference between the runtime and the simulated-int8 graph it was converted from, on
+    ``images`` evenly spaced val images (None: all), and the graph's top-1 when it saw them all."""
+    total = len(data.val_labels)
+    chosen = torch.linspace(0, total - 1, min(images or total, total)).round().long()
+    with torch.no_grad():
+        logits = torch.cat([reference(chunk) for chunk in data.val_images[chosen].split(64)])
+    diff = (runtime_logits[chosen] - logits).abs().max().item()
+    return diff, top1_percent(logits, data.val_labels) if len(chosen) == total else None
+
+
 def _export_and_verify(model: nn.Module, config: ExportConfig, data: ExportData, path: Path) -> ArtifactReport:
     reference, note = build_artifact(model, config, data, path)
-    with torch.no_grad():
-        torch_logits = torch.cat([model(chunk) for chunk in data.val_images.split(64)])
+    eager = copy.deepcopy(model).eval().to(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        torch_logits = torch.cat(
+            [eager(chunk.contiguous(memory_format=torch.channels_last)) for chunk in data.val_images.split(64)]
+        )
     batched = get_backend(config.format).batched
     runner = load_runner(path, threads=max(config.threads))
     runtime_logits = run_all(runner, data.val_images, batched)
     reference_diff = reference_top1 = None
-    if reference is not None:
-        with torch.no_grad():
-            reference_logits = torch.cat([reference(chunk) for chunk in data.val_images.split(64)])
-        reference_diff = (runtime_logits - reference_logits).abs().max().item()
-        reference_top1 = top1_percent(reference_logits, data.val_labels)
+    if reference is not None and config.reference_images != 0:
+        reference_diff, reference_top1 = _against_reference(reference, runtime_logits, data, config.reference_images)
 
     example = data.val_images[:1].contiguous()
     latency, torch_latency = {}, {}
-    eager = copy.deepcopy(model).to(memory_format=torch.channels_last)
     eager_input = example.contiguous(memory_format=torch.channels_last)
     for threads in config.threads:
         timed = load_runner(path, threads=threads)

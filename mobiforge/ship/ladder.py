@@ -7,6 +7,9 @@ climbs it with speeds measured on this machine.
 3. **full fine-tune**: every layer, from the best rung's weights, end to end (an epoch costs a forward and a
    backward pass of the whole network over the data).
 
+Between the probe and the rungs above it, the probe is tried again at lower input sizes (160, then 128 px: about
+2x and 3x cheaper per image); the rungs above, and the students, train at the smallest size whose probe held.
+
 The planner (``teacher_ladder``, ``tail_rung``) is a pure function of the measured speeds and the seconds given,
 so it is tested under made-up clocks; ``measure`` times the real passes on a few batches.
 """
@@ -26,7 +29,8 @@ from mobiforge.ship.state import Survey
 from mobiforge.transfer import Tail, trunk_dtype, trunk_output
 
 PROBE_EPOCHS = 30  # epochs of the classifier alone: seconds on cached features
-TAIL_EPOCHS = 20  # at most, for a tail on cached inputs
+TAIL_EPOCHS = 20  # at most, for the teacher's tail on cached inputs
+STUDENT_TAIL_EPOCHS = 40  # at most, for a student's: its new or narrowed layers learn from far less
 MIN_TAIL_EPOCHS = 6  # a tail rung with fewer is not worth its cache pass
 FULL_MIN_EPOCHS = 2
 FULL_MAX_EPOCHS = 10  # fine-tuning from ImageNet weights converges in a few epochs
@@ -36,6 +40,8 @@ STUDENT_TAILS = (4, 3, 2, 1)  # a truncated student's tails, most trainable firs
 VIEWS = (4, 2)  # views per training image: four where their trunk passes are cheap, else two
 CHEAP_VIEWS_SHARE = 0.15  # "cheap": the trunk passes of four views take at most this share of the seconds
 MARGIN = 1.3  # estimates from random-data timings ran ~1.3x short of real epochs (decoding, evaluation)
+LOWER_SIZES = (160, 128)  # input sizes the teacher's probe tries below its own, in this order
+SIZE_TOLERANCE = 0.5  # probe val top-1 points a lower input size may lose and still be taken
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,7 @@ class RungPlan:
     epochs: int
     seconds: float  # estimated, end to end
     views: int = 2
+    img_size: int | None = None  # None: the network's own input size
 
 
 def views_for(speeds: LadderSpeeds, info: Survey, seconds: float) -> int:
@@ -79,16 +86,22 @@ def probe_rung(speeds: LadderSpeeds, info: Survey, views: int, seconds: float) -
 
 
 def tail_rung(
-    speeds: LadderSpeeds, info: Survey, views: int, seconds: float, tails: tuple[int, ...]
+    speeds: LadderSpeeds,
+    info: Survey,
+    views: int,
+    seconds: float,
+    tails: tuple[int, ...],
+    max_epochs: int = TAIL_EPOCHS,
 ) -> RungPlan | None:
-    """The most trainable blocks of ``tails`` whose cache pass and at least MIN_TAIL_EPOCHS epochs fit."""
+    """The most trainable blocks of ``tails`` whose cache pass and at least MIN_TAIL_EPOCHS epochs fit (up to
+    ``max_epochs``)."""
     passes = info.train_images * views + info.val_images
     for blocks in tails:
         if blocks not in speeds.tail or blocks not in speeds.prefix:
             continue
         cache = MARGIN * passes / speeds.prefix[blocks] + 10.0
         epoch = _cached_epoch(info.train_images * views, info.val_images, speeds.tail[blocks])
-        epochs = min(TAIL_EPOCHS, int((seconds - cache) // epoch))
+        epochs = min(max_epochs, int((seconds - cache) // epoch))
         if epochs >= MIN_TAIL_EPOCHS:
             return RungPlan(f"last {blocks} blocks", blocks, epochs, cache + epochs * epoch, views)
     return None
@@ -106,21 +119,60 @@ def teacher_ladder(speeds: LadderSpeeds, info: Survey, seconds: float) -> list[R
     """The rungs to climb in ``seconds``: the probe first (nothing is cheaper), then the tail, then full fine-tuning,
     each only if it fits in what the ones below it leave."""
     views = views_for(speeds, info, seconds)
+    probe = probe_rung(speeds, info, views, seconds)
+    if probe is None:
+        return []  # no probe: nothing above it fits either
+    return [probe, *upper_rungs(speeds, info, views, seconds - probe.seconds)]
+
+
+def upper_rungs(speeds: LadderSpeeds, info: Survey, views: int, seconds: float) -> list[RungPlan]:
+    """The tail and full fine-tuning rungs that fit in ``seconds``, in that order."""
     rungs: list[RungPlan] = []
-    left = seconds
     for plan in (
-        lambda left: probe_rung(speeds, info, views, left),
         lambda left: tail_rung(speeds, info, views, left, TEACHER_TAILS),
         lambda left: full_rung(speeds, info, left),
     ):
-        rung = plan(left)
-        if rung is None:
-            if not rungs:
-                return []  # no probe: nothing above it fits either
-            continue
-        rungs.append(rung)
-        left -= rung.seconds
+        rung = plan(seconds - sum(r.seconds for r in rungs))
+        rungs += [rung] if rung is not None else []
     return rungs
+
+
+def at_size(speeds: LadderSpeeds, size: int, measured_at: int) -> LadderSpeeds:
+    """``speeds`` at another input size: a conv's cost scales with the pixel count (the classifier's step on pooled
+    features does not)."""
+    factor = (measured_at / size) ** 2
+    return LadderSpeeds(
+        forward=speeds.forward * factor,
+        prefix={k: v * factor for k, v in speeds.prefix.items()},
+        tail={k: v if k == 0 else v * factor for k, v in speeds.tail.items()},
+        full=speeds.full * factor if speeds.full else None,
+    )
+
+
+def size_probe(
+    speeds: LadderSpeeds, info: Survey, views: int, seconds: float, size: int, measured_at: int
+) -> RungPlan | None:
+    """The probe at a lower input ``size``, when it fits in ``seconds`` and still leaves every rung above the probe
+    that fits at the full size (trying it must never cost the teacher a rung)."""
+    probe = probe_rung(at_size(speeds, size, measured_at), info, views, seconds)
+    if probe is None:
+        return None
+    kept = upper_rungs(speeds, info, views, seconds - probe.seconds)
+    if len(kept) < len(upper_rungs(speeds, info, views, seconds)):
+        return None
+    return RungPlan(f"linear probe {size} px", 0, probe.epochs, probe.seconds, views, size)
+
+
+def held(full_size_top1: float, lower_top1: float) -> bool:
+    """Whether a lower input size's probe held the full size's accuracy (within SIZE_TOLERANCE points)."""
+    return lower_top1 >= full_size_top1 - SIZE_TOLERANCE
+
+
+def sized(rung: RungPlan, size: int, own_size: int) -> RungPlan:
+    """``rung`` at input ``size`` (its name says so when it is not the network's own)."""
+    if size == own_size:
+        return rung
+    return RungPlan(f"{rung.name} {size} px", rung.trainable_blocks, rung.epochs, rung.seconds, rung.views, size)
 
 
 # ------------------------------------------------------------------------------------------------ measurement

@@ -15,6 +15,7 @@ from mobiforge.config import ShipConfig
 from mobiforge.errors import MobiforgeError
 from mobiforge.log import logger
 from mobiforge.progress import Reporter, SilentReporter
+from mobiforge.ship.ladder import MIN_TAIL_EPOCHS
 from mobiforge.ship.plan import DEADLINE_MARGIN, export_reserve, next_training
 from mobiforge.ship.report import write_ship_report
 from mobiforge.ship.search import rank, search, survey, teacher_plan
@@ -118,22 +119,19 @@ def _train_and_export(
             state.finish(stage, dataclasses.replace(teacher, distilled=False))
         if state.trained(candidate.name) is None and cached_student(candidate, teacher):
             assert teacher is not None
-            reserve = sum(export_reserve(c) for c in queue)
-            seconds = (state.left() - reserve) * (1.0 if len(queue) == 1 else CACHED_SHARE)
-            say(f"train: {candidate.name} on the cached trunk, distilled from the teacher's cached logits")
-            deadline = state.deadline - reserve
-            trained = train_cached_student(candidate, config, teacher, run_dir, reporter, state, seconds, deadline)
-            say(f"train: {candidate.name}: {trained.rung}, {trained.epochs_run} epochs, val top-1 {trained.top1:.2f}%")
-            state.finish(stage, trained)
+            if not _train_cached(candidate, queue, config, teacher, run_dir, reporter, say, state):
+                queue.pop(0)
+                continue
         if state.trained(candidate.name) is None:
             epochs, epoch_s, seconds = next_training(queue, state.survey, teacher, state.left())
-            if shipped_one(state) and state.left() - export_reserve(candidate) < DEADLINE_MARGIN * epoch_s:
+            reserve = export_reserve(candidate, state.survey)
+            if shipped_one(state) and state.left() - reserve < DEADLINE_MARGIN * epoch_s:
                 say(f"train: no time left for {candidate.name} (~{epoch_s:.0f} s per epoch, then its export)")
                 queue.pop(0)
                 continue
             more = f", then {', '.join(c.name for c in queue[1:])}" if len(queue) > 1 else ""
             say(f"train: {candidate.name}, {epochs} epochs (~{epoch_s:.0f} s each){more}")
-            deadline = state.deadline - sum(export_reserve(c) for c in queue)  # the exports must fit too
+            deadline = state.deadline - sum(export_reserve(c, state.survey) for c in queue)  # the exports must fit too
             fit_by = min(deadline, time.time() + seconds)
             trained = train_candidate(candidate, epochs, config, teacher, run_dir, reporter, state, deadline, fit_by)
             state.finish(stage, trained)
@@ -141,6 +139,31 @@ def _train_and_export(
         assert trained_record is not None
         state.finish(f"export:{candidate.name}", export_candidate(candidate, trained_record, config, say, state))
         queue.pop(0)
+
+
+def _train_cached(
+    candidate: Candidate,
+    queue: list[Candidate],
+    config: ShipConfig,
+    teacher: TrainRecord,
+    run_dir: Path,
+    reporter: Reporter,
+    say: Progress,
+    state: ShipState,
+) -> bool:
+    """A cached student's training in its share of the time left (all of it when it is the last); False when its
+    cache pass and shortest tail cannot fit and another candidate has shipped (it is skipped)."""
+    reserve = sum(export_reserve(c, state.survey) for c in queue)
+    seconds = (state.left() - reserve) * (1.0 if len(queue) == 1 else CACHED_SHARE)
+    say(f"train: {candidate.name} on the cached trunk, distilled from the teacher's cached logits")
+    deadline, required = state.deadline - reserve, not shipped_one(state)
+    trained = train_cached_student(candidate, config, teacher, run_dir, reporter, state, seconds, deadline, required)
+    if trained is None:
+        say(f"train: no time left for {candidate.name} (its cache pass and {MIN_TAIL_EPOCHS} epochs, then its export)")
+        return False
+    say(f"train: {candidate.name}: {trained.rung}, {trained.epochs_run} epochs, val top-1 {trained.top1:.2f}%")
+    state.finish(f"train:{candidate.name}", trained)
+    return True
 
 
 def shipped_one(state: ShipState) -> bool:

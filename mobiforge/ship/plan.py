@@ -49,9 +49,19 @@ def epoch_seconds(images_per_s: float, info: Survey, teacher_speed: float | None
     return 1.3 * seconds + 3.0
 
 
-def export_reserve(candidate: Candidate) -> float:
-    """Seconds set aside for a trained candidate's PTQ export and gate (from the search's own export time)."""
-    return 1.5 * (candidate.export_seconds or 60.0) + 15.0
+CALIBRATION_IMAGES = 256  # train images that calibrate ship's int8 exports
+REFERENCE_IMAGES = 64  # val images ship compares the runtime with the simulated-int8 graph on
+SIMULATED_COST = 4.0  # an image through an observed or simulated-int8 graph costs this many fp32 forward passes
+
+
+def export_reserve(candidate: Candidate, info: Survey) -> float:
+    """Seconds set aside for a trained candidate's PTQ export and gate: the search's own export time (lowering a
+    graph calibrated on 8 random images), plus calibrating on real images, the fp32 and runtime passes over the val
+    images and the reference check (forward passes estimated at 3x the measured training speed)."""
+    forward = 3 * (candidate.train_images_per_s or 10.0)
+    passes = SIMULATED_COST * (CALIBRATION_IMAGES + REFERENCE_IMAGES) + info.val_images
+    runtime = info.val_images * (candidate.latency_ms or 10.0) / 1000
+    return 1.5 * ((candidate.export_seconds or 60.0) + passes / forward + runtime) + 15.0
 
 
 def plan_epochs(candidate: Candidate, info: Survey, teacher: TrainRecord | None, seconds: float) -> tuple[int, float]:
@@ -67,7 +77,7 @@ def next_training(
     time left after the exports; the queue loses its last candidate while that would leave either with fewer than
     MIN_EPOCHS; the last one trains at least 1 epoch."""
     while True:
-        usable = left - sum(export_reserve(c) for c in queue)
+        usable = left - sum(export_reserve(c, info) for c in queue)
         share = 1.0 if len(queue) == 1 else 0.6
         epochs, epoch_s = plan_epochs(queue[0], info, teacher, usable * share)
         later = [plan_epochs(c, info, teacher, usable * (1 - share) / (len(queue) - 1))[0] for c in queue[1:]]

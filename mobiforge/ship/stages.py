@@ -38,18 +38,27 @@ from mobiforge.ship.config import (
 from mobiforge.ship.ladder import (
     FULL_MAX_STUDENT_EPOCHS,
     FULL_MIN_EPOCHS,
+    LOWER_SIZES,
     MARGIN,
     MIN_TAIL_EPOCHS,
+    STUDENT_TAIL_EPOCHS,
     STUDENT_TAILS,
     TEACHER_TAILS,
     VIEWS,
     RungPlan,
+    at_size,
+    held,
     measure,
+    size_probe,
+    sized,
     tail_rung,
     teacher_ladder,
+    upper_rungs,
     views_for,
 )
 from mobiforge.ship.plan import (
+    CALIBRATION_IMAGES,
+    REFERENCE_IMAGES,
     batch_size,
     data_config,
     export_reserve,
@@ -80,18 +89,45 @@ def train_teacher(
         )
     model = create_model(TEACHER_MODEL, num_classes=len(state.survey.classes))
     size = get_weights(TEACHER_MODEL).preprocess.img_size
-    rungs = teacher_ladder(measure(model, size, TEACHER_TAILS, config, full=True), state.survey, state.left() / 3)
+    speeds = measure(model, size, TEACHER_TAILS, config, full=True)
+    end = time.time() + state.left() / 3
+    rungs = teacher_ladder(speeds, state.survey, end - time.time())
     if not rungs:
         return TeacherRecord(skipped=f"no time for {TEACHER_MODEL}'s features (one pass over the data)")
     plan = " -> ".join(f"{rung.name} ({rung.epochs} epochs)" for rung in rungs)
     say(f"teacher: {TEACHER_MODEL} from ImageNet weights, ladder: {plan}, ~{sum(r.seconds for r in rungs):.0f} s")
-    climbed: list[tuple[TrainRecord, Rung]] = []
-    for rung in rungs:
-        start = max(climbed, key=lambda done: done[1].top1)[0] if climbed else None
-        climbed.append(climb(rung, start, config, run_dir, reporter, state))
-        say(f"teacher: {rung.name}: val top-1 {climbed[-1][1].top1:.2f}% in {climbed[-1][1].seconds:.0f} s")
+    climbed = [_step(rungs[0], [], config, run_dir, reporter, say, state)]
+    chosen, views = size, rungs[0].views
+    for lower in LOWER_SIZES:  # cheaper inputs, while the probe holds its accuracy at them
+        probe = size_probe(speeds, state.survey, views, end - time.time(), lower, size)
+        if probe is None:
+            break
+        climbed.append(_step(probe, climbed, config, run_dir, reporter, say, state))
+        if not held(climbed[0][1].top1, climbed[-1][1].top1):
+            break
+        chosen = lower
+    if chosen != size:
+        say(f"teacher: the probe held at {chosen} px: the rungs above it and the students train at {chosen} px")
+    for rung in upper_rungs(at_size(speeds, chosen, size), state.survey, views, end - time.time()):
+        climbed.append(_step(sized(rung, chosen, size), climbed, config, run_dir, reporter, say, state))
     best = max(climbed, key=lambda done: done[1].top1)
     return TeacherRecord(best[0], rungs=[rung for _, rung in climbed])
+
+
+def _step(
+    rung: RungPlan,
+    climbed: list[tuple[TrainRecord, Rung]],
+    config: ShipConfig,
+    run_dir: Path,
+    reporter: Reporter,
+    say: Callable[..., None],
+    state: ShipState,
+) -> tuple[TrainRecord, Rung]:
+    """Climb ``rung`` from the best of the rungs ``climbed`` so far."""
+    start = max(climbed, key=lambda done: done[1].top1)[0] if climbed else None
+    done = climb(rung, start, config, run_dir, reporter, state)
+    say(f"teacher: {rung.name}: val top-1 {done[1].top1:.2f}% in {done[1].seconds:.0f} s")
+    return done
 
 
 def climb(
@@ -112,7 +148,7 @@ def climb(
             shutil.rmtree(folder, ignore_errors=True)
         base = TrainConfig(
             model=TEACHER_MODEL,
-            data=data_config(config, img_size=None),
+            data=data_config(config, img_size=rung.img_size),
             epochs=rung.epochs,
             seed=config.seed,
             runs_dir=str(run_dir),
@@ -272,7 +308,8 @@ def train_cached_student(
     state: ShipState,
     seconds: float,
     deadline: float,
-) -> TrainRecord:
+    required: bool = True,
+) -> TrainRecord | None:
     """A truncated student (the teacher's first blocks, a new head conv) or a pruned one (the teacher's first blocks
     whole, the rest narrowed) climbs the ladder: first its last blocks on their cached inputs, distilled from the
     teacher's cached logits, as many blocks and epochs as ``seconds`` allow (``student_tails``; its first blocks keep
@@ -281,7 +318,11 @@ def train_cached_student(
     (last epochs) goes on."""
     begun = time.time()
     folder = run_dir / "candidates" / candidate.name
-    tail = _tail_done(folder) or _train_student_tail(candidate, config, teacher, run_dir, reporter, state, seconds)
+    tail = _tail_done(folder) or _train_student_tail(
+        candidate, config, teacher, run_dir, reporter, state, seconds, required
+    )
+    if tail is None:
+        return None
     epochs, _ = plan_epochs(candidate, state.survey, teacher, seconds - (time.time() - begun))
     if epochs < FULL_MIN_EPOCHS:
         return tail
@@ -340,8 +381,10 @@ def _train_student_tail(
     reporter: Reporter,
     state: ShipState,
     seconds: float,
-) -> TrainRecord:
-    """The student's tail rung (see ``train_cached_student``)."""
+    required: bool,
+) -> TrainRecord | None:
+    """The student's tail rung (see ``train_cached_student``); when none fits in ``seconds``, the shortest if
+    ``required``, else None."""
     folder = run_dir / "candidates" / candidate.name
     start = _teacher_start(candidate, teacher, config, folder)
     student = Checkpoint.load(start).model()
@@ -350,11 +393,12 @@ def _train_student_tail(
     if not teacher_checkpoint.extra.get("transfer"):  # its logits need one pass of the whole teacher
         speed = inference_speed(teacher_checkpoint.model(), teacher_checkpoint.preprocess.img_size)
         seconds -= MARGIN * state.survey.train_images * VIEWS[0] / speed
-    speeds = measure(student, candidate.img_size, tails, config)
+    speeds = measure(student, Checkpoint.load(start).preprocess.img_size, tails, config)  # the teacher's size
     views = views_for(speeds, state.survey, seconds)
-    rung = tail_rung(speeds, state.survey, views, seconds, tails) or RungPlan(
-        f"last {tails[-1]} blocks", tails[-1], MIN_TAIL_EPOCHS, 0.0, VIEWS[-1]
-    )
+    rung = tail_rung(speeds, state.survey, views, seconds, tails, STUDENT_TAIL_EPOCHS)
+    if rung is None and not required:
+        return None
+    rung = rung or RungPlan(f"last {tails[-1]} blocks", tails[-1], MIN_TAIL_EPOCHS, 0.0, VIEWS[-1])
     for name in ("last.pt", "best.pt"):  # a run cut short restarts: its trunk passes are cached
         (folder / name).unlink(missing_ok=True)
     base = TrainConfig(
@@ -470,9 +514,9 @@ def attempt_seconds(method: str, candidate: Candidate, info: Survey) -> float:
     """What one more export attempt takes: a PTQ export, or QAT's epoch on up to QAT_IMAGES images (at the
     candidate's measured training speed, with the fake-quant overhead) plus its export."""
     if method != "qat":
-        return export_reserve(candidate)
+        return export_reserve(candidate, info)
     images = min(QAT_IMAGES, info.train_images)
-    return 2 * export_reserve(candidate) + QAT_STEP_COST * images / (candidate.train_images_per_s or 10.0)
+    return 2 * export_reserve(candidate, info) + QAT_STEP_COST * images / (candidate.train_images_per_s or 10.0)
 
 
 def export_candidate(
@@ -497,7 +541,9 @@ def export_candidate(
                 int8=method,
                 data=config.data,
                 out=str(folder / f"{name}{suffix}"),
+                calibration_images=CALIBRATION_IMAGES,
                 val_images=config.val_images,
+                reference_images=REFERENCE_IMAGES,
                 qat_images=min(QAT_IMAGES, state.survey.train_images),
                 threads=(config.threads,),
                 max_drop=config.max_drop,
