@@ -587,9 +587,9 @@ def train(
 
     ``callbacks`` maps a hook event (``"on_epoch_end"``) to functions of the ``Trainer`` (see its docstring). With
     ``trainable_blocks`` the frozen trunk's outputs are cached and only the tail trains (``mobiforge.transfer``;
-    no callbacks there: an epoch takes seconds)."""
+    its epoch-end callbacks may stop the run, not re-plan it)."""
     if config.trainable_blocks is not None:
-        return fit_tail(config, reporter)
+        return fit_tail(config, reporter, (callbacks or {}).get(EPOCH_END, []))
     return Trainer(config, reporter, callbacks).fit()
 
 

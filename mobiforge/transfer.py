@@ -30,7 +30,7 @@ import os
 import shutil
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -374,9 +374,26 @@ class TailData:
     val: tuple[torch.Tensor, torch.Tensor]
 
 
-def fit_tail(config: TrainConfig, reporter: Reporter | None = None) -> TrainResult:
+@dataclass
+class TailProgress:
+    """What an epoch-end callback sees of a cached tail run: the attributes of ``train.Trainer`` that a deadline
+    check reads, and its ``stop``."""
+
+    config: TrainConfig
+    epoch: int = 0
+    epoch_seconds: float = 0.0
+    stop_reason: str | None = None
+
+    def stop(self, reason: str) -> None:
+        self.stop_reason = reason
+
+
+def fit_tail(
+    config: TrainConfig, reporter: Reporter | None = None, epoch_end: Sequence[Callable[[Any], None]] = ()
+) -> TrainResult:
     """Train the tail of ``config.model`` on cached trunk outputs (see the module docstring); the run directory
-    and its checkpoints are a normal run's, holding the whole network."""
+    and its checkpoints are a normal run's, holding the whole network. ``epoch_end`` functions get a
+    ``TailProgress`` after each epoch and may stop the run."""
     reporter = reporter or SilentReporter()
     _check(config)
     config = dataclasses.replace(config, epochs=config.epochs or 30)
@@ -406,7 +423,7 @@ def fit_tail(config: TrainConfig, reporter: Reporter | None = None) -> TrainResu
         teacher = (cached_teacher_logits(config, splits.train, splits.classes, plan, preprocess, folder, reporter),)
     logger.debug("feature cache ready in %.1f s: train %s, val %s", time.time() - started, train_x.shape, val_x.shape)
     data = TailData((train_x, train_y, *teacher), (val_x, val_y))
-    result = _train_tail(config, Tail(model, cut), data, model, splits.classes, run_dir, reporter)
+    result = _train_tail(config, Tail(model, cut), data, model, splits.classes, run_dir, reporter, epoch_end)
     finish_plots(run_dir, result.history, splits.classes)
     return result
 
@@ -434,6 +451,7 @@ def _train_tail(
     classes: list[str],
     run_dir: Path,
     reporter: Reporter,
+    epoch_end: Sequence[Callable[[Any], None]] = (),
 ) -> TrainResult:
     """The train loop's own functions on cached tensors; each epoch's checkpoint holds the whole network."""
     generator = torch.Generator().manual_seed(config.seed)
@@ -453,7 +471,9 @@ def _train_tail(
          "device": "cpu", "world_size": 1, "img_size": config.data.img_size, "epochs": config.epochs, "start_epoch": 0,
          "threads": torch.get_num_threads(), "amp": "none"}
     )  # fmt: skip
+    progress = TailProgress(config)
     for epoch in range(config.epochs or 1):
+        epoch_started = time.time()
         stats = engine.train_one_epoch(
             tail, train_batches, optimizer, scheduler, loss_fn, epoch=epoch, clip_grad=config.optim.clip_grad,
             channels_last=False, progress=reporter.step,
@@ -487,6 +507,12 @@ def _train_tail(
             os.replace(run_dir / ".best.pt.tmp", run_dir / "best.pt")
         write_metrics_csv(run_dir, history)
         reporter.epoch({**row, "best_top1": best, "epochs": config.epochs})
+        progress.epoch, progress.epoch_seconds = epoch + 1, time.time() - epoch_started
+        for callback in epoch_end:
+            callback(progress)
+        if progress.stop_reason is not None:
+            reporter.message(progress.stop_reason)
+            break
     return TrainResult(run_dir, best, history)
 
 

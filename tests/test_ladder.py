@@ -179,8 +179,10 @@ def test_a_pruned_student_keeps_the_teachers_first_blocks_and_trains_the_rest_on
         pruned, config, record.trained, run, MessageLog(), _State(), 1.0, deadline, False
     )
     assert skipped is None  # no tail fits in a second: not required (another candidate shipped), it is skipped
-    trained = stages.train_cached_student(pruned, config, record.trained, run, MessageLog(), _State(), 40.0, deadline)
-    assert trained.rung == f"last {tail} blocks" and trained.distilled
+    now = time.time()  # the ship's deadline has come: the tail stops after its first epoch, resumable
+    trained = stages.train_cached_student(pruned, config, record.trained, run, MessageLog(), _State(), 40.0, now)
+    assert trained is not None and trained.rung == f"last {tail} blocks" and trained.distilled
+    assert trained.epochs_run == 1 < trained.epochs_planned
     student = load_checkpoint(trained.checkpoint)["state_dict"]
     teacher = load_checkpoint(record.trained.checkpoint)["state_dict"]
     front = [key for key in student if key.startswith("features.") and int(key.split(".")[1]) < pruned.kept_blocks]

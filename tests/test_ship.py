@@ -130,6 +130,9 @@ def test_ship_end_to_end_then_resumes_without_redoing_work(tmp_path: Path, monke
     text = " ".join(page.text)
     assert "Android (Kotlin)" in text and "iOS (Swift)" in text and "createSession" in text
     assert "candidates.png" in (run / "report.md").read_text()
+    for shared in ("report.md", "report.html", "model_card.json"):  # files meant to be shared: no local paths
+        assert str(tmp_path) not in (run / shared).read_text(), shared
+    assert "--data .../data " in card["command"] and card["accuracy"]["data"].startswith(".../data")
 
     # the same command again: every stage is read back from the state file, nothing is retrained or re-exported
     stamps = {path: path.stat().st_mtime_ns for path in run.glob("candidates/*/*") if path.suffix in {".pt", ".onnx"}}

@@ -27,6 +27,7 @@ from mobiforge import __version__
 from mobiforge.backends import get_backend
 from mobiforge.checkpoint import Checkpoint
 from mobiforge.config import ShipConfig
+from mobiforge.paths import shareable, without_local_paths
 from mobiforge.plots import pyplot
 from mobiforge.ship.config import FILE_OVERHEAD
 from mobiforge.ship.snippets import android_snippet, ios_snippet
@@ -52,16 +53,16 @@ def ship_command(config: ShipConfig) -> str:
     """The CLI command that reruns (and so resumes) this ship run."""
     parts = [
         "mobiforge ship",
-        f"--data {config.data}",
+        f"--data {shareable(config.data)}",
         f"--max-size {config.max_size / 1e6:g}MB",
         f"--max-latency {config.max_latency_ms:g}ms",
         f"--runtime {config.runtime}",
         f"--threads {config.threads}",
         f"--time-budget {config.time_budget_s / 60:g}m",
-        f"--teacher {config.teacher}",
+        f"--teacher {config.teacher if config.teacher in ('auto', 'none') else shareable(config.teacher)}",
     ]
     if config.out:
-        parts.append(f"--out {config.out}")
+        parts.append(f"--out {shareable(config.out)}")
     if config.models:
         parts.append(f"--models {','.join(config.models)}")
     if config.img_size:
@@ -116,7 +117,7 @@ def model_card(config: ShipConfig, state: ShipState, row: Row, artifact: Path | 
             "top1_in_runtime": exported.top1,
             "top1_fp32_pytorch": exported.torch_fp32_top1,
             "drop": exported.drop,
-            "data": state.survey.description,
+            "data": without_local_paths(state.survey.description, config.data),
         },
         "latency_ms": {"median": latency["median"], "p90": latency["p90"], "batch": 1, "threads": config.threads},
         "budget": {
@@ -303,9 +304,11 @@ def _intro(
     run_dir: Path, config: ShipConfig, state: ShipState, card: dict[str, Any] | None, shipped: bool
 ) -> list[str]:
     """The title, the verdict lines, the data and teacher, and the command, as markdown lines."""
-    survey = state.survey
+    survey, data = state.survey, without_local_paths(state.survey.description, config.data)
     teacher = state.done("teacher")
     teacher_line = state.done("search").teacher_note
+    if config.teacher not in ("auto", "none"):
+        teacher_line = without_local_paths(teacher_line, config.teacher)
     if teacher and teacher.trained and teacher.trained.top1 is not None:
         best = max(teacher.rungs, key=lambda rung: rung.top1).name if teacher.rungs else None
         source = f"its best rung, {best}: see the transfer ladder" if best else Path(teacher.trained.checkpoint).name
@@ -317,7 +320,7 @@ def _intro(
         "",
         *_headline(config, card, shipped),
         "",
-        f"Data: {survey.description}: {survey.train_images} train / {survey.val_images} val images, "
+        f"Data: {data}: {survey.train_images} train / {survey.val_images} val images, "
         f"{len(survey.classes)} classes, median image side {survey.median_side} px.",
         f"{_sentence(teacher_line or 'no teacher')}.",
         "",

@@ -318,8 +318,9 @@ def train_cached_student(
     (last epochs) goes on."""
     begun = time.time()
     folder = run_dir / "candidates" / candidate.name
+    end = min(deadline, begun + seconds)
     tail = _tail_done(folder) or _train_student_tail(
-        candidate, config, teacher, run_dir, reporter, state, seconds, required
+        candidate, config, teacher, run_dir, reporter, state, seconds, required, end
     )
     if tail is None:
         return None
@@ -340,7 +341,6 @@ def train_cached_student(
         tensorboard=False,
     )
     started = time.time()
-    end = min(deadline, begun + seconds)
     result = train_resumable(full, reporter, end, fit_epochs(end, FULL_MAX_STUDENT_EPOCHS))
     record = _record(result, result.run_dir / "last.pt", result.history[-1]["val_top1"])
     if (record.top1 or 0.0) < (tail.top1 or 0.0):
@@ -382,9 +382,10 @@ def _train_student_tail(
     state: ShipState,
     seconds: float,
     required: bool,
+    end: float,
 ) -> TrainRecord | None:
     """The student's tail rung (see ``train_cached_student``); when none fits in ``seconds``, the shortest if
-    ``required``, else None."""
+    ``required``, else None. It stops after the last epoch expected to end by ``end``."""
     folder = run_dir / "candidates" / candidate.name
     start = _teacher_start(candidate, teacher, config, folder)
     student = Checkpoint.load(start).model()
@@ -413,7 +414,7 @@ def _train_student_tail(
         tensorboard=False,
     )
     started = time.time()
-    result = train(_cached(base, rung, run_dir), reporter)
+    result = train(_cached(base, rung, run_dir), reporter, callbacks={EPOCH_END: [stop_by(end)]})
     record = _record(result, result.run_dir / "last.pt", result.history[-1]["val_top1"])
     trainable = sum(p.numel() for p in Tail(student, cut_index(student, rung.trainable_blocks)).parameters())
     return dataclasses.replace(
