@@ -21,7 +21,7 @@ def shareable(path: str | os.PathLike[str]) -> str:
     with_cwd = Path.cwd().resolve()
     resolved = given.resolve()
     if resolved.is_relative_to(with_cwd):
-        return str(resolved.relative_to(with_cwd)) or "."
+        return str(resolved.relative_to(with_cwd))  # "." for the working directory itself
     return f".../{given.name}"
 
 
