@@ -28,8 +28,9 @@ PT2E_NOTE = "PT2E: per-channel symmetric int8 weights, static int8 activations, 
 
 
 def xnnpack_quantizer(qat: bool = False, float_modules: Sequence[str] = ()) -> Any:
-    """ExecuTorch's XNNPACK quantizer: per-channel symmetric int8 weights, static int8 activations; the modules
-    named in ``float_modules`` (and everything inside them) are left in float."""
+    """ExecuTorch's XNNPACK quantizer: per-channel symmetric int8 weights, static int8 activations, ReLU6 fused
+    into the op before it (``annotate_fused_clamps``); the modules named in ``float_modules`` (and everything
+    inside them) are left in float."""
     try:
         from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
             XNNPACKQuantizer,
@@ -39,11 +40,76 @@ def xnnpack_quantizer(qat: bool = False, float_modules: Sequence[str] = ()) -> A
         raise missing("executorch") from None
     from torchao.quantization.pt2e.quantizer.utils import get_module_name_filter
 
-    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=qat))
-    if float_modules:
-        inside = [get_module_name_filter(name) for name in float_modules]
-        quantizer.set_filter_function(lambda node: not any(test(node) for test in inside))
-    return quantizer
+    from torchao.quantization.pt2e.quantizer import ComposableQuantizer, Quantizer
+
+    config = get_symmetric_quantization_config(is_per_channel=True, is_qat=qat)
+    quantizer = XNNPACKQuantizer().set_global(config)
+    inside = [get_module_name_filter(name) for name in float_modules]
+
+    def quantized(node: torch.fx.Node) -> bool:
+        return not any(test(node) for test in inside)
+
+    quantizer.set_filter_function(quantized)
+
+    class ClampFusion(Quantizer):  # type: ignore[misc]
+        def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+            return annotate_fused_clamps(model, config, quantized)
+
+        def validate(self, model: torch.fx.GraphModule) -> None:
+            pass
+
+    return ComposableQuantizer([ClampFusion(), quantizer])
+
+
+CLAMPS = (torch.ops.aten.hardtanh.default, torch.ops.aten.hardtanh_.default)
+CLAMPED_OPS = (torch.ops.aten.conv2d.default, torch.ops.aten.linear.default)
+
+
+def annotate_fused_clamps(
+    model: torch.fx.GraphModule, config: Any, quantized: Callable[[torch.fx.Node], bool]
+) -> torch.fx.GraphModule:
+    """Annotates conv -> ReLU6 (and linear -> ReLU6) as one quantized op, the way XNNPACK runs it.
+
+    XNNPACK's quantizer fuses ReLU but not ReLU6 (hardtanh): it put an int8 observer on the conv's raw output, before
+    the clamp, so every ReLU6 network (MobileNetV2, EfficientNet-Lite) was requantized twice, its pre-activation
+    range spent on values the clamp throws away. Annotated here first, the conv's output is observed only after the
+    clamp, in [0, 6]; ExecuTorch's XNNPACK backend fuses the clamp into the conv (FuseActivationPass). XNNPACK's own
+    quantizer runs after this and skips the nodes annotated here.
+    """
+    from torchao.quantization.pt2e.quantizer import (
+        QuantizationAnnotation,
+        get_bias_qspec,
+        get_input_act_qspec,
+        get_output_act_qspec,
+        get_weight_qspec,
+    )
+    from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
+
+    for clamp in [node for node in model.graph.nodes if node.op == "call_function" and node.target in CLAMPS]:
+        op = clamp.args[0]
+        if not _fusable(op, clamp, Q_ANNOTATION_KEY) or not (quantized(clamp) and quantized(op)):
+            continue
+        qspecs = {op.args[0]: get_input_act_qspec(config), op.args[1]: get_weight_qspec(config)}
+        if len(op.args) > 2 and isinstance(op.args[2], torch.fx.Node):
+            qspecs[op.args[2]] = get_bias_qspec(config)
+        op.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(input_qspec_map=qspecs, _annotated=True)
+        clamp.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(output_qspec=get_output_act_qspec(config), _annotated=True)
+        for parameter in list(qspecs)[1:]:
+            parameter.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(_annotated=True)
+    return model
+
+
+def _fusable(op: Any, clamp: torch.fx.Node, key: str) -> bool:
+    """A conv or linear whose only user is the clamp, not yet annotated (by ``key``)."""
+    return (
+        isinstance(op, torch.fx.Node)
+        and op.op == "call_function"
+        and op.target in CLAMPED_OPS
+        and len(op.users) == 1
+        and all(isinstance(arg, torch.fx.Node) for arg in op.args[:2])
+        and key not in op.meta
+        and key not in clamp.meta
+    )
 
 
 def layer_groups(model: nn.Module) -> list[str]:

@@ -204,6 +204,41 @@ def test_converted_graphs_keep_only_the_tensors_they_use(mode: str) -> None:
     assert all(tensor.dtype != torch.float32 or tensor.dim() <= 1 for tensor in graph.buffers())
 
 
+def test_relu6_is_quantized_after_the_conv_it_clamps() -> None:
+    """XNNPACK's own quantizer observed each conv's raw output before ReLU6: half of these channels sit near -50,
+    where the clamp makes them 0, and their range took the int8 steps of the [0, 6] that survives (a pruned
+    EfficientNet-Lite0 lost 27 top-1 points that way; RESULTS.md)."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torch import nn
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    from mobiforge import quantize
+
+    torch.manual_seed(0)
+    block = lambda i, o: nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU6())  # noqa: E731
+    model = nn.Sequential(block(3, 16), block(16, 16), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4))
+    for norm in (model[0][1], model[1][1]):
+        norm.bias.data[::2] = -50.0  # always clamped to 0, but only after the conv's output is quantized
+    model.eval()
+    calibration, images = [torch.randn(16, 3, 12, 12)], torch.randn(16, 3, 12, 12)
+    with torch.no_grad():
+        fp32 = model(images)
+
+    graph = quantize.ptq_pt2e(model, quantize.xnnpack_quantizer(), calibration)
+    clamps = [node for node in graph.graph.nodes if node.target in quantize.CLAMPS]
+    assert len(clamps) == 2 and all(clamp.args[0].target == torch.ops.aten.conv2d.default for clamp in clamps)
+    fused_error = (quantize.pt2e_simulator(model, calibration, images)([]) - fp32).abs().max()
+
+    plain = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    prepared = prepare_pt2e(torch.export.export(model, (images,)).module(), plain)
+    prepared(calibration[0])
+    plain_error = (convert_pt2e(prepared)(images) - fp32).abs().max()
+    assert fused_error < plain_error / 4
+
+
 def test_layers_named_float_stay_float(checkpoint: Path, tmp_path: Path) -> None:
     from mobiforge import quantize
 
