@@ -38,9 +38,8 @@ def xnnpack_quantizer(qat: bool = False, float_modules: Sequence[str] = ()) -> A
         )
     except ImportError:
         raise missing("executorch") from None
-    from torchao.quantization.pt2e.quantizer.utils import get_module_name_filter
-
     from torchao.quantization.pt2e.quantizer import ComposableQuantizer, Quantizer
+    from torchao.quantization.pt2e.quantizer.utils import get_module_name_filter
 
     config = get_symmetric_quantization_config(is_per_channel=True, is_qat=qat)
     quantizer = XNNPACKQuantizer().set_global(config)
@@ -93,7 +92,8 @@ def annotate_fused_clamps(
         if len(op.args) > 2 and isinstance(op.args[2], torch.fx.Node):
             qspecs[op.args[2]] = get_bias_qspec(config)
         op.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(input_qspec_map=qspecs, _annotated=True)
-        clamp.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(output_qspec=get_output_act_qspec(config), _annotated=True)
+        output = get_output_act_qspec(config)
+        clamp.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(output_qspec=output, _annotated=True)
         for parameter in list(qspecs)[1:]:
             parameter.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(_annotated=True)
     return model
