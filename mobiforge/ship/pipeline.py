@@ -28,7 +28,9 @@ from mobiforge.ship.stages import (
 )
 from mobiforge.ship.state import Candidate, ResultRecord, Row, SearchRecord, ShipState, TrainRecord
 
-CACHED_SHARE = 0.6  # of the time left, at most, for a cached student when more candidates wait
+# Of the time left, at most, for a cached student when more candidates wait: the first is ranked best, and the
+# proxy's pruned student still gained 1-5 val points an epoch when 60% ended it at 6 epochs.
+CACHED_SHARE = 0.75
 
 
 @dataclass
