@@ -6,11 +6,18 @@ Users see one-line errors and the progress their reporter draws; maintainers ask
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
+from collections.abc import Iterator
 
 logger = logging.getLogger("mobiforge")
 DEBUG_ENV = "MOBIFORGE_DEBUG"
+
+# Warnings addressed to the authors of a dependency, not to our users: torch warns, once per process, that torchao
+# 0.18 registers an Enum with pytree (printed by every export, quantize and ship run).
+logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 
 
 def debug_requested(flag: bool = False) -> bool:
@@ -25,3 +32,22 @@ def configure(debug: bool) -> None:
         handler.setFormatter(logging.Formatter("%(name)s %(levelname)s: %(message)s"))
         logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if debug else logging.WARNING)
+
+
+@contextlib.contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """Native libraries' own log lines (ExecuTorch's runtime prints ``[threadpool.cpp:66] Resetting threadpool``
+    and ``[cpuinfo_utils.cpp]`` lines straight to file descriptor 2) are dropped while the block runs, unless debug
+    output was asked for: the output a user reads is theirs. Python exceptions still carry their messages."""
+    if debug_requested():
+        yield
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)

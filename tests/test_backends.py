@@ -128,3 +128,26 @@ def test_the_cli_offers_a_registered_backend(
     assert main(["profile", str(out), "--json"]) == 0
     profiled = json.loads(capsys.readouterr().out)
     assert profiled["runtime"] == fake.name and profiled["input_shape"] == [1, 3, 16, 16]
+
+
+def test_the_executorch_runtime_prints_no_native_log_lines(tmp_path: Path) -> None:
+    """ExecuTorch's runtime writes ``[cpuinfo_utils.cpp]`` and ``[threadpool.cpp]`` lines to file descriptor 2 when
+    it loads a program or resizes its thread pool, and torch warns about torchao's pytree Enum: none of it is the
+    user's business. A fresh process, so that the once-per-process lines are seen."""
+    import subprocess
+    import sys
+
+    script = f"""
+import numpy as np, torch
+from pathlib import Path
+from mobiforge.backends import executorch as et
+path = et.write(torch.nn.Conv2d(3, 4, 3).eval(), torch.randn(1, 3, 8, 8), Path({str(tmp_path / "m.pte")!r}))
+for threads in (1, 2):
+    et.runner(path, threads)(np.zeros((1, 3, 8, 8), np.float32))
+print(et.input_shape(path))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "(1, 3, 8, 8)"
+    for noise in ("threadpool.cpp", "cpuinfo_utils.cpp", "KernelPreference"):
+        assert noise not in done.stderr

@@ -11,6 +11,7 @@ from torch import nn
 
 from mobiforge.backends import Int8Job, Runner
 from mobiforge.errors import missing
+from mobiforge.log import native_stderr_silenced
 from mobiforge.quantize import PT2E_NOTE, Simulator, pt2e_simulator, xnnpack_quantizer
 
 
@@ -42,8 +43,9 @@ def runner(path: Path, threads: int) -> Runner:
         from executorch.runtime import Runtime
     except ImportError:
         raise missing("executorch") from None
-    portable_lib._unsafe_reset_threadpool(threads)  # XNNPACK's thread pool is process-wide
-    method = Runtime.get().load_program(path).load_method("forward")
+    with native_stderr_silenced():
+        portable_lib._unsafe_reset_threadpool(threads)  # XNNPACK's thread pool is process-wide
+        method = Runtime.get().load_program(path).load_method("forward")
 
     def run(batch: np.ndarray) -> Any:
         return method.execute([torch.from_numpy(batch)])[0].numpy()
@@ -56,4 +58,6 @@ def input_shape(path: Path) -> tuple[int, ...]:
         from executorch.runtime import Runtime
     except ImportError:
         raise missing("executorch") from None
-    return tuple(Runtime.get().load_program(path).metadata("forward").input_tensor_meta(0).sizes())
+    with native_stderr_silenced():
+        program = Runtime.get().load_program(path)
+    return tuple(program.metadata("forward").input_tensor_meta(0).sizes())
