@@ -78,6 +78,12 @@ def option(
     }
 
 
+def flag_of(field: dataclasses.Field[Any]) -> tuple[str, ...]:
+    """A field's option strings, the long one first."""
+    meta = field.metadata["cli"]
+    return meta["flags"] or ("--" + field.name.replace("_", "-"),)
+
+
 def opt(default: Any = dataclasses.MISSING, help: str = "", **kwargs: Any) -> Any:
     """A dataclass field with a default and ``option`` metadata (``default=MISSING``: a required field)."""
     if default is dataclasses.MISSING:

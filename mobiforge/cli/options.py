@@ -16,6 +16,7 @@ import typing
 from typing import Any
 
 from mobiforge import config as config_module
+from mobiforge.config import flag_of as flag_of  # public here too: the CLI tests read it
 
 ALWAYS_NESTED = ("data", "optim")  # a command whose config has these offers their options
 
@@ -37,11 +38,6 @@ def nested_config(hint: Any) -> type | None:
     """The dataclass of a nested config field (``DataConfig``, ``DistillConfig | None``), else None."""
     inner, _ = _unwrap(hint)
     return inner if dataclasses.is_dataclass(inner) and isinstance(inner, type) else None
-
-
-def flag_of(field: dataclasses.Field[Any]) -> tuple[str, ...]:
-    meta = field.metadata["cli"]
-    return meta["flags"] or ("--" + field.name.replace("_", "-"),)
 
 
 def shown_default(field: dataclasses.Field[Any], default: Any) -> str | None:

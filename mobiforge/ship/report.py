@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import html
 import importlib.metadata
 import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import time
 from pathlib import Path
@@ -26,7 +28,7 @@ import torchvision
 from mobiforge import __version__
 from mobiforge.backends import get_backend
 from mobiforge.checkpoint import Checkpoint
-from mobiforge.config import ShipConfig
+from mobiforge.config import BUILTIN_DATASETS, ShipConfig, flag_of
 from mobiforge.paths import shareable, without_local_paths
 from mobiforge.plots import pyplot
 from mobiforge.ship.config import FILE_OVERHEAD
@@ -49,27 +51,27 @@ def versions(runtime: str) -> dict[str, str]:
     return found
 
 
+# Shown even at their defaults: what the run was asked for. Every other field is shown where it differs.
+COMMAND_ALWAYS = ("data", "max_size", "max_latency_ms", "runtime", "threads", "time_budget_s", "teacher")
+COMMAND_PATHS = ("data", "teacher", "out")  # written without the local absolute part (paths.shareable)
+
+
 def ship_command(config: ShipConfig) -> str:
-    """The CLI command that reruns (and so resumes) this ship run."""
-    parts = [
-        "mobiforge ship",
-        f"--data {shareable(config.data)}",
-        f"--max-size {config.max_size / 1e6:g}MB",
-        f"--max-latency {config.max_latency_ms:g}ms",
-        f"--runtime {config.runtime}",
-        f"--threads {config.threads}",
-        f"--time-budget {config.time_budget_s / 60:g}m",
-        f"--teacher {config.teacher if config.teacher in ('auto', 'none') else shareable(config.teacher)}",
-    ]
-    if config.out:
-        parts.append(f"--out {shareable(config.out)}")
-    if config.models:
-        parts.append(f"--models {','.join(config.models)}")
-    if config.img_size:
-        parts.append(f"--img-size {config.img_size}")
-    if config.max_drop != 1.0:
-        parts.append(f"--max-drop {config.max_drop:g}")
-    return " ".join(parts)
+    """The CLI command that reruns (and so resumes) this ship run: every setting the resume compares, shell-quoted."""
+    argv = ["mobiforge", "ship"]
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if value is None or (field.name not in COMMAND_ALWAYS and value == field.default):
+            continue
+        flag, show = flag_of(field)[0], field.metadata["cli"]["show"]
+        if isinstance(value, bool):
+            argv.append(flag if value else f"--no-{flag[2:]}")
+            continue
+        text = show(value) if show else ",".join(value) if isinstance(value, list) else str(value)
+        if field.name in COMMAND_PATHS and value not in ("auto", "none", *BUILTIN_DATASETS):
+            text = shareable(value)
+        argv += [flag, text]
+    return shlex.join(argv)
 
 
 def model_card(config: ShipConfig, state: ShipState, row: Row, artifact: Path | None) -> dict[str, Any]:
@@ -212,8 +214,15 @@ def _candidate_table(rows: list[Row], config: ShipConfig) -> list[list[str]]:
 
 def _markdown_table(table: list[list[str]]) -> str:
     lines = ["| " + " | ".join(table[0]) + " |", "|" + "---|" * len(table[0])]
-    lines += ["| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in table[1:]]
+    lines += ["| " + " | ".join(markdown_text(cell.replace("|", "/")) for cell in row) + " |" for row in table[1:]]
     return "\n".join(lines)
+
+
+def markdown_text(line: str) -> str:
+    """A markdown line with HTML escaped outside its `code` spans: markdown renderers pass raw HTML through, and a
+    class or folder named ``<script>...`` is text (inside backticks it is literal already)."""
+    parts = line.split("`")
+    return "`".join(part if index % 2 else html.escape(part, quote=False) for index, part in enumerate(parts))
 
 
 def _html_table(table: list[list[str]]) -> str:
@@ -349,7 +358,7 @@ def _ladder_table(state: ShipState, rows: list[Row]) -> list[list[str]]:
 
 
 def _markdown(intro: list[str], tables: Tables, images: dict[str, Path], snippets: list[Snippet]) -> str:
-    md = list(intro)
+    md = [markdown_text(line) for line in intro]
     for title, table in tables.items():
         md += ["", f"## {title}", "", _markdown_table(table)]
     md.append("")

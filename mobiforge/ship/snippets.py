@@ -8,6 +8,7 @@ ONNX Runtime ``OrtSession`` / ``ORTSession``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 _KOTLIN_PREPROCESS = """\
@@ -156,7 +157,20 @@ func classify(rgba: [UInt8]) throws -> String {{
 }
 
 
-def _constants(card: dict[str, Any]) -> dict[str, Any]:
+def kotlin_text(text: str) -> str:
+    """``text`` as the inside of a Kotlin string literal: a class folder named ``ok ${1+1}`` or ``a"b`` stays text
+    (``$`` starts a template in Kotlin strings)."""
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$")
+    return "".join(f"\\u{ord(c):04x}" if ord(c) < 0x20 else c for c in escaped)
+
+
+def swift_text(text: str) -> str:
+    """``text`` as the inside of a Swift string literal (``\\(`` starts an interpolation in Swift strings)."""
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    return "".join(f"\\u{{{ord(c):x}}}" if ord(c) < 0x20 else c for c in escaped)
+
+
+def _constants(card: dict[str, Any], text: Callable[[str], str]) -> dict[str, Any]:
     pre = card["preprocessing"]
     size = pre["crop"]
     file = card["artifact"]["file"]
@@ -167,22 +181,22 @@ def _constants(card: dict[str, Any]) -> dict[str, Any]:
         "resize": pre["resize"],
         "mean": ", ".join(f"{value:.4f}f" for value in pre["mean"]),
         "std": ", ".join(f"{value:.4f}f" for value in pre["std"]),
-        "classes": ", ".join(f'"{name}"' for name in card["classes"]),
-        "file": file,
-        "stem": stem,
-        "ext": ext,
+        "classes": ", ".join(f'"{text(name)}"' for name in card["classes"]),
+        "file": text(file),
+        "stem": text(stem),
+        "ext": text(ext),
     }
 
 
 def android_snippet(card: dict[str, Any]) -> str:
     """Kotlin: preprocessing with this model's constants, then loading and running the artifact."""
-    values = _constants(card)
+    values = _constants(card, kotlin_text)
     return _KOTLIN_PREPROCESS.format(**values) + "\n" + _KOTLIN_RUN[card["artifact"]["format"]].format(**values)
 
 
 def ios_snippet(card: dict[str, Any]) -> str:
     """Swift: the same for iOS (Swift's float literals have no ``f`` suffix)."""
-    values = _constants(card)
+    values = _constants(card, swift_text)
     values["mean"] = values["mean"].replace("f", "")
     values["std"] = values["std"].replace("f", "")
     return _SWIFT_PREPROCESS.format(**values) + "\n" + _SWIFT_RUN[card["artifact"]["format"]].format(**values)
