@@ -3,6 +3,7 @@ students trained on the cache with the teacher's cached logits."""
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -139,7 +140,14 @@ def test_a_truncated_student_distils_on_the_shared_cache(
     assert trained.trainable_params and trained.trainable_params < sum(p.numel() for p in create_model(
         "efficientnet_lite0", num_classes=2, depth=candidate.spec["kwargs"]["depth"]).parameters())  # fmt: skip
     teacher_lines = [line for line in reporter.lines if line.startswith("teacher cache")]
-    assert teacher_lines and " 0 trunk passes computed" in teacher_lines[0]  # the teacher's rung cached them
+    # the views the teacher's rung cached are read back; only the student's further views need the teacher's pass
+    computed, read_back = map(
+        int, re.search(r"(\d+) trunk passes computed .* (\d+) read back", teacher_lines[0]).groups()
+    )
+    views = {name: load_checkpoint(path)["transfer"]["views"] for name, path in
+             (("teacher", record.trained.checkpoint), ("student", trained.checkpoint))}  # fmt: skip
+    assert views["student"] > views["teacher"] and read_back * views["student"] == (computed + read_back) * views[
+        "teacher"]  # fmt: skip
     imagenet = create_model("efficientnet_lite0", pretrained=True, num_classes=2).state_dict()
     student = load_checkpoint(trained.checkpoint)
     assert student["preprocess"] == load_checkpoint(record.trained.checkpoint)["preprocess"]  # the teacher's size

@@ -390,12 +390,10 @@ def _train_student_tail(
     start = _teacher_start(candidate, teacher, config, folder)
     student = Checkpoint.load(start).model()
     tails = student_tails(candidate, student)
-    teacher_checkpoint = Checkpoint.load(teacher.checkpoint)
-    if not teacher_checkpoint.extra.get("transfer"):  # its logits need one pass of the whole teacher
-        speed = inference_speed(teacher_checkpoint.model(), teacher_checkpoint.preprocess.img_size)
-        seconds -= MARGIN * state.survey.train_images * VIEWS[0] / speed
+    teacher_seconds = _teacher_pass_seconds(Checkpoint.load(teacher.checkpoint), state.survey.train_images)
     speeds = measure(student, Checkpoint.load(start).preprocess.img_size, tails, config)  # the teacher's size
-    views = views_for(speeds, state.survey, seconds)
+    views = views_for(speeds, state.survey, seconds, teacher_seconds)
+    seconds -= teacher_seconds(views)
     rung = tail_rung(speeds, state.survey, views, seconds, tails, STUDENT_TAIL_EPOCHS)
     if rung is None and not required:
         return None
@@ -425,6 +423,15 @@ def _train_student_tail(
         rung=rung.name,
         trainable_params=trainable,
     )
+
+
+def _teacher_pass_seconds(teacher: Checkpoint, train_images: int) -> Callable[[int], float]:
+    """Seconds of the teacher's passes for its logits on ``views`` views of every training image: none for the views
+    a cached teacher (a tail run, such as the linear probe) has already computed, one whole forward pass for each
+    other view."""
+    cached = int((teacher.extra.get("transfer") or {}).get("views") or 0)
+    speed = inference_speed(teacher.model(), teacher.preprocess.img_size)
+    return lambda views: MARGIN * train_images * max(0, views - cached) / speed
 
 
 def _teacher_start(candidate: Candidate, teacher: TrainRecord, config: ShipConfig, folder: Path) -> Path:
