@@ -12,12 +12,14 @@ Command-specific defaults are written where the command owns them: prune's optim
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from mobiforge.backends import DEFAULT_RUNTIME, backend_names
+from mobiforge.errors import MobiforgeError
 from mobiforge.units import SECONDS, format_bytes, parse_count, parse_duration, parse_size
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -55,12 +57,14 @@ def option(
     nargs: str | int | None = None,
     const: Any = None,
     group: str | None = None,
+    valid: Range | None = None,
 ) -> dict[str, Any]:
     """The metadata that makes a dataclass field a command-line option.
 
     ``flags``: the option strings (default ``--field-name``); ``parse``: turns the text into the field's value (a
     size, a duration, a comma list); ``show``: how the default reads in the help; ``group``: a name shared by
-    options of which at most one may be given; ``choices`` may be a function, called when the parser is built.
+    options of which at most one may be given; ``choices`` may be a function, called when the parser is built;
+    ``valid``: the values the field accepts (checked by ``check_ranges`` whenever the config is built).
     """
     return {
         "cli": {
@@ -74,8 +78,58 @@ def option(
             "nargs": nargs,
             "const": const,
             "group": group,
+            "valid": valid,
         }
     }
+
+
+@dataclass(frozen=True)
+class Range:
+    """The numbers a field accepts; ``None`` (the field's "default") is always accepted."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # low itself excluded
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+    def describe(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        if self.low is None:
+            return f"{'<' if self.high_open else '<='} {self.high:g}"
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+
+AT_LEAST_1 = Range(1)
+NON_NEGATIVE = Range(0)
+POSITIVE = Range(0, low_open=True)
+FRACTION = Range(0, 1)
+OPEN_FRACTION = Range(0, 1, low_open=True, high_open=True)
+IMAGE_SIDE = Range(8, 2048)  # pixels: below, the stems' strides leave nothing; above, minutes and GBs per image
+DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
+
+
+def check_ranges(config: Any) -> None:
+    """Refuse a config whose fields hold values outside their ``valid`` range, naming the flag: a negative
+    --clip-grad flipped every gradient, and -b 0 or --step-size 0 ended in tracebacks from deep in torch."""
+    for item in dataclasses.fields(config):
+        meta = item.metadata.get("cli") or {}
+        value = getattr(config, item.name)
+        valid = meta.get("valid")
+        if valid is None or value is None or isinstance(value, bool):
+            continue
+        if not isinstance(value, int | float) or value not in valid:
+            raise MobiforgeError(f"{flag_of(item)[0]} must be {valid.describe()}, got {value!r}")
+
+
+def check_device(device: str) -> None:
+    if not DEVICE.fullmatch(device):
+        raise MobiforgeError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {device!r}")
 
 
 def flag_of(field: dataclasses.Field[Any]) -> tuple[str, ...]:
@@ -111,14 +165,17 @@ class DataConfig:
     """data: where the images come from and how they are augmented (train, distill, prune, ship)"""
 
     data: str = opt("digits", "image folder (DIR/train + DIR/val|test, or DIR/<class>/) or 'digits' (built in)")
-    img_size: int | None = opt(None, "input size (default 224; 32 for digits)")  # None: see resolved_img_size
-    val_split: float = opt(0.1, "val fraction when DIR has class folders only")
+    img_size: int | None = opt(
+        None, "input size (default 224; 32 for digits)", valid=IMAGE_SIDE
+    )  # None: see resolved_img_size
+    val_split: float = opt(0.1, "val fraction when DIR has class folders only", valid=OPEN_FRACTION)
     split_seed: int = opt(0, "seed of that split")
-    batch_size: int = opt(64, flags=("--batch-size", "-b"))
+    batch_size: int = opt(64, flags=("--batch-size", "-b"), valid=AT_LEAST_1)
     workers: int | None = opt(
         None,
         "data loader processes (default: 0 when the images are cached in memory on CPU, else 2)",
         flags=("--workers", "-j"),
+        valid=NON_NEGATIVE,
     )
     cache: str = opt(
         "auto",
@@ -130,15 +187,18 @@ class DataConfig:
     crop: str | None = opt(
         None, "RandomResizedCrop or pad-and-crop (default: pad up to 64 px, else rrc)", choices=CROPS
     )
-    min_scale: float = opt(0.08, "RandomResizedCrop's smallest area fraction")
+    min_scale: float = opt(0.08, "RandomResizedCrop's smallest area fraction", valid=Range(0, 1, low_open=True))
     trivial_augment: bool = opt(False, "TrivialAugmentWide")
-    random_erasing: float = opt(0.0, "RandomErasing probability", metavar="P")
-    mixup: float = opt(0.0, "mixup alpha (0: off)", metavar="ALPHA")
-    cutmix: float = opt(0.0, "cutmix alpha (0: off)", metavar="ALPHA")
+    random_erasing: float = opt(0.0, "RandomErasing probability", metavar="P", valid=FRACTION)
+    mixup: float = opt(0.0, "mixup alpha (0: off)", metavar="ALPHA", valid=NON_NEGATIVE)
+    cutmix: float = opt(0.0, "cutmix alpha (0: off)", metavar="ALPHA", valid=NON_NEGATIVE)
     mean: tuple[float, float, float] | None = opt(
         None, "normalisation mean (default: the pretrained weights', else ImageNet's)", nargs=3
     )
     std: tuple[float, float, float] | None = opt(None, "normalisation std (default: as for --mean)", nargs=3)
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
     def resolved_img_size(self) -> int:
         if self.img_size is not None:
@@ -170,19 +230,22 @@ class OptimConfig:
     """optimisation: optimizer, schedule, regularisation (train: the seed article's SGD 0.01/0.9, StepLR)"""
 
     optimizer: str = opt("sgd", flags=("--optimizer", "--opt"), choices=OPTIMIZERS)
-    lr: float = opt(0.01, "learning rate")
-    momentum: float = opt(0.9)
-    weight_decay: float = opt(0.0, flags=("--weight-decay", "--wd"))
+    lr: float = opt(0.01, "learning rate", valid=POSITIVE)
+    momentum: float = opt(0.9, valid=Range(0, 1, high_open=True))
+    weight_decay: float = opt(0.0, flags=("--weight-decay", "--wd"), valid=NON_NEGATIVE)
     decay_norm_and_bias: bool = opt(False, "also decay BN and bias parameters (usually harmful)")
     scheduler: str = opt("step", flags=("--scheduler", "--sched"), choices=SCHEDULERS)
-    step_size: int = opt(10, "epochs between StepLR decays")
-    gamma: float = opt(0.1, "StepLR's decay factor")
-    warmup_epochs: float = opt(0.0, "linear warm-up, for cosine and step")
-    min_lr_ratio: float = opt(0.0, "cosine floor as a fraction of --lr")
-    label_smoothing: float = opt(0.0)
-    clip_grad: float | None = opt(None, "max gradient norm", metavar="NORM")
+    step_size: int = opt(10, "epochs between StepLR decays", valid=AT_LEAST_1)
+    gamma: float = opt(0.1, "StepLR's decay factor", valid=Range(0, 1, low_open=True))
+    warmup_epochs: float = opt(0.0, "linear warm-up, for cosine and step", valid=NON_NEGATIVE)
+    min_lr_ratio: float = opt(0.0, "cosine floor as a fraction of --lr", valid=FRACTION)
+    label_smoothing: float = opt(0.0, valid=Range(0, 1, high_open=True))
+    clip_grad: float | None = opt(None, "max gradient norm", metavar="NORM", valid=POSITIVE)
     ema_decay: float | None = opt(None, "EMA of weights, e.g. 0.999 (evaluated and saved)", flags=("--ema",),
-                                  metavar="DECAY")  # fmt: skip
+                                  metavar="DECAY", valid=OPEN_FRACTION)  # fmt: skip
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 @dataclass
@@ -193,10 +256,13 @@ class DistillConfig:
         help="teacher checkpoint, or a model name with pretrained weights (adapted to the data first)",
         metavar="CKPT_OR_MODEL",
     )
-    alpha: float = opt(0.5, "weight of the teacher's soft targets (0-1); 1 - alpha goes to the labels")
-    temperature: float = opt(4.0, flags=("--temperature", "-T"))
-    feature_weight: float = opt(0.0, "weight of pre-logit feature MSE (equal widths only)")
-    teacher_epochs: int = opt(3, "epochs to adapt a pretrained teacher given by name")
+    alpha: float = opt(0.5, "weight of the teacher's soft targets (0-1); 1 - alpha goes to the labels", valid=FRACTION)
+    temperature: float = opt(4.0, flags=("--temperature", "-T"), valid=POSITIVE)
+    feature_weight: float = opt(0.0, "weight of pre-logit feature MSE (equal widths only)", valid=NON_NEGATIVE)
+    teacher_epochs: int = opt(3, "epochs to adapt a pretrained teacher given by name", valid=NON_NEGATIVE)
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 @dataclass
@@ -204,9 +270,9 @@ class TrainConfig:
     """run: everything a training run depends on; saved as config.yaml and inside every checkpoint"""
 
     model: str = opt(DEFAULT_MODEL, flags=("--model", "-m"))
-    width_mult: float | None = opt(None, "channel multiplier")
+    width_mult: float | None = opt(None, "channel multiplier", valid=Range(0, 8, low_open=True))
     small_input: bool | None = opt(None, "CIFAR-style stem (default: on for images of 64 px or less)")
-    dropout: float | None = opt(None)
+    dropout: float | None = opt(None, valid=Range(0, 1, high_open=True))
     pretrained: bool | str = opt(
         False,
         "start from pretrained weights (default entry, or TAG); the classifier is replaced",
@@ -216,16 +282,21 @@ class TrainConfig:
     )
     weights: str | None = opt(None, "explicit pretrained weights file", metavar="FILE")
     download: bool = opt(False, "allow downloading missing pretrained weights")
-    freeze_epochs: int = opt(0, "train only the classifier for N epochs (backbone and its BN frozen)")
-    backbone_lr_scale: float = opt(1.0, "backbone learning rate relative to the classifier's")
+    freeze_epochs: int = opt(
+        0, "train only the classifier for N epochs (backbone and its BN frozen)", valid=NON_NEGATIVE
+    )
+    backbone_lr_scale: float = opt(1.0, "backbone learning rate relative to the classifier's", valid=NON_NEGATIVE)
     freeze_bn: bool = opt(False, "keep BatchNorm statistics fixed throughout")
     trainable_blocks: int | None = opt(
         None,
         "train only the last N blocks (0: the classifier alone, a linear probe) on the frozen network's "
         "outputs, computed once per image and view and cached in the run directory",
         metavar="N",
+        valid=NON_NEGATIVE,
     )
-    views: int = opt(4, "with --trainable-blocks: cached views per training image (the plain crop, then augmented)")
+    views: int = opt(
+        4, "with --trainable-blocks: cached views per training image (the plain crop, then augmented)", valid=AT_LEAST_1
+    )
     cache_dir: str | None = opt(
         None,
         "with --trainable-blocks: the feature cache's folder (default: RUN/cache); runs sharing one reuse each "
@@ -236,7 +307,7 @@ class TrainConfig:
     distill: DistillConfig | None = None  # train as the student of a teacher checkpoint
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    epochs: int | None = opt(None, "default 30; with --resume: the run's own")
+    epochs: int | None = opt(None, "default 30; with --resume: the run's own", valid=AT_LEAST_1)
     seed: int = opt(0)
     deterministic: bool = opt(False, "repeatable results (slower kernels)")
     amp: str = opt(
@@ -247,11 +318,15 @@ class TrainConfig:
     channels_last: bool = opt(True, "channels_last memory format (measured several times faster on CPU)")
     compile: bool = opt(False, "torch.compile the model")
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
-    threads: int | None = opt(None, "CPU threads (default: torch's default)")
+    threads: int | None = opt(None, "CPU threads (default: torch's default)", valid=AT_LEAST_1)
     runs_dir: str = opt("runs")
     name: str | None = opt(None, "run directory name (default: model-data-timestamp)")
     resume: str | None = opt(None, "continue runs/NAME/last.pt", metavar="CKPT")
     tensorboard: bool = opt(True, "write TensorBoard events when TensorBoard is installed")
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+        check_device(self.device)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -285,13 +360,14 @@ class PruneConfig:
 
     checkpoint: str = opt(help="the checkpoint to prune", positional=True, metavar="CKPT")
     data: str | None = opt(None, "image folder (default: the one the checkpoint trained on)")
-    ratio: float | None = opt(None, "fraction of channels to remove, e.g. 0.5", group="target")
+    ratio: float | None = opt(None, "fraction of channels to remove, e.g. 0.5", group="target", valid=OPEN_FRACTION)
     target_macs: int | None = opt(
         None,
         "prune until at most this many MACs, e.g. 150M",
         parse=lambda text: parse_count(text, "--target-macs"),
         group="target",
         metavar="COUNT",
+        valid=AT_LEAST_1,
     )
     target_params: int | None = opt(
         None,
@@ -299,36 +375,45 @@ class PruneConfig:
         parse=lambda text: parse_count(text, "--target-params"),
         group="target",
         metavar="COUNT",
+        valid=AT_LEAST_1,
     )
     importance: str = opt("l1", "l1 (weight magnitude), taylor (gradients), bn (BN scales)", choices=IMPORTANCES)
     global_pruning: bool = opt(False, "rank channels across layers", flags=("--global",))
-    round_to: int = opt(8, "keep channel counts multiples of this")
+    round_to: int = opt(8, "keep channel counts multiples of this", valid=AT_LEAST_1)
     keep_blocks: int = opt(
         0,
         "leave the network's first N blocks (its features[:N]) unpruned, their BatchNorm statistics as they were: "
         "ImageNet features kept exactly, the rest pruned (0: prune every block)",
         metavar="N",
+        valid=NON_NEGATIVE,
     )
     iterative_steps: int = opt(1, "prune in this many steps, re-scoring after each", flags=("--iterative",),
-                               metavar="STEPS")  # fmt: skip
-    calibration_batches: int = opt(4, "training batches whose gradients score channels for --importance taylor")
+                               metavar="STEPS", valid=AT_LEAST_1)  # fmt: skip
+    calibration_batches: int = opt(
+        4, "training batches whose gradients score channels for --importance taylor", valid=AT_LEAST_1
+    )
     bn_recalibration_images: int = opt(
         512,
         "re-estimate BatchNorm statistics on this many training images after pruning (0: off)",
         flags=("--bn-recalibration",),
         metavar="IMAGES",
     )
-    finetune_epochs: int = opt(0, "fine-tuning epochs after pruning")
-    batch_size: int = opt(64, flags=("--batch-size", "-b"))
-    workers: int | None = opt(None, "data loader processes (default: as for train)", flags=("--workers", "-j"))
+    finetune_epochs: int = opt(0, "fine-tuning epochs after pruning", valid=NON_NEGATIVE)
+    batch_size: int = opt(64, flags=("--batch-size", "-b"), valid=AT_LEAST_1)
+    workers: int | None = opt(
+        None, "data loader processes (default: as for train)", flags=("--workers", "-j"), valid=NON_NEGATIVE
+    )
     optim: OptimConfig = field(
         default_factory=lambda: OptimConfig(lr=0.01, scheduler="cosine", weight_decay=4e-5)
     )  # fine-tuning a pruned network: a gentle cosine schedule
     distill: DistillConfig | None = None  # fine-tune as the student of a teacher
     seed: int = opt(0)
-    threads: int | None = opt(None, "CPU threads (latency is measured with these)")
+    threads: int | None = opt(None, "CPU threads (latency is measured with these)", valid=AT_LEAST_1)
     runs_dir: str = opt("runs")
     name: str | None = opt(None, "run directory name (default: model-pruned-timestamp)")
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 # ------------------------------------------------------------------------------------------------------ export
@@ -343,15 +428,17 @@ class ExportConfig:
     int8: str | None = opt(None, "post-training (ptq) or quantization-aware (qat) int8", choices=INT8_MODES)
     data: str | None = opt(None, "image folder (default: the one the checkpoint trained on)")
     out: str | None = opt(None, "artifact path (default: next to the checkpoint)", flags=("--out", "-o"))
-    calibration_images: int = opt(256, "train images that calibrate int8")
-    val_images: int | None = opt(None, "verify on an evenly spaced subset of this many val images (default all)")
+    calibration_images: int = opt(256, "train images that calibrate int8", valid=AT_LEAST_1)
+    val_images: int | None = opt(
+        None, "verify on an evenly spaced subset of this many val images (default all)", valid=AT_LEAST_1
+    )
     # the simulated-int8 graph runs its quantize ops one by one in Python: 1,000 EfficientNet-Lite0 images took 2 min
     reference_images: int | None = opt(
         None, "compare the runtime with the simulated-int8 graph on this many of them (default all; 0: skip)"
     )
-    qat_epochs: int = opt(1)
-    qat_images: int | None = opt(None, "train images per QAT epoch, a seeded subset (default all)")
-    qat_lr: float = opt(1e-3)
+    qat_epochs: int = opt(1, valid=AT_LEAST_1)
+    qat_images: int | None = opt(None, "train images per QAT epoch, a seeded subset (default all)", valid=AT_LEAST_1)
+    qat_lr: float = opt(1e-3, valid=POSITIVE)
     # BN on its running statistics while QAT fine-tunes (torchvision's recipe freezes them after 3 epochs): the
     # fold the fake-quantized graph trains against is then the one convert_pt2e writes
     qat_freeze_bn: bool = opt(True, "QAT fine-tunes with BN on its running statistics (off: the batches update them)")
@@ -361,8 +448,9 @@ class ExportConfig:
         0.5,
         "weight of the fp32 model's soft predictions in the QAT loss, the rest on the labels (0: labels only)",
         metavar="ALPHA",
+        valid=FRACTION,
     )
-    max_drop: float | None = opt(None, "fail if int8 loses more top-1 points than this")
+    max_drop: float | None = opt(None, "fail if int8 loses more top-1 points than this", valid=NON_NEGATIVE)
     # ONNX int8 weights in 7 bits (ONNX Runtime's reduce_range); None: where this CPU's int8 kernels saturate
     onnx_reduce_range: bool | None = opt(
         None, "7-bit ONNX int8 weights (default: only on x86 CPUs without VNNI, where ONNX Runtime's kernels saturate)"
@@ -377,11 +465,14 @@ class ExportConfig:
     )
     float_fallback: bool = opt(True, "when int8 misses --max-drop, search for layers to leave in float and retry")
     float_fallback_groups: int = 3  # ... at most this many
-    batch_size: int = opt(64, flags=("--batch-size", "-b"))
-    workers: int = opt(DEFAULT_LOADER_WORKERS, flags=("--workers", "-j"))
+    batch_size: int = opt(64, flags=("--batch-size", "-b"), valid=AT_LEAST_1)
+    workers: int = opt(DEFAULT_LOADER_WORKERS, flags=("--workers", "-j"), valid=NON_NEGATIVE)
     threads: tuple[int, ...] = (1, 2)
     latency_seconds: float = 1.0  # each latency is timed for at least this long (and 30 runs)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 @dataclass
@@ -405,7 +496,12 @@ class ShipConfig:
 
     data: str = opt("digits", "image folder (as for train) or 'digits' (built in)")
     max_size: int = opt(
-        1_000_000, "largest int8 artifact file (1MB, 800KB, 2MiB)", parse=parse_size, show=_show_size, metavar="SIZE"
+        1_000_000,
+        "largest int8 artifact file (1MB, 800KB, 2MiB)",
+        parse=parse_size,
+        show=_show_size,
+        metavar="SIZE",
+        valid=AT_LEAST_1,
     )
     max_latency_ms: float = opt(
         100.0,
@@ -414,9 +510,10 @@ class ShipConfig:
         parse=lambda text: parse_duration(text, "ms", "--max-latency", to="ms"),
         show=lambda v: f"{v:g}ms",
         metavar="TIME",
+        valid=POSITIVE,
     )
     runtime: str = opt(DEFAULT_RUNTIME, "the runtime the model ships in", choices=backend_names)
-    threads: int = opt(1, "threads the latency is measured with")
+    threads: int = opt(1, "threads the latency is measured with", valid=AT_LEAST_1)
     time_budget_s: float = opt(
         1800.0,
         "wall time for the whole run (30m, 1h, 90s; a bare number is minutes)",
@@ -424,19 +521,29 @@ class ShipConfig:
         parse=lambda text: parse_duration(text, "m", "--time-budget"),
         show=lambda v: f"{v / SECONDS['m']:g}m",
         metavar="TIME",
+        valid=POSITIVE,
     )
     teacher: str = opt("auto", "auto (pretrained EfficientNet-Lite0), none, or a CKPT")
     out: str | None = opt(None, "run directory (default runs/ship-<data name>)", flags=("--out", "-o"))
-    max_drop: float = opt(1.0, "int8 accuracy gate: top-1 points lost through the runtime")
+    max_drop: float = opt(1.0, "int8 accuracy gate: top-1 points lost through the runtime", valid=NON_NEGATIVE)
     models: list[str] | None = opt(None, "comma-separated families to search (default: all)", parse=comma_list)
-    img_size: int | None = opt(None, "one input size instead of the data's regime")
-    max_candidates: int = opt(3, "fitting candidates the search looks for")
-    max_trained: int = opt(2, "of which at most this many are trained")
-    batch_size: int | None = opt(None, "default 128 (small images) or 32", flags=("--batch-size", "-b"))
-    workers: int | None = opt(None, "data loader processes (default: as for train)", flags=("--workers", "-j"))
-    val_images: int | None = opt(None, "gate on an evenly spaced subset of this many val images (default all)")
+    img_size: int | None = opt(None, "one input size instead of the data's regime", valid=IMAGE_SIDE)
+    max_candidates: int = opt(3, "fitting candidates the search looks for", valid=AT_LEAST_1)
+    max_trained: int = opt(2, "of which at most this many are trained", valid=AT_LEAST_1)
+    batch_size: int | None = opt(
+        None, "default 128 (small images) or 32", flags=("--batch-size", "-b"), valid=AT_LEAST_1
+    )
+    workers: int | None = opt(
+        None, "data loader processes (default: as for train)", flags=("--workers", "-j"), valid=NON_NEGATIVE
+    )
+    val_images: int | None = opt(
+        None, "gate on an evenly spaced subset of this many val images (default all)", valid=AT_LEAST_1
+    )
     skip_bad_images: bool = opt(False, "skip undecodable files instead of failing")
     seed: int = opt(0)
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
     def run_dir(self) -> Path:
         if self.out:
@@ -455,9 +562,12 @@ class EvalOptions:
     checkpoint: str = opt(help="the checkpoint to evaluate", positional=True, metavar="CKPT")
     data: str | None = opt(None, "image folder (default: the one the checkpoint trained on)")
     split: str = opt("val", "val, test or train")
-    batch_size: int = opt(64, flags=("--batch-size", "-b"))
-    workers: int = opt(DEFAULT_LOADER_WORKERS, flags=("--workers", "-j"))
+    batch_size: int = opt(64, flags=("--batch-size", "-b"), valid=AT_LEAST_1)
+    workers: int = opt(DEFAULT_LOADER_WORKERS, flags=("--workers", "-j"), valid=NON_NEGATIVE)
     skip_bad_images: bool = opt(False, "skip undecodable files instead of failing")
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 @dataclass
@@ -466,7 +576,10 @@ class PredictOptions:
 
     checkpoint: str = opt(help="the checkpoint to run", positional=True, metavar="CKPT")
     images: list[str] = opt(help="image files", positional=True, nargs="+", metavar="IMAGE")
-    top_k: int = opt(5, flags=("--top-k", "-k"))
+    top_k: int = opt(5, flags=("--top-k", "-k"), valid=AT_LEAST_1)
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 @dataclass
@@ -480,14 +593,15 @@ class ProfileOptions:
         nargs="?",
         metavar="MODEL_OR_CHECKPOINT",
     )
-    img_size: int | None = opt(None, "input size (default: the model's own)")
-    batch_size: int = opt(1)
-    threads: int | None = opt(None, "CPU threads (default: torch's default; 1 for an exported file)")
+    img_size: int | None = opt(None, "input size (default: the model's own)", valid=IMAGE_SIDE)
+    batch_size: int = opt(1, valid=AT_LEAST_1)
+    threads: int | None = opt(None, "CPU threads (default: torch's default; 1 for an exported file)", valid=AT_LEAST_1)
     max_size: int | None = opt(
         None,
         "budget on the int8 weight size (an exported file's own size), e.g. 1MB",
         parse=parse_size,
         metavar="SIZE",
+        valid=AT_LEAST_1,
     )
     max_latency_ms: float | None = opt(
         None,
@@ -495,10 +609,16 @@ class ProfileOptions:
         flags=("--max-latency",),
         parse=lambda text: parse_duration(text, "ms", "--max-latency", to="ms"),
         metavar="TIME",
+        valid=POSITIVE,
     )
-    num_classes: int | None = opt(None, "classifier outputs, when MODEL is a name (model default: 1000)")
-    width_mult: float | None = opt(None, "channel multiplier, when MODEL is a name")
+    num_classes: int | None = opt(
+        None, "classifier outputs, when MODEL is a name (model default: 1000)", valid=AT_LEAST_1
+    )
+    width_mult: float | None = opt(None, "channel multiplier, when MODEL is a name", valid=Range(0, 8, low_open=True))
     small_input: bool | None = opt(None, "CIFAR-style variant for 32 px images, when MODEL is a name")
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 @dataclass
@@ -506,5 +626,8 @@ class ModelsOptions:
     """models: the registered models, or their pretrained weights"""
 
     pattern: str = opt("*", "substring or shell pattern, e.g. 'mobilenet_v3*'", positional=True, nargs="?")
-    img_size: int = opt(224, "input size for the MAC count")
+    img_size: int = opt(224, "input size for the MAC count", valid=IMAGE_SIDE)
     weights: bool = opt(False, "list the pretrained weights entries instead")
+
+    def __post_init__(self) -> None:
+        check_ranges(self)

@@ -110,10 +110,10 @@ def test_models_weights_listing(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
-        (["--epochs", "0"], "--epochs must be at least 1, got 0"),
-        (["--img-size", "4"], "--img-size must be >= 8, got 4"),
-        (["--lr", "-1"], "--lr must be positive, got -1.0"),
+        (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+        (["--epochs", "0"], "--epochs must be >= 1, got 0"),
+        (["--img-size", "4"], "--img-size must be in [8, 2048], got 4"),
+        (["--lr", "-1"], "--lr must be > 0, got -1.0"),
     ],
 )
 def test_bad_train_flags_are_one_line_errors(flags: list[str], message: str, capsys) -> None:

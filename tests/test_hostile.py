@@ -146,3 +146,42 @@ def test_the_command_line_is_shell_quoted_and_names_every_changed_setting(tmp_pa
     options = dict(zip(argv[2::2], argv[3::2], strict=False))
     assert options["--out"] == "runs/my run; rm -rf ~" and options["--seed"] == "7"
     assert options["--models"] == "mobilenet_v2" and options["--max-drop"] == "2.0"
+
+
+BAD_FLAGS = [
+    (["train", "--clip-grad", "-1"], "--clip-grad must be > 0, got -1.0"),
+    (["train", "--step-size", "0"], "--step-size must be >= 1, got 0"),
+    (["train", "--label-smoothing", "2"], "--label-smoothing must be in [0, 1), got 2.0"),
+    (["train", "--threads", "-2"], "--threads must be >= 1, got -2"),
+    (["train", "--device", "tpu"], "--device must be auto, cpu, cuda, cuda:N or mps, got 'tpu'"),
+    (["train", "--ema", "2"], "--ema must be in (0, 1), got 2.0"),
+    (["train", "-b", "0"], "--batch-size must be >= 1, got 0"),
+    (["train", "-j", "-1"], "--workers must be >= 0, got -1"),
+    (["train", "--width-mult", "0"], "--width-mult must be in (0, 8], got 0.0"),
+    (["train", "--img-size", "100000"], "--img-size must be in [8, 2048], got 100000"),
+    (["export", "ckpt.pt", "-f", "onnx", "--val-images", "0"], "--val-images must be >= 1, got 0"),
+    (["ship", "--img-size", "0"], "--img-size must be in [8, 2048], got 0"),
+    (["models", "--img-size", "-1"], "--img-size must be in [8, 2048], got -1"),
+    (["predict", "ckpt.pt", "x.jpg", "-k", "-3"], "--top-k must be >= 1, got -3"),
+    (["predict", "ckpt.pt", "x.jpg", "-k", "0"], "--top-k must be >= 1, got 0"),
+    (["profile", "mobilenet_v2", "--num-classes", "0"], "--num-classes must be >= 1, got 0"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), BAD_FLAGS, ids=[" ".join(argv) for argv, _ in BAD_FLAGS])
+def test_a_bad_flag_value_is_one_line_naming_the_flag(argv: list[str], message: str, capsys) -> None:
+    """Items 6 and 12: a negative --clip-grad flipped every gradient silently; the others ended in tracebacks."""
+    from mobiforge.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"mobiforge {argv[0]}: error: {message}"
+
+
+def test_the_api_refuses_the_same_values(tmp_path: Path) -> None:
+    from mobiforge.config import OptimConfig, TrainConfig
+
+    with pytest.raises(MobiforgeError, match="--clip-grad must be > 0"):
+        OptimConfig(clip_grad=-1.0)
+    with pytest.raises(MobiforgeError, match="--epochs must be >= 1"):
+        TrainConfig(epochs=0)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from mobiforge.checkpoint import load_checkpoint
+from mobiforge.config import TrainConfig
 from mobiforge.models import create_model
 from mobiforge.progress import SilentReporter
 from mobiforge.ship import ShipConfig, Survey, TeacherSpec, teacher_candidate, truncated_candidate
@@ -220,3 +221,34 @@ def test_the_report_shows_every_rung_with_its_time() -> None:
     assert table[1] == ["teacher: linear probe", "0.013M", "113 s", "75.90%"]
     assert table[2] == ["teacher: last 3 blocks", "1.510M", "332 s", "81.90%"]
     assert table[3] == ["lite0-depth10: last 4 blocks, distilled", "0.700M", "400 s", "80.50%"]
+
+
+def test_a_student_takes_the_time_of_candidates_that_could_not_train(
+    taught: tuple[ShipConfig, Path, TeacherRecord], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the proxy the first student stopped at its share while the second could not fit its shortest rung in the
+    rest: 8 of 30 minutes went unused. Spare time below a student's shortest rung goes to the student training."""
+    import mobiforge.ship.stages as stages
+
+    config, run, record = taught
+    assert record.trained is not None
+    candidate = truncated_candidate(TeacherSpec("efficientnet_lite0", 224, pretrained=True), 2, 1_000_000, below=8)
+    assert candidate is not None
+    speeds = LadderSpeeds(forward=50.0, prefix={2: 60.0, 1: 70.0}, tail={2: 100.0, 1: 300.0})
+    monkeypatch.setattr(stages, "measure", lambda *a, **kw: speeds)
+    planned: list[int] = []
+
+    class Planned(Exception):
+        pass
+
+    def plan_only(config: TrainConfig, *args: object, **kwargs: object) -> None:
+        planned.append(config.epochs)
+        raise Planned
+
+    monkeypatch.setattr(stages, "train", plan_only)
+    deadline = time.time() + 600
+    for spare in (0.0, 5.0, 500.0):  # none; less than the shortest rung (taken); enough for another student (kept)
+        with pytest.raises(Planned):
+            stages.train_cached_student(candidate, config, record.trained, run, MessageLog(), _State(), 30.0,
+                                        deadline, spare=spare)  # fmt: skip
+    assert planned[1] > planned[0] == planned[2]

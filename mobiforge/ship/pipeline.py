@@ -156,10 +156,15 @@ def _train_cached(
     """A cached student's training in its share of the time left (all of it when it is the last); False when its
     cache pass and shortest tail cannot fit and another candidate has shipped (it is skipped)."""
     reserve = sum(export_reserve(c, state.survey) for c in queue)
-    seconds = (state.left() - reserve) * (1.0 if len(queue) == 1 else CACHED_SHARE)
+    usable = state.left() - reserve
+    seconds = usable * (1.0 if len(queue) == 1 else CACHED_SHARE)
     say(f"train: {candidate.name} on the cached trunk, distilled from the teacher's cached logits")
     deadline, required = state.deadline - reserve, not shipped_one(state)
-    trained = train_cached_student(candidate, config, teacher, run_dir, reporter, state, seconds, deadline, required)
+    own = export_reserve(candidate, state.survey)  # the others' exports are spare too when they cannot train
+    spare, alone_by = usable - seconds + reserve - own, state.deadline - own
+    trained = train_cached_student(
+        candidate, config, teacher, run_dir, reporter, state, seconds, deadline, required, spare, alone_by
+    )
     if trained is None:
         say(f"train: no time left for {candidate.name} (its cache pass and {MIN_TAIL_EPOCHS} epochs, then its export)")
         return False

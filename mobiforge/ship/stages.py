@@ -309,22 +309,26 @@ def train_cached_student(
     seconds: float,
     deadline: float,
     required: bool = True,
+    spare: float = 0.0,
+    spare_deadline: float | None = None,
 ) -> TrainRecord | None:
     """A truncated student (the teacher's first blocks, a new head conv) or a pruned one (the teacher's first blocks
     whole, the rest narrowed) climbs the ladder: first its last blocks on their cached inputs, distilled from the
     teacher's cached logits, as many blocks and epochs as ``seconds`` allow (``student_tails``; its first blocks keep
     the teacher's ImageNet weights); then, when at least FULL_MIN_EPOCHS of end-to-end
     training still fit in ``seconds``, every layer from there, with the teacher in the loop. The better of the two
-    (last epochs) goes on."""
-    begun = time.time()
+    (last epochs) goes on. ``spare``: the time of the candidates after this one, which it takes too when they could
+    not buy the shortest tail rung of a student like it (on the proxy, 8 minutes went unused that way); it may then
+    end by ``spare_deadline``."""
     folder = run_dir / "candidates" / candidate.name
-    end = min(deadline, begun + seconds)
+    budget = StudentBudget(seconds, deadline, spare, spare_deadline or deadline)
     tail = _tail_done(folder) or _train_student_tail(
-        candidate, config, teacher, run_dir, reporter, state, seconds, required, end
+        candidate, config, teacher, run_dir, reporter, state, budget, required
     )
     if tail is None:
         return None
-    epochs, _ = plan_epochs(candidate, state.survey, teacher, seconds - (time.time() - begun))
+    end = budget.end
+    epochs, _ = plan_epochs(candidate, state.survey, teacher, budget.left())
     if epochs < FULL_MIN_EPOCHS:
         return tail
     full = TrainConfig(
@@ -355,6 +359,29 @@ def train_cached_student(
     )
 
 
+@dataclasses.dataclass
+class StudentBudget:
+    """A cached student's time: ``seconds`` from ``begun``, ending by ``deadline`` at the latest; ``spare``, the
+    time of the candidates after it, and the deadline without their exports."""
+
+    seconds: float
+    deadline: float
+    spare: float = 0.0
+    spare_deadline: float = 0.0
+    begun: float = dataclasses.field(default_factory=time.time)
+
+    @property
+    def end(self) -> float:
+        return min(self.deadline, self.begun + self.seconds)
+
+    def left(self) -> float:
+        return self.seconds - (time.time() - self.begun)
+
+    def take_spare(self) -> None:
+        self.seconds, self.spare = self.seconds + self.spare, 0.0
+        self.deadline = max(self.deadline, self.spare_deadline)
+
+
 def _tail_done(folder: Path) -> TrainRecord | None:
     """The student's cached tail run when a killed ship finished it (its record is rebuilt from the run)."""
     last = folder / "last.pt"
@@ -380,20 +407,22 @@ def _train_student_tail(
     run_dir: Path,
     reporter: Reporter,
     state: ShipState,
-    seconds: float,
+    budget: StudentBudget,
     required: bool,
-    end: float,
 ) -> TrainRecord | None:
-    """The student's tail rung (see ``train_cached_student``); when none fits in ``seconds``, the shortest if
-    ``required``, else None. It stops after the last epoch expected to end by ``end``."""
+    """The student's tail rung (see ``train_cached_student``); when none fits in its budget, the shortest if
+    ``required``, else None. It stops after the last epoch expected to end by the budget's end."""
     folder = run_dir / "candidates" / candidate.name
     start = _teacher_start(candidate, teacher, config, folder)
     student = Checkpoint.load(start).model()
     tails = student_tails(candidate, student)
     teacher_seconds = _teacher_pass_seconds(Checkpoint.load(teacher.checkpoint), state.survey.train_images)
     speeds = measure(student, Checkpoint.load(start).preprocess.img_size, tails, config)  # the teacher's size
-    views = views_for(speeds, state.survey, seconds, teacher_seconds)
-    seconds -= teacher_seconds(views)
+    views = views_for(speeds, state.survey, budget.seconds, teacher_seconds)
+    shortest = tail_rung(speeds, state.survey, views, 1e9, tails, MIN_TAIL_EPOCHS)  # any time: its cost
+    if budget.spare and shortest and budget.spare < shortest.seconds + teacher_seconds(views):
+        budget.take_spare()  # the candidates after it could not train: this one takes their time
+    seconds = budget.seconds - teacher_seconds(views)
     rung = tail_rung(speeds, state.survey, views, seconds, tails, STUDENT_TAIL_EPOCHS)
     if rung is None and not required:
         return None
@@ -412,7 +441,7 @@ def _train_student_tail(
         tensorboard=False,
     )
     started = time.time()
-    result = train(_cached(base, rung, run_dir), reporter, callbacks={EPOCH_END: [stop_by(end)]})
+    result = train(_cached(base, rung, run_dir), reporter, callbacks={EPOCH_END: [stop_by(budget.end)]})
     record = _record(result, result.run_dir / "last.pt", result.history[-1]["val_top1"])
     trainable = sum(p.numel() for p in Tail(student, cut_index(student, rung.trainable_blocks)).parameters())
     return dataclasses.replace(
