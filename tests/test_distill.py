@@ -117,7 +117,7 @@ def test_cli_distill_and_errors(data_and_teacher: tuple[Path, Path], tmp_path: P
     assert run("ok") == 0
     assert "done: val top-1" in capsys.readouterr().out
     assert run("bad", "--alpha", "2") == 2
-    assert "--alpha must be between 0 and 1" in capsys.readouterr().err
+    assert "--alpha must be in [0, 1], got 2.0" in capsys.readouterr().err
     assert run("mismatch", data=make_split_folder(tmp_path / "other", classes=2, train=8, val=2)) == 2
     assert "fine-tune the teacher on this data first" in capsys.readouterr().err
     assert run("missing", teacher="nope.pt") == 2

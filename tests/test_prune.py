@@ -175,7 +175,7 @@ def test_cli_prune_to_target_macs_with_teacher(trained: tuple[Path, Path], tmp_p
 def test_prune_flag_errors(trained: tuple[Path, Path], tmp_path: Path, capsys) -> None:
     _, checkpoint = trained
     assert main(["prune", str(checkpoint), "--ratio", "1.5", "--runs-dir", str(tmp_path)]) == 2
-    assert "--ratio must be between 0 and 1" in capsys.readouterr().err
+    assert "--ratio must be in (0, 1), got 1.5" in capsys.readouterr().err
     assert main(["prune", str(checkpoint), "--target-macs", "lots", "--runs-dir", str(tmp_path)]) == 2
     assert "--target-macs 'lots'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
