@@ -397,6 +397,7 @@ class PruneConfig:
         "re-estimate BatchNorm statistics on this many training images after pruning (0: off)",
         flags=("--bn-recalibration",),
         metavar="IMAGES",
+        valid=NON_NEGATIVE,
     )
     finetune_epochs: int = opt(0, "fine-tuning epochs after pruning", valid=NON_NEGATIVE)
     batch_size: int = opt(64, flags=("--batch-size", "-b"), valid=AT_LEAST_1)
@@ -434,7 +435,9 @@ class ExportConfig:
     )
     # the simulated-int8 graph runs its quantize ops one by one in Python: 1,000 EfficientNet-Lite0 images took 2 min
     reference_images: int | None = opt(
-        None, "compare the runtime with the simulated-int8 graph on this many of them (default all; 0: skip)"
+        None,
+        "compare the runtime with the simulated-int8 graph on this many of them (default all; 0: skip)",
+        valid=NON_NEGATIVE,
     )
     qat_epochs: int = opt(1, valid=AT_LEAST_1)
     qat_images: int | None = opt(None, "train images per QAT epoch, a seeded subset (default all)", valid=AT_LEAST_1)

@@ -158,8 +158,9 @@ def scan_split(folder: Path, class_to_idx: dict[str, int]) -> tuple[list[Sample]
     samples: list[Sample] = []
     ignored = 0
     empty: list[str] = []
+    real_dir = functools.cache(os.path.realpath)
     for name in class_folders(folder):
-        files = _files_under(folder / name)
+        files = _files_under(folder / name, real_dir)
         images = [path for path in files if _is_image(path)]
         ignored += len(files) - len(images)
         if not images:
@@ -170,42 +171,41 @@ def scan_split(folder: Path, class_to_idx: dict[str, int]) -> tuple[list[Sample]
     return samples, ignored, empty
 
 
-def _files_under(top: Path) -> list[str]:
+def _files_under(top: Path, real_dir: Callable[[str], str]) -> list[str]:
     """The files under ``top``, links followed but each real directory and file taken once: a link loop (``a/loop
     -> ..``) once walked the whole split into one class, over and over."""
     seen_dirs: set[str] = set()
     seen_files: set[str] = set()
     files = []
     for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
-        real = _real_dir(dirpath)
+        real = real_dir(dirpath)
         if real in seen_dirs:
             dirnames[:] = []
             continue
         seen_dirs.add(real)
         for filename in filenames:
             path = os.path.join(dirpath, filename)
-            if not filename.startswith(".") and (real_file := _real_file(path)) not in seen_files:
+            if not filename.startswith(".") and (real_file := _real_file(path, real_dir)) not in seen_files:
                 seen_files.add(real_file)
                 files.append(path)
     return sorted(files)
 
 
-_real_dir = functools.lru_cache(maxsize=4096)(os.path.realpath)
-
-
-def _real_file(path: str) -> str:
-    """``os.path.realpath`` at one ``lstat`` per file (the folder's is cached): CIFAR-10 has 60,000 files."""
+def _real_file(path: str, real_dir: Callable[[str], str]) -> str:
+    """``os.path.realpath`` at one ``lstat`` per file, ``real_dir`` a cache of the folders' (one scan's: a folder
+    may become a link between two): CIFAR-10 has 60,000 files."""
     folder, name = os.path.split(path)
-    return os.path.realpath(path) if os.path.islink(path) else os.path.join(_real_dir(folder), name)
+    return os.path.realpath(path) if os.path.islink(path) else os.path.join(real_dir(folder), name)
 
 
 def check_distinct(splits: dict[str, list[Sample]], classes: Sequence[str]) -> None:
     """Refuse a file that is in two classes or in two splits (through a link or a link loop): its label would be
     ambiguous, or val would leak into train."""
     where: dict[str, tuple[str, int, str]] = {}
+    real_dir = functools.cache(os.path.realpath)
     for split, samples in splits.items():
         for path, label in samples:
-            other = where.setdefault(_real_file(path), (split, label, path))
+            other = where.setdefault(_real_file(path, real_dir), (split, label, path))
             if other[:2] != (split, label):
                 raise MobiforgeError(
                     f"{path} is the same file as {other[2]} ({split} {classes[label]} and {other[0]} "
@@ -265,8 +265,6 @@ def discover(config: DataConfig, train_split: str = "train", val_split: str | No
         class_to_idx = {name: index for index, name in enumerate(classes)}
         samples, ignored, empty = scan_split(root, class_to_idx)
         _check_empty(root, empty)
-        if not 0.0 < config.val_split < 1.0:
-            raise MobiforgeError(f"--val-split must be between 0 and 1, got {config.val_split}")
         train, val = stratified_split(samples, config.val_split, config.split_seed)
         description = f"{root} split {1 - config.val_split:.0%}/{config.val_split:.0%} (seed {config.split_seed})"
     check_distinct({"train": train, "val": val}, classes)

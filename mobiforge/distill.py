@@ -10,7 +10,7 @@ import dataclasses
 from pathlib import Path
 
 from mobiforge.errors import MobiforgeError
-from mobiforge.losses import DistillConfig, check_distill_config
+from mobiforge.losses import DistillConfig
 from mobiforge.models import is_model
 from mobiforge.progress import Reporter, SilentReporter
 from mobiforge.runs import TrainResult, default_run_name
@@ -55,7 +55,6 @@ def distill(train_config: TrainConfig, reporter: Reporter | None = None) -> Trai
     """Train ``train_config.model`` as a student of ``train_config.distill.teacher`` (see the module docstring)."""
     if train_config.distill is None:
         raise MobiforgeError("distill needs a teacher (--teacher CKPT_OR_MODEL)")
-    check_distill_config(train_config.distill)
     reporter = reporter or SilentReporter()
     if train_config.resume:
         return train(train_config, reporter)

@@ -171,17 +171,9 @@ def _check(config: ExportConfig) -> None:
     backend = get_backend(config.format)
     if config.int8 not in (None, *INT8_MODES):
         raise MobiforgeError(f"--int8 must be ptq or qat, got {config.int8!r}")
-    if config.reference_images is not None and config.reference_images < 0:
-        raise MobiforgeError(f"--reference-images must be 0 or more, got {config.reference_images}")
-    if config.calibration_images < 1 or config.qat_epochs < 1:
-        raise MobiforgeError("--calibration-images and --qat-epochs must be at least 1")
     if config.int8 == "qat" and not backend.supports_qat:
         able = ", ".join(b.name for b in BACKENDS.values() if b.supports_qat)
         raise MobiforgeError(f"--int8 qat is not available for {backend.name}: {backend.no_qat_reason}; use {able}")
-    if not 0.0 <= config.qat_distill <= 1.0:
-        raise MobiforgeError(f"--qat-distill must be between 0 and 1, got {config.qat_distill}")
-    if config.max_drop is not None and config.max_drop < 0:
-        raise MobiforgeError(f"--max-drop must be 0 or more points, got {config.max_drop}")
 
 
 def qat_model(model: nn.Module, quantizer: Any, data: ExportData, config: ExportConfig, fold: bool) -> nn.Module:

@@ -23,15 +23,6 @@ from mobiforge.errors import MobiforgeError
 from mobiforge.models.base import Preprocess
 
 
-def check_distill_config(config: DistillConfig) -> None:
-    if not 0.0 <= config.alpha <= 1.0:
-        raise MobiforgeError(f"--alpha must be between 0 and 1, got {config.alpha}")
-    if config.temperature <= 0:
-        raise MobiforgeError(f"--temperature must be positive, got {config.temperature}")
-    if config.feature_weight < 0:
-        raise MobiforgeError(f"--feature-weight must be 0 or more, got {config.feature_weight}")
-
-
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """Hinton's soft-target loss: ``T^2 * KL(softmax(teacher/T) || softmax(student/T))``, batch mean."""
     student_log_probs = F.log_softmax(student_logits.float() / temperature, dim=1)

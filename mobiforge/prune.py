@@ -72,17 +72,8 @@ def _check(config: PruneConfig) -> None:
     targets = [value for value in (config.ratio, config.target_macs, config.target_params) if value is not None]
     if len(targets) != 1:
         raise MobiforgeError("give exactly one of --ratio, --target-macs or --target-params")
-    if config.ratio is not None and not 0 < config.ratio < 1:
-        raise MobiforgeError(f"--ratio must be between 0 and 1 (the fraction of channels removed), got {config.ratio}")
     if config.importance not in IMPORTANCES:
         raise MobiforgeError(f"--importance must be one of {', '.join(IMPORTANCES)}, got {config.importance!r}")
-    for flag, value in (("--round-to", config.round_to), ("--iterative", config.iterative_steps)):
-        if value < 1:
-            raise MobiforgeError(f"{flag} must be at least 1, got {value}")
-    if config.keep_blocks < 0:
-        raise MobiforgeError(f"--keep-blocks must be 0 or more, got {config.keep_blocks}")
-    if config.bn_recalibration_images < 0:
-        raise MobiforgeError(f"--bn-recalibration must be 0 or more images, got {config.bn_recalibration_images}")
     if config.finetune_epochs < 0:
         raise MobiforgeError(f"--finetune-epochs must be 0 or more, got {config.finetune_epochs}")
 

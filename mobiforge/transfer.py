@@ -47,7 +47,7 @@ from mobiforge.data import DataConfig, ImageSamples, Sample, check_images, disco
 from mobiforge.data import train_transform as augmentation
 from mobiforge.errors import MobiforgeError
 from mobiforge.log import logger
-from mobiforge.losses import check_distill_config, kd_loss
+from mobiforge.losses import kd_loss
 from mobiforge.models.base import MobileClassifier, Preprocess, StackedNet
 from mobiforge.progress import Reporter, SilentReporter
 from mobiforge.runs import (
@@ -349,10 +349,8 @@ def cached_teacher_logits(
 
 
 def _check(config: TrainConfig) -> None:
-    if config.trainable_blocks is None or config.trainable_blocks < 0:
-        raise MobiforgeError(f"--trainable-blocks must be 0 or more, got {config.trainable_blocks}")
-    if config.views < 1:
-        raise MobiforgeError(f"--views must be at least 1, got {config.views}")
+    if config.trainable_blocks is None:
+        raise MobiforgeError("a cached tail run needs --trainable-blocks")
     unsupported = [
         (config.resume, "--resume (a cached run retrains its tail in seconds: run the same command again)"),
         (config.distill and config.distill.feature_weight, "--feature-weight with --trainable-blocks"),
@@ -362,8 +360,6 @@ def _check(config: TrainConfig) -> None:
     for given, what in unsupported:
         if given:
             raise MobiforgeError(f"{what} is not supported")
-    if config.distill:
-        check_distill_config(config.distill)
 
 
 @dataclass

@@ -236,6 +236,7 @@ def test_a_student_takes_the_time_of_candidates_that_could_not_train(
     assert candidate is not None
     speeds = LadderSpeeds(forward=50.0, prefix={2: 60.0, 1: 70.0}, tail={2: 100.0, 1: 300.0})
     monkeypatch.setattr(stages, "measure", lambda *a, **kw: speeds)
+    monkeypatch.setattr(stages, "inference_speed", lambda *a, **kw: 40.0)  # the teacher's, timed: made-up clock
     planned: list[int] = []
 
     class Planned(Exception):
