@@ -12,7 +12,6 @@ In code a checkpoint is a ``Checkpoint``: the typed view of that dict, with ``lo
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from torch import nn
 
 from mobiforge import __version__
 from mobiforge.errors import MobiforgeError
+from mobiforge.files import write_atomic
 from mobiforge.models.base import Preprocess
 from mobiforge.models.factory import build_from_spec
 
@@ -47,20 +47,9 @@ def model_checkpoint(
 
 
 def save_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike[str]) -> Path:
-    """Write ``checkpoint`` to ``path`` atomically: a crash mid-write never leaves a truncated file behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(checkpoint, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp_name, path)  # atomic on POSIX and Windows
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``checkpoint`` to ``path`` atomically: a crash or a full disk never leaves a truncated file behind
+    (``files.write_atomic``)."""
+    return write_atomic(path, lambda stream: torch.save(checkpoint, stream))
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -83,13 +72,9 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
 
 def model_from_checkpoint(checkpoint: dict[str, Any] | str | os.PathLike[str]) -> nn.Module:
     """Rebuild the model of a checkpoint (dict or path) from its spec and load its weights, in eval mode."""
-    if not isinstance(checkpoint, dict):
-        checkpoint = load_checkpoint(checkpoint)
-    model = build_from_spec(checkpoint["spec"])
-    model.load_state_dict(checkpoint["state_dict"])
-    if checkpoint.get("preprocess"):
-        model.preprocess = Preprocess.from_dict(checkpoint["preprocess"])
-    return model.eval()
+    if isinstance(checkpoint, dict):
+        return Checkpoint.from_dict(checkpoint).model()
+    return Checkpoint.load(checkpoint).model()
 
 
 # Keys with a field of their own in ``Checkpoint``; everything else rides along in ``extra``, stored as it came.
@@ -117,15 +102,31 @@ class Checkpoint:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "checkpoint") -> Checkpoint:
-        preprocess = data.get("preprocess")
+        """The typed view of a checkpoint dict; a field of the wrong type is a one-line error naming ``source``."""
+        classes, preprocess, config = data.get("classes"), data.get("preprocess"), data.get("config")
+        if classes is not None and not (
+            isinstance(classes, (list, tuple)) and all(isinstance(c, str) for c in classes)
+        ):
+            raise MobiforgeError(f"{source}: 'classes' must be a list of class names, got {type(classes).__name__}")
+        if config is not None and not isinstance(config, dict):
+            raise MobiforgeError(f"{source}: 'config' must be a dict, got {type(config).__name__}")
+        if not isinstance(data["state_dict"], dict):
+            raise MobiforgeError(f"{source}: 'state_dict' must be a dict of tensors")
+        try:
+            epoch = int(data.get("epoch") or 0)
+            read_preprocess = Preprocess.from_dict(preprocess) if preprocess else Preprocess()
+        except (KeyError, TypeError, ValueError) as error:
+            raise MobiforgeError(
+                f"{source}: malformed 'preprocess' or 'epoch' ({type(error).__name__}: {error})"
+            ) from None
         return cls(
             spec=data["spec"],
             state_dict=data["state_dict"],
-            classes=list(data["classes"]) if data.get("classes") is not None else None,
-            preprocess=Preprocess.from_dict(preprocess) if preprocess else Preprocess(),
-            epoch=int(data.get("epoch") or 0),
+            classes=list(classes) if classes is not None else None,
+            preprocess=read_preprocess,
+            epoch=epoch,
             metrics=dict(data.get("metrics") or {}),
-            config=data.get("config"),
+            config=config,
             extra={key: value for key, value in data.items() if key not in _FIELDS},
             source=source,
         )
@@ -154,8 +155,17 @@ class Checkpoint:
 
     def model(self) -> nn.Module:
         """The model rebuilt from its spec, with these weights and this preprocessing, in eval mode."""
-        model = build_from_spec(self.spec)
-        model.load_state_dict(self.state_dict)
+        model = build_from_spec(self.spec, self.source)
+        try:
+            model.load_state_dict(self.state_dict)
+        except RuntimeError:
+            raise MobiforgeError(f"{self.source}: {_weights_mismatch(model, self.state_dict, self.spec)}") from None
+        outputs = getattr(model, "num_classes", None)
+        if self.classes is not None and outputs is not None and len(self.classes) != outputs:
+            raise MobiforgeError(
+                f"{self.source}: the model has {outputs} outputs but {len(self.classes)} class names; "
+                "the file was edited or damaged"
+            )
         model.preprocess = self.preprocess
         return model.eval()
 
@@ -177,3 +187,22 @@ class Checkpoint:
 
 def _preview(names: list[str]) -> str:
     return ", ".join(names[:4]) + (", ..." if len(names) > 4 else "") if names else "none"
+
+
+def _weights_mismatch(model: nn.Module, state_dict: dict[str, Any], spec: dict[str, Any]) -> str:
+    """One line on why ``state_dict`` does not fit ``model``: counts, and the first key of each kind."""
+    own = model.state_dict()
+    missing = [key for key in own if key not in state_dict]
+    unexpected = [key for key in state_dict if key not in own]
+    shaped = [
+        key for key in own
+        if key in state_dict and getattr(state_dict[key], "shape", None) != own[key].shape
+    ]  # fmt: skip
+    parts = [f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
+             f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else ""]  # fmt: skip
+    if shaped:
+        key = shaped[0]
+        theirs = tuple(getattr(state_dict[key], "shape", ()))
+        parts.append(f"{len(shaped)} of another shape (e.g. {key}: {theirs} stored, {tuple(own[key].shape)} built)")
+    found = "; ".join(part for part in parts if part) or "tensors of another type"
+    return f"its weights do not fit its spec {spec.get('name')!r}: {found}; the file was edited or mixed up"

@@ -287,6 +287,12 @@ class TrainConfig:
     )
     backbone_lr_scale: float = opt(1.0, "backbone learning rate relative to the classifier's", valid=NON_NEGATIVE)
     freeze_bn: bool = opt(False, "keep BatchNorm statistics fixed throughout")
+    precise_bn: int = opt(
+        0,
+        "re-estimate BatchNorm statistics on this many training images before each evaluation (precise BN: after "
+        "a few epochs from scratch the running averages lag the weights and eval can sit at chance); 0: off",
+        valid=NON_NEGATIVE,
+    )
     trainable_blocks: int | None = opt(
         None,
         "train only the last N blocks (0: the classifier alone, a linear probe) on the frozen network's "
@@ -519,12 +525,13 @@ class ShipConfig:
     threads: int = opt(1, "threads the latency is measured with", valid=AT_LEAST_1)
     time_budget_s: float = opt(
         1800.0,
-        "wall time for the whole run (30m, 1h, 90s; a bare number is minutes)",
+        "wall time for the whole run (30m, 1h, 90s; a bare number is minutes; at least 60 s: surveying, measuring, "
+        "one epoch and the int8 gate take that on a tiny dataset)",
         flags=("--time-budget",),
         parse=lambda text: parse_duration(text, "m", "--time-budget"),
         show=lambda v: f"{v / SECONDS['m']:g}m",
         metavar="TIME",
-        valid=POSITIVE,
+        valid=Range(60),
     )
     teacher: str = opt("auto", "auto (pretrained EfficientNet-Lite0), none, or a CKPT")
     out: str | None = opt(None, "run directory (default runs/ship-<data name>)", flags=("--out", "-o"))

@@ -294,10 +294,30 @@ def checkpoint_data_config(train_config: dict[str, Any] | None, data: str | None
     run's own seeded split."""
     saved = dict((train_config or {}).get("data") or {})
     return DataConfig(
-        data=data or saved.get("data", "digits"),
+        data=data or _stored_data_folder(str(saved.get("data", "digits"))),
         val_split=float(saved.get("val_split", 0.1)),
         split_seed=int(saved.get("split_seed", 0)),
     )
+
+
+# Folders a stored data path may not name: walking them would scan the whole system, not a dataset.
+SYSTEM_FOLDERS = ("/bin", "/boot", "/dev", "/etc", "/lib", "/proc", "/run", "/sbin", "/sys", "/usr", "/var")
+
+
+def _stored_data_folder(folder: str) -> str:
+    """A data folder read from a checkpoint (not typed by the user): walked only if it can be a dataset."""
+    if folder == "digits":
+        return folder
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise MobiforgeError(f"the checkpoint was trained on {folder}, which is not a folder here; pass --data FOLDER")
+    resolved, home = path.resolve(), Path.home().resolve()
+    pseudo = any(part in ("proc", "sys", "dev") for part in resolved.parts[1:2])  # kernel files, endless to walk
+    if pseudo or str(resolved) in SYSTEM_FOLDERS or resolved == home or resolved in home.parents:
+        raise MobiforgeError(
+            f"the checkpoint names {folder} as its data, a system or home folder, not a dataset; pass --data FOLDER"
+        )
+    return folder
 
 
 def split_samples(config: DataConfig, split: str, classes: list[str]) -> list[Sample]:
@@ -538,12 +558,23 @@ def preprocess_for(config: DataConfig, weights_preprocess: Preprocess | None = N
     )
 
 
+# Decoded size per image, bounded so a few huge files cannot take the machine's memory (a 13,000-pixel square PNG
+# is 500 MB decoded): above a 48-megapixel phone photo; JPEGs are measured after their reduced-scale draft.
+MAX_DECODED_PIXELS = 64 * 10**6
+
+
 def load_rgb(path: str, draft_size: int | None = None) -> Image.Image:
     """Open an image as RGB. For JPEGs, ``draft_size`` lets libjpeg decode at a reduced scale (a large speed-up on
     full-size photos) while keeping at least ``draft_size`` pixels on each side."""
     with Image.open(path) as image:
         if draft_size and image.format == "JPEG":
             image.draft("RGB", (draft_size, draft_size))
+        width, height = image.size
+        if width * height > MAX_DECODED_PIXELS:  # checked before decoding: the header alone gives the size
+            raise ValueError(
+                f"{width}x{height} pixels is over the {MAX_DECODED_PIXELS // 10**6} megapixels mobiforge decodes; "
+                "downscale it"
+            )
         if image.mode in SIXTEEN_BIT_MODES:
             return _to_8_bit(image).convert("RGB")
         return image.convert("RGB")

@@ -357,3 +357,26 @@ def cross_entropy_loss(
         return criterion(logits.float(), targets)
 
     return loss_fn
+
+
+def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor], kept: nn.Module | None = None) -> nn.Module:
+    """Re-estimate every BatchNorm's running statistics from ``batches`` (forward passes in train mode, no
+    gradients). After channels are removed, the next layers see sums over fewer inputs and the stored statistics no
+    longer match (the eval-mode network can collapse to one class); fresh statistics restore much of the accuracy
+    before any fine-tuning (measured on hymenoptera: 54% -> 61-66% for EfficientNet-Lite0 at half its channels)."""
+    frozen = set(kept.modules()) if kept is not None else set()
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m not in frozen]
+    momenta = [norm.momentum for norm in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average over all the batches
+    was_training = model.training
+    model.train()
+    if kept is not None:
+        kept.eval()  # the kept blocks normalise with their own statistics, as they will in the deployed model
+    with torch.no_grad():
+        for images in batches:
+            model(images)
+    for norm, momentum in zip(norms, momenta, strict=True):
+        norm.momentum = momentum
+    return model.train(was_training)

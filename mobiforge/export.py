@@ -42,6 +42,7 @@ from mobiforge.data import (
     train_transform,
 )
 from mobiforge.errors import MobiforgeError
+from mobiforge.files import write_atomic
 from mobiforge.log import logger
 from mobiforge.losses import DistillationLoss, DistillConfig
 from mobiforge.models.base import Preprocess
@@ -293,7 +294,7 @@ def export_checkpoint(config: ExportConfig) -> ArtifactReport:
         report = _retry_with_float_layers(model, config, data, path, report)
     report.notes.append(f"export and verification took {time.time() - started:.0f} s")
     record = {**report.to_dict(), "checkpoint": str(config.checkpoint), "config": dataclasses.asdict(config)}
-    Path(f"{path}.json").write_text(json.dumps(record, indent=2))
+    write_atomic(f"{path}.json", json.dumps(record, indent=2))
     return report
 
 

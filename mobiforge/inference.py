@@ -61,30 +61,44 @@ def evaluate_checkpoint(
     return CheckpointEval(result, classes, split, config.data)
 
 
+PREDICT_BATCH = 32  # images decoded and run at once: memory stays flat however many files are given
+
+
 def predict(path: str | Path, images: list[str], top_k: int = 5) -> list[dict[str, Any]]:
-    """Top-``top_k`` classes with probabilities for each image file."""
+    """Top-``top_k`` classes with probabilities for each image file, run ``PREDICT_BATCH`` images at a time."""
     checkpoint = Checkpoint.load(path)
-    classes = checkpoint.classes or [str(i) for i in range(checkpoint.spec["kwargs"].get("num_classes", 0))]
     model = checkpoint.model()
+    classes = checkpoint.classes or [str(index) for index in range(model.num_classes)]
+    missing = [image for image in images if not Path(image).is_file()]
+    if missing:
+        raise MobiforgeError(
+            f"image {missing[0]} does not exist" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+        )
     transform = eval_transform(checkpoint.preprocess)
-    batch = []
-    for image_path in images:
-        if not Path(image_path).is_file():
-            raise MobiforgeError(f"image {image_path} does not exist")
-        try:
-            batch.append(transform(load_rgb(image_path)))
-        except Exception as error:  # PIL raises several types for undecodable files
-            raise MobiforgeError(f"cannot read image {image_path}: {str(error).splitlines()[0]}") from None
-    with torch.no_grad():
-        probabilities = torch.softmax(model(torch.stack(batch)), dim=1)
-    top = probabilities.topk(min(top_k, len(classes)), dim=1)
-    return [
-        {
-            "image": image_path,
-            "top": [
-                {"class": classes[index], "probability": float(prob)}
-                for prob, index in zip(values.tolist(), indices.tolist(), strict=True)
-            ],
-        }
-        for image_path, values, indices in zip(images, top.values, top.indices, strict=True)
-    ]
+    results = []
+    for start in range(0, len(images), PREDICT_BATCH):
+        chunk = images[start : start + PREDICT_BATCH]
+        batch = torch.stack([_prepared(image, transform, checkpoint.preprocess.resize_size) for image in chunk])
+        with torch.inference_mode():
+            probabilities = torch.softmax(model(batch), dim=1)
+        top = probabilities.topk(min(top_k, len(classes)), dim=1)
+        results += [
+            {
+                "image": image,
+                "top": [
+                    {"class": classes[index], "probability": float(prob)}
+                    for prob, index in zip(values.tolist(), indices.tolist(), strict=True)
+                ],
+            }
+            for image, values, indices in zip(chunk, top.values, top.indices, strict=True)
+        ]
+    return results
+
+
+def _prepared(image: str, transform: Any, draft_size: int) -> torch.Tensor:
+    try:
+        return transform(load_rgb(image, draft_size))
+    except Exception as error:  # PIL raises several types for undecodable files
+        raise MobiforgeError(
+            f"cannot read image {image}: {(str(error).splitlines() or [type(error).__name__])[0]}"
+        ) from None

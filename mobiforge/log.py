@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shlex
 import sys
 from collections.abc import Iterator
 
@@ -23,6 +24,18 @@ logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 def debug_requested(flag: bool = False) -> bool:
     """``--debug`` given, or ``MOBIFORGE_DEBUG`` set to anything but empty or 0."""
     return flag or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+_command = ["the Python API"]  # what started this process's work, recorded in each run folder it makes
+
+
+def set_command(argv: list[str]) -> None:
+    """Called by the CLI with its arguments (run folders record the command that made them)."""
+    _command[0] = shlex.join(["mobiforge", *argv])
+
+
+def command() -> str:
+    return _command[0]
 
 
 def configure(debug: bool) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from mobiforge.checkpoint import Checkpoint
 from mobiforge.config import TrainConfig
 from mobiforge.data import preprocess_for
 from mobiforge.errors import MobiforgeError
+from mobiforge.files import write_atomic
+from mobiforge.log import command
 from mobiforge.models import build_from_spec, create_model
 from mobiforge.models.base import Preprocess
 from mobiforge.models.weights import get_weights
@@ -46,6 +49,7 @@ def default_run_name(config: TrainConfig) -> str:
 
 
 def prepare_run_dir(config: TrainConfig, resume_ckpt: dict[str, Any] | None) -> Path:
+    """The run's folder, checked (not yet written): a new run never takes a folder holding a run."""
     if config.resume:
         return Path(config.resume).resolve().parent
     run_dir = Path(config.runs_dir) / (config.name or default_run_name(config))
@@ -53,11 +57,59 @@ def prepare_run_dir(config: TrainConfig, resume_ckpt: dict[str, Any] | None) -> 
         raise MobiforgeError(
             f"{run_dir} already holds a run; continue it with --resume {run_dir / 'last.pt'} or choose another --name"
         )
+    check_run_dir(run_dir, train_kind(config))
     return run_dir
 
 
+# ----------------------------------------------------------------------------------------- who owns a folder
+
+RUN_FILE = "run.json"  # in every run folder: the kind of run that made it and the command
+# What a folder made before run.json existed holds, by kind; the first file found names the kind.
+KIND_OUTPUTS = (("ship_state.json", "ship"), ("prune_report.json", "prune"), ("last.pt", "train"))
+HOSTED = {"prune": ("train", "distill")}  # kinds whose folder also holds a run of another kind: prune's fine-tuning
+
+
+def train_kind(config: TrainConfig) -> str:
+    return "distill" if config.distill else "train"
+
+
+def run_kind(run_dir: Path) -> dict[str, Any] | None:
+    """What made ``run_dir``: its run.json, else what its files say, else None (a new or foreign folder)."""
+    try:
+        record = json.loads((run_dir / RUN_FILE).read_text())
+        if isinstance(record, dict) and isinstance(record.get("kind"), str):
+            return record
+    except (OSError, ValueError):
+        pass
+    for name, kind in KIND_OUTPUTS:
+        if (run_dir / name).exists():
+            return {"kind": kind, "command": "unknown (made before run.json)"}
+    return None
+
+
+def check_run_dir(run_dir: Path, kind: str) -> None:
+    """Refuse, before any work, a folder that another kind of run made: its files would be overwritten."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise MobiforgeError(f"{run_dir} is a file; the {kind} run needs a folder there: choose another name")
+    found = run_kind(run_dir)
+    if found is not None and found["kind"] != kind and kind not in HOSTED.get(found["kind"], ()):
+        raise MobiforgeError(
+            f"{run_dir} holds a {found['kind']} run (made by `{found.get('command', 'unknown')}`); "
+            f"write this {kind} run to another folder"
+        )
+
+
+def claim_run_dir(run_dir: Path, kind: str) -> None:
+    """Check ``run_dir`` as ``check_run_dir`` does, create it and record what made it (kept if it is a host's)."""
+    check_run_dir(run_dir, kind)
+    found = run_kind(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if found is None or not (run_dir / RUN_FILE).exists():
+        write_atomic(run_dir / RUN_FILE, json.dumps({"kind": kind, "command": command()}, indent=2))
+
+
 def write_config(run_dir: Path, config: TrainConfig) -> None:
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    write_atomic(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
 def write_metrics_csv(run_dir: Path, history: list[dict[str, Any]]) -> None:
@@ -104,10 +156,9 @@ def starting_point(config: TrainConfig, classes: list[str], resume_spec: dict[st
     config = dataclasses.replace(config, data=config.data.resolved(weights_preprocess))
     img_size = config.data.resolved_img_size()
     if resume_spec is not None:
-        model = build_from_spec(resume_spec)
+        model = build_from_spec(resume_spec, f"--resume {config.resume}")
     elif init is not None:
-        model = build_from_spec(init.spec)
-        model.load_state_dict(init.state_dict)
+        model = init.model()
     else:
         model = create_model(
             config.model,

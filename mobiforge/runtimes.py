@@ -31,6 +31,7 @@ def input_shape(path: str | Path) -> tuple[int, ...]:
     """The input shape the artifact was exported with, read from the file itself (a dynamic batch reads as 1)."""
     path = _existing(path)
     backend = backend_for(path)
+    backend.check_header(path)
     try:
         return tuple(backend.impl().input_shape(path))
     except (ImportError, MobiforgeError):
@@ -43,6 +44,7 @@ def load_runner(path: str | Path, threads: int = 1) -> Runner:
     """A callable running ``path`` in its runtime with ``threads`` threads (see the module docstring)."""
     path = _existing(path)
     backend = backend_for(path)
+    backend.check_header(path)
     try:
         return backend.impl().runner(path, threads)
     except MobiforgeError:

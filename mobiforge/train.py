@@ -15,6 +15,7 @@ and NCCL on GPU); only rank 0 writes files; evaluation counts are summed across 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import random
@@ -56,9 +57,11 @@ from mobiforge.models.base import Preprocess
 from mobiforge.progress import Reporter, SilentReporter
 from mobiforge.runs import (
     TrainResult,
+    claim_run_dir,
     finish_plots,
     prepare_run_dir,
     starting_point,
+    train_kind,
     write_config,
     write_metrics_csv,
 )
@@ -198,6 +201,21 @@ def _seed_everything(seed: int, deterministic: bool) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
+@contextlib.contextmanager
+def _resumable(path: str | None) -> Iterator[None]:
+    """Reading a --resume checkpoint's training state: a missing or malformed part is one line naming the file."""
+    try:
+        yield
+    except MobiforgeError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as error:
+        what = f"no {error}" if isinstance(error, KeyError) else (str(error).strip().splitlines() or [""])[0][:160]
+        raise MobiforgeError(
+            f"--resume {path}: not a resumable training checkpoint ({what}); resume from a run's last.pt, "
+            "or start a new run from its weights with --init-from"
+        ) from None
+
+
 class _StopFlag:
     """First Ctrl-C (or SIGTERM): finish the current step, save, exit. Second Ctrl-C: stop at once."""
 
@@ -266,6 +284,7 @@ class Trainer:
     def setup(self) -> None:
         resume_ckpt = load_checkpoint(self.config.resume) if self.config.resume else None
         self._resolve_config(resume_ckpt)
+        self.run_dir = prepare_run_dir(self.config, resume_ckpt)  # checked before any work, written after
         self.ddp, self.device = setup_distributed(self.config.device)
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
@@ -276,7 +295,8 @@ class Trainer:
         self._build_data()
         self._build_optimisation()
         if resume_ckpt is not None:
-            self._restore(resume_ckpt)
+            with _resumable(self.config.resume):
+                self._restore(resume_ckpt)
         self._open_run_dir(resume_ckpt)
         self._wrap_model()
 
@@ -284,7 +304,14 @@ class Trainer:
         """A resumed run keeps its own config (only the epoch count may be raised); a new one gets its defaults."""
         config = self.config
         if resume_ckpt is not None:
-            saved = TrainConfig.from_dict(resume_ckpt["config"])
+            with _resumable(config.resume):
+                saved = TrainConfig.from_dict(resume_ckpt["config"])
+                done = int(resume_ckpt["epoch"])
+            if config.epochs is not None and config.epochs < done:  # before anything in the run is rewritten
+                raise MobiforgeError(
+                    f"--epochs {config.epochs}: {config.resume} has already trained {done} epochs; "
+                    f"resume with --epochs above {done}, or leave it out to finish the run's own {saved.epochs}"
+                )
             config = dataclasses.replace(saved, resume=config.resume, epochs=config.epochs or saved.epochs)
         else:
             config = dataclasses.replace(config, epochs=config.epochs or 30)  # never mutate the caller's config
@@ -362,10 +389,9 @@ class Trainer:
         _restore_rng(checkpoint["rng"])
 
     def _open_run_dir(self, resume_ckpt: dict[str, Any] | None) -> None:
-        self.run_dir = prepare_run_dir(self.config, resume_ckpt)
         self.writer = None
         if self.ddp.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            claim_run_dir(self.run_dir, train_kind(self.config))
             self._write_config()
             write_metrics_csv(self.run_dir, self.history)
             self.writer = _tensorboard(self.run_dir) if self.config.tensorboard else None
@@ -400,6 +426,7 @@ class Trainer:
                     self._save_interrupted(stats)
                     break
                 self.start_step, self.partial = 0, _no_partial()
+                self._precise_bn()
                 self.last_eval = self.evaluate()
                 self._end_epoch(stats)
                 if stop.requested:
@@ -445,6 +472,21 @@ class Trainer:
             last = self.run_dir / "last.pt"
             kept = f"; the last good checkpoint is {last}" if last.exists() else ""
             raise engine.DivergedError(f"{error}{kept}. Lower --lr or set --clip-grad") from None
+
+    def _precise_bn(self) -> None:
+        """Before an evaluation that decides best.pt: BatchNorm statistics of the weights being evaluated,
+        re-estimated on ``precise_bn`` training images (the same ones every epoch and on every rank)."""
+        images = min(self.config.precise_bn, len(self.train_loader.dataset))
+        if not images or self.frozen or self.config.freeze_bn:
+            return
+        indices = random.Random(self.config.seed).sample(range(len(self.train_loader.dataset)), images)
+        loader = DataLoader(
+            torch.utils.data.Subset(self.train_loader.dataset, indices),
+            batch_size=self.config.data.batch_size,
+            num_workers=self.train_loader.num_workers,
+        )
+        memory = torch.channels_last if self.config.channels_last else torch.contiguous_format
+        engine.recalibrate_bn(self.eval_model, (images.to(self.device, memory_format=memory) for images, _ in loader))
 
     def evaluate(self) -> engine.EvalResult:
         """Top-1/top-5 and loss on the val split, of the weights a checkpoint stores (the EMA's, when on)."""

@@ -52,9 +52,11 @@ from mobiforge.models.base import MobileClassifier, Preprocess, StackedNet
 from mobiforge.progress import Reporter, SilentReporter
 from mobiforge.runs import (
     TrainResult,
+    claim_run_dir,
     finish_plots,
     prepare_run_dir,
     starting_point,
+    train_kind,
     write_config,
     write_metrics_csv,
 )
@@ -402,7 +404,7 @@ def fit_tail(
     cut = cut_index(model, config.trainable_blocks or 0)
     splits = check_images(splits, config.data.skip_bad_images)
     run_dir = prepare_run_dir(config, None)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    claim_run_dir(run_dir, train_kind(config))
     write_config(run_dir, config)
     model.to(memory_format=torch.channels_last)
     folder = Path(config.cache_dir) if config.cache_dir else run_dir / "cache"

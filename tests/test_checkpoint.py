@@ -34,7 +34,7 @@ def test_save_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", crash)
-    with pytest.raises(OSError):
+    with pytest.raises(MobiforgeError, match=r"cannot write .*last\.pt: disk full; the previous copy is kept"):
         save_checkpoint(model_checkpoint(model, epoch=2), path)
     assert load_checkpoint(path)["epoch"] == 1  # the previous checkpoint survived intact
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left behind

@@ -161,6 +161,8 @@ BAD_FLAGS = [
     (["train", "--img-size", "100000"], "--img-size must be in [8, 2048], got 100000"),
     (["export", "ckpt.pt", "-f", "onnx", "--val-images", "0"], "--val-images must be >= 1, got 0"),
     (["ship", "--img-size", "0"], "--img-size must be in [8, 2048], got 0"),
+    (["ship", "--time-budget", "1s"], "--time-budget must be >= 60, got 1.0"),
+    (["train", "--precise-bn", "-1"], "--precise-bn must be >= 0, got -1"),
     (["models", "--img-size", "-1"], "--img-size must be in [8, 2048], got -1"),
     (["predict", "ckpt.pt", "x.jpg", "-k", "-3"], "--top-k must be >= 1, got -3"),
     (["predict", "ckpt.pt", "x.jpg", "-k", "0"], "--top-k must be >= 1, got 0"),

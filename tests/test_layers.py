@@ -23,6 +23,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "mobiforge.paths",
             "mobiforge.progress",
             "mobiforge.log",
+            "mobiforge.files",
             "mobiforge.units",
             "mobiforge.backends",  # the runtime table only; the backends' modules are deploy
             "mobiforge.config",

@@ -49,6 +49,20 @@ class Backend:
     supports_qat: bool = True  # takes a QAT-trained PT2E graph
     no_qat_reason: str = ""  # why not, for the one-line error
     batched: bool = False  # its files take any batch size; otherwise batch 1, as phones run them
+    magic: bytes = b""  # bytes every file of this runtime holds at magic_offset, checked before the runtime reads it
+    magic_offset: int = 0
+
+    def check_header(self, path: Path) -> None:
+        """Refuse a file whose header is not this runtime's, before a native loader can abort on it."""
+        if not self.magic:
+            return
+        with open(path, "rb") as stream:
+            head = stream.read(self.magic_offset + len(self.magic))
+        if not head or head[self.magic_offset :] != self.magic:
+            raise MobiforgeError(
+                f"{path}: not a {self.suffix} file of {self.title} ({'empty' if not head else 'its header is wrong'}); "
+                "export it again with mobiforge export"
+            )
 
     def impl(self) -> Any:
         """The implementation, importing its module on first use."""
@@ -129,6 +143,8 @@ register_backend(
         package="executorch",
         modules=("executorch.exir", "executorch.runtime"),
         implementation="mobiforge.backends.executorch",
+        magic=b"ET",  # a flatbuffer with the file identifier ET<version> (ET12 today) after the root offset
+        magic_offset=4,
     )
 )
 register_backend(
@@ -139,6 +155,8 @@ register_backend(
         package="ai-edge-litert",
         modules=("litert_torch", "ai_edge_litert.interpreter"),
         implementation="mobiforge.backends.litert",
+        magic=b"TFL3",  # the TFLite flatbuffer file identifier
+        magic_offset=4,
     )
 )
 register_backend(
@@ -153,5 +171,6 @@ register_backend(
         no_qat_reason="ONNX Runtime quantizes fp32 graphs (use --int8 ptq), and the exporter cannot yet write "
         "PT2E's quantize/dequantize ops",
         batched=True,
+        magic=b"\x08",  # a ModelProto starts with field 1, ir_version, as a varint
     )
 )

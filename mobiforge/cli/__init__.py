@@ -9,6 +9,7 @@ command runs, not for ``--help``.
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import sys
 import traceback
@@ -19,7 +20,7 @@ from mobiforge import __version__
 from mobiforge import config as cfg
 from mobiforge.cli.options import add_options
 from mobiforge.errors import MobiforgeError
-from mobiforge.log import DEBUG_ENV, configure, debug_requested
+from mobiforge.log import DEBUG_ENV, configure, debug_requested, set_command
 
 JSON_HELP = "print JSON instead of a table"
 
@@ -94,6 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     debug = debug_requested(args.debug)
     configure(debug)
+    set_command(list(sys.argv[1:] if argv is None else argv))
     try:
         return int(args.handler(args))
     except MobiforgeError as error:
@@ -105,6 +107,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"mobiforge {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as error:  # the machine's, not mobiforge's: a full disk, a read-only or vanished folder
+        if debug:
+            traceback.print_exc()
+        where = f" {error.filename}" if error.filename else ""
+        full = " (disk full: free some space and run the command again)" if error.errno == errno.ENOSPC else ""
+        print(f"mobiforge {args.command}: error:{where}: {error.strerror or error}{full}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

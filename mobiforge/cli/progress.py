@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.text import Text
 
 from mobiforge.progress import StepInfo
 
@@ -15,7 +15,7 @@ class RichReporter:
     """Implements ``mobiforge.progress.Reporter``."""
 
     def __init__(self) -> None:
-        self.console = Console(stderr=True)
+        self.console = Console(stderr=True, markup=False, highlight=False)  # run names and paths are the user's text
         self.progress = Progress(
             TextColumn("[bold]epoch {task.fields[epoch]}"),
             BarColumn(),
@@ -66,4 +66,4 @@ class RichReporter:
         )
 
     def message(self, text: str) -> None:
-        self.console.print(f"[yellow]{escape(text)}")
+        self.console.print(Text(text, style="yellow"))

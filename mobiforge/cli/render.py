@@ -6,8 +6,18 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from mobiforge.units import format_bytes
+
+
+def _console() -> Console:
+    """Class names, run names and paths are the user's text: printed as they are, never read as rich markup."""
+    return Console(markup=False, highlight=False)
+
+
+def _verdict(passed: bool) -> Text:
+    return Text("PASS", style="green") if passed else Text("FAIL", style="red")
 
 
 def run_result(result: Any) -> int:
@@ -37,7 +47,7 @@ def prune_table(checkpoint: str, result: Any, finetune_epochs: int) -> None:
             f"{figures.latency_ms:.2f}",
             f"{figures.top1:.2f}%" if figures.top1 is not None else "-",
         )
-    Console().print(table)
+    _console().print(table)
 
 
 def export_report(report: Any) -> None:
@@ -67,15 +77,15 @@ def export_report(report: Any) -> None:
         )
     for label, value in rows:
         table.add_row(label, value)
-    console = Console()
+    console = _console()
     console.print(table)
     for note in report.notes:
         console.print(f"note: {note}")
     if report.max_drop is not None and report.precision != "fp32":
-        verdict = "[green]PASS[/green]" if report.passed else "[red]FAIL[/red]"
         console.print(
-            f"{verdict} int8 top-1 drop {report.drop:.2f} points (limit {report.max_drop}{gate_resolution(report)}); "
-            f"report: {report.path}.json"
+            _verdict(report.passed),
+            f"int8 top-1 drop {report.drop:.2f} points (limit {report.max_drop}{gate_resolution(report)}); "
+            f"report: {report.path}.json",
         )
 
 
@@ -90,7 +100,7 @@ def gate_resolution(report: Any) -> str:
 
 def eval_report(checkpoint: str, report: Any) -> None:
     result = report.result
-    console = Console()
+    console = _console()
     console.print(
         f"{checkpoint} on {report.data} [{report.split}], {result.images} images: "
         f"top-1 {result.top1:.2f}%, top-5 {result.top5:.2f}%, loss {result.loss:.4f}"
@@ -117,7 +127,7 @@ def models_table(rows: list[dict[str, Any]], img_size: int) -> None:
     table.add_column("MACs", justify="right")
     for row in rows:
         table.add_row(row["name"], f"{row['params'] / 1e6:.2f}M", f"{row['macs'] / 1e6:.0f}M")
-    Console().print(table)
+    _console().print(table)
 
 
 def weights_table(rows: list[dict[str, Any]]) -> None:
@@ -126,11 +136,11 @@ def weights_table(rows: list[dict[str, Any]]) -> None:
         table.add_column(column)
     for row in rows:
         table.add_row(row["weights"], f"{row['top1']:.1f}", row["available"] or "-", row["source"])
-    Console().print(table)
+    _console().print(table)
 
 
 def artifact_profile(report: Any) -> None:
-    console = Console()
+    console = _console()
     latency = report.latency
     console.print(
         f"{report.path} ({report.runtime}): {format_bytes(report.file_bytes)}, input {list(report.input_shape)}, "
@@ -160,7 +170,7 @@ def model_profile(report: Any) -> None:
         ("peak memory", format_bytes(report.peak_memory_bytes)),
     ):
         table.add_row(label, value)
-    console = Console()
+    console = _console()
     console.print(table)
     budgets(console, report.budgets)
 
@@ -172,5 +182,4 @@ def budgets(console: Console, checks: list[Any]) -> None:
             if check.unit == "bytes"
             else (f"{check.value:.2f} ms", f"{check.limit:.2f} ms")
         )
-        verdict = "[green]PASS[/green]" if check.passed else "[red]FAIL[/red]"
-        console.print(f"{verdict} {check.name}: {shown[0]} (budget {shown[1]})")
+        console.print(_verdict(check.passed), f"{check.name}: {shown[0]} (budget {shown[1]})")

@@ -15,7 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from mobiforge.config import IMAGENET_MEAN, IMAGENET_STD
+from mobiforge.config import IMAGE_SIDE, IMAGENET_MEAN, IMAGENET_STD
+
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic")  # torchvision InterpolationMode values stored in checkpoints
 
 
 @dataclass(frozen=True)
@@ -40,13 +42,23 @@ class Preprocess:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Preprocess:
-        return cls(
+        """Read a stored preprocessing; a value no model input could have is a ValueError saying which."""
+        preprocess = cls(
             img_size=int(data["img_size"]),
             crop_pct=float(data.get("crop_pct", 0.875)),
-            mean=tuple(data.get("mean", IMAGENET_MEAN)),  # type: ignore[arg-type]
-            std=tuple(data.get("std", IMAGENET_STD)),  # type: ignore[arg-type]
+            mean=tuple(float(value) for value in data.get("mean", IMAGENET_MEAN)),  # type: ignore[arg-type]
+            std=tuple(float(value) for value in data.get("std", IMAGENET_STD)),  # type: ignore[arg-type]
             interpolation=str(data.get("interpolation", "bilinear")),
         )
+        if preprocess.img_size not in IMAGE_SIDE:
+            raise ValueError(f"img_size {preprocess.img_size} is not {IMAGE_SIDE.describe()}")
+        if not 0 < preprocess.crop_pct <= 1:
+            raise ValueError(f"crop_pct {preprocess.crop_pct} is outside (0, 1]")
+        if len(preprocess.mean) != 3 or len(preprocess.std) != 3 or min(preprocess.std) <= 0:
+            raise ValueError("mean and std need 3 values each, std above 0")
+        if preprocess.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation {preprocess.interpolation!r} is not one of {', '.join(INTERPOLATIONS)}")
+        return preprocess
 
 
 def default_preprocess(small_input: bool) -> Preprocess:

@@ -10,8 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
+from mobiforge.errors import MobiforgeError
 from mobiforge.models.registry import build, check_name, plain
 from mobiforge.models.weights import find_weights_file, get_weights, load_pretrained
 
@@ -58,8 +60,39 @@ def _create_pretrained(
     return model
 
 
-def build_from_spec(spec: dict[str, Any]) -> nn.Module:
-    """Rebuild a model from its ``spec`` dict (as stored in checkpoints): no pickled modules involved."""
-    if not isinstance(spec, dict) or "name" not in spec:
-        raise ValueError(f"a model spec is a dict with 'name' and 'kwargs', got {spec!r}")
-    return build(spec["name"], **dict(spec.get("kwargs", {})))
+# A spec read from a file is data: it may name only a registered builder and that builder's own arguments
+# (``build`` refuses others, ``pretrained`` and ``download`` among them), and it may not ask for more parameters
+# than any mobile model has, so that an edited width or class count fails before allocating gigabytes.
+MAX_SPEC_PARAMETERS = 100_000_000
+
+
+def build_from_spec(spec: dict[str, Any], source: str = "the model spec") -> nn.Module:
+    """Rebuild a model from its ``spec`` dict (as stored in checkpoints): no pickled modules involved, no weights
+    loaded, nothing fetched. ``source`` names where the spec came from in the one-line errors."""
+    if not (isinstance(spec, dict) and isinstance(spec.get("name"), str) and isinstance(spec.get("kwargs", {}), dict)):
+        raise MobiforgeError(f"{source}: a model spec is {{'name': str, 'kwargs': dict}}, got {_short(spec)}")
+    kwargs = dict(spec.get("kwargs", {}))
+    if not all(isinstance(key, str) for key in kwargs):
+        raise MobiforgeError(f"{source}: the spec's kwargs must be named by strings, got {_short(list(kwargs))}")
+    with torch.device("meta"):  # count first: meta tensors take no memory
+        parameters = sum(p.numel() for p in _built(spec["name"], kwargs, source).parameters())
+    if parameters > MAX_SPEC_PARAMETERS:
+        raise MobiforgeError(
+            f"{source}: its spec {_short(spec)} asks for {parameters:,} parameters, over the {MAX_SPEC_PARAMETERS:,} "
+            "any mobile model needs; the file was edited or damaged"
+        )
+    return _built(spec["name"], kwargs, source)
+
+
+def _built(name: str, kwargs: dict[str, Any], source: str) -> nn.Module:
+    try:
+        return build(name, **kwargs)
+    except MobiforgeError as error:
+        raise MobiforgeError(f"{source}: {error}") from None
+    except (TypeError, ValueError, OverflowError, RuntimeError) as error:  # a value of the wrong type or size
+        raise MobiforgeError(f"{source}: cannot build {name!r} from {_short(kwargs)} ({error})") from None
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

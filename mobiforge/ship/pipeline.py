@@ -14,10 +14,11 @@ from mobiforge.backends import get_backend
 from mobiforge.config import ShipConfig
 from mobiforge.log import logger
 from mobiforge.progress import Reporter, SilentReporter
+from mobiforge.runs import claim_run_dir
 from mobiforge.ship.ladder import MIN_TAIL_EPOCHS
 from mobiforge.ship.plan import DEADLINE_MARGIN, export_reserve, next_training
 from mobiforge.ship.report import write_ship_report
-from mobiforge.ship.search import rank, search, survey, teacher_plan
+from mobiforge.ship.search import check_families, rank, search, survey, teacher_plan
 from mobiforge.ship.stages import (
     cached_student,
     export_candidate,
@@ -64,11 +65,18 @@ def ship(config: ShipConfig, reporter: Reporter | None = None) -> ShipResult:
     _check(config)
     get_backend(config.runtime).require()
     run_dir = config.run_dir()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    claim_run_dir(run_dir, "ship")
     state = ShipState(run_dir, config)
+    with state.clock():
+        return _stages(config, run_dir, state, reporter)
+
+
+def _stages(config: ShipConfig, run_dir: Path, state: ShipState, reporter: Reporter) -> ShipResult:
     say = Progress(reporter, state)
+    if state.recovered:
+        say(state.recovered)
     if state.stages:
-        say(f"resuming {run_dir}: {', '.join(state.stages)} already done")
+        say(f"resuming {run_dir}: {', '.join(state.stages)} already done, {_clock(state.elapsed())} spent")
     torch.manual_seed(config.seed)
 
     info = state.done("survey") or state.finish("survey", survey(config))
@@ -180,6 +188,7 @@ def shipped_one(state: ShipState) -> bool:
 
 def _check(config: ShipConfig) -> None:
     get_backend(config.runtime)  # an unknown name: one line naming the runtimes there are (numbers: check_ranges)
+    check_families(config.models)  # before the run folder records these settings: a corrected rerun must start
 
 
 def _finish(

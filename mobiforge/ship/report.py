@@ -29,6 +29,7 @@ from mobiforge import __version__
 from mobiforge.backends import get_backend
 from mobiforge.checkpoint import Checkpoint
 from mobiforge.config import BUILTIN_DATASETS, ShipConfig, flag_of
+from mobiforge.files import write_atomic
 from mobiforge.paths import shareable, without_local_paths
 from mobiforge.plots import pyplot
 from mobiforge.ship.config import FILE_OVERHEAD
@@ -278,7 +279,7 @@ def write_ship_report(
     artifact = run_dir / f"model{Path(chosen.exported.chosen.path).suffix}" if chosen and chosen.exported else None
     card = model_card(config, state, focus, artifact) if focus else None
     if card is not None:
-        (run_dir / "model_card.json").write_text(json.dumps(card, indent=2))
+        write_atomic(run_dir / "model_card.json", json.dumps(card, indent=2))
     images = _images(run_dir, config, rows, focus)
     intro = _intro(run_dir, config, state, card, chosen is not None)
     tables = {"Candidates": _candidate_table(rows, config)}
@@ -288,8 +289,8 @@ def write_ship_report(
     snippets = []
     if card is not None:
         snippets = [("Android (Kotlin)", "kotlin", android_snippet(card)), ("iOS (Swift)", "swift", ios_snippet(card))]
-    (run_dir / "report.md").write_text(_markdown(intro, tables, images, snippets))
-    (run_dir / "report.html").write_text(_html(intro, tables, images, snippets))
+    write_atomic(run_dir / "report.md", _markdown(intro, tables, images, snippets))
+    write_atomic(run_dir / "report.html", _html(intro, tables, images, snippets))
     return card
 
 

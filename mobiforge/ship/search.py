@@ -85,13 +85,16 @@ def survey(config: ShipConfig) -> Survey:
 # ------------------------------------------------------------------------------------------------- candidates
 
 
+def check_families(models: list[str] | None) -> None:
+    """Fail with one line, before a ship run records anything, when ``--models`` names no searched family."""
+    families = sorted({family(row.model) for row in CANDIDATE_GRID})
+    if models and not set(models) & set(families):
+        raise MobiforgeError(f"--models {','.join(models)}: none of the searched families ({', '.join(families)})")
+
+
 def grid_candidates(config: ShipConfig, info: Survey) -> list[Candidate]:
+    check_families(config.models)
     rows = [row for row in CANDIDATE_GRID if not config.models or family(row.model) in config.models]
-    if config.models and not rows:
-        families = sorted({family(row.model) for row in CANDIDATE_GRID})
-        raise MobiforgeError(
-            f"--models {','.join(config.models)}: none of the searched families ({', '.join(families)})"
-        )
     candidates = []
     for row in rows:
         model = build_scratch(row.model, row.width_mult, len(info.classes), info.small_images)

@@ -10,10 +10,12 @@ their defaults and ignores keys it does not know, so a state file written by an 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
-import os
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,8 +24,11 @@ from mobiforge.config import ShipConfig
 from mobiforge.data import BUILTIN_DATASETS
 from mobiforge.errors import MobiforgeError
 from mobiforge.export import ArtifactReport
+from mobiforge.files import BACKUP_SUFFIX, write_atomic
+from mobiforge.log import logger
 
 STATE_FILE = "ship_state.json"
+CLOCK_SECONDS = 10.0  # how often the time spent is saved: a kill loses at most this much of the budget
 STATE_VERSION = 2  # 1: the untyped dicts written before 2026-12-01 (no "version" key); same layout
 
 R = TypeVar("R")
@@ -215,19 +220,42 @@ class ShipState:
         self.config = plain_config(config)
         self.stages: dict[str, Any] = {}
         self.elapsed_before = 0.0
+        self.recovered = ""  # how the state was read back from its backup, for the user
+        self._lock = threading.Lock()  # the clock thread saves too
         if self.path.exists():
-            self._read(json.loads(self.path.read_text()), run_dir)
+            self._load(run_dir)
         self.deadline = self.session_start + config.time_budget_s - self.elapsed_before
 
-    def _read(self, saved: dict[str, Any], run_dir: Path) -> None:
+    def _load(self, run_dir: Path) -> None:
+        """Read the state, or its previous good copy when a crash or a full disk damaged it."""
+        backup = Path(f"{self.path}{BACKUP_SUFFIX}")
+        for path in (self.path, backup):
+            try:
+                saved = json.loads(path.read_text())
+                stages = {name: read_record(name, data) for name, data in (saved.get("stages") or {}).items()}
+                elapsed = float(saved.get("elapsed_s", 0.0))
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError, TypeError, KeyError, AttributeError) as error:
+                logger.debug("%s is damaged: %r", path, error)
+                continue
+            self._check_config(saved, run_dir)
+            self.stages, self.elapsed_before = stages, elapsed
+            if path == backup:
+                self.recovered = f"{self.path.name} was damaged; resumed from its previous copy"
+            return
+        raise MobiforgeError(
+            f"{self.path} is damaged and has no good previous copy; to start over, delete it "
+            f"(the trained candidates are kept and retrained) or give --out a new folder"
+        )
+
+    def _check_config(self, saved: dict[str, Any], run_dir: Path) -> None:
         if saved.get("config") != self.config:
             changed = sorted(key for key in self.config if (saved.get("config") or {}).get(key) != self.config[key])
             raise MobiforgeError(
                 f"{run_dir} holds a ship run with other settings ({', '.join(changed)}); rerun it with the "
                 "same ones to resume, or give --out a new folder"
             )
-        self.elapsed_before = float(saved.get("elapsed_s", 0.0))
-        self.stages = {name: read_record(name, data) for name, data in (saved.get("stages") or {}).items()}
 
     # ----------------------------------------------------------------------------------------------- time
 
@@ -253,7 +281,8 @@ class ShipState:
         return self.stages.get(f"export:{name}")
 
     def finish(self, stage: str, record: R) -> R:
-        self.stages[stage] = record
+        with self._lock:
+            self.stages[stage] = record
         self.save()
         return record
 
@@ -268,10 +297,30 @@ class ShipState:
         }
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2))
-        os.replace(tmp, self.path)
+        """Write the state atomically, keeping the previous copy beside it."""
+        with self._lock:
+            write_atomic(self.path, json.dumps(self.to_dict(), indent=2), backup=True)
+
+    @contextlib.contextmanager
+    def clock(self) -> Iterator[None]:
+        """Save the time spent every ``CLOCK_SECONDS`` and on the way out, however the run ends: a run killed
+        mid-stage, or stopped with Ctrl-C, resumes with that time counted against its budget."""
+        stop = threading.Event()
+
+        def tick() -> None:
+            while not stop.wait(CLOCK_SECONDS):
+                with contextlib.suppress(MobiforgeError):  # a full disk: the stage's own save says so
+                    self.save()
+
+        thread = threading.Thread(target=tick, name="ship-clock", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+            with contextlib.suppress(MobiforgeError):
+                self.save()
 
 
 def plain_config(config: ShipConfig) -> dict[str, Any]:

@@ -1,0 +1,385 @@
+"""Hostile files and lost work (issue 25, items 8-11 and 13-16): crafted checkpoints and artifacts, run folders
+that belong to another run, rich markup in names, a damaged ship state, a full disk, and memory per image.
+Every file here is generated; nothing needs ../shared."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from mobiforge.checkpoint import Checkpoint, save_checkpoint
+from mobiforge.errors import MobiforgeError
+from mobiforge.models import create_model
+from mobiforge.models.base import Preprocess
+from tests.helpers import make_split_folder
+
+CLASSES = ["class0", "class1", "class2"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_split_folder(tmp_path_factory.mktemp("hostile-data"), train=4, val=2)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(data: Path) -> dict:
+    model = create_model("mobilenet_v1", num_classes=3, width_mult=0.25)
+    saved = Checkpoint.of(model, classes=CLASSES, preprocess=Preprocess(img_size=32, crop_pct=1.0)).to_dict()
+    saved["config"] = {"data": {"data": str(data)}}
+    saved["optimizer"] = {}
+    return saved
+
+
+def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    from mobiforge.cli import main
+
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err.strip()
+
+
+def _edited(checkpoint: dict, tmp_path: Path, edit) -> Path:  # type: ignore[no-untyped-def]
+    changed = copy.deepcopy(checkpoint)
+    edit(changed)
+    path = tmp_path / "edited.pt"
+    torch.save(changed, path)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ item 9
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"pretrained": True, "download": True}, "does not take download, pretrained"),
+        ({"width_mult": 1e6}, "parameters, over the 100,000,000"),
+        ({"num_classes": 10**9}, "parameters, over the 100,000,000"),
+        ({"width_mult": "wide"}, "cannot build 'mobilenet_v1'"),
+    ],
+    ids=["download", "width", "classes", "type"],
+)
+def test_a_spec_from_a_file_cannot_download_or_ask_for_gigabytes(
+    checkpoint: dict, tmp_path: Path, kwargs: dict, message: str, capsys
+) -> None:
+    """Item 9: a spec with pretrained/download tried to fetch weights; width_mult=1e6 reached 6.4 GB."""
+    path = _edited(checkpoint, tmp_path, lambda c: c["spec"]["kwargs"].update(kwargs))
+    image = Image.new("RGB", (40, 40)).save(tmp_path / "x.png")
+    code, _, err = _cli(["predict", str(path), str(tmp_path / "x.png")], capsys)
+    assert code == 2 and "\n" not in err and message in err and str(path) in err, (image, err)
+
+
+def test_a_stored_data_path_of_a_system_folder_is_not_walked(checkpoint: dict, tmp_path: Path, capsys) -> None:
+    """Item 9: a checkpoint whose saved data path is / walked the whole filesystem."""
+    path = _edited(checkpoint, tmp_path, lambda c: c.update(config={"data": {"data": "/"}}))
+    code, _, err = _cli(["eval", str(path)], capsys)
+    assert code == 2 and "names / as its data, a system or home folder" in err and "--data" in err
+
+
+# ------------------------------------------------------------------------------------------------ item 10
+
+
+MALFORMED = {
+    "other widths": (lambda c: c["spec"]["kwargs"].update(width_mult=0.5), "of another shape (e.g. features.0.0"),
+    "foreign weights": (lambda c: c.update(state_dict={"x": torch.zeros(1)}), "missing (e.g. features.0.0.weight)"),
+    "preprocess": (lambda c: c.update(preprocess={"img_size": "y"}), "malformed 'preprocess'"),
+    "preprocess mean": (lambda c: c["preprocess"].update(mean="x"), "malformed 'preprocess'"),
+    "short classes": (lambda c: c.update(classes=["a"]), "3 outputs but 1 class names"),
+    "classes type": (lambda c: c.update(classes=7), "'classes' must be a list"),
+    "spec": (lambda c: c.update(spec="zzz"), "a model spec is {'name': str, 'kwargs': dict}"),
+    "kwargs": (lambda c: c.update(spec={"name": "mobilenet_v1", "kwargs": [1, 2]}), "a model spec is"),
+    "unknown model": (lambda c: c["spec"].update(name="resnet9000"), "unknown model 'resnet9000'"),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_a_malformed_checkpoint_is_one_line_naming_the_file(
+    checkpoint: dict, tmp_path: Path, case: str, capsys
+) -> None:
+    """Item 10: a wrong spec for the state_dict gave a 26-line RuntimeError; bad preprocess or classes, ValueError,
+    TypeError, IndexError."""
+    edit, message = MALFORMED[case]
+    path = _edited(checkpoint, tmp_path, edit)
+    Image.new("RGB", (40, 40)).save(tmp_path / "x.png")
+    for argv in (["predict", str(path), str(tmp_path / "x.png")], ["eval", str(path)]):
+        code, _, err = _cli(argv, capsys)
+        assert code == 2 and "\n" not in err and str(path) in err and message in err, err
+
+
+def test_resuming_from_a_checkpoint_without_training_state_is_one_line(
+    checkpoint: dict, data: Path, tmp_path: Path, capsys
+) -> None:
+    """Item 10: --resume of a checkpoint without config (or optimizer, rng...) ended in KeyError."""
+    path = tmp_path / "weights-only.pt"
+    saved = {key: value for key, value in checkpoint.items() if key != "config"}
+    torch.save(saved, path)
+    code, _, err = _cli(["train", "--resume", str(path)], capsys)
+    assert code == 2 and "not a resumable training checkpoint (no 'config')" in err and "--init-from" in err
+    torch.save({**saved, "config": {"model": "mobilenet_v1", "data": {"data": str(data)}}}, path)
+    code, _, err = _cli(["train", "--resume", str(path), "--epochs", "2"], capsys)
+    assert code == 2 and "not a resumable training checkpoint" in err and "\n" not in err, err
+
+
+# ------------------------------------------------------------------------------------------------ item 8
+
+
+@pytest.mark.parametrize("suffix", [".pte", ".tflite", ".onnx"])
+def test_an_artifact_with_a_foreign_header_never_reaches_its_runtime(tmp_path: Path, suffix: str, capsys) -> None:
+    """Item 8: 8 bytes plus 200 zeros given to `mobiforge profile` aborted the process inside ExecuTorch."""
+    from mobiforge.runtimes import load_runner
+
+    for name, content in (("empty", b""), ("zeros", bytes(208)), ("png", b"\x89PNG\r\n\x1a\n" + bytes(200))):
+        path = tmp_path / f"{name}{suffix}"
+        path.write_bytes(content)
+        refused = rf"{path.name}: not a \{suffix} file of .* \((empty|its header is wrong)\)"
+        with pytest.raises(MobiforgeError, match=refused):
+            load_runner(path)
+    code, _, err = _cli(["profile", str(tmp_path / f"zeros{suffix}")], capsys)
+    assert code == 2 and "export it again with mobiforge export" in err
+
+
+# ------------------------------------------------------------------------------------------------ item 11
+
+
+def test_a_run_folder_made_by_another_kind_of_run_is_refused_before_any_work(tmp_path: Path) -> None:
+    """Item 11: train --name on a ship folder overwrote its plots; ship --out on a train run its curves.png."""
+    from mobiforge.runs import RUN_FILE, check_run_dir, claim_run_dir
+
+    ship_dir, prune_dir = tmp_path / "ship-x", tmp_path / "pruned"
+    claim_run_dir(ship_dir, "ship")
+    assert json.loads((ship_dir / RUN_FILE).read_text())["kind"] == "ship"
+    with pytest.raises(MobiforgeError, match=r"holds a ship run \(made by `.*`\); write this train run"):
+        check_run_dir(ship_dir, "train")
+    claim_run_dir(ship_dir, "ship")  # the same kind resumes
+    claim_run_dir(prune_dir, "prune")
+    claim_run_dir(prune_dir, "train")  # prune's fine-tuning runs in its folder
+    assert json.loads((prune_dir / RUN_FILE).read_text())["kind"] == "prune"
+    legacy = tmp_path / "old-train"
+    legacy.mkdir()
+    (legacy / "last.pt").write_bytes(b"")
+    with pytest.raises(MobiforgeError, match="holds a train run"):
+        check_run_dir(legacy, "ship")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(MobiforgeError, match="is a file"):
+        check_run_dir(tmp_path / "file", "train")
+
+
+def test_train_and_ship_refuse_each_others_folders(data: Path, tmp_path: Path) -> None:
+    from mobiforge.config import ShipConfig
+    from mobiforge.runs import claim_run_dir
+    from mobiforge.ship import ship
+    from mobiforge.train import train
+    from tests.helpers import small_train_config
+
+    claim_run_dir(tmp_path / "ship-run", "ship")
+    (tmp_path / "ship-run" / "report.html").write_text("the ship report")
+    started = time.monotonic()
+    with pytest.raises(MobiforgeError, match="holds a ship run"):
+        train(small_train_config(data, tmp_path, name="ship-run", epochs=1))
+    assert time.monotonic() - started < 5 and (tmp_path / "ship-run" / "report.html").read_text() == "the ship report"
+    claim_run_dir(tmp_path / "train-run", "train")
+    with pytest.raises(MobiforgeError, match="holds a train run"):
+        ship(ShipConfig(data=str(data), out=str(tmp_path / "train-run")))
+    assert not (tmp_path / "train-run" / "ship_state.json").exists()
+
+
+def test_prune_refuses_a_train_run_folder_before_pruning(checkpoint: dict, tmp_path: Path) -> None:
+    """Item 11: prune --name of an existing run was refused only after 79 s of work, leaving a stray pruned.pt."""
+    from mobiforge.prune import PruneConfig, prune
+
+    path = save_checkpoint(checkpoint, tmp_path / "model.pt")
+    (tmp_path / "runs" / "taken").mkdir(parents=True)
+    (tmp_path / "runs" / "taken" / "last.pt").write_bytes(b"")
+    with pytest.raises(MobiforgeError, match="already holds a run"):
+        prune(PruneConfig(checkpoint=str(path), ratio=0.5, name="taken", runs_dir=str(tmp_path / "runs")))
+    assert not (tmp_path / "runs" / "taken" / "pruned.pt").exists()
+
+
+# ------------------------------------------------------------------------------------------------ item 13
+
+
+def test_rich_markup_in_class_and_file_names_is_printed_as_text(checkpoint: dict, tmp_path: Path, capsys) -> None:
+    """Item 13: --name 'x[/]y' crashed the CLI with a MarkupError; class names with [bold] lost text in tables."""
+    names = ["[bold]ants", "x[red]y", "c[i]"]  # a class is a folder name: no "/", so no "[/]" here
+    data = tmp_path / "d[i]ata"
+    for index, name in enumerate(names):
+        for split in ("train", "val"):
+            (data / split / name).mkdir(parents=True)
+            Image.new("RGB", (32, 32), (index * 80, 40, 200)).save(data / split / name / "0.png")
+    saved = copy.deepcopy(checkpoint)
+    saved["classes"] = names
+    path = save_checkpoint(saved, tmp_path / "x[/]y" / "m[b]odel.pt")
+    code, out, err = _cli(["eval", str(path), "--data", str(data)], capsys)
+    assert code == 0, err
+    for text in [*names, "x[/]y/m[b]odel.pt", "[val]"]:
+        assert text in out, out
+
+
+# ------------------------------------------------------------------------------------------------ item 14
+
+
+def _ship_state(tmp_path: Path):  # type: ignore[no-untyped-def]
+    from mobiforge.config import ShipConfig
+    from mobiforge.ship.state import ShipState
+
+    config = ShipConfig(data="digits", out=str(tmp_path))
+    return (lambda: ShipState(tmp_path, config)), config
+
+
+def test_a_damaged_ship_state_resumes_from_its_previous_copy(tmp_path: Path) -> None:
+    """Item 14: a corrupt ship_state.json blocked resume with a traceback."""
+    from mobiforge.ship.state import ResultRecord
+
+    new_state, _ = _ship_state(tmp_path)
+    state = new_state()
+    state.finish("result", ResultRecord("a", "a", None))
+    state.finish("result", ResultRecord("b", "b", None))  # the first write is now the backup
+    assert (tmp_path / "ship_state.json.bak").exists()
+    (tmp_path / "ship_state.json").write_text('{"version": 1, "stag')
+    resumed = new_state()
+    assert resumed.recovered.endswith("resumed from its previous copy") and resumed.done("result").chosen == "a"
+    (tmp_path / "ship_state.json.bak").write_text("")
+    with pytest.raises(MobiforgeError, match="is damaged and has no good previous copy; to start over, delete it"):
+        new_state()
+
+
+def test_the_time_spent_is_saved_however_a_ship_run_ends(tmp_path: Path, monkeypatch) -> None:
+    """Item 14: time lost to a kill (27-35 s) was not counted against the budget on resume."""
+    import mobiforge.ship.state as state_module
+
+    monkeypatch.setattr(state_module, "CLOCK_SECONDS", 0.05)
+    new_state, config = _ship_state(tmp_path)
+    state = new_state()
+    with pytest.raises(KeyboardInterrupt), state.clock():
+        time.sleep(0.3)
+        saved = json.loads((tmp_path / "ship_state.json").read_text())["elapsed_s"]
+        assert saved >= 0.1  # written by the clock while the run went on: a SIGKILL loses at most CLOCK_SECONDS
+        raise KeyboardInterrupt
+    resumed = new_state()
+    assert resumed.elapsed_before >= 0.3
+    assert resumed.left() <= config.time_budget_s - 0.3
+
+
+# ------------------------------------------------------------------------------------------------ item 15
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
+    mount = shutil.which("mount")
+    if os.geteuid() != 0 or mount is None:
+        pytest.skip("mounting a small tmpfs needs root and mount(8)")
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    result = subprocess.run([mount, "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(folder)], capture_output=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=False)
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_previous_checkpoint(tiny_disk: Path) -> None:
+    """Item 15: a full disk ended in a double traceback that never said "disk full"."""
+    from mobiforge.files import write_atomic
+
+    path = save_checkpoint({"weights": torch.zeros(100)}, tiny_disk / "last.pt")
+    with pytest.raises(MobiforgeError, match=r"disk full while writing .*last.pt; the previous copy is kept"):
+        save_checkpoint({"weights": torch.zeros(1_000_000)}, path)
+    assert torch.load(path, weights_only=True)["weights"].shape == (100,)
+    with pytest.raises(MobiforgeError, match=r"disk full while writing .*report.json; nothing was written"):
+        write_atomic(tiny_disk / "report.json", "x" * 1_000_000)
+    assert sorted(os.listdir(tiny_disk)) == ["last.pt"]  # no temp file left behind
+
+
+# ------------------------------------------------------------------------------------------------ item 16
+
+
+def test_predict_streams_in_batches(checkpoint: dict, tmp_path: Path, monkeypatch) -> None:
+    """Item 16: predict put every image in one batch (400 photos, 3.3 GB)."""
+    import mobiforge.inference as inference
+
+    monkeypatch.setattr(inference, "PREDICT_BATCH", 2)
+    path = save_checkpoint(checkpoint, tmp_path / "model.pt")
+    images = []
+    for index in range(5):
+        images.append(str(tmp_path / f"{index}.png"))
+        Image.new("RGB", (40, 40), (index * 50, 0, 0)).save(images[-1])
+    sizes: list[int] = []
+    stack = torch.stack
+
+    def counted(tensors, *args, **kwargs):  # type: ignore[no-untyped-def]
+        sizes.append(len(tensors))
+        return stack(tensors, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "stack", counted)
+    results = inference.predict(path, images, top_k=2)
+    assert [item["image"] for item in results] == images and sizes == [2, 2, 1]
+
+
+def test_an_image_too_large_to_decode_is_refused_from_its_header(tmp_path: Path) -> None:
+    """Item 16: four 13,000-pixel-square PNGs needed 7.2 GB during the image check."""
+    from mobiforge.data import MAX_DECODED_PIXELS, load_rgb
+
+    path = tmp_path / "huge.png"
+    Image.new("1", (9000, 8000)).save(path)  # 72 Mpx, a few kB on disk
+    assert MAX_DECODED_PIXELS < 9000 * 8000
+    with pytest.raises(ValueError, match="9000x8000 pixels is over the 64 megapixels"):
+        load_rgb(str(path))
+
+
+def test_a_rejected_models_list_leaves_nothing_that_blocks_the_corrected_rerun(data: Path, tmp_path: Path) -> None:
+    """Item 11: a failed `ship --models <bad>` left a state file that refused the corrected command."""
+    from mobiforge.config import ShipConfig
+    from mobiforge.ship import ship
+
+    with pytest.raises(MobiforgeError, match="--models nosuch: none of the searched families"):
+        ship(ShipConfig(data=str(data), out=str(tmp_path / "ship"), models=["nosuch"]))
+    assert not (tmp_path / "ship").exists()
+
+
+def test_resuming_with_fewer_epochs_than_done_changes_nothing(data: Path, tmp_path: Path) -> None:
+    """Item 11: `--resume --epochs 1` on a finished run rewrote its config.yaml."""
+    from mobiforge.train import TrainConfig, train
+    from tests.helpers import small_train_config
+
+    result = train(small_train_config(data, tmp_path, epochs=2))
+    config_yaml = (result.run_dir / "config.yaml").read_text()
+    with pytest.raises(MobiforgeError, match=r"--epochs 1: .* has already trained 2 epochs"):
+        train(TrainConfig(resume=str(result.run_dir / "last.pt"), epochs=1))
+    assert (result.run_dir / "config.yaml").read_text() == config_yaml
+
+
+# ------------------------------------------------------------------------------------------------ item 3
+
+
+def test_precise_bn_re_estimates_statistics_before_each_evaluation(data: Path, tmp_path: Path, monkeypatch) -> None:
+    """Item 3: after a short run from scratch BatchNorm's running averages lag the weights and eval sits at chance;
+    precise BN re-estimates them on training images before each evaluation that decides best.pt."""
+    from mobiforge import engine
+    from mobiforge.train import train
+    from tests.helpers import small_train_config
+
+    calls: list[int] = []
+    recalibrate = engine.recalibrate_bn
+
+    def counted(model, batches, kept=None):  # type: ignore[no-untyped-def]
+        batches = list(batches)
+        calls.append(sum(batch.shape[0] for batch in batches))
+        return recalibrate(model, batches, kept)
+
+    monkeypatch.setattr(engine, "recalibrate_bn", counted)
+    result = train(small_train_config(data, tmp_path, epochs=2, precise_bn=5))
+    assert calls == [5, 5]
+    norm = next(m for m in Checkpoint.load(result.run_dir / "best.pt").model().modules() if hasattr(m, "running_var"))
+    assert norm.momentum == 0.1  # the cumulative average is undone after the estimate
+    calls.clear()
+    train(small_train_config(data, tmp_path, name="frozen", epochs=1, precise_bn=5, freeze_bn=True))
+    assert calls == []  # fixed statistics stay fixed
