@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.mobiforge-installed
 
-.PHONY: install demo test test-all lint bench clean
+.PHONY: install browser demo test test-all lint bench clean
 
 install: $(STAMP)
 
@@ -14,7 +14,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
 	$(BIN)/python -m pip install --quiet -e ".[all]"
+	$(MAKE) --no-print-directory browser
 	touch $(STAMP)
+
+# The page tests drive Debian's chromium through Playwright (never Playwright's own browser download). Installed
+# where this is a Debian-like machine and we are root; elsewhere those tests skip and say why.
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; } || \
+		echo "chromium not installed: the browser tests will skip"
 
 # The main job on built-in data: ship a verified int8 model for scikit-learn's digits (about 3 minutes on 2 cores).
 demo: install

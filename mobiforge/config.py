@@ -164,7 +164,10 @@ def loader_workers(workers: int | None) -> int:
 class DataConfig:
     """data: where the images come from and how they are augmented (train, distill, prune, ship)"""
 
-    data: str = opt("digits", "image folder (DIR/train + DIR/val|test, or DIR/<class>/) or 'digits' (built in)")
+    data: str = opt(
+        "digits",
+        "image folder (DIR/train + DIR/val|test, or DIR/<class>/), a path,label[,split] CSV, or 'digits' (built in)",
+    )
     img_size: int | None = opt(
         None, "input size (default 224; 32 for digits)", valid=IMAGE_SIDE
     )  # None: see resolved_img_size
@@ -558,7 +561,9 @@ class ShipConfig:
     def run_dir(self) -> Path:
         if self.out:
             return Path(self.out)
-        name = "digits" if self.data in BUILTIN_DATASETS else (Path(self.data).resolve().name or "data")
+        source = Path(self.data).resolve()
+        source = source.parent if source.suffix.lower() == ".csv" else source  # a labels.csv: its folder's name
+        name = "digits" if self.data in BUILTIN_DATASETS else (source.name or "data")
         return Path("runs") / f"ship-{name}"
 
 
@@ -569,7 +574,11 @@ class ShipConfig:
 class EvalOptions:
     """evaluation of a checkpoint on a split of an image folder"""
 
-    checkpoint: str = opt(help="the checkpoint to evaluate", positional=True, metavar="CKPT")
+    checkpoint: str = opt(
+        help="the checkpoint to evaluate, or an exported .pte/.tflite/.onnx file (run in its runtime; needs --data)",
+        positional=True,
+        metavar="CKPT",
+    )
     data: str | None = opt(None, "image folder (default: the one the checkpoint trained on)")
     split: str = opt("val", "val, test or train")
     batch_size: int = opt(64, flags=("--batch-size", "-b"), valid=AT_LEAST_1)
@@ -584,9 +593,27 @@ class EvalOptions:
 class PredictOptions:
     """prediction: the top-k classes of each image, with the checkpoint's preprocessing"""
 
-    checkpoint: str = opt(help="the checkpoint to run", positional=True, metavar="CKPT")
+    checkpoint: str = opt(
+        help="the checkpoint to run, or an exported .pte/.tflite/.onnx file (run in its own runtime)",
+        positional=True,
+        metavar="CKPT",
+    )
     images: list[str] = opt(help="image files", positional=True, nargs="+", metavar="IMAGE")
     top_k: int = opt(5, flags=("--top-k", "-k"), valid=AT_LEAST_1)
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+
+
+@dataclass
+class ServeConfig:
+    """serve: a local page to try an exported model on your own photos, run in its own runtime"""
+
+    target: str = opt(help="a ship run folder (its model.*) or an exported .pte/.tflite/.onnx file",
+                      positional=True, metavar="RUN_DIR|ARTIFACT")  # fmt: skip
+    host: str = opt("127.0.0.1", "address to bind (the default keeps the page on this machine)")
+    port: int = opt(8000, "port (0: any free one)", valid=Range(0, 65535))
+    threads: int = opt(1, "runtime threads, as for the latency budget", valid=AT_LEAST_1)
 
     def __post_init__(self) -> None:
         check_ranges(self)

@@ -21,6 +21,7 @@ threads for the same cores (measured: 23 vs 17 img/s on hymenoptera at 224 px wi
 from __future__ import annotations
 
 import contextlib
+import csv
 import functools
 import os
 import random
@@ -32,11 +33,12 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
+import pillow_heif
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.datasets.folder import IMG_EXTENSIONS
@@ -149,8 +151,12 @@ def class_folders(folder: Path) -> list[str]:
     return sorted(entry.name for entry in os.scandir(folder) if entry.is_dir() and not entry.name.startswith("."))
 
 
+pillow_heif.register_heif_opener()  # iPhone photos are HEIC by default; Pillow opens them through this plugin
+IMAGE_EXTENSIONS = (*IMG_EXTENSIONS, ".heic", ".heif")
+
+
 def _is_image(name: str) -> bool:
-    return name.lower().endswith(IMG_EXTENSIONS)
+    return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
 def scan_split(folder: Path, class_to_idx: dict[str, int]) -> tuple[list[Sample], int, list[str]]:
@@ -233,12 +239,16 @@ def stratified_split(samples: Sequence[Sample], val_fraction: float, seed: int) 
 
 def discover(config: DataConfig, train_split: str = "train", val_split: str | None = None) -> DatasetSplits:
     """Find the images of ``config.data`` and check the layout; raises ``MobiforgeError`` on any problem."""
+    if is_table(config.data):
+        return _discover_table(Path(config.data).expanduser(), config)
     if config.data in BUILTIN_DATASETS:
         root = materialize_digits()
     else:
         root = Path(config.data).expanduser()
         if not root.is_dir():
-            raise MobiforgeError(f"--data {config.data}: no such folder; give an image folder or 'digits'")
+            raise MobiforgeError(
+                f"--data {config.data}: no such folder; give an image folder, a labels.csv or 'digits'"
+            )
     if (root / "train").is_dir():
         names = [val_split] if val_split else ["val", "test"]
         val_dir = next((root / name for name in names if (root / name).is_dir()), None)
@@ -266,12 +276,80 @@ def discover(config: DataConfig, train_split: str = "train", val_split: str | No
         samples, ignored, empty = scan_split(root, class_to_idx)
         _check_empty(root, empty)
         train, val = stratified_split(samples, config.val_split, config.split_seed)
-        description = f"{root} split {1 - config.val_split:.0%}/{config.val_split:.0%} (seed {config.split_seed})"
-    check_distinct({"train": train, "val": val}, classes)
-    for name, split in (("train", train), ("val", val)):
-        if not split:
-            raise MobiforgeError(f"--data {root}: the {name} split has no images")
-    return DatasetSplits(train, val, classes, root, description, ignored)
+        description = _seeded_description(root, config)
+    return _checked_splits(DatasetSplits(train, val, classes, root, description, ignored), root)
+
+
+def _seeded_description(source: Path, config: DataConfig) -> str:
+    return f"{source} split {1 - config.val_split:.0%}/{config.val_split:.0%} (seed {config.split_seed})"
+
+
+def _checked_splits(splits: DatasetSplits, source: Path) -> DatasetSplits:
+    """No file in two classes or both splits, and images in each split."""
+    check_distinct({"train": splits.train, "val": splits.val}, splits.classes)
+    for name, chosen in (("train", splits.train), ("val", splits.val)):
+        if not chosen:
+            raise MobiforgeError(f"--data {source}: the {name} split has no images")
+    return splits
+
+
+def is_table(data: str) -> bool:
+    """``--data labels.csv``: a ``path,label`` table (paths relative to the file) instead of class folders."""
+    return data.lower().endswith(".csv")
+
+
+TABLE_SPLITS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "val"}
+
+
+def _discover_table(table: Path, config: DataConfig) -> DatasetSplits:
+    """The samples of a ``path,label[,split]`` CSV. A header row is optional. Without a split column, the rows are
+    split as a class-folder dataset is (seeded, stratified ``val_split``)."""
+    rows = _table_rows(table)
+    classes = sorted({label for _, label, _ in rows})
+    _check_classes(table, classes)
+    class_to_idx = {name: index for index, name in enumerate(classes)}
+    missing = [path for path, _, _ in rows if not Path(path).is_file()]
+    if missing:
+        raise MobiforgeError(
+            f"{table}: {len(missing)} of {len(rows)} image paths do not exist (first: {missing[0]}); paths are "
+            "relative to the CSV file's folder"
+        )
+    if any(split for _, _, split in rows):
+        train = [(path, class_to_idx[label]) for path, label, split in rows if split == "train"]
+        val = [(path, class_to_idx[label]) for path, label, split in rows if split == "val"]
+        description = f"{table} ({len(rows)} rows, its own train/val column)"
+    else:
+        samples = [(path, class_to_idx[label]) for path, label, _ in rows]
+        train, val = stratified_split(samples, config.val_split, config.split_seed)
+        description = _seeded_description(table, config)
+    return _checked_splits(DatasetSplits(train, val, classes, table.parent, description), table)
+
+
+def _table_rows(table: Path) -> list[tuple[str, str, str]]:
+    """(absolute path, label, "train"/"val"/"") per row of the CSV; one-line errors name the row."""
+    try:
+        with open(table, newline="", encoding="utf-8-sig") as stream:
+            lines = list(csv.reader(stream))
+    except FileNotFoundError:
+        raise MobiforgeError(f"--data {table}: no such file") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise MobiforgeError(f"--data {table}: not a readable CSV ({error})") from None
+    if lines and [cell.strip().lower() for cell in lines[0][:2]] == ["path", "label"]:
+        lines = lines[1:]
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        cells = [cell.strip() for cell in line]
+        if not any(cells):
+            continue
+        if len(cells) < 2 or not cells[0] or not cells[1]:
+            raise MobiforgeError(f"{table}, row {number}: expected path,label[,split], got {','.join(line)!r}")
+        split = cells[2].lower() if len(cells) > 2 and cells[2] else ""
+        if split and split not in TABLE_SPLITS:
+            raise MobiforgeError(f"{table}, row {number}: split {cells[2]!r} is not train, val or test")
+        rows.append((str((table.parent / cells[0]).resolve()), cells[1], TABLE_SPLITS.get(split, "")))
+    if not rows:
+        raise MobiforgeError(f"--data {table}: no rows; expected path,label lines")
+    return rows
 
 
 def _check_classes(folder: Path, classes: list[str]) -> None:
@@ -309,6 +387,8 @@ def _stored_data_folder(folder: str) -> str:
     if folder == "digits":
         return folder
     path = Path(folder).expanduser()
+    if is_table(folder) and path.is_file():
+        return folder
     if not path.is_dir():
         raise MobiforgeError(f"the checkpoint was trained on {folder}, which is not a folder here; pass --data FOLDER")
     resolved, home = path.resolve(), Path.home().resolve()
@@ -322,6 +402,11 @@ def _stored_data_folder(folder: str) -> str:
 
 def split_samples(config: DataConfig, split: str, classes: list[str]) -> list[Sample]:
     """The samples of ``split`` labelled with the checkpoint's ``classes`` (class folders matched by name)."""
+    if is_table(config.data) and split in ("train", "val"):
+        splits = discover(config)  # the table's own split column, or the run's seeded split
+        if splits.classes != classes:
+            raise MobiforgeError(f"{config.data} has classes {splits.classes}, the checkpoint {classes}")
+        return splits.train if split == "train" else splits.val
     root = materialize_digits() if config.data == "digits" else Path(config.data).expanduser()
     if not root.is_dir():
         raise MobiforgeError(f"--data {config.data}: no such folder")
@@ -563,8 +648,9 @@ def preprocess_for(config: DataConfig, weights_preprocess: Preprocess | None = N
 MAX_DECODED_PIXELS = 64 * 10**6
 
 
-def load_rgb(path: str, draft_size: int | None = None) -> Image.Image:
-    """Open an image as RGB. For JPEGs, ``draft_size`` lets libjpeg decode at a reduced scale (a large speed-up on
+def load_rgb(path: str | BinaryIO, draft_size: int | None = None) -> Image.Image:
+    """Open an image (a path, or a binary file such as an upload) as RGB, upright (EXIF orientation applied),
+    8 bits per channel. For JPEGs, ``draft_size`` lets libjpeg decode at a reduced scale (a large speed-up on
     full-size photos) while keeping at least ``draft_size`` pixels on each side."""
     with Image.open(path) as image:
         if draft_size and image.format == "JPEG":
@@ -575,6 +661,7 @@ def load_rgb(path: str, draft_size: int | None = None) -> Image.Image:
                 f"{width}x{height} pixels is over the {MAX_DECODED_PIXELS // 10**6} megapixels mobiforge decodes; "
                 "downscale it"
             )
+        ImageOps.exif_transpose(image, in_place=True)  # a portrait phone photo is stored sideways plus a tag
         if image.mode in SIXTEEN_BIT_MODES:
             return _to_8_bit(image).convert("RGB")
         return image.convert("RGB")

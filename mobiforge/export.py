@@ -55,7 +55,7 @@ from mobiforge.quantize import (
     search_float_modules,
     top1_percent,
 )
-from mobiforge.runtimes import load_runner
+from mobiforge.runtimes import load_runner, sidecar, write_labels
 
 SEARCH_IMAGES = 96  # labelled training images the float-layer search scores each trial on
 QAT_TEMPERATURE = 2.0  # softmax temperature of QAT's distillation from the fp32 model
@@ -81,6 +81,12 @@ class ArtifactReport:
     # top-1 of the PT2E reference model (simulated int8): against ``top1`` it tells whether a lost image was lost by
     # quantization itself or by the runtime's integer kernels rounding differently (None where there is none)
     reference_top1: float | None = None
+    # The shipped file's own figures per class, from the runtime's logits (and the fp32 model's, to compare):
+    classes: list[str] = field(default_factory=list)
+    confusion: list[list[int]] = field(default_factory=list)  # [true][predicted] counts, in the runtime
+    fp32_confusion: list[list[int]] = field(default_factory=list)
+    per_class: dict[str, dict[str, float]] = field(default_factory=dict)  # precision, recall, f1, support
+    confident_mistakes: list[dict[str, Any]] = field(default_factory=list)  # path, label, predicted, confidence
 
     @property
     def drop(self) -> float:
@@ -131,6 +137,7 @@ class ExportData:
     data_config: DataConfig
     train_samples: list[Any]
     val_samples: list[Any] = field(default_factory=list)  # (path, label) of each val image, in val_images' order
+    classes: list[str] = field(default_factory=list)  # the model's outputs, in order
 
 
 def load_export_data(checkpoint: Checkpoint, config: ExportConfig) -> ExportData:
@@ -156,7 +163,7 @@ def load_export_data(checkpoint: Checkpoint, config: ExportConfig) -> ExportData
         chosen = _subset(train_samples, config.calibration_images, config.seed, spaced=False)
         images, calibration_labels = _tensors(chosen, preprocess, config)
         calibration = list(images.split(32))
-    return ExportData(val_images, val_labels, calibration, calibration_labels, data_config, train_samples, val)
+    return ExportData(val_images, val_labels, calibration, calibration_labels, data_config, train_samples, val, classes)
 
 
 # ----------------------------------------------------------------------------------------------------- pipeline
@@ -293,8 +300,15 @@ def export_checkpoint(config: ExportConfig) -> ArtifactReport:
     if _wants_fallback(config, report):
         report = _retry_with_float_layers(model, config, data, path, report)
     report.notes.append(f"export and verification took {time.time() - started:.0f} s")
-    record = {**report.to_dict(), "checkpoint": str(config.checkpoint), "config": dataclasses.asdict(config)}
-    write_atomic(f"{path}.json", json.dumps(record, indent=2))
+    record = {
+        **report.to_dict(),
+        "classes": checkpoint.named_classes(),  # with the preprocessing: what predict and the app need beside it
+        "preprocess": checkpoint.preprocess.to_dict(),
+        "checkpoint": str(config.checkpoint),
+        "config": dataclasses.asdict(config),
+    }
+    write_atomic(sidecar(path), json.dumps(record, indent=2))
+    write_labels(path.parent, checkpoint.named_classes())
     return report
 
 
@@ -406,4 +420,44 @@ def _export_and_verify(model: nn.Module, config: ExportConfig, data: ExportData,
         float_modules=list(config.float_modules),
         notes=[note] if note else [],
         reference_top1=reference_top1,
+        **class_figures(runtime_logits, torch_logits, data),
     )
+
+
+MISTAKES_SHOWN = 10  # val images the shipped file gets wrong most confidently, in its report
+
+
+def class_figures(runtime_logits: torch.Tensor, torch_logits: torch.Tensor, data: ExportData) -> dict[str, Any]:
+    """Per-class precision/recall/F1 (scikit-learn's ``classification_report``) and the confusion matrices of the
+    runtime's logits and of fp32 PyTorch's, with the val images the runtime gets wrong most confidently."""
+    from sklearn.metrics import classification_report, confusion_matrix
+
+    if not data.classes:
+        return {}
+    labels = data.val_labels.tolist()
+    indices = list(range(len(data.classes)))
+    predicted = runtime_logits.argmax(1).tolist()
+    report = classification_report(
+        labels, predicted, labels=indices, target_names=data.classes, output_dict=True, zero_division=0
+    )
+    confidence = torch.softmax(runtime_logits.float(), 1).max(1).values.tolist()
+    wrong = sorted((i for i, (p, t) in enumerate(zip(predicted, labels, strict=True)) if p != t),
+                   key=lambda i: -confidence[i])[:MISTAKES_SHOWN]  # fmt: skip
+    return {
+        "classes": list(data.classes),
+        "confusion": confusion_matrix(labels, predicted, labels=indices).tolist(),
+        "fp32_confusion": confusion_matrix(labels, torch_logits.argmax(1).tolist(), labels=indices).tolist(),
+        "per_class": {
+            name: {key: float(report[name][key]) for key in ("precision", "recall", "f1-score", "support")}
+            for name in data.classes
+        },
+        "confident_mistakes": [
+            {
+                "path": str(data.val_samples[i][0]) if i < len(data.val_samples) else "",
+                "label": data.classes[labels[i]],
+                "predicted": data.classes[predicted[i]],
+                "confidence": confidence[i],
+            }
+            for i in wrong
+        ],
+    }

@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 
 from mobiforge import engine
 from mobiforge.checkpoint import Checkpoint
+from mobiforge.config import DataConfig
 from mobiforge.data import (
     ImageSamples,
     checkpoint_data_config,
@@ -23,6 +25,7 @@ from mobiforge.data import (
     split_samples,
 )
 from mobiforge.errors import MobiforgeError
+from mobiforge.models.base import Preprocess
 
 
 @dataclass
@@ -47,8 +50,22 @@ def evaluate_checkpoint(
     """Top-1/top-5, per-class accuracy and confusion matrix of a checkpoint on a split of an image folder."""
     checkpoint = Checkpoint.load(path)
     classes = checkpoint.named_classes()
-    model, preprocess = checkpoint.model(), checkpoint.preprocess
+    model = checkpoint.model().to(memory_format=torch.channels_last)
     config = checkpoint_data_config(checkpoint.config, data)
+    return evaluate_samples(model, classes, checkpoint.preprocess, config, split, batch_size, workers, skip_bad_images)
+
+
+def evaluate_samples(
+    model: nn.Module,
+    classes: list[str],
+    preprocess: Preprocess,
+    config: DataConfig,
+    split: str,
+    batch_size: int,
+    workers: int,
+    skip_bad_images: bool,
+) -> CheckpointEval:
+    """``model`` (a checkpoint's, or an artifact in its runtime) on the ``split`` images of ``config.data``."""
     samples = split_samples(config, split, classes)
     bad = decodable(samples, skip_bad_images)
     samples = [sample for sample in samples if sample[0] not in bad]
@@ -56,8 +73,8 @@ def evaluate_checkpoint(
         raise MobiforgeError(f"no decodable images in the {split} split of {config.data}")
     dataset = ImageSamples(samples, eval_transform(preprocess), draft_size=preprocess.resize_size)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
-    model.to(memory_format=torch.channels_last)
-    result = engine.evaluate(model, loader, len(classes), channels_last=True)
+    channels_last = next(model.parameters(), None) is not None
+    result = engine.evaluate(model, loader, len(classes), channels_last=channels_last)
     return CheckpointEval(result, classes, split, config.data)
 
 
@@ -69,18 +86,24 @@ def predict(path: str | Path, images: list[str], top_k: int = 5) -> list[dict[st
     checkpoint = Checkpoint.load(path)
     model = checkpoint.model()
     classes = checkpoint.classes or [str(index) for index in range(model.num_classes)]
+    return ranked_predictions(model, classes, checkpoint.preprocess, images, top_k)
+
+
+def ranked_predictions(
+    model: nn.Module, classes: list[str], preprocess: Preprocess, images: list[str], top_k: int
+) -> list[dict[str, Any]]:
+    """``predict``'s result for any model taking normalised NCHW float32 (a checkpoint's, or an artifact's)."""
     missing = [image for image in images if not Path(image).is_file()]
     if missing:
-        raise MobiforgeError(
-            f"image {missing[0]} does not exist" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
-        )
-    transform = eval_transform(checkpoint.preprocess)
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise MobiforgeError(f"image {missing[0]} does not exist{more}")
+    transform = eval_transform(preprocess)
     results = []
     for start in range(0, len(images), PREDICT_BATCH):
         chunk = images[start : start + PREDICT_BATCH]
-        batch = torch.stack([_prepared(image, transform, checkpoint.preprocess.resize_size) for image in chunk])
+        batch = torch.stack([_prepared(image, transform, preprocess.resize_size) for image in chunk])
         with torch.inference_mode():
-            probabilities = torch.softmax(model(batch), dim=1)
+            probabilities = torch.softmax(model(batch).float(), dim=1)
         top = probabilities.topk(min(top_k, len(classes)), dim=1)
         results += [
             {
@@ -99,6 +122,5 @@ def _prepared(image: str, transform: Any, draft_size: int) -> torch.Tensor:
     try:
         return transform(load_rgb(image, draft_size))
     except Exception as error:  # PIL raises several types for undecodable files
-        raise MobiforgeError(
-            f"cannot read image {image}: {(str(error).splitlines() or [type(error).__name__])[0]}"
-        ) from None
+        first = (str(error).splitlines() or [type(error).__name__])[0]
+        raise MobiforgeError(f"cannot read image {image}: {first}") from None

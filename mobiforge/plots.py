@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from mobiforge.data import load_rgb
+
 
 def pyplot():  # type: ignore[no-untyped-def]
     import matplotlib
@@ -40,7 +42,9 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def plot_confusion(confusion: torch.Tensor | list[list[int]], classes: list[str], path: Path) -> Path:
+def plot_confusion(
+    confusion: torch.Tensor | list[list[int]], classes: list[str], path: Path, title: str = "confusion"
+) -> Path:
     """Confusion matrix, rows = true class, columns = predicted, each row normalised to 1."""
     plt = pyplot()
     counts = torch.as_tensor(confusion, dtype=torch.float64)
@@ -50,7 +54,7 @@ def plot_confusion(confusion: torch.Tensor | list[list[int]], classes: list[str]
     image = axis.imshow(normalised.numpy(), cmap="Blues", vmin=0, vmax=1)
     axis.set_xticks(range(len(classes)), classes, rotation=90 if len(classes) > 8 else 0)
     axis.set_yticks(range(len(classes)), classes)
-    axis.set(xlabel="predicted", ylabel="true", title="confusion (row-normalised)")
+    axis.set(xlabel="predicted", ylabel="true", title=f"{title} (row-normalised)")
     if len(classes) <= 20:
         for true in range(len(classes)):
             for predicted in range(len(classes)):
@@ -59,6 +63,34 @@ def plot_confusion(confusion: torch.Tensor | list[list[int]], classes: list[str]
                     colour = "white" if normalised[true, predicted] > 0.5 else "black"
                     axis.text(predicted, true, str(value), ha="center", va="center", color=colour, fontsize=8)
     figure.colorbar(image, ax=axis, fraction=0.046)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def plot_mistakes(mistakes: list[dict[str, Any]], path: Path, columns: int = 5) -> Path | None:
+    """Thumbnails of misclassified images (``path``, ``label``, ``predicted``, ``confidence`` each), titled
+    "true -> predicted (confidence)"; None when there are none or none can be read any more."""
+    shown = []
+    for mistake in mistakes:
+        try:
+            shown.append((load_rgb(mistake["path"], draft_size=128), mistake))
+        except (OSError, ValueError):  # the val image was moved since the export: leave it out
+            continue
+    if not shown:
+        return None
+    plt = pyplot()
+    rows = (len(shown) + columns - 1) // columns
+    figure, axes = plt.subplots(rows, columns, figsize=(2.4 * columns, 2.6 * rows), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, (image, mistake) in zip(axes.flat, shown, strict=False):
+        image.thumbnail((160, 160))
+        axis.imshow(image)
+        axis.set_title(
+            f"{mistake['label']} -> {mistake['predicted']}\n({100 * mistake['confidence']:.0f}%)", fontsize=8
+        )
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

@@ -2,18 +2,28 @@
 
 ``load_runner(path, threads)`` returns a callable that takes a float32 NCHW batch (normalised as the checkpoint's
 preprocessing says) and returns float32 logits as numpy arrays, whatever the artifact's own input types.
-``profile_artifact`` times it there (``mobiforge profile model.pte``).
+``profile_artifact`` times it there (``mobiforge profile model.pte``); ``predict_artifact`` and
+``evaluate_artifact`` classify images with it (``mobiforge predict model.pte photo.jpg``), reading the class names
+and preprocessing from the files export writes beside every artifact (``labels.txt``, ``<artifact>.json``).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
+from torch import nn
 
 from mobiforge.backends import Runner, backend_for
+from mobiforge.config import DataConfig
 from mobiforge.errors import MobiforgeError
+from mobiforge.files import write_atomic
+from mobiforge.inference import CheckpointEval, evaluate_samples, ranked_predictions
+from mobiforge.models.base import Preprocess
 from mobiforge.profile import BudgetCheck, LatencyStats, Verdicts, budget_checks, measure_latency
 
 
@@ -96,3 +106,82 @@ def profile_artifact(
         latency=latency,
         budgets=budget_checks("file size", path.stat().st_size, max_size_bytes, latency, max_latency_ms),
     )
+
+
+# ------------------------------------------------------------------------------------------ classify with a file
+
+LABELS_FILE = "labels.txt"  # beside every artifact: one class name per line, in the order of the model's outputs
+
+
+def write_labels(folder: Path, classes: list[str]) -> Path:
+    """``labels.txt`` in ``folder``, as the mobile SDKs (MediaPipe, ML Kit) and ``predict`` read it."""
+    return write_atomic(folder / LABELS_FILE, "".join(f"{name}\n" for name in classes))
+
+
+def sidecar(path: str | Path) -> Path:
+    """Export's report beside an artifact: ``model.pte`` -> ``model.pte.json``."""
+    return Path(f"{path}.json")
+
+
+@dataclass
+class ArtifactInfo:
+    """What classifying with an artifact needs besides the file: its class names and preprocessing."""
+
+    classes: list[str]
+    preprocess: Preprocess
+
+
+def artifact_info(path: str | Path) -> ArtifactInfo:
+    """The class names and preprocessing of an exported file, from its ``.json`` report (``labels.txt`` beside
+    it names the classes when the report predates them)."""
+    path = Path(path)
+    report = sidecar(path)
+    try:
+        data = json.loads(report.read_text())
+        preprocess = Preprocess.from_dict(data["preprocess"])
+        classes = data.get("classes")
+    except FileNotFoundError:
+        raise MobiforgeError(
+            f"{path}: no {report.name} beside it; classifying needs the preprocessing that mobiforge export "
+            "records there (export the checkpoint again, or use the checkpoint itself)"
+        ) from None
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise MobiforgeError(f"{report}: not an export report with a preprocessing ({error})") from None
+    labels = path.parent / LABELS_FILE
+    if not classes and labels.is_file():
+        classes = [line for line in labels.read_text().splitlines() if line]
+    if not classes or not all(isinstance(name, str) for name in classes):
+        raise MobiforgeError(f"{path}: no class names in {report.name} or {LABELS_FILE} beside it")
+    return ArtifactInfo(list(classes), preprocess)
+
+
+class RuntimeModel(nn.Module):
+    """An artifact in its runtime as a module: float32 NCHW in, logits out (one image at a time where the file
+    takes batch 1, as phones run it)."""
+
+    def __init__(self, path: Path, threads: int) -> None:
+        super().__init__()
+        self.runner = load_runner(path, threads)
+        self.batched = backend_for(path).batched
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        batches = [images] if self.batched else list(images.split(1))
+        return torch.cat([torch.from_numpy(np.asarray(self.runner(batch.numpy()))) for batch in batches])
+
+
+def predict_artifact(path: str | Path, images: list[str], top_k: int = 5, threads: int = 1) -> list[dict[str, Any]]:
+    """Top-``top_k`` classes with probabilities for each image, computed in the artifact's own runtime."""
+    info = artifact_info(path)
+    return ranked_predictions(RuntimeModel(_existing(path), threads), info.classes, info.preprocess, images, top_k)
+
+
+def evaluate_artifact(
+    path: str | Path, data: str | None, split: str = "val", workers: int = 0, skip_bad_images: bool = False
+) -> CheckpointEval:
+    """Top-1/top-5, per-class accuracy and confusion of an artifact, run in its runtime, on a split of ``data``."""
+    if not data:
+        raise MobiforgeError(f"{path}: an exported file does not record its data; pass --data FOLDER")
+    info = artifact_info(path)
+    model = RuntimeModel(_existing(path), threads=1)
+    return evaluate_samples(model, info.classes, info.preprocess, DataConfig(data=data), split, 1, workers,
+                            skip_bad_images)  # fmt: skip

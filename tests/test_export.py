@@ -282,6 +282,7 @@ def _three_block_model() -> torch.nn.Module:
     return model.eval()
 
 
+@pytest.mark.slow  # over 15 s: the unit suite keeps under 10 minutes (make test-all runs it)
 def test_the_float_search_tries_every_group_then_adds_the_best_until_the_drop_fits() -> None:
     from mobiforge import quantize
 
@@ -568,3 +569,44 @@ def test_onnx_reduce_range_writes_7_bit_weights(checkpoint: Path, tmp_path: Path
     largest = max(int(abs(w.astype("int32")).max()) for w in weights)  # int8 initializers: the conv weights
     assert (largest <= 64) == reduce_range
     assert ("7-bit weights" in report.notes[0]) == reduce_range
+
+
+@pytest.mark.parametrize("fmt", list(SUFFIX))
+def test_predict_and_eval_run_an_exported_file_in_its_runtime(
+    artifacts: dict[str, ArtifactReport], checkpoint: Path, fmt: str, capsys
+) -> None:
+    """Issue 24, items 2 and 4: labels.txt beside every artifact; `predict model.pte photo.jpg` ran torch.load on
+    it and suggested the unsafe weights_only=False."""
+    fp32 = Path(artifacts[f"{fmt}-fp32"].path)
+    classes = json.loads(Path(f"{fp32}.json").read_text())["classes"]
+    assert (fp32.parent / "labels.txt").read_text().splitlines() == classes == ["class0", "class1", "class2"]
+    data = checkpoint.parent.parent.parent / "data"
+    images = sorted(str(path) for path in (data / "val").rglob("*.png"))[:3]
+    capsys.readouterr()
+    assert main(["predict", str(fp32), *images, "--json"]) == 0
+    in_runtime = json.loads(capsys.readouterr().out)
+    assert main(["predict", str(checkpoint), *images, "--json"]) == 0
+    in_torch = json.loads(capsys.readouterr().out)
+    for ours, theirs in zip(in_runtime, in_torch, strict=True):
+        assert ours["top"][0]["class"] == theirs["top"][0]["class"]
+        assert abs(ours["top"][0]["probability"] - theirs["top"][0]["probability"]) < 1e-3
+    int8 = artifacts[f"{fmt}-int8"]
+    assert main(["eval", int8.path, "--data", str(data), "--json", "-j", "0"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["images"] == 24 and sum(map(sum, result["confusion"])) == 24
+    assert main(["eval", int8.path]) == 2 and "pass --data FOLDER" in capsys.readouterr().err
+
+
+def test_the_report_has_per_class_figures_of_the_file_in_its_runtime(artifacts: dict[str, ArtifactReport]) -> None:
+    """Issue 24, item 5: the report's confusion matrix was the fp32 model's, with no per-class precision or recall."""
+    int8 = artifacts["tflite-int8"]
+    assert int8.classes == ["class0", "class1", "class2"] and list(int8.per_class) == int8.classes
+    assert sum(map(sum, int8.confusion)) == sum(map(sum, int8.fp32_confusion)) == int8.images
+    correct = sum(int8.confusion[i][i] for i in range(3))
+    assert abs(100.0 * correct / int8.images - int8.top1) < 1e-6  # the runtime's own predictions
+    assert all(0 <= figures["f1-score"] <= 1 for figures in int8.per_class.values())
+    assert sum(figures["support"] for figures in int8.per_class.values()) == int8.images
+    assert len(int8.confident_mistakes) == min(10, int8.images - correct)
+    confidences = [mistake["confidence"] for mistake in int8.confident_mistakes]
+    assert confidences == sorted(confidences, reverse=True)
+    assert all(mistake["label"] != mistake["predicted"] for mistake in int8.confident_mistakes)

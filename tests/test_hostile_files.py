@@ -257,8 +257,11 @@ def test_the_time_spent_is_saved_however_a_ship_run_ends(tmp_path: Path, monkeyp
     import mobiforge.ship.state as state_module
 
     monkeypatch.setattr(state_module, "CLOCK_SECONDS", 0.05)
+    from mobiforge.ship.state import ResultRecord
+
     new_state, config = _ship_state(tmp_path)
     state = new_state()
+    state.finish("result", ResultRecord(None, None, None))  # a stage done: there is something to resume
     with pytest.raises(KeyboardInterrupt), state.clock():
         time.sleep(0.3)
         saved = json.loads((tmp_path / "ship_state.json").read_text())["elapsed_s"]
@@ -383,3 +386,30 @@ def test_precise_bn_re_estimates_statistics_before_each_evaluation(data: Path, t
     calls.clear()
     train(small_train_config(data, tmp_path, name="frozen", epochs=1, precise_bn=5, freeze_bn=True))
     assert calls == []  # fixed statistics stay fixed
+
+
+# ------------------------------------------------------------------------------------------------ item 4
+
+
+def test_a_budget_nothing_can_meet_stops_the_search_in_time(data: Path, tmp_path: Path, monkeypatch) -> None:
+    """Item 4: `--max-latency 0.001ms --time-budget 2m` ran 327 s: the search measured every candidate because none
+    fitted. Its share of the budget now holds whether or not one fits."""
+    import mobiforge.ship.search as search
+    from mobiforge.config import ShipConfig
+    from mobiforge.ship import ship
+
+    monkeypatch.setattr(search, "SEARCH_MIN_SECONDS", 0.0)  # the search's share is spent once the first is measured
+    monkeypatch.setattr(search, "SEARCH_SHARE", 0.0)
+
+    def measured(model, candidate, config, workdir):  # type: ignore[no-untyped-def]
+        candidate.artifact_bytes, candidate.latency_ms = 500_000, 1.0  # a real export takes 20 s here
+
+    monkeypatch.setattr(search, "measure_candidate", measured)
+    config = ShipConfig(
+        data=str(data), out=str(tmp_path / "run"), runtime="onnx", max_latency_ms=1e-6, teacher="none",
+        time_budget_s=60, workers=0,
+    )  # fmt: skip
+    result = ship(config)
+    assert result.chosen is None and result.state is not None
+    statuses = [c.status for c in result.state.done("search").candidates]
+    assert statuses.count("too slow") == 1 and "not measured (search time)" in statuses

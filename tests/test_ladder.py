@@ -122,6 +122,7 @@ def test_the_teacher_climbs_its_rungs_at_the_smallest_size_that_held(
     assert again.trained is not None and again.trained.checkpoint == record.trained.checkpoint
 
 
+@pytest.mark.slow  # over 15 s: the unit suite keeps under 10 minutes (make test-all runs it)
 def test_a_truncated_student_distils_on_the_shared_cache(
     taught: tuple[ShipConfig, Path, TeacherRecord], monkeypatch: pytest.MonkeyPatch
 ) -> None:

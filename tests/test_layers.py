@@ -35,7 +35,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("training", ("mobiforge.transfer", "mobiforge.train", "mobiforge.inference")),
     ("compress", ("mobiforge.quantize", "mobiforge.prune")),
     ("deploy", ("mobiforge.backends.*", "mobiforge.runtimes", "mobiforge.export")),
-    ("recipes", ("mobiforge.distill", "mobiforge.ship", "mobiforge.ship.*")),
+    ("recipes", ("mobiforge.distill", "mobiforge.ship", "mobiforge.ship.*", "mobiforge.serve")),
     ("cli", ("mobiforge.cli", "mobiforge.cli.*", "mobiforge.cli.progress", "mobiforge.__main__")),
 )
 # Only the CLI imports internal modules inside functions: `mobiforge --help` must not pay for torch.

@@ -19,6 +19,7 @@ from mobiforge.errors import MobiforgeError
 from mobiforge.progress import SilentReporter
 from mobiforge.ship import ShipConfig, ShipState, scratch_recipe, ship
 from mobiforge.ship.snippets import android_snippet, ios_snippet
+from mobiforge.ship.state import ResultRecord
 from mobiforge.units import parse_duration
 from tests.helpers import make_split_folder
 
@@ -126,10 +127,14 @@ def test_ship_end_to_end_then_resumes_without_redoing_work(tmp_path: Path, monke
     page = _Page()
     page.feed((run / "report.html").read_text())
     assert "table" in page.tags and "pre" in page.tags
-    assert len(page.images) == 3 and all(src.startswith("data:image/png;base64,") for src in page.images)
+    assert len(page.images) >= 4 and all(src.startswith("data:image/png;base64,") for src in page.images)
     text = " ".join(page.text)
     assert "Android (Kotlin)" in text and "iOS (Swift)" in text and "createSession" in text
-    assert "candidates.png" in (run / "report.md").read_text()
+    markdown = (run / "report.md").read_text()
+    assert "candidates.png" in markdown and "confusion_int8.png" in markdown  # the shipped file's own confusion
+    assert "## Per class, int8 in onnx" in markdown and "| class0 |" in markdown  # precision, recall, F1
+    assert (run / "labels.txt").read_text().splitlines() == card["classes"]  # issue 24: labels beside the file
+    assert json.loads((run / "model.onnx.json").read_text())["classes"] == card["classes"]
     for shared in ("report.md", "report.html", "model_card.json"):  # files meant to be shared: no local paths
         assert str(tmp_path) not in (run / shared).read_text(), shared
     assert "--data .../data " in card["command"] and card["accuracy"]["data"].startswith(".../data")
@@ -176,6 +181,7 @@ def test_ship_keeps_its_budget_through_train_callbacks(tmp_path: Path) -> None:
     assert load_checkpoint(result.run_dir / "last.pt")["epoch"] == 1  # a resume with more time continues
 
 
+@pytest.mark.slow  # over 15 s: the unit suite keeps under 10 minutes (make test-all runs it)
 def test_ship_says_when_nothing_fits(tmp_path: Path) -> None:
     data = make_split_folder(tmp_path / "data", classes=3, train=6, val=2)
     config = tiny_config(data, tmp_path / "run", max_size=300_000)  # below every candidate's int8 weights
@@ -192,15 +198,20 @@ def test_ship_says_when_nothing_fits(tmp_path: Path) -> None:
 def test_ship_refuses_to_resume_with_other_settings(tmp_path: Path) -> None:
     data = make_split_folder(tmp_path / "data", classes=2, train=4, val=2)
     config = tiny_config(data, tmp_path / "run")
-    ShipState(tmp_path / "run", config).save()
+    ShipState(tmp_path / "run", config).finish("result", ResultRecord(None, None, None))
     changed = tiny_config(data, tmp_path / "run", max_latency_ms=5.0)
     with pytest.raises(MobiforgeError, match="other settings \\(max_latency_ms\\)"):
         ShipState(tmp_path / "run", changed)
+    (tmp_path / "empty").mkdir()
+    ShipState(tmp_path / "empty", config).save()  # a run that finished no stage has nothing to resume: it starts over
+    assert ShipState(tmp_path / "empty", changed).stages == {}
 
 
 def test_ship_flags_are_checked_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["ship", "--data", str(tmp_path / "missing"), "--runtime", "onnx"]) == 2
+    out = ["--out", str(tmp_path / "run")]
+    assert main(["ship", "--data", str(tmp_path / "missing"), "--runtime", "onnx", *out]) == 2
     assert "no such folder" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "ship_state.json").exists()  # nothing to resume: the corrected rerun starts
     assert main(["ship", "--time-budget", "soon"]) == 2
     assert "--time-budget 'soon'" in capsys.readouterr().err
     assert parse_duration("30m", "m") == 1800 and parse_duration("1h", "m") == 3600
@@ -225,6 +236,18 @@ def test_app_snippets_carry_the_model_constants(runtime: str) -> None:
         assert '"ant", "bee"' in code and "224" in code and "256" in code and "model" in code
     assert "0.2500f" in kotlin and "0.2500," in swift and "0.2500f" not in swift
     assert {"executorch": "Module.load", "tflite": "Interpreter(", "onnx": "createSession"}[runtime] in kotlin
+    assert ':VERSION")' in kotlin  # no version recorded: a placeholder, never a stale pin
+
+
+def test_the_android_snippet_pins_the_runtime_version_that_verified_the_file() -> None:
+    """Issue 24: the snippets pinned executorch-android 1.0.0 while export used executorch 1.5.1."""
+    card = {
+        "artifact": {"file": "model.pte", "format": "executorch"},
+        "classes": ["ant", "bee"],
+        "preprocessing": {"crop": 224, "resize": 256, "mean": [0.5] * 3, "std": [0.5] * 3},
+        "versions": {"executorch": "1.5.1+cpu"},
+    }
+    assert 'implementation("org.pytorch:executorch-android:1.5.1")' in android_snippet(card)
 
 
 @pytest.mark.slow
@@ -259,6 +282,7 @@ def test_ship_killed_mid_training_resumes_from_its_checkpoint(tmp_path: Path) ->
     assert trained["epochs_run"] == trained["epochs_planned"] >= 2
 
 
+@pytest.mark.slow  # over 15 s: the unit suite keeps under 10 minutes (make test-all runs it)
 def test_a_given_teacher_that_fits_is_shipped_as_it_is(tmp_path: Path) -> None:
     from mobiforge.train import train
     from tests.helpers import small_train_config
@@ -459,6 +483,7 @@ def test_a_state_file_of_the_untyped_format_reads_into_typed_records(tmp_path: P
     assert again["version"] == 2 and _contains(again["stages"], saved["stages"])  # re-saving loses nothing
 
 
+@pytest.mark.slow  # over 15 s: the unit suite keeps under 10 minutes (make test-all runs it)
 def test_a_run_saved_in_the_untyped_format_resumes_after_its_search(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -66,6 +66,8 @@ COMMANDS: dict[str, tuple[str, type, dict[str, Any], str, bool]] = {
     ),
     "predict": ("top-k classes of images, with the checkpoint's preprocessing", cfg.PredictOptions, {}, "run_predict",
                 True),
+    "serve": ("a local page to try an exported model on your own photos, in its runtime", cfg.ServeConfig, {},
+              "run_serve", False),
 }  # fmt: skip
 
 

@@ -83,24 +83,45 @@ def run_ship(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from mobiforge.inference import evaluate_checkpoint
+    from mobiforge.backends import is_artifact
 
     options = read_options(args, cfg.EvalOptions)
-    report = evaluate_checkpoint(
-        options.checkpoint, options.data, options.split, options.batch_size, options.workers, options.skip_bad_images
-    )
+    if is_artifact(options.checkpoint):  # an exported file, run in its own runtime
+        from mobiforge.runtimes import evaluate_artifact
+
+        report = evaluate_artifact(
+            options.checkpoint, options.data, options.split, options.workers, options.skip_bad_images
+        )
+    else:
+        from mobiforge.inference import evaluate_checkpoint
+
+        report = evaluate_checkpoint(
+            options.checkpoint, options.data, options.split, options.batch_size, options.workers,
+            options.skip_bad_images,
+        )  # fmt: skip
     if not _emit(args, report.to_dict()):
         render.eval_report(options.checkpoint, report)
     return 0
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from mobiforge.inference import predict
+    from mobiforge.backends import is_artifact
 
     options = read_options(args, cfg.PredictOptions)
+    if is_artifact(options.checkpoint):  # an exported file, run in its own runtime
+        from mobiforge.runtimes import predict_artifact as predict
+    else:
+        from mobiforge.inference import predict
     results = predict(options.checkpoint, options.images, options.top_k)
     if not _emit(args, results):
         render.predictions(results)
+    return 0
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from mobiforge.serve import serve
+
+    serve(read_options(args, cfg.ServeConfig))
     return 0
 
 

@@ -15,6 +15,7 @@ from mobiforge.config import ShipConfig
 from mobiforge.log import logger
 from mobiforge.progress import Reporter, SilentReporter
 from mobiforge.runs import claim_run_dir
+from mobiforge.runtimes import sidecar, write_labels
 from mobiforge.ship.ladder import MIN_TAIL_EPOCHS
 from mobiforge.ship.plan import DEADLINE_MARGIN, export_reserve, next_training
 from mobiforge.ship.report import write_ship_report
@@ -203,6 +204,9 @@ def _finish(
         source = Path(chosen.exported.chosen.path)
         artifact = run_dir / f"model{source.suffix}"
         shutil.copyfile(source, artifact)
+        if sidecar(source).is_file():  # its classes and preprocessing: `mobiforge predict model.pte` reads them
+            shutil.copyfile(sidecar(source), sidecar(artifact))
+        write_labels(run_dir, state.survey.classes)
     result = ResultRecord(
         chosen=chosen.candidate.name if chosen else None,
         closest=closest.candidate.name if closest else None,

@@ -31,7 +31,7 @@ from mobiforge.checkpoint import Checkpoint
 from mobiforge.config import BUILTIN_DATASETS, ShipConfig, flag_of
 from mobiforge.files import write_atomic
 from mobiforge.paths import shareable, without_local_paths
-from mobiforge.plots import pyplot
+from mobiforge.plots import plot_confusion, plot_mistakes, pyplot
 from mobiforge.ship.config import FILE_OVERHEAD
 from mobiforge.ship.snippets import android_snippet, ios_snippet
 from mobiforge.ship.state import Row, ShipState
@@ -286,6 +286,9 @@ def write_ship_report(
     ladder = _ladder_table(state, rows)
     if ladder:
         tables["Transfer ladder"] = ladder
+    per_class = _per_class_table(focus)
+    if per_class:
+        tables[f"Per class, int8 in {config.runtime}"] = per_class
     snippets = []
     if card is not None:
         snippets = [("Android (Kotlin)", "kotlin", android_snippet(card)), ("iOS (Swift)", "swift", ios_snippet(card))]
@@ -302,12 +305,36 @@ def _images(run_dir: Path, config: ShipConfig, rows: list[Row], focus: Row | Non
     images: dict[str, Path] = {}
     if any(row.exported for row in rows):
         images["accuracy vs latency"] = plot_candidates(rows, config, run_dir / "candidates.png")
+    shipped = focus.exported.chosen if focus and focus.exported else None
+    if shipped is not None and shipped.confusion:
+        title = f"val, int8 in {config.runtime}"
+        images[f"confusion matrix ({title})"] = plot_confusion(
+            shipped.confusion, shipped.classes, run_dir / "confusion_int8.png", title=title
+        )
     if focus and focus.trained:
         source = Path(focus.trained.run_dir)
         for title, name in (("training curves", "curves.png"), ("confusion matrix (val, fp32)", "confusion.png")):
             if (source / name).exists():
                 images[title] = Path(shutil.copyfile(source / name, run_dir / name))
+    if shipped is not None and shipped.confident_mistakes:
+        mistakes = plot_mistakes(shipped.confident_mistakes, run_dir / "mistakes.png")
+        if mistakes is not None:
+            images["val images the shipped file gets wrong most confidently"] = mistakes
     return images
+
+
+def _per_class_table(focus: Row | None) -> list[list[str]]:
+    """Precision, recall and F1 of each class, computed on the shipped file's own logits in its runtime."""
+    shipped = focus.exported.chosen if focus and focus.exported else None
+    if shipped is None or not shipped.per_class:
+        return []
+    table = [["class", "precision", "recall", "F1", "val images"]]
+    for name, figures in shipped.per_class.items():
+        table.append([
+            name, f"{figures['precision']:.3f}", f"{figures['recall']:.3f}", f"{figures['f1-score']:.3f}",
+            f"{figures['support']:.0f}",
+        ])  # fmt: skip
+    return table
 
 
 def _intro(

@@ -52,7 +52,8 @@ from mobiforge.ship.state import Candidate, Survey, TeacherSpec
 PRUNING = PruneConfig(checkpoint="", ratio=0.5, importance="l1")  # every pruned layer loses the same share
 KEPT_SHARE = 1 / 3  # of the pruned teacher's int8 bytes, at most, in its first blocks left whole
 TRUNCATABLE = ("efficientnet_lite0",)  # families with a ``depth`` argument (a prefix of their blocks)
-SEARCH_SHARE = 0.2  # of the time left, at most, once a candidate fits
+SEARCH_SHARE = 0.2  # of the time left, at most, for measuring candidates (after the first)
+SEARCH_MIN_SECONDS = 30.0  # the search's share is never shorter
 REAIM_TRIES = 3
 
 
@@ -306,11 +307,12 @@ def search(
     say: Callable[..., None],
     left: Callable[[], float],
 ) -> list[Candidate]:
-    """Measure candidates in rank order until ``max_candidates`` fit or a fifth of the budget is spent."""
+    """Measure candidates in rank order until ``max_candidates`` fit or the search's share of the budget is spent
+    (after the first candidate: a run whose budget nothing meets says so in time)."""
     candidates = _all_candidates(config, info, teacher_spec)
     ranked = sorted((c for c in candidates if c.status == "not measured"), key=rank)
-    search_deadline = time.time() + max(30.0, SEARCH_SHARE * left())
-    too_slow_macs, fitting = math.inf, 0
+    search_deadline = time.time() + max(SEARCH_MIN_SECONDS, SEARCH_SHARE * left())
+    too_slow_macs, fitting, measured = math.inf, 0, 0
     workdir = run_dir / "search"
     for candidate in ranked:
         if fitting >= config.max_candidates:
@@ -319,9 +321,10 @@ def search(
         if candidate.macs >= too_slow_macs and candidate.source == "scratch":
             candidate.status = "too slow (a smaller model already was)"
             continue
-        if fitting and time.time() > search_deadline:
+        if measured and time.time() > search_deadline:  # fitting or not: the budget holds (issue 25, item 4)
             candidate.status = "not measured (search time)"
             continue
+        measured += 1
         say(f"search: measuring {candidate.name} in {config.runtime} ({candidate.macs / 1e6:.1f}M MACs)")
         measure_candidate(candidate_model(candidate, info, teacher_spec), candidate, config, workdir)
         if teacher_spec is not None:

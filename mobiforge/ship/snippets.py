@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from mobiforge.backends import get_backend
+
 _KOTLIN_PREPROCESS = """\
 // Preprocessing of this model: resize the short side to {resize}, center-crop {size}x{size}, RGB scaled to [0, 1],
 // then (x - mean) / std per channel, laid out as NCHW float32 [1, 3, {size}, {size}].
@@ -38,7 +40,7 @@ fun toInput(bitmap: Bitmap): FloatArray {{
 
 _KOTLIN_RUN = {
     "executorch": """\
-// build.gradle: implementation("org.pytorch:executorch-android:1.0.0")
+// build.gradle: implementation("org.pytorch:executorch-android:{version}")  // the version that exported it
 import org.pytorch.executorch.EValue
 import org.pytorch.executorch.Module
 import org.pytorch.executorch.Tensor
@@ -52,7 +54,7 @@ fun classify(bitmap: Bitmap): String {{
 }}
 """,
     "tflite": """\
-// build.gradle: implementation("com.google.ai.edge.litert:litert:1.0.1")
+// build.gradle: implementation("com.google.ai.edge.litert:litert:{version}")  // the version that verified it
 import org.tensorflow.lite.Interpreter
 import java.nio.ByteBuffer
 import java.nio.ByteOrder
@@ -69,7 +71,7 @@ fun classify(bitmap: Bitmap): String {{
 }}
 """,
     "onnx": """\
-// build.gradle: implementation("com.microsoft.onnxruntime:onnxruntime-android:1.20.0")
+// build.gradle: implementation("com.microsoft.onnxruntime:onnxruntime-android:{version}")  // as verified
 import ai.onnxruntime.OnnxTensor
 import ai.onnxruntime.OrtEnvironment
 import java.nio.FloatBuffer
@@ -185,7 +187,16 @@ def _constants(card: dict[str, Any], text: Callable[[str], str]) -> dict[str, An
         "file": text(file),
         "stem": text(stem),
         "ext": text(ext),
+        "version": runtime_version(card),
     }
+
+
+def runtime_version(card: dict[str, Any]) -> str:
+    """The runtime version that wrote and verified the artifact (its Python package, recorded in the card), as
+    the mobile library's release: ``1.5.1+cpu`` -> ``1.5.1``."""
+    versions = card.get("versions") or {}
+    found = str(versions.get(get_backend(card["artifact"]["format"]).package, "")).split("+")[0]
+    return found or "VERSION"  # not recorded: the reader fills it in
 
 
 def android_snippet(card: dict[str, Any]) -> str:

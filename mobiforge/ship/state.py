@@ -239,6 +239,8 @@ class ShipState:
             except (OSError, ValueError, TypeError, KeyError, AttributeError) as error:
                 logger.debug("%s is damaged: %r", path, error)
                 continue
+            if not stages:  # nothing finished: nothing to resume, whatever the settings were
+                return
             self._check_config(saved, run_dir)
             self.stages, self.elapsed_before = stages, elapsed
             if path == backup:
@@ -309,8 +311,9 @@ class ShipState:
 
         def tick() -> None:
             while not stop.wait(CLOCK_SECONDS):
-                with contextlib.suppress(MobiforgeError):  # a full disk: the stage's own save says so
-                    self.save()
+                if self.stages:
+                    with contextlib.suppress(MobiforgeError):  # a full disk: the stage's own save says so
+                        self.save()
 
         thread = threading.Thread(target=tick, name="ship-clock", daemon=True)
         thread.start()
@@ -319,8 +322,9 @@ class ShipState:
         finally:
             stop.set()
             thread.join()
-            with contextlib.suppress(MobiforgeError):
-                self.save()
+            if self.stages:  # a run that failed before its first stage leaves nothing to resume
+                with contextlib.suppress(MobiforgeError):
+                    self.save()
 
 
 def plain_config(config: ShipConfig) -> dict[str, Any]:

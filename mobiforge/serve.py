@@ -1,0 +1,256 @@
+"""``mobiforge serve RUN_DIR|ARTIFACT``: a local page to try an exported model on your own photos before writing any
+app code. Drop photos (or take one with the webcam) and see the top-5 classes with probabilities, computed by the
+artifact in its own runtime on this machine, and the time the runtime took.
+
+The server is the standard library's: one page, one JSON endpoint, no front-end build step. It binds 127.0.0.1
+unless told otherwise, caps the upload size, and answers a file that is not an image with a message while it keeps
+serving. The runtime runs one photo at a time (a lock), as a phone would.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import threading
+import time
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mobiforge.backends import BACKENDS, DEFAULT_RUNTIME, is_artifact
+from mobiforge.config import ServeConfig
+from mobiforge.data import eval_transform, load_rgb
+from mobiforge.errors import MobiforgeError
+from mobiforge.runtimes import ArtifactInfo, RuntimeModel, artifact_info
+
+MAX_UPLOAD_BYTES = 25 * 2**20  # a 48-megapixel phone JPEG is 10-20 MB
+TOP = 5
+
+
+@dataclass
+class Served:
+    """The artifact behind the page, loaded once."""
+
+    artifact: Path
+    info: ArtifactInfo
+    model: RuntimeModel
+    report: Path | None
+    lock: threading.Lock
+
+    def classify(self, data: bytes) -> dict[str, Any]:
+        """Top-5 of one uploaded image; ValueError with a message for anything that is not a readable image."""
+        try:
+            image = load_rgb(io.BytesIO(data), draft_size=self.info.preprocess.resize_size)
+        except Exception as error:  # Pillow raises several types for what is not an image
+            raise ValueError(f"not an image mobiforge can read ({(str(error).splitlines() or ['?'])[0]})") from None
+        batch = eval_transform(self.info.preprocess)(image).unsqueeze(0)
+        with self.lock, torch.inference_mode():
+            started = time.perf_counter()
+            logits = self.model(batch)
+            milliseconds = 1000 * (time.perf_counter() - started)
+        probabilities = torch.softmax(logits.float(), 1)[0]
+        top = probabilities.topk(min(TOP, len(self.info.classes)))
+        return {
+            "top": [
+                {"class": self.info.classes[index], "probability": float(value)}
+                for value, index in zip(top.values.tolist(), top.indices.tolist(), strict=True)
+            ],
+            "latency_ms": milliseconds,
+        }
+
+
+def served_artifact(target: str | Path, threads: int = 1) -> Served:
+    """The artifact of a ship run folder (its ``model.*``) or an artifact file, with its report when there is one."""
+    path = Path(target)
+    if path.is_dir():
+        found = [
+            path / f"model{BACKENDS[name].suffix}" for name in sorted(BACKENDS, key=lambda n: n != DEFAULT_RUNTIME)
+        ]
+        artifacts = [candidate for candidate in found if candidate.is_file()]
+        if not artifacts:
+            suffixes = ", ".join(f"model{backend.suffix}" for backend in BACKENDS.values())
+            raise MobiforgeError(f"{path} holds no shipped model ({suffixes}); give a ship run folder or an artifact")
+        path = artifacts[0]
+    elif not is_artifact(path):
+        raise MobiforgeError(f"{target}: give a ship run folder or an exported .pte/.tflite/.onnx file")
+    report = path.parent / "report.html"
+    model = RuntimeModel(path, threads)
+    return Served(path, artifact_info(path), model, report if report.is_file() else None, threading.Lock())
+
+
+def make_server(served: Served, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
+    """An HTTP server for ``served`` (port 0: any free port; ``server.server_address`` says which)."""
+
+    class Handler(_Handler):
+        model = served
+
+    try:
+        return ThreadingHTTPServer((host, port), Handler)
+    except OSError as error:
+        raise MobiforgeError(f"cannot listen on {host}:{port} ({error.strerror}); choose another --port") from None
+
+
+def serve(config: ServeConfig) -> None:
+    """Serve until Ctrl-C (the CLI's ``mobiforge serve``)."""
+    served = served_artifact(config.target, config.threads)
+    server = make_server(served, config.host, config.port)
+    host, port = server.server_address[:2]
+    print(
+        f"serving {served.artifact.name} ({len(served.info.classes)} classes) at http://{host}:{port}/ (Ctrl-C stops)"
+    )
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    model: Served
+    server_version = "mobiforge"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # the user's terminal is theirs: no access log lines
+
+    def do_GET(self) -> None:
+        if self.path in ("/", "/index.html"):
+            self._send(HTTPStatus.OK, "text/html; charset=utf-8", _page(self.model).encode())
+        elif self.path == "/report" and self.model.report is not None:
+            self._send(HTTPStatus.OK, "text/html; charset=utf-8", self.model.report.read_bytes())
+        else:
+            self._json(HTTPStatus.NOT_FOUND, {"error": f"no page {self.path}"})
+
+    def do_POST(self) -> None:
+        if self.path != "/predict":
+            self._json(HTTPStatus.NOT_FOUND, {"error": f"no endpoint {self.path}"})
+            return
+        try:
+            length = int(self.headers.get("Content-Length", "0"))
+        except ValueError:
+            length = -1
+        if length <= 0 or length > MAX_UPLOAD_BYTES:
+            status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE if length > MAX_UPLOAD_BYTES else HTTPStatus.BAD_REQUEST
+            self.close_connection = True  # the unread body is not left on the connection
+            self._json(status, {"error": f"send one image of at most {MAX_UPLOAD_BYTES // 2**20} MB"})
+            return
+        data = self.rfile.read(length)
+        try:
+            self._json(HTTPStatus.OK, self.model.classify(data))
+        except ValueError as error:
+            self._json(HTTPStatus.BAD_REQUEST, {"error": str(error)})
+
+    def _json(self, status: HTTPStatus, body: dict[str, Any]) -> None:
+        self._send(status, "application/json", json.dumps(body).encode())
+
+    def _send(self, status: HTTPStatus, kind: str, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def _page(served: Served) -> str:
+    name = html.escape(served.artifact.name)
+    classes = html.escape(", ".join(served.info.classes[:12]) + (", ..." if len(served.info.classes) > 12 else ""))
+    report = '<a href="/report" target="_blank">the ship report</a> · ' if served.report else ""
+    return PAGE.replace("{{name}}", name).replace("{{classes}}", classes).replace("{{report}}", report)
+
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>mobiforge: {{name}}</title>
+<style>
+body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;padding:0 1em;color:#222}
+#drop{border:2px dashed #888;border-radius:8px;padding:2em;text-align:center;background:#fafafa}
+#drop.over{background:#e8f0fe}
+.result{display:flex;gap:1em;align-items:flex-start;border-bottom:1px solid #eee;padding:.8em 0}
+.result img{width:128px;height:128px;object-fit:cover;border-radius:4px}
+.bar{background:#4a90d9;height:8px;border-radius:4px}
+.error{color:#b00020}
+video{max-width:320px;display:none}
+</style></head><body>
+<h1>{{name}}</h1>
+<p>{{report}}classes: {{classes}}. Every photo is classified by this file in its own runtime on this machine.</p>
+<div id="drop">Drop photos here, or <input id="files" type="file" accept="image/*" multiple>
+<button id="camera" type="button">use the webcam</button></div>
+<video id="video" autoplay playsinline></video>
+<div id="results"></div>
+<script>
+const results = document.getElementById("results");
+function show(file, url, answer) {
+  const row = document.createElement("div");
+  row.className = "result";
+  const image = document.createElement("img");
+  image.src = url;
+  const text = document.createElement("div");
+  const title = document.createElement("b");
+  title.textContent = file;
+  text.appendChild(title);
+  if (answer.error) {
+    const error = document.createElement("div");
+    error.className = "error";
+    error.textContent = answer.error;
+    text.appendChild(error);
+  } else {
+    answer.top.forEach((entry, rank) => {
+      const line = document.createElement("div");
+      const label = document.createElement("span");
+      label.className = rank === 0 ? "top1" : "class";
+      label.textContent = entry.class;
+      line.appendChild(label);
+      line.appendChild(document.createTextNode(" " + (100 * entry.probability).toFixed(1) + "%"));
+      const bar = document.createElement("div");
+      bar.className = "bar";
+      bar.style.width = (300 * entry.probability) + "px";
+      line.appendChild(bar);
+      text.appendChild(line);
+    });
+    const latency = document.createElement("small");
+    latency.className = "latency";
+    latency.textContent = "runtime: " + answer.latency_ms.toFixed(1) + " ms";
+    text.appendChild(latency);
+  }
+  row.appendChild(image);
+  row.appendChild(text);
+  results.prepend(row);
+}
+async function classify(blob, name) {
+  let answer;
+  try {
+    const response = await fetch("/predict", {method: "POST", body: blob});
+    answer = await response.json();
+  } catch (error) {
+    answer = {error: "the server did not answer: " + error};
+  }
+  show(name, URL.createObjectURL(blob), answer);
+}
+async function classifyAll(files) { for (const file of files) { await classify(file, file.name); } }
+document.getElementById("files").addEventListener("change", event => classifyAll(event.target.files));
+const drop = document.getElementById("drop");
+drop.addEventListener("dragover", event => { event.preventDefault(); drop.classList.add("over"); });
+drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+drop.addEventListener("drop", event => {
+  event.preventDefault(); drop.classList.remove("over"); classifyAll(event.dataTransfer.files);
+});
+document.getElementById("camera").addEventListener("click", async () => {
+  const video = document.getElementById("video");
+  if (!video.srcObject) {
+    video.srcObject = await navigator.mediaDevices.getUserMedia({video: true});
+    video.style.display = "block";
+    document.getElementById("camera").textContent = "take a photo";
+    return;
+  }
+  const canvas = document.createElement("canvas");
+  canvas.width = video.videoWidth; canvas.height = video.videoHeight;
+  canvas.getContext("2d").drawImage(video, 0, 0);
+  canvas.toBlob(blob => classify(blob, "webcam"), "image/jpeg", 0.92);
+});
+</script></body></html>
+"""
