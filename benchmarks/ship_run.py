@@ -12,7 +12,17 @@ from benchmarks.results import write_section
 from mobiforge.cli.progress import RichReporter
 from mobiforge.ship import ShipConfig, ship
 
-KEPT = ("report.md", "report.html", "model_card.json", "candidates.png", "curves.png", "confusion.png")
+KEPT = (
+    "report.md",
+    "report.html",
+    "model_card.json",
+    "labels.txt",
+    "candidates.png",
+    "curves.png",
+    "confusion.png",
+    "confusion_int8.png",
+    "mistakes.png",
+)
 
 
 def run_and_record(section: str, title: str, config: ShipConfig, target: str) -> None:
