@@ -158,6 +158,7 @@ def test_kept_blocks_keep_their_weights_and_statistics_while_the_rest_is_pruned(
     assert json.loads((result.run_dir / "prune_report.json").read_text())["config"]["keep_blocks"] == keep
 
 
+@pytest.mark.slow  # over 10 s: the unit suite keeps under 10 minutes (make test-all runs it)
 def test_cli_prune_to_target_macs_with_teacher(trained: tuple[Path, Path], tmp_path: Path, capsys) -> None:
     _, checkpoint = trained
     macs = count_macs(model_from_checkpoint(checkpoint), (1, 3, 32, 32))
