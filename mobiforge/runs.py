@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,12 +115,11 @@ def write_config(run_dir: Path, config: TrainConfig) -> None:
 def write_metrics_csv(run_dir: Path, history: list[dict[str, Any]]) -> None:
     if not history:
         return
-    tmp = run_dir / ".metrics.csv.tmp"
-    with tmp.open("w", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=list(history[0]))
-        writer.writeheader()
-        writer.writerows(history)
-    os.replace(tmp, run_dir / "metrics.csv")
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=list(history[0]))
+    writer.writeheader()
+    writer.writerows(history)
+    write_atomic(run_dir / "metrics.csv", table.getvalue())  # the same atomic writer (and disk-full line) as all
 
 
 def finish_plots(run_dir: Path, history: list[dict[str, Any]], classes: list[str]) -> None:

@@ -171,8 +171,9 @@ class RuntimeModel(nn.Module):
 
 def predict_artifact(path: str | Path, images: list[str], top_k: int = 5, threads: int = 1) -> list[dict[str, Any]]:
     """Top-``top_k`` classes with probabilities for each image, computed in the artifact's own runtime."""
+    path = _existing(path)  # a missing file is named as missing, not as missing its report
     info = artifact_info(path)
-    return ranked_predictions(RuntimeModel(_existing(path), threads), info.classes, info.preprocess, images, top_k)
+    return ranked_predictions(RuntimeModel(path, threads), info.classes, info.preprocess, images, top_k)
 
 
 def evaluate_artifact(
@@ -181,7 +182,8 @@ def evaluate_artifact(
     """Top-1/top-5, per-class accuracy and confusion of an artifact, run in its runtime, on a split of ``data``."""
     if not data:
         raise MobiforgeError(f"{path}: an exported file does not record its data; pass --data FOLDER")
+    path = _existing(path)
     info = artifact_info(path)
-    model = RuntimeModel(_existing(path), threads=1)
+    model = RuntimeModel(path, threads=1)
     return evaluate_samples(model, info.classes, info.preprocess, DataConfig(data=data), split, 1, workers,
                             skip_bad_images)  # fmt: skip

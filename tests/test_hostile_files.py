@@ -413,3 +413,8 @@ def test_a_budget_nothing_can_meet_stops_the_search_in_time(data: Path, tmp_path
     assert result.chosen is None and result.state is not None
     statuses = [c.status for c in result.state.done("search").candidates]
     assert statuses.count("too slow") == 1 and "not measured (search time)" in statuses
+
+
+def test_predict_on_a_missing_artifact_names_it_as_missing(tmp_path: Path, capsys) -> None:
+    code, _, err = _cli(["predict", str(tmp_path / "gone.pte"), str(tmp_path / "x.png")], capsys)
+    assert code == 2 and err.endswith("gone.pte does not exist")
