@@ -254,3 +254,37 @@ def test_a_student_takes_the_time_of_candidates_that_could_not_train(
             stages.train_cached_student(candidate, config, record.trained, run, MessageLog(), _State(), 30.0,
                                         deadline, spare=spare)  # fmt: skip
     assert planned[1] > planned[0] == planned[2]
+
+
+def test_a_required_student_gets_the_time_its_shortest_rung_needs(
+    taught: tuple[ShipConfig, Path, TeacherRecord], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The 10-minute hymenoptera run: the only student left got a deadline 44 s away (its share, counted from before
+    its pruning and speed probes), planned 6 epochs and was stopped after 1. Nothing had shipped, so it must train
+    its shortest rung whole, up to the run's own end, and no further."""
+    import mobiforge.ship.stages as stages
+
+    config, run, record = taught
+    assert record.trained is not None
+    candidate = truncated_candidate(TeacherSpec("efficientnet_lite0", 224, pretrained=True), 2, 1_000_000, below=8)
+    assert candidate is not None
+    speeds = LadderSpeeds(forward=5.0, prefix={2: 5.0, 1: 6.0}, tail={2: 10.0, 1: 20.0})  # slow: a long rung
+    monkeypatch.setattr(stages, "measure", lambda *a, **kw: speeds)
+    monkeypatch.setattr(stages, "inference_speed", lambda *a, **kw: 40.0)
+    ends: list[float] = []
+    monkeypatch.setattr(stages, "stop_by", lambda end: ends.append(end) or (lambda trainer: None))
+
+    class Planned(Exception):
+        pass
+
+    def plan_only(config: TrainConfig, *args: object, **kwargs: object) -> None:
+        raise Planned
+
+    monkeypatch.setattr(stages, "train", plan_only)
+    for run_end in (600.0, 20.0):  # far away: the rung's whole cost; close: the run's end
+        now = time.time()
+        with pytest.raises(Planned):
+            stages.train_cached_student(candidate, config, record.trained, run, MessageLog(), _State(), 1.0,
+                                        now + run_end)  # fmt: skip
+        ends[-1] -= now
+    assert 20.0 < ends[0] < 600.0 and ends[1] == pytest.approx(20.0, abs=1.0)

@@ -378,9 +378,14 @@ class StudentBudget:
     def left(self) -> float:
         return self.seconds - (time.time() - self.begun)
 
-    def take_spare(self) -> None:
-        self.seconds, self.spare = self.seconds + self.spare, 0.0
+    def take_spare(self, seconds: float | None = None) -> None:
+        """Take ``seconds`` of the spare time (all of it by default), and with them its later deadline."""
+        taken = self.spare if seconds is None else min(self.spare, max(0.0, seconds))
+        self.seconds, self.spare = self.seconds + taken, self.spare - taken
         self.deadline = max(self.deadline, self.spare_deadline)
+
+    def available(self) -> float:
+        return self.end - time.time()
 
 
 def _tail_done(folder: Path) -> TrainRecord | None:
@@ -419,15 +424,22 @@ def _train_student_tail(
     tails = student_tails(candidate, student)
     teacher_seconds = _teacher_pass_seconds(Checkpoint.load(teacher.checkpoint), state.survey.train_images)
     speeds = measure(student, Checkpoint.load(start).preprocess.img_size, tails, config)  # the teacher's size
-    views = views_for(speeds, state.survey, budget.seconds, teacher_seconds)
+    # planned on the time left after the pruning and the speed probes above, which the budget's clock counted
+    views = views_for(speeds, state.survey, budget.available(), teacher_seconds)
     shortest = tail_rung(speeds, state.survey, views, 1e9, tails, MIN_TAIL_EPOCHS)  # any time: its cost
-    if budget.spare and shortest and budget.spare < shortest.seconds + teacher_seconds(views):
+    cost = shortest.seconds + teacher_seconds(views) if shortest else math.inf
+    if budget.spare and budget.spare < cost:
         budget.take_spare()  # the candidates after it could not train: this one takes their time
-    seconds = budget.seconds - teacher_seconds(views)
+    elif budget.spare and budget.available() < cost:
+        budget.take_spare(cost - budget.available())  # its own share cannot buy its shortest rung: what it lacks
+    seconds = budget.available() - teacher_seconds(views)
     rung = tail_rung(speeds, state.survey, views, seconds, tails, STUDENT_TAIL_EPOCHS)
     if rung is None and not required:
         return None
-    rung = rung or RungPlan(f"last {tails[-1]} blocks", tails[-1], MIN_TAIL_EPOCHS, 0.0, VIEWS[-1])
+    end = budget.end
+    if rung is None:  # required (nothing shipped yet): the shortest rung, with the time it needs up to the run's end
+        rung = shortest or RungPlan(f"last {tails[-1]} blocks", tails[-1], MIN_TAIL_EPOCHS, 0.0, VIEWS[-1])
+        end = min(max(end, time.time() + cost), max(budget.deadline, budget.spare_deadline))
     for name in ("last.pt", "best.pt"):  # a run cut short restarts: its trunk passes are cached
         (folder / name).unlink(missing_ok=True)
     base = TrainConfig(
@@ -442,7 +454,7 @@ def _train_student_tail(
         tensorboard=False,
     )
     started = time.time()
-    result = train(_cached(base, rung, run_dir), reporter, callbacks={EPOCH_END: [stop_by(budget.end)]})
+    result = train(_cached(base, rung, run_dir), reporter, callbacks={EPOCH_END: [stop_by(end)]})
     record = _record(result, result.run_dir / "last.pt", result.history[-1]["val_top1"])
     trainable = sum(p.numel() for p in Tail(student, cut_index(student, rung.trainable_blocks)).parameters())
     return dataclasses.replace(
