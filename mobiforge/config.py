@@ -476,6 +476,10 @@ class ExportConfig:
         show=",".join,
     )
     float_fallback: bool = opt(True, "when int8 misses --max-drop, search for layers to leave in float and retry")
+    # what MediaPipe Tasks and ML Kit feed image models from a camera frame or bitmap (ship writes it)
+    pixel_input: bool = opt(
+        False, "tflite: uint8 RGB input, 0-255, with the normalisation folded into the graph", flags=("--uint8-input",)
+    )
     float_fallback_groups: int = 3  # ... at most this many
     batch_size: int = opt(64, flags=("--batch-size", "-b"), valid=AT_LEAST_1)
     workers: int = opt(DEFAULT_LOADER_WORKERS, flags=("--workers", "-j"), valid=NON_NEGATIVE)

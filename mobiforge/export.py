@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from mobiforge import engine
-from mobiforge.backends import BACKENDS, Int8Job, get_backend
+from mobiforge.backends import BACKENDS, Int8Job, Interface, get_backend
 from mobiforge.checkpoint import Checkpoint
 from mobiforge.config import INT8_MODES
 from mobiforge.config import ExportConfig as ExportConfig  # public here too
@@ -87,6 +87,11 @@ class ArtifactReport:
     fp32_confusion: list[list[int]] = field(default_factory=list)
     per_class: dict[str, dict[str, float]] = field(default_factory=dict)  # precision, recall, f1, support
     confident_mistakes: list[dict[str, Any]] = field(default_factory=list)  # path, label, predicted, confidence
+    # The file in the app-side SDK that loads it on phones (MediaPipe Tasks for LiteRT), on the same val pixels:
+    pixel_input: bool = False  # the file takes uint8 RGB pixels (NHWC), the normalisation inside its graph
+    sdk: str | None = None
+    sdk_top1: float | None = None
+    sdk_agreement: float | None = None  # % of images where its top-1 class and the runtime's agree
 
     @property
     def drop(self) -> float:
@@ -94,7 +99,8 @@ class ArtifactReport:
 
     @property
     def passed(self) -> bool:
-        return self.max_drop is None or self.precision == "fp32" or self.drop <= self.max_drop
+        sdk_agrees = self.sdk_agreement is None or self.sdk_agreement == 100.0  # the file the app loads is the same
+        return sdk_agrees and (self.max_drop is None or self.precision == "fp32" or self.drop <= self.max_drop)
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "drop": self.drop, "passed": self.passed}
@@ -182,6 +188,9 @@ def _check(config: ExportConfig) -> None:
     if config.int8 == "qat" and not backend.supports_qat:
         able = ", ".join(b.name for b in BACKENDS.values() if b.supports_qat)
         raise MobiforgeError(f"--int8 qat is not available for {backend.name}: {backend.no_qat_reason}; use {able}")
+    if config.pixel_input and not backend.pixel_input:
+        able = ", ".join(b.name for b in BACKENDS.values() if b.pixel_input)
+        raise MobiforgeError(f"--uint8-input is not available for {backend.name}; use --format {able}")
 
 
 def qat_model(model: nn.Module, quantizer: Any, data: ExportData, config: ExportConfig, fold: bool) -> nn.Module:
@@ -236,7 +245,7 @@ def _write_artifact(
     backend = get_backend(config.format).impl()
     logger.debug("writing %s (%s, int8 %s, float layers %s)", path, config.format, config.int8, config.float_modules)
     if config.int8 is None:
-        backend.write(model, data.val_images[:1].clone(), path)
+        backend.write(model, data.val_images[:1].clone(), path, interface(config, data))
         return None, ""
     reference, note = backend.write_int8(model, _int8_job(model, config, data), path)
     return reference, note + _float_note(config)
@@ -255,7 +264,13 @@ def _int8_job(model: nn.Module, config: ExportConfig, data: ExportData) -> Int8J
         qat=config.int8 == "qat",
         pt2e=pt2e,
         reduce_range=config.onnx_reduce_range,
+        interface=interface(config, data),
     )
+
+
+def interface(config: ExportConfig, data: ExportData) -> Interface:
+    """What the app feeds the artifact and reads from it."""
+    return Interface(data.data_config.mean, data.data_config.std, tuple(data.classes), config.pixel_input)
 
 
 def _float_note(config: ExportConfig) -> str:
@@ -369,14 +384,17 @@ def _retry_with_float_layers(
 
 
 def _against_reference(
-    reference: nn.Module, runtime_logits: torch.Tensor, data: ExportData, images: int | None
+    reference: nn.Module, runtime_logits: torch.Tensor, data: ExportData, config: ExportConfig
 ) -> tuple[float, float | None]:
     """The largest logit difference between the runtime and the simulated-int8 graph it was converted from, on
     ``images`` evenly spaced val images (None: all), and the graph's top-1 when it saw them all."""
     total = len(data.val_labels)
+    images = config.reference_images
     chosen = torch.linspace(0, total - 1, min(images or total, total)).round().long()
     with torch.no_grad():
         logits = torch.cat([reference(chunk) for chunk in data.val_images[chosen].split(64)])
+    if get_backend(config.format).probabilities:
+        logits = torch.log_softmax(logits, dim=1)
     diff = (runtime_logits[chosen] - logits).abs().max().item()
     return diff, top1_percent(logits, data.val_labels) if len(chosen) == total else None
 
@@ -389,17 +407,19 @@ def _export_and_verify(model: nn.Module, config: ExportConfig, data: ExportData,
             [eager(chunk.contiguous(memory_format=torch.channels_last)) for chunk in data.val_images.split(64)]
         )
     batched = get_backend(config.format).batched
-    runner = load_runner(path, threads=max(config.threads))
+    if get_backend(config.format).probabilities:  # the runner gives log-probabilities: compare like with like
+        torch_logits = torch.log_softmax(torch_logits, dim=1)
+    runner = load_runner(path, threads=max(config.threads), interface=interface(config, data))
     runtime_logits = run_all(runner, data.val_images, batched)
     reference_diff = reference_top1 = None
     if reference is not None and config.reference_images != 0:
-        reference_diff, reference_top1 = _against_reference(reference, runtime_logits, data, config.reference_images)
+        reference_diff, reference_top1 = _against_reference(reference, runtime_logits, data, config)
 
     example = data.val_images[:1].contiguous()
     latency, torch_latency = {}, {}
     eager_input = example.contiguous(memory_format=torch.channels_last)
     for threads in config.threads:
-        timed = load_runner(path, threads=threads)
+        timed = load_runner(path, threads=threads, interface=interface(config, data))
         latency[str(threads)] = _latency(lambda timed=timed: timed(example.numpy()), threads, config.latency_seconds)
         with torch.no_grad():
             torch_latency[str(threads)] = _latency(lambda: eager(eager_input), threads, config.latency_seconds)
@@ -420,8 +440,29 @@ def _export_and_verify(model: nn.Module, config: ExportConfig, data: ExportData,
         float_modules=list(config.float_modules),
         notes=[note] if note else [],
         reference_top1=reference_top1,
+        pixel_input=config.pixel_input,
         **class_figures(runtime_logits, torch_logits, data),
+        **sdk_figures(path, config, data, runtime_logits),
     )
+
+
+def sdk_figures(path: Path, config: ExportConfig, data: ExportData, runtime_logits: torch.Tensor) -> dict[str, Any]:
+    """Top-1 of the file in the SDK that loads it on phones, where the backend names one, on the val images' own
+    pixels, and its agreement with the runtime's top-1 (the gate asks for all of them)."""
+    backend = get_backend(config.format).impl()
+    if not hasattr(backend, "sdk_top1") or not data.classes:
+        return {}
+    pixels = interface(config, data).to_pixels(data.val_images.numpy()).transpose(0, 2, 3, 1)
+    try:
+        sdk, predicted = backend.sdk_top1(path, pixels)
+    except MobiforgeError as error:  # recorded: the runtime's own figures stand, the SDK's are missing and why
+        return {"sdk": str(error)}
+    chosen = torch.from_numpy(predicted).long()
+    return {
+        "sdk": sdk,
+        "sdk_top1": 100.0 * (chosen == data.val_labels).float().mean().item(),
+        "sdk_agreement": 100.0 * (chosen == runtime_logits.argmax(1)).float().mean().item(),
+    }
 
 
 MISTAKES_SHOWN = 10  # val images the shipped file gets wrong most confidently, in its report

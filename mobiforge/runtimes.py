@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mobiforge.backends import Runner, backend_for
+from mobiforge.backends import Interface, Runner, backend_for
 from mobiforge.config import DataConfig
 from mobiforge.errors import MobiforgeError
 from mobiforge.files import write_atomic
@@ -50,17 +50,30 @@ def input_shape(path: str | Path) -> tuple[int, ...]:
         raise _unreadable(path, backend.name, error) from None
 
 
-def load_runner(path: str | Path, threads: int = 1) -> Runner:
-    """A callable running ``path`` in its runtime with ``threads`` threads (see the module docstring)."""
+def load_runner(path: str | Path, threads: int = 1, interface: Interface | None = None) -> Runner:
+    """A callable running ``path`` in its runtime with ``threads`` threads (see the module docstring). A runtime
+    whose files may take uint8 pixels gets the ``interface`` that says how the model normalises them (default: the
+    one export recorded beside the file)."""
     path = _existing(path)
     backend = backend_for(path)
     backend.check_header(path)
     try:
+        if backend.pixel_input:
+            return backend.impl().runner(path, threads, interface or _recorded_interface(path))
         return backend.impl().runner(path, threads)
     except MobiforgeError:
         raise
     except Exception as error:  # a damaged or foreign file: each runtime raises its own exception type
         raise _unreadable(path, backend.name, error) from None
+
+
+def _recorded_interface(path: Path) -> Interface | None:
+    """The interface export recorded beside ``path`` (None when it wrote nothing there)."""
+    if not sidecar(path).is_file():
+        return None
+    info = artifact_info(path)
+    pre = info.preprocess
+    return Interface(pre.mean, pre.std, tuple(info.classes), pixels=True)
 
 
 def _existing(path: str | Path) -> Path:

@@ -27,7 +27,7 @@ class TorchExportRuntime:
     """A whole runtime in four functions: ``torch.export.save`` writes the file, ``torch.export.load`` runs it."""
 
     @staticmethod
-    def write(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
+    def write(model: nn.Module, example: torch.Tensor, path: Path, interface: Any = None) -> Path:
         program = torch.export.export(model.eval(), (example,))
         torch.export.save(program, path, extra_files={"shape": json.dumps(list(example.shape))})
         return path

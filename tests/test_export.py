@@ -610,3 +610,42 @@ def test_the_report_has_per_class_figures_of_the_file_in_its_runtime(artifacts: 
     confidences = [mistake["confidence"] for mistake in int8.confident_mistakes]
     assert confidences == sorted(confidences, reverse=True)
     assert all(mistake["label"] != mistake["predicted"] for mistake in int8.confident_mistakes)
+
+
+def _io(path: str) -> tuple[list[int], str, str]:
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=path)
+    source, target = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    return source["shape"].tolist(), source["dtype"].__name__, target["dtype"].__name__
+
+
+def test_a_tflite_file_drops_into_mediapipe_tasks(
+    artifacts: dict[str, ArtifactReport], checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 24, item 1: the .tflite input was NCHW float32 with no metadata or labels, which MediaPipe Tasks'
+    ImageClassifier and ML Kit refuse. Now: NHWC, labels and normalisation in TFLite metadata, probabilities out,
+    and with --uint8-input (ship's default) uint8 RGB pixels in, classified by MediaPipe in export's gate."""
+    pytest.importorskip("mediapipe")
+    from mobiforge.backends.litert import read_labels
+
+    classes = ["class0", "class1", "class2"]
+    fp32 = artifacts["tflite-fp32"]
+    assert _io(fp32.path) == ([1, 24, 24, 3], "float32", "float32") and read_labels(Path(fp32.path)) == classes
+    # MediaPipe takes one mean and std for all channels: a float file normalised per channel is refused there, and
+    # the report says so (the runtime's own figures stand)
+    assert fp32.sdk and "refuses this file" in fp32.sdk and fp32.sdk_top1 is None and fp32.passed
+
+    int8 = _export(checkpoint, tmp_path / "app.tflite", "tflite", "ptq", pixel_input=True)
+    assert _io(int8.path) == ([1, 24, 24, 3], "uint8", "float32") and read_labels(Path(int8.path)) == classes
+    assert int8.sdk and int8.sdk.startswith("MediaPipe Tasks ImageClassifier")
+    assert int8.sdk_agreement == 100.0 and int8.sdk_top1 == int8.top1 and int8.passed
+    assert int8.agreement >= 75.0 and int8.reference_max_abs_diff is not None
+    # predict reads the normalisation from the sidecar to give the file its pixels
+    images = sorted(str(p) for p in (checkpoint.parent.parent.parent / "data" / "val").rglob("*.png"))[:2]
+    capsys.readouterr()
+    assert main(["predict", int8.path, *images, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 2 and all(abs(sum(t["probability"] for t in row["top"]) - 1.0) < 1e-3 for row in rows)
+    with pytest.raises(MobiforgeError, match="--uint8-input is not available for executorch; use --format tflite"):
+        _export(checkpoint, tmp_path / "app.pte", "executorch", pixel_input=True)

@@ -250,6 +250,22 @@ def test_the_android_snippet_pins_the_runtime_version_that_verified_the_file() -
     assert 'implementation("org.pytorch:executorch-android:1.5.1")' in android_snippet(card)
 
 
+def test_a_pixel_input_tflite_file_gets_mediapipe_snippets() -> None:
+    """Issue 24, item 1: ship's .tflite takes pixels and carries its labels, so the app code is MediaPipe Tasks'
+    ImageClassifier with the trained center crop as its region of interest, and no preprocessing code."""
+    card = {
+        "artifact": {"file": "model.tflite", "format": "tflite"},
+        "classes": ["ant", "bee"],
+        "preprocessing": {"crop": 224, "resize": 256, "dtype": "uint8", "mean": [0.5] * 3, "std": [0.5] * 3},
+        "versions": {"ai-edge-litert": "2.3.0", "mediapipe": "1.2.3"},
+    }
+    kotlin, swift = android_snippet(card), ios_snippet(card)
+    assert 'implementation("com.google.mediapipe:tasks-vision:1.2.3")' in kotlin and "setRegionOfInterest" in kotlin
+    assert "MediaPipeTasksVision" in swift and "regionOfInterest: roi" in swift
+    for code in (kotlin, swift):
+        assert "0.8750" in code and "toInput" not in code and "MEAN" not in code.upper().replace("MEDIAPIPE", "")
+
+
 @pytest.mark.slow
 def test_ship_killed_mid_training_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     data = make_split_folder(tmp_path / "data", classes=3, train=40, val=4)

@@ -10,12 +10,16 @@ torch and ``mobiforge --help`` stays fast.
 Adding a runtime means adding its module and one ``Backend`` row (``register_backend`` does it from outside the
 package; the tests register a fake one). An implementation provides:
 
-- ``write(model, example, path)``: the fp32 artifact;
+- ``write(model, example, path, interface)``: the fp32 artifact; ``interface`` (an ``Interface``) says what the app
+  feeds the file and reads from it (a backend may lay out its input for its SDKs and write the labels into the file);
 - ``write_int8(model, job, path) -> (reference, note)``: the int8 artifact from an ``Int8Job``; ``reference`` is
   the simulated-int8 PyTorch model it was converted from (``None`` where there is none), ``note`` says how;
 - ``int8_simulator(model, job, images, scratch) -> (float_modules -> logits)``: int8 logits with some layer groups
   left in float, for export's float-layer search (``scratch`` is a file path it may use; the caller removes it);
-- ``runner(path, threads) -> (float32 NCHW batch -> logits)``, and ``input_shape(path)``.
+- ``runner(path, threads, interface) -> (float32 NCHW batch -> logits)``, and ``input_shape(path)`` (the runner's
+  NCHW shape, whatever the file's own layout); ``interface`` is None unless the row says ``pixel_input``;
+- optionally ``sdk_top1(path, pixels) -> (sdk name, predicted indices)``: the file classified by the app-side SDK
+  that loads it on phones (MediaPipe Tasks for LiteRT), on uint8 RGB NHWC images, for export's gate.
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-Runner = Callable[["np.ndarray"], "np.ndarray"]  # float32 NCHW batch -> float32 logits, in the runtime
+# float32 NCHW batch -> float32 logits in the runtime (log-probabilities where the row says ``probabilities``)
+Runner = Callable[["np.ndarray"], "np.ndarray"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,9 @@ class Backend:
     batched: bool = False  # its files take any batch size; otherwise batch 1, as phones run them
     magic: bytes = b""  # bytes every file of this runtime holds at magic_offset, checked before the runtime reads it
     magic_offset: int = 0
+    pixel_input: bool = False  # can take uint8 RGB pixels with the normalisation folded into its graph
+    probabilities: bool = False  # its files output softmax probabilities, and its runner their log (not logits)
+    sdk_package: str = ""  # the pip distribution of the app-side SDK its gate runs the files in (``sdk_top1``)
 
     def check_header(self, path: Path) -> None:
         """Refuse a file whose header is not this runtime's, before a native loader can abort on it."""
@@ -79,6 +87,26 @@ class Backend:
                 raise missing(module.split(".")[0].replace("_", "-")) from None
 
 
+@dataclass(frozen=True)
+class Interface:
+    """What an app feeds an artifact and reads from it: the normalisation the model was trained with, the class of
+    each output in order (empty: none to write), and whether the file takes uint8 RGB pixels, 0-255, with that
+    normalisation folded into its graph (``pixels``) rather than normalised floats."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    classes: tuple[str, ...] = ()
+    pixels: bool = False
+
+    def to_pixels(self, batch: np.ndarray) -> np.ndarray:
+        """Normalised float images (NCHW) back to the uint8 RGB pixels they came from (exact for decoded images)."""
+        import numpy as np
+
+        mean = np.asarray(self.mean, dtype=np.float32).reshape(1, -1, 1, 1)
+        std = np.asarray(self.std, dtype=np.float32).reshape(1, -1, 1, 1)
+        return np.clip(np.rint((batch * std + mean) * 255.0), 0, 255).astype(np.uint8)
+
+
 @dataclass
 class Int8Job:
     """What an int8 writer gets: an example input, calibration batches, the layer groups to leave in float, and
@@ -91,6 +119,7 @@ class Int8Job:
     qat: bool
     pt2e: Callable[[Any, bool], nn.Module]
     reduce_range: bool | None = None  # 7-bit weights where a runtime's int8 kernels saturate (None: it decides)
+    interface: Interface | None = None
 
 
 BACKENDS: dict[str, Backend] = {}
@@ -157,6 +186,9 @@ register_backend(
         implementation="mobiforge.backends.litert",
         magic=b"TFL3",  # the TFLite flatbuffer file identifier
         magic_offset=4,
+        pixel_input=True,
+        probabilities=True,
+        sdk_package="mediapipe",
     )
 )
 register_backend(

@@ -9,13 +9,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from mobiforge.backends import Int8Job, Runner
+from mobiforge.backends import Int8Job, Interface, Runner
 from mobiforge.errors import missing
 from mobiforge.log import native_stderr_silenced
 from mobiforge.quantize import PT2E_NOTE, Simulator, pt2e_simulator, xnnpack_quantizer
 
 
-def write(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
+def write(model: nn.Module, example: torch.Tensor, path: Path, interface: Interface | None = None) -> Path:
     try:
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
         from executorch.exir import to_edge_transform_and_lower

@@ -1,5 +1,12 @@
 """LiteRT (TensorFlow Lite): litert-torch converts the PyTorch graph to ``.tflite``; ai-edge-litert runs it.
 
+The file is laid out for the mobile SDKs that load it as it is (MediaPipe Tasks ``ImageClassifier``, ML Kit custom
+models): NHWC input (litert-torch's ``to_channel_last_io``); uint8 RGB pixels with the normalisation folded into the
+graph when the interface asks for ``pixels`` (ship's default); softmax probabilities out (the runner returns their
+log: the logits less each image's log-sum-exp); and TFLite metadata written by MediaPipe's ``metadata_writers``: the
+labels, the input's normalisation and its description. ``sdk_top1`` classifies images in
+MediaPipe's ``ImageClassifier`` for export's gate.
+
 int8 graphs are annotated by XNNPACK's quantizer, as for ExecuTorch: litert-torch 0.10's own annotator was measured
 to lose 32 top-1 points on a CIFAR-10 MobileNetV2 (benchmarks/RESULTS.md) and its QAT variant fails on this torch.
 litert-torch still does the conversion, told by its quantizer config that the graph is statically quantized.
@@ -7,6 +14,9 @@ litert-torch still does the conversion, told by its quantizer config that the gr
 
 from __future__ import annotations
 
+import sys
+import types
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -14,25 +24,67 @@ import numpy as np
 import torch
 from torch import nn
 
-from mobiforge.backends import Int8Job, Runner
-from mobiforge.errors import missing
+from mobiforge.backends import Int8Job, Interface, Runner
+from mobiforge.errors import MobiforgeError, missing
+from mobiforge.log import debug_requested, native_stderr_silenced
 from mobiforge.quantize import PT2E_NOTE, Simulator, pt2e_simulator, xnnpack_quantizer
 
+# The metadata's normalisation of a pixel-input file: the graph normalises, so the SDK hands it the pixels as they are.
+PIXELS_AS_THEY_ARE = ([0.0], [1.0])
+# The schema version a metadata parser needs for what the image-classifier writer writes (the schema's first: no
+# tokenizers, tensor groups, audio, ScaNN files, file versions or custom metadata)
+METADATA_PARSER_VERSION = "1.0.0"
 
-def write(model: nn.Module, example: torch.Tensor, path: Path, quantizer: Any = None) -> Path:
-    try:
-        import litert_torch
-        from litert_torch.quantize.quant_config import QuantConfig
-    except ImportError:
-        raise missing("litert-torch") from None
+
+class PixelInput(nn.Module):
+    """uint8 RGB pixels in (0-255, NCHW); the model gets them normalised, by two ops folded into its graph."""
+
+    def __init__(self, model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.model = model
+        std_t, mean_t = torch.tensor(std).view(1, -1, 1, 1), torch.tensor(mean).view(1, -1, 1, 1)
+        self.register_buffer("scale", 1.0 / (255.0 * std_t))
+        self.register_buffer("shift", -mean_t / std_t)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model(pixels.float() * self.scale + self.shift)
+
+
+class Probabilities(nn.Module):
+    """Softmax probabilities out, as the SDKs show them (scores in 0-1). It also keeps an int8 graph's output in
+    float32: litert-torch gives an int8 graph int8 outputs, which MediaPipe Tasks refuses, and folds away identity
+    ops after the last dequantize; a softmax stays."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.model(images), dim=1)
+
+
+def write(
+    model: nn.Module, example: torch.Tensor, path: Path, interface: Interface | None = None, quantizer: Any = None
+) -> Path:
+    litert_torch = _litert_torch()
+    from litert_torch.quantize.quant_config import QuantConfig
+
     quant_config = QuantConfig(pt2e_quantizer=quantizer) if quantizer is not None else None
-    litert_torch.convert(model, (example,), quant_config=quant_config).export(str(path))
+    facing: nn.Module = Probabilities(model)
+    if interface is not None and interface.pixels:
+        facing = PixelInput(facing, interface.mean, interface.std)
+    facing = litert_torch.to_channel_last_io(facing, args=[0])  # (an int8 reference, exported, refuses .eval())
+    batch = interface.to_pixels(example.numpy()) if interface and interface.pixels else example.numpy()
+    app_example = torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 2, 3, 1)))  # NHWC, as apps hold images
+    litert_torch.convert(facing, (app_example,), quant_config=quant_config).export(str(path))
+    if interface is not None and interface.classes:
+        write_metadata(path, interface)
     return path
 
 
 def write_int8(model: nn.Module, job: Int8Job, path: Path) -> tuple[nn.Module, str]:
     reference = job.pt2e(xnnpack_quantizer(qat=job.qat, float_modules=job.float_modules), False)  # it folds itself
-    write(reference, job.example, path, litert_quantizer())
+    write(reference, job.example, path, job.interface, litert_quantizer())
     return reference, PT2E_NOTE
 
 
@@ -50,31 +102,154 @@ def int8_simulator(model: nn.Module, job: Int8Job, images: torch.Tensor, scratch
     return pt2e_simulator(model, job.calibration[:1], images)
 
 
-def runner(path: Path, threads: int) -> Runner:
-    """Float32 in and out whatever the file's own input types: an int8 model with int8 inputs gets its input
-    quantized and its output dequantized with the scales stored in the file, exactly as an app would do it."""
+# ------------------------------------------------------------------------------------------------------ metadata
+
+
+def write_metadata(path: Path, interface: Interface) -> None:
+    """TFLite metadata as MediaPipe Tasks and ML Kit read it: the labels in output order, the input's normalisation
+    in pixel units (255 times the model's), RGB image input."""
+    image_classifier, metadata_writer = _metadata_writers()
+    if interface.pixels:
+        mean, std = PIXELS_AS_THEY_ARE
+    else:
+        mean, std = [255.0 * m for m in interface.mean], [255.0 * s for s in interface.std]
+    labels = metadata_writer.Labels().add(list(interface.classes))
+    writer = image_classifier.MetadataWriter.create(bytearray(path.read_bytes()), mean, std, labels)
+    with native_stderr_silenced():
+        model, _ = writer.populate()
+    del writer  # something in populate keeps this frame alive; the writer's __del__ would then fail at exit
+    path.write_bytes(model)
+
+
+def read_labels(path: Path) -> list[str]:
+    """The labels a file's metadata carries (empty: none), as the SDKs read them."""
+    _metadata_writers()
+    from mediapipe.tasks.python.metadata.metadata import MetadataDisplayer
+
+    try:
+        displayer = MetadataDisplayer.with_model_file(str(path))
+    except ValueError:  # no metadata in the file
+        return []
+    names = displayer.get_packed_associated_file_list()
+    return displayer.get_associated_file_buffer(names[0]).decode().splitlines() if names else []
+
+
+def _metadata_writers() -> tuple[Any, Any]:
+    """MediaPipe's image-classifier metadata writer. mediapipe 1.2.3's wheel lacks the compiled module that its
+    ``metadata.py`` imports for one function, the minimum parser version of a metadata buffer: a stand-in returns
+    the version its writers need when that module is missing (a wheel that has it uses its own)."""
+    try:
+        from mediapipe.tasks.python.metadata.metadata_writers import image_classifier, metadata_writer
+    except ModuleNotFoundError as error:
+        if not (error.name or "").startswith("mediapipe.tasks.cc"):
+            raise missing("mediapipe") from None
+        _stand_in_version_module()
+        from mediapipe.tasks.python.metadata.metadata_writers import image_classifier, metadata_writer
+    return image_classifier, metadata_writer
+
+
+def _stand_in_version_module() -> None:
+    package = "mediapipe.tasks.cc.metadata.python"
+    stand_in = types.ModuleType(f"{package}._pywrap_metadata_version")
+    stand_in.GetMinimumMetadataParserVersion = lambda buffer: METADATA_PARSER_VERSION  # type: ignore[attr-defined]
+    for name in ("mediapipe.tasks.cc", "mediapipe.tasks.cc.metadata", package):
+        sys.modules.setdefault(name, types.ModuleType(name))
+    sys.modules[package]._pywrap_metadata_version = stand_in  # type: ignore[attr-defined]
+    sys.modules[stand_in.__name__] = stand_in
+
+
+# ------------------------------------------------------------------------------------------------------- running
+
+
+def runner(path: Path, threads: int, interface: Interface | None = None) -> Runner:
+    """Float32 NCHW in, float32 logits out, whatever the file's own input: an NHWC file gets the batch transposed;
+    a pixel-input file gets the pixels the batch was normalised from (``interface`` says how); an int8 file with
+    int8 inputs gets its input quantized and its output dequantized with the scales stored in the file, exactly as
+    an app would do it."""
     interpreter = _interpreter(path, threads)
     interpreter.allocate_tensors()
     source, target = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
     in_scale, in_zero = source["quantization"]
     out_scale, out_zero = target["quantization"]
+    channels_last = _channels_last(source["shape"])
+    pixels = source["dtype"] == np.uint8 and not in_scale
+    if pixels and interface is None:
+        raise MobiforgeError(f"{path}: takes uint8 pixels; its normalisation (in the .json export writes beside it) "
+                             "is missing: export it again")  # fmt: skip
 
     def run(batch: np.ndarray) -> Any:
-        if source["dtype"] != np.float32:  # int8 I/O: quantize with the file's own scale and zero point
+        if pixels:
+            assert interface is not None
+            batch = interface.to_pixels(batch)
+        elif source["dtype"] != np.float32:  # int8 I/O: quantize with the file's own scale and zero point
             info = np.iinfo(source["dtype"])
             batch = np.clip(np.round(batch / in_scale + in_zero), info.min, info.max).astype(source["dtype"])
+        if channels_last:
+            batch = np.ascontiguousarray(batch.transpose(0, 2, 3, 1))
         interpreter.set_tensor(source["index"], batch)
         interpreter.invoke()
         output = interpreter.get_tensor(target["index"])
         if target["dtype"] != np.float32:
             output = (output.astype(np.float32) - out_zero) * out_scale
+        if _distribution(output):  # probabilities (every file written here): their log, the logits up to a shift
+            return np.log(np.maximum(output, np.finfo(np.float32).tiny))
         return output.copy()
 
     return run
 
 
 def input_shape(path: Path) -> tuple[int, ...]:
-    return tuple(int(side) for side in _interpreter(path, 1).get_input_details()[0]["shape"])
+    """The runner's NCHW shape (an NHWC file's read back in that order)."""
+    shape = tuple(int(side) for side in _interpreter(path, 1).get_input_details()[0]["shape"])
+    return (shape[0], shape[3], shape[1], shape[2]) if _channels_last(shape) else shape
+
+
+def sdk_top1(path: Path, pixels: np.ndarray) -> tuple[str, np.ndarray]:
+    """The file classified as an Android or iOS app runs it, by MediaPipe Tasks' ``ImageClassifier`` (which reads
+    the labels and normalisation from the metadata): the top-1 class of each uint8 RGB image (NHWC, already at the
+    model's input size, so that its own resize changes nothing). A file the SDK refuses is a MobiforgeError saying
+    why: MediaPipe takes one mean and std for all channels, so a float file normalised per channel (ImageNet's)
+    runs there only with ``--uint8-input``, which folds the normalisation into the graph."""
+    try:
+        import mediapipe as mp
+        from mediapipe.tasks.python import vision
+        from mediapipe.tasks.python.core.base_options import BaseOptions
+    except ImportError:
+        raise missing("mediapipe") from None
+    sdk = f"MediaPipe Tasks ImageClassifier (mediapipe {version('mediapipe')})"
+    options = vision.ImageClassifierOptions(base_options=BaseOptions(model_asset_path=str(path)), max_results=1)
+    try:
+        with native_stderr_silenced():
+            classifier = vision.ImageClassifier.create_from_options(options)
+    except (NotImplementedError, ValueError, RuntimeError) as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise MobiforgeError(f"{sdk} refuses this file: {reason}") from None
+    with native_stderr_silenced(), classifier:
+        top = [
+            classifier.classify(mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(image)))
+            .classifications[0]
+            .categories[0]
+            .index
+            for image in pixels
+        ]
+    return sdk, np.asarray(top)
+
+
+def _distribution(output: np.ndarray) -> bool:
+    return bool((output >= 0).all() and np.allclose(output.sum(axis=-1), 1.0, atol=1e-3))
+
+
+def _channels_last(shape: Any) -> bool:
+    return len(shape) == 4 and int(shape[3]) == 3 and int(shape[1]) != 3
+
+
+def _litert_torch() -> Any:
+    try:
+        import litert_torch
+    except ImportError:
+        raise missing("litert-torch") from None
+    litert_torch.config.show_progress = debug_requested()  # its converter's stage lines: the user's output is theirs
+    return litert_torch
 
 
 def _interpreter(path: Path, threads: int) -> Any:
@@ -82,4 +257,5 @@ def _interpreter(path: Path, threads: int) -> Any:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
         raise missing("ai-edge-litert") from None
-    return Interpreter(model_path=str(path), num_threads=threads)
+    with native_stderr_silenced():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." goes to fd 2
+        return Interpreter(model_path=str(path), num_threads=threads)

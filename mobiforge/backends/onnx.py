@@ -18,14 +18,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from mobiforge.backends import Int8Job, Runner
+from mobiforge.backends import Int8Job, Interface, Runner
 from mobiforge.errors import MobiforgeError, missing
 from mobiforge.quantize import Simulator
 
 INPUT_NAME = "input"
 
 
-def write(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
+def write(model: nn.Module, example: torch.Tensor, path: Path, interface: Interface | None = None) -> Path:
     """ONNX opset 18 with a dynamic batch dimension, weights inside the file."""
     try:
         import onnx  # noqa: F401

@@ -67,6 +67,11 @@ def export_report(report: Any) -> None:
         rows.append(("top-1 PT2E reference (simulated int8)", f"{report.reference_top1:.2f}%"))
     if report.reference_max_abs_diff is not None:
         rows.append(("max abs diff vs PT2E reference", f"{report.reference_max_abs_diff:.4g}"))
+    if report.sdk_top1 is not None:
+        agreement = f"{report.sdk_top1:.2f}% (same top-1 as {report.format} on {report.sdk_agreement:.2f}%)"
+        rows.append((f"top-1 in {report.sdk}", agreement))
+    elif report.sdk:
+        rows.append(("mobile SDK", report.sdk))
     for threads, stats in report.latency_ms.items():
         eager = report.torch_latency_ms[threads]
         rows.append(
@@ -81,6 +86,9 @@ def export_report(report: Any) -> None:
     console.print(table)
     for note in report.notes:
         console.print(f"note: {note}")
+    if report.sdk_agreement is not None and report.sdk_agreement < 100.0:
+        console.print(_verdict(False), f"{report.sdk} disagrees with {report.format} on some images; "
+                      f"report: {report.path}.json")  # fmt: skip
     if report.max_drop is not None and report.precision != "fp32":
         console.print(
             _verdict(report.passed),

@@ -30,6 +30,7 @@ from mobiforge.backends import get_backend
 from mobiforge.checkpoint import Checkpoint
 from mobiforge.config import BUILTIN_DATASETS, ShipConfig, flag_of
 from mobiforge.files import write_atomic
+from mobiforge.models.base import Preprocess
 from mobiforge.paths import shareable, without_local_paths
 from mobiforge.plots import plot_confusion, plot_mistakes, pyplot
 from mobiforge.ship.config import FILE_OVERHEAD
@@ -46,9 +47,10 @@ def versions(runtime: str) -> dict[str, str]:
         "torchvision": torchvision.__version__,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
     }
-    package = get_backend(runtime).package
-    with contextlib.suppress(importlib.metadata.PackageNotFoundError):  # the runtime is an optional extra
-        found[package] = importlib.metadata.version(package)
+    backend = get_backend(runtime)
+    for package in filter(None, (backend.package, backend.sdk_package)):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):  # the runtime is an optional extra
+            found[package] = importlib.metadata.version(package)
     return found
 
 
@@ -73,6 +75,22 @@ def ship_command(config: ShipConfig) -> str:
             text = shareable(value)
         argv += [flag, text]
     return shlex.join(argv)
+
+
+def _card_input(preprocess: Preprocess, pixels: bool) -> dict[str, Any]:
+    """What the file takes: uint8 RGB pixels, NHWC, normalised inside the graph; or normalised float32 NCHW."""
+    size = preprocess.img_size
+    return {
+        "input_shape": [1, size, size, 3] if pixels else [1, 3, size, size],
+        "layout": "NHWC" if pixels else "NCHW",
+        "dtype": "uint8" if pixels else "float32",
+        "resize": preprocess.resize_size,
+        "crop": size,
+        "interpolation": preprocess.interpolation,
+        "scale": "none: RGB pixels 0-255, normalised inside the graph" if pixels else "RGB / 255",
+        "mean": list(preprocess.mean),
+        "std": list(preprocess.std),
+    }
 
 
 def model_card(config: ShipConfig, state: ShipState, row: Row, artifact: Path | None) -> dict[str, Any]:
@@ -103,23 +121,15 @@ def model_card(config: ShipConfig, state: ShipState, row: Row, artifact: Path | 
             "epochs": trained.epochs_run,
         },
         "classes": checkpoint.classes,
-        "preprocessing": {
-            "input_shape": [1, 3, preprocess.img_size, preprocess.img_size],
-            "layout": "NCHW",
-            "dtype": "float32",
-            "resize": preprocess.resize_size,
-            "crop": preprocess.img_size,
-            "interpolation": preprocess.interpolation,
-            "scale": "RGB / 255",
-            "mean": list(preprocess.mean),
-            "std": list(preprocess.std),
-        },
+        "preprocessing": _card_input(preprocess, exported.pixel_input),
         "accuracy": {
             "split": "val",
             "images": exported.images,
             "top1_in_runtime": exported.top1,
             "top1_fp32_pytorch": exported.torch_fp32_top1,
             "drop": exported.drop,
+            "sdk": exported.sdk,  # the same file in the app-side SDK that loads it (MediaPipe Tasks for LiteRT)
+            "top1_in_sdk": exported.sdk_top1,
             "data": without_local_paths(state.survey.description, config.data),
         },
         "latency_ms": {"median": latency["median"], "p90": latency["p90"], "batch": 1, "threads": config.threads},
@@ -254,6 +264,12 @@ def _headline(config: ShipConfig, card: dict[str, Any] | None, shipped: bool) ->
         f"{card['accuracy']['drop']:.2f} points, gate {config.max_drop:g}): {mark[verdicts['accuracy_gate']]}",
         f"- time: {card['budget']['time_used_s'] / 60:.1f} min of the {config.time_budget_s / 60:g} min budget",
     ]
+    sdk, sdk_top1 = card["accuracy"].get("sdk"), card["accuracy"].get("top1_in_sdk")
+    if sdk and sdk_top1 is not None:
+        lines.insert(-1, f"- in the app's SDK: val top-1 {sdk_top1:.2f}% in {sdk}, the same file: "
+                     f"{mark[sdk_top1 == card['accuracy']['top1_in_runtime']]}")  # fmt: skip
+    elif sdk:
+        lines.insert(-1, f"- in the app's SDK: {sdk}")
     if "above_chance" in verdicts:
         lines.append(
             "- above chance: the val score is clearly above answering the largest class alone (one-sided "

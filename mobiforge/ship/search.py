@@ -227,7 +227,12 @@ def measure_candidate(model: nn.Module, candidate: Candidate, config: ShipConfig
     model = _like_trained(copy.deepcopy(model)).eval()
     size = candidate.img_size
     example = torch.randn(1, 3, size, size)
-    export_config = ExportConfig(checkpoint=f"candidate {candidate.name}", format=config.runtime, int8="ptq")
+    export_config = ExportConfig(  # as ship will write it: timed with the input the app feeds
+        checkpoint=f"candidate {candidate.name}",
+        format=config.runtime,
+        int8="ptq",
+        pixel_input=get_backend(config.runtime).pixel_input,
+    )
     data = ExportData(
         example, torch.zeros(1, dtype=torch.long), [torch.randn(8, 3, size, size)], None, DataConfig(), []
     )

@@ -2,8 +2,10 @@
 feeds it one image preprocessed exactly as the model was trained (resize, center crop, normalise, NCHW float32).
 
 The snippets are templates filled with the model's own constants; the API names follow each runtime's documented
-mobile bindings (ExecuTorch ``org.pytorch.executorch`` / ``ExecuTorch`` Swift package, LiteRT ``Interpreter``,
-ONNX Runtime ``OrtSession`` / ``ORTSession``).
+mobile bindings (ExecuTorch ``org.pytorch.executorch`` / ``ExecuTorch`` Swift package, ONNX Runtime
+``OrtSession`` / ``ORTSession``). A LiteRT file that takes pixels and carries its labels in its metadata (what ship
+writes) needs no preprocessing code: MediaPipe Tasks' ``ImageClassifier`` loads it as it is, and the snippet gives
+it the center square the model was trained on as its region of interest.
 """
 
 from __future__ import annotations
@@ -62,12 +64,13 @@ import java.nio.ByteOrder
 val interpreter = Interpreter(loadModelFile(context, "{file}"))  // a MappedByteBuffer of the asset
 
 fun classify(bitmap: Bitmap): String {{
-    // The input keeps PyTorch's NCHW layout; int8 models quantize their float input inside the graph.
-    val input = ByteBuffer.allocateDirect(4 * 3 * {size} * {size}).order(ByteOrder.nativeOrder())
-    input.asFloatBuffer().put(toInput(bitmap))
-    val logits = Array(1) {{ FloatArray(CLASSES.size) }}
-    interpreter.run(input, logits)
-    return CLASSES[logits[0].indices.maxBy {{ logits[0][it] }}]
+    val chw = toInput(bitmap)
+    val input = ByteBuffer.allocateDirect(4 * 3 * {plane}).order(ByteOrder.nativeOrder())
+    val floats = input.asFloatBuffer()
+    for (i in 0 until {plane}) for (c in 0 until 3) floats.put(chw[c * {plane} + i])  // NHWC, as the file takes it
+    val scores = Array(1) {{ FloatArray(CLASSES.size) }}  // probabilities
+    interpreter.run(input, scores)
+    return CLASSES[scores[0].indices.maxBy {{ scores[0][it] }}]
 }}
 """,
     "onnx": """\
@@ -85,6 +88,54 @@ fun classify(bitmap: Bitmap): String {{
         val logits = (result[0].value as Array<FloatArray>)[0]
         return CLASSES[logits.indices.maxBy {{ logits[it] }}]
     }}
+}}
+""",
+}
+
+_MEDIAPIPE = {
+    "kotlin": """\
+// build.gradle: implementation("com.google.mediapipe:tasks-vision:{mediapipe}")  // the version that verified it
+import android.graphics.RectF
+import com.google.mediapipe.framework.image.BitmapImageBuilder
+import com.google.mediapipe.tasks.core.BaseOptions
+import com.google.mediapipe.tasks.vision.core.ImageProcessingOptions
+import com.google.mediapipe.tasks.vision.imageclassifier.ImageClassifier
+
+// {file} carries its labels and takes RGB pixels as they are: its normalisation is inside the graph.
+val classifier = ImageClassifier.createFromOptions(context, ImageClassifier.ImageClassifierOptions.builder()
+    .setBaseOptions(BaseOptions.builder().setModelAssetPath("{file}").build())
+    .setMaxResults(5)
+    .build())
+
+fun classify(bitmap: Bitmap): String {{
+    // The model saw the center {crop_pct}% of each photo's short side (resized to {resize}, cropped to {size}).
+    val side = {crop_fraction}f * minOf(bitmap.width, bitmap.height)
+    val x = (bitmap.width - side) / 2f / bitmap.width
+    val y = (bitmap.height - side) / 2f / bitmap.height
+    val roi = RectF(x, y, 1f - x, 1f - y)
+    val result = classifier.classify(BitmapImageBuilder(bitmap).build(),
+        ImageProcessingOptions.builder().setRegionOfInterest(roi).build())
+    return result.classificationResult().classifications()[0].categories()[0].categoryName()
+}}
+""",
+    "swift": """\
+// CocoaPods: pod 'MediaPipeTasksVision', '{mediapipe}'
+import MediaPipeTasksVision
+
+// {file} carries its labels and takes RGB pixels as they are: its normalisation is inside the graph.
+let options = ImageClassifierOptions()
+options.baseOptions.modelAssetPath = Bundle.main.path(forResource: "{stem}", ofType: "{ext}")!
+options.maxResults = 5
+let classifier = try ImageClassifier(options: options)
+
+func classify(image: UIImage) throws -> String {{
+    // The model saw the center {crop_pct}% of each photo's short side (resized to {resize}, cropped to {size}).
+    let side = {crop_fraction} * min(image.size.width, image.size.height)
+    let roi = CGRect(x: (image.size.width - side) / 2 / image.size.width,
+                     y: (image.size.height - side) / 2 / image.size.height,
+                     width: side / image.size.width, height: side / image.size.height)
+    let result = try classifier.classify(image: try MPImage(uiImage: image), regionOfInterest: roi)
+    return result.classificationResult.classifications[0].categories[0].categoryName ?? ""
 }}
 """,
 }
@@ -130,11 +181,12 @@ let interpreter = try Interpreter(modelPath: Bundle.main.path(forResource: "{ste
 
 func classify(rgba: [UInt8]) throws -> String {{
     try interpreter.allocateTensors()
-    let input = toInput(rgba: rgba)  // NCHW, as exported
+    let chw = toInput(rgba: rgba)
+    let input = (0..<3 * {plane}).map {{ chw[($0 % 3) * {plane} + $0 / 3] }}  // NHWC, as the file takes it
     try interpreter.copy(input.withUnsafeBufferPointer {{ Data(buffer: $0) }}, toInputAt: 0)
     try interpreter.invoke()
     let output = try interpreter.output(at: 0)
-    let scores = output.data.withUnsafeBytes {{ Array($0.bindMemory(to: Float.self)) }}
+    let scores = output.data.withUnsafeBytes {{ Array($0.bindMemory(to: Float.self)) }}  // probabilities
     return classes[scores.indices.max {{ scores[$0] < scores[$1] }}!]
 }}
 """,
@@ -188,7 +240,15 @@ def _constants(card: dict[str, Any], text: Callable[[str], str]) -> dict[str, An
         "stem": text(stem),
         "ext": text(ext),
         "version": runtime_version(card),
+        "mediapipe": sdk_version(card),
+        "crop_fraction": f"{size / pre['resize']:.4f}",
+        "crop_pct": f"{100 * size / pre['resize']:.1f}",
     }
+
+
+def _sdk_ready(card: dict[str, Any]) -> bool:
+    """A LiteRT file that takes pixels (and so carries its metadata): MediaPipe Tasks loads it as it is."""
+    return card["artifact"]["format"] == "tflite" and card["preprocessing"].get("dtype") == "uint8"
 
 
 def runtime_version(card: dict[str, Any]) -> str:
@@ -199,15 +259,25 @@ def runtime_version(card: dict[str, Any]) -> str:
     return found or "VERSION"  # not recorded: the reader fills it in
 
 
+def sdk_version(card: dict[str, Any]) -> str:
+    """The version of the app-side SDK that ran the file in the gate (MediaPipe for LiteRT)."""
+    package = get_backend(card["artifact"]["format"]).sdk_package
+    return str((card.get("versions") or {}).get(package, "")).split("+")[0] or "VERSION"
+
+
 def android_snippet(card: dict[str, Any]) -> str:
     """Kotlin: preprocessing with this model's constants, then loading and running the artifact."""
     values = _constants(card, kotlin_text)
+    if _sdk_ready(card):
+        return _MEDIAPIPE["kotlin"].format(**values)
     return _KOTLIN_PREPROCESS.format(**values) + "\n" + _KOTLIN_RUN[card["artifact"]["format"]].format(**values)
 
 
 def ios_snippet(card: dict[str, Any]) -> str:
     """Swift: the same for iOS (Swift's float literals have no ``f`` suffix)."""
     values = _constants(card, swift_text)
+    if _sdk_ready(card):
+        return _MEDIAPIPE["swift"].format(**values)
     values["mean"] = values["mean"].replace("f", "")
     values["std"] = values["std"].replace("f", "")
     return _SWIFT_PREPROCESS.format(**values) + "\n" + _SWIFT_RUN[card["artifact"]["format"]].format(**values)

@@ -602,6 +602,7 @@ def export_candidate(
                 max_drop=config.max_drop,
                 float_modules=float_modules,
                 float_fallback=False,  # export's full search takes longer than ship's time plan holds
+                pixel_input=get_backend(config.runtime).pixel_input,  # what the SDKs feed (MediaPipe, ML Kit)
                 workers=loader_workers(config.workers),
                 seed=config.seed,
             )
