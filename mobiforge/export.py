@@ -55,7 +55,7 @@ from mobiforge.quantize import (
     search_float_modules,
     top1_percent,
 )
-from mobiforge.runtimes import load_runner, sidecar, write_labels
+from mobiforge.runtimes import artifact_bytes, load_runner, sidecar, write_labels
 
 SEARCH_IMAGES = 96  # labelled training images the float-layer search scores each trial on
 QAT_TEMPERATURE = 2.0  # softmax temperature of QAT's distillation from the fp32 model
@@ -89,6 +89,9 @@ class ArtifactReport:
     confident_mistakes: list[dict[str, Any]] = field(default_factory=list)  # path, label, predicted, confidence
     # The file in the app-side SDK that loads it on phones (MediaPipe Tasks for LiteRT), on the same val pixels:
     pixel_input: bool = False  # the file takes uint8 RGB pixels (NHWC), the normalisation inside its graph
+    # False where the runtime cannot run here (Core ML): the top-1 figures are then the PyTorch model computing as
+    # the file does (its int8 weight rounding), and latency is not measured
+    ran_in_runtime: bool = True
     sdk: str | None = None
     sdk_top1: float | None = None
     sdk_agreement: float | None = None  # % of images where its top-1 class and the runtime's agree
@@ -311,7 +314,8 @@ def export_checkpoint(config: ExportConfig) -> ArtifactReport:
     data = load_export_data(checkpoint, config)
 
     started = time.time()
-    report = _export_and_verify(model, config, data, path)
+    verify = _export_and_verify if backend.runs_here else _export_and_inspect
+    report = verify(model, config, data, path)
     if _wants_fallback(config, report):
         report = _retry_with_float_layers(model, config, data, path, report)
     report.notes.append(f"export and verification took {time.time() - started:.0f} s")
@@ -338,7 +342,8 @@ def _check_float_modules(model: nn.Module, config: ExportConfig) -> None:
 
 
 def _wants_fallback(config: ExportConfig, report: ArtifactReport) -> bool:
-    return config.float_fallback and config.int8 in ("ptq", "qat") and not config.float_modules and not report.passed
+    wanted = config.float_fallback and config.int8 in ("ptq", "qat") and not config.float_modules
+    return wanted and report.ran_in_runtime and not report.passed
 
 
 def _retry_with_float_layers(
@@ -427,7 +432,7 @@ def _export_and_verify(model: nn.Module, config: ExportConfig, data: ExportData,
         path=str(path),
         format=config.format,
         precision=f"int8-{config.int8}" if config.int8 else "fp32",
-        file_bytes=path.stat().st_size,
+        file_bytes=artifact_bytes(path),
         images=len(data.val_labels),
         top1=top1_percent(runtime_logits, data.val_labels),
         torch_fp32_top1=top1_percent(torch_logits, data.val_labels),
@@ -463,6 +468,38 @@ def sdk_figures(path: Path, config: ExportConfig, data: ExportData, runtime_logi
         "sdk_top1": 100.0 * (chosen == data.val_labels).float().mean().item(),
         "sdk_agreement": 100.0 * (chosen == runtime_logits.argmax(1)).float().mean().item(),
     }
+
+
+def _export_and_inspect(model: nn.Module, config: ExportConfig, data: ExportData, path: Path) -> ArtifactReport:
+    """For a runtime that cannot run here (Core ML): write the file, read back what it declares, and score the
+    PyTorch model computing as the file does (its int8 weight rounding) beside the fp32 model, saying so."""
+    _, note = build_artifact(model, config, data, path)
+    backend = get_backend(config.format)
+    simulated = backend.impl().simulated(model, int8=config.int8 is not None)
+    with torch.inference_mode():
+        torch_logits = torch.cat([model.eval()(chunk) for chunk in data.val_images.split(64)])
+        file_logits = torch.cat([simulated(chunk) for chunk in data.val_images.split(64)])
+    threads = str(max(config.threads))
+    with torch.no_grad():
+        eager = _latency(lambda: model(data.val_images[:1]), int(threads), config.latency_seconds)
+    return ArtifactReport(
+        path=str(path),
+        format=config.format,
+        precision=f"int8-{config.int8}" if config.int8 else "fp16",
+        file_bytes=artifact_bytes(path),
+        images=len(data.val_labels),
+        top1=top1_percent(file_logits, data.val_labels),
+        torch_fp32_top1=top1_percent(torch_logits, data.val_labels),
+        agreement=100.0 * (file_logits.argmax(1) == torch_logits.argmax(1)).float().mean().item(),
+        max_abs_logit_diff=(file_logits - torch_logits).abs().max().item(),
+        reference_max_abs_diff=None,
+        latency_ms={},
+        torch_latency_ms={threads: eager},
+        max_drop=config.max_drop,
+        notes=[f"{backend.title}: {backend.impl().NOT_RUN}", *([note] if note else []), *backend.impl().inspect(path)],
+        ran_in_runtime=False,
+        **class_figures(file_logits, torch_logits, data),
+    )
 
 
 MISTAKES_SHOWN = 10  # val images the shipped file gets wrong most confidently, in its report

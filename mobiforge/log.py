@@ -38,6 +38,11 @@ def command() -> str:
     return _command[0]
 
 
+# Libraries that log warnings a user cannot act on: coremltools names, at import, every Apple framework it cannot
+# load on Linux, and the scikit-learn and torch versions it was not tested with
+QUIET_LOGGERS = ("coremltools",)
+
+
 def configure(debug: bool) -> None:
     """Send the logger's records to stderr: warnings and above, or everything with ``debug``."""
     if not logger.handlers:
@@ -45,6 +50,8 @@ def configure(debug: bool) -> None:
         handler.setFormatter(logging.Formatter("%(name)s %(levelname)s: %(message)s"))
         logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if debug else logging.WARNING)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.ERROR)
 
 
 @contextlib.contextmanager

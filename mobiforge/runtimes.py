@@ -78,9 +78,17 @@ def _recorded_interface(path: Path) -> Interface | None:
 
 def _existing(path: str | Path) -> Path:
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():  # a file, or a folder for a runtime whose artifacts are bundles (.mlpackage)
         raise MobiforgeError(f"{path} does not exist")
     return path
+
+
+def artifact_bytes(path: str | Path) -> int:
+    """The size of an artifact as it ships: the file, or every file of a bundle folder."""
+    path = Path(path)
+    if path.is_dir():
+        return sum(item.stat().st_size for item in path.rglob("*") if item.is_file())
+    return path.stat().st_size
 
 
 @dataclass

@@ -90,13 +90,15 @@ def test_the_built_in_rows_name_their_suffixes_and_capabilities() -> None:
         "executorch": ".pte",
         "tflite": ".tflite",
         "onnx": ".onnx",
+        "coreml": ".mlpackage",
     }
-    assert [b.name for b in BACKENDS.values() if not b.supports_qat] == ["onnx"]
+    assert [b.name for b in BACKENDS.values() if not b.supports_qat] == ["onnx", "coreml"]
+    assert [b.name for b in BACKENDS.values() if not b.runs_here] == ["coreml"]
     assert backend_for("model.tflite").name == "tflite"
     with pytest.raises(MobiforgeError, match=r"model\.bin: unknown artifact type; expected one of \.pte, "):
         backend_for("model.bin")
-    with pytest.raises(MobiforgeError, match="unknown runtime 'coreml'; choose one of executorch, tflite, onnx"):
-        get_backend("coreml")
+    with pytest.raises(MobiforgeError, match="unknown runtime 'tensorrt'; choose one of executorch, tflite, onnx, "):
+        get_backend("tensorrt")
     with pytest.raises(ValueError, match="clashes"):
         register_backend(Backend("other", ".pte", "", "", (), object()))
 

@@ -18,6 +18,8 @@ package; the tests register a fake one). An implementation provides:
   left in float, for export's float-layer search (``scratch`` is a file path it may use; the caller removes it);
 - ``runner(path, threads, interface) -> (float32 NCHW batch -> logits)``, and ``input_shape(path)`` (the runner's
   NCHW shape, whatever the file's own layout); ``interface`` is None unless the row says ``pixel_input``;
+- where the row says it does not run here (Core ML): ``simulated(model)``, the PyTorch model as the file computes,
+  and ``inspect(path) -> notes``, what can be read back from the file;
 - optionally ``sdk_top1(path, pixels) -> (sdk name, predicted indices)``: the file classified by the app-side SDK
   that loads it on phones (MediaPipe Tasks for LiteRT), on uint8 RGB NHWC images, for export's gate.
 """
@@ -59,6 +61,7 @@ class Backend:
     pixel_input: bool = False  # can take uint8 RGB pixels with the normalisation folded into its graph
     probabilities: bool = False  # its files output softmax probabilities, and its runner their log (not logits)
     sdk_package: str = ""  # the pip distribution of the app-side SDK its gate runs the files in (``sdk_top1``)
+    runs_here: bool = True  # its runtime runs on this host (Core ML runs only on Apple platforms)
 
     def check_header(self, path: Path) -> None:
         """Refuse a file whose header is not this runtime's, before a native loader can abort on it."""
@@ -204,5 +207,18 @@ register_backend(
         "PT2E's quantize/dequantize ops",
         batched=True,
         magic=b"\x08",  # a ModelProto starts with field 1, ir_version, as a varint
+    )
+)
+register_backend(
+    Backend(
+        name="coreml",
+        suffix=".mlpackage",  # a folder: the model spec and its weights
+        title="Core ML (iOS, macOS)",
+        package="coremltools",
+        modules=("coremltools",),
+        implementation="mobiforge.backends.coreml",
+        supports_qat=False,
+        no_qat_reason="its int8 is post-training weight quantization (coremltools' linear_quantize_weights)",
+        runs_here=False,
     )
 )

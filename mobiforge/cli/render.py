@@ -54,9 +54,10 @@ def export_report(report: Any) -> None:
     table = Table(title=f"{report.path} ({report.format}, {report.precision}), {report.images} val images")
     table.add_column("metric")
     table.add_column("value", justify="right")
+    where = f"in {report.format}" if report.ran_in_runtime else "in PyTorch as the file computes (not run here)"
     rows = [
         ("file size", format_bytes(report.file_bytes)),
-        (f"top-1 in {report.format}", f"{report.top1:.2f}%"),
+        (f"top-1 {where}", f"{report.top1:.2f}%"),
         ("top-1 PyTorch fp32", f"{report.torch_fp32_top1:.2f}%"),
         ("top-1 agreement with PyTorch", f"{report.agreement:.2f}%"),
         ("max abs logit difference", f"{report.max_abs_logit_diff:.4g}"),

@@ -12,16 +12,19 @@ import torch
 
 from mobiforge.backends import get_backend
 from mobiforge.config import ShipConfig
+from mobiforge.errors import MobiforgeError
 from mobiforge.log import logger
 from mobiforge.progress import Reporter, SilentReporter
 from mobiforge.runs import claim_run_dir
 from mobiforge.runtimes import sidecar, write_labels
+from mobiforge.ship.config import CORE_ML
 from mobiforge.ship.ladder import MIN_TAIL_EPOCHS
 from mobiforge.ship.plan import DEADLINE_MARGIN, export_reserve, next_training
 from mobiforge.ship.report import write_ship_report
 from mobiforge.ship.search import check_families, rank, search, survey, teacher_plan
 from mobiforge.ship.stages import (
     cached_student,
+    core_ml_package,
     export_candidate,
     train_cached_student,
     train_candidate,
@@ -188,7 +191,13 @@ def shipped_one(state: ShipState) -> bool:
 
 
 def _check(config: ShipConfig) -> None:
-    get_backend(config.runtime)  # an unknown name: one line naming the runtimes there are (numbers: check_ranges)
+    backend = get_backend(config.runtime)  # an unknown name: one line naming the runtimes (numbers: check_ranges)
+    if not backend.runs_here:
+        raise MobiforgeError(
+            f"--runtime {backend.name}: ship measures and gates every candidate in its runtime, and {backend.title} "
+            f"does not run on this host; ship with another runtime, then mobiforge export the shipped checkpoint "
+            f"--format {backend.name}"
+        )
     check_families(config.models)  # before the run folder records these settings: a corrected rerun must start
 
 
@@ -207,6 +216,10 @@ def _finish(
         if sidecar(source).is_file():  # its classes and preprocessing: `mobiforge predict model.pte` reads them
             shutil.copyfile(sidecar(source), sidecar(artifact))
         write_labels(run_dir, state.survey.classes)
+        if chosen.trained is not None and state.done(CORE_ML) is None:
+            package = core_ml_package(chosen.trained, config, run_dir, say, state)
+            if package is not None:
+                state.finish(CORE_ML, package)
     result = ResultRecord(
         chosen=chosen.candidate.name if chosen else None,
         closest=closest.candidate.name if closest else None,

@@ -33,7 +33,7 @@ from mobiforge.files import write_atomic
 from mobiforge.models.base import Preprocess
 from mobiforge.paths import shareable, without_local_paths
 from mobiforge.plots import plot_confusion, plot_mistakes, pyplot
-from mobiforge.ship.config import FILE_OVERHEAD
+from mobiforge.ship.config import CORE_ML, FILE_OVERHEAD
 from mobiforge.ship.snippets import android_snippet, ios_snippet
 from mobiforge.ship.state import Row, ShipState
 
@@ -75,6 +75,19 @@ def ship_command(config: ShipConfig) -> str:
             text = shareable(value)
         argv += [flag, text]
     return shlex.join(argv)
+
+
+def _core_ml_card(package: Any) -> dict[str, Any]:
+    """The Core ML package beside the shipped file: what was checked without a Mac, and that it was not run."""
+    return {
+        "file": Path(package.path).name,
+        "bytes": package.file_bytes,
+        "precision": package.precision,
+        "ran_on_this_host": package.ran_in_runtime,
+        "top1_pytorch_as_it_computes": package.top1,
+        "images": package.images,
+        "checks": package.notes,
+    }
 
 
 def _card_input(preprocess: Preprocess, pixels: bool) -> dict[str, Any]:
@@ -264,6 +277,12 @@ def _headline(config: ShipConfig, card: dict[str, Any] | None, shipped: bool) ->
         f"{card['accuracy']['drop']:.2f} points, gate {config.max_drop:g}): {mark[verdicts['accuracy_gate']]}",
         f"- time: {card['budget']['time_used_s'] / 60:.1f} min of the {config.time_budget_s / 60:g} min budget",
     ]
+    if "core_ml" in card:
+        package = card["core_ml"]
+        size = package["bytes"] / 1e6
+        lines.insert(-1, f"- iOS: `{package['file']}` (Core ML, int8 weights, {size:.3f} MB) beside it, not run on "
+                     "this host (Core ML runs only on Apple platforms); PyTorch computing as it does: val top-1 "
+                     f"{package['top1_pytorch_as_it_computes']:.2f}%")  # fmt: skip
     sdk, sdk_top1 = card["accuracy"].get("sdk"), card["accuracy"].get("top1_in_sdk")
     if sdk and sdk_top1 is not None:
         lines.insert(-1, f"- in the app's SDK: val top-1 {sdk_top1:.2f}% in {sdk}, the same file: "
@@ -294,6 +313,9 @@ def write_ship_report(
     focus = chosen or (closest if closest and closest.exported else None)
     artifact = run_dir / f"model{Path(chosen.exported.chosen.path).suffix}" if chosen and chosen.exported else None
     card = model_card(config, state, focus, artifact) if focus else None
+    package = state.done(CORE_ML) if artifact else None
+    if card is not None and package is not None:
+        card["core_ml"] = _core_ml_card(package)
     if card is not None:
         write_atomic(run_dir / "model_card.json", json.dumps(card, indent=2))
     images = _images(run_dir, config, rows, focus)
@@ -308,6 +330,9 @@ def write_ship_report(
     snippets = []
     if card is not None:
         snippets = [("Android (Kotlin)", "kotlin", android_snippet(card)), ("iOS (Swift)", "swift", ios_snippet(card))]
+    if card is not None and "core_ml" in card:
+        core_ml = {**card, "artifact": {**card["artifact"], "file": card["core_ml"]["file"], "format": CORE_ML}}
+        snippets.append(("iOS with Core ML (Swift, Vision)", "swift", ios_snippet(core_ml)))
     write_atomic(run_dir / "report.md", _markdown(intro, tables, images, snippets))
     write_atomic(run_dir / "report.html", _html(intro, tables, images, snippets))
     return card

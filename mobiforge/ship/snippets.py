@@ -5,7 +5,8 @@ The snippets are templates filled with the model's own constants; the API names 
 mobile bindings (ExecuTorch ``org.pytorch.executorch`` / ``ExecuTorch`` Swift package, ONNX Runtime
 ``OrtSession`` / ``ORTSession``). A LiteRT file that takes pixels and carries its labels in its metadata (what ship
 writes) needs no preprocessing code: MediaPipe Tasks' ``ImageClassifier`` loads it as it is, and the snippet gives
-it the center square the model was trained on as its region of interest.
+it the center square the model was trained on as its region of interest. A Core ML package gets Swift for Vision
+(``VNCoreMLRequest``), which reads the labels and the image input from the package.
 """
 
 from __future__ import annotations
@@ -139,6 +140,28 @@ func classify(image: UIImage) throws -> String {{
 }}
 """,
 }
+
+_CORE_ML_SWIFT = """\
+// Xcode: add {file} to the app target (Xcode compiles it to {stem}.mlmodelc). iOS 16 or later.
+// The package carries its labels and its preprocessing (an RGB image input; the normalisation is in its graph).
+import CoreML
+import Vision
+
+let model = try VNCoreMLModel(for: MLModel(contentsOf: Bundle.main.url(forResource: "{stem}",
+                                                                     withExtension: "mlmodelc")!))
+
+func classify(image: CGImage) throws -> String {{
+    // The model saw the center {crop_pct}% of each photo's short side (resized to {resize}, cropped to {size}).
+    let width = CGFloat(image.width), height = CGFloat(image.height)
+    let side = {crop_fraction} * min(width, height)
+    let request = VNCoreMLRequest(model: model)
+    request.regionOfInterest = CGRect(x: (width - side) / 2 / width, y: (height - side) / 2 / height,
+                                      width: side / width, height: side / height)
+    request.imageCropAndScaleOption = .scaleFill  // the region is already square
+    try VNImageRequestHandler(cgImage: image).perform([request])
+    return (request.results as? [VNClassificationObservation])?.first?.identifier ?? ""
+}}
+"""
 
 _SWIFT_PREPROCESS = """\
 // Preprocessing of this model: resize the short side to {resize}, center-crop {size}x{size}, RGB scaled to [0, 1],
@@ -276,6 +299,8 @@ def android_snippet(card: dict[str, Any]) -> str:
 def ios_snippet(card: dict[str, Any]) -> str:
     """Swift: the same for iOS (Swift's float literals have no ``f`` suffix)."""
     values = _constants(card, swift_text)
+    if card["artifact"]["format"] == "coreml":
+        return _CORE_ML_SWIFT.format(**values)
     if _sdk_ready(card):
         return _MEDIAPIPE["swift"].format(**values)
     values["mean"] = values["mean"].replace("f", "")

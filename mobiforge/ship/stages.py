@@ -18,7 +18,7 @@ from mobiforge.checkpoint import Checkpoint
 from mobiforge.config import ShipConfig
 from mobiforge.data import DataConfig, loader_workers
 from mobiforge.errors import MobiforgeError
-from mobiforge.export import ExportConfig, export_checkpoint
+from mobiforge.export import ArtifactReport, ExportConfig, export_checkpoint
 from mobiforge.losses import DistillConfig
 from mobiforge.models import build_from_spec, create_model
 from mobiforge.models.base import StackedNet
@@ -28,6 +28,8 @@ from mobiforge.prune import prune_and_save
 from mobiforge.quantize import layer_groups
 from mobiforge.runs import TrainResult
 from mobiforge.ship.config import (
+    CORE_ML,
+    CORE_ML_SECONDS,
     FILE_OVERHEAD,
     FIRST_LAYERS_IN_FLOAT,
     MAX_EPOCHS,
@@ -625,3 +627,34 @@ def export_candidate(
     if state.survey.majority_rate is not None:  # a model no better than one constant answer never ships
         verdicts["above_chance"] = above_chance(best.top1, best.images, state.survey.majority_rate)
     return ExportRecord(reports, best, verdicts)
+
+
+def core_ml_package(
+    trained: TrainRecord, config: ShipConfig, run_dir: Path, say: Callable[[str], None], state: ShipState
+) -> ArtifactReport | None:
+    """The shipped checkpoint as a Core ML package too (``model.mlpackage``, int8 weights), for iOS apps. Core ML
+    cannot run here: the package is read back and scored as it computes (``mobiforge.backends.coreml``). None when
+    coremltools is missing or the budget has no minute left."""
+    backend = get_backend(CORE_ML)
+    try:
+        backend.require()
+    except MobiforgeError:
+        return None
+    if state.left() < CORE_ML_SECONDS:
+        say(f"core ml: no time left for the iOS package (about {CORE_ML_SECONDS:.0f} s)")
+        return None
+    say("core ml: the shipped checkpoint as model.mlpackage, int8 weights, for iOS (not run on this host)")
+    return export_checkpoint(
+        ExportConfig(
+            checkpoint=trained.checkpoint,
+            format=CORE_ML,
+            int8="ptq",  # weights only: nothing to calibrate
+            data=config.data,
+            out=str(run_dir / f"model{backend.suffix}"),
+            calibration_images=1,
+            val_images=config.val_images,
+            threads=(config.threads,),
+            workers=loader_workers(config.workers),
+            seed=config.seed,
+        )
+    )

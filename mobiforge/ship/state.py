@@ -208,6 +208,8 @@ def read_record(stage: str, data: dict[str, Any]) -> Any:
         return ExportRecord.from_dict(data)
     if kind == "result":
         return known_fields(ResultRecord, data)
+    if kind == "coreml":
+        return ArtifactReport.from_dict(data)
     return data
 
 
