@@ -26,6 +26,7 @@ def main() -> None:
     args = parser.parse_args()
     config = ShipConfig(data=args.data, runtime=args.runtime, time_budget_s=args.budget * 60, out=args.out, threads=1)
     section = "ship_hymenoptera" if args.budget == 30 else f"ship_hymenoptera_{args.budget:g}m"
+    section += "" if args.runtime == "executorch" else f"_{args.runtime}"
     run_and_record(
         section,
         f"`mobiforge ship` on hymenoptera ({args.budget:g}-minute budget, {args.runtime})",

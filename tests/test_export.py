@@ -649,3 +649,32 @@ def test_a_tflite_file_drops_into_mediapipe_tasks(
     assert len(rows) == 2 and all(abs(sum(t["probability"] for t in row["top"]) - 1.0) < 1e-3 for row in rows)
     with pytest.raises(MobiforgeError, match="--uint8-input is not available for executorch; use --format tflite"):
         _export(checkpoint, tmp_path / "app.pte", "executorch", pixel_input=True)
+
+
+def test_a_core_ml_package_is_written_read_back_and_said_not_run_here(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 24, item 3: Core ML for iOS. coremltools converts on Linux but cannot run the package: the report
+    says so plainly and records what can be checked here (its input, its labels, its 8-bit weights, and the PyTorch
+    model computing as it does)."""
+    pytest.importorskip("coremltools")
+    from mobiforge.backends.coreml import labels
+
+    half = _export(checkpoint, tmp_path / "m.mlpackage", "coreml")
+    int8 = _export(checkpoint, tmp_path / "q.mlpackage", "coreml", "ptq")
+    assert Path(int8.path).is_dir() and not half.ran_in_runtime and not int8.ran_in_runtime
+    assert (half.precision, int8.precision) == ("fp16", "int8-ptq") and int8.latency_ms == {}
+    assert int8.file_bytes < half.file_bytes  # 8-bit weights against 16-bit
+    assert labels(Path(int8.path)) == ["class0", "class1", "class2"]
+    notes = " | ".join(int8.notes)
+    assert "not run on this host" in notes and "image input 24x24 RGB" in notes and "iOS 16" in notes
+    assert int8.agreement >= 75.0 and half.agreement >= 90.0 and int8.passed
+    saved = json.loads(Path(f"{int8.path}.json").read_text())
+    assert saved["ran_in_runtime"] is False and saved["classes"] == ["class0", "class1", "class2"]
+    capsys.readouterr()
+    image = next((checkpoint.parent.parent.parent / "data" / "val").rglob("*.png"))
+    assert main(["predict", int8.path, str(image)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not run on this host: Core ML runs only on Apple platforms" in err[0]
+    with pytest.raises(MobiforgeError, match="--int8 qat is not available for coreml"):
+        _export(checkpoint, tmp_path / "x.mlpackage", "coreml", "qat")

@@ -250,6 +250,24 @@ def test_the_android_snippet_pins_the_runtime_version_that_verified_the_file() -
     assert 'implementation("org.pytorch:executorch-android:1.5.1")' in android_snippet(card)
 
 
+def test_a_core_ml_package_gets_swift_for_vision() -> None:
+    card = {
+        "artifact": {"file": "model.mlpackage", "format": "coreml"},
+        "classes": ["ant", "bee"],
+        "preprocessing": {"crop": 224, "resize": 256, "mean": [0.5] * 3, "std": [0.5] * 3},
+    }
+    swift = ios_snippet(card)
+    assert "VNCoreMLRequest" in swift and 'forResource: "model"' in swift and "0.8750" in swift
+    assert "toInput" not in swift  # the package carries its preprocessing
+
+
+def test_ship_refuses_a_runtime_it_cannot_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["ship", "--runtime", "coreml", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "--runtime coreml: ship measures and gates every candidate in its runtime" in err
+    assert "--format coreml" in err and not (tmp_path / "run").exists()
+
+
 def test_a_pixel_input_tflite_file_gets_mediapipe_snippets() -> None:
     """Issue 24, item 1: ship's .tflite takes pixels and carries its labels, so the app code is MediaPipe Tasks'
     ImageClassifier with the trained center crop as its region of interest, and no preprocessing code."""

@@ -13,6 +13,7 @@ same int8 rounding of the same weights (BatchNorm folded first, as the converter
 
 from __future__ import annotations
 
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from torch import nn
 from mobiforge.backends import Int8Job, Interface, Runner
 from mobiforge.errors import MobiforgeError, missing
 from mobiforge.log import native_stderr_silenced
+from mobiforge.quantize import fold_batchnorms
 
 NOT_RUN = "not run on this host: Core ML runs only on Apple platforms (macOS, iOS)"
 SPECIFICATION_TARGETS = {7: "iOS 16", 8: "iOS 17", 9: "iOS 18"}  # Core ML's model specification versions
@@ -79,8 +81,6 @@ def simulated(model: nn.Module, int8: bool) -> nn.Module:
     """``model`` computing as the package does: in float16, and with ``int8`` BatchNorm folded into its convs and
     every weight of WEIGHT_THRESHOLD elements or more rounded to int8 per output channel, symmetric, as
     ``linear_quantize_weights`` stores it."""
-    from mobiforge.quantize import fold_batchnorms
-
     folded = fold_batchnorms(model, [""])  # a copy
     if not int8:
         return Float16(folded).eval()
@@ -151,8 +151,6 @@ def _convert(model: nn.Module, example: torch.Tensor, interface: Interface | Non
 
 
 def _save(mlmodel: Any, path: Path) -> None:
-    import shutil
-
     if path.exists():
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     with native_stderr_silenced():
