@@ -272,8 +272,9 @@ def _int8_job(model: nn.Module, config: ExportConfig, data: ExportData) -> Int8J
 
 
 def interface(config: ExportConfig, data: ExportData) -> Interface:
-    """What the app feeds the artifact and reads from it."""
-    return Interface(data.data_config.mean, data.data_config.std, tuple(data.classes), config.pixel_input)
+    """What the app feeds the artifact and reads from it (no normalisation given: the models' default)."""
+    mean, std = data.data_config.mean or Preprocess().mean, data.data_config.std or Preprocess().std
+    return Interface(mean, std, tuple(data.classes), config.pixel_input)
 
 
 def _float_note(config: ExportConfig) -> str:

@@ -542,3 +542,21 @@ def test_a_run_saved_in_the_untyped_format_resumes_after_its_search(
     assert result.chosen == "mobilenet_v3_small-w0.5-32px" and result.artifact is not None
     state = json.loads((tmp_path / "run" / "ship_state.json").read_text())
     assert state["version"] == 2 and state["stages"]["train:mobilenet_v3_small-w0.5-32px"]["epochs_run"] == 2
+
+
+def test_the_search_times_a_candidate_as_ship_writes_it_for_each_runtime(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hymenoptera run with --runtime tflite failed its first search measurement: the search's stand-in data has
+    no normalisation of its own, which the pixel-input LiteRT file folds into its graph."""
+    pytest.importorskip("litert_torch")
+    import mobiforge.ship.search as search
+    from mobiforge.models import create_model
+    from mobiforge.ship.state import Candidate
+
+    monkeypatch.setattr(search, "training_speed", lambda *a, **kw: 100.0)  # not what this test is about
+
+    candidate = Candidate("mobilenet_v1-w0.25-32px", "mobilenet_v1", 0.25, 32, "scratch")
+    config = ShipConfig(runtime="tflite", out=str(tmp_path / "run"), workers=0)
+    search.measure_candidate(create_model("mobilenet_v1", num_classes=3, width_mult=0.25), candidate, config, tmp_path)
+    assert candidate.artifact_bytes and candidate.latency_ms and candidate.latency_ms > 0

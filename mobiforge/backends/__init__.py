@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mobiforge.errors import MobiforgeError, missing
+from mobiforge.log import native_stderr_silenced
 
 if TYPE_CHECKING:
     import numpy as np
@@ -82,10 +83,12 @@ class Backend:
         return self.implementation
 
     def require(self) -> None:
-        """Fail before any slow work when the runtime's packages are missing, naming the extra to install."""
+        """Fail before any slow work when the runtime's packages are missing, naming the extra to install. Their
+        native libraries' import-time log lines (TensorFlow's oneDNN and absl notices) are not the user's output."""
         for module in self.modules:
             try:
-                importlib.import_module(module)
+                with native_stderr_silenced():
+                    importlib.import_module(module)
             except ImportError:
                 raise missing(module.split(".")[0].replace("_", "-")) from None
 

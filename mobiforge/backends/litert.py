@@ -245,7 +245,8 @@ def _channels_last(shape: Any) -> bool:
 
 def _litert_torch() -> Any:
     try:
-        import litert_torch
+        with native_stderr_silenced():  # TensorFlow's import-time oneDNN and absl notices
+            import litert_torch
     except ImportError:
         raise missing("litert-torch") from None
     litert_torch.config.show_progress = debug_requested()  # its converter's stage lines: the user's output is theirs
@@ -254,7 +255,8 @@ def _litert_torch() -> Any:
 
 def _interpreter(path: Path, threads: int) -> Any:
     try:
-        from ai_edge_litert.interpreter import Interpreter
+        with native_stderr_silenced():
+            from ai_edge_litert.interpreter import Interpreter
     except ImportError:
         raise missing("ai-edge-litert") from None
     with native_stderr_silenced():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." goes to fd 2

@@ -30,7 +30,7 @@ from mobiforge.checkpoint import Checkpoint
 from mobiforge.config import ShipConfig
 from mobiforge.data import DataConfig, discover
 from mobiforge.errors import MobiforgeError
-from mobiforge.export import ExportConfig, ExportData, build_artifact
+from mobiforge.export import ExportConfig, ExportData, build_artifact, interface
 from mobiforge.models import build_from_spec, create_model
 from mobiforge.models.base import StackedNet
 from mobiforge.models.weights import get_weights, locate_quietly
@@ -241,7 +241,7 @@ def measure_candidate(model: nn.Module, candidate: Candidate, config: ShipConfig
     started = time.time()
     build_artifact(model, export_config, data, path)
     candidate.export_seconds = time.time() - started
-    runner = load_runner(path, threads=config.threads)
+    runner = load_runner(path, threads=config.threads, interface=interface(export_config, data))
     with num_threads(config.threads):
         stats = measure_latency(lambda: runner(example.numpy()), min_seconds=1.0)
     candidate.artifact_bytes = path.stat().st_size
