@@ -95,6 +95,7 @@ class ArtifactReport:
     sdk: str | None = None
     sdk_top1: float | None = None
     sdk_agreement: float | None = None  # % of images where its top-1 class and the runtime's agree
+    sdk_clear_disagreements: int | None = None  # images they disagree on that are not near ties (the gate: none)
 
     @property
     def drop(self) -> float:
@@ -102,7 +103,7 @@ class ArtifactReport:
 
     @property
     def passed(self) -> bool:
-        sdk_agrees = self.sdk_agreement is None or self.sdk_agreement == 100.0  # the file the app loads is the same
+        sdk_agrees = not self.sdk_clear_disagreements  # the file the app loads answers as the runtime does
         return sdk_agrees and (self.max_drop is None or self.precision == "fp32" or self.drop <= self.max_drop)
 
     def to_dict(self) -> dict[str, Any]:
@@ -452,6 +453,12 @@ def _export_and_verify(model: nn.Module, config: ExportConfig, data: ExportData,
     )
 
 
+# Two correct int8 executions of one file may round a near tie either way: MediaPipe's image-to-tensor step and
+# LiteRT's interpreter gave probabilities up to 0.02 apart on the hymenoptera val set, and one image at 0.51/0.49
+# in LiteRT was an exact 0.50/0.50 tie in MediaPipe (RESULTS.md). The gate counts the disagreements outside these.
+NEAR_TIE = 0.05  # top two probabilities closer than this
+
+
 def sdk_figures(path: Path, config: ExportConfig, data: ExportData, runtime_logits: torch.Tensor) -> dict[str, Any]:
     """Top-1 of the file in the SDK that loads it on phones, where the backend names one, on the val images' own
     pixels, and its agreement with the runtime's top-1 (the gate asks for all of them)."""
@@ -464,10 +471,14 @@ def sdk_figures(path: Path, config: ExportConfig, data: ExportData, runtime_logi
     except MobiforgeError as error:  # recorded: the runtime's own figures stand, the SDK's are missing and why
         return {"sdk": str(error)}
     chosen = torch.from_numpy(predicted).long()
+    differs = chosen != runtime_logits.argmax(1)
+    top2 = torch.softmax(runtime_logits.float(), dim=1).topk(min(2, runtime_logits.shape[1]), dim=1).values
+    near_tie = (top2[:, 0] - top2[:, -1]) < NEAR_TIE
     return {
         "sdk": sdk,
         "sdk_top1": 100.0 * (chosen == data.val_labels).float().mean().item(),
-        "sdk_agreement": 100.0 * (chosen == runtime_logits.argmax(1)).float().mean().item(),
+        "sdk_agreement": 100.0 * (~differs).float().mean().item(),
+        "sdk_clear_disagreements": int((differs & ~near_tie).sum().item()),
     }
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import sys
 import types
+import warnings
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -73,10 +74,15 @@ def write(
     facing: nn.Module = Probabilities(model)
     if interface is not None and interface.pixels:
         facing = PixelInput(facing, interface.mean, interface.std)
-    facing = litert_torch.to_channel_last_io(facing, args=[0])  # (an int8 reference, exported, refuses .eval())
+    facing = litert_torch.to_channel_last_io(facing, args=[0])
+    wrapper = facing
+    while wrapper is not model:  # the wrappers only: an int8 reference (an exported graph) refuses .eval(), and the
+        wrapper.training = False  # model is in eval mode already; litert-torch warns about a module in training mode
+        wrapper = next(wrapper.children())
     batch = interface.to_pixels(example.numpy()) if interface and interface.pixels else example.numpy()
     app_example = torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 2, 3, 1)))  # NHWC, as apps hold images
-    litert_torch.convert(facing, (app_example,), quant_config=quant_config).export(str(path))
+    with native_stderr_silenced():  # the converter's op-count notice
+        litert_torch.convert(facing, (app_example,), quant_config=quant_config).export(str(path))
     if interface is not None and interface.classes:
         write_metadata(path, interface)
     return path
@@ -167,7 +173,8 @@ def runner(path: Path, threads: int, interface: Interface | None = None) -> Runn
     int8 inputs gets its input quantized and its output dequantized with the scales stored in the file, exactly as
     an app would do it."""
     interpreter = _interpreter(path, threads)
-    interpreter.allocate_tensors()
+    with native_stderr_silenced():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+        interpreter.allocate_tensors()
     source, target = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
     in_scale, in_zero = source["quantization"]
     out_scale, out_zero = target["quantization"]
@@ -250,6 +257,9 @@ def _litert_torch() -> Any:
     except ImportError:
         raise missing("litert-torch") from None
     litert_torch.config.show_progress = debug_requested()  # its converter's stage lines: the user's output is theirs
+    # litert-torch imports JAX, which then warns at every fork of the data loaders' workers; they only decode
+    # images and never call into JAX, so the warning is not the user's to act on
+    warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
     return litert_torch
 
 

@@ -87,9 +87,10 @@ def export_report(report: Any) -> None:
     console.print(table)
     for note in report.notes:
         console.print(f"note: {note}")
-    if report.sdk_agreement is not None and report.sdk_agreement < 100.0:
-        console.print(_verdict(False), f"{report.sdk} disagrees with {report.format} on some images; "
-                      f"report: {report.path}.json")  # fmt: skip
+    if report.sdk_clear_disagreements:
+        clear = report.sdk_clear_disagreements
+        console.print(_verdict(False), f"{report.sdk} disagrees with {report.format} on {clear} images that are not "
+                      f"near ties; report: {report.path}.json")  # fmt: skip
     if report.max_drop is not None and report.precision != "fp32":
         console.print(
             _verdict(report.passed),

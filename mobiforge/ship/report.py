@@ -143,6 +143,8 @@ def model_card(config: ShipConfig, state: ShipState, row: Row, artifact: Path | 
             "drop": exported.drop,
             "sdk": exported.sdk,  # the same file in the app-side SDK that loads it (MediaPipe Tasks for LiteRT)
             "top1_in_sdk": exported.sdk_top1,
+            "sdk_agreement": exported.sdk_agreement,  # % of images with the runtime's top-1
+            "sdk_clear_disagreements": exported.sdk_clear_disagreements,
             "data": without_local_paths(state.survey.description, config.data),
         },
         "latency_ms": {"median": latency["median"], "p90": latency["p90"], "batch": 1, "threads": config.threads},
@@ -285,8 +287,10 @@ def _headline(config: ShipConfig, card: dict[str, Any] | None, shipped: bool) ->
                      f"{package['top1_pytorch_as_it_computes']:.2f}%")  # fmt: skip
     sdk, sdk_top1 = card["accuracy"].get("sdk"), card["accuracy"].get("top1_in_sdk")
     if sdk and sdk_top1 is not None:
-        lines.insert(-1, f"- in the app's SDK: val top-1 {sdk_top1:.2f}% in {sdk}, the same file: "
-                     f"{mark[sdk_top1 == card['accuracy']['top1_in_runtime']]}")  # fmt: skip
+        agreement, clear = card["accuracy"]["sdk_agreement"], card["accuracy"]["sdk_clear_disagreements"]
+        ties = " (those that differ are near ties)" if agreement < 100.0 and not clear else ""
+        lines.insert(-1, f"- in the app's SDK: val top-1 {sdk_top1:.2f}% in {sdk}, the same file; the same top-1 as "
+                     f"{config.runtime} on {agreement:.2f}% of images{ties}: {mark[not clear]}")  # fmt: skip
     elif sdk:
         lines.insert(-1, f"- in the app's SDK: {sdk}")
     if "above_chance" in verdicts:
