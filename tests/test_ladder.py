@@ -248,7 +248,9 @@ def test_a_student_takes_the_time_of_candidates_that_could_not_train(
         raise Planned
 
     monkeypatch.setattr(stages, "train", plan_only)
-    deadline = time.time() + 600
+    now = time.time()
+    monkeypatch.setattr(time, "time", lambda: now)  # each call plans on the same clock (CI saw 9 then 8 epochs)
+    deadline = now + 600
     for spare in (0.0, 5.0, 500.0):  # none; less than the shortest rung (taken); enough for another student (kept)
         with pytest.raises(Planned):
             stages.train_cached_student(candidate, config, record.trained, run, MessageLog(), _State(), 30.0,

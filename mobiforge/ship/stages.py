@@ -371,7 +371,7 @@ class StudentBudget:
     deadline: float
     spare: float = 0.0
     spare_deadline: float = 0.0
-    begun: float = dataclasses.field(default_factory=time.time)
+    begun: float = dataclasses.field(default_factory=lambda: time.time())  # (read when made: tests may fix it)
 
     @property
     def end(self) -> float:
