@@ -202,3 +202,29 @@ def test_duplicate_registration_is_an_error() -> None:
 def test_list_models_pattern() -> None:
     assert list_models("mobilenet_v3*") == ["mobilenet_v3_large", "mobilenet_v3_small"]
     assert list_models("shufflenet") == [n for n in ALL_MODELS if n.startswith("shufflenet")]
+
+
+# He et al. 2016, section 4.2 (CIFAR-10, 32 px): 6n+2 layers, 0.27M/0.46M/0.66M/0.85M parameters (the 1x1 projection
+# shortcuts here add about 1%); multiply-adds as issue 26 measured for ResNet-20.
+CIFAR_RESNETS = {"resnet20": (0.27e6, 40.8e6), "resnet32": (0.46e6, None), "resnet44": (0.66e6, None),
+                 "resnet56": (0.85e6, None)}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(CIFAR_RESNETS))
+def test_cifar_resnets_have_the_papers_size(name: str) -> None:
+    params, macs = CIFAR_RESNETS[name]
+    model = create_model(name, num_classes=10, small_input=True).eval()
+    assert abs(count_params(model) - params) / params < 0.02
+    if macs:
+        assert abs(count_macs(model, (1, 3, 32, 32)) - macs) / macs < 0.01
+    assert model.preprocess.img_size == 32 and model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_a_cifar_resnet_refuses_a_depth_it_cannot_have() -> None:
+    from mobiforge.errors import MobiforgeError
+    from mobiforge.models.resnet_cifar import cifar_resnet
+
+    with pytest.raises(ValueError, match="6n\\+2 layers"):
+        cifar_resnet(21)
+    with pytest.raises(MobiforgeError, match="hidden_channels needs 9 values"):
+        create_model("resnet20", hidden_channels=[8, 8])

@@ -8,6 +8,7 @@ from mobiforge.models import (  # noqa: F401  (importing a family registers its 
     mobilenet_v1,
     mobilenet_v2,
     mobilenet_v3,
+    resnet_cifar,
     shufflenet_v2,
 )
 from mobiforge.models.base import MobileClassifier, Preprocess

@@ -21,13 +21,14 @@ from mobiforge.models.factory import build_from_spec
 from mobiforge.models.mobilenet_seed import SeedBlock
 from mobiforge.models.mobilenet_v1 import DepthwiseSeparable
 from mobiforge.models.mobilenet_v2 import MOBILENET_V2_STAGES
+from mobiforge.models.resnet_cifar import CIFAR_RESNET_STAGES, BasicBlock
 
 # Families whose blocks share one width per stage (residual adds tie them): spec kwarg ``stage_channels``.
 STAGE_TABLES: dict[str, list[StageRow]] = {
     "mobilenet_v2": MOBILENET_V2_STAGES,
     "efficientnet_lite0": EFFICIENTNET_B0_STAGES,
 }
-SUPPORTED_PREFIXES = ("mobilenet_seed", "mobilenet_v1", "mobilenet_v2", "mobilenet_v3", "efficientnet_lite")
+SUPPORTED_PREFIXES = ("mobilenet_seed", "mobilenet_v1", "mobilenet_v2", "mobilenet_v3", "efficientnet_lite", "resnet")
 
 NOT_PRUNABLE = {
     "shufflenet_v2": (
@@ -71,6 +72,8 @@ def read_widths(model: nn.Module) -> dict[str, Any]:
     """The explicit-width kwargs that rebuild ``model``'s current channel counts (see the module docstring)."""
     name = model.spec["name"]
     check_prunable(name)
+    if name.startswith("resnet"):
+        return _resnet_widths(model)
     features = list(model.features)
     stem, blocks = _conv(features[0]).out_channels, features[1:]
     head = None
@@ -109,3 +112,16 @@ def respec(model: nn.Module) -> dict[str, Any]:
         raise MobiforgeError(f"the pruned {spec['name']} cannot be rebuilt from its widths ({first})") from None
     model.spec = spec
     return spec
+
+
+def _resnet_widths(model: nn.Module) -> dict[str, Any]:
+    """A CIFAR ResNet's widths: each stage's output (its residual adds tie the blocks of a stage, and the stem to
+    the first stage), and each block's first conv, which pruning narrows on its own."""
+    blocks = [block for block in model.features if isinstance(block, BasicBlock)]
+    per_stage = len(blocks) // len(CIFAR_RESNET_STAGES)
+    ends = [blocks[(stage + 1) * per_stage - 1] for stage in range(len(CIFAR_RESNET_STAGES))]
+    return {
+        "stem_channels": _conv(model.features[0]).out_channels,
+        "stage_channels": [_conv(block.conv2).out_channels for block in ends],
+        "hidden_channels": [_conv(block.conv1).out_channels for block in blocks],
+    }
