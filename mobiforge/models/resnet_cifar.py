@@ -16,8 +16,10 @@ as ImageNet ResNets start, so that 224 px inputs end at 7x7 like every model of 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -99,19 +101,14 @@ def cifar_resnet(
 
 
 def _register(depth: int, summary: str) -> Callable[..., StackedNet]:
-    def builder(
-        num_classes: int = 1000,
-        width_mult: float = 1.0,
-        small_input: bool = False,
-        dropout: float = 0.0,
-        stem_channels: int | None = None,
-        stage_channels: list[int] | None = None,
-        hidden_channels: list[int] | None = None,
-    ) -> StackedNet:
-        return cifar_resnet(
-            depth, num_classes, width_mult, small_input, dropout, stem_channels, stage_channels, hidden_channels
-        )
+    """Register ``resnet{depth}``: ``cifar_resnet`` at that depth, with its signature (the registry checks kwargs
+    against it)."""
 
+    def builder(**kwargs: Any) -> StackedNet:
+        return cifar_resnet(depth, **kwargs)
+
+    parameters = list(inspect.signature(cifar_resnet).parameters.values())[1:]  # all but depth
+    builder.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
     builder.__name__ = builder.__qualname__ = f"resnet{depth}"
     builder.__doc__ = f"CIFAR ResNet-{depth} (``small_input=True``, 10 classes: {summary})."
     return register_model(builder)
