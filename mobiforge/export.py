@@ -87,11 +87,11 @@ class ArtifactReport:
     fp32_confusion: list[list[int]] = field(default_factory=list)
     per_class: dict[str, dict[str, float]] = field(default_factory=dict)  # precision, recall, f1, support
     confident_mistakes: list[dict[str, Any]] = field(default_factory=list)  # path, label, predicted, confidence
-    # The file in the app-side SDK that loads it on phones (MediaPipe Tasks for LiteRT), on the same val pixels:
     pixel_input: bool = False  # the file takes uint8 RGB pixels (NHWC), the normalisation inside its graph
     # False where the runtime cannot run here (Core ML): the top-1 figures are then the PyTorch model computing as
     # the file does (its int8 weight rounding), and latency is not measured
     ran_in_runtime: bool = True
+    # The file in the app-side SDK that loads it on phones (MediaPipe Tasks for LiteRT), on the same val pixels:
     sdk: str | None = None
     sdk_top1: float | None = None
     sdk_agreement: float | None = None  # % of images where its top-1 class and the runtime's agree
@@ -435,11 +435,7 @@ def _export_and_verify(model: nn.Module, config: ExportConfig, data: ExportData,
         format=config.format,
         precision=f"int8-{config.int8}" if config.int8 else "fp32",
         file_bytes=artifact_bytes(path),
-        images=len(data.val_labels),
-        top1=top1_percent(runtime_logits, data.val_labels),
-        torch_fp32_top1=top1_percent(torch_logits, data.val_labels),
-        agreement=100.0 * (runtime_logits.argmax(1) == torch_logits.argmax(1)).float().mean().item(),
-        max_abs_logit_diff=(runtime_logits - torch_logits).abs().max().item(),
+        **_scores(runtime_logits, torch_logits, data),
         reference_max_abs_diff=reference_diff,
         latency_ms=latency,
         torch_latency_ms=torch_latency,
@@ -499,11 +495,7 @@ def _export_and_inspect(model: nn.Module, config: ExportConfig, data: ExportData
         format=config.format,
         precision=f"int8-{config.int8}" if config.int8 else "fp16",
         file_bytes=artifact_bytes(path),
-        images=len(data.val_labels),
-        top1=top1_percent(file_logits, data.val_labels),
-        torch_fp32_top1=top1_percent(torch_logits, data.val_labels),
-        agreement=100.0 * (file_logits.argmax(1) == torch_logits.argmax(1)).float().mean().item(),
-        max_abs_logit_diff=(file_logits - torch_logits).abs().max().item(),
+        **_scores(file_logits, torch_logits, data),
         reference_max_abs_diff=None,
         latency_ms={},
         torch_latency_ms={threads: eager},
@@ -512,6 +504,17 @@ def _export_and_inspect(model: nn.Module, config: ExportConfig, data: ExportData
         ran_in_runtime=False,
         **class_figures(file_logits, torch_logits, data),
     )
+
+
+def _scores(file_logits: torch.Tensor, torch_logits: torch.Tensor, data: ExportData) -> dict[str, Any]:
+    """The file's top-1 beside fp32 PyTorch's, their agreement and largest logit difference."""
+    return {
+        "images": len(data.val_labels),
+        "top1": top1_percent(file_logits, data.val_labels),
+        "torch_fp32_top1": top1_percent(torch_logits, data.val_labels),
+        "agreement": 100.0 * (file_logits.argmax(1) == torch_logits.argmax(1)).float().mean().item(),
+        "max_abs_logit_diff": (file_logits - torch_logits).abs().max().item(),
+    }
 
 
 MISTAKES_SHOWN = 10  # val images the shipped file gets wrong most confidently, in its report

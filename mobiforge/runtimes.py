@@ -73,6 +73,7 @@ def _recorded_interface(path: Path) -> Interface | None:
         return None
     info = artifact_info(path)
     pre = info.preprocess
+    # pixels: the runner reads from the file itself whether it takes pixels; the normalisation is what it needs here
     return Interface(pre.mean, pre.std, tuple(info.classes), pixels=True)
 
 

@@ -18,7 +18,8 @@ package; the tests register a fake one). An implementation provides:
   left in float, for export's float-layer search (``scratch`` is a file path it may use; the caller removes it);
 - ``runner(path, threads, interface) -> (float32 NCHW batch -> logits)``, and ``input_shape(path)`` (the runner's
   NCHW shape, whatever the file's own layout); ``interface`` is None unless the row says ``pixel_input``;
-- where the row says it does not run here (Core ML): ``simulated(model)``, the PyTorch model as the file computes,
+- where the row says it does not run here (Core ML): ``simulated(model, int8)``, the PyTorch model computing as
+  the file does,
   and ``inspect(path) -> notes``, what can be read back from the file;
 - optionally ``sdk_top1(path, pixels) -> (sdk name, predicted indices)``: the file classified by the app-side SDK
   that loads it on phones (MediaPipe Tasks for LiteRT), on uint8 RGB NHWC images, for export's gate.

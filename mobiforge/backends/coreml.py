@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import shutil
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -93,8 +94,31 @@ def simulated(model: nn.Module, int8: bool) -> nn.Module:
     return Float16(folded).eval()
 
 
+@dataclass
+class Declared:
+    """What a package declares, read back from its spec."""
+
+    image: str  # "224x224 RGB"
+    specification: int
+    labels: list[str]
+    int8_tensors: int
+    constants: int
+
+
 def inspect(path: Path) -> list[str]:
-    """What the package declares, read back from it: its image input, its labels, its 8-bit weights."""
+    """What the package declares, as report notes: its image input, its labels, its 8-bit weights."""
+    found = read_back(path)
+    labels = ", ".join(found.labels) if len(found.labels) <= 10 else f"{len(found.labels)} classes"
+    target = SPECIFICATION_TARGETS.get(found.specification, "a later iOS")
+    return [
+        f"image input {found.image}; specification version {found.specification} ({target} or later)",
+        f"labels in the package: {labels}",
+        f"{found.int8_tensors} weight tensors stored in 8 bits (of {found.constants} constants)",
+    ]
+
+
+def read_back(path: Path) -> Declared:
+    """The package's image input, labels and weight storage, from its spec (coremltools reads it without a Mac)."""
     ct = _coremltools()
     with native_stderr_silenced():
         spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
@@ -110,17 +134,7 @@ def inspect(path: Path) -> list[str]:
         int8 += op.type == "constexpr_affine_dequantize" or op.type.startswith("constexpr_blockwise")
         tensors += op.type == "const" or op.type.startswith("constexpr")
     colour = ct.proto.FeatureTypes_pb2.ImageFeatureType.ColorSpace.Name(image.colorSpace)
-    return [
-        f"image input {image.width}x{image.height} {colour}; specification version {spec.specificationVersion} "
-        f"({SPECIFICATION_TARGETS.get(spec.specificationVersion, 'a later iOS')} or later)",
-        f"labels in the package: {', '.join(labels) if len(labels) <= 10 else f'{len(labels)} classes'}",
-        f"{int8} weight tensors stored in 8 bits (of {tensors} constants)",
-    ]
-
-
-def labels(path: Path) -> list[str]:
-    text = next(line for line in inspect(path) if line.startswith("labels in the package: "))
-    return text.removeprefix("labels in the package: ").split(", ")
+    return Declared(f"{image.width}x{image.height} {colour}", spec.specificationVersion, labels, int8, tensors)
 
 
 def runner(path: Path, threads: int) -> Runner:

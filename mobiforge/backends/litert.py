@@ -46,6 +46,7 @@ class PixelInput(nn.Module):
         std_t, mean_t = torch.tensor(std).view(1, -1, 1, 1), torch.tensor(mean).view(1, -1, 1, 1)
         self.register_buffer("scale", 1.0 / (255.0 * std_t))
         self.register_buffer("shift", -mean_t / std_t)
+        self.training = False  # inference only, as Probabilities
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model(pixels.float() * self.scale + self.shift)
@@ -59,6 +60,7 @@ class Probabilities(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+        self.training = False  # inference only (set here: an int8 reference, an exported graph, refuses .eval())
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.model(images), dim=1)
@@ -75,10 +77,7 @@ def write(
     if interface is not None and interface.pixels:
         facing = PixelInput(facing, interface.mean, interface.std)
     facing = litert_torch.to_channel_last_io(facing, args=[0])
-    wrapper = facing
-    while wrapper is not model:  # the wrappers only: an int8 reference (an exported graph) refuses .eval(), and the
-        wrapper.training = False  # model is in eval mode already; litert-torch warns about a module in training mode
-        wrapper = next(wrapper.children())
+    facing.training = False  # litert-torch warns about a module in training mode
     batch = interface.to_pixels(example.numpy()) if interface and interface.pixels else example.numpy()
     app_example = torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 2, 3, 1)))  # NHWC, as apps hold images
     with native_stderr_silenced():  # the converter's op-count notice
@@ -226,19 +225,17 @@ def sdk_top1(path: Path, pixels: np.ndarray) -> tuple[str, np.ndarray]:
     sdk = f"MediaPipe Tasks ImageClassifier (mediapipe {version('mediapipe')})"
     options = vision.ImageClassifierOptions(base_options=BaseOptions(model_asset_path=str(path)), max_results=1)
     try:
-        with native_stderr_silenced():
-            classifier = vision.ImageClassifier.create_from_options(options)
-    except (NotImplementedError, ValueError, RuntimeError) as error:
+        with native_stderr_silenced(), vision.ImageClassifier.create_from_options(options) as classifier:
+            top = [
+                classifier.classify(mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(image)))
+                .classifications[0]
+                .categories[0]
+                .index
+                for image in pixels
+            ]
+    except (NotImplementedError, ValueError, RuntimeError, IndexError) as error:
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise MobiforgeError(f"{sdk} refuses this file: {reason}") from None
-    with native_stderr_silenced(), classifier:
-        top = [
-            classifier.classify(mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(image)))
-            .classifications[0]
-            .categories[0]
-            .index
-            for image in pixels
-        ]
     return sdk, np.asarray(top)
 
 

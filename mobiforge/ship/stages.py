@@ -644,13 +644,21 @@ def core_ml_package(
         say(f"core ml: no time left for the iOS package (about {CORE_ML_SECONDS:.0f} s)")
         return None
     say("core ml: the shipped checkpoint as model.mlpackage, int8 weights, for iOS (not run on this host)")
+    try:
+        return _core_ml_export(trained, config, run_dir, backend.suffix)
+    except MobiforgeError as error:  # the shipped artifact stands; the extra package is skipped, saying why
+        say(f"core ml: skipped ({error})")
+        return None
+
+
+def _core_ml_export(trained: TrainRecord, config: ShipConfig, run_dir: Path, suffix: str) -> ArtifactReport:
     return export_checkpoint(
         ExportConfig(
             checkpoint=trained.checkpoint,
             format=CORE_ML,
             int8="ptq",  # weights only: nothing to calibrate
             data=config.data,
-            out=str(run_dir / f"model{backend.suffix}"),
+            out=str(run_dir / f"model{suffix}"),
             calibration_images=1,
             val_images=config.val_images,
             threads=(config.threads,),
