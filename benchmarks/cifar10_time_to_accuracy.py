@@ -1,10 +1,12 @@
 """CIFAR-10 time to accuracy: the best test top-1 that `mobiforge train` reaches in a wall-clock budget.
 
 The model must fit the article's mobile budget (int8 weights under 1 MB). The script measures training speed on
-this machine first, picks the number of epochs that fits the budget (evaluation included), trains with a one-cycle
-schedule and records the recipe, the per-epoch curve and the wall time in benchmarks/RESULTS.md.
+this machine first, picks the number of epochs that fits the budget (evaluation included), re-plans them once the
+first epoch is timed (as ship does), trains with a one-cycle schedule and records the recipe, the per-epoch curve and
+the wall time in benchmarks/RESULTS.md.
 
     python -m benchmarks.cifar10_time_to_accuracy --data ../shared/datasets/cifar10 [--budget-min 30]
+        [--model resnet20 --width-mult 0 --amp bf16 --precise-bn 1024 --ema 0.999]
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ import torch
 from benchmarks.results import write_section
 from mobiforge import create_model
 from mobiforge.data import DataConfig
-from mobiforge.engine import OptimConfig
+from mobiforge.engine import OptimConfig, autocast, cpu_has_native_bf16
 from mobiforge.profile import int8_weight_bytes
 from mobiforge.progress import SilentReporter
-from mobiforge.train import TrainConfig, train
+from mobiforge.ship.plan import fit_epochs, replan_once, stop_by
+from mobiforge.train import EPOCH_END, TrainConfig, train
 
 
 class LogReporter(SilentReporter):
@@ -45,7 +48,8 @@ class LogReporter(SilentReporter):
 
 def measure_speed(config: TrainConfig, steps: int = 25) -> float:
     """Training images/s of the model alone (channels_last, this batch size): the basis for the epoch count."""
-    model = create_model(config.model, num_classes=10, width_mult=config.width_mult, small_input=True)
+    model = create_model(config.model, **model_kwargs(config.width_mult))
+    dtype = torch.bfloat16 if config.amp == "bf16" else None
     model = model.to(memory_format=torch.channels_last).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     batch = config.data.batch_size
@@ -54,11 +58,16 @@ def measure_speed(config: TrainConfig, steps: int = 25) -> float:
     for index in range(steps + 3):
         if index == 3:
             start = time.perf_counter()
-        loss = torch.nn.functional.cross_entropy(model(x), y)
+        with autocast(torch.device("cpu"), dtype):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     return steps * batch / (time.perf_counter() - start)
+
+
+def model_kwargs(width_mult: float | None) -> dict:
+    return {"num_classes": 10, "small_input": True, **({"width_mult": width_mult} if width_mult else {})}
 
 
 def main() -> None:
@@ -66,44 +75,59 @@ def main() -> None:
     parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/datasets/cifar10"))
     parser.add_argument("--budget-min", type=float, default=30.0)
     parser.add_argument("--model", default="mobilenet_v2")
-    parser.add_argument("--width-mult", type=float, default=0.5)
+    parser.add_argument("--width-mult", type=float, default=0.5, help="0: the model's own default")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=0.2)
     parser.add_argument("--epochs", type=int, default=None, help="default: as many as fit the budget")
+    parser.add_argument("--amp", choices=("none", "bf16"), default="none", help="bf16 autocast (native bf16 CPUs)")
+    parser.add_argument("--precise-bn", type=int, default=0, help="training images for precise BN before each eval")
+    parser.add_argument("--ema", type=float, default=None, help="EMA decay of the weights (evaluated and saved)")
+    parser.add_argument("--label-smoothing", type=float, default=0.1)
     parser.add_argument("--runs-dir", default="runs")
     parser.add_argument(
         "--section", default="cifar10_time_to_accuracy", help="RESULTS.md section (another budget: another section)"
     )
     args = parser.parse_args()
 
+    if args.amp == "bf16" and not cpu_has_native_bf16():
+        raise SystemExit("--amp bf16: this CPU has no native bf16 (AVX512-BF16 or AMX); use --amp none")
     start = time.time()
+    width = args.width_mult or None
+    optim = OptimConfig(
+        lr=args.lr,
+        scheduler="onecycle",
+        weight_decay=5e-4,
+        label_smoothing=args.label_smoothing,
+        momentum=0.9,
+        ema_decay=args.ema,
+    )
     config = TrainConfig(
         model=args.model,
-        width_mult=args.width_mult,
+        width_mult=width,
         small_input=True,
         data=DataConfig(data=args.data, img_size=32, batch_size=args.batch_size),  # mobiforge's loader defaults
-        optim=OptimConfig(lr=args.lr, scheduler="onecycle", weight_decay=5e-4, label_smoothing=0.1, momentum=0.9),
+        optim=optim,
         epochs=1,
+        amp=args.amp,
+        precise_bn=args.precise_bn,
         runs_dir=args.runs_dir,
-        name=f"cifar10-{args.model}-w{args.width_mult}-{time.strftime('%Y%m%d-%H%M%S')}",
+        name=f"cifar10-{args.model}-w{width or 1}-{time.strftime('%Y%m%d-%H%M%S')}",
         tensorboard=False,
     )
-    int8_bytes = int8_weight_bytes(
-        create_model(args.model, num_classes=10, width_mult=args.width_mult, small_input=True)
-    )
+    int8_bytes = int8_weight_bytes(create_model(args.model, **model_kwargs(width)))
     if int8_bytes > 1_000_000:
-        raise SystemExit(f"{args.model} x{args.width_mult} has {int8_bytes / 1e6:.2f} MB of int8 weights: over 1 MB")
+        raise SystemExit(f"{args.model} x{width or 1} has {int8_bytes / 1e6:.2f} MB of int8 weights: over 1 MB")
     speed = measure_speed(config)
-    # 50k train images per epoch at the measured model speed (with the images cached in memory, the whole pipeline
-    # ran at 0.82-1.16x this probe's speed here on 2026-11-28; with two loader processes it was 0.74x), plus
-    # evaluating 10k test images at about 4x training speed.
+    # 50k train images per epoch at the measured model speed, plus evaluating 10k test images at about 4x training
+    # speed: the first plan; after the first epoch it is re-planned from that epoch's measured length.
     epoch_seconds = 50_000 / speed + 10_000 / (4 * speed)
-    budget_seconds = args.budget_min * 60 - (time.time() - start)
-    config.epochs = args.epochs or max(1, int(budget_seconds // epoch_seconds))
+    deadline = start + args.budget_min * 60
+    config.epochs = args.epochs or max(1, int((deadline - time.time()) // epoch_seconds))
     print(f"model speed {speed:.0f} img/s -> {config.epochs} epochs in {args.budget_min:.0f} min", flush=True)
-    chosen = "set by --epochs to fit the budget" if args.epochs else "as many as the measured speed fits"
+    chosen = "set by --epochs" if args.epochs else "as many as fit the budget, re-planned after the first epoch"
     reporter = LogReporter(start)
-    result = train(config, reporter)
+    callbacks = {} if args.epochs else {EPOCH_END: [replan_once(fit_epochs(deadline, 200)), stop_by(deadline)]}
+    result = train(config, reporter, callbacks)
     wall = (time.time() - start) / 60
 
     lines = [
@@ -113,10 +137,13 @@ def main() -> None:
         f"(budget {args.budget_min:.0f} min, data checks, training and per-epoch evaluation of the 10,000 test "
         "images included).",
         "",
-        f"Recipe: `{args.model}` width {args.width_mult}, CIFAR-style stem (`small_input`), "
+        f"Recipe: `{args.model}` width {width or 1}, CIFAR-style stem (`small_input`), "
         f"int8 weights {int8_bytes / 1e6:.2f} MB; 32 px, pad-and-crop + flip; batch {args.batch_size}, SGD momentum "
-        f"0.9, one-cycle lr {args.lr}, weight decay 5e-4 (not on BN/bias), label smoothing 0.1, channels_last fp32, "
-        f"{config.epochs} epochs ({chosen}; model-only speed {speed:.0f} img/s).",
+        f"0.9, one-cycle lr {args.lr}, weight decay 5e-4 (not on BN/bias), label smoothing {args.label_smoothing}, "
+        f"{'EMA ' + str(args.ema) if args.ema else 'no EMA'}, "
+        f"{'precise BN on ' + str(args.precise_bn) + ' images' if args.precise_bn else 'no precise BN'}, "
+        f"channels_last {'bf16 autocast' if args.amp == 'bf16' else 'fp32'}, "
+        f"{len(result.history)} epochs ({chosen}; model-only speed {speed:.0f} img/s).",
         "",
         "| epoch | train loss | test top-1 | train img/s | wall (min) |",
         "|---:|---:|---:|---:|---:|",
