@@ -35,7 +35,10 @@ def environment() -> str:
     except OSError:
         pass
     # The vector ISA decides what pays off on CPU (bf16 is native only with AVX512-BF16/AMX), so name it.
-    cpu = f"{cpu} ({torch.backends.cpu.get_cpu_capability()})"
+    from mobiforge.engine import cpu_has_native_bf16
+
+    bf16 = "native bf16" if cpu_has_native_bf16() else "no native bf16"
+    cpu = f"{cpu} ({torch.backends.cpu.get_cpu_capability()}, {bf16})"
     return (
         f"{cpu}, {os.cpu_count()} cores visible; Python {platform.python_version()}, torch {torch.__version__}, "
         f"torchvision {torchvision.__version__}, mobiforge {mobiforge.__version__}"

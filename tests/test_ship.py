@@ -19,7 +19,7 @@ from mobiforge.errors import MobiforgeError
 from mobiforge.progress import SilentReporter
 from mobiforge.ship import ShipConfig, ShipState, scratch_recipe, ship
 from mobiforge.ship.snippets import android_snippet, ios_snippet
-from mobiforge.ship.state import ResultRecord
+from mobiforge.ship.state import ResultRecord, Survey
 from mobiforge.units import parse_duration
 from tests.helpers import make_split_folder
 
@@ -581,3 +581,99 @@ def test_a_failing_core_ml_conversion_does_not_end_a_run_that_shipped(
     monkeypatch.setattr(stages, "export_checkpoint", fails)
     package = stages.core_ml_package(TrainRecord("x.pt", "x"), ShipConfig(), tmp_path, said.append, Clock())  # type: ignore[arg-type]
     assert package is None and said[-1].startswith("core ml: skipped (coreml export of x.pt failed")
+
+
+# ---------------------------------------------------------------------------------- issue 26: the small-image grid
+
+
+def _survey(small: bool, train_images: int = 50_000) -> Survey:
+    size = 32 if small else 224
+    return Survey([f"c{i}" for i in range(10)], train_images, 10_000, small_images=small, img_sizes=[size])
+
+
+def test_the_cifar_resnets_are_candidates_for_small_images_only() -> None:
+    from mobiforge.ship.search import grid_candidates
+
+    config = ShipConfig(data="x")
+    small = {c.model for c in grid_candidates(config, _survey(small=True))}
+    large = {c.model for c in grid_candidates(config, _survey(small=False))}
+    assert {"resnet20", "resnet32", "resnet44", "resnet56"} <= small
+    assert not any(model.startswith("resnet") for model in large) and "mobilenet_v2" in large
+    by_family = grid_candidates(ShipConfig(data="x", models=["resnet"]), _survey(small=True))
+    assert sorted(c.model for c in by_family) == ["resnet20", "resnet32", "resnet44", "resnet56"]
+    one = grid_candidates(ShipConfig(data="x", models=["resnet20"]), _survey(small=True))
+    assert [c.name for c in one] == ["resnet20-32px"] and one[0].macs == pytest.approx(40.8e6, rel=0.01)
+
+
+def test_the_search_ranks_scratch_candidates_by_what_the_budget_buys() -> None:
+    from mobiforge.ship.search import rank
+    from mobiforge.ship.state import Candidate
+
+    def candidate(name: str, macs: int, epochs: int | None, source: str = "scratch") -> Candidate:
+        return Candidate(name, name, None, 32, source, macs=macs, budget_epochs=epochs)
+
+    big_slow = candidate("resnet56", 126_000_000, 12)  # the most compute, too few epochs to learn it
+    mid = candidate("resnet32", 70_000_000, 31)
+    small_fast = candidate("resnet20", 41_000_000, 40)
+    depthwise = candidate("mobilenet_v1", 45_000_000, 11)
+    pruned = candidate("teacher-pruned", 1, None, source="pruned")
+    order = sorted([depthwise, small_fast, big_slow, pruned, mid], key=rank)
+    assert [c.name for c in order] == ["teacher-pruned", "resnet32", "resnet20", "resnet56", "mobilenet_v1"]
+    unprobed = [candidate("a", 10, None), candidate("b", 20, None)]  # large images: by compute, as before
+    assert [c.name for c in sorted(unprobed, key=rank)] == ["b", "a"]
+
+
+def test_bf16_trains_a_candidate_only_where_native_and_measured_faster(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    import mobiforge.ship.search as search
+    from mobiforge.ship.state import Candidate
+
+    speeds = {None: 400.0, torch.bfloat16: 800.0}
+    monkeypatch.setattr(search, "training_speed", lambda model, size, config, amp=None: speeds[amp])
+    config = ShipConfig(data="x")
+
+    def probed(native: bool, source: str = "scratch") -> Candidate:
+        monkeypatch.setattr(search, "cpu_has_native_bf16", lambda: native)
+        candidate = Candidate("r", "resnet20", None, 32, source)
+        search.probe_training(torch.nn.Identity(), candidate, config)
+        return candidate
+
+    fast = probed(native=True)
+    assert (fast.train_amp, fast.train_images_per_s) == ("bf16", 800.0)
+    assert probed(native=False).train_amp == "none"  # emulated bf16 is never tried
+    assert probed(native=True, source="truncated").train_amp == "none"  # pretrained weights keep fp32
+    speeds[torch.bfloat16] = 420.0  # within 10% of fp32: not worth bf16's rounding
+    assert (probed(native=True).train_amp, probed(native=True).train_images_per_s) == ("none", 400.0)
+
+
+def test_a_scratch_candidate_short_of_its_epochs_trains_alone() -> None:
+    from mobiforge.ship.config import SCRATCH_EPOCHS
+    from mobiforge.ship.plan import next_training
+    from mobiforge.ship.state import Candidate
+
+    info = _survey(small=True)
+
+    def candidate(name: str, speed: float, budget: int | None) -> Candidate:
+        return Candidate(name, name, None, 32, "scratch", train_images_per_s=speed, budget_epochs=budget,
+                         export_seconds=10.0, latency_ms=1.0)  # fmt: skip
+
+    # an hour: ResNet-20 at 800 img/s gets ~40 epochs alone, ~24 with 60% of it: below SCRATCH_EPOCHS, so alone
+    queue = [candidate("resnet20", 800.0, 40), candidate("resnet32", 480.0, 24)]
+    epochs, _, _ = next_training(queue, info, None, 3600.0)
+    assert [c.name for c in queue] == ["resnet20"] and epochs >= SCRATCH_EPOCHS
+    # unprobed candidates (large images) still share when each gets MIN_EPOCHS
+    shared = [candidate("a", 800.0, None), candidate("b", 800.0, None)]
+    next_training(shared, info, None, 3600.0)
+    assert len(shared) == 2
+
+
+def test_the_candidate_table_shows_the_probed_speed_and_the_epochs_it_buys() -> None:
+    from mobiforge.ship.report import _candidate_table
+    from mobiforge.ship.state import Candidate, Row
+
+    candidate = Candidate("resnet20-32px", "resnet20", None, 32, "scratch", params=272_000, macs=40_800_000,
+                          train_images_per_s=853.4, train_amp="bf16", budget_epochs=39)  # fmt: skip
+    table = _candidate_table([Row(candidate, None, None)], ShipConfig(data="x"))
+    column = table[0].index("train img/s (epochs the budget buys)")
+    assert table[1][column] == "853 bf16 (39)"

@@ -12,6 +12,9 @@ SMALL_IMAGE_SIDE = 64  # images this small (CIFAR, digits) train at 32 px with t
 SMALL_INPUT_SIZE = 32
 LARGE_INPUT_SIZES = (224, 160, 128)
 MIN_EPOCHS = 3  # a second candidate is trained only if both get at least this many epochs
+# From scratch on small images a one-cycle run needs about this many epochs to come near what its network can reach
+# (ResNet-20 on CIFAR-10, RESULTS.md: 89.6% after 20, 91.8% after 40); ranking and sharing the budget use it.
+SCRATCH_EPOCHS = 30
 MAX_EPOCHS = 100
 FIRST_LAYERS_IN_FLOAT = 2  # the stem and the first block: where int8 hurts MobileNet-family nets most
 
@@ -22,11 +25,17 @@ class GridRow:
 
     model: str
     width_mult: float | None
+    small_images_only: bool = False
 
 
-# Mobile families at widths whose int8 weights range from ~0.3 to ~2.5 MB: the search keeps those under the size
-# budget and ranks them by MACs.
+# Mobile families at widths whose int8 weights range from ~0.3 to ~2.5 MB, and for small images the CIFAR ResNets
+# (dense 3x3 convolutions train 2-4x faster per image on a CPU than depthwise ones: benchmarks/roofline.py). The
+# search keeps those under the size budget and ranks them by what the time budget buys (see ``search.rank``).
 CANDIDATE_GRID: tuple[GridRow, ...] = (
+    GridRow("resnet56", None, small_images_only=True),
+    GridRow("resnet44", None, small_images_only=True),
+    GridRow("resnet32", None, small_images_only=True),
+    GridRow("resnet20", None, small_images_only=True),
     GridRow("mobilenet_v2", 1.0),
     GridRow("mobilenet_v2", 0.75),
     GridRow("mobilenet_v3_small", 1.0),

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from mobiforge import engine
 from mobiforge.config import ShipConfig
 from mobiforge.data import DataConfig
-from mobiforge.ship.config import MAX_EPOCHS, MIN_EPOCHS, SMALL_IMAGE_SIDE
+from mobiforge.ship.config import MAX_EPOCHS, MIN_EPOCHS, SCRATCH_EPOCHS, SMALL_IMAGE_SIDE
 from mobiforge.ship.state import Candidate, Survey, TrainRecord
 from mobiforge.train import Trainer
 
@@ -70,18 +70,24 @@ def plan_epochs(candidate: Candidate, info: Survey, teacher: TrainRecord | None,
     return int(min(MAX_EPOCHS, seconds // epoch_s)), epoch_s
 
 
+def needed_epochs(candidate: Candidate) -> int:
+    """Epochs a candidate must get for a second one to share the time: SCRATCH_EPOCHS where the search ranked it by
+    the epochs the budget buys (small images, from scratch), else MIN_EPOCHS."""
+    return SCRATCH_EPOCHS if candidate.budget_epochs is not None else MIN_EPOCHS
+
+
 def next_training(
     queue: list[Candidate], info: Survey, teacher: TrainRecord | None, left: float
 ) -> tuple[int, float, float]:
     """Epochs for ``queue[0]``, their estimated length, and its share of the time: the first of two gets 60% of the
-    time left after the exports; the queue loses its last candidate while that would leave either with fewer than
-    MIN_EPOCHS; the last one trains at least 1 epoch."""
+    time left after the exports; the queue loses its last candidate while that would leave any with fewer than its
+    ``needed_epochs``; the last one trains at least 1 epoch."""
     while True:
         usable = left - sum(export_reserve(c, info) for c in queue)
         share = 1.0 if len(queue) == 1 else 0.6
         epochs, epoch_s = plan_epochs(queue[0], info, teacher, usable * share)
         later = [plan_epochs(c, info, teacher, usable * (1 - share) / (len(queue) - 1))[0] for c in queue[1:]]
-        if len(queue) == 1 or min([epochs, *later]) >= MIN_EPOCHS:
+        if len(queue) == 1 or all(e >= needed_epochs(c) for c, e in zip(queue, [epochs, *later], strict=True)):
             return max(1, epochs), epoch_s, usable * share
         queue.pop()
 

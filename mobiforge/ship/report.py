@@ -35,7 +35,7 @@ from mobiforge.paths import shareable, without_local_paths
 from mobiforge.plots import plot_confusion, plot_mistakes, pyplot
 from mobiforge.ship.config import CORE_ML, FILE_OVERHEAD
 from mobiforge.ship.snippets import android_snippet, ios_snippet
-from mobiforge.ship.state import Row, ShipState
+from mobiforge.ship.state import Candidate, Row, ShipState
 
 
 def versions(runtime: str) -> dict[str, str]:
@@ -200,6 +200,7 @@ def _candidate_table(rows: list[Row], config: ShipConfig) -> list[list[str]]:
         "params",
         "MACs",
         "search: size / latency",
+        "train img/s (epochs the budget buys)",
         "status",
         "epochs",
         "fp32 top-1",
@@ -216,7 +217,7 @@ def _candidate_table(rows: list[Row], config: ShipConfig) -> list[list[str]]:
             if c.artifact_bytes
             else f"~{c.int8_estimate_bytes * FILE_OVERHEAD / 1e6:.2f} MB (estimate)"
         )
-        line = [c.name, c.source, f"{c.params / 1e6:.2f}M", f"{c.macs / 1e6:.1f}M", measured, c.status]
+        line = [c.name, c.source, f"{c.params / 1e6:.2f}M", f"{c.macs / 1e6:.1f}M", measured, _speed(c), c.status]
         trained, exported = row.trained, row.exported
         if trained:
             top1 = trained.top1 if trained.top1 is not None else trained.best_top1  # the exported checkpoint's
@@ -236,6 +237,15 @@ def _candidate_table(rows: list[Row], config: ShipConfig) -> list[list[str]]:
             line += ["", "", "", ""]
         table.append(line)
     return table
+
+
+def _speed(candidate: Candidate) -> str:
+    """The probed training speed (bf16: under bf16 autocast, as it trains) and the epochs it buys."""
+    if candidate.train_images_per_s is None:
+        return ""
+    amp = " bf16" if candidate.train_amp == "bf16" else ""
+    epochs = f" ({candidate.budget_epochs})" if candidate.budget_epochs is not None else ""
+    return f"{candidate.train_images_per_s:.0f}{amp}{epochs}"
 
 
 def _markdown_table(table: list[list[str]]) -> str:

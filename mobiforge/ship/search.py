@@ -2,10 +2,11 @@
 
 Candidates (a table of model, width and input size, plus the teacher when there is one: itself if it fits the size
 budget, else pruned into it or truncated to its first blocks) are filtered by their estimated int8 weight size,
-then ranked (teacher-derived first, then by MACs: within one family accuracy grows with compute) and *measured*:
-each is quantized (PT2E; random calibration is enough for timing), written by the runtime's backend and timed
-there on this machine at batch 1. The file size and latency of that artifact decide whether it fits; a quick
-training-speed probe sizes its training.
+then ranked (teacher-derived first, then by what the time budget buys, see ``rank``) and *measured*: each is
+quantized (PT2E; random calibration is enough for timing), written by the runtime's backend and timed there on this
+machine at batch 1. The file size and latency of that artifact decide whether it fits; a quick training-speed probe
+(fp32, and bf16 autocast where the CPU has it natively) sizes its training. For small images, where every candidate
+trains from scratch, the training speeds are probed first, so that the ranking rests on them.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from mobiforge.backends import get_backend
 from mobiforge.checkpoint import Checkpoint
 from mobiforge.config import ShipConfig
 from mobiforge.data import DataConfig, discover
+from mobiforge.engine import autocast, cpu_has_native_bf16
 from mobiforge.errors import MobiforgeError
 from mobiforge.export import ExportConfig, ExportData, build_artifact, interface
 from mobiforge.models import build_from_spec, create_model
@@ -42,11 +44,12 @@ from mobiforge.ship.config import (
     CANDIDATE_GRID,
     FILE_OVERHEAD,
     LARGE_INPUT_SIZES,
+    SCRATCH_EPOCHS,
     SMALL_IMAGE_SIDE,
     SMALL_INPUT_SIZE,
     TEACHER_MODEL,
 )
-from mobiforge.ship.plan import batch_size
+from mobiforge.ship.plan import batch_size, export_reserve, plan_epochs
 from mobiforge.ship.state import Candidate, Survey, TeacherSpec
 
 PRUNING = PruneConfig(checkpoint="", ratio=0.5, importance="l1")  # every pruned layer loses the same share
@@ -55,6 +58,7 @@ TRUNCATABLE = ("efficientnet_lite0",)  # families with a ``depth`` argument (a p
 SEARCH_SHARE = 0.2  # of the time left, at most, for measuring candidates (after the first)
 SEARCH_MIN_SECONDS = 30.0  # the search's share is never shorter
 REAIM_TRIES = 3
+BF16_GAIN = 1.1  # bf16 autocast trains a candidate only when its probe is at least this much faster than fp32
 
 
 def survey(config: ShipConfig) -> Survey:
@@ -89,13 +93,22 @@ def survey(config: ShipConfig) -> Survey:
 def check_families(models: list[str] | None) -> None:
     """Fail with one line, before a ship run records anything, when ``--models`` names no searched family."""
     families = sorted({family(row.model) for row in CANDIDATE_GRID})
-    if models and not set(models) & set(families):
+    if models and not any(_chosen(row.model, models) for row in CANDIDATE_GRID):
         raise MobiforgeError(f"--models {','.join(models)}: none of the searched families ({', '.join(families)})")
+
+
+def _chosen(model: str, models: list[str] | None) -> bool:
+    """``--models`` names a family (``resnet``, ``mobilenet_v2``) or one of its members (``resnet20``)."""
+    return not models or family(model) in models or model in models
 
 
 def grid_candidates(config: ShipConfig, info: Survey) -> list[Candidate]:
     check_families(config.models)
-    rows = [row for row in CANDIDATE_GRID if not config.models or family(row.model) in config.models]
+    rows = [
+        row
+        for row in CANDIDATE_GRID
+        if _chosen(row.model, config.models) and (info.small_images or not row.small_images_only)
+    ]
     candidates = []
     for row in rows:
         model = build_scratch(row.model, row.width_mult, len(info.classes), info.small_images)
@@ -117,8 +130,11 @@ def grid_candidates(config: ShipConfig, info: Survey) -> list[Candidate]:
     return candidates
 
 
+FAMILY_PREFIXES = (*NOT_PRUNABLE, "resnet")  # models named by depth or width that ``--models`` may name together
+
+
 def family(model: str) -> str:
-    return next((prefix for prefix in NOT_PRUNABLE if model.startswith(prefix)), model)
+    return next((prefix for prefix in FAMILY_PREFIXES if model.startswith(prefix)), model)
 
 
 def build_scratch(model: str, width_mult: float | None, num_classes: int, small: bool) -> nn.Module:
@@ -247,7 +263,20 @@ def measure_candidate(model: nn.Module, candidate: Candidate, config: ShipConfig
     candidate.artifact_bytes = path.stat().st_size
     candidate.latency_ms = stats.median_ms
     path.unlink()
-    candidate.train_images_per_s = training_speed(model, size, config)
+    if candidate.train_images_per_s is None:
+        probe_training(model, candidate, config)
+
+
+def probe_training(model: nn.Module, candidate: Candidate, config: ShipConfig) -> None:
+    """The candidate's training speed, and bf16 autocast for it where the CPU runs bf16 natively and the probe
+    measures it BF16_GAIN faster (from scratch only: 2x for ResNet-20 at 32 px on an AVX512-BF16 EPYC, no gain for
+    MobileNetV2 on a Xeon with AMX; ``engine.resolve_amp``). Pretrained candidates keep fp32 weights' precision."""
+    fp32 = training_speed(model, candidate.img_size, config)
+    bf16 = 0.0
+    if candidate.source == "scratch" and cpu_has_native_bf16():
+        bf16 = training_speed(model, candidate.img_size, config, torch.bfloat16)
+    candidate.train_amp = "bf16" if bf16 >= BF16_GAIN * fp32 else "none"
+    candidate.train_images_per_s = bf16 if candidate.train_amp == "bf16" else fp32  # the speed it will train at
 
 
 def _like_trained(model: nn.Module) -> nn.Module:
@@ -280,23 +309,34 @@ def inference_speed(model: nn.Module, img_size: int, batch: int = 16, steps: int
     return steps * batch / (time.perf_counter() - started)
 
 
-def training_speed(model: nn.Module, img_size: int, config: ShipConfig, steps: int = 3) -> float:
+def training_speed(
+    model: nn.Module, img_size: int, config: ShipConfig, amp: torch.dtype | None = None, steps: int = 3
+) -> float:
     """Training images per second of ``model`` (SGD steps on random data, channels_last, after one warm-up)."""
     model = copy.deepcopy(model).train().to(memory_format=torch.channels_last)
     batch = batch_size(config, img_size)
     images = torch.randn(batch, 3, img_size, img_size).contiguous(memory_format=torch.channels_last)
-    return step_speed(model, images, torch.optim.SGD(model.parameters(), lr=1e-3), steps)
+    return step_speed(model, images, torch.optim.SGD(model.parameters(), lr=1e-3), steps, amp)
 
 
-def step_speed(module: nn.Module, inputs: torch.Tensor, optimizer: torch.optim.Optimizer, steps: int) -> float:
-    """Images per second of ``steps`` training steps of ``module`` on ``inputs`` (after one warm-up step)."""
+def step_speed(
+    module: nn.Module,
+    inputs: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    steps: int,
+    amp: torch.dtype | None = None,
+) -> float:
+    """Images per second of ``steps`` training steps of ``module`` on ``inputs`` (after one warm-up step), under
+    autocast to ``amp`` when given."""
     targets = torch.zeros(inputs.shape[0], dtype=torch.long)
     started = 0.0
     for step in range(steps + 1):
         if step == 1:
             started = time.perf_counter()
         optimizer.zero_grad()
-        nn.functional.cross_entropy(module(inputs), targets).backward()
+        with autocast(inputs.device, amp):
+            loss = nn.functional.cross_entropy(module(inputs), targets)
+        loss.backward()
         optimizer.step()
     return steps * inputs.shape[0] / (time.perf_counter() - started)
 
@@ -315,8 +355,10 @@ def search(
     """Measure candidates in rank order until ``max_candidates`` fit or the search's share of the budget is spent
     (after the first candidate: a run whose budget nothing meets says so in time)."""
     candidates = _all_candidates(config, info, teacher_spec)
-    ranked = sorted((c for c in candidates if c.status == "not measured"), key=rank)
     search_deadline = time.time() + max(SEARCH_MIN_SECONDS, SEARCH_SHARE * left())
+    if info.small_images:
+        budget_epochs(candidates, config, info, teacher_spec, left, say)
+    ranked = sorted((c for c in candidates if c.status == "not measured"), key=rank)
     too_slow_macs, fitting, measured = math.inf, 0, 0
     workdir = run_dir / "search"
     for candidate in ranked:
@@ -408,11 +450,41 @@ def _reaim(
 SOURCE_ORDER = ("teacher", "pruned", "truncated", "scratch")
 
 
-def rank(candidate: Candidate) -> tuple[int, int]:
+def rank(candidate: Candidate) -> tuple[int, int, float]:
     """Networks from the (pretrained) teacher first: itself, then pruned (every stage kept, the first blocks whole),
-    then truncated (its first blocks alone; both train on the ladder's cache); then the most compute: within a
-    family accuracy grows with it."""
-    return SOURCE_ORDER.index(candidate.source), -candidate.macs
+    then truncated (its first blocks alone; both train on the ladder's cache). Then, where the training speeds were
+    probed first (small images), what the time budget buys: candidates it gives SCRATCH_EPOCHS or more come first,
+    by compute (given the epochs to learn, accuracy grows with it), then the rest by the epochs they get (short of
+    them, the network trained longest is the best); elsewhere, by compute."""
+    source = SOURCE_ORDER.index(candidate.source)
+    epochs = candidate.budget_epochs
+    if epochs is None or epochs >= SCRATCH_EPOCHS:
+        return source, 0, -candidate.macs
+    return source, 1, -epochs
+
+
+def budget_epochs(
+    candidates: list[Candidate],
+    config: ShipConfig,
+    info: Survey,
+    teacher_spec: TeacherSpec | None,
+    left: Callable[[], float],
+    say: Callable[..., None],
+) -> None:
+    """Probe the training speed of every scratch candidate still in the running and record the epochs the time
+    left would buy it if it trained alone (the search's share and one export reserve aside)."""
+    scratch = [c for c in candidates if c.source == "scratch" and c.status == "not measured"]
+    for candidate in scratch:
+        probe_training(candidate_model(candidate, info, teacher_spec), candidate, config)
+    seconds = (1 - SEARCH_SHARE) * left()
+    for candidate in scratch:
+        candidate.budget_epochs = plan_epochs(candidate, info, None, seconds - export_reserve(candidate, info))[0]
+    fastest = max(scratch, key=lambda c: c.train_images_per_s or 0.0, default=None)
+    if fastest is not None:
+        say(
+            f"search: training speeds probed; fastest {fastest.name}, {fastest.train_images_per_s:.0f} img/s "
+            f"({fastest.train_amp}), {fastest.budget_epochs} epochs in the time left"
+        )
 
 
 def next_prune_target(points: list[tuple[int, int]], max_size: int) -> int:

@@ -85,6 +85,8 @@ class Candidate:
     artifact_bytes: int | None = None  # the int8 artifact written by the search
     latency_ms: float | None = None  # its median latency in the runtime
     train_images_per_s: float | None = None
+    train_amp: str = "none"  # bf16: its probe trained faster under bf16 autocast, and so it trains
+    budget_epochs: int | None = None  # small images: epochs the time left buys it alone (``search.rank``)
     export_seconds: float | None = None  # how long quantizing and writing its artifact took
     status: str = "not measured"
 
