@@ -565,15 +565,23 @@ def test_the_search_times_a_candidate_as_ship_writes_it_for_each_runtime(
 def test_a_failing_core_ml_conversion_does_not_end_a_run_that_shipped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The iOS package is written after the shipped artifact: its failure is a line, and the run goes on."""
+    """The iOS package is written after the shipped artifact, scored on at most CORE_ML_IMAGES val images (all of
+    CIFAR-10's 10,000 ran a 60-minute budget over): its failure is a line, and the run goes on."""
     pytest.importorskip("coremltools")
     import mobiforge.ship.stages as stages
+    from mobiforge.export import ExportConfig
+    from mobiforge.ship.config import CORE_ML_IMAGES
     from mobiforge.ship.state import TrainRecord
 
-    def fails(*args: object, **kwargs: object) -> None:
+    scored: list[int | None] = []
+
+    def fails(config: ExportConfig) -> None:
+        scored.append(config.val_images)
         raise MobiforgeError("coreml export of x.pt failed in the converter: ValueError: unsupported op")
 
     class Clock:
+        survey = _survey(small=True)  # 10,000 val images
+
         def left(self) -> float:
             return 600.0
 
@@ -581,6 +589,7 @@ def test_a_failing_core_ml_conversion_does_not_end_a_run_that_shipped(
     monkeypatch.setattr(stages, "export_checkpoint", fails)
     package = stages.core_ml_package(TrainRecord("x.pt", "x"), ShipConfig(), tmp_path, said.append, Clock())  # type: ignore[arg-type]
     assert package is None and said[-1].startswith("core ml: skipped (coreml export of x.pt failed")
+    assert scored == [CORE_ML_IMAGES] and Clock.survey.val_images > CORE_ML_IMAGES
 
 
 # ---------------------------------------------------------------------------------- issue 26: the small-image grid
@@ -677,3 +686,29 @@ def test_the_candidate_table_shows_the_probed_speed_and_the_epochs_it_buys() -> 
     table = _candidate_table([Row(candidate, None, None)], ShipConfig(data="x"))
     column = table[0].index("train img/s (epochs the budget buys)")
     assert table[1][column] == "853 bf16 (39)"
+
+
+def test_small_images_probe_every_scratch_candidate_before_ranking(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mobiforge.ship.search as search
+    from mobiforge.ship.state import Candidate
+
+    speeds = {"resnet20": 800.0, "resnet56": 250.0, "too_large": 1e6}
+
+    def probe(model: object, candidate: Candidate, config: ShipConfig) -> None:
+        candidate.train_images_per_s = speeds[candidate.model]
+
+    monkeypatch.setattr(search, "probe_training", probe)
+    monkeypatch.setattr(search, "candidate_model", lambda *args: None)
+    candidates = [
+        Candidate("resnet20", "resnet20", None, 32, "scratch", export_seconds=10.0),
+        Candidate("resnet56", "resnet56", None, 32, "scratch", export_seconds=10.0),
+        Candidate("too_large", "too_large", None, 32, "scratch", status="too large (estimate)"),
+    ]
+    said: list[str] = []
+    search.budget_epochs(candidates, ShipConfig(data="x"), _survey(small=True), None, lambda: 3600.0, said.append)
+    fast, slow, skipped = candidates
+    assert fast.budget_epochs is not None and slow.budget_epochs is not None
+    assert fast.budget_epochs > 2.5 * slow.budget_epochs  # epochs scale with the measured speed
+    assert skipped.budget_epochs is None and skipped.train_images_per_s is None  # never probed
+    assert said and "fastest resnet20" in said[0]
+    assert [c.name for c in sorted(candidates[:2], key=search.rank)] == ["resnet20", "resnet56"]

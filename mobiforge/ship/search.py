@@ -472,11 +472,11 @@ def budget_epochs(
     say: Callable[..., None],
 ) -> None:
     """Probe the training speed of every scratch candidate still in the running and record the epochs the time
-    left would buy it if it trained alone (the search's share and one export reserve aside)."""
-    scratch = [c for c in candidates if c.source == "scratch" and c.status == "not measured"]
+    left would buy it if it trained alone (the rest of the search and its export reserve aside)."""
+    scratch = [c for c in candidates if c.status == "not measured" and c.source == "scratch"]
     for candidate in scratch:
         probe_training(candidate_model(candidate, info, teacher_spec), candidate, config)
-    seconds = (1 - SEARCH_SHARE) * left()
+    seconds = left() - SEARCH_MIN_SECONDS * config.max_candidates  # each file measured takes about that long
     for candidate in scratch:
         candidate.budget_epochs = plan_epochs(candidate, info, None, seconds - export_reserve(candidate, info))[0]
     fastest = max(scratch, key=lambda c: c.train_images_per_s or 0.0, default=None)

@@ -29,6 +29,7 @@ from mobiforge.quantize import layer_groups
 from mobiforge.runs import TrainResult
 from mobiforge.ship.config import (
     CORE_ML,
+    CORE_ML_IMAGES,
     CORE_ML_SECONDS,
     FILE_OVERHEAD,
     FIRST_LAYERS_IN_FLOAT,
@@ -645,14 +646,17 @@ def core_ml_package(
         say(f"core ml: no time left for the iOS package (about {CORE_ML_SECONDS:.0f} s)")
         return None
     say("core ml: the shipped checkpoint as model.mlpackage, int8 weights, for iOS (not run on this host)")
+    images = min(config.val_images or state.survey.val_images, CORE_ML_IMAGES)
     try:
-        return _core_ml_export(trained, config, run_dir, backend.suffix)
+        return _core_ml_export(trained, config, run_dir, backend.suffix, images)
     except MobiforgeError as error:  # the shipped artifact stands; the extra package is skipped, saying why
         say(f"core ml: skipped ({error})")
         return None
 
 
-def _core_ml_export(trained: TrainRecord, config: ShipConfig, run_dir: Path, suffix: str) -> ArtifactReport:
+def _core_ml_export(
+    trained: TrainRecord, config: ShipConfig, run_dir: Path, suffix: str, val_images: int
+) -> ArtifactReport:
     return export_checkpoint(
         ExportConfig(
             checkpoint=trained.checkpoint,
@@ -661,7 +665,7 @@ def _core_ml_export(trained: TrainRecord, config: ShipConfig, run_dir: Path, suf
             data=config.data,
             out=str(run_dir / f"model{suffix}"),
             calibration_images=1,
-            val_images=config.val_images,
+            val_images=val_images,
             threads=(config.threads,),
             workers=loader_workers(config.workers),
             seed=config.seed,
