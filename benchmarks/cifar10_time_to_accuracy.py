@@ -20,10 +20,11 @@ import torch
 from benchmarks.results import write_section
 from mobiforge import create_model
 from mobiforge.data import DataConfig
-from mobiforge.engine import OptimConfig, autocast, cpu_has_native_bf16
+from mobiforge.engine import OptimConfig, cpu_has_native_bf16
 from mobiforge.profile import int8_weight_bytes
 from mobiforge.progress import SilentReporter
 from mobiforge.ship.plan import fit_epochs, replan_once, stop_by
+from mobiforge.ship.search import step_speed
 from mobiforge.train import EPOCH_END, TrainConfig, train
 
 
@@ -48,22 +49,10 @@ class LogReporter(SilentReporter):
 
 def measure_speed(config: TrainConfig, steps: int = 25) -> float:
     """Training images/s of the model alone (channels_last, this batch size): the basis for the epoch count."""
-    model = create_model(config.model, **model_kwargs(config.width_mult))
-    dtype = torch.bfloat16 if config.amp == "bf16" else None
-    model = model.to(memory_format=torch.channels_last).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    batch = config.data.batch_size
-    x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (batch,))
-    for index in range(steps + 3):
-        if index == 3:
-            start = time.perf_counter()
-        with autocast(torch.device("cpu"), dtype):
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return steps * batch / (time.perf_counter() - start)
+    model = create_model(config.model, **model_kwargs(config.width_mult)).to(memory_format=torch.channels_last)
+    images = torch.randn(config.data.batch_size, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.train().parameters(), lr=0.01, momentum=0.9)
+    return step_speed(model, images, optimizer, steps, torch.bfloat16 if config.amp == "bf16" else None)
 
 
 def model_kwargs(width_mult: float | None) -> dict:

@@ -712,3 +712,31 @@ def test_small_images_probe_every_scratch_candidate_before_ranking(monkeypatch: 
     assert skipped.budget_epochs is None and skipped.train_images_per_s is None  # never probed
     assert said and "fastest resnet20" in said[0]
     assert [c.name for c in sorted(candidates[:2], key=search.rank)] == ["resnet20", "resnet56"]
+
+
+def test_a_scratch_candidate_trains_in_the_precision_its_probe_chose(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mobiforge.ship.stages as stages
+    from mobiforge.ship.state import Candidate
+
+    seen: list[object] = []
+
+    class Stop(Exception):
+        pass
+
+    def capture(config: object, *args: object) -> None:
+        seen.append(config)
+        raise Stop
+
+    monkeypatch.setattr(stages, "train_resumable", capture)
+
+    class State:
+        survey = _survey(small=True)
+
+    for amp in ("bf16", "none"):
+        candidate = Candidate("resnet20-32px", "resnet20", None, 32, "scratch", train_amp=amp)
+        with pytest.raises(Stop):
+            stages.train_candidate(candidate, 3, ShipConfig(data="x"), None, tmp_path, SilentReporter(), State(),  # type: ignore[arg-type]
+                                   time.time() + 60, time.time() + 60)  # fmt: skip
+    assert [config.amp for config in seen] == ["bf16", "none"]

@@ -12,8 +12,9 @@ SMALL_IMAGE_SIDE = 64  # images this small (CIFAR, digits) train at 32 px with t
 SMALL_INPUT_SIZE = 32
 LARGE_INPUT_SIZES = (224, 160, 128)
 MIN_EPOCHS = 3  # a second candidate is trained only if both get at least this many epochs
-# From scratch on small images a one-cycle run needs about this many epochs to come near what its network can reach
-# (ResNet-20 on CIFAR-10, RESULTS.md: 89.6% after 20, 91.8% after 40); ranking and sharing the budget use it.
+# From scratch on small images, fewer one-cycle epochs than this leave a network far from what it can reach
+# (ResNet-20 on CIFAR-10, RESULTS.md: 85.4% after 16 epochs, 87.4% after 32 and still rising); ranking and sharing
+# the budget use it. A judgement from those two runs, not a fitted curve.
 SCRATCH_EPOCHS = 30
 MAX_EPOCHS = 100
 FIRST_LAYERS_IN_FLOAT = 2  # the stem and the first block: where int8 hurts MobileNet-family nets most
