@@ -39,6 +39,7 @@ import numpy as np
 import pillow_heif
 import torch
 from PIL import Image, ImageOps
+from torch import nn
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.datasets.folder import IMG_EXTENSIONS
@@ -579,11 +580,25 @@ class ShrinkTo:
         return v2.functional.resize(image, self.short_side, antialias=True)
 
 
+def crop_mode(config: DataConfig) -> str:
+    """--crop, else pad-and-crop up to 64 px (CIFAR's recipe) and RandomResizedCrop above."""
+    return config.crop or ("pad" if config.resolved_img_size() <= 64 else "rrc")
+
+
+def crop_padding(size: int) -> int:
+    return size // 8  # 4 px at CIFAR's 32
+
+
+def flips(config: DataConfig) -> bool:
+    """--hflip, else on (off for the built-in digits, which a mirror turns into other glyphs)."""
+    return config.hflip if config.hflip is not None else config.data != "digits"
+
+
 def train_stages(config: DataConfig, cached: bool = False) -> tuple[list[Any], list[Any]]:
     """The training transform as (deterministic steps, random steps). Cached images run the first list once, when
     they are decoded; the second runs for every sample of every epoch."""
     size = config.resolved_img_size()
-    crop = config.crop or ("pad" if size <= 64 else "rrc")
+    crop = crop_mode(config)
     prepare: list[Any] = [v2.ToImage()]
     if crop == "rrc":
         if cached:  # RandomResizedCrop samples from the whole image: keep it, at up to twice the output size
@@ -591,11 +606,10 @@ def train_stages(config: DataConfig, cached: bool = False) -> tuple[list[Any], l
         augment: list[Any] = [v2.RandomResizedCrop(size, scale=(config.min_scale, 1.0), antialias=True)]
     elif crop == "pad":
         prepare.append(v2.Resize((size, size), antialias=True))
-        augment = [v2.RandomCrop(size, padding=size // 8, padding_mode="reflect")]
+        augment = [v2.RandomCrop(size, padding=crop_padding(size), padding_mode="reflect")]
     else:
         raise MobiforgeError(f"--crop must be 'rrc' or 'pad', got {crop!r}")
-    hflip = config.hflip if config.hflip is not None else config.data != "digits"
-    if hflip:
+    if flips(config):
         augment.append(v2.RandomHorizontalFlip())
     if config.trivial_augment:
         augment.append(v2.TrivialAugmentWide())
@@ -604,6 +618,39 @@ def train_stages(config: DataConfig, cached: bool = False) -> tuple[list[Any], l
     if config.random_erasing > 0:
         augment.append(v2.RandomErasing(p=config.random_erasing))
     return prepare, augment
+
+
+class PadCropBatch:
+    """The small-image recipe of ``train_stages`` (reflect-pad and random crop, optional flip, float, normalise) on a
+    whole batch of equal-size uint8 images at once. Per image, torchvision's v2 steps cost ~230 us on a CPU core, a
+    quarter of a 32 px training step of the fastest candidates; on a batch the same work is a few tensor ops."""
+
+    def __init__(self, padding: int, hflip: bool, mean: Sequence[float], std: Sequence[float]) -> None:
+        self.padding = padding
+        self.hflip = hflip
+        self.mean = torch.tensor(mean).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(std).view(1, 3, 1, 1) * 255
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        count, _, height, width = images.shape
+        pad = self.padding
+        padded = nn.functional.pad(images.float(), [pad] * 4, mode="reflect")  # reflect needs a float tensor
+        top, left = (torch.randint(0, 2 * pad + 1, (count, 1), generator=generator) for _ in range(2))
+        rows, cols = top + torch.arange(height), left + torch.arange(width)
+        batch = torch.arange(count)[:, None, None]
+        crops = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+        if self.hflip:
+            flip = torch.rand(count, generator=generator) < 0.5
+            crops = torch.where(flip[:, None, None, None], crops.flip(-1), crops)
+        return (crops - self.mean) / self.std
+
+
+def batch_augment(config: DataConfig) -> PadCropBatch | None:
+    """The batched form of the cached training steps where it exists: pad-and-crop, flip and normalise only."""
+    if crop_mode(config) != "pad" or config.trivial_augment or config.random_erasing:
+        return None
+    padding = crop_padding(config.resolved_img_size())
+    return PadCropBatch(padding, flips(config), config.mean or IMAGENET_MEAN, config.std or IMAGENET_STD)
 
 
 def train_transform(config: DataConfig) -> v2.Compose:

@@ -41,6 +41,8 @@ from mobiforge.config import TrainConfig as TrainConfig  # public here too
 from mobiforge.data import (
     DatasetSplits,
     ImageSamples,
+    PadCropBatch,
+    batch_augment,
     cache_specs,
     check_images,
     discover,
@@ -90,9 +92,22 @@ class EpochKeySampler(Sampler[int]):
 
 
 class EpochKeyedSamples(ImageSamples):
+    """Training samples keyed ``epoch * n + index`` (see ``EpochKeySampler``). With ``batch_transform`` (cached
+    images only) the loader fetches a whole batch at once and augments it in one pass, seeded by its keys."""
+
+    batch_transform: PadCropBatch | None = None
+
     def __getitem__(self, key: int) -> tuple[torch.Tensor, int]:
         self.epoch, index = divmod(key, len(self.samples))
         return super().__getitem__(index)
+
+    def __getitems__(self, keys: list[int]) -> list[tuple[torch.Tensor, int]]:
+        if self.batch_transform is None or self.images is None:
+            return [self[key] for key in keys]
+        samples = [self.samples[key % len(self.samples)] for key in keys]
+        images = torch.stack([self.images[path] for path, _ in samples])
+        generator = torch.Generator().manual_seed(hash((self.seed, *keys)) & 0x7FFF_FFFF_FFFF_FFFF)
+        return list(zip(self.batch_transform(images, generator).unbind(0), (label for _, label in samples)))
 
 
 def _loader(
@@ -339,6 +354,7 @@ class Trainer:
         if splits.images is not None:  # decoded once: each epoch runs only the random steps of the recipe
             augment = v2.Compose(train_stages(config.data, cached=True)[1])
             train_set = EpochKeyedSamples(splits.train, augment, seed=config.seed, images=splits.images)
+            train_set.batch_transform = batch_augment(config.data)
             val_set = ImageSamples(val_samples, v2.Compose(eval_stages(self.preprocess)[1]), images=splits.images)
         else:
             transform = train_transform(config.data)

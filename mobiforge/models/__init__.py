@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from mobiforge.models import (  # noqa: F401  (importing a family registers its models)
+    convpool,
     efficientnet_lite,
     mobilenet_seed,
     mobilenet_v1,

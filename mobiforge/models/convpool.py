@@ -1,0 +1,103 @@
+"""Conv-pool networks for small images: a plain stack of dense 3x3 convolutions and max pools, no residual adds.
+
+The shape of the fastest CIFAR-10 training recipes (Page's ResNet-9 for DAWNBench, 2018; Jordan's airbench, 2024):
+a 3x3 stem, then three stages of ``ConvBNAct -> MaxPool 2 -> ConvBNAct`` that halve the resolution and widen the
+channels, global pooling and one linear layer. Only eight layers deep and wide early, it learns more per epoch than a
+deep thin ResNet, and its wide dense convolutions run near the CPU's arithmetic rate (issue 26: ``convpool_s``
+trains about twice as fast per image as ResNet-20 on two Zen 4 cores in bf16). Where a CPU budget buys few epochs
+of a small-image dataset, that is the better trade; ``benchmarks/RESULTS.md`` records the comparison.
+
+The papers pool the conv's output before its BatchNorm; here each conv keeps its BN and activation next to it and
+the pool follows, so that int8 export folds every BN into its conv (a max pool commutes with the monotone
+BN-then-ReLU only for positive BN scales, which training does not promise).
+
+``small_input=True`` is the 32 px network. Without it the stem is stride 2 followed by a stride-2 max pool, as
+ImageNet networks start, so that 224 px inputs end at 7x7 like every model of the zoo.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from mobiforge.models.base import StackedNet, default_preprocess, linear_classifier
+from mobiforge.models.blocks import ConvBNAct, check_widths, make_divisible
+from mobiforge.models.registry import register_model
+
+STAGES = 3
+
+
+class ConvPoolStage(nn.Sequential):
+    """3x3 ConvBNAct to ``hidden`` channels, max pool 2, 3x3 ConvBNAct to ``out`` (pruning narrows each conv on its
+    own, so a stage has two widths)."""
+
+    def __init__(self, in_channels: int, hidden: int, out: int) -> None:
+        super().__init__(ConvBNAct(in_channels, hidden, 3), nn.MaxPool2d(2), ConvBNAct(hidden, out, 3))
+        self.out_channels = out
+
+
+def conv_pool_net(
+    widths: tuple[int, int, int, int],
+    num_classes: int = 1000,
+    width_mult: float = 1.0,
+    small_input: bool = False,
+    dropout: float = 0.0,
+    stem_channels: int | None = None,
+    stage_channels: list[int] | None = None,
+    hidden_channels: list[int] | None = None,
+) -> StackedNet:
+    """A conv-pool network with a stem of ``widths[0]`` channels and stages of ``widths[1:]``.
+
+    Args:
+        width_mult: multiplies every width (rounded to multiples of 8).
+        small_input: the 32 px network (stride-1 stem, no pooling before the first stage).
+        stem_channels, stage_channels (3 values: each stage's output), hidden_channels (3 values: each stage's first
+            conv): explicit widths that override ``width_mult`` (a pruned model's spec).
+    """
+    check_widths(STAGES, stage_channels=stage_channels, hidden_channels=hidden_channels)
+
+    def width(channels: int) -> int:
+        return channels if width_mult == 1.0 else make_divisible(channels * width_mult)
+
+    in_channels = stem_channels or width(widths[0])
+    features: list[nn.Module] = [ConvBNAct(3, in_channels, 3, 1 if small_input else 2)]
+    if not small_input:
+        features.append(nn.MaxPool2d(3, 2, 1))
+    for index in range(STAGES):
+        out = stage_channels[index] if stage_channels else width(widths[index + 1])
+        hidden = hidden_channels[index] if hidden_channels else out
+        features.append(ConvPoolStage(in_channels, hidden, out))
+        in_channels = out
+    classifier = linear_classifier(in_channels, num_classes, dropout)
+    return StackedNet(features, classifier, in_channels, in_channels, num_classes, default_preprocess(small_input))
+
+
+@register_model
+def convpool_s(
+    num_classes: int = 1000,
+    width_mult: float = 1.0,
+    small_input: bool = False,
+    dropout: float = 0.0,
+    stem_channels: int | None = None,
+    stage_channels: list[int] | None = None,
+    hidden_channels: list[int] | None = None,
+) -> StackedNet:
+    """Conv-pool net, stem 16 and stages 32/96/192 (``small_input=True``, 10 classes: 0.63M parameters, 36M
+    multiply-adds at 32 px)."""
+    return conv_pool_net((16, 32, 96, 192), num_classes, width_mult, small_input, dropout, stem_channels,
+                         stage_channels, hidden_channels)  # fmt: skip
+
+
+@register_model
+def convpool_m(
+    num_classes: int = 1000,
+    width_mult: float = 1.0,
+    small_input: bool = False,
+    dropout: float = 0.0,
+    stem_channels: int | None = None,
+    stage_channels: list[int] | None = None,
+    hidden_channels: list[int] | None = None,
+) -> StackedNet:
+    """Conv-pool net, stem 32 and stages 64/128/192 (``small_input=True``, 10 classes: 0.83M parameters, 77M
+    multiply-adds at 32 px)."""
+    return conv_pool_net((32, 64, 128, 192), num_classes, width_mult, small_input, dropout, stem_channels,
+                         stage_channels, hidden_channels)  # fmt: skip
