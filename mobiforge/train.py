@@ -107,7 +107,8 @@ class EpochKeyedSamples(ImageSamples):
         samples = [self.samples[key % len(self.samples)] for key in keys]
         images = torch.stack([self.images[path] for path, _ in samples])
         generator = torch.Generator().manual_seed(hash((self.seed, *keys)) & 0x7FFF_FFFF_FFFF_FFFF)
-        return list(zip(self.batch_transform(images, generator).unbind(0), (label for _, label in samples)))
+        labels = [label for _, label in samples]
+        return list(zip(self.batch_transform(images, generator).unbind(0), labels, strict=True))
 
 
 def _loader(
