@@ -31,6 +31,8 @@ from mobiforge.ship.state import Candidate
 
 # (model, kwargs, input side, training batch): the small-image grid at 32 px, and the photo-sized ship candidates
 ZOO = [
+    ("convpool_s", {"small_input": True}, 32, 128),
+    ("convpool_m", {"small_input": True}, 32, 128),
     ("resnet20", {"small_input": True}, 32, 128),
     ("resnet32", {"small_input": True}, 32, 128),
     ("resnet56", {"small_input": True}, 32, 128),

@@ -231,3 +231,44 @@ def test_loader_workers_default_to_none_for_cached_images_on_cpu() -> None:
     assert DataConfig().resolved_workers(cached=False, device_type="cpu") == 2
     assert DataConfig().resolved_workers(cached=True, device_type="cuda") == 2
     assert DataConfig(workers=3).resolved_workers(cached=True, device_type="cpu") == 3
+
+
+def test_a_cached_small_image_batch_is_augmented_as_the_per_sample_steps_would() -> None:
+    from mobiforge.data import PadCropBatch, batch_augment
+
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
+    identity = PadCropBatch(4, hflip=True, mean=(0, 0, 0), std=(1 / 255,) * 3)  # output = pixel values
+    out = identity(images, torch.Generator().manual_seed(0))
+    padded = torch.nn.functional.pad(images.float(), [4] * 4, mode="reflect")  # v2.RandomCrop's reflect padding
+    windows = {(top, left, flipped) for top in range(9) for left in range(9) for flipped in (False, True)}
+    seen = set()
+    for index in range(len(images)):
+        matches = [
+            (top, left, flipped)
+            for top, left, flipped in windows
+            if torch.equal(out[index], _window(padded[index], top, left, flipped))
+        ]
+        assert matches, f"image {index} is not a (flipped) window of its padded self"
+        seen.update(matches)
+    assert {flipped for _, _, flipped in seen} == {False, True} and len({w[:2] for w in seen}) > 20
+    assert torch.equal(identity(images, torch.Generator().manual_seed(0)), out)  # the generator decides it all
+    # The normalisation is the per-sample steps' (ToDtype scaled, then Normalize with the configured mean and std).
+    config = DataConfig(data="x", img_size=32, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
+    normalised = batch_augment(config)(images, torch.Generator().manual_seed(0))
+    expected = v2.Normalize([0.5, 0.4, 0.3], [0.2, 0.25, 0.3])(out / 255)
+    torch.testing.assert_close(normalised, expected)
+
+
+def _window(image: torch.Tensor, top: int, left: int, flipped: bool) -> torch.Tensor:
+    crop = image[:, top : top + 32, left : left + 32]
+    return crop.flip(-1) if flipped else crop
+
+
+def test_only_the_pad_crop_flip_recipe_has_a_batched_form() -> None:
+    from mobiforge.data import batch_augment
+
+    assert batch_augment(DataConfig(data="x", img_size=32)) is not None
+    assert batch_augment(DataConfig(data="digits")).hflip is False  # as the per-sample steps: no mirrored glyphs
+    assert batch_augment(DataConfig(data="x", img_size=224)) is None  # RandomResizedCrop
+    assert batch_augment(DataConfig(data="x", img_size=32, trivial_augment=True)) is None
+    assert batch_augment(DataConfig(data="x", img_size=32, random_erasing=0.25)) is None

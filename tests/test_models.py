@@ -220,6 +220,31 @@ def test_cifar_resnets_have_the_papers_size(name: str) -> None:
     assert model.preprocess.img_size == 32 and model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
+# Parameters and multiply-adds at 32 px with 10 classes, as the builders' docstrings state them.
+CONV_POOL_NETS = {"convpool_s": (0.63e6, 36e6), "convpool_m": (0.83e6, 77e6)}
+
+
+@pytest.mark.parametrize("name", sorted(CONV_POOL_NETS))
+def test_conv_pool_nets_have_their_stated_size_and_fit_the_mobile_budget_in_int8(name: str) -> None:
+    params, macs = CONV_POOL_NETS[name]
+    model = create_model(name, num_classes=10, small_input=True).eval()
+    assert abs(count_params(model) - params) / params < 0.02 and count_params(model) < 1e6  # 1 byte a weight
+    assert abs(count_macs(model, (1, 3, 32, 32)) - macs) / macs < 0.02
+    assert model.preprocess.img_size == 32 and model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    # Without small_input the stem and a pool take 224 px to 56, and the three stages to 7x7, like the zoo.
+    assert create_model(name).forward_features(torch.randn(1, 3, 224, 224)).shape[-2:] == (7, 7)
+
+
+def test_a_conv_pool_net_rebuilds_from_explicit_widths() -> None:
+    from mobiforge.errors import MobiforgeError
+
+    model = create_model("convpool_s", num_classes=3, stem_channels=8, stage_channels=[16, 24, 32],
+                         hidden_channels=[8, 16, 24])  # fmt: skip
+    assert model.num_features == 32 and model(torch.randn(1, 3, 64, 64)).shape == (1, 3)
+    with pytest.raises(MobiforgeError, match="hidden_channels needs 3 values"):
+        create_model("convpool_s", hidden_channels=[8, 8])
+
+
 def test_a_cifar_resnet_refuses_a_depth_it_cannot_have() -> None:
     from mobiforge.errors import MobiforgeError
     from mobiforge.models.resnet_cifar import cifar_resnet

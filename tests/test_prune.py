@@ -29,6 +29,7 @@ FAMILIES = [
     ("mobilenet_v3_large", {"width_mult": 0.5}),
     ("efficientnet_lite0", {"width_mult": 0.5, "tf_padding": True}),
     ("resnet20", {"width_mult": 1.5}),
+    ("convpool_s", {}),
 ]
 SIZE = 64
 

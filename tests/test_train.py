@@ -97,12 +97,27 @@ def test_images_cached_in_memory_train_exactly_like_images_read_from_files(
     for cache in ("none", "auto"):
         config = _config(colours, tmp_path / "runs", name=cache, epochs=2, deterministic=True)
         config.data.cache = cache
+        config.data.random_erasing = 0.5  # keeps the per-sample steps (pad-and-crop alone is batched when cached)
         reads.clear()
         runs[cache] = train(config).run_dir
         read_counts[cache] = len(reads)
     _assert_same_run(runs["none"], runs["auto"])  # pad-and-crop at 16 px: the same recipe, split in two
     assert read_counts["auto"] == 32 * 3 + 6 * 3  # every file decoded once, before training
     assert read_counts["none"] == 2 * read_counts["auto"]  # uncached: both epochs read every file again
+
+
+def test_cached_small_images_are_augmented_a_batch_at_a_time_and_repeatably(
+    colours: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mobiforge.data import PadCropBatch
+
+    batches: list[int] = []
+    call = PadCropBatch.__call__
+    monkeypatch.setattr(PadCropBatch, "__call__", lambda self, x, g: batches.append(len(x)) or call(self, x, g))
+    runs = [train(_config(colours, tmp_path / "runs", name=f"r{i}", epochs=2, deterministic=True)).run_dir
+            for i in range(2)]  # fmt: skip
+    assert batches and max(batches) > 1  # whole batches, not single samples
+    _assert_same_run(*runs)  # seeded by the batch's sample keys: the same run twice
 
 
 def test_unknown_cache_mode_is_a_one_line_error(colours: Path, tmp_path: Path) -> None:

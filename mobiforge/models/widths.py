@@ -16,6 +16,7 @@ from torch import nn
 
 from mobiforge.errors import MobiforgeError
 from mobiforge.models.blocks import ConvBNAct, InvertedResidual, SqueezeExcite, StageRow
+from mobiforge.models.convpool import ConvPoolStage
 from mobiforge.models.efficientnet_lite import EFFICIENTNET_B0_STAGES
 from mobiforge.models.factory import build_from_spec
 from mobiforge.models.mobilenet_seed import SeedBlock
@@ -28,7 +29,9 @@ STAGE_TABLES: dict[str, list[StageRow]] = {
     "mobilenet_v2": MOBILENET_V2_STAGES,
     "efficientnet_lite0": EFFICIENTNET_B0_STAGES,
 }
-SUPPORTED_PREFIXES = ("mobilenet_seed", "mobilenet_v1", "mobilenet_v2", "mobilenet_v3", "efficientnet_lite", "resnet")
+SUPPORTED_PREFIXES = (
+    "mobilenet_seed", "mobilenet_v1", "mobilenet_v2", "mobilenet_v3", "efficientnet_lite", "resnet", "convpool"
+)  # fmt: skip
 
 NOT_PRUNABLE = {
     "shufflenet_v2": (
@@ -74,6 +77,8 @@ def read_widths(model: nn.Module) -> dict[str, Any]:
     check_prunable(name)
     if name.startswith("resnet"):
         return _resnet_widths(model)
+    if name.startswith("convpool"):
+        return _convpool_widths(model)
     features = list(model.features)
     stem, blocks = _conv(features[0]).out_channels, features[1:]
     head = None
@@ -124,4 +129,14 @@ def _resnet_widths(model: nn.Module) -> dict[str, Any]:
         "stem_channels": _conv(model.features[0]).out_channels,
         "stage_channels": [_conv(block.conv2).out_channels for block in ends],
         "hidden_channels": [_conv(block.conv1).out_channels for block in blocks],
+    }
+
+
+def _convpool_widths(model: nn.Module) -> dict[str, Any]:
+    """A conv-pool net's widths: the stem, and each stage's two convs (no residual adds tie any of them)."""
+    stages = [stage for stage in model.features if isinstance(stage, ConvPoolStage)]
+    return {
+        "stem_channels": _conv(model.features[0]).out_channels,
+        "stage_channels": [_conv(stage[2]).out_channels for stage in stages],
+        "hidden_channels": [_conv(stage[0]).out_channels for stage in stages],
     }

@@ -29,10 +29,13 @@ class GridRow:
     small_images_only: bool = False
 
 
-# Mobile families at widths whose int8 weights range from ~0.3 to ~2.5 MB, and for small images the CIFAR ResNets
-# (dense 3x3 convolutions train 2-4x faster per image on a CPU than depthwise ones: benchmarks/roofline.py). The
-# search keeps those under the size budget and ranks them by what the time budget buys (see ``search.rank``).
+# Mobile families at widths whose int8 weights range from ~0.3 to ~2.5 MB, and for small images the conv-pool nets
+# and the CIFAR ResNets (dense 3x3 convolutions train 2-4x faster per image on a CPU than depthwise ones:
+# benchmarks/roofline.py). The search keeps those under the size budget and ranks them by what the time budget buys
+# (see ``search.rank``).
 CANDIDATE_GRID: tuple[GridRow, ...] = (
+    GridRow("convpool_m", None, small_images_only=True),
+    GridRow("convpool_s", None, small_images_only=True),
     GridRow("resnet56", None, small_images_only=True),
     GridRow("resnet44", None, small_images_only=True),
     GridRow("resnet32", None, small_images_only=True),

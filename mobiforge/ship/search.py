@@ -130,7 +130,10 @@ def grid_candidates(config: ShipConfig, info: Survey) -> list[Candidate]:
     return candidates
 
 
-FAMILY_PREFIXES = (*NOT_PRUNABLE, "resnet")  # models named by depth or width that ``--models`` may name together
+FAMILY_PREFIXES = (*NOT_PRUNABLE, "resnet", "convpool")  # families of several named models: ``--models`` takes them
+# From scratch on small images, given the same epochs, the conv-pool nets reach more than the other families:
+# benchmarks/small_image_families.py (CIFAR-10 subset, 8 epochs: convpool_s 5 points above ResNet-20, RESULTS.md).
+EPOCH_EFFICIENT_FAMILIES = ("convpool",)
 
 
 def family(model: str) -> str:
@@ -450,17 +453,20 @@ def _reaim(
 SOURCE_ORDER = ("teacher", "pruned", "truncated", "scratch")
 
 
-def rank(candidate: Candidate) -> tuple[int, int, float]:
+def rank(candidate: Candidate) -> tuple[int, int, int, float]:
     """Networks from the (pretrained) teacher first: itself, then pruned (every stage kept, the first blocks whole),
     then truncated (its first blocks alone; both train on the ladder's cache). Then, where the training speeds were
     probed first (small images), what the time budget buys: candidates it gives SCRATCH_EPOCHS or more come first,
-    by compute (given the epochs to learn, accuracy grows with it), then the rest by the epochs they get (short of
-    them, the network trained longest is the best); elsewhere, by compute."""
+    the families that learn most per epoch before the rest (EPOCH_EFFICIENT_FAMILIES), each by compute (given the
+    epochs to learn, accuracy grows with it), then the rest by the epochs they get (short of them, the network
+    trained longest is the best); elsewhere, by compute."""
     source = SOURCE_ORDER.index(candidate.source)
     epochs = candidate.budget_epochs
-    if epochs is None or epochs >= SCRATCH_EPOCHS:
-        return source, 0, -candidate.macs
-    return source, 1, -epochs
+    if epochs is None:
+        return source, 0, 0, -candidate.macs
+    if epochs >= SCRATCH_EPOCHS:
+        return source, 0, int(family(candidate.model) not in EPOCH_EFFICIENT_FAMILIES), -candidate.macs
+    return source, 1, 0, -epochs
 
 
 def budget_epochs(
