@@ -622,8 +622,8 @@ def train_stages(config: DataConfig, cached: bool = False) -> tuple[list[Any], l
 
 class PadCropBatch:
     """The small-image recipe of ``train_stages`` (reflect-pad and random crop, optional flip, float, normalise) on a
-    whole batch of equal-size uint8 images at once. Per image, torchvision's v2 steps cost ~230 us on a CPU core, a
-    quarter of a 32 px training step of the fastest candidates; on a batch the same work is a few tensor ops."""
+    whole batch of equal-size uint8 images at once: a few tensor ops instead of a chain of torchvision calls per
+    image, which cost a sizeable share of a 32 px training step (``benchmarks/batch_augment.py``)."""
 
     def __init__(self, padding: int, hflip: bool, mean: Sequence[float], std: Sequence[float]) -> None:
         self.padding = padding

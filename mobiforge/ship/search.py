@@ -132,7 +132,7 @@ def grid_candidates(config: ShipConfig, info: Survey) -> list[Candidate]:
 
 FAMILY_PREFIXES = (*NOT_PRUNABLE, "resnet", "convpool")  # families of several named models: ``--models`` takes them
 # From scratch on small images, given the same epochs, the conv-pool nets reach more than the other families:
-# benchmarks/small_image_families.py (CIFAR-10 subset, 8 epochs: convpool_s 5 points above ResNet-20, RESULTS.md).
+# benchmarks/small_image_families.py (a CIFAR-10 subset, the same epochs for each; RESULTS.md).
 EPOCH_EFFICIENT_FAMILIES = ("convpool",)
 
 
