@@ -43,7 +43,7 @@ def main() -> None:
     lines = [
         "## Cached small-image augmentation: per sample against per batch (issue 26)",
         "",
-        f"Pad-and-crop (reflect, 4 px), flip, normalise; 32 px uint8 images, batch {args.batch}, one thread, best of 5.",
+        f"Pad-and-crop (reflect, 4 px), flip, normalise; 32 px uint8 images, batch {args.batch}, 1 thread, best of 5.",
         "",
         "| path | us per image |",
         "|---|---:|",
