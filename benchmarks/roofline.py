@@ -8,6 +8,7 @@ each runtime, timed there with one thread (the search's own measurement). Traini
 models and the median is kept, so that a noisy neighbour slows every model alike.
 
     python -m benchmarks.roofline [--rounds 3] [--runtimes executorch,tflite,onnx]
+        [--models convpool_s,resnet20 --section roofline_small]  (some rows, with their own peak, in their own section)
 """
 
 from __future__ import annotations
@@ -81,13 +82,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--runtimes", default=",".join(RUNTIMES), help="comma-separated; '' for none")
+    parser.add_argument("--models", default="", help="comma-separated zoo names (every row of those models); '': all")
+    parser.add_argument("--section", default="roofline", help="RESULTS.md section")
     args = parser.parse_args()
+    chosen = [name for name in args.models.split(",") if name]
     runtimes = [name for name in args.runtimes.split(",") if name]
     torch.manual_seed(0)
     fp32 = matmul_peak(torch.float32)
     bf16 = matmul_peak(torch.bfloat16) if cpu_has_native_bf16() else None
     models = []
     for name, kwargs, side, batch in ZOO:
+        if chosen and name not in chosen:
+            continue
         model = create_model(name, num_classes=10, **kwargs).train().to(memory_format=torch.channels_last)
         images = torch.randn(batch, 3, side, side).contiguous(memory_format=torch.channels_last)
         macs = count_macs(create_model(name, num_classes=10, **kwargs).eval(), (1, 3, side, side))
@@ -122,8 +128,9 @@ def main() -> None:
     header = ["model", "px", "params", "MACs", "train img/s fp32", "achieved GFLOP/s", "of fp32 peak"]
     header += ["train img/s bf16", "of bf16 peak"] if bf16 else []
     header += ["eager fp32 batch-1 ms", *(f"{rt} int8 ms" for rt in runtimes)]
+    rows_named = f": {', '.join(chosen)}" if chosen else ""
     body = "\n".join([
-        "## Roofline: training step against the CPU's arithmetic peak (issue 26)",
+        f"## Roofline: training step against the CPU's arithmetic peak (issue 26){rows_named}",
         "",
         f"{peak} (2048x2048 matmuls, {torch.get_num_threads()} threads). Training: SGD steps on random data, "
         f"batch 128 at 32 px and 32 at 224 px, channels_last, median of {args.rounds} interleaved rounds of 3 "
@@ -135,7 +142,7 @@ def main() -> None:
         *rows,
     ])  # fmt: skip
     print(body)
-    write_section("roofline", body)
+    write_section(args.section, body)
 
 
 if __name__ == "__main__":
