@@ -48,6 +48,9 @@ def variants(base: TrainConfig) -> dict[str, TrainConfig]:
     table = {
         "ship's recipe": base,
         "no label smoothing": dataclasses.replace(base, optim=dataclasses.replace(optim, label_smoothing=0.0)),
+        "label smoothing 0.2 (airbench's)": dataclasses.replace(
+            base, optim=dataclasses.replace(optim, label_smoothing=0.2)
+        ),
         "no precise BN": dataclasses.replace(base, precise_bn=0),
         "+ EMA 0.99": dataclasses.replace(base, optim=dataclasses.replace(optim, ema_decay=0.99)),
         "warm-up 1 epoch + cosine instead of one-cycle": dataclasses.replace(
