@@ -17,6 +17,10 @@ ImageNet networks start, so that 224 px inputs end at 7x7 like every model of th
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
+from typing import Any
+
 from torch import nn
 
 from mobiforge.models.base import StackedNet, default_preprocess, linear_classifier
@@ -71,33 +75,22 @@ def conv_pool_net(
     return StackedNet(features, classifier, in_channels, in_channels, num_classes, default_preprocess(small_input))
 
 
-@register_model
-def convpool_s(
-    num_classes: int = 1000,
-    width_mult: float = 1.0,
-    small_input: bool = False,
-    dropout: float = 0.0,
-    stem_channels: int | None = None,
-    stage_channels: list[int] | None = None,
-    hidden_channels: list[int] | None = None,
-) -> StackedNet:
-    """Conv-pool net, stem 16 and stages 32/96/192 (``small_input=True``, 10 classes: 0.63M parameters, 36M
-    multiply-adds at 32 px)."""
-    return conv_pool_net((16, 32, 96, 192), num_classes, width_mult, small_input, dropout, stem_channels,
-                         stage_channels, hidden_channels)  # fmt: skip
+def _register(name: str, widths: tuple[int, int, int, int], summary: str) -> Callable[..., StackedNet]:
+    """Register ``name``: ``conv_pool_net`` at ``widths``, with its signature (the registry checks kwargs against
+    it)."""
+
+    def builder(**kwargs: Any) -> StackedNet:
+        return conv_pool_net(widths, **kwargs)
+
+    parameters = list(inspect.signature(conv_pool_net).parameters.values())[1:]  # all but widths
+    builder.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    builder.__name__ = builder.__qualname__ = name
+    builder.__doc__ = (
+        f"Conv-pool net, stem {widths[0]} and stages {'/'.join(map(str, widths[1:]))} "
+        f"(``small_input=True``, 10 classes: {summary})."
+    )
+    return register_model(builder)
 
 
-@register_model
-def convpool_m(
-    num_classes: int = 1000,
-    width_mult: float = 1.0,
-    small_input: bool = False,
-    dropout: float = 0.0,
-    stem_channels: int | None = None,
-    stage_channels: list[int] | None = None,
-    hidden_channels: list[int] | None = None,
-) -> StackedNet:
-    """Conv-pool net, stem 32 and stages 64/128/192 (``small_input=True``, 10 classes: 0.83M parameters, 77M
-    multiply-adds at 32 px)."""
-    return conv_pool_net((32, 64, 128, 192), num_classes, width_mult, small_input, dropout, stem_channels,
-                         stage_channels, hidden_channels)  # fmt: skip
+convpool_s = _register("convpool_s", (16, 32, 96, 192), "0.63M parameters, 36M multiply-adds at 32 px")
+convpool_m = _register("convpool_m", (32, 64, 128, 192), "0.83M parameters, 77M multiply-adds at 32 px")
