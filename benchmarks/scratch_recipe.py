@@ -42,6 +42,22 @@ def subset_table(cifar: Path, folder: Path, train_per_class: int, test_per_class
     return table
 
 
+def ship_recipe_config(model: str, table: Path, folder: Path, epochs: int) -> TrainConfig:
+    """Ship's long-run small-image recipe (what CIFAR-10 gets) on the subset, though the subset is shorter than its
+    switch to AdamW; bf16 autocast where native, as ship's probe would choose it for ResNet-20."""
+    return TrainConfig(
+        model=model,
+        small_input=True,
+        data=DataConfig(data=str(table), img_size=32, batch_size=BATCH),
+        optim=scratch_recipe(small=True, steps=LONG_RUN_STEPS, batch=BATCH),
+        precise_bn=PRECISE_BN_IMAGES,
+        amp="bf16" if cpu_has_native_bf16() else "none",
+        epochs=epochs,
+        runs_dir=str(folder / "runs"),
+        tensorboard=False,
+    )
+
+
 def variants(base: TrainConfig) -> dict[str, TrainConfig]:
     """Ship's recipe, then one change each."""
     optim, bf16 = base.optim, base.amp == "bf16"
@@ -77,18 +93,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as folder:
         table = subset_table(Path(args.cifar), Path(folder), args.train_per_class, args.test_per_class)
-        # ship's long-run recipe (what CIFAR-10 gets), though the subset is shorter than its switch to AdamW
-        base = TrainConfig(
-            model=args.model,
-            small_input=True,
-            data=DataConfig(data=str(table), img_size=32, batch_size=BATCH),
-            optim=scratch_recipe(small=True, steps=LONG_RUN_STEPS, batch=BATCH),
-            precise_bn=PRECISE_BN_IMAGES,
-            amp="bf16" if cpu_has_native_bf16() else "none",
-            epochs=args.epochs,
-            runs_dir=str(Path(folder) / "runs"),
-            tensorboard=False,
-        )
+        base = ship_recipe_config(args.model, table, Path(folder), args.epochs)
         rows = []
         for index, (name, config) in enumerate(variants(base).items()):
             started = time.time()

@@ -20,16 +20,13 @@ from pathlib import Path
 import torch
 
 from benchmarks.results import write_section
-from benchmarks.scratch_recipe import BATCH, LONG_RUN_STEPS, subset_table
+from benchmarks.scratch_recipe import BATCH, ship_recipe_config, subset_table
 from mobiforge import create_model
-from mobiforge.data import DataConfig
 from mobiforge.engine import cpu_has_native_bf16
 from mobiforge.profile import count_macs, count_params
 from mobiforge.progress import SilentReporter
-from mobiforge.ship.plan import scratch_recipe
 from mobiforge.ship.search import step_speed
-from mobiforge.ship.stages import PRECISE_BN_IMAGES
-from mobiforge.train import TrainConfig, train
+from mobiforge.train import train
 
 
 def probed_speed(model_name: str, amp: str) -> tuple[int, int, float]:
@@ -55,16 +52,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         table = subset_table(Path(args.cifar), Path(folder), args.train_per_class, args.test_per_class)
-        base = TrainConfig(
-            small_input=True,
-            data=DataConfig(data=str(table), img_size=32, batch_size=BATCH),
-            optim=scratch_recipe(small=True, steps=LONG_RUN_STEPS, batch=BATCH),
-            precise_bn=PRECISE_BN_IMAGES,
-            amp=amp,
-            epochs=args.epochs,
-            runs_dir=str(Path(folder) / "runs"),
-            tensorboard=False,
-        )
+        base = ship_recipe_config("resnet20", table, Path(folder), args.epochs)  # the model is set per row
         for model in args.models.split(","):
             params, macs, speed = probed_speed(model, amp)
             started = time.time()
