@@ -12,6 +12,7 @@ the wall time in benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 
@@ -20,10 +21,10 @@ import torch
 from benchmarks.results import write_section
 from mobiforge import create_model
 from mobiforge.data import DataConfig
-from mobiforge.engine import OptimConfig, cpu_has_native_bf16
+from mobiforge.engine import cpu_has_native_bf16
 from mobiforge.profile import int8_weight_bytes
 from mobiforge.progress import SilentReporter
-from mobiforge.ship.plan import fit_epochs, replan_once, stop_by
+from mobiforge.ship.plan import fit_epochs, replan_early, scratch_recipe, stop_by
 from mobiforge.ship.search import step_speed
 from mobiforge.train import EPOCH_END, TrainConfig, train
 
@@ -66,7 +67,10 @@ def main() -> None:
     parser.add_argument("--model", default="mobilenet_v2")
     parser.add_argument("--width-mult", type=float, default=0.5, help="0: the model's own default")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=0.2)
+    parser.add_argument("--lr", type=float, default=None, help="one-cycle peak (default: ship's, 0.2 at batch 128)")
+    parser.add_argument(
+        "--whiten-stem", action=argparse.BooleanOptionalAction, default=True, help="whitened frozen stem (ship's)"
+    )
     parser.add_argument("--epochs", type=int, default=None, help="default: as many as fit the budget")
     parser.add_argument("--amp", choices=("none", "bf16"), default="none", help="bf16 autocast (native bf16 CPUs)")
     parser.add_argument("--precise-bn", type=int, default=0, help="training images for precise BN before each eval")
@@ -82,13 +86,9 @@ def main() -> None:
         raise SystemExit("--amp bf16: this CPU has no native bf16 (AVX512-BF16 or AMX); use --amp none")
     start = time.time()
     width = args.width_mult or None
-    optim = OptimConfig(
-        lr=args.lr,
-        scheduler="onecycle",
-        weight_decay=5e-4,
-        label_smoothing=args.label_smoothing,
-        momentum=0.9,
-        ema_decay=args.ema,
+    recipe = scratch_recipe(small=True, steps=10**6, batch=args.batch_size)  # ship's long-run small-image recipe
+    optim = dataclasses.replace(
+        recipe, lr=args.lr or recipe.lr, label_smoothing=args.label_smoothing, ema_decay=args.ema
     )
     config = TrainConfig(
         model=args.model,
@@ -96,6 +96,7 @@ def main() -> None:
         small_input=True,
         data=DataConfig(data=args.data, img_size=32, batch_size=args.batch_size),  # mobiforge's loader defaults
         optim=optim,
+        whiten_stem=args.whiten_stem,
         epochs=1,
         amp=args.amp,
         precise_bn=args.precise_bn,
@@ -115,7 +116,7 @@ def main() -> None:
     print(f"model speed {speed:.0f} img/s -> {config.epochs} epochs in {args.budget_min:.0f} min", flush=True)
     chosen = "set by --epochs" if args.epochs else "as many as fit the budget, re-planned after the first epoch"
     reporter = LogReporter(start)
-    callbacks = {} if args.epochs else {EPOCH_END: [replan_once(fit_epochs(deadline, 200)), stop_by(deadline)]}
+    callbacks = {} if args.epochs else {EPOCH_END: [replan_early(fit_epochs(deadline, 200)), stop_by(deadline)]}
     result = train(config, reporter, callbacks)
     wall = (time.time() - start) / 60
 
@@ -127,8 +128,11 @@ def main() -> None:
         "images included).",
         "",
         f"Recipe: `{args.model}` width {width or 1}, CIFAR-style stem (`small_input`), "
-        f"int8 weights {int8_bytes / 1e6:.2f} MB; 32 px, pad-and-crop + flip; batch {args.batch_size}, SGD momentum "
-        f"0.9, one-cycle lr {args.lr}, weight decay 5e-4 (not on BN/bias), label smoothing {args.label_smoothing}, "
+        f"int8 weights {int8_bytes / 1e6:.2f} MB"
+        f"{', first conv whitened (PCA of 3x3 patches) and frozen' if args.whiten_stem else ''}; 32 px, pad-and-crop + "
+        f"flip; batch {args.batch_size}, SGD {'Nesterov ' if optim.nesterov else ''}momentum "
+        f"{optim.momentum}, one-cycle lr {optim.lr:g}, weight decay {optim.weight_decay:g} (not on BN/bias), "
+        f"label smoothing {args.label_smoothing}, "
         f"{'EMA ' + str(args.ema) if args.ema else 'no EMA'}, "
         f"{'precise BN on ' + str(args.precise_bn) + ' images' if args.precise_bn else 'no precise BN'}, "
         f"channels_last {'bf16 autocast' if args.amp == 'bf16' else 'fp32'}, "

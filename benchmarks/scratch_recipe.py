@@ -1,19 +1,20 @@
 """Ablations of ship's from-scratch recipe for small images (issue 26): each choice switched off (or swapped) alone.
 
-ResNet-20 (the candidate ship trains on CIFAR-10 here) trains for a fixed number of epochs on a CIFAR-10 subset (the
-first N train images of each class; the first M test images of each class judge it), once with ship's recipe and
-once per variant, one after another on the same machine. The subset keeps the table to minutes; its accuracies are
-lower than on the full set, and single runs differ by a few tenths of a point from the seed alone, so a difference
-under ~0.5 points says nothing.
+A model (``--model``; convpool_s is what ship trains on CIFAR-10) trains for a fixed number of epochs on a CIFAR-10
+subset (the first N train images of each class; the first M test images of each class judge it), once with ship's
+recipe and once per variant, one after another on the same machine. The subset keeps the table to minutes; its
+accuracies are lower than on the full set, and single runs differ by up to ~1.2 points from the seed alone, so
+``--seeds N`` averages N runs of each variant.
 
-    python -m benchmarks.scratch_recipe [--cifar ../shared/datasets/cifar10] [--train-per-class 800] [--epochs 8]
-"""
+    python -m benchmarks.scratch_recipe [--cifar ../shared/datasets/cifar10] [--model convpool_s] [--seeds 3]
+        [--variants "ship's recipe,no whitened stem"] [--train-per-class 800] [--epochs 8]"""
 
 from __future__ import annotations
 
 import argparse
 import csv
 import dataclasses
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ from benchmarks.results import write_section
 from mobiforge.data import DataConfig
 from mobiforge.engine import OptimConfig, cpu_has_native_bf16
 from mobiforge.progress import SilentReporter
-from mobiforge.ship.plan import scratch_recipe
+from mobiforge.ship.plan import scratch_recipe, scratch_whiten_stem
 from mobiforge.ship.stages import PRECISE_BN_IMAGES
 from mobiforge.train import TrainConfig, train
 
@@ -45,11 +46,13 @@ def subset_table(cifar: Path, folder: Path, train_per_class: int, test_per_class
 def ship_recipe_config(model: str, table: Path, folder: Path, epochs: int) -> TrainConfig:
     """Ship's long-run small-image recipe (what CIFAR-10 gets) on the subset, though the subset is shorter than its
     switch to AdamW; bf16 autocast where native, as ship's probe would choose it for ResNet-20."""
+    optim = scratch_recipe(small=True, steps=LONG_RUN_STEPS, batch=BATCH)
     return TrainConfig(
         model=model,
         small_input=True,
         data=DataConfig(data=str(table), img_size=32, batch_size=BATCH),
-        optim=scratch_recipe(small=True, steps=LONG_RUN_STEPS, batch=BATCH),
+        optim=optim,
+        whiten_stem=scratch_whiten_stem(optim),
         precise_bn=PRECISE_BN_IMAGES,
         amp="bf16" if cpu_has_native_bf16() else "none",
         epochs=epochs,
@@ -63,6 +66,11 @@ def variants(base: TrainConfig) -> dict[str, TrainConfig]:
     optim, bf16 = base.optim, base.amp == "bf16"
     table = {
         "ship's recipe": base,
+        "no whitened stem": dataclasses.replace(base, whiten_stem=False),
+        "no Nesterov momentum": dataclasses.replace(base, optim=dataclasses.replace(optim, nesterov=False)),
+        "neither (the recipe before)": dataclasses.replace(
+            base, whiten_stem=False, optim=dataclasses.replace(optim, nesterov=False)
+        ),
         "no label smoothing": dataclasses.replace(base, optim=dataclasses.replace(optim, label_smoothing=0.0)),
         "label smoothing 0.2 (airbench's)": dataclasses.replace(
             base, optim=dataclasses.replace(optim, label_smoothing=0.2)
@@ -89,19 +97,26 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--model", default="resnet20")
     parser.add_argument("--section", default="scratch_recipe")
+    parser.add_argument("--seeds", type=int, default=1, help="runs per variant (seeds 0..N-1); the table averages")
+    parser.add_argument("--variants", default=None, help="comma-separated variant names (default: all)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as folder:
         table = subset_table(Path(args.cifar), Path(folder), args.train_per_class, args.test_per_class)
         base = ship_recipe_config(args.model, table, Path(folder), args.epochs)
+        chosen = variants(base)
+        if args.variants:
+            chosen = {name: chosen[name] for name in args.variants.split(",")}
         rows = []
-        for index, (name, config) in enumerate(variants(base).items()):
-            started = time.time()
-            result = train(dataclasses.replace(config, name=f"variant{index}"), SilentReporter())
-            minutes = (time.time() - started) / 60
-            final = result.history[-1]["val_top1"]
-            rows.append((name, final, result.best_top1, minutes))
-            print(f"{name}: final {final:.2f}%, best {result.best_top1:.2f}%, {minutes:.1f} min", flush=True)
+        for index, (name, config) in enumerate(chosen.items()):
+            finals, bests, started = [], [], time.time()
+            for seed in range(args.seeds):
+                result = train(dataclasses.replace(config, name=f"variant{index}-{seed}", seed=seed), SilentReporter())
+                finals.append(result.history[-1]["val_top1"])
+                bests.append(result.best_top1)
+                print(f"{name} (seed {seed}): final {finals[-1]:.2f}%, best {bests[-1]:.2f}%", flush=True)
+            minutes = (time.time() - started) / 60 / args.seeds
+            rows.append((name, statistics.mean(finals), statistics.mean(bests), minutes, finals))
 
     reference = rows[0][1]
     recipe: OptimConfig = base.optim
@@ -110,17 +125,19 @@ def main() -> None:
         "",
         f"Subset: the first {args.train_per_class} train images of each class ({10 * args.train_per_class:,}), "
         f"judged on the first {args.test_per_class} test images of each class ({10 * args.test_per_class:,}). "
-        f"Ship's recipe for small images: SGD momentum {recipe.momentum}, one-cycle peak lr {recipe.lr:g}, weight "
+        f"Ship's recipe for small images: first conv whitened (PCA of 3x3 patches) and frozen, SGD "
+        f"{'Nesterov ' if recipe.nesterov else ''}momentum {recipe.momentum}, one-cycle peak lr {recipe.lr:g}, weight "
         f"decay {recipe.weight_decay:g} (not on BN/bias), label smoothing {recipe.label_smoothing:g}, batch {BATCH}, "
         f"pad-and-crop + flip, precise BN on {PRECISE_BN_IMAGES} training images before each evaluation, "
-        f"{'bf16 autocast' if base.amp == 'bf16' else 'fp32'}. Each row changes one thing; one seed each, so "
-        "differences under ~0.5 points are noise.",
+        f"{'bf16 autocast' if base.amp == 'bf16' else 'fp32'}. Each row changes one thing and averages "
+        f"{args.seeds} run(s), seeds 0-{args.seeds - 1}; single runs differ by up to ~1.2 points from the seed alone.",
         "",
-        "| variant | final test top-1 | vs ship's recipe | best epoch's top-1 | wall (min) |",
-        "|---|---:|---:|---:|---:|",
+        "| variant | final test top-1 (mean) | vs ship's recipe | best epoch's top-1 (mean) | each seed | wall (min) |",
+        "|---|---:|---:|---:|---|---:|",
     ]
-    for name, final, best, minutes in rows:
-        lines.append(f"| {name} | {final:.2f}% | {final - reference:+.2f} | {best:.2f}% | {minutes:.1f} |")
+    for name, final, best, minutes, finals in rows:
+        each = " / ".join(f"{value:.2f}" for value in finals)
+        lines.append(f"| {name} | {final:.2f}% | {final - reference:+.2f} | {best:.2f}% | {each} | {minutes:.1f} |")
     write_section(args.section, "\n".join(lines))
 
 

@@ -235,6 +235,7 @@ class OptimConfig:
     optimizer: str = opt("sgd", flags=("--optimizer", "--opt"), choices=OPTIMIZERS)
     lr: float = opt(0.01, "learning rate", valid=POSITIVE)
     momentum: float = opt(0.9, valid=Range(0, 1, high_open=True))
+    nesterov: bool = opt(False, "Nesterov momentum (SGD)")
     weight_decay: float = opt(0.0, flags=("--weight-decay", "--wd"), valid=NON_NEGATIVE)
     decay_norm_and_bias: bool = opt(False, "also decay BN and bias parameters (usually harmful)")
     scheduler: str = opt("step", flags=("--scheduler", "--sched"), choices=SCHEDULERS)
@@ -249,6 +250,8 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         check_ranges(self)
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
+            raise MobiforgeError("--nesterov applies to --optimizer sgd with --momentum above 0; drop it or set them")
 
 
 @dataclass
@@ -311,6 +314,10 @@ class TrainConfig:
         "with --trainable-blocks: the feature cache's folder (default: RUN/cache); runs sharing one reuse each "
         "other's trunk passes, e.g. a student's cached teacher logits",
         metavar="DIR",
+    )
+    whiten_stem: bool = opt(
+        False,
+        "from scratch: set the first conv to whiten the training images' patches (PCA, airbench's start) and freeze it",
     )
     init_from: str | None = None  # start from this checkpoint's model and weights (e.g. a pruned one)
     distill: DistillConfig | None = None  # train as the student of a teacher checkpoint

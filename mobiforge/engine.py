@@ -62,7 +62,7 @@ def build_optimizer(
     """The configured optimizer; with ``head``, the backbone learns ``backbone_lr_scale`` times slower."""
     groups = param_groups(model, config.lr, config.weight_decay, config.decay_norm_and_bias, head, backbone_lr_scale)
     if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=False)
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
     if config.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=config.lr)
     if config.optimizer == "rmsprop":

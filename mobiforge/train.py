@@ -56,6 +56,7 @@ from mobiforge.errors import MobiforgeError
 from mobiforge.log import logger
 from mobiforge.losses import distillation_loss
 from mobiforge.models.base import Preprocess
+from mobiforge.models.whitening import first_conv, whiten_first_conv
 from mobiforge.progress import Reporter, SilentReporter
 from mobiforge.runs import (
     TrainResult,
@@ -260,6 +261,7 @@ class _StopFlag:
 # ----------------------------------------------------------------------------------------------------- train
 
 
+WHITENING_IMAGES = 512  # training images whose patches set --whiten-stem's filters (260k patches at 32 px)
 EPOCH_END = "on_epoch_end"  # the one hook event: after an epoch's evaluation and checkpoint
 Callback = Callable[["Trainer"], None]
 
@@ -309,6 +311,8 @@ class Trainer:
         _seed_everything(self.config.seed, self.config.deterministic)
         self._build_model(resume_ckpt)
         self._build_data()
+        if self.config.whiten_stem:
+            self._whiten_stem(fresh=resume_ckpt is None)
         self._build_optimisation()
         if resume_ckpt is not None:
             with _resumable(self.config.resume):
@@ -371,6 +375,18 @@ class Trainer:
         batch = config.data.batch_size
         self.train_loader = _loader(train_set, self.sampler, batch, workers, drop_last, self.device)
         self.val_loader = _loader(val_set, None, batch, workers, False, self.device)
+
+    def _whiten_stem(self, fresh: bool) -> None:
+        """``--whiten-stem``: the first conv whitens a sample of the training images' patches and stays frozen (a
+        resumed run's checkpoint holds the filters already; only the freeze is restored)."""
+        if not fresh:
+            first_conv(self.model).weight.requires_grad_(False)
+            return
+        dataset = self.train_loader.dataset
+        generator = torch.Generator().manual_seed(self.config.seed)
+        picks = torch.randperm(len(dataset), generator=generator)[:WHITENING_IMAGES].tolist()
+        images = torch.stack([dataset[key][0] for key in picks])  # keys below len: epoch 0's augmented views
+        whiten_first_conv(self.model, images)
 
     def _build_optimisation(self) -> None:
         config, model = self.config, self.model
@@ -464,6 +480,8 @@ class Trainer:
         self.sampler.set_epoch(epoch)
         self.frozen = epoch < config.freeze_epochs
         _set_backbone_trainable(self.model, trainable=not self.frozen)
+        if config.whiten_stem:
+            first_conv(self.model).weight.requires_grad_(False)
         try:
             return engine.train_one_epoch(
                 self.train_model,
@@ -675,6 +693,8 @@ def _check_config(config: TrainConfig) -> None:
     their declared ranges when the config is built: ``config.check_ranges``)."""
     if config.data.cache not in CACHE_MODES:
         raise MobiforgeError(f"--cache must be {' or '.join(CACHE_MODES)}, got {config.data.cache}")
+    if config.whiten_stem and (config.pretrained or config.init_from or config.weights):
+        raise MobiforgeError("--whiten-stem starts a model from scratch; drop it, or drop the pretrained weights")
 
 
 def _set_backbone_trainable(model: nn.Module, trainable: bool) -> None:

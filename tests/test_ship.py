@@ -159,7 +159,7 @@ def test_fit_epochs_counts_the_epochs_of_the_timed_length_that_end_in_time() -> 
 def test_ship_keeps_its_budget_through_train_callbacks(tmp_path: Path) -> None:
     """The deadline and the re-plan are ship's callbacks on the trainer, not parameters of train(): a passed
     deadline ends the run after its first epoch (resumable, not interrupted); the re-plan skips head-only epochs."""
-    from mobiforge.ship import replan_once, stop_by
+    from mobiforge.ship import replan_early, stop_by
     from mobiforge.train import EPOCH_END, train
     from tests.helpers import small_train_config
 
@@ -171,9 +171,9 @@ def test_ship_keeps_its_budget_through_train_callbacks(tmp_path: Path) -> None:
         return 4
 
     config = small_train_config(data, tmp_path / "runs", epochs=3, freeze_epochs=1)
-    result = train(config, callbacks={EPOCH_END: [replan_once(plan), stop_by(time.time() + 3600)]})
-    assert asked and asked[0][0] == 2  # the first epoch trained the head only: the plan is asked after the second
-    assert len(asked) == 1 and len(result.history) == 4 and not result.interrupted
+    result = train(config, callbacks={EPOCH_END: [replan_early(plan), stop_by(time.time() + 3600)]})
+    # the first epoch trained the head only: the plan is asked after the second, and again two epochs later
+    assert [done for done, _ in asked] == [2, 4] and len(result.history) == 4 and not result.interrupted
 
     late = small_train_config(data, tmp_path / "runs", name="late", epochs=3)
     result = train(late, callbacks={EPOCH_END: [stop_by(time.time())]})
@@ -221,7 +221,7 @@ def test_ship_flags_are_checked_in_one_line(tmp_path: Path, capsys: pytest.Captu
 def test_short_runs_get_adamw_long_small_image_runs_the_measured_cifar_recipe() -> None:
     assert scratch_recipe(small=True, steps=100, batch=64).optimizer == "adamw"
     cifar = scratch_recipe(small=True, steps=3000, batch=128)
-    assert (cifar.optimizer, cifar.scheduler, cifar.lr) == ("sgd", "onecycle", 0.2)
+    assert (cifar.optimizer, cifar.scheduler, cifar.lr, cifar.nesterov) == ("sgd", "onecycle", 0.2, True)
 
 
 @pytest.mark.parametrize("runtime", ["executorch", "tflite", "onnx"])

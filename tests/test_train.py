@@ -21,6 +21,7 @@ from mobiforge.data import DataConfig
 from mobiforge.engine import OptimConfig
 from mobiforge.errors import MobiforgeError
 from mobiforge.inference import evaluate_checkpoint, predict
+from mobiforge.models.whitening import first_conv
 from mobiforge.train import EPOCH_END, TrainConfig, Trainer, train
 from tests.helpers import make_image, make_split_folder, small_train_config
 
@@ -125,6 +126,31 @@ def test_unknown_cache_mode_is_a_one_line_error(colours: Path, tmp_path: Path) -
     config.data.cache = "disk"
     with pytest.raises(MobiforgeError, match="--cache must be auto or memory or none, got disk"):
         train(config)
+
+
+def test_a_whitened_stem_stays_frozen_through_training_and_a_resume(colours: Path, tmp_path: Path) -> None:
+    config = _config(colours, tmp_path / "runs", epochs=2, whiten_stem=True)
+    config.optim = OptimConfig(lr=0.05, nesterov=True)
+    result = train(config)
+    stem = first_conv(model_from_checkpoint(result.run_dir / "last.pt")).weight
+    assert torch.equal(stem[: len(stem) // 2], -stem[len(stem) // 2 :])  # +/- pairs of whitening filters
+    saved = load_checkpoint(result.run_dir / "last.pt")["config"]
+    assert saved["whiten_stem"] and saved["optim"]["nesterov"]
+    resumed = train(_config(colours, tmp_path / "runs", resume=str(result.run_dir / "last.pt"), epochs=3))
+    assert torch.equal(first_conv(model_from_checkpoint(resumed.run_dir / "last.pt")).weight, stem)  # still frozen
+
+
+def test_a_whitened_stem_with_pretrained_weights_is_a_one_line_error(colours: Path, tmp_path: Path) -> None:
+    config = _config(colours, tmp_path / "runs", whiten_stem=True, init_from=str(tmp_path / "any.pt"))
+    with pytest.raises(MobiforgeError, match="--whiten-stem starts a model from scratch"):
+        train(config)
+
+
+def test_nesterov_needs_sgd_with_momentum() -> None:
+    with pytest.raises(MobiforgeError, match="--nesterov applies to --optimizer sgd"):
+        OptimConfig(nesterov=True, momentum=0.0)
+    with pytest.raises(MobiforgeError, match="--nesterov"):
+        OptimConfig(nesterov=True, optimizer="adamw")
 
 
 def _cli_args(data: Path, runs: Path, name: str, epochs: int = 3, workers: int = 2) -> list[str]:

@@ -35,7 +35,7 @@ Time: the budget covers every stage; elapsed time is carried across resumed sess
 from mobiforge.config import ShipConfig
 from mobiforge.ship.config import CANDIDATE_GRID, TEACHER_MODEL, GridRow, ShipInterrupted
 from mobiforge.ship.pipeline import ShipResult, ship
-from mobiforge.ship.plan import DEADLINE_MARGIN, fit_epochs, replan_once, scratch_recipe, stop_by
+from mobiforge.ship.plan import DEADLINE_MARGIN, fit_epochs, replan_early, scratch_recipe, stop_by
 from mobiforge.ship.search import survey, teacher_candidate, truncated_candidate
 from mobiforge.ship.state import Candidate, ShipState, Survey, TeacherSpec
 
@@ -52,7 +52,7 @@ __all__ = [
     "Survey",
     "TeacherSpec",
     "fit_epochs",
-    "replan_once",
+    "replan_early",
     "scratch_recipe",
     "ship",
     "stop_by",

@@ -1,5 +1,5 @@
 """Ship's time plan: how long an epoch will take, how the remaining budget is shared, and the two train callbacks
-that keep a training run inside its share (``replan_once``, ``stop_by``)."""
+that keep a training run inside its share (``replan_early``, ``stop_by``)."""
 
 from __future__ import annotations
 
@@ -34,11 +34,20 @@ def data_config(config: ShipConfig, img_size: int | None) -> DataConfig:
 
 
 def scratch_recipe(small: bool, steps: int, batch: int) -> engine.OptimConfig:
-    """The CIFAR-10 recipe measured in benchmarks/RESULTS.md (SGD, one-cycle) when the run is long enough for its
-    warm-up; short runs (few images or epochs) diverged with it and get AdamW with cosine decay instead."""
+    """The CIFAR-10 recipe measured in benchmarks/RESULTS.md (SGD with Nesterov momentum, one-cycle) when the run is
+    long enough for its warm-up; short runs (few images or epochs) diverged with it and get AdamW with cosine decay
+    instead."""
     if small and steps >= 1000:
-        return engine.OptimConfig(lr=0.2 * batch / 128, scheduler="onecycle", weight_decay=5e-4, label_smoothing=0.1)
+        return engine.OptimConfig(
+            lr=0.2 * batch / 128, nesterov=True, scheduler="onecycle", weight_decay=5e-4, label_smoothing=0.1
+        )
     return engine.OptimConfig(optimizer="adamw", lr=2e-3, scheduler="cosine", weight_decay=0.05, label_smoothing=0.1)
+
+
+def scratch_whiten_stem(optim: engine.OptimConfig) -> bool:
+    """Whether a from-scratch run starts from a whitened, frozen stem: with the small-image SGD recipe, with which
+    it was measured (RESULTS.md, scratch_recipe_convpool); the AdamW fallback starts from a random one."""
+    return optim.optimizer == "sgd"
 
 
 def epoch_seconds(images_per_s: float, info: Survey, teacher_speed: float | None) -> float:
@@ -104,19 +113,25 @@ def fit_epochs(end: float, cap: int) -> Callable[[int, float], int]:
     return epochs
 
 
-def replan_once(plan: Callable[[int, float], int]) -> Callable[[Trainer], None]:
-    """A train callback: once, after the first whole epoch that trains the full network, ``plan(epochs_done,
-    epoch_seconds)`` sets the run's epoch count; the schedule is stretched or shortened to it, so that a
-    time-budgeted run planned from an estimate still ends its learning-rate schedule instead of being cut mid-way
-    or ending early."""
-    asked = False
+REPLAN_AFTER = (1, 3)  # whole full-network epochs after which a run's length is re-planned (see replan_early)
+
+
+def replan_early(plan: Callable[[int, float], int]) -> Callable[[Trainer], None]:
+    """A train callback: after the first whole epoch that trains the full network, and again after the third,
+    ``plan(epochs_done, epoch_seconds)`` sets the run's epoch count; the schedule is stretched or shortened to it, so
+    that a time-budgeted run planned from an estimate still ends its learning-rate schedule instead of being cut
+    mid-way or ending early. The second plan times the epochs after the first only: the first ran 10% slower than
+    the rest on CIFAR-10 (caches and kernels warming up), which cost 3 of 31 epochs of a 30-minute run (RESULTS.md).
+    Both fall in the schedules' warm-up, where a longer or shorter run barely changes the rate."""
+    seconds: list[float] = []
 
     def on_epoch_end(trainer: Trainer) -> None:
-        nonlocal asked
-        if asked or not trainer.whole_epoch or trainer.frozen:
+        if len(seconds) >= max(REPLAN_AFTER) or not trainer.whole_epoch or trainer.frozen:
             return
-        asked = True
-        trainer.set_epochs(plan(trainer.epoch, trainer.epoch_seconds))
+        seconds.append(trainer.epoch_seconds)
+        if len(seconds) in REPLAN_AFTER:
+            steady = seconds[1:] or seconds
+            trainer.set_epochs(plan(trainer.epoch, sum(steady) / len(steady)))
 
     return on_epoch_end
 

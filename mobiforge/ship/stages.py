@@ -67,8 +67,9 @@ from mobiforge.ship.plan import (
     export_reserve,
     fit_epochs,
     plan_epochs,
-    replan_once,
+    replan_early,
     scratch_recipe,
+    scratch_whiten_stem,
     stop_by,
 )
 from mobiforge.ship.search import inference_speed, prune_into
@@ -217,7 +218,7 @@ def train_resumable(
     last = Path(config.runs_dir) / str(config.name) / "last.pt"
     if last.exists():
         config = TrainConfig(resume=str(last))
-    result = train(config, reporter, callbacks={EPOCH_END: [replan_once(plan), stop_by(deadline)]})
+    result = train(config, reporter, callbacks={EPOCH_END: [replan_early(plan), stop_by(deadline)]})
     if result.interrupted:
         raise ShipInterrupted(
             "stopped; the finished stages and the training so far are saved: rerun the same command to resume"
@@ -269,12 +270,14 @@ def train_candidate(
     else:
         batch = batch_size(config, candidate.img_size)
         steps = epochs * math.ceil(state.survey.train_images / batch)
+        optim = scratch_recipe(candidate.img_size <= SMALL_IMAGE_SIDE, steps, batch)
         train_config = dataclasses.replace(
             base,
             model=candidate.model,
             width_mult=candidate.width_mult,
             data=data_config(config, img_size=candidate.img_size),
-            optim=scratch_recipe(candidate.img_size <= SMALL_IMAGE_SIDE, steps, batch),
+            optim=optim,
+            whiten_stem=scratch_whiten_stem(optim),
             precise_bn=PRECISE_BN_IMAGES,
             amp=candidate.train_amp,  # as the search measured it fastest here
         )
