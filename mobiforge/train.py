@@ -420,6 +420,12 @@ class Trainer:
         self.best_top1 = float(metrics.get("best_top1", -1.0))
         self.partial = dict(checkpoint.get("partial_epoch") or self.partial)
         _restore_rng(checkpoint["rng"])
+        if int(checkpoint["config"]["epochs"]) != self.config.epochs:  # --epochs raised: the schedule ends there
+            steps = len(self.train_loader)
+            done = self.epoch * steps + self.start_step
+            self.scheduler = engine.rescheduled(
+                self.optimizer, self.config.optim, self.base_lrs, self.config.epochs, steps, done
+            )
 
     def _open_run_dir(self, resume_ckpt: dict[str, Any] | None) -> None:
         self.writer = None

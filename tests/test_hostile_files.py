@@ -360,6 +360,23 @@ def test_resuming_with_fewer_epochs_than_done_changes_nothing(data: Path, tmp_pa
     assert (result.run_dir / "config.yaml").read_text() == config_yaml
 
 
+@pytest.mark.parametrize("scheduler", ["onecycle", "cosine"])
+def test_resuming_with_more_epochs_stretches_the_schedule_to_the_new_end(tmp_path: Path, scheduler: str) -> None:
+    """A one-cycle run resumed with a higher --epochs failed deep in torch (its schedule had ended); a cosine one
+    climbed back up from its floor. The schedule now ends at the new epoch count."""
+    from mobiforge.engine import OptimConfig
+    from mobiforge.train import TrainConfig, train
+    from tests.helpers import make_split_folder, small_train_config
+
+    data = make_split_folder(tmp_path / "data", classes=3, train=16, val=3)  # 6 steps an epoch
+    config = small_train_config(data, tmp_path, epochs=2, optim=OptimConfig(lr=0.05, scheduler=scheduler))
+    result = train(config)
+    resumed = train(TrainConfig(resume=str(result.run_dir / "last.pt"), epochs=4))
+    rates = [row["lr"] for row in resumed.history]
+    assert len(rates) == 4 and rates[2] > rates[3]  # still decaying towards the new end
+    assert rates[3] < 0.05 * 0.1
+
+
 # ------------------------------------------------------------------------------------------------ item 3
 
 

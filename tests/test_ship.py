@@ -18,6 +18,7 @@ from mobiforge.cli import main
 from mobiforge.errors import MobiforgeError
 from mobiforge.progress import SilentReporter
 from mobiforge.ship import ShipConfig, ShipState, scratch_recipe, ship
+from mobiforge.ship.plan import scratch_whiten_stem
 from mobiforge.ship.snippets import android_snippet, ios_snippet
 from mobiforge.ship.state import ResultRecord, Survey
 from mobiforge.units import parse_duration
@@ -222,6 +223,7 @@ def test_short_runs_get_adamw_long_small_image_runs_the_measured_cifar_recipe() 
     assert scratch_recipe(small=True, steps=100, batch=64).optimizer == "adamw"
     cifar = scratch_recipe(small=True, steps=3000, batch=128)
     assert (cifar.optimizer, cifar.scheduler, cifar.lr, cifar.nesterov) == ("sgd", "onecycle", 0.2, True)
+    assert scratch_whiten_stem(cifar) and not scratch_whiten_stem(scratch_recipe(small=True, steps=100, batch=64))
 
 
 @pytest.mark.parametrize("runtime", ["executorch", "tflite", "onnx"])
