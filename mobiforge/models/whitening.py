@@ -3,7 +3,7 @@ patches (PCA), then frozen, as Jordan's airbench does for CIFAR-10 (2024).
 
 Each kept principal direction of the k x k x 3 patches becomes a pair of filters, ``+v / sqrt(lambda)`` and its
 negation, so that the ReLU after the stem passes both signs. The first layer then starts decorrelated instead of
-random and needs no training. On a CIFAR-10 subset this, with Nesterov momentum, raised convpool_s by about 2
+random and needs no training. On a CIFAR-10 subset this, with Nesterov momentum, raised convpool_s by about 3
 points at equal epochs (``benchmarks/scratch_recipe.py``; RESULTS.md).
 """
 
