@@ -106,6 +106,9 @@ def main() -> None:
         base = ship_recipe_config(args.model, table, Path(folder), args.epochs)
         chosen = variants(base)
         if args.variants:
+            unknown = [name for name in args.variants.split(",") if name not in chosen]
+            if unknown:
+                parser.error(f"--variants: no variant {unknown[0]!r}; choose from {', '.join(map(repr, chosen))}")
             chosen = {name: chosen[name] for name in args.variants.split(",")}
         rows = []
         for index, (name, config) in enumerate(chosen.items()):
@@ -125,7 +128,8 @@ def main() -> None:
         "",
         f"Subset: the first {args.train_per_class} train images of each class ({10 * args.train_per_class:,}), "
         f"judged on the first {args.test_per_class} test images of each class ({10 * args.test_per_class:,}). "
-        f"Ship's recipe for small images: first conv whitened (PCA of 3x3 patches) and frozen, SGD "
+        f"Ship's recipe for small images: "
+        f"{'first conv whitened (PCA of 3x3 patches) and frozen, ' if base.whiten_stem else ''}SGD "
         f"{'Nesterov ' if recipe.nesterov else ''}momentum {recipe.momentum}, one-cycle peak lr {recipe.lr:g}, weight "
         f"decay {recipe.weight_decay:g} (not on BN/bias), label smoothing {recipe.label_smoothing:g}, batch {BATCH}, "
         f"pad-and-crop + flip, precise BN on {PRECISE_BN_IMAGES} training images before each evaluation, "

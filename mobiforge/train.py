@@ -293,6 +293,7 @@ class Trainer:
         self.last_eval: engine.EvalResult | None = None
         self.interrupted = False
         self._stop_reason: str | None = None
+        self.fixed_params: list[nn.Parameter] = []  # never trained, whatever the epoch (a whitened stem)
 
     def add_callback(self, event: str, callback: Callback) -> None:
         self.callbacks.setdefault(event, []).append(callback)
@@ -377,16 +378,16 @@ class Trainer:
         self.val_loader = _loader(val_set, None, batch, workers, False, self.device)
 
     def _whiten_stem(self, fresh: bool) -> None:
-        """``--whiten-stem``: the first conv whitens a sample of the training images' patches and stays frozen (a
-        resumed run's checkpoint holds the filters already; only the freeze is restored)."""
-        if not fresh:
-            first_conv(self.model).weight.requires_grad_(False)
-            return
-        dataset = self.train_loader.dataset
-        generator = torch.Generator().manual_seed(self.config.seed)
-        picks = torch.randperm(len(dataset), generator=generator)[:WHITENING_IMAGES].tolist()
-        images = torch.stack([dataset[key][0] for key in picks])  # keys below len: epoch 0's augmented views
-        whiten_first_conv(self.model, images)
+        """``--whiten-stem``: the first conv whitens a sample of the training images' patches and is never trained
+        (a resumed run's checkpoint holds the filters already; only the freeze is restored, before DDP wraps the
+        model)."""
+        if fresh:
+            dataset = self.train_loader.dataset
+            generator = torch.Generator().manual_seed(self.config.seed)
+            picks = torch.randperm(len(dataset), generator=generator)[:WHITENING_IMAGES].tolist()
+            images = torch.stack([dataset[key][0] for key in picks])  # keys below len: epoch 0's augmented views
+            whiten_first_conv(self.model, images)
+        self.fixed_params = [first_conv(self.model).weight.requires_grad_(False)]
 
     def _build_optimisation(self) -> None:
         config, model = self.config, self.model
@@ -485,9 +486,7 @@ class Trainer:
         config, epoch = self.config, self.epoch
         self.sampler.set_epoch(epoch)
         self.frozen = epoch < config.freeze_epochs
-        _set_backbone_trainable(self.model, trainable=not self.frozen)
-        if config.whiten_stem:
-            first_conv(self.model).weight.requires_grad_(False)
+        _set_backbone_trainable(self.model, trainable=not self.frozen, fixed=self.fixed_params)
         try:
             return engine.train_one_epoch(
                 self.train_model,
@@ -703,12 +702,14 @@ def _check_config(config: TrainConfig) -> None:
         raise MobiforgeError("--whiten-stem starts a model from scratch; drop it, or drop the pretrained weights")
 
 
-def _set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
-    """Freeze or unfreeze everything but the classifier (frozen parameters get no gradient, so no update)."""
+def _set_backbone_trainable(model: nn.Module, trainable: bool, fixed: list[nn.Parameter]) -> None:
+    """Freeze or unfreeze everything but the classifier (frozen parameters get no gradient, so no update); the
+    ``fixed`` parameters stay frozen either way."""
     head = {id(p) for p in model.get_classifier().parameters()}
+    kept = {id(p) for p in fixed}
     for param in model.parameters():
         if id(param) not in head:
-            param.requires_grad_(trainable)
+            param.requires_grad_(trainable and id(param) not in kept)
 
 
 def _stop_check(stop: _StopFlag, ddp: Distributed, device: torch.device) -> Callable[[], bool]:

@@ -157,6 +157,22 @@ def test_fit_epochs_counts_the_epochs_of_the_timed_length_that_end_in_time() -> 
     assert fit_epochs(time.time() - 5, cap=50)(3, 10.0) == 3
 
 
+def test_the_second_re_plan_times_the_epochs_after_the_first() -> None:
+    """The first epoch warms caches and kernels up: the plan after the third averages epochs two and three only,
+    and nothing is asked after that."""
+    from types import SimpleNamespace
+
+    from mobiforge.ship import replan_early
+
+    asked: list[tuple[int, float]] = []
+    callback = replan_early(lambda done, seconds: asked.append((done, seconds)) or 10)
+    trainer = SimpleNamespace(whole_epoch=True, frozen=False, set_epochs=lambda epochs: None)
+    for epoch, seconds in enumerate([60.0, 50.0, 54.0, 40.0, 40.0], start=1):
+        trainer.epoch, trainer.epoch_seconds = epoch, seconds
+        callback(trainer)
+    assert asked == [(1, 60.0), (3, 52.0)]
+
+
 def test_ship_keeps_its_budget_through_train_callbacks(tmp_path: Path) -> None:
     """The deadline and the re-plan are ship's callbacks on the trainer, not parameters of train(): a passed
     deadline ends the run after its first epoch (resumable, not interrupted); the re-plan skips head-only epochs."""

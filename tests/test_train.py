@@ -134,8 +134,9 @@ def test_a_whitened_stem_stays_frozen_through_training_and_a_resume(colours: Pat
     result = train(config)
     stem = first_conv(model_from_checkpoint(result.run_dir / "last.pt")).weight
     assert torch.equal(stem[: len(stem) // 2], -stem[len(stem) // 2 :])  # +/- pairs of whitening filters
-    saved = load_checkpoint(result.run_dir / "last.pt")["config"]
-    assert saved["whiten_stem"] and saved["optim"]["nesterov"]
+    checkpoint = load_checkpoint(result.run_dir / "last.pt")
+    assert checkpoint["config"]["whiten_stem"] and checkpoint["config"]["optim"]["nesterov"]
+    assert all(group["nesterov"] for group in checkpoint["optimizer"]["param_groups"])  # the optimizer got it
     resumed = train(_config(colours, tmp_path / "runs", resume=str(result.run_dir / "last.pt"), epochs=3))
     assert torch.equal(first_conv(model_from_checkpoint(resumed.run_dir / "last.pt")).weight, stem)  # still frozen
 
