@@ -1,8 +1,8 @@
 """The first rungs of the transfer ladder on a photo folder (default: hymenoptera), with EfficientNet-Lite0's
 ImageNet weights: a linear probe and a tail fine-tune on cached trunk outputs (``train --trainable-blocks``), each
 timed end to end (feature cache included) with its val top-1; the training throughput of the cached tail step
-against full fine-tuning of the same model at the same resolution, and the cache pass in fp32 against bf16, each
-side by side in interleaved rounds.
+against full fine-tuning of the same model at the same resolution, and the cache pass on each trunk engine (eager
+fp32, eager bf16, ONNX Runtime fp32), each side by side in interleaved rounds.
 
     python -m benchmarks.transfer_ladder [--data ../shared/datasets/hymenoptera] [--runs-dir runs/ladder]
 """
@@ -24,7 +24,8 @@ from mobiforge.data import DataConfig
 from mobiforge.engine import OptimConfig, cpu_has_native_bf16
 from mobiforge.progress import SilentReporter
 from mobiforge.train import TrainConfig, train
-from mobiforge.transfer import Tail, cut_index, trunk_output
+from mobiforge.transfer import Tail, TrunkModule, cut_index, trunk_output
+from mobiforge.trunk import eager_pass, onnxruntime_pass
 
 MODEL = "efficientnet_lite0"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "hymenoptera"
@@ -90,23 +91,26 @@ def throughput(blocks: int, batch: int, rounds: int) -> dict[str, float]:
 
 
 def trunk_pass(batch: int, rounds: int) -> dict[str, float]:
-    """Images per second of the frozen trunk's cache pass (the whole network's features, inference mode,
-    channels_last), fp32 against bf16 autocast, interleaved; with the largest difference in the pooled features."""
+    """Images per second of the frozen trunk's cache pass (the whole network's pooled features) on each engine of
+    ``mobiforge.trunk``: eager fp32 and bf16 autocast (inference mode, channels_last) and the trunk exported to ONNX
+    Runtime (fp32), interleaved; with the largest difference of each from eager fp32's features."""
     model = create_model(MODEL, pretrained=True, num_classes=2).eval().to(memory_format=torch.channels_last)
-    images = torch.randn(batch, 3, 224, 224).contiguous(memory_format=torch.channels_last)
-    samples: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    trunk = TrunkModule(model, None).eval()
+    passes = {"eager fp32": eager_pass(trunk, None), "eager bf16": eager_pass(trunk, torch.bfloat16)}
+    passes["onnxruntime fp32"] = onnxruntime_pass(trunk, 224)
+    images = torch.randn(batch, 3, 224, 224)
+    samples: dict[str, list[float]] = {name: [] for name in passes}
     outputs: dict[str, torch.Tensor] = {}
-    with torch.inference_mode():
-        for round_index in range(rounds + 1):
-            for name in samples:
-                started = time.perf_counter()
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=name == "bf16"):
-                    outputs[name] = trunk_output(model, None, images).float()
-                if round_index:
-                    samples[name].append(batch / (time.perf_counter() - started))
+    for round_index in range(rounds + 1):  # round 0 warms up (and exports the ONNX trunk)
+        for name, engine in passes.items():
+            started = time.perf_counter()
+            outputs[name] = engine.run(images)
+            if round_index:
+                samples[name].append(batch / (time.perf_counter() - started))
     speeds = {name: statistics.median(values) for name, values in samples.items()}
-    speeds["max_abs_diff"] = float((outputs["fp32"] - outputs["bf16"]).abs().max())
-    speeds["mean_abs"] = float(outputs["fp32"].abs().mean())
+    for name in ("eager bf16", "onnxruntime fp32"):
+        speeds[f"{name} max_abs_diff"] = float((outputs["eager fp32"] - outputs[name]).abs().max())
+    speeds["mean_abs"] = float(outputs["eager fp32"].abs().mean())
     return speeds
 
 
@@ -145,10 +149,14 @@ def main() -> None:
         + ", ".join(f"{name} {speed[name]:.0f} img/s" for name in names)
         + f"; the cached tail step is {speed[names[1]] / speed[names[0]]:.1f}x faster.",
         "",
-        f"The cache pass (the whole trunk, inference mode, batch 32, this CPU: {native}): fp32 {trunk['fp32']:.0f} "
-        f"img/s, bf16 autocast {trunk['bf16']:.0f} img/s ({trunk['bf16'] / trunk['fp32']:.2f}x); pooled features "
-        f"differ by at most {trunk['max_abs_diff']:.3f} (mean magnitude {trunk['mean_abs']:.3f}) on random inputs. "
-        "The cache uses bf16 only where the CPU has it natively.",
+        f"The cache pass on each trunk engine (the whole trunk, batch 32, median of {args.rounds} interleaved rounds; "
+        f"this CPU: {native}): "
+        + ", ".join(f"{name} {trunk[name]:.0f} img/s" for name in ("eager fp32", "eager bf16", "onnxruntime fp32"))
+        + f" ({trunk['onnxruntime fp32'] / max(trunk['eager fp32'], trunk['eager bf16']):.2f}x the faster eager "
+        f"pass). Pooled features differ from eager fp32's by at most {trunk['eager bf16 max_abs_diff']:.3f} in bf16 "
+        f"and {trunk['onnxruntime fp32 max_abs_diff']:.5f} in ONNX Runtime (mean magnitude {trunk['mean_abs']:.3f}) "
+        "on random inputs. `--trunk-engine auto` times the engines itself before a long cache pass; eager runs "
+        "bf16 only where the CPU has it natively.",
     ]
     print("\n".join(lines))
     write_section(args.section, "\n".join(lines))

@@ -60,6 +60,7 @@ from mobiforge.runs import (
     write_config,
     write_metrics_csv,
 )
+from mobiforge.trunk import TrunkPass, choose_trunk_pass, eager_pass, memo_path, onnxruntime_pass
 from mobiforge.units import format_bytes
 
 CACHE_VERSION = 2
@@ -113,6 +114,17 @@ def trunk_output(model: MobileClassifier, cut: int | None, images: torch.Tensor)
     return model.features[:cut](images)
 
 
+class TrunkModule(nn.Module):
+    """``trunk_output`` as a module: what an engine runs (and exports) for the cache pass."""
+
+    def __init__(self, model: MobileClassifier, cut: int | None) -> None:
+        super().__init__()
+        self.model, self.cut = model, cut
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return trunk_output(self.model, self.cut, images)
+
+
 def trunk_state(model: MobileClassifier, cut: int | None) -> dict[str, torch.Tensor]:
     if cut is None:
         classifier = {f"{model.classifier_attr}.{key}" for key in model.get_classifier().state_dict()}
@@ -139,16 +151,6 @@ class CachePlan:
     def bytes(self) -> int:
         per_item = 2 * int(torch.tensor(self.item_shape).prod()) if self.item_shape else 2
         return per_item * self.images * len(self.transforms)
-
-
-def trunk_dtype(amp: str) -> torch.dtype | None:
-    """The frozen trunk's precision: bf16 where the CPU runs it natively (``amp`` auto or bf16), else fp32. The
-    trunk only runs forward, once, so bf16 costs no training stability; the tail trains in fp32."""
-    if amp == "none" or amp == "fp16":
-        return None
-    if amp == "bf16" and not engine.cpu_has_native_bf16():
-        warnings.warn("--amp bf16: this CPU has no native bf16; the trunk pass runs in fp32", stacklevel=2)
-    return torch.bfloat16 if engine.cpu_has_native_bf16() else None
 
 
 def trunk_digest(model: MobileClassifier, cut: int | None) -> str:
@@ -209,9 +211,12 @@ def cached_activations(
     split: str,
     seed: int,
     reporter: Reporter,
+    trunk_pass: TrunkPass | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The trunk's fp16 outputs for every (view, image) of ``samples`` and their labels, view after view; read
-    from ``folder`` where a chunk with this key exists, computed (and written) where not."""
+    from ``folder`` where a chunk with this key exists, computed (and written) by ``trunk_pass`` (default: eager in
+    the plan's precision) where not."""
+    trunk_pass = trunk_pass or eager_pass(TrunkModule(model, cut).eval(), plan.dtype)
     folder.mkdir(parents=True, exist_ok=True)
     outputs, labels = [], []
     computed = 0
@@ -224,15 +229,14 @@ def cached_activations(
             chunk = _read_chunk(path, plan.key)
             if chunk is None:
                 indices = range(start, min(start + CHUNK_IMAGES, len(samples)))
-                chunk = _compute_chunk(model, cut, Subset(dataset, list(indices)), plan.dtype)
+                chunk = _compute_chunk(trunk_pass, Subset(dataset, list(indices)))
                 save_checkpoint({"key": plan.key, **chunk}, path)
                 computed += len(indices)
             outputs.append(chunk["features"])
             labels.append(chunk["labels"])
     reused = len(samples) * len(plan.transforms) - computed
-    precision = "bf16" if plan.dtype == torch.bfloat16 else "fp32"
     reporter.message(
-        f"{split} cache: {computed} trunk passes computed ({precision}), {reused} read back "
+        f"{split} cache: {computed} trunk passes computed ({trunk_pass.label}), {reused} read back "
         f"({plan.bytes / 2**20:.1f} MiB, fp16)"
     )
     return torch.cat(outputs), torch.cat(labels)
@@ -252,16 +256,10 @@ def _read_chunk(path: Path, key: str) -> dict[str, torch.Tensor] | None:
     return chunk
 
 
-@torch.inference_mode()
-def _compute_chunk(
-    model: MobileClassifier, cut: int | None, dataset: Subset, dtype: torch.dtype | None
-) -> dict[str, torch.Tensor]:
+def _compute_chunk(trunk_pass: TrunkPass, dataset: Subset) -> dict[str, torch.Tensor]:
     features, labels = [], []
     for images, targets in DataLoader(dataset, batch_size=EXTRACT_BATCH):
-        images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-            output = trunk_output(model, cut, images)
-        features.append(output.to(torch.float16).contiguous())
+        features.append(trunk_pass.run(images).to(torch.float16).contiguous())
         labels.append(targets)
     return {"features": torch.cat(features), "labels": torch.cat(labels)}
 
@@ -277,6 +275,7 @@ def plan_cache(
     folder: Path,
     val_images: int,
     dtype: torch.dtype | None = None,
+    trunk: str | None = None,
 ) -> CachePlan:
     """The training cache's plan, with as many views as fit in memory and on disk (fewer with a warning; a
     one-line error naming the size when not even one does)."""
@@ -297,7 +296,7 @@ def plan_cache(
     if fitting < views:
         warnings.warn(f"the feature cache holds {fitting} of the {views} views asked for (memory)", stacklevel=2)
         transforms = transforms[:fitting]
-    trunk = trunk_digest(model, cut)
+    trunk = trunk or trunk_digest(model, cut)
     key = cache_key(trunk, cut, preprocess, data, seed, samples, dtype)
     return CachePlan(key, transforms, item_shape, len(samples), trunk, dtype)
 
@@ -320,9 +319,11 @@ def cached_teacher_logits(
     preprocess: Preprocess,
     folder: Path,
     reporter: Reporter,
+    student_pass: TrunkPass | None = None,
 ) -> torch.Tensor:
     """The teacher's logits for every (view, image) of the student's training cache, in its order: the teacher's
-    trunk on the same crops (cached in ``folder`` too), then its tail."""
+    trunk on the same crops (cached in ``folder`` too, in the precision and on the engine of ``student_pass``), then
+    its tail."""
     assert config.distill is not None
     checkpoint = Checkpoint.load(config.distill.teacher)
     checkpoint.require_classes(classes, "teacher", "fine-tune the teacher on this data first")
@@ -341,7 +342,12 @@ def cached_teacher_logits(
             f"the teacher's cached features fit {len(teacher_plan.transforms)} of the student's {views} views; "
             f"use --views {len(teacher_plan.transforms)}"
         )
-    trunk, _ = cached_activations(teacher, cut, samples, teacher_plan, folder, "teacher", config.seed, reporter)
+    module = TrunkModule(teacher, cut).eval()
+    on_onnxruntime = student_pass is not None and student_pass.engine == "onnxruntime"
+    trunk_pass = onnxruntime_pass(module, preprocess.img_size) if on_onnxruntime else eager_pass(module, plan.dtype)
+    trunk, _ = cached_activations(
+        teacher, cut, samples, teacher_plan, folder, "teacher", config.seed, reporter, trunk_pass
+    )
     head = Tail(teacher, cut).eval()
     with torch.inference_mode():
         return torch.cat([head(part.float()) for part in trunk.split(256)])
@@ -408,22 +414,37 @@ def fit_tail(
     write_config(run_dir, config)
     model.to(memory_format=torch.channels_last)
     folder = Path(config.cache_dir) if config.cache_dir else run_dir / "cache"
-    dtype = trunk_dtype(config.amp)
-    plan = plan_cache(model, cut, preprocess, config.data, config.views, config.seed, splits.train, folder, len(
-        splits.val), dtype)  # fmt: skip
-    started = time.time()
-    train_x, train_y = cached_activations(model, cut, splits.train, plan, folder, "train", config.seed, reporter)
-    val_x, val_y = cached_activations(
-        model, cut, splits.val, eval_plan(plan, cut, preprocess, splits.val), folder, "val", 0, reporter
+    trunk_pass, digest = _trunk_pass(
+        config, model, cut, preprocess, len(splits.train) * config.views + len(splits.val), folder
     )
+    plan = plan_cache(model, cut, preprocess, config.data, config.views, config.seed, splits.train, folder, len(
+        splits.val), trunk_pass.dtype, digest)  # fmt: skip
+    started = time.time()
+    train_x, train_y = cached_activations(
+        model, cut, splits.train, plan, folder, "train", config.seed, reporter, trunk_pass
+    )
+    val_plan = eval_plan(plan, cut, preprocess, splits.val)
+    val_x, val_y = cached_activations(model, cut, splits.val, val_plan, folder, "val", 0, reporter, trunk_pass)
     teacher = ()
     if config.distill:
-        teacher = (cached_teacher_logits(config, splits.train, splits.classes, plan, preprocess, folder, reporter),)
+        teacher = (
+            cached_teacher_logits(config, splits.train, splits.classes, plan, preprocess, folder, reporter, trunk_pass),
+        )
     logger.debug("feature cache ready in %.1f s: train %s, val %s", time.time() - started, train_x.shape, val_x.shape)
     data = TailData((train_x, train_y, *teacher), (val_x, val_y))
     result = _train_tail(config, Tail(model, cut), data, model, splits.classes, run_dir, reporter, epoch_end)
     finish_plots(run_dir, result.history, splits.classes)
     return result
+
+
+def _trunk_pass(
+    config: TrainConfig, model: MobileClassifier, cut: int | None, preprocess: Preprocess, passes: int, folder: Path
+) -> tuple[TrunkPass, str]:
+    """The engine of this run's trunk passes (``--trunk-engine``), and the digest of the trunk's weights."""
+    digest = trunk_digest(model, cut)
+    memo = memo_path(folder, digest, cut, preprocess.img_size, config.amp)
+    trunk = TrunkModule(model, cut).eval()
+    return choose_trunk_pass(trunk, preprocess.img_size, config.trunk_engine, config.amp, passes, memo), digest
 
 
 def _tail_loss(config: TrainConfig, batches: _Float) -> engine.LossFn:

@@ -32,7 +32,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("models", ("mobiforge.models", "mobiforge.models.*")),
     ("data", ("mobiforge.checkpoint", "mobiforge.data", "mobiforge.plots", "mobiforge.profile")),
     ("training primitives", ("mobiforge.engine", "mobiforge.losses", "mobiforge.runs")),
-    ("training", ("mobiforge.transfer", "mobiforge.train", "mobiforge.inference")),
+    ("training", ("mobiforge.trunk", "mobiforge.transfer", "mobiforge.train", "mobiforge.inference")),
     ("compress", ("mobiforge.quantize", "mobiforge.prune")),
     ("deploy", ("mobiforge.backends.*", "mobiforge.runtimes", "mobiforge.export")),
     ("recipes", ("mobiforge.distill", "mobiforge.ship", "mobiforge.ship.*", "mobiforge.serve")),

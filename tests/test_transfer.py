@@ -18,6 +18,7 @@ from mobiforge.errors import MobiforgeError
 from mobiforge.inference import evaluate_checkpoint
 from mobiforge.progress import SilentReporter
 from mobiforge.train import train
+from mobiforge.trunk import trunk_dtype
 from tests.helpers import MessageLog, make_split_folder, small_train_config
 
 
@@ -173,7 +174,7 @@ def test_a_student_distils_from_cached_teacher_logits_reading_the_teachers_trunk
     probe = Checkpoint.load(teacher).model()
     samples = discover(DataConfig(data=str(data), img_size=16)).train
     images = torch.stack([image for image, _ in ImageSamples(samples, eval_transform(probe.preprocess))])
-    dtype = transfer.trunk_dtype("auto")
+    dtype = trunk_dtype("auto")
     with torch.inference_mode(), torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
         pooled = transfer.trunk_output(probe, None, images)
     with torch.inference_mode():

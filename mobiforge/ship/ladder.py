@@ -11,7 +11,9 @@ Between the probe and the rungs above it, the probe is tried again at lower inpu
 2x and 3x cheaper per image); the rungs above, and the students, train at the smallest size whose probe held.
 
 The planner (``teacher_ladder``, ``tail_rung``) is a pure function of the measured speeds and the seconds given,
-so it is tested under made-up clocks; ``measure`` times the real passes on a few batches.
+so it is tested under made-up clocks; ``measure`` times the real passes on a few batches. It times the trunk in
+eager PyTorch: where a rung's long cache pass then runs faster on ONNX Runtime (``mobiforge.trunk``, chosen by the
+rung's own run), the rung ends early and the stages after it get the time, as they plan from the clock.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from mobiforge.models.base import StackedNet
 from mobiforge.ship.plan import epoch_seconds
 from mobiforge.ship.search import inference_speed, step_speed, training_speed
 from mobiforge.ship.state import Survey
-from mobiforge.transfer import Tail, trunk_dtype, trunk_output
+from mobiforge.transfer import Tail, trunk_output
+from mobiforge.trunk import trunk_dtype
 
 PROBE_EPOCHS = 30  # epochs of the classifier alone: seconds on cached features
 TAIL_EPOCHS = 20  # at most, for the teacher's tail on cached inputs

@@ -1,0 +1,93 @@
+"""The engines of the frozen trunk's cache pass: ONNX Runtime computes what eager PyTorch does, ``auto`` chooses by
+measured speed only where the pass is long, and its choice is read back so a later run finds the same cache."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import mobiforge.trunk as trunk_engines
+from mobiforge import create_model
+from mobiforge.checkpoint import model_checkpoint, save_checkpoint
+from mobiforge.errors import MobiforgeError
+from mobiforge.train import train
+from mobiforge.transfer import TrunkModule
+from mobiforge.trunk import TrunkPass, choose_trunk_pass, eager_pass, onnxruntime_pass
+from tests.helpers import MessageLog, make_split_folder, small_train_config
+
+HAS_ONNXRUNTIME = all(importlib.util.find_spec(name) for name in ("onnxruntime", "onnxscript"))
+needs_onnxruntime = pytest.mark.skipif(not HAS_ONNXRUNTIME, reason="onnxruntime/onnxscript not installed ([export])")
+
+
+def _trunk(cut: int | None = 3) -> TrunkModule:
+    model = create_model("mobilenet_seed", num_classes=3, width_mult=0.25, small_input=True).eval()
+    return TrunkModule(model, cut).eval()
+
+
+@needs_onnxruntime
+def test_onnxruntime_computes_what_eager_fp32_does_to_the_caches_fp16() -> None:
+    trunk, images = _trunk(), torch.randn(5, 3, 16, 16)
+    expected = eager_pass(trunk, None).run(images)
+    exported = onnxruntime_pass(trunk, 16)
+    assert exported.label == "onnxruntime fp32" and exported.dtype is None  # the cache key of eager fp32
+    got = exported.run(images)
+    assert got.shape == expected.shape
+    assert torch.allclose(got.half().float(), expected.half().float(), rtol=2e-3, atol=2e-3)
+    assert exported.run(images[:1]).shape[0] == 1  # any batch size
+
+
+def test_auto_stays_eager_for_a_short_pass_and_records_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    exports: list[int] = []
+    monkeypatch.setattr(trunk_engines, "onnxruntime_pass", lambda *a: exports.append(1))
+    memo = tmp_path / "engine.json"
+    chosen = choose_trunk_pass(_trunk(), 16, "auto", "none", passes=50, memo=memo)
+    assert chosen.label == "eager fp32" and not exports  # 50 passes take far under TRIAL_MIN_SECONDS
+    assert json.loads(memo.read_text())["engine"] == "eager fp32"
+
+
+def test_auto_takes_the_faster_engine_and_a_later_run_reads_its_choice_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = TrunkPass("onnxruntime", None, lambda images: torch.zeros(len(images), 4))
+    monkeypatch.setattr(trunk_engines, "onnxruntime_pass", lambda *a: fake)
+    speeds = {"eager": 10.0, "onnxruntime": 25.0}
+    monkeypatch.setattr(trunk_engines, "images_per_second", lambda p, size, batch=32: speeds[p.engine])
+    memo = tmp_path / "engine.json"
+    chosen = choose_trunk_pass(_trunk(), 16, "auto", "none", passes=10_000, memo=memo)  # 1,000 s eager: worth a trial
+    assert chosen is fake
+    recorded = json.loads(memo.read_text())
+    assert recorded["engine"] == "onnxruntime fp32"
+    assert recorded["images_per_second"] == {"eager fp32": 10.0, "onnxruntime fp32": 25.0}
+
+    def no_trial(*args: object, **kwargs: object) -> float:
+        raise AssertionError("the recorded choice is read back, not measured again")
+
+    monkeypatch.setattr(trunk_engines, "images_per_second", no_trial)
+    assert choose_trunk_pass(_trunk(), 16, "auto", "none", passes=10_000, memo=memo) is fake
+
+    speeds["onnxruntime"] = 5.0  # slower than eager: eager stays
+    monkeypatch.setattr(trunk_engines, "images_per_second", lambda p, size, batch=32: speeds[p.engine])
+    other = tmp_path / "other.json"
+    assert choose_trunk_pass(_trunk(), 16, "auto", "none", passes=10_000, memo=other).engine == "eager"
+
+
+def test_an_unknown_engine_is_a_one_line_error(tmp_path: Path) -> None:
+    with pytest.raises(MobiforgeError, match="--trunk-engine must be one of auto, eager, onnxruntime"):
+        choose_trunk_pass(_trunk(), 16, "tensorrt", "none", passes=1, memo=tmp_path / "m.json")
+
+
+@needs_onnxruntime
+def test_a_tail_run_caches_through_onnxruntime(tmp_path: Path) -> None:
+    data = make_split_folder(tmp_path / "data", classes=3, train=8, val=3)
+    model = create_model("mobilenet_seed", num_classes=3, width_mult=0.25, small_input=True)
+    start = save_checkpoint(model_checkpoint(model, classes=["class0", "class1", "class2"]), tmp_path / "start.pt")
+    config = small_train_config(data, tmp_path / "runs", model="mobilenet_seed", init_from=str(start), epochs=1)
+    config.trainable_blocks, config.views, config.trunk_engine = 1, 1, "onnxruntime"
+    reporter = MessageLog()
+    result = train(config, reporter)
+    assert len(result.history) == 1
+    assert any(line.startswith("train cache: 24 trunk passes computed (onnxruntime fp32)") for line in reporter.lines)
