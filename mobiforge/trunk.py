@@ -5,8 +5,9 @@ The trunk's passes are the expensive part of transfer learning on a CPU (issue 2
 fastest way to run a fixed network forward: ONNX Runtime folds each BatchNorm into its convolution and fuses the
 activations into the kernels. ``auto`` exports the trunk and times both engines on a few batches, but only when the
 eager pass would take long enough to repay the export (``TRIAL_MIN_SECONDS``; a cache of a few hundred images stays
-eager). The choice is written into the cache folder, named by the trunk's weights, cut and input size, so that a
-resumed or later run with the same trunk reads the same precision back, and with it the same cache key.
+eager, and records nothing). A trial's choice is written into the cache folder, named by the trunk's weights, cut
+and input size, so that a resumed or later run with the same trunk reads the same precision back, and with it the
+same cache key.
 
 ONNX Runtime's fp32 and eager fp32 outputs agree to well within the fp16 the cache stores (``tests/test_trunk.py``),
 so the engine is not part of the cache key; the precision is.
@@ -126,7 +127,8 @@ def choose_trunk_pass(
     trunk: nn.Module, img_size: int, engine_name: str, amp: str, passes: int, memo: Path
 ) -> TrunkPass:
     """The trunk pass for ``passes`` images: the engine named, or with ``auto`` the one ``memo`` recorded for this
-    trunk, else the faster of the two where the eager pass is long enough to try (recorded in ``memo``)."""
+    trunk, else the faster of the two where the eager pass is long enough to try (recorded in ``memo``), else
+    eager."""
     if engine_name not in TRUNK_ENGINES:
         raise MobiforgeError(f"--trunk-engine must be one of {', '.join(TRUNK_ENGINES)}, got {engine_name!r}")
     eager = eager_pass(trunk, trunk_dtype(amp))
@@ -137,22 +139,22 @@ def choose_trunk_pass(
     recorded = _read_memo(memo)
     if recorded is not None:
         return _recorded_pass(recorded, trunk, img_size, eager)
-    chosen, speeds = _trial(trunk, img_size, eager, passes)
+    if passes / images_per_second(eager, img_size, batch=8) < TRIAL_MIN_SECONDS:
+        return eager  # not recorded: a later, longer pass over this trunk is still worth a trial
+    chosen, speeds = _trial(trunk, img_size, eager)
     write_atomic(memo, json.dumps({"engine": chosen.label, "images_per_second": speeds}, indent=1))
     return chosen
 
 
-def _trial(trunk: nn.Module, img_size: int, eager: TrunkPass, passes: int) -> tuple[TrunkPass, dict[str, float]]:
-    speeds = {eager.label: images_per_second(eager, img_size, batch=8)}
-    if passes / speeds[eager.label] < TRIAL_MIN_SECONDS:
-        return eager, speeds
+def _trial(trunk: nn.Module, img_size: int, eager: TrunkPass) -> tuple[TrunkPass, dict[str, float]]:
+    speeds = {}
     try:
         exported = onnxruntime_pass(trunk, img_size)
         speeds[eager.label] = images_per_second(eager, img_size)
         speeds[exported.label] = images_per_second(exported, img_size)
     except MobiforgeError as error:  # onnxruntime missing or the trunk not exportable: eager is what there is
         logger.debug("trunk engine trial: %s", error)
-        return eager, speeds
+        return eager, {}  # recorded, so that later runs do not try again
     faster = exported if speeds[exported.label] > speeds[eager.label] else eager
     return faster, {label: round(speed, 1) for label, speed in speeds.items()}
 

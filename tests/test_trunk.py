@@ -40,13 +40,28 @@ def test_onnxruntime_computes_what_eager_fp32_does_to_the_caches_fp16() -> None:
     assert exported.run(images[:1]).shape[0] == 1  # any batch size
 
 
-def test_auto_stays_eager_for_a_short_pass_and_records_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_stays_eager_for_a_short_pass_and_leaves_a_longer_one_its_trial(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     exports: list[int] = []
     monkeypatch.setattr(trunk_engines, "onnxruntime_pass", lambda *a: exports.append(1))
     memo = tmp_path / "engine.json"
     chosen = choose_trunk_pass(_trunk(), 16, "auto", "none", passes=50, memo=memo)
     assert chosen.label == "eager fp32" and not exports  # 50 passes take far under TRIAL_MIN_SECONDS
-    assert json.loads(memo.read_text())["engine"] == "eager fp32"
+    assert not memo.exists()
+
+
+def test_a_trunk_that_cannot_go_to_onnxruntime_is_recorded_as_eager(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def not_exportable(*args: object) -> TrunkPass:
+        raise MobiforgeError("this trunk does not export to ONNX")
+
+    monkeypatch.setattr(trunk_engines, "onnxruntime_pass", not_exportable)
+    monkeypatch.setattr(trunk_engines, "images_per_second", lambda p, size, batch=32: 10.0)
+    memo = tmp_path / "engine.json"
+    assert choose_trunk_pass(_trunk(), 16, "auto", "none", passes=10_000, memo=memo).label == "eager fp32"
+    assert json.loads(memo.read_text())["engine"] == "eager fp32"  # the next run does not try the export again
 
 
 def test_auto_takes_the_faster_engine_and_a_later_run_reads_its_choice_back(
