@@ -92,21 +92,21 @@ def _session(onnxruntime: object, trunk: nn.Module, img_size: int) -> object:
     started = time.perf_counter()
     example = torch.zeros(2, 3, img_size, img_size)
     batch = torch.export.Dim("batch", min=1, max=4096)
-    try:
-        program = torch.onnx.export(
-            trunk.eval(), (example,), dynamo=True, dynamic_shapes=({0: batch},), input_names=["images"], verbose=False
-        )
-    except Exception as error:  # the exporter's failures come from deep inside torch.export
-        raise MobiforgeError(
-            f"--trunk-engine onnxruntime: this trunk does not export to ONNX ({type(error).__name__}); use "
-            "--trunk-engine eager"
-        ) from None
     options = onnxruntime.SessionOptions()  # type: ignore[attr-defined]
     options.intra_op_num_threads = torch.get_num_threads()
     options.inter_op_num_threads = 1
-    session = onnxruntime.InferenceSession(  # type: ignore[attr-defined]
-        program.model_proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
+    try:  # the exporter's and the runtime's failures come from deep inside torch.export and ONNX Runtime
+        program = torch.onnx.export(
+            trunk.eval(), (example,), dynamo=True, dynamic_shapes=({0: batch},), input_names=["images"], verbose=False
+        )
+        session = onnxruntime.InferenceSession(  # type: ignore[attr-defined]
+            program.model_proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
+    except Exception as error:
+        raise MobiforgeError(
+            f"--trunk-engine onnxruntime: this trunk does not export to or load in ONNX Runtime "
+            f"({type(error).__name__}); use --trunk-engine eager"
+        ) from None
     logger.debug("trunk exported to ONNX Runtime in %.1f s", time.perf_counter() - started)
     return session
 

@@ -101,8 +101,26 @@ def test_a_tail_run_caches_through_onnxruntime(tmp_path: Path) -> None:
     model = create_model("mobilenet_seed", num_classes=3, width_mult=0.25, small_input=True)
     start = save_checkpoint(model_checkpoint(model, classes=["class0", "class1", "class2"]), tmp_path / "start.pt")
     config = small_train_config(data, tmp_path / "runs", model="mobilenet_seed", init_from=str(start), epochs=1)
-    config.trainable_blocks, config.views, config.trunk_engine = 1, 1, "onnxruntime"
+    config.trainable_blocks, config.views, config.trunk_engine, config.amp = 1, 1, "onnxruntime", "none"
+    config.cache_dir = str(tmp_path / "cache")
     reporter = MessageLog()
     result = train(config, reporter)
     assert len(result.history) == 1
     assert any(line.startswith("train cache: 24 trunk passes computed (onnxruntime fp32)") for line in reporter.lines)
+
+    # eager fp32 shares the cache key: its run reads ONNX Runtime's passes back instead of computing them
+    config.trunk_engine, config.name, reporter = "eager", "again", MessageLog()
+    train(config, reporter)
+    assert any(line.startswith("train cache: 0 trunk passes computed (eager fp32), 24 read") for line in reporter.lines)
+
+
+def test_a_trunk_that_does_not_export_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    if not HAS_ONNXRUNTIME:
+        pytest.skip("onnxruntime/onnxscript not installed ([export])")
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("deep inside torch.export")
+
+    monkeypatch.setattr(torch.onnx, "export", broken)
+    with pytest.raises(MobiforgeError, match=r"does not export to or load in ONNX Runtime .*--trunk-engine eager"):
+        onnxruntime_pass(_trunk(), 16).run(torch.randn(1, 3, 16, 16))
