@@ -406,13 +406,20 @@ def _against_reference(
     return diff, top1_percent(logits, data.val_labels) if len(chosen) == total else None
 
 
+def _channels_last(model: nn.Module) -> nn.Module:
+    """A copy of the fp32 model in channels_last: about 2x faster than NCHW on CPU for depthwise networks."""
+    return copy.deepcopy(model).eval().to(memory_format=torch.channels_last)
+
+
+def _torch_logits(eager: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():
+        return torch.cat([eager(chunk.contiguous(memory_format=torch.channels_last)) for chunk in images.split(64)])
+
+
 def _export_and_verify(model: nn.Module, config: ExportConfig, data: ExportData, path: Path) -> ArtifactReport:
     reference, note = build_artifact(model, config, data, path)
-    eager = copy.deepcopy(model).eval().to(memory_format=torch.channels_last)
-    with torch.inference_mode():
-        torch_logits = torch.cat(
-            [eager(chunk.contiguous(memory_format=torch.channels_last)) for chunk in data.val_images.split(64)]
-        )
+    eager = _channels_last(model)
+    torch_logits = _torch_logits(eager, data.val_images)
     batched = get_backend(config.format).batched
     if get_backend(config.format).probabilities:  # the runner gives log-probabilities: compare like with like
         torch_logits = torch.log_softmax(torch_logits, dim=1)
@@ -484,8 +491,8 @@ def _export_and_inspect(model: nn.Module, config: ExportConfig, data: ExportData
     _, note = build_artifact(model, config, data, path)
     backend = get_backend(config.format)
     simulated = backend.impl().simulated(model, int8=config.int8 is not None)
-    with torch.inference_mode():
-        torch_logits = torch.cat([model.eval()(chunk) for chunk in data.val_images.split(64)])
+    torch_logits = _torch_logits(_channels_last(model), data.val_images)
+    with torch.inference_mode():  # NCHW: CPUs compute the fp16 convs about 2x faster so than channels_last
         file_logits = torch.cat([simulated(chunk) for chunk in data.val_images.split(64)])
     threads = str(max(config.threads))
     with torch.no_grad():

@@ -60,7 +60,7 @@ from mobiforge.runs import (
     write_config,
     write_metrics_csv,
 )
-from mobiforge.trunk import TrunkPass, choose_trunk_pass, eager_pass, memo_path, onnxruntime_pass
+from mobiforge.trunk import TrunkPass, choose_trunk_pass, eager_pass, memo_path
 from mobiforge.units import format_bytes
 
 CACHE_VERSION = 2
@@ -319,11 +319,11 @@ def cached_teacher_logits(
     preprocess: Preprocess,
     folder: Path,
     reporter: Reporter,
-    student_pass: TrunkPass | None = None,
 ) -> torch.Tensor:
     """The teacher's logits for every (view, image) of the student's training cache, in its order: the teacher's
-    trunk on the same crops (cached in ``folder`` too, in the precision and on the engine of ``student_pass``), then
-    its tail."""
+    trunk on the same crops (cached in ``folder`` too), then its tail. The teacher's trunk runs on its own engine,
+    the one recorded when its own run cached it: its passes are then read back, not computed again in the
+    student's precision."""
     assert config.distill is not None
     checkpoint = Checkpoint.load(config.distill.teacher)
     checkpoint.require_classes(classes, "teacher", "fine-tune the teacher on this data first")
@@ -336,15 +336,15 @@ def cached_teacher_logits(
     teacher = checkpoint.model().to(memory_format=torch.channels_last)
     cut = teacher_cut(checkpoint, teacher)
     views = len(plan.transforms)
-    teacher_plan = plan_cache(teacher, cut, preprocess, config.data, views, config.seed, samples, folder, 0, plan.dtype)
+    trunk_pass, digest = _trunk_pass(config, teacher, cut, preprocess, len(samples) * views, folder)
+    teacher_plan = plan_cache(
+        teacher, cut, preprocess, config.data, views, config.seed, samples, folder, 0, trunk_pass.dtype, digest
+    )
     if len(teacher_plan.transforms) < views:  # the teacher's trunk output is larger than the student's
         raise MobiforgeError(
             f"the teacher's cached features fit {len(teacher_plan.transforms)} of the student's {views} views; "
             f"use --views {len(teacher_plan.transforms)}"
         )
-    module = TrunkModule(teacher, cut).eval()
-    on_onnxruntime = student_pass is not None and student_pass.engine == "onnxruntime"
-    trunk_pass = onnxruntime_pass(module, preprocess.img_size) if on_onnxruntime else eager_pass(module, plan.dtype)
     trunk, _ = cached_activations(
         teacher, cut, samples, teacher_plan, folder, "teacher", config.seed, reporter, trunk_pass
     )
@@ -427,9 +427,7 @@ def fit_tail(
     val_x, val_y = cached_activations(model, cut, splits.val, val_plan, folder, "val", 0, reporter, trunk_pass)
     teacher = ()
     if config.distill:
-        teacher = (
-            cached_teacher_logits(config, splits.train, splits.classes, plan, preprocess, folder, reporter, trunk_pass),
-        )
+        teacher = (cached_teacher_logits(config, splits.train, splits.classes, plan, preprocess, folder, reporter),)
     logger.debug("feature cache ready in %.1f s: train %s, val %s", time.time() - started, train_x.shape, val_x.shape)
     data = TailData((train_x, train_y, *teacher), (val_x, val_y))
     result = _train_tail(config, Tail(model, cut), data, model, splits.classes, run_dir, reporter, epoch_end)

@@ -605,9 +605,19 @@ def test_a_failing_core_ml_conversion_does_not_end_a_run_that_shipped(
 
     said: list[str] = []
     monkeypatch.setattr(stages, "export_checkpoint", fails)
+    per_image = {"seconds": 0.1}
+    monkeypatch.setattr(stages, "_core_ml_seconds_per_image", lambda backend, checkpoint: per_image["seconds"])
     package = stages.core_ml_package(TrainRecord("x.pt", "x"), ShipConfig(), tmp_path, said.append, Clock())  # type: ignore[arg-type]
     assert package is None and said[-1].startswith("core ml: skipped (coreml export of x.pt failed")
     assert scored == [CORE_ML_IMAGES] and Clock.survey.val_images > CORE_ML_IMAGES
+
+    # a slow simulated pass: as many images as the time left scores (540 s after the conversion's 60), then none
+    per_image["seconds"] = 1.0
+    stages.core_ml_package(TrainRecord("x.pt", "x"), ShipConfig(), tmp_path, said.append, Clock())  # type: ignore[arg-type]
+    assert scored[-1] == 540 and "scored on 540 val images" in said[-2]
+    per_image["seconds"] = 20.0
+    assert stages.core_ml_package(TrainRecord("x.pt", "x"), ShipConfig(), tmp_path, said.append, Clock()) is None  # type: ignore[arg-type]
+    assert len(scored) == 2 and said[-1].startswith("core ml: no time left for the iOS package")
 
 
 # ---------------------------------------------------------------------------------- issue 26: the small-image grid
@@ -758,3 +768,63 @@ def test_a_scratch_candidate_trains_in_the_precision_its_probe_chose(
             stages.train_candidate(candidate, 3, ShipConfig(data="x"), None, tmp_path, SilentReporter(), State(),  # type: ignore[arg-type]
                                    time.time() + 60, time.time() + 60)  # fmt: skip
     assert [config.amp for config in seen] == ["bf16", "none"]
+
+
+# ----------------------------------------------------------------------- issue 23: the pruned student and its fallback
+
+
+class _Exported:
+    def __init__(self, met: bool) -> None:
+        self.met = met
+
+
+class _StageLog:
+    """The parts of ShipState the train-and-export loop reads, with a 1,000-second budget."""
+
+    def __init__(self) -> None:
+        self.stages: dict[str, object] = {}
+        self.survey = _survey(small=False, train_images=5_000)
+        self.deadline = time.time() + 1_000
+
+    def trained(self, name: str) -> object:
+        return self.stages.get(f"train:{name}")
+
+    def exported(self, name: str) -> object:
+        return self.stages.get(f"export:{name}")
+
+    def finish(self, stage: str, record: object) -> object:
+        self.stages[stage] = record
+        return record
+
+    def left(self) -> float:
+        return self.deadline - time.time()
+
+
+@pytest.mark.parametrize("pruned_ships", [True, False])
+def test_a_pruned_student_takes_all_the_time_and_its_truncated_fallback_trains_only_if_it_does_not_ship(
+    monkeypatch: pytest.MonkeyPatch, pruned_ships: bool
+) -> None:
+    import mobiforge.ship.pipeline as pipeline
+    from mobiforge.ship.state import Candidate, TrainRecord
+
+    pruned = Candidate("lite0-pruned", "efficientnet_lite0", None, 224, "pruned", export_seconds=10.0)
+    truncated = Candidate("lite0-depth10", "efficientnet_lite0", None, 224, "truncated", export_seconds=10.0)
+    given: dict[str, float] = {}
+
+    def train_student(candidate: Candidate, config, teacher, run_dir, reporter, state, seconds, *rest):  # type: ignore[no-untyped-def]
+        given[candidate.name] = seconds
+        return TrainRecord(f"{candidate.name}.pt", candidate.name, top1=70.0, epochs_run=3, rung="last 9 blocks")
+
+    monkeypatch.setattr(pipeline, "cached_student", lambda candidate, teacher: True)
+    monkeypatch.setattr(pipeline, "train_cached_student", train_student)
+    monkeypatch.setattr(pipeline, "export_candidate", lambda c, trained, *a: _Exported(pruned_ships or c is truncated))
+    state, said = _StageLog(), []
+    teacher = TrainRecord("teacher.pt", "teacher")
+    pipeline._train_and_export([pruned, truncated], ShipConfig(), teacher, Path("run"), None, said.append, state)  # type: ignore[arg-type]
+    reserve = sum(pipeline.export_reserve(c, state.survey) for c in (pruned, truncated))
+    assert given["lite0-pruned"] == pytest.approx(1_000 - reserve, abs=2.0)  # not CACHED_SHARE of it
+    if pruned_ships:
+        assert list(given) == ["lite0-pruned"] and "train:lite0-depth10" not in state.stages
+        assert any("lite0-depth10 skipped: a pruned student shipped" in line for line in said)
+    else:
+        assert list(given) == ["lite0-pruned", "lite0-depth10"] and state.exported("lite0-depth10").met

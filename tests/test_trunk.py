@@ -124,3 +124,30 @@ def test_a_trunk_that_does_not_export_is_a_one_line_error(monkeypatch: pytest.Mo
     monkeypatch.setattr(torch.onnx, "export", broken)
     with pytest.raises(MobiforgeError, match=r"does not export to or load in ONNX Runtime .*--trunk-engine eager"):
         onnxruntime_pass(_trunk(), 16).run(torch.randn(1, 3, 16, 16))
+
+
+@needs_onnxruntime
+def test_a_teacher_reads_its_trunk_passes_back_on_its_own_engine_whatever_the_students(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mobiforge import engine
+    from mobiforge.config import DistillConfig
+
+    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: True)  # eager runs in bf16, another cache key
+    monkeypatch.setattr(trunk_engines, "TRIAL_MIN_SECONDS", 0.0)  # every pass gets its trial
+    speeds = {"eager": 10.0, "onnxruntime": 25.0}
+    monkeypatch.setattr(trunk_engines, "images_per_second", lambda p, size, batch=32: speeds[p.engine])
+    data = make_split_folder(tmp_path / "data", classes=3, train=8, val=3)
+    model = create_model("mobilenet_seed", num_classes=3, width_mult=0.25, small_input=True)
+    start = save_checkpoint(model_checkpoint(model, classes=["class0", "class1", "class2"]), tmp_path / "start.pt")
+    config = small_train_config(data, tmp_path / "runs", model="mobilenet_seed", init_from=str(start), epochs=1)
+    config.trainable_blocks, config.views, config.cache_dir = 0, 1, str(tmp_path / "cache")
+    probe = train(config)  # its trial chose ONNX Runtime (fp32)
+
+    speeds["onnxruntime"] = 5.0  # the student's own trunk is faster in eager bf16
+    config.trainable_blocks, config.name, reporter = 2, "student", MessageLog()
+    config.distill = DistillConfig(teacher=str(probe.run_dir / "best.pt"), alpha=0.5, temperature=2.0)
+    train(config, reporter)
+    assert any(line.startswith("train cache: 24 trunk passes computed (eager bf16)") for line in reporter.lines)
+    teacher_line = next(line for line in reporter.lines if line.startswith("teacher cache"))
+    assert teacher_line.startswith("teacher cache: 0 trunk passes computed (onnxruntime fp32), 24 read"), teacher_line

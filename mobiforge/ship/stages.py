@@ -9,7 +9,9 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import torch
 import yaml
 
 from mobiforge import engine
@@ -30,6 +32,7 @@ from mobiforge.runs import TrainResult
 from mobiforge.ship.config import (
     CORE_ML,
     CORE_ML_IMAGES,
+    CORE_ML_MIN_IMAGES,
     CORE_ML_SECONDS,
     FILE_OVERHEAD,
     FIRST_LAYERS_IN_FLOAT,
@@ -645,16 +648,32 @@ def core_ml_package(
         backend.require()
     except MobiforgeError:
         return None
-    if state.left() < CORE_ML_SECONDS:
-        say(f"core ml: no time left for the iOS package (about {CORE_ML_SECONDS:.0f} s)")
+    affordable = (state.left() - CORE_ML_SECONDS) / _core_ml_seconds_per_image(backend, trained.checkpoint)
+    images = int(min(config.val_images or state.survey.val_images, CORE_ML_IMAGES, max(0.0, affordable)))
+    if images < CORE_ML_MIN_IMAGES:
+        say(f"core ml: no time left for the iOS package (its conversion and {CORE_ML_MIN_IMAGES} val images)")
         return None
-    say("core ml: the shipped checkpoint as model.mlpackage, int8 weights, for iOS (not run on this host)")
-    images = min(config.val_images or state.survey.val_images, CORE_ML_IMAGES)
+    say(f"core ml: the shipped checkpoint as model.mlpackage, int8 weights, for iOS (not run on this host; "
+        f"scored on {images} val images)")  # fmt: skip
     try:
         return _core_ml_export(trained, config, run_dir, backend.suffix, images)
     except MobiforgeError as error:  # the shipped artifact stands; the extra package is skipped, saying why
         say(f"core ml: skipped ({error})")
         return None
+
+
+def _core_ml_seconds_per_image(backend: Any, checkpoint: str, batch: int = 8) -> float:
+    """Seconds to score one val image as export does: the fp32 model and the package's simulated fp16 one, timed
+    on a batch of random images (with the decoding's share as a margin)."""
+    model = Checkpoint.load(checkpoint).model().eval()
+    size = model.preprocess.img_size
+    images = torch.randn(batch, 3, size, size)
+    simulated = backend.impl().simulated(model, int8=True)
+    started = time.perf_counter()
+    with torch.inference_mode():
+        model(images)
+        simulated(images)
+    return MARGIN * (time.perf_counter() - started) / batch
 
 
 def _core_ml_export(
