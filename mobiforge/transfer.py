@@ -381,15 +381,23 @@ class TailData:
 @dataclass
 class TailProgress:
     """What an epoch-end callback sees of a cached tail run: the attributes of ``train.Trainer`` that a deadline
-    check reads, and its ``stop``."""
+    check and a re-plan read, its ``stop`` and its ``set_epochs``."""
 
     config: TrainConfig
     epoch: int = 0
     epoch_seconds: float = 0.0
     stop_reason: str | None = None
+    whole_epoch: bool = True  # every cached epoch runs whole in one session (a cut-short tail run restarts)
+    frozen: bool = False
+    epochs: int | None = None  # the length ``set_epochs`` asked for
 
     def stop(self, reason: str) -> None:
         self.stop_reason = reason
+
+    def set_epochs(self, epochs: int) -> None:
+        """Re-plan the run to ``epochs`` (never fewer than done): the schedule is stretched or shortened to end
+        there, as ``train.Trainer.set_epochs`` does."""
+        self.epochs = max(self.epoch, epochs)
 
 
 def fit_tail(
@@ -478,6 +486,7 @@ def _train_tail(
     )
     val_batches = _Float(DataLoader(TensorDataset(*data.val), batch_size=256))
     optimizer = engine.build_optimizer(tail, config.optim)
+    base_lrs = [group["lr"] for group in optimizer.param_groups]  # before the scheduler: a re-plan starts from them
     scheduler = engine.build_scheduler(optimizer, config.optim, config.epochs or 1, len(train_batches))
     loss_fn = _tail_loss(config, train_batches)
     history: list[dict[str, Any]] = []
@@ -489,7 +498,8 @@ def _train_tail(
          "threads": torch.get_num_threads(), "amp": "none"}
     )  # fmt: skip
     progress = TailProgress(config)
-    for epoch in range(config.epochs or 1):
+    epoch = -1
+    while (epoch := epoch + 1) < (config.epochs or 1):
         epoch_started = time.time()
         stats = engine.train_one_epoch(
             tail, train_batches, optimizer, scheduler, loss_fn, epoch=epoch, clip_grad=config.optim.clip_grad,
@@ -530,6 +540,17 @@ def _train_tail(
         if progress.stop_reason is not None:
             reporter.message(progress.stop_reason)
             break
+        if progress.epochs is not None and progress.epochs != config.epochs:
+            reporter.message(
+                f"re-planned from epoch {epoch + 1} ({progress.epoch_seconds:.1f} s): {config.epochs} -> "
+                f"{progress.epochs} epochs"
+            )
+            config = progress.config = dataclasses.replace(config, epochs=progress.epochs)
+            steps = len(train_batches)
+            scheduler = engine.rescheduled(
+                optimizer, config.optim, base_lrs, progress.epochs, steps, (epoch + 1) * steps
+            )
+            write_config(run_dir, config)
     return TrainResult(run_dir, best, history)
 
 

@@ -171,6 +171,15 @@ def _recorded_pass(label: str, trunk: nn.Module, img_size: int, eager: TrunkPass
     return eager_pass(trunk, torch.bfloat16 if label.endswith("bf16") else None)
 
 
+def recorded_speed(memo: Path) -> float | None:
+    """Images per second of the engine ``memo`` recorded, as its trial measured it (None: no trial recorded)."""
+    try:
+        recorded = json.loads(memo.read_text())
+        return float(recorded["images_per_second"][recorded["engine"]])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _read_memo(path: Path) -> str | None:
     try:
         return str(json.loads(path.read_text())["engine"])

@@ -828,3 +828,36 @@ def test_a_pruned_student_takes_all_the_time_and_its_truncated_fallback_trains_o
         assert any("lite0-depth10 skipped: a pruned student shipped" in line for line in said)
     else:
         assert list(given) == ["lite0-pruned", "lite0-depth10"] and state.exported("lite0-depth10").met
+
+
+def test_a_teachers_passes_are_planned_at_the_speed_its_engine_trial_recorded(tmp_path: Path) -> None:
+    import mobiforge.ship.stages as stages
+    from mobiforge import create_model
+    from mobiforge.checkpoint import Checkpoint, model_checkpoint, save_checkpoint
+    from mobiforge.train import TrainConfig
+    from mobiforge.transfer import trunk_digest
+    from mobiforge.trunk import memo_path
+
+    model = create_model("mobilenet_seed", num_classes=2, width_mult=0.25, small_input=True)
+    teacher = Checkpoint.load(save_checkpoint(model_checkpoint(model, classes=["a", "b"]), tmp_path / "t.pt"))
+    memo = memo_path(
+        tmp_path, trunk_digest(teacher.model(), None), None, teacher.preprocess.img_size, TrainConfig().amp
+    )
+    memo.write_text(json.dumps({"engine": "onnxruntime fp32", "images_per_second": {"onnxruntime fp32": 130.0}}))
+    seconds = stages._teacher_pass_seconds(teacher, 1_000, tmp_path)
+    assert seconds(2) == pytest.approx(stages.MARGIN * 2_000 / 130.0)
+
+
+def test_a_student_tail_is_re_planned_to_the_time_left_unless_a_full_fine_tune_still_fits_after_it() -> None:
+    from mobiforge.ship.ladder import STUDENT_TAIL_EPOCHS, RungPlan
+    from mobiforge.ship.stages import tail_epochs
+
+    rung = RungPlan("last 9 blocks", 9, epochs=11, seconds=900.0)
+    end = time.time() + 1_000.0
+    # epochs of 50 s, 11 planned: 500 s are left after them, too few for 2 full epochs of 400 s: the tail takes them
+    assert tail_epochs(rung, end, full_epoch_s=400.0)(1, 50.0) == 1 + int(1_000 // (1.05 * 50))
+    # ... and there is room for a full fine-tune after the planned tail (2 x 200 s): the plan stands
+    assert tail_epochs(rung, end, full_epoch_s=200.0)(1, 50.0) == 11
+    # slower than planned: fewer epochs, so that its schedule still ends in time; never over STUDENT_TAIL_EPOCHS
+    assert tail_epochs(rung, end, full_epoch_s=200.0)(1, 150.0) == 1 + int(1_000 // (1.05 * 150))
+    assert tail_epochs(rung, time.time() + 1e6, full_epoch_s=1e9)(1, 1.0) == STUDENT_TAIL_EPOCHS

@@ -16,7 +16,7 @@ from mobiforge.checkpoint import model_checkpoint, save_checkpoint
 from mobiforge.errors import MobiforgeError
 from mobiforge.train import train
 from mobiforge.transfer import TrunkModule
-from mobiforge.trunk import TrunkPass, choose_trunk_pass, eager_pass, onnxruntime_pass
+from mobiforge.trunk import TrunkPass, choose_trunk_pass, eager_pass, onnxruntime_pass, recorded_speed
 from tests.helpers import MessageLog, make_split_folder, small_train_config
 
 HAS_ONNXRUNTIME = all(importlib.util.find_spec(name) for name in ("onnxruntime", "onnxscript"))
@@ -77,6 +77,7 @@ def test_auto_takes_the_faster_engine_and_a_later_run_reads_its_choice_back(
     recorded = json.loads(memo.read_text())
     assert recorded["engine"] == "onnxruntime fp32"
     assert recorded["images_per_second"] == {"eager fp32": 10.0, "onnxruntime fp32": 25.0}
+    assert recorded_speed(memo) == 25.0 and recorded_speed(tmp_path / "none.json") is None  # what ship plans with
 
     def no_trial(*args: object, **kwargs: object) -> float:
         raise AssertionError("the recorded choice is read back, not measured again")

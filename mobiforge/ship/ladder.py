@@ -13,7 +13,8 @@ Between the probe and the rungs above it, the probe is tried again at lower inpu
 The planner (``teacher_ladder``, ``tail_rung``) is a pure function of the measured speeds and the seconds given,
 so it is tested under made-up clocks; ``measure`` times the real passes on a few batches. It times the trunk in
 eager PyTorch: where a rung's long cache pass then runs faster on ONNX Runtime (``mobiforge.trunk``, chosen by the
-rung's own run), the rung ends early and the stages after it get the time, as they plan from the clock.
+rung's own run), the rung ends early and the stages after it get the time, as they plan from the clock. A student's
+plan counts the teacher's passes for its logits at the speed the teacher's own engine trial recorded.
 """
 
 from __future__ import annotations
