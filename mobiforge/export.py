@@ -492,7 +492,7 @@ def _export_and_inspect(model: nn.Module, config: ExportConfig, data: ExportData
     backend = get_backend(config.format)
     simulated = backend.impl().simulated(model, int8=config.int8 is not None)
     torch_logits = _torch_logits(_channels_last(model), data.val_images)
-    with torch.inference_mode():  # NCHW: CPUs compute the fp16 convs about 2x faster so than channels_last
+    with torch.inference_mode():  # NCHW: fp16 convs ran about 2x faster in NCHW than in channels_last here
         file_logits = torch.cat([simulated(chunk) for chunk in data.val_images.split(64)])
     threads = str(max(config.threads))
     with torch.no_grad():

@@ -209,15 +209,15 @@ def test_a_tail_run_re_planned_after_its_first_epoch_ends_its_schedule_at_the_ne
 ) -> None:
     import yaml
 
-    rates: list[float] = []
+    epochs_seen: list[int] = []
 
     def longer(progress: transfer.TailProgress) -> None:
         if progress.epoch == 1:
             progress.set_epochs(5)
 
     config = _config(data, tmp_path / "runs", start, blocks=1)  # 3 epochs planned, cosine
-    result = transfer.fit_tail(config, epoch_end=[longer, lambda progress: rates.append(progress.epoch)])
-    assert len(result.history) == 5 and rates == [1, 2, 3, 4, 5]
+    result = transfer.fit_tail(config, epoch_end=[longer, lambda progress: epochs_seen.append(progress.epoch)])
+    assert len(result.history) == 5 and epochs_seen == [1, 2, 3, 4, 5]
     assert yaml.safe_load((result.run_dir / "config.yaml").read_text())["epochs"] == 5  # a resume follows the plan
     lrs = [row["lr"] for row in result.history]
     assert lrs == sorted(lrs, reverse=True) and lrs[-1] < 0.1 * lrs[0]  # one cosine curve, ending at the new end
