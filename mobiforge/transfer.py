@@ -6,7 +6,9 @@ features); ``N >= 1`` trains the last N entries of ``features`` (the head conv c
 included, and the classifier. The trunk before the cut is the expensive part of transfer; it runs once per (image,
 view), in inference mode and channels_last, and its output is kept in fp16: ``views`` per training image (the
 first the plain eval crop, the others the training augmentation, seeded per image and view) and one per val
-image. Each epoch then costs only the tail's steps.
+image. Each epoch then costs only the tail's steps. A cache larger than the memory budget is not read into memory:
+its chunk files are memory-mapped and each batch gathers its rows from them (``ChunkedRows``), so the disk, not
+the memory, bounds the number of views.
 
 The activations are written in chunks to ``RUN/cache/`` (or ``cache_dir``, which runs may share) under a key that
 hashes the trunk's weights, the cut, the preprocessing and augmentation, the seed, the trunk's precision and the
@@ -38,7 +40,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Subset, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler, Subset
 
 from mobiforge import engine
 from mobiforge.checkpoint import Checkpoint, model_checkpoint, save_checkpoint
@@ -146,6 +148,7 @@ class CachePlan:
     images: int
     trunk: str = ""
     dtype: torch.dtype | None = None  # autocast dtype of the trunk pass (None: fp32)
+    mapped: bool = False  # larger than the memory budget: the chunks are memory-mapped, not read in
 
     @property
     def bytes(self) -> int:
@@ -194,7 +197,7 @@ def eval_plan(train_plan: CachePlan, cut: int | None, preprocess: Preprocess, sa
     """The val cache: one plain eval crop per image, the same trunk."""
     key = cache_key(train_plan.trunk, cut, preprocess, DataConfig(), 0, samples, train_plan.dtype)
     transforms = [eval_transform(preprocess)]
-    return CachePlan(key, transforms, train_plan.item_shape, len(samples), train_plan.trunk, train_plan.dtype)
+    return dataclasses.replace(train_plan, key=key, transforms=transforms, images=len(samples))
 
 
 def _augmentation_settings(data: DataConfig) -> dict[str, Any]:
@@ -212,10 +215,11 @@ def cached_activations(
     seed: int,
     reporter: Reporter,
     trunk_pass: TrunkPass | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[Rows, torch.Tensor]:
     """The trunk's fp16 outputs for every (view, image) of ``samples`` and their labels, view after view; read
     from ``folder`` where a chunk with this key exists, computed (and written) by ``trunk_pass`` (default: eager in
-    the plan's precision) where not."""
+    the plan's precision) where not. The outputs are one tensor in memory, or ``ChunkedRows`` over the
+    memory-mapped chunk files when the plan is ``mapped``."""
     trunk_pass = trunk_pass or eager_pass(TrunkModule(model, cut).eval(), plan.dtype)
     folder.mkdir(parents=True, exist_ok=True)
     outputs, labels = [], []
@@ -226,27 +230,62 @@ def cached_activations(
         for start in range(0, len(samples), CHUNK_IMAGES):
             # named by the key alone: a teacher pass over the same crops reads back another run's train chunks
             path = folder / f"{plan.key[:24]}-v{view}-{start // CHUNK_IMAGES:05d}.pt"
-            chunk = _read_chunk(path, plan.key)
+            chunk = _read_chunk(path, plan.key, plan.mapped)
             if chunk is None:
                 indices = range(start, min(start + CHUNK_IMAGES, len(samples)))
                 chunk = _compute_chunk(trunk_pass, Subset(dataset, list(indices)))
                 save_checkpoint({"key": plan.key, **chunk}, path)
                 computed += len(indices)
+                if plan.mapped:  # keep the file's pages, not the computed copy: memory holds one chunk at a time
+                    chunk = _read_chunk(path, plan.key, mapped=True) or chunk
             outputs.append(chunk["features"])
             labels.append(chunk["labels"])
     reused = len(samples) * len(plan.transforms) - computed
+    held = f"memory-mapped from {folder}" if plan.mapped else "in memory"
     reporter.message(
         f"{split} cache: {computed} trunk passes computed ({trunk_pass.label}), {reused} read back "
-        f"({plan.bytes / 2**20:.1f} MiB, fp16)"
+        f"({plan.bytes / 2**20:.1f} MiB, fp16, {held})"
     )
-    return torch.cat(outputs), torch.cat(labels)
+    return (ChunkedRows(outputs) if plan.mapped else torch.cat(outputs)), torch.cat(labels)
 
 
-def _read_chunk(path: Path, key: str) -> dict[str, torch.Tensor] | None:
+class ChunkedRows:
+    """The rows of many chunk tensors read as one, without concatenating them: indexing with a batch of row
+    numbers gathers them chunk by chunk. Over memory-mapped chunks, only the pages of the rows read come in."""
+
+    def __init__(self, chunks: list[torch.Tensor]) -> None:
+        self.chunks = chunks
+        self.starts = torch.tensor([0, *[len(chunk) for chunk in chunks]]).cumsum(0)
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size([len(self), *self.chunks[0].shape[1:]])
+
+    def __getitem__(self, rows: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        which = torch.searchsorted(self.starts, rows, right=True) - 1
+        out = torch.empty((len(rows), *self.chunks[0].shape[1:]), dtype=self.chunks[0].dtype)
+        for chunk in which.unique().tolist():
+            picked = (which == chunk).nonzero().squeeze(1)
+            out[picked] = self.chunks[chunk][rows[picked] - self.starts[chunk]]
+        return out
+
+    def parts(self, size: int) -> list[torch.Tensor]:
+        """The rows in order, in pieces of at most ``size``."""
+        return [piece for chunk in self.chunks for piece in chunk.split(size)]
+
+
+Rows = torch.Tensor | ChunkedRows
+
+
+def _read_chunk(path: Path, key: str, mapped: bool = False) -> dict[str, torch.Tensor] | None:
     if not path.exists():
         return None
     try:
-        chunk = torch.load(path, map_location="cpu", weights_only=True)
+        chunk = torch.load(path, map_location="cpu", weights_only=True, mmap=mapped)
     except Exception as error:  # a chunk cut short by a crash, or damaged: compute it again
         warnings.warn(f"{path}: unreadable cache chunk ({type(error).__name__}); computing it again", stacklevel=3)
         return None
@@ -277,28 +316,34 @@ def plan_cache(
     dtype: torch.dtype | None = None,
     trunk: str | None = None,
 ) -> CachePlan:
-    """The training cache's plan, with as many views as fit in memory and on disk (fewer with a warning; a
-    one-line error naming the size when not even one does)."""
+    """The training cache's plan, with as many views as fit on disk (fewer with a warning; a one-line error
+    naming the size when not even one does), memory-mapped when they do not fit in the memory budget."""
     with torch.inference_mode():
         example = torch.zeros(1, 3, preprocess.img_size, preprocess.img_size)
         item_shape = tuple(trunk_output(model, cut, example).shape[1:])
     transforms = [eval_transform(preprocess), *[augmentation(data)] * (views - 1)]
     per_view = CachePlan("", [eval_transform(preprocess)], item_shape, len(samples) + val_images).bytes
     folder.mkdir(parents=True, exist_ok=True)
-    room = min(memory_budget(), shutil.disk_usage(folder).free // 2)
+    room = disk_room(folder)
     fitting = min(views, room // max(per_view, 1))
     if fitting < 1:
         raise MobiforgeError(
             f"the feature cache needs {format_bytes(per_view)} for one view of {len(samples)} images "
-            f"(trunk output {list(item_shape)} in fp16) and {format_bytes(room)} is free in memory and on disk at "
-            f"{folder}; train more blocks (a smaller output) or fewer images"
+            f"(trunk output {list(item_shape)} in fp16) and {format_bytes(room)} is free on disk at {folder}; free "
+            "disk space, pass --cache-dir on a larger disk, or train more blocks (a smaller output)"
         )
     if fitting < views:
-        warnings.warn(f"the feature cache holds {fitting} of the {views} views asked for (memory)", stacklevel=2)
+        warnings.warn(f"the feature cache holds {fitting} of the {views} views asked for (disk)", stacklevel=2)
         transforms = transforms[:fitting]
     trunk = trunk or trunk_digest(model, cut)
     key = cache_key(trunk, cut, preprocess, data, seed, samples, dtype)
-    return CachePlan(key, transforms, item_shape, len(samples), trunk, dtype)
+    mapped = fitting * per_view > memory_budget()
+    return CachePlan(key, transforms, item_shape, len(samples), trunk, dtype, mapped)
+
+
+def disk_room(folder: Path) -> int:
+    """Bytes the cache may take on the disk of ``folder``: half of what is free, the rest left to the run."""
+    return shutil.disk_usage(folder).free // 2
 
 
 # ------------------------------------------------------------------------------------------------ the teacher
@@ -349,8 +394,9 @@ def cached_teacher_logits(
         teacher, cut, samples, teacher_plan, folder, "teacher", config.seed, reporter, trunk_pass
     )
     head = Tail(teacher, cut).eval()
+    parts = trunk.parts(256) if isinstance(trunk, ChunkedRows) else trunk.split(256)
     with torch.inference_mode():
-        return torch.cat([head(part.float()) for part in trunk.split(256)])
+        return torch.cat([head(part.float()) for part in parts])
 
 
 # ---------------------------------------------------------------------------------------------------- training
@@ -374,8 +420,8 @@ def _check(config: TrainConfig) -> None:
 class TailData:
     """The cached tensors a tail trains on: trunk outputs and labels, and the teacher's logits when distilling."""
 
-    train: tuple[torch.Tensor, ...]
-    val: tuple[torch.Tensor, torch.Tensor]
+    train: tuple[Rows, ...]
+    val: tuple[Rows, torch.Tensor]
 
 
 @dataclass
@@ -481,10 +527,8 @@ def _train_tail(
     """The train loop's own functions on cached tensors; each epoch's checkpoint holds the whole network."""
     generator = torch.Generator().manual_seed(config.seed)
     batch, images = config.data.batch_size, len(data.train[0])
-    train_batches = _Float(
-        DataLoader(TensorDataset(*data.train), batch, shuffle=True, generator=generator, drop_last=images > batch)
-    )
-    val_batches = _Float(DataLoader(TensorDataset(*data.val), batch_size=256))
+    train_batches = _Float(_batches(data.train, batch, generator, drop_last=images > batch))
+    val_batches = _Float(_batches(data.val, 256))
     optimizer = engine.build_optimizer(tail, config.optim)
     base_lrs = [group["lr"] for group in optimizer.param_groups]  # before the scheduler: a re-plan starts from them
     scheduler = engine.build_scheduler(optimizer, config.optim, config.epochs or 1, len(train_batches))
@@ -552,6 +596,29 @@ def _train_tail(
             )
             write_config(run_dir, config)
     return TrainResult(run_dir, best, history)
+
+
+class _CachedRows(Dataset):
+    """Cached tensors indexed a batch at a time: one gather per batch, not one per row (a memory-mapped cache
+    reads each chunk's rows of the batch together)."""
+
+    def __init__(self, tensors: Sequence[Rows]) -> None:
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return len(self.tensors[0])
+
+    def __getitem__(self, rows: list[int]) -> tuple[torch.Tensor, ...]:
+        return tuple(tensor[rows] for tensor in self.tensors)
+
+
+def _batches(
+    tensors: Sequence[Rows], batch: int, shuffle: torch.Generator | None = None, drop_last: bool = False
+) -> DataLoader:
+    """Batches of rows of ``tensors``, in the order a ``DataLoader(shuffle=True, generator=shuffle)`` draws."""
+    rows = _CachedRows(tensors)
+    order = RandomSampler(rows, generator=shuffle) if shuffle is not None else SequentialSampler(rows)
+    return DataLoader(rows, sampler=BatchSampler(order, batch, drop_last), batch_size=None)
 
 
 class _Float:

@@ -128,7 +128,7 @@ def test_bad_tail_settings_are_one_line_errors(data: Path, start: Path, tmp_path
         train(shufflenet)
 
 
-def test_a_cache_that_does_not_fit_keeps_fewer_views_or_says_what_it_needs(
+def test_a_cache_that_does_not_fit_on_disk_keeps_fewer_views_or_says_what_it_needs(
     data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     model = create_model("mobilenet_seed", num_classes=3, width_mult=0.25, small_input=True).eval()
@@ -136,19 +136,61 @@ def test_a_cache_that_does_not_fit_keeps_fewer_views_or_says_what_it_needs(
     config = DataConfig(data=str(data), img_size=16)
     shape = transfer.plan_cache(model, 3, model.preprocess, config, 1, 0, samples, tmp_path, 0).item_shape
     one_view = transfer.CachePlan("", [None], shape, len(samples)).bytes  # type: ignore[list-item]
-    monkeypatch.setattr(transfer, "memory_budget", lambda: 2 * one_view)
+    monkeypatch.setattr(transfer, "disk_room", lambda folder: 2 * one_view)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         plan = transfer.plan_cache(model, 3, model.preprocess, config, 4, 0, samples, tmp_path, 0)
-    assert len(plan.transforms) == 2 and "holds 2 of the 4 views" in str(caught[0].message)
-    monkeypatch.setattr(transfer, "memory_budget", lambda: one_view // 2)
-    with pytest.raises(MobiforgeError, match=r"the feature cache needs .* for one view of 16 images"):
+    assert len(plan.transforms) == 2 and "holds 2 of the 4 views asked for (disk)" in str(caught[0].message)
+    assert not plan.mapped  # two views fit in memory
+    monkeypatch.setattr(transfer, "disk_room", lambda folder: one_view // 2)
+    with pytest.raises(MobiforgeError, match=r"the feature cache needs .* for one view of 16 images .* --cache-dir"):
         transfer.plan_cache(model, 3, model.preprocess, config, 4, 0, samples, tmp_path, 0)
 
 
-def test_a_student_distils_from_cached_teacher_logits_reading_the_teachers_trunk_passes_back(
+def test_a_cache_larger_than_memory_is_memory_mapped_and_trains_as_if_it_were_in_memory(
     data: Path, start: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(transfer, "CHUNK_IMAGES", 8)  # rows of a batch come from several chunks
+    given: list[transfer.TailData] = []
+    train_tail = transfer._train_tail
+    monkeypatch.setattr(
+        transfer, "_train_tail", lambda c, t, data, *a: given.append(data) or train_tail(c, t, data, *a)
+    )
+    in_memory = train(_config(data, tmp_path / "runs", start, blocks=1, name="in-memory", views=3))
+
+    loads: list[tuple[str, bool]] = []
+    load = torch.load
+    monkeypatch.setattr(torch, "load", lambda f, **kw: loads.append((str(f), kw.get("mmap", False))) or load(f, **kw))
+    monkeypatch.setattr(transfer, "memory_budget", lambda: 1024)  # no view fits: all of it stays on disk
+    reporter = MessageLog()
+    mapped = train(_config(data, tmp_path / "runs", start, blocks=1, name="mapped", views=3), reporter)
+
+    assert isinstance(given[1].train[0], transfer.ChunkedRows) and isinstance(given[1].val[0], transfer.ChunkedRows)
+    chunks = [mmap for path, mmap in loads if Path(path).parent.name == "cache"]
+    assert chunks and all(chunks)  # every chunk, computed or read back, is memory-mapped
+    train_line = next(line for line in reporter.lines if line.startswith("train cache"))
+    assert "memory-mapped from" in train_line, train_line
+    assert torch.equal(given[1].train[0][list(range(len(given[0].train[0])))], given[0].train[0])
+    # the same rows in the same batches: the same training, epoch by epoch
+    assert [row["train_loss"] for row in mapped.history] == [row["train_loss"] for row in in_memory.history]
+    assert [row["val_top1"] for row in mapped.history] == [row["val_top1"] for row in in_memory.history]
+
+
+def test_chunked_rows_gather_any_rows_in_the_order_asked() -> None:
+    chunks = [torch.arange(0, 5), torch.arange(5, 8), torch.arange(8, 20)]
+    rows = transfer.ChunkedRows([chunk.reshape(-1, 1).repeat(1, 2) for chunk in chunks])
+    assert len(rows) == 20 and rows.shape == (20, 2)
+    asked = [19, 0, 7, 5, 4, 8, 12, 0]
+    assert torch.equal(rows[asked][:, 0], torch.tensor(asked))
+    assert torch.equal(torch.cat(rows.parts(4))[:, 1], torch.arange(20))
+
+
+@pytest.mark.parametrize("mapped", [False, True], ids=["in-memory", "memory-mapped"])
+def test_a_student_distils_from_cached_teacher_logits_reading_the_teachers_trunk_passes_back(
+    data: Path, start: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mapped: bool
+) -> None:
+    if mapped:
+        monkeypatch.setattr(transfer, "memory_budget", lambda: 1024)
     shared = str(tmp_path / "shared-cache")
     probe = train(_config(data, tmp_path / "runs", start, blocks=0, name="probe", cache_dir=shared))
     teacher = str(probe.run_dir / "best.pt")
