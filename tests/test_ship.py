@@ -634,7 +634,7 @@ def test_the_cifar_resnets_are_candidates_for_small_images_only() -> None:
     config = ShipConfig(data="x")
     small = {c.model for c in grid_candidates(config, _survey(small=True))}
     large = {c.model for c in grid_candidates(config, _survey(small=False))}
-    assert {"resnet20", "resnet32", "resnet44", "resnet56"} <= small
+    assert {"resnet20", "resnet32", "resnet44", "resnet56", "convpool_s", "convpool_s_wide", "convpool_m"} <= small
     assert not any(model.startswith("resnet") for model in large) and "mobilenet_v2" in large
     by_family = grid_candidates(ShipConfig(data="x", models=["resnet"]), _survey(small=True))
     assert sorted(c.model for c in by_family) == ["resnet20", "resnet32", "resnet44", "resnet56"]

@@ -35,6 +35,7 @@ class GridRow:
 # (see ``search.rank``).
 CANDIDATE_GRID: tuple[GridRow, ...] = (
     GridRow("convpool_m", None, small_images_only=True),
+    GridRow("convpool_s_wide", None, small_images_only=True),
     GridRow("convpool_s", None, small_images_only=True),
     GridRow("resnet56", None, small_images_only=True),
     GridRow("resnet44", None, small_images_only=True),
