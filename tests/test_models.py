@@ -221,7 +221,7 @@ def test_cifar_resnets_have_the_papers_size(name: str) -> None:
 
 
 # Parameters and multiply-adds at 32 px with 10 classes, as the builders' docstrings state them.
-CONV_POOL_NETS = {"convpool_s": (0.63e6, 36e6), "convpool_s_wide": (0.94e6, 44e6), "convpool_m": (0.83e6, 77e6)}
+CONV_POOL_NETS = {"convpool_s": (0.63e6, 36e6), "convpool_s_wide": (0.86e6, 42e6), "convpool_m": (0.83e6, 77e6)}
 
 
 @pytest.mark.parametrize("name", sorted(CONV_POOL_NETS))

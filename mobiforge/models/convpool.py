@@ -94,5 +94,6 @@ def _register(name: str, widths: tuple[int, int, int, int], summary: str) -> Cal
 
 convpool_s = _register("convpool_s", (16, 32, 96, 192), "0.63M parameters, 36M multiply-adds at 32 px")
 convpool_m = _register("convpool_m", (32, 64, 128, 192), "0.83M parameters, 77M multiply-adds at 32 px")
-# convpool_s with a wider last stage: the parameters go where the image is 8x8 and 4x4 and cost few multiply-adds
-convpool_s_wide = _register("convpool_s_wide", (16, 32, 96, 256), "0.94M parameters, 44M multiply-adds at 32 px")
+# convpool_s with a wider last stage: the parameters go where the image is 8x8 and 4x4 and cost few multiply-adds;
+# 240, not 256, keeps its int8 estimate under ship's 1 MB with the margin the search allows (FILE_OVERHEAD)
+convpool_s_wide = _register("convpool_s_wide", (16, 32, 96, 240), "0.86M parameters, 42M multiply-adds at 32 px")
