@@ -46,6 +46,7 @@ def main() -> None:
     parser.add_argument("--test-per-class", type=int, default=200)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--models", default="resnet20,resnet56,convpool_s,convpool_m")
+    parser.add_argument("--section", default="small_image_families", help="RESULTS.md section to write")
     args = parser.parse_args()
 
     amp = "bf16" if cpu_has_native_bf16() else "none"
@@ -78,7 +79,7 @@ def main() -> None:
         lines.append(
             f"| {model} | {params / 1e6:.2f}M | {macs / 1e6:.0f}M | {speed:.0f} | {final:.2f}% | {minutes:.1f} |"
         )
-    write_section("small_image_families", "\n".join(lines))
+    write_section(args.section, "\n".join(lines))
 
 
 if __name__ == "__main__":
