@@ -210,7 +210,9 @@ def test_a_student_distils_from_cached_teacher_logits_reading_the_teachers_trunk
     result = train(config, reporter)
     assert len(result.history) == 3
     # the teacher's pooled features come back from the probe's cache: no teacher pass is computed again
-    assert any(line.startswith("teacher cache: 0 trunk passes computed") for line in reporter.lines), reporter.lines
+    teacher_line = next(line for line in reporter.lines if line.startswith("teacher cache"))
+    assert teacher_line.startswith("teacher cache: 0 trunk passes computed"), teacher_line
+    assert ("memory-mapped from" in teacher_line) == mapped, teacher_line  # its logits come from the mapped chunks
 
     # the cached logits are the probe's own predictions, image by image in the student's order, and the loss used them
     probe = Checkpoint.load(teacher).model()
