@@ -71,6 +71,13 @@ def variants(base: TrainConfig) -> dict[str, TrainConfig]:
         "neither (the recipe before)": dataclasses.replace(
             base, whiten_stem=False, optim=dataclasses.replace(optim, nesterov=False)
         ),
+        "+ identity init (airbench's dirac)": dataclasses.replace(base, identity_init=True),
+        "+ BN biases at 64x lr, BN scales at 1 (airbench's)": dataclasses.replace(
+            base, optim=dataclasses.replace(optim, norm_bias_lr_scale=64.0)
+        ),
+        "+ both": dataclasses.replace(
+            base, identity_init=True, optim=dataclasses.replace(optim, norm_bias_lr_scale=64.0)
+        ),
         "no label smoothing": dataclasses.replace(base, optim=dataclasses.replace(optim, label_smoothing=0.0)),
         "label smoothing 0.2 (airbench's)": dataclasses.replace(
             base, optim=dataclasses.replace(optim, label_smoothing=0.2)

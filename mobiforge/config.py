@@ -239,6 +239,12 @@ class OptimConfig:
     nesterov: bool = opt(False, "Nesterov momentum (SGD)")
     weight_decay: float = opt(0.0, flags=("--weight-decay", "--wd"), valid=NON_NEGATIVE)
     decay_norm_and_bias: bool = opt(False, "also decay BN and bias parameters (usually harmful)")
+    norm_bias_lr_scale: float = opt(
+        1.0,
+        "BatchNorm biases learn this many times faster than --lr, and BatchNorm scales are held at 1 (airbench's 64 "
+        "for small images from scratch); 1: off, every BN parameter at --lr",
+        valid=POSITIVE,
+    )
     scheduler: str = opt("step", flags=("--scheduler", "--sched"), choices=SCHEDULERS)
     step_size: int = opt(10, "epochs between StepLR decays", valid=AT_LEAST_1)
     gamma: float = opt(0.1, "StepLR's decay factor", valid=Range(0, 1, low_open=True))
@@ -325,6 +331,11 @@ class TrainConfig:
     whiten_stem: bool = opt(
         False,
         "from scratch: set the first conv to whiten the training images' patches (PCA, airbench's start) and freeze it",
+    )
+    identity_init: bool = opt(
+        False,
+        "from scratch: start each dense conv after the first as a partial identity (its first filters pass their "
+        "input channels through; airbench's dirac start)",
     )
     init_from: str | None = None  # start from this checkpoint's model and weights (e.g. a pruned one)
     distill: DistillConfig | None = None  # train as the student of a teacher checkpoint

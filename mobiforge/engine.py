@@ -30,6 +30,12 @@ class DivergedError(MobiforgeError):
     """The loss became NaN or infinite."""
 
 
+def norm_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """The BatchNorm scales and biases of ``model``."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
+    return [m.weight for m in norms], [m.bias for m in norms]
+
+
 def param_groups(
     model: nn.Module,
     lr: float,
@@ -37,22 +43,25 @@ def param_groups(
     decay_norm_and_bias: bool = False,
     head: nn.Module | None = None,
     backbone_lr_scale: float = 1.0,
+    norm_bias_lr_scale: float = 1.0,
 ) -> list[dict[str, Any]]:
-    """Parameter groups: BN/bias parameters (1-D tensors) without weight decay unless ``decay_norm_and_bias``,
-    and, when ``head`` is given, the rest of the model (the backbone) at ``lr * backbone_lr_scale``."""
+    """Parameter groups: BN/bias parameters (1-D tensors) without weight decay unless ``decay_norm_and_bias``;
+    when ``head`` is given, the rest of the model (the backbone) at ``lr * backbone_lr_scale``; BN biases at
+    ``norm_bias_lr_scale`` times their group's rate."""
     head_ids = {id(p) for p in head.parameters()} if head is not None else set()
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    norm_bias_ids = {id(p) for p in norm_parameters(model)[1]} if norm_bias_lr_scale != 1.0 else set()
+    groups: dict[tuple[bool, bool, bool], list[nn.Parameter]] = {}
     for param in model.parameters():
         is_backbone = head is not None and id(param) not in head_ids
         decays = decay_norm_and_bias or param.ndim > 1
-        groups.setdefault((is_backbone, decays), []).append(param)
+        groups.setdefault((is_backbone, decays, id(param) in norm_bias_ids), []).append(param)
     return [
         {
             "params": params,
-            "lr": lr * (backbone_lr_scale if is_backbone else 1.0),
+            "lr": lr * (backbone_lr_scale if is_backbone else 1.0) * (norm_bias_lr_scale if norm_bias else 1.0),
             "weight_decay": weight_decay if decays else 0.0,
         }
-        for (is_backbone, decays), params in sorted(groups.items())
+        for (is_backbone, decays, norm_bias), params in sorted(groups.items())
     ]
 
 
@@ -60,7 +69,15 @@ def build_optimizer(
     model: nn.Module, config: OptimConfig, head: nn.Module | None = None, backbone_lr_scale: float = 1.0
 ) -> torch.optim.Optimizer:
     """The configured optimizer; with ``head``, the backbone learns ``backbone_lr_scale`` times slower."""
-    groups = param_groups(model, config.lr, config.weight_decay, config.decay_norm_and_bias, head, backbone_lr_scale)
+    groups = param_groups(
+        model,
+        config.lr,
+        config.weight_decay,
+        config.decay_norm_and_bias,
+        head,
+        backbone_lr_scale,
+        config.norm_bias_lr_scale,
+    )
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
     if config.optimizer == "adamw":

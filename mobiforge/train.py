@@ -56,7 +56,7 @@ from mobiforge.errors import MobiforgeError
 from mobiforge.log import logger
 from mobiforge.losses import distillation_loss
 from mobiforge.models.base import Preprocess
-from mobiforge.models.whitening import first_conv, whiten_first_conv
+from mobiforge.models.whitening import first_conv, identity_init, whiten_first_conv
 from mobiforge.progress import Reporter, SilentReporter
 from mobiforge.runs import (
     TrainResult,
@@ -293,7 +293,7 @@ class Trainer:
         self.last_eval: engine.EvalResult | None = None
         self.interrupted = False
         self._stop_reason: str | None = None
-        self.fixed_params: list[nn.Parameter] = []  # never trained, whatever the epoch (a whitened stem)
+        self.fixed_params: list[nn.Parameter] = []  # never trained (a whitened stem, BN scales held at 1)
 
     def add_callback(self, event: str, callback: Callback) -> None:
         self.callbacks.setdefault(event, []).append(callback)
@@ -314,6 +314,8 @@ class Trainer:
         self._build_data()
         if self.config.whiten_stem:
             self._whiten_stem(fresh=resume_ckpt is None)
+        if self.config.identity_init and resume_ckpt is None:
+            identity_init(self.model)
         self._build_optimisation()
         if resume_ckpt is not None:
             with _resumable(self.config.resume):
@@ -391,6 +393,9 @@ class Trainer:
 
     def _build_optimisation(self) -> None:
         config, model = self.config, self.model
+        if config.optim.norm_bias_lr_scale != 1.0:  # airbench's pairing: BN scales held at 1, biases learn faster
+            scales = engine.norm_parameters(model)[0]
+            self.fixed_params += [scale.requires_grad_(False) for scale in scales]
         head = model.get_classifier() if (self.pretrained or config.backbone_lr_scale != 1.0) else None
         self.optimizer = engine.build_optimizer(model, config.optim, head, config.backbone_lr_scale)
         self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]  # before a scheduler or resume
@@ -698,8 +703,9 @@ def _check_config(config: TrainConfig) -> None:
     their declared ranges when the config is built: ``config.check_ranges``)."""
     if config.data.cache not in CACHE_MODES:
         raise MobiforgeError(f"--cache must be {' or '.join(CACHE_MODES)}, got {config.data.cache}")
-    if config.whiten_stem and (config.pretrained or config.init_from or config.weights):
-        raise MobiforgeError("--whiten-stem starts a model from scratch; drop it, or drop the pretrained weights")
+    for flag, asked in (("--whiten-stem", config.whiten_stem), ("--identity-init", config.identity_init)):
+        if asked and (config.pretrained or config.init_from or config.weights):
+            raise MobiforgeError(f"{flag} starts a model from scratch; drop it, or drop the pretrained weights")
 
 
 def _set_backbone_trainable(model: nn.Module, trainable: bool, fixed: list[nn.Parameter]) -> None:

@@ -1,5 +1,6 @@
-"""A data-dependent start for a from-scratch network: its first convolution set to whiten the training images'
-patches (PCA), then frozen, as Jordan's airbench does for CIFAR-10 (2024).
+"""Starts for a from-scratch network: its first convolution set to whiten the training images'
+patches (PCA), then frozen, and the convolutions after it started as partial identities, as Jordan's airbench does
+for CIFAR-10 (2024).
 
 Each kept principal direction of the k x k x 3 patches becomes a pair of filters, ``+v / sqrt(lambda)`` and its
 negation, so that the ReLU after the stem passes both signs. The first layer then starts decorrelated instead of
@@ -54,3 +55,21 @@ def whiten_first_conv(model: nn.Module, images: torch.Tensor) -> nn.Conv2d:
         conv.weight[: 2 * pairs].copy_(patch_whitening(images.float().cpu(), kernel, pairs))
     conv.weight.requires_grad_(False)
     return conv
+
+
+def identity_init(model: nn.Module) -> int:
+    """Start every dense convolution after the first as a partial identity, as airbench does (Jordan, 2024): of a
+    conv with ``in`` input channels, the first ``min(in, out)`` filters pass their own input channel through (the
+    kernel's centre) and the rest keep their random start. A plain conv stack then begins close to an implicit
+    residual network, which trained CIFAR-10 to 94% in 18 epochs instead of 21 there. Returns how many convs were
+    set."""
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)][1:]  # the stem sees pixels, not features
+    count = 0
+    for conv in convs:
+        height, width = conv.kernel_size
+        if conv.groups != 1 or height != width or height % 2 == 0:
+            continue  # depthwise/grouped convs and even kernels have no centred identity
+        with torch.no_grad():
+            nn.init.dirac_(conv.weight[: min(conv.in_channels, conv.out_channels)])
+        count += 1
+    return count
