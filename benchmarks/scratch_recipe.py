@@ -72,7 +72,7 @@ def variants(base: TrainConfig) -> dict[str, TrainConfig]:
             base, whiten_stem=False, optim=dataclasses.replace(optim, nesterov=False)
         ),
         "+ identity init (airbench's dirac)": dataclasses.replace(base, identity_init=True),
-        "+ BN biases at 64x lr, BN scales at 1 (airbench's)": dataclasses.replace(
+        "+ BN biases at 64x lr with BN scales at 1 (airbench's)": dataclasses.replace(
             base, optim=dataclasses.replace(optim, norm_bias_lr_scale=64.0)
         ),
         "+ both": dataclasses.replace(
