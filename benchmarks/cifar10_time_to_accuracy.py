@@ -24,7 +24,7 @@ from mobiforge.data import DataConfig
 from mobiforge.engine import cpu_has_native_bf16
 from mobiforge.profile import int8_weight_bytes
 from mobiforge.progress import SilentReporter
-from mobiforge.ship.plan import fit_epochs, replan_early, scratch_recipe, stop_by
+from mobiforge.ship.plan import fit_epochs, replan_early, scratch_identity_init, scratch_recipe, stop_by
 from mobiforge.ship.search import step_speed
 from mobiforge.train import EPOCH_END, TrainConfig, train
 
@@ -71,6 +71,15 @@ def main() -> None:
     parser.add_argument(
         "--whiten-stem", action=argparse.BooleanOptionalAction, default=True, help="whitened frozen stem (ship's)"
     )
+    parser.add_argument(
+        "--identity-init",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="convs started as partial identities (default: ship's choice for the model)",
+    )
+    parser.add_argument(
+        "--norm-bias-lr-scale", type=float, default=None, help="BN biases' lr multiple (default: ship's for the model)"
+    )
     parser.add_argument("--epochs", type=int, default=None, help="default: as many as fit the budget")
     parser.add_argument("--amp", choices=("none", "bf16"), default="none", help="bf16 autocast (native bf16 CPUs)")
     parser.add_argument("--precise-bn", type=int, default=0, help="training images for precise BN before each eval")
@@ -86,10 +95,15 @@ def main() -> None:
         raise SystemExit("--amp bf16: this CPU has no native bf16 (AVX512-BF16 or AMX); use --amp none")
     start = time.time()
     width = args.width_mult or None
-    recipe = scratch_recipe(small=True, steps=10**6, batch=args.batch_size)  # ship's long-run small-image recipe
+    recipe = scratch_recipe(small=True, steps=10**6, batch=args.batch_size, model=args.model)  # ship's long-run one
     optim = dataclasses.replace(
-        recipe, lr=args.lr or recipe.lr, label_smoothing=args.label_smoothing, ema_decay=args.ema
+        recipe,
+        lr=args.lr or recipe.lr,
+        label_smoothing=args.label_smoothing,
+        ema_decay=args.ema,
+        norm_bias_lr_scale=args.norm_bias_lr_scale or recipe.norm_bias_lr_scale,
     )
+    identity = scratch_identity_init(args.model, optim) if args.identity_init is None else args.identity_init
     config = TrainConfig(
         model=args.model,
         width_mult=width,
@@ -97,6 +111,7 @@ def main() -> None:
         data=DataConfig(data=args.data, img_size=32, batch_size=args.batch_size),  # mobiforge's loader defaults
         optim=optim,
         whiten_stem=args.whiten_stem,
+        identity_init=identity,
         epochs=1,
         amp=args.amp,
         precise_bn=args.precise_bn,
@@ -122,6 +137,8 @@ def main() -> None:
     result = train(config, reporter, callbacks)
     wall = (time.time() - start) / 60
 
+    scale = optim.norm_bias_lr_scale
+    bias_note = f"BN biases at {scale:g}x lr with BN scales at 1, " if scale != 1 else ""
     lines = [
         f"## CIFAR-10 time to accuracy, {args.budget_min:.0f}-minute budget (`mobiforge train`, 2-core CPU)",
         "",
@@ -131,9 +148,11 @@ def main() -> None:
         "",
         f"Recipe: `{args.model}` width {width or 1}, CIFAR-style stem (`small_input`), "
         f"int8 weights {int8_bytes / 1e6:.2f} MB"
-        f"{', first conv whitened (PCA of 3x3 patches) and frozen' if args.whiten_stem else ''}; 32 px, pad-and-crop + "
+        f"{', first conv whitened (PCA of 3x3 patches) and frozen' if args.whiten_stem else ''}"
+        f"{', convs started as partial identities' if identity else ''}; 32 px, pad-and-crop + "
         f"flip; batch {args.batch_size}, SGD {'Nesterov ' if optim.nesterov else ''}momentum "
         f"{optim.momentum}, one-cycle lr {optim.lr:g}, weight decay {optim.weight_decay:g} (not on BN/bias), "
+        f"{bias_note}"
         f"label smoothing {args.label_smoothing}, "
         f"{'EMA ' + str(args.ema) if args.ema else 'no EMA'}, "
         f"{'precise BN on ' + str(args.precise_bn) + ' images' if args.precise_bn else 'no precise BN'}, "

@@ -23,7 +23,7 @@ from benchmarks.results import write_section
 from mobiforge.data import DataConfig
 from mobiforge.engine import OptimConfig, cpu_has_native_bf16
 from mobiforge.progress import SilentReporter
-from mobiforge.ship.plan import scratch_recipe, scratch_whiten_stem
+from mobiforge.ship.plan import scratch_identity_init, scratch_recipe, scratch_whiten_stem
 from mobiforge.ship.stages import PRECISE_BN_IMAGES
 from mobiforge.train import TrainConfig, train
 
@@ -46,13 +46,14 @@ def subset_table(cifar: Path, folder: Path, train_per_class: int, test_per_class
 def ship_recipe_config(model: str, table: Path, folder: Path, epochs: int) -> TrainConfig:
     """Ship's long-run small-image recipe (what CIFAR-10 gets) on the subset, though the subset is shorter than its
     switch to AdamW; bf16 autocast where native, as ship's probe would choose it for ResNet-20."""
-    optim = scratch_recipe(small=True, steps=LONG_RUN_STEPS, batch=BATCH)
+    optim = scratch_recipe(small=True, steps=LONG_RUN_STEPS, batch=BATCH, model=model)
     return TrainConfig(
         model=model,
         small_input=True,
         data=DataConfig(data=str(table), img_size=32, batch_size=BATCH),
         optim=optim,
         whiten_stem=scratch_whiten_stem(optim),
+        identity_init=scratch_identity_init(model, optim),
         precise_bn=PRECISE_BN_IMAGES,
         amp="bf16" if cpu_has_native_bf16() else "none",
         epochs=epochs,

@@ -46,6 +46,17 @@ def test_weight_decay_skips_norm_and_bias() -> None:
     assert len(build_optimizer(model, OptimConfig(weight_decay=1e-4, decay_norm_and_bias=True)).param_groups) == 1
 
 
+def test_norm_biases_get_their_own_faster_group() -> None:
+    model = create_model("convpool_s", num_classes=3, small_input=True)
+    optimizer = build_optimizer(model, OptimConfig(lr=0.1, weight_decay=1e-4, norm_bias_lr_scale=64.0))
+    biases = {id(m.bias) for m in model.modules() if isinstance(m, nn.BatchNorm2d)}
+    fast = [group for group in optimizer.param_groups if group["lr"] == pytest.approx(6.4)]
+    assert len(fast) == 1 and {id(p) for p in fast[0]["params"]} == biases and fast[0]["weight_decay"] == 0.0
+    others = [p for group in optimizer.param_groups if group is not fast[0] for p in group["params"]]
+    assert len(others) == len(list(model.parameters())) - len(biases)
+    assert all(group["lr"] == pytest.approx(0.1) for group in optimizer.param_groups if group is not fast[0])
+
+
 @pytest.mark.parametrize("name", ["sgd", "adamw", "rmsprop"])
 def test_optimizers(name: str) -> None:
     assert build_optimizer(nn.Linear(2, 2), OptimConfig(optimizer=name)).param_groups[0]["lr"] == 0.01

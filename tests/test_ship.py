@@ -18,7 +18,7 @@ from mobiforge.cli import main
 from mobiforge.errors import MobiforgeError
 from mobiforge.progress import SilentReporter
 from mobiforge.ship import ShipConfig, ShipState, scratch_recipe, ship
-from mobiforge.ship.plan import scratch_whiten_stem
+from mobiforge.ship.plan import scratch_identity_init, scratch_whiten_stem
 from mobiforge.ship.snippets import android_snippet, ios_snippet
 from mobiforge.ship.state import ResultRecord, Survey
 from mobiforge.units import parse_duration
@@ -240,6 +240,12 @@ def test_short_runs_get_adamw_long_small_image_runs_the_measured_cifar_recipe() 
     cifar = scratch_recipe(small=True, steps=3000, batch=128)
     assert (cifar.optimizer, cifar.scheduler, cifar.lr, cifar.nesterov) == ("sgd", "onecycle", 0.2, True)
     assert scratch_whiten_stem(cifar) and not scratch_whiten_stem(scratch_recipe(small=True, steps=100, batch=64))
+    # airbench's identity start and fast BN biases: for the plain conv stacks where they were measured
+    convpool = scratch_recipe(small=True, steps=3000, batch=128, model="convpool_s_wide")
+    assert convpool.norm_bias_lr_scale == 64.0 and scratch_identity_init("convpool_s_wide", convpool)
+    assert cifar.norm_bias_lr_scale == 1.0 and not scratch_identity_init("resnet20", cifar)
+    short = scratch_recipe(small=True, steps=100, batch=64, model="convpool_s")
+    assert short.norm_bias_lr_scale == 1.0 and not scratch_identity_init("convpool_s", short)
 
 
 @pytest.mark.parametrize("runtime", ["executorch", "tflite", "onnx"])

@@ -141,9 +141,29 @@ def test_a_whitened_stem_stays_frozen_through_training_and_a_resume(colours: Pat
     assert torch.equal(first_conv(model_from_checkpoint(resumed.run_dir / "last.pt")).weight, stem)  # still frozen
 
 
-def test_a_whitened_stem_with_pretrained_weights_is_a_one_line_error(colours: Path, tmp_path: Path) -> None:
-    config = _config(colours, tmp_path / "runs", whiten_stem=True, init_from=str(tmp_path / "any.pt"))
-    with pytest.raises(MobiforgeError, match="--whiten-stem starts a model from scratch"):
+def test_airbench_starts_hold_bn_scales_at_1_through_training_and_a_resume(colours: Path, tmp_path: Path) -> None:
+    config = _config(colours, tmp_path / "runs", epochs=2, identity_init=True, model="convpool_s", width_mult=0.5)
+    config.optim = OptimConfig(lr=0.05, norm_bias_lr_scale=64.0)
+    result = train(config)
+
+    def norms(run: Path) -> list[torch.nn.BatchNorm2d]:
+        model = model_from_checkpoint(run / "last.pt")
+        return [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+
+    assert all(torch.equal(bn.weight, torch.ones_like(bn.weight)) for bn in norms(result.run_dir))
+    assert any(bn.bias.abs().sum() > 0 for bn in norms(result.run_dir))  # the biases trained
+    checkpoint = load_checkpoint(result.run_dir / "last.pt")
+    assert checkpoint["config"]["identity_init"] and checkpoint["config"]["optim"]["norm_bias_lr_scale"] == 64.0
+    resumed = train(_config(colours, tmp_path / "runs", resume=str(result.run_dir / "last.pt"), epochs=3))
+    assert all(torch.equal(bn.weight, torch.ones_like(bn.weight)) for bn in norms(resumed.run_dir))
+
+
+@pytest.mark.parametrize("flag", ["whiten_stem", "identity_init"])
+def test_a_from_scratch_start_with_pretrained_weights_is_a_one_line_error(
+    colours: Path, tmp_path: Path, flag: str
+) -> None:
+    config = _config(colours, tmp_path / "runs", init_from=str(tmp_path / "any.pt"), **{flag: True})
+    with pytest.raises(MobiforgeError, match=f"--{flag.replace('_', '-')} starts a model from scratch"):
         train(config)
 
 

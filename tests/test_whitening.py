@@ -1,4 +1,5 @@
-"""The whitened stem: filters that decorrelate the patches they see, in +/- pairs, frozen."""
+"""Starts from scratch: the whitened stem (filters that decorrelate the patches they see, in +/- pairs, frozen) and
+the identity start of the convs after it."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from torch import nn
 
 from mobiforge.errors import MobiforgeError
 from mobiforge.models import create_model
-from mobiforge.models.whitening import first_conv, patch_whitening, whiten_first_conv
+from mobiforge.models.whitening import first_conv, identity_init, patch_whitening, whiten_first_conv
 
 
 def test_whitening_filters_give_uncorrelated_unit_variance_responses() -> None:
@@ -42,3 +43,25 @@ def test_filters_beyond_the_patch_dimension_keep_their_random_start() -> None:
 def test_a_first_conv_that_is_not_dense_is_a_clear_error() -> None:
     with pytest.raises(MobiforgeError, match="not a dense square one"):
         whiten_first_conv(nn.Sequential(nn.Conv2d(3, 3, 3, groups=3)), torch.randn(2, 3, 8, 8))
+
+
+def test_identity_init_makes_each_dense_conv_after_the_first_pass_its_inputs_through() -> None:
+    model = create_model("convpool_s", num_classes=10, small_input=True)
+    stem = first_conv(model).weight.detach().clone()
+    assert identity_init(model) == 6  # two convs in each of the three stages; not the stem
+    assert torch.equal(first_conv(model).weight, stem)
+    conv = model.features[1][0][0]  # stage 1's first conv: 16 -> 32 channels
+    assert isinstance(conv, nn.Conv2d) and (conv.in_channels, conv.out_channels) == (16, 32)
+    x = torch.randn(2, 16, 8, 8)
+    out = conv(x)
+    assert torch.allclose(out[:, :16], x, atol=1e-6)  # the first 16 filters pass their channel through
+    assert out[:, 16:].abs().sum() > 0  # the others keep their random start
+
+
+def test_identity_init_skips_depthwise_and_narrowing_convs_keep_a_partial_identity() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3, groups=8), nn.Conv2d(8, 4, 3, padding=1))
+    depthwise = model[1].weight.detach().clone()
+    assert identity_init(model) == 1
+    assert torch.equal(model[1].weight, depthwise)
+    x = torch.randn(1, 8, 5, 5)
+    assert torch.allclose(model[2](x) - model[2].bias.view(1, -1, 1, 1), x[:, :4], atol=1e-6)

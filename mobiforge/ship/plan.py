@@ -33,13 +33,28 @@ def data_config(config: ShipConfig, img_size: int | None) -> DataConfig:
     )
 
 
-def scratch_recipe(small: bool, steps: int, batch: int) -> engine.OptimConfig:
-    """The CIFAR-10 recipe measured in benchmarks/RESULTS.md (SGD with Nesterov momentum, one-cycle) when the run is
-    long enough for its warm-up; short runs (few images or epochs) diverged with it and get AdamW with cosine decay
-    instead."""
+# Plain conv stacks, for which airbench's identity start and fast BN biases were measured to help (RESULTS.md,
+# scratch_recipe_airbench_init); residual and depthwise networks keep a random start.
+IDENTITY_START_FAMILIES = ("convpool",)
+NORM_BIAS_LR_SCALE = 64.0  # airbench's: BN biases learn 64x faster than the weights, BN scales held at 1
+
+
+def identity_start(model: str | None) -> bool:
+    return bool(model) and model.startswith(IDENTITY_START_FAMILIES)
+
+
+def scratch_recipe(small: bool, steps: int, batch: int, model: str | None = None) -> engine.OptimConfig:
+    """The CIFAR-10 recipe measured in benchmarks/RESULTS.md (SGD with Nesterov momentum, one-cycle; for the
+    conv-pool family, BN biases at 64x the rate) when the run is long enough for its warm-up; short runs (few images
+    or epochs) diverged with it and get AdamW with cosine decay instead."""
     if small and steps >= 1000:
         return engine.OptimConfig(
-            lr=0.2 * batch / 128, nesterov=True, scheduler="onecycle", weight_decay=5e-4, label_smoothing=0.1
+            lr=0.2 * batch / 128,
+            nesterov=True,
+            scheduler="onecycle",
+            weight_decay=5e-4,
+            label_smoothing=0.1,
+            norm_bias_lr_scale=NORM_BIAS_LR_SCALE if identity_start(model) else 1.0,
         )
     return engine.OptimConfig(optimizer="adamw", lr=2e-3, scheduler="cosine", weight_decay=0.05, label_smoothing=0.1)
 
@@ -48,6 +63,12 @@ def scratch_whiten_stem(optim: engine.OptimConfig) -> bool:
     """Whether a from-scratch run starts from a whitened, frozen stem: with the small-image SGD recipe, with which
     it was measured (RESULTS.md, scratch_recipe_convpool); the AdamW fallback starts from a random one."""
     return optim.optimizer == "sgd"
+
+
+def scratch_identity_init(model: str, optim: engine.OptimConfig) -> bool:
+    """Whether a from-scratch run starts its convs as partial identities: the conv-pool family with the SGD recipe,
+    with which it was measured (RESULTS.md, scratch_recipe_airbench_init)."""
+    return identity_start(model) and optim.optimizer == "sgd"
 
 
 def epoch_seconds(images_per_s: float, info: Survey, teacher_speed: float | None) -> float:

@@ -72,6 +72,7 @@ from mobiforge.ship.plan import (
     fit_epochs,
     plan_epochs,
     replan_early,
+    scratch_identity_init,
     scratch_recipe,
     scratch_whiten_stem,
     stop_by,
@@ -275,7 +276,7 @@ def train_candidate(
     else:
         batch = batch_size(config, candidate.img_size)
         steps = epochs * math.ceil(state.survey.train_images / batch)
-        optim = scratch_recipe(candidate.img_size <= SMALL_IMAGE_SIDE, steps, batch)
+        optim = scratch_recipe(candidate.img_size <= SMALL_IMAGE_SIDE, steps, batch, candidate.model)
         train_config = dataclasses.replace(
             base,
             model=candidate.model,
@@ -283,6 +284,7 @@ def train_candidate(
             data=data_config(config, img_size=candidate.img_size),
             optim=optim,
             whiten_stem=scratch_whiten_stem(optim),
+            identity_init=scratch_identity_init(candidate.model, optim),
             precise_bn=PRECISE_BN_IMAGES,
             amp=candidate.train_amp,  # as the search measured it fastest here
         )
