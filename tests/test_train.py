@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import shutil
@@ -144,6 +145,11 @@ def test_a_whitened_stem_stays_frozen_through_training_and_a_resume(colours: Pat
 def test_airbench_starts_hold_bn_scales_at_1_through_training_and_a_resume(colours: Path, tmp_path: Path) -> None:
     config = _config(colours, tmp_path / "runs", epochs=2, identity_init=True, model="convpool_s", width_mult=0.5)
     config.optim = OptimConfig(lr=0.05, norm_bias_lr_scale=64.0)
+    trainer = Trainer(dataclasses.replace(config, name="setup-only"))
+    trainer.setup()  # the start, before any step: each conv after the stem passes its inputs through
+    conv = [m for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d)][1]
+    centre = conv.weight[: conv.in_channels, :, 1, 1]
+    assert torch.equal(centre, torch.eye(conv.in_channels)), "identity start not applied"
     result = train(config)
 
     def norms(run: Path) -> list[torch.nn.BatchNorm2d]:
