@@ -85,6 +85,7 @@ def main() -> None:
     parser.add_argument("--precise-bn", type=int, default=0, help="training images for precise BN before each eval")
     parser.add_argument("--ema", type=float, default=None, help="EMA decay of the weights (evaluated and saved)")
     parser.add_argument("--label-smoothing", type=float, default=0.1)
+    parser.add_argument("--random-erasing", type=float, default=0.0, help="RandomErasing probability (0: off)")
     parser.add_argument("--runs-dir", default="runs")
     parser.add_argument(
         "--section", default="cifar10_time_to_accuracy", help="RESULTS.md section (another budget: another section)"
@@ -108,7 +109,7 @@ def main() -> None:
         model=args.model,
         width_mult=width,
         small_input=True,
-        data=DataConfig(data=args.data, img_size=32, batch_size=args.batch_size),  # mobiforge's loader defaults
+        data=DataConfig(data=args.data, img_size=32, batch_size=args.batch_size, random_erasing=args.random_erasing),
         optim=optim,
         whiten_stem=args.whiten_stem,
         identity_init=identity,
@@ -149,8 +150,9 @@ def main() -> None:
         f"Recipe: `{args.model}` width {width or 1}, CIFAR-style stem (`small_input`), "
         f"int8 weights {int8_bytes / 1e6:.2f} MB"
         f"{', first conv whitened (PCA of 3x3 patches) and frozen' if args.whiten_stem else ''}"
-        f"{', convs started as partial identities' if identity else ''}; 32 px, pad-and-crop + "
-        f"flip; batch {args.batch_size}, SGD {'Nesterov ' if optim.nesterov else ''}momentum "
+        f"{', convs started as partial identities' if identity else ''}; 32 px, pad-and-crop + flip"
+        f"{f' + random erasing (p {args.random_erasing:g})' if args.random_erasing else ''}; "
+        f"batch {args.batch_size}, SGD {'Nesterov ' if optim.nesterov else ''}momentum "
         f"{optim.momentum}, one-cycle lr {optim.lr:g}, weight decay {optim.weight_decay:g} (not on BN/bias), "
         f"{bias_note}"
         f"label smoothing {args.label_smoothing}, "

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import functools
+import math
 import os
 import random
 import shutil
@@ -625,9 +626,12 @@ class PadCropBatch:
     whole batch of equal-size uint8 images at once: a few tensor ops instead of a chain of torchvision calls per
     image, which cost a sizeable share of a 32 px training step (``benchmarks/batch_augment.py``)."""
 
-    def __init__(self, padding: int, hflip: bool, mean: Sequence[float], std: Sequence[float]) -> None:
+    def __init__(
+        self, padding: int, hflip: bool, mean: Sequence[float], std: Sequence[float], erasing: float = 0.0
+    ) -> None:
         self.padding = padding
         self.hflip = hflip
+        self.erasing = erasing
         self.mean = torch.tensor(mean).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(std).view(1, 3, 1, 1) * 255
 
@@ -642,15 +646,44 @@ class PadCropBatch:
         if self.hflip:
             flip = torch.rand(count, generator=generator) < 0.5
             crops = torch.where(flip[:, None, None, None], crops.flip(-1), crops)
-        return (crops - self.mean) / self.std
+        normalised = (crops - self.mean) / self.std
+        if self.erasing:
+            normalised = normalised.masked_fill(erased_boxes(normalised.shape, self.erasing, generator), 0.0)
+        return normalised
+
+
+ERASED_AREA = (0.02, 0.33)  # v2.RandomErasing's defaults: the box's share of the image ...
+ERASED_LOG_RATIO = (math.log(0.3), math.log(3.3))  # ... and its aspect ratio, drawn log-uniform
+ERASING_TRIES = 10  # v2.RandomErasing draws up to 10 boxes until one fits, else leaves the image as it is
+
+
+def erased_boxes(shape: torch.Size, probability: float, generator: torch.Generator) -> torch.Tensor:
+    """A (count, 1, height, width) mask of v2.RandomErasing's boxes for a whole batch: with ``probability`` an image
+    gets one box, drawn as that transform draws it (area share, log-uniform aspect ratio, the first of 10 draws
+    that fits, any position); the masked pixels are set to 0, the dataset's mean after normalisation."""
+    count, _, height, width = shape
+    area = height * width * torch.empty(count, ERASING_TRIES).uniform_(*ERASED_AREA, generator=generator)
+    ratio = torch.exp(torch.empty(count, ERASING_TRIES).uniform_(*ERASED_LOG_RATIO, generator=generator))
+    box_h, box_w = (area * ratio).sqrt().round().long(), (area / ratio).sqrt().round().long()
+    fits = (box_h < height) & (box_w < width)
+    first = fits.float().argmax(1, keepdim=True)  # the first draw that fits (0 where none does: then unused)
+    box_h, box_w = box_h.gather(1, first).squeeze(1), box_w.gather(1, first).squeeze(1)
+    erase = fits.any(1) & (torch.rand(count, generator=generator) < probability)
+    top = (torch.rand(count, generator=generator) * (height - box_h + 1)).long()
+    left = (torch.rand(count, generator=generator) * (width - box_w + 1)).long()
+    rows, cols = torch.arange(height), torch.arange(width)
+    in_rows = (rows >= top[:, None]) & (rows < (top + box_h)[:, None])
+    in_cols = (cols >= left[:, None]) & (cols < (left + box_w)[:, None])
+    return (erase[:, None, None] & in_rows[:, :, None] & in_cols[:, None, :]).unsqueeze(1)
 
 
 def batch_augment(config: DataConfig) -> PadCropBatch | None:
-    """The batched form of the cached training steps where it exists: pad-and-crop, flip and normalise only."""
-    if crop_mode(config) != "pad" or config.trivial_augment or config.random_erasing:
+    """The batched form of the cached training steps where it exists: pad-and-crop, flip, normalise and erase."""
+    if crop_mode(config) != "pad" or config.trivial_augment:
         return None
     padding = crop_padding(config.resolved_img_size())
-    return PadCropBatch(padding, flips(config), config.mean or IMAGENET_MEAN, config.std or IMAGENET_STD)
+    mean, std = config.mean or IMAGENET_MEAN, config.std or IMAGENET_STD
+    return PadCropBatch(padding, flips(config), mean, std, erasing=config.random_erasing)
 
 
 def train_transform(config: DataConfig) -> v2.Compose:

@@ -271,4 +271,28 @@ def test_only_the_pad_crop_flip_recipe_has_a_batched_form() -> None:
     assert batch_augment(DataConfig(data="digits")).hflip is False  # as the per-sample steps: no mirrored glyphs
     assert batch_augment(DataConfig(data="x", img_size=224)) is None  # RandomResizedCrop
     assert batch_augment(DataConfig(data="x", img_size=32, trivial_augment=True)) is None
-    assert batch_augment(DataConfig(data="x", img_size=32, random_erasing=0.25)) is None
+    assert batch_augment(DataConfig(data="x", img_size=32, random_erasing=0.25)).erasing == 0.25
+
+
+def test_batched_random_erasing_draws_the_boxes_torchvision_draws() -> None:
+    from mobiforge.data import batch_augment, erased_boxes
+
+    count, generator = 4000, torch.Generator().manual_seed(0)
+    mask = erased_boxes(torch.Size((count, 3, 32, 32)), 0.5, generator)[:, 0]
+    rows, cols = mask.any(2), mask.any(1)
+    assert torch.equal(mask, rows[:, :, None] & cols[:, None, :])  # one box per image at most
+    for lines in (rows, cols):  # ... and a box, not scattered lines: its rows (and columns) are contiguous
+        assert ((lines[:, 1:].int() - lines[:, :-1].int()) == 1).sum(1).le(1).all()
+    erased = mask.flatten(1).any(1)
+    assert 0.45 < erased.float().mean() < 0.55
+    shares = mask[erased].flatten(1).float().mean(1)
+    assert shares.min() > 0.015 and shares.max() < 0.36  # v2.RandomErasing's (0.02, 0.33), up to rounding
+    torch.manual_seed(0)
+    reference = v2.RandomErasing(p=1.0)
+    torch_shares = torch.stack([(reference(torch.ones(3, 32, 32)) == 0)[0].float().mean() for _ in range(count)])
+    assert abs(shares.mean() - torch_shares.mean()) < 0.01 and abs(shares.std() - torch_shares.std()) < 0.01
+    # The whole batch step: erased pixels read 0, the mean after normalisation.
+    config = DataConfig(data="x", img_size=32, random_erasing=1.0)
+    images = torch.full((64, 3, 32, 32), 200, dtype=torch.uint8)
+    out = batch_augment(config)(images, torch.Generator().manual_seed(1))
+    assert ((out == 0).all(1).flatten(1).any(1)).float().mean() > 0.9

@@ -157,20 +157,28 @@ def test_fit_epochs_counts_the_epochs_of_the_timed_length_that_end_in_time() -> 
     assert fit_epochs(time.time() - 5, cap=50)(3, 10.0) == 3
 
 
-def test_the_second_re_plan_times_the_epochs_after_the_first() -> None:
-    """The first epoch warms caches and kernels up: the plan after the third averages epochs two and three only,
-    and nothing is asked after that."""
+def test_the_later_re_plans_time_the_epochs_after_the_first() -> None:
+    """The first epoch warms caches and kernels up: the plans after the third epoch and a fifth of the way through
+    the run average the epochs after the first; a run too short for a fifth to come after the third epoch, or
+    whose fifth has passed the warm-up, gets no third plan, and nothing is asked after that."""
     from types import SimpleNamespace
 
     from mobiforge.ship import replan_early
 
-    asked: list[tuple[int, float]] = []
-    callback = replan_early(lambda done, seconds: asked.append((done, seconds)) or 10)
-    trainer = SimpleNamespace(whole_epoch=True, frozen=False, set_epochs=lambda epochs: None)
-    for epoch, seconds in enumerate([60.0, 50.0, 54.0, 40.0, 40.0], start=1):
-        trainer.epoch, trainer.epoch_seconds = epoch, seconds
-        callback(trainer)
-    assert asked == [(1, 60.0), (3, 52.0)]
+    def asked_by(planned: int, timings: list[float]) -> list[tuple[int, float]]:
+        asked: list[tuple[int, float]] = []
+        callback = replan_early(lambda done, seconds: asked.append((done, seconds)) or planned)
+        trainer = SimpleNamespace(whole_epoch=True, frozen=False, config=SimpleNamespace(epochs=planned))
+        trainer.set_epochs = lambda epochs: setattr(trainer.config, "epochs", epochs)
+        for epoch, seconds in enumerate(timings, start=1):
+            trainer.epoch, trainer.epoch_seconds = epoch, seconds
+            callback(trainer)
+        return asked
+
+    assert asked_by(10, [60.0, 50.0, 54.0, 40.0, 40.0]) == [(1, 60.0), (3, 52.0)]
+    timings = [60.0, 50.0, 54.0] + [46.0] * 12
+    assert asked_by(50, timings) == [(1, 60.0), (3, 52.0), (10, (50 + 54 + 7 * 46) / 9)]  # epochs 2-10
+    assert asked_by(14, timings) == [(1, 60.0), (3, 52.0), (4, 50.0)]  # a fifth of 14 epochs: the fourth
 
 
 def test_ship_keeps_its_budget_through_train_callbacks(tmp_path: Path) -> None:

@@ -135,24 +135,33 @@ def fit_epochs(end: float, cap: int) -> Callable[[int, float], int]:
 
 
 REPLAN_AFTER = (1, 3)  # whole full-network epochs after which a run's length is re-planned (see replan_early)
+LATE_REPLAN_SHARE = 0.2  # ... and once more a fifth of the way through a run long enough for that to come later,
+LATE_REPLAN_LIMIT = 0.3  # but not past one-cycle's warm-up (its first 30%), where the rate would jump
 
 
 def replan_early(plan: Callable[[int, float], int]) -> Callable[[Trainer], None]:
-    """A train callback: after the first whole epoch that trains the full network, and again after the third,
-    ``plan(epochs_done, epoch_seconds)`` sets the run's epoch count; the schedule is stretched or shortened to it, so
-    that a time-budgeted run planned from an estimate still ends its learning-rate schedule instead of being cut
-    mid-way or ending early. The second plan times the epochs after the first only: the first ran 10% slower than
-    the rest on CIFAR-10 (caches and kernels warming up), which cost 3 of 31 epochs of a 30-minute run (RESULTS.md).
-    Both fall in the schedules' warm-up, where a longer or shorter run barely changes the rate."""
+    """A train callback: after the first whole epoch that trains the full network, again after the third, and once
+    more a fifth of the way through the run where that comes later, ``plan(epochs_done, epoch_seconds)`` sets the
+    run's epoch count; the schedule is stretched or shortened to it, so that a time-budgeted run planned from an
+    estimate still ends its learning-rate schedule instead of being cut mid-way or ending early. The later plans time
+    the epochs after the first only: the first ran 10% slower than the rest on CIFAR-10 (caches and kernels warming
+    up), which cost 3 of 31 epochs of a 30-minute run; epochs 2-3 of a 60-minute ship run ran 10% slower than the
+    ones after them, which left 8 of its minutes unused (RESULTS.md). All plans fall within one-cycle's warm-up,
+    where a longer or shorter run barely changes the rate."""
     seconds: list[float] = []
+    finished = False
 
     def on_epoch_end(trainer: Trainer) -> None:
-        if len(seconds) >= max(REPLAN_AFTER) or not trainer.whole_epoch or trainer.frozen:
+        nonlocal finished
+        if finished or not trainer.whole_epoch or trainer.frozen:
             return
         seconds.append(trainer.epoch_seconds)
-        if len(seconds) in REPLAN_AFTER:
+        planned = trainer.config.epochs or 0
+        late = len(seconds) > max(REPLAN_AFTER) and trainer.epoch >= LATE_REPLAN_SHARE * planned
+        if len(seconds) in REPLAN_AFTER or (late and trainer.epoch <= LATE_REPLAN_LIMIT * planned):
             steady = seconds[1:] or seconds
             trainer.set_epochs(plan(trainer.epoch, sum(steady) / len(steady)))
+        finished = late
 
     return on_epoch_end
 
