@@ -131,7 +131,9 @@ def main() -> None:
     config.epochs = args.epochs or max(1, int((deadline - time.time()) // epoch_seconds))
     print(f"model speed {speed:.0f} img/s -> {config.epochs} epochs in {args.budget_min:.0f} min", flush=True)
     chosen = (
-        "set by --epochs" if args.epochs else "as many as fit the budget, re-planned after the first and third epochs"
+        "set by --epochs"
+        if args.epochs
+        else "as many as fit the budget, re-planned after the first and third epochs and a fifth of the way through"
     )
     reporter = LogReporter(start)
     callbacks = {} if args.epochs else {EPOCH_END: [replan_early(fit_epochs(deadline, 200)), stop_by(deadline)]}
