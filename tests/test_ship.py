@@ -181,6 +181,31 @@ def test_the_later_re_plans_time_the_epochs_after_the_first() -> None:
     assert asked_by(14, timings) == [(1, 60.0), (3, 52.0), (4, 50.0)]  # a fifth of 14 epochs: the fourth
 
 
+def test_a_plan_that_would_overrun_its_deadline_is_shortened_so_that_its_schedule_ends() -> None:
+    """At the pace of the epochs after the first, a plan that would end after the deadline is cut to the epochs that
+    fit with the margin (a schedule that ends), not stopped mid-way; where not one more fits, the run stops."""
+    from types import SimpleNamespace
+
+    from mobiforge.ship import stop_by
+
+    def run(seconds_left: float, timings: list[float], planned: int) -> SimpleNamespace:
+        trainer = SimpleNamespace(whole_epoch=True, frozen=False, config=SimpleNamespace(epochs=planned), stopped="")
+        trainer.set_epochs = lambda epochs: setattr(trainer.config, "epochs", epochs)
+        trainer.stop = lambda reason: setattr(trainer, "stopped", reason)
+        callback = stop_by(time.time() + seconds_left)
+        for epoch, seconds in enumerate(timings, start=1):
+            trainer.epoch, trainer.epoch_seconds = epoch, seconds
+            callback(trainer)
+        return trainer
+
+    on_time = run(1000, [60.0, 10.0, 10.0, 10.0], planned=20)
+    assert on_time.config.epochs == 20 and not on_time.stopped
+    late = run(500, [10.0, 10.0, 10.0, 10.0], planned=100)  # 98 epochs of 10 s left after the second, in 500 s
+    assert late.config.epochs == 2 + int(500 / (1.05 * 10)) and not late.stopped
+    out_of_time = run(5, [10.0], planned=10)
+    assert out_of_time.config.epochs == 10 and out_of_time.stopped == "time budget reached after epoch 1 of 10"
+
+
 def test_ship_keeps_its_budget_through_train_callbacks(tmp_path: Path) -> None:
     """The deadline and the re-plan are ship's callbacks on the trainer, not parameters of train(): a passed
     deadline ends the run after its first epoch (resumable, not interrupted); the re-plan skips head-only epochs."""

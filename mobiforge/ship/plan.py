@@ -166,13 +166,34 @@ def replan_early(plan: Callable[[int, float], int]) -> Callable[[Trainer], None]
     return on_epoch_end
 
 
+PACE_EPOCHS = 3  # the recent epochs whose mean length judges whether a run's plan still ends by its deadline
+
+
 def stop_by(deadline: float) -> Callable[[Trainer], None]:
-    """A train callback: end the run after the last epoch expected to finish before ``deadline`` (a
-    ``time.time()`` value), judged by the length of the epoch just done; the run stays resumable with more time."""
+    """A train callback that keeps a run inside ``deadline`` (a ``time.time()`` value). While the epochs left in its
+    plan would end after it at the pace of the last few full-network epochs (the first one excepted, as for
+    ``replan_early``), the plan is shortened to as many as fit with the deadline margin, so that the learning-rate
+    schedule ends instead of being cut at a rate well above its last; epochs that slow down after the plans were
+    set would otherwise do that. The run ends after the last epoch expected to finish before the deadline, judged
+    by the length of the epoch just done; it stays resumable with more time."""
+    seconds: list[float] = []
 
     def on_epoch_end(trainer: Trainer) -> None:
+        if trainer.whole_epoch and not trainer.frozen:
+            seconds.append(trainer.epoch_seconds)
+            if len(seconds) > 1:
+                _shorten_to_fit(trainer, seconds[1:][-PACE_EPOCHS:], deadline)
         epochs = trainer.config.epochs or 0
         if trainer.epoch < epochs and time.time() + DEADLINE_MARGIN * trainer.epoch_seconds > deadline:
             trainer.stop(f"time budget reached after epoch {trainer.epoch} of {epochs}")
 
     return on_epoch_end
+
+
+def _shorten_to_fit(trainer: Trainer, recent: list[float], deadline: float) -> None:
+    """Cut the plan to the epochs that fit by ``deadline`` (with the margin) at the mean pace of ``recent`` epochs,
+    where the rest of it would not fit (without the margin) and at least one more epoch does."""
+    pace, left = sum(recent) / len(recent), deadline - time.time()
+    fit = trainer.epoch + int(left / (DEADLINE_MARGIN * pace))
+    if ((trainer.config.epochs or 0) - trainer.epoch) * pace > left and fit > trainer.epoch:
+        trainer.set_epochs(fit)
