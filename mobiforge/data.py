@@ -595,6 +595,11 @@ def flips(config: DataConfig) -> bool:
     return config.hflip if config.hflip is not None else config.data != "digits"
 
 
+ERASED_AREA = (0.02, 0.33)  # the erased box's share of the image (v2.RandomErasing's default) ...
+ERASED_RATIO = (0.3, 3.3)  # ... and its aspect ratio, drawn log-uniform; both paths, per sample and batched, use them
+ERASING_TRIES = 10  # v2.RandomErasing draws up to 10 boxes until one fits, else leaves the image as it is
+
+
 def train_stages(config: DataConfig, cached: bool = False) -> tuple[list[Any], list[Any]]:
     """The training transform as (deterministic steps, random steps). Cached images run the first list once, when
     they are decoded; the second runs for every sample of every epoch."""
@@ -617,7 +622,7 @@ def train_stages(config: DataConfig, cached: bool = False) -> tuple[list[Any], l
     mean, std = config.mean or IMAGENET_MEAN, config.std or IMAGENET_STD
     augment += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
     if config.random_erasing > 0:
-        augment.append(v2.RandomErasing(p=config.random_erasing))
+        augment.append(v2.RandomErasing(p=config.random_erasing, scale=ERASED_AREA, ratio=ERASED_RATIO))
     return prepare, augment
 
 
@@ -652,18 +657,14 @@ class PadCropBatch:
         return normalised
 
 
-ERASED_AREA = (0.02, 0.33)  # v2.RandomErasing's defaults: the box's share of the image ...
-ERASED_LOG_RATIO = (math.log(0.3), math.log(3.3))  # ... and its aspect ratio, drawn log-uniform
-ERASING_TRIES = 10  # v2.RandomErasing draws up to 10 boxes until one fits, else leaves the image as it is
-
-
 def erased_boxes(shape: torch.Size, probability: float, generator: torch.Generator) -> torch.Tensor:
     """A (count, 1, height, width) mask of v2.RandomErasing's boxes for a whole batch: with ``probability`` an image
     gets one box, drawn as that transform draws it (area share, log-uniform aspect ratio, the first of 10 draws
     that fits, any position); the masked pixels are set to 0, the dataset's mean after normalisation."""
     count, _, height, width = shape
     area = height * width * torch.empty(count, ERASING_TRIES).uniform_(*ERASED_AREA, generator=generator)
-    ratio = torch.exp(torch.empty(count, ERASING_TRIES).uniform_(*ERASED_LOG_RATIO, generator=generator))
+    log_ratio = torch.empty(count, ERASING_TRIES).uniform_(*map(math.log, ERASED_RATIO), generator=generator)
+    ratio = torch.exp(log_ratio)
     box_h, box_w = (area * ratio).sqrt().round().long(), (area / ratio).sqrt().round().long()
     fits = (box_h < height) & (box_w < width)
     first = fits.float().argmax(1, keepdim=True)  # the first draw that fits (0 where none does: then unused)
