@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from mobiforge.backends import DEFAULT_RUNTIME, backend_names
+from mobiforge.backends import DEFAULT_RUNTIME, backend_names, runnable_suffixes
 from mobiforge.errors import MobiforgeError
 from mobiforge.units import SECONDS, format_bytes, parse_count, parse_duration, parse_size
 
@@ -601,14 +601,15 @@ class ShipConfig:
 
 @dataclass
 class EvalOptions:
-    """evaluation of a checkpoint on a split of an image folder"""
+    """evaluation of a checkpoint or an exported file on a split of an image folder"""
 
     checkpoint: str = opt(
-        help="the checkpoint to evaluate, or an exported .pte/.tflite/.onnx file (run in its runtime; needs --data)",
+        help=f"a checkpoint (.pt), or an exported {runnable_suffixes()} file, run in its own runtime on the data "
+        "and split its export was verified on",
         positional=True,
         metavar="CKPT",
     )
-    data: str | None = opt(None, "image folder (default: the one the checkpoint trained on)")
+    data: str | None = opt(None, "image folder (default: what the checkpoint trained on, or the file was verified on)")
     split: str = opt("val", "val, test or train")
     batch_size: int = opt(64, flags=("--batch-size", "-b"), valid=AT_LEAST_1)
     workers: int = opt(DEFAULT_LOADER_WORKERS, flags=("--workers", "-j"), valid=NON_NEGATIVE)
@@ -620,14 +621,14 @@ class EvalOptions:
 
 @dataclass
 class PredictOptions:
-    """prediction: the top-k classes of each image, with the checkpoint's preprocessing"""
+    """prediction: the top-k classes of each image, with the checkpoint's or the exported file's preprocessing"""
 
     checkpoint: str = opt(
-        help="the checkpoint to run, or an exported .pte/.tflite/.onnx file (run in its own runtime)",
+        help=f"a checkpoint (.pt), or an exported {runnable_suffixes()} file, run in its own runtime",
         positional=True,
         metavar="CKPT",
     )
-    images: list[str] = opt(help="image files", positional=True, nargs="+", metavar="IMAGE")
+    images: list[str] = opt(help="image files, or folders of them", positional=True, nargs="+", metavar="IMAGE")
     top_k: int = opt(5, flags=("--top-k", "-k"), valid=AT_LEAST_1)
 
     def __post_init__(self) -> None:
@@ -638,7 +639,7 @@ class PredictOptions:
 class ServeConfig:
     """serve: a local page to try an exported model on your own photos, run in its own runtime"""
 
-    target: str = opt(help="a ship run folder (its model.*) or an exported .pte/.tflite/.onnx file",
+    target: str = opt(help=f"a ship run folder (its model.*) or an exported {runnable_suffixes()} file",
                       positional=True, metavar="RUN_DIR|ARTIFACT")  # fmt: skip
     host: str = opt("127.0.0.1", "address to bind (the default keeps the page on this machine)")
     port: int = opt(8000, "port (0: any free one)", valid=Range(0, 65535))

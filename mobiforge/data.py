@@ -157,7 +157,7 @@ pillow_heif.register_heif_opener()  # iPhone photos are HEIC by default; Pillow 
 IMAGE_EXTENSIONS = (*IMG_EXTENSIONS, ".heic", ".heif")
 
 
-def _is_image(name: str) -> bool:
+def is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
@@ -169,7 +169,7 @@ def scan_split(folder: Path, class_to_idx: dict[str, int]) -> tuple[list[Sample]
     real_dir = functools.cache(os.path.realpath)
     for name in class_folders(folder):
         files = _files_under(folder / name, real_dir)
-        images = [path for path in files if _is_image(path)]
+        images = [path for path in files if is_image_name(path)]
         ignored += len(files) - len(images)
         if not images:
             empty.append(name)
@@ -269,7 +269,7 @@ def discover(config: DataConfig, train_split: str = "train", val_split: str | No
             raise MobiforgeError(f"{val_dir} has classes not in {train_dir}: {', '.join(unknown)}")
         val, ignored_val, empty = scan_split(val_dir, class_to_idx)
         _check_empty(val_dir, empty)
-        description = f"{train_dir} + {val_dir}"
+        description = f"{_shown(config.data, train_dir, root)} + {_shown(config.data, val_dir, root)}"
         ignored = ignored_train + ignored_val
     else:
         classes = class_folders(root)
@@ -283,7 +283,33 @@ def discover(config: DataConfig, train_split: str = "train", val_split: str | No
 
 
 def _seeded_description(source: Path, config: DataConfig) -> str:
-    return f"{source} split {1 - config.val_split:.0%}/{config.val_split:.0%} (seed {config.split_seed})"
+    shown = _shown(config.data, source, source)
+    return f"{shown} split {1 - config.val_split:.0%}/{config.val_split:.0%} (seed {config.split_seed})"
+
+
+def _shown(given: str, folder: Path, root: Path) -> str:
+    """``folder`` (under the data's ``root``) as the user named the data: a built-in set by its name (its cache's
+    place on this machine is nobody else's business), a folder as given."""
+    if given in BUILTIN_DATASETS:
+        relative = folder.relative_to(root).as_posix()
+        return given if relative == "." else f"{given}/{relative}"
+    return str(folder)
+
+
+def data_root(data: str) -> Path:
+    """The folder the samples of ``data`` lie under: a built-in set's cache, a table's folder, or the folder."""
+    if data in BUILTIN_DATASETS:
+        return materialize_digits()
+    path = Path(data).expanduser()
+    return path.parent if is_table(data) else path
+
+
+def spaced_subset(samples: list[Any], count: int | None) -> list[Any]:
+    """``count`` evenly spaced samples (all when ``count`` is None or more): it keeps the class balance of a split
+    sorted by class, and the same call always picks the same images (export's gate, then ``eval`` of its file)."""
+    if count is None or count >= len(samples):
+        return samples
+    return [samples[int(i * len(samples) / count)] for i in range(count)]
 
 
 def _checked_splits(splits: DatasetSplits, source: Path) -> DatasetSplits:

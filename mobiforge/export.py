@@ -17,18 +17,21 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import os
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
 from mobiforge import engine
-from mobiforge.backends import BACKENDS, Int8Job, Interface, get_backend
+from mobiforge.backends import BACKENDS, Int8Job, Interface, Region, get_backend
 from mobiforge.checkpoint import Checkpoint
 from mobiforge.config import INT8_MODES
 from mobiforge.config import ExportConfig as ExportConfig  # public here too
@@ -37,7 +40,10 @@ from mobiforge.data import (
     DataConfig,
     ImageSamples,
     checkpoint_data_config,
+    data_root,
     eval_transform,
+    load_rgb,
+    spaced_subset,
     split_samples,
     train_transform,
 )
@@ -46,6 +52,7 @@ from mobiforge.files import write_atomic
 from mobiforge.log import logger
 from mobiforge.losses import DistillationLoss, DistillConfig
 from mobiforge.models.base import Preprocess
+from mobiforge.paths import portable_record
 from mobiforge.profile import measure_latency, num_threads
 from mobiforge.quantize import (
     fold_batchnorms,
@@ -55,7 +62,15 @@ from mobiforge.quantize import (
     search_float_modules,
     top1_percent,
 )
-from mobiforge.runtimes import artifact_bytes, load_runner, sidecar, write_labels
+from mobiforge.runtimes import (
+    ACCURACY_THREADS,
+    artifact_bytes,
+    load_runner,
+    run_all,
+    sidecar,
+    verified_on,
+    write_labels,
+)
 
 SEARCH_IMAGES = 96  # labelled training images the float-layer search scores each trial on
 QAT_TEMPERATURE = 2.0  # softmax temperature of QAT's distillation from the fp32 model
@@ -86,7 +101,8 @@ class ArtifactReport:
     confusion: list[list[int]] = field(default_factory=list)  # [true][predicted] counts, in the runtime
     fp32_confusion: list[list[int]] = field(default_factory=list)
     per_class: dict[str, dict[str, float]] = field(default_factory=dict)  # precision, recall, f1, support
-    confident_mistakes: list[dict[str, Any]] = field(default_factory=list)  # path, label, predicted, confidence
+    # image (relative to the data), label, predicted, confidence
+    confident_mistakes: list[dict[str, Any]] = field(default_factory=list)
     pixel_input: bool = False  # the file takes uint8 RGB pixels (NHWC), the normalisation inside its graph
     # False where the runtime cannot run here (Core ML): the top-1 figures are then the PyTorch model computing as
     # the file does (its int8 weight rounding), and latency is not measured
@@ -96,6 +112,9 @@ class ArtifactReport:
     sdk_top1: float | None = None
     sdk_agreement: float | None = None  # % of images where its top-1 class and the runtime's agree
     sdk_clear_disagreements: int | None = None  # images they disagree on that are not near ties (the gate: none)
+    # The SDK as an app runs it: the full-size val images, resized by the SDK itself within the region the snippets
+    # give it (the center the model saw), not pixels already at the model's input
+    sdk_app_top1: float | None = None
 
     @property
     def drop(self) -> float:
@@ -124,10 +143,10 @@ class ArtifactReport:
 
 
 def _subset(samples: list[Any], count: int | None, seed: int, spaced: bool) -> list[Any]:
+    if spaced:
+        return spaced_subset(samples, count)
     if count is None or count >= len(samples):
         return samples
-    if spaced:  # evenly spaced keeps the class balance of a sorted split
-        return [samples[int(i * len(samples) / count)] for i in range(count)]
     return random.Random(seed).sample(samples, count)
 
 
@@ -148,6 +167,7 @@ class ExportData:
     train_samples: list[Any]
     val_samples: list[Any] = field(default_factory=list)  # (path, label) of each val image, in val_images' order
     classes: list[str] = field(default_factory=list)  # the model's outputs, in order
+    preprocess: Preprocess = field(default_factory=Preprocess)  # the checkpoint's, which made val_images
 
 
 def load_export_data(checkpoint: Checkpoint, config: ExportConfig) -> ExportData:
@@ -173,7 +193,9 @@ def load_export_data(checkpoint: Checkpoint, config: ExportConfig) -> ExportData
         chosen = _subset(train_samples, config.calibration_images, config.seed, spaced=False)
         images, calibration_labels = _tensors(chosen, preprocess, config)
         calibration = list(images.split(32))
-    return ExportData(val_images, val_labels, calibration, calibration_labels, data_config, train_samples, val, classes)
+    return ExportData(
+        val_images, val_labels, calibration, calibration_labels, data_config, train_samples, val, classes, preprocess
+    )
 
 
 # ----------------------------------------------------------------------------------------------------- pipeline
@@ -282,12 +304,6 @@ def _float_note(config: ExportConfig) -> str:
     return f"; left in float: {', '.join(config.float_modules)}" if config.float_modules else ""
 
 
-def run_all(runner: Any, images: torch.Tensor, batched: bool) -> torch.Tensor:
-    if batched:
-        return torch.cat([torch.from_numpy(runner(chunk.numpy())) for chunk in images.split(64)])
-    return torch.cat([torch.from_numpy(runner(image[None].numpy())) for image in images])
-
-
 def _latency(fn: Any, threads: int, seconds: float) -> dict[str, float]:
     with num_threads(threads):
         stats = measure_latency(fn, min_seconds=seconds)
@@ -325,10 +341,11 @@ def export_checkpoint(config: ExportConfig) -> ArtifactReport:
         **report.to_dict(),
         "classes": checkpoint.named_classes(),  # with the preprocessing: what predict and the app need beside it
         "preprocess": checkpoint.preprocess.to_dict(),
+        "data": verified_on(data.data_config, config.val_images),  # what eval repeats, to the image
         "checkpoint": str(config.checkpoint),
         "config": dataclasses.asdict(config),
     }
-    write_atomic(sidecar(path), json.dumps(record, indent=2))
+    write_atomic(sidecar(path), json.dumps(portable_record(record, path.parent), indent=2))
     write_labels(path.parent, checkpoint.named_classes())
     return report
 
@@ -423,7 +440,7 @@ def _export_and_verify(model: nn.Module, config: ExportConfig, data: ExportData,
     batched = get_backend(config.format).batched
     if get_backend(config.format).probabilities:  # the runner gives log-probabilities: compare like with like
         torch_logits = torch.log_softmax(torch_logits, dim=1)
-    runner = load_runner(path, threads=max(config.threads), interface=interface(config, data))
+    runner = load_runner(path, threads=ACCURACY_THREADS, interface=interface(config, data))
     runtime_logits = run_all(runner, data.val_images, batched)
     reference_diff = reference_top1 = None
     if reference is not None and config.reference_images != 0:
@@ -434,7 +451,7 @@ def _export_and_verify(model: nn.Module, config: ExportConfig, data: ExportData,
     eager_input = example.contiguous(memory_format=torch.channels_last)
     for threads in config.threads:
         timed = load_runner(path, threads=threads, interface=interface(config, data))
-        latency[str(threads)] = _latency(lambda timed=timed: timed(example.numpy()), threads, config.latency_seconds)
+        latency[str(threads)] = _latency(lambda timed=timed: timed(example), threads, config.latency_seconds)
         with torch.no_grad():
             torch_latency[str(threads)] = _latency(lambda: eager(eager_input), threads, config.latency_seconds)
     return ArtifactReport(
@@ -463,14 +480,16 @@ NEAR_TIE = 0.05  # top two probabilities closer than this
 
 
 def sdk_figures(path: Path, config: ExportConfig, data: ExportData, runtime_logits: torch.Tensor) -> dict[str, Any]:
-    """Top-1 of the file in the SDK that loads it on phones, where the backend names one, on the val images' own
-    pixels, and its agreement with the runtime's top-1 (the gate asks for all of them)."""
+    """Top-1 of the file in the SDK that loads it on phones, where the backend names one: on the val images' own
+    pixels at the model's input, with its agreement with the runtime's top-1 (the gate asks for all of them); and
+    as an app runs it, on the full-size images that the SDK resizes itself (``sdk_app_top1``)."""
     backend = get_backend(config.format).impl()
     if not hasattr(backend, "sdk_top1") or not data.classes:
         return {}
     pixels = interface(config, data).to_pixels(data.val_images.numpy()).transpose(0, 2, 3, 1)
     try:
-        sdk, predicted = backend.sdk_top1(path, pixels)
+        sdk, predicted = backend.sdk_top1(path, ((image, None) for image in pixels))
+        _, in_app = backend.sdk_top1(path, app_images(data))
     except MobiforgeError as error:  # recorded: the runtime's own figures stand, the SDK's are missing and why
         return {"sdk": str(error)}
     chosen = torch.from_numpy(predicted).long()
@@ -482,7 +501,16 @@ def sdk_figures(path: Path, config: ExportConfig, data: ExportData, runtime_logi
         "sdk_top1": 100.0 * (chosen == data.val_labels).float().mean().item(),
         "sdk_agreement": 100.0 * (~differs).float().mean().item(),
         "sdk_clear_disagreements": int((differs & ~near_tie).sum().item()),
+        "sdk_app_top1": 100.0 * (torch.from_numpy(in_app).long() == data.val_labels).float().mean().item(),
     }
+
+
+def app_images(data: ExportData) -> Iterator[tuple[np.ndarray, Region]]:
+    """The val images as a phone app hands them to its SDK: decoded at full size (upright, RGB), one at a time,
+    each with the region the model sees of it."""
+    for image_path, _ in data.val_samples:
+        image = np.asarray(load_rgb(image_path))
+        yield image, data.preprocess.region_seen(image.shape[1], image.shape[0])
 
 
 def _export_and_inspect(model: nn.Module, config: ExportConfig, data: ExportData, path: Path) -> ArtifactReport:
@@ -527,6 +555,10 @@ def _scores(file_logits: torch.Tensor, torch_logits: torch.Tensor, data: ExportD
 MISTAKES_SHOWN = 10  # val images the shipped file gets wrong most confidently, in its report
 
 
+def _under_data(image: str, data: ExportData) -> str:
+    return Path(os.path.relpath(Path(image).resolve(), data_root(data.data_config.data).resolve())).as_posix()
+
+
 def class_figures(runtime_logits: torch.Tensor, torch_logits: torch.Tensor, data: ExportData) -> dict[str, Any]:
     """Per-class precision/recall/F1 (scikit-learn's ``classification_report``) and the confusion matrices of the
     runtime's logits and of fp32 PyTorch's, with the val images the runtime gets wrong most confidently."""
@@ -553,7 +585,8 @@ def class_figures(runtime_logits: torch.Tensor, torch_logits: torch.Tensor, data
         },
         "confident_mistakes": [
             {
-                "path": str(data.val_samples[i][0]) if i < len(data.val_samples) else "",
+                # relative to the data, as the report that shows them and a reader with the same data find them
+                "image": _under_data(data.val_samples[i][0], data) if i < len(data.val_samples) else "",
                 "label": data.classes[labels[i]],
                 "predicted": data.classes[predicted[i]],
                 "confidence": confidence[i],

@@ -4,6 +4,9 @@ leaves either the old file or the new one, never half of one.
 
 A full disk (or a read-only or missing folder) is a one-line ``MobiforgeError`` naming the file and saying that
 its previous copy was kept, never a traceback from deep inside a writer.
+
+The file gets the mode a plain ``open()`` would give it (0644 under the usual umask 022), not the temp file's
+private 0600: a report or a model card is meant to be read by a team share or a web server.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import errno
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
@@ -33,6 +37,7 @@ def write_atomic(
     except OSError as error:
         raise _write_error(path, error) from None
     try:
+        os.chmod(tmp_name, 0o666 & ~current_umask())
         with os.fdopen(handle, "wb") as stream:
             if callable(content):
                 content(stream)
@@ -54,6 +59,17 @@ def write_atomic(
             raise _write_error(path, error) from None
         raise
     return path
+
+
+def current_umask() -> int:
+    """The process's umask (read by setting it and putting it back: the only portable way to read it)."""
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+_UMASK_LOCK = threading.Lock()  # another thread creating a file between the two calls would get the wrong mask
 
 
 def _nearly_full(folder: Path) -> bool:

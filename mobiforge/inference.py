@@ -5,11 +5,13 @@ Both read the preprocessing and class names from the checkpoint, never from defa
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
+from PIL import UnidentifiedImageError
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -17,11 +19,14 @@ from mobiforge import engine
 from mobiforge.checkpoint import Checkpoint
 from mobiforge.config import DataConfig
 from mobiforge.data import (
+    IMAGE_EXTENSIONS,
     ImageSamples,
     checkpoint_data_config,
     decodable,
     eval_transform,
+    is_image_name,
     load_rgb,
+    spaced_subset,
     split_samples,
 )
 from mobiforge.errors import MobiforgeError
@@ -64,9 +69,11 @@ def evaluate_samples(
     batch_size: int,
     workers: int,
     skip_bad_images: bool,
+    subset: int | None = None,
 ) -> CheckpointEval:
-    """``model`` (a checkpoint's, or an artifact in its runtime) on the ``split`` images of ``config.data``."""
-    samples = split_samples(config, split, classes)
+    """``model`` (a checkpoint's, or an artifact in its runtime) on the ``split`` images of ``config.data`` (``subset``
+    of them, evenly spaced, as export's gate picks them)."""
+    samples = spaced_subset(split_samples(config, split, classes), subset)
     bad = decodable(samples, skip_bad_images)
     samples = [sample for sample in samples if sample[0] not in bad]
     if not samples:
@@ -79,48 +86,89 @@ def evaluate_samples(
 
 
 PREDICT_BATCH = 32  # images decoded and run at once: memory stays flat however many files are given
+NOT_AN_IMAGE = "not an image mobiforge can read"  # the start of the sentence for any file Pillow cannot open
 
 
 def predict(path: str | Path, images: list[str], top_k: int = 5) -> list[dict[str, Any]]:
-    """Top-``top_k`` classes with probabilities for each image file, run ``PREDICT_BATCH`` images at a time."""
+    """Top-``top_k`` classes with probabilities for each image file (or every image under a folder given), run
+    ``PREDICT_BATCH`` images at a time."""
     checkpoint = Checkpoint.load(path)
     model = checkpoint.model()
     classes = checkpoint.classes or [str(index) for index in range(model.num_classes)]
     return ranked_predictions(model, classes, checkpoint.preprocess, images, top_k)
 
 
+def image_files(given: list[str]) -> list[str]:
+    """The image files named, with each folder replaced by the images under it (sorted, hidden entries skipped)."""
+    files: list[str] = []
+    for name in given:
+        path = Path(name)
+        if path.is_dir():
+            found = sorted(
+                str(item)
+                for item in path.rglob("*")
+                if item.is_file() and is_image_name(item.name) and not _hidden(item.relative_to(path))
+            )
+            if not found:
+                raise MobiforgeError(f"{name}: a folder with no image files ({', '.join(IMAGE_EXTENSIONS)})")
+            files += found
+        elif not path.is_file():
+            raise MobiforgeError(f"image {name} does not exist")
+        else:
+            files.append(name)
+    return files
+
+
+def _hidden(relative: Path) -> bool:
+    return any(part.startswith(".") for part in relative.parts)
+
+
 def ranked_predictions(
     model: nn.Module, classes: list[str], preprocess: Preprocess, images: list[str], top_k: int
 ) -> list[dict[str, Any]]:
     """``predict``'s result for any model taking normalised NCHW float32 (a checkpoint's, or an artifact's)."""
-    missing = [image for image in images if not Path(image).is_file()]
-    if missing:
-        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise MobiforgeError(f"image {missing[0]} does not exist{more}")
-    transform = eval_transform(preprocess)
+    files = image_files(images)
     results = []
-    for start in range(0, len(images), PREDICT_BATCH):
-        chunk = images[start : start + PREDICT_BATCH]
-        batch = torch.stack([_prepared(image, transform, preprocess.resize_size) for image in chunk])
+    for start in range(0, len(files), PREDICT_BATCH):
+        chunk = files[start : start + PREDICT_BATCH]
         with torch.inference_mode():
-            probabilities = torch.softmax(model(batch).float(), dim=1)
-        top = probabilities.topk(min(top_k, len(classes)), dim=1)
+            logits = model(prepare_images(chunk, preprocess))
         results += [
-            {
-                "image": image,
-                "top": [
-                    {"class": classes[index], "probability": float(prob)}
-                    for prob, index in zip(values.tolist(), indices.tolist(), strict=True)
-                ],
-            }
-            for image, values, indices in zip(chunk, top.values, top.indices, strict=True)
+            {"image": image, "top": top} for image, top in zip(chunk, top_classes(logits, classes, top_k), strict=True)
         ]
     return results
 
 
-def _prepared(image: str, transform: Any, draft_size: int) -> torch.Tensor:
+def prepare_images(sources: list[str] | list[BinaryIO], preprocess: Preprocess) -> torch.Tensor:
+    """The one preprocessing of every way an image reaches a model or a runtime (``predict``, ``serve``; ``eval``
+    and the gate run the same transform through their loaders): decode, resize and crop, normalise as
+    ``preprocess`` says, stacked into a contiguous NCHW float32 batch."""
+    transform = eval_transform(preprocess)
+    return torch.stack([_prepared(source, transform, preprocess.resize_size) for source in sources])
+
+
+def top_classes(logits: torch.Tensor, classes: list[str], top_k: int) -> list[list[dict[str, Any]]]:
+    """The ``top_k`` classes of each row of ``logits`` (or log-probabilities) with their softmax probabilities."""
+    top = torch.softmax(logits.float(), dim=1).topk(min(top_k, len(classes)), dim=1)
+    return [
+        [{"class": classes[index], "probability": float(prob)} for prob, index in zip(values, indices, strict=True)]
+        for values, indices in zip(top.values.tolist(), top.indices.tolist(), strict=True)
+    ]
+
+
+def _prepared(source: str | BinaryIO, transform: Any, draft_size: int) -> torch.Tensor:
+    name = f"image {source}" if isinstance(source, str | Path) else "this file"
     try:
-        return transform(load_rgb(image, draft_size))
-    except Exception as error:  # PIL raises several types for undecodable files
-        first = (str(error).splitlines() or [type(error).__name__])[0]
-        raise MobiforgeError(f"cannot read image {image}: {first}") from None
+        image = load_rgb(source, draft_size)
+    except Exception as error:  # Pillow raises several types for what is not an image, or a damaged or huge one
+        raise MobiforgeError(f"{name}: {NOT_AN_IMAGE} ({_reason(error)})") from None
+    return transform(image)
+
+
+def _reason(error: Exception) -> str:
+    """Why Pillow refused a file, as a reader can take it: its own message names the stream object (``<_io.BytesIO
+    object at 0x7f...>``) for an upload, which says nothing."""
+    if isinstance(error, UnidentifiedImageError):
+        return f"not one of the formats it reads: {', '.join(IMAGE_EXTENSIONS)}"
+    text = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return re.sub(r"<_io\.\w+ object at 0x[0-9a-f]+>", "the file", text)

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import os
+import shlex
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+from mobiforge.config import BUILTIN_DATASETS
 
 
 def mobiforge_home() -> Path:
@@ -25,6 +30,15 @@ def shareable(path: str | os.PathLike[str]) -> str:
     return f".../{given.name}"
 
 
+def shareable_command(command: str) -> str:
+    """A shell command with each absolute path argument (or ``--flag=PATH``) written as ``shareable`` writes it."""
+    words = []
+    for word in shlex.split(command):
+        flag, equals, value = word.partition("=") if word.startswith("--") else ("", "", word)
+        words.append(f"{flag}{equals}{shareable(value)}" if Path(value).is_absolute() else word)
+    return shlex.join(words)
+
+
 def without_local_paths(text: str, *paths: str | os.PathLike[str]) -> str:
     """``text`` with each of ``paths`` (as given and resolved) written as ``shareable`` writes it."""
     for path in paths:
@@ -32,3 +46,40 @@ def without_local_paths(text: str, *paths: str | os.PathLike[str]) -> str:
             if Path(form).is_absolute():
                 text = text.replace(form, shareable(path))
     return text
+
+
+# The fields of an export report or a ship state that hold local paths; a shared file holds them relative.
+PATH_FIELDS = ("path", "checkpoint", "out", "run_dir", "artifact", "data", "teacher", "runs_dir", "cache_dir",
+               "init_from")  # fmt: skip
+NOT_PATHS = (*BUILTIN_DATASETS, "auto", "none")  # values of those fields that name something else
+
+
+def portable_record(record: Any, folder: Path) -> Any:
+    """``record`` (JSON-like) with every path field (``PATH_FIELDS``) relative to ``folder``: files meant to travel
+    (an artifact's report, ship's state, a run's config) hold no absolute path of the machine that wrote them."""
+    return _map_paths(record, lambda path: relative_to(path, folder))
+
+
+def local_record(record: Any, folder: Path) -> Any:
+    """``portable_record`` undone: every relative path field read as relative to ``folder``, then resolved."""
+    return _map_paths(record, lambda path: str((folder / path).resolve()))
+
+
+def _map_paths(record: Any, convert: Callable[[str], str]) -> Any:
+    if isinstance(record, dict):
+        return {
+            key: convert(value) if _is_path_field(key, value) else _map_paths(value, convert)
+            for key, value in record.items()
+        }
+    if isinstance(record, list):
+        return [_map_paths(value, convert) for value in record]
+    return record
+
+
+def _is_path_field(key: str, value: Any) -> bool:
+    return key in PATH_FIELDS and isinstance(value, str) and bool(value) and value not in NOT_PATHS
+
+
+def relative_to(path: str, folder: Path) -> str:
+    """``path`` (absolute, or relative to the working directory) relative to ``folder``, with forward slashes."""
+    return Path(os.path.relpath(Path(path).resolve(), folder.resolve())).as_posix()

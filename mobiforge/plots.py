@@ -69,14 +69,15 @@ def plot_confusion(
     return path
 
 
-def plot_mistakes(mistakes: list[dict[str, Any]], path: Path, columns: int = 5) -> Path | None:
-    """Thumbnails of misclassified images (``path``, ``label``, ``predicted``, ``confidence`` each), titled
-    "true -> predicted (confidence)"; None when there are none or none can be read any more."""
+def plot_mistakes(mistakes: list[dict[str, Any]], path: Path, root: Path, columns: int = 5) -> Path | None:
+    """Thumbnails of misclassified images (``image`` under the data's ``root``, or an older report's absolute
+    ``path``; ``label``, ``predicted``, ``confidence`` each), titled "true -> predicted (confidence)"; None when
+    there are none or none can be read."""
     shown = []
     for mistake in mistakes:
         try:
-            shown.append((load_rgb(mistake["path"], draft_size=128), mistake))
-        except (OSError, ValueError):  # the val image was moved since the export: leave it out
+            shown.append((load_rgb(str(root / (mistake.get("image") or mistake["path"])), draft_size=128), mistake))
+        except (OSError, ValueError, KeyError):  # the val image was moved since the export: leave it out
             continue
     if not shown:
         return None

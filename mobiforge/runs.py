@@ -28,6 +28,7 @@ from mobiforge.log import command
 from mobiforge.models import build_from_spec, create_model
 from mobiforge.models.base import Preprocess
 from mobiforge.models.weights import get_weights
+from mobiforge.paths import portable_record, shareable_command
 from mobiforge.plots import plot_confusion, plot_curves
 
 
@@ -105,11 +106,13 @@ def claim_run_dir(run_dir: Path, kind: str) -> None:
     found = run_kind(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if found is None or not (run_dir / RUN_FILE).exists():
-        write_atomic(run_dir / RUN_FILE, json.dumps({"kind": kind, "command": command()}, indent=2))
+        record = {"kind": kind, "command": shareable_command(command())}
+        write_atomic(run_dir / RUN_FILE, json.dumps(record, indent=2))
 
 
 def write_config(run_dir: Path, config: TrainConfig) -> None:
-    write_atomic(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+    """``config.yaml``, its paths relative to the run folder (the checkpoints keep the config as it ran)."""
+    write_atomic(run_dir / "config.yaml", yaml.safe_dump(portable_record(config.to_dict(), run_dir), sort_keys=False))
 
 
 def write_metrics_csv(run_dir: Path, history: list[dict[str, Any]]) -> None:

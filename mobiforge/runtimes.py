@@ -1,7 +1,10 @@
 """Run an exported artifact in its own runtime, whichever backend wrote it (``mobiforge.backends``).
 
-``load_runner(path, threads)`` returns a callable that takes a float32 NCHW batch (normalised as the checkpoint's
-preprocessing says) and returns float32 logits as numpy arrays, whatever the artifact's own input types.
+``load_runner(path, threads)`` returns a callable that takes an NCHW batch (normalised as the checkpoint's
+preprocessing says; a torch tensor or a numpy array, of any strides and float dtype) and returns float32 logits as
+a numpy array, whatever the artifact's own input types. It is the one way every command reaches a runtime (the
+gate, ``predict``, ``eval``, ``serve``, ``profile``): the batch is made the C-contiguous float32 NCHW array the
+runners expect here, so no caller can hand a runtime memory laid out otherwise than it reads it.
 ``profile_artifact`` times it there (``mobiforge profile model.pte``); ``predict_artifact`` and
 ``evaluate_artifact`` classify images with it (``mobiforge predict model.pte photo.jpg``), reading the class names
 and preprocessing from the files export writes beside every artifact (``labels.txt``, ``<artifact>.json``).
@@ -10,6 +13,7 @@ and preprocessing from the files export writes beside every artifact (``labels.t
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +23,7 @@ import torch
 from torch import nn
 
 from mobiforge.backends import Interface, Runner, backend_for
-from mobiforge.config import DataConfig
+from mobiforge.config import BUILTIN_DATASETS, DataConfig
 from mobiforge.errors import MobiforgeError
 from mobiforge.files import write_atomic
 from mobiforge.inference import CheckpointEval, evaluate_samples, ranked_predictions
@@ -53,25 +57,40 @@ def input_shape(path: str | Path) -> tuple[int, ...]:
 def load_runner(path: str | Path, threads: int = 1, interface: Interface | None = None) -> Runner:
     """A callable running ``path`` in its runtime with ``threads`` threads (see the module docstring). A runtime
     whose files may take uint8 pixels gets the ``interface`` that says how the model normalises them (default: the
-    one export recorded beside the file)."""
+    one export recorded beside the file, or the file's own metadata)."""
     path = _existing(path)
     backend = backend_for(path)
     backend.check_header(path)
     try:
         if backend.pixel_input:
-            return backend.impl().runner(path, threads, interface or _recorded_interface(path))
-        return backend.impl().runner(path, threads)
+            run = backend.impl().runner(path, threads, interface or _recorded_interface(path))
+        else:
+            run = backend.impl().runner(path, threads)
     except MobiforgeError:
         raise
     except Exception as error:  # a damaged or foreign file: each runtime raises its own exception type
         raise _unreadable(path, backend.name, error) from None
 
+    def run_contiguous(batch: np.ndarray | torch.Tensor) -> np.ndarray:
+        return run(runtime_input(batch))
+
+    return run_contiguous
+
+
+def runtime_input(batch: np.ndarray | torch.Tensor) -> np.ndarray:
+    """``batch`` as every runner takes it: a C-contiguous float32 NCHW numpy array. A tensor from a torchvision
+    transform has channels-last strides; a runtime reading its buffer as NCHW would see the pixels scrambled."""
+    if isinstance(batch, torch.Tensor):
+        batch = batch.detach().cpu().float().numpy()
+    return np.ascontiguousarray(batch, dtype=np.float32)
+
 
 def _recorded_interface(path: Path) -> Interface | None:
-    """The interface export recorded beside ``path`` (None when it wrote nothing there)."""
-    if not sidecar(path).is_file():
+    """The interface recorded beside ``path`` or in the file's own metadata (None when there is neither)."""
+    try:
+        info = artifact_info(path)
+    except MobiforgeError:
         return None
-    info = artifact_info(path)
     pre = info.preprocess
     # pixels: the runner reads from the file itself whether it takes pixels; the normalisation is what it needs here
     return Interface(pre.mean, pre.std, tuple(info.classes), pixels=True)
@@ -147,15 +166,18 @@ def sidecar(path: str | Path) -> Path:
 
 @dataclass
 class ArtifactInfo:
-    """What classifying with an artifact needs besides the file: its class names and preprocessing."""
+    """What classifying with an artifact needs besides the file: its class names and preprocessing, and the data
+    split export verified it on (empty when the file travelled without its report)."""
 
     classes: list[str]
     preprocess: Preprocess
+    data: dict[str, Any] = field(default_factory=dict)
 
 
 def artifact_info(path: str | Path) -> ArtifactInfo:
     """The class names and preprocessing of an exported file, from its ``.json`` report (``labels.txt`` beside
-    it names the classes when the report predates them)."""
+    it names the classes when the report predates them); without a report, from the file's own metadata where its
+    runtime writes one (a ``.tflite``'s labels and normalisation, as MediaPipe reads them)."""
     path = Path(path)
     report = sidecar(path)
     try:
@@ -163,6 +185,9 @@ def artifact_info(path: str | Path) -> ArtifactInfo:
         preprocess = Preprocess.from_dict(data["preprocess"])
         classes = data.get("classes")
     except FileNotFoundError:
+        embedded = _embedded_info(path)
+        if embedded is not None:
+            return embedded
         raise MobiforgeError(
             f"{path}: no {report.name} beside it; classifying needs the preprocessing that mobiforge export "
             "records there (export the checkpoint again, or use the checkpoint itself)"
@@ -174,21 +199,45 @@ def artifact_info(path: str | Path) -> ArtifactInfo:
         classes = [line for line in labels.read_text().splitlines() if line]
     if not classes or not all(isinstance(name, str) for name in classes):
         raise MobiforgeError(f"{path}: no class names in {report.name} or {LABELS_FILE} beside it")
-    return ArtifactInfo(list(classes), preprocess)
+    recorded = data.get("data") if isinstance(data.get("data"), dict) else {}
+    return ArtifactInfo(list(classes), preprocess, recorded)
+
+
+def _embedded_info(path: Path) -> ArtifactInfo | None:
+    """Classes and preprocessing from the file's own metadata (``embedded_info`` of its backend), or None. The
+    file carries no resize rule: the whole image is resized to its input, as MediaPipe's classifier does."""
+    backend = backend_for(path)
+    if not path.is_file() or not hasattr(backend.impl(), "embedded_info"):
+        return None
+    backend.check_header(path)
+    embedded = backend.impl().embedded_info(path)
+    if embedded is None:
+        return None
+    classes, mean, std = embedded
+    side = input_shape(path)[-1]
+    return ArtifactInfo(list(classes), Preprocess(img_size=side, crop_pct=1.0, mean=mean, std=std))
 
 
 class RuntimeModel(nn.Module):
     """An artifact in its runtime as a module: float32 NCHW in, logits out (one image at a time where the file
-    takes batch 1, as phones run it)."""
+    takes batch 1, as phones run it; in chunks of ``RUN_CHUNK`` where it takes any batch)."""
 
-    def __init__(self, path: Path, threads: int) -> None:
+    def __init__(self, path: Path, threads: int = 1, interface: Interface | None = None) -> None:
         super().__init__()
-        self.runner = load_runner(path, threads)
+        self.runner = load_runner(path, threads, interface)
         self.batched = backend_for(path).batched
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        batches = [images] if self.batched else list(images.split(1))
-        return torch.cat([torch.from_numpy(np.asarray(self.runner(batch.numpy()))) for batch in batches])
+        return run_all(self.runner, images, self.batched)
+
+
+RUN_CHUNK = 64  # images per call to a runtime whose files take any batch
+
+
+def run_all(runner: Runner, images: torch.Tensor, batched: bool) -> torch.Tensor:
+    """Logits of ``images`` through ``runner``: the one loop the gate, ``eval``, ``predict`` and ``serve`` share."""
+    batches = images.split(RUN_CHUNK) if batched else images.split(1)
+    return torch.cat([torch.from_numpy(np.asarray(runner(batch))) for batch in batches])
 
 
 def predict_artifact(path: str | Path, images: list[str], top_k: int = 5, threads: int = 1) -> list[dict[str, Any]]:
@@ -199,13 +248,51 @@ def predict_artifact(path: str | Path, images: list[str], top_k: int = 5, thread
 
 
 def evaluate_artifact(
-    path: str | Path, data: str | None, split: str = "val", workers: int = 0, skip_bad_images: bool = False
+    path: str | Path,
+    data: str | None = None,
+    split: str = "val",
+    workers: int = 0,
+    skip_bad_images: bool = False,
 ) -> CheckpointEval:
-    """Top-1/top-5, per-class accuracy and confusion of an artifact, run in its runtime, on a split of ``data``."""
-    if not data:
-        raise MobiforgeError(f"{path}: an exported file does not record its data; pass --data FOLDER")
+    """Top-1/top-5, per-class accuracy and confusion of an artifact, run in its runtime, on a split of ``data``
+    (default: the data its export was verified on, with that run's split and image subset, so that the val top-1
+    repeats the export's and ship's figure to the image)."""
     path = _existing(path)
     info = artifact_info(path)
-    model = RuntimeModel(path, threads=1)
-    return evaluate_samples(model, info.classes, info.preprocess, DataConfig(data=data), split, 1, workers,
-                            skip_bad_images)  # fmt: skip
+    recorded = info.data
+    if not data and not recorded.get("data"):
+        raise MobiforgeError(f"{path}: its report does not record the data it was verified on; pass --data FOLDER")
+    config = DataConfig(
+        data=data or _recorded_folder(str(recorded["data"]), path.parent),
+        val_split=float(recorded.get("val_split", DataConfig.val_split)),
+        split_seed=int(recorded.get("split_seed", DataConfig.split_seed)),
+    )
+    # the gate's evenly spaced subset, where the recorded data and split are what is evaluated
+    subset = recorded.get("val_images") if not data and split == recorded.get("split", "val") else None
+    model = RuntimeModel(path, threads=ACCURACY_THREADS)
+    return evaluate_samples(model, info.classes, info.preprocess, config, split, 1, workers, skip_bad_images, subset)
+
+
+# Every accuracy figure of an exported file is computed with the runtime on one thread, batch by batch as its rows
+# say: the gate, eval, predict and serve then run the same kernels (a runtime's integer kernels may split their work
+# differently across threads), and a phone app classifies on one thread by default.
+ACCURACY_THREADS = 1
+
+
+def verified_on(config: DataConfig, val_images: int | None) -> dict[str, Any]:
+    """What the sidecar records of the data a file was verified on, for ``eval`` to repeat: the data (written
+    relative to the file by ``portable_record``), its split settings, and the evenly spaced val subset (None: all)."""
+    return {
+        "data": config.data,
+        "split": "val",
+        "val_split": config.val_split,
+        "split_seed": config.split_seed,
+        "val_images": val_images,
+    }
+
+
+def _recorded_folder(recorded: str, folder: Path) -> str:
+    """The recorded data, found from the file's folder (a built-in set by its name)."""
+    if recorded in BUILTIN_DATASETS or Path(recorded).is_absolute():
+        return recorded
+    return os.path.normpath(folder / recorded)

@@ -22,10 +22,10 @@ from typing import Any
 
 import torch
 
-from mobiforge.backends import BACKENDS, DEFAULT_RUNTIME, is_artifact
+from mobiforge.backends import BACKENDS, DEFAULT_RUNTIME, is_artifact, runnable_suffixes
 from mobiforge.config import ServeConfig
-from mobiforge.data import eval_transform, load_rgb
 from mobiforge.errors import MobiforgeError
+from mobiforge.inference import prepare_images, top_classes
 from mobiforge.runtimes import ArtifactInfo, RuntimeModel, artifact_info
 
 MAX_UPLOAD_BYTES = 25 * 2**20  # a 48-megapixel phone JPEG is 10-20 MB
@@ -43,25 +43,17 @@ class Served:
     lock: threading.Lock
 
     def classify(self, data: bytes) -> dict[str, Any]:
-        """Top-5 of one uploaded image; ValueError with a message for anything that is not a readable image."""
+        """Top-5 of one uploaded image, through the same preprocessing and runner contract as ``predict``;
+        ValueError with a plain sentence for anything that is not a readable image."""
         try:
-            image = load_rgb(io.BytesIO(data), draft_size=self.info.preprocess.resize_size)
-        except Exception as error:  # Pillow raises several types for what is not an image
-            raise ValueError(f"not an image mobiforge can read ({(str(error).splitlines() or ['?'])[0]})") from None
-        batch = eval_transform(self.info.preprocess)(image).unsqueeze(0)
+            batch = prepare_images([io.BytesIO(data)], self.info.preprocess)
+        except MobiforgeError as error:
+            raise ValueError(str(error).removeprefix("this file: ")) from None
         with self.lock, torch.inference_mode():
             started = time.perf_counter()
             logits = self.model(batch)
             milliseconds = 1000 * (time.perf_counter() - started)
-        probabilities = torch.softmax(logits.float(), 1)[0]
-        top = probabilities.topk(min(TOP, len(self.info.classes)))
-        return {
-            "top": [
-                {"class": self.info.classes[index], "probability": float(value)}
-                for value, index in zip(top.values.tolist(), top.indices.tolist(), strict=True)
-            ],
-            "latency_ms": milliseconds,
-        }
+        return {"top": top_classes(logits, self.info.classes, TOP)[0], "latency_ms": milliseconds}
 
 
 def served_artifact(target: str | Path, threads: int = 1) -> Served:
@@ -77,7 +69,7 @@ def served_artifact(target: str | Path, threads: int = 1) -> Served:
             raise MobiforgeError(f"{path} holds no shipped model ({suffixes}); give a ship run folder or an artifact")
         path = artifacts[0]
     elif not is_artifact(path):
-        raise MobiforgeError(f"{target}: give a ship run folder or an exported .pte/.tflite/.onnx file")
+        raise MobiforgeError(f"{target}: give a ship run folder or an exported {runnable_suffixes()} file")
     report = path.parent / "report.html"
     model = RuntimeModel(path, threads)
     return Served(path, artifact_info(path), model, report if report.is_file() else None, threading.Lock())

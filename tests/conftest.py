@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,3 +21,13 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.skip("../shared is not present")
     return SHARED
+
+
+@pytest.fixture
+def usual_umask() -> Iterator[None]:
+    """The usual umask (022) while the test runs, whatever the one it was started with."""
+    before = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(before)

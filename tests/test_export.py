@@ -595,7 +595,10 @@ def test_predict_and_eval_run_an_exported_file_in_its_runtime(
     assert main(["eval", int8.path, "--data", str(data), "--json", "-j", "0"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["images"] == 24 and sum(map(sum, result["confusion"])) == 24
-    assert main(["eval", int8.path]) == 2 and "pass --data FOLDER" in capsys.readouterr().err
+    # Issue 42: without --data, the data, split and val subset its export verified it on, to the image
+    assert main(["eval", int8.path, "--json", "-j", "0"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["images"] == int8.images and again["confusion"] == int8.confusion
 
 
 def test_the_report_has_per_class_figures_of_the_file_in_its_runtime(artifacts: dict[str, ArtifactReport]) -> None:

@@ -95,7 +95,7 @@ def test_serve_refuses_a_folder_without_a_model(tmp_path: Path) -> None:
         served_artifact(tmp_path)
 
 
-def _browser():  # type: ignore[no-untyped-def]
+def chromium_or_skip():  # type: ignore[no-untyped-def]
     executable = shutil.which("chromium") or shutil.which("chromium-browser")
     if executable is None:
         pytest.skip("Debian's chromium is not installed (make install installs it where apt-get is available)")
@@ -107,7 +107,7 @@ def _browser():  # type: ignore[no-untyped-def]
 
 
 def test_the_page_classifies_dropped_photos_in_a_real_browser(server: str, artifact: Path, tmp_path: Path) -> None:
-    executable, sync_playwright = _browser()
+    executable, sync_playwright = chromium_or_skip()
     images = _images(artifact)
     expected = [item["top"][0]["class"] for item in predict_artifact(artifact, [str(path) for path in images])]
     text_file = tmp_path / "notes.txt"

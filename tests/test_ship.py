@@ -84,7 +84,9 @@ class _Page(HTMLParser):
         self.text.append(data)
 
 
-def test_ship_end_to_end_then_resumes_without_redoing_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ship_end_to_end_then_resumes_without_redoing_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, usual_umask: None
+) -> None:
     import mobiforge.ship.stages
     from mobiforge.ship.report import _headline
 
@@ -139,12 +141,29 @@ def test_ship_end_to_end_then_resumes_without_redoing_work(tmp_path: Path, monke
     for shared in ("report.md", "report.html", "model_card.json"):  # files meant to be shared: no local paths
         assert str(tmp_path) not in (run / shared).read_text(), shared
     assert "--data .../data " in card["command"] and card["accuracy"]["data"].startswith(".../data")
+    assert_shareable(run, tmp_path)
 
     # the same command again: every stage is read back from the state file, nothing is retrained or re-exported
     stamps = {path: path.stat().st_mtime_ns for path in run.glob("candidates/*/*") if path.suffix in {".pt", ".onnx"}}
     again = ship(config)
     assert again.chosen == result.chosen
     assert stamps and all(path.stat().st_mtime_ns == stamp for path, stamp in stamps.items())
+
+
+PRIVATE_FILES = (".pt",)  # checkpoints keep the config they trained with, data path included (eval and resume use it)
+
+
+def assert_shareable(run: Path, *local: Path) -> None:
+    """Issue 42, item 5: no file that ship (or export) wrote under ``run`` names the absolute paths of the data,
+    the output or the home folder, and every one is readable by others under the usual umask (0644, not 0600)."""
+    written = [path for path in run.rglob("*") if path.is_file() and path.suffix not in PRIVATE_FILES]
+    assert written
+    forbidden = {str(path.resolve()) for path in (*local, run)} | {str(Path.home())}
+    for path in written:
+        content = path.read_bytes()
+        for text in forbidden:
+            assert text.encode() not in content, f"{path.relative_to(run)} names {text}"
+        assert path.stat().st_mode & 0o777 == 0o644, f"{path.relative_to(run)}: {oct(path.stat().st_mode & 0o777)}"
 
 
 def test_fit_epochs_counts_the_epochs_of_the_timed_length_that_end_in_time() -> None:
@@ -571,7 +590,7 @@ def test_a_state_file_of_the_untyped_format_reads_into_typed_records(tmp_path: P
         teacher = state.done("teacher")
         assert isinstance(teacher, TeacherRecord) and teacher.trained is not None and teacher.trained.given
     again = state.to_dict()
-    assert again["version"] == 2 and _contains(again["stages"], saved["stages"])  # re-saving loses nothing
+    assert again["version"] == 3 and _contains(again["stages"], saved["stages"])  # re-saving loses nothing
 
 
 @pytest.mark.slow  # over 15 s: the unit suite keeps under 10 minutes (make test-all runs it)

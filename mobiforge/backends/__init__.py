@@ -17,12 +17,18 @@ package; the tests register a fake one). An implementation provides:
 - ``int8_simulator(model, job, images, scratch) -> (float_modules -> logits)``: int8 logits with some layer groups
   left in float, for export's float-layer search (``scratch`` is a file path it may use; the caller removes it);
 - ``runner(path, threads, interface) -> (float32 NCHW batch -> logits)``, and ``input_shape(path)`` (the runner's
-  NCHW shape, whatever the file's own layout); ``interface`` is None unless the row says ``pixel_input``;
+  NCHW shape, whatever the file's own layout); ``interface`` is None unless the row says ``pixel_input``. Callers
+  reach a runner only through ``mobiforge.runtimes.load_runner``, which hands it a C-contiguous float32 NCHW numpy
+  array whatever it was given (a tensor of any strides or dtype): the runner then lays it out as its runtime
+  declares (NHWC, uint8 pixels, quantized input);
 - where the row says it does not run here (Core ML): ``simulated(model, int8)``, the PyTorch model computing as
   the file does,
   and ``inspect(path) -> notes``, what can be read back from the file;
-- optionally ``sdk_top1(path, pixels) -> (sdk name, predicted indices)``: the file classified by the app-side SDK
-  that loads it on phones (MediaPipe Tasks for LiteRT), on uint8 RGB NHWC images, for export's gate.
+- optionally ``sdk_top1(path, images) -> (sdk name, predicted indices)``: the file classified by the app-side SDK
+  that loads it on phones (MediaPipe Tasks for LiteRT), on (uint8 RGB HWC image, ``Region`` or None) pairs of any
+  size, which the SDK resizes itself, for export's gate;
+- optionally ``embedded_info(path) -> (classes, mean, std) | None``: what the file's own metadata says, for a file
+  that travelled without the report export writes beside it.
 """
 
 from __future__ import annotations
@@ -42,7 +48,8 @@ if TYPE_CHECKING:
     from torch import nn
 
 # float32 NCHW batch -> float32 logits in the runtime (log-probabilities where the row says ``probabilities``)
-Runner = Callable[["np.ndarray"], "np.ndarray"]
+Runner = Callable[["np.ndarray | torch.Tensor"], "np.ndarray"]
+Region = tuple[float, float, float, float]  # an image's region of interest: left, top, right, bottom, as fractions
 
 
 @dataclass(frozen=True)
@@ -169,6 +176,12 @@ def backend_for(path: str | Path) -> Backend:
 
 def is_artifact(path: str | Path) -> bool:
     return any(Path(path).suffix == backend.suffix for backend in BACKENDS.values())
+
+
+def runnable_suffixes() -> str:
+    """The suffixes of the files mobiforge runs here, for help and errors: ``.pte, .tflite or .onnx``."""
+    suffixes = [backend.suffix for backend in BACKENDS.values() if backend.runs_here]
+    return ", ".join(suffixes[:-1]) + f" or {suffixes[-1]}" if len(suffixes) > 1 else "".join(suffixes)
 
 
 register_backend(

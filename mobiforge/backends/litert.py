@@ -14,9 +14,11 @@ litert-torch still does the conversion, told by its quantizer config that the gr
 
 from __future__ import annotations
 
+import json
 import sys
 import types
 import warnings
+from collections.abc import Iterable
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mobiforge.backends import Int8Job, Interface, Runner
+from mobiforge.backends import Int8Job, Interface, Region, Runner
 from mobiforge.errors import MobiforgeError, missing
 from mobiforge.log import debug_requested, native_stderr_silenced
 from mobiforge.quantize import PT2E_NOTE, Simulator, pt2e_simulator, xnnpack_quantizer
@@ -139,6 +141,25 @@ def read_labels(path: Path) -> list[str]:
     return displayer.get_associated_file_buffer(names[0]).decode().splitlines() if names else []
 
 
+def embedded_info(path: Path) -> tuple[list[str], tuple[float, ...], tuple[float, ...]] | None:
+    """The labels and the normalisation that a file's metadata carries, as MediaPipe reads them (mean and std in
+    pixel units, returned on the 0-1 scale of mobiforge's preprocessing); None for a file without both. A
+    pixel-input file says mean 0, std 1: the pixels as they are, which the runner gets back exactly."""
+    labels = read_labels(path)
+    if not labels:
+        return None
+    from mediapipe.tasks.python.metadata.metadata import MetadataDisplayer
+
+    metadata = json.loads(MetadataDisplayer.with_model_file(str(path)).get_metadata_json())
+    for process in metadata["subgraph_metadata"][0]["input_tensor_metadata"][0].get("process_units", []):
+        options = process.get("options", {})
+        if "mean" in options and "std" in options:
+            mean, std = [float(m) for m in options["mean"]], [float(s) for s in options["std"]]
+            mean, std = (mean * 3 if len(mean) == 1 else mean), (std * 3 if len(std) == 1 else std)
+            return labels, tuple(m / 255.0 for m in mean), tuple(s / 255.0 for s in std)
+    return None
+
+
 def _metadata_writers() -> tuple[Any, Any]:
     """MediaPipe's image-classifier metadata writer. mediapipe 1.2.3's wheel lacks the compiled module that its
     ``metadata.py`` imports for one function, the minimum parser version of a metadata buffer: a stand-in returns
@@ -210,28 +231,41 @@ def input_shape(path: Path) -> tuple[int, ...]:
     return (shape[0], shape[3], shape[1], shape[2]) if _channels_last(shape) else shape
 
 
-def sdk_top1(path: Path, pixels: np.ndarray) -> tuple[str, np.ndarray]:
+def sdk_top1(path: Path, images: Iterable[tuple[np.ndarray, Region | None]]) -> tuple[str, np.ndarray]:
     """The file classified as an Android or iOS app runs it, by MediaPipe Tasks' ``ImageClassifier`` (which reads
-    the labels and normalisation from the metadata): the top-1 class of each uint8 RGB image (NHWC, already at the
-    model's input size, so that its own resize changes nothing). A file the SDK refuses is a MobiforgeError saying
-    why: MediaPipe takes one mean and std for all channels, so a float file normalised per channel (ImageNet's)
-    runs there only with ``--uint8-input``, which folds the normalisation into the graph."""
+    the labels and normalisation from the metadata): the top-1 class of each uint8 RGB image (HWC, any size: the
+    SDK resizes it), within its region of interest (None: the whole image), as the snippets in ship's report hand
+    it. A file the SDK refuses is a MobiforgeError saying why: MediaPipe takes one mean and std for all channels,
+    so a float file normalised per channel (ImageNet's) runs there only with ``--uint8-input``, which folds the
+    normalisation into the graph."""
     try:
         import mediapipe as mp
         from mediapipe.tasks.python import vision
+        from mediapipe.tasks.python.components.containers.rect import RectF
         from mediapipe.tasks.python.core.base_options import BaseOptions
+        from mediapipe.tasks.python.vision.core.image_processing_options import ImageProcessingOptions
     except ImportError:
         raise missing("mediapipe") from None
     sdk = f"MediaPipe Tasks ImageClassifier (mediapipe {version('mediapipe')})"
     options = vision.ImageClassifierOptions(base_options=BaseOptions(model_asset_path=str(path)), max_results=1)
+
+    def region_options(region: Region | None) -> Any:
+        if region is None:
+            return None
+        left, top, right, bottom = region
+        return ImageProcessingOptions(region_of_interest=RectF(left=left, top=top, right=right, bottom=bottom))
+
     try:
         with native_stderr_silenced(), vision.ImageClassifier.create_from_options(options) as classifier:
             top = [
-                classifier.classify(mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(image)))
+                classifier.classify(
+                    mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(image)),
+                    region_options(region),
+                )
                 .classifications[0]
                 .categories[0]
                 .index
-                for image in pixels
+                for image, region in images
             ]
     except (NotImplementedError, ValueError, RuntimeError, IndexError) as error:
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]

@@ -18,6 +18,7 @@ from typing import Any
 
 from mobiforge import __version__
 from mobiforge import config as cfg
+from mobiforge.backends import runnable_suffixes
 from mobiforge.cli.options import add_options
 from mobiforge.errors import MobiforgeError
 from mobiforge.log import DEBUG_ENV, configure, debug_requested, set_command
@@ -41,11 +42,14 @@ COMMANDS: dict[str, tuple[str, type, dict[str, Any], str, bool]] = {
     "models": ("list the registered models with parameters and MACs", cfg.ModelsOptions, {}, "run_models", True),
     "profile": (
         "parameters, MACs, sizes, measured latency and peak memory of a model or checkpoint; an exported "
-        ".pte/.tflite/.onnx file is timed in its own runtime",
+        f"{runnable_suffixes()} file is timed in its own runtime",
         cfg.ProfileOptions, {}, "run_profile", True,
     ),
     "train": ("train a model on an image folder (default: built-in digits)", cfg.TrainConfig, {}, "run_train", False),
-    "eval": ("top-1/top-5, per-class accuracy and confusion of a checkpoint", cfg.EvalOptions, {}, "run_eval", True),
+    "eval": (
+        f"top-1/top-5, per-class accuracy and confusion of a checkpoint or an exported {runnable_suffixes()} file",
+        cfg.EvalOptions, {}, "run_eval", True,
+    ),
     "distill": (
         "train a student model with a teacher's soft targets (same flags as train)",
         cfg.TrainConfig, {"nested": ("distill",), "required": ("teacher",), "aliases": {"model": ("--student",)}},
@@ -64,8 +68,10 @@ COMMANDS: dict[str, tuple[str, type, dict[str, Any], str, bool]] = {
         "image folder + device budget -> the best verified int8 on-device model, with a report",
         cfg.ShipConfig, {}, "run_ship", True,
     ),
-    "predict": ("top-k classes of images, with the checkpoint's preprocessing", cfg.PredictOptions, {}, "run_predict",
-                True),
+    "predict": (
+        f"top-k classes of images or folders, with a checkpoint or an exported {runnable_suffixes()} file",
+        cfg.PredictOptions, {}, "run_predict", True,
+    ),
     "serve": ("a local page to try an exported model on your own photos, in its runtime", cfg.ServeConfig, {},
               "run_serve", False),
 }  # fmt: skip

@@ -71,6 +71,8 @@ def export_report(report: Any) -> None:
     if report.sdk_top1 is not None:
         agreement = f"{report.sdk_top1:.2f}% (same top-1 as {report.format} on {report.sdk_agreement:.2f}%)"
         rows.append((f"top-1 in {report.sdk}", agreement))
+        if report.sdk_app_top1 is not None:
+            rows.append(("top-1 as an app runs it", f"{report.sdk_app_top1:.2f}% (full-size images, the SDK resizes)"))
     elif report.sdk:
         rows.append(("mobile SDK", report.sdk))
     for threads, stats in report.latency_ms.items():

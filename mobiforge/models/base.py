@@ -34,6 +34,16 @@ class Preprocess:
     def resize_size(self) -> int:
         return math.floor(self.img_size / self.crop_pct)
 
+    def region_seen(self, width: int, height: int) -> tuple[float, float, float, float]:
+        """The part of a ``width`` x ``height`` image the model sees, as (left, top, right, bottom) fractions: the
+        center square of ``img_size / resize_size`` of the short side, or the whole image where ``crop_pct`` is 1
+        (it is then resized to the input square as it is). An app hands this region to its SDK."""
+        if self.crop_pct >= 1.0:
+            return 0.0, 0.0, 1.0, 1.0
+        side = min(width, height) * self.img_size / self.resize_size
+        x, y = (width - side) / 2 / width, (height - side) / 2 / height
+        return x, y, 1.0 - x, 1.0 - y
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["mean"], data["std"] = list(self.mean), list(self.std)

@@ -29,6 +29,7 @@ from mobiforge import __version__
 from mobiforge.backends import get_backend
 from mobiforge.checkpoint import Checkpoint
 from mobiforge.config import BUILTIN_DATASETS, ShipConfig, flag_of
+from mobiforge.data import data_root
 from mobiforge.files import write_atomic
 from mobiforge.models.base import Preprocess
 from mobiforge.paths import shareable, without_local_paths
@@ -145,6 +146,7 @@ def model_card(config: ShipConfig, state: ShipState, row: Row, artifact: Path | 
             "top1_in_sdk": exported.sdk_top1,
             "sdk_agreement": exported.sdk_agreement,  # % of images with the runtime's top-1
             "sdk_clear_disagreements": exported.sdk_clear_disagreements,
+            "top1_in_sdk_app": exported.sdk_app_top1,  # the SDK resizing the full-size val images, as in an app
             "data": without_local_paths(state.survey.description, config.data),
         },
         "latency_ms": {"median": latency["median"], "p90": latency["p90"], "batch": 1, "threads": config.threads},
@@ -301,6 +303,7 @@ def _headline(config: ShipConfig, card: dict[str, Any] | None, shipped: bool) ->
         ties = " (those that differ are near ties)" if agreement < 100.0 and not clear else ""
         lines.insert(-1, f"- in the app's SDK: val top-1 {sdk_top1:.2f}% in {sdk}, the same file; the same top-1 as "
                      f"{config.runtime} on {agreement:.2f}% of images{ties}: {mark[not clear]}")  # fmt: skip
+        lines[-1:-1] = _sdk_app_lines(card, config)
     elif sdk:
         lines.insert(-1, f"- in the app's SDK: {sdk}")
     if "above_chance" in verdicts:
@@ -309,6 +312,21 @@ def _headline(config: ShipConfig, card: dict[str, Any] | None, shipped: bool) ->
             f"binomial test): {mark[verdicts['above_chance']]}"
         )
     return lines
+
+
+def _sdk_app_lines(card: dict[str, Any], config: ShipConfig) -> list[str]:
+    """The SDK's figure as an app gets it (the full-size photos, resized by the SDK within the snippet's region),
+    and a warning where that resize costs more than the gate allows."""
+    in_app = card["accuracy"].get("top1_in_sdk_app")
+    if in_app is None:
+        return []
+    cost = card["accuracy"]["top1_in_runtime"] - in_app
+    line = (f"- as an app runs it: val top-1 {in_app:.2f}% when the SDK resizes the full-size val images itself "
+            "(the snippet below, its region of interest included)")  # fmt: skip
+    if cost <= config.max_drop:
+        return [line]
+    return [line, f"  - **the SDK's own resize costs {cost:.2f} points** (over the {config.max_drop:g}-point gate): "
+            "resize photos to the model's input as its preprocessing says before handing them to the SDK"]  # fmt: skip
 
 
 def _sentence(text: str) -> str:
@@ -372,7 +390,7 @@ def _images(run_dir: Path, config: ShipConfig, rows: list[Row], focus: Row | Non
             if (source / name).exists():
                 images[title] = Path(shutil.copyfile(source / name, run_dir / name))
     if shipped is not None and shipped.confident_mistakes:
-        mistakes = plot_mistakes(shipped.confident_mistakes, run_dir / "mistakes.png")
+        mistakes = plot_mistakes(shipped.confident_mistakes, run_dir / "mistakes.png", data_root(config.data))
         if mistakes is not None:
             images["val images the shipped file gets wrong most confidently"] = mistakes
     return images

@@ -37,6 +37,7 @@ from mobiforge.models import build_from_spec, create_model
 from mobiforge.models.base import StackedNet
 from mobiforge.models.weights import get_weights, locate_quietly
 from mobiforge.models.widths import NOT_PRUNABLE, respec
+from mobiforge.paths import without_local_paths
 from mobiforge.profile import count_macs, count_params, int8_weight_bytes, measure_latency, num_threads
 from mobiforge.prune import PruneConfig, prune_model, ratio_for_target
 from mobiforge.runtimes import load_runner
@@ -79,7 +80,7 @@ def survey(config: ShipConfig) -> Survey:
         classes=splits.classes,
         train_images=len(splits.train),
         val_images=len(splits.val),
-        description=splits.description,
+        description=without_local_paths(splits.description, config.data),  # the state file travels too
         median_side=side,
         small_images=small,
         img_sizes=sizes,

@@ -109,12 +109,7 @@ val classifier = ImageClassifier.createFromOptions(context, ImageClassifier.Imag
     .build())
 
 fun classify(bitmap: Bitmap): String {{
-    // The model saw the center {crop_pct}% of each photo's short side (resized to {resize}, cropped to {size}).
-    val side = {crop_fraction}f * minOf(bitmap.width, bitmap.height)
-    val x = (bitmap.width - side) / 2f / bitmap.width
-    val y = (bitmap.height - side) / 2f / bitmap.height
-    val roi = RectF(x, y, 1f - x, 1f - y)
-    val result = classifier.classify(BitmapImageBuilder(bitmap).build(),
+{kotlin_roi}    val result = classifier.classify(BitmapImageBuilder(bitmap).build(),
         ImageProcessingOptions.builder().setRegionOfInterest(roi).build())
     return result.classificationResult().classifications()[0].categories()[0].categoryName()
 }}
@@ -130,12 +125,7 @@ options.maxResults = 5
 let classifier = try ImageClassifier(options: options)
 
 func classify(image: UIImage) throws -> String {{
-    // The model saw the center {crop_pct}% of each photo's short side (resized to {resize}, cropped to {size}).
-    let side = {crop_fraction} * min(image.size.width, image.size.height)
-    let roi = CGRect(x: (image.size.width - side) / 2 / image.size.width,
-                     y: (image.size.height - side) / 2 / image.size.height,
-                     width: side / image.size.width, height: side / image.size.height)
-    let result = try classifier.classify(image: try MPImage(uiImage: image), regionOfInterest: roi)
+{swift_roi}    let result = try classifier.classify(image: try MPImage(uiImage: image), regionOfInterest: roi)
     return result.classificationResult.classifications[0].categories[0].categoryName ?? ""
 }}
 """,
@@ -269,6 +259,38 @@ def _constants(card: dict[str, Any], text: Callable[[str], str]) -> dict[str, An
     }
 
 
+# The region of interest the MediaPipe snippets hand the SDK: what the model saw of each photo (``Preprocess.
+# region_seen``, which export's gate hands MediaPipe too). A model whose preprocessing resizes the whole image to
+# its input square (crop_pct 1, small images) sees all of it.
+_ROI = {
+    "kotlin": """\
+    // The model saw the center {crop_pct}% of each photo's short side (resized to {resize}, cropped to {size}).
+    val side = {crop_fraction}f * minOf(bitmap.width, bitmap.height)
+    val x = (bitmap.width - side) / 2f / bitmap.width
+    val y = (bitmap.height - side) / 2f / bitmap.height
+    val roi = RectF(x, y, 1f - x, 1f - y)
+""",
+    "kotlin_whole": """\
+    val roi = RectF(0f, 0f, 1f, 1f)  // the model saw each whole image, resized to {size}x{size}
+""",
+    "swift": """\
+    // The model saw the center {crop_pct}% of each photo's short side (resized to {resize}, cropped to {size}).
+    let side = {crop_fraction} * min(image.size.width, image.size.height)
+    let roi = CGRect(x: (image.size.width - side) / 2 / image.size.width,
+                     y: (image.size.height - side) / 2 / image.size.height,
+                     width: side / image.size.width, height: side / image.size.height)
+""",
+    "swift_whole": """\
+    let roi = CGRect(x: 0, y: 0, width: 1, height: 1)  // the model saw each whole image, resized to {size}x{size}
+""",
+}
+
+
+def _with_roi(values: dict[str, Any], card: dict[str, Any]) -> dict[str, Any]:
+    whole = "_whole" if card["preprocessing"]["resize"] == card["preprocessing"]["crop"] else ""
+    return {**values, **{f"{lang}_roi": _ROI[lang + whole].format(**values) for lang in ("kotlin", "swift")}}
+
+
 def _sdk_ready(card: dict[str, Any]) -> bool:
     """A LiteRT file that takes pixels (and so carries its metadata): MediaPipe Tasks loads it as it is."""
     return card["artifact"]["format"] == "tflite" and card["preprocessing"].get("dtype") == "uint8"
@@ -292,7 +314,7 @@ def android_snippet(card: dict[str, Any]) -> str:
     """Kotlin: preprocessing with this model's constants, then loading and running the artifact."""
     values = _constants(card, kotlin_text)
     if _sdk_ready(card):
-        return _MEDIAPIPE["kotlin"].format(**values)
+        return _MEDIAPIPE["kotlin"].format(**_with_roi(values, card))
     return _KOTLIN_PREPROCESS.format(**values) + "\n" + _KOTLIN_RUN[card["artifact"]["format"]].format(**values)
 
 
@@ -302,7 +324,7 @@ def ios_snippet(card: dict[str, Any]) -> str:
     if card["artifact"]["format"] == "coreml":
         return _CORE_ML_SWIFT.format(**values)
     if _sdk_ready(card):
-        return _MEDIAPIPE["swift"].format(**values)
+        return _MEDIAPIPE["swift"].format(**_with_roi(values, card))
     values["mean"] = values["mean"].replace("f", "")
     values["std"] = values["std"].replace("f", "")
     return _SWIFT_PREPROCESS.format(**values) + "\n" + _SWIFT_RUN[card["artifact"]["format"]].format(**values)

@@ -21,15 +21,17 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mobiforge.config import ShipConfig
-from mobiforge.data import BUILTIN_DATASETS
 from mobiforge.errors import MobiforgeError
 from mobiforge.export import ArtifactReport
 from mobiforge.files import BACKUP_SUFFIX, write_atomic
 from mobiforge.log import logger
+from mobiforge.paths import NOT_PATHS, local_record, portable_record
 
 STATE_FILE = "ship_state.json"
 CLOCK_SECONDS = 10.0  # how often the time spent is saved: a kill loses at most this much of the budget
-STATE_VERSION = 2  # 1: the untyped dicts written before 2026-12-01 (no "version" key); same layout
+# 1: the untyped dicts written before 2026-12-01 (no "version" key); 2: typed records, same layout; 3: the paths
+# relative to the run folder (before: as the run named them, absolute or relative to its working directory)
+STATE_VERSION = 3
 
 R = TypeVar("R")
 
@@ -235,7 +237,7 @@ class ShipState:
         backup = Path(f"{self.path}{BACKUP_SUFFIX}")
         for path in (self.path, backup):
             try:
-                saved = json.loads(path.read_text())
+                saved = located(json.loads(path.read_text()), run_dir)
                 stages = {name: read_record(name, data) for name, data in (saved.get("stages") or {}).items()}
                 elapsed = float(saved.get("elapsed_s", 0.0))
             except FileNotFoundError:
@@ -305,7 +307,8 @@ class ShipState:
     def save(self) -> None:
         """Write the state atomically, keeping the previous copy beside it."""
         with self._lock:
-            write_atomic(self.path, json.dumps(self.to_dict(), indent=2), backup=True)
+            portable = portable_record(self.to_dict(), self.path.parent)  # no absolute path of this machine
+            write_atomic(self.path, json.dumps(portable, indent=2), backup=True)
 
     @contextlib.contextmanager
     def clock(self) -> Iterator[None]:
@@ -332,11 +335,20 @@ class ShipState:
 
 
 def plain_config(config: ShipConfig) -> dict[str, Any]:
-    """The settings a resumed run must share with the first (the run directory itself excluded)."""
+    """The settings a resumed run must share with the first (the run directory itself excluded), its paths
+    resolved."""
     data = dataclasses.asdict(config)
-    data["data"] = config.data if config.data in BUILTIN_DATASETS else str(Path(config.data).resolve())
+    for name in ("data", "teacher"):
+        if data[name] not in NOT_PATHS:
+            data[name] = str(Path(data[name]).resolve())
     data.pop("out")
     return data
+
+
+def located(saved: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """A saved state with its path fields resolved: relative to the run folder from version 3, relative to the
+    working directory before it."""
+    return local_record(saved, run_dir if int(saved.get("version", 1)) >= 3 else Path.cwd())
 
 
 @dataclass
