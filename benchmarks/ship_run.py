@@ -22,6 +22,7 @@ KEPT = (
     "confusion.png",
     "confusion_int8.png",
     "mistakes.png",
+    "MODEL_CARD.md",
 )
 
 

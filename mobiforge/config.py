@@ -454,6 +454,11 @@ class PruneConfig:
 # ------------------------------------------------------------------------------------------------------ export
 
 
+# Asked for, never assumed: the licence is the model owner's choice (their data's terms may bind it)
+LICENSE_HELP = "the licence the model is shared under, as an SPDX id (e.g. Apache-2.0); the card says 'not stated'"
+CARD_FIELDS = ("license", "model_name", "model_version")  # what the card says of the model: not part of a resume
+
+
 @dataclass
 class ExportConfig:
     """export: the runtime, int8 and the accuracy gate"""
@@ -506,6 +511,9 @@ class ExportConfig:
         False, "tflite: uint8 RGB input, 0-255, with the normalisation folded into the graph", flags=("--uint8-input",)
     )
     float_fallback_groups: int = 3  # ... at most this many
+    license: str | None = opt(None, LICENSE_HELP, metavar="SPDX")
+    model_name: str | None = opt(None, "the model's name in its card and metadata (default: the data's name)")
+    model_version: str = opt("1", "the model's version in its card and metadata")
     batch_size: int = opt(64, flags=("--batch-size", "-b"), valid=AT_LEAST_1)
     workers: int = opt(DEFAULT_LOADER_WORKERS, flags=("--workers", "-j"), valid=NON_NEGATIVE)
     threads: tuple[int, ...] = (1, 2)
@@ -583,6 +591,9 @@ class ShipConfig:
     )
     skip_bad_images: bool = opt(False, "skip undecodable files instead of failing")
     seed: int = opt(0)
+    license: str | None = opt(None, LICENSE_HELP, metavar="SPDX")
+    model_name: str | None = opt(None, "the model's name in its card and metadata (default: the data's name)")
+    model_version: str = opt("1", "the model's version in its card and metadata")
 
     def __post_init__(self) -> None:
         check_ranges(self)

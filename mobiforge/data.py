@@ -296,6 +296,14 @@ def _shown(given: str, folder: Path, root: Path) -> str:
     return str(folder)
 
 
+def data_name(data: str) -> str:
+    """A short name for ``data``: a built-in set's, a table's folder's, or the folder's own."""
+    if data in BUILTIN_DATASETS:
+        return data
+    path = Path(data).expanduser().resolve()
+    return (path.parent if is_table(data) else path).name or "data"
+
+
 def data_root(data: str) -> Path:
     """The folder the samples of ``data`` lie under: a built-in set's cache, a table's folder, or the folder."""
     if data in BUILTIN_DATASETS:

@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from mobiforge import engine
-from mobiforge.backends import BACKENDS, Int8Job, Interface, Region, get_backend
+from mobiforge.backends import BACKENDS, About, Int8Job, Interface, Region, get_backend
 from mobiforge.checkpoint import Checkpoint
 from mobiforge.config import INT8_MODES
 from mobiforge.config import ExportConfig as ExportConfig  # public here too
@@ -40,6 +40,7 @@ from mobiforge.data import (
     DataConfig,
     ImageSamples,
     checkpoint_data_config,
+    data_name,
     data_root,
     eval_transform,
     load_rgb,
@@ -295,9 +296,26 @@ def _int8_job(model: nn.Module, config: ExportConfig, data: ExportData) -> Int8J
 
 
 def interface(config: ExportConfig, data: ExportData) -> Interface:
-    """What the app feeds the artifact and reads from it (no normalisation given: the models' default)."""
+    """What the app feeds the artifact and reads from it (no normalisation given: the models' default), and what
+    the file's metadata says of the model."""
     mean, std = data.data_config.mean or Preprocess().mean, data.data_config.std or Preprocess().std
-    return Interface(mean, std, tuple(data.classes), config.pixel_input)
+    described = about(config, data.data_config.data, data.classes)
+    return Interface(mean, std, tuple(data.classes), config.pixel_input, described)
+
+
+def about(config: ExportConfig | Any, data: str, classes: list[str]) -> About:
+    """The model's name (default: its data's), version, one line on what it does, and its licence as given."""
+    more = len(classes) - CLASSES_NAMED
+    shown = ", ".join(classes[:CLASSES_NAMED]) + (f" and {more} more" if more > 0 else "")
+    return About(
+        name=config.model_name or data_name(data),
+        version=config.model_version,
+        description=f"Image classifier: one of {len(classes)} classes ({shown}), trained with mobiforge",
+        license=config.license or "",
+    )
+
+
+CLASSES_NAMED = 10  # classes a description names before "and N more"
 
 
 def _float_note(config: ExportConfig) -> str:

@@ -640,9 +640,14 @@ def test_a_tflite_file_drops_into_mediapipe_tasks(
     # the report says so (the runtime's own figures stand)
     assert fp32.sdk and "refuses this file" in fp32.sdk and fp32.sdk_top1 is None and fp32.passed
 
-    int8 = _export(checkpoint, tmp_path / "app.tflite", "tflite", "ptq", pixel_input=True)
+    int8 = _export(checkpoint, tmp_path / "app.tflite", "tflite", "ptq", pixel_input=True, license="Apache-2.0",
+                   model_name="shapes", model_version="2.1")  # fmt: skip
     assert _io(int8.path) == ([1, 24, 24, 3], "uint8", "float32") and read_labels(Path(int8.path)) == classes
     assert int8.sdk and int8.sdk.startswith("MediaPipe Tasks ImageClassifier")
+    assert int8.sdk_app_top1 is not None  # and as an app runs it: the SDK resizing the image files themselves
+    general = _general_metadata(Path(int8.path))  # issue 42, item 6: the card's facts in the file's own metadata
+    assert (general["name"], general["version"], general["license"]) == ("shapes", "2.1", "Apache-2.0")
+    assert general["description"].startswith("Image classifier: one of 3 classes (class0, class1, class2)")
     assert int8.sdk_clear_disagreements == 0 and int8.passed
     # top-1 in MediaPipe differs from LiteRT's by no more than the share of images they disagree on
     assert int8.sdk_agreement is not None and abs(int8.sdk_top1 - int8.top1) <= 100.0 - int8.sdk_agreement + 1e-6
@@ -656,6 +661,19 @@ def test_a_tflite_file_drops_into_mediapipe_tasks(
     with pytest.raises(MobiforgeError, match="--uint8-input is not available for executorch; use --format tflite"):
         _export(checkpoint, tmp_path / "app.pte", "executorch", pixel_input=True)
 
+    # issue 42, item 7: a .tflite copied alone runs from its own metadata (labels, normalisation, input size)
+    alone = tmp_path / "alone" / "copied.tflite"
+    alone.parent.mkdir()
+    alone.write_bytes(Path(int8.path).read_bytes())
+    assert main(["predict", str(alone), *images, "--json"]) == 0
+    assert [row["top"] for row in json.loads(capsys.readouterr().out)] == [row["top"] for row in rows]
+
+
+def _general_metadata(path: Path) -> dict:
+    from mediapipe.tasks.python.metadata.metadata import MetadataDisplayer
+
+    return json.loads(MetadataDisplayer.with_model_file(str(path)).get_metadata_json())
+
 
 def test_a_core_ml_package_is_written_read_back_and_said_not_run_here(
     checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -667,7 +685,7 @@ def test_a_core_ml_package_is_written_read_back_and_said_not_run_here(
     from mobiforge.backends.coreml import read_back
 
     half = _export(checkpoint, tmp_path / "m.mlpackage", "coreml")
-    int8 = _export(checkpoint, tmp_path / "q.mlpackage", "coreml", "ptq")
+    int8 = _export(checkpoint, tmp_path / "q.mlpackage", "coreml", "ptq", license="MIT", model_version="3")
     assert Path(int8.path).is_dir() and not half.ran_in_runtime and not int8.ran_in_runtime
     assert (half.precision, int8.precision) == ("fp16", "int8-ptq") and int8.latency_ms == {}
     assert int8.file_bytes < half.file_bytes  # 8-bit weights against 16-bit
@@ -675,6 +693,11 @@ def test_a_core_ml_package_is_written_read_back_and_said_not_run_here(
     assert declared.labels == ["class0", "class1", "class2"] and declared.image == "24x24 RGB"
     assert declared.specification == 7 and declared.int8_tensors > 0  # iOS 16; some weights really in 8 bits
     assert read_back(Path(half.path)).int8_tensors == 0
+    import coremltools as ct  # issue 42, item 6: the card's facts in the package's description (Xcode shows them)
+
+    spec = ct.utils.load_spec(int8.path)
+    assert (spec.description.metadata.license, spec.description.metadata.versionString) == ("MIT", "3")
+    assert spec.description.metadata.shortDescription.startswith("Image classifier: one of 3 classes")
     notes = " | ".join(int8.notes)
     assert "not run on this host" in notes and "image input 24x24 RGB" in notes and "iOS 16" in notes
     assert int8.agreement >= 75.0 and half.agreement >= 90.0 and int8.passed

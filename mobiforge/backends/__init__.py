@@ -102,6 +102,17 @@ class Backend:
 
 
 @dataclass(frozen=True)
+class About:
+    """What a model card says of a model, written into the files whose formats carry it (TFLite metadata, Core ML's
+    description): its name, version, one line on what it does, and its licence (empty: not stated, never assumed)."""
+
+    name: str
+    version: str
+    description: str
+    license: str = ""
+
+
+@dataclass(frozen=True)
 class Interface:
     """What an app feeds an artifact and reads from it: the normalisation the model was trained with, the class of
     each output in order (empty: none to write), and whether the file takes uint8 RGB pixels, 0-255, with that
@@ -111,6 +122,7 @@ class Interface:
     std: tuple[float, ...]
     classes: tuple[str, ...] = ()
     pixels: bool = False
+    about: About | None = None  # what the file's own metadata says of the model, where its format has a place
 
     def to_pixels(self, batch: np.ndarray) -> np.ndarray:
         """Normalised float images (NCHW) back to the uint8 RGB pixels they came from (exact for decoded images)."""

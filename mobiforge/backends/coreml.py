@@ -156,12 +156,18 @@ def _convert(model: nn.Module, example: torch.Tensor, interface: Interface | Non
     program = torch.export.export(Normalised(model.eval(), mean, std).eval(), (example,)).run_decompositions({})
     image = ct.ImageType(name="image", shape=tuple(example.shape), scale=1 / 255.0, color_layout=ct.colorlayout.RGB)
     with native_stderr_silenced():
-        return ct.convert(
+        mlmodel = ct.convert(
             program,
             inputs=[image],
             classifier_config=ct.ClassifierConfig(labels) if labels else None,
             minimum_deployment_target=ct.target.iOS16,
         )
+    if interface is not None and interface.about is not None:  # shown in Xcode's model view
+        about = interface.about
+        mlmodel.short_description, mlmodel.version = about.description, about.version
+        mlmodel.license = about.license or "not stated"
+        mlmodel.user_defined_metadata["name"] = about.name
+    return mlmodel
 
 
 def _save(mlmodel: Any, path: Path) -> None:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mobiforge.backends import Int8Job, Interface, Region, Runner
+from mobiforge.backends import About, Int8Job, Interface, Region, Runner
 from mobiforge.errors import MobiforgeError, missing
 from mobiforge.log import debug_requested, native_stderr_silenced
 from mobiforge.quantize import PT2E_NOTE, Simulator, pt2e_simulator, xnnpack_quantizer
@@ -114,14 +114,21 @@ def int8_simulator(model: nn.Module, job: Int8Job, images: torch.Tensor, scratch
 
 def write_metadata(path: Path, interface: Interface) -> None:
     """TFLite metadata as MediaPipe Tasks and ML Kit read it: the labels in output order, the input's normalisation
-    in pixel units (255 times the model's), RGB image input."""
-    image_classifier, metadata_writer = _metadata_writers()
+    in pixel units (255 times the model's), RGB image input, and what the card says of the model (name, version,
+    description, licence). Written as MediaPipe's image-classifier writer writes it, with the model's own facts in
+    place of its generic name."""
+    _, metadata_writer = _metadata_writers()
     if interface.pixels:
         mean, std = PIXELS_AS_THEY_ARE
     else:
         mean, std = [255.0 * m for m in interface.mean], [255.0 * s for s in interface.std]
-    labels = metadata_writer.Labels().add(list(interface.classes))
-    writer = image_classifier.MetadataWriter.create(bytearray(path.read_bytes()), mean, std, labels)
+    about = interface.about or About("image classifier", "", "Image classifier, exported by mobiforge")
+    writer = metadata_writer.MetadataWriter(bytearray(path.read_bytes()))
+    writer.add_general_info(about.name, about.description)
+    # the schema's version and licence fields, which add_general_info leaves unset
+    writer._general_md.version, writer._general_md.licenses = about.version or None, about.license or None
+    writer.add_image_input(mean, std)
+    writer.add_classification_output(metadata_writer.Labels().add(list(interface.classes)))
     with native_stderr_silenced():
         model, _ = writer.populate()
     del writer  # something in populate keeps this frame alive; the writer's __del__ would then fail at exit

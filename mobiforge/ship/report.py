@@ -30,6 +30,7 @@ from mobiforge.backends import get_backend
 from mobiforge.checkpoint import Checkpoint
 from mobiforge.config import BUILTIN_DATASETS, ShipConfig, flag_of
 from mobiforge.data import data_root
+from mobiforge.export import about
 from mobiforge.files import write_atomic
 from mobiforge.models.base import Preprocess
 from mobiforge.paths import shareable, without_local_paths
@@ -116,7 +117,14 @@ def model_card(config: ShipConfig, state: ShipState, row: Row, artifact: Path | 
     latency = exported.latency_ms[str(config.threads)]
     verdicts = row.exported.verdicts
     file = artifact.name if artifact else Path(exported.path).name
+    described = about(config, config.data, checkpoint.named_classes())
     return {
+        "name": described.name,
+        "version": described.version,
+        "license": described.license or "not stated",  # asked for (--license), never assumed
+        "description": described.description,
+        "intended_use": _intended_use(checkpoint.named_classes(), state),
+        "limitations": _limitations(config, state, exported),
         "shipped": artifact is not None,
         "artifact": {
             "file": file,
@@ -163,6 +171,31 @@ def model_card(config: ShipConfig, state: ShipState, row: Row, artifact: Path | 
         "command": ship_command(config),
         "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
+
+
+def _intended_use(classes: list[str], state: ShipState) -> str:
+    return (
+        f"Tells which of {len(classes)} classes a photo shows, on a phone or an edge device, for photos like the "
+        f"{state.survey.train_images} it was trained on. Not for decisions about people, nor for anything where a "
+        "wrong answer does harm without a person checking it."
+    )
+
+
+def _limitations(config: ShipConfig, state: ShipState, exported: Any) -> list[str]:
+    """What a reader must know before relying on the model: the card's standard caveats, with this run's figures."""
+    survey = state.survey
+    limits = [
+        f"It knows only its {len(survey.classes)} classes and always answers one of them: a photo of anything else "
+        "gets a wrong class, often with high confidence.",
+        f"It learnt from {survey.train_images} training images and was measured on {survey.val_images} validation "
+        "images from the same source: photos unlike them (other cameras, light, backgrounds, framing) may score "
+        "lower than the figures here.",
+        f"Latency was measured on this machine's CPU ({versions(config.runtime)['machine']}), not on a phone: a "
+        "phone's figure differs.",
+    ]
+    if exported.drop > 0:
+        limits.append(f"int8 costs {exported.drop:.2f} top-1 points against the fp32 model on the validation images.")
+    return limits
 
 
 def plot_candidates(rows: list[Row], config: ShipConfig, path: Path) -> Path:
@@ -350,6 +383,7 @@ def write_ship_report(
         card["core_ml"] = _core_ml_card(package)
     if card is not None:
         write_atomic(run_dir / "model_card.json", json.dumps(card, indent=2))
+        write_atomic(run_dir / HUMAN_CARD, human_card(card))
     images = _images(run_dir, config, rows, focus)
     intro = _intro(run_dir, config, state, card, chosen is not None)
     tables = {"Candidates": _candidate_table(rows, config)}
@@ -368,6 +402,68 @@ def write_ship_report(
     write_atomic(run_dir / "report.md", _markdown(intro, tables, images, snippets))
     write_atomic(run_dir / "report.html", _html(intro, tables, images, snippets))
     return card
+
+
+HUMAN_CARD = "MODEL_CARD.md"  # beside model_card.json: the same card for people (a model hub's README.md)
+
+
+def human_card(card: dict[str, Any]) -> str:
+    """``model_card.json`` for people, in the sections of the usual model cards (Mitchell et al. 2019; the Hugging
+    Face card template): details, intended use, limitations, evaluation, how to use it."""
+    accuracy, artifact, budget = card["accuracy"], card["artifact"], card["budget"]
+    latency = card["latency_ms"]
+    classes = ", ".join(f"`{name}`" for name in card["classes"])
+    lines = [
+        f"# {markdown_text(card['name'])} (version {markdown_text(card['version'])})",
+        "",
+        markdown_text(card["description"]) + ".",
+        "",
+        "## Model details",
+        "",
+        f"- file: `{artifact['file']}` ({artifact['format']}, {artifact['precision']}, "
+        f"{artifact['bytes'] / 1e6:.3f} MB)",
+        f"- architecture: `{card['model']['candidate']}`, {card['model']['params'] / 1e6:.2f}M parameters, "
+        f"{card['model']['macs'] / 1e6:.0f}M MACs, {card['model']['epochs']} epochs"
+        + (", distilled from a larger model" if card["model"]["distilled"] else ""),
+        f"- licence: {markdown_text(card['license'])}",
+        f"- made by mobiforge {card['versions']['mobiforge']} on {card['created']}: `{card['command']}`",
+        f"- classes: {classes}",
+        "",
+        "## Intended use",
+        "",
+        markdown_text(card["intended_use"]),
+        "",
+        "## Limitations",
+        "",
+        *[f"- {markdown_text(limit)}" for limit in card["limitations"]],
+        "",
+        "## Evaluation",
+        "",
+        f"- data: {markdown_text(str(accuracy['data']))}, {accuracy['split']} split, {accuracy['images']} images, "
+        "none of them seen in training",
+        f"- top-1 through {artifact['format']} itself: {accuracy['top1_in_runtime']:.2f}% (the fp32 PyTorch model: "
+        f"{accuracy['top1_fp32_pytorch']:.2f}%); `mobiforge eval {artifact['file']}` repeats it",
+    ]
+    if accuracy.get("top1_in_sdk") is not None:
+        lines.append(f"- in {accuracy['sdk']}: {accuracy['top1_in_sdk']:.2f}% on the same pixels")
+    if accuracy.get("top1_in_sdk_app") is not None:
+        lines.append(f"- as an app runs it (the SDK resizing the full-size photos): {accuracy['top1_in_sdk_app']:.2f}%")
+    lines += [
+        f"- latency: {latency['median']:.2f} ms median, batch 1, {latency['threads']} thread(s), on this host's CPU",
+        f"- budget: {'met' if budget['met'] else 'not met'} "
+        f"({', '.join(f'{name} {mark}' for name, mark in _verdict_words(budget['verdicts']))})",
+        "",
+        "## How to use it",
+        "",
+        f"Load `{artifact['file']}` with `labels.txt` beside it; `report.html` has Android and iOS code with this "
+        f"model's preprocessing. Try it on your own photos first: `mobiforge serve .` in this folder.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _verdict_words(verdicts: dict[str, bool]) -> list[tuple[str, str]]:
+    return [(name.replace("_", " "), "passed" if ok else "failed") for name, ok in verdicts.items()]
 
 
 Snippet = tuple[str, str, str]  # title, language, code

@@ -95,7 +95,9 @@ fun classify(bitmap: Bitmap): String {{
 
 _MEDIAPIPE = {
     "kotlin": """\
-// build.gradle: implementation("com.google.mediapipe:tasks-vision:{mediapipe}")  // the version that verified it
+// build.gradle: implementation("com.google.mediapipe:tasks-vision:RELEASE")
+// The gate ran this file in MediaPipe {mediapipe} for Python. Android releases are published to Maven Central on
+// their own schedule and not at every Python version: use the newest there (mvnrepository.com lists them).
 import android.graphics.RectF
 import com.google.mediapipe.framework.image.BitmapImageBuilder
 import com.google.mediapipe.tasks.core.BaseOptions
@@ -115,7 +117,8 @@ fun classify(bitmap: Bitmap): String {{
 }}
 """,
     "swift": """\
-// CocoaPods: pod 'MediaPipeTasksVision', '{mediapipe}'
+// CocoaPods: pod 'MediaPipeTasksVision'  (the newest release: not every Python version has an iOS one)
+// The gate ran this file in MediaPipe {mediapipe} for Python.
 import MediaPipeTasksVision
 
 // {file} carries its labels and takes RGB pixels as they are: its normalisation is inside the graph.

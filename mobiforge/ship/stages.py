@@ -17,7 +17,7 @@ import yaml
 from mobiforge import engine
 from mobiforge.backends import get_backend
 from mobiforge.checkpoint import Checkpoint
-from mobiforge.config import ShipConfig
+from mobiforge.config import CARD_FIELDS, ShipConfig
 from mobiforge.data import DataConfig, loader_workers
 from mobiforge.errors import MobiforgeError
 from mobiforge.export import ArtifactReport, ExportConfig, export_checkpoint
@@ -643,6 +643,7 @@ def export_candidate(
                 pixel_input=get_backend(config.runtime).pixel_input,  # what the SDKs feed (MediaPipe, ML Kit)
                 workers=loader_workers(config.workers),
                 seed=config.seed,
+                **card_settings(config),
             )
         )
         reports.append(report)
@@ -719,5 +720,11 @@ def _core_ml_export(
             threads=(config.threads,),
             workers=loader_workers(config.workers),
             seed=config.seed,
+            **card_settings(config),
         )
     )
+
+
+def card_settings(config: ShipConfig) -> dict[str, Any]:
+    """What the card says of the model, for the files' own metadata (``CARD_FIELDS``)."""
+    return {name: getattr(config, name) for name in CARD_FIELDS}

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mobiforge.config import ShipConfig
+from mobiforge.config import CARD_FIELDS, ShipConfig
 from mobiforge.errors import MobiforgeError
 from mobiforge.export import ArtifactReport
 from mobiforge.files import BACKUP_SUFFIX, write_atomic
@@ -341,7 +341,8 @@ def plain_config(config: ShipConfig) -> dict[str, Any]:
     for name in ("data", "teacher"):
         if data[name] not in NOT_PATHS:
             data[name] = str(Path(data[name]).resolve())
-    data.pop("out")
+    for name in ("out", *CARD_FIELDS):  # what the card says can change on a rerun: the card is written again
+        data.pop(name)
     return data
 
 
