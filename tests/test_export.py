@@ -730,3 +730,29 @@ def test_the_sdk_gate_forgives_near_ties_only(monkeypatch: pytest.MonkeyPatch) -
     assert tie["sdk_clear_disagreements"] == 0 and tie["sdk_agreement"] == pytest.approx(200 / 3)
     monkeypatch.setattr(litert, "sdk_top1", lambda path, pixels: ("SDK", np.array([0, 1, 1])))  # a clear one flips
     assert export.sdk_figures(Path("m.tflite"), config, data, logits)["sdk_clear_disagreements"] == 1
+
+
+def test_predict_takes_folders_and_answers_a_non_image_in_one_sentence(
+    artifacts: dict[str, ArtifactReport], checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 42, item 7: `predict model.onnx photos/` refused a folder; a non-image got Python's repr of a stream."""
+    onnx = artifacts["onnx-fp32"].path
+    val = checkpoint.parent.parent.parent / "data" / "val"
+    capsys.readouterr()
+    assert main(["predict", onnx, str(val), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert sorted(row["image"] for row in rows) == sorted(str(path) for path in val.rglob("*.png"))
+    note = tmp_path / "notes.jpg"
+    note.write_text("not a photo")
+    assert main(["predict", onnx, str(note)]) == 2
+    error = capsys.readouterr().err
+    assert f"image {note}: not an image mobiforge can read" in error and "<_io" not in error
+    (tmp_path / "empty").mkdir()
+    assert main(["predict", onnx, str(tmp_path / "empty")]) == 2 and "no image files" in capsys.readouterr().err
+    # a report from before issue 42 records no data: eval asks for it in one line
+    old = tmp_path / "old.onnx"
+    old.write_bytes(Path(onnx).read_bytes())
+    report = json.loads(Path(f"{onnx}.json").read_text())
+    report.pop("data")
+    Path(f"{old}.json").write_text(json.dumps(report))
+    assert main(["eval", str(old)]) == 2 and "pass --data FOLDER" in capsys.readouterr().err
