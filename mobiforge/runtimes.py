@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from mobiforge.errors import MobiforgeError
 from mobiforge.files import write_atomic
 from mobiforge.inference import CheckpointEval, evaluate_samples, ranked_predictions
 from mobiforge.models.base import Preprocess
+from mobiforge.paths import local_record, portable_record
 from mobiforge.profile import BudgetCheck, LatencyStats, Verdicts, budget_checks, measure_latency
 
 
@@ -162,6 +164,16 @@ def write_labels(folder: Path, classes: list[str]) -> Path:
 def sidecar(path: str | Path) -> Path:
     """Export's report beside an artifact: ``model.pte`` -> ``model.pte.json``."""
     return Path(f"{path}.json")
+
+
+def copy_artifact(source: Path, target: Path) -> None:
+    """``source`` copied to ``target`` with its report, whose paths (relative to the file's folder) are rewritten
+    for the new folder, so that ``eval target`` still finds the data it was verified on."""
+    shutil.copyfile(source, target)
+    if sidecar(source).is_file():
+        report = local_record(json.loads(sidecar(source).read_text()), source.parent)
+        report["path"] = str(target)
+        write_atomic(sidecar(target), json.dumps(portable_record(report, target.parent), indent=2))
 
 
 @dataclass

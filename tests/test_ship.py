@@ -152,7 +152,13 @@ def test_ship_end_to_end_then_resumes_without_redoing_work(
 
 
 def assert_publishable(card: dict, run: Path) -> None:
-    """Issue 42, item 6: a card people can publish, as JSON and as MODEL_CARD.md."""
+    """Issue 42, item 6: a card people can publish, as JSON and as MODEL_CARD.md; and item 3: the shipped file's
+    report, copied to the run folder, still finds its data, so that `eval model.*` repeats the card's figure."""
+    from mobiforge.runtimes import evaluate_artifact
+
+    evaluated = evaluate_artifact(run / card["artifact"]["file"])
+    assert evaluated.result.images == card["accuracy"]["images"]
+    assert evaluated.result.top1 == pytest.approx(card["accuracy"]["top1_in_runtime"], abs=1e-4)
     assert card["license"] == "not stated" and card["name"] == "data" and card["version"] == "1"
     assert card["intended_use"] and len(card["limitations"]) >= 3 and "not on a phone" in card["limitations"][2]
     human = (run / "MODEL_CARD.md").read_text()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ from mobiforge.errors import MobiforgeError
 from mobiforge.log import logger
 from mobiforge.progress import Reporter, SilentReporter
 from mobiforge.runs import claim_run_dir
-from mobiforge.runtimes import sidecar, write_labels
+from mobiforge.runtimes import copy_artifact, write_labels
 from mobiforge.ship.config import CORE_ML
 from mobiforge.ship.ladder import MIN_TAIL_EPOCHS
 from mobiforge.ship.plan import DEADLINE_MARGIN, export_reserve, next_training
@@ -229,9 +228,7 @@ def _finish(
     if chosen is not None and chosen.exported is not None:
         source = Path(chosen.exported.chosen.path)
         artifact = run_dir / f"model{source.suffix}"
-        shutil.copyfile(source, artifact)
-        if sidecar(source).is_file():  # its classes and preprocessing: `mobiforge predict model.pte` reads them
-            shutil.copyfile(sidecar(source), sidecar(artifact))
+        copy_artifact(source, artifact)  # with its report: `predict`, `eval` and `serve` read it
         write_labels(run_dir, state.survey.classes)
         if chosen.trained is not None and state.done(CORE_ML) is None:
             package = core_ml_package(chosen.trained, config, run_dir, say, state)
