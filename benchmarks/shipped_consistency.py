@@ -51,6 +51,7 @@ def leaks(run: Path, local: list[str]) -> tuple[list[str], list[str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
+    parser.add_argument("--section", default="shipped_consistency", help="the RESULTS.md section to write")
     args = parser.parse_args()
     run = args.run
     artifact = served_artifact(run).artifact  # the file serve shows: the default runtime's first
@@ -84,7 +85,7 @@ def main() -> None:
         f"{', '.join(named) or 'none'}. "
         f"Files others cannot read: {', '.join(private) or 'none'}.",
     ]
-    write_section("shipped_consistency", "\n".join(lines))
+    write_section(args.section, "\n".join(lines))
     print("\n".join(lines))
 
 

@@ -576,6 +576,10 @@ class ShipConfig:
     teacher: str = opt("auto", "auto (pretrained EfficientNet-Lite0), none, or a CKPT")
     out: str | None = opt(None, "run directory (default runs/ship-<data name>)", flags=("--out", "-o"))
     max_drop: float = opt(1.0, "int8 accuracy gate: top-1 points lost through the runtime", valid=NON_NEGATIVE)
+    min_top1: float | None = opt(
+        None, "val top-1 (%%) the shipped file must reach through the runtime; below it, nothing ships (exit 1)",
+        metavar="PERCENT", valid=Range(0, 100),
+    )  # fmt: skip
     models: list[str] | None = opt(None, "comma-separated families to search (default: all)", parse=comma_list)
     img_size: int | None = opt(None, "one input size instead of the data's regime", valid=IMAGE_SIDE)
     max_candidates: int = opt(3, "fitting candidates the search looks for", valid=AT_LEAST_1)

@@ -31,3 +31,12 @@ def usual_umask() -> Iterator[None]:
         yield
     finally:
         os.umask(before)
+
+
+@pytest.fixture(autouse=True)
+def _private_speed_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test its own speed cache: ship's probes must not be skipped because an earlier test measured them."""
+    import mobiforge.ship.speeds
+
+    path = tmp_path_factory.mktemp("speeds") / "speeds.json"
+    monkeypatch.setattr(mobiforge.ship.speeds, "cache_file", lambda: path)

@@ -638,7 +638,7 @@ def test_a_run_saved_in_the_untyped_format_resumes_after_its_search(
     assert not any("search: measuring" in line for line in reporter.lines)
     assert result.chosen == "mobilenet_v3_small-w0.5-32px" and result.artifact is not None
     state = json.loads((tmp_path / "run" / "ship_state.json").read_text())
-    assert state["version"] == 2 and state["stages"]["train:mobilenet_v3_small-w0.5-32px"]["epochs_run"] == 2
+    assert state["version"] == 3 and state["stages"]["train:mobilenet_v3_small-w0.5-32px"]["epochs_run"] == 2
 
 
 def test_the_search_times_a_candidate_as_ship_writes_it_for_each_runtime(
@@ -940,3 +940,111 @@ def test_a_student_tail_is_re_planned_to_the_time_left_unless_a_full_fine_tune_s
     # slower than planned: fewer epochs, so that its schedule still ends in time; never over STUDENT_TAIL_EPOCHS
     assert tail_epochs(rung, end, full_epoch_s=200.0)(1, 150.0) == 1 + int(1_000 // (1.05 * 150))
     assert tail_epochs(rung, time.time() + 1e6, full_epoch_s=1e9)(1, 1.0) == STUDENT_TAIL_EPOCHS
+
+
+class FakeClock:
+    """``time.time`` that moves only when a probe runs (each takes ``probe_s``)."""
+
+    def __init__(self, probe_s: float) -> None:
+        self.now, self.probe_s = 1_000_000.0, probe_s
+
+    def time(self) -> float:
+        return self.now
+
+
+def _scratch(name: str, macs: int) -> object:
+    from mobiforge.ship.state import Candidate
+
+    return Candidate(name, name, None, 32, "scratch", macs=macs, export_seconds=10.0)
+
+
+def _probing(monkeypatch: pytest.MonkeyPatch, clock: FakeClock, speeds: dict[str, float]) -> list[str]:
+    """Probes that take ``clock.probe_s`` each and measure ``speeds``; returns the names probed, in order."""
+    import mobiforge.ship.search as search
+
+    probed: list[str] = []
+
+    def speed(model: object, img_size: int, config: ShipConfig, amp: object = None, steps: int = 3) -> float:
+        name = probed[-1]
+        clock.now += clock.probe_s
+        return speeds[name]
+
+    def model_of(candidate, *args):  # type: ignore[no-untyped-def]
+        probed.append(candidate.name)
+
+    monkeypatch.setattr(search, "time", clock)
+    monkeypatch.setattr(search, "training_speed", speed)
+    monkeypatch.setattr(search, "candidate_model", model_of)
+    monkeypatch.setattr(search, "cpu_has_native_bf16", lambda: False)
+    return probed
+
+
+def test_a_short_budget_probes_within_its_share_and_never_plans_negative_epochs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 43, item 1: with 4 minutes, 12 probes took 55 s; the time left then planned -5 epochs for every
+    candidate, and `rank` put the slowest (mobilenet_v2 x0.5, 79 img/s) first."""
+    import mobiforge.ship.search as search
+
+    clock = FakeClock(probe_s=20.0)
+    speeds = {"convpool_s": 2246.0, "resnet20": 900.0, "mobilenet_v2": 79.0}
+    probed = _probing(monkeypatch, clock, speeds)
+    candidates = [
+        _scratch("mobilenet_v2", 6_000_000), _scratch("convpool_s", 35_800_000), _scratch("resnet20", 40_800_000)
+    ]  # fmt: skip
+    config = ShipConfig(data="x", time_budget_s=240)  # the probes' share: 24 s, one probe and a bit
+    search.budget_epochs(candidates, config, _survey(small=True, train_images=1433), None, lambda: -50.0, print)
+    assert probed == ["mobilenet_v2", "convpool_s"]  # cheapest first, until the share is spent
+    assert all(c.budget_epochs == 0 for c in candidates)  # no time left: 0, never fewer
+    resnet = candidates[2]
+    assert resnet.speed_estimated and resnet.train_images_per_s is not None  # scaled from the probed ones' MACs
+    assert sorted(candidates, key=search.rank)[0].name == "convpool_s"  # the fastest first among equals
+
+
+def test_a_warm_speed_cache_does_no_probing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 43, item 1: a second ship on the same machine reads the speeds it measured (``speeds.json``)."""
+    import mobiforge.ship.search as search
+
+    clock = FakeClock(probe_s=1.0)
+    speeds = {"convpool_s": 2000.0, "resnet20": 900.0}
+    config = ShipConfig(data="x", time_budget_s=3600)
+    info = _survey(small=True, train_images=1433)
+    probed = _probing(monkeypatch, clock, speeds)
+    first = [_scratch("convpool_s", 35_800_000), _scratch("resnet20", 40_800_000)]
+    search.budget_epochs(first, config, info, None, lambda: 3000.0, print)
+    assert probed == ["convpool_s", "resnet20"]
+    probed.clear()
+    again = [_scratch("convpool_s", 35_800_000), _scratch("resnet20", 40_800_000)]
+    search.budget_epochs(again, config, info, None, lambda: 3000.0, print)
+    assert probed == [] and [c.train_images_per_s for c in again] == [2000.0, 900.0]
+    assert [c.budget_epochs for c in again] == [c.budget_epochs for c in first] and again[0].budget_epochs > 0
+
+
+def test_a_model_under_min_top1_does_not_ship_and_the_report_says_not_met(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 43, item 2: a 19% digits model passed the above-chance gate and was called shipped."""
+    import mobiforge.ship.stages
+    from mobiforge import create_model
+    from mobiforge.checkpoint import model_checkpoint, save_checkpoint
+    from mobiforge.ship import Candidate
+    from mobiforge.ship.report import _headline
+    from mobiforge.ship.stages import export_candidate
+    from mobiforge.ship.state import TrainRecord
+
+    checkpoint = save_checkpoint(model_checkpoint(create_model("mobilenet_v2", num_classes=2)), tmp_path / "c.pt")
+    monkeypatch.setattr(mobiforge.ship.stages, "export_checkpoint", lambda config: _fake_report(config, 89.5))
+    candidate = Candidate("c", "mobilenet_v2", 1.0, 224, "scratch", export_seconds=60.0, latency_ms=1.0)
+    trained = TrainRecord(str(checkpoint), str(tmp_path))
+    for wanted, met in ((None, True), (89.0, True), (95.0, False)):
+        config = ShipConfig(min_top1=wanted)
+        result = export_candidate(candidate, trained, config, lambda _: None, _Clock(600.0))
+        assert result.met == met and result.verdicts.get("min_top1", True) == met
+        accuracy = {"top1_in_runtime": 89.5, "images": 10, "top1_fp32_pytorch": 90.0, "drop": 0.5}
+        card = {
+            "budget": {"verdicts": result.verdicts, "time_used_s": 60.0}, "model": {"candidate": "c"},
+            "artifact": {"file": "m", "precision": "int8-ptq", "float_layers": [], "bytes": 1},
+            "latency_ms": {"median": 1.0, "p90": 1.0}, "versions": {"machine": "x"}, "accuracy": accuracy,
+        }  # fmt: skip
+        lines = " ".join(_headline(config, card, shipped=met))
+        assert ("**not met**" in lines) == (not met) and ("--min-top1" in lines) == (wanted is not None)

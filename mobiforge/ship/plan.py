@@ -97,7 +97,7 @@ def export_reserve(candidate: Candidate, info: Survey) -> float:
 def plan_epochs(candidate: Candidate, info: Survey, teacher: TrainRecord | None, seconds: float) -> tuple[int, float]:
     teacher_speed = (candidate.train_images_per_s or 1.0) * 0.3 if teacher else None  # a larger net, forward only
     epoch_s = epoch_seconds(candidate.train_images_per_s or 1.0, info, teacher_speed)
-    return int(min(MAX_EPOCHS, seconds // epoch_s)), epoch_s
+    return int(min(MAX_EPOCHS, max(0.0, seconds) // epoch_s)), epoch_s  # no time left: 0 epochs, never fewer
 
 
 def needed_epochs(candidate: Candidate) -> int:

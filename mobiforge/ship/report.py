@@ -280,7 +280,8 @@ def _speed(candidate: Candidate) -> str:
         return ""
     amp = " bf16" if candidate.train_amp == "bf16" else ""
     epochs = f" ({candidate.budget_epochs})" if candidate.budget_epochs is not None else ""
-    return f"{candidate.train_images_per_s:.0f}{amp}{epochs}"
+    estimated = "~" if candidate.speed_estimated else ""  # scaled from its MACs: the probes' time was spent
+    return f"{estimated}{candidate.train_images_per_s:.0f}{amp}{epochs}"
 
 
 def _markdown_table(table: list[list[str]]) -> str:
@@ -339,6 +340,11 @@ def _headline(config: ShipConfig, card: dict[str, Any] | None, shipped: bool) ->
         lines[-1:-1] = _sdk_app_lines(card, config)
     elif sdk:
         lines.insert(-1, f"- in the app's SDK: {sdk}")
+    if "min_top1" in verdicts:
+        lines.append(
+            f"- asked for (--min-top1): val top-1 at least {config.min_top1:g}% through the runtime: "
+            + ("met" if verdicts["min_top1"] else "**not met**")
+        )
     if "above_chance" in verdicts:
         lines.append(
             "- above chance: the val score is clearly above answering the largest class alone (one-sided "

@@ -41,6 +41,7 @@ from mobiforge.paths import without_local_paths
 from mobiforge.profile import count_macs, count_params, int8_weight_bytes, measure_latency, num_threads
 from mobiforge.prune import PruneConfig, prune_model, ratio_for_target
 from mobiforge.runtimes import load_runner
+from mobiforge.ship import speeds
 from mobiforge.ship.config import (
     CANDIDATE_GRID,
     FILE_OVERHEAD,
@@ -58,6 +59,8 @@ KEPT_SHARE = 1 / 3  # of the pruned teacher's int8 bytes, at most, in its first 
 TRUNCATABLE = ("efficientnet_lite0",)  # families with a ``depth`` argument (a prefix of their blocks)
 SEARCH_SHARE = 0.2  # of the time left, at most, for measuring candidates (after the first)
 SEARCH_MIN_SECONDS = 30.0  # the search's share is never shorter
+# Of the whole budget, at most, for the training-speed probes: 12 probes took 55 s of a 4-minute demo (issue 43)
+PROBE_SHARE = 0.10
 REAIM_TRIES = 3
 BF16_GAIN = 1.1  # bf16 autocast trains a candidate only when its probe is at least this much faster than fp32
 
@@ -274,13 +277,32 @@ def measure_candidate(model: nn.Module, candidate: Candidate, config: ShipConfig
 def probe_training(model: nn.Module, candidate: Candidate, config: ShipConfig) -> None:
     """The candidate's training speed, and bf16 autocast for it where the CPU runs bf16 natively and the probe
     measures it BF16_GAIN faster (from scratch only: 2x for ResNet-20 at 32 px on an AVX512-BF16 EPYC, no gain for
-    MobileNetV2 on a Xeon with AMX; ``engine.resolve_amp``). Pretrained candidates keep fp32 weights' precision."""
+    MobileNetV2 on a Xeon with AMX; ``engine.resolve_amp``). Pretrained candidates keep fp32 weights' precision.
+    A scratch candidate's speeds are kept in the machine's speed cache (``speeds``) for the next search."""
     fp32 = training_speed(model, candidate.img_size, config)
     bf16 = 0.0
     if candidate.source == "scratch" and cpu_has_native_bf16():
         bf16 = training_speed(model, candidate.img_size, config, torch.bfloat16)
+    if candidate.source == "scratch":
+        speeds.record(_speed_key(candidate, config), fp32, bf16)
+    train_at(candidate, fp32, bf16)
+
+
+def train_at(candidate: Candidate, fp32: float, bf16: float) -> None:
+    """The precision a candidate trains in (bf16 where it is BF16_GAIN faster) and the speed it will train at."""
     candidate.train_amp = "bf16" if bf16 >= BF16_GAIN * fp32 else "none"
-    candidate.train_images_per_s = bf16 if candidate.train_amp == "bf16" else fp32  # the speed it will train at
+    candidate.train_images_per_s = bf16 if candidate.train_amp == "bf16" else fp32
+
+
+def cached_speeds(candidate: Candidate, config: ShipConfig) -> dict[str, float] | None:
+    """A scratch candidate's speeds measured earlier on this machine (None: not yet, or not a scratch one)."""
+    return speeds.lookup(_speed_key(candidate, config)) if candidate.source == "scratch" else None
+
+
+def _speed_key(candidate: Candidate, config: ShipConfig) -> str:
+    return speeds.speed_key(
+        candidate.model, candidate.width_mult, candidate.img_size, batch_size(config, candidate.img_size)
+    )
 
 
 def _like_trained(model: nn.Module) -> nn.Module:
@@ -460,14 +482,14 @@ def rank(candidate: Candidate) -> tuple[int, int, int, float]:
     probed first (small images), what the time budget buys: candidates it gives SCRATCH_EPOCHS or more come first,
     the families that learn most per epoch before the rest (EPOCH_EFFICIENT_FAMILIES), each by compute (given the
     epochs to learn, accuracy grows with it), then the rest by the epochs they get (short of them, the network
-    trained longest is the best); elsewhere, by compute."""
+    trained longest is the best), the fastest first among equals; elsewhere, by compute."""
     source = SOURCE_ORDER.index(candidate.source)
     epochs = candidate.budget_epochs
     if epochs is None:
         return source, 0, 0, -candidate.macs
     if epochs >= SCRATCH_EPOCHS:
         return source, 0, int(family(candidate.model) not in EPOCH_EFFICIENT_FAMILIES), -candidate.macs
-    return source, 1, 0, -epochs
+    return source, 1, -epochs, -(candidate.train_images_per_s or 0.0)  # equal epochs (none left): the fastest
 
 
 def budget_epochs(
@@ -478,20 +500,44 @@ def budget_epochs(
     left: Callable[[], float],
     say: Callable[..., None],
 ) -> None:
-    """Probe the training speed of every scratch candidate still in the running and record the epochs the time
-    left would buy it if it trained alone (the rest of the search and its export reserve aside)."""
+    """Probe the training speed of the scratch candidates still in the running and record the epochs the time left
+    would buy each if it trained alone (the rest of the search and its export reserve aside). The probes take at
+    most PROBE_SHARE of the budget: speeds this machine measured before come from its cache, the others are probed
+    cheapest first (fewest MACs), and those the share does not reach get a speed scaled from the probed ones by
+    their MACs (``estimated_speed``)."""
     scratch = [c for c in candidates if c.status == "not measured" and c.source == "scratch"]
+    probe_until = time.time() + PROBE_SHARE * config.time_budget_s
+    probed: list[Candidate] = []
+    for candidate in sorted(scratch, key=lambda c: c.macs):
+        cached = cached_speeds(candidate, config)
+        if cached is not None:  # measured here before: no model to build, no probe
+            train_at(candidate, cached["fp32"], cached["bf16"])
+        elif not probed or time.time() <= probe_until:
+            probe_training(candidate_model(candidate, info, teacher_spec), candidate, config)
+        if candidate.train_images_per_s is not None:
+            probed.append(candidate)
     for candidate in scratch:
-        probe_training(candidate_model(candidate, info, teacher_spec), candidate, config)
-    seconds = left() - SEARCH_MIN_SECONDS * config.max_candidates  # each file measured takes about that long
+        if candidate.train_images_per_s is None:
+            candidate.train_images_per_s, candidate.speed_estimated = estimated_speed(candidate, probed), True
+    # the files still to measure take about SEARCH_MIN_SECONDS each, but never more than the search's share
+    seconds = left() - min(SEARCH_MIN_SECONDS * config.max_candidates, SEARCH_SHARE * max(0.0, left()))
     for candidate in scratch:
         candidate.budget_epochs = plan_epochs(candidate, info, None, seconds - export_reserve(candidate, info))[0]
     fastest = max(scratch, key=lambda c: c.train_images_per_s or 0.0, default=None)
     if fastest is not None:
+        estimated = sum(c.speed_estimated for c in scratch)
+        more = f"; {estimated} estimated from their MACs (probe time)" if estimated else ""
         say(
             f"search: training speeds probed; fastest {fastest.name}, {fastest.train_images_per_s:.0f} img/s "
-            f"({fastest.train_amp}), {fastest.budget_epochs} epochs in the time left"
+            f"({fastest.train_amp}), {fastest.budget_epochs} epochs in the time left{more}"
         )
+
+
+def estimated_speed(candidate: Candidate, probed: list[Candidate]) -> float:
+    """Training images per second of an unprobed candidate: the probed ones' median MACs x speed over its MACs
+    (training time grows about linearly with compute on a CPU)."""
+    work = sorted(c.macs * (c.train_images_per_s or 0.0) for c in probed if c.macs)
+    return work[len(work) // 2] / max(candidate.macs, 1) if work else 1.0
 
 
 def next_prune_target(points: list[tuple[int, int]], max_size: int) -> int:

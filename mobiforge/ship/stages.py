@@ -663,6 +663,8 @@ def export_candidate(
     }
     if state.survey.majority_rate is not None:  # a model no better than one constant answer never ships
         verdicts["above_chance"] = above_chance(best.top1, best.images, state.survey.majority_rate)
+    if config.min_top1 is not None:  # what the user said is good enough: below it the run failed, whatever else
+        verdicts["min_top1"] = best.top1 >= config.min_top1
     return ExportRecord(reports, best, verdicts)
 
 

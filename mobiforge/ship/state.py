@@ -88,6 +88,7 @@ class Candidate:
     latency_ms: float | None = None  # its median latency in the runtime
     train_images_per_s: float | None = None
     train_amp: str = "none"  # bf16: its probe trained faster under bf16 autocast, and so it trains
+    speed_estimated: bool = False  # not probed (the probes' share of the budget was spent): scaled from its MACs
     budget_epochs: int | None = None  # small images: epochs the time left buys it alone (``search.rank``)
     export_seconds: float | None = None  # how long quantizing and writing its artifact took
     status: str = "not measured"
@@ -258,8 +259,11 @@ class ShipState:
         )
 
     def _check_config(self, saved: dict[str, Any], run_dir: Path) -> None:
-        if saved.get("config") != self.config:
-            changed = sorted(key for key in self.config if (saved.get("config") or {}).get(key) != self.config[key])
+        """The settings must be the run's own; one added since the file was written counts at its default."""
+        before = saved.get("config") or {}
+        defaults = {f.name: f.default for f in dataclasses.fields(ShipConfig)}
+        changed = sorted(key for key in self.config if before.get(key, defaults.get(key)) != self.config[key])
+        if changed:
             raise MobiforgeError(
                 f"{run_dir} holds a ship run with other settings ({', '.join(changed)}); rerun it with the "
                 "same ones to resume, or give --out a new folder"
