@@ -18,9 +18,11 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=4.0, help="minutes")
     parser.add_argument("--runtime", default="executorch")
     parser.add_argument("--out", default="/tmp/runs-bench/ship-digits")
+    parser.add_argument("--section", help="the RESULTS.md section (default: ship_digits_<budget>m[_<runtime>])")
     args = parser.parse_args()
     config = ShipConfig(data="digits", runtime=args.runtime, time_budget_s=args.budget * 60, out=args.out, threads=1)
-    section = f"ship_digits_{args.budget:g}m" + ("" if args.runtime == "executorch" else f"_{args.runtime}")
+    default = f"ship_digits_{args.budget:g}m" + ("" if args.runtime == "executorch" else f"_{args.runtime}")
+    section = args.section or default
     run_and_record(
         section,
         f"`mobiforge ship` on digits ({args.budget:g}-minute budget, {args.runtime})",
