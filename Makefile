@@ -9,11 +9,11 @@ STAMP := $(VENV)/.mobiforge-installed
 install: $(STAMP)
 
 # torch/torchvision are taken from this machine's local wheel store by plain pip (uv/poetry would download GBs).
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install --quiet -e ".[all]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt torch torchvision
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[all]"
 	$(MAKE) --no-print-directory browser
 	touch $(STAMP)
 
