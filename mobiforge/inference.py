@@ -100,6 +100,10 @@ def predict(path: str | Path, images: list[str], top_k: int = 5) -> list[dict[st
 
 def image_files(given: list[str]) -> list[str]:
     """The image files named, with each folder replaced by the images under it (sorted, hidden entries skipped)."""
+    missing = [name for name in given if not Path(name).exists()]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise MobiforgeError(f"image {missing[0]} does not exist{more}")
     files: list[str] = []
     for name in given:
         path = Path(name)
@@ -112,8 +116,6 @@ def image_files(given: list[str]) -> list[str]:
             if not found:
                 raise MobiforgeError(f"{name}: a folder with no image files ({', '.join(IMAGE_EXTENSIONS)})")
             files += found
-        elif not path.is_file():
-            raise MobiforgeError(f"image {name} does not exist")
         else:
             files.append(name)
     return files
