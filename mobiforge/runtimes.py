@@ -304,7 +304,14 @@ def verified_on(config: DataConfig, val_images: int | None) -> dict[str, Any]:
 
 
 def _recorded_folder(recorded: str, folder: Path) -> str:
-    """The recorded data, found from the file's folder (a built-in set by its name)."""
-    if recorded in BUILTIN_DATASETS or Path(recorded).is_absolute():
+    """The recorded data, found from the file's folder (a built-in set by its name); a file moved away from its
+    data, or to another machine, is one line asking for ``--data``."""
+    if recorded in BUILTIN_DATASETS:
         return recorded
-    return os.path.normpath(folder / recorded)
+    found = recorded if Path(recorded).is_absolute() else os.path.normpath(folder / recorded)
+    if not Path(found).exists():
+        raise MobiforgeError(
+            f"{folder}: its report records the data it was verified on as {recorded}, which is not there from "
+            "here (the file was moved, or the data); pass --data FOLDER"
+        )
+    return found

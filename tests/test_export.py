@@ -749,6 +749,13 @@ def test_predict_takes_folders_and_answers_a_non_image_in_one_sentence(
     assert f"image {note}: not an image mobiforge can read" in error and "<_io" not in error
     (tmp_path / "empty").mkdir()
     assert main(["predict", onnx, str(tmp_path / "empty")]) == 2 and "no image files" in capsys.readouterr().err
+    # a file moved away from its data: eval asks for --data in one line, no traceback
+    moved = tmp_path / "moved" / "far" / "m.onnx"
+    moved.parent.mkdir(parents=True)
+    moved.write_bytes(Path(onnx).read_bytes())
+    Path(f"{moved}.json").write_text(Path(f"{onnx}.json").read_text())
+    assert main(["eval", str(moved)]) == 2
+    assert "which is not there from here" in capsys.readouterr().err
     # a report from before issue 42 records no data: eval asks for it in one line
     old = tmp_path / "old.onnx"
     old.write_bytes(Path(onnx).read_bytes())
