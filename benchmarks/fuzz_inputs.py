@@ -245,7 +245,7 @@ def main() -> None:
         )
     bad = sum(counts[key] for key in counts if key[2] in ("traceback", "abort", "hang"))
     body = (
-        f"### fuzz_inputs: damaged files given to every command that reads them\n\n"
+        f"## fuzz_inputs: damaged files given to every command that reads them\n\n"
         f"{cases} damaged files, {sum(counts.values())} command runs in {args.minutes:g} minutes "
         f"(seed {args.seed}): **{bad} tracebacks, aborts or hangs** (target 0).\n\n" + "\n".join(table)
     )

@@ -1,7 +1,7 @@
 """A screenshot of `mobiforge serve` on a ship run, taken as the page test takes it: Debian's chromium driven by
 Playwright, two photos uploaded, their top-5 shown by the artifact running in its runtime here.
 
-    python -m benchmarks.serve_screenshot RUN_DIR PHOTO PHOTO --out benchmarks/ship/SECTION/serve.png
+    python -m benchmarks.serve_screenshot RUN_DIR PHOTO PHOTO --out /tmp/serve.png
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Target (issue 7): an int8 artifact under 1 MB and 100 ms (batch 1, one thread, ExecuTorch on this machine) with at
 least 90% test top-1 within 60 minutes. Accuracy here is bound by training time on 2 CPU cores; ship's own defaults
 decide how many candidates share it (issue 26: one, when a second would leave either short of its epochs). Report
-and model card: benchmarks/ship/ship_cifar10/.
+and model card: benchmarks/reports/ship_cifar10/.
 
     python -m benchmarks.ship_cifar10 [--data ../shared/datasets/cifar10] [--budget 60]
 """

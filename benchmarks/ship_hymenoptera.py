@@ -1,7 +1,7 @@
 """`mobiforge ship` on hymenoptera (245 train / 153 val photos of ants and bees) with a 30-minute budget.
 
 Target (issue 7): an int8 artifact under 1 MB and 100 ms (batch 1, one thread, ExecuTorch on this machine);
-report the val top-1 reached, aiming for 90%. The report and model card land in benchmarks/ship/hymenoptera/.
+report the val top-1 reached, aiming for 90%. The report and model card land in benchmarks/reports/ship_hymenoptera/.
 
     python -m benchmarks.ship_hymenoptera [--data ../shared/datasets/hymenoptera] [--budget 30]
 

@@ -1,5 +1,5 @@
 """Shared part of the ship benchmarks: run `mobiforge ship` through the API, keep its report and model card
-under benchmarks/ship/<section>/ and write the section of benchmarks/RESULTS.md."""
+under benchmarks/reports/<section>/ (text only: the PNGs and HTML stay in the run folder) and write the record."""
 
 from __future__ import annotations
 
@@ -12,18 +12,35 @@ from benchmarks.results import write_section
 from mobiforge.cli.progress import RichReporter
 from mobiforge.ship import ShipConfig, ship
 
-KEPT = (
-    "report.md",
-    "report.html",
-    "model_card.json",
-    "labels.txt",
-    "candidates.png",
-    "curves.png",
-    "confusion.png",
-    "confusion_int8.png",
-    "mistakes.png",
-    "MODEL_CARD.md",
-)
+REPORTS = Path(__file__).resolve().parent / "reports"
+KEPT = ("report.md", "model_card.json", "labels.txt", "MODEL_CARD.md")  # text: the images stay in the run folder
+
+
+def keep_report(run_dir: Path, section: str) -> Path:
+    """The run's text files copied to benchmarks/reports/<section>/ (committed beside the record)."""
+    kept = REPORTS / section
+    shutil.rmtree(kept, ignore_errors=True)
+    kept.mkdir(parents=True)
+    for name in KEPT:
+        if (run_dir / name).exists():
+            shutil.copyfile(run_dir / name, kept / name)
+    return kept
+
+
+def card_figures(card: dict | None) -> dict:
+    """The figures of a ship run a record keeps as data (from its model card)."""
+    if card is None:
+        return {"shipped": False}
+    return {
+        "shipped": card["shipped"],
+        "candidate": card["model"]["candidate"],
+        "top1_runtime": card["accuracy"]["top1_in_runtime"],
+        "top1_fp32": card["accuracy"]["top1_fp32_pytorch"],
+        "bytes": card["artifact"]["bytes"],
+        "latency_ms": card["latency_ms"]["median"],
+        "time_used_s": card["budget"]["time_used_s"],
+        "budget_s": card["budget"]["time_budget_s"],
+    }
 
 
 def run_and_record(section: str, title: str, config: ShipConfig, target: str) -> None:
@@ -31,12 +48,7 @@ def run_and_record(section: str, title: str, config: ShipConfig, target: str) ->
     with RichReporter() as reporter:
         result = ship(config, reporter)
     wall = time.time() - started
-    kept = Path(__file__).resolve().parent / "ship" / section
-    shutil.rmtree(kept, ignore_errors=True)
-    kept.mkdir(parents=True)
-    for name in KEPT:
-        if (result.run_dir / name).exists():
-            shutil.copyfile(result.run_dir / name, kept / name)
+    keep_report(result.run_dir, section)
     report = (result.run_dir / "report.md").read_text()
     headline = report.split("## Candidates")[0].split("\n", 1)[1].strip()
     table = report.split("## Candidates")[1].split("\n## ")[0].strip()
@@ -47,16 +59,16 @@ def run_and_record(section: str, title: str, config: ShipConfig, target: str) ->
     lines = [
         f"## {title}",
         "",
-        headline.replace("](", "](ship/" + section + "/"),
+        headline.replace("](", "](reports/" + section + "/"),
         "",
         f"Target: {target}. Wall time of this process: {wall / 60:.1f} min (the budget counts every stage).",
         "",
         table,
         "",
-        f"Report: [ship/{section}/report.md](ship/{section}/report.md) ([HTML](ship/{section}/report.html)) · "
-        f"model card: [ship/{section}/model_card.json](ship/{section}/model_card.json)",
+        f"Report: [reports/{section}/report.md](reports/{section}/report.md) · "
+        f"model card: [reports/{section}/model_card.json](reports/{section}/model_card.json)",
     ]
     if card is None:
         lines.append("\nNo candidate reached the export stage, so there is no model card.")
-    write_section(section, "\n".join(lines))
+    write_section(section, "\n".join(lines), {**card_figures(card), "wall_s": wall})
     print(f"recorded {section}: chosen {result.chosen}, closest {result.closest}, {wall / 60:.1f} min")

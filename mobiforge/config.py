@@ -485,7 +485,8 @@ class ExportConfig:
     # fold the fake-quantized graph trains against is then the one convert_pt2e writes
     qat_freeze_bn: bool = opt(True, "QAT fine-tunes with BN on its running statistics (off: the batches update them)")
     # weight of the fp32 model's own soft predictions in the QAT loss (the rest on the labels): fine-tuning then pulls
-    # the int8 graph towards the model it replaces; measured to halve the logit error against fp32 (RESULTS.md)
+    # the int8 graph towards the model it replaces; measured to halve the logit error against fp32
+    # (RESULTS.md#export_hymenoptera_amd)
     qat_distill: float = opt(
         0.5,
         "weight of the fp32 model's soft predictions in the QAT loss, the rest on the labels (0: labels only)",

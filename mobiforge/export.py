@@ -493,7 +493,8 @@ def _export_and_verify(model: nn.Module, config: ExportConfig, data: ExportData,
 
 # Two correct int8 executions of one file may round a near tie either way: MediaPipe's image-to-tensor step and
 # LiteRT's interpreter gave probabilities up to 0.02 apart on the hymenoptera val set, and one image at 0.51/0.49
-# in LiteRT was an exact 0.50/0.50 tie in MediaPipe (RESULTS.md). The gate counts the disagreements outside these.
+# in LiteRT was an exact 0.50/0.50 tie in MediaPipe (RESULTS.md#flipped_images_hymenoptera_amd). The gate counts the
+# disagreements outside these.
 NEAR_TIE = 0.05  # top two probabilities closer than this
 
 

@@ -242,7 +242,8 @@ def fold_batchnorms(model: nn.Module, modules: Sequence[str]) -> nn.Module:
     QAT's prepare rewrites every conv-BN pair of the graph into its simulated-fold pattern, and convert folds back
     only the pairs it quantized: a pair left in float stayed a conv on a weight computed in the graph, which
     ExecuTorch's XNNPACK partitioner does not delegate (EfficientNet-Lite0 with its stem in float ran 3.4x slower,
-    RESULTS.md). Folding first is exact while BN is on its running statistics, as QAT fine-tunes by default.
+    RESULTS.md#export_hymenoptera_amd). Folding first is exact while BN is on its running statistics, as QAT fine-tunes
+    by default.
     """
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 

@@ -15,8 +15,8 @@ hashes the trunk's weights, the cut, the preprocessing and augmentation, the see
 files (paths, sizes, modification times); each view is a file of its own, so a run with more views reuses another's
 first ones. A killed run resumes from the chunks it finished, and a cache of other weights, another resolution or
 other data is never read (its key differs; a chunk whose stored key does not match is recomputed, with a warning).
-On CPUs with native bf16 (AVX512-BF16, AMX) the trunk runs in bf16 (``amp`` auto or bf16; RESULTS.md has the
-speed-up).
+On CPUs with native bf16 (AVX512-BF16, AMX) the trunk runs in bf16 (``amp`` auto or bf16;
+RESULTS.md#transfer_ladder_hymenoptera has the speed-up).
 
 Distillation needs no teacher in the loop: the teacher's logits for every cached (image, view) are computed once,
 from its own cached trunk (a teacher that is itself a cached tail run, such as ship's linear probe, reads its

@@ -209,7 +209,7 @@ def test_converted_graphs_keep_only_the_tensors_they_use(mode: str) -> None:
 def test_relu6_is_quantized_after_the_conv_it_clamps() -> None:
     """XNNPACK's own quantizer observed each conv's raw output before ReLU6: half of these channels sit near -50,
     where the clamp makes them 0, and their range took the int8 steps of the [0, 6] that survives (a pruned
-    EfficientNet-Lite0 lost 27 top-1 points that way; RESULTS.md)."""
+    EfficientNet-Lite0 lost 27 top-1 points that way; RESULTS.md#relu6_fusion)."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,

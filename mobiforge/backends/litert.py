@@ -8,7 +8,7 @@ labels, the input's normalisation and its description. ``sdk_top1`` classifies i
 MediaPipe's ``ImageClassifier`` for export's gate.
 
 int8 graphs are annotated by XNNPACK's quantizer, as for ExecuTorch: litert-torch 0.10's own annotator was measured
-to lose 32 top-1 points on a CIFAR-10 MobileNetV2 (benchmarks/RESULTS.md) and its QAT variant fails on this torch.
+to lose 32 top-1 points on a CIFAR-10 MobileNetV2 (RESULTS.md#export_cifar10) and its QAT variant fails on this torch.
 litert-torch still does the conversion, told by its quantizer config that the graph is statically quantized.
 """
 

@@ -115,8 +115,8 @@ def onnx_preprocess(fp32_path: Path, out_path: Path) -> Path:
 def onnx_needs_reduce_range(cpuinfo: str | None = None) -> bool:
     """Whether ONNX Runtime's int8 kernels on this CPU need 7-bit weights: on x86 without VNNI they multiply uint8
     activations by int8 weights with instructions whose 16-bit pair sums saturate, and ONNX Runtime's quantization
-    guide recommends ``reduce_range`` there (EfficientNet-Lite0 on an AVX2 CPU: 7x less logit error, RESULTS.md).
-    VNNI and AMX CPUs, and ARM, do not saturate."""
+    guide recommends ``reduce_range`` there (EfficientNet-Lite0 on an AVX2 CPU: 7x less logit error,
+    RESULTS.md#export_hymenoptera_amd). VNNI and AMX CPUs, and ARM, do not saturate."""
     if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
         return False
     if cpuinfo is None:

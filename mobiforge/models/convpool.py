@@ -5,7 +5,7 @@ a 3x3 stem, then three stages of ``ConvBNAct -> MaxPool 2 -> ConvBNAct`` that ha
 channels, global pooling and one linear layer. Only eight layers deep and wide early, it learns more per epoch than a
 deep thin ResNet, and its wide dense convolutions run near the CPU's arithmetic rate (issue 26: ``convpool_s``
 trains about twice as fast per image as ResNet-20 on two Zen 4 cores in bf16). Where a CPU budget buys few epochs
-of a small-image dataset, that is the better trade; ``benchmarks/RESULTS.md`` records the comparison.
+of a small-image dataset, that is the better trade; ``RESULTS.md#small_image_families`` records the comparison.
 
 The papers pool the conv's output before its BatchNorm; here each conv keeps its BN and activation next to it and
 the pool follows, so that int8 export folds every BN into its conv (a max pool commutes with the monotone

@@ -5,7 +5,7 @@ for CIFAR-10 (2024).
 Each kept principal direction of the k x k x 3 patches becomes a pair of filters, ``+v / sqrt(lambda)`` and its
 negation, so that the ReLU after the stem passes both signs. The first layer then starts decorrelated instead of
 random and needs no training. On a CIFAR-10 subset this, with Nesterov momentum, raised convpool_s by about 3
-points at equal epochs (``benchmarks/scratch_recipe.py``; RESULTS.md).
+points at equal epochs (``benchmarks/scratch_recipe.py``; RESULTS.md#scratch_recipe_convpool_whiten).
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def identity_init(model: nn.Module) -> int:
     """Start every dense convolution after the first as a partial identity, as airbench does (Jordan, 2024): of a
     conv with ``in`` input channels, the first ``min(in, out)`` filters pass their own input channel through (the
     kernel's centre) and the rest keep their random start. A plain conv stack then begins close to an implicit
-    residual network (RESULTS.md, scratch_recipe_airbench_init, measures it). Returns how many convs were set."""
+    residual network (RESULTS.md#scratch_recipe_airbench_init measures it). Returns how many convs were set."""
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)][1:]  # the stem sees pixels, not features
     count = 0
     for conv in convs:

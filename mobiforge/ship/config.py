@@ -13,8 +13,8 @@ SMALL_INPUT_SIZE = 32
 LARGE_INPUT_SIZES = (224, 160, 128)
 MIN_EPOCHS = 3  # a second candidate is trained only if both get at least this many epochs
 # From scratch on small images, fewer one-cycle epochs than this leave a network far from what it can reach
-# (ResNet-20 on CIFAR-10, RESULTS.md: 85.4% after 16 epochs, 87.4% after 32 and still rising); ranking and sharing
-# the budget use it. A judgement from those two runs, not a fitted curve.
+# (ResNet-20 on CIFAR-10, RESULTS.md#cifar10_time_to_accuracy_convpool: 85.4% after 16 epochs, 87.4% after 32 and still
+# rising); ranking and sharing the budget use it. A judgement from those two runs, not a fitted curve.
 SCRATCH_EPOCHS = 30
 MAX_EPOCHS = 100
 FIRST_LAYERS_IN_FLOAT = 2  # the stem and the first block: where int8 hurts MobileNet-family nets most

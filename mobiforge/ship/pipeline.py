@@ -36,7 +36,8 @@ from mobiforge.ship.state import Candidate, ResultRecord, Row, SearchRecord, Shi
 CACHED_SHARE = 0.75
 # A pruned student takes all the time when only the truncated form of the same teacher waits: that one is its
 # fallback (it trains when the pruned one does not ship). The pruned student, every stage of the teacher kept, beat
-# the truncated one on each set measured: hymenoptera at 10 and 30 minutes and the CIFAR-10 proxy (RESULTS.md).
+# the truncated one on each set measured: hymenoptera at 10 and 30 minutes and the CIFAR-10 proxy
+# (RESULTS.md#ship_hymenoptera_10m, #ship_proxy).
 FALLBACK_SOURCE = "truncated"
 
 
@@ -194,7 +195,7 @@ def _train_cached(
 
 def _fallback(candidate: Candidate, candidates: list[Candidate], state: ShipState) -> bool:
     """Whether ``candidate`` is a truncated student after a pruned student that met every budget: it trains only
-    when that one did not ship (RESULTS.md: the pruned student beat it on every set measured)."""
+    when that one did not ship (RESULTS.md#ship_proxy: the pruned student beat it on every set measured)."""
     return candidate.source == FALLBACK_SOURCE and any(
         c.source == "pruned" and (record := state.exported(c.name)) is not None and record.met for c in candidates
     )

@@ -33,8 +33,8 @@ def data_config(config: ShipConfig, img_size: int | None) -> DataConfig:
     )
 
 
-# Plain conv stacks, for which airbench's identity start and fast BN biases were measured to help (RESULTS.md,
-# scratch_recipe_airbench_init); residual and depthwise networks keep a random start.
+# Plain conv stacks, for which airbench's identity start and fast BN biases were measured to help
+# (RESULTS.md#scratch_recipe_airbench_init); residual and depthwise networks keep a random start.
 IDENTITY_START_FAMILIES = ("convpool",)
 NORM_BIAS_LR_SCALE = 64.0  # airbench's: BN biases learn 64x faster than the weights, BN scales held at 1
 
@@ -44,9 +44,9 @@ def identity_start(model: str | None) -> bool:
 
 
 def scratch_recipe(small: bool, steps: int, batch: int, model: str | None = None) -> engine.OptimConfig:
-    """The CIFAR-10 recipe measured in benchmarks/RESULTS.md (SGD with Nesterov momentum, one-cycle; for the
-    conv-pool family, BN biases at 64x the rate) when the run is long enough for its warm-up; short runs (few images
-    or epochs) diverged with it and get AdamW with cosine decay instead."""
+    """The CIFAR-10 recipe measured in RESULTS.md#scratch_recipe_convpool_whiten (SGD with Nesterov momentum,
+    one-cycle; for the conv-pool family, BN biases at 64x the rate) when the run is long enough for its warm-up;
+    short runs (few images or epochs) diverged with it and get AdamW with cosine decay instead."""
     if small and steps >= 1000:
         return engine.OptimConfig(
             lr=0.2 * batch / 128,
@@ -61,13 +61,13 @@ def scratch_recipe(small: bool, steps: int, batch: int, model: str | None = None
 
 def scratch_whiten_stem(optim: engine.OptimConfig) -> bool:
     """Whether a from-scratch run starts from a whitened, frozen stem: with the small-image SGD recipe, with which
-    it was measured (RESULTS.md, scratch_recipe_convpool); the AdamW fallback starts from a random one."""
+    it was measured (RESULTS.md#scratch_recipe_convpool); the AdamW fallback starts from a random one."""
     return optim.optimizer == "sgd"
 
 
 def scratch_identity_init(model: str, optim: engine.OptimConfig) -> bool:
     """Whether a from-scratch run starts its convs as partial identities: the conv-pool family with the SGD recipe,
-    with which it was measured (RESULTS.md, scratch_recipe_airbench_init)."""
+    with which it was measured (RESULTS.md#scratch_recipe_airbench_init)."""
     return identity_start(model) and optim.optimizer == "sgd"
 
 
@@ -146,8 +146,8 @@ def replan_early(plan: Callable[[int, float], int]) -> Callable[[Trainer], None]
     estimate still ends its learning-rate schedule instead of being cut mid-way or ending early. The later plans time
     the epochs after the first only: the first ran 10% slower than the rest on CIFAR-10 (caches and kernels warming
     up), which cost 3 of 31 epochs of a 30-minute run; epochs 2-3 of a 60-minute ship run ran 10% slower than the
-    ones after them, which left 8 of its minutes unused (RESULTS.md). All plans fall within one-cycle's warm-up,
-    where a longer or shorter run barely changes the rate."""
+    ones after them, which left 8 of its minutes unused (RESULTS.md#ship_cifar10). All plans fall within one-cycle's
+    warm-up, where a longer or shorter run barely changes the rate."""
     seconds: list[float] = []
     finished = False
 

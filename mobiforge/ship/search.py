@@ -136,7 +136,7 @@ def grid_candidates(config: ShipConfig, info: Survey) -> list[Candidate]:
 
 FAMILY_PREFIXES = (*NOT_PRUNABLE, "resnet", "convpool")  # families of several named models: ``--models`` takes them
 # From scratch on small images, given the same epochs, the conv-pool nets reach more than the other families:
-# benchmarks/small_image_families.py (a CIFAR-10 subset, the same epochs for each; RESULTS.md).
+# benchmarks/small_image_families.py (a CIFAR-10 subset, the same epochs for each; RESULTS.md#small_image_families).
 EPOCH_EFFICIENT_FAMILIES = ("convpool",)
 
 

@@ -270,7 +270,7 @@ def train_candidate(
             init_from=str(start),
             data=data_config(config, img_size=None),  # the teacher's input size and normalisation
             # Both start from the fine-tuned teacher's weights: a gentle rate (at 0.01 a pruned EfficientNet-Lite0
-            # collapsed to one-class predictions on hymenoptera: RESULTS.md).
+            # collapsed to one-class predictions on hymenoptera: RESULTS.md#ship_hymenoptera).
             optim=engine.OptimConfig(lr=0.005, scheduler="cosine", weight_decay=4e-5, label_smoothing=0.1),
         )
     else:
@@ -292,7 +292,7 @@ def train_candidate(
     result = train_resumable(train_config, reporter, deadline, fit_epochs(fit_by, MAX_EPOCHS))
     # The schedule's end point, not the val-selected best epoch: the same val images then judge the int8 file, and
     # on a small val set the best of many evaluations is partly luck that int8 rounding undoes (the hymenoptera
-    # ship run in RESULTS.md shows it).
+    # ship run in RESULTS.md#ship_hymenoptera shows it).
     record = _record(result, result.run_dir / "last.pt", result.history[-1]["val_top1"])
     return dataclasses.replace(
         record, epochs_estimated=epochs, seconds=time.time() - started, distilled=teacher is not None
@@ -567,7 +567,7 @@ def export_attempts(checkpoint: str, runtime: str) -> list[tuple[str, tuple[str,
     """PTQ; then PTQ with the first layer groups left in float; then QAT where the backend takes it (not ONNX,
     which quantizes fp32 graphs only). ``mobiforge export`` searches every layer group for the ones to leave in
     float (minutes: ~20 calibrations); ship, on a clock, tries the groups that search picked on both hymenoptera
-    models (the stem, alone or with the first block: RESULTS.md) for one more PTQ export.
+    models (the stem, alone or with the first block: RESULTS.md#export_hymenoptera_amd) for one more PTQ export.
     """
     first = tuple(layer_groups(Checkpoint.load(checkpoint).model())[:FIRST_LAYERS_IN_FLOAT])
     qat = [("qat", ())] if get_backend(runtime).supports_qat else []
