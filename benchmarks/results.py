@@ -291,7 +291,10 @@ def render_readme(readme: str, records: list[dict[str, Any]]) -> str:
 
 def rendered() -> dict[Path, str]:
     records = load_records()
-    return {RESULTS: render_results(records), README: render_readme(README.read_text(), records)}
+    files = {RESULTS: render_results(records)}
+    if README.exists():
+        files[README] = render_readme(README.read_text(), records)
+    return files
 
 
 def render() -> None:

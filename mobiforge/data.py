@@ -325,7 +325,12 @@ def _checked_splits(splits: DatasetSplits, source: Path) -> DatasetSplits:
     check_distinct({"train": splits.train, "val": splits.val}, splits.classes)
     for name, chosen in (("train", splits.train), ("val", splits.val)):
         if not chosen:
-            raise MobiforgeError(f"--data {source}: the {name} split has no images")
+            total = len(splits.train) + len(splits.val)
+            raise MobiforgeError(
+                f"--data {source}: the {name} split has no images ({total} image(s) in all, "
+                f"{len(splits.classes)} classes); add images (a few dozen per class at least) or give it "
+                "train/ and val/ folders"
+            )
     return splits
 
 
@@ -481,6 +486,39 @@ def _decode_problem(path: str) -> str | None:
     return None
 
 
+def _header_problem(path: str) -> str | None:
+    try:
+        if os.path.getsize(path) == 0:
+            return "empty file"
+        with Image.open(path):
+            pass  # the header only: what PIL needs to name the format and the size
+    except Exception as error:
+        return str(error).splitlines()[0] if str(error) else type(error).__name__
+    return None
+
+
+def find_unreadable(paths: Sequence[str], workers: int = 4) -> dict[str, str]:
+    """Every file among ``paths`` whose header PIL cannot read (not an image at all), with the reason: a scan of a
+    large folder in seconds, where ``find_bad_images`` decodes every pixel."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        problems = list(pool.map(_header_problem, paths, chunksize=64))
+    return {path: problem for path, problem in zip(paths, problems, strict=True) if problem}
+
+
+def classes_without_images(samples: Sequence[Sample], classes: Sequence[str], unreadable: dict[str, str]) -> None:
+    """Fail in one line when a class folder holds files but none that is an image: no skipping can rescue it."""
+    by_class: dict[int, list[str]] = {}
+    for path, label in samples:
+        by_class.setdefault(label, []).append(path)
+    for label, paths in sorted(by_class.items()):
+        if all(path in unreadable for path in paths):
+            example = paths[0]
+            raise MobiforgeError(
+                f"class {classes[label]!r} holds no readable image ({len(paths)} file(s); {example}: "
+                f"{unreadable[example]}); remove the folder or put its images in it"
+            )
+
+
 def find_bad_images(paths: Sequence[str], workers: int = 4) -> dict[str, str]:
     """Every file among ``paths`` that PIL cannot fully decode, with the reason."""
     with ThreadPoolExecutor(max_workers=workers) as pool:  # PIL releases the GIL while decoding
@@ -488,7 +526,7 @@ def find_bad_images(paths: Sequence[str], workers: int = 4) -> dict[str, str]:
     return {path: problem for path, problem in zip(paths, problems, strict=True) if problem}
 
 
-def _report_bad(bad: dict[str, str], skip_bad: bool) -> set[str]:
+def report_bad(bad: dict[str, str], skip_bad: bool) -> set[str]:
     if not bad:
         return set()
     listing = "; ".join(f"{path} ({reason})" for path, reason in sorted(bad.items()))
@@ -502,7 +540,7 @@ def _report_bad(bad: dict[str, str], skip_bad: bool) -> set[str]:
 
 def decodable(samples: Sequence[Sample], skip_bad: bool) -> set[str]:
     """Scan every image of ``samples``; fail listing the bad ones, or (``skip_bad``) warn and return their paths."""
-    return _report_bad(find_bad_images([path for path, _ in samples]), skip_bad)
+    return report_bad(find_bad_images([path for path, _ in samples]), skip_bad)
 
 
 @dataclass
@@ -593,7 +631,7 @@ def check_images(
             val_images, val_bad = decode_into_memory(val_paths, cache[1], budget - used)
             bad.update(val_bad)
             splits.images = {**train_images, **val_images} if val_images is not None else None
-    dropped = _report_bad(bad, skip_bad)
+    dropped = report_bad(bad, skip_bad)
     if dropped:
         splits.train = [s for s in splits.train if s[0] not in dropped]
         splits.val = [s for s in splits.val if s[0] not in dropped]

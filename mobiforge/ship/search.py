@@ -29,7 +29,7 @@ from torch import nn
 from mobiforge.backends import get_backend
 from mobiforge.checkpoint import Checkpoint
 from mobiforge.config import ShipConfig
-from mobiforge.data import DataConfig, discover
+from mobiforge.data import DataConfig, classes_without_images, discover, find_unreadable, report_bad
 from mobiforge.engine import autocast, cpu_has_native_bf16
 from mobiforge.errors import MobiforgeError
 from mobiforge.export import ExportConfig, ExportData, build_artifact, interface
@@ -66,8 +66,15 @@ BF16_GAIN = 1.1  # bf16 autocast trains a candidate only when its probe is at le
 
 
 def survey(config: ShipConfig) -> Survey:
-    """Classes, split sizes and the median shorter side of a sample of training images."""
+    """Classes, split sizes and the median shorter side of a sample of training images. Files that are not images
+    stop the run here, before the search spends its budget (or, with ``--skip-bad-images``, training skips them);
+    a class with no image at all stops it either way."""
     splits = discover(DataConfig(data=config.data))
+    samples = splits.train + splits.val
+    unreadable = find_unreadable([path for path, _ in samples])
+    classes_without_images(samples, splits.classes, unreadable)
+    if unreadable and not config.skip_bad_images:
+        report_bad(unreadable, skip_bad=False)
     step = max(1, len(splits.train) // 32)
     sides = []
     for path, _ in splits.train[::step][:32]:

@@ -226,6 +226,7 @@ class ShipState:
         self.session_start = time.time()
         self.config = plain_config(config)
         self.stages: dict[str, Any] = {}
+        self.finished_at: dict[str, float] = {}  # seconds of the budget spent when each stage finished
         self.elapsed_before = 0.0
         self.recovered = ""  # how the state was read back from its backup, for the user
         self._lock = threading.Lock()  # the clock thread saves too
@@ -241,6 +242,7 @@ class ShipState:
                 saved = located(json.loads(path.read_text()), run_dir)
                 stages = {name: read_record(name, data) for name, data in (saved.get("stages") or {}).items()}
                 elapsed = float(saved.get("elapsed_s", 0.0))
+                finished_at = {str(k): float(v) for k, v in (saved.get("finished_at_s") or {}).items()}
             except FileNotFoundError:
                 continue
             except (OSError, ValueError, TypeError, KeyError, AttributeError) as error:
@@ -249,7 +251,7 @@ class ShipState:
             if not stages:  # nothing finished: nothing to resume, whatever the settings were
                 return
             self._check_config(saved, run_dir)
-            self.stages, self.elapsed_before = stages, elapsed
+            self.stages, self.elapsed_before, self.finished_at = stages, elapsed, finished_at
             if path == backup:
                 self.recovered = f"{self.path.name} was damaged; resumed from its previous copy"
             return
@@ -295,6 +297,7 @@ class ShipState:
     def finish(self, stage: str, record: R) -> R:
         with self._lock:
             self.stages[stage] = record
+            self.finished_at[stage] = round(self.elapsed(), 1)
         self.save()
         return record
 
@@ -303,6 +306,7 @@ class ShipState:
             "version": STATE_VERSION,
             "config": self.config,
             "elapsed_s": self.elapsed(),
+            "finished_at_s": dict(self.finished_at),
             "stages": {
                 name: _plain(record) if not isinstance(record, dict) else record for name, record in self.stages.items()
             },
