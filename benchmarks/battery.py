@@ -30,8 +30,10 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from benchmarks.results import write_section
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"  # beside the clone (--shared elsewhere)
 TIME_SLACK = 0.10  # a run may overrun its budget by this share (the demo guard's allowance)
+# The CLI's one-line verdicts when nothing ships (besides "mobiforge ship: error: ..."): deliberate, with a reason
+REFUSALS = ("nothing shipped:", "no candidate met the budget")
 KILL_AFTER = 1.5  # a run still going at this multiple of its budget (plus a minute) is killed: a hang
 
 
@@ -54,13 +56,13 @@ class Outcome:
 
     @property
     def error(self) -> str | None:
-        """The one-line error a failed run printed (None: it printed none, or did not fail)."""
+        """The one-line error or verdict a run that shipped nothing ended with (None: it ended otherwise)."""
         if self.rc == 0 or self.killed:
             return None
         text = self.log.read_text(errors="replace")
         if "Traceback" in text:
             return None
-        return self.last_line if ": error:" in self.last_line else None
+        return self.last_line if self.last_line.startswith(REFUSALS) or ": error:" in self.last_line else None
 
     @property
     def shipped(self) -> bool:
@@ -99,7 +101,7 @@ class Row:
 
 def shared(name: str) -> Callable[[Path], str]:
     def locate(_: Path) -> str:
-        path = SHARED / name
+        path = SHARED / name  # read when the row runs: --shared sets it
         if not path.is_dir():
             raise DataMissing(f"{path} is not on this machine")
         return str(path)
@@ -301,8 +303,16 @@ def stage_seconds(state: dict[str, Any] | None) -> dict[str, float]:
     return seconds
 
 
-def figures(row: Row, out: Outcome, data: str, order: int) -> dict[str, Any]:
+def figures(row: Row, out: Outcome, data: str, order: int, scratch: Path | None = None) -> dict[str, Any]:
+    """The row's record: what the README's table and the noise comparisons read. No path of this machine in it."""
     card = out.card or {}
+
+    def shareable(text: str | None) -> str | None:
+        for local, name in ((scratch, "<scratch>"), (SHARED, "<shared>")):
+            if text and local is not None:
+                text = text.replace(str(local), name)
+        return text
+
     survey = ((out.state or {}).get("stages") or {}).get("survey") or {}
     return {
         "battery": {"row": row.name, "tier": row.tier, "order": order},
@@ -314,8 +324,8 @@ def figures(row: Row, out: Outcome, data: str, order: int) -> dict[str, Any]:
         "rc": out.rc,
         "killed": out.killed,
         "shipped": out.shipped,
-        "error": out.error,
-        "last_line": out.last_line,
+        "error": shareable(out.error),
+        "last_line": shareable(out.last_line),
         "candidate": card.get("model", {}).get("candidate"),
         "top1_runtime": out.top1,
         "top1_fp32": card.get("accuracy", {}).get("top1_fp32_pytorch"),
@@ -375,7 +385,7 @@ def run_battery(rows: list[Row], scratch: Path, repeat: int) -> list[tuple[str, 
                 out = run_row(row, data, work)
             except OSError as error:  # the battery itself failed to start the run: a failure, and on to the next
                 out = Outcome(-1, 0.0, row.budget_min * 60, work / "ship.log", None, None, f"battery: {error}")
-            f = figures(row, out, data, order)
+            f = figures(row, out, data, order, scratch)
             write_section(f"battery_{row.name}", body(row, f), f)
             verdict = "met" if f["target_met"] else "NOT MET"
             print(f"battery {row.name}: {verdict} ({f['candidate']}, {_value(f['top1_runtime'], '{:.2f}%')}, "
@@ -385,12 +395,15 @@ def run_battery(rows: list[Row], scratch: Path, repeat: int) -> list[tuple[str, 
 
 
 def main() -> int:
+    global SHARED
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tier", choices=("quick", "full"), default="quick")
     parser.add_argument("--rows", help="comma-separated row names (default: every row of the tier)")
     parser.add_argument("--repeat", type=int, default=1, help="run each row this many times (its noise)")
     parser.add_argument("--scratch", type=Path, default=Path("/tmp/mobiforge-battery"))
+    parser.add_argument("--shared", type=Path, default=SHARED, help="the folder holding hymenoptera/, rps/, cifar10/")
     args = parser.parse_args()
+    SHARED = args.shared.resolve()
     names = {row.name for row in ROWS}
     if args.rows:
         unknown = sorted(set(args.rows.split(",")) - names)

@@ -28,7 +28,8 @@ BENCHMARKS = Path(__file__).resolve().parent
 ROOT = BENCHMARKS.parent
 RECORDS = BENCHMARKS / "results"
 RESULTS = BENCHMARKS / "RESULTS.md"
-README = ROOT / "README.md"
+# Files whose results block (between the markers) is rendered from the battery's records.
+TABLE_FILES = [ROOT / "README.md", ROOT / "docs" / "ship.md"]
 README_MARKERS = ("<!-- results:start -->", "<!-- results:end -->")
 NAME = re.compile(r"^[a-z0-9][a-z0-9_]*$")
 HEADER = (
@@ -92,6 +93,14 @@ def describe_machine(host: dict[str, Any]) -> str:
         f"{host['cpu']} ({host['capability']}, {bf16}; {flags}), {host['cores']} cores visible; Python "
         f"{host['python']}, torch {host['torch']}, torchvision {host['torchvision']}, mobiforge {host['mobiforge']}"
     )
+
+
+def cpu_label(host: dict[str, Any]) -> str:
+    """The CPU and what decides its kernels, short."""
+    if "described" in host:
+        return host["described"].split(",")[0]
+    bf16 = ", native bf16" if host["native_bf16"] else ""
+    return f"{host['cpu']} with {host['capability']}{bf16}"
 
 
 def commit() -> str | None:
@@ -258,7 +267,13 @@ def _cell(value: Any, fmt: str = "{}") -> str:
     return "—" if value is None else fmt.format(value)
 
 
-def render_readme_table(records: list[dict[str, Any]]) -> str:
+def _outcome(figures: dict[str, Any]) -> str:
+    if figures.get("shipped"):
+        return figures.get("candidate") or "shipped"
+    return "refused in one line" if figures.get("error") else "nothing shipped"
+
+
+def render_readme_table(records: list[dict[str, Any]], results_link: str = "benchmarks/RESULTS.md") -> str:
     """The README's results: one row per battery row's latest record."""
     rows = [r for r in records if r.get("figures", {}).get("battery")]
     if not rows:
@@ -271,29 +286,31 @@ def render_readme_table(records: list[dict[str, Any]]) -> str:
         f = record["figures"]
         met = "met" if f["target_met"] else "**not met**"
         lines.append(
-            f"| {f['data']} | {f['budget_s'] / 60:g} min | {_cell(f.get('candidate'))} | "
+            f"| {f['data']} | {f['budget_s'] / 60:g} min | {_outcome(f)} | "
             f"{_cell(f.get('bytes') and f['bytes'] / 1e6, '{:.2f} MB')} | {_cell(f.get('latency_ms'), '{:.2f} ms')} | "
             f"{_cell(f.get('top1_runtime'), '{:.2f}%')} | {f['target']}: {met} | "
-            f"[{record['name']}](benchmarks/RESULTS.md#{record['name']}) |"
+            f"[{record['name']}]({results_link}#{record['name']}) |"
         )
-    cpus = sorted({describe_machine(r["machine"]).split(";")[0] for r in rows})
+    cpus = sorted({cpu_label(r["machine"]) for r in rows})
     lines += ["", f"Latency is measured on this host's CPU ({'; '.join(cpus)}), one thread, not on a phone."]
     return "\n".join(lines)
 
 
-def render_readme(readme: str, records: list[dict[str, Any]]) -> str:
+def render_readme(readme: str, records: list[dict[str, Any]], results_link: str = "benchmarks/RESULTS.md") -> str:
     start, end = README_MARKERS
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
     if not pattern.search(readme):
         return readme
-    return pattern.sub(lambda _: f"{start}\n{render_readme_table(records)}\n{end}", readme)
+    return pattern.sub(lambda _: f"{start}\n{render_readme_table(records, results_link)}\n{end}", readme)
 
 
 def rendered() -> dict[Path, str]:
     records = load_records()
     files = {RESULTS: render_results(records)}
-    if README.exists():
-        files[README] = render_readme(README.read_text(), records)
+    for path in TABLE_FILES:
+        if path.exists():
+            link = os.path.relpath(RESULTS, path.parent)
+            files[path] = render_readme(path.read_text(), records, link)
     return files
 
 

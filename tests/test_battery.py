@@ -64,7 +64,7 @@ def test_targets_read_the_card_and_the_teachers_rungs(tmp_path):
 def test_a_crashed_row_is_recorded_as_a_failure_and_the_battery_goes_on(tmp_path, monkeypatch):
     monkeypatch.setattr(results, "RECORDS", tmp_path / "results")
     monkeypatch.setattr(results, "RESULTS", tmp_path / "RESULTS.md")
-    monkeypatch.setattr(results, "README", tmp_path / "README.md")
+    monkeypatch.setattr(results, "TABLE_FILES", [tmp_path / "README.md"])
     monkeypatch.setattr(results, "machine", lambda: {"described": "a test machine"})
     calls = []
 
@@ -72,7 +72,7 @@ def test_a_crashed_row_is_recorded_as_a_failure_and_the_battery_goes_on(tmp_path
         calls.append(row.name)
         if row.name == "one_class":
             return _outcome(tmp_path, rc=1, log="Traceback (most recent call last):\nRuntimeError: boom\n", wall=5)
-        return _outcome(tmp_path, rc=2, log="mobiforge ship: error: refused\n", wall=5)
+        return _outcome(tmp_path, rc=2, log=f"mobiforge ship: error: {data} has one image per class\n", wall=5)
 
     monkeypatch.setattr(battery, "run_row", fake_run)
     rows = [row for row in battery.ROWS if row.name in ("one_class", "one_image_per_class")]
@@ -81,6 +81,7 @@ def test_a_crashed_row_is_recorded_as_a_failure_and_the_battery_goes_on(tmp_path
     assert summary == [("one_class", "NOT MET"), ("one_image_per_class", "met")]
     record = json.loads((tmp_path / "results" / "battery_one_class.json").read_text())
     assert record["figures"]["last_line"] == "RuntimeError: boom" and not record["figures"]["target_met"]
+    assert str(tmp_path) not in json.dumps(record)  # a record is shared: no path of this machine
     assert "**failed** (exit 1)" in (tmp_path / "RESULTS.md").read_text()
 
 

@@ -17,6 +17,8 @@ from mobiforge.progress import SilentReporter
 from mobiforge.ship import ShipConfig, Survey, TeacherSpec, teacher_candidate, truncated_candidate
 from mobiforge.ship.ladder import (
     MIN_TAIL_EPOCHS,
+    PROBE_EPOCHS,
+    PROBE_MIN_EPOCHS,
     STUDENT_TAILS,
     LadderSpeeds,
     RungPlan,
@@ -46,6 +48,17 @@ def test_the_planner_climbs_as_far_as_the_clock_allows() -> None:
     assert teacher_ladder(SPEEDS, PROXY, 60) == []  # not even one pass over the data
     for seconds in (200, 900, 4 * 3600):
         assert sum(rung.seconds for rung in teacher_ladder(SPEEDS, PROXY, seconds)) <= seconds
+
+
+def test_a_tiny_folder_short_of_time_gets_a_shorter_probe_not_none() -> None:
+    """24 photos with 23 s for the teacher (a 2-minute budget): the 30-epoch probe's fixed costs did not fit, and
+    the run shipped nothing with half its budget left (RESULTS.md#battery_tiny)."""
+    tiny = Survey(classes=["a", "b"], train_images=22, val_images=2)
+    assert teacher_ladder(SPEEDS, tiny, 600)[0].epochs == PROBE_EPOCHS
+    short = teacher_ladder(SPEEDS, tiny, 23)
+    assert _names(short) == ["linear probe"] and PROBE_MIN_EPOCHS <= short[0].epochs < PROBE_EPOCHS
+    assert short[0].seconds <= 23
+    assert teacher_ladder(SPEEDS, tiny, 12) == []  # not even the shortest probe
 
 
 def test_the_planner_takes_four_views_only_where_their_passes_are_cheap() -> None:

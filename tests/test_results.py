@@ -65,7 +65,7 @@ def scratch_results(tmp_path, monkeypatch):
     monkeypatch.setattr(results, "RESULTS", tmp_path / "RESULTS.md")
     readme = tmp_path / "README.md"
     readme.write_text("intro\n\n<!-- results:start -->\nold\n<!-- results:end -->\n\nafter\n")
-    monkeypatch.setattr(results, "README", readme)
+    monkeypatch.setattr(results, "TABLE_FILES", [readme])
     monkeypatch.setattr(results, "machine", lambda: {"described": "a test machine"})
     return tmp_path
 
@@ -101,6 +101,7 @@ def test_the_readme_table_comes_from_battery_records(scratch_results):
         "data": "digits",
         "budget_s": 240,
         "candidate": "convpool_s",
+        "shipped": True,
         "bytes": 650_000,
         "latency_ms": 0.21,
         "top1_runtime": 99.73,

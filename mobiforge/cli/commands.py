@@ -78,7 +78,8 @@ def run_ship(args: argparse.Namespace) -> int:
         print(f"shipped {result.artifact} ({result.chosen}); report: {result.run_dir / 'report.html'}")
     else:
         closest = f"; closest: {result.closest}" if result.closest else ""
-        print(f"no candidate met the budget{closest}; report: {result.run_dir / 'report.html'}")
+        why = f"nothing shipped: {result.why}" if result.why else f"no candidate met the budget{closest}"
+        print(f"{why}; report: {result.run_dir / 'report.html'}")
     return 0 if result.chosen else 1
 
 

@@ -34,6 +34,9 @@ from mobiforge.transfer import Tail, trunk_output
 from mobiforge.trunk import trunk_dtype
 
 PROBE_EPOCHS = 30  # epochs of the classifier alone: seconds on cached features
+# The fewest a probe may get when time is short: a tiny folder in a 2-minute budget had 23 s for the teacher, under
+# the 30-epoch probe's fixed costs (about 25 s, for 24 images), and so shipped nothing (RESULTS.md#battery_tiny)
+PROBE_MIN_EPOCHS = 10
 TAIL_EPOCHS = 20  # at most, for the teacher's tail on cached inputs
 STUDENT_TAIL_EPOCHS = 40  # at most, for a student's: its new or narrowed layers learn from far less
 MIN_TAIL_EPOCHS = 6  # a tail rung with fewer is not worth its cache pass
@@ -96,10 +99,12 @@ def _cached_epoch(images: int, val_images: int, speed: float) -> float:
 
 
 def probe_rung(speeds: LadderSpeeds, info: Survey, views: int, seconds: float) -> RungPlan | None:
+    """The linear probe with the most epochs (PROBE_EPOCHS down to PROBE_MIN_EPOCHS) that fit in ``seconds``."""
     passes = info.train_images * views + info.val_images
-    cost = MARGIN * passes / speeds.forward + 10.0
-    cost += PROBE_EPOCHS * _cached_epoch(info.train_images * views, info.val_images, speeds.tail[0])
-    return RungPlan("linear probe", 0, PROBE_EPOCHS, cost, views) if cost <= seconds else None
+    cache = MARGIN * passes / speeds.forward + 10.0
+    epoch = _cached_epoch(info.train_images * views, info.val_images, speeds.tail[0])
+    epochs = min(PROBE_EPOCHS, int((seconds - cache) / epoch))
+    return RungPlan("linear probe", 0, epochs, cache + epochs * epoch, views) if epochs >= PROBE_MIN_EPOCHS else None
 
 
 def tail_rung(

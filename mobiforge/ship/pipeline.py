@@ -21,6 +21,7 @@ from mobiforge.ship.ladder import MIN_TAIL_EPOCHS
 from mobiforge.ship.plan import DEADLINE_MARGIN, export_reserve, next_training
 from mobiforge.ship.report import write_ship_report
 from mobiforge.ship.search import check_families, rank, search, survey, teacher_plan
+from mobiforge.ship.shortfall import headline, out_of_time
 from mobiforge.ship.stages import (
     cached_student,
     core_ml_package,
@@ -48,6 +49,7 @@ class ShipResult:
     closest: str | None
     artifact: Path | None
     state: ShipState | None = dataclasses.field(repr=False, default=None)
+    why: str | None = None  # why nothing shipped, where it is not the budgets' verdicts (the time ran out)
 
 
 class Progress:
@@ -242,7 +244,8 @@ def _finish(
         elapsed_s=state.elapsed(),
     )
     state.finish("result", result)
-    write_ship_report(run_dir, config, state, rows, chosen, closest)
+    card = write_ship_report(run_dir, config, state, rows, chosen, closest)
+    why = None
     if chosen and chosen.exported:
         exported = chosen.exported.chosen
         say(
@@ -252,8 +255,12 @@ def _finish(
         )
     else:
         near = f"; closest: {closest.candidate.name}" if closest else ""
-        say(f"no candidate met every budget{near}; see {run_dir / 'report.html'}")
-    return ShipResult(run_dir, result.chosen, result.closest, artifact, state)
+        fitting = sum(row.candidate.fits for row in rows)
+        why = out_of_time(fitting) if fitting and not any(row.exported for row in rows) else None
+        say(f"no candidate met every budget{near}; see {run_dir / 'report.html'}" if why is None else why)
+    if card is not None and card["budget"].get("shortfall"):
+        say(headline(card["budget"]["shortfall"]).replace("**", ""))
+    return ShipResult(run_dir, result.chosen, result.closest, artifact, state, why)
 
 
 def _closest(rows: list[Row], config: ShipConfig) -> Row | None:

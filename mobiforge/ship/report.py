@@ -36,6 +36,7 @@ from mobiforge.models.base import Preprocess
 from mobiforge.paths import shareable, without_local_paths
 from mobiforge.plots import plot_confusion, plot_mistakes, pyplot
 from mobiforge.ship.config import CORE_ML, FILE_OVERHEAD
+from mobiforge.ship.shortfall import headline, out_of_time, shortfall
 from mobiforge.ship.snippets import android_snippet, ios_snippet
 from mobiforge.ship.state import Candidate, Row, ShipState
 
@@ -304,12 +305,20 @@ def _html_table(table: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _headline(config: ShipConfig, card: dict[str, Any] | None, shipped: bool) -> list[str]:
+def _headline(
+    config: ShipConfig, card: dict[str, Any] | None, shipped: bool, state: ShipState | None = None
+) -> list[str]:
+    """The verdict lines; ``state`` says why nothing was exported (where ``card`` is None)."""
     if card is None:
-        return ["**No candidate was trained and exported**: nothing fits the budget (see the search table)."]
+        search = state.done("search") if state is not None else None
+        fitting = sum(c.fits for c in search.candidates) if search is not None else 0
+        why = out_of_time(fitting) if fitting else "nothing fits the budget (see the search table)"
+        return [f"**No candidate was trained and exported**: {why}."]
     verdicts = card["budget"]["verdicts"]
     mark = {True: "PASS", False: "FAIL"}
-    lines = [
+    short = card["budget"].get("shortfall")
+    lines = [headline(short), ""] if short else []
+    lines += [
         ("**Shipped**" if shipped else "**No candidate met every budget; closest**")
         + f": `{card['model']['candidate']}` as `{card['artifact']['file']}` ({card['artifact']['precision']}"
         + (f" with {', '.join(card['artifact']['float_layers'])} in float" if card["artifact"]["float_layers"] else "")
@@ -387,6 +396,10 @@ def write_ship_report(
     package = state.done(CORE_ML) if artifact else None
     if card is not None and package is not None:
         card["core_ml"] = _core_ml_card(package)
+    if card is not None and focus is not None:  # a model far below what this run showed reachable: say so
+        accuracy = card["accuracy"]
+        short = shortfall(state, focus.trained, accuracy["top1_in_runtime"], config.time_budget_s, accuracy["images"])
+        card["budget"]["shortfall"] = short.to_dict() if short else None
     if card is not None:
         write_atomic(run_dir / "model_card.json", json.dumps(card, indent=2))
         write_atomic(run_dir / HUMAN_CARD, human_card(card))
@@ -530,7 +543,7 @@ def _intro(
     return [
         f"# mobiforge ship: {run_dir.name}",
         "",
-        *_headline(config, card, shipped),
+        *_headline(config, card, shipped, state),
         "",
         f"Data: {data}: {survey.train_images} train / {survey.val_images} val images, "
         f"{len(survey.classes)} classes, median image side {survey.median_side} px.",
