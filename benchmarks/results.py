@@ -279,16 +279,16 @@ def render_readme_table(records: list[dict[str, Any]], results_link: str = "benc
     if not rows:
         return "No battery run is recorded yet: `python -m benchmarks.battery --tier quick`."
     lines = [
-        "| data | budget | model | size | host latency | top-1 | target | record |",
-        "|---|---:|---|---:|---:|---:|---|---|",
+        "| data | budget | model | size | host latency | top-1 | target | met | record |",
+        "|---|---:|---|---:|---:|---:|---|---|---|",
     ]
     for record in sorted(rows, key=lambda r: r["figures"]["battery"]["order"]):
         f = record["figures"]
-        met = "met" if f["target_met"] else "**not met**"
+        met = "yes" if f["target_met"] else "**no**"
         lines.append(
             f"| {f['data']} | {f['budget_s'] / 60:g} min | {_outcome(f)} | "
             f"{_cell(f.get('bytes') and f['bytes'] / 1e6, '{:.2f} MB')} | {_cell(f.get('latency_ms'), '{:.2f} ms')} | "
-            f"{_cell(f.get('top1_runtime'), '{:.2f}%')} | {f['target']}: {met} | "
+            f"{_cell(f.get('top1_runtime'), '{:.2f}%')} | {f['target']} | {met} | "
             f"[{record['name']}]({results_link}#{record['name']}) |"
         )
     cpus = sorted({cpu_label(r["machine"]) for r in rows})

@@ -63,3 +63,20 @@ def test_one_image_on_a_tiny_val_set_is_luck_not_a_short_budget(state):
     state.stages["train:mobilenet_v3_small-w0.5-32px"] = trained
     assert shortfall(state, trained, 83.33, 600, 12) is None
     assert shortfall(state, trained, 83.33, 600, 364) is not None
+
+
+def test_nothing_shipped_says_why_in_one_line():
+    from types import SimpleNamespace
+
+    from mobiforge.ship.pipeline import _why_nothing_shipped
+    from mobiforge.ship.state import Candidate, Row
+
+    fits = Candidate("a", "mobilenet_v2", 0.5, 224, "scratch", status="fits")
+    assert "the time budget ran out" in _why_nothing_shipped([Row(fits, None, None)], None)
+    judged = SimpleNamespace(
+        verdicts={"size": True, "above_chance": False}, chosen=SimpleNamespace(top1=100.0, images=2)
+    )
+    row = Row(fits, None, judged)
+    assert "100.00% on 2 val image(s) cannot show that it beats" in _why_nothing_shipped([row], row)
+    judged.verdicts["size"] = False  # a missed budget: the report's verdicts say it
+    assert _why_nothing_shipped([row], row) is None

@@ -128,3 +128,11 @@ def out_of_time(fitting: int) -> str:
         f"the time budget ran out before any candidate was trained and exported ({fitting} fit the size and latency "
         "budget); rerun with a longer --time-budget and a new --out"
     )
+
+
+def not_shown_above_chance(top1: float, images: int) -> str:
+    """Why nothing shipped when the only failed verdict is the above-chance test: the val split is too small."""
+    return (
+        f"its {top1:.2f}% on {images} val image(s) cannot show that it beats answering the largest class; add "
+        "images (a few dozen per class at least) and ship again"
+    )
