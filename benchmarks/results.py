@@ -41,6 +41,9 @@ HEADER = (
     "2026-12-01) run today, from the repository root, as `python -m benchmarks.NAME ...`. Sections are in the order\n"
     "they were first recorded; cite one as `RESULTS.md#NAME`.\n"
 )
+# What benchmarks write: excluded when telling whether the code that ran differed from its commit.
+RENDERED_PATHS = tuple(f":!{path}" for path in ("benchmarks/results", "benchmarks/RESULTS.md", "benchmarks/reports",
+                                                 "README.md", "docs/ship.md"))  # fmt: skip
 # The CPU flags that decide which kernels pay off here (int8 dot products, native bf16, AMX tiles).
 VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
 
@@ -107,8 +110,9 @@ def commit() -> str | None:
     """The short commit of the code that ran, ``+changes`` when the tree differed from it."""
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True)  # fmt: skip
+        # the files benchmarks write themselves do not count as changes to the code that ran
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *RENDERED_PATHS],
+                               cwd=ROOT, capture_output=True, text=True)  # fmt: skip
     except OSError:
         return None
     if head.returncode != 0:
