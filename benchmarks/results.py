@@ -274,7 +274,10 @@ def _cell(value: Any, fmt: str = "{}") -> str:
 def _outcome(figures: dict[str, Any]) -> str:
     if figures.get("shipped"):
         return figures.get("candidate") or "shipped"
-    return "refused in one line" if figures.get("error") else "nothing shipped"
+    error = figures.get("error") or ""
+    if ": error:" in error:
+        return "refused in one line"
+    return "nothing shipped: why in one line" if error.startswith("nothing shipped:") else "nothing shipped"
 
 
 def render_readme_table(records: list[dict[str, Any]], results_link: str = "benchmarks/RESULTS.md") -> str:

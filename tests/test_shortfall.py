@@ -42,6 +42,8 @@ def test_far_below_the_teachers_rung_names_it(state):
     text = headline(short.to_dict())
     assert "while the teacher's linear probe rung reached 95.40% in this run" in text
     assert "More time alone is not expected to close the gap" in text  # its curve had flattened
+    closest = shortfall(state, trained, 85.0, 600, 153, shipped=False)
+    assert headline(closest.to_dict()).startswith("**The budget was not enough**: the closest model scores 85.00%")
 
 
 def test_a_model_as_good_as_the_run_allowed_gets_no_headline(state):

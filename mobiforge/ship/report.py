@@ -398,7 +398,8 @@ def write_ship_report(
         card["core_ml"] = _core_ml_card(package)
     if card is not None and focus is not None:  # a model far below what this run showed reachable: say so
         accuracy = card["accuracy"]
-        short = shortfall(state, focus.trained, accuracy["top1_in_runtime"], config.time_budget_s, accuracy["images"])
+        short = shortfall(state, focus.trained, accuracy["top1_in_runtime"], config.time_budget_s,
+                          accuracy["images"], shipped=chosen is not None)  # fmt: skip
         card["budget"]["shortfall"] = short.to_dict() if short else None
     if card is not None:
         write_atomic(run_dir / "model_card.json", json.dumps(card, indent=2))

@@ -25,7 +25,8 @@ FLAT_SLOPE = 0.5  # points per doubling: below it more time alone is not expecte
 
 @dataclass
 class Shortfall:
-    shipped_top1: float
+    shipped_top1: float  # of the shipped model, or of the closest one where nothing shipped
+    shipped: bool
     far_points: float  # what counted as far below here
     reachable_top1: float | None  # the best any stage of the run measured, and which one
     reachable_from: str | None
@@ -73,7 +74,12 @@ def threshold(val_images: int) -> float:
 
 
 def shortfall(
-    state: ShipState, trained: TrainRecord | None, shipped_top1: float, budget_s: float, val_images: int
+    state: ShipState,
+    trained: TrainRecord | None,
+    shipped_top1: float,
+    budget_s: float,
+    val_images: int,
+    shipped: bool = True,
 ) -> Shortfall | None:
     """The headline's facts, or None when the shipped model is about as good as this run showed possible."""
     far = threshold(val_images)
@@ -94,6 +100,7 @@ def shortfall(
             expected = min(100.0, last + slope * doublings)
     return Shortfall(
         shipped_top1=shipped_top1,
+        shipped=shipped,
         far_points=far,
         reachable_top1=best[0] if best else None,
         reachable_from=best[1] if best else None,
@@ -105,7 +112,8 @@ def shortfall(
 
 def headline(short: dict[str, Any]) -> str:
     """The one sentence the report and the terminal both show."""
-    parts = [f"**The budget was not enough**: the shipped model scores {short['shipped_top1']:.2f}%"]
+    which = "shipped" if short.get("shipped", True) else "closest"
+    parts = [f"**The budget was not enough**: the {which} model scores {short['shipped_top1']:.2f}%"]
     if short["reachable_top1"] is not None and short["reachable_top1"] - short["shipped_top1"] >= short["far_points"]:
         parts.append(f", while {short['reachable_from']} reached {short['reachable_top1']:.2f}% in this run")
     slope = short["points_per_doubling"]
