@@ -260,7 +260,8 @@ def render_record(record: dict[str, Any]) -> str:
         )
     if record.get("notes"):
         parts.append(record["notes"].strip())
-    return "\n\n".join(parts)
+    # the markers: where tools (and the before-stop check that no recorded section disappears) find a section
+    return f"<!-- {record['name']}:start -->\n" + "\n\n".join(parts) + f"\n<!-- {record['name']}:end -->"
 
 
 def render_results(records: list[dict[str, Any]]) -> str:
