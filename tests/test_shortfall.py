@@ -70,15 +70,20 @@ def test_one_image_on_a_tiny_val_set_is_luck_not_a_short_budget(state):
 def test_nothing_shipped_says_why_in_one_line():
     from types import SimpleNamespace
 
-    from mobiforge.ship.pipeline import _why_nothing_shipped
+    from mobiforge.ship.report import _headline
+    from mobiforge.ship.shortfall import why_nothing_shipped
     from mobiforge.ship.state import Candidate, Row
 
     fits = Candidate("a", "mobilenet_v2", 0.5, 224, "scratch", status="fits")
-    assert "the time budget ran out" in _why_nothing_shipped([Row(fits, None, None)], None)
+    assert "the time budget ran out" in why_nothing_shipped([Row(fits, None, None)], None)
     judged = SimpleNamespace(
         verdicts={"size": True, "above_chance": False}, chosen=SimpleNamespace(top1=100.0, images=2)
     )
     row = Row(fits, None, judged)
-    assert "100.00% on 2 val image(s) cannot show that it beats" in _why_nothing_shipped([row], row)
+    assert "100.00% on 2 val image(s) cannot show that it beats" in why_nothing_shipped([row], row)
+    why = why_nothing_shipped([row], row)
+    assert _headline(ShipConfig(data="digits"), None, False, why)[0].startswith(
+        "**No candidate was trained and exported**: its 100.00% on 2 val image(s)"
+    )
     judged.verdicts["size"] = False  # a missed budget: the report's verdicts say it
-    assert _why_nothing_shipped([row], row) is None
+    assert why_nothing_shipped([row], row) is None

@@ -21,7 +21,7 @@ from mobiforge.ship.ladder import MIN_TAIL_EPOCHS
 from mobiforge.ship.plan import DEADLINE_MARGIN, export_reserve, next_training
 from mobiforge.ship.report import write_ship_report
 from mobiforge.ship.search import check_families, rank, search, survey, teacher_plan
-from mobiforge.ship.shortfall import headline, not_shown_above_chance, out_of_time
+from mobiforge.ship.shortfall import headline, why_nothing_shipped
 from mobiforge.ship.stages import (
     cached_student,
     core_ml_package,
@@ -255,23 +255,11 @@ def _finish(
         )
     else:
         near = f"; closest: {closest.candidate.name}" if closest else ""
-        why = _why_nothing_shipped(rows, closest)
+        why = why_nothing_shipped(rows, closest)
         say(f"no candidate met every budget{near}; see {run_dir / 'report.html'}" if why is None else why)
     if card is not None and card["budget"].get("shortfall"):
         say(headline(card["budget"]["shortfall"]).replace("**", ""))
     return ShipResult(run_dir, result.chosen, result.closest, artifact, state, why)
-
-
-def _why_nothing_shipped(rows: list[Row], closest: Row | None) -> str | None:
-    """The reason, in one line, where it is not simply a budget the candidates missed (the report lists those)."""
-    fitting = sum(row.candidate.fits for row in rows)
-    if fitting and not any(row.exported for row in rows):
-        return out_of_time(fitting)
-    if closest is not None and closest.exported is not None:
-        failed = [name for name, ok in closest.exported.verdicts.items() if not ok]
-        if failed == ["above_chance"]:
-            return not_shown_above_chance(closest.exported.chosen.top1, closest.exported.chosen.images)
-    return None
 
 
 def _closest(rows: list[Row], config: ShipConfig) -> Row | None:

@@ -36,7 +36,7 @@ from mobiforge.models.base import Preprocess
 from mobiforge.paths import shareable, without_local_paths
 from mobiforge.plots import plot_confusion, plot_mistakes, pyplot
 from mobiforge.ship.config import CORE_ML, FILE_OVERHEAD
-from mobiforge.ship.shortfall import headline, out_of_time, shortfall
+from mobiforge.ship.shortfall import headline, shortfall, why_nothing_shipped
 from mobiforge.ship.snippets import android_snippet, ios_snippet
 from mobiforge.ship.state import Candidate, Row, ShipState
 
@@ -305,19 +305,20 @@ def _html_table(table: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _headline(
-    config: ShipConfig, card: dict[str, Any] | None, shipped: bool, state: ShipState | None = None
-) -> list[str]:
-    """The verdict lines; ``state`` says why nothing was exported (where ``card`` is None)."""
+NOTHING_FITS = "nothing fits the budget (see the search table)"
+
+
+def _headline(config: ShipConfig, card: dict[str, Any] | None, shipped: bool, why: str | None = None) -> list[str]:
+    """The verdict lines; ``why``: the reason nothing shipped, where it is not a missed budget."""
     if card is None:
-        search = state.done("search") if state is not None else None
-        fitting = sum(c.fits for c in search.candidates) if search is not None else 0
-        why = out_of_time(fitting) if fitting else "nothing fits the budget (see the search table)"
-        return [f"**No candidate was trained and exported**: {why}."]
+        return [
+            f"**No candidate was trained and exported**: {why or 'nothing fits the budget (see the search table)'}."
+        ]
     verdicts = card["budget"]["verdicts"]
     mark = {True: "PASS", False: "FAIL"}
     short = card["budget"].get("shortfall")
     lines = [headline(short), ""] if short else []
+    lines += [f"**Nothing shipped**: {why}.", ""] if why and not shipped else []
     lines += [
         ("**Shipped**" if shipped else "**No candidate met every budget; closest**")
         + f": `{card['model']['candidate']}` as `{card['artifact']['file']}` ({card['artifact']['precision']}"
@@ -405,7 +406,8 @@ def write_ship_report(
         write_atomic(run_dir / "model_card.json", json.dumps(card, indent=2))
         write_atomic(run_dir / HUMAN_CARD, human_card(card))
     images = _images(run_dir, config, rows, focus)
-    intro = _intro(run_dir, config, state, card, chosen is not None)
+    why = None if chosen else why_nothing_shipped(rows, closest)
+    intro = _intro(run_dir, config, state, card, chosen is not None, why)
     tables = {"Candidates": _candidate_table(rows, config)}
     ladder = _ladder_table(state, rows)
     if ladder:
@@ -527,7 +529,7 @@ def _per_class_table(focus: Row | None) -> list[list[str]]:
 
 
 def _intro(
-    run_dir: Path, config: ShipConfig, state: ShipState, card: dict[str, Any] | None, shipped: bool
+    run_dir: Path, config: ShipConfig, state: ShipState, card: dict[str, Any] | None, shipped: bool, why: str | None
 ) -> list[str]:
     """The title, the verdict lines, the data and teacher, and the command, as markdown lines."""
     survey, data = state.survey, without_local_paths(state.survey.description, config.data)
@@ -544,7 +546,7 @@ def _intro(
     return [
         f"# mobiforge ship: {run_dir.name}",
         "",
-        *_headline(config, card, shipped, state),
+        *_headline(config, card, shipped, why),
         "",
         f"Data: {data}: {survey.train_images} train / {survey.val_images} val images, "
         f"{len(survey.classes)} classes, median image side {survey.median_side} px.",

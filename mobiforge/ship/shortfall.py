@@ -13,7 +13,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from mobiforge.ship.state import ShipState, TrainRecord
+from mobiforge.ship.state import Row, ShipState, TrainRecord
 
 SHORTFALL_POINTS = 5.0  # this far below what the run showed reachable (or one more doubling would add): a headline
 # ...and at least this many val images' worth: on 12 val images one image is 8.3 points, which is luck, not budget
@@ -144,3 +144,15 @@ def not_shown_above_chance(top1: float, images: int) -> str:
         f"its {top1:.2f}% on {images} val image(s) cannot show that it beats answering the largest class; add "
         "images (a few dozen per class at least) and ship again"
     )
+
+
+def why_nothing_shipped(rows: list[Row], closest: Row | None) -> str | None:
+    """The reason, in one line, where it is not simply a budget the candidates missed (the report lists those)."""
+    fitting = sum(row.candidate.fits for row in rows)
+    if fitting and not any(row.exported for row in rows):
+        return out_of_time(fitting)
+    if closest is not None and closest.exported is not None:
+        failed = [name for name, ok in closest.exported.verdicts.items() if not ok]
+        if failed == ["above_chance"]:
+            return not_shown_above_chance(closest.exported.chosen.top1, closest.exported.chosen.images)
+    return None
