@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from mobiforge import __version__
+from mobiforge.data import unprintable_class
 from mobiforge.errors import MobiforgeError
 from mobiforge.files import write_atomic
 from mobiforge.models.base import Preprocess
@@ -108,6 +109,8 @@ class Checkpoint:
             isinstance(classes, (list, tuple)) and all(isinstance(c, str) for c in classes)
         ):
             raise MobiforgeError(f"{source}: 'classes' must be a list of class names, got {type(classes).__name__}")
+        if classes is not None and (bad := unprintable_class(list(classes))) is not None:
+            raise MobiforgeError(f"{source}: the class name {bad!r} holds a control character; rename it and retrain")
         if config is not None and not isinstance(config, dict):
             raise MobiforgeError(f"{source}: 'config' must be a dict, got {type(config).__name__}")
         if not isinstance(data["state_dict"], dict):

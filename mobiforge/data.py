@@ -28,6 +28,7 @@ import os
 import random
 import shutil
 import tempfile
+import unicodedata
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -393,7 +394,16 @@ def _table_rows(table: Path) -> list[tuple[str, str, str]]:
     return rows
 
 
+def unprintable_class(classes: list[str]) -> str | None:
+    """The first class name holding a line break or another control character, which would shift every later line
+    of ``labels.txt`` (and so every index an app reads from it), or None."""
+    return next((name for name in classes if any(unicodedata.category(c).startswith("C") for c in name)), None)
+
+
 def _check_classes(folder: Path, classes: list[str]) -> None:
+    bad = unprintable_class(classes)
+    if bad is not None:
+        raise MobiforgeError(f"{folder}: the class name {bad!r} holds a control character (a line break?); rename it")
     if not classes:
         raise MobiforgeError(f"{folder} has no class folders; expected {folder}/<class>/<image files>")
     if len(classes) == 1:

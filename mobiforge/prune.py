@@ -235,7 +235,7 @@ def prune_and_save(
     return pruned, ratio
 
 
-def _taylor_gradients(checkpoint: Checkpoint, data: DataConfig, batches: int) -> Callable[[nn.Module], None]:
+def taylor_gradients(checkpoint: Checkpoint, data: DataConfig, batches: int) -> Callable[[nn.Module], None]:
     """Accumulates the loss gradients of a few training batches (what Taylor importance scores channels by)."""
     samples = split_samples(data, "train", checkpoint.named_classes())
     dataset = ImageSamples(samples, train_transform(data), seed=0)
@@ -341,7 +341,7 @@ def _pruning(checkpoint: Checkpoint, config: PruneConfig) -> Callable[[nn.Module
     example = torch.randn(1, 3, size, size)
     gradient_fn = None
     if config.importance == "taylor":
-        gradient_fn = _taylor_gradients(checkpoint, _saved_run(checkpoint, config).data, config.calibration_batches)
+        gradient_fn = taylor_gradients(checkpoint, _saved_run(checkpoint, config).data, config.calibration_batches)
 
     def prune_fn(model: nn.Module) -> float:
         ratio = config.ratio

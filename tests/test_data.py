@@ -296,3 +296,19 @@ def test_batched_random_erasing_draws_the_boxes_torchvision_draws() -> None:
     images = torch.full((64, 3, 32, 32), 200, dtype=torch.uint8)
     out = batch_augment(config)(images, torch.Generator().manual_seed(1))
     assert ((out == 0).all(1).flatten(1).any(1)).float().mean() > 0.9
+
+
+def test_a_class_name_with_a_line_break_is_refused(tmp_path: Path) -> None:
+    """labels.txt holds one name per line: a name with a newline would shift every later class an app reads."""
+    make_folder(tmp_path, classes=2)
+    (tmp_path / "class1").rename(tmp_path / "bad\nname")
+    with pytest.raises(MobiforgeError, match="control character") as error:
+        discover(DataConfig(data=str(tmp_path)))
+    assert "rename it" in str(error.value)
+
+
+def test_a_checkpoint_with_a_line_break_in_a_class_name_is_refused() -> None:
+    from mobiforge.checkpoint import Checkpoint
+
+    with pytest.raises(MobiforgeError, match="control character"):
+        Checkpoint.from_dict({"state_dict": {}, "classes": ["ants", "be\nes"]}, source="x.pt")

@@ -187,3 +187,22 @@ def test_the_api_refuses_the_same_values(tmp_path: Path) -> None:
         OptimConfig(clip_grad=-1.0)
     with pytest.raises(MobiforgeError, match="--epochs must be >= 1"):
         TrainConfig(epochs=0)
+
+
+def test_a_backtick_in_a_name_leaves_no_raw_html_on_the_report_line() -> None:
+    """Rendered by a CommonMark renderer (markdown-it, as GitHub's follows the same spec), no tag gets through."""
+    from markdown_it import MarkdownIt
+
+    from mobiforge.ship.report import code_span, markdown_text
+
+    render = MarkdownIt("commonmark").render
+    folder = "photos`<img src=x onerror=alert(1)>"
+    for line in (
+        f"Data: {folder}/train, command `mobiforge ship --data '<x>'`",
+        f"Data: `{folder}` and `b` <b>",
+        f"classes: {code_span(folder)}, `{folder}``<i>x</i>",
+        "Data: `photos`` <img src=x onerror=alert(1)>",  # the old even/odd split left this tag raw
+    ):
+        assert "<img" not in render(markdown_text(line)) and "<i>" not in render(markdown_text(line)), line
+    assert code_span("a`b") == "`` a`b ``" and code_span("ants") == "`ants`"
+    assert "<code>a`b</code>" in render(code_span("a`b"))

@@ -291,11 +291,27 @@ def _markdown_table(table: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+CODE_SPAN = re.compile(r"(?<!`)(`+)(?!`)(.+?)(?<!`)\1(?!`)", re.DOTALL)  # CommonMark: a run, then one as long
+
+
 def markdown_text(line: str) -> str:
     """A markdown line with HTML escaped outside its `code` spans: markdown renderers pass raw HTML through, and a
-    class or folder named ``<script>...`` is text (inside backticks it is literal already)."""
-    parts = line.split("`")
-    return "`".join(part if index % 2 else html.escape(part, quote=False) for index, part in enumerate(parts))
+    class or folder named ``<script>...`` is text (inside backticks it is literal already). Spans are found as
+    CommonMark finds them (a backtick run closed by one of the same length; a lone backtick is text), so a name
+    holding a backtick cannot turn the rest of the line into a span the renderer does not see."""
+    parts, at = [], 0
+    for span in CODE_SPAN.finditer(line):
+        parts += [html.escape(line[at : span.start()], quote=False), span.group(0)]
+        at = span.end()
+    return "".join([*parts, html.escape(line[at:], quote=False)])
+
+
+def code_span(text: str) -> str:
+    """``text`` as one markdown code span, whatever backticks it holds (fenced by a longer run, CommonMark's rule)."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    padded = f" {text} " if longest else text
+    return f"{fence}{padded}{fence}"
 
 
 def _html_table(table: list[list[str]]) -> str:
@@ -434,7 +450,7 @@ def human_card(card: dict[str, Any]) -> str:
     Face card template): details, intended use, limitations, evaluation, how to use it."""
     accuracy, artifact, budget = card["accuracy"], card["artifact"], card["budget"]
     latency = card["latency_ms"]
-    classes = ", ".join(f"`{name}`" for name in card["classes"])
+    classes = ", ".join(code_span(name) for name in card["classes"])
     lines = [
         f"# {markdown_text(card['name'])} (version {markdown_text(card['version'])})",
         "",
