@@ -58,7 +58,8 @@ from mobiforge.config import DataConfig as DataConfig
 from mobiforge.config import loader_workers as loader_workers
 from mobiforge.errors import MobiforgeError
 from mobiforge.models.base import Preprocess
-from mobiforge.paths import mobiforge_home
+from mobiforge.paths import RUN_FILE, mobiforge_home
+from mobiforge.units import named
 
 Sample = tuple[str, int]
 
@@ -151,7 +152,21 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
 
 
 def class_folders(folder: Path) -> list[str]:
-    return sorted(entry.name for entry in os.scandir(folder) if entry.is_dir() and not entry.name.startswith("."))
+    """The class folders of a split: its visible sub-folders, except mobiforge's own output (``runs`` made by
+    ``cd photos && mobiforge train --data .`` once became a third class, holding the first run's plots)."""
+    return sorted(
+        entry.name
+        for entry in os.scandir(folder)
+        if entry.is_dir() and not entry.name.startswith(".") and not is_run_output(Path(entry.path))
+    )
+
+
+def is_run_output(folder: Path) -> bool:
+    """Whether ``folder`` is a mobiforge run (it holds RUN_FILE) or a folder of runs (a sub-folder that does)."""
+    if (folder / RUN_FILE).is_file():
+        return True
+    with os.scandir(folder) as entries:
+        return any(entry.is_dir() and (Path(entry.path) / RUN_FILE).is_file() for entry in entries)
 
 
 pillow_heif.register_heif_opener()  # iPhone photos are HEIC by default; Pillow opens them through this plugin
@@ -208,19 +223,24 @@ def _real_file(path: str, real_dir: Callable[[str], str]) -> str:
 
 
 def check_distinct(splits: dict[str, list[Sample]], classes: Sequence[str]) -> None:
-    """Refuse a file that is in two classes or in two splits (through a link or a link loop): its label would be
-    ambiguous, or val would leak into train."""
+    """Refuse a file that is listed twice, or reached twice through a link: in two classes or splits its label would
+    be ambiguous or val would leak into train; in one, it would count twice."""
     where: dict[str, tuple[str, int, str]] = {}
     real_dir = functools.cache(os.path.realpath)
     for split, samples in splits.items():
         for path, label in samples:
-            other = where.setdefault(_real_file(path, real_dir), (split, label, path))
-            if other[:2] != (split, label):
-                raise MobiforgeError(
-                    f"{path} is the same file as {other[2]} ({split} {classes[label]} and {other[0]} "
-                    f"{classes[other[1]]}, through a link): remove the link so that each image has one class and "
-                    "one split"
-                )
+            real = _real_file(path, real_dir)
+            if real not in where:
+                where[real] = (split, label, path)
+                continue
+            first = where[real]
+            places = f"{first[0]} {classes[first[1]]} and {split} {classes[label]}"
+            if first[2] == path:
+                raise MobiforgeError(f"{path} is listed twice ({places}): keep one row for each image")
+            raise MobiforgeError(
+                f"{path} is the same file as {first[2]} ({places}, through a link): remove the link so that each "
+                "image has one class and one split"
+            )
 
 
 def stratified_split(samples: Sequence[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
@@ -267,7 +287,7 @@ def discover(config: DataConfig, train_split: str = "train", val_split: str | No
         _check_empty(train_dir, empty)
         unknown = sorted(set(class_folders(val_dir)) - set(classes))
         if unknown:
-            raise MobiforgeError(f"{val_dir} has classes not in {train_dir}: {', '.join(unknown)}")
+            raise MobiforgeError(f"{val_dir} has classes not in {train_dir}: {named(unknown)}")
         val, ignored_val, empty = scan_split(val_dir, class_to_idx)
         _check_empty(val_dir, empty)
         description = f"{_shown(config.data, train_dir, root)} + {_shown(config.data, val_dir, root)}"
@@ -357,6 +377,7 @@ def _discover_table(table: Path, config: DataConfig) -> DatasetSplits:
             "relative to the CSV file's folder"
         )
     if any(split for _, _, split in rows):
+        _check_split_column(table, rows)
         train = [(path, class_to_idx[label]) for path, label, split in rows if split == "train"]
         val = [(path, class_to_idx[label]) for path, label, split in rows if split == "val"]
         description = f"{table} ({len(rows)} rows, its own train/val column)"
@@ -365,6 +386,19 @@ def _discover_table(table: Path, config: DataConfig) -> DatasetSplits:
         train, val = stratified_split(samples, config.val_split, config.split_seed)
         description = _seeded_description(table, config)
     return _checked_splits(DatasetSplits(train, val, classes, table.parent, description), table)
+
+
+def _check_split_column(table: Path, rows: list[tuple[str, str, str]]) -> None:
+    """A table with a split column gives every row a split, and every class train rows."""
+    unsplit = [path for path, _, split in rows if not split]
+    if unsplit:
+        raise MobiforgeError(
+            f"{table}: {len(unsplit)} of {len(rows)} rows have no split while others do (first: {unsplit[0]}); "
+            "give every row train or val, or leave the column out for a seeded split"
+        )
+    untrained = sorted({label for _, label, _ in rows} - {label for _, label, split in rows if split == "train"})
+    if untrained:
+        raise MobiforgeError(f"{table}: classes with val rows but no train rows: {named(untrained)}; add train rows")
 
 
 def _table_rows(table: Path) -> list[tuple[str, str, str]]:
@@ -412,7 +446,7 @@ def _check_classes(folder: Path, classes: list[str]) -> None:
 
 def _check_empty(folder: Path, empty: list[str]) -> None:
     if empty:
-        raise MobiforgeError(f"{folder}: class folders with no images: {', '.join(empty)}; add images or remove them")
+        raise MobiforgeError(f"{folder}: class folders with no images: {named(empty)}; add images or remove them")
 
 
 # --------------------------------------------------------------------------------------------- bad-file scan
@@ -468,7 +502,7 @@ def split_samples(config: DataConfig, split: str, classes: list[str]) -> list[Sa
     if folder.is_dir():
         unknown = sorted(set(class_folders(folder)) - set(classes))
         if unknown:
-            raise MobiforgeError(f"{folder} has classes the model does not know: {', '.join(unknown)}")
+            raise MobiforgeError(f"{folder} has classes the model does not know: {named(unknown)}")
         samples, _, _ = scan_split(folder, class_to_idx)
     elif (root / "train").is_dir():
         present = ", ".join(name for name in ("train", "val", "test") if (root / name).is_dir())

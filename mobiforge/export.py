@@ -72,6 +72,7 @@ from mobiforge.runtimes import (
     verified_on,
     write_labels,
 )
+from mobiforge.units import named
 
 SEARCH_IMAGES = 96  # labelled training images the float-layer search scores each trial on
 QAT_TEMPERATURE = 2.0  # softmax temperature of QAT's distillation from the fp32 model
@@ -305,17 +306,13 @@ def interface(config: ExportConfig, data: ExportData) -> Interface:
 
 def about(config: ExportConfig | Any, data: str, classes: list[str]) -> About:
     """The model's name (default: its data's), version, one line on what it does, and its licence as given."""
-    more = len(classes) - CLASSES_NAMED
-    shown = ", ".join(classes[:CLASSES_NAMED]) + (f" and {more} more" if more > 0 else "")
+    shown = named(classes)
     return About(
         name=config.model_name or data_name(data),
         version=config.model_version,
         description=f"Image classifier: one of {len(classes)} classes ({shown}), trained with mobiforge",
         license=config.license or "",
     )
-
-
-CLASSES_NAMED = 10  # classes a description names before "and N more"
 
 
 def _float_note(config: ExportConfig) -> str:

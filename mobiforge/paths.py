@@ -49,6 +49,8 @@ def without_local_paths(text: str, *paths: str | os.PathLike[str]) -> str:
 
 
 # The fields of an export report or a ship state that hold local paths; a shared file holds them relative.
+RUN_FILE = "run.json"  # in every run folder: the kind of run that made it and the command
+
 PATH_FIELDS = ("path", "checkpoint", "out", "run_dir", "artifact", "data", "teacher", "runs_dir", "cache_dir",
                "init_from")  # fmt: skip
 NOT_PATHS = (*BUILTIN_DATASETS, "auto", "none")  # values of those fields that name something else

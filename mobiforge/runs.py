@@ -28,6 +28,7 @@ from mobiforge.log import command
 from mobiforge.models import build_from_spec, create_model
 from mobiforge.models.base import Preprocess
 from mobiforge.models.weights import get_weights
+from mobiforge.paths import RUN_FILE as RUN_FILE  # public here too
 from mobiforge.paths import portable_record, shareable_command
 from mobiforge.plots import plot_confusion, plot_curves
 
@@ -64,9 +65,14 @@ def prepare_run_dir(config: TrainConfig, resume_ckpt: dict[str, Any] | None) -> 
 
 # ----------------------------------------------------------------------------------------- who owns a folder
 
-RUN_FILE = "run.json"  # in every run folder: the kind of run that made it and the command
 # What a folder made before run.json existed holds, by kind; the first file found names the kind.
-KIND_OUTPUTS = (("ship_state.json", "ship"), ("prune_report.json", "prune"), ("last.pt", "train"))
+# An export (``--out`` anywhere) writes no run.json: its labels.txt says what it is.
+KIND_OUTPUTS = (
+    ("ship_state.json", "ship"),
+    ("prune_report.json", "prune"),
+    ("last.pt", "train"),
+    ("labels.txt", "export"),
+)
 HOSTED = {"prune": ("train", "distill")}  # kinds whose folder also holds a run of another kind: prune's fine-tuning
 
 
@@ -95,7 +101,8 @@ def check_run_dir(run_dir: Path, kind: str) -> None:
     found = run_kind(run_dir)
     if found is not None and found["kind"] != kind and kind not in HOSTED.get(found["kind"], ()):
         raise MobiforgeError(
-            f"{run_dir} holds a {found['kind']} run (made by `{found.get('command', 'unknown')}`); "
+            f"{run_dir} holds {'an' if found['kind'][0] in 'aeiou' else 'a'} {found['kind']} run (made by "
+            f"`{found.get('command', 'unknown')}`); "
             f"write this {kind} run to another folder"
         )
 

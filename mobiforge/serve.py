@@ -9,9 +9,11 @@ serving. The runtime runs one photo at a time (a lock), as a phone would.
 
 from __future__ import annotations
 
+import errno
 import html
 import io
 import json
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -27,6 +29,7 @@ from mobiforge.config import ServeConfig
 from mobiforge.errors import MobiforgeError
 from mobiforge.inference import prepare_images, top_classes
 from mobiforge.runtimes import ArtifactInfo, RuntimeModel, artifact_info
+from mobiforge.units import named
 
 MAX_UPLOAD_BYTES = 25 * 2**20  # a 48-megapixel phone JPEG is 10-20 MB
 TOP = 5
@@ -84,7 +87,14 @@ def make_server(served: Served, host: str = "127.0.0.1", port: int = 0) -> Threa
     try:
         return ThreadingHTTPServer((host, port), Handler)
     except OSError as error:
-        raise MobiforgeError(f"cannot listen on {host}:{port} ({error.strerror}); choose another --port") from None
+        raise MobiforgeError(f"cannot listen on {host}:{port} ({error.strerror}); {_listen_advice(error)}") from None
+
+
+def _listen_advice(error: OSError) -> str:
+    """The flag to change: the port when it is taken or reserved, else the host (not an address of this machine)."""
+    if error.errno in (errno.EADDRINUSE, errno.EACCES):
+        return "choose another --port"
+    return "give --host an address of this machine (127.0.0.1 for this machine only, 0.0.0.0 for the network)"
 
 
 def serve(config: ServeConfig) -> None:
@@ -150,10 +160,13 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def _page(served: Served) -> str:
-    name = html.escape(served.artifact.name)
-    classes = html.escape(", ".join(served.info.classes[:12]) + (", ..." if len(served.info.classes) > 12 else ""))
-    report = '<a href="/report" target="_blank">the ship report</a> · ' if served.report else ""
-    return PAGE.replace("{{name}}", name).replace("{{classes}}", classes).replace("{{report}}", report)
+    values = {
+        "name": html.escape(served.artifact.name),
+        "classes": html.escape(named(list(served.info.classes), 12)),
+        "report": '<a href="/report" target="_blank">the ship report</a> · ' if served.report else "",
+    }
+    # one pass: a class named {{report}} is text, not a placeholder filled after it
+    return re.sub(r"\{\{(name|classes|report)\}\}", lambda match: values[match.group(1)], PAGE)
 
 
 PAGE = """<!doctype html>

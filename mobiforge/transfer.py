@@ -329,7 +329,8 @@ def plan_cache(
     if fitting < 1:
         raise MobiforgeError(
             f"the feature cache needs {format_bytes(per_view)} for one view of {len(samples)} images "
-            f"(trunk output {list(item_shape)} in fp16) and {format_bytes(room)} is free on disk at {folder}; free "
+            f"(trunk output {list(item_shape)} in fp16); {format_bytes(shutil.disk_usage(folder).free)} is free on "
+            f"disk at {folder}, of which the cache may take half ({format_bytes(room)}); free "
             "disk space, pass --cache-dir on a larger disk, or train more blocks (a smaller output)"
         )
     if fitting < views:

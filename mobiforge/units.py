@@ -51,3 +51,12 @@ def format_bytes(num_bytes: float) -> str:
         if num_bytes >= scale:
             return f"{num_bytes / scale:.2f} {unit}"
     return f"{int(num_bytes)} B"
+
+
+NAMES_SHOWN = 10  # names a message or description lists before "and N more"
+
+
+def named(names: list[str], shown: int = NAMES_SHOWN) -> str:
+    """``a, b, c and 9,990 more``: a list of names that keeps a message to one readable line, however many."""
+    more = len(names) - shown
+    return ", ".join(names[:shown]) + (f" and {more:,} more" if more > 0 else "")

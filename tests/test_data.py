@@ -312,3 +312,24 @@ def test_a_checkpoint_with_a_line_break_in_a_class_name_is_refused() -> None:
 
     with pytest.raises(MobiforgeError, match="control character"):
         Checkpoint.from_dict({"state_dict": {}, "classes": ["ants", "be\nes"]}, source="x.pt")
+
+
+def test_a_run_folder_inside_the_data_folder_is_not_a_class(tmp_path: Path) -> None:
+    """``cd photos && mobiforge train --data .`` writes ./runs/NAME/; the next run must not train on it."""
+    make_folder(tmp_path, classes=2)
+    run = tmp_path / "runs" / "run"
+    run.mkdir(parents=True)
+    (run / "run.json").write_text('{"kind": "train"}')
+    (run / "curves.png").write_bytes((tmp_path / "class0" / "000.png").read_bytes())
+    (tmp_path / "shipped").mkdir()
+    (tmp_path / "shipped" / "run.json").write_text('{"kind": "ship"}')
+    assert discover(DataConfig(data=str(tmp_path))).classes == ["class0", "class1"]
+
+
+def test_many_empty_class_folders_make_one_short_line(tmp_path: Path) -> None:
+    make_folder(tmp_path, classes=2)
+    for index in range(500):
+        (tmp_path / f"empty{index:04d}").mkdir()
+    with pytest.raises(MobiforgeError, match=r"empty0000, .* and 490 more; add images") as error:
+        discover(DataConfig(data=str(tmp_path)))
+    assert len(str(error.value)) < 300

@@ -168,6 +168,12 @@ def test_a_run_folder_made_by_another_kind_of_run_is_refused_before_any_work(tmp
     (legacy / "last.pt").write_bytes(b"")
     with pytest.raises(MobiforgeError, match="holds a train run"):
         check_run_dir(legacy, "ship")
+    exported = tmp_path / "exported"  # issue 44 item 13: an export's folder has no run.json
+    exported.mkdir()
+    for name in ("model.pte", "model.pte.json", "labels.txt"):
+        (exported / name).write_text("")
+    with pytest.raises(MobiforgeError, match="holds an export run"):
+        check_run_dir(exported, "ship")
     (tmp_path / "file").write_text("")
     with pytest.raises(MobiforgeError, match="is a file"):
         check_run_dir(tmp_path / "file", "train")

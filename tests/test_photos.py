@@ -79,8 +79,20 @@ def test_a_labels_csv_replaces_class_folders(tmp_path: Path) -> None:
         ("photos/cat_0.jpg,cat,holdout\n", "split 'holdout' is not train, val or test"),
         ("path,label\n", "no rows"),
         ("photos/cat_0.jpg,cat\nphotos/cat_1.jpg,cat\n", "a single class (cat)"),
+        # issue 44 item 7: rows without a split beside rows with one were dropped; val-only classes accepted;
+        # a row listed twice counted twice
+        (
+            "photos/cat_0.jpg,cat,train\nphotos/cat_1.jpg,cat\nphotos/dog_0.jpg,dog,train\nphotos/dog_1.jpg,dog,val\n",
+            "1 of 4 rows have no split while others do (first: ",
+        ),
+        ("photos/cat_0.jpg,cat,train\nphotos/cat_1.jpg,cat,val\nphotos/dog_0.jpg,dog,val\n", "no train rows: dog"),
+        (
+            "photos/cat_0.jpg,cat,train\nphotos/cat_0.jpg,cat,train\nphotos/cat_1.jpg,cat,val\n"
+            "photos/dog_0.jpg,dog,train\nphotos/dog_1.jpg,dog,val\n",
+            "is listed twice (train cat and train cat): keep one row",
+        ),
     ],
-    ids=["missing", "short", "split", "empty", "one class"],
+    ids=["missing", "short", "split", "empty", "one class", "unsplit rows", "val-only class", "twice"],
 )
 def test_a_bad_labels_csv_is_one_line_naming_the_row(tmp_path: Path, content: str, message: str) -> None:
     _photos(tmp_path)

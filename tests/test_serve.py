@@ -128,3 +128,27 @@ def test_the_page_classifies_dropped_photos_in_a_real_browser(server: str, artif
         page.screenshot(path=str(tmp_path / "serve.png"), full_page=True)
         browser.close()
     assert (tmp_path / "serve.png").stat().st_size > 1000
+
+
+def test_a_host_that_is_not_this_machine_is_blamed_not_the_port(artifact: Path, server: str) -> None:
+    """Issue 44 item 16: ``serve --host 999.1.1.1`` advised another port."""
+    from mobiforge.serve import make_server, served_artifact
+
+    served = served_artifact(artifact.parent)
+    with pytest.raises(MobiforgeError, match=r"cannot listen on 999\.1\.1\.1:0 .*give --host an address"):
+        make_server(served, host="999.1.1.1")
+    taken = int(server.rsplit(":", 1)[1])
+    with pytest.raises(MobiforgeError, match="choose another --port"):
+        make_server(served, port=taken)
+
+
+def test_a_class_named_like_a_placeholder_is_shown_as_text(artifact: Path) -> None:
+    """Issue 44 item 16: a class named ``{{report}}`` was replaced by the report link (or vanished)."""
+    import dataclasses
+
+    from mobiforge.serve import _page, served_artifact
+
+    served = served_artifact(artifact.parent)
+    odd = dataclasses.replace(served, info=dataclasses.replace(served.info, classes=["{{report}}", "<b>", "c"]))
+    page = _page(odd)
+    assert "classes: {{report}}, &lt;b&gt;, c." in page and page.count("the ship report") == 1
