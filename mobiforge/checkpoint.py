@@ -117,7 +117,9 @@ class Checkpoint:
             raise MobiforgeError(f"{source}: 'state_dict' must be a dict of tensors")
         try:
             epoch = int(data.get("epoch") or 0)
-            read_preprocess = Preprocess.from_dict(preprocess) if preprocess else Preprocess()
+            if "preprocess" in data and not isinstance(preprocess, dict):  # absent: the article's checkpoints
+                raise TypeError(f"it is {type(preprocess).__name__}, not a dict of img_size, crop_pct, mean, std")
+            read_preprocess = Preprocess.from_dict(preprocess) if preprocess is not None else Preprocess()
         except (KeyError, TypeError, ValueError) as error:
             raise MobiforgeError(
                 f"{source}: malformed 'preprocess' or 'epoch' ({type(error).__name__}: {error})"

@@ -246,6 +246,28 @@ class RuntimeModel(nn.Module):
 RUN_CHUNK = 64  # images per call to a runtime whose files take any batch
 
 
+def checked_model(path: Path, info: ArtifactInfo, threads: int) -> RuntimeModel:
+    """``path`` in its runtime, once its report is seen to describe it: one blank image of the report's size goes
+    through, and the file must answer with one score per class named. An edited or mismatched report is then a
+    one-line error, not an IndexError or a runtime's traceback later (or, with too many names, a silent mislabel)."""
+    model = RuntimeModel(path, threads)
+    side = info.preprocess.img_size
+    report = sidecar(path).name
+    try:
+        outputs = model(torch.zeros(1, 3, side, side)).shape[-1]
+    except Exception:  # each runtime raises its own type for an input of the wrong shape
+        shape = "x".join(str(n) for n in input_shape(path))
+        raise MobiforgeError(
+            f"{path}: its {report} says {side} px inputs but the file takes {shape}; export the checkpoint again"
+        ) from None
+    if outputs != len(info.classes):
+        raise MobiforgeError(
+            f"{path}: {len(info.classes)} class names in {report} or {LABELS_FILE} for {outputs} outputs of the "
+            "file; export the checkpoint again"
+        )
+    return model
+
+
 def run_all(runner: Runner, images: torch.Tensor, batched: bool) -> torch.Tensor:
     """Logits of ``images`` through ``runner``: the one loop the gate, ``eval``, ``predict`` and ``serve`` share."""
     batches = images.split(RUN_CHUNK) if batched else images.split(1)
@@ -256,7 +278,7 @@ def predict_artifact(path: str | Path, images: list[str], top_k: int = 5, thread
     """Top-``top_k`` classes with probabilities for each image, computed in the artifact's own runtime."""
     path = _existing(path)  # a missing file is named as missing, not as missing its report
     info = artifact_info(path)
-    return ranked_predictions(RuntimeModel(path, threads), info.classes, info.preprocess, images, top_k)
+    return ranked_predictions(checked_model(path, info, threads), info.classes, info.preprocess, images, top_k)
 
 
 def evaluate_artifact(
@@ -281,7 +303,7 @@ def evaluate_artifact(
     )
     # the gate's evenly spaced subset, where the recorded data and split are what is evaluated
     subset = recorded.get("val_images") if not data and split == recorded.get("split", "val") else None
-    model = RuntimeModel(path, threads=ACCURACY_THREADS)
+    model = checked_model(path, info, threads=ACCURACY_THREADS)
     return evaluate_samples(model, info.classes, info.preprocess, config, split, 1, workers, skip_bad_images, subset)
 
 

@@ -28,7 +28,7 @@ from mobiforge.backends import BACKENDS, DEFAULT_RUNTIME, is_artifact, runnable_
 from mobiforge.config import ServeConfig
 from mobiforge.errors import MobiforgeError
 from mobiforge.inference import prepare_images, top_classes
-from mobiforge.runtimes import ArtifactInfo, RuntimeModel, artifact_info
+from mobiforge.runtimes import ArtifactInfo, RuntimeModel, artifact_info, checked_model
 from mobiforge.units import named
 
 MAX_UPLOAD_BYTES = 25 * 2**20  # a 48-megapixel phone JPEG is 10-20 MB
@@ -74,8 +74,9 @@ def served_artifact(target: str | Path, threads: int = 1) -> Served:
     elif not is_artifact(path):
         raise MobiforgeError(f"{target}: give a ship run folder or an exported {runnable_suffixes()} file")
     report = path.parent / "report.html"
-    model = RuntimeModel(path, threads)
-    return Served(path, artifact_info(path), model, report if report.is_file() else None, threading.Lock())
+    info = artifact_info(path)
+    model = checked_model(path, info, threads)
+    return Served(path, info, model, report if report.is_file() else None, threading.Lock())
 
 
 def make_server(served: Served, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:

@@ -93,6 +93,11 @@ MALFORMED = {
     "foreign weights": (lambda c: c.update(state_dict={"x": torch.zeros(1)}), "missing (e.g. features.0.0.weight)"),
     "preprocess": (lambda c: c.update(preprocess={"img_size": "y"}), "malformed 'preprocess'"),
     "preprocess mean": (lambda c: c["preprocess"].update(mean="x"), "malformed 'preprocess'"),
+    # issue 44 items 6 and 12: a NaN mean gave a wrong answer; crop_pct 1e-7 a 307 PB resize; None ran at 224 px
+    "nan mean": (lambda c: c["preprocess"].update(mean=[float("nan"), 0.5, 0.5]), "must be finite"),
+    "inf std": (lambda c: c["preprocess"].update(std=[float("inf"), 0.5, 0.5]), "must be finite"),
+    "tiny crop_pct": (lambda c: c["preprocess"].update(crop_pct=1e-7), "crop_pct 1e-07 is outside [0.05, 1]"),
+    "no preprocess": (lambda c: c.update(preprocess=None), "it is NoneType, not a dict"),
     "short classes": (lambda c: c.update(classes=["a"]), "3 outputs but 1 class names"),
     "classes type": (lambda c: c.update(classes=7), "'classes' must be a list"),
     "spec": (lambda c: c.update(spec="zzz"), "a model spec is {'name': str, 'kwargs': dict}"),

@@ -5,6 +5,7 @@ chromium driven by Playwright; skipped with the reason where either is absent)."
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import threading
 import urllib.error
@@ -152,3 +153,26 @@ def test_a_class_named_like_a_placeholder_is_shown_as_text(artifact: Path) -> No
     odd = dataclasses.replace(served, info=dataclasses.replace(served.info, classes=["{{report}}", "<b>", "c"]))
     page = _page(odd)
     assert "classes: {{report}}, &lt;b&gt;, c." in page and page.count("the ship report") == 1
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda r: r.update(classes=["a", "b"]), "2 class names in model.onnx.json or labels.txt for 3 outputs"),
+        (lambda r: r.update(classes=[f"c{i}" for i in range(20)]), "20 class names"),
+        (lambda r: r["preprocess"].update(img_size=48), "says 48 px inputs but the file takes 1x3x32x32"),
+        (lambda r: r["preprocess"].update(mean=[float("nan"), 0, 0]), "must be finite"),
+    ],
+    ids=["too few names", "too many names", "wrong size", "nan mean"],
+)
+def test_a_report_that_does_not_describe_its_file_is_one_line(artifact: Path, tmp_path: Path, edit, message) -> None:
+    """Issue 44 items 5 and 6: too few names gave an IndexError, the wrong size a runtime traceback, 20 names for
+    10 outputs and a NaN mean a silent wrong answer."""
+    copy = tmp_path / "model.onnx"
+    shutil.copy(artifact, copy)
+    record = json.loads((artifact.parent / "model.onnx.json").read_text())
+    edit(record)
+    (tmp_path / "model.onnx.json").write_text(json.dumps(record))
+    with pytest.raises(MobiforgeError, match=re.escape(message)) as error:
+        predict_artifact(copy, [str(_images(artifact)[0])])
+    assert "\n" not in str(error.value)

@@ -17,6 +17,8 @@ from torch import nn
 
 from mobiforge.config import IMAGE_SIDE, IMAGENET_MEAN, IMAGENET_STD
 
+MIN_CROP_PCT = 0.05  # the resize before the crop is at most 20x the input side
+NORM_LIMIT = 1000.0  # pixel scales are [0, 1] or [0, 255]: a mean or std beyond this is a damaged record
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")  # torchvision InterpolationMode values stored in checkpoints
 
 
@@ -62,10 +64,17 @@ class Preprocess:
         )
         if preprocess.img_size not in IMAGE_SIDE:
             raise ValueError(f"img_size {preprocess.img_size} is not {IMAGE_SIDE.describe()}")
-        if not 0 < preprocess.crop_pct <= 1:
-            raise ValueError(f"crop_pct {preprocess.crop_pct} is outside (0, 1]")
-        if len(preprocess.mean) != 3 or len(preprocess.std) != 3 or min(preprocess.std) <= 0:
-            raise ValueError("mean and std need 3 values each, std above 0")
+        if not MIN_CROP_PCT <= preprocess.crop_pct <= 1:  # 1e-7 once asked for a 307 PB resize
+            raise ValueError(f"crop_pct {preprocess.crop_pct} is outside [{MIN_CROP_PCT}, 1]")
+        if len(preprocess.mean) != 3 or len(preprocess.std) != 3:
+            raise ValueError("mean and std need 3 values each")
+        if not all(math.isfinite(v) and abs(v) <= NORM_LIMIT for v in preprocess.mean) or not all(
+            math.isfinite(v) and 0 < v <= NORM_LIMIT for v in preprocess.std
+        ):  # a NaN mean or an inf std ran, and answered wrongly
+            raise ValueError(
+                f"mean {list(preprocess.mean)} and std {list(preprocess.std)} must be finite, within "
+                f"±{NORM_LIMIT:g}, std above 0"
+            )
         if preprocess.interpolation not in INTERPOLATIONS:
             raise ValueError(f"interpolation {preprocess.interpolation!r} is not one of {', '.join(INTERPOLATIONS)}")
         return preprocess
