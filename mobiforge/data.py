@@ -524,6 +524,10 @@ def _decode_problem(path: str) -> str | None:
         if os.path.getsize(path) == 0:
             return "empty file"
         with Image.open(path) as image:
+            if image.format == "JPEG":
+                image.draft("RGB", (1, 1))  # the smallest scale still reads (and checks) the whole stream
+            if problem := oversized(image):  # before decoding, as load_rgb refuses it: the scan is no way around
+                return problem
             image.load()  # a full decode: verify() misses truncated JPEGs
     except Exception as error:
         return str(error).splitlines()[0] if str(error) else type(error).__name__
@@ -534,8 +538,10 @@ def _header_problem(path: str) -> str | None:
     try:
         if os.path.getsize(path) == 0:
             return "empty file"
-        with Image.open(path):
-            pass  # the header only: what PIL needs to name the format and the size
+        with Image.open(path) as image:  # the header only: what PIL needs to name the format and the size
+            if image.format == "JPEG":
+                image.draft("RGB", (1, 1))
+            return oversized(image)
     except Exception as error:
         return str(error).splitlines()[0] if str(error) else type(error).__name__
     return None
@@ -845,6 +851,16 @@ def preprocess_for(config: DataConfig, weights_preprocess: Preprocess | None = N
 MAX_DECODED_PIXELS = 64 * 10**6
 
 
+def oversized(image: Image.Image) -> str | None:
+    """Why an opened (not yet decoded) image is too large to decode, or None."""
+    width, height = image.size
+    if width * height <= MAX_DECODED_PIXELS:
+        return None
+    return (
+        f"{width}x{height} pixels is over the {MAX_DECODED_PIXELS // 10**6} megapixels mobiforge decodes; downscale it"
+    )
+
+
 def load_rgb(path: str | BinaryIO, draft_size: int | None = None) -> Image.Image:
     """Open an image (a path, or a binary file such as an upload) as RGB, upright (EXIF orientation applied),
     8 bits per channel. For JPEGs, ``draft_size`` lets libjpeg decode at a reduced scale (a large speed-up on
@@ -852,12 +868,8 @@ def load_rgb(path: str | BinaryIO, draft_size: int | None = None) -> Image.Image
     with Image.open(path) as image:
         if draft_size and image.format == "JPEG":
             image.draft("RGB", (draft_size, draft_size))
-        width, height = image.size
-        if width * height > MAX_DECODED_PIXELS:  # checked before decoding: the header alone gives the size
-            raise ValueError(
-                f"{width}x{height} pixels is over the {MAX_DECODED_PIXELS // 10**6} megapixels mobiforge decodes; "
-                "downscale it"
-            )
+        if problem := oversized(image):  # checked before decoding: the header alone gives the size
+            raise ValueError(problem)
         ImageOps.exif_transpose(image, in_place=True)  # a portrait phone photo is stored sideways plus a tag
         if image.mode in SIXTEEN_BIT_MODES:
             return _to_8_bit(image).convert("RGB")

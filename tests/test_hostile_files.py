@@ -349,6 +349,20 @@ def test_an_image_too_large_to_decode_is_refused_from_its_header(tmp_path: Path)
         load_rgb(str(path))
 
 
+def test_the_bad_file_scans_refuse_an_image_too_large_to_decode(tmp_path: Path) -> None:
+    """Issue 44 item 4: the decode scan (eval, train --cache none, --trainable-blocks) decoded an 81 MP image in
+    full and the loader then crashed on it with a ValueError traceback; now both scans name it."""
+    from mobiforge.data import find_bad_images, find_unreadable
+
+    path = tmp_path / "huge.png"
+    Image.new("1", (9000, 9000)).save(path)
+    for scan in (find_bad_images, find_unreadable):
+        assert "9000x9000 pixels is over the 64 megapixels" in scan([str(path)])[str(path)]
+    photo = tmp_path / "phone.jpg"  # a 108 MP phone photo decodes at a reduced scale: it stays usable
+    Image.new("RGB", (12000, 9000), (90, 120, 30)).save(photo, quality=50)
+    assert find_bad_images([str(photo)]) == {} and find_unreadable([str(photo)]) == {}
+
+
 def test_a_rejected_models_list_leaves_nothing_that_blocks_the_corrected_rerun(data: Path, tmp_path: Path) -> None:
     """Item 11: a failed `ship --models <bad>` left a state file that refused the corrected command."""
     from mobiforge.config import ShipConfig
