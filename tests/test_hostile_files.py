@@ -462,3 +462,30 @@ def test_a_budget_nothing_can_meet_stops_the_search_in_time(data: Path, tmp_path
 def test_predict_on_a_missing_artifact_names_it_as_missing(tmp_path: Path, capsys) -> None:
     code, _, err = _cli(["predict", str(tmp_path / "gone.pte"), str(tmp_path / "x.png")], capsys)
     assert code == 2 and err.endswith("gone.pte does not exist")
+
+
+def test_an_unusable_folder_exits_2_like_every_other_input_error(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """Issue 44 item 17: read-only and disk-full folders exited 1, the status of a failed check, other user errors 2."""
+    import errno
+
+    from mobiforge.cli import build_parser
+
+    def read_only(args) -> int:  # type: ignore[no-untyped-def]  # (as root, chmod cannot make a folder read-only)
+        raise OSError(errno.EROFS, "Read-only file system", "/mnt/ro/runs")
+
+    parser = build_parser()
+    args = parser.parse_args(["profile", "mobilenet_v1"])
+    args.handler = read_only
+    monkeypatch.setattr("mobiforge.cli.build_parser", lambda: _Fixed(parser, args))
+    code, _, err = _cli(["profile", "mobilenet_v1"], capsys)
+    assert code == 2 and "/mnt/ro/runs: Read-only file system" in err
+
+
+class _Fixed:
+    """A parser that hands back the given (patched) arguments."""
+
+    def __init__(self, parser, args) -> None:  # type: ignore[no-untyped-def]
+        self.parser, self.args = parser, args
+
+    def parse_args(self, argv):  # type: ignore[no-untyped-def]
+        return self.args

@@ -195,3 +195,19 @@ def test_fine_tuned_on_hymenoptera_predicts_held_out_photos(shared_dir: Path, tm
     results = predict(run / "best.pt", [str(p) for files in photos.values() for p in files], top_k=1)
     predicted = [item["top"][0]["class"] for item in results]
     assert predicted == ["ants"] * 4 + ["bees"] * 4
+
+
+def test_a_failed_download_names_the_url_and_the_file(isolated_caches: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 44 item 15: offline, --download said only `error:: <urlopen error ...>`."""
+    import urllib.error
+
+    def offline(url: str, dst: str, progress: bool = True) -> None:
+        raise urllib.error.URLError(OSError(-3, "Temporary failure in name resolution"))
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    entry = W.get_weights("mobilenet_v3_small")
+    with pytest.raises(MobiforgeError) as error:
+        W.find_weights_file(entry, download=True)
+    message = str(error.value)
+    assert entry.url in message and entry.filename in message and "name resolution" in message
+    assert "--weights FILE" in message and "\n" not in message

@@ -1,9 +1,9 @@
 """The ``mobiforge`` command: parsers generated from ``mobiforge.config``, one thin function per command.
 
-Errors the user can fix (a wrong name, a missing file, a bad flag value) arrive as ``MobiforgeError`` and are
-printed as one line, exit status 2 (``--debug`` or ``MOBIFORGE_DEBUG=1`` adds the traceback); a failed budget
-check exits 1. Only this package imports internal modules inside functions: the library (and torch) load when a
-command runs, not for ``--help``.
+Errors the user can fix (a wrong name, a missing file, a bad flag value, a read-only folder, a full disk) arrive as
+``MobiforgeError`` or ``OSError`` and are printed as one line, exit status 2 (``--debug`` or ``MOBIFORGE_DEBUG=1``
+adds the traceback); a failed budget check exits 1 (the rule: ``mobiforge.errors``). Only this package imports
+internal modules inside functions: the library (and torch) load when a command runs, not for ``--help``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from mobiforge import __version__
 from mobiforge import config as cfg
 from mobiforge.backends import runnable_suffixes
 from mobiforge.cli.options import add_options
-from mobiforge.errors import MobiforgeError
+from mobiforge.errors import EXIT_CANNOT_RUN, EXIT_INTERRUPTED, MobiforgeError
 from mobiforge.log import DEBUG_ENV, configure, debug_requested, set_command
 
 JSON_HELP = "print JSON instead of a table"
@@ -114,14 +114,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return error.exit_code
     except KeyboardInterrupt:
         print(f"mobiforge {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except OSError as error:  # the machine's, not mobiforge's: a full disk, a read-only or vanished folder
         if debug:
             traceback.print_exc()
         where = f" {error.filename}" if error.filename else ""
         full = " (disk full: free some space and run the command again)" if error.errno == errno.ENOSPC else ""
         print(f"mobiforge {args.command}: error:{where}: {error.strerror or error}{full}", file=sys.stderr)
-        return 1
+        return EXIT_CANNOT_RUN  # like any folder the user gave that cannot be used
 
 
 if __name__ == "__main__":

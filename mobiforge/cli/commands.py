@@ -1,7 +1,7 @@
 """One function per command: fill the command's config from the flags, call the library, print the result.
 
 The library is imported inside each function, so ``mobiforge --help`` never loads torch. A command returns its exit
-status: 0 done, 1 a budget or gate failed, 130 interrupted; errors a user can fix raise ``MobiforgeError``.
+status by the one rule of ``mobiforge.errors``; errors a user can fix raise ``MobiforgeError``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from mobiforge import config as cfg
 from mobiforge.backends import is_artifact
 from mobiforge.cli import render
 from mobiforge.cli.options import read_options
-from mobiforge.errors import MobiforgeError
+from mobiforge.errors import EXIT_CHECK_FAILED, EXIT_OK, MobiforgeError
 
 
 def _emit(args: argparse.Namespace, data: Any) -> bool:
@@ -53,7 +53,7 @@ def run_prune(args: argparse.Namespace) -> int:
         result = prune(config, reporter)
     if not _emit(args, result.to_dict()):
         render.prune_table(config.checkpoint, result, config.finetune_epochs)
-    return 0
+    return EXIT_OK
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -62,7 +62,7 @@ def run_export(args: argparse.Namespace) -> int:
     report = export_checkpoint(read_options(args, getattr(args, "config_class", cfg.ExportConfig)))
     if not _emit(args, report.to_dict()):
         render.export_report(report)
-    return 0 if report.passed else 1
+    return EXIT_OK if report.passed else EXIT_CHECK_FAILED
 
 
 def run_ship(args: argparse.Namespace) -> int:
@@ -80,7 +80,7 @@ def run_ship(args: argparse.Namespace) -> int:
         closest = f"; closest: {result.closest}" if result.closest else ""
         why = f"nothing shipped: {result.why}" if result.why else f"no candidate met the budget{closest}"
         print(f"{why}; report: {result.run_dir / 'report.html'}")
-    return 0 if result.chosen else 1
+    return EXIT_OK if result.chosen else EXIT_CHECK_FAILED
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -102,7 +102,7 @@ def run_eval(args: argparse.Namespace) -> int:
         )  # fmt: skip
     if not _emit(args, report.to_dict()):
         render.eval_report(options.checkpoint, report)
-    return 0
+    return EXIT_OK
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -116,14 +116,14 @@ def run_predict(args: argparse.Namespace) -> int:
     results = predict(options.checkpoint, options.images, options.top_k)
     if not _emit(args, results):
         render.predictions(results)
-    return 0
+    return EXIT_OK
 
 
 def run_serve(args: argparse.Namespace) -> int:
     from mobiforge.serve import serve
 
     serve(read_options(args, cfg.ServeConfig))
-    return 0
+    return EXIT_OK
 
 
 def run_models(args: argparse.Namespace) -> int:
@@ -139,7 +139,7 @@ def run_models(args: argparse.Namespace) -> int:
         rows = [_weights_row(entry, locate_quietly(entry)) for name in names for entry in list_weights(name)]
         if not _emit(args, rows):
             render.weights_table(rows)
-        return 0
+        return EXIT_OK
     shape = (1, 3, options.img_size, options.img_size)
     rows = []
     for name in names:
@@ -148,7 +148,7 @@ def run_models(args: argparse.Namespace) -> int:
         rows[-1]["img_size"] = options.img_size
     if not _emit(args, rows):
         render.models_table(rows, options.img_size)
-    return 0
+    return EXIT_OK
 
 
 def _weights_row(entry: Any, local: Path | None) -> dict[str, Any]:
@@ -179,7 +179,7 @@ def run_profile(args: argparse.Namespace) -> int:
         report = profile_artifact(options.model, options.threads or 1, options.max_size, options.max_latency_ms)
         if not _emit(args, report.to_dict()):
             render.artifact_profile(report)
-        return 0 if report.passed else 1
+        return EXIT_OK if report.passed else EXIT_CHECK_FAILED
     path = Path(options.model)
     if not is_model(options.model) and (path.suffix in {".pt", ".pth"} or path.exists()):
         model, name = model_from_checkpoint(path), path.name
@@ -192,4 +192,4 @@ def run_profile(args: argparse.Namespace) -> int:
     )  # fmt: skip
     if not _emit(args, report.to_dict()):
         render.model_profile(report)
-    return 0 if report.passed else 1
+    return EXIT_OK if report.passed else EXIT_CHECK_FAILED

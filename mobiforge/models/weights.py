@@ -158,7 +158,14 @@ def find_weights_file(weights: Weights, explicit: str | os.PathLike[str] | None 
     if download and weights.url:
         target = cache_dirs()[0] / weights.filename
         target.parent.mkdir(parents=True, exist_ok=True)
-        torch.hub.download_url_to_file(weights.url, str(target), progress=True)
+        try:
+            torch.hub.download_url_to_file(weights.url, str(target), progress=True)
+        except OSError as error:  # URLError, HTTPError and socket errors all are
+            reason = getattr(error, "reason", None) or error.strerror or error
+            raise MobiforgeError(
+                f"could not download {weights.url} to {target} ({reason}); where this machine has no network, "
+                f"fetch the file elsewhere and put it in {target.parent}, or pass --weights FILE"
+            ) from None
         verify_checksum(weights, target)
         return target
     places = " or ".join(str(folder) for folder in cache_dirs())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mobiforge.errors import MobiforgeError
+from mobiforge.errors import EXIT_INTERRUPTED, MobiforgeError
 
 TEACHER_MODEL = "efficientnet_lite0"  # the model zoo's network with real ImageNet weights on this machine
 FILE_OVERHEAD = 1.12  # an int8 artifact is measured at up to ~11% above its int8 weight bytes (graph, scales)
@@ -56,7 +56,7 @@ CANDIDATE_GRID: tuple[GridRow, ...] = (
 class ShipInterrupted(MobiforgeError):
     """Stopped by Ctrl-C; the finished stages are kept and a rerun resumes."""
 
-    exit_code = 130
+    exit_code = EXIT_INTERRUPTED
 
 
 CORE_ML = "coreml"  # the runtime row of the iOS package ship writes beside the shipped artifact
