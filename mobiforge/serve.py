@@ -5,6 +5,13 @@ artifact in its own runtime on this machine, and the time the runtime took.
 The server is the standard library's: one page, one JSON endpoint, no front-end build step. It binds 127.0.0.1
 unless told otherwise, caps the upload size, and answers a file that is not an image with a message while it keeps
 serving. The runtime runs one photo at a time (a lock), as a phone would.
+
+Any page open in the user's browser can send requests to 127.0.0.1, so the server answers only requests addressed
+to it: the ``Host`` header must name the address it listens on (a DNS-rebinding page sends its own name), and an
+``Origin``, when the browser sends one, must be the page's own. Uploads are decoded at most MAX_DECODES at a time,
+each refused from its header when over the decode limit, so concurrent uploads cannot take the memory (six 64-MP
+PNGs at once once took it from 1.0 to 4.6 GB); an idle connection is closed after IDLE_SECONDS, and a client that
+goes away is a log line.
 """
 
 from __future__ import annotations
@@ -14,9 +21,10 @@ import html
 import io
 import json
 import re
+import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -28,11 +36,16 @@ from mobiforge.backends import BACKENDS, DEFAULT_RUNTIME, is_artifact, runnable_
 from mobiforge.config import ServeConfig
 from mobiforge.errors import MobiforgeError
 from mobiforge.inference import prepare_images, top_classes
+from mobiforge.log import logger
 from mobiforge.runtimes import ArtifactInfo, RuntimeModel, artifact_info, checked_model
 from mobiforge.units import named
 
 MAX_UPLOAD_BYTES = 25 * 2**20  # a 48-megapixel phone JPEG is 10-20 MB
 TOP = 5
+MAX_DECODES = 2  # uploads decoded at once; the others wait (up to DECODE_WAIT_SECONDS) or are told to retry
+DECODE_WAIT_SECONDS = 30.0
+IDLE_SECONDS = 30  # a connection that sends nothing for this long is closed (one thread per connection)
+LOCAL_NAMES = ("127.0.0.1", "localhost", "[::1]")
 
 
 @dataclass
@@ -44,19 +57,29 @@ class Served:
     model: RuntimeModel
     report: Path | None
     lock: threading.Lock
+    decodes: threading.BoundedSemaphore = field(default_factory=lambda: threading.BoundedSemaphore(MAX_DECODES))
 
     def classify(self, data: bytes) -> dict[str, Any]:
         """Top-5 of one uploaded image, through the same preprocessing and runner contract as ``predict``;
-        ValueError with a plain sentence for anything that is not a readable image."""
+        ValueError with a plain sentence for anything that is not a readable image, Busy when MAX_DECODES others
+        are being decoded for longer than DECODE_WAIT_SECONDS."""
+        if not self.decodes.acquire(timeout=DECODE_WAIT_SECONDS):
+            raise Busy("the server is decoding other photos; send this one again in a moment")
         try:
             batch = prepare_images([io.BytesIO(data)], self.info.preprocess)
         except MobiforgeError as error:
             raise ValueError(str(error).removeprefix("this file: ")) from None
+        finally:
+            self.decodes.release()
         with self.lock, torch.inference_mode():
             started = time.perf_counter()
             logits = self.model(batch)
             milliseconds = 1000 * (time.perf_counter() - started)
         return {"top": top_classes(logits, self.info.classes, TOP)[0], "latency_ms": milliseconds}
+
+
+class Busy(Exception):
+    """Every decode slot stayed taken: the client is asked to retry (503)."""
 
 
 def served_artifact(target: str | Path, threads: int = 1) -> Served:
@@ -86,9 +109,34 @@ def make_server(served: Served, host: str = "127.0.0.1", port: int = 0) -> Threa
         model = served
 
     try:
-        return ThreadingHTTPServer((host, port), Handler)
+        server = _Server((host, port), Handler)
     except OSError as error:
         raise MobiforgeError(f"cannot listen on {host}:{port} ({error.strerror}); {_listen_advice(error)}") from None
+    Handler.hosts = addressed_hosts(host, server.server_address[1])
+    return server
+
+
+def addressed_hosts(host: str, port: int) -> frozenset[str] | None:
+    """The ``Host`` headers a request to this server may carry: the bound address and this machine's own names,
+    with the port (None: any, where it listens on every address and the user chose the network)."""
+    if host in ("0.0.0.0", "::", ""):
+        return None
+    names = {host, f"[{host}]" if ":" in host else host}
+    if host in ("127.0.0.1", "localhost", "::1"):
+        names |= set(LOCAL_NAMES)
+    return frozenset(f"{name}:{port}" for name in names)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away (or timed out) is one log line, not socketserver's traceback on stderr."""
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            logger.info("serve: %s from %s", type(error).__name__, client_address[0])
+            return
+        super().handle_error(request, client_address)
 
 
 def _listen_advice(error: OSError) -> str:
@@ -116,12 +164,27 @@ def serve(config: ServeConfig) -> None:
 
 class _Handler(BaseHTTPRequestHandler):
     model: Served
+    hosts: frozenset[str] | None = None
     server_version = "mobiforge"
+    timeout = IDLE_SECONDS
+
+    def _addressed_here(self) -> bool:
+        """Whether the request names this server (``Host``) and, when it says where it comes from, is from its own
+        page (``Origin``); otherwise it is answered 403 and nothing runs."""
+        host = self.headers.get("Host", "")
+        origin = self.headers.get("Origin")
+        if (self.hosts is not None and host not in self.hosts) or (origin is not None and origin != f"http://{host}"):
+            self.close_connection = True
+            self._json(HTTPStatus.FORBIDDEN, {"error": "requests to this page must come from the page itself"})
+            return False
+        return True
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # the user's terminal is theirs: no access log lines
 
     def do_GET(self) -> None:
+        if not self._addressed_here():
+            return
         if self.path in ("/", "/index.html"):
             self._send(HTTPStatus.OK, "text/html; charset=utf-8", _page(self.model).encode())
         elif self.path == "/report" and self.model.report is not None:
@@ -130,6 +193,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(HTTPStatus.NOT_FOUND, {"error": f"no page {self.path}"})
 
     def do_POST(self) -> None:
+        if not self._addressed_here():
+            return
         if self.path != "/predict":
             self._json(HTTPStatus.NOT_FOUND, {"error": f"no endpoint {self.path}"})
             return
@@ -147,6 +212,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(HTTPStatus.OK, self.model.classify(data))
         except ValueError as error:
             self._json(HTTPStatus.BAD_REQUEST, {"error": str(error)})
+        except Busy as error:
+            self._json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(error)})
 
     def _json(self, status: HTTPStatus, body: dict[str, Any]) -> None:
         self._send(status, "application/json", json.dumps(body).encode())

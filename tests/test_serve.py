@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -56,8 +57,8 @@ def _images(artifact: Path) -> list[Path]:
     return sorted((artifact.parent.parent / "data" / "val").rglob("*.png"))[:2]
 
 
-def _post(url: str, body: bytes) -> tuple[int, dict]:
-    request = urllib.request.Request(f"{url}/predict", data=body, method="POST")
+def _post(url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(f"{url}/predict", data=body, method="POST", headers=headers or {})
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, json.loads(response.read())
@@ -176,3 +177,72 @@ def test_a_report_that_does_not_describe_its_file_is_one_line(artifact: Path, tm
     with pytest.raises(MobiforgeError, match=re.escape(message)) as error:
         predict_artifact(copy, [str(_images(artifact)[0])])
     assert "\n" not in str(error.value)
+
+
+# ------------------------------------------------------------------------------------------ issue 44, item 3
+
+
+def test_only_requests_addressed_to_the_server_from_its_own_page_are_answered(server: str, artifact: Path) -> None:
+    """A page elsewhere in the browser (another Origin) or a DNS-rebinding name (another Host) gets 403."""
+    image = _images(artifact)[0].read_bytes()
+    port = server.rsplit(":", 1)[1]
+    assert _post(server, image, {"Origin": server})[0] == 200
+    assert _post(server, image, {"Host": f"localhost:{port}", "Origin": f"http://localhost:{port}"})[0] == 200
+    status, answer = _post(server, image, {"Origin": "https://evil.example"})
+    assert status == 403 and "must come from the page itself" in answer["error"]
+    assert _post(server, image, {"Host": f"rebound.example:{port}"})[0] == 403
+    request = urllib.request.Request(f"{server}/", headers={"Host": f"rebound.example:{port}"})
+    with pytest.raises(urllib.error.HTTPError, match="403"):
+        urllib.request.urlopen(request, timeout=30)
+
+
+def test_concurrent_uploads_are_decoded_two_at_a_time(server: str, artifact: Path, monkeypatch) -> None:
+    """Six 64-MP PNGs posted at once took the server from 1.0 to 4.6 GB: decodes are now bounded."""
+    import mobiforge.serve as serve_module
+
+    prepare, active, most = serve_module.prepare_images, [0], [0]
+    guard = threading.Lock()
+
+    def counted(sources, preprocess):  # type: ignore[no-untyped-def]
+        with guard:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        try:
+            time.sleep(0.3)
+            return prepare(sources, preprocess)
+        finally:
+            with guard:
+                active[0] -= 1
+
+    monkeypatch.setattr(serve_module, "prepare_images", counted)
+    image = _images(artifact)[0].read_bytes()
+    results: list[int] = []
+    threads = [threading.Thread(target=lambda: results.append(_post(server, image)[0])) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [200] * 6 and most[0] == serve_module.MAX_DECODES
+
+
+def test_an_idle_connection_is_closed_and_a_vanished_client_is_no_traceback(artifact: Path, capfd) -> None:
+    import socket
+
+    from mobiforge.serve import make_server, served_artifact
+
+    httpd = make_server(served_artifact(artifact.parent))
+    httpd.RequestHandlerClass.timeout = 0.5
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    host, port = httpd.server_address[:2]
+    try:
+        with socket.create_connection((host, port), timeout=10) as idle:
+            started = time.time()
+            assert idle.recv(1) == b"" and time.time() - started < 5  # closed by the server, not by our timeout
+        with socket.create_connection((host, port), timeout=10) as gone:  # says 1 MB is coming, sends 10 bytes
+            gone.sendall(f"POST /predict HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: 1000000\r\n\r\n".encode())
+            gone.sendall(b"0123456789")
+        time.sleep(1.5)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert "Traceback" not in capfd.readouterr().err
