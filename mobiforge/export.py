@@ -73,6 +73,7 @@ from mobiforge.runtimes import (
     write_labels,
 )
 from mobiforge.units import named
+from mobiforge.untrusted import trust
 
 SEARCH_IMAGES = 96  # labelled training images the float-layer search scores each trial on
 QAT_TEMPERATURE = 2.0  # softmax temperature of QAT's distillation from the fp32 model
@@ -274,8 +275,10 @@ def _write_artifact(
     logger.debug("writing %s (%s, int8 %s, float layers %s)", path, config.format, config.int8, config.float_modules)
     if config.int8 is None:
         backend.write(model, data.val_images[:1].clone(), path, interface(config, data))
+        trust(path)  # written here: no child needs to load it first (mobiforge.untrusted)
         return None, ""
     reference, note = backend.write_int8(model, _int8_job(model, config, data), path)
+    trust(path)
     return reference, note + _float_note(config)
 
 

@@ -31,6 +31,7 @@ from mobiforge.inference import CheckpointEval, evaluate_samples, ranked_predict
 from mobiforge.models.base import Preprocess
 from mobiforge.paths import local_record, portable_record
 from mobiforge.profile import BudgetCheck, LatencyStats, Verdicts, budget_checks, measure_latency
+from mobiforge.untrusted import vet
 
 
 def runtime_of(path: str | Path) -> str:
@@ -44,10 +45,12 @@ def _unreadable(path: Path, runtime: str, error: Exception) -> MobiforgeError:
 
 
 def input_shape(path: str | Path) -> tuple[int, ...]:
-    """The input shape the artifact was exported with, read from the file itself (a dynamic batch reads as 1)."""
+    """The input shape the artifact was exported with, read from the file itself (a dynamic batch reads as 1). A
+    file not seen before is loaded in a child process first (``mobiforge.untrusted``)."""
     path = _existing(path)
     backend = backend_for(path)
     backend.check_header(path)
+    vet(path)
     try:
         return tuple(backend.impl().input_shape(path))
     except (ImportError, MobiforgeError):
@@ -56,13 +59,15 @@ def input_shape(path: str | Path) -> tuple[int, ...]:
         raise _unreadable(path, backend.name, error) from None
 
 
-def load_runner(path: str | Path, threads: int = 1, interface: Interface | None = None) -> Runner:
+def load_runner(path: str | Path, threads: int = 1, interface: Interface | None = None, vetted: bool = False) -> Runner:
     """A callable running ``path`` in its runtime with ``threads`` threads (see the module docstring). A runtime
     whose files may take uint8 pixels gets the ``interface`` that says how the model normalises them (default: the
-    one export recorded beside the file, or the file's own metadata)."""
+    one export recorded beside the file, or the file's own metadata). A file not seen before is loaded in a child
+    process first (``mobiforge.untrusted``)."""
     path = _existing(path)
     backend = backend_for(path)
     backend.check_header(path)
+    vet(path)
     try:
         if backend.pixel_input:
             run = backend.impl().runner(path, threads, interface or _recorded_interface(path))

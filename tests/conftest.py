@@ -40,3 +40,16 @@ def _private_speed_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: 
 
     path = tmp_path_factory.mktemp("speeds") / "speeds.json"
     monkeypatch.setattr(mobiforge.ship.speeds, "cache_file", lambda: path)
+
+
+@pytest.fixture(scope="session")
+def _session_vetted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("vetted") / "vetted.txt"
+
+
+@pytest.fixture(autouse=True)
+def _private_vetted_list(_session_vetted: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The artifacts seen to load, remembered for the session in a temp folder, not in the user's home."""
+    import mobiforge.untrusted
+
+    monkeypatch.setattr(mobiforge.untrusted, "_vetted_path", lambda: _session_vetted)

@@ -489,3 +489,34 @@ class _Fixed:
 
     def parse_args(self, argv):  # type: ignore[no-untyped-def]
         return self.args
+
+
+# ------------------------------------------------------------------------------------------ issue 44, item 1
+
+
+def test_a_crafted_pte_that_aborts_executorch_is_one_line_not_a_dead_process(tmp_path: Path, capsys) -> None:
+    """`ET` at byte 4, then non-UTF-8 bytes: the header check passed and ExecuTorch aborted the process (rc 134,
+    nothing printed). The file is now opened in a child first."""
+    pytest.importorskip("executorch")
+    path = tmp_path / "b.pte"
+    path.write_bytes(b"\0\0\0\0ET\xff\xfe" + bytes(200))
+    code, _, err = _cli(["profile", str(path)], capsys)
+    assert code == 2 and "\n" not in err and f"{path}: " in err and "crashed reading it (SIGABRT)" in err
+
+
+def test_a_file_seen_to_load_skips_the_child(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    from mobiforge import untrusted
+
+    path = tmp_path / "m.onnx"
+    path.write_bytes(b"\x08\x07" + bytes(64))
+    children: list[list[str]] = []
+    monkeypatch.setattr(
+        subprocess, "run", lambda argv, **kw: children.append(argv) or subprocess.CompletedProcess(argv, 0)
+    )
+    untrusted.vet(path)
+    untrusted.vet(path)  # the same bytes: remembered
+    path.write_bytes(b"\x08\x07" + bytes(65))
+    untrusted.vet(path)  # other bytes: a child again
+    assert len(children) == 2 and children[0][1:3] == ["-m", "mobiforge.untrusted"]

@@ -34,7 +34,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("training primitives", ("mobiforge.engine", "mobiforge.losses", "mobiforge.runs")),
     ("training", ("mobiforge.trunk", "mobiforge.transfer", "mobiforge.train", "mobiforge.inference")),
     ("compress", ("mobiforge.quantize", "mobiforge.prune")),
-    ("deploy", ("mobiforge.backends.*", "mobiforge.runtimes", "mobiforge.export")),
+    ("deploy", ("mobiforge.backends.*", "mobiforge.untrusted", "mobiforge.runtimes", "mobiforge.export")),
     ("recipes", ("mobiforge.distill", "mobiforge.ship", "mobiforge.ship.*", "mobiforge.serve")),
     ("cli", ("mobiforge.cli", "mobiforge.cli.*", "mobiforge.cli.progress", "mobiforge.__main__")),
 )
