@@ -23,6 +23,8 @@ from __future__ import annotations
 import contextlib
 import csv
 import functools
+import hashlib
+import json
 import math
 import os
 import random
@@ -57,6 +59,7 @@ from mobiforge.config import (
 from mobiforge.config import DataConfig as DataConfig
 from mobiforge.config import loader_workers as loader_workers
 from mobiforge.errors import MobiforgeError
+from mobiforge.files import write_atomic
 from mobiforge.models.base import Preprocess
 from mobiforge.paths import RUN_FILE, mobiforge_home
 from mobiforge.units import named
@@ -849,6 +852,43 @@ def preprocess_for(config: DataConfig, weights_preprocess: Preprocess | None = N
 # Decoded size per image, bounded so a few huge files cannot take the machine's memory (a 13,000-pixel square PNG
 # is 500 MB decoded): above a 48-megapixel phone photo; JPEGs are measured after their reduced-scale draft.
 MAX_DECODED_PIXELS = 64 * 10**6
+
+
+DIGESTS_FILE = "file-digests.json"  # in a cache folder: the digests of the files it cached, by path and stat
+
+
+def content_digests(paths: Sequence[str], folder: Path) -> list[str]:
+    """A digest of each file's bytes (BLAKE2b, 128 bits), for caches keyed on what the pixels are, not on a path
+    and a modification time (a repainted photo kept its size and mtime, and its stale features were served). Each
+    is remembered with the file's size, mtime, ctime and inode: any write changes the ctime, which no user can
+    set back, so a file whose stat is unchanged is not read again (the memo: ``folder / DIGESTS_FILE``)."""
+    memo_path = folder / DIGESTS_FILE
+    try:
+        memo = json.loads(memo_path.read_text())
+        memo = memo if isinstance(memo, dict) else {}
+    except (OSError, ValueError):
+        memo = {}
+    digests, changed = [], False
+    for path in paths:
+        stat = os.stat(path)
+        signature = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
+        known = memo.get(path)
+        if not (isinstance(known, list) and known[:4] == signature):
+            known, changed = [*signature, _file_digest(path)], True
+            memo[path] = known
+        digests.append(str(known[4]))
+    if changed:
+        with contextlib.suppress(MobiforgeError):  # a read-only home: the digests are read again next time
+            write_atomic(memo_path, json.dumps(memo))
+    return digests
+
+
+def _file_digest(path: str) -> str:
+    hasher = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            hasher.update(block)
+    return hasher.hexdigest()
 
 
 def oversized(image: Image.Image) -> str | None:

@@ -12,9 +12,10 @@ the memory, bounds the number of views.
 
 The activations are written in chunks to ``RUN/cache/`` (or ``cache_dir``, which runs may share) under a key that
 hashes the trunk's weights, the cut, the preprocessing and augmentation, the seed, the trunk's precision and the
-files (paths, sizes, modification times); each view is a file of its own, so a run with more views reuses another's
-first ones. A killed run resumes from the chunks it finished, and a cache of other weights, another resolution or
-other data is never read (its key differs; a chunk whose stored key does not match is recomputed, with a warning).
+files (paths, labels and the digest of their bytes, ``data.content_digests``: a photo repainted with its size and
+mtime kept is a new photo); each view is a file of its own, so a run with more views reuses another's first ones. A
+killed run resumes from the chunks it finished, and a cache of other weights, another resolution or other data is
+never read (its key differs; a chunk whose stored key or checksum does not match is recomputed, with a warning).
 On CPUs with native bf16 (AVX512-BF16, AMX) the trunk runs in bf16 (``amp`` auto or bf16;
 RESULTS.md#transfer_ladder_hymenoptera has the speed-up).
 
@@ -45,7 +46,16 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 from mobiforge import engine
 from mobiforge.checkpoint import Checkpoint, model_checkpoint, save_checkpoint
 from mobiforge.config import TrainConfig
-from mobiforge.data import DataConfig, ImageSamples, Sample, check_images, discover, eval_transform, memory_budget
+from mobiforge.data import (
+    DataConfig,
+    ImageSamples,
+    Sample,
+    check_images,
+    content_digests,
+    discover,
+    eval_transform,
+    memory_budget,
+)
 from mobiforge.data import train_transform as augmentation
 from mobiforge.errors import MobiforgeError
 from mobiforge.log import logger
@@ -65,7 +75,7 @@ from mobiforge.runs import (
 from mobiforge.trunk import TrunkPass, choose_trunk_pass, eager_pass, memo_path
 from mobiforge.units import format_bytes
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: files keyed on their bytes, chunks carry a checksum
 CHUNK_IMAGES = 128  # images per cache file: what a killed run recomputes at most, per view
 EXTRACT_BATCH = 32
 
@@ -173,6 +183,7 @@ def cache_key(
     seed: int,
     samples: list[Sample],
     dtype: torch.dtype | None,
+    folder: Path,
 ) -> str:
     """A hash of everything one view's cached activations depend on (``trunk``: ``trunk_digest`` of the
     weights). The number of views is not in it: view k is the same whatever the count, so runs share views."""
@@ -187,15 +198,16 @@ def cache_key(
         "dtype": str(dtype),
     }
     digest.update(json.dumps(recipe, sort_keys=True, default=str).encode())
-    for path, label in samples:
-        stat = os.stat(path)
-        digest.update(f"{path}|{label}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    for (path, label), content in zip(samples, content_digests([path for path, _ in samples], folder), strict=True):
+        digest.update(f"{path}|{label}|{content}\n".encode())
     return digest.hexdigest()
 
 
-def eval_plan(train_plan: CachePlan, cut: int | None, preprocess: Preprocess, samples: list[Sample]) -> CachePlan:
+def eval_plan(
+    train_plan: CachePlan, cut: int | None, preprocess: Preprocess, samples: list[Sample], folder: Path
+) -> CachePlan:
     """The val cache: one plain eval crop per image, the same trunk."""
-    key = cache_key(train_plan.trunk, cut, preprocess, DataConfig(), 0, samples, train_plan.dtype)
+    key = cache_key(train_plan.trunk, cut, preprocess, DataConfig(), 0, samples, train_plan.dtype, folder)
     transforms = [eval_transform(preprocess)]
     return dataclasses.replace(train_plan, key=key, transforms=transforms, images=len(samples))
 
@@ -234,7 +246,7 @@ def cached_activations(
             if chunk is None:
                 indices = range(start, min(start + CHUNK_IMAGES, len(samples)))
                 chunk = _compute_chunk(trunk_pass, Subset(dataset, list(indices)))
-                save_checkpoint({"key": plan.key, **chunk}, path)
+                save_checkpoint({"key": plan.key, "checksum": chunk_checksum(chunk), **chunk}, path)
                 computed += len(indices)
                 if plan.mapped:  # keep the file's pages, not the computed copy: memory holds one chunk at a time
                     chunk = _read_chunk(path, plan.key, mapped=True) or chunk
@@ -292,7 +304,19 @@ def _read_chunk(path: Path, key: str, mapped: bool = False) -> dict[str, torch.T
     if not isinstance(chunk, dict) or chunk.get("key") != key:
         warnings.warn(f"{path} was cached for other weights, data or settings; computing it again", stacklevel=3)
         return None
+    if chunk.get("checksum") != chunk_checksum(chunk):  # overwritten bytes load without an error: they are caught here
+        warnings.warn(f"{path}: damaged cache chunk (its checksum differs); computing it again", stacklevel=3)
+        return None
     return chunk
+
+
+def chunk_checksum(chunk: dict[str, torch.Tensor]) -> str:
+    """BLAKE2b of a chunk's features and labels, as stored."""
+    hasher = hashlib.blake2b(digest_size=16)
+    for name in ("features", "labels"):
+        tensor = chunk[name].contiguous()
+        hasher.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return hasher.hexdigest()
 
 
 def _compute_chunk(trunk_pass: TrunkPass, dataset: Subset) -> dict[str, torch.Tensor]:
@@ -337,7 +361,7 @@ def plan_cache(
         warnings.warn(f"the feature cache holds {fitting} of the {views} views asked for (disk)", stacklevel=2)
         transforms = transforms[:fitting]
     trunk = trunk or trunk_digest(model, cut)
-    key = cache_key(trunk, cut, preprocess, data, seed, samples, dtype)
+    key = cache_key(trunk, cut, preprocess, data, seed, samples, dtype, folder)
     mapped = fitting * per_view > memory_budget()
     return CachePlan(key, transforms, item_shape, len(samples), trunk, dtype, mapped)
 
@@ -478,7 +502,7 @@ def fit_tail(
     train_x, train_y = cached_activations(
         model, cut, splits.train, plan, folder, "train", config.seed, reporter, trunk_pass
     )
-    val_plan = eval_plan(plan, cut, preprocess, splits.val)
+    val_plan = eval_plan(plan, cut, preprocess, splits.val, folder)
     val_x, val_y = cached_activations(model, cut, splits.val, val_plan, folder, "val", 0, reporter, trunk_pass)
     teacher = ()
     if config.distill:

@@ -117,6 +117,44 @@ def test_a_cache_of_other_weights_or_settings_is_never_read(data: Path, tmp_path
         assert torch.equal(activations(model)[1], first)
 
 
+def test_repainted_pixels_and_overwritten_chunks_are_never_served(data: Path, tmp_path: Path) -> None:
+    """Issue 44 item 9: a photo repainted with its size and mtime kept reused its stale features (the key was the
+    path, size and mtime); 128 overwritten bytes of a chunk loaded without a warning."""
+    import os
+
+    from PIL import Image
+
+    model = create_model("mobilenet_seed", num_classes=3, width_mult=0.25, small_input=True).eval()
+    samples = [(str(path), 0) for path in sorted((data / "train" / "class0").iterdir())]
+    folder, reporter = tmp_path / "cache", SilentReporter()
+    config = DataConfig(data=str(data), img_size=16)
+    preprocess = model.preprocess.__class__(img_size=16, crop_pct=1.0)
+
+    def activations():  # type: ignore[no-untyped-def]
+        plan = transfer.plan_cache(model, 3, preprocess, config, 1, 0, samples, folder, 0)
+        return plan.key, transfer.cached_activations(model, 3, samples, plan, folder, "train", 0, reporter)[0]
+
+    key, first = activations()
+    photo = Path(samples[0][0])
+    stat = photo.stat()
+    before = photo.read_bytes()
+    Image.open(photo).transpose(Image.Transpose.ROTATE_180).save(photo)  # other pixels
+    photo.write_bytes(photo.read_bytes()[: len(before)].ljust(len(before), b"\0"))  # the same size
+    os.utime(photo, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # the same mtime
+    assert photo.stat().st_size == stat.st_size and photo.stat().st_mtime_ns == stat.st_mtime_ns
+    assert activations()[0] != key  # a new key: the features are computed again
+    photo.write_bytes(before)
+    os.utime(photo, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert activations()[0] == key  # the same bytes again: the first cache serves
+
+    chunk = next(folder.glob(f"{key[:24]}-v0-*.pt"))
+    stored = torch.load(chunk, weights_only=True)
+    stored["features"][0, :64] = 7.0  # 128 bytes of fp16, overwritten
+    torch.save(stored, chunk)
+    with pytest.warns(UserWarning, match="damaged cache chunk"):
+        assert torch.equal(activations()[1], first)
+
+
 def test_bad_tail_settings_are_one_line_errors(data: Path, start: Path, tmp_path: Path) -> None:
     with pytest.raises(MobiforgeError, match="--trainable-blocks must be between 0 and"):
         train(_config(data, tmp_path / "runs", start, blocks=99))
