@@ -236,18 +236,33 @@ def prune_and_save(
 
 
 def taylor_gradients(checkpoint: Checkpoint, data: DataConfig, batches: int) -> Callable[[nn.Module], None]:
-    """Accumulates the loss gradients of a few training batches (what Taylor importance scores channels by)."""
+    """Accumulates the loss gradients of a few training batches (what Taylor importance scores channels by). A model
+    with the same weights as the last one seen (the copies a target's bisection prunes) gets those gradients back
+    instead of new passes: 11 trials cost one."""
     samples = split_samples(data, "train", checkpoint.named_classes())
     dataset = ImageSamples(samples, train_transform(data), seed=0)
     generator = torch.Generator().manual_seed(0)
     loader = torch.utils.data.DataLoader(dataset, batch_size=data.batch_size, shuffle=True, generator=generator)
+    seen: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}  # name -> (weights, their gradient)
 
     def accumulate(model: nn.Module) -> None:
         model.zero_grad(set_to_none=True)
+        params = dict(model.named_parameters())
+        if seen.keys() == params.keys() and all(
+            seen[name][0].shape == param.shape and torch.equal(seen[name][0], param.detach())
+            for name, param in params.items()
+        ):
+            for name, param in params.items():
+                param.grad = None if seen[name][1] is None else seen[name][1].clone()
+            return
         for index, (images, targets) in enumerate(loader):
             if index == batches:
                 break
             nn.functional.cross_entropy(model(images), targets).backward()
+        seen.clear()
+        seen.update(
+            {name: (p.detach().clone(), None if p.grad is None else p.grad.clone()) for name, p in params.items()}
+        )
 
     return accumulate
 

@@ -187,3 +187,31 @@ def test_prune_flag_errors(trained: tuple[Path, Path], tmp_path: Path, capsys) -
     assert "cannot be reached" in capsys.readouterr().err
     assert main(["prune", str(checkpoint), "--ratio", "0.5", "--keep-blocks", "99", "--runs-dir", str(tmp_path)]) == 2
     assert "--keep-blocks must be below" in capsys.readouterr().err
+
+
+def test_taylor_gradients_are_computed_once_for_copies_of_one_model(trained: tuple[Path, Path]) -> None:
+    """A target's bisection prunes ~11 copies of one model: their gradients are the same, passed once."""
+    import copy
+
+    from mobiforge.checkpoint import Checkpoint
+    from mobiforge.data import DataConfig
+    from mobiforge.prune import taylor_gradients
+
+    data, path = trained
+    checkpoint = Checkpoint.load(path)
+    model = checkpoint.model().eval()
+    gradients = taylor_gradients(checkpoint, DataConfig(data=str(data), img_size=32, batch_size=8, workers=0), 1)
+    passes = []
+    model.register_forward_hook(lambda *args: passes.append(1))
+    gradients(model)
+    first = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    twin = copy.deepcopy(model)
+    twin._forward_hooks.clear()
+    twin.register_forward_hook(lambda *args: passes.append(1))
+    gradients(twin)
+    assert len(passes) == 1 and first
+    assert all(torch.equal(first[name], p.grad) for name, p in twin.named_parameters() if name in first)
+    with torch.no_grad():
+        next(twin.parameters()).add_(1.0)
+    gradients(twin)  # other weights: passed again
+    assert len(passes) == 2

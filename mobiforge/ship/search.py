@@ -228,13 +228,22 @@ def kept_blocks(model: nn.Module, target: int) -> int:
     return next((k for k in blocks if int8_weight_bytes(model.features[:k]) <= KEPT_SHARE * target), 0)
 
 
-def prune_into(model: nn.Module, img_size: int, target: int, keep: int = 0) -> float:
+def prune_into(
+    model: nn.Module,
+    img_size: int,
+    target: int,
+    keep: int = 0,
+    gradients: Callable[[nn.Module], None] | None = None,
+) -> float:
     """Prune ``model`` in place until its int8 weights take at most ``target`` bytes, its first ``keep`` blocks
-    whole; returns the channel ratio of the rest."""
+    whole, as PRUNING says (``gradients``: the training data's, where it scores channels by them); returns the
+    channel ratio of the rest."""
     example = torch.randn(1, 3, img_size, img_size)
     config = dataclasses.replace(PRUNING, keep_blocks=keep)
-    ratio = ratio_for_target(model, example, config, int8_weight_bytes, target)
-    prune_model(model, example, config, ratio)
+    if config.importance == "taylor" and gradients is None:  # no data yet (the search's estimate): by magnitude
+        config = dataclasses.replace(config, importance="l1")
+    ratio = ratio_for_target(model, example, config, int8_weight_bytes, target, gradients)
+    prune_model(model, example, config, ratio, gradients)
     return ratio
 
 

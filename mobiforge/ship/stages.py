@@ -26,7 +26,7 @@ from mobiforge.models import build_from_spec, create_model
 from mobiforge.models.base import StackedNet
 from mobiforge.models.weights import get_weights
 from mobiforge.progress import Reporter
-from mobiforge.prune import prune_and_save
+from mobiforge.prune import prune_and_save, taylor_gradients
 from mobiforge.quantize import layer_groups
 from mobiforge.runs import TrainResult
 from mobiforge.ship.config import (
@@ -77,7 +77,7 @@ from mobiforge.ship.plan import (
     scratch_whiten_stem,
     stop_by,
 )
-from mobiforge.ship.search import inference_speed, prune_into
+from mobiforge.ship.search import PRUNING, inference_speed, prune_into
 from mobiforge.ship.state import Candidate, ExportRecord, Rung, ShipState, Survey, TeacherRecord, TrainRecord
 from mobiforge.train import EPOCH_END, TrainConfig, train
 from mobiforge.transfer import Tail, cut_index, teacher_cut, trunk_digest
@@ -554,9 +554,11 @@ def prune_teacher(teacher_checkpoint: str, target: int, keep: int, config: ShipC
         return path
     teacher = Checkpoint.load(teacher_checkpoint)
     size = teacher.preprocess.img_size
-    data = DataConfig(data=config.data, workers=config.workers)
-    record = {"importance": "l1", "global": False, "keep_blocks": keep}
-    prune_and_save(teacher, lambda m: prune_into(m, size, target, keep), data, 512, config.seed, path, record, keep)
+    data = DataConfig(data=config.data, workers=config.workers, img_size=size)
+    record = {"importance": PRUNING.importance, "global": PRUNING.global_pruning, "keep_blocks": keep}
+    gradients = taylor_gradients(teacher, data, PRUNING.calibration_batches) if PRUNING.importance == "taylor" else None
+    prune = lambda model: prune_into(model, size, target, keep, gradients)  # noqa: E731
+    prune_and_save(teacher, prune, data, 512, config.seed, path, record, keep)
     return path
 
 
