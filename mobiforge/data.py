@@ -913,12 +913,21 @@ def load_rgb(path: str | BinaryIO, draft_size: int | None = None) -> Image.Image
         ImageOps.exif_transpose(image, in_place=True)  # a portrait phone photo is stored sideways plus a tag
         if image.mode in SIXTEEN_BIT_MODES:
             return _to_8_bit(image).convert("RGB")
+        if image.mode == "F":  # 32-bit float (TIFF): convert() truncates 0.0-1.0 values to 0 or 1, a black image
+            return _float_to_8_bit(image).convert("RGB")
         return image.convert("RGB")
 
 
 # Pillow opens 16-bit grayscale (PNG, TIFF) as one of these, values 0-65535; its convert("RGB") clips them at 255,
 # so a mid-gray photo came out all white.
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def _float_to_8_bit(image: Image.Image) -> Image.Image:
+    """A float image as 8 bits: values in [0, 1] (the usual float convention) scaled by 255, others read as 0-255."""
+    values = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=255.0, neginf=0.0)
+    scale = 255.0 if values.size and values.max() <= 1.0 else 1.0
+    return Image.fromarray(np.clip(np.rint(values * scale), 0, 255).astype(np.uint8))
 
 
 def _to_8_bit(image: Image.Image) -> Image.Image:

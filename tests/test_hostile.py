@@ -87,6 +87,17 @@ def test_a_16_bit_image_keeps_its_grey(tmp_path: Path, suffix: str) -> None:
     assert pixels.shape == (8, 8, 3) and np.all(pixels == 128)
 
 
+@pytest.mark.parametrize(("value", "grey"), [(0.5, 128), (200.0, 200)], ids=["0-1 floats", "0-255 floats"])
+def test_a_float_tiff_keeps_its_grey(tmp_path: Path, value: float, grey: int) -> None:
+    """Issue 44 item 12: a 32-bit float TIFF decoded as black (convert() truncates 0.5 to 0)."""
+    path = tmp_path / "grey.tiff"
+    Image.fromarray(np.full((8, 8), value, dtype=np.float32)).save(path)
+    with Image.open(path) as opened:
+        assert opened.mode == "F"
+    pixels = np.asarray(load_rgb(str(path)))
+    assert pixels.shape == (8, 8, 3) and np.all(pixels == grey)
+
+
 CLASS_NAMES = ['"><script>alert(2)<', "ok ${1+1}", "back\\slash \\(x)", "line\nbreak"]
 
 
