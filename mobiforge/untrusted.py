@@ -12,6 +12,7 @@ The cost is one child process per new file (RESULTS.md#untrusted_artifact_cost),
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -65,15 +66,18 @@ def vet(path: Path) -> None:
     if digest(path) in _vetted():
         return
     backend = backend_for(path)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "mobiforge.untrusted", str(path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    with contextlib.suppress(MobiforgeError):  # meanwhile, the runtime's own slow imports, which loading it here needs
+        backend.require()
     try:
-        child = subprocess.run(
-            [sys.executable, "-m", "mobiforge.untrusted", str(path)],
-            capture_output=True,
-            text=True,
-            timeout=CHILD_TIMEOUT_S,
-            env={**os.environ, "PYTHONWARNINGS": "ignore"},
-        )
+        child.wait(timeout=CHILD_TIMEOUT_S)
     except subprocess.TimeoutExpired:
+        child.kill()
         raise MobiforgeError(
             f"{path}: {backend.title} did not finish loading it in {CHILD_TIMEOUT_S:.0f} s; the file is damaged or "
             "not made by mobiforge export: export it again"
