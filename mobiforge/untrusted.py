@@ -73,7 +73,7 @@ def vet(path: Path) -> None:
         env={**os.environ, "PYTHONWARNINGS": "ignore"},
     )
     with contextlib.suppress(MobiforgeError):  # meanwhile, the runtime's own slow imports, which loading it here needs
-        backend.require()
+        backend.require(to_run=True)
     try:
         child.wait(timeout=CHILD_TIMEOUT_S)
     except subprocess.TimeoutExpired:

@@ -61,6 +61,7 @@ class Backend:
     title: str  # for people: the runtime and how it runs on the phone
     package: str  # the pip distribution whose version a report records
     modules: tuple[str, ...]  # importable modules it needs to export and run
+    run_modules: tuple[str, ...] = ()  # the ones running a file needs (predict and serve import only these)
     implementation: str | Any  # "module" path (imported on first use), or an object with the functions above
     supports_qat: bool = True  # takes a QAT-trained PT2E graph
     no_qat_reason: str = ""  # why not, for the one-line error
@@ -90,10 +91,11 @@ class Backend:
             return importlib.import_module(self.implementation)
         return self.implementation
 
-    def require(self) -> None:
-        """Fail before any slow work when the runtime's packages are missing, naming the extra to install. Their
-        native libraries' import-time log lines (TensorFlow's oneDNN and absl notices) are not the user's output."""
-        for module in self.modules:
+    def require(self, to_run: bool = False) -> None:
+        """Fail before any slow work when the runtime's packages are missing (``to_run``: those running a file
+        needs), naming the extra to install. Their native libraries' import-time log lines (TensorFlow's oneDNN and
+        absl notices) are not the user's output."""
+        for module in self.run_modules if to_run else self.modules:
             try:
                 with native_stderr_silenced():
                     importlib.import_module(module)
@@ -203,6 +205,7 @@ register_backend(
         title="ExecuTorch, XNNPACK delegate",
         package="executorch",
         modules=("executorch.exir", "executorch.runtime"),
+        run_modules=("executorch.runtime",),
         implementation="mobiforge.backends.executorch",
         magic=b"ET",  # a flatbuffer with the file identifier ET<version> (ET12 today) after the root offset
         magic_offset=4,
@@ -215,6 +218,7 @@ register_backend(
         title="LiteRT (TensorFlow Lite)",
         package="ai-edge-litert",
         modules=("litert_torch", "ai_edge_litert.interpreter"),
+        run_modules=("ai_edge_litert.interpreter",),
         implementation="mobiforge.backends.litert",
         magic=b"TFL3",  # the TFLite flatbuffer file identifier
         magic_offset=4,
@@ -230,6 +234,7 @@ register_backend(
         title="ONNX Runtime",
         package="onnxruntime",
         modules=("onnx", "onnxscript", "onnxruntime"),
+        run_modules=("onnxruntime",),
         implementation="mobiforge.backends.onnx",
         supports_qat=False,
         no_qat_reason="ONNX Runtime quantizes fp32 graphs (use --int8 ptq), and the exporter cannot yet write "
