@@ -61,8 +61,8 @@ class Backend:
     title: str  # for people: the runtime and how it runs on the phone
     package: str  # the pip distribution whose version a report records
     modules: tuple[str, ...]  # importable modules it needs to export and run
-    run_modules: tuple[str, ...] = ()  # the ones running a file needs (predict and serve import only these)
     implementation: str | Any  # "module" path (imported on first use), or an object with the functions above
+    run_modules: tuple[str, ...] = ()  # of ``modules``, those running a file needs (predict imports only these)
     supports_qat: bool = True  # takes a QAT-trained PT2E graph
     no_qat_reason: str = ""  # why not, for the one-line error
     batched: bool = False  # its files take any batch size; otherwise batch 1, as phones run them
