@@ -62,10 +62,10 @@ def trust(path: Path) -> None:
 
 def vet(path: Path) -> None:
     """Load ``path`` in a child first unless its bytes were seen to load before; a child that dies or fails is a
-    one-line MobiforgeError naming the file."""
-    if digest(path) in _vetted():
-        return
+    one-line MobiforgeError naming the file. A runtime that does not run on this host (Core ML) reads nothing."""
     backend = backend_for(path)
+    if not backend.runs_here or digest(path) in _vetted():
+        return
     child = subprocess.Popen(
         [sys.executable, "-m", "mobiforge.untrusted", str(path)],
         stdout=subprocess.DEVNULL,
