@@ -83,7 +83,10 @@ def vet(path: Path) -> None:
             "not made by mobiforge export: export it again"
         ) from None
     if child.returncode < 0:
-        name = signal.Signals(-child.returncode).name
+        try:
+            name = signal.Signals(-child.returncode).name
+        except ValueError:  # a signal number this platform has no name for
+            name = f"signal {-child.returncode}"
         raise MobiforgeError(
             f"{path}: {backend.title} crashed reading it ({name}); the file is damaged or not made by mobiforge "
             "export: export it again"
