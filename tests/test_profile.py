@@ -40,6 +40,17 @@ def test_macs_of_known_layers() -> None:
     assert count_macs(nn.Linear(16, 4), (2, 16)) == 2 * 16 * 4
 
 
+@pytest.mark.parametrize("name", ["mobilenet_v3_small", "shufflenet_v2_x0_5", "efficientnet_lite0", "resnet20"])
+def test_macs_match_torch_flop_counter(name: str) -> None:
+    """The hooks count what torch's FlopCounterMode counts (2 FLOPs per multiply-add), grouped convs included."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = create_model(name, num_classes=10).eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, 64, 64))
+    assert count_macs(model, (1, 3, 64, 64)) == counter.get_total_flops() // 2
+
+
 def test_int8_size_folds_batchnorm() -> None:
     model = nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(8, 2))
     # conv: 216 int8 weights + 8 channels x (scale + bias); linear: 16 + 2 x 8; BN folds away.

@@ -205,12 +205,20 @@ def measure(
 ) -> LadderSpeeds:
     """The speeds the planner needs, timed on random data in the precision the cache will use."""
     tails = tuple(k for k in tails if 0 < k < len(model.features))
+    forward = forward_speed(model, img_size)
     dtype = trunk_dtype("auto")
     with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-        forward = inference_speed(model, img_size)
         prefix = {k: _prefix_speed(model, len(model.features) - k, img_size) for k in tails}
     tail = {k: _tail_speed(model, k, img_size) for k in (0, *tails)}
     return LadderSpeeds(forward, prefix, tail, training_speed(model, img_size, config) if full else None)
+
+
+def forward_speed(model: StackedNet, img_size: int) -> float:
+    """Images per second of the whole network's forward pass in the precision the cache will use: a second's
+    measure of whether one pass over the data can fit, before the slower probes of ``measure``."""
+    dtype = trunk_dtype("auto")
+    with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        return inference_speed(model, img_size)
 
 
 def _prefix_speed(model: StackedNet, cut: int, img_size: int) -> float:

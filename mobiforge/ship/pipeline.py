@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import signal
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +43,10 @@ CACHED_SHARE = 0.75
 # the truncated one on each set measured: hymenoptera at 10 and 30 minutes and the CIFAR-10 proxy
 # (RESULTS.md#ship_hymenoptera_10m, #ship_proxy).
 FALLBACK_SOURCE = "truncated"
+# Before anything has shipped, the last candidate still trains when the time left after its export holds this
+# share of an epoch (its one epoch then ends at most half an epoch past the budget); with less, nothing trains and
+# the run says the time ran out: the budget holds on a busy machine, and a resumed run past it trains nothing.
+FIRST_EPOCH_SHARE = 0.5
 
 
 @dataclass
@@ -77,8 +84,29 @@ def ship(config: ShipConfig, reporter: Reporter | None = None) -> ShipResult:
     run_dir = config.run_dir()
     claim_run_dir(run_dir, "ship")
     state = ShipState(run_dir, config)
-    with state.clock():
+    with state.clock(), terminate_as_interrupt():
         return _stages(config, run_dir, state, reporter)
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a service manager, ``timeout``, a closed terminal's job control) stops the run as Ctrl-C does:
+    the time spent and the stages done are saved on the way out, and the same command resumes. By default Python
+    dies at once on it, and up to CLOCK_SECONDS of the budget's clock was lost. (Training's own handler, while a
+    model trains, finishes the current step and saves first.)"""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: signals are not ours to handle
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _stages(config: ShipConfig, run_dir: Path, state: ShipState, reporter: Reporter) -> ShipResult:
@@ -148,7 +176,7 @@ def _train_and_export(
         if state.trained(candidate.name) is None:
             epochs, epoch_s, seconds = next_training(queue, state.survey, teacher, state.left())
             reserve = export_reserve(candidate, state.survey)
-            if shipped_one(state) and state.left() - reserve < DEADLINE_MARGIN * epoch_s:
+            if state.left() - reserve < (DEADLINE_MARGIN if shipped_one(state) else FIRST_EPOCH_SHARE) * epoch_s:
                 say(f"train: no time left for {candidate.name} (~{epoch_s:.0f} s per epoch, then its export)")
                 queue.pop(0)
                 continue
@@ -178,6 +206,9 @@ def _train_cached(
     cache pass and shortest tail cannot fit and another candidate has shipped (it is skipped)."""
     reserve = sum(export_reserve(c, state.survey) for c in queue)
     usable = state.left() - reserve
+    if state.left() - export_reserve(candidate, state.survey) <= 0:  # its export alone would end past the budget
+        say(f"train: no time left for {candidate.name} (its export alone would end past the time budget)")
+        return False
     alone = all(c.source == FALLBACK_SOURCE for c in queue[1:]) and candidate.source == "pruned"
     seconds = usable * (1.0 if len(queue) == 1 or alone else CACHED_SHARE)
     say(f"train: {candidate.name} on the cached trunk, distilled from the teacher's cached logits")

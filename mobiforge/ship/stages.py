@@ -53,6 +53,7 @@ from mobiforge.ship.ladder import (
     VIEWS,
     RungPlan,
     at_size,
+    forward_speed,
     held,
     measure,
     size_probe,
@@ -99,6 +100,9 @@ def train_teacher(
         )
     model = create_model(TEACHER_MODEL, num_classes=len(state.survey.classes))
     size = get_weights(TEACHER_MODEL).preprocess.img_size
+    images = state.survey.train_images + state.survey.val_images
+    if state.left() <= 0 or images / forward_speed(model, size) > state.left() / 3:  # before the slower probes
+        return TeacherRecord(skipped=f"no time for {TEACHER_MODEL}'s features (one pass over the data)")
     speeds = measure(model, size, TEACHER_TAILS, config, full=True)
     end = time.time() + state.left() / 3
     rungs = teacher_ladder(speeds, state.survey, end - time.time())
