@@ -27,7 +27,7 @@ from benchmarks.results import write_section
 from mobiforge.units import parse_duration
 
 TOLERANCE = 0.10  # the promise: the whole run ends within 10% of its budget
-DEFAULT_CASES = "digits:2m,digits:4m,hymenoptera:1m,hymenoptera:2m,hymenoptera:5m,digits:4m:resume@100"
+DEFAULT_CASES = "digits:2m,digits:4m,hymenoptera:1m,hymenoptera:2m,hymenoptera:5m,hymenoptera:10m,digits:4m:resume@100"
 
 
 @dataclass

@@ -1,5 +1,7 @@
 """Fuzz every command that reads a file with damaged copies of real ones (issue 25): random bytes, truncations and
-header mutations of a ``.pt`` checkpoint, ``.pte``, ``.tflite`` and ``.onnx`` artifacts, JPEG and PNG images.
+header mutations of a ``.pt`` checkpoint, ``.pte``, ``.tflite`` and ``.onnx`` artifacts, JPEG and PNG images; header-
+aware mutations that keep each file's identifier, and edits of each artifact's ``.json`` report and ``labels.txt``
+(issue 44), each given once to ``predict`` and ``eval``.
 
 Each case runs ``mobiforge <command> ...`` in a worker process (started once, restarted after a death) and is
 classed as: ``ok`` (exit 0), ``error`` (a one-line ``mobiforge ...: error:`` message, exit 1 or 2), ``traceback``
@@ -88,6 +90,12 @@ def mutations(original: bytes, rng: random.Random) -> list[tuple[str, bytes]]:
     return [
         ("empty", b""),
         ("8 bytes + 200 zeros", original[:8] + bytes(200)),
+        # header-aware: the file's identifier kept (a .pte's "ET12" at byte 4, a .tflite's "TFL3", a zip's "PK"),
+        # so that the runtime's own parser, not the header check, meets what follows
+        ("identifier, then non-UTF-8 bytes", original[:6] + b"\xff\xfe" + bytes(200)),
+        ("identifier kept, root offset random", rng.randbytes(4) + original[4:size]),
+        ("identifier kept, next 64 bytes random", original[:8] + rng.randbytes(64) + original[72:]),
+        ("identifier kept, tables zeroed", original[:8] + bytes(min(1024, max(0, size - 8))) + original[1032:]),
         (f"truncated at {cut}", original[:cut]),
         ("first half", original[: size // 2]),
         ("header mutated", bytes(header)),
@@ -98,6 +106,86 @@ def mutations(original: bytes, rng: random.Random) -> list[tuple[str, bytes]]:
         ("garbage appended", original + rng.randbytes(1024)),
         ("random bytes", rng.randbytes(size)),
     ]
+
+
+def report_mutations(report: dict, rng: random.Random) -> list[tuple[str, bytes, bytes | None]]:
+    """Edited copies of an artifact's ``.json`` report and of ``labels.txt`` beside it (issue 44): each a name,
+    the report's bytes and the labels' bytes (None: no labels.txt)."""
+    classes = report["classes"]
+    labels = "".join(f"{name}\n" for name in classes).encode()
+
+    def edited(**changes: object) -> bytes:
+        data = json.loads(json.dumps(report))
+        for dotted, value in changes.items():
+            *parents, last = dotted.split("__")
+            target = data
+            for part in parents:
+                target = target[part]
+            if value is DELETE:
+                target.pop(last, None)
+            else:
+                target[last] = value
+        return json.dumps(data).encode()
+
+    text = json.dumps(report).encode()
+    flipped = bytearray(text)
+    for _ in range(8):
+        flipped[rng.randrange(len(flipped))] = rng.randrange(32, 127)
+    nan, inf = float("nan"), float("inf")
+    return [
+        ("report: too few class names", edited(classes=classes[:-1]), labels),
+        ("report: twice the class names", edited(classes=classes * 2), labels),
+        ("report: class names not strings", edited(classes=list(range(len(classes)))), labels),
+        ("report: a class name with a line break", edited(classes=["a\nb", *classes[1:]]), labels),
+        ("report: img_size 0", edited(preprocess__img_size=0), labels),
+        ("report: img_size 10**9", edited(preprocess__img_size=10**9), labels),
+        ("report: img_size off by 8", edited(preprocess__img_size=report["preprocess"]["img_size"] + 8), labels),
+        ("report: img_size a string", edited(preprocess__img_size="224"), labels),
+        ("report: crop_pct 1e-7", edited(preprocess__crop_pct=1e-7), labels),
+        ("report: NaN mean", edited(preprocess__mean=[nan, nan, nan]), labels),
+        ("report: inf std", edited(preprocess__std=[inf, inf, inf]), labels),
+        ("report: zero std", edited(preprocess__std=[0.0, 0.0, 0.0]), labels),
+        ("report: two means", edited(preprocess__mean=[0.5, 0.5]), labels),
+        ("report: unknown interpolation", edited(preprocess__interpolation="sinc"), labels),
+        ("report: resize_size 10**9", edited(preprocess__resize_size=10**9), labels),
+        ("report: no preprocess", edited(preprocess=DELETE), labels),
+        ("report: preprocess null", edited(preprocess=None), labels),
+        ("report: a list", b"[1, 2, 3]", labels),
+        ("report: not JSON", b"{not json", labels),
+        ("report: empty", b"", labels),
+        ("report: nested 100,000 deep", b"[" * 100_000 + b"]" * 100_000, labels),
+        ("report: 8 characters changed", bytes(flipped), labels),
+        ("report: non-UTF-8", text[:20] + b"\xff\xfe" + text[20:], labels),
+        ("labels: the only names, one missing", edited(classes=DELETE), b"".join(labels.splitlines(True)[:-1])),
+        ("labels: the only names, one too many", edited(classes=DELETE), labels + b"extra\n"),
+        ("labels: the only names, empty", edited(classes=DELETE), b""),
+        ("labels: the only names, non-UTF-8", edited(classes=DELETE), b"\xff\xfe\x00ants\n"),
+        ("labels: the only names, one 1 MB line", edited(classes=DELETE), b"x" * 2**20),
+        ("labels: none, no names in the report", edited(classes=DELETE), None),
+    ]
+
+
+DELETE = object()
+
+
+def report_cases(seeds: dict[str, Path], root: Path, rng: random.Random) -> list[tuple[str, str, Path]]:
+    """(name, suffix, artifact) for each report edit of each artifact: the artifact copied into a folder of its
+    own with the edited report and labels beside it."""
+    cases = []
+    for suffix in (".pte", ".tflite", ".onnx"):
+        if suffix not in seeds:
+            continue
+        report = json.loads(Path(f"{seeds[suffix]}.json").read_text())
+        for index, (name, report_bytes, labels) in enumerate(report_mutations(report, rng)):
+            folder = root / f"report{suffix}-{index}"
+            folder.mkdir(parents=True)
+            artifact = folder / f"model{suffix}"
+            artifact.write_bytes(seeds[suffix].read_bytes())
+            Path(f"{artifact}.json").write_bytes(report_bytes)
+            if labels is not None:
+                (folder / "labels.txt").write_bytes(labels)
+            cases.append((name, suffix, artifact))
+    return cases
 
 
 def commands(suffix: str, file: Path, seeds: dict[str, Path], scratch: Path) -> list[list[str]]:
@@ -187,6 +275,15 @@ class Worker:
 # ------------------------------------------------------------------------------------------------ main
 
 
+def record(
+    result: dict[str, str], kind: str, name: str, command: str, counts: collections.Counter, failures: list[str]
+) -> None:
+    counts[(kind, command, result["outcome"])] += 1
+    if result["outcome"] in ("traceback", "abort", "hang"):
+        failures.append(f"{kind} {name}, `{command}`: {result['outcome']}: {result['message']}")
+        print(failures[-1], flush=True)
+
+
 def fuzz(minutes: float, case_timeout: float, seed: int) -> tuple[collections.Counter, list[str], int]:
     rng = random.Random(seed)
     counts: collections.Counter = collections.Counter()
@@ -199,6 +296,11 @@ def fuzz(minutes: float, case_timeout: float, seed: int) -> tuple[collections.Co
         deadline = time.monotonic() + minutes * 60
         originals = {suffix: path.read_bytes() for suffix, path in seeds.items()}
         try:
+            for name, suffix, artifact in report_cases(seeds, root / "reports", rng):  # every report edit, once
+                data = str(seeds[".pt"].parent / "data")
+                for argv in (["predict", str(artifact), str(seeds[".jpg"])], ["eval", str(artifact), "--data", data]):
+                    record(runner.run(argv), f"{suffix} report", name, argv[0], counts, failures)
+                cases += 1
             while time.monotonic() < deadline:  # round-robin: every kind of file gets each mutation in turn
                 damaged = {suffix: mutations(data, rng) for suffix, data in originals.items()}
                 for index in range(len(next(iter(damaged.values())))):
@@ -209,12 +311,7 @@ def fuzz(minutes: float, case_timeout: float, seed: int) -> tuple[collections.Co
                         file = case / f"damaged{suffix}"
                         file.write_bytes(data)
                         for argv in commands(suffix, file, seeds, case):
-                            result = runner.run(argv)
-                            counts[(suffix, argv[0], result["outcome"])] += 1
-                            if result["outcome"] in ("traceback", "abort", "hang"):
-                                found = f"{suffix} {name}, `{argv[0]}`: {result['outcome']}: {result['message']}"
-                                failures.append(found)
-                                print(found, flush=True)
+                            record(runner.run(argv), suffix, name, argv[0], counts, failures)
                         cases += 1
                         if time.monotonic() > deadline:
                             return counts, failures, cases

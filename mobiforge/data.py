@@ -209,6 +209,11 @@ def _files_under(top: Path, real_dir: Callable[[str], str]) -> list[str]:
         if real in seen_dirs:
             dirnames[:] = []
             continue
+        if os.path.islink(dirpath) and system_folder(Path(real)):  # a class folder linked to / was walked whole
+            raise MobiforgeError(
+                f"{dirpath} links to {real}, a system or home folder, not a dataset; remove the link or point it "
+                "at a folder of images"
+            )
         seen_dirs.add(real)
         for filename in filenames:
             path = os.path.join(dirpath, filename)
@@ -470,6 +475,14 @@ def checkpoint_data_config(train_config: dict[str, Any] | None, data: str | None
 SYSTEM_FOLDERS = ("/bin", "/boot", "/dev", "/etc", "/lib", "/proc", "/run", "/sbin", "/sys", "/usr", "/var")
 
 
+def system_folder(resolved: Path) -> bool:
+    """Whether a resolved folder is the root, a system folder, the home folder or above it: walking it would scan
+    the whole system, not a dataset."""
+    home = Path.home().resolve()
+    pseudo = any(part in ("proc", "sys", "dev") for part in resolved.parts[1:2])  # kernel files, endless to walk
+    return pseudo or str(resolved) in SYSTEM_FOLDERS or resolved == home or resolved in home.parents
+
+
 def _stored_data_folder(folder: str) -> str:
     """A data folder read from a checkpoint (not typed by the user): walked only if it can be a dataset."""
     if folder == "digits":
@@ -479,9 +492,7 @@ def _stored_data_folder(folder: str) -> str:
         return folder
     if not path.is_dir():
         raise MobiforgeError(f"the checkpoint was trained on {folder}, which is not a folder here; pass --data FOLDER")
-    resolved, home = path.resolve(), Path.home().resolve()
-    pseudo = any(part in ("proc", "sys", "dev") for part in resolved.parts[1:2])  # kernel files, endless to walk
-    if pseudo or str(resolved) in SYSTEM_FOLDERS or resolved == home or resolved in home.parents:
+    if system_folder(path.resolve()):
         raise MobiforgeError(
             f"the checkpoint names {folder} as its data, a system or home folder, not a dataset; pass --data FOLDER"
         )
@@ -936,7 +947,8 @@ def _to_8_bit(image: Image.Image) -> Image.Image:
 
 
 class ImageSamples(Dataset):
-    """(path, label) samples with a transform; ``set_epoch`` re-seeds the per-sample augmentation. With ``images``
+    """(path, label) samples with a transform; ``set_epoch`` re-seeds the per-sample augmentation (seeded by the
+    sample's index, or by its entry in ``sample_ids``: the feature cache names files by their bytes). With ``images``
     (prepared uint8 tensors by path, see ``check_images``) nothing is read from disk and ``transform`` is only the
     random part of the recipe."""
 
@@ -947,8 +959,10 @@ class ImageSamples(Dataset):
         seed: int = 0,
         draft_size: int | None = None,
         images: dict[str, torch.Tensor] | None = None,
+        sample_ids: Sequence[int] | None = None,
     ) -> None:
         self.samples = list(samples)
+        self.sample_ids = sample_ids  # what seeds each sample's augmentation (default: its index)
         self.transform = transform
         self.seed = seed
         self.epoch = 0
@@ -966,7 +980,8 @@ class ImageSamples(Dataset):
         image = tv_tensors.Image(self.images[path]) if self.images is not None else load_rgb(path, self.draft_size)
         # Seeding per sample makes augmentation independent of worker count and of where a resumed run restarts.
         # (The CPU generator alone: torch.manual_seed also seeds every accelerator, ~150 us a call here.)
-        sample_seed = hash((self.seed, self.epoch, index)) & 0x7FFF_FFFF_FFFF_FFFF
+        sample = index if self.sample_ids is None else self.sample_ids[index]
+        sample_seed = hash((self.seed, self.epoch, sample)) & 0x7FFF_FFFF_FFFF_FFFF
         if torch.utils.data.get_worker_info() is not None:
             torch.default_generator.manual_seed(sample_seed)  # a worker's RNG serves only augmentation
             return self.transform(image), label

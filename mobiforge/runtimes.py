@@ -25,6 +25,7 @@ from torch import nn
 
 from mobiforge.backends import Interface, Runner, backend_for
 from mobiforge.config import BUILTIN_DATASETS, DataConfig
+from mobiforge.data import unprintable_class
 from mobiforge.errors import MobiforgeError
 from mobiforge.files import write_atomic
 from mobiforge.inference import CheckpointEval, evaluate_samples, ranked_predictions
@@ -209,13 +210,19 @@ def artifact_info(path: str | Path) -> ArtifactInfo:
             f"{path}: no {report.name} beside it; classifying needs the preprocessing that mobiforge export "
             "records there (export the checkpoint again, or use the checkpoint itself)"
         ) from None
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise MobiforgeError(f"{report}: not an export report with a preprocessing ({error})") from None
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as error:  # nested too deep: RecursionError
+        what = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+        raise MobiforgeError(f"{report}: not an export report with a preprocessing ({what})") from None
     labels = path.parent / LABELS_FILE
     if not classes and labels.is_file():
-        classes = [line for line in labels.read_text().splitlines() if line]
-    if not classes or not all(isinstance(name, str) for name in classes):
+        try:
+            classes = [line for line in labels.read_text(encoding="utf-8").splitlines() if line]
+        except (OSError, UnicodeDecodeError) as error:
+            raise MobiforgeError(f"{labels}: unreadable ({type(error).__name__}); export the model again") from None
+    if not classes or not isinstance(classes, list) or not all(isinstance(name, str) for name in classes):
         raise MobiforgeError(f"{path}: no class names in {report.name} or {LABELS_FILE} beside it")
+    if (bad := unprintable_class(classes)) is not None:
+        raise MobiforgeError(f"{report}: the class name {bad[:80]!r} holds a control character; export it again")
     recorded = data.get("data") if isinstance(data.get("data"), dict) else {}
     return ArtifactInfo(list(classes), preprocess, recorded)
 

@@ -16,6 +16,9 @@ files (paths, labels and the digest of their bytes, ``data.content_digests``: a 
 mtime kept is a new photo); each view is a file of its own, so a run with more views reuses another's first ones. A
 killed run resumes from the chunks it finished, and a cache of other weights, another resolution or other data is
 never read (its key differs; a chunk whose stored key or checksum does not match is recomputed, with a warning).
+Each row is named by its file's bytes, and its augmented views are seeded by them: when photos are added, removed
+or moved to another class, the new file list's chunks take the rows of files already cached under the same recipe
+from the old list's chunks, and only the new files' trunk passes are computed.
 On CPUs with native bf16 (AVX512-BF16, AMX) the trunk runs in bf16 (``amp`` auto or bf16;
 RESULTS.md#transfer_ladder_hymenoptera has the speed-up).
 
@@ -75,7 +78,7 @@ from mobiforge.runs import (
 from mobiforge.trunk import TrunkPass, choose_trunk_pass, eager_pass, memo_path
 from mobiforge.units import format_bytes
 
-CACHE_VERSION = 3  # 3: files keyed on their bytes, chunks carry a checksum
+CACHE_VERSION = 4  # 3: files keyed on their bytes, chunks carry a checksum; 4: rows named by file, views seeded so
 CHUNK_IMAGES = 128  # images per cache file: what a killed run recomputes at most, per view
 EXTRACT_BATCH = 32
 
@@ -159,6 +162,7 @@ class CachePlan:
     trunk: str = ""
     dtype: torch.dtype | None = None  # autocast dtype of the trunk pass (None: fp32)
     mapped: bool = False  # larger than the memory budget: the chunks are memory-mapped, not read in
+    recipe: str = ""  # the key without the files: chunks of one recipe lend each other the rows of files they share
 
     @property
     def bytes(self) -> int:
@@ -175,19 +179,12 @@ def trunk_digest(model: MobileClassifier, cut: int | None) -> str:
     return digest.hexdigest()
 
 
-def cache_key(
-    trunk: str,
-    cut: int | None,
-    preprocess: Preprocess,
-    data: DataConfig,
-    seed: int,
-    samples: list[Sample],
-    dtype: torch.dtype | None,
-    folder: Path,
+def recipe_digest(
+    trunk: str, cut: int | None, preprocess: Preprocess, data: DataConfig, seed: int, dtype: torch.dtype | None
 ) -> str:
-    """A hash of everything one view's cached activations depend on (``trunk``: ``trunk_digest`` of the
-    weights). The number of views is not in it: view k is the same whatever the count, so runs share views."""
-    digest = hashlib.sha256()
+    """A hash of everything one file's cached activations in one view depend on besides its bytes (``trunk``:
+    ``trunk_digest`` of the weights). The number of views is not in it: view k is the same whatever the count, so
+    runs share views."""
     recipe = {
         "version": CACHE_VERSION,
         "cut": cut,
@@ -197,19 +194,32 @@ def cache_key(
         "augmentation": _augmentation_settings(data),
         "dtype": str(dtype),
     }
-    digest.update(json.dumps(recipe, sort_keys=True, default=str).encode())
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def cache_key(recipe: str, samples: list[Sample], folder: Path) -> str:
+    """The recipe and the files in order (paths, labels and the digest of their bytes)."""
+    digest = hashlib.sha256(recipe.encode())
     for (path, label), content in zip(samples, content_digests([path for path, _ in samples], folder), strict=True):
         digest.update(f"{path}|{label}|{content}\n".encode())
     return digest.hexdigest()
+
+
+def row_ids(samples: list[Sample], folder: Path) -> list[int]:
+    """Each file's name in the cache: 60 bits of the digest of its bytes, whatever its path, label or place in
+    the list (a photo added to the folder, or one moved to another class, leaves the others' rows reusable). Its
+    augmented views are seeded by it too."""
+    return [int(content[:15], 16) for content in content_digests([path for path, _ in samples], folder)]
 
 
 def eval_plan(
     train_plan: CachePlan, cut: int | None, preprocess: Preprocess, samples: list[Sample], folder: Path
 ) -> CachePlan:
     """The val cache: one plain eval crop per image, the same trunk."""
-    key = cache_key(train_plan.trunk, cut, preprocess, DataConfig(), 0, samples, train_plan.dtype, folder)
+    recipe = recipe_digest(train_plan.trunk, cut, preprocess, DataConfig(), 0, train_plan.dtype)
     transforms = [eval_transform(preprocess)]
-    return dataclasses.replace(train_plan, key=key, transforms=transforms, images=len(samples))
+    key = cache_key(recipe, samples, folder)
+    return dataclasses.replace(train_plan, key=key, transforms=transforms, images=len(samples), recipe=recipe)
 
 
 def _augmentation_settings(data: DataConfig) -> dict[str, Any]:
@@ -236,18 +246,22 @@ def cached_activations(
     folder.mkdir(parents=True, exist_ok=True)
     outputs, labels = [], []
     computed = 0
+    ids = row_ids(samples, folder)
     for view, transform in enumerate(plan.transforms):
-        dataset = ImageSamples(samples, transform, seed=seed)
+        dataset = ImageSamples(samples, transform, seed=seed, sample_ids=ids)
         dataset.set_epoch(view)
+        lenders: dict[int, torch.Tensor] | None = None  # rows of this recipe and view cached for other file lists
         for start in range(0, len(samples), CHUNK_IMAGES):
             # named by the key alone: a teacher pass over the same crops reads back another run's train chunks
-            path = folder / f"{plan.key[:24]}-v{view}-{start // CHUNK_IMAGES:05d}.pt"
+            path = folder / f"{plan.recipe[:12]}-{plan.key[:24]}-v{view}-{start // CHUNK_IMAGES:05d}.pt"
             chunk = _read_chunk(path, plan.key, plan.mapped)
             if chunk is None:
-                indices = range(start, min(start + CHUNK_IMAGES, len(samples)))
-                chunk = _compute_chunk(trunk_pass, Subset(dataset, list(indices)))
-                save_checkpoint({"key": plan.key, "checksum": chunk_checksum(chunk), **chunk}, path)
-                computed += len(indices)
+                indices = list(range(start, min(start + CHUNK_IMAGES, len(samples))))
+                lenders = _lent_rows(folder, plan, view) if lenders is None else lenders
+                chunk, fresh = _assemble_chunk(trunk_pass, dataset, indices, ids, lenders)
+                chunk = {"key": plan.key, "recipe": plan.recipe, **chunk}
+                save_checkpoint({**chunk, "checksum": chunk_checksum(chunk)}, path)
+                computed += fresh
                 if plan.mapped:  # keep the file's pages, not the computed copy: memory holds one chunk at a time
                     chunk = _read_chunk(path, plan.key, mapped=True) or chunk
             outputs.append(chunk["features"])
@@ -293,7 +307,8 @@ class ChunkedRows:
 Rows = torch.Tensor | ChunkedRows
 
 
-def _read_chunk(path: Path, key: str, mapped: bool = False) -> dict[str, torch.Tensor] | None:
+def _read_chunk(path: Path, key: str | None, mapped: bool = False) -> dict[str, Any] | None:
+    """The chunk at ``path`` when it holds ``key``'s rows (any key: None) and its checksum matches, else None."""
     if not path.exists():
         return None
     try:
@@ -301,22 +316,61 @@ def _read_chunk(path: Path, key: str, mapped: bool = False) -> dict[str, torch.T
     except Exception as error:  # a chunk cut short by a crash, or damaged: compute it again
         warnings.warn(f"{path}: unreadable cache chunk ({type(error).__name__}); computing it again", stacklevel=3)
         return None
-    if not isinstance(chunk, dict) or chunk.get("key") != key:
+    if not isinstance(chunk, dict) or (key is not None and chunk.get("key") != key):
         warnings.warn(f"{path} was cached for other weights, data or settings; computing it again", stacklevel=3)
         return None
-    if chunk.get("checksum") != chunk_checksum(chunk):  # overwritten bytes load without an error: they are caught here
+    if not _intact(chunk):  # overwritten bytes load without an error: they are caught here
         warnings.warn(f"{path}: damaged cache chunk (its checksum differs); computing it again", stacklevel=3)
         return None
     return chunk
 
 
-def chunk_checksum(chunk: dict[str, torch.Tensor]) -> str:
-    """BLAKE2b of a chunk's features and labels, as stored."""
+CHUNK_TENSORS = ("features", "labels", "rows")
+
+
+def _intact(chunk: dict[str, Any]) -> bool:
+    return all(isinstance(chunk.get(name), torch.Tensor) for name in CHUNK_TENSORS) and chunk.get(
+        "checksum"
+    ) == chunk_checksum(chunk)
+
+
+def chunk_checksum(chunk: dict[str, Any]) -> str:
+    """BLAKE2b of a chunk's features, labels and row names, as stored."""
     hasher = hashlib.blake2b(digest_size=16)
-    for name in ("features", "labels"):
+    for name in CHUNK_TENSORS:
         tensor = chunk[name].contiguous()
         hasher.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return hasher.hexdigest()
+
+
+def _lent_rows(folder: Path, plan: CachePlan, view: int) -> dict[int, torch.Tensor]:
+    """The cached rows of this recipe and view under other keys (other file lists), by file: features computed
+    once are not computed again when photos are added, removed or moved between classes. Chunks are memory-mapped
+    and their checksums checked."""
+    rows: dict[int, torch.Tensor] = {}
+    for path in sorted(folder.glob(f"{plan.recipe[:12]}-*-v{view}-*.pt")):
+        if path.name.startswith(f"{plan.recipe[:12]}-{plan.key[:24]}-"):
+            continue  # this list's own chunks: read in place, or missing
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # another list's damaged chunk only lends nothing
+            chunk = _read_chunk(path, None, mapped=True)
+        if chunk is not None and chunk.get("recipe") == plan.recipe:
+            rows.update(zip(chunk["rows"].tolist(), chunk["features"], strict=True))
+    return rows
+
+
+def _assemble_chunk(
+    trunk_pass: TrunkPass, dataset: ImageSamples, indices: list[int], ids: list[int], lent: dict[int, torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], int]:
+    """The chunk of ``indices``: rows lent by other chunks where they hold the file, the rest computed; and how
+    many were computed."""
+    missing = [index for index in indices if ids[index] not in lent]
+    computed = _compute_chunk(trunk_pass, Subset(dataset, missing)) if missing else None
+    fresh = dict(zip(missing, computed["features"], strict=True)) if computed else {}
+    features = torch.stack([fresh[index] if index in fresh else lent[ids[index]] for index in indices])
+    labels = torch.tensor([dataset.samples[index][1] for index in indices])
+    rows = torch.tensor([ids[index] for index in indices], dtype=torch.long)
+    return {"features": features.contiguous(), "labels": labels, "rows": rows}, len(missing)
 
 
 def _compute_chunk(trunk_pass: TrunkPass, dataset: Subset) -> dict[str, torch.Tensor]:
@@ -361,9 +415,11 @@ def plan_cache(
         warnings.warn(f"the feature cache holds {fitting} of the {views} views asked for (disk)", stacklevel=2)
         transforms = transforms[:fitting]
     trunk = trunk or trunk_digest(model, cut)
-    key = cache_key(trunk, cut, preprocess, data, seed, samples, dtype, folder)
+    recipe = recipe_digest(trunk, cut, preprocess, data, seed, dtype)
     mapped = fitting * per_view > memory_budget()
-    return CachePlan(key, transforms, item_shape, len(samples), trunk, dtype, mapped)
+    return CachePlan(
+        cache_key(recipe, samples, folder), transforms, item_shape, len(samples), trunk, dtype, mapped, recipe
+    )
 
 
 def disk_room(folder: Path) -> int:

@@ -153,3 +153,24 @@ print(et.input_shape(path))
     assert done.stdout.strip() == "(1, 3, 8, 8)"
     for noise in ("threadpool.cpp", "cpuinfo_utils.cpp", "KernelPreference"):
         assert noise not in done.stderr
+
+
+def test_onnx_float_layers_are_found_after_ort_rewrites_the_graph(tmp_path: Path) -> None:
+    """ORT's pre-processing splits MobileNetV3's hard-swish and drops every node's module record: ship's float-layer
+    retry then failed (`no ONNX node was exported from features.0, features.1`). Nodes keep their names, and the
+    records of the file torch wrote find them."""
+    pytest.importorskip("onnxruntime")
+    import onnx
+
+    from mobiforge import create_model
+    from mobiforge.backends.onnx import onnx_static_int8, write
+
+    model = create_model("mobilenet_v3_small", num_classes=3, width_mult=0.25, small_input=True).eval()
+    example = torch.randn(1, 3, 32, 32)
+    fp32 = write(model, example, tmp_path / "model.fp32.onnx")
+    out = onnx_static_int8(fp32, tmp_path / "model.onnx", [torch.randn(4, 3, 32, 32)], "input", ["features.0"])
+    graph = onnx.load(str(out)).graph
+    first_conv = next(node for node in graph.node if node.op_type == "Conv")
+    quantized_inputs = {node.output[0] for node in graph.node if node.op_type == "DequantizeLinear"}
+    assert first_conv.input[1] not in quantized_inputs  # features.0's weights stayed float
+    assert any(node.op_type == "Conv" and node.input[1] in quantized_inputs for node in graph.node)  # the rest: int8

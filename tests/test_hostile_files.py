@@ -85,6 +85,22 @@ def test_a_stored_data_path_of_a_system_folder_is_not_walked(checkpoint: dict, t
     assert code == 2 and "names / as its data, a system or home folder" in err and "--data" in err
 
 
+def test_a_class_folder_linked_to_the_home_folder_is_not_walked(tmp_path: Path, monkeypatch) -> None:
+    """Issue 44 item 14: the system-folder check looked only at the data folder itself; class folders linking to /
+    were walked. (Home stands in for /: a regression walks a small fake home, not this machine.)"""
+    from mobiforge.data import DataConfig, discover
+
+    home = tmp_path / "home"
+    (home / "Documents").mkdir(parents=True)
+    (home / "Documents" / "x.png").write_bytes(b"not an image")
+    monkeypatch.setattr(Path, "home", lambda: home)
+    data = make_split_folder(tmp_path / "data", classes=2, train=2, val=1)
+    (data / "train" / "linked").symlink_to(home, target_is_directory=True)
+    with pytest.raises(MobiforgeError, match=r"linked links to .*home, a system or home folder") as error:
+        discover(DataConfig(data=str(data)))
+    assert "\n" not in str(error.value)
+
+
 # ------------------------------------------------------------------------------------------------ item 10
 
 

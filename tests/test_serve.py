@@ -179,6 +179,42 @@ def test_a_report_that_does_not_describe_its_file_is_one_line(artifact: Path, tm
     assert "\n" not in str(error.value)
 
 
+def _nested(record: dict) -> bytes:
+    return b"[" * 100_000 + b"]" * 100_000
+
+
+def _labels_only(record: dict) -> bytes:
+    record.pop("classes")
+    return json.dumps(record).encode()
+
+
+def _line_break(record: dict) -> bytes:
+    record["classes"] = ["a\nb", *record["classes"][1:]]
+    return json.dumps(record).encode()
+
+
+@pytest.mark.parametrize(
+    ("report", "labels", "message"),
+    [
+        (_nested, None, "model.onnx.json: not an export report with a preprocessing"),
+        (_labels_only, b"\xff\xfe\x00ants\n", "labels.txt: unreadable (UnicodeDecodeError)"),
+        (_line_break, None, "the class name 'a\\nb' holds a control character"),
+    ],
+    ids=["nested 100,000 deep", "non-UTF-8 labels", "a line break in a name"],
+)
+def test_a_fuzzed_report_or_labels_file_is_one_line(artifact: Path, tmp_path: Path, report, labels, message) -> None:
+    """Issue 44, the fuzz of reports and labels: a JSON nested 100,000 deep raised RecursionError, a non-UTF-8
+    labels.txt UnicodeDecodeError (both tracebacks); a line break in a report's class name was accepted."""
+    copy = tmp_path / "model.onnx"
+    shutil.copy(artifact, copy)
+    (tmp_path / "model.onnx.json").write_bytes(report(json.loads((artifact.parent / "model.onnx.json").read_text())))
+    if labels is not None:
+        (tmp_path / "labels.txt").write_bytes(labels)
+    with pytest.raises(MobiforgeError, match=re.escape(message)) as error:
+        predict_artifact(copy, [str(_images(artifact)[0])])
+    assert "\n" not in str(error.value)
+
+
 # ------------------------------------------------------------------------------------------ issue 44, item 3
 
 

@@ -56,11 +56,12 @@ def onnx_static_int8(
     float_modules: Sequence[str] = (),
     reduce_range: bool = False,
     preprocessed: bool = False,
+    scopes: dict[str, set[str]] | None = None,
 ) -> Path:
     """ONNX Runtime static quantization: QDQ format, per-channel int8 weights, uint8 activations; the nodes exported
     from the modules named in ``float_modules`` (and everything inside them) are left in float. ``reduce_range``
     quantizes the weights to 7 bits (see ``onnx_needs_reduce_range``). ``preprocessed``: ``fp32_path`` already went
-    through ``onnx_preprocess``."""
+    through ``onnx_preprocess``, and ``scopes`` are its nodes' module paths from before (``onnx_name_scopes``)."""
     try:
         from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     except ImportError:
@@ -74,11 +75,13 @@ def onnx_static_int8(
             batch = next(self.batches, None)
             return None if batch is None else {input_name: batch.numpy()}
 
+    if scopes is None and float_modules and not preprocessed:
+        scopes = onnx_name_scopes(fp32_path)
     prepared = (
         fp32_path if preprocessed else onnx_preprocess(fp32_path, out_path.with_name(out_path.stem + ".pre.onnx"))
     )
     try:
-        excluded = onnx_nodes_of(prepared, float_modules) if float_modules else []
+        excluded = onnx_nodes_of(prepared, float_modules, scopes or {}) if float_modules else []
         quantize_static(
             str(prepared),
             str(out_path),
@@ -128,20 +131,34 @@ def onnx_needs_reduce_range(cpuinfo: str | None = None) -> bool:
     return not any(flag in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
 
 
-def onnx_nodes_of(path: Path, modules: Sequence[str]) -> list[str]:
+def onnx_nodes_of(path: Path, modules: Sequence[str], recorded: dict[str, set[str]]) -> list[str]:
     """The nodes of an ONNX file that torch's exporter wrote for ``modules`` (or anything inside them): it records
-    each node's module path (``pkg.torch.onnx.name_scopes``), and ORT's pre-processing keeps it."""
+    each node's module path (``pkg.torch.onnx.name_scopes``). ORT's pre-processing drops those records when its
+    optimizer rewrites the graph (MobileNetV3's hard-swish is split in two), and keeps the nodes' names: a node
+    without its own record takes the one ``recorded`` for its name in the file as torch wrote it."""
     import onnx
 
     wanted, nodes = set(modules), []
     for node in onnx.load(str(path)).graph.node:
-        scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), "[]")
-        if wanted & set(ast.literal_eval(scopes)):
+        scopes = _name_scopes_of(node) or recorded.get(node.name, set())
+        if wanted & scopes:
             nodes.append(node.name)
     if not nodes:
         names = ", ".join(modules)
         raise MobiforgeError(f"{path}: no ONNX node was exported from {names}; name layer groups with weights")
     return nodes
+
+
+def _name_scopes_of(node: Any) -> set[str]:
+    scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), "[]")
+    return set(ast.literal_eval(scopes))
+
+
+def onnx_name_scopes(path: Path) -> dict[str, set[str]]:
+    """Each named node's module paths, as torch's exporter recorded them in ``path``."""
+    import onnx
+
+    return {node.name: _name_scopes_of(node) for node in onnx.load(str(path)).graph.node if node.name}
 
 
 def onnx_simulator(
@@ -150,12 +167,15 @@ def onnx_simulator(
     """ONNX Runtime's static QDQ quantization of ``fp32_path``, run by ONNX Runtime itself. ``fp32_path`` (a file
     written for the search) is pre-processed in place once, not once per trial."""
     ort = _onnxruntime()
+    scopes = onnx_name_scopes(fp32_path)  # before pre-processing drops them
     onnx_preprocess(fp32_path, fp32_path)
 
     def int8_logits(float_modules: list[str]) -> torch.Tensor:
         trial = fp32_path.with_name(fp32_path.stem + ".trial.onnx")
         try:
-            onnx_static_int8(fp32_path, trial, calibration, input_name, float_modules, reduce_range, preprocessed=True)
+            onnx_static_int8(
+                fp32_path, trial, calibration, input_name, float_modules, reduce_range, preprocessed=True, scopes=scopes
+            )
             session = ort.InferenceSession(str(trial), providers=["CPUExecutionProvider"])
             return torch.from_numpy(session.run(None, {input_name: images.numpy()})[0])
         finally:

@@ -65,6 +65,10 @@ SEARCH_SHARE = 0.2  # of the time left, at most, for measuring candidates (after
 # The search's share is never shorter, and no candidate (not even the first) is measured with less of the budget
 # left: a file's export and timing took 62 s with two other busy processes on 2 cores (issue 44).
 SEARCH_MIN_SECONDS = 30.0
+# ... and a candidate made from the pretrained teacher needs twice that: one took 62 s to measure with two other busy
+# processes (20 s without), and after it come the teacher's pass over the data and the student's export
+# (RESULTS.md#busy_budget).
+PRETRAINED_MEASURE_SECONDS = 60.0
 # Of the whole budget, at most, for the training-speed probes: 12 probes took 55 s of a 4-minute demo (issue 43)
 PROBE_SHARE = 0.10
 REAIM_TRIES = 3
@@ -416,7 +420,7 @@ def search(
         if candidate.macs >= too_slow_macs and candidate.source == "scratch":
             candidate.status = "too slow (a smaller model already was)"
             continue
-        if (time.time() > search_deadline) if measured else (left() < SEARCH_MIN_SECONDS):  # the budget holds
+        if (time.time() > search_deadline) if measured else (left() < measure_seconds(candidate)):  # budget holds
             candidate.status = "not measured (search time)"
             continue
         measured += 1
@@ -438,6 +442,11 @@ def search(
         smallest.status = "too large" if (smallest.artifact_bytes or 0) > config.max_size else smallest.status
     shutil.rmtree(workdir, ignore_errors=True)
     return candidates
+
+
+def measure_seconds(candidate: Candidate) -> float:
+    """The least time left with which ``candidate`` is measured (the first included)."""
+    return SEARCH_MIN_SECONDS if candidate.source == "scratch" else PRETRAINED_MEASURE_SECONDS
 
 
 def _all_candidates(config: ShipConfig, info: Survey, teacher_spec: TeacherSpec | None) -> list[Candidate]:
@@ -537,7 +546,7 @@ def budget_epochs(
         cached = cached_speeds(candidate, config)
         if cached is not None:  # measured here before: no model to build, no probe
             train_at(candidate, cached["fp32"], cached["bf16"])
-        elif time.time() <= probe_until or (not probed and left() >= SEARCH_MIN_SECONDS):
+        elif (time.time() <= probe_until or not probed) and left() >= SEARCH_MIN_SECONDS:
             probe_training(candidate_model(candidate, info, teacher_spec), candidate, config)
         if candidate.train_images_per_s is not None:
             probed.append(candidate)
