@@ -21,7 +21,7 @@ from mobiforge.runs import claim_run_dir
 from mobiforge.runtimes import copy_artifact, write_labels
 from mobiforge.ship.config import CORE_ML
 from mobiforge.ship.ladder import MIN_TAIL_EPOCHS
-from mobiforge.ship.plan import DEADLINE_MARGIN, export_reserve, next_training
+from mobiforge.ship.plan import DEADLINE_MARGIN, export_estimate, export_reserve, next_training
 from mobiforge.ship.report import write_ship_report
 from mobiforge.ship.search import check_families, rank, search, survey, teacher_plan
 from mobiforge.ship.shortfall import headline, why_nothing_shipped
@@ -206,8 +206,9 @@ def _train_cached(
     cache pass and shortest tail cannot fit and another candidate has shipped (it is skipped)."""
     reserve = sum(export_reserve(c, state.survey) for c in queue)
     usable = state.left() - reserve
-    if state.left() - export_reserve(candidate, state.survey) <= 0:  # its export alone would end past the budget
-        say(f"train: no time left for {candidate.name} (its export alone would end past the time budget)")
+    export_s = export_estimate(candidate, state.survey)  # expected, not the reserve's margin: that would waste time
+    if state.left() < export_s:  # its export alone would end past the budget
+        say(f"train: no time left for {candidate.name} (its export alone, ~{export_s:.0f} s, would end past the time)")
         return False
     alone = all(c.source == FALLBACK_SOURCE for c in queue[1:]) and candidate.source == "pruned"
     seconds = usable * (1.0 if len(queue) == 1 or alone else CACHED_SHARE)

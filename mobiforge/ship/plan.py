@@ -85,13 +85,19 @@ SIMULATED_COST = 4.0  # an image through an observed or simulated-int8 graph cos
 
 
 def export_reserve(candidate: Candidate, info: Survey) -> float:
-    """Seconds set aside for a trained candidate's PTQ export and gate: the search's own export time (lowering a
-    graph calibrated on 8 random images), plus calibrating on real images, the fp32 and runtime passes over the val
-    images and the reference check (forward passes estimated at 3x the measured training speed)."""
+    """Seconds set aside for a trained candidate's PTQ export and gate: ``export_estimate`` with half again and
+    15 s to spare."""
+    return 1.5 * export_estimate(candidate, info) + 15.0
+
+
+def export_estimate(candidate: Candidate, info: Survey) -> float:
+    """Seconds a trained candidate's PTQ export and gate are expected to take: the search's own export time
+    (lowering a graph calibrated on 8 random images), plus calibrating on real images, the fp32 and runtime passes
+    over the val images and the reference check (forward passes estimated at 3x the measured training speed)."""
     forward = 3 * (candidate.train_images_per_s or 10.0)
     passes = SIMULATED_COST * (CALIBRATION_IMAGES + REFERENCE_IMAGES) + info.val_images
     runtime = info.val_images * (candidate.latency_ms or 10.0) / 1000
-    return 1.5 * ((candidate.export_seconds or 60.0) + passes / forward + runtime) + 15.0
+    return (candidate.export_seconds or 60.0) + passes / forward + runtime
 
 
 def plan_epochs(candidate: Candidate, info: Survey, teacher: TrainRecord | None, seconds: float) -> tuple[int, float]:
