@@ -61,7 +61,7 @@ def make_seeds(root: Path) -> dict[str, Path]:
         out = root / f"model{backend.suffix}"
         with contextlib.redirect_stdout(io.StringIO()):
             rc = cli(["export", str(seeds[".pt"]), "--format", backend.name, "--out", str(out), "--data", str(data)])
-        if rc == 0:
+        if rc == 0 and out.is_file():  # a Core ML package is a folder: not fuzzed byte by byte
             seeds[backend.suffix] = out
     seeds[".jpg"] = data / "val" / "ants" / "0.jpg"
     seeds[".png"] = data / "val" / "ants" / "1.png"
