@@ -77,13 +77,13 @@ def lower(fraction: float) -> str:
 
 def executorch_latency(models: dict[str, torch.nn.Module], size: int, threads: int, workdir: Path) -> dict:
     """The same comparison in ExecuTorch (XNNPACK), where an app would run the model: fp32 .pte files."""
-    from mobiforge.backends.executorch import write as write_executorch
+    from mobiforge.backends.executorch import ExecuTorch
     from mobiforge.runtimes import load_runner
 
     example = torch.randn(1, 3, size, size)
     runners = {}
     for name, model in models.items():
-        path = write_executorch(model.to(memory_format=torch.contiguous_format), example, workdir / f"{name}.pte")
+        path = ExecuTorch().write(model.to(memory_format=torch.contiguous_format), example, workdir / f"{name}.pte")
         runners[name] = load_runner(path, threads)
     array = example.numpy()
     runs: dict[str, list[float]] = {name: [] for name in models}

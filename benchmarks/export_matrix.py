@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from benchmarks.results import write_section
-from mobiforge.backends import BACKENDS
+from mobiforge.backend_api import BACKENDS
 from mobiforge.checkpoint import load_checkpoint
 from mobiforge.errors import MobiforgeError
 from mobiforge.export import ArtifactReport, ExportConfig, export_checkpoint

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.results import write_section
-from mobiforge.backends import backend_for
+from mobiforge.backend_api import backend_for
 from mobiforge.checkpoint import Checkpoint
 from mobiforge.export import ExportConfig, load_export_data, run_all
 from mobiforge.runtimes import load_runner

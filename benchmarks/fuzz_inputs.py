@@ -38,7 +38,7 @@ def make_seeds(root: Path) -> dict[str, Path]:
     import numpy as np
     from PIL import Image
 
-    from mobiforge.backends import BACKENDS
+    from mobiforge.backend_api import BACKENDS
     from mobiforge.checkpoint import Checkpoint
     from mobiforge.cli import main as cli
     from mobiforge.models import create_model

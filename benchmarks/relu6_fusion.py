@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from benchmarks.results import write_section
-from mobiforge.backends import executorch
+from mobiforge.backends.executorch import ExecuTorch
 from mobiforge.checkpoint import Checkpoint
 from mobiforge.export import ExportConfig, load_export_data
 from mobiforge.quantize import ptq_pt2e, top1_percent, xnnpack_quantizer
@@ -35,7 +35,7 @@ def xnnpack_own_quantizer() -> object:
 
 
 def runtime_top1(path: Path, images: torch.Tensor, labels: torch.Tensor) -> float:
-    run = executorch.runner(path, threads=2)
+    run = ExecuTorch().runner(path, threads=2)
     logits = torch.cat([torch.from_numpy(np.asarray(run(batch.numpy()))) for batch in images.split(1)])
     return top1_percent(logits, labels)
 
@@ -62,7 +62,7 @@ def main() -> None:
         started = time.time()
         graph = ptq_pt2e(model, quantizer, data.calibration)
         with tempfile.TemporaryDirectory() as scratch:
-            path = executorch.write(graph, data.val_images[:1], Path(scratch) / "model.pte")
+            path = ExecuTorch().write(graph, data.val_images[:1], Path(scratch) / "model.pte")
             top1 = runtime_top1(path, data.val_images, data.val_labels)
             size = path.stat().st_size
         rows.append(f"| int8, {name} | {top1:.2f}% | {fp32 - top1:+.2f} | {size / 1e6:.3f} MB |")

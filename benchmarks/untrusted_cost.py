@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from benchmarks.results import write_section
-from mobiforge.backends import get_backend
+from mobiforge.backend_api import get_backend
 from mobiforge.checkpoint import Checkpoint
 from mobiforge.data import materialize_digits
 from mobiforge.export import ExportConfig, export_checkpoint

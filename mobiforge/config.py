@@ -1,6 +1,6 @@
 """Every setting of every command, as dataclasses: the one source of each default, help text, flag and choice.
 
-The library takes these dataclasses; the CLI is generated from them (``mobiforge.cli.options`` reads each field's
+The library takes these dataclasses; the CLI is generated from them (``mobiforge.options`` reads each field's
 ``option(...)`` metadata to build its flags, and fills the dataclass from the flags given, so a flag left out keeps
 the field's default). A field without ``option`` metadata is a library-only setting. This module imports nothing
 heavy: ``mobiforge --help`` builds every parser from it without loading torch.
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from mobiforge.backends import DEFAULT_RUNTIME, backend_names, runnable_suffixes
+from mobiforge.backend_api import DEFAULT_RUNTIME, backend_names, runnable_suffixes
 from mobiforge.errors import MobiforgeError
 from mobiforge.units import SECONDS, format_bytes, parse_count, parse_duration, parse_size
 

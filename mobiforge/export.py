@@ -1,6 +1,6 @@
 """Export a checkpoint to a mobile runtime, optionally int8, and verify the artifact *in that runtime*.
 
-Formats: one per row of ``mobiforge.backends.BACKENDS`` (ExecuTorch ``.pte`` lowered to the XNNPACK delegate,
+Formats: one per row of ``mobiforge.backend_api.BACKENDS`` (ExecuTorch ``.pte`` lowered to the XNNPACK delegate,
 LiteRT ``.tflite``, ONNX with a dynamic batch); each backend module writes its own files. int8: post-training or
 quantization-aware fine-tuning (PT2E QAT, where the backend takes it); this module prepares the data, the PT2E
 calibration and QAT loop that backends share, and the verification.
@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from mobiforge import engine
-from mobiforge.backends import BACKENDS, About, Int8Job, Interface, Region, get_backend
+from mobiforge.backend_api import BACKENDS, About, Int8Job, Interface, Region, get_backend
 from mobiforge.checkpoint import Checkpoint
 from mobiforge.config import INT8_MODES
 from mobiforge.config import ExportConfig as ExportConfig  # public here too
@@ -502,15 +502,18 @@ def sdk_figures(path: Path, config: ExportConfig, data: ExportData, runtime_logi
     """Top-1 of the file in the SDK that loads it on phones, where the backend names one: on the val images' own
     pixels at the model's input, with its agreement with the runtime's top-1 (the gate asks for all of them); and
     as an app runs it, on the full-size images that the SDK resizes itself (``sdk_app_top1``)."""
-    backend = get_backend(config.format).impl()
-    if not hasattr(backend, "sdk_top1") or not data.classes:
+    row = get_backend(config.format)
+    if not row.sdk_package or not data.classes:
         return {}
+    backend = row.impl()
     pixels = interface(config, data).to_pixels(data.val_images.numpy()).transpose(0, 2, 3, 1)
     try:
-        sdk, predicted = backend.sdk_top1(path, ((image, None) for image in pixels))
-        _, in_app = backend.sdk_top1(path, app_images(data))
+        by_pixels = backend.sdk_top1(path, ((image, None) for image in pixels))
+        as_in_app = backend.sdk_top1(path, app_images(data))
     except MobiforgeError as error:  # recorded: the runtime's own figures stand, the SDK's are missing and why
         return {"sdk": str(error)}
+    assert by_pixels is not None and as_in_app is not None, f"{row.name} names an SDK and implements no sdk_top1"
+    (sdk, predicted), (_, in_app) = by_pixels, as_in_app
     chosen = torch.from_numpy(predicted).long()
     differs = chosen != runtime_logits.argmax(1)
     top2 = torch.softmax(runtime_logits.float(), dim=1).topk(min(2, runtime_logits.shape[1]), dim=1).values

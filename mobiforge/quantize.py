@@ -6,7 +6,8 @@ folded into the convs by the flow, symmetric int8 weights, activations calibrate
 
 - ``ptq_pt2e``: ``torch.export`` -> ``prepare_pt2e`` -> calibration -> ``convert_pt2e``.
 - ``qat_pt2e``: ``prepare_qat_pt2e`` -> fine-tuning with ``engine.train_one_epoch`` -> ``convert_pt2e``.
-- ``onnx_static_int8``: ``onnxruntime.quantization.quantize_static`` (QDQ, per-channel) on an fp32 ONNX file.
+- ONNX Runtime's static QDQ int8 (``onnxruntime.quantization.quantize_static``, per-channel) is written by the ONNX
+  backend itself (``backends/onnx.py``); this module holds what every runtime shares.
 - ``search_float_modules``: which layer groups to leave in float when int8 loses too much (export's fallback), for
   PT2E graphs and ONNX Runtime's QDQ files alike.
 """
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 
 from mobiforge import engine
+from mobiforge.backend_api import Simulator
 from mobiforge.errors import missing
 
 PT2E_NOTE = "PT2E: per-channel symmetric int8 weights, static int8 activations, BN folded"
@@ -144,9 +146,6 @@ class FloatFallback:
     float_modules: list[str]
     fp32_top1: float
     trials: list[FallbackTrial]
-
-
-Simulator = Callable[[list[str]], torch.Tensor]  # modules left in float -> int8 logits on the search images
 
 
 def search_float_modules(

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mobiforge.backends import Interface, Runner, backend_for
+from mobiforge.backend_api import Interface, Runner, backend_for
 from mobiforge.config import BUILTIN_DATASETS, DataConfig
 from mobiforge.data import unprintable_class
 from mobiforge.errors import MobiforgeError
@@ -231,7 +231,7 @@ def _embedded_info(path: Path) -> ArtifactInfo | None:
     """Classes and preprocessing from the file's own metadata (``embedded_info`` of its backend), or None. The
     file carries no resize rule: the whole image is resized to its input, as MediaPipe's classifier does."""
     backend = backend_for(path)
-    if not path.is_file() or not hasattr(backend.impl(), "embedded_info"):
+    if not path.is_file():
         return None
     backend.check_header(path)
     embedded = backend.impl().embedded_info(path)

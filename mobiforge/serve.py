@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from mobiforge.backends import BACKENDS, DEFAULT_RUNTIME, is_artifact, runnable_suffixes
+from mobiforge.backend_api import BACKENDS, DEFAULT_RUNTIME, is_artifact, runnable_suffixes
 from mobiforge.config import ServeConfig
 from mobiforge.errors import MobiforgeError
 from mobiforge.inference import prepare_images, top_classes

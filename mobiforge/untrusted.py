@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mobiforge.backends import backend_for
+from mobiforge.backend_api import backend_for
 from mobiforge.errors import MobiforgeError
 from mobiforge.paths import mobiforge_home
 

@@ -14,7 +14,16 @@ import pytest
 import torch
 from torch import nn
 
-from mobiforge.backends import BACKENDS, Backend, backend_for, get_backend, register_backend, unregister_backend
+from mobiforge.backend_api import (
+    BACKENDS,
+    AppSnippets,
+    Backend,
+    BackendImpl,
+    backend_for,
+    get_backend,
+    register_backend,
+    unregister_backend,
+)
 from mobiforge.cli import build_parser, main
 from mobiforge.errors import MobiforgeError
 from mobiforge.export import ExportConfig, export_checkpoint
@@ -23,25 +32,21 @@ from mobiforge.train import train
 from tests.helpers import make_split_folder, small_train_config
 
 
-class TorchExportRuntime:
-    """A whole runtime in four functions: ``torch.export.save`` writes the file, ``torch.export.load`` runs it."""
+class TorchExportRuntime(BackendImpl):
+    """A whole runtime in a few methods: ``torch.export.save`` writes the file, ``torch.export.load`` runs it."""
 
-    @staticmethod
-    def write(model: nn.Module, example: torch.Tensor, path: Path, interface: Any = None) -> Path:
+    def write(self, model: nn.Module, example: torch.Tensor, path: Path, interface: Any = None) -> Path:
         program = torch.export.export(model.eval(), (example,))
         torch.export.save(program, path, extra_files={"shape": json.dumps(list(example.shape))})
         return path
 
-    @staticmethod
-    def write_int8(model: nn.Module, job: Any, path: Path) -> tuple[None, str]:
+    def write_int8(self, model: nn.Module, job: Any, path: Path) -> tuple[None, str]:
         raise AssertionError("not reached: the fake backend is fp32 only in this test")
 
-    @staticmethod
-    def int8_simulator(model: nn.Module, job: Any, images: torch.Tensor, scratch: Path) -> Any:
+    def int8_simulator(self, model: nn.Module, job: Any, images: torch.Tensor, scratch: Path) -> Any:
         raise AssertionError("not reached")
 
-    @staticmethod
-    def runner(path: Path, threads: int) -> Any:
+    def runner(self, path: Path, threads: int, interface: Any = None) -> Any:
         module = torch.export.load(path).module()
 
         def run(batch: np.ndarray) -> np.ndarray:
@@ -50,11 +55,13 @@ class TorchExportRuntime:
 
         return run
 
-    @staticmethod
-    def input_shape(path: Path) -> tuple[int, ...]:
+    def input_shape(self, path: Path) -> tuple[int, ...]:
         extra = {"shape": ""}
         torch.export.load(path, extra_files=extra)
         return tuple(json.loads(extra["shape"]))
+
+    def app_snippets(self, pixels: bool) -> AppSnippets:
+        return AppSnippets(kotlin="// torch.export has no Android runtime", swift="// nor an iOS one", preprocess=False)
 
 
 FAKE = Backend(
@@ -100,7 +107,7 @@ def test_the_built_in_rows_name_their_suffixes_and_capabilities() -> None:
     with pytest.raises(MobiforgeError, match="unknown runtime 'tensorrt'; choose one of executorch, tflite, onnx, "):
         get_backend("tensorrt")
     with pytest.raises(ValueError, match="clashes"):
-        register_backend(Backend("other", ".pte", "", "", (), object()))
+        register_backend(Backend("other", ".pte", "", "", (), FAKE.implementation))
 
 
 def test_a_registered_backend_exports_verifies_and_profiles(fake: Backend, checkpoint: Path, tmp_path: Path) -> None:
@@ -142,7 +149,8 @@ def test_the_executorch_runtime_prints_no_native_log_lines(tmp_path: Path) -> No
     script = f"""
 import numpy as np, torch
 from pathlib import Path
-from mobiforge.backends import executorch as et
+from mobiforge.backends.executorch import ExecuTorch
+et = ExecuTorch()
 path = et.write(torch.nn.Conv2d(3, 4, 3).eval(), torch.randn(1, 3, 8, 8), Path({str(tmp_path / "m.pte")!r}))
 for threads in (1, 2):
     et.runner(path, threads)(np.zeros((1, 3, 8, 8), np.float32))
@@ -163,14 +171,36 @@ def test_onnx_float_layers_are_found_after_ort_rewrites_the_graph(tmp_path: Path
     import onnx
 
     from mobiforge import create_model
-    from mobiforge.backends.onnx import onnx_static_int8, write
+    from mobiforge.backends.onnx import OnnxRuntime, onnx_static_int8
 
     model = create_model("mobilenet_v3_small", num_classes=3, width_mult=0.25, small_input=True).eval()
     example = torch.randn(1, 3, 32, 32)
-    fp32 = write(model, example, tmp_path / "model.fp32.onnx")
+    fp32 = OnnxRuntime().write(model, example, tmp_path / "model.fp32.onnx")
     out = onnx_static_int8(fp32, tmp_path / "model.onnx", [torch.randn(4, 3, 32, 32)], "input", ["features.0"])
     graph = onnx.load(str(out)).graph
     first_conv = next(node for node in graph.node if node.op_type == "Conv")
     quantized_inputs = {node.output[0] for node in graph.node if node.op_type == "DequantizeLinear"}
     assert first_conv.input[1] not in quantized_inputs  # features.0's weights stayed float
     assert any(node.op_type == "Conv" and node.input[1] in quantized_inputs for node in graph.node)  # the rest: int8
+
+
+def test_every_runtime_implements_the_interface_as_a_type_checker_sees_it(tmp_path: Path) -> None:
+    """``BackendImpl`` is checked by mypy, not only described: each runtime's methods match its signatures (and an
+    implementation that drifts from them is an error). Imports are skipped, so it checks mobiforge's own types."""
+    api = pytest.importorskip("mypy.api")
+    root = Path(__file__).resolve().parents[1]
+    drifted = tmp_path / "drifted.py"
+    drifted.write_text(
+        "from pathlib import Path\n"
+        "from mobiforge.backends.onnx import OnnxRuntime\n"
+        "class Drifted(OnnxRuntime):\n"
+        "    def input_shape(self, path: Path, threads: int) -> list[str]:\n"
+        "        return []\n"
+    )
+    flags = ["--follow-imports=skip", "--ignore-missing-imports", "--no-error-summary", "--cache-dir", str(tmp_path)]
+    implementations = sorted((root / "mobiforge" / "backends").glob("*.py"))
+    modules = [str(root / "mobiforge" / "backend_api.py"), *map(str, implementations)]
+    out, err, status = api.run([*flags, *modules, str(Path(__file__))])
+    assert status == 0, out + err
+    out, _, status = api.run([*flags, *modules, str(drifted)])
+    assert status == 1 and 'Signature of "input_shape" incompatible with supertype' in out

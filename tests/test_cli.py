@@ -77,8 +77,8 @@ def test_console_script_runs() -> None:
 
 def test_train_flags_fill_the_config_dataclasses() -> None:
     from mobiforge.cli import build_parser
-    from mobiforge.cli.options import read_options
     from mobiforge.config import TrainConfig
+    from mobiforge.options import read_options
 
     def train_config_from_args(args):  # type: ignore[no-untyped-def]
         return read_options(args, TrainConfig)
@@ -162,7 +162,7 @@ def test_every_flag_is_generated_from_its_dataclass_field() -> None:
     import dataclasses
 
     from mobiforge.cli import COMMANDS
-    from mobiforge.cli.options import config_fields, flag_of
+    from mobiforge.options import config_fields, flag_of
 
     for name, sub in _subparsers().items():
         _, config_class, keywords, _, _ = COMMANDS[name]
@@ -193,8 +193,8 @@ def test_every_flag_is_generated_from_its_dataclass_field() -> None:
 
 def test_a_flag_left_out_keeps_the_field_default_and_commands_own_their_defaults() -> None:
     from mobiforge.cli import build_parser
-    from mobiforge.cli.options import read_options
     from mobiforge.config import ExportConfig, PruneConfig, QuantizeConfig, ShipConfig, TrainConfig
+    from mobiforge.options import read_options
 
     parser = build_parser()
     train = read_options(parser.parse_args(["train", "--lr", "0.2", "--mean", "0.5", "0.5", "0.5"]), TrainConfig)
@@ -213,3 +213,28 @@ def test_a_flag_left_out_keeps_the_field_default_and_commands_own_their_defaults
     assert export.float_modules == ("a", "b") and export.int8 is None and export.float_fallback
     quantize = read_options(parser.parse_args(["quantize", "c.pt", "--no-float-fallback"]), QuantizeConfig)
     assert quantize.int8 == "ptq" and not quantize.float_fallback and quantize.format == "executorch"
+
+
+def test_ship_command_and_the_parser_round_trip() -> None:
+    """The rerun command a ship report prints is read back by the parser into the same config: every field the
+    resume compares, at default and non-default values, bools both ways, lists and durations."""
+    import shlex
+
+    from mobiforge.cli import build_parser
+    from mobiforge.config import ShipConfig
+    from mobiforge.options import read_options
+    from mobiforge.ship.report import ship_command
+
+    configs = [
+        ShipConfig(data="digits"),
+        ShipConfig(
+            data="photos", out="runs/my run", max_size=500_000, max_latency_ms=12.5, runtime="onnx", threads=2,
+            time_budget_s=5400, teacher="none", max_drop=2.0, models=["mobilenet_v2", "resnet"], img_size=160,
+            max_candidates=4, max_trained=1, batch_size=32, workers=0, val_images=100, skip_bad_images=True, seed=7,
+            license="MIT", model_name="Ants & bees", model_version="2.1",
+        ),
+    ]  # fmt: skip
+    for config in configs:
+        argv = shlex.split(ship_command(config))
+        assert argv[:2] == ["mobiforge", "ship"]
+        assert read_options(build_parser().parse_args(argv[1:]), ShipConfig) == config

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mobiforge.backends import BACKENDS, Interface, register_backend, unregister_backend
+from mobiforge.backend_api import BACKENDS, Interface, register_backend, unregister_backend
 from mobiforge.export import NEAR_TIE, ExportConfig, export_checkpoint
 from mobiforge.inference import prepare_images
 from mobiforge.runtimes import artifact_info, evaluate_artifact, predict_artifact
@@ -112,12 +112,13 @@ def test_every_way_of_running_a_file_gives_the_same_answer(
         httpd.server_close()
 
     # the app-side SDK that loads the file on phones, on the same pixels: the same top-1 outside near ties
-    backend = BACKENDS[runtime].impl()
-    if hasattr(backend, "sdk_top1"):
+    if BACKENDS[runtime].sdk_package:
         pre = artifact_info(path).preprocess
         batch = prepare_images([item["image"] for item in predicted], pre).numpy()
         pixels = Interface(pre.mean, pre.std).to_pixels(batch).transpose(0, 2, 3, 1)
-        _, sdk_top1 = backend.sdk_top1(path, ((image, None) for image in pixels))
+        in_sdk = BACKENDS[runtime].impl().sdk_top1(path, ((image, None) for image in pixels))
+        assert in_sdk is not None
+        _, sdk_top1 = in_sdk
         for item, index in zip(predicted, sdk_top1.tolist(), strict=True):
             first, second = item["top"][0]["probability"], item["top"][1]["probability"]
             assert classes[index] == item["top"][0]["class"] or first - second < NEAR_TIE

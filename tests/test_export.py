@@ -313,10 +313,10 @@ def test_the_onnx_simulator_preprocesses_once_for_all_its_trials(
 ) -> None:
     from onnxruntime.quantization import shape_inference
 
-    from mobiforge.backends.onnx import onnx_simulator, write
+    from mobiforge.backends.onnx import OnnxRuntime, onnx_simulator
 
     model, images = _three_block_model(), torch.randn(6, 3, 12, 12)
-    fp32 = write(model, images[:1], tmp_path / "search-fp32.onnx")
+    fp32 = OnnxRuntime().write(model, images[:1], tmp_path / "search-fp32.onnx")
     preprocess, calls = shape_inference.quant_pre_process, []
     monkeypatch.setattr(shape_inference, "quant_pre_process", lambda *a, **kw: calls.append(a) or preprocess(*a, **kw))
 
@@ -726,10 +726,12 @@ def test_the_sdk_gate_forgives_near_ties_only(monkeypatch: pytest.MonkeyPatch) -
     data = export.ExportData(torch.zeros(3, 3, 4, 4), torch.tensor([0, 0, 1]), [], None, DataConfig(), [],
                              classes=["a", "b"])  # fmt: skip
     config = ExportConfig("ckpt", "tflite", pixel_input=True)
-    monkeypatch.setattr(litert, "sdk_top1", lambda path, pixels: ("SDK", np.array([1, 0, 1])))  # the near tie flips
+    near_tie_flips = ("SDK", np.array([1, 0, 1]))
+    monkeypatch.setattr(litert.LiteRT, "sdk_top1", lambda self, path, pixels: near_tie_flips)
     tie = export.sdk_figures(Path("m.tflite"), config, data, logits)
     assert tie["sdk_clear_disagreements"] == 0 and tie["sdk_agreement"] == pytest.approx(200 / 3)
-    monkeypatch.setattr(litert, "sdk_top1", lambda path, pixels: ("SDK", np.array([0, 1, 1])))  # a clear one flips
+    clear_one_flips = ("SDK", np.array([0, 1, 1]))
+    monkeypatch.setattr(litert.LiteRT, "sdk_top1", lambda self, path, pixels: clear_one_flips)
     assert export.sdk_figures(Path("m.tflite"), config, data, logits)["sdk_clear_disagreements"] == 1
 
 

@@ -459,7 +459,7 @@ def test_a_budget_nothing_can_meet_stops_the_search_in_time(data: Path, tmp_path
     monkeypatch.setattr(search, "SEARCH_MIN_SECONDS", 0.0)  # the search's share is spent once the first is measured
     monkeypatch.setattr(search, "SEARCH_SHARE", 0.0)
 
-    def measured(model, candidate, config, workdir):  # type: ignore[no-untyped-def]
+    def measured(model, candidate, config, workdir, until=None):  # type: ignore[no-untyped-def]
         candidate.artifact_bytes, candidate.latency_ms = 500_000, 1.0  # a real export takes 20 s here
 
     monkeypatch.setattr(search, "measure_candidate", measured)

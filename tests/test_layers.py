@@ -25,8 +25,9 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "mobiforge.log",
             "mobiforge.files",
             "mobiforge.units",
-            "mobiforge.backends",  # the runtime table only; the backends' modules are deploy
+            "mobiforge.backend_api",  # the runtime table and the interface; the implementations are deploy
             "mobiforge.config",
+            "mobiforge.options",  # the flags generated from the configs, and written back from them
         ),
     ),
     ("models", ("mobiforge.models", "mobiforge.models.*")),
@@ -34,7 +35,10 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("training primitives", ("mobiforge.engine", "mobiforge.losses", "mobiforge.runs")),
     ("training", ("mobiforge.trunk", "mobiforge.transfer", "mobiforge.train", "mobiforge.inference")),
     ("compress", ("mobiforge.quantize", "mobiforge.prune")),
-    ("deploy", ("mobiforge.backends.*", "mobiforge.untrusted", "mobiforge.runtimes", "mobiforge.export")),
+    (
+        "deploy",
+        ("mobiforge.backends", "mobiforge.backends.*", "mobiforge.untrusted", "mobiforge.runtimes", "mobiforge.export"),
+    ),
     ("recipes", ("mobiforge.distill", "mobiforge.ship", "mobiforge.ship.*", "mobiforge.serve")),
     ("cli", ("mobiforge.cli", "mobiforge.cli.*", "mobiforge.cli.progress", "mobiforge.__main__")),
 )

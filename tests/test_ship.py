@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from mobiforge.checkpoint import load_checkpoint
 from mobiforge.cli import main
@@ -484,7 +485,7 @@ def test_a_converter_failure_during_the_search_is_one_line(tmp_path: Path, monke
     def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise RuntimeError("unsupported op aten::foo\n  deep stack")
 
-    monkeypatch.setattr(onnx_backend, "write", broken)
+    monkeypatch.setattr(onnx_backend.OnnxRuntime, "write", broken)
     data = make_split_folder(tmp_path / "data", classes=2, train=4, val=2)
     with pytest.raises(
         MobiforgeError,
@@ -508,14 +509,19 @@ def _fake_report(config, top1: float):  # type: ignore[no-untyped-def]
 
 
 class _Clock:
+    """The parts of ShipState an export reads (``left``, ``survey``), and ``time.time`` (``time``)."""
+
     def __init__(self, left: float) -> None:
         from mobiforge.ship import Survey
 
-        self.seconds_left = left
+        self.seconds_left, self.now = left, 1_000_000.0
         self.survey = Survey(classes=["a", "b"], train_images=100, val_images=10)
 
     def left(self) -> float:
         return self.seconds_left
+
+    def time(self) -> float:
+        return self.now
 
 
 @pytest.mark.parametrize(
@@ -526,7 +532,9 @@ class _Clock:
         ([86.0, 87.0, 88.0], 1e4, "tflite", [("ptq", []), ("ptq", ["features.0", "features.1"]), ("qat", [])]),
         ([86.0, 87.0], 1e4, "onnx", [("ptq", []), ("ptq", ["features.0", "features.1"])]),  # ONNX has no QAT
         ([86.0, 87.0], 150.0, "executorch", [("ptq", []), ("ptq", ["features.0", "features.1"])]),  # no time for QAT
-        ([86.0], 50.0, "executorch", [("ptq", [])]),  # no time for anything more
+        # a retry needs as long as the attempt it repeats (60 s here), not the padded reserve (~106 s)
+        ([86.0, 89.5], 125.0, "executorch", [("ptq", []), ("ptq", ["features.0", "features.1"])]),
+        ([86.0], 110.0, "executorch", [("ptq", [])]),  # no time for anything more
     ],
 )
 def test_a_missed_gate_tries_the_first_layers_in_float_then_qat_while_time_is_left(
@@ -540,13 +548,20 @@ def test_a_missed_gate_tries_the_first_layers_in_float_then_qat_while_time_is_le
     from mobiforge.ship.state import TrainRecord
 
     checkpoint = save_checkpoint(model_checkpoint(create_model("mobilenet_v2", num_classes=2)), tmp_path / "c.pt")
-    outcomes = iter(scores)
-    monkeypatch.setattr(mobiforge.ship.stages, "export_checkpoint", lambda config: _fake_report(config, next(outcomes)))
+    outcomes, clock = iter(scores), _Clock(left)
+
+    def export(config):  # type: ignore[no-untyped-def]
+        clock.now += 60.0  # each export attempt takes a minute
+        clock.seconds_left -= 60.0
+        return _fake_report(config, next(outcomes))
+
+    monkeypatch.setattr(mobiforge.ship.stages, "export_checkpoint", export)
+    monkeypatch.setattr(mobiforge.ship.stages, "time", clock)
     candidate = Candidate(
         "c", "mobilenet_v2", 1.0, 224, "scratch", export_seconds=60.0, train_images_per_s=1e3, latency_ms=1.0
     )  # reserve: ~106 s
     trained = TrainRecord(str(checkpoint), str(tmp_path))
-    result = export_candidate(candidate, trained, ShipConfig(runtime=runtime), lambda _: None, _Clock(left))
+    result = export_candidate(candidate, trained, ShipConfig(runtime=runtime), lambda _: None, clock)  # type: ignore[arg-type]
     assert [(r.precision[5:], r.float_modules) for r in result.reports] == expected
     assert result.chosen.top1 == max(scores[: len(expected)])
     assert result.verdicts["accuracy_gate"] == (90.0 - max(scores[: len(expected)]) <= 1.0)
@@ -747,7 +762,7 @@ def test_bf16_trains_a_candidate_only_where_native_and_measured_faster(monkeypat
     from mobiforge.ship.state import Candidate
 
     speeds = {None: 400.0, torch.bfloat16: 800.0}
-    monkeypatch.setattr(search, "training_speed", lambda model, size, config, amp=None: speeds[amp])
+    monkeypatch.setattr(search, "training_speed", lambda model, size, config, amp=None, **kw: speeds[amp])
     config = ShipConfig(data="x")
 
     def probed(native: bool, source: str = "scratch") -> Candidate:
@@ -965,7 +980,9 @@ def _probing(monkeypatch: pytest.MonkeyPatch, clock: FakeClock, speeds: dict[str
 
     probed: list[str] = []
 
-    def speed(model: object, img_size: int, config: ShipConfig, amp: object = None, steps: int = 3) -> float:
+    def speed(
+        model: object, img_size: int, config: ShipConfig, amp: object = None, steps: int = 3, until: object = None
+    ) -> float:
         name = probed[-1]
         clock.now += clock.probe_s
         return speeds[name]
@@ -1095,13 +1112,33 @@ def test_no_candidate_is_measured_or_probed_without_the_time_for_it(monkeypatch:
     import mobiforge.ship.search as search
 
     measured: list[str] = []
-    monkeypatch.setattr(search, "measure_candidate", lambda model, c, *args: measured.append(c.name))
-    monkeypatch.setattr(search, "probe_training", lambda model, c, *args: measured.append(c.name))
+    monkeypatch.setattr(search, "measure_candidate", lambda model, c, *args, **kw: measured.append(c.name))
+    monkeypatch.setattr(search, "probe_training", lambda model, c, *args, **kw: measured.append(c.name))
     monkeypatch.setattr(search.speeds, "lookup", lambda key: None)
     config = ShipConfig(data="x", time_budget_s=120, models=["convpool_s"])
     info = _survey(small=True, train_images=1000)
     candidates = search.search(config, info, None, Path("unused"), print, lambda: search.SEARCH_MIN_SECONDS - 1)
     assert measured == [] and all(c.status.startswith("not measured") for c in candidates if c.source == "scratch")
+
+
+def test_a_speed_probe_takes_only_the_steps_that_end_in_time() -> None:
+    """A 1-minute ship under a CPU hog spent 54 s measuring its first candidate, most of it in 8 training steps at
+    224 px: a probe given a time to end by takes the steps the warm-up says fit, and none when none do."""
+    from mobiforge.ship.search import step_speed
+
+    class Counted(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear, self.calls = nn.Linear(4, 2), 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.calls += 1
+            return self.linear(x)
+
+    for until, calls in ((None, 4), (time.time() - 1.0, 1), (time.time() + 3600.0, 4)):
+        module = Counted()
+        speed = step_speed(module, torch.randn(8, 4), torch.optim.SGD(module.parameters(), lr=0.1), 3, until=until)
+        assert module.calls == calls and speed > 0
 
 
 def test_the_teacher_is_not_probed_once_the_budget_is_spent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

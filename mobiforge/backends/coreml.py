@@ -22,12 +22,34 @@ from typing import Any
 import torch
 from torch import nn
 
-from mobiforge.backends import Int8Job, Interface, Runner
+from mobiforge.backend_api import AppSnippets, BackendImpl, Int8Job, Interface, Runner, Simulator, runnable_suffixes
 from mobiforge.errors import MobiforgeError, missing
 from mobiforge.log import native_stderr_silenced
 from mobiforge.quantize import fold_batchnorms
 
-NOT_RUN = "not run on this host: Core ML runs only on Apple platforms (macOS, iOS)"
+NOT_RUN_HERE = "not run on this host: Core ML runs only on Apple platforms (macOS, iOS)"
+# The app code: Swift for Vision (``VNCoreMLRequest``), which reads the labels and the image input from the package
+SWIFT = """\
+// Xcode: add {file} to the app target (Xcode compiles it to {stem}.mlmodelc). iOS 16 or later.
+// The package carries its labels and its preprocessing (an RGB image input; the normalisation is in its graph).
+import CoreML
+import Vision
+
+let model = try VNCoreMLModel(for: MLModel(contentsOf: Bundle.main.url(forResource: "{stem}",
+                                                                     withExtension: "mlmodelc")!))
+
+func classify(image: CGImage) throws -> String {{
+    // The model saw the center {crop_pct}% of each photo's short side (resized to {resize}, cropped to {size}).
+    let width = CGFloat(image.width), height = CGFloat(image.height)
+    let side = {crop_fraction} * min(width, height)
+    let request = VNCoreMLRequest(model: model)
+    request.regionOfInterest = CGRect(x: (width - side) / 2 / width, y: (height - side) / 2 / height,
+                                      width: side / width, height: side / height)
+    request.imageCropAndScaleOption = .scaleFill  // the region is already square
+    try VNImageRequestHandler(cgImage: image).perform([request])
+    return (request.results as? [VNClassificationObservation])?.first?.identifier ?? ""
+}}
+"""
 SPECIFICATION_TARGETS = {7: "iOS 16", 8: "iOS 17", 9: "iOS 18"}  # Core ML's model specification versions
 WEIGHT_THRESHOLD = 2048  # tensors with fewer elements stay float16 (coremltools' default; depthwise kernels, biases)
 
@@ -45,28 +67,6 @@ class Normalised(nn.Module):
         return torch.softmax(self.model((image - self.mean) / self.std), dim=1)
 
 
-def write(model: nn.Module, example: torch.Tensor, path: Path, interface: Interface | None = None) -> Path:
-    mlmodel = _convert(model, example, interface)
-    _save(mlmodel, path)
-    return path  # float16 weights and activations: Core ML's default for ML programs (the Neural Engine's type)
-
-
-def write_int8(model: nn.Module, job: Int8Job, path: Path) -> tuple[None, str]:
-    ct = _coremltools()
-    optimize = ct.optimize.coreml
-    config = optimize.OptimizationConfig(
-        global_config=optimize.OpLinearQuantizerConfig(
-            mode="linear_symmetric", dtype="int8", granularity="per_channel", weight_threshold=WEIGHT_THRESHOLD
-        )
-    )
-    mlmodel = _convert(model, job.example, job.interface)
-    with native_stderr_silenced(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # an all-zero channel (pruned) has scale 0: stored as 0
-        mlmodel = optimize.linear_quantize_weights(mlmodel, config=config)
-    _save(mlmodel, path)
-    return None, "Core ML: int8 weights per output channel (8-bit storage), float16 activations"
-
-
 class Float16(nn.Module):
     """The model computing in float16, weights and activations, as Core ML does by default."""
 
@@ -78,22 +78,6 @@ class Float16(nn.Module):
         return self.model(images.half()).float()
 
 
-def simulated(model: nn.Module, int8: bool) -> nn.Module:
-    """``model`` computing as the package does: in float16, and with ``int8`` BatchNorm folded into its convs and
-    every weight of WEIGHT_THRESHOLD elements or more rounded to int8 per output channel, symmetric, as
-    ``linear_quantize_weights`` stores it."""
-    folded = fold_batchnorms(model, [""])  # a copy
-    if not int8:
-        return Float16(folded).eval()
-    with torch.no_grad():
-        for module in folded.modules():
-            if isinstance(module, (nn.Conv2d, nn.Linear)) and module.weight.numel() >= WEIGHT_THRESHOLD:
-                weight = module.weight
-                scale = weight.abs().amax(dim=tuple(range(1, weight.dim())), keepdim=True) / 127.0
-                module.weight.copy_(torch.where(scale > 0, (weight / scale).round().clamp(-127, 127) * scale, 0.0))
-    return Float16(folded).eval()
-
-
 @dataclass
 class Declared:
     """What a package declares, read back from its spec."""
@@ -103,18 +87,6 @@ class Declared:
     labels: list[str]
     int8_tensors: int
     constants: int
-
-
-def inspect(path: Path) -> list[str]:
-    """What the package declares, as report notes: its image input, its labels, its 8-bit weights."""
-    found = read_back(path)
-    labels = ", ".join(found.labels) if len(found.labels) <= 10 else f"{len(found.labels)} classes"
-    target = SPECIFICATION_TARGETS.get(found.specification, "a later iOS")
-    return [
-        f"image input {found.image}; specification version {found.specification} ({target} or later)",
-        f"labels in the package: {labels}",
-        f"{found.int8_tensors} weight tensors stored in 8 bits (of {found.constants} constants)",
-    ]
 
 
 def read_back(path: Path) -> Declared:
@@ -135,18 +107,6 @@ def read_back(path: Path) -> Declared:
         tensors += op.type == "const" or op.type.startswith("constexpr")
     colour = ct.proto.FeatureTypes_pb2.ImageFeatureType.ColorSpace.Name(image.colorSpace)
     return Declared(f"{image.width}x{image.height} {colour}", spec.specificationVersion, labels, int8, tensors)
-
-
-def runner(path: Path, threads: int) -> Runner:
-    raise MobiforgeError(f"{path}: {NOT_RUN}; run it in Xcode, or run the .pte/.tflite/.onnx export here")
-
-
-def input_shape(path: Path) -> tuple[int, ...]:
-    raise MobiforgeError(f"{path}: {NOT_RUN}")
-
-
-def int8_simulator(model: nn.Module, job: Int8Job, images: torch.Tensor, scratch: Path) -> Any:
-    raise MobiforgeError("the float-layer search runs int8 in a runtime; Core ML's int8 is weights only (no search)")
 
 
 def _convert(model: nn.Module, example: torch.Tensor, interface: Interface | None) -> Any:
@@ -184,3 +144,67 @@ def _coremltools() -> Any:
     except ImportError:
         raise missing("coremltools") from None
     return coremltools
+
+
+class CoreML(BackendImpl):
+    NOT_RUN = NOT_RUN_HERE
+
+    def write(self, model: nn.Module, example: torch.Tensor, path: Path, interface: Interface | None = None) -> Path:
+        mlmodel = _convert(model, example, interface)
+        _save(mlmodel, path)
+        return path  # float16 weights and activations: Core ML's default for ML programs (the Neural Engine's type)
+
+    def write_int8(self, model: nn.Module, job: Int8Job, path: Path) -> tuple[None, str]:
+        ct = _coremltools()
+        optimize = ct.optimize.coreml
+        config = optimize.OptimizationConfig(
+            global_config=optimize.OpLinearQuantizerConfig(
+                mode="linear_symmetric", dtype="int8", granularity="per_channel", weight_threshold=WEIGHT_THRESHOLD
+            )
+        )
+        mlmodel = _convert(model, job.example, job.interface)
+        with native_stderr_silenced(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an all-zero channel (pruned) has scale 0: stored as 0
+            mlmodel = optimize.linear_quantize_weights(mlmodel, config=config)
+        _save(mlmodel, path)
+        return None, "Core ML: int8 weights per output channel (8-bit storage), float16 activations"
+
+    def simulated(self, model: nn.Module, int8: bool) -> nn.Module:
+        """``model`` computing as the package does: in float16, and with ``int8`` BatchNorm folded into its convs and
+        every weight of WEIGHT_THRESHOLD elements or more rounded to int8 per output channel, symmetric, as
+        ``linear_quantize_weights`` stores it."""
+        folded = fold_batchnorms(model, [""])  # a copy
+        if not int8:
+            return Float16(folded).eval()
+        with torch.no_grad():
+            for module in folded.modules():
+                if isinstance(module, (nn.Conv2d, nn.Linear)) and module.weight.numel() >= WEIGHT_THRESHOLD:
+                    weight = module.weight
+                    scale = weight.abs().amax(dim=tuple(range(1, weight.dim())), keepdim=True) / 127.0
+                    module.weight.copy_(torch.where(scale > 0, (weight / scale).round().clamp(-127, 127) * scale, 0.0))
+        return Float16(folded).eval()
+
+    def inspect(self, path: Path) -> list[str]:
+        """What the package declares, as report notes: its image input, its labels, its 8-bit weights."""
+        found = read_back(path)
+        labels = ", ".join(found.labels) if len(found.labels) <= 10 else f"{len(found.labels)} classes"
+        target = SPECIFICATION_TARGETS.get(found.specification, "a later iOS")
+        return [
+            f"image input {found.image}; specification version {found.specification} ({target} or later)",
+            f"labels in the package: {labels}",
+            f"{found.int8_tensors} weight tensors stored in 8 bits (of {found.constants} constants)",
+        ]
+
+    def runner(self, path: Path, threads: int, interface: Interface | None = None) -> Runner:
+        raise MobiforgeError(f"{path}: {NOT_RUN_HERE}; run it in Xcode, or run a {runnable_suffixes()} export here")
+
+    def input_shape(self, path: Path) -> tuple[int, ...]:
+        raise MobiforgeError(f"{path}: {NOT_RUN_HERE}")
+
+    def int8_simulator(self, model: nn.Module, job: Int8Job, images: torch.Tensor, scratch: Path) -> Simulator:
+        raise MobiforgeError(
+            "the float-layer search runs int8 in a runtime; Core ML's int8 is weights only (no search)"
+        )
+
+    def app_snippets(self, pixels: bool) -> AppSnippets:
+        return AppSnippets(kotlin="", swift=SWIFT, preprocess=False)

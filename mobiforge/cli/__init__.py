@@ -18,10 +18,10 @@ from typing import Any
 
 from mobiforge import __version__
 from mobiforge import config as cfg
-from mobiforge.backends import runnable_suffixes
-from mobiforge.cli.options import add_options
+from mobiforge.backend_api import runnable_suffixes
 from mobiforge.errors import EXIT_CANNOT_RUN, EXIT_INTERRUPTED, MobiforgeError
 from mobiforge.log import DEBUG_ENV, configure, debug_requested, set_command
+from mobiforge.options import add_options
 
 JSON_HELP = "print JSON instead of a table"
 

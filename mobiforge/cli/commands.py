@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from mobiforge import config as cfg
-from mobiforge.backends import is_artifact
+from mobiforge.backend_api import is_artifact
 from mobiforge.cli import render
-from mobiforge.cli.options import read_options
 from mobiforge.errors import EXIT_CHECK_FAILED, EXIT_OK, MobiforgeError
+from mobiforge.options import read_options
 
 
 def _emit(args: argparse.Namespace, data: Any) -> bool:
@@ -84,7 +84,7 @@ def run_ship(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from mobiforge.backends import is_artifact
+    from mobiforge.backend_api import is_artifact
 
     options = read_options(args, cfg.EvalOptions)
     if is_artifact(options.checkpoint):  # an exported file, run in its own runtime
@@ -106,7 +106,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from mobiforge.backends import is_artifact
+    from mobiforge.backend_api import is_artifact
 
     options = read_options(args, cfg.PredictOptions)
     if is_artifact(options.checkpoint):  # an exported file, run in its own runtime

@@ -14,14 +14,16 @@ from mobiforge.models import (  # noqa: F401  (importing a family registers its 
 )
 from mobiforge.models.base import MobileClassifier, Preprocess
 from mobiforge.models.factory import build_from_spec, create_model
-from mobiforge.models.registry import is_model, list_models, register_model
+from mobiforge.models.registry import Traits, is_model, list_models, model_traits, register_model
 
 __all__ = [
     "MobileClassifier",
     "Preprocess",
+    "Traits",
     "build_from_spec",
     "create_model",
     "is_model",
     "list_models",
+    "model_traits",
     "register_model",
 ]

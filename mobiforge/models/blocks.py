@@ -78,6 +78,13 @@ class Conv2dSameTF(nn.Conv2d):
         return super().forward(nn.functional.pad(x, pads))
 
 
+def first_conv(module: nn.Module) -> nn.Conv2d:
+    """The conv of a ``ConvBNAct``, or ``module`` itself when it is a bare conv."""
+    conv = module[0] if isinstance(module, ConvBNAct) else module
+    assert isinstance(conv, nn.Conv2d)
+    return conv
+
+
 class ConvBNAct(nn.Sequential):
     """Conv2d, then an optional norm, then an optional activation.
 
@@ -269,3 +276,10 @@ class InvertedResidual(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.block(x)
         return out + x if self.use_res_connect else out
+
+    def widths(self) -> tuple[int, int, int]:
+        """(output, hidden, squeeze) channels as the layers hold them now (pruning narrows them in place)."""
+        layers = list(self.block)
+        depthwise = layers[1] if self.cfg.has_expand else layers[0]
+        squeeze = next((layer.fc1.out_channels for layer in layers if isinstance(layer, SqueezeExcite)), 0)
+        return first_conv(layers[-1]).out_channels, first_conv(depthwise).out_channels, squeeze

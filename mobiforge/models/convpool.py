@@ -24,8 +24,8 @@ from typing import Any
 from torch import nn
 
 from mobiforge.models.base import StackedNet, default_preprocess, linear_classifier
-from mobiforge.models.blocks import ConvBNAct, check_widths, make_divisible
-from mobiforge.models.registry import register_model
+from mobiforge.models.blocks import ConvBNAct, check_widths, first_conv, make_divisible
+from mobiforge.models.registry import Traits, register_model
 
 STAGES = 3
 
@@ -75,6 +75,24 @@ def conv_pool_net(
     return StackedNet(features, classifier, in_channels, in_channels, num_classes, default_preprocess(small_input))
 
 
+def convpool_widths(model: nn.Module) -> dict[str, Any]:
+    """A conv-pool net's widths: the stem, and each stage's two convs (no residual adds tie any of them)."""
+    stages = [stage for stage in model.features if isinstance(stage, ConvPoolStage)]
+    return {
+        "stem_channels": first_conv(model.features[0]).out_channels,
+        "stage_channels": [first_conv(stage[2]).out_channels for stage in stages],
+        "hidden_channels": [first_conv(stage[0]).out_channels for stage in stages],
+    }
+
+
+# A plain conv stack: airbench's identity start and fast BN biases were measured to help it
+# (RESULTS.md#scratch_recipe_airbench_init), and from scratch on small images, given the same epochs, it reaches more
+# than the other families (benchmarks/small_image_families.py; RESULTS.md#small_image_families).
+TRAITS = Traits(
+    family="convpool", widths=convpool_widths, small_images_only=True, identity_start=True, epoch_efficient=True
+)
+
+
 def _register(name: str, widths: tuple[int, int, int, int], summary: str) -> Callable[..., StackedNet]:
     """Register ``name``: ``conv_pool_net`` at ``widths``, with its signature (the registry checks kwargs against
     it)."""
@@ -89,7 +107,7 @@ def _register(name: str, widths: tuple[int, int, int, int], summary: str) -> Cal
         f"Conv-pool net, stem {widths[0]} and stages {'/'.join(map(str, widths[1:]))} "
         f"(``small_input=True``, 10 classes: {summary})."
     )
-    return register_model(builder)
+    return register_model(builder, traits=TRAITS)
 
 
 convpool_s = _register("convpool_s", (16, 32, 96, 192), "0.63M parameters, 36M multiply-adds at 32 px")

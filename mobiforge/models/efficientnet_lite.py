@@ -19,7 +19,8 @@ from mobiforge.models.blocks import (
     expand_stage_rows,
     remove_first_downsampling,
 )
-from mobiforge.models.registry import register_model
+from mobiforge.models.registry import Traits, register_model
+from mobiforge.models.widths import stacked_widths
 
 # EfficientNet-B0 (paper Table 1), also Lite0: expansion, channels, repeats, stride, kernel.
 EFFICIENTNET_B0_STAGES = [
@@ -33,7 +34,8 @@ EFFICIENTNET_B0_STAGES = [
 ]
 
 
-@register_model
+# truncatable: ship's truncated student keeps a prefix of the teacher's blocks (``depth``)
+@register_model(traits=Traits(widths=stacked_widths(EFFICIENTNET_B0_STAGES), truncatable=True))
 def efficientnet_lite0(
     num_classes: int = 1000,
     width_mult: float = 1.0,

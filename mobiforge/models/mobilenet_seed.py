@@ -36,8 +36,9 @@ import torch
 from torch import nn
 
 from mobiforge.models.base import StackedNet, default_preprocess, linear_classifier
-from mobiforge.models.blocks import ConvBNAct, check_widths, remove_first_downsampling
-from mobiforge.models.registry import register_model
+from mobiforge.models.blocks import ConvBNAct, check_widths, first_conv, remove_first_downsampling
+from mobiforge.models.registry import Traits, register_model
+from mobiforge.models.widths import stacked_widths
 
 
 @dataclass(frozen=True)
@@ -80,8 +81,12 @@ class SeedBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.residual(x) + self.shortcut(x))
 
+    def widths(self) -> tuple[int, int, int]:
+        """(output, hidden, squeeze) channels as the layers hold them now."""
+        return first_conv(self.residual[2]).out_channels, first_conv(self.residual[0]).out_channels, 0
 
-@register_model
+
+@register_model(traits=Traits(widths=stacked_widths()))
 def mobilenet_seed(
     num_classes: int = 1000,
     width_mult: float = 1.0,

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from torch import nn
 
 from mobiforge.models.base import StackedNet, default_preprocess, linear_classifier
-from mobiforge.models.blocks import ConvBNAct, check_widths, make_divisible, remove_first_downsampling
-from mobiforge.models.registry import register_model
+from mobiforge.models.blocks import ConvBNAct, check_widths, first_conv, make_divisible, remove_first_downsampling
+from mobiforge.models.registry import Traits, register_model
+from mobiforge.models.widths import stacked_widths
 
 
 @dataclass(frozen=True)
@@ -50,8 +51,12 @@ class DepthwiseSeparable(nn.Sequential):
         )
         self.out_channels = out_channels
 
+    def widths(self) -> tuple[int, int, int]:
+        """(output, hidden, squeeze) channels as the layers hold them now: hidden is the depthwise conv's."""
+        return first_conv(self.pw).out_channels, first_conv(self.dw).out_channels, 0
 
-@register_model
+
+@register_model(traits=Traits(widths=stacked_widths(hidden_and_head=False)))
 def mobilenet_v1(
     num_classes: int = 1000,
     width_mult: float = 1.0,

@@ -19,7 +19,8 @@ from mobiforge.models.blocks import (
     make_divisible,
     remove_first_downsampling,
 )
-from mobiforge.models.registry import register_model
+from mobiforge.models.registry import Traits, register_model
+from mobiforge.models.widths import stacked_widths
 
 # Paper Table 2: expansion t, output channels c, repeats n, first stride s.
 MOBILENET_V2_STAGES = [
@@ -33,7 +34,7 @@ MOBILENET_V2_STAGES = [
 ]
 
 
-@register_model
+@register_model(traits=Traits(widths=stacked_widths(MOBILENET_V2_STAGES)))
 def mobilenet_v2(
     num_classes: int = 1000,
     width_mult: float = 1.0,

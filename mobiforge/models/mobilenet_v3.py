@@ -21,7 +21,8 @@ from mobiforge.models.blocks import (
     make_divisible,
     remove_first_downsampling,
 )
-from mobiforge.models.registry import register_model
+from mobiforge.models.registry import Traits, register_model
+from mobiforge.models.widths import stacked_widths
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,7 @@ def _mobilenet_v3(
     return StackedNet(features, classifier, head, last, num_classes, default_preprocess(small_input))
 
 
-@register_model
+@register_model(traits=Traits(widths=stacked_widths()))
 def mobilenet_v3_large(
     num_classes: int = 1000,
     width_mult: float = 1.0,
@@ -143,7 +144,7 @@ def mobilenet_v3_large(
     )
 
 
-@register_model
+@register_model(traits=Traits(widths=stacked_widths()))
 def mobilenet_v3_small(
     num_classes: int = 1000,
     width_mult: float = 1.0,

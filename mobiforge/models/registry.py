@@ -12,26 +12,63 @@ import difflib
 import fnmatch
 import inspect
 from collections.abc import Callable
-from typing import Any, TypeVar
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar, overload
 
 from torch import nn
 
 from mobiforge.errors import MobiforgeError, UnknownModelError
 
+WidthReader = Callable[[nn.Module], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Traits:
+    """What the rest of mobiforge needs to know of a model, declared with its builder in the family's own file (as
+    timm declares its ``default_cfgs`` beside each model): adding a family touches that file and nothing else, ship's
+    candidate grid aside."""
+
+    family: str = ""  # the name several models share (``resnet`` for resnet20..56), which ``--models`` takes
+    widths: WidthReader | None = None  # reads a pruned model's widths back as spec kwargs; None: not prunable
+    not_prunable: str = ""  # why it cannot be pruned, when ``widths`` is None and the reason is not just "no reader"
+    truncatable: bool = False  # takes ``depth``: a prefix of its blocks, with a new head
+    small_images_only: bool = False  # a CIFAR-style network: ship searches it for small images only
+    identity_start: bool = False  # a plain conv stack, for which airbench's identity start and fast BN biases help
+    epoch_efficient: bool = False  # learns more per epoch than the other families from scratch on small images
+
+
 _MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
-_MODEL_FAMILY: dict[str, str] = {}
+_MODEL_MODULE: dict[str, str] = {}
+_MODEL_TRAITS: dict[str, Traits] = {}
 
 F = TypeVar("F", bound=Callable[..., nn.Module])
 
 
-def register_model(fn: F) -> F:
-    """Register a model builder under its function name. A duplicate name is an error, not a silent override."""
-    name = fn.__name__
-    if name in _MODEL_BUILDERS:
-        raise ValueError(f"model {name!r} is already registered (by {_MODEL_FAMILY[name]})")
-    _MODEL_BUILDERS[name] = fn
-    _MODEL_FAMILY[name] = fn.__module__
-    return fn
+@overload
+def register_model(fn: F, *, traits: Traits | None = None) -> F: ...
+@overload
+def register_model(fn: None = None, *, traits: Traits | None = None) -> Callable[[F], F]: ...
+def register_model(fn: F | None = None, *, traits: Traits | None = None) -> F | Callable[[F], F]:
+    """Register a model builder under its function name, with its ``traits``: ``@register_model`` or
+    ``@register_model(traits=...)``. A duplicate name is an error, not a silent override."""
+
+    def register(builder: F) -> F:
+        name = builder.__name__
+        if name in _MODEL_BUILDERS:
+            raise ValueError(f"model {name!r} is already registered (by {_MODEL_MODULE[name]})")
+        _MODEL_BUILDERS[name] = builder
+        _MODEL_MODULE[name] = builder.__module__
+        _MODEL_TRAITS[name] = traits or Traits()
+        return builder
+
+    return register(fn) if fn is not None else register
+
+
+def model_traits(name: str) -> Traits:
+    """The traits ``name`` was registered with, its family filled in (a model with none is its own family)."""
+    check_name(name)
+    traits = _MODEL_TRAITS[name]
+    return traits if traits.family else replace(traits, family=name)
 
 
 def list_models(pattern: str = "*") -> list[str]:

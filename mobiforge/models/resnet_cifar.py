@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from mobiforge.models.base import StackedNet, default_preprocess, linear_classifier
-from mobiforge.models.blocks import ConvBNAct, check_widths, make_divisible
-from mobiforge.models.registry import register_model
+from mobiforge.models.blocks import ConvBNAct, check_widths, first_conv, make_divisible
+from mobiforge.models.registry import Traits, register_model
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,22 @@ def cifar_resnet(
     return StackedNet(features, classifier, in_channels, in_channels, num_classes, default_preprocess(small_input))
 
 
+def resnet_widths(model: nn.Module) -> dict[str, Any]:
+    """A CIFAR ResNet's widths: each stage's output (its residual adds tie the blocks of a stage, and the stem to
+    the first stage), and each block's first conv, which pruning narrows on its own."""
+    blocks = [block for block in model.features if isinstance(block, BasicBlock)]
+    per_stage = len(blocks) // len(CIFAR_RESNET_STAGES)
+    ends = [blocks[(stage + 1) * per_stage - 1] for stage in range(len(CIFAR_RESNET_STAGES))]
+    return {
+        "stem_channels": first_conv(model.features[0]).out_channels,
+        "stage_channels": [first_conv(block.conv2).out_channels for block in ends],
+        "hidden_channels": [first_conv(block.conv1).out_channels for block in blocks],
+    }
+
+
+TRAITS = Traits(family="resnet", widths=resnet_widths, small_images_only=True)
+
+
 def _register(depth: int, summary: str) -> Callable[..., StackedNet]:
     """Register ``resnet{depth}``: ``cifar_resnet`` at that depth, with its signature (the registry checks kwargs
     against it)."""
@@ -111,7 +127,7 @@ def _register(depth: int, summary: str) -> Callable[..., StackedNet]:
     builder.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
     builder.__name__ = builder.__qualname__ = f"resnet{depth}"
     builder.__doc__ = f"CIFAR ResNet-{depth} (``small_input=True``, 10 classes: {summary})."
-    return register_model(builder)
+    return register_model(builder, traits=TRAITS)
 
 
 resnet20 = _register(20, "0.27M parameters, 41M multiply-adds at 32 px")

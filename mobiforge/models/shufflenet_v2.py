@@ -12,9 +12,17 @@ from torch import nn
 
 from mobiforge.models.base import MobileClassifier, default_preprocess, init_weights
 from mobiforge.models.blocks import ConvBNAct
-from mobiforge.models.registry import register_model
+from mobiforge.models.registry import Traits, register_model
 
 STAGE_REPEATS = [4, 8, 4]
+TRAITS = Traits(
+    family="shufflenet_v2",
+    not_prunable=(
+        "its units split the channels in two halves and interleave them with a channel shuffle, so a channel "
+        "removed in one branch has no fixed partner in the next unit, and its spec has only per-stage widths; "
+        "prune a MobileNet or EfficientNet-Lite model instead, or pick a narrower ShuffleNetV2 (x0_5, x1_0)"
+    ),
+)
 # Paper Table 5: channels of conv1, stage2, stage3, stage4, conv5 for each width.
 STAGE_CHANNELS = {
     "x0_5": [24, 48, 96, 192, 1024],
@@ -113,7 +121,7 @@ def _shufflenet_v2(
     )
 
 
-@register_model
+@register_model(traits=TRAITS)
 def shufflenet_v2_x0_5(
     num_classes: int = 1000,
     small_input: bool = False,
@@ -124,7 +132,7 @@ def shufflenet_v2_x0_5(
     return _shufflenet_v2("x0_5", num_classes, small_input, stages_out_channels, stages_repeats)
 
 
-@register_model
+@register_model(traits=TRAITS)
 def shufflenet_v2_x1_0(
     num_classes: int = 1000,
     small_input: bool = False,
@@ -135,7 +143,7 @@ def shufflenet_v2_x1_0(
     return _shufflenet_v2("x1_0", num_classes, small_input, stages_out_channels, stages_repeats)
 
 
-@register_model
+@register_model(traits=TRAITS)
 def shufflenet_v2_x1_5(
     num_classes: int = 1000,
     small_input: bool = False,
@@ -146,7 +154,7 @@ def shufflenet_v2_x1_5(
     return _shufflenet_v2("x1_5", num_classes, small_input, stages_out_channels, stages_repeats)
 
 
-@register_model
+@register_model(traits=TRAITS)
 def shufflenet_v2_x2_0(
     num_classes: int = 1000,
     small_input: bool = False,

@@ -5,99 +5,81 @@ state_dict, no pickled module), the new widths must be written into the rebuild 
 returns them in the form each family's factory accepts (``stem_channels``, ``stage_channels`` or
 ``block_channels``, ``hidden_channels``, ``se_channels``, ``head_channels``), and ``respec(model)`` returns the
 spec of the pruned model, checked by rebuilding it and loading the weights strictly.
+
+Each family declares its reader in its own file (``Traits.widths``); the readers of the families built as a stem, a
+sequence of blocks and a head conv (MobileNets, EfficientNet-Lite) are made by ``stacked_widths``, and each block
+reports its own widths (``block.widths()``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-import torch
 from torch import nn
 
 from mobiforge.errors import MobiforgeError
-from mobiforge.models.blocks import ConvBNAct, InvertedResidual, SqueezeExcite, StageRow
-from mobiforge.models.convpool import ConvPoolStage
-from mobiforge.models.efficientnet_lite import EFFICIENTNET_B0_STAGES
+from mobiforge.models.blocks import ConvBNAct, StageRow, first_conv
 from mobiforge.models.factory import build_from_spec
-from mobiforge.models.mobilenet_seed import SeedBlock
-from mobiforge.models.mobilenet_v1 import DepthwiseSeparable
-from mobiforge.models.mobilenet_v2 import MOBILENET_V2_STAGES
-from mobiforge.models.resnet_cifar import CIFAR_RESNET_STAGES, BasicBlock
-
-# Families whose blocks share one width per stage (residual adds tie them): spec kwarg ``stage_channels``.
-STAGE_TABLES: dict[str, list[StageRow]] = {
-    "mobilenet_v2": MOBILENET_V2_STAGES,
-    "efficientnet_lite0": EFFICIENTNET_B0_STAGES,
-}
-SUPPORTED_PREFIXES = (
-    "mobilenet_seed", "mobilenet_v1", "mobilenet_v2", "mobilenet_v3", "efficientnet_lite", "resnet", "convpool"
-)  # fmt: skip
-
-NOT_PRUNABLE = {
-    "shufflenet_v2": (
-        "its units split the channels in two halves and interleave them with a channel shuffle, so a channel "
-        "removed in one branch has no fixed partner in the next unit, and its spec has only per-stage widths; "
-        "prune a MobileNet or EfficientNet-Lite model instead, or pick a narrower ShuffleNetV2 (x0_5, x1_0)"
-    )
-}
+from mobiforge.models.registry import WidthReader, model_traits
 
 
 def check_prunable(name: str) -> None:
-    """One-line error for a family whose widths cannot be pruned and rebuilt."""
-    for prefix, why in NOT_PRUNABLE.items():
-        if name.startswith(prefix):
-            raise MobiforgeError(f"{name} cannot be pruned: {why}")
-    if not name.startswith(SUPPORTED_PREFIXES):
-        raise MobiforgeError(f"{name} cannot be pruned: mobiforge has no width reader for it")
-
-
-def _conv(module: nn.Module) -> nn.Conv2d:
-    conv = module[0] if isinstance(module, ConvBNAct) else module
-    assert isinstance(conv, nn.Conv2d)
-    return conv
-
-
-def _block_widths(block: nn.Module) -> tuple[int, int, int]:
-    """(output, hidden, squeeze) channels of one block."""
-    if isinstance(block, InvertedResidual):
-        layers = list(block.block)
-        depthwise = layers[1] if block.cfg.has_expand else layers[0]
-        squeeze = next((layer.fc1.out_channels for layer in layers if isinstance(layer, SqueezeExcite)), 0)
-        return _conv(layers[-1]).out_channels, _conv(depthwise).out_channels, squeeze
-    if isinstance(block, DepthwiseSeparable):
-        return _conv(block.pw).out_channels, _conv(block.dw).out_channels, 0
-    if isinstance(block, SeedBlock):
-        return _conv(block.residual[2]).out_channels, _conv(block.residual[0]).out_channels, 0
-    raise MobiforgeError(f"cannot read the widths of a {type(block).__name__} block")
+    """One-line error for a model whose widths cannot be pruned and rebuilt."""
+    traits = model_traits(name)
+    if traits.widths is None:
+        why = traits.not_prunable or "mobiforge has no width reader for it"
+        raise MobiforgeError(f"{name} cannot be pruned: {why}")
 
 
 def read_widths(model: nn.Module) -> dict[str, Any]:
     """The explicit-width kwargs that rebuild ``model``'s current channel counts (see the module docstring)."""
     name = model.spec["name"]
     check_prunable(name)
-    if name.startswith("resnet"):
-        return _resnet_widths(model)
-    if name.startswith("convpool"):
-        return _convpool_widths(model)
-    features = list(model.features)
-    stem, blocks = _conv(features[0]).out_channels, features[1:]
-    head = None
-    if isinstance(blocks[-1], ConvBNAct):  # V1 has no head conv
-        head = _conv(blocks[-1]).out_channels
-        blocks = blocks[:-1]
-    outs, hiddens, squeezes = (list(column) for column in zip(*map(_block_widths, blocks), strict=True))
-    widths: dict[str, Any] = {"stem_channels": stem}
-    if name in STAGE_TABLES:
-        ends = torch.tensor([row.repeats for row in STAGE_TABLES[name]]).cumsum(0) - 1
-        widths["stage_channels"] = [outs[int(end)] for end in ends]
-    else:
-        widths["block_channels"] = outs
-    if name != "mobilenet_v1":
-        widths["hidden_channels"] = hiddens
-        widths["head_channels"] = head
-    if name.startswith("mobilenet_v3") or (name == "mobilenet_v2" and model.spec["kwargs"].get("use_se")):
-        widths["se_channels"] = squeezes
-    return widths
+    reader = model_traits(name).widths
+    assert reader is not None
+    return reader(model)
+
+
+def stacked_widths(stages: Sequence[StageRow] | None = None, hidden_and_head: bool = True) -> WidthReader:
+    """The width reader of a stem + blocks (+ head conv) network.
+
+    ``stages``: the family's stage table, when residual adds tie the blocks of a stage to one width (spec kwarg
+    ``stage_channels``); without it each block has its own (``block_channels``). ``hidden_and_head``: the family
+    takes ``hidden_channels`` and ``head_channels`` (MobileNetV1 has neither). ``se_channels`` is read where any
+    block has a squeeze-excite.
+    """
+    ends = [sum(row.repeats for row in stages[: index + 1]) - 1 for index in range(len(stages))] if stages else None
+
+    def read(model: nn.Module) -> dict[str, Any]:
+        features = list(model.features)
+        stem, blocks = first_conv(features[0]).out_channels, features[1:]
+        head = None
+        if isinstance(blocks[-1], ConvBNAct):  # V1 has no head conv
+            head = first_conv(blocks[-1]).out_channels
+            blocks = blocks[:-1]
+        outs, hiddens, squeezes = (list(column) for column in zip(*map(_block_widths, blocks), strict=True))
+        widths: dict[str, Any] = {"stem_channels": stem}
+        if ends is not None:
+            widths["stage_channels"] = [outs[end] for end in ends]
+        else:
+            widths["block_channels"] = outs
+        if hidden_and_head:
+            widths["hidden_channels"] = hiddens
+            widths["head_channels"] = head
+        if any(squeezes):
+            widths["se_channels"] = squeezes
+        return widths
+
+    return read
+
+
+def _block_widths(block: nn.Module) -> tuple[int, int, int]:
+    """(output, hidden, squeeze) channels of one block."""
+    widths = getattr(block, "widths", None)
+    if widths is None:
+        raise MobiforgeError(f"cannot read the widths of a {type(block).__name__} block")
+    return widths()
 
 
 def respec(model: nn.Module) -> dict[str, Any]:
@@ -117,26 +99,3 @@ def respec(model: nn.Module) -> dict[str, Any]:
         raise MobiforgeError(f"the pruned {spec['name']} cannot be rebuilt from its widths ({first})") from None
     model.spec = spec
     return spec
-
-
-def _resnet_widths(model: nn.Module) -> dict[str, Any]:
-    """A CIFAR ResNet's widths: each stage's output (its residual adds tie the blocks of a stage, and the stem to
-    the first stage), and each block's first conv, which pruning narrows on its own."""
-    blocks = [block for block in model.features if isinstance(block, BasicBlock)]
-    per_stage = len(blocks) // len(CIFAR_RESNET_STAGES)
-    ends = [blocks[(stage + 1) * per_stage - 1] for stage in range(len(CIFAR_RESNET_STAGES))]
-    return {
-        "stem_channels": _conv(model.features[0]).out_channels,
-        "stage_channels": [_conv(block.conv2).out_channels for block in ends],
-        "hidden_channels": [_conv(block.conv1).out_channels for block in blocks],
-    }
-
-
-def _convpool_widths(model: nn.Module) -> dict[str, Any]:
-    """A conv-pool net's widths: the stem, and each stage's two convs (no residual adds tie any of them)."""
-    stages = [stage for stage in model.features if isinstance(stage, ConvPoolStage)]
-    return {
-        "stem_channels": _conv(model.features[0]).out_channels,
-        "stage_channels": [_conv(stage[2]).out_channels for stage in stages],
-        "hidden_channels": [_conv(stage[0]).out_channels for stage in stages],
-    }

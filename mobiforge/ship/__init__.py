@@ -1,33 +1,39 @@
 """``ship(config)``: an image folder and a device budget in, the best verified on-device model out.
 
-The package, one module per concern: ``config`` (what is asked), ``state`` (typed stage records and the resumable
-state file), ``search`` (survey and measured candidates), ``plan`` (the time plan and the train callbacks that keep
-it), ``stages`` (teacher, training, export through the gate), ``pipeline`` (the stage loop), ``report`` and
-``snippets`` (model card, report, app code).
+The package, one module per concern: ``config`` (what is asked, the candidate grid), ``state`` (typed stage records
+and the resumable state file), ``search`` (survey, measured candidates, speed probes), ``speeds`` (this machine's
+probed training speeds, kept for the next search), ``plan`` (the time plan and the train callbacks that keep it),
+``ladder`` (the teacher's transfer ladder: probe, tail, full fine-tune), ``stages`` (teacher, training, export
+through the gate, the Core ML package), ``pipeline`` (the stage loop and the clock), ``shortfall``, ``report`` and
+``snippets`` (what fell short and why, model card, report, app code).
 
 Stages, each recorded in ``RUN/ship_state.json`` when it finishes so that rerunning the same command after a
-Ctrl-C or a SIGKILL resumes instead of starting over (a training stopped mid-way resumes from its ``last.pt``):
+Ctrl-C, a SIGTERM or a SIGKILL resumes instead of starting over (a training stopped mid-way resumes from its
+``last.pt``):
 
 1. ``survey``: classes, split sizes, typical image side; small images (<= 64 px) keep a 32 px input.
-2. ``search``: candidate architectures (a table of model, width and input size, plus the teacher when there is
-   one: itself if it fits the size budget, else pruned into it) are filtered by their estimated int8 weight size,
-   then ranked (teacher-derived first, then by MACs: within one family accuracy grows with compute) and
-   *measured*: each is quantized (PT2E, random calibration is enough for timing), written in the chosen runtime's
-   format, and timed there on this machine at batch 1. The file size and latency of that artifact decide whether
-   it fits; a quick training-speed probe sizes its training.
-3. ``teacher``: with ``--teacher auto`` and large images, the pretrained EfficientNet-Lite0 fine-tuned on the data
-   when the time budget allows it (a checkpoint given as ``--teacher`` is used as is). It is both the teacher for
-   distillation and, pruned into the size budget, a candidate of its own: pruning is how a pretrained network
-   gets into a budget it does not fit.
-4. ``train:NAME``: the best-ranked fitting candidates, each within its share of the remaining time budget
-   (``mobiforge.train.train``, distilling from the teacher when there is one). The probe's epoch count is only a
-   first plan: once the first epoch is timed, the run is re-planned (epochs and learning-rate schedule) to end by
-   the end of its share.
+2. ``search``: candidate architectures (``CANDIDATE_GRID``: model, width, each input size of the data's regime;
+   the model's registered traits say which regimes), plus the teacher when there is one: itself if it fits the
+   size budget, else pruned into it (Taylor importance, its first blocks whole) and truncated into it. They are
+   filtered by their estimated int8 weight size, ranked (teacher-derived first, then by what the time budget buys)
+   and *measured*: each is quantized (PT2E, random calibration is enough for timing), written in the chosen
+   runtime's format and timed there at batch 1. The file size and latency decide whether it fits; a training-speed
+   probe sizes its training. Nothing is measured without the time for it.
+3. ``teacher``: with ``--teacher auto`` and large images, the pretrained EfficientNet-Lite0 climbs the transfer
+   ladder (``ladder``: a linear probe on cached features, then its last blocks on cached inputs, then a full
+   fine-tune) as far as the time allows; a checkpoint given as ``--teacher`` is used as is. It is the teacher for
+   distillation and, pruned or truncated into the size budget, the source of the students.
+4. ``train:NAME``: the best-ranked fitting candidates, each within its share of the remaining time budget. A
+   student whose first blocks are the teacher's trains its tail on their cached output (``transfer``), distilled
+   from the teacher's cached logits; the others train whole (``mobiforge.train.train``). The probe's epoch count
+   is only a first plan: once the first epoch is timed, the run is re-planned to end by the end of its share.
 5. ``export:NAME``: int8 PTQ in the runtime and the accuracy gate through the runtime on the validation images;
    when PTQ loses more than ``max_drop`` points and time is left, PTQ with the stem and first block in float, then
    QAT.
-6. ``result``: the most accurate artifact that meets every budget is copied to ``RUN/model.<ext>``, with
-   ``model_card.json``, ``report.md`` and ``report.html``; when none meets them, the report says what came closest.
+6. ``coreml``: with a minute of budget left, the iOS package beside the shipped file, checked without a Mac.
+7. ``result``: the most accurate artifact that meets every budget is copied to ``RUN/model.<ext>``, with
+   ``model_card.json``, ``report.md`` and ``report.html``; when none meets them, the report says what came closest
+   and why (``shortfall``).
 
 Time: the budget covers every stage; elapsed time is carried across resumed sessions.
 """

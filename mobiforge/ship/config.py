@@ -22,11 +22,11 @@ FIRST_LAYERS_IN_FLOAT = 2  # the stem and the first block: where int8 hurts Mobi
 
 @dataclass(frozen=True)
 class GridRow:
-    """One architecture the search may try (at every input size of the data's regime)."""
+    """One architecture the search may try (at every input size of the data's regime; the model's ``Traits`` say
+    which regimes)."""
 
     model: str
     width_mult: float | None
-    small_images_only: bool = False
 
 
 # Mobile families at widths whose int8 weights range from ~0.3 to ~2.5 MB, and for small images the conv-pool nets
@@ -34,13 +34,13 @@ class GridRow:
 # benchmarks/roofline.py). The search keeps those under the size budget and ranks them by what the time budget buys
 # (see ``search.rank``).
 CANDIDATE_GRID: tuple[GridRow, ...] = (
-    GridRow("convpool_m", None, small_images_only=True),
-    GridRow("convpool_s_wide", None, small_images_only=True),
-    GridRow("convpool_s", None, small_images_only=True),
-    GridRow("resnet56", None, small_images_only=True),
-    GridRow("resnet44", None, small_images_only=True),
-    GridRow("resnet32", None, small_images_only=True),
-    GridRow("resnet20", None, small_images_only=True),
+    GridRow("convpool_m", None),
+    GridRow("convpool_s_wide", None),
+    GridRow("convpool_s", None),
+    GridRow("resnet56", None),
+    GridRow("resnet44", None),
+    GridRow("resnet32", None),
+    GridRow("resnet20", None),
     GridRow("mobilenet_v2", 1.0),
     GridRow("mobilenet_v2", 0.75),
     GridRow("mobilenet_v3_small", 1.0),

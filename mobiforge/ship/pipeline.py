@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from mobiforge.backends import get_backend
+from mobiforge.backend_api import get_backend
 from mobiforge.config import ShipConfig
 from mobiforge.errors import MobiforgeError
 from mobiforge.log import logger

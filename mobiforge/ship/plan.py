@@ -9,6 +9,7 @@ from collections.abc import Callable
 from mobiforge import engine
 from mobiforge.config import ShipConfig
 from mobiforge.data import DataConfig
+from mobiforge.models import is_model, model_traits
 from mobiforge.ship.config import MAX_EPOCHS, MIN_EPOCHS, SCRATCH_EPOCHS, SMALL_IMAGE_SIDE
 from mobiforge.ship.state import Candidate, Survey, TrainRecord
 from mobiforge.train import Trainer
@@ -33,14 +34,13 @@ def data_config(config: ShipConfig, img_size: int | None) -> DataConfig:
     )
 
 
-# Plain conv stacks, for which airbench's identity start and fast BN biases were measured to help
-# (RESULTS.md#scratch_recipe_airbench_init); residual and depthwise networks keep a random start.
-IDENTITY_START_FAMILIES = ("convpool",)
 NORM_BIAS_LR_SCALE = 64.0  # airbench's: BN biases learn 64x faster than the weights, BN scales held at 1
 
 
 def identity_start(model: str | None) -> bool:
-    return bool(model) and model.startswith(IDENTITY_START_FAMILIES)
+    """Plain conv stacks (``Traits.identity_start``) start from airbench's identity init with fast BN biases;
+    residual and depthwise networks keep a random start."""
+    return bool(model) and is_model(model) and model_traits(model).identity_start
 
 
 def scratch_recipe(small: bool, steps: int, batch: int, model: str | None = None) -> engine.OptimConfig:

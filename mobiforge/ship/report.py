@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import dataclasses
 import html
 import importlib.metadata
 import json
@@ -26,13 +25,14 @@ import torch
 import torchvision
 
 from mobiforge import __version__
-from mobiforge.backends import get_backend
+from mobiforge.backend_api import get_backend
 from mobiforge.checkpoint import Checkpoint
-from mobiforge.config import BUILTIN_DATASETS, ShipConfig, flag_of
+from mobiforge.config import BUILTIN_DATASETS, ShipConfig
 from mobiforge.data import data_root
 from mobiforge.export import about
 from mobiforge.files import write_atomic
 from mobiforge.models.base import Preprocess
+from mobiforge.options import to_argv
 from mobiforge.paths import shareable, without_local_paths
 from mobiforge.plots import plot_confusion, plot_mistakes, pyplot
 from mobiforge.ship.config import CORE_ML, FILE_OVERHEAD
@@ -64,20 +64,12 @@ COMMAND_PATHS = ("data", "teacher", "out")  # written without the local absolute
 
 def ship_command(config: ShipConfig) -> str:
     """The CLI command that reruns (and so resumes) this ship run: every setting the resume compares, shell-quoted."""
-    argv = ["mobiforge", "ship"]
-    for field in dataclasses.fields(config):
-        value = getattr(config, field.name)
-        if value is None or (field.name not in COMMAND_ALWAYS and value == field.default):
-            continue
-        flag, show = flag_of(field)[0], field.metadata["cli"]["show"]
-        if isinstance(value, bool):
-            argv.append(flag if value else f"--no-{flag[2:]}")
-            continue
-        text = show(value) if show else ",".join(value) if isinstance(value, list) else str(value)
-        if field.name in COMMAND_PATHS and value not in ("auto", "none", *BUILTIN_DATASETS):
-            text = shareable(value)
-        argv += [flag, text]
-    return shlex.join(argv)
+
+    def shared(name: str, text: str) -> str:
+        local = name in COMMAND_PATHS and text not in ("auto", "none", *BUILTIN_DATASETS)
+        return shareable(text) if local else text
+
+    return shlex.join(["mobiforge", "ship", *to_argv(config, always=COMMAND_ALWAYS, rewrite=shared)])
 
 
 def _core_ml_card(package: Any) -> dict[str, Any]:

@@ -26,17 +26,17 @@ import torch
 from PIL import Image
 from torch import nn
 
-from mobiforge.backends import get_backend
+from mobiforge.backend_api import get_backend
 from mobiforge.checkpoint import Checkpoint
 from mobiforge.config import ShipConfig
 from mobiforge.data import DataConfig, classes_without_images, discover, find_unreadable, report_bad
 from mobiforge.engine import autocast, cpu_has_native_bf16
 from mobiforge.errors import MobiforgeError
 from mobiforge.export import ExportConfig, ExportData, build_artifact, interface
-from mobiforge.models import build_from_spec, create_model
+from mobiforge.models import build_from_spec, create_model, model_traits
 from mobiforge.models.base import StackedNet
 from mobiforge.models.weights import get_weights, locate_quietly
-from mobiforge.models.widths import NOT_PRUNABLE, respec
+from mobiforge.models.widths import respec
 from mobiforge.paths import without_local_paths
 from mobiforge.profile import count_macs, count_params, int8_weight_bytes, measure_latency, num_threads
 from mobiforge.prune import PruneConfig, prune_model, ratio_for_target
@@ -60,7 +60,6 @@ from mobiforge.ship.state import Candidate, Survey, TeacherSpec
 # (RESULTS.md#pruned_student_hymenoptera).
 PRUNING = PruneConfig(checkpoint="", ratio=0.5, importance="taylor")
 KEPT_SHARE = 1 / 3  # of the pruned teacher's int8 bytes, at most, in its first blocks left whole
-TRUNCATABLE = ("efficientnet_lite0",)  # families with a ``depth`` argument (a prefix of their blocks)
 SEARCH_SHARE = 0.2  # of the time left, at most, for measuring candidates (after the first)
 # The search's share is never shorter, and no candidate (not even the first) is measured with less of the budget
 # left: a file's export and timing took 62 s with two other busy processes on 2 cores (issue 44).
@@ -128,7 +127,7 @@ def grid_candidates(config: ShipConfig, info: Survey) -> list[Candidate]:
     rows = [
         row
         for row in CANDIDATE_GRID
-        if _chosen(row.model, config.models) and (info.small_images or not row.small_images_only)
+        if _chosen(row.model, config.models) and (info.small_images or not model_traits(row.model).small_images_only)
     ]
     candidates = []
     for row in rows:
@@ -151,14 +150,9 @@ def grid_candidates(config: ShipConfig, info: Survey) -> list[Candidate]:
     return candidates
 
 
-FAMILY_PREFIXES = (*NOT_PRUNABLE, "resnet", "convpool")  # families of several named models: ``--models`` takes them
-# From scratch on small images, given the same epochs, the conv-pool nets reach more than the other families:
-# benchmarks/small_image_families.py (a CIFAR-10 subset, the same epochs for each; RESULTS.md#small_image_families).
-EPOCH_EFFICIENT_FAMILIES = ("convpool",)
-
-
 def family(model: str) -> str:
-    return next((prefix for prefix in FAMILY_PREFIXES if model.startswith(prefix)), model)
+    """The family ``--models`` names ``model`` by (``resnet`` for resnet20)."""
+    return model_traits(model).family
 
 
 def build_scratch(model: str, width_mult: float | None, num_classes: int, small: bool) -> nn.Module:
@@ -197,8 +191,7 @@ def teacher_candidate(spec: TeacherSpec, num_classes: int, max_size: int, target
     prunes to nearly the same shapes, and never above the size target."""
     name, size = spec.name, spec.img_size
     model = teacher_weights(spec, num_classes)
-    prunable = not any(name.startswith(prefix) for prefix in NOT_PRUNABLE)
-    if int8_weight_bytes(model) * FILE_OVERHEAD <= max_size or not prunable:
+    if int8_weight_bytes(model) * FILE_OVERHEAD <= max_size or model_traits(name).widths is None:
         return _measured_as(model, f"{name}-{size}px", name, size, "teacher")
     target = target or int(max_size / FILE_OVERHEAD)
     keep = kept_blocks(model, target)
@@ -215,7 +208,7 @@ def truncated_candidate(
     the budget, below ``below`` blocks: its layers take the teacher's weights unchanged, so unlike pruning nothing
     learned is disturbed; what it loses is the late, most ImageNet-specific layers."""
     name, size = spec.name, spec.img_size
-    if name not in TRUNCATABLE:
+    if not model_traits(name).truncatable:
         return None
     teacher = teacher_weights(spec, num_classes)
     if teacher.spec["kwargs"].get("depth"):
@@ -270,9 +263,12 @@ def candidate_model(candidate: Candidate, info: Survey, teacher_spec: TeacherSpe
 # ------------------------------------------------------------------------------------------------ measurement
 
 
-def measure_candidate(model: nn.Module, candidate: Candidate, config: ShipConfig, workdir: Path) -> None:
+def measure_candidate(
+    model: nn.Module, candidate: Candidate, config: ShipConfig, workdir: Path, until: float | None = None
+) -> None:
     """Write the candidate's int8 artifact (random weights and calibration: timing does not depend on them) in the
-    runtime's format, and time it there at batch 1; also probe its training speed."""
+    runtime's format, and time it there at batch 1; also probe its training speed, in fewer steps when needed to
+    end by ``until`` (a wall-clock time)."""
     model = _like_trained(copy.deepcopy(model)).eval()
     size = candidate.img_size
     example = torch.randn(1, 3, size, size)
@@ -297,19 +293,23 @@ def measure_candidate(model: nn.Module, candidate: Candidate, config: ShipConfig
     candidate.latency_ms = stats.median_ms
     path.unlink()
     if candidate.train_images_per_s is None:
-        probe_training(model, candidate, config)
+        probe_training(model, candidate, config, until)
 
 
-def probe_training(model: nn.Module, candidate: Candidate, config: ShipConfig) -> None:
+def probe_training(model: nn.Module, candidate: Candidate, config: ShipConfig, until: float | None = None) -> None:
     """The candidate's training speed, and bf16 autocast for it where the CPU runs bf16 natively and the probe
     measures it BF16_GAIN faster (from scratch only: 2x for ResNet-20 at 32 px on an AVX512-BF16 EPYC, no gain for
     MobileNetV2 on a Xeon with AMX; ``engine.resolve_amp``). Pretrained candidates keep fp32 weights' precision.
-    A scratch candidate's speeds are kept in the machine's speed cache (``speeds``) for the next search."""
-    fp32 = training_speed(model, candidate.img_size, config)
+    A scratch candidate's speeds are kept in the machine's speed cache (``speeds``) for the next search. Probes
+    that must end by ``until`` take fewer steps; when the time left would not hold another probe as long as fp32's,
+    bf16's is skipped and the speeds are not cached (they may be the slower warm-up step's alone)."""
+    started = time.time()
+    fp32 = training_speed(model, candidate.img_size, config, until=until)
+    whole = until is None or 2 * time.time() - started <= until  # time for another probe as long: none was cut
     bf16 = 0.0
-    if candidate.source == "scratch" and cpu_has_native_bf16():
-        bf16 = training_speed(model, candidate.img_size, config, torch.bfloat16)
-    if candidate.source == "scratch":
+    if candidate.source == "scratch" and cpu_has_native_bf16() and whole:
+        bf16 = training_speed(model, candidate.img_size, config, torch.bfloat16, until=until)
+    if candidate.source == "scratch" and whole:
         speeds.record(_speed_key(candidate, config), fp32, bf16)
     train_at(candidate, fp32, bf16)
 
@@ -362,13 +362,18 @@ def inference_speed(model: nn.Module, img_size: int, batch: int = 16, steps: int
 
 
 def training_speed(
-    model: nn.Module, img_size: int, config: ShipConfig, amp: torch.dtype | None = None, steps: int = 3
+    model: nn.Module,
+    img_size: int,
+    config: ShipConfig,
+    amp: torch.dtype | None = None,
+    steps: int = 3,
+    until: float | None = None,
 ) -> float:
     """Training images per second of ``model`` (SGD steps on random data, channels_last, after one warm-up)."""
     model = copy.deepcopy(model).train().to(memory_format=torch.channels_last)
     batch = batch_size(config, img_size)
     images = torch.randn(batch, 3, img_size, img_size).contiguous(memory_format=torch.channels_last)
-    return step_speed(model, images, torch.optim.SGD(model.parameters(), lr=1e-3), steps, amp)
+    return step_speed(model, images, torch.optim.SGD(model.parameters(), lr=1e-3), steps, amp, until)
 
 
 def step_speed(
@@ -377,19 +382,30 @@ def step_speed(
     optimizer: torch.optim.Optimizer,
     steps: int,
     amp: torch.dtype | None = None,
+    until: float | None = None,
 ) -> float:
     """Images per second of ``steps`` training steps of ``module`` on ``inputs`` (after one warm-up step), under
-    autocast to ``amp`` when given."""
+    autocast to ``amp`` when given. With ``until`` (a wall-clock time), only the steps that the warm-up's time says
+    end by then are taken; with none, the warm-up step's own speed is returned (it is slower: allocation)."""
     targets = torch.zeros(inputs.shape[0], dtype=torch.long)
-    started = 0.0
-    for step in range(steps + 1):
-        if step == 1:
-            started = time.perf_counter()
+
+    def step() -> None:
         optimizer.zero_grad()
         with autocast(inputs.device, amp):
             loss = nn.functional.cross_entropy(module(inputs), targets)
         loss.backward()
         optimizer.step()
+
+    started = time.perf_counter()
+    step()
+    warm_up = time.perf_counter() - started
+    if until is not None:
+        steps = min(steps, int((until - time.time()) / warm_up))
+    if steps <= 0:
+        return inputs.shape[0] / warm_up
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
     return steps * inputs.shape[0] / (time.perf_counter() - started)
 
 
@@ -425,7 +441,8 @@ def search(
             continue
         measured += 1
         say(f"search: measuring {candidate.name} in {config.runtime} ({candidate.macs / 1e6:.1f}M MACs)")
-        measure_candidate(candidate_model(candidate, info, teacher_spec), candidate, config, workdir)
+        model = candidate_model(candidate, info, teacher_spec)
+        measure_candidate(model, candidate, config, workdir, until=search_deadline)
         if teacher_spec is not None:
             candidate = _reaim(candidates, candidate, config, info, teacher_spec, say, workdir, left)
         candidate.status = _verdict(candidate, config)
@@ -514,7 +531,7 @@ def rank(candidate: Candidate) -> tuple[int, int, int, float]:
     """Networks from the (pretrained) teacher first: itself, then pruned (every stage kept, the first blocks whole),
     then truncated (its first blocks alone; both train on the ladder's cache). Then, where the training speeds were
     probed first (small images), what the time budget buys: candidates it gives SCRATCH_EPOCHS or more come first,
-    the families that learn most per epoch before the rest (EPOCH_EFFICIENT_FAMILIES), each by compute (given the
+    the families that learn most per epoch before the rest (``Traits.epoch_efficient``), each by compute (given the
     epochs to learn, accuracy grows with it), then the rest by the epochs they get (short of them, the network
     trained longest is the best), the fastest first among equals; elsewhere, by compute."""
     source = SOURCE_ORDER.index(candidate.source)
@@ -522,7 +539,7 @@ def rank(candidate: Candidate) -> tuple[int, int, int, float]:
     if epochs is None:
         return source, 0, 0, -candidate.macs
     if epochs >= SCRATCH_EPOCHS:
-        return source, 0, int(family(candidate.model) not in EPOCH_EFFICIENT_FAMILIES), -candidate.macs
+        return source, 0, int(not model_traits(candidate.model).epoch_efficient), -candidate.macs
     return source, 1, -epochs, -(candidate.train_images_per_s or 0.0)  # equal epochs (none left): the fastest
 
 

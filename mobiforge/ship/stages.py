@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from mobiforge import engine
-from mobiforge.backends import get_backend
+from mobiforge.backend_api import get_backend
 from mobiforge.checkpoint import Checkpoint
 from mobiforge.config import CARD_FIELDS, ShipConfig
 from mobiforge.data import DataConfig, loader_workers
@@ -607,11 +607,13 @@ QAT_IMAGES = 2000  # training images of ship's QAT epoch, at most
 QAT_STEP_COST = 4.0  # a QAT image costs this many plain training images (fake quantization, calibration, BN folds)
 
 
-def attempt_seconds(method: str, candidate: Candidate, info: Survey) -> float:
-    """What one more export attempt takes: a PTQ export, or QAT's epoch on up to QAT_IMAGES images (at the
-    candidate's measured training speed, with the fake-quant overhead) plus its export."""
+def attempt_seconds(method: str, candidate: Candidate, info: Survey, last_seconds: float) -> float:
+    """What one more export attempt takes: a PTQ export, as long as the attempt just made (the same checkpoint,
+    calibration and val images: the padded reserve refused a 42 s retry with 50 s left on hymenoptera), or QAT's
+    epoch on up to QAT_IMAGES images (at the candidate's measured training speed, with the fake-quant overhead) plus
+    its export."""
     if method != "qat":
-        return export_reserve(candidate, info)
+        return last_seconds
     images = min(QAT_IMAGES, info.train_images)
     return 2 * export_reserve(candidate, info) + QAT_STEP_COST * images / (candidate.train_images_per_s or 10.0)
 
@@ -623,13 +625,14 @@ def export_candidate(
     then QAT (where the backend takes it), while time is left."""
     folder = Path(trained.run_dir)
     suffix = get_backend(config.runtime).suffix
-    reports = []
+    reports, last_seconds = [], 0.0
     for method, float_modules in export_attempts(trained.checkpoint, config.runtime):
         label = method.upper() + (f" with {', '.join(float_modules)} in float" if float_modules else "")
-        if reports and state.left() < attempt_seconds(method, candidate, state.survey):
+        if reports and state.left() < attempt_seconds(method, candidate, state.survey, last_seconds):
             say(f"export: {candidate.name}: missed the gate; no time left for {label}")
             break
         say(f"export: {candidate.name}: int8 {label} -> {config.runtime}, gate through the runtime")
+        started = time.time()
         name = f"model-int8-{method}" + ("-float" if float_modules else "")
         report = export_checkpoint(
             ExportConfig(
@@ -653,6 +656,7 @@ def export_candidate(
             )
         )
         reports.append(report)
+        last_seconds = time.time() - started
         say(
             f"export: {candidate.name} int8 {label}: top-1 {report.top1:.2f}% through {config.runtime} "
             f"(fp32 {report.torch_fp32_top1:.2f}%), {report.file_bytes / 1e6:.2f} MB, "
@@ -690,7 +694,7 @@ def core_ml_package(
     if images < CORE_ML_MIN_IMAGES:
         say(f"core ml: no time left for the iOS package (its conversion and {CORE_ML_MIN_IMAGES} val images)")
         return None
-    say(f"core ml: the shipped checkpoint as model.mlpackage, int8 weights, for iOS (not run on this host; "
+    say(f"core ml: the shipped checkpoint as model{backend.suffix}, int8 weights, for iOS (not run on this host; "
         f"scored on {images} val images)")  # fmt: skip
     try:
         return _core_ml_export(trained, config, run_dir, backend.suffix, images)

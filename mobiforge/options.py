@@ -2,9 +2,11 @@
 
 ``add_options(parser, Config)`` adds one option per field that carries ``option(...)`` metadata, and the options of
 nested config fields (``TrainConfig.data``, ``.optim``, ``.distill``) in their own groups; ``read_options(args,
-Config)`` builds the dataclass back from the flags given. Every option defaults to ``argparse.SUPPRESS``: a flag
-left out is absent from the namespace, so the dataclass field's own default applies, and the help text shows that
-default. The flag, help text, choices and default of an option therefore live on its field and nowhere else.
+Config)`` builds the dataclass back from the flags given, and ``to_argv(config)`` writes the flags that build it
+(a ship run's rerun command; ``tests/test_cli.py`` round-trips the two). Every option defaults to
+``argparse.SUPPRESS``: a flag left out is absent from the namespace, so the dataclass field's own default applies,
+and the help text shows that default. The flag, help text, choices and default of an option therefore live on its
+field and nowhere else. Torch-free and argparse-only: the base layer, so ship can write its rerun command.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import argparse
 import dataclasses
 import types
 import typing
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from mobiforge import config as config_module
@@ -193,3 +196,23 @@ def config_fields(
         elif "cli" in field.metadata:
             found[field.name] = (field, default)
     return found
+
+
+def to_argv(config: Any, *, always: Sequence[str] = (), rewrite: Callable[[str, str], str] | None = None) -> list[str]:
+    """The flags that build ``config`` (a flat config: no nested ones) from its class's defaults, the inverse of
+    ``read_options``: each field that differs from its default, and those named in ``always`` even at their defaults.
+    ``rewrite(field_name, text)`` may change a value's text (ship writes local paths without their absolute part)."""
+    argv: list[str] = []
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if "cli" not in field.metadata or value is None:
+            continue
+        if field.name not in always and value == _default(field, None):
+            continue
+        flag, show = flag_of(field)[0], field.metadata["cli"]["show"]
+        if isinstance(value, bool):
+            argv.append(flag if value else f"--no-{flag[2:]}")
+            continue
+        text = show(value) if show else ",".join(value) if isinstance(value, list) else str(value)
+        argv += [flag, rewrite(field.name, text) if rewrite else text]
+    return argv
