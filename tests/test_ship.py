@@ -1121,6 +1121,35 @@ def test_no_candidate_is_measured_or_probed_without_the_time_for_it(monkeypatch:
     assert measured == [] and all(c.status.startswith("not measured") for c in candidates if c.source == "scratch")
 
 
+def test_the_search_makes_and_measures_nothing_it_has_no_time_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 1-minute ship under a CPU hog spent 19 s pruning the teacher into a candidate it could never measure, then
+    measured a second candidate with 10 s left, because the search's share was counted from after the candidates
+    were made: 104 s in all. Now nothing made from the teacher without a minute left, and no candidate measured
+    without the time for one, before the search's own deadline as after it."""
+    import mobiforge.ship.search as search
+    from mobiforge.ship.state import TeacherSpec
+
+    clock = {"left": 50.0}
+    measured: list[str] = []
+
+    def measure(model: object, candidate: object, config: object, workdir: object, until: float) -> None:
+        measured.append(candidate.name)  # type: ignore[attr-defined]
+        clock["left"] -= 25.0  # under a hog, a file takes 25 s
+
+    def no_teacher(*args: object, **kwargs: object) -> None:
+        raise AssertionError("made a candidate from the teacher with no time to measure it")
+
+    monkeypatch.setattr(search, "measure_candidate", measure)
+    monkeypatch.setattr(search, "candidate_model", lambda *args: None)
+    monkeypatch.setattr(search, "teacher_candidate", no_teacher)
+    config = ShipConfig(data="x", time_budget_s=60, models=["mobilenet_v1", "mobilenet_v2"])
+    info = _survey(small=False, train_images=244)
+    spec = TeacherSpec("efficientnet_lite0", 224, pretrained=True)
+    candidates = search.search(config, info, spec, Path("unused"), print, lambda: clock["left"])
+    assert len(measured) == 1 and clock["left"] == 25.0  # the second would need 30 s
+    assert all(c.source == "scratch" for c in candidates)
+
+
 def test_a_speed_probe_takes_only_the_steps_that_end_in_time() -> None:
     """A 1-minute ship under a CPU hog spent 54 s measuring its first candidate, most of it in 8 training steps at
     224 px: a probe given a time to end by takes the steps the warm-up says fit, and none when none do."""

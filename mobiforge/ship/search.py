@@ -421,9 +421,15 @@ def search(
     left: Callable[[], float],
 ) -> list[Candidate]:
     """Measure candidates in rank order until ``max_candidates`` fit or the search's share of the budget is spent
-    (after the first candidate: a run whose budget nothing meets says so in time)."""
-    candidates = _all_candidates(config, info, teacher_spec)
+    (after the first candidate: a run whose budget nothing meets says so in time). The share counts from the
+    search's start, candidates' making included; no candidate is measured without the time for it
+    (``measure_seconds``), and those made from the teacher are not made without it (pruning one into the size
+    budget took 19 s of a 1-minute run under a CPU hog)."""
     search_deadline = time.time() + max(SEARCH_MIN_SECONDS, SEARCH_SHARE * left())
+    derived = teacher_spec if left() >= PRETRAINED_MEASURE_SECONDS else None
+    if teacher_spec is not None and derived is None:
+        say(f"search: no time for a candidate made from the teacher (it needs {PRETRAINED_MEASURE_SECONDS:.0f} s)")
+    candidates = _all_candidates(config, info, derived)
     if info.small_images:
         budget_epochs(candidates, config, info, teacher_spec, left, say)
     ranked = sorted((c for c in candidates if c.status == "not measured"), key=rank)
@@ -436,13 +442,13 @@ def search(
         if candidate.macs >= too_slow_macs and candidate.source == "scratch":
             candidate.status = "too slow (a smaller model already was)"
             continue
-        if (time.time() > search_deadline) if measured else (left() < measure_seconds(candidate)):  # budget holds
+        if left() < measure_seconds(candidate) or (measured and time.time() > search_deadline):  # budget holds
             candidate.status = "not measured (search time)"
             continue
         measured += 1
         say(f"search: measuring {candidate.name} in {config.runtime} ({candidate.macs / 1e6:.1f}M MACs)")
         model = candidate_model(candidate, info, teacher_spec)
-        measure_candidate(model, candidate, config, workdir, until=search_deadline)
+        measure_candidate(model, candidate, config, workdir, until=min(search_deadline, time.time() + left()))
         if teacher_spec is not None:
             candidate = _reaim(candidates, candidate, config, info, teacher_spec, say, workdir, left)
         candidate.status = _verdict(candidate, config)
