@@ -422,11 +422,13 @@ def test_a_given_teacher_that_fits_is_shipped_as_it_is(tmp_path: Path) -> None:
 
     data = make_split_folder(tmp_path / "data", classes=3, train=12, val=4)
     teacher = train(small_train_config(data, tmp_path / "runs", epochs=1)).run_dir / "best.pt"
-    config = tiny_config(data, tmp_path / "run", teacher=str(teacher))
+    # two minutes: a candidate made from a teacher is measured only with a minute left (PRETRAINED_MEASURE_SECONDS)
+    config = tiny_config(data, tmp_path / "run", teacher=str(teacher), time_budget_s=120)
     result = ship(config)
     assert result.chosen == "mobilenet_seed-16px"  # ranked first, and no training: it is the teacher's own run
     state = json.loads((tmp_path / "run" / "ship_state.json").read_text())
-    assert state["stages"]["train:mobilenet_seed-16px"]["checkpoint"] == str(teacher.resolve())
+    stored = state["stages"]["train:mobilenet_seed-16px"]["checkpoint"]  # relative to the run: the folder may move
+    assert (tmp_path / "run" / stored).resolve() == teacher.resolve()
     card = json.loads((tmp_path / "run" / "model_card.json").read_text())
     assert card["model"]["source"] == "teacher" and card["preprocessing"]["input_shape"] == [1, 3, 16, 16]
 
@@ -912,6 +914,7 @@ def test_a_pruned_student_takes_all_the_time_and_its_truncated_fallback_trains_o
 
     monkeypatch.setattr(pipeline, "cached_student", lambda candidate, teacher: True)
     monkeypatch.setattr(pipeline, "train_cached_student", train_student)
+    monkeypatch.setattr(pipeline, "start_seconds", lambda *args: 0.0)  # pruned already
     monkeypatch.setattr(pipeline, "export_candidate", lambda c, trained, *a: _Exported(pruned_ships or c is truncated))
     state, said = _StageLog(), []
     teacher = TrainRecord("teacher.pt", "teacher")
@@ -923,6 +926,38 @@ def test_a_pruned_student_takes_all_the_time_and_its_truncated_fallback_trains_o
         assert any("lite0-depth10 skipped: a pruned student shipped" in line for line in said)
     else:
         assert list(given) == ["lite0-pruned", "lite0-depth10"] and state.exported("lite0-depth10").met
+
+
+def test_a_pruned_student_is_not_begun_when_pruning_and_its_export_cannot_end_in_time(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Under a CPU hog, a 5-minute hymenoptera ship began its pruned student with 2:41 left: pruning the teacher
+    took 2 minutes, its export 100 s more, and the run ended 42% past its budget. What pruning will take is now
+    estimated first (the teacher's passes at its forward speed timed then)."""
+    import mobiforge.ship.pipeline as pipeline
+    import mobiforge.ship.stages as stages
+    from mobiforge import create_model
+    from mobiforge.checkpoint import model_checkpoint, save_checkpoint
+    from mobiforge.ship.state import Candidate, TrainRecord
+
+    pruned = Candidate("lite0-pruned", "efficientnet_lite0", None, 224, "pruned", export_seconds=10.0)
+    model = create_model("mobilenet_v2", num_classes=2, width_mult=0.35)
+    teacher = TrainRecord(str(save_checkpoint(model_checkpoint(model, classes=["a", "b"]), tmp_path / "t.pt")), "t")
+    monkeypatch.setattr(stages, "inference_speed", lambda model, size: 10.0)  # images/s: ~170 s of passes
+    assert stages.start_seconds(pruned, teacher, tmp_path) == pytest.approx(stages.MARGIN * 1280 / 10.0)
+    (tmp_path / "candidates" / pruned.name).mkdir(parents=True)
+    (tmp_path / "candidates" / pruned.name / "pruned.pt").touch()
+    assert stages.start_seconds(pruned, teacher, tmp_path) == 0.0  # pruned already: nothing to count
+
+    def train_student(*args: object) -> None:
+        raise AssertionError("began a student that cannot end in time")
+
+    monkeypatch.setattr(pipeline, "cached_student", lambda candidate, teacher: True)
+    monkeypatch.setattr(pipeline, "train_cached_student", train_student)
+    monkeypatch.setattr(pipeline, "start_seconds", lambda *args: 990.0)
+    state, said = _StageLog(), []
+    pipeline._train_and_export([pruned], ShipConfig(), teacher, tmp_path, None, said.append, state)  # type: ignore[arg-type]
+    assert any("no time left for lite0-pruned (pruning the teacher, ~990 s, then its export)" in line for line in said)
 
 
 def test_a_teachers_passes_are_planned_at_the_speed_its_engine_trial_recorded(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from mobiforge.runs import claim_run_dir
 from mobiforge.runtimes import copy_artifact, write_labels
 from mobiforge.ship.config import CORE_ML
 from mobiforge.ship.ladder import MIN_TAIL_EPOCHS
-from mobiforge.ship.plan import DEADLINE_MARGIN, export_estimate, export_reserve, next_training
+from mobiforge.ship.plan import DEADLINE_MARGIN, FIRST_EPOCH_SHARE, export_estimate, export_reserve, next_training
 from mobiforge.ship.report import write_ship_report
 from mobiforge.ship.search import check_families, rank, search, survey, teacher_plan
 from mobiforge.ship.shortfall import headline, why_nothing_shipped
@@ -29,6 +29,7 @@ from mobiforge.ship.stages import (
     cached_student,
     core_ml_package,
     export_candidate,
+    start_seconds,
     train_cached_student,
     train_candidate,
     train_teacher,
@@ -43,10 +44,6 @@ CACHED_SHARE = 0.75
 # the truncated one on each set measured: hymenoptera at 10 and 30 minutes and the CIFAR-10 proxy
 # (RESULTS.md#ship_hymenoptera_10m, #ship_proxy).
 FALLBACK_SOURCE = "truncated"
-# Before anything has shipped, the last candidate still trains when the time left after its export holds this
-# share of an epoch (its one epoch then ends at most half an epoch past the budget); with less, nothing trains and
-# the run says the time ran out: the budget holds on a busy machine, and a resumed run past it trains nothing.
-FIRST_EPOCH_SHARE = 0.5
 
 
 @dataclass
@@ -209,6 +206,10 @@ def _train_cached(
     export_s = export_estimate(candidate, state.survey)  # expected, not the reserve's margin: that would waste time
     if state.left() < export_s:  # its export alone would end past the budget
         say(f"train: no time left for {candidate.name} (its export alone, ~{export_s:.0f} s, would end past the time)")
+        return False
+    start_s = start_seconds(candidate, teacher, run_dir)
+    if state.left() < start_s + export_s:  # pruning the teacher and the export would end past the budget
+        say(f"train: no time left for {candidate.name} (pruning the teacher, ~{start_s:.0f} s, then its export)")
         return False
     alone = all(c.source == FALLBACK_SOURCE for c in queue[1:]) and candidate.source == "pruned"
     seconds = usable * (1.0 if len(queue) == 1 or alone else CACHED_SHARE)

@@ -14,6 +14,10 @@ from mobiforge.ship.config import MAX_EPOCHS, MIN_EPOCHS, SCRATCH_EPOCHS, SMALL_
 from mobiforge.ship.state import Candidate, Survey, TrainRecord
 from mobiforge.train import Trainer
 
+# Before anything has shipped, the last candidate still trains when the time left after its export holds this
+# share of an epoch (its one epoch then ends at most half an epoch past the budget); with less, nothing trains and
+# the run says the time ran out: the budget holds on a busy machine, and a resumed run past it trains nothing.
+FIRST_EPOCH_SHARE = 0.5
 DEADLINE_MARGIN = 1.05  # an epoch is expected to end before a deadline if it would with 5% to spare
 
 

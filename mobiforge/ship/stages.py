@@ -66,9 +66,11 @@ from mobiforge.ship.ladder import (
 from mobiforge.ship.plan import (
     CALIBRATION_IMAGES,
     DEADLINE_MARGIN,
+    FIRST_EPOCH_SHARE,
     REFERENCE_IMAGES,
     batch_size,
     data_config,
+    export_estimate,
     export_reserve,
     fit_epochs,
     plan_epochs,
@@ -456,6 +458,10 @@ def _train_student_tail(
     rung = tail_rung(speeds, state.survey, views, seconds, tails, STUDENT_TAIL_EPOCHS)
     if rung is None and not required:
         return None
+    if rung is None and shortest is not None:  # required: still not without its cache pass, half an epoch, its export
+        least = shortest.seconds - (shortest.epochs - FIRST_EPOCH_SHARE) * shortest.epoch_seconds
+        if least + teacher_seconds(views) + export_estimate(candidate, state.survey) > state.left():
+            return None
     end = budget.end
     if rung is None:  # required (nothing shipped yet): the shortest rung, with the time it needs up to the run's end
         rung = shortest or RungPlan(f"last {tails[-1]} blocks", tails[-1], MIN_TAIL_EPOCHS, 0.0, VIEWS[-1])
@@ -550,6 +556,21 @@ def truncate_teacher(teacher_checkpoint: str, candidate: Candidate, folder: Path
     return truncated.save(path)
 
 
+PRUNE_RECALIBRATION_IMAGES = 512  # training images that re-estimate a pruned student's BatchNorm statistics
+
+
+def start_seconds(candidate: Candidate, teacher: TrainRecord, run_dir: Path) -> float:
+    """What making a cached student's starting network still takes: for a pruned one not yet pruned, the teacher's
+    passes for its Taylor gradients (forward and backward: ~3 forwards an image) and for BatchNorm's re-estimation,
+    at the teacher's forward speed timed now, with the ladder's margin. Under a CPU hog this took 2 of the 2:41
+    minutes left, which nothing had counted (RESULTS.md#busy_budget)."""
+    if candidate.source != "pruned" or (run_dir / "candidates" / candidate.name / "pruned.pt").exists():
+        return 0.0
+    checkpoint = Checkpoint.load(teacher.checkpoint)
+    images = 3 * PRUNING.calibration_batches * DataConfig().batch_size + PRUNE_RECALIBRATION_IMAGES
+    return MARGIN * images / inference_speed(checkpoint.model(), checkpoint.preprocess.img_size)
+
+
 def prune_teacher(teacher_checkpoint: str, target: int, keep: int, config: ShipConfig, folder: Path) -> Path:
     """The fine-tuned teacher pruned into the size budget, its first ``keep`` blocks whole, the BatchNorm statistics
     of the rest re-estimated on training images."""
@@ -562,7 +583,7 @@ def prune_teacher(teacher_checkpoint: str, target: int, keep: int, config: ShipC
     record = {"importance": PRUNING.importance, "global": PRUNING.global_pruning, "keep_blocks": keep}
     gradients = taylor_gradients(teacher, data, PRUNING.calibration_batches) if PRUNING.importance == "taylor" else None
     prune = lambda model: prune_into(model, size, target, keep, gradients)  # noqa: E731
-    prune_and_save(teacher, prune, data, 512, config.seed, path, record, keep)
+    prune_and_save(teacher, prune, data, PRUNE_RECALIBRATION_IMAGES, config.seed, path, record, keep)
     return path
 
 
