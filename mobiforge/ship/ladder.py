@@ -76,7 +76,6 @@ class RungPlan:
     seconds: float  # estimated, end to end
     views: int = 2
     img_size: int | None = None  # None: the network's own input size
-    epoch_seconds: float = 0.0  # estimated, of one epoch (0: not estimated apart)
 
 
 def views_for(
@@ -126,7 +125,7 @@ def tail_rung(
         epoch = _cached_epoch(info.train_images * views, info.val_images, speeds.tail[blocks])
         epochs = min(max_epochs, int((seconds - cache) // epoch))
         if epochs >= MIN_TAIL_EPOCHS:
-            return RungPlan(f"last {blocks} blocks", blocks, epochs, cache + epochs * epoch, views, epoch_seconds=epoch)
+            return RungPlan(f"last {blocks} blocks", blocks, epochs, cache + epochs * epoch, views)
     return None
 
 

@@ -66,11 +66,9 @@ from mobiforge.ship.ladder import (
 from mobiforge.ship.plan import (
     CALIBRATION_IMAGES,
     DEADLINE_MARGIN,
-    FIRST_EPOCH_SHARE,
     REFERENCE_IMAGES,
     batch_size,
     data_config,
-    export_estimate,
     export_reserve,
     fit_epochs,
     plan_epochs,
@@ -458,10 +456,6 @@ def _train_student_tail(
     rung = tail_rung(speeds, state.survey, views, seconds, tails, STUDENT_TAIL_EPOCHS)
     if rung is None and not required:
         return None
-    if rung is None and shortest is not None:  # required: still not without its cache pass, half an epoch, its export
-        least = shortest.seconds - (shortest.epochs - FIRST_EPOCH_SHARE) * shortest.epoch_seconds
-        if least + teacher_seconds(views) + export_estimate(candidate, state.survey) > state.left():
-            return None
     end = budget.end
     if rung is None:  # required (nothing shipped yet): the shortest rung, with the time it needs up to the run's end
         rung = shortest or RungPlan(f"last {tails[-1]} blocks", tails[-1], MIN_TAIL_EPOCHS, 0.0, VIEWS[-1])
