@@ -25,7 +25,7 @@ from mobiforge.engine import cpu_has_native_bf16
 from mobiforge.profile import int8_weight_bytes
 from mobiforge.progress import SilentReporter
 from mobiforge.ship.plan import fit_epochs, replan_early, scratch_identity_init, scratch_recipe, stop_by
-from mobiforge.ship.search import step_speed
+from mobiforge.ship.probes import step_speed
 from mobiforge.train import EPOCH_END, TrainConfig, train
 
 

@@ -27,8 +27,8 @@ from mobiforge.data import DataConfig, ImageSamples, discover, eval_transform
 from mobiforge.models import create_model
 from mobiforge.profile import int8_weight_bytes
 from mobiforge.prune import prune_and_save, prune_model, ratio_for_target, taylor_gradients
-from mobiforge.ship.config import FILE_OVERHEAD
-from mobiforge.ship.search import PRUNING, kept_blocks
+from mobiforge.ship.policy import FILE_OVERHEAD, PRUNING
+from mobiforge.ship.search import kept_blocks
 
 TEACHER = "efficientnet_lite0"
 

@@ -27,7 +27,8 @@ from mobiforge.config import ShipConfig
 from mobiforge.engine import cpu_has_native_bf16
 from mobiforge.errors import MobiforgeError
 from mobiforge.profile import count_macs, count_params, measure_latency
-from mobiforge.ship.search import measure_candidate, step_speed
+from mobiforge.ship.probes import step_speed
+from mobiforge.ship.search import measure_candidate
 from mobiforge.ship.state import Candidate
 
 # (model, kwargs, input side, training batch): the small-image grid at 32 px, and the photo-sized ship candidates

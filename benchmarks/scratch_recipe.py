@@ -24,7 +24,7 @@ from mobiforge.data import DataConfig
 from mobiforge.engine import OptimConfig, cpu_has_native_bf16
 from mobiforge.progress import SilentReporter
 from mobiforge.ship.plan import scratch_identity_init, scratch_recipe, scratch_whiten_stem
-from mobiforge.ship.stages import PRECISE_BN_IMAGES
+from mobiforge.ship.policy import PRECISE_BN_IMAGES
 from mobiforge.train import TrainConfig, train
 
 BATCH = 128

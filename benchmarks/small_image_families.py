@@ -25,7 +25,7 @@ from mobiforge import create_model
 from mobiforge.engine import cpu_has_native_bf16
 from mobiforge.profile import count_macs, count_params
 from mobiforge.progress import SilentReporter
-from mobiforge.ship.search import step_speed
+from mobiforge.ship.probes import step_speed
 from mobiforge.train import train
 
 

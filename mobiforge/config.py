@@ -357,6 +357,9 @@ class TrainConfig:
     name: str | None = opt(None, "run directory name (default: model-data-timestamp)")
     resume: str | None = opt(None, "continue runs/NAME/last.pt", metavar="CKPT")
     tensorboard: bool = opt(True, "write TensorBoard events when TensorBoard is installed")
+    mlflow: bool = opt(
+        False, "log the run to MLflow's local file store, RUNS_DIR/mlruns (pip install 'mobiforge[tracking]')"
+    )
 
     def __post_init__(self) -> None:
         check_ranges(self)

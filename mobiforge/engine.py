@@ -23,7 +23,23 @@ from mobiforge.config import OptimConfig as OptimConfig  # public here too
 from mobiforge.errors import MobiforgeError
 from mobiforge.progress import StepInfo
 
-LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, targets, images) -> loss
+# (logits, targets, inputs, *extra) -> loss: ``extra`` is what rides in a batch after its targets (a teacher's cached
+# logits); most losses take the first three only
+LossFn = Callable[..., torch.Tensor]
+Batch = tuple[torch.Tensor, ...]  # (inputs, targets, *extra)
+
+
+class TrainingTask:
+    """A model and its loss as one step (timm's ``TrainingTask``): it takes the whole batch, inputs, targets and
+    whatever rides after them, and returns the loss and the logits. Whatever a loss needs beyond the logits comes
+    in the batch, so every run, on images or on cached features, goes through the one loop."""
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn) -> None:
+        self.model, self.loss_fn = model, loss_fn
+
+    def __call__(self, inputs: torch.Tensor, targets: torch.Tensor, *extra: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        logits = self.model(inputs)
+        return self.loss_fn(logits, targets, inputs, *extra), logits
 
 
 class DivergedError(MobiforgeError):
@@ -202,7 +218,7 @@ def _batches(loader: Iterable[Any], skip: int) -> Iterator[Any]:
 
 def train_one_epoch(
     model: nn.Module,
-    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    loader: Iterable[Batch],
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None,
     loss_fn: LossFn,
@@ -221,7 +237,8 @@ def train_one_epoch(
     progress: Callable[[StepInfo], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> EpochStats:
-    """One pass over ``loader``; ``loss_fn(logits, targets, images)`` gives the loss (images for distillation).
+    """One pass over ``loader``; ``loss_fn(logits, targets, inputs, *extra)`` gives the loss (inputs for distillation,
+    ``extra``: the tensors a batch carries after its targets, such as a teacher's cached logits).
 
     ``frozen_bn`` keeps BatchNorm layers in eval mode (running statistics fixed; for frozen pretrained backbones).
     ``start_step`` skips that many batches (a run resumed mid-epoch) and ``carried`` is the (loss sum, images,
@@ -237,16 +254,17 @@ def train_one_epoch(
     total_loss, images, carried_seconds = carried
     step = start_step
     start = time.perf_counter()
-    for images_batch, targets in _batches(loader, start_step):
+    task = TrainingTask(model, loss_fn)
+    for images_batch, targets, *riding in _batches(loader, start_step):
         images_batch = images_batch.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
+        extra = [tensor.to(device, non_blocking=True) for tensor in riding]
         if channels_last:
             images_batch = images_batch.contiguous(memory_format=torch.channels_last)
         if batch_transform is not None:
             images_batch, targets = batch_transform(images_batch, targets)
         with autocast(device, amp_dtype):
-            logits = model(images_batch)
-            loss = loss_fn(logits, targets, images_batch)
+            loss, _ = task(images_batch, targets, *extra)
         if not torch.isfinite(loss):
             raise DivergedError(f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}")
         optimizer.zero_grad(set_to_none=True)
@@ -305,7 +323,7 @@ class EvalResult:
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
-    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    loader: Iterable[Batch],
     num_classes: int,
     *,
     device: torch.device | str = "cpu",
@@ -322,7 +340,7 @@ def evaluate(
     model.eval()
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     sums = torch.zeros(3, dtype=torch.float64)  # loss, top-5 hits, images
-    for images_batch, targets in loader:
+    for images_batch, targets, *_ in loader:  # what rides after the targets is for training's loss
         images_batch = images_batch.to(device, non_blocking=True)
         if channels_last:
             images_batch = images_batch.contiguous(memory_format=torch.channels_last)

@@ -29,7 +29,7 @@ from mobiforge.models import build_from_spec, create_model
 from mobiforge.models.base import Preprocess
 from mobiforge.models.weights import get_weights
 from mobiforge.paths import RUN_FILE as RUN_FILE  # public here too
-from mobiforge.paths import portable_record, shareable_command
+from mobiforge.paths import local_record, portable_record, shareable_command
 from mobiforge.plots import plot_confusion, plot_curves
 
 
@@ -120,6 +120,23 @@ def claim_run_dir(run_dir: Path, kind: str) -> None:
 def write_config(run_dir: Path, config: TrainConfig) -> None:
     """``config.yaml``, its paths relative to the run folder (the checkpoints keep the config as it ran)."""
     write_atomic(run_dir / "config.yaml", yaml.safe_dump(portable_record(config.to_dict(), run_dir), sort_keys=False))
+
+
+def load_run_config(path: str | Path) -> TrainConfig:
+    """A run's saved ``config.yaml`` as the config of a new run that replays it (``train --config FILE``): its paths
+    read as relative to the run's folder, no run name (a new folder, unless ``--name``) and nothing to resume."""
+    path = Path(path)
+    try:
+        saved = yaml.safe_load(path.read_text())
+        if not isinstance(saved, dict):
+            raise ValueError("not a mapping of settings")
+        config = TrainConfig.from_dict(local_record(saved, path.resolve().parent))
+    except FileNotFoundError:
+        raise MobiforgeError(f"--config {path}: no such file; give a run's config.yaml") from None
+    except (OSError, ValueError, TypeError, yaml.YAMLError) as error:
+        what = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+        raise MobiforgeError(f"--config {path}: not a run's config.yaml ({what})") from None
+    return dataclasses.replace(config, name=None, resume=None)
 
 
 def write_metrics_csv(run_dir: Path, history: list[dict[str, Any]]) -> None:

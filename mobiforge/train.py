@@ -2,7 +2,12 @@
 
 Run directory ``runs/NAME/``: ``config.yaml`` (the resolved config), ``last.pt`` (after every epoch, and on
 Ctrl-C), ``best.pt`` (best val top-1), ``metrics.csv``, ``curves.png``, ``confusion.png`` and TensorBoard events
-when TensorBoard is installed.
+when TensorBoard is installed (those three, and an MLflow run with ``--mlflow``, written by the listeners of
+``mobiforge.callbacks``).
+
+One loop for every run: a network trained whole on images, and a cached tail (``--trainable-blocks``: the tail
+trains on its frozen trunk's cached outputs, ``mobiforge.transfer``) are two data sources and tasks of the same
+``Trainer``; a batch's extra tensors (a teacher's cached logits) ride in it to the loss.
 
 Exact resume: the data order of an epoch is a function of (seed, epoch), augmentation is seeded per sample, the
 scheduler steps per iteration, and checkpoints carry the optimizer, scheduler, scaler, EMA and RNG states and the
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
 import os
 import random
 import shutil
@@ -24,7 +30,6 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,6 +40,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from torchvision.transforms import v2
 
 from mobiforge import engine
+from mobiforge.callbacks import Callback, Callbacks, Event, default_callbacks, merged
 from mobiforge.checkpoint import load_checkpoint, model_checkpoint, save_checkpoint
 from mobiforge.config import CACHE_MODES, DataConfig
 from mobiforge.config import TrainConfig as TrainConfig  # public here too
@@ -61,14 +67,12 @@ from mobiforge.progress import Reporter, SilentReporter
 from mobiforge.runs import (
     TrainResult,
     claim_run_dir,
-    finish_plots,
     prepare_run_dir,
     starting_point,
     train_kind,
     write_config,
-    write_metrics_csv,
 )
-from mobiforge.transfer import fit_tail
+from mobiforge.transfer import CachedTail, prepare_tail
 
 # ----------------------------------------------------------------------------------------------- data plumbing
 
@@ -258,33 +262,43 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
+class _NoStop:
+    """No Ctrl-C handling of its own: the signal stops the run at once (a run that cannot resume)."""
+
+    requested = False
+
+
 # ----------------------------------------------------------------------------------------------------- train
 
 
 WHITENING_IMAGES = 512  # training images whose patches set --whiten-stem's filters (260k patches at 32 px)
-EPOCH_END = "on_epoch_end"  # the one hook event: after an epoch's evaluation and checkpoint
-Callback = Callable[["Trainer"], None]
+EPOCH_END = Event.EPOCH_END  # public here too: the event ship's budget callbacks listen to
 
 
 class Trainer:
     """One training run, in pieces: ``setup`` (config, model, data, optimisation, restore, run directory), ``fit``
     (the epoch loop), ``train_epoch``, ``evaluate``, ``save``.
 
-    Callers extend a run through callbacks instead of new parameters (as Ultralytics' trainer does): after every
-    epoch's evaluation and checkpoint, each ``on_epoch_end`` callback gets the trainer and may read ``epoch``
-    (epochs done), ``epoch_seconds`` (that epoch's wall time, evaluation and checkpointing included),
-    ``whole_epoch`` (it started at its first step in this session), ``frozen`` (it trained the head only) and
-    ``config``, and may call ``set_epochs`` (re-plan the run's length and learning-rate schedule) or ``stop``
-    (end the run after this epoch; it stays resumable). ``mobiforge.ship`` keeps its time budget that way.
+    Callers extend a run through callbacks instead of new parameters (as Ultralytics' trainer does): each listener
+    of an ``Event`` (``mobiforge.callbacks``) gets the trainer, a ``RunView``: after an epoch's evaluation and
+    checkpoint it may read ``epoch`` (epochs done), ``epoch_seconds`` (that epoch's wall time, evaluation and
+    checkpointing included), ``whole_epoch`` (it started at its first step in this session), ``frozen`` (it trained
+    the head only) and ``config``, and may call ``set_epochs`` (re-plan the run's length and learning-rate
+    schedule) or ``stop`` (end the run after this epoch; it stays resumable). ``mobiforge.ship`` keeps its time
+    budget that way; ``metrics.csv``, TensorBoard, the plots and MLflow are listeners too.
+
+    The data source is the image folder, or with ``trainable_blocks`` the cached tail (``transfer.CachedTail``):
+    its network's tail trains on cached trunk outputs, its checkpoints hold the whole network, and it is not
+    resumable (its epochs take seconds: the same command trains it again).
     """
 
     def __init__(
-        self, config: TrainConfig, reporter: Reporter | None = None, callbacks: dict[str, list[Callback]] | None = None
+        self, config: TrainConfig, reporter: Reporter | None = None, callbacks: Callbacks | None = None
     ) -> None:
         _check_config(config)  # before defaults fill in: an explicit 0 is an error, not "use the default"
         self.config = config
         self.reporter = reporter or SilentReporter()
-        self.callbacks: dict[str, list[Callback]] = {event: list(fns) for event, fns in (callbacks or {}).items()}
+        self.callbacks: Callbacks = merged(callbacks)
         self.history: list[dict[str, Any]] = []
         self.best_top1 = -1.0
         self.epoch = self.start_step = 0
@@ -294,13 +308,47 @@ class Trainer:
         self.interrupted = False
         self._stop_reason: str | None = None
         self.fixed_params: list[nn.Parameter] = []  # never trained (a whitened stem, BN scales held at 1)
+        self.cached_tail: CachedTail | None = None  # the data source, when it is a cached tail
 
-    def add_callback(self, event: str, callback: Callback) -> None:
-        self.callbacks.setdefault(event, []).append(callback)
+    def add_callback(self, event: Event | str, callback: Callback) -> None:
+        self.callbacks.setdefault(Event(event), []).append(callback)
+
+    def _fire(self, event: Event) -> None:
+        for callback in self.callbacks.get(event, []):
+            callback(self)
 
     # ------------------------------------------------------------------------------------------------ setup
 
     def setup(self) -> None:
+        if self.config.trainable_blocks is not None:
+            self._setup_cached_tail()
+        else:
+            self._setup_images()
+        if self.ddp.is_main:  # the files beside the checkpoints: rank 0 alone writes them
+            self.callbacks = merged(default_callbacks(self.config), self.callbacks)
+
+    def _setup_cached_tail(self) -> None:
+        """The cached tail as the data source: its tail is the model that trains and is evaluated, on batches of
+        cached rows; the whole network is what the checkpoints hold."""
+        self._resolve_config(None)
+        self.ddp, self.device = Distributed(), torch.device("cpu")  # one process (torchrun is refused: ``transfer``)
+        if self.config.threads:
+            torch.set_num_threads(self.config.threads)
+        torch.manual_seed(self.config.seed)
+        tail = self.cached_tail = prepare_tail(self.config, self.reporter)
+        self.config, self.run_dir, self.classes, self.splits = tail.config, tail.run_dir, tail.classes, tail.splits
+        self.model, self.preprocess, self.img_size = tail.model, tail.model.preprocess, self.config.data.img_size
+        self.train_model = self.eval_model = tail.tail
+        self.train_loader, self.val_loader = tail.loaders()
+        self.sampler = None
+        self.optimizer = engine.build_optimizer(tail.tail, self.config.optim)
+        self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]  # before the scheduler: for a re-plan
+        epochs = self.config.epochs or 1
+        self.scheduler = engine.build_scheduler(self.optimizer, self.config.optim, epochs, len(self.train_loader))
+        self.amp_dtype, self.scaler, self.ema, self.batch_transform = None, None, None, None
+        self.loss_fn = tail.loss()
+
+    def _setup_images(self) -> None:
         resume_ckpt = load_checkpoint(self.config.resume) if self.config.resume else None
         self._resolve_config(resume_ckpt)
         self.run_dir = prepare_run_dir(self.config, resume_ckpt)  # checked before any work, written after
@@ -434,12 +482,9 @@ class Trainer:
             )
 
     def _open_run_dir(self, resume_ckpt: dict[str, Any] | None) -> None:
-        self.writer = None
         if self.ddp.is_main:
             claim_run_dir(self.run_dir, train_kind(self.config))
             self._write_config()
-            write_metrics_csv(self.run_dir, self.history)
-            self.writer = _tensorboard(self.run_dir) if self.config.tensorboard else None
 
     def _wrap_model(self) -> None:
         self.train_model: nn.Module = self.model
@@ -462,10 +507,13 @@ class Trainer:
         info = self._start_info()
         logger.debug("training: %s", info)
         self.reporter.start(info)
-        with _StopFlag() as stop:
+        self._fire(Event.TRAIN_START)
+        # A cached tail is not resumable: Ctrl-C stops it at once, as any other function (ship saves its own state)
+        with _StopFlag() if self.cached_tail is None else contextlib.nullcontext(_NoStop()) as stop:
             self._should_stop = _stop_check(stop, self.ddp, self.device)
-            while self.epoch < self.config.epochs:  # not a range: a callback may re-plan the count
+            while self.epoch < (self.config.epochs or 0):  # not a range: a callback may re-plan the count
                 started, self.whole_epoch = time.time(), self.start_step == 0
+                self._fire(Event.EPOCH_START)
                 stats = self.train_epoch()
                 if stats.steps < len(self.train_loader):  # stopped by Ctrl-C mid-epoch
                     self._save_interrupted(stats)
@@ -478,8 +526,7 @@ class Trainer:
                     self.interrupted = True
                     break
                 self.epoch_seconds = time.time() - started
-                for callback in self.callbacks.get(EPOCH_END, []):
-                    callback(self)
+                self._fire(Event.EPOCH_END)
                 if self._stop_reason is not None:
                     self.reporter.message(self._stop_reason)
                     break
@@ -489,9 +536,10 @@ class Trainer:
     def train_epoch(self) -> engine.EpochStats:
         """One epoch (or what is left of it after a resume) of the train loop's ``train_one_epoch``."""
         config, epoch = self.config, self.epoch
-        self.sampler.set_epoch(epoch)
-        self.frozen = epoch < config.freeze_epochs
-        _set_backbone_trainable(self.model, trainable=not self.frozen, fixed=self.fixed_params)
+        if self.sampler is not None:  # an image folder's (a cached tail's batches draw from their own generator)
+            self.sampler.set_epoch(epoch)
+            self.frozen = epoch < config.freeze_epochs
+            _set_backbone_trainable(self.model, trainable=not self.frozen, fixed=self.fixed_params)
         try:
             return engine.train_one_epoch(
                 self.train_model,
@@ -505,7 +553,7 @@ class Trainer:
                 scaler=self.scaler,
                 ema=self.ema,
                 clip_grad=config.optim.clip_grad,
-                channels_last=config.channels_last,
+                channels_last=config.channels_last and self.cached_tail is None,  # cached rows are not images
                 batch_transform=self.batch_transform,
                 frozen_bn=self.frozen or config.freeze_bn,
                 start_step=self.start_step,
@@ -521,6 +569,8 @@ class Trainer:
     def _precise_bn(self) -> None:
         """Before an evaluation that decides best.pt: BatchNorm statistics of the weights being evaluated,
         re-estimated on ``precise_bn`` training images (the same ones every epoch and on every rank)."""
+        if self.cached_tail is not None:  # its BatchNorm layers learn on cached rows; the statistics are the run's
+            return
         images = min(self.config.precise_bn, len(self.train_loader.dataset))
         if not images or self.frozen or self.config.freeze_bn:
             return
@@ -541,7 +591,7 @@ class Trainer:
             len(self.classes),
             device=self.device,
             amp_dtype=self.amp_dtype,
-            channels_last=self.config.channels_last,
+            channels_last=self.config.channels_last and self.cached_tail is None,
             distributed=self.ddp.enabled,
         )
 
@@ -563,11 +613,6 @@ class Trainer:
         self.epoch += 1
         if self.ddp.is_main:
             self.save(is_best)
-            write_metrics_csv(self.run_dir, self.history)
-            if self.writer is not None:
-                for key, value in row.items():
-                    if key != "epoch":
-                        self.writer.add_scalar(key, value, self.epoch)
         self.reporter.epoch({**row, "best_top1": self.best_top1, "epochs": self.config.epochs})
 
     # ------------------------------------------------------------------------------------------- callbacks
@@ -600,6 +645,16 @@ class Trainer:
         # ``state_dict`` holds the weights the metrics were measured on (the EMA's, when on): eval, export and the
         # article's loaders get the model that was validated; the raw weights only a resume needs go beside them.
         val = {"val": self.last_eval.to_dict(self.classes)} if evaluated and self.last_eval else {}
+        if self.cached_tail is not None:  # the whole network, its tail as trained; nothing to resume from
+            return model_checkpoint(
+                self.model.eval(),
+                classes=self.classes,
+                preprocess=self.preprocess,
+                epoch=self.epoch,
+                metrics={"history": self.history, "best_top1": self.best_top1, **val},
+                config=self.config.to_dict(),
+                **self.cached_tail.checkpoint_extra(),
+            )
         return model_checkpoint(
             self.eval_model,
             classes=self.classes,
@@ -628,6 +683,7 @@ class Trainer:
         if is_best:
             shutil.copyfile(self.run_dir / "last.pt", self.run_dir / ".best.pt.tmp")
             os.replace(self.run_dir / ".best.pt.tmp", self.run_dir / "best.pt")
+        self._fire(Event.CHECKPOINT_SAVED)
 
     def _save_interrupted(self, stats: engine.EpochStats) -> None:
         self.partial = {"loss_sum": stats.loss_sum, "images": stats.images, "seconds": stats.seconds}
@@ -641,14 +697,17 @@ class Trainer:
         write_config(self.run_dir, self.config)
 
     def _start_info(self) -> dict[str, Any]:
+        tail = self.cached_tail
         return {
             "run_dir": str(self.run_dir),
             "model": self.config.model,
-            "params": sum(p.numel() for p in self.model.parameters()),
+            "params": sum(p.numel() for p in self.train_model.parameters()),
             "classes": len(self.classes),
-            "train_images": len(self.splits.train),
+            "train_images": len(tail.data.train[0])
+            if tail
+            else len(self.splits.train),  # a tail's: rows, views included
             "val_images": len(self.splits.val),
-            "data": self.splits.description,
+            "data": "feature cache" if tail else self.splits.description,
             "device": str(self.device),
             "world_size": self.ddp.world_size,
             "img_size": self.img_size,
@@ -659,24 +718,16 @@ class Trainer:
         }
 
     def _finish(self) -> None:
-        if self.ddp.is_main:
-            finish_plots(self.run_dir, self.history, self.classes)
-            if self.writer is not None:
-                self.writer.close()
+        self._fire(Event.TRAIN_END)
         if self.ddp.enabled:
             dist.barrier()
 
 
-def train(
-    config: TrainConfig, reporter: Reporter | None = None, callbacks: dict[str, list[Callback]] | None = None
-) -> TrainResult:
+def train(config: TrainConfig, reporter: Reporter | None = None, callbacks: Callbacks | None = None) -> TrainResult:
     """Train ``config.model`` on ``config.data``; returns the run directory and the per-epoch history.
 
-    ``callbacks`` maps a hook event (``"on_epoch_end"``) to functions of the ``Trainer`` (see its docstring). With
-    ``trainable_blocks`` the frozen trunk's outputs are cached and only the tail trains (``mobiforge.transfer``;
-    its epoch-end callbacks may stop the run, not re-plan it)."""
-    if config.trainable_blocks is not None:
-        return fit_tail(config, reporter, (callbacks or {}).get(EPOCH_END, []))
+    ``callbacks`` maps an ``Event`` to functions of the ``Trainer`` (see its docstring). With ``trainable_blocks``
+    the frozen trunk's outputs are cached and only the tail trains (``mobiforge.transfer``), in the same loop."""
     return Trainer(config, reporter, callbacks).fit()
 
 
@@ -703,6 +754,8 @@ def _check_config(config: TrainConfig) -> None:
     their declared ranges when the config is built: ``config.check_ranges``)."""
     if config.data.cache not in CACHE_MODES:
         raise MobiforgeError(f"--cache must be {' or '.join(CACHE_MODES)}, got {config.data.cache}")
+    if config.mlflow and importlib.util.find_spec("mlflow") is None:  # before any work: not at the first epoch
+        raise MobiforgeError("--mlflow needs MLflow: pip install 'mobiforge[tracking]', or drop --mlflow")
     for flag, asked in (("--whiten-stem", config.whiten_stem), ("--identity-init", config.identity_init)):
         if asked and (config.pretrained or config.init_from or config.weights):
             raise MobiforgeError(f"{flag} starts a model from scratch; drop it, or drop the pretrained weights")
@@ -737,11 +790,3 @@ def _agreed_count(count: int, ddp: Distributed, device: torch.device) -> int:
     value = torch.tensor([count], device=device)
     dist.broadcast(value, src=0)
     return int(value.item())
-
-
-def _tensorboard(run_dir: Path) -> Any:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is optional
-        return None
-    return SummaryWriter(str(run_dir / "tensorboard"))

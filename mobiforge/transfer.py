@@ -36,7 +36,7 @@ import os
 import shutil
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,10 +47,11 @@ from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler, Subset
 
 from mobiforge import engine
-from mobiforge.checkpoint import Checkpoint, model_checkpoint, save_checkpoint
+from mobiforge.checkpoint import Checkpoint, save_checkpoint
 from mobiforge.config import TrainConfig
 from mobiforge.data import (
     DataConfig,
+    DatasetSplits,
     ImageSamples,
     Sample,
     check_images,
@@ -64,16 +65,13 @@ from mobiforge.errors import MobiforgeError
 from mobiforge.log import logger
 from mobiforge.losses import kd_loss
 from mobiforge.models.base import MobileClassifier, Preprocess, StackedNet
-from mobiforge.progress import Reporter, SilentReporter
+from mobiforge.progress import Reporter
 from mobiforge.runs import (
-    TrainResult,
     claim_run_dir,
-    finish_plots,
     prepare_run_dir,
     starting_point,
     train_kind,
     write_config,
-    write_metrics_csv,
 )
 from mobiforge.trunk import TrunkPass, choose_trunk_pass, eager_pass, memo_path
 from mobiforge.units import format_bytes
@@ -499,46 +497,54 @@ def _check(config: TrainConfig) -> None:
 
 @dataclass
 class TailData:
-    """The cached tensors a tail trains on: trunk outputs and labels, and the teacher's logits when distilling."""
+    """The cached tensors a tail trains on: trunk outputs and labels, and the teacher's logits when distilling (they
+    ride in each batch, after the labels, to the loss)."""
 
     train: tuple[Rows, ...]
     val: tuple[Rows, torch.Tensor]
 
 
 @dataclass
-class TailProgress:
-    """What an epoch-end callback sees of a cached tail run: the attributes of ``train.Trainer`` that a deadline
-    check and a re-plan read, its ``stop`` and its ``set_epochs``."""
+class CachedTail:
+    """A cached tail run, set up for ``train.Trainer``: the whole network (what its checkpoints hold), the tail that
+    trains, the classes and splits, the run folder, and the cached tensors the tail trains on."""
 
     config: TrainConfig
-    epoch: int = 0
-    epoch_seconds: float = 0.0
-    stop_reason: str | None = None
-    whole_epoch: bool = True  # every cached epoch runs whole in one session (a cut-short tail run restarts)
-    frozen: bool = False
-    epochs: int | None = None  # the length ``set_epochs`` asked for
+    model: MobileClassifier
+    tail: Tail
+    classes: list[str]
+    splits: DatasetSplits
+    run_dir: Path
+    data: TailData
 
-    def stop(self, reason: str) -> None:
-        self.stop_reason = reason
+    def loaders(self) -> tuple[Iterable[tuple[torch.Tensor, ...]], Iterable[tuple[torch.Tensor, ...]]]:
+        """Batches of the cached rows as float32: training ones shuffled by the run's seed, then the val ones."""
+        generator = torch.Generator().manual_seed(self.config.seed)
+        batch, images = self.config.data.batch_size, len(self.data.train[0])
+        train = _Float(_batches(self.data.train, batch, generator, drop_last=images > batch))
+        return train, _Float(_batches(self.data.val, 256))
 
-    def set_epochs(self, epochs: int) -> None:
-        """Re-plan the run to ``epochs`` (never fewer than done): the schedule is stretched or shortened to end
-        there, as ``train.Trainer.set_epochs`` does."""
-        self.epochs = max(self.epoch, epochs)
+    def loss(self) -> engine.LossFn:
+        """Cross-entropy, or with a teacher the distillation loss against the batch's cached teacher logits."""
+        hard = engine.cross_entropy_loss(self.config.optim.label_smoothing)
+        distill = self.config.distill
+        if distill is None:
+            return hard
+
+        def loss(logits: torch.Tensor, targets: torch.Tensor, features: torch.Tensor, teacher: torch.Tensor) -> Any:
+            soft = kd_loss(logits, teacher, distill.temperature)
+            return (1 - distill.alpha) * hard(logits, targets, features) + distill.alpha * soft
+
+        return loss
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        return {"transfer": {"trainable_blocks": self.config.trainable_blocks, "views": self.config.views}}
 
 
-def fit_tail(
-    config: TrainConfig, reporter: Reporter | None = None, epoch_end: Sequence[Callable[[Any], None]] = ()
-) -> TrainResult:
-    """Train the tail of ``config.model`` on cached trunk outputs (see the module docstring); the run directory
-    and its checkpoints are a normal run's, holding the whole network. ``epoch_end`` functions get a
-    ``TailProgress`` after each epoch and may stop the run."""
-    reporter = reporter or SilentReporter()
+def prepare_tail(config: TrainConfig, reporter: Reporter) -> CachedTail:
+    """Everything a cached tail run trains from (see the module docstring): the starting network cut at
+    ``trainable_blocks``, its run folder, and the trunk's outputs (and a teacher's logits) for every cached view."""
     _check(config)
-    config = dataclasses.replace(config, epochs=config.epochs or 30)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
     splits = discover(config.data)
     start = starting_point(config, splits.classes)
     config, model, preprocess = start.config, start.model.eval(), start.preprocess
@@ -564,10 +570,13 @@ def fit_tail(
     if config.distill:
         teacher = (cached_teacher_logits(config, splits.train, splits.classes, plan, preprocess, folder, reporter),)
     logger.debug("feature cache ready in %.1f s: train %s, val %s", time.time() - started, train_x.shape, val_x.shape)
-    data = TailData((train_x, train_y, *teacher), (val_x, val_y))
-    result = _train_tail(config, Tail(model, cut), data, model, splits.classes, run_dir, reporter, epoch_end)
-    finish_plots(run_dir, result.history, splits.classes)
-    return result
+    data = tail_data((train_x, train_y, *teacher), (val_x, val_y))
+    return CachedTail(config, model, Tail(model, cut), splits.classes, splits, run_dir, data)
+
+
+def tail_data(train: tuple[Rows, ...], val: tuple[Rows, torch.Tensor]) -> TailData:
+    """The cached tensors of a tail run (a seam for tests: what the tail trains on)."""
+    return TailData(train, val)
 
 
 def _trunk_pass(
@@ -578,105 +587,6 @@ def _trunk_pass(
     memo = memo_path(folder, digest, cut, preprocess.img_size, config.amp)
     trunk = TrunkModule(model, cut).eval()
     return choose_trunk_pass(trunk, preprocess.img_size, config.trunk_engine, config.amp, passes, memo), digest
-
-
-def _tail_loss(config: TrainConfig, batches: _Float) -> engine.LossFn:
-    """Cross-entropy, or with a teacher the distillation loss against the batch's cached teacher logits."""
-    hard = engine.cross_entropy_loss(config.optim.label_smoothing)
-    distill = config.distill
-    if distill is None:
-        return hard
-
-    def loss(logits: torch.Tensor, targets: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        assert batches.teacher is not None
-        soft = kd_loss(logits, batches.teacher, distill.temperature)
-        return (1 - distill.alpha) * hard(logits, targets, features) + distill.alpha * soft
-
-    return loss
-
-
-def _train_tail(
-    config: TrainConfig,
-    tail: Tail,
-    data: TailData,
-    model: nn.Module,
-    classes: list[str],
-    run_dir: Path,
-    reporter: Reporter,
-    epoch_end: Sequence[Callable[[Any], None]] = (),
-) -> TrainResult:
-    """The train loop's own functions on cached tensors; each epoch's checkpoint holds the whole network."""
-    generator = torch.Generator().manual_seed(config.seed)
-    batch, images = config.data.batch_size, len(data.train[0])
-    train_batches = _Float(_batches(data.train, batch, generator, drop_last=images > batch))
-    val_batches = _Float(_batches(data.val, 256))
-    optimizer = engine.build_optimizer(tail, config.optim)
-    base_lrs = [group["lr"] for group in optimizer.param_groups]  # before the scheduler: a re-plan starts from them
-    scheduler = engine.build_scheduler(optimizer, config.optim, config.epochs or 1, len(train_batches))
-    loss_fn = _tail_loss(config, train_batches)
-    history: list[dict[str, Any]] = []
-    best = -1.0
-    reporter.start(
-        {"run_dir": str(run_dir), "model": config.model, "params": sum(p.numel() for p in tail.parameters()),
-         "classes": len(classes), "train_images": images, "val_images": len(data.val[0]), "data": "feature cache",
-         "device": "cpu", "world_size": 1, "img_size": config.data.img_size, "epochs": config.epochs, "start_epoch": 0,
-         "threads": torch.get_num_threads(), "amp": "none"}
-    )  # fmt: skip
-    progress = TailProgress(config)
-    epoch = -1
-    while (epoch := epoch + 1) < (config.epochs or 1):
-        epoch_started = time.time()
-        stats = engine.train_one_epoch(
-            tail, train_batches, optimizer, scheduler, loss_fn, epoch=epoch, clip_grad=config.optim.clip_grad,
-            channels_last=False, progress=reporter.step,
-        )  # fmt: skip
-        evaluated = engine.evaluate(tail, val_batches, len(classes), channels_last=False)
-        row = {
-            "epoch": epoch + 1,
-            "train_loss": stats.loss,
-            "val_loss": evaluated.loss,
-            "val_top1": evaluated.top1,
-            "val_top5": evaluated.top5,
-            "lr": optimizer.param_groups[0]["lr"],
-            "epoch_seconds": stats.seconds,
-            "images_per_second": stats.images_per_second,
-        }
-        history.append(row)
-        model.eval()
-        state = model_checkpoint(
-            model,
-            classes=classes,
-            preprocess=model.preprocess,
-            epoch=epoch + 1,
-            metrics={"history": history, "best_top1": max(best, evaluated.top1), "val": evaluated.to_dict(classes)},
-            config=config.to_dict(),
-            transfer={"trainable_blocks": config.trainable_blocks, "views": config.views},
-        )
-        save_checkpoint(state, run_dir / "last.pt")
-        if evaluated.top1 > best:
-            best = evaluated.top1
-            shutil.copyfile(run_dir / "last.pt", run_dir / ".best.pt.tmp")
-            os.replace(run_dir / ".best.pt.tmp", run_dir / "best.pt")
-        write_metrics_csv(run_dir, history)
-        reporter.epoch({**row, "best_top1": best, "epochs": config.epochs})
-        progress.epoch, progress.epoch_seconds = epoch + 1, time.time() - epoch_started
-        for callback in epoch_end:
-            callback(progress)
-        if progress.stop_reason is not None:
-            reporter.message(progress.stop_reason)
-            break
-        if progress.epochs is not None and progress.epochs != config.epochs:
-            reporter.message(
-                f"re-planned from epoch {epoch + 1} ({progress.epoch_seconds:.1f} s): {config.epochs} -> "
-                f"{progress.epochs} epochs"
-            )
-            config = progress.config = dataclasses.replace(config, epochs=progress.epochs)
-            steps = len(train_batches)
-            scheduler = engine.rescheduled(
-                optimizer, config.optim, base_lrs, progress.epochs, steps, (epoch + 1) * steps
-            )
-            write_config(run_dir, config)
-    return TrainResult(run_dir, best, history)
 
 
 class _CachedRows(Dataset):
@@ -703,18 +613,15 @@ def _batches(
 
 
 class _Float:
-    """Batches of the fp16 cache as float32 (the tail trains and is evaluated in fp32). A batch's cached teacher
-    logits, when there are any, wait in ``teacher`` for the loss: the train loop calls it right after drawing the
-    batch, and its ``(images, targets)`` batches have no room for a third tensor."""
+    """Batches of the fp16 cache as float32 (the tail trains and is evaluated in fp32), the teacher's cached logits,
+    when there are any, riding after the labels."""
 
     def __init__(self, loader: DataLoader) -> None:
         self.loader = loader
-        self.teacher: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self) -> Any:
         for features, labels, *teacher in self.loader:
-            self.teacher = teacher[0].float() if teacher else None
-            yield features.float(), labels
+            yield features.float(), labels, *(logits.float() for logits in teacher)

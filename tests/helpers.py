@@ -77,3 +77,19 @@ class MessageLog(SilentReporter):
 
     def message(self, text: str) -> None:
         self.lines.append(text)
+
+
+def ship_run(
+    state: object, config: object = None, run_dir: Path | str = "run", say: object = None, reporter: object = None
+) -> object:
+    """A ``ShipRun`` around a test's fake state (a fake needs only what the stage under test reads of it)."""
+    from mobiforge.config import ShipConfig
+    from mobiforge.ship.stages import ShipRun
+
+    return ShipRun(
+        config or ShipConfig(),  # type: ignore[arg-type]
+        Path(run_dir),
+        reporter or SilentReporter(),  # type: ignore[arg-type]
+        say or (lambda text: None),  # type: ignore[arg-type]
+        state,  # type: ignore[arg-type]
+    )

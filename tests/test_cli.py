@@ -142,7 +142,7 @@ def test_mobiforge_debug_in_the_environment_turns_debug_on(monkeypatch: pytest.M
     assert not debug_requested() and debug_requested(True)
 
 
-CLI_ONLY = {"help", "version", "debug", "json", "command"}
+CLI_ONLY = {"help", "version", "debug", "json", "command", "config_file"}
 
 
 def _subparsers():  # type: ignore[no-untyped-def]

@@ -16,6 +16,7 @@ from PIL import Image
 from mobiforge.config import DataConfig, ShipConfig
 from mobiforge.data import discover, load_rgb
 from mobiforge.errors import MobiforgeError
+from mobiforge.ship.card import ModelCard
 from tests.helpers import make_folder, make_split_folder
 
 
@@ -101,12 +102,12 @@ def test_a_float_tiff_keeps_its_grey(tmp_path: Path, value: float, grey: int) ->
 CLASS_NAMES = ['"><script>alert(2)<', "ok ${1+1}", "back\\slash \\(x)", "line\nbreak"]
 
 
-def _card(classes: list[str]) -> dict:
-    return {
+def _card(classes: list[str]) -> ModelCard:
+    return ModelCard.from_dict({
         "classes": classes,
         "preprocessing": {"crop": 224, "resize": 256, "mean": [0.5] * 3, "std": [0.5] * 3},
         "artifact": {"file": "model.pte", "format": "executorch"},
-    }
+    })  # fmt: skip
 
 
 def _string_literals(code: str, line_start: str) -> list[str]:

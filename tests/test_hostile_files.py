@@ -264,16 +264,16 @@ def _ship_state(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 def test_a_damaged_ship_state_resumes_from_its_previous_copy(tmp_path: Path) -> None:
     """Item 14: a corrupt ship_state.json blocked resume with a traceback."""
-    from mobiforge.ship.state import ResultRecord
+    from mobiforge.ship.state import RESULT, ResultRecord
 
     new_state, _ = _ship_state(tmp_path)
     state = new_state()
-    state.finish("result", ResultRecord("a", "a", None))
-    state.finish("result", ResultRecord("b", "b", None))  # the first write is now the backup
+    state.finish(RESULT, ResultRecord("a", "a", None))
+    state.finish(RESULT, ResultRecord("b", "b", None))  # the first write is now the backup
     assert (tmp_path / "ship_state.json.bak").exists()
     (tmp_path / "ship_state.json").write_text('{"version": 1, "stag')
     resumed = new_state()
-    assert resumed.recovered.endswith("resumed from its previous copy") and resumed.done("result").chosen == "a"
+    assert resumed.recovered.endswith("resumed from its previous copy") and resumed.done(RESULT).chosen == "a"
     (tmp_path / "ship_state.json.bak").write_text("")
     with pytest.raises(MobiforgeError, match="is damaged and has no good previous copy; to start over, delete it"):
         new_state()
@@ -284,11 +284,11 @@ def test_the_time_spent_is_saved_however_a_ship_run_ends(tmp_path: Path, monkeyp
     import mobiforge.ship.state as state_module
 
     monkeypatch.setattr(state_module, "CLOCK_SECONDS", 0.05)
-    from mobiforge.ship.state import ResultRecord
+    from mobiforge.ship.state import RESULT, ResultRecord
 
     new_state, config = _ship_state(tmp_path)
     state = new_state()
-    state.finish("result", ResultRecord(None, None, None))  # a stage done: there is something to resume
+    state.finish(RESULT, ResultRecord(None, None, None))  # a stage done: there is something to resume
     with pytest.raises(KeyboardInterrupt), state.clock():
         time.sleep(0.3)
         saved = json.loads((tmp_path / "ship_state.json").read_text())["elapsed_s"]
@@ -455,6 +455,7 @@ def test_a_budget_nothing_can_meet_stops_the_search_in_time(data: Path, tmp_path
     import mobiforge.ship.search as search
     from mobiforge.config import ShipConfig
     from mobiforge.ship import ship
+    from mobiforge.ship.state import SEARCH
 
     monkeypatch.setattr(search, "SEARCH_MIN_SECONDS", 0.0)  # the search's share is spent once the first is measured
     monkeypatch.setattr(search, "SEARCH_SHARE", 0.0)
@@ -469,7 +470,7 @@ def test_a_budget_nothing_can_meet_stops_the_search_in_time(data: Path, tmp_path
     )  # fmt: skip
     result = ship(config)
     assert result.chosen is None and result.state is not None
-    statuses = [c.status for c in result.state.done("search").candidates]
+    statuses = [c.status for c in result.state.done(SEARCH).candidates]
     assert statuses.count("too slow") == 1  # one measured; then the search's share was spent, so no other was
     skipped = ("not measured (search time)", "too slow (a smaller model already was)", "too large (estimate)")
     assert all(status in skipped for status in statuses if status != "too slow")

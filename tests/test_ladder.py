@@ -13,13 +13,9 @@ import torch
 from mobiforge.checkpoint import load_checkpoint
 from mobiforge.config import TrainConfig
 from mobiforge.models import create_model
-from mobiforge.progress import SilentReporter
 from mobiforge.ship import ShipConfig, Survey, TeacherSpec, teacher_candidate, truncated_candidate
+from mobiforge.ship.budget import TimeBudget
 from mobiforge.ship.ladder import (
-    MIN_TAIL_EPOCHS,
-    PROBE_EPOCHS,
-    PROBE_MIN_EPOCHS,
-    STUDENT_TAILS,
     LadderSpeeds,
     RungPlan,
     at_size,
@@ -29,8 +25,9 @@ from mobiforge.ship.ladder import (
     teacher_ladder,
     upper_rungs,
 )
-from mobiforge.ship.state import TeacherRecord
-from tests.helpers import MessageLog, make_split_folder
+from mobiforge.ship.policy import MIN_TAIL_EPOCHS, PROBE_EPOCHS, PROBE_MIN_EPOCHS, STUDENT_TAILS
+from mobiforge.ship.state import TEACHER, Stage, TeacherRecord
+from tests.helpers import MessageLog, make_split_folder, ship_run
 
 # speeds of the order measured for EfficientNet-Lite0 at 224 px on a 2-core CPU (images per second)
 SPEEDS = LadderSpeeds(forward=100.0, prefix={3: 120.0}, tail={0: 20_000.0, 3: 300.0}, full=15.0)
@@ -108,7 +105,7 @@ def taught(tmp_path_factory: pytest.TempPathFactory) -> tuple[ShipConfig, Path, 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(stages, "measure", lambda *a, **kw: teacher_speeds)
         patch.setattr(stages, "held", lambda full_size, lower: True)
-        record = stages.train_teacher(config, root / "run", SilentReporter(), lambda text: None, _State())
+        record = stages.train_teacher(ship_run(_State(), config, root / "run"))
     return config, root / "run", record
 
 
@@ -131,7 +128,7 @@ def test_the_teacher_climbs_its_rungs_at_the_smallest_size_that_held(
     monkeypatch.setattr(stages, "held", lambda full_size, lower: True)
     speeds = LadderSpeeds(forward=50.0, prefix={3: 60.0}, tail={0: 5000.0, 3: 100.0}, full=0.01)
     monkeypatch.setattr(stages, "measure", lambda *a, **kw: speeds)
-    again = stages.train_teacher(config, run, SilentReporter(), lambda text: None, _State())
+    again = stages.train_teacher(ship_run(_State(), config, run))
     assert again.trained is not None and again.trained.checkpoint == record.trained.checkpoint
 
 
@@ -150,7 +147,12 @@ def test_a_truncated_student_distils_on_the_shared_cache(
     monkeypatch.setattr(stages, "measure", lambda *a, **kw: student_speeds)
     reporter = MessageLog()
     deadline = time.time() + 600
-    trained = stages.train_cached_student(candidate, config, record.trained, run, reporter, _State(), 40.0, deadline)
+    trained = stages.train_cached_student(
+        candidate,
+        record.trained,
+        ship_run(_State(), config, run, reporter=reporter),
+        TimeBudget(deadline, seconds=40.0),
+    )
     assert trained.rung == "last 2 blocks" and trained.distilled and trained.epochs_run == trained.epochs_planned
     assert trained.trainable_params and trained.trainable_params < sum(p.numel() for p in create_model(
         "efficientnet_lite0", num_classes=2, depth=candidate.spec["kwargs"]["depth"]).parameters())  # fmt: skip
@@ -175,7 +177,12 @@ def test_a_truncated_student_distils_on_the_shared_cache(
     monkeypatch.setattr(stages, "plan_epochs", lambda *a, **kw: (2, 1.0))
     monkeypatch.setattr(stages, "fit_epochs", lambda end, cap: lambda done, seconds: 2)
     monkeypatch.setattr(stages, "_train_student_tail", lambda *a, **kw: pytest.fail("the finished tail is kept"))
-    climbed = stages.train_cached_student(candidate, config, record.trained, run, reporter, _State(), 600.0, deadline)
+    climbed = stages.train_cached_student(
+        candidate,
+        record.trained,
+        ship_run(_State(), config, run, reporter=reporter),
+        TimeBudget(deadline, seconds=600.0),
+    )
     assert climbed.rung is not None and climbed.rung.startswith("last 2 blocks")
     assert "full fine-tune" in climbed.rung and climbed.distilled
     full_run = run / "candidates" / f"{candidate.name}-full"
@@ -199,13 +206,15 @@ def test_a_pruned_student_keeps_the_teachers_first_blocks_and_trains_the_rest_on
     monkeypatch.setattr(stages, "plan_epochs", lambda *a, **kw: (0, 1.0))  # no time for a full fine-tune after it
     deadline = time.time() + 600
     skipped = stages.train_cached_student(
-        pruned, config, record.trained, run, MessageLog(), _State(), 1.0, deadline, False
+        pruned, record.trained, ship_run(_State(), config, run), TimeBudget(deadline, seconds=1.0), required=False
     )
     assert skipped is None  # no tail fits in a second: not required (another candidate shipped), it is skipped
     now = time.time()  # the ship's deadline has come: the tail stops after its first epoch, resumable
-    trained = stages.train_cached_student(pruned, config, record.trained, run, MessageLog(), _State(), 40.0, now)
+    trained = stages.train_cached_student(
+        pruned, record.trained, ship_run(_State(), config, run), TimeBudget(now, seconds=40.0)
+    )
     assert trained is not None and trained.rung == f"last {tail} blocks" and trained.distilled
-    assert trained.epochs_run == 1 < trained.epochs_planned
+    assert trained.epochs_run == 1 < (trained.epochs_estimated or 0)  # re-planned to the one epoch that fit
     student = load_checkpoint(trained.checkpoint)["state_dict"]
     teacher = load_checkpoint(record.trained.checkpoint)["state_dict"]
     front = [key for key in student if key.startswith("features.") and int(key.split(".")[1]) < pruned.kept_blocks]
@@ -223,8 +232,8 @@ def test_the_report_shows_every_rung_with_its_time() -> None:
     )
 
     class State:
-        def done(self, stage: str) -> TeacherRecord | None:
-            return teacher if stage == "teacher" else None
+        def done(self, stage: Stage[object]) -> TeacherRecord | None:
+            return teacher if stage is TEACHER else None
 
     student = Candidate("lite0-depth10", "efficientnet_lite0", None, 224, "truncated")
     trained = TrainRecord(
@@ -266,8 +275,8 @@ def test_a_student_takes_the_time_of_candidates_that_could_not_train(
     deadline = now + 600
     for spare in (0.0, 5.0, 500.0):  # none; less than the shortest rung (taken); enough for another student (kept)
         with pytest.raises(Planned):
-            stages.train_cached_student(candidate, config, record.trained, run, MessageLog(), _State(), 30.0,
-                                        deadline, spare=spare)  # fmt: skip
+            budget = TimeBudget(deadline, seconds=30.0, spare=spare)
+            stages.train_cached_student(candidate, record.trained, ship_run(_State(), config, run), budget)
     assert planned[1] > planned[0] == planned[2]
 
 
@@ -299,7 +308,7 @@ def test_a_required_student_gets_the_time_its_shortest_rung_needs(
     for run_end in (600.0, 20.0):  # far away: the rung's whole cost; close: the run's end
         now = time.time()
         with pytest.raises(Planned):
-            stages.train_cached_student(candidate, config, record.trained, run, MessageLog(), _State(), 1.0,
-                                        now + run_end)  # fmt: skip
+            budget = TimeBudget(now + run_end, seconds=1.0)
+            stages.train_cached_student(candidate, record.trained, ship_run(_State(), config, run), budget)
         ends[-1] -= now
     assert 20.0 < ends[0] < 600.0 and ends[1] == pytest.approx(20.0, abs=1.0)

@@ -31,8 +31,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ),
     ),
     ("models", ("mobiforge.models", "mobiforge.models.*")),
-    ("data", ("mobiforge.checkpoint", "mobiforge.data", "mobiforge.plots", "mobiforge.profile")),
-    ("training primitives", ("mobiforge.engine", "mobiforge.losses", "mobiforge.runs")),
+    ("data", ("mobiforge.checkpoint", "mobiforge.data", "mobiforge.data.*", "mobiforge.plots", "mobiforge.profile")),
+    ("training primitives", ("mobiforge.engine", "mobiforge.losses", "mobiforge.runs", "mobiforge.callbacks")),
     ("training", ("mobiforge.trunk", "mobiforge.transfer", "mobiforge.train", "mobiforge.inference")),
     ("compress", ("mobiforge.quantize", "mobiforge.prune")),
     (

@@ -19,12 +19,14 @@ from mobiforge.checkpoint import load_checkpoint
 from mobiforge.cli import main
 from mobiforge.errors import MobiforgeError
 from mobiforge.progress import SilentReporter
-from mobiforge.ship import ShipConfig, ShipState, scratch_recipe, ship
+from mobiforge.ship import ShipConfig, ShipState, probes, scratch_recipe, ship
+from mobiforge.ship.budget import TimeBudget
+from mobiforge.ship.card import ModelCard
 from mobiforge.ship.plan import scratch_identity_init, scratch_whiten_stem
 from mobiforge.ship.snippets import android_snippet, ios_snippet
-from mobiforge.ship.state import ResultRecord, Survey
+from mobiforge.ship.state import EXPORT, RESULT, SEARCH, TEACHER, TRAIN, ResultRecord, Stage, Survey
 from mobiforge.units import parse_duration
-from tests.helpers import make_split_folder
+from tests.helpers import make_split_folder, ship_run
 
 pytest.importorskip("onnxruntime")
 
@@ -112,11 +114,12 @@ def test_ship_end_to_end_then_resumes_without_redoing_work(
     assert result.artifact == run / "model.onnx" and result.artifact.stat().st_size <= config.max_size
     card = json.loads((run / "model_card.json").read_text())
     assert card["shipped"] and card["classes"] == ["class0", "class1", "class2"]
+    assert ModelCard.from_dict(card).to_dict() == card  # the typed card reads back what it wrote, key for key
     assert card["artifact"]["float_layers"] == []  # ONNX PTQ passed the gate whole
-    headline = _headline(config, card, shipped=True)[0]
+    headline = _headline(config, ModelCard.from_dict(card), shipped=True)[0]
     assert "in float" not in headline  # and a PTQ artifact with float layers names them:
     float_card = {**card, "artifact": {**card["artifact"], "float_layers": ["features.0", "features.1"]}}
-    assert "with features.0, features.1 in float, onnx)" in _headline(config, float_card, shipped=True)[0]
+    assert "with features.0, features.1 in float, onnx)" in _headline(config, ModelCard.from_dict(float_card), True)[0]
     assert card["preprocessing"]["input_shape"] == [1, 3, 32, 32] and len(card["preprocessing"]["mean"]) == 3
     assert card["budget"]["verdicts"] == {"size": True, "latency": True, "accuracy_gate": True, "above_chance": True}
     assert card["latency_ms"]["median"] <= config.max_latency_ms and card["latency_ms"]["threads"] == 1
@@ -286,7 +289,7 @@ def test_ship_says_when_nothing_fits(tmp_path: Path) -> None:
 def test_ship_refuses_to_resume_with_other_settings(tmp_path: Path) -> None:
     data = make_split_folder(tmp_path / "data", classes=2, train=4, val=2)
     config = tiny_config(data, tmp_path / "run")
-    ShipState(tmp_path / "run", config).finish("result", ResultRecord(None, None, None))
+    ShipState(tmp_path / "run", config).finish(RESULT, ResultRecord(None, None, None))
     changed = tiny_config(data, tmp_path / "run", max_latency_ms=5.0)
     with pytest.raises(MobiforgeError, match="other settings \\(max_latency_ms\\)"):
         ShipState(tmp_path / "run", changed)
@@ -326,7 +329,7 @@ def test_app_snippets_carry_the_model_constants(runtime: str) -> None:
         "classes": ["ant", "bee"],
         "preprocessing": {"crop": 224, "resize": 256, "mean": [0.5, 0.25, 0.125], "std": [0.5, 0.5, 0.5]},
     }
-    kotlin, swift = android_snippet(card), ios_snippet(card)
+    kotlin, swift = android_snippet(ModelCard.from_dict(card)), ios_snippet(ModelCard.from_dict(card))
     for code in (kotlin, swift):
         assert '"ant", "bee"' in code and "224" in code and "256" in code and "model" in code
     assert "0.2500f" in kotlin and "0.2500," in swift and "0.2500f" not in swift
@@ -342,7 +345,7 @@ def test_the_android_snippet_pins_the_runtime_version_that_verified_the_file() -
         "preprocessing": {"crop": 224, "resize": 256, "mean": [0.5] * 3, "std": [0.5] * 3},
         "versions": {"executorch": "1.5.1+cpu"},
     }
-    assert 'implementation("org.pytorch:executorch-android:1.5.1")' in android_snippet(card)
+    assert 'implementation("org.pytorch:executorch-android:1.5.1")' in android_snippet(ModelCard.from_dict(card))
 
 
 def test_a_core_ml_package_gets_swift_for_vision() -> None:
@@ -351,7 +354,7 @@ def test_a_core_ml_package_gets_swift_for_vision() -> None:
         "classes": ["ant", "bee"],
         "preprocessing": {"crop": 224, "resize": 256, "mean": [0.5] * 3, "std": [0.5] * 3},
     }
-    swift = ios_snippet(card)
+    swift = ios_snippet(ModelCard.from_dict(card))
     assert "VNCoreMLRequest" in swift and 'forResource: "model"' in swift and "0.8750" in swift
     assert "toInput" not in swift  # the package carries its preprocessing
 
@@ -372,7 +375,7 @@ def test_a_pixel_input_tflite_file_gets_mediapipe_snippets() -> None:
         "preprocessing": {"crop": 224, "resize": 256, "dtype": "uint8", "mean": [0.5] * 3, "std": [0.5] * 3},
         "versions": {"ai-edge-litert": "2.3.0", "mediapipe": "1.2.3"},
     }
-    kotlin, swift = android_snippet(card), ios_snippet(card)
+    kotlin, swift = android_snippet(ModelCard.from_dict(card)), ios_snippet(ModelCard.from_dict(card))
     assert 'implementation("com.google.mediapipe:tasks-vision:RELEASE")' in kotlin and "setRegionOfInterest" in kotlin
     assert "MediaPipeTasksVision" in swift and "regionOfInterest: roi" in swift
     # issue 42: MediaPipe's Android and iOS releases do not follow every Python one (npm's web release, the one of
@@ -461,7 +464,7 @@ def test_a_truncated_teacher_keeps_its_first_blocks_weights(tmp_path: Path) -> N
     from mobiforge.models import create_model
     from mobiforge.profile import int8_weight_bytes
     from mobiforge.ship import TeacherSpec, truncated_candidate
-    from mobiforge.ship.config import FILE_OVERHEAD
+    from mobiforge.ship.policy import FILE_OVERHEAD
     from mobiforge.ship.stages import truncate_teacher
 
     spec = TeacherSpec("efficientnet_lite0", 224)
@@ -563,7 +566,7 @@ def test_a_missed_gate_tries_the_first_layers_in_float_then_qat_while_time_is_le
         "c", "mobilenet_v2", 1.0, 224, "scratch", export_seconds=60.0, train_images_per_s=1e3, latency_ms=1.0
     )  # reserve: ~106 s
     trained = TrainRecord(str(checkpoint), str(tmp_path))
-    result = export_candidate(candidate, trained, ShipConfig(runtime=runtime), lambda _: None, clock)  # type: ignore[arg-type]
+    result = export_candidate(candidate, trained, ship_run(clock, ShipConfig(runtime=runtime)))  # type: ignore[arg-type]
     assert [(r.precision[5:], r.float_modules) for r in result.reports] == expected
     assert result.chosen.top1 == max(scores[: len(expected)])
     assert result.verdicts["accuracy_gate"] == (90.0 - max(scores[: len(expected)]) <= 1.0)
@@ -618,15 +621,16 @@ def test_a_state_file_of_the_untyped_format_reads_into_typed_records(tmp_path: P
     config, saved = _saved_state(name, tmp_path)
     state = ShipState(tmp_path / "run", config)
     assert state.survey.classes == ["class0", "class1", "class2"] and state.survey.train_images == 36
-    search = state.done("search")
+    search = state.done(SEARCH)
     assert isinstance(search, SearchRecord) and any(c.fits for c in search.candidates)
-    trained = [record for key, record in state.stages.items() if key.startswith("train:")]
-    exported = [record for key, record in state.stages.items() if key.startswith("export:")]
+    trained = list(state.records(TRAIN).values())
+    exported = list(state.records(EXPORT).values())
     assert trained and all(isinstance(r, TrainRecord) and r.epochs_run >= 1 for r in trained)
     assert exported and all(isinstance(r, ExportRecord) and isinstance(r.chosen, ArtifactReport) for r in exported)
-    assert isinstance(state.done("result"), ResultRecord) and state.done("result").chosen
+    result = state.done(RESULT)
+    assert isinstance(result, ResultRecord) and result.chosen
     if "teacher" in saved["stages"]:
-        teacher = state.done("teacher")
+        teacher = state.done(TEACHER)
         assert isinstance(teacher, TeacherRecord) and teacher.trained is not None and teacher.trained.given
     again = state.to_dict()
     assert again["version"] == 3 and _contains(again["stages"], saved["stages"])  # re-saving loses nothing
@@ -669,7 +673,7 @@ def test_the_search_times_a_candidate_as_ship_writes_it_for_each_runtime(
     from mobiforge.models import create_model
     from mobiforge.ship.state import Candidate
 
-    monkeypatch.setattr(search, "training_speed", lambda *a, **kw: 100.0)  # not what this test is about
+    monkeypatch.setattr(probes, "training_speed", lambda *a, **kw: 100.0)  # not what this test is about
 
     candidate = Candidate("mobilenet_v1-w0.25-32px", "mobilenet_v1", 0.25, 32, "scratch")
     config = ShipConfig(runtime="tflite", out=str(tmp_path / "run"), workers=0)
@@ -685,7 +689,7 @@ def test_a_failing_core_ml_conversion_does_not_end_a_run_that_shipped(
     pytest.importorskip("coremltools")
     import mobiforge.ship.stages as stages
     from mobiforge.export import ExportConfig
-    from mobiforge.ship.config import CORE_ML_IMAGES
+    from mobiforge.ship.policy import CORE_ML_IMAGES
     from mobiforge.ship.state import TrainRecord
 
     scored: list[int | None] = []
@@ -704,16 +708,18 @@ def test_a_failing_core_ml_conversion_does_not_end_a_run_that_shipped(
     monkeypatch.setattr(stages, "export_checkpoint", fails)
     per_image = {"seconds": 0.1}
     monkeypatch.setattr(stages, "_core_ml_seconds_per_image", lambda backend, checkpoint: per_image["seconds"])
-    package = stages.core_ml_package(TrainRecord("x.pt", "x"), ShipConfig(), tmp_path, said.append, Clock())  # type: ignore[arg-type]
+    package = stages.core_ml_package(TrainRecord("x.pt", "x"), ship_run(Clock(), run_dir=tmp_path, say=said.append))  # type: ignore[arg-type]
     assert package is None and said[-1].startswith("core ml: skipped (coreml export of x.pt failed")
     assert scored == [CORE_ML_IMAGES] and Clock.survey.val_images > CORE_ML_IMAGES
 
     # a slow simulated pass: as many images as the time left scores (540 s after the conversion's 60), then none
     per_image["seconds"] = 1.0
-    stages.core_ml_package(TrainRecord("x.pt", "x"), ShipConfig(), tmp_path, said.append, Clock())  # type: ignore[arg-type]
+    stages.core_ml_package(TrainRecord("x.pt", "x"), ship_run(Clock(), run_dir=tmp_path, say=said.append))  # type: ignore[arg-type]
     assert scored[-1] == 540 and "scored on 540 val images" in said[-2]
     per_image["seconds"] = 20.0
-    assert stages.core_ml_package(TrainRecord("x.pt", "x"), ShipConfig(), tmp_path, said.append, Clock()) is None  # type: ignore[arg-type]
+    assert (
+        stages.core_ml_package(TrainRecord("x.pt", "x"), ship_run(Clock(), run_dir=tmp_path, say=said.append)) is None
+    )  # type: ignore[arg-type]
     assert len(scored) == 2 and said[-1].startswith("core ml: no time left for the iOS package")
 
 
@@ -760,17 +766,16 @@ def test_the_search_ranks_scratch_candidates_by_what_the_budget_buys() -> None:
 def test_bf16_trains_a_candidate_only_where_native_and_measured_faster(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    import mobiforge.ship.search as search
     from mobiforge.ship.state import Candidate
 
     speeds = {None: 400.0, torch.bfloat16: 800.0}
-    monkeypatch.setattr(search, "training_speed", lambda model, size, config, amp=None, **kw: speeds[amp])
+    monkeypatch.setattr(probes, "training_speed", lambda model, size, config, amp=None, **kw: speeds[amp])
     config = ShipConfig(data="x")
 
     def probed(native: bool, source: str = "scratch") -> Candidate:
-        monkeypatch.setattr(search, "cpu_has_native_bf16", lambda: native)
+        monkeypatch.setattr(probes, "cpu_has_native_bf16", lambda: native)
         candidate = Candidate("r", "resnet20", None, 32, source)
-        search.probe_training(torch.nn.Identity(), candidate, config)
+        probes.probe_training(torch.nn.Identity(), candidate, config)
         return candidate
 
     fast = probed(native=True)
@@ -782,8 +787,8 @@ def test_bf16_trains_a_candidate_only_where_native_and_measured_faster(monkeypat
 
 
 def test_a_scratch_candidate_short_of_its_epochs_trains_alone() -> None:
-    from mobiforge.ship.config import SCRATCH_EPOCHS
     from mobiforge.ship.plan import next_training
+    from mobiforge.ship.policy import SCRATCH_EPOCHS
     from mobiforge.ship.state import Candidate
 
     info = _survey(small=True)
@@ -862,8 +867,8 @@ def test_a_scratch_candidate_trains_in_the_precision_its_probe_chose(
     for amp in ("bf16", "none"):
         candidate = Candidate("resnet20-32px", "resnet20", None, 32, "scratch", train_amp=amp)
         with pytest.raises(Stop):
-            stages.train_candidate(candidate, 3, ShipConfig(data="x"), None, tmp_path, SilentReporter(), State(),  # type: ignore[arg-type]
-                                   time.time() + 60, time.time() + 60)  # fmt: skip
+            budget = TimeBudget(time.time() + 60)
+            stages.train_candidate(candidate, 3, None, ship_run(State(), ShipConfig(data="x"), tmp_path), budget)  # type: ignore[arg-type]
     assert [config.amp for config in seen] == ["bf16", "none"]
 
 
@@ -883,14 +888,10 @@ class _StageLog:
         self.survey = _survey(small=False, train_images=5_000)
         self.deadline = time.time() + 1_000
 
-    def trained(self, name: str) -> object:
-        return self.stages.get(f"train:{name}")
+    done, trained, exported, records = ShipState.done, ShipState.trained, ShipState.exported, ShipState.records
 
-    def exported(self, name: str) -> object:
-        return self.stages.get(f"export:{name}")
-
-    def finish(self, stage: str, record: object) -> object:
-        self.stages[stage] = record
+    def finish(self, stage: Stage[object], record: object) -> object:
+        self.stages[stage.key] = record
         return record
 
     def left(self) -> float:
@@ -908,8 +909,8 @@ def test_a_pruned_student_takes_all_the_time_and_its_truncated_fallback_trains_o
     truncated = Candidate("lite0-depth10", "efficientnet_lite0", None, 224, "truncated", export_seconds=10.0)
     given: dict[str, float] = {}
 
-    def train_student(candidate: Candidate, config, teacher, run_dir, reporter, state, seconds, *rest):  # type: ignore[no-untyped-def]
-        given[candidate.name] = seconds
+    def train_student(candidate: Candidate, teacher, run, budget, required):  # type: ignore[no-untyped-def]
+        given[candidate.name] = budget.seconds
         return TrainRecord(f"{candidate.name}.pt", candidate.name, top1=70.0, epochs_run=3, rung="last 9 blocks")
 
     monkeypatch.setattr(pipeline, "cached_student", lambda candidate, teacher: True)
@@ -918,7 +919,7 @@ def test_a_pruned_student_takes_all_the_time_and_its_truncated_fallback_trains_o
     monkeypatch.setattr(pipeline, "export_candidate", lambda c, trained, *a: _Exported(pruned_ships or c is truncated))
     state, said = _StageLog(), []
     teacher = TrainRecord("teacher.pt", "teacher")
-    pipeline._train_and_export([pruned, truncated], ShipConfig(), teacher, Path("run"), None, said.append, state)  # type: ignore[arg-type]
+    pipeline._train_and_export([pruned, truncated], teacher, ship_run(state, say=said.append))  # type: ignore[arg-type]
     reserve = sum(pipeline.export_reserve(c, state.survey) for c in (pruned, truncated))
     assert given["lite0-pruned"] == pytest.approx(1_000 - reserve, abs=2.0)  # not CACHED_SHARE of it
     if pruned_ships:
@@ -956,7 +957,7 @@ def test_a_pruned_student_is_not_begun_when_pruning_and_its_export_cannot_end_in
     monkeypatch.setattr(pipeline, "train_cached_student", train_student)
     monkeypatch.setattr(pipeline, "start_seconds", lambda *args: 990.0)
     state, said = _StageLog(), []
-    pipeline._train_and_export([pruned], ShipConfig(), teacher, tmp_path, None, said.append, state)  # type: ignore[arg-type]
+    pipeline._train_and_export([pruned], teacher, ship_run(state, run_dir=tmp_path, say=said.append))  # type: ignore[arg-type]
     assert any("no time left for lite0-pruned (pruning the teacher, ~990 s, then its export)" in line for line in said)
 
 
@@ -979,7 +980,8 @@ def test_a_teachers_passes_are_planned_at_the_speed_its_engine_trial_recorded(tm
 
 
 def test_a_student_tail_is_re_planned_to_the_time_left_unless_a_full_fine_tune_still_fits_after_it() -> None:
-    from mobiforge.ship.ladder import STUDENT_TAIL_EPOCHS, RungPlan
+    from mobiforge.ship.ladder import RungPlan
+    from mobiforge.ship.policy import STUDENT_TAIL_EPOCHS
     from mobiforge.ship.stages import tail_epochs
 
     rung = RungPlan("last 9 blocks", 9, epochs=11, seconds=900.0)
@@ -1026,9 +1028,9 @@ def _probing(monkeypatch: pytest.MonkeyPatch, clock: FakeClock, speeds: dict[str
         probed.append(candidate.name)
 
     monkeypatch.setattr(search, "time", clock)
-    monkeypatch.setattr(search, "training_speed", speed)
+    monkeypatch.setattr(probes, "training_speed", speed)
     monkeypatch.setattr(search, "candidate_model", model_of)
-    monkeypatch.setattr(search, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(probes, "cpu_has_native_bf16", lambda: False)
     return probed
 
 
@@ -1092,7 +1094,7 @@ def test_a_model_under_min_top1_does_not_ship_and_the_report_says_not_met(
     trained = TrainRecord(str(checkpoint), str(tmp_path))
     for wanted, met in ((None, True), (89.0, True), (95.0, False)):
         config = ShipConfig(min_top1=wanted)
-        result = export_candidate(candidate, trained, config, lambda _: None, _Clock(600.0))
+        result = export_candidate(candidate, trained, ship_run(_Clock(600.0), config))  # type: ignore[arg-type]
         assert result.met == met and result.verdicts.get("min_top1", True) == met
         accuracy = {"top1_in_runtime": 89.5, "images": 10, "top1_fp32_pytorch": 90.0, "drop": 0.5}
         card = {
@@ -1100,7 +1102,7 @@ def test_a_model_under_min_top1_does_not_ship_and_the_report_says_not_met(
             "artifact": {"file": "m", "precision": "int8-ptq", "float_layers": [], "bytes": 1},
             "latency_ms": {"median": 1.0, "p90": 1.0}, "versions": {"machine": "x"}, "accuracy": accuracy,
         }  # fmt: skip
-        lines = " ".join(_headline(config, card, shipped=met))
+        lines = " ".join(_headline(config, ModelCard.from_dict(card), shipped=met))
         assert ("**not met**" in lines) == (not met) and ("--min-top1" in lines) == (wanted is not None)
 
 
@@ -1149,7 +1151,7 @@ def test_no_candidate_is_measured_or_probed_without_the_time_for_it(monkeypatch:
     measured: list[str] = []
     monkeypatch.setattr(search, "measure_candidate", lambda model, c, *args, **kw: measured.append(c.name))
     monkeypatch.setattr(search, "probe_training", lambda model, c, *args, **kw: measured.append(c.name))
-    monkeypatch.setattr(search.speeds, "lookup", lambda key: None)
+    monkeypatch.setattr(probes.speeds, "lookup", lambda key: None)
     config = ShipConfig(data="x", time_budget_s=120, models=["convpool_s"])
     info = _survey(small=True, train_images=1000)
     candidates = search.search(config, info, None, Path("unused"), print, lambda: search.SEARCH_MIN_SECONDS - 1)
@@ -1188,7 +1190,7 @@ def test_the_search_makes_and_measures_nothing_it_has_no_time_for(monkeypatch: p
 def test_a_speed_probe_takes_only_the_steps_that_end_in_time() -> None:
     """A 1-minute ship under a CPU hog spent 54 s measuring its first candidate, most of it in 8 training steps at
     224 px: a probe given a time to end by takes the steps the warm-up says fit, and none when none do."""
-    from mobiforge.ship.search import step_speed
+    from mobiforge.ship.probes import step_speed
 
     class Counted(nn.Module):
         def __init__(self) -> None:
@@ -1219,7 +1221,7 @@ def test_the_teacher_is_not_probed_once_the_budget_is_spent(tmp_path: Path, monk
         raise AssertionError("probed")
 
     monkeypatch.setattr(stages, "measure", probes)
-    record = stages.train_teacher(ShipConfig(data="x"), tmp_path, SilentReporter(), print, Spent())  # type: ignore[arg-type]
+    record = stages.train_teacher(ship_run(Spent(), ShipConfig(data="x"), tmp_path, say=print))  # type: ignore[arg-type]
     assert record.trained is None and record.skipped and "no time" in record.skipped
 
 

@@ -90,11 +90,14 @@ def test_existing_run_is_never_overwritten(colours: Path, tmp_path: Path) -> Non
 def test_images_cached_in_memory_train_exactly_like_images_read_from_files(
     colours: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import mobiforge.data as data
+    import mobiforge.data.cache as cache_module
+    import mobiforge.data.datasets as datasets_module
+    from mobiforge.data import load_rgb
 
     reads: list[str] = []
-    load_rgb = data.load_rgb
-    monkeypatch.setattr(data, "load_rgb", lambda path, *args: reads.append(path) or load_rgb(path, *args))
+    counted = lambda path, *args: reads.append(path) or load_rgb(path, *args)  # noqa: E731
+    for module in (cache_module, datasets_module):  # the two that read images: the memory cache, the dataset
+        monkeypatch.setattr(module, "load_rgb", counted)
     runs, read_counts = {}, {}
     for cache in ("none", "auto"):
         config = _config(colours, tmp_path / "runs", name=cache, epochs=2, deterministic=True)

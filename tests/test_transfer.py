@@ -11,6 +11,7 @@ import torch
 
 import mobiforge.transfer as transfer
 from mobiforge import create_model
+from mobiforge.callbacks import Event, RunView
 from mobiforge.checkpoint import Checkpoint, load_checkpoint, model_checkpoint, save_checkpoint
 from mobiforge.config import DistillConfig
 from mobiforge.data import DataConfig, ImageSamples, discover, eval_transform
@@ -220,11 +221,7 @@ def test_a_cache_larger_than_memory_is_memory_mapped_and_trains_as_if_it_were_in
     data: Path, start: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(transfer, "CHUNK_IMAGES", 8)  # rows of a batch come from several chunks
-    given: list[transfer.TailData] = []
-    train_tail = transfer._train_tail
-    monkeypatch.setattr(
-        transfer, "_train_tail", lambda c, t, data, *a: given.append(data) or train_tail(c, t, data, *a)
-    )
+    given = _spy_tail_data(monkeypatch)
     in_memory = train(_config(data, tmp_path / "runs", start, blocks=1, name="in-memory", views=3))
 
     loads: list[tuple[str, bool]] = []
@@ -267,11 +264,7 @@ def test_a_student_distils_from_cached_teacher_logits_reading_the_teachers_trunk
     seen: list[torch.Tensor] = []
     kd = transfer.kd_loss
     monkeypatch.setattr(transfer, "kd_loss", lambda s, t, temp: seen.append(t) or kd(s, t, temp))
-    given: list[transfer.TailData] = []
-    train_tail = transfer._train_tail
-    monkeypatch.setattr(
-        transfer, "_train_tail", lambda c, t, data, *a: given.append(data) or train_tail(c, t, data, *a)
-    )
+    given = _spy_tail_data(monkeypatch)
     reporter = MessageLog()
     # one view, the plain crop: the probe cached it, and its logits can be checked image by image
     config = _config(data, tmp_path / "runs", start, blocks=2, name="student", cache_dir=shared, views=1)
@@ -324,13 +317,26 @@ def test_a_tail_run_re_planned_after_its_first_epoch_ends_its_schedule_at_the_ne
 
     epochs_seen: list[int] = []
 
-    def longer(progress: transfer.TailProgress) -> None:
-        if progress.epoch == 1:
-            progress.set_epochs(5)
+    def longer(run: RunView) -> None:
+        if run.epoch == 1:
+            run.set_epochs(5)
 
     config = _config(data, tmp_path / "runs", start, blocks=1)  # 3 epochs planned, cosine
-    result = transfer.fit_tail(config, epoch_end=[longer, lambda progress: epochs_seen.append(progress.epoch)])
+    result = train(config, callbacks={Event.EPOCH_END: [longer, lambda run: epochs_seen.append(run.epoch)]})
     assert len(result.history) == 5 and epochs_seen == [1, 2, 3, 4, 5]
     assert yaml.safe_load((result.run_dir / "config.yaml").read_text())["epochs"] == 5  # a resume follows the plan
     lrs = [row["lr"] for row in result.history]
     assert lrs == sorted(lrs, reverse=True) and lrs[-1] < 0.1 * lrs[0]  # one cosine curve, ending at the new end
+
+
+def _spy_tail_data(monkeypatch: pytest.MonkeyPatch) -> list[transfer.TailData]:
+    """The cached tensors each tail run trains on, as ``prepare_tail`` made them."""
+    given: list[transfer.TailData] = []
+    made = transfer.tail_data
+
+    def spy(train: tuple[torch.Tensor, ...], val: tuple[torch.Tensor, torch.Tensor]) -> transfer.TailData:
+        given.append(made(train, val))
+        return given[-1]
+
+    monkeypatch.setattr(transfer, "tail_data", spy)
+    return given

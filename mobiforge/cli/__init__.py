@@ -24,6 +24,7 @@ from mobiforge.log import DEBUG_ENV, configure, debug_requested, set_command
 from mobiforge.options import add_options
 
 JSON_HELP = "print JSON instead of a table"
+CONFIG_HELP = "replay a run from its config.yaml, in a new run folder; the flags given override its settings"
 
 
 def _command(name: str) -> Callable[[argparse.Namespace], int]:
@@ -92,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (help_text, config_class, keywords, function, takes_json) in COMMANDS.items():
         sub = add_command(name, help=help_text, description=help_text)
         add_options(sub, config_class, **keywords)
+        if config_class is cfg.TrainConfig:  # train and distill replay a run
+            sub.add_argument(
+                "--config", dest="config_file", metavar="FILE", default=argparse.SUPPRESS, help=CONFIG_HELP
+            )
         if takes_json:
             sub.add_argument("--json", action="store_true", help=JSON_HELP)
         sub.set_defaults(handler=_command(function), config_class=config_class)

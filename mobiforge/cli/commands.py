@@ -31,8 +31,16 @@ def run_train(args: argparse.Namespace) -> int:
     from mobiforge.train import train
 
     with RichReporter() as reporter:
-        result = train(read_options(args, cfg.TrainConfig), reporter)
+        result = train(read_options(args, cfg.TrainConfig, base=_replayed(args)), reporter)
     return render.run_result(result)
+
+
+def _replayed(args: argparse.Namespace) -> cfg.TrainConfig | None:
+    """``--config FILE``: the saved run's settings, which the flags given then override (Ultralytics' ``cfg=``)."""
+    from mobiforge.runs import load_run_config
+
+    path = getattr(args, "config_file", None)
+    return load_run_config(path) if path else None
 
 
 def run_distill(args: argparse.Namespace) -> int:
@@ -40,7 +48,7 @@ def run_distill(args: argparse.Namespace) -> int:
     from mobiforge.distill import distill
 
     with RichReporter() as reporter:
-        result = distill(read_options(args, cfg.TrainConfig, nested=("distill",)), reporter)
+        result = distill(read_options(args, cfg.TrainConfig, base=_replayed(args), nested=("distill",)), reporter)
     return render.run_result(result)
 
 

@@ -1,11 +1,13 @@
 """``ship(config)``: an image folder and a device budget in, the best verified on-device model out.
 
-The package, one module per concern: ``config`` (what is asked, the candidate grid), ``state`` (typed stage records
-and the resumable state file), ``search`` (survey, measured candidates, speed probes), ``speeds`` (this machine's
-probed training speeds, kept for the next search), ``plan`` (the time plan and the train callbacks that keep it),
-``ladder`` (the teacher's transfer ladder: probe, tail, full fine-tune), ``stages`` (teacher, training, export
-through the gate, the Core ML package), ``pipeline`` (the stage loop and the clock), ``shortfall``, ``report`` and
-``snippets`` (what fell short and why, model card, report, app code).
+The package, one module per concern: ``config`` (the grid row and the interruption), ``policy`` (every tuning value
+and training recipe, each with its reason), ``budget`` (``TimeBudget``: ship's time as a value), ``state`` (the
+stages, their typed records and the resumable state file), ``probes`` (training and inference speed probes),
+``speeds`` (this machine's probed training speeds, kept for the next search), ``search`` (survey, measured
+candidates), ``plan`` (the time plan and the train callbacks that keep it), ``ladder`` (the teacher's transfer
+ladder: probe, tail, full fine-tune), ``stages`` (teacher, training, export through the gate, the Core ML package;
+each takes a ``ShipRun`` and a budget), ``pipeline`` (the stage loop and the clock), ``shortfall``, ``card``
+(the typed model card), ``report`` and ``snippets`` (what fell short and why, report, app code).
 
 Stages, each recorded in ``RUN/ship_state.json`` when it finishes so that rerunning the same command after a
 Ctrl-C, a SIGTERM or a SIGKILL resumes instead of starting over (a training stopped mid-way resumes from its
@@ -39,9 +41,10 @@ Time: the budget covers every stage; elapsed time is carried across resumed sess
 """
 
 from mobiforge.config import ShipConfig
-from mobiforge.ship.config import CANDIDATE_GRID, TEACHER_MODEL, GridRow, ShipInterrupted
+from mobiforge.ship.config import GridRow, ShipInterrupted
 from mobiforge.ship.pipeline import ShipResult, ship
-from mobiforge.ship.plan import DEADLINE_MARGIN, fit_epochs, replan_early, scratch_recipe, stop_by
+from mobiforge.ship.plan import fit_epochs, replan_early, scratch_recipe, stop_by
+from mobiforge.ship.policy import CANDIDATE_GRID, DEADLINE_MARGIN, TEACHER_MODEL
 from mobiforge.ship.search import survey, teacher_candidate, truncated_candidate
 from mobiforge.ship.state import Candidate, ShipState, Survey, TeacherSpec
 

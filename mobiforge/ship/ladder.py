@@ -28,32 +28,27 @@ import torch
 from mobiforge.config import ShipConfig
 from mobiforge.models.base import StackedNet
 from mobiforge.ship.plan import epoch_seconds
-from mobiforge.ship.search import inference_speed, step_speed, training_speed
+from mobiforge.ship.policy import (
+    CACHE_PASS_FIXED_SECONDS,
+    CACHED_EPOCH_FIXED_SECONDS,
+    CHEAP_VIEWS_SHARE,
+    FORWARD_SPEEDUP,
+    FULL_MAX_EPOCHS,
+    FULL_MIN_EPOCHS,
+    MARGIN,
+    MIN_TAIL_EPOCHS,
+    PROBE_EPOCHS,
+    PROBE_MIN_EPOCHS,
+    SIZE_TOLERANCE,
+    TAIL_EPOCHS,
+    TEACHER_TAILS,
+    TEACHER_VIEWS,
+    VIEWS,
+)
+from mobiforge.ship.probes import inference_speed, step_speed, training_speed
 from mobiforge.ship.state import Survey
 from mobiforge.transfer import Tail, trunk_output
 from mobiforge.trunk import trunk_dtype
-
-PROBE_EPOCHS = 30  # epochs of the classifier alone: seconds on cached features
-# The fewest a probe may get when time is short: a tiny folder in a 2-minute budget had 23 s for the teacher, under
-# the 30-epoch probe's fixed costs (about 25 s, for 24 images), and so shipped nothing (RESULTS.md#battery_tiny)
-PROBE_MIN_EPOCHS = 10
-TAIL_EPOCHS = 20  # at most, for the teacher's tail on cached inputs
-STUDENT_TAIL_EPOCHS = 40  # at most, for a student's: its new or narrowed layers learn from far less
-MIN_TAIL_EPOCHS = 6  # a tail rung with fewer is not worth its cache pass
-FULL_MIN_EPOCHS = 2
-FULL_MAX_EPOCHS = 10  # fine-tuning from ImageNet weights converges in a few epochs
-FULL_MAX_STUDENT_EPOCHS = 30  # a student's full fine-tune after its tail rung
-TEACHER_TAILS = (3,)  # the teacher's tail rung: its last 3 blocks (the head conv counts as one)
-STUDENT_TAILS = (4, 3, 2, 1)  # a truncated student's tails, most trainable first (its head conv is new)
-# Views per training image, the most whose trunk passes are cheap. A student learns from the teacher's logits on
-# each: distilled on 4 views of hymenoptera's 244 photos, it learned them by heart (train loss 0.04 at epoch 40)
-# while its val top-1 stood still. The teacher's own rungs learn from labels, and take at most 4.
-VIEWS = (16, 8, 4, 2)
-TEACHER_VIEWS = (4, 2)
-CHEAP_VIEWS_SHARE = 0.15  # "cheap": the trunk passes of the views take at most this share of the seconds
-MARGIN = 1.3  # estimates from random-data timings ran ~1.3x short of real epochs (decoding, evaluation)
-LOWER_SIZES = (160, 128)  # input sizes the teacher's probe tries below its own, in this order
-SIZE_TOLERANCE = 0.5  # probe val top-1 points a lower input size may lose and still be taken
 
 
 @dataclass(frozen=True)
@@ -95,13 +90,13 @@ def views_for(
 
 
 def _cached_epoch(images: int, val_images: int, speed: float) -> float:
-    return MARGIN * (images / speed + val_images / (3 * speed)) + 0.5
+    return MARGIN * (images / speed + val_images / (FORWARD_SPEEDUP * speed)) + CACHED_EPOCH_FIXED_SECONDS
 
 
 def probe_rung(speeds: LadderSpeeds, info: Survey, views: int, seconds: float) -> RungPlan | None:
     """The linear probe with the most epochs (PROBE_EPOCHS down to PROBE_MIN_EPOCHS) that fit in ``seconds``."""
     passes = info.train_images * views + info.val_images
-    cache = MARGIN * passes / speeds.forward + 10.0
+    cache = MARGIN * passes / speeds.forward + CACHE_PASS_FIXED_SECONDS
     epoch = _cached_epoch(info.train_images * views, info.val_images, speeds.tail[0])
     epochs = min(PROBE_EPOCHS, int((seconds - cache) / epoch))
     return RungPlan("linear probe", 0, epochs, cache + epochs * epoch, views) if epochs >= PROBE_MIN_EPOCHS else None
@@ -121,7 +116,7 @@ def tail_rung(
     for blocks in tails:
         if blocks not in speeds.tail or blocks not in speeds.prefix:
             continue
-        cache = MARGIN * passes / speeds.prefix[blocks] + 10.0
+        cache = MARGIN * passes / speeds.prefix[blocks] + CACHE_PASS_FIXED_SECONDS
         epoch = _cached_epoch(info.train_images * views, info.val_images, speeds.tail[blocks])
         epochs = min(max_epochs, int((seconds - cache) // epoch))
         if epochs >= MIN_TAIL_EPOCHS:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import signal
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,13 +18,20 @@ from mobiforge.log import logger
 from mobiforge.progress import Reporter, SilentReporter
 from mobiforge.runs import claim_run_dir
 from mobiforge.runtimes import copy_artifact, write_labels
-from mobiforge.ship.config import CORE_ML
-from mobiforge.ship.ladder import MIN_TAIL_EPOCHS
-from mobiforge.ship.plan import DEADLINE_MARGIN, FIRST_EPOCH_SHARE, export_estimate, export_reserve, next_training
+from mobiforge.ship.budget import TimeBudget
+from mobiforge.ship.plan import export_estimate, export_reserve, next_training
+from mobiforge.ship.policy import (
+    CACHED_SHARE,
+    DEADLINE_MARGIN,
+    FALLBACK_SOURCE,
+    FIRST_EPOCH_SHARE,
+    MIN_TAIL_EPOCHS,
+)
 from mobiforge.ship.report import write_ship_report
 from mobiforge.ship.search import check_families, rank, search, survey, teacher_plan
 from mobiforge.ship.shortfall import headline, why_nothing_shipped
 from mobiforge.ship.stages import (
+    ShipRun,
     cached_student,
     core_ml_package,
     export_candidate,
@@ -34,16 +40,21 @@ from mobiforge.ship.stages import (
     train_candidate,
     train_teacher,
 )
-from mobiforge.ship.state import Candidate, ResultRecord, Row, SearchRecord, ShipState, TrainRecord
-
-# Of the time left, at most, for a cached student when more candidates wait: the first is ranked best, and the
-# proxy's pruned student still gained 1-5 val points an epoch when 60% ended it at 6 epochs.
-CACHED_SHARE = 0.75
-# A pruned student takes all the time when only the truncated form of the same teacher waits: that one is its
-# fallback (it trains when the pruned one does not ship). The pruned student, every stage of the teacher kept, beat
-# the truncated one on each set measured: hymenoptera at 10 and 30 minutes and the CIFAR-10 proxy
-# (RESULTS.md#ship_hymenoptera_10m, #ship_proxy).
-FALLBACK_SOURCE = "truncated"
+from mobiforge.ship.state import (
+    CORE_ML_PACKAGE,
+    EXPORT,
+    RESULT,
+    SEARCH,
+    SURVEY,
+    TEACHER,
+    TRAIN,
+    Candidate,
+    ResultRecord,
+    Row,
+    SearchRecord,
+    ShipState,
+    TrainRecord,
+)
 
 
 @dataclass
@@ -82,7 +93,7 @@ def ship(config: ShipConfig, reporter: Reporter | None = None) -> ShipResult:
     claim_run_dir(run_dir, "ship")
     state = ShipState(run_dir, config)
     with state.clock(), terminate_as_interrupt():
-        return _stages(config, run_dir, state, reporter)
+        return _stages(ShipRun(config, run_dir, reporter, Progress(reporter, state), state))
 
 
 @contextlib.contextmanager
@@ -106,58 +117,49 @@ def terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _stages(config: ShipConfig, run_dir: Path, state: ShipState, reporter: Reporter) -> ShipResult:
-    say = Progress(reporter, state)
+def _stages(run: ShipRun) -> ShipResult:
+    config, run_dir, state, say = run.config, run.run_dir, run.state, run.say
     if state.recovered:
         say(state.recovered)
     if state.stages:
         say(f"resuming {run_dir}: {', '.join(state.stages)} already done, {_clock(state.elapsed())} spent")
     torch.manual_seed(config.seed)
 
-    info = state.done("survey") or state.finish("survey", survey(config))
+    info = state.done(SURVEY) or state.finish(SURVEY, survey(config))
     say(
         f"data: {info.train_images} train / {info.val_images} val images, {len(info.classes)} classes, "
         f"median side {info.median_side} px -> input {', '.join(map(str, info.img_sizes))} px"
     )
     teacher_spec, teacher_note = teacher_plan(config, info)
-    searched = state.done("search")
+    searched = state.done(SEARCH)
     if searched is None:
         say(f"search: {teacher_note}")
         candidates = search(config, info, teacher_spec, run_dir, say, state.left)
-        searched = state.finish("search", SearchRecord(candidates, teacher_note))
+        searched = state.finish(SEARCH, SearchRecord(candidates, teacher_note))
     fitting = sorted((c for c in searched.candidates if c.fits), key=rank)
     teacher = None
     if fitting and (teacher_spec is not None or config.teacher not in ("auto", "none")):
-        teacher = _teacher(config, run_dir, reporter, say, state)
+        teacher = _teacher(run)
     if teacher is None:
         fitting = [c for c in fitting if c.source == "scratch"]
-    _train_and_export(fitting[: config.max_trained], config, teacher, run_dir, reporter, say, state)
-    return _finish(config, run_dir, state, searched.candidates, say)
+    _train_and_export(fitting[: config.max_trained], teacher, run)
+    return _finish(run, searched.candidates)
 
 
-def _teacher(
-    config: ShipConfig, run_dir: Path, reporter: Reporter, say: Progress, state: ShipState
-) -> TrainRecord | None:
-    stage = state.done("teacher") or state.finish("teacher", train_teacher(config, run_dir, reporter, say, state))
+def _teacher(run: ShipRun) -> TrainRecord | None:
+    stage = run.state.done(TEACHER) or run.state.finish(TEACHER, train_teacher(run))
     if stage.skipped:
-        say(f"teacher: {stage.skipped}")
+        run.say(f"teacher: {stage.skipped}")
     return stage.trained
 
 
-def _train_and_export(
-    chosen: list[Candidate],
-    config: ShipConfig,
-    teacher: TrainRecord | None,
-    run_dir: Path,
-    reporter: Reporter,
-    say: Progress,
-    state: ShipState,
-) -> None:
+def _train_and_export(chosen: list[Candidate], teacher: TrainRecord | None, run: ShipRun) -> None:
     """Train each candidate in its share of the time left, then export it through the gate."""
+    state, say = run.state, run.say
     queue = [c for c in chosen if state.exported(c.name) is None]
     while queue:
         candidate = queue[0]
-        stage = f"train:{candidate.name}"
+        stage = TRAIN.of(candidate.name)
         if state.trained(candidate.name) is None and candidate.source == "teacher":  # trained: the teacher run
             assert teacher is not None
             state.finish(stage, dataclasses.replace(teacher, distilled=False))
@@ -167,64 +169,50 @@ def _train_and_export(
             continue
         if state.trained(candidate.name) is None and cached_student(candidate, teacher):
             assert teacher is not None
-            if not _train_cached(candidate, queue, config, teacher, run_dir, reporter, say, state):
+            if not _train_cached(candidate, queue, teacher, run):
                 queue.pop(0)
                 continue
         if state.trained(candidate.name) is None:
             epochs, epoch_s, seconds = next_training(queue, state.survey, teacher, state.left())
-            reserve = export_reserve(candidate, state.survey)
-            if state.left() - reserve < (DEADLINE_MARGIN if shipped_one(state) else FIRST_EPOCH_SHARE) * epoch_s:
+            own = run.budget().split(export_reserve(candidate, state.survey))
+            if own.left() < (DEADLINE_MARGIN if shipped_one(state) else FIRST_EPOCH_SHARE) * epoch_s:
                 say(f"train: no time left for {candidate.name} (~{epoch_s:.0f} s per epoch, then its export)")
                 queue.pop(0)
                 continue
             more = f", then {', '.join(c.name for c in queue[1:])}" if len(queue) > 1 else ""
             say(f"train: {candidate.name}, {epochs} epochs (~{epoch_s:.0f} s each){more}")
-            deadline = state.deadline - sum(export_reserve(c, state.survey) for c in queue)  # the exports must fit too
-            fit_by = min(deadline, time.time() + seconds)
-            trained = train_candidate(candidate, epochs, config, teacher, run_dir, reporter, state, deadline, fit_by)
-            state.finish(stage, trained)
+            exports = sum(export_reserve(c, state.survey) for c in queue)  # the exports must fit too
+            budget = TimeBudget(state.deadline, reserve=exports, seconds=seconds)
+            state.finish(stage, train_candidate(candidate, epochs, teacher, run, budget))
         trained_record = state.trained(candidate.name)
         assert trained_record is not None
-        state.finish(f"export:{candidate.name}", export_candidate(candidate, trained_record, config, say, state))
+        state.finish(EXPORT.of(candidate.name), export_candidate(candidate, trained_record, run))
         queue.pop(0)
 
 
-def _train_cached(
-    candidate: Candidate,
-    queue: list[Candidate],
-    config: ShipConfig,
-    teacher: TrainRecord,
-    run_dir: Path,
-    reporter: Reporter,
-    say: Progress,
-    state: ShipState,
-) -> bool:
+def _train_cached(candidate: Candidate, queue: list[Candidate], teacher: TrainRecord, run: ShipRun) -> bool:
     """A cached student's training in its share of the time left (all of it when it is the last); False when its
     cache pass and shortest tail cannot fit and another candidate has shipped (it is skipped)."""
-    reserve = sum(export_reserve(c, state.survey) for c in queue)
-    usable = state.left() - reserve
+    state, say = run.state, run.say
     export_s = export_estimate(candidate, state.survey)  # expected, not the reserve's margin: that would waste time
     if state.left() < export_s:  # its export alone would end past the budget
         say(f"train: no time left for {candidate.name} (its export alone, ~{export_s:.0f} s, would end past the time)")
         return False
-    start_s = start_seconds(candidate, teacher, run_dir)
+    start_s = start_seconds(candidate, teacher, run.run_dir)
     if state.left() < start_s + export_s:  # pruning the teacher and the export would end past the budget
         say(f"train: no time left for {candidate.name} (pruning the teacher, ~{start_s:.0f} s, then its export)")
         return False
     alone = all(c.source == FALLBACK_SOURCE for c in queue[1:]) and candidate.source == "pruned"
-    seconds = usable * (1.0 if len(queue) == 1 or alone else CACHED_SHARE)
+    share = 1.0 if len(queue) == 1 or alone else CACHED_SHARE
     say(f"train: {candidate.name} on the cached trunk, distilled from the teacher's cached logits")
-    deadline, required = state.deadline - reserve, not shipped_one(state)
+    exports = run.budget().split(sum(export_reserve(c, state.survey) for c in queue))
     own = export_reserve(candidate, state.survey)  # the others' exports are spare too when they cannot train
-    spare, alone_by = usable - seconds + reserve - own, state.deadline - own
-    trained = train_cached_student(
-        candidate, config, teacher, run_dir, reporter, state, seconds, deadline, required, spare, alone_by
-    )
+    trained = train_cached_student(candidate, teacher, run, exports.share(share, keep=own), not shipped_one(state))
     if trained is None:
         say(f"train: no time left for {candidate.name} (its cache pass and {MIN_TAIL_EPOCHS} epochs, then its export)")
         return False
     say(f"train: {candidate.name}: {trained.rung}, {trained.epochs_run} epochs, val top-1 {trained.top1:.2f}%")
-    state.finish(f"train:{candidate.name}", trained)
+    state.finish(TRAIN.of(candidate.name), trained)
     return True
 
 
@@ -239,7 +227,7 @@ def _fallback(candidate: Candidate, candidates: list[Candidate], state: ShipStat
 def shipped_one(state: ShipState) -> bool:
     """Whether some candidate has an int8 artifact already: after that, one that cannot finish in time is
     skipped (before it, the last candidate trains at least an epoch, so that the run has something to show)."""
-    return any(stage.startswith("export:") for stage in state.stages)
+    return bool(state.records(EXPORT))
 
 
 def _check(config: ShipConfig) -> None:
@@ -253,9 +241,8 @@ def _check(config: ShipConfig) -> None:
     check_families(config.models)  # before the run folder records these settings: a corrected rerun must start
 
 
-def _finish(
-    config: ShipConfig, run_dir: Path, state: ShipState, candidates: list[Candidate], say: Progress
-) -> ShipResult:
+def _finish(run: ShipRun, candidates: list[Candidate]) -> ShipResult:
+    config, run_dir, state, say = run.config, run.run_dir, run.state, run.say
     rows = [Row(c, state.trained(c.name), state.exported(c.name)) for c in candidates]
     shipped = [row for row in rows if row.exported and row.exported.met]
     chosen = max(shipped, key=lambda row: row.exported.chosen.top1 if row.exported else 0.0) if shipped else None
@@ -266,17 +253,17 @@ def _finish(
         artifact = run_dir / f"model{source.suffix}"
         copy_artifact(source, artifact)  # with its report: `predict`, `eval` and `serve` read it
         write_labels(run_dir, state.survey.classes)
-        if chosen.trained is not None and state.done(CORE_ML) is None:
-            package = core_ml_package(chosen.trained, config, run_dir, say, state)
+        if chosen.trained is not None and state.done(CORE_ML_PACKAGE) is None:
+            package = core_ml_package(chosen.trained, run)
             if package is not None:
-                state.finish(CORE_ML, package)
+                state.finish(CORE_ML_PACKAGE, package)
     result = ResultRecord(
         chosen=chosen.candidate.name if chosen else None,
         closest=closest.candidate.name if closest else None,
         artifact=str(artifact) if artifact else None,
         elapsed_s=state.elapsed(),
     )
-    state.finish("result", result)
+    state.finish(RESULT, result)
     card = write_ship_report(run_dir, config, state, rows, chosen, closest)
     why = None
     if chosen and chosen.exported:
@@ -290,8 +277,8 @@ def _finish(
         near = f"; closest: {closest.candidate.name}" if closest else ""
         why = why_nothing_shipped(rows, closest)
         say(f"no candidate met every budget{near}; see {run_dir / 'report.html'}" if why is None else why)
-    if card is not None and card["budget"].get("shortfall"):
-        say(headline(card["budget"]["shortfall"]).replace("**", ""))
+    if card is not None and card.budget.shortfall:
+        say(headline(card.budget.shortfall).replace("**", ""))
     return ShipResult(run_dir, result.chosen, result.closest, artifact, state, why)
 
 

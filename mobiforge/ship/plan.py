@@ -3,42 +3,68 @@ that keep a training run inside its share (``replan_early``, ``stop_by``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 
 from mobiforge import engine
+from mobiforge.callbacks import Callback, RunView
 from mobiforge.config import ShipConfig
 from mobiforge.data import DataConfig
 from mobiforge.models import is_model, model_traits
-from mobiforge.ship.config import MAX_EPOCHS, MIN_EPOCHS, SCRATCH_EPOCHS, SMALL_IMAGE_SIDE
+from mobiforge.ship.policy import (
+    CALIBRATION_IMAGES,
+    DEADLINE_MARGIN,
+    EPOCH_FIXED_SECONDS,
+    EXPORT_RESERVE_FACTOR,
+    EXPORT_RESERVE_SECONDS,
+    FIRST_OF_TWO_SHARE,
+    FORWARD_SPEEDUP,
+    LARGE_BATCH,
+    LARGE_INPUT_SIZES,
+    LARGE_MIN_SCALE,
+    LATE_REPLAN_LIMIT,
+    LATE_REPLAN_SHARE,
+    MARGIN,
+    MAX_EPOCHS,
+    MIN_EPOCHS,
+    NORM_BIAS_LR_SCALE,
+    PACE_EPOCHS,
+    REFERENCE_IMAGES,
+    REPLAN_AFTER,
+    SCRATCH_EPOCHS,
+    SCRATCH_SGD,
+    SCRATCH_SGD_BATCH,
+    SCRATCH_SGD_MIN_STEPS,
+    SCRATCH_SHORT,
+    SIMULATED_COST,
+    SMALL_BATCH,
+    SMALL_IMAGE_SIDE,
+    SMALL_MIN_SCALE,
+    TEACHER_SPEED_RATIO,
+    UNMEASURED_EXPORT_SECONDS,
+    UNMEASURED_LATENCY_MS,
+    UNMEASURED_SPEED,
+    UNPROBED_PLAN_SPEED,
+)
 from mobiforge.ship.state import Candidate, Survey, TrainRecord
-from mobiforge.train import Trainer
-
-# Before anything has shipped, the last candidate still trains when the time left after its export holds this
-# share of an epoch (its one epoch then ends at most half an epoch past the budget); with less, nothing trains and
-# the run says the time ran out: the budget holds on a busy machine, and a resumed run past it trains nothing.
-FIRST_EPOCH_SHARE = 0.5
-DEADLINE_MARGIN = 1.05  # an epoch is expected to end before a deadline if it would with 5% to spare
 
 
 def batch_size(config: ShipConfig, img_size: int) -> int:
-    return config.batch_size or (128 if img_size <= SMALL_IMAGE_SIDE else 32)
+    return config.batch_size or (SMALL_BATCH if img_size <= SMALL_IMAGE_SIDE else LARGE_BATCH)
 
 
 def data_config(config: ShipConfig, img_size: int | None) -> DataConfig:
     """The training data settings of a candidate (``img_size`` None: the teacher's own input size)."""
-    size = img_size or 224
+    size = img_size or LARGE_INPUT_SIZES[0]
     return DataConfig(
         data=config.data,
         img_size=img_size,
         batch_size=batch_size(config, size),
         workers=config.workers,
         skip_bad_images=config.skip_bad_images,
-        min_scale=0.25 if size > SMALL_IMAGE_SIDE else 0.08,
+        min_scale=LARGE_MIN_SCALE if size > SMALL_IMAGE_SIDE else SMALL_MIN_SCALE,
     )
-
-
-NORM_BIAS_LR_SCALE = 64.0  # airbench's: BN biases learn 64x faster than the weights, BN scales held at 1
 
 
 def identity_start(model: str | None) -> bool:
@@ -51,16 +77,13 @@ def scratch_recipe(small: bool, steps: int, batch: int, model: str | None = None
     """The CIFAR-10 recipe measured in RESULTS.md#scratch_recipe_convpool_whiten (SGD with Nesterov momentum,
     one-cycle; for the conv-pool family, BN biases at 64x the rate) when the run is long enough for its warm-up;
     short runs (few images or epochs) diverged with it and get AdamW with cosine decay instead."""
-    if small and steps >= 1000:
-        return engine.OptimConfig(
-            lr=0.2 * batch / 128,
-            nesterov=True,
-            scheduler="onecycle",
-            weight_decay=5e-4,
-            label_smoothing=0.1,
+    if small and steps >= SCRATCH_SGD_MIN_STEPS:
+        return dataclasses.replace(
+            SCRATCH_SGD,
+            lr=SCRATCH_SGD.lr * batch / SCRATCH_SGD_BATCH,
             norm_bias_lr_scale=NORM_BIAS_LR_SCALE if identity_start(model) else 1.0,
         )
-    return engine.OptimConfig(optimizer="adamw", lr=2e-3, scheduler="cosine", weight_decay=0.05, label_smoothing=0.1)
+    return SCRATCH_SHORT
 
 
 def scratch_whiten_stem(optim: engine.OptimConfig) -> bool:
@@ -77,36 +100,32 @@ def scratch_identity_init(model: str, optim: engine.OptimConfig) -> bool:
 
 def epoch_seconds(images_per_s: float, info: Survey, teacher_speed: float | None) -> float:
     """One epoch's wall time: training (+ the teacher's forward passes) and evaluation, with a margin for loading."""
-    seconds = info.train_images / images_per_s + info.val_images / (3 * images_per_s)
+    seconds = info.train_images / images_per_s + info.val_images / (FORWARD_SPEEDUP * images_per_s)
     if teacher_speed:
-        seconds += info.train_images / (3 * teacher_speed)
-    return 1.3 * seconds + 3.0
-
-
-CALIBRATION_IMAGES = 256  # train images that calibrate ship's int8 exports
-REFERENCE_IMAGES = 64  # val images ship compares the runtime with the simulated-int8 graph on
-SIMULATED_COST = 4.0  # an image through an observed or simulated-int8 graph costs this many fp32 forward passes
+        seconds += info.train_images / (FORWARD_SPEEDUP * teacher_speed)
+    return MARGIN * seconds + EPOCH_FIXED_SECONDS
 
 
 def export_reserve(candidate: Candidate, info: Survey) -> float:
     """Seconds set aside for a trained candidate's PTQ export and gate: ``export_estimate`` with half again and
     15 s to spare."""
-    return 1.5 * export_estimate(candidate, info) + 15.0
+    return EXPORT_RESERVE_FACTOR * export_estimate(candidate, info) + EXPORT_RESERVE_SECONDS
 
 
 def export_estimate(candidate: Candidate, info: Survey) -> float:
     """Seconds a trained candidate's PTQ export and gate are expected to take: the search's own export time
     (lowering a graph calibrated on 8 random images), plus calibrating on real images, the fp32 and runtime passes
     over the val images and the reference check (forward passes estimated at 3x the measured training speed)."""
-    forward = 3 * (candidate.train_images_per_s or 10.0)
+    forward = FORWARD_SPEEDUP * (candidate.train_images_per_s or UNMEASURED_SPEED)
     passes = SIMULATED_COST * (CALIBRATION_IMAGES + REFERENCE_IMAGES) + info.val_images
-    runtime = info.val_images * (candidate.latency_ms or 10.0) / 1000
-    return (candidate.export_seconds or 60.0) + passes / forward + runtime
+    runtime = info.val_images * (candidate.latency_ms or UNMEASURED_LATENCY_MS) / 1000
+    return (candidate.export_seconds or UNMEASURED_EXPORT_SECONDS) + passes / forward + runtime
 
 
 def plan_epochs(candidate: Candidate, info: Survey, teacher: TrainRecord | None, seconds: float) -> tuple[int, float]:
-    teacher_speed = (candidate.train_images_per_s or 1.0) * 0.3 if teacher else None  # a larger net, forward only
-    epoch_s = epoch_seconds(candidate.train_images_per_s or 1.0, info, teacher_speed)
+    speed = candidate.train_images_per_s or UNPROBED_PLAN_SPEED
+    teacher_speed = speed * TEACHER_SPEED_RATIO if teacher else None  # a larger net, forward only
+    epoch_s = epoch_seconds(speed, info, teacher_speed)
     return int(min(MAX_EPOCHS, max(0.0, seconds) // epoch_s)), epoch_s  # no time left: 0 epochs, never fewer
 
 
@@ -119,12 +138,12 @@ def needed_epochs(candidate: Candidate) -> int:
 def next_training(
     queue: list[Candidate], info: Survey, teacher: TrainRecord | None, left: float
 ) -> tuple[int, float, float]:
-    """Epochs for ``queue[0]``, their estimated length, and its share of the time: the first of two gets 60% of the
-    time left after the exports; the queue loses its last candidate while that would leave any with fewer than its
-    ``needed_epochs``; the last one trains at least 1 epoch."""
+    """Epochs for ``queue[0]``, their estimated length, and its share of the time: the first of two gets
+    FIRST_OF_TWO_SHARE of the time left after the exports; the queue loses its last candidate while that would leave
+    any with fewer than its ``needed_epochs``; the last one trains at least 1 epoch."""
     while True:
         usable = left - sum(export_reserve(c, info) for c in queue)
-        share = 1.0 if len(queue) == 1 else 0.6
+        share = 1.0 if len(queue) == 1 else FIRST_OF_TWO_SHARE
         epochs, epoch_s = plan_epochs(queue[0], info, teacher, usable * share)
         later = [plan_epochs(c, info, teacher, usable * (1 - share) / (len(queue) - 1))[0] for c in queue[1:]]
         if len(queue) == 1 or all(e >= needed_epochs(c) for c, e in zip(queue, [epochs, *later], strict=True)):
@@ -144,12 +163,7 @@ def fit_epochs(end: float, cap: int) -> Callable[[int, float], int]:
     return epochs
 
 
-REPLAN_AFTER = (1, 3)  # whole full-network epochs after which a run's length is re-planned (see replan_early)
-LATE_REPLAN_SHARE = 0.2  # ... and once more a fifth of the way through a run long enough for that to come later,
-LATE_REPLAN_LIMIT = 0.3  # but not past one-cycle's warm-up (its first 30%), where the rate would jump
-
-
-def replan_early(plan: Callable[[int, float], int]) -> Callable[[Trainer], None]:
+def replan_early(plan: Callable[[int, float], int]) -> Callback:
     """A train callback: after the first whole epoch that trains the full network, again after the third, and once
     more a fifth of the way through the run where that comes later, ``plan(epochs_done, epoch_seconds)`` sets the
     run's epoch count; the schedule is stretched or shortened to it, so that a time-budgeted run planned from an
@@ -161,7 +175,7 @@ def replan_early(plan: Callable[[int, float], int]) -> Callable[[Trainer], None]
     seconds: list[float] = []
     finished = False
 
-    def on_epoch_end(trainer: Trainer) -> None:
+    def on_epoch_end(trainer: RunView) -> None:
         nonlocal finished
         if finished or not trainer.whole_epoch or trainer.frozen:
             return
@@ -176,10 +190,7 @@ def replan_early(plan: Callable[[int, float], int]) -> Callable[[Trainer], None]
     return on_epoch_end
 
 
-PACE_EPOCHS = 3  # the recent epochs whose mean length judges whether a run's plan still ends by its deadline
-
-
-def stop_by(deadline: float) -> Callable[[Trainer], None]:
+def stop_by(deadline: float) -> Callback:
     """A train callback that keeps a run inside ``deadline`` (a ``time.time()`` value). While the epochs left in its
     plan would end after it at the pace of the last few full-network epochs (the first one excepted, as for
     ``replan_early``), the plan is shortened to as many as fit with the deadline margin, so that the learning-rate
@@ -188,7 +199,7 @@ def stop_by(deadline: float) -> Callable[[Trainer], None]:
     by the length of the epoch just done; it stays resumable with more time."""
     seconds: list[float] = []
 
-    def on_epoch_end(trainer: Trainer) -> None:
+    def on_epoch_end(trainer: RunView) -> None:
         if trainer.whole_epoch and not trainer.frozen:
             seconds.append(trainer.epoch_seconds)
             if len(seconds) > 1:
@@ -200,7 +211,7 @@ def stop_by(deadline: float) -> Callable[[Trainer], None]:
     return on_epoch_end
 
 
-def _shorten_to_fit(trainer: Trainer, recent: list[float], deadline: float) -> None:
+def _shorten_to_fit(trainer: RunView, recent: list[float], deadline: float) -> None:
     """Cut the plan to the epochs that fit by ``deadline`` (with the margin) at the mean pace of ``recent`` epochs,
     where the rest of it would not fit (without the margin) and at least one more epoch does."""
     pace, left = sum(recent) / len(recent), deadline - time.time()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import html
 import importlib.metadata
 import json
@@ -29,16 +30,27 @@ from mobiforge.backend_api import get_backend
 from mobiforge.checkpoint import Checkpoint
 from mobiforge.config import BUILTIN_DATASETS, ShipConfig
 from mobiforge.data import data_root
-from mobiforge.export import about
+from mobiforge.export import ArtifactReport, about
 from mobiforge.files import write_atomic
 from mobiforge.models.base import Preprocess
 from mobiforge.options import to_argv
 from mobiforge.paths import shareable, without_local_paths
 from mobiforge.plots import plot_confusion, plot_mistakes, pyplot
-from mobiforge.ship.config import CORE_ML, FILE_OVERHEAD
+from mobiforge.ship.card import (
+    CardAccuracy,
+    CardArtifact,
+    CardBudget,
+    CardCoreML,
+    CardInput,
+    CardLatency,
+    CardModel,
+    ModelCard,
+)
+from mobiforge.ship.config import CORE_ML
+from mobiforge.ship.policy import FILE_OVERHEAD
 from mobiforge.ship.shortfall import headline, shortfall, why_nothing_shipped
 from mobiforge.ship.snippets import android_snippet, ios_snippet
-from mobiforge.ship.state import Candidate, Row, ShipState
+from mobiforge.ship.state import CORE_ML_PACKAGE, SEARCH, TEACHER, Candidate, Row, ShipState
 
 
 def versions(runtime: str) -> dict[str, str]:
@@ -72,36 +84,34 @@ def ship_command(config: ShipConfig) -> str:
     return shlex.join(["mobiforge", "ship", *to_argv(config, always=COMMAND_ALWAYS, rewrite=shared)])
 
 
-def _core_ml_card(package: Any) -> dict[str, Any]:
-    """The Core ML package beside the shipped file: what was checked without a Mac, and that it was not run."""
-    return {
-        "file": Path(package.path).name,
-        "bytes": package.file_bytes,
-        "precision": package.precision,
-        "ran_on_this_host": package.ran_in_runtime,
-        "top1_pytorch_as_it_computes": package.top1,
-        "images": package.images,
-        "checks": package.notes,
-    }
+def _core_ml_card(package: ArtifactReport) -> CardCoreML:
+    return CardCoreML(
+        file=Path(package.path).name,
+        bytes=package.file_bytes,
+        precision=package.precision,
+        ran_on_this_host=package.ran_in_runtime,
+        top1_pytorch_as_it_computes=package.top1,
+        images=package.images,
+        checks=package.notes,
+    )
 
 
-def _card_input(preprocess: Preprocess, pixels: bool) -> dict[str, Any]:
-    """What the file takes: uint8 RGB pixels, NHWC, normalised inside the graph; or normalised float32 NCHW."""
+def _card_input(preprocess: Preprocess, pixels: bool) -> CardInput:
     size = preprocess.img_size
-    return {
-        "input_shape": [1, size, size, 3] if pixels else [1, 3, size, size],
-        "layout": "NHWC" if pixels else "NCHW",
-        "dtype": "uint8" if pixels else "float32",
-        "resize": preprocess.resize_size,
-        "crop": size,
-        "interpolation": preprocess.interpolation,
-        "scale": "none: RGB pixels 0-255, normalised inside the graph" if pixels else "RGB / 255",
-        "mean": list(preprocess.mean),
-        "std": list(preprocess.std),
-    }
+    return CardInput(
+        input_shape=[1, size, size, 3] if pixels else [1, 3, size, size],
+        layout="NHWC" if pixels else "NCHW",
+        dtype="uint8" if pixels else "float32",
+        resize=preprocess.resize_size,
+        crop=size,
+        interpolation=preprocess.interpolation,
+        scale="none: RGB pixels 0-255, normalised inside the graph" if pixels else "RGB / 255",
+        mean=list(preprocess.mean),
+        std=list(preprocess.std),
+    )
 
 
-def model_card(config: ShipConfig, state: ShipState, row: Row, artifact: Path | None) -> dict[str, Any]:
+def model_card(config: ShipConfig, state: ShipState, row: Row, artifact: Path | None) -> ModelCard:
     """What an app developer needs to use the artifact, and the evidence that it meets the budget."""
     assert row.exported is not None and row.trained is not None
     exported, trained, candidate = row.exported.chosen, row.trained, row.candidate
@@ -111,59 +121,52 @@ def model_card(config: ShipConfig, state: ShipState, row: Row, artifact: Path | 
     verdicts = row.exported.verdicts
     file = artifact.name if artifact else Path(exported.path).name
     described = about(config, config.data, checkpoint.named_classes())
-    return {
-        "name": described.name,
-        "version": described.version,
-        "license": described.license or "not stated",  # asked for (--license), never assumed
-        "description": described.description,
-        "intended_use": _intended_use(checkpoint.named_classes(), state),
-        "limitations": _limitations(config, state, exported),
-        "shipped": artifact is not None,
-        "artifact": {
-            "file": file,
-            "format": config.runtime,
-            "precision": exported.precision,
-            "float_layers": exported.float_modules,  # left in float: int8 lost too much there
-            "bytes": exported.file_bytes,
-        },
-        "model": {
-            "candidate": candidate.name,
-            "spec": checkpoint.spec,
-            "source": candidate.source,
-            "params": candidate.params,
-            "macs": candidate.macs,
-            "distilled": trained.distilled,
-            "epochs": trained.epochs_run,
-        },
-        "classes": checkpoint.classes,
-        "preprocessing": _card_input(preprocess, exported.pixel_input),
-        "accuracy": {
-            "split": "val",
-            "images": exported.images,
-            "top1_in_runtime": exported.top1,
-            "top1_fp32_pytorch": exported.torch_fp32_top1,
-            "drop": exported.drop,
-            "sdk": exported.sdk,  # the same file in the app-side SDK that loads it (MediaPipe Tasks for LiteRT)
-            "top1_in_sdk": exported.sdk_top1,
-            "sdk_agreement": exported.sdk_agreement,  # % of images with the runtime's top-1
-            "sdk_clear_disagreements": exported.sdk_clear_disagreements,
-            "top1_in_sdk_app": exported.sdk_app_top1,  # the SDK resizing the full-size val images, as in an app
-            "data": without_local_paths(state.survey.description, config.data),
-        },
-        "latency_ms": {"median": latency["median"], "p90": latency["p90"], "batch": 1, "threads": config.threads},
-        "budget": {
-            "max_size_bytes": config.max_size,
-            "max_latency_ms": config.max_latency_ms,
-            "max_drop": config.max_drop,
-            "time_budget_s": config.time_budget_s,
-            "time_used_s": round(state.elapsed(), 1),
-            "verdicts": verdicts,
-            "met": all(verdicts.values()),
-        },
-        "versions": versions(config.runtime),
-        "command": ship_command(config),
-        "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-    }
+    return ModelCard(
+        name=described.name,
+        version=described.version,
+        license=described.license or "not stated",
+        description=described.description,
+        intended_use=_intended_use(checkpoint.named_classes(), state),
+        limitations=_limitations(config, state, exported),
+        shipped=artifact is not None,
+        artifact=CardArtifact(file, config.runtime, exported.precision, exported.float_modules, exported.file_bytes),
+        model=CardModel(
+            candidate=candidate.name,
+            spec=checkpoint.spec,
+            source=candidate.source,
+            params=candidate.params,
+            macs=candidate.macs,
+            distilled=trained.distilled,
+            epochs=trained.epochs_run,
+        ),
+        classes=checkpoint.classes,
+        preprocessing=_card_input(preprocess, exported.pixel_input),
+        accuracy=CardAccuracy(
+            images=exported.images,
+            top1_in_runtime=exported.top1,
+            top1_fp32_pytorch=exported.torch_fp32_top1,
+            drop=exported.drop,
+            sdk=exported.sdk,
+            top1_in_sdk=exported.sdk_top1,
+            sdk_agreement=exported.sdk_agreement,
+            sdk_clear_disagreements=exported.sdk_clear_disagreements,
+            top1_in_sdk_app=exported.sdk_app_top1,
+            data=without_local_paths(state.survey.description, config.data),
+        ),
+        latency_ms=CardLatency(latency["median"], latency["p90"], batch=1, threads=config.threads),
+        budget=CardBudget(
+            max_size_bytes=config.max_size,
+            max_latency_ms=config.max_latency_ms,
+            max_drop=config.max_drop,
+            time_budget_s=config.time_budget_s,
+            time_used_s=round(state.elapsed(), 1),
+            verdicts=verdicts,
+            met=all(verdicts.values()),
+        ),
+        versions=versions(config.runtime),
+        command=ship_command(config),
+        created=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    )
 
 
 def _intended_use(classes: list[str], state: ShipState) -> str:
@@ -316,42 +319,40 @@ def _html_table(table: list[list[str]]) -> str:
 NOTHING_FITS = "nothing fits the budget (see the search table)"
 
 
-def _headline(config: ShipConfig, card: dict[str, Any] | None, shipped: bool, why: str | None = None) -> list[str]:
+def _headline(config: ShipConfig, card: ModelCard | None, shipped: bool, why: str | None = None) -> list[str]:
     """The verdict lines; ``why``: the reason nothing shipped, where it is not a missed budget."""
     if card is None:
         return [
             f"**No candidate was trained and exported**: {why or 'nothing fits the budget (see the search table)'}."
         ]
-    verdicts = card["budget"]["verdicts"]
+    verdicts, artifact, accuracy, latency = card.budget.verdicts, card.artifact, card.accuracy, card.latency_ms
     mark = {True: "PASS", False: "FAIL"}
-    short = card["budget"].get("shortfall")
+    short = card.budget.shortfall
     lines = [headline(short), ""] if short else []
     lines += [f"**Nothing shipped**: {why}.", ""] if why and not shipped else []
     lines += [
         ("**Shipped**" if shipped else "**No candidate met every budget; closest**")
-        + f": `{card['model']['candidate']}` as `{card['artifact']['file']}` ({card['artifact']['precision']}"
-        + (f" with {', '.join(card['artifact']['float_layers'])} in float" if card["artifact"]["float_layers"] else "")
+        + f": `{card.model.candidate}` as `{artifact.file}` ({artifact.precision}"
+        + (f" with {', '.join(artifact.float_layers)} in float" if artifact.float_layers else "")
         + f", {config.runtime}).",
         "",
-        f"- size: {card['artifact']['bytes'] / 1e6:.3f} MB (budget {config.max_size / 1e6:g} MB): "
-        f"{mark[verdicts['size']]}",
-        f"- latency: {card['latency_ms']['median']:.2f} ms median, p90 {card['latency_ms']['p90']:.2f} ms, batch 1, "
-        f"{config.threads} thread(s), measured in {config.runtime} on {card['versions']['machine']} "
+        f"- size: {artifact.bytes / 1e6:.3f} MB (budget {config.max_size / 1e6:g} MB): {mark[verdicts['size']]}",
+        f"- latency: {latency.median:.2f} ms median, p90 {latency.p90:.2f} ms, batch 1, "
+        f"{config.threads} thread(s), measured in {config.runtime} on {card.versions.get('machine', 'this host')} "
         f"(budget {config.max_latency_ms:g} ms): {mark[verdicts['latency']]}",
-        f"- accuracy: val top-1 {card['accuracy']['top1_in_runtime']:.2f}% through the runtime on "
-        f"{card['accuracy']['images']} images (fp32 PyTorch {card['accuracy']['top1_fp32_pytorch']:.2f}%, drop "
-        f"{card['accuracy']['drop']:.2f} points, gate {config.max_drop:g}): {mark[verdicts['accuracy_gate']]}",
-        f"- time: {card['budget']['time_used_s'] / 60:.1f} min of the {config.time_budget_s / 60:g} min budget",
+        f"- accuracy: val top-1 {accuracy.top1_in_runtime:.2f}% through the runtime on "
+        f"{accuracy.images} images (fp32 PyTorch {accuracy.top1_fp32_pytorch:.2f}%, drop "
+        f"{accuracy.drop:.2f} points, gate {config.max_drop:g}): {mark[verdicts['accuracy_gate']]}",
+        f"- time: {card.budget.time_used_s / 60:.1f} min of the {config.time_budget_s / 60:g} min budget",
     ]
-    if "core_ml" in card:
-        package = card["core_ml"]
-        size = package["bytes"] / 1e6
-        lines.insert(-1, f"- iOS: `{package['file']}` (Core ML, int8 weights, {size:.3f} MB) beside it, not run on "
-                     "this host (Core ML runs only on Apple platforms); PyTorch computing as it does: val top-1 "
-                     f"{package['top1_pytorch_as_it_computes']:.2f}%")  # fmt: skip
-    sdk, sdk_top1 = card["accuracy"].get("sdk"), card["accuracy"].get("top1_in_sdk")
+    if card.core_ml is not None:
+        package = card.core_ml
+        lines.insert(-1, f"- iOS: `{package.file}` (Core ML, int8 weights, {package.bytes / 1e6:.3f} MB) beside it, "
+                     "not run on this host (Core ML runs only on Apple platforms); PyTorch computing as it does: val "
+                     f"top-1 {package.top1_pytorch_as_it_computes:.2f}%")  # fmt: skip
+    sdk, sdk_top1 = accuracy.sdk, accuracy.top1_in_sdk
     if sdk and sdk_top1 is not None:
-        agreement, clear = card["accuracy"]["sdk_agreement"], card["accuracy"]["sdk_clear_disagreements"]
+        agreement, clear = accuracy.sdk_agreement or 0.0, accuracy.sdk_clear_disagreements
         ties = " (those that differ are near ties)" if agreement < 100.0 and not clear else ""
         lines.insert(-1, f"- in the app's SDK: val top-1 {sdk_top1:.2f}% in {sdk}, the same file; the same top-1 as "
                      f"{config.runtime} on {agreement:.2f}% of images{ties}: {mark[not clear]}")  # fmt: skip
@@ -371,13 +372,13 @@ def _headline(config: ShipConfig, card: dict[str, Any] | None, shipped: bool, wh
     return lines
 
 
-def _sdk_app_lines(card: dict[str, Any], config: ShipConfig) -> list[str]:
+def _sdk_app_lines(card: ModelCard, config: ShipConfig) -> list[str]:
     """The SDK's figure as an app gets it (the full-size photos, resized by the SDK within the snippet's region),
     and a warning where that resize costs more than the gate allows."""
-    in_app = card["accuracy"].get("top1_in_sdk_app")
+    in_app = card.accuracy.top1_in_sdk_app
     if in_app is None:
         return []
-    cost = card["accuracy"]["top1_in_runtime"] - in_app
+    cost = card.accuracy.top1_in_runtime - in_app
     line = (f"- as an app runs it: val top-1 {in_app:.2f}% when the SDK resizes the full-size val images itself "
             "(the snippet below, its region of interest included)")  # fmt: skip
     if cost <= config.max_drop:
@@ -397,21 +398,21 @@ def write_ship_report(
     rows: list[Row],
     chosen: Row | None,
     closest: Row | None,
-) -> dict[str, Any] | None:
+) -> ModelCard | None:
     """``model_card.json``, ``report.md`` (with PNGs beside it) and a self-contained ``report.html``."""
     focus = chosen or (closest if closest and closest.exported else None)
     artifact = run_dir / f"model{Path(chosen.exported.chosen.path).suffix}" if chosen and chosen.exported else None
     card = model_card(config, state, focus, artifact) if focus else None
-    package = state.done(CORE_ML) if artifact else None
+    package = state.done(CORE_ML_PACKAGE) if artifact else None
     if card is not None and package is not None:
-        card["core_ml"] = _core_ml_card(package)
+        card.core_ml = _core_ml_card(package)
     if card is not None and focus is not None:  # a model far below what this run showed reachable: say so
-        accuracy = card["accuracy"]
-        short = shortfall(state, focus.trained, accuracy["top1_in_runtime"], config.time_budget_s,
-                          accuracy["images"], shipped=chosen is not None)  # fmt: skip
-        card["budget"]["shortfall"] = short.to_dict() if short else None
+        accuracy = card.accuracy
+        short = shortfall(state, focus.trained, accuracy.top1_in_runtime, config.time_budget_s,
+                          accuracy.images, shipped=chosen is not None)  # fmt: skip
+        card.budget.shortfall = short.to_dict() if short else None
     if card is not None:
-        write_atomic(run_dir / "model_card.json", json.dumps(card, indent=2))
+        write_atomic(run_dir / "model_card.json", json.dumps(card.to_dict(), indent=2))
         write_atomic(run_dir / HUMAN_CARD, human_card(card))
     images = _images(run_dir, config, rows, focus)
     why = None if chosen else why_nothing_shipped(rows, closest)
@@ -426,8 +427,9 @@ def write_ship_report(
     snippets = []
     if card is not None:
         snippets = [("Android (Kotlin)", "kotlin", android_snippet(card)), ("iOS (Swift)", "swift", ios_snippet(card))]
-    if card is not None and "core_ml" in card:
-        core_ml = {**card, "artifact": {**card["artifact"], "file": card["core_ml"]["file"], "format": CORE_ML}}
+    if card is not None and card.core_ml is not None:
+        artifact = dataclasses.replace(card.artifact, file=card.core_ml.file, format=CORE_ML)
+        core_ml = dataclasses.replace(card, artifact=artifact)
         snippets.append(("iOS with Core ML (Swift, Vision)", "swift", ios_snippet(core_ml)))
     write_atomic(run_dir / "report.md", _markdown(intro, tables, images, snippets))
     write_atomic(run_dir / "report.html", _html(intro, tables, images, snippets))
@@ -437,55 +439,52 @@ def write_ship_report(
 HUMAN_CARD = "MODEL_CARD.md"  # beside model_card.json: the same card for people (a model hub's README.md)
 
 
-def human_card(card: dict[str, Any]) -> str:
+def human_card(card: ModelCard) -> str:
     """``model_card.json`` for people, in the sections of the usual model cards (Mitchell et al. 2019; the Hugging
     Face card template): details, intended use, limitations, evaluation, how to use it."""
-    accuracy, artifact, budget = card["accuracy"], card["artifact"], card["budget"]
-    latency = card["latency_ms"]
-    classes = ", ".join(code_span(name) for name in card["classes"])
+    accuracy, artifact, budget, latency, model = card.accuracy, card.artifact, card.budget, card.latency_ms, card.model
+    classes = ", ".join(code_span(name) for name in card.classes)
     lines = [
-        f"# {markdown_text(card['name'])} (version {markdown_text(card['version'])})",
+        f"# {markdown_text(card.name)} (version {markdown_text(card.version)})",
         "",
-        markdown_text(card["description"]) + ".",
+        markdown_text(card.description) + ".",
         "",
         "## Model details",
         "",
-        f"- file: `{artifact['file']}` ({artifact['format']}, {artifact['precision']}, "
-        f"{artifact['bytes'] / 1e6:.3f} MB)",
-        f"- architecture: `{card['model']['candidate']}`, {card['model']['params'] / 1e6:.2f}M parameters, "
-        f"{card['model']['macs'] / 1e6:.0f}M MACs, {card['model']['epochs']} epochs"
-        + (", distilled from a larger model" if card["model"]["distilled"] else ""),
-        f"- licence: {markdown_text(card['license'])}",
-        f"- made by mobiforge {card['versions']['mobiforge']} on {card['created']}: `{card['command']}`",
+        f"- file: `{artifact.file}` ({artifact.format}, {artifact.precision}, {artifact.bytes / 1e6:.3f} MB)",
+        f"- architecture: `{model.candidate}`, {model.params / 1e6:.2f}M parameters, {model.macs / 1e6:.0f}M MACs, "
+        f"{model.epochs} epochs" + (", distilled from a larger model" if model.distilled else ""),
+        f"- licence: {markdown_text(card.license)}",
+        f"- made by mobiforge {card.versions.get('mobiforge', '')} on {card.created}: `{card.command}`",
         f"- classes: {classes}",
         "",
         "## Intended use",
         "",
-        markdown_text(card["intended_use"]),
+        markdown_text(card.intended_use),
         "",
         "## Limitations",
         "",
-        *[f"- {markdown_text(limit)}" for limit in card["limitations"]],
+        *[f"- {markdown_text(limit)}" for limit in card.limitations],
         "",
         "## Evaluation",
         "",
-        f"- data: {markdown_text(str(accuracy['data']))}, {accuracy['split']} split, {accuracy['images']} images, "
+        f"- data: {markdown_text(accuracy.data)}, {accuracy.split} split, {accuracy.images} images, "
         "none of them seen in training",
-        f"- top-1 through {artifact['format']} itself: {accuracy['top1_in_runtime']:.2f}% (the fp32 PyTorch model: "
-        f"{accuracy['top1_fp32_pytorch']:.2f}%); `mobiforge eval {artifact['file']}` repeats it",
+        f"- top-1 through {artifact.format} itself: {accuracy.top1_in_runtime:.2f}% (the fp32 PyTorch model: "
+        f"{accuracy.top1_fp32_pytorch:.2f}%); `mobiforge eval {artifact.file}` repeats it",
     ]
-    if accuracy.get("top1_in_sdk") is not None:
-        lines.append(f"- in {accuracy['sdk']}: {accuracy['top1_in_sdk']:.2f}% on the same pixels")
-    if accuracy.get("top1_in_sdk_app") is not None:
-        lines.append(f"- as an app runs it (the SDK resizing the full-size photos): {accuracy['top1_in_sdk_app']:.2f}%")
+    if accuracy.top1_in_sdk is not None:
+        lines.append(f"- in {accuracy.sdk}: {accuracy.top1_in_sdk:.2f}% on the same pixels")
+    if accuracy.top1_in_sdk_app is not None:
+        lines.append(f"- as an app runs it (the SDK resizing the full-size photos): {accuracy.top1_in_sdk_app:.2f}%")
     lines += [
-        f"- latency: {latency['median']:.2f} ms median, batch 1, {latency['threads']} thread(s), on this host's CPU",
-        f"- budget: {'met' if budget['met'] else 'not met'} "
-        f"({', '.join(f'{name} {mark}' for name, mark in _verdict_words(budget['verdicts']))})",
+        f"- latency: {latency.median:.2f} ms median, batch 1, {latency.threads} thread(s), on this host's CPU",
+        f"- budget: {'met' if budget.met else 'not met'} "
+        f"({', '.join(f'{name} {mark}' for name, mark in _verdict_words(budget.verdicts))})",
         "",
         "## How to use it",
         "",
-        f"Load `{artifact['file']}` with `labels.txt` beside it; `report.html` has Android and iOS code with this "
+        f"Load `{artifact.file}` with `labels.txt` beside it; `report.html` has Android and iOS code with this "
         f"model's preprocessing. Try it on your own photos first: `mobiforge serve .` in this folder.",
         "",
     ]
@@ -537,12 +536,12 @@ def _per_class_table(focus: Row | None) -> list[list[str]]:
 
 
 def _intro(
-    run_dir: Path, config: ShipConfig, state: ShipState, card: dict[str, Any] | None, shipped: bool, why: str | None
+    run_dir: Path, config: ShipConfig, state: ShipState, card: ModelCard | None, shipped: bool, why: str | None
 ) -> list[str]:
     """The title, the verdict lines, the data and teacher, and the command, as markdown lines."""
     survey, data = state.survey, without_local_paths(state.survey.description, config.data)
-    teacher = state.done("teacher")
-    teacher_line = state.done("search").teacher_note
+    teacher = state.done(TEACHER)
+    teacher_line = state.done(SEARCH).teacher_note
     if config.teacher not in ("auto", "none"):
         teacher_line = without_local_paths(teacher_line, config.teacher)
     if teacher and teacher.trained and teacher.trained.top1 is not None:
@@ -569,7 +568,7 @@ Tables = dict[str, list[list[str]]]  # title -> rows, the first the header
 
 def _ladder_table(state: ShipState, rows: list[Row]) -> list[list[str]]:
     """Every rung climbed: the teacher's, then each student trained on the cache (its rung, distilled)."""
-    teacher = state.done("teacher")
+    teacher = state.done(TEACHER)
     table = [
         [f"teacher: {rung.name}", f"{rung.trainable_params / 1e6:.3f}M", f"{rung.seconds:.0f} s", f"{rung.top1:.2f}%"]
         for rung in (teacher.rungs if teacher else [])

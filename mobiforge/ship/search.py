@@ -30,7 +30,6 @@ from mobiforge.backend_api import get_backend
 from mobiforge.checkpoint import Checkpoint
 from mobiforge.config import ShipConfig
 from mobiforge.data import DataConfig, classes_without_images, discover, find_unreadable, report_bad
-from mobiforge.engine import autocast, cpu_has_native_bf16
 from mobiforge.errors import MobiforgeError
 from mobiforge.export import ExportConfig, ExportData, build_artifact, interface
 from mobiforge.models import build_from_spec, create_model, model_traits
@@ -39,39 +38,29 @@ from mobiforge.models.weights import get_weights, locate_quietly
 from mobiforge.models.widths import respec
 from mobiforge.paths import without_local_paths
 from mobiforge.profile import count_macs, count_params, int8_weight_bytes, measure_latency, num_threads
-from mobiforge.prune import PruneConfig, prune_model, ratio_for_target
+from mobiforge.prune import prune_model, ratio_for_target
 from mobiforge.runtimes import load_runner
-from mobiforge.ship import speeds
-from mobiforge.ship.config import (
+from mobiforge.ship.plan import export_reserve, plan_epochs
+from mobiforge.ship.policy import (
     CANDIDATE_GRID,
     FILE_OVERHEAD,
+    KEPT_SHARE,
     LARGE_INPUT_SIZES,
+    PRETRAINED_MEASURE_SECONDS,
+    PROBE_SHARE,
+    PRUNE_TARGET_SHARE,
+    PRUNING,
+    REAIM_TRIES,
     SCRATCH_EPOCHS,
+    SEARCH_MIN_SECONDS,
+    SEARCH_SHARE,
     SMALL_IMAGE_SIDE,
     SMALL_INPUT_SIZE,
+    SURVEY_IMAGES,
     TEACHER_MODEL,
 )
-from mobiforge.ship.plan import batch_size, export_reserve, plan_epochs
+from mobiforge.ship.probes import cached_speeds, probe_training, train_at
 from mobiforge.ship.state import Candidate, Survey, TeacherSpec
-
-# Every pruned layer loses the same share (so the search's estimate, pruned by magnitude before any data is read,
-# has the student's shapes); which channels go is scored by the training data's gradients (Taylor): before any
-# training, a probe on the pruned features scored 84% on hymenoptera where magnitude (L1) scored 75%
-# (RESULTS.md#pruned_student_hymenoptera).
-PRUNING = PruneConfig(checkpoint="", ratio=0.5, importance="taylor")
-KEPT_SHARE = 1 / 3  # of the pruned teacher's int8 bytes, at most, in its first blocks left whole
-SEARCH_SHARE = 0.2  # of the time left, at most, for measuring candidates (after the first)
-# The search's share is never shorter, and no candidate (not even the first) is measured with less of the budget
-# left: a file's export and timing took 62 s with two other busy processes on 2 cores (issue 44).
-SEARCH_MIN_SECONDS = 30.0
-# ... and a candidate made from the pretrained teacher needs twice that: one took 62 s to measure with two other busy
-# processes (20 s without), and after it come the teacher's pass over the data and the student's export
-# (RESULTS.md#busy_budget).
-PRETRAINED_MEASURE_SECONDS = 60.0
-# Of the whole budget, at most, for the training-speed probes: 12 probes took 55 s of a 4-minute demo (issue 43)
-PROBE_SHARE = 0.10
-REAIM_TRIES = 3
-BF16_GAIN = 1.1  # bf16 autocast trains a candidate only when its probe is at least this much faster than fp32
 
 
 def survey(config: ShipConfig) -> Survey:
@@ -84,15 +73,15 @@ def survey(config: ShipConfig) -> Survey:
     classes_without_images(samples, splits.classes, unreadable)
     if unreadable and not config.skip_bad_images:
         report_bad(unreadable, skip_bad=False)
-    step = max(1, len(splits.train) // 32)
+    step = max(1, len(splits.train) // SURVEY_IMAGES)
     sides = []
-    for path, _ in splits.train[::step][:32]:
+    for path, _ in splits.train[::step][:SURVEY_IMAGES]:
         try:
             with Image.open(path) as image:
                 sides.append(min(image.size))
         except OSError:
             continue  # undecodable files are reported by training's own check
-    side = int(statistics.median(sides)) if sides else 224
+    side = int(statistics.median(sides)) if sides else LARGE_INPUT_SIZES[0]
     small = side <= SMALL_IMAGE_SIDE
     sizes = [config.img_size] if config.img_size else ([SMALL_INPUT_SIZE] if small else list(LARGE_INPUT_SIZES))
     return Survey(
@@ -296,41 +285,6 @@ def measure_candidate(
         probe_training(model, candidate, config, until)
 
 
-def probe_training(model: nn.Module, candidate: Candidate, config: ShipConfig, until: float | None = None) -> None:
-    """The candidate's training speed, and bf16 autocast for it where the CPU runs bf16 natively and the probe
-    measures it BF16_GAIN faster (from scratch only: 2x for ResNet-20 at 32 px on an AVX512-BF16 EPYC, no gain for
-    MobileNetV2 on a Xeon with AMX; ``engine.resolve_amp``). Pretrained candidates keep fp32 weights' precision.
-    A scratch candidate's speeds are kept in the machine's speed cache (``speeds``) for the next search. Probes
-    that must end by ``until`` take fewer steps; when the time left would not hold another probe as long as fp32's,
-    bf16's is skipped and the speeds are not cached (they may be the slower warm-up step's alone)."""
-    started = time.time()
-    fp32 = training_speed(model, candidate.img_size, config, until=until)
-    whole = until is None or 2 * time.time() - started <= until  # time for another probe as long: none was cut
-    bf16 = 0.0
-    if candidate.source == "scratch" and cpu_has_native_bf16() and whole:
-        bf16 = training_speed(model, candidate.img_size, config, torch.bfloat16, until=until)
-    if candidate.source == "scratch" and whole:
-        speeds.record(_speed_key(candidate, config), fp32, bf16)
-    train_at(candidate, fp32, bf16)
-
-
-def train_at(candidate: Candidate, fp32: float, bf16: float) -> None:
-    """The precision a candidate trains in (bf16 where it is BF16_GAIN faster) and the speed it will train at."""
-    candidate.train_amp = "bf16" if bf16 >= BF16_GAIN * fp32 else "none"
-    candidate.train_images_per_s = bf16 if candidate.train_amp == "bf16" else fp32
-
-
-def cached_speeds(candidate: Candidate, config: ShipConfig) -> dict[str, float] | None:
-    """A scratch candidate's speeds measured earlier on this machine (None: not yet, or not a scratch one)."""
-    return speeds.lookup(_speed_key(candidate, config)) if candidate.source == "scratch" else None
-
-
-def _speed_key(candidate: Candidate, config: ShipConfig) -> str:
-    return speeds.speed_key(
-        candidate.model, candidate.width_mult, candidate.img_size, batch_size(config, candidate.img_size)
-    )
-
-
 def _like_trained(model: nn.Module) -> nn.Module:
     """Fresh BatchNorm layers fold into all-zero conv biases, which serializers store once; a trained model's do
     not repeat. Random BN parameters and statistics make the searched file as large as the shipped one will be."""
@@ -347,66 +301,6 @@ def _like_trained(model: nn.Module) -> nn.Module:
                     if tensor is not None:
                         tensor.copy_(torch.rand(tensor.shape, generator=generator) * (high - low) + low)
     return model
-
-
-def inference_speed(model: nn.Module, img_size: int, batch: int = 16, steps: int = 2) -> float:
-    """Images per second of ``model``'s forward pass in inference mode (channels_last, after one warm-up)."""
-    model = copy.deepcopy(model).eval().to(memory_format=torch.channels_last)
-    images = torch.randn(batch, 3, img_size, img_size).contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
-        model(images)
-        started = time.perf_counter()
-        for _ in range(steps):
-            model(images)
-    return steps * batch / (time.perf_counter() - started)
-
-
-def training_speed(
-    model: nn.Module,
-    img_size: int,
-    config: ShipConfig,
-    amp: torch.dtype | None = None,
-    steps: int = 3,
-    until: float | None = None,
-) -> float:
-    """Training images per second of ``model`` (SGD steps on random data, channels_last, after one warm-up)."""
-    model = copy.deepcopy(model).train().to(memory_format=torch.channels_last)
-    batch = batch_size(config, img_size)
-    images = torch.randn(batch, 3, img_size, img_size).contiguous(memory_format=torch.channels_last)
-    return step_speed(model, images, torch.optim.SGD(model.parameters(), lr=1e-3), steps, amp, until)
-
-
-def step_speed(
-    module: nn.Module,
-    inputs: torch.Tensor,
-    optimizer: torch.optim.Optimizer,
-    steps: int,
-    amp: torch.dtype | None = None,
-    until: float | None = None,
-) -> float:
-    """Images per second of ``steps`` training steps of ``module`` on ``inputs`` (after one warm-up step), under
-    autocast to ``amp`` when given. With ``until`` (a wall-clock time), only the steps that the warm-up's time says
-    end by then are taken; with none, the warm-up step's own speed is returned (it is slower: allocation)."""
-    targets = torch.zeros(inputs.shape[0], dtype=torch.long)
-
-    def step() -> None:
-        optimizer.zero_grad()
-        with autocast(inputs.device, amp):
-            loss = nn.functional.cross_entropy(module(inputs), targets)
-        loss.backward()
-        optimizer.step()
-
-    started = time.perf_counter()
-    step()
-    warm_up = time.perf_counter() - started
-    if until is not None:
-        steps = min(steps, int((until - time.time()) / warm_up))
-    if steps <= 0:
-        return inputs.shape[0] / warm_up
-    started = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return steps * inputs.shape[0] / (time.perf_counter() - started)
 
 
 # ------------------------------------------------------------------------------------------------------ search
@@ -450,7 +344,7 @@ def search(
         model = candidate_model(candidate, info, teacher_spec)
         measure_candidate(model, candidate, config, workdir, until=min(search_deadline, time.time() + left()))
         if teacher_spec is not None:
-            candidate = _reaim(candidates, candidate, config, info, teacher_spec, say, workdir, left)
+            candidate = _reaim(candidates, candidate, Reaim(config, info, teacher_spec, workdir, say, left))
         candidate.status = _verdict(candidate, config)
         if candidate.status == "too slow":
             too_slow_macs = min(too_slow_macs, candidate.macs)
@@ -494,24 +388,29 @@ def _verdict(candidate: Candidate, config: ShipConfig) -> str:
     return "fits"
 
 
-def _reaim(
-    candidates: list[Candidate],
-    candidate: Candidate,
-    config: ShipConfig,
-    info: Survey,
-    teacher_spec: TeacherSpec,
-    say: Callable[..., None],
-    workdir: Path,
-    left: Callable[[], float],
-) -> Candidate:
+@dataclasses.dataclass(frozen=True)
+class Reaim:
+    """What re-aiming a teacher-made candidate works with: the settings, the survey, the teacher, the folder its
+    files are written in, the messages and the time left."""
+
+    config: ShipConfig
+    info: Survey
+    teacher_spec: TeacherSpec
+    workdir: Path
+    say: Callable[..., None]
+    left: Callable[[], float]
+
+
+def _reaim(candidates: list[Candidate], candidate: Candidate, scope: Reaim) -> Candidate:
     """A pruned or truncated teacher whose file came out too large, made smaller until it fits (file overheads
     differ by runtime: ONNX QDQ adds ~200 KB to a small net). Returns the candidate as finally measured, which
     replaces the first in ``candidates``."""
+    config, info, teacher_spec, say = scope.config, scope.info, scope.teacher_spec, scope.say
     points: list[tuple[int, int]] = []  # (int8 weight bytes, file bytes) of each pruned try
     for _ in range(REAIM_TRIES):
         if candidate.source not in ("pruned", "truncated") or (candidate.artifact_bytes or 0) <= config.max_size:
             break
-        if left() < SEARCH_MIN_SECONDS:  # no time for another file: it stays too large, and the run says so
+        if scope.left() < SEARCH_MIN_SECONDS:  # no time for another file: it stays too large, and the run says so
             break
         index = candidates.index(candidate)
         if candidate.source == "truncated":
@@ -526,7 +425,7 @@ def _reaim(
             candidate = teacher_candidate(teacher_spec, len(info.classes), config.max_size, target)
         candidates[index] = candidate
         say(f"search: {config.runtime} files run larger than estimated; measuring {candidate.name}")
-        measure_candidate(candidate_model(candidate, info, teacher_spec), candidate, config, workdir)
+        measure_candidate(candidate_model(candidate, info, teacher_spec), candidate, config, scope.workdir)
     return candidate
 
 
@@ -598,9 +497,9 @@ def estimated_speed(candidate: Candidate, probed: list[Candidate]) -> float:
 
 
 def next_prune_target(points: list[tuple[int, int]], max_size: int) -> int:
-    """The int8 weight bytes whose file should land 2% under ``max_size``: along the line through the last two
-    (weights, file) measurements, or scaled by the one measured ratio."""
-    goal = 0.98 * max_size
+    """The int8 weight bytes whose file should land at PRUNE_TARGET_SHARE of ``max_size``: along the line through the
+    last two (weights, file) measurements, or scaled by the one measured ratio."""
+    goal = PRUNE_TARGET_SHARE * max_size
     (weights, file), previous = points[-1], points[-2] if len(points) > 1 else None
     if previous is not None and weights != previous[0] and file != previous[1]:
         slope = (file - previous[1]) / (weights - previous[0])

@@ -13,14 +13,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from mobiforge.ship.state import Row, ShipState, TrainRecord
-
-SHORTFALL_POINTS = 5.0  # this far below what the run showed reachable (or one more doubling would add): a headline
-# ...and at least this many val images' worth: on 12 val images one image is 8.3 points, which is luck, not budget
-NOISE_IMAGES = 3
-CURVE_MIN_EPOCHS = 3  # a slope needs this many epochs in the fitted half of the curve
-MAX_DOUBLINGS = 4  # a budget estimate extrapolates at most this far (16x the epochs): beyond it, say so instead
-FLAT_SLOPE = 0.5  # points per doubling: below it more time alone is not expected to close a gap
+from mobiforge.ship.policy import CURVE_MIN_EPOCHS, FLAT_SLOPE, MAX_DOUBLINGS, NOISE_IMAGES, SHORTFALL_POINTS
+from mobiforge.ship.state import TEACHER, TRAIN, Row, ShipState, TrainRecord
 
 
 @dataclass
@@ -53,14 +47,14 @@ def points_per_doubling(history: list[dict[str, Any]]) -> float | None:
 def reachable(state: ShipState) -> tuple[float, str] | None:
     """The best val top-1 any stage of this run measured, and the stage."""
     found: list[tuple[float, str]] = []
-    teacher = state.done("teacher")
+    teacher = state.done(TEACHER)
     if teacher is not None:
         found += [(rung.top1, f"the teacher's {rung.name} rung") for rung in teacher.rungs]
         if teacher.trained is not None and teacher.trained.best_top1 is not None:
             found.append((teacher.trained.best_top1, "the teacher"))
-    for stage, record in state.stages.items():
-        if stage.startswith("train:") and isinstance(record, TrainRecord) and record.best_top1 is not None:
-            found.append((record.best_top1, f"{stage.split(':', 1)[1]} (fp32, in training)"))
+    for name, record in state.records(TRAIN).items():
+        if record.best_top1 is not None:
+            found.append((record.best_top1, f"{name} (fp32, in training)"))
     return max(found) if found else None
 
 

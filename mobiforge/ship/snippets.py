@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mobiforge.backend_api import AppSnippets, get_backend
+from mobiforge.ship.card import ModelCard
 
 _KOTLIN_PREPROCESS = """\
 // Preprocessing of this model: resize the short side to {resize}, center-crop {size}x{size}, RGB scaled to [0, 1],
@@ -74,25 +75,25 @@ def swift_text(text: str) -> str:
     return "".join(f"\\u{{{ord(c):x}}}" if ord(c) < 0x20 else c for c in escaped)
 
 
-def _constants(card: dict[str, Any], text: Callable[[str], str]) -> dict[str, Any]:
-    pre = card["preprocessing"]
-    size = pre["crop"]
-    file = card["artifact"]["file"]
+def _constants(card: ModelCard, text: Callable[[str], str]) -> dict[str, Any]:
+    pre = card.preprocessing
+    size = pre.crop
+    file = card.artifact.file
     stem, _, ext = file.rpartition(".")
     return {
         "size": size,
         "plane": size * size,
-        "resize": pre["resize"],
-        "mean": ", ".join(f"{value:.4f}f" for value in pre["mean"]),
-        "std": ", ".join(f"{value:.4f}f" for value in pre["std"]),
-        "classes": ", ".join(f'"{text(name)}"' for name in card["classes"]),
+        "resize": pre.resize,
+        "mean": ", ".join(f"{value:.4f}f" for value in pre.mean),
+        "std": ", ".join(f"{value:.4f}f" for value in pre.std),
+        "classes": ", ".join(f'"{text(name)}"' for name in card.classes),
         "file": text(file),
         "stem": text(stem),
         "ext": text(ext),
         "version": runtime_version(card),
         "mediapipe": sdk_version(card),
-        "crop_fraction": f"{size / pre['resize']:.4f}",
-        "crop_pct": f"{100 * size / pre['resize']:.1f}",
+        "crop_fraction": f"{size / pre.resize:.4f}",
+        "crop_pct": f"{100 * size / pre.resize:.1f}",
     }
 
 
@@ -123,32 +124,30 @@ _ROI = {
 }
 
 
-def _with_roi(values: dict[str, Any], card: dict[str, Any]) -> dict[str, Any]:
-    whole = "_whole" if card["preprocessing"]["resize"] == card["preprocessing"]["crop"] else ""
+def _with_roi(values: dict[str, Any], card: ModelCard) -> dict[str, Any]:
+    whole = "_whole" if card.preprocessing.resize == card.preprocessing.crop else ""
     return {**values, **{f"{lang}_roi": _ROI[lang + whole].format(**values) for lang in ("kotlin", "swift")}}
 
 
-def runtime_version(card: dict[str, Any]) -> str:
+def runtime_version(card: ModelCard) -> str:
     """The runtime version that wrote and verified the artifact (its Python package, recorded in the card), as
     the mobile library's release: ``1.5.1+cpu`` -> ``1.5.1``."""
-    versions = card.get("versions") or {}
-    found = str(versions.get(get_backend(card["artifact"]["format"]).package, "")).split("+")[0]
+    found = str(card.versions.get(get_backend(card.artifact.format).package, "")).split("+")[0]
     return found or "VERSION"  # not recorded: the reader fills it in
 
 
-def sdk_version(card: dict[str, Any]) -> str:
+def sdk_version(card: ModelCard) -> str:
     """The version of the app-side SDK that ran the file in the gate (MediaPipe for LiteRT)."""
-    package = get_backend(card["artifact"]["format"]).sdk_package
-    return str((card.get("versions") or {}).get(package, "")).split("+")[0] or "VERSION"
+    package = get_backend(card.artifact.format).sdk_package
+    return str(card.versions.get(package, "") if package else "").split("+")[0] or "VERSION"
 
 
-def _app_code(card: dict[str, Any]) -> AppSnippets:
+def _app_code(card: ModelCard) -> AppSnippets:
     """The runtime's own templates for this file (one that takes pixels carries its labels and preprocessing)."""
-    pixels = card["preprocessing"].get("dtype") == "uint8"
-    return get_backend(card["artifact"]["format"]).impl().app_snippets(pixels)
+    return get_backend(card.artifact.format).impl().app_snippets(card.preprocessing.pixels)
 
 
-def android_snippet(card: dict[str, Any]) -> str:
+def android_snippet(card: ModelCard) -> str:
     """Kotlin: preprocessing with this model's constants, then loading and running the artifact."""
     values, code = _constants(card, kotlin_text), _app_code(card)
     if not code.preprocess:
@@ -156,7 +155,7 @@ def android_snippet(card: dict[str, Any]) -> str:
     return _KOTLIN_PREPROCESS.format(**values) + "\n" + code.kotlin.format(**values)
 
 
-def ios_snippet(card: dict[str, Any]) -> str:
+def ios_snippet(card: ModelCard) -> str:
     """Swift: the same for iOS (Swift's float literals have no ``f`` suffix)."""
     values, code = _constants(card, swift_text), _app_code(card)
     if not code.preprocess:

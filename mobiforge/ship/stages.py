@@ -14,14 +14,12 @@ from typing import Any
 import torch
 import yaml
 
-from mobiforge import engine
 from mobiforge.backend_api import get_backend
 from mobiforge.checkpoint import Checkpoint
 from mobiforge.config import CARD_FIELDS, ShipConfig
 from mobiforge.data import DataConfig, loader_workers
 from mobiforge.errors import MobiforgeError
 from mobiforge.export import ArtifactReport, ExportConfig, export_checkpoint
-from mobiforge.losses import DistillConfig
 from mobiforge.models import build_from_spec, create_model
 from mobiforge.models.base import StackedNet
 from mobiforge.models.weights import get_weights
@@ -29,28 +27,9 @@ from mobiforge.progress import Reporter
 from mobiforge.prune import prune_and_save, taylor_gradients
 from mobiforge.quantize import layer_groups
 from mobiforge.runs import TrainResult
-from mobiforge.ship.config import (
-    CORE_ML,
-    CORE_ML_IMAGES,
-    CORE_ML_MIN_IMAGES,
-    CORE_ML_SECONDS,
-    FILE_OVERHEAD,
-    FIRST_LAYERS_IN_FLOAT,
-    MAX_EPOCHS,
-    SMALL_IMAGE_SIDE,
-    TEACHER_MODEL,
-    ShipInterrupted,
-)
+from mobiforge.ship.budget import TimeBudget
+from mobiforge.ship.config import CORE_ML, ShipInterrupted
 from mobiforge.ship.ladder import (
-    FULL_MAX_STUDENT_EPOCHS,
-    FULL_MIN_EPOCHS,
-    LOWER_SIZES,
-    MARGIN,
-    MIN_TAIL_EPOCHS,
-    STUDENT_TAIL_EPOCHS,
-    STUDENT_TAILS,
-    TEACHER_TAILS,
-    VIEWS,
     RungPlan,
     at_size,
     forward_speed,
@@ -64,9 +43,6 @@ from mobiforge.ship.ladder import (
     views_for,
 )
 from mobiforge.ship.plan import (
-    CALIBRATION_IMAGES,
-    DEADLINE_MARGIN,
-    REFERENCE_IMAGES,
     batch_size,
     data_config,
     export_reserve,
@@ -78,18 +54,72 @@ from mobiforge.ship.plan import (
     scratch_whiten_stem,
     stop_by,
 )
-from mobiforge.ship.search import PRUNING, inference_speed, prune_into
+from mobiforge.ship.policy import (
+    CACHED_PROBE_LR,
+    CACHED_TAIL,
+    CALIBRATION_IMAGES,
+    CHANCE_P_VALUE,
+    CORE_ML_IMAGES,
+    CORE_ML_MIN_IMAGES,
+    CORE_ML_SECONDS,
+    DEADLINE_MARGIN,
+    FILE_OVERHEAD,
+    FIRST_LAYERS_IN_FLOAT,
+    FULL_MAX_STUDENT_EPOCHS,
+    FULL_MIN_EPOCHS,
+    LOWER_SIZES,
+    MARGIN,
+    MAX_EPOCHS,
+    MIN_TAIL_EPOCHS,
+    PRECISE_BN_IMAGES,
+    PRUNE_RECALIBRATION_IMAGES,
+    PRUNING,
+    QAT_EXPORTS,
+    QAT_IMAGES,
+    QAT_STEP_COST,
+    REFERENCE_IMAGES,
+    SMALL_IMAGE_SIDE,
+    STUDENT_AFTER_TAIL,
+    STUDENT_FROM_TEACHER,
+    STUDENT_TAIL_EPOCHS,
+    STUDENT_TAILS,
+    TAYLOR_PASS_COST,
+    TEACHER_BACKBONE_LR_SCALE,
+    TEACHER_FULL,
+    TEACHER_MODEL,
+    TEACHER_SHARE,
+    TEACHER_TAILS,
+    UNMEASURED_SPEED,
+    VIEWS,
+    distilled_from,
+)
+from mobiforge.ship.probes import inference_speed
+from mobiforge.ship.search import prune_into
 from mobiforge.ship.state import Candidate, ExportRecord, Rung, ShipState, Survey, TeacherRecord, TrainRecord
 from mobiforge.train import EPOCH_END, TrainConfig, train
 from mobiforge.transfer import Tail, cut_index, teacher_cut, trunk_digest
 from mobiforge.trunk import memo_path, recorded_speed
 
 
-def train_teacher(
-    config: ShipConfig, run_dir: Path, reporter: Reporter, say: Callable[..., None], state: ShipState
-) -> TeacherRecord:
-    """Climb the transfer ladder with the pretrained teacher in at most a third of the time left (a given
+@dataclasses.dataclass(frozen=True)
+class ShipRun:
+    """What every stage works in: the settings, the run folder, the reporters, and the state (with its clock)."""
+
+    config: ShipConfig
+    run_dir: Path
+    reporter: Reporter
+    say: Callable[[str], None]
+    state: ShipState
+
+    def budget(self) -> TimeBudget:
+        """The run's whole time left."""
+        return TimeBudget(time.time() + self.state.left())
+
+
+def train_teacher(run: ShipRun) -> TeacherRecord:
+    """Climb the transfer ladder with the pretrained teacher in at most TEACHER_SHARE of the time left (a given
     checkpoint is used as is); the teacher is the best rung."""
+    config, state, say = run.config, run.state, run.say
     if config.teacher != "auto":
         path = Path(config.teacher).resolve()
         metrics = Checkpoint.load(path).metrics
@@ -101,59 +131,46 @@ def train_teacher(
     model = create_model(TEACHER_MODEL, num_classes=len(state.survey.classes))
     size = get_weights(TEACHER_MODEL).preprocess.img_size
     images = state.survey.train_images + state.survey.val_images
-    if state.left() <= 0 or images / forward_speed(model, size) > state.left() / 3:  # before the slower probes
+    budget = run.budget().share(TEACHER_SHARE)
+    if budget.left() <= 0 or images / forward_speed(model, size) > budget.left():  # before the slower probes
         return TeacherRecord(skipped=f"no time for {TEACHER_MODEL}'s features (one pass over the data)")
     speeds = measure(model, size, TEACHER_TAILS, config, full=True)
-    end = time.time() + state.left() / 3
-    rungs = teacher_ladder(speeds, state.survey, end - time.time())
+    budget = run.budget().share(TEACHER_SHARE)  # counted from after the probes
+    rungs = teacher_ladder(speeds, state.survey, budget.left())
     if not rungs:
         return TeacherRecord(skipped=f"no time for {TEACHER_MODEL}'s features (one pass over the data)")
     plan = " -> ".join(f"{rung.name} ({rung.epochs} epochs)" for rung in rungs)
     say(f"teacher: {TEACHER_MODEL} from ImageNet weights, ladder: {plan}, ~{sum(r.seconds for r in rungs):.0f} s")
-    climbed = [_step(rungs[0], [], config, run_dir, reporter, say, state)]
+    climbed = [_step(rungs[0], [], run)]
     chosen, views = size, rungs[0].views
     for lower in LOWER_SIZES:  # cheaper inputs, while the probe holds its accuracy at them
-        probe = size_probe(speeds, state.survey, views, end - time.time(), lower, size)
+        probe = size_probe(speeds, state.survey, views, budget.left(), lower, size)
         if probe is None:
             break
-        climbed.append(_step(probe, climbed, config, run_dir, reporter, say, state))
+        climbed.append(_step(probe, climbed, run))
         if not held(climbed[0][1].top1, climbed[-1][1].top1):
             break
         chosen = lower
     if chosen != size:
         say(f"teacher: the probe held at {chosen} px: the rungs above it and the students train at {chosen} px")
-    for rung in upper_rungs(at_size(speeds, chosen, size), state.survey, views, end - time.time()):
-        climbed.append(_step(sized(rung, chosen, size), climbed, config, run_dir, reporter, say, state))
+    for rung in upper_rungs(at_size(speeds, chosen, size), state.survey, views, budget.left()):
+        climbed.append(_step(sized(rung, chosen, size), climbed, run))
     best = max(climbed, key=lambda done: done[1].top1)
     return TeacherRecord(best[0], rungs=[rung for _, rung in climbed])
 
 
-def _step(
-    rung: RungPlan,
-    climbed: list[tuple[TrainRecord, Rung]],
-    config: ShipConfig,
-    run_dir: Path,
-    reporter: Reporter,
-    say: Callable[..., None],
-    state: ShipState,
-) -> tuple[TrainRecord, Rung]:
+def _step(rung: RungPlan, climbed: list[tuple[TrainRecord, Rung]], run: ShipRun) -> tuple[TrainRecord, Rung]:
     """Climb ``rung`` from the best of the rungs ``climbed`` so far."""
     start = max(climbed, key=lambda done: done[1].top1)[0] if climbed else None
-    done = climb(rung, start, config, run_dir, reporter, state)
-    say(f"teacher: {rung.name}: val top-1 {done[1].top1:.2f}% in {done[1].seconds:.0f} s")
+    done = climb(rung, start, run)
+    run.say(f"teacher: {rung.name}: val top-1 {done[1].top1:.2f}% in {done[1].seconds:.0f} s")
     return done
 
 
-def climb(
-    rung: RungPlan,
-    start: TrainRecord | None,
-    config: ShipConfig,
-    run_dir: Path,
-    reporter: Reporter,
-    state: ShipState,
-) -> tuple[TrainRecord, Rung]:
+def climb(rung: RungPlan, start: TrainRecord | None, run: ShipRun) -> tuple[TrainRecord, Rung]:
     """One rung with the teacher: a cached run of its tail (the probe: of its classifier), or full fine-tuning from
     the best rung below. A rung already finished by a killed run is read back."""
+    config, run_dir, reporter = run.config, run.run_dir, run.reporter
     name = "teacher-" + rung.name.replace(" ", "-")
     folder = run_dir / name
     started = time.time()
@@ -176,10 +193,10 @@ def climb(
             full = dataclasses.replace(
                 base,
                 init_from=start.checkpoint,
-                backbone_lr_scale=0.1,
-                optim=engine.OptimConfig(lr=0.01, scheduler="cosine", weight_decay=1e-4, label_smoothing=0.1),
+                backbone_lr_scale=TEACHER_BACKBONE_LR_SCALE,
+                optim=TEACHER_FULL,
             )
-            train_resumable(full, reporter, state.deadline, fit_epochs(time.time() + rung.seconds, rung.epochs))
+            train_resumable(full, reporter, run.state.deadline, fit_epochs(time.time() + rung.seconds, rung.epochs))
     checkpoint = Checkpoint.load(folder / "best.pt")
     history = checkpoint.metrics.get("history", [])
     top1 = float(checkpoint.metrics.get("best_top1", 0.0))
@@ -198,13 +215,13 @@ def _finished(folder: Path, epochs: int) -> bool:
 def _cached(base: TrainConfig, rung: RungPlan, run_dir: Path, **overrides: object) -> TrainConfig:
     """A cached tail run of the ladder: its trunk passes in the ship run's shared cache, AdamW with cosine decay
     (the classifier alone takes a larger rate)."""
-    lr = 3e-3 if rung.trainable_blocks == 0 else 1e-3
+    optim = dataclasses.replace(CACHED_TAIL, lr=CACHED_PROBE_LR) if rung.trainable_blocks == 0 else CACHED_TAIL
     return dataclasses.replace(
         base,
         trainable_blocks=rung.trainable_blocks,
         views=rung.views,
         cache_dir=str(run_dir / "cache"),
-        optim=engine.OptimConfig(optimizer="adamw", lr=lr, scheduler="cosine", weight_decay=1e-4),
+        optim=optim,
         **overrides,  # type: ignore[arg-type]
     )
 
@@ -244,19 +261,12 @@ def planned_epochs(run_dir: Path) -> int:
 
 
 def train_candidate(
-    candidate: Candidate,
-    epochs: int,
-    config: ShipConfig,
-    teacher: TrainRecord | None,
-    run_dir: Path,
-    reporter: Reporter,
-    state: ShipState,
-    deadline: float,
-    fit_by: float,
+    candidate: Candidate, epochs: int, teacher: TrainRecord | None, run: ShipRun, budget: TimeBudget
 ) -> TrainRecord:
-    """Train one candidate (from scratch, or from the teacher's pruned / truncated weights) until ``deadline``, its
-    epochs re-planned after the first to end by ``fit_by``."""
-    distill = DistillConfig(teacher=teacher.checkpoint, alpha=0.5, temperature=4.0) if teacher else None
+    """Train one candidate (from scratch, or from the teacher's pruned / truncated weights) until the budget's
+    cutoff, its epochs re-planned after the first to end by the budget's end."""
+    config, run_dir = run.config, run.run_dir
+    distill = distilled_from(teacher.checkpoint) if teacher else None
     base = TrainConfig(
         seed=config.seed,
         epochs=epochs,
@@ -273,13 +283,11 @@ def train_candidate(
             model=candidate.model,
             init_from=str(start),
             data=data_config(config, img_size=None),  # the teacher's input size and normalisation
-            # Both start from the fine-tuned teacher's weights: a gentle rate (at 0.01 a pruned EfficientNet-Lite0
-            # collapsed to one-class predictions on hymenoptera: RESULTS.md#ship_hymenoptera).
-            optim=engine.OptimConfig(lr=0.005, scheduler="cosine", weight_decay=4e-5, label_smoothing=0.1),
+            optim=STUDENT_FROM_TEACHER,
         )
     else:
         batch = batch_size(config, candidate.img_size)
-        steps = epochs * math.ceil(state.survey.train_images / batch)
+        steps = epochs * math.ceil(run.state.survey.train_images / batch)
         optim = scratch_recipe(candidate.img_size <= SMALL_IMAGE_SIDE, steps, batch, candidate.model)
         train_config = dataclasses.replace(
             base,
@@ -293,7 +301,7 @@ def train_candidate(
             amp=candidate.train_amp,  # as the search measured it fastest here
         )
     started = time.time()
-    result = train_resumable(train_config, reporter, deadline, fit_epochs(fit_by, MAX_EPOCHS))
+    result = train_resumable(train_config, run.reporter, budget.cutoff, fit_epochs(budget.end, MAX_EPOCHS))
     # The schedule's end point, not the val-selected best epoch: the same val images then judge the int8 file, and
     # on a small val set the best of many evaluations is partly luck that int8 rounding undoes (the hymenoptera
     # ship run in RESULTS.md#ship_hymenoptera shows it).
@@ -319,44 +327,30 @@ def student_tails(candidate: Candidate, student: StackedNet) -> tuple[int, ...]:
 
 
 def train_cached_student(
-    candidate: Candidate,
-    config: ShipConfig,
-    teacher: TrainRecord,
-    run_dir: Path,
-    reporter: Reporter,
-    state: ShipState,
-    seconds: float,
-    deadline: float,
-    required: bool = True,
-    spare: float = 0.0,
-    spare_deadline: float | None = None,
+    candidate: Candidate, teacher: TrainRecord, run: ShipRun, budget: TimeBudget, required: bool = True
 ) -> TrainRecord | None:
     """A truncated student (the teacher's first blocks, a new head conv) or a pruned one (the teacher's first blocks
     whole, the rest narrowed) climbs the ladder: first its last blocks on their cached inputs, distilled from the
-    teacher's cached logits, as many blocks and epochs as ``seconds`` allow (``student_tails``; its first blocks keep
-    the teacher's ImageNet weights); then, when at least FULL_MIN_EPOCHS of end-to-end
-    training still fit in ``seconds``, every layer from there, with the teacher in the loop. The better of the two
-    (last epochs) goes on. ``spare``: the time of the candidates after this one, which it takes too when they could
-    not buy the shortest tail rung of a student like it (on the proxy, 8 minutes went unused that way); it may then
-    end by ``spare_deadline``."""
+    teacher's cached logits, as many blocks and epochs as the budget allows (``student_tails``; its first blocks
+    keep the teacher's ImageNet weights); then, when at least FULL_MIN_EPOCHS of end-to-end training still fit in
+    it, every layer from there, with the teacher in the loop. The better of the two (last epochs) goes on. The
+    budget's spare time, that of the candidates after this one, is taken too when they could not buy the shortest
+    tail rung of a student like it (on the proxy, 8 minutes went unused that way)."""
+    config, run_dir = run.config, run.run_dir
     folder = run_dir / "candidates" / candidate.name
-    budget = StudentBudget(seconds, deadline, spare, spare_deadline or deadline)
-    tail = _tail_done(folder) or _train_student_tail(
-        candidate, config, teacher, run_dir, reporter, state, budget, required
-    )
+    tail = _tail_done(folder) or _train_student_tail(candidate, teacher, run, budget, required)
     if tail is None:
         return None
     end = budget.end
-    epochs, _ = plan_epochs(candidate, state.survey, teacher, budget.left())
+    epochs, _ = plan_epochs(candidate, run.state.survey, teacher, budget.left())
     if epochs < FULL_MIN_EPOCHS:
         return tail
     full = TrainConfig(
         model=candidate.model,
         init_from=tail.checkpoint,
-        distill=DistillConfig(teacher=teacher.checkpoint, alpha=0.5, temperature=4.0),
+        distill=distilled_from(teacher.checkpoint),
         data=data_config(config, img_size=None),
-        # from a trained tail: a gentler rate than from the teacher's weights (0.005), all layers alike
-        optim=engine.OptimConfig(lr=0.003, scheduler="cosine", weight_decay=4e-5, label_smoothing=0.1),
+        optim=STUDENT_AFTER_TAIL,
         epochs=epochs,
         seed=config.seed,
         runs_dir=str(run_dir / "candidates"),
@@ -364,7 +358,7 @@ def train_cached_student(
         tensorboard=False,
     )
     started = time.time()
-    result = train_resumable(full, reporter, end, fit_epochs(end, FULL_MAX_STUDENT_EPOCHS))
+    result = train_resumable(full, run.reporter, end, fit_epochs(end, FULL_MAX_STUDENT_EPOCHS))
     record = _record(result, result.run_dir / "last.pt", result.history[-1]["val_top1"])
     if (record.top1 or 0.0) < (tail.top1 or 0.0):
         return dataclasses.replace(tail, rung=f"{tail.rung} (then full fine-tune: {record.top1:.2f}%, not kept)")
@@ -376,34 +370,6 @@ def train_cached_student(
         rung=f"{tail.rung}, then full fine-tune ({len(result.history)} epochs)",
         trainable_params=sum(p.numel() for p in Checkpoint.load(tail.checkpoint).model().parameters()),
     )
-
-
-@dataclasses.dataclass
-class StudentBudget:
-    """A cached student's time: ``seconds`` from ``begun``, ending by ``deadline`` at the latest; ``spare``, the
-    time of the candidates after it, and the deadline without their exports."""
-
-    seconds: float
-    deadline: float
-    spare: float = 0.0
-    spare_deadline: float = 0.0
-    begun: float = dataclasses.field(default_factory=lambda: time.time())  # (read when made: tests may fix it)
-
-    @property
-    def end(self) -> float:
-        return min(self.deadline, self.begun + self.seconds)
-
-    def left(self) -> float:
-        return self.seconds - (time.time() - self.begun)
-
-    def take_spare(self, seconds: float | None = None) -> None:
-        """Take ``seconds`` of the spare time (all of it by default), and with them its later deadline."""
-        taken = self.spare if seconds is None else min(self.spare, max(0.0, seconds))
-        self.seconds, self.spare = self.seconds + taken, self.spare - taken
-        self.deadline = max(self.deadline, self.spare_deadline)
-
-    def available(self) -> float:
-        return self.end - time.time()
 
 
 def _tail_done(folder: Path) -> TrainRecord | None:
@@ -425,17 +391,11 @@ def _tail_done(folder: Path) -> TrainRecord | None:
 
 
 def _train_student_tail(
-    candidate: Candidate,
-    config: ShipConfig,
-    teacher: TrainRecord,
-    run_dir: Path,
-    reporter: Reporter,
-    state: ShipState,
-    budget: StudentBudget,
-    required: bool,
+    candidate: Candidate, teacher: TrainRecord, run: ShipRun, budget: TimeBudget, required: bool
 ) -> TrainRecord | None:
     """The student's tail rung (see ``train_cached_student``); when none fits in its budget, the shortest if
     ``required``, else None. It stops after the last epoch expected to end by the budget's end."""
+    config, run_dir, state = run.config, run.run_dir, run.state
     folder = run_dir / "candidates" / candidate.name
     start = _teacher_start(candidate, teacher, config, folder)
     student = Checkpoint.load(start).model()
@@ -445,27 +405,27 @@ def _train_student_tail(
     )
     speeds = measure(student, Checkpoint.load(start).preprocess.img_size, tails, config)  # the teacher's size
     # planned on the time left after the pruning and the speed probes above, which the budget's clock counted
-    views = views_for(speeds, state.survey, budget.available(), teacher_seconds)
+    views = views_for(speeds, state.survey, budget.left(), teacher_seconds)
     shortest = tail_rung(speeds, state.survey, views, 1e9, tails, MIN_TAIL_EPOCHS)  # any time: its cost
     cost = shortest.seconds + teacher_seconds(views) if shortest else math.inf
     if budget.spare and budget.spare < cost:
         budget.take_spare()  # the candidates after it could not train: this one takes their time
-    elif budget.spare and budget.available() < cost:
-        budget.take_spare(cost - budget.available())  # its own share cannot buy its shortest rung: what it lacks
-    seconds = budget.available() - teacher_seconds(views)
+    elif budget.spare and budget.left() < cost:
+        budget.take_spare(cost - budget.left())  # its own share cannot buy its shortest rung: what it lacks
+    seconds = budget.left() - teacher_seconds(views)
     rung = tail_rung(speeds, state.survey, views, seconds, tails, STUDENT_TAIL_EPOCHS)
     if rung is None and not required:
         return None
     end = budget.end
     if rung is None:  # required (nothing shipped yet): the shortest rung, with the time it needs up to the run's end
         rung = shortest or RungPlan(f"last {tails[-1]} blocks", tails[-1], MIN_TAIL_EPOCHS, 0.0, VIEWS[-1])
-        end = min(max(end, time.time() + cost), max(budget.deadline, budget.spare_deadline))
+        end = min(max(end, time.time() + cost), budget.latest)
     for name in ("last.pt", "best.pt"):  # a run cut short restarts: its trunk passes are cached
         (folder / name).unlink(missing_ok=True)
     base = TrainConfig(
         model=candidate.model,
         init_from=str(start),
-        distill=DistillConfig(teacher=teacher.checkpoint, alpha=0.5, temperature=4.0),
+        distill=distilled_from(teacher.checkpoint),
         data=data_config(config, img_size=None),
         epochs=rung.epochs,
         seed=config.seed,
@@ -476,7 +436,7 @@ def _train_student_tail(
     started = time.time()
     _, full_epoch_s = plan_epochs(candidate, state.survey, teacher, 0.0)
     replan = replan_early(tail_epochs(rung, end, full_epoch_s))
-    result = train(_cached(base, rung, run_dir), reporter, callbacks={EPOCH_END: [replan, stop_by(end)]})
+    result = train(_cached(base, rung, run_dir), run.reporter, callbacks={EPOCH_END: [replan, stop_by(end)]})
     record = _record(result, result.run_dir / "last.pt", result.history[-1]["val_top1"])
     trainable = sum(p.numel() for p in Tail(student, cut_index(student, rung.trainable_blocks)).parameters())
     return dataclasses.replace(
@@ -550,9 +510,6 @@ def truncate_teacher(teacher_checkpoint: str, candidate: Candidate, folder: Path
     return truncated.save(path)
 
 
-PRUNE_RECALIBRATION_IMAGES = 512  # training images that re-estimate a pruned student's BatchNorm statistics
-
-
 def start_seconds(candidate: Candidate, teacher: TrainRecord, run_dir: Path) -> float:
     """What making a cached student's starting network still takes: for a pruned one not yet pruned, the teacher's
     passes for its Taylor gradients (forward and backward: ~3 forwards an image) and for BatchNorm's re-estimation,
@@ -561,7 +518,7 @@ def start_seconds(candidate: Candidate, teacher: TrainRecord, run_dir: Path) -> 
     if candidate.source != "pruned" or (run_dir / "candidates" / candidate.name / "pruned.pt").exists():
         return 0.0
     checkpoint = Checkpoint.load(teacher.checkpoint)
-    images = 3 * PRUNING.calibration_batches * DataConfig().batch_size + PRUNE_RECALIBRATION_IMAGES
+    images = TAYLOR_PASS_COST * PRUNING.calibration_batches * DataConfig().batch_size + PRUNE_RECALIBRATION_IMAGES
     return MARGIN * images / inference_speed(checkpoint.model(), checkpoint.preprocess.img_size)
 
 
@@ -595,9 +552,6 @@ def export_attempts(checkpoint: str, runtime: str) -> list[tuple[str, tuple[str,
     return [("ptq", ()), *([("ptq", first)] if first else []), *qat]  # no groups: no repeat of plain PTQ
 
 
-CHANCE_P_VALUE = 1e-3  # how unlikely the val score must be for a model that answers the largest class alone
-
-
 def above_chance(top1: float, images: int, majority_rate: float) -> bool:
     """Whether ``top1`` (%) on ``images`` val images is clearly above ``majority_rate``: the one-sided binomial
     probability of scoring at least that well by always answering the largest class is under CHANCE_P_VALUE."""
@@ -615,13 +569,6 @@ def above_chance(top1: float, images: int, majority_rate: float) -> bool:
     return tail < CHANCE_P_VALUE
 
 
-# From scratch, best.pt and the gate are decided on BatchNorm statistics re-estimated on this many training
-# images: after a short run the running averages lag the weights (a 3-minute digits run evaluated at 10%).
-PRECISE_BN_IMAGES = 1024
-QAT_IMAGES = 2000  # training images of ship's QAT epoch, at most
-QAT_STEP_COST = 4.0  # a QAT image costs this many plain training images (fake quantization, calibration, BN folds)
-
-
 def attempt_seconds(method: str, candidate: Candidate, info: Survey, last_seconds: float) -> float:
     """What one more export attempt takes: a PTQ export, as long as the attempt just made (the same checkpoint,
     calibration and val images: the padded reserve refused a 42 s retry with 50 s left on hymenoptera), or QAT's
@@ -630,14 +577,14 @@ def attempt_seconds(method: str, candidate: Candidate, info: Survey, last_second
     if method != "qat":
         return last_seconds
     images = min(QAT_IMAGES, info.train_images)
-    return 2 * export_reserve(candidate, info) + QAT_STEP_COST * images / (candidate.train_images_per_s or 10.0)
+    speed = candidate.train_images_per_s or UNMEASURED_SPEED
+    return QAT_EXPORTS * export_reserve(candidate, info) + QAT_STEP_COST * images / speed
 
 
-def export_candidate(
-    candidate: Candidate, trained: TrainRecord, config: ShipConfig, say: Callable[..., None], state: ShipState
-) -> ExportRecord:
+def export_candidate(candidate: Candidate, trained: TrainRecord, run: ShipRun) -> ExportRecord:
     """int8 PTQ through the runtime and the accuracy gate; past a failed gate, PTQ with the first layers in float,
     then QAT (where the backend takes it), while time is left."""
+    config, say, state = run.config, run.say, run.state
     folder = Path(trained.run_dir)
     suffix = get_backend(config.runtime).suffix
     reports, last_seconds = [], 0.0
@@ -693,12 +640,11 @@ def export_candidate(
     return ExportRecord(reports, best, verdicts)
 
 
-def core_ml_package(
-    trained: TrainRecord, config: ShipConfig, run_dir: Path, say: Callable[[str], None], state: ShipState
-) -> ArtifactReport | None:
+def core_ml_package(trained: TrainRecord, run: ShipRun) -> ArtifactReport | None:
     """The shipped checkpoint as a Core ML package too (``model.mlpackage``, int8 weights), for iOS apps. Core ML
     cannot run here: the package is read back and scored as it computes (``mobiforge.backends.coreml``). None when
     coremltools is missing or the budget has no minute left."""
+    config, say, state = run.config, run.say, run.state
     backend = get_backend(CORE_ML)
     try:
         backend.require()
@@ -712,7 +658,7 @@ def core_ml_package(
     say(f"core ml: the shipped checkpoint as model{backend.suffix}, int8 weights, for iOS (not run on this host; "
         f"scored on {images} val images)")  # fmt: skip
     try:
-        return _core_ml_export(trained, config, run_dir, backend.suffix, images)
+        return _core_ml_export(trained, config, run.run_dir, backend.suffix, images)
     except MobiforgeError as error:  # the shipped artifact stands; the extra package is skipped, saying why
         say(f"core ml: skipped ({error})")
         return None

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from mobiforge.config import CARD_FIELDS, ShipConfig
 from mobiforge.errors import MobiforgeError
@@ -26,9 +27,10 @@ from mobiforge.export import ArtifactReport
 from mobiforge.files import BACKUP_SUFFIX, write_atomic
 from mobiforge.log import logger
 from mobiforge.paths import NOT_PATHS, local_record, portable_record
+from mobiforge.ship.config import CORE_ML
+from mobiforge.ship.policy import CLOCK_SECONDS
 
 STATE_FILE = "ship_state.json"
-CLOCK_SECONDS = 10.0  # how often the time spent is saved: a kill loses at most this much of the budget
 # 1: the untyped dicts written before 2026-12-01 (no "version" key); 2: typed records, same layout; 3: the paths
 # relative to the run folder (before: as the run named them, absolute or relative to its working directory)
 STATE_VERSION = 3
@@ -198,24 +200,38 @@ def _plain(record: Any) -> dict[str, Any]:
     return record.to_dict() if hasattr(record, "to_dict") else dataclasses.asdict(record)
 
 
-def read_record(stage: str, data: dict[str, Any]) -> Any:
-    """The typed record of a stage by its name; a stage this version does not know stays a plain dict."""
-    kind = stage.split(":", 1)[0]
-    if kind == "survey":
-        return known_fields(Survey, data)
-    if kind == "search":
-        return SearchRecord.from_dict(data)
-    if kind == "teacher":
-        return TeacherRecord.from_dict(data)
-    if kind == "train":
-        return known_fields(TrainRecord, data)
-    if kind == "export":
-        return ExportRecord.from_dict(data)
-    if kind == "result":
-        return known_fields(ResultRecord, data)
-    if kind == "coreml":
-        return ArtifactReport.from_dict(data)
-    return data
+@dataclass(frozen=True)
+class Stage(Generic[R]):
+    """A stage of a ship run: its name, how its record is read back from the state file (and so its type), and, for
+    the stages run once per candidate, the candidate (``TRAIN.of(name)``). Its key in the file is its name, or
+    ``name:candidate``."""
+
+    name: str
+    read: Callable[[dict[str, Any]], R]
+    candidate: str | None = None
+
+    @property
+    def key(self) -> str:
+        return self.name if self.candidate is None else f"{self.name}:{self.candidate}"
+
+    def of(self, candidate: str) -> Stage[R]:
+        return dataclasses.replace(self, candidate=candidate)
+
+
+SURVEY: Stage[Survey] = Stage("survey", functools.partial(known_fields, Survey))
+SEARCH: Stage[SearchRecord] = Stage("search", SearchRecord.from_dict)
+TEACHER: Stage[TeacherRecord] = Stage("teacher", TeacherRecord.from_dict)
+TRAIN: Stage[TrainRecord] = Stage("train", functools.partial(known_fields, TrainRecord))
+EXPORT: Stage[ExportRecord] = Stage("export", ExportRecord.from_dict)
+CORE_ML_PACKAGE: Stage[ArtifactReport] = Stage(CORE_ML, ArtifactReport.from_dict)
+RESULT: Stage[ResultRecord] = Stage("result", functools.partial(known_fields, ResultRecord))
+STAGES = {stage.name: stage for stage in (SURVEY, SEARCH, TEACHER, TRAIN, EXPORT, CORE_ML_PACKAGE, RESULT)}
+
+
+def read_record(key: str, data: dict[str, Any]) -> Any:
+    """The typed record of a stage by its key in the file; a stage this version does not know stays a plain dict."""
+    stage = STAGES.get(key.split(":", 1)[0])
+    return stage.read(data) if stage is not None else data
 
 
 class ShipState:
@@ -283,21 +299,26 @@ class ShipState:
 
     @property
     def survey(self) -> Survey:
-        return self.stages["survey"]
+        return self.stages[SURVEY.key]
 
-    def done(self, stage: str) -> Any:
-        return self.stages.get(stage)
+    def done(self, stage: Stage[R]) -> R | None:
+        return self.stages.get(stage.key)
 
     def trained(self, name: str) -> TrainRecord | None:
-        return self.stages.get(f"train:{name}")
+        return self.done(TRAIN.of(name))
 
     def exported(self, name: str) -> ExportRecord | None:
-        return self.stages.get(f"export:{name}")
+        return self.done(EXPORT.of(name))
 
-    def finish(self, stage: str, record: R) -> R:
+    def records(self, stage: Stage[R]) -> dict[str, R]:
+        """The records of a per-candidate stage (``TRAIN``, ``EXPORT``) by candidate, in the order they finished."""
+        prefix = f"{stage.name}:"
+        return {key[len(prefix) :]: record for key, record in self.stages.items() if key.startswith(prefix)}
+
+    def finish(self, stage: Stage[R], record: R) -> R:
         with self._lock:
-            self.stages[stage] = record
-            self.finished_at[stage] = round(self.elapsed(), 1)
+            self.stages[stage.key] = record
+            self.finished_at[stage.key] = round(self.elapsed(), 1)
         self.save()
         return record
 
