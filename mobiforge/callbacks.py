@@ -126,6 +126,7 @@ MLFLOW_STORE = "mlruns"  # in the runs folder: MLflow's local file store (``mlfl
 # need SQLAlchemy and migrations for what is one folder of files. A value the user set is kept.
 MLFLOW_FILE_STORE_ENV = "MLFLOW_ALLOW_FILE_STORE"
 MLFLOW_EXPERIMENT = "mobiforge"
+RUN_DIR_TAG = "mobiforge_run_dir"  # the run folder an MLflow run records: a resumed run finds its MLflow run by it
 MLFLOW_ARTIFACTS = ("config.yaml", "metrics.csv", "curves.png", "confusion.png")  # not the checkpoints: large
 
 
@@ -144,22 +145,32 @@ class Mlflow:
 
     def start(self, run: RunView) -> None:
         try:
+            from mlflow.exceptions import MlflowException
             from mlflow.tracking import MlflowClient
         except ImportError:
             raise MobiforgeError("--mlflow needs MLflow: pip install 'mobiforge[tracking]'") from None
         os.environ.setdefault(MLFLOW_FILE_STORE_ENV, "true")
-        self.client = MlflowClient(tracking_uri=mlflow_uri(run.config.runs_dir))
+        store = Path(run.config.runs_dir) / MLFLOW_STORE
+        try:
+            self.client = MlflowClient(tracking_uri=mlflow_uri(run.config.runs_dir))
+            self.run_id = self._run_of(run)
+        except (MlflowException, OSError) as error:  # an unwritable folder, a store another version wrote
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+            raise MobiforgeError(f"--mlflow: cannot record the run in {store} ({reason}); drop --mlflow") from None
+
+    def _run_of(self, run: RunView) -> str:
+        """The MLflow run of this run folder: found again on a resume, else created with the config as parameters."""
         experiment = self.client.get_experiment_by_name(MLFLOW_EXPERIMENT)
         experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(MLFLOW_EXPERIMENT)
-        found = self.client.search_runs([experiment_id], f"tags.mobiforge_run_dir = '{run.run_dir.resolve()}'")
-        if found:
-            self.run_id = found[0].info.run_id
-            return
-        created = self.client.create_run(experiment_id, run_name=run.run_dir.name)
-        self.run_id = created.info.run_id
-        self.client.set_tag(self.run_id, "mobiforge_run_dir", str(run.run_dir.resolve()))
+        folder = str(run.run_dir.resolve())
+        for found in self.client.search_runs([experiment_id]):  # compared here: a folder's name may hold quotes
+            if found.data.tags.get(RUN_DIR_TAG) == folder:
+                return str(found.info.run_id)
+        run_id = str(self.client.create_run(experiment_id, run_name=run.run_dir.name).info.run_id)
+        self.client.set_tag(run_id, RUN_DIR_TAG, folder)
         for key, value in _flat(run.config.to_dict()).items():
-            self.client.log_param(self.run_id, key, value)
+            self.client.log_param(run_id, key, value)
+        return run_id
 
     def epoch_end(self, run: RunView) -> None:
         for key, value in _scalars(run.history[-1]).items():

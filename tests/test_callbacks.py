@@ -106,6 +106,36 @@ def test_an_mlflow_run_is_recorded_in_the_local_file_store(
     assert {"config.yaml", "metrics.csv", "curves.png"} <= artifacts
 
 
+def test_a_resumed_run_continues_its_mlflow_run(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("mlflow", reason="MLflow is the optional tracking extra: pip install 'mobiforge[tracking]'")
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    config = small_train_config(data, tmp_path / "runs", name="it's quoted", epochs=1)
+    config.mlflow = True
+    first = train(config)
+    train(TrainConfig(resume=str(first.run_dir / "last.pt"), epochs=2, mlflow=True))
+    client = MlflowClient(tracking_uri=mlflow_uri(tmp_path / "runs"))
+    [run] = client.search_runs([client.get_experiment_by_name("mobiforge").experiment_id])
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_top1")] == [1, 2]
+
+
+def test_an_mlflow_store_that_cannot_be_written_is_a_one_line_error(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("mlflow", reason="MLflow is the optional tracking extra: pip install 'mobiforge[tracking]'")
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "mlruns").write_text("a file where the store's folder goes")
+    args = ["train", "--data", str(data), "--img-size", "16", "--epochs", "1", "--workers", "0", "--model",
+            "mobilenet_seed", "--width-mult", "0.25", "--runs-dir", str(runs), "--mlflow"]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("mobiforge train: error: --mlflow: cannot record the run in")
+    assert not any("Traceback" in line for line in err)
+
+
 def test_a_run_is_replayed_from_its_config_file_with_the_flags_given_overriding_it(
     data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
