@@ -15,9 +15,10 @@ not change.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -142,6 +143,7 @@ class Mlflow:
     def __init__(self) -> None:
         self.client: Any = None
         self.run_id = ""
+        self.store, self.errors = Path(MLFLOW_STORE), (OSError,)  # set by ``start``
 
     def start(self, run: RunView) -> None:
         try:
@@ -150,13 +152,19 @@ class Mlflow:
         except ImportError:
             raise MobiforgeError("--mlflow needs MLflow: pip install 'mobiforge[tracking]'") from None
         os.environ.setdefault(MLFLOW_FILE_STORE_ENV, "true")
-        store = Path(run.config.runs_dir) / MLFLOW_STORE
-        try:
+        self.store, self.errors = Path(run.config.runs_dir) / MLFLOW_STORE, (MlflowException, OSError)
+        with self._recording():
             self.client = MlflowClient(tracking_uri=mlflow_uri(run.config.runs_dir))
             self.run_id = self._run_of(run)
-        except (MlflowException, OSError) as error:  # an unwritable folder, a store another version wrote
+
+    @contextlib.contextmanager
+    def _recording(self) -> Iterator[None]:
+        """MLflow's errors (an unwritable folder, a full disk, a store another version wrote) as one line."""
+        try:
+            yield
+        except self.errors as error:
             reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-            raise MobiforgeError(f"--mlflow: cannot record the run in {store} ({reason}); drop --mlflow") from None
+            raise MobiforgeError(f"--mlflow: cannot record the run in {self.store} ({reason}); drop --mlflow") from None
 
     def _run_of(self, run: RunView) -> str:
         """The MLflow run of this run folder: found again on a resume, else created with the config as parameters."""
@@ -173,14 +181,16 @@ class Mlflow:
         return run_id
 
     def epoch_end(self, run: RunView) -> None:
-        for key, value in _scalars(run.history[-1]).items():
-            self.client.log_metric(self.run_id, key, value, step=run.epoch)
+        with self._recording():
+            for key, value in _scalars(run.history[-1]).items():
+                self.client.log_metric(self.run_id, key, value, step=run.epoch)
 
     def end(self, run: RunView) -> None:
-        for name in MLFLOW_ARTIFACTS:
-            if (run.run_dir / name).exists():
-                self.client.log_artifact(self.run_id, str(run.run_dir / name))
-        self.client.set_terminated(self.run_id, "KILLED" if run.interrupted else "FINISHED")
+        with self._recording():
+            for name in MLFLOW_ARTIFACTS:
+                if (run.run_dir / name).exists():
+                    self.client.log_artifact(self.run_id, str(run.run_dir / name))
+            self.client.set_terminated(self.run_id, "KILLED" if run.interrupted else "FINISHED")
 
 
 def _flat(record: dict[str, Any], prefix: str = "") -> dict[str, str]:

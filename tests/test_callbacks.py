@@ -153,3 +153,26 @@ def test_a_run_is_replayed_from_its_config_file_with_the_flags_given_overriding_
     assert main(["train", "--config", str(tmp_path / "missing.yaml")]) == 2
     (tmp_path / "bad.yaml").write_text("- not\n- settings\n")
     assert main(["train", "--config", str(tmp_path / "bad.yaml")]) == 2
+
+
+def test_mlflow_failing_mid_run_is_a_one_line_error(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("mlflow", reason="MLflow is the optional tracking extra: pip install 'mobiforge[tracking]'")
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from mobiforge.errors import MobiforgeError
+
+    def full_disk(*args: object, **kwargs: object) -> None:
+        raise MlflowException("No space left on device\nmore detail")
+
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    monkeypatch.setattr(MlflowClient, "log_metric", full_disk)
+    config = small_train_config(data, tmp_path / "runs", epochs=1)
+    config.mlflow = True
+    with pytest.raises(
+        MobiforgeError, match=r"--mlflow: cannot record the run in .*mlruns \(No space left on device\)"
+    ):
+        train(config)
+    assert (tmp_path / "runs" / "run" / "last.pt").exists()  # the epoch's checkpoint was written first
