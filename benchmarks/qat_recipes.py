@@ -18,9 +18,10 @@ from pathlib import Path
 import torch
 
 from benchmarks.results import write_section
+from mobiforge.backends.executorch import xnnpack_quantizer
 from mobiforge.checkpoint import Checkpoint
 from mobiforge.export import QAT_TEMPERATURE, ExportConfig, load_export_data, qat_model
-from mobiforge.quantize import top1_percent, xnnpack_quantizer
+from mobiforge.quantize import top1_percent
 
 
 def main() -> None:

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from benchmarks.results import write_section
-from mobiforge.backends.executorch import ExecuTorch
+from mobiforge.backends.executorch import ExecuTorch, xnnpack_quantizer
 from mobiforge.checkpoint import Checkpoint
 from mobiforge.export import ExportConfig, load_export_data
-from mobiforge.quantize import ptq_pt2e, top1_percent, xnnpack_quantizer
+from mobiforge.quantize import ptq_pt2e, top1_percent
 
 
 def xnnpack_own_quantizer() -> object:

@@ -20,7 +20,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mobiforge.errors import MobiforgeError, missing
 from mobiforge.log import native_stderr_silenced
@@ -127,14 +127,15 @@ class Interface:
 @dataclass
 class Int8Job:
     """What an int8 writer gets: an example input, calibration batches, the layer groups to leave in float, and
-    ``pt2e(quantizer, fold)``, which returns the model quantized through torchao's PT2E flow with that quantizer
-    (calibrated for PTQ, fine-tuned for QAT: the export decides which)."""
+    ``pt2e(quantizer, fold, fold_every_bn=False)``, which returns the model quantized through torchao's PT2E flow
+    with that quantizer (calibrated for PTQ, fine-tuned for QAT: the export decides which; ``fold_every_bn`` folds
+    every BatchNorm into its conv before QAT, for a quantizer without conv-BN patterns)."""
 
     example: torch.Tensor
     calibration: Sequence[torch.Tensor]
     float_modules: tuple[str, ...]
     qat: bool
-    pt2e: Callable[[Any, bool], nn.Module]
+    pt2e: Callable[..., nn.Module]
     reduce_range: bool | None = None  # 7-bit weights where a runtime's int8 kernels saturate (None: it decides)
     interface: Interface | None = None
 
@@ -271,9 +272,7 @@ register_backend(
         suffix=".tflite",
         title="LiteRT (TensorFlow Lite)",
         package="ai-edge-litert",
-        # its int8 graphs are annotated by ExecuTorch's XNNPACK quantizer: litert-torch 0.10's own lost 32 top-1
-        # points on a CIFAR-10 MobileNetV2 (RESULTS.md#export_cifar10)
-        modules=("litert_torch", "ai_edge_litert.interpreter", "executorch.backends.xnnpack.quantizer"),
+        modules=("litert_torch", "ai_edge_litert.interpreter"),
         run_modules=("ai_edge_litert.interpreter",),
         implementation="mobiforge.backends.litert:LiteRT",
         magic=b"TFL3",  # the TFLite flatbuffer file identifier

@@ -27,6 +27,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 BUILTIN_DATASETS = ("digits",)
 DEFAULT_LOADER_WORKERS = 2
 DEFAULT_MODEL = "mobilenet_v2"
+PRETRAINED_TRUNK = "efficientnet_lite0"  # the model zoo's network with real ImageNet weights on this machine
 CACHE_MODES = ("auto", "memory", "none")
 TRUNK_ENGINES = ("auto", "eager", "onnxruntime")  # what runs a frozen trunk's cache pass (mobiforge.trunk)
 CROPS = ("rrc", "pad")
@@ -607,12 +608,51 @@ class ShipConfig:
         check_ranges(self)
 
     def run_dir(self) -> Path:
-        if self.out:
-            return Path(self.out)
-        source = Path(self.data).resolve()
-        source = source.parent if source.suffix.lower() == ".csv" else source  # a labels.csv: its folder's name
-        name = "digits" if self.data in BUILTIN_DATASETS else (source.name or "data")
-        return Path("runs") / f"ship-{name}"
+        return Path(self.out) if self.out else data_run_dir("ship", self.data)
+
+
+def data_run_dir(command: str, data: str) -> Path:
+    """``runs/<command>-<the data's name>``: a labels.csv is named by its folder."""
+    source = Path(data).resolve()
+    source = source.parent if source.suffix.lower() == ".csv" else source
+    name = "digits" if data in BUILTIN_DATASETS else (source.name or "data")
+    return Path("runs") / f"{command}-{name}"
+
+
+# ------------------------------------------------------------------------------------------------------ doctor
+
+
+@dataclass
+class DoctorConfig:
+    """doctor: exact and near copies, val photos leaked into train, wrong labels and odd files in an image folder"""
+
+    data: str = opt(
+        help="image folder (train/ and val/, class folders to split, or a path,label[,split] CSV), or digits",
+        positional=True, metavar="DIR",
+    )  # fmt: skip
+    out: str | None = opt(None, "report folder (default runs/doctor-<data name>)", flags=("--out", "-o"))
+    fix: bool = opt(
+        False, "also write cleaned.csv (path,label,split) without the leaked val photos and the exact copies, for "
+        "train and ship; the folder itself is never touched",
+    )  # fmt: skip
+    features: bool = opt(
+        True, "the checks on the pretrained trunk's features: label issues, near-copies, leaks, outliers, bursts"
+    )
+    val_split: float = opt(0.1, "val fraction when DIR has class folders only", valid=OPEN_FRACTION)
+    split_seed: int = opt(0, "seed of that split")
+    folds: int = opt(5, "folds of the linear probe whose held-out predictions judge the labels", valid=Range(2, 20))
+    cache_dir: str | None = opt(None, "feature cache folder, which runs may share (default OUT/cache)", metavar="DIR")
+    trunk_engine: str = opt("auto", "what runs the trunk's pass", choices=TRUNK_ENGINES)
+    workers: int = opt(DEFAULT_LOADER_WORKERS, "processes decoding the files", flags=("--workers", "-j"),
+                       valid=NON_NEGATIVE)  # fmt: skip
+    shown: int = opt(24, "examples shown per section of doctor.html (doctor.json lists them all)", valid=AT_LEAST_1)
+    seed: int = opt(0)
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+
+    def run_dir(self) -> Path:
+        return Path(self.out) if self.out else data_run_dir("doctor", self.data)
 
 
 # -------------------------------------------------------------------------------------- eval, predict, profile

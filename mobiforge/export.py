@@ -222,7 +222,11 @@ def _check(config: ExportConfig) -> None:
         raise MobiforgeError(f"--uint8-input is not available for {backend.name}; use --format {able}")
 
 
-def qat_model(model: nn.Module, quantizer: Any, data: ExportData, config: ExportConfig, fold: bool) -> nn.Module:
+def qat_model(
+    model: nn.Module, quantizer: Any, data: ExportData, config: ExportConfig, fold: bool, fold_every_bn: bool = False
+) -> nn.Module:
+    """QAT on ``config.qat_images`` training images. BatchNorm is folded into its conv first where it would stay
+    float (``config.float_modules``), or everywhere with ``fold_every_bn`` (a quantizer without conv-BN patterns)."""
     samples = _subset(data.train_samples, config.qat_images, config.seed, spaced=False)
     dataset = ImageSamples(samples, train_transform(data.data_config), seed=config.seed)
     generator = torch.Generator().manual_seed(config.seed)
@@ -238,7 +242,7 @@ def qat_model(model: nn.Module, quantizer: Any, data: ExportData, config: Export
         # (its student argument serves feature distillation only, which is off here)
         loss_fn = DistillationLoss(teacher, same, teacher, same, distill, label_smoothing=0.1)
     return qat_pt2e(
-        fold_batchnorms(model, config.float_modules),  # float conv-BN pairs would stay unfolded: see there
+        fold_batchnorms(model, [""] if fold_every_bn else config.float_modules),  # float pairs: see there
         quantizer,
         loader,
         data.calibration[0],
@@ -283,10 +287,10 @@ def _write_artifact(
 
 
 def _int8_job(model: nn.Module, config: ExportConfig, data: ExportData) -> Int8Job:
-    def pt2e(quantizer: Any, fold: bool) -> nn.Module:
+    def pt2e(quantizer: Any, fold: bool, fold_every_bn: bool = False) -> nn.Module:
         if config.int8 == "ptq":
             return ptq_pt2e(model, quantizer, data.calibration, fold_quantize=fold)
-        return qat_model(model, quantizer, data, config, fold)
+        return qat_model(model, quantizer, data, config, fold, fold_every_bn)
 
     return Int8Job(
         example=data.val_images[:1].clone(),

@@ -24,42 +24,43 @@ from torch import nn
 
 from mobiforge import engine
 from mobiforge.backend_api import Simulator
-from mobiforge.errors import missing
 
 PT2E_NOTE = "PT2E: per-channel symmetric int8 weights, static int8 activations, BN folded"
 
 
-def xnnpack_quantizer(qat: bool = False, float_modules: Sequence[str] = ()) -> Any:
-    """ExecuTorch's XNNPACK quantizer: per-channel symmetric int8 weights, static int8 activations, ReLU6 fused
-    into the op before it (``annotate_fused_clamps``); the modules named in ``float_modules`` (and everything
-    inside them) are left in float."""
-    try:
-        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-            XNNPACKQuantizer,
-            get_symmetric_quantization_config,
-        )
-    except ImportError:
-        raise missing("executorch") from None
-    from torchao.quantization.pt2e.quantizer import ComposableQuantizer, Quantizer
+def mobilenet_quantizer(base: Any, config: Any, float_modules: Sequence[str] = ()) -> Any:
+    """A runtime's PT2E quantizer (``base``, annotating with ``config``), made right for MobileNets; the one PT2E
+    helper every PT2E runtime shares, each bringing its own quantizer (ExecuTorch XNNPACK's, LiteRT litert-torch's).
+
+    - ReLU6 is quantized after the conv it clamps (``annotate_fused_clamps``), before ``base`` annotates the rest.
+    - Everything inside the modules named in ``float_modules`` is left in float: their annotations are removed once
+      ``base`` has annotated, so a quantizer without a filter of its own (litert-torch's) honours them too.
+    """
+    from torchao.quantization.pt2e.quantizer import Quantizer
+    from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
     from torchao.quantization.pt2e.quantizer.utils import get_module_name_filter
 
-    config = get_symmetric_quantization_config(is_per_channel=True, is_qat=qat)
-    quantizer = XNNPACKQuantizer().set_global(config)
     inside = [get_module_name_filter(name) for name in float_modules]
 
     def quantized(node: torch.fx.Node) -> bool:
         return not any(test(node) for test in inside)
 
-    quantizer.set_filter_function(quantized)
+    class MobileNetQuantizer(Quantizer):  # type: ignore[misc]
+        def transform_for_annotation(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+            return base.transform_for_annotation(model)
 
-    class ClampFusion(Quantizer):  # type: ignore[misc]
         def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
-            return annotate_fused_clamps(model, config, quantized)
+            annotate_fused_clamps(model, config, quantized)
+            base.annotate(model)
+            for node in model.graph.nodes:
+                if not quantized(node):
+                    node.meta.pop(Q_ANNOTATION_KEY, None)
+            return model
 
         def validate(self, model: torch.fx.GraphModule) -> None:
-            pass
+            base.validate(model)
 
-    return ComposableQuantizer([ClampFusion(), quantizer])
+    return MobileNetQuantizer()
 
 
 CLAMPS = (torch.ops.aten.hardtanh.default, torch.ops.aten.hardtanh_.default)
@@ -69,13 +70,14 @@ CLAMPED_OPS = (torch.ops.aten.conv2d.default, torch.ops.aten.linear.default)
 def annotate_fused_clamps(
     model: torch.fx.GraphModule, config: Any, quantized: Callable[[torch.fx.Node], bool]
 ) -> torch.fx.GraphModule:
-    """Annotates conv -> ReLU6 (and linear -> ReLU6) as one quantized op, the way XNNPACK runs it.
+    """Annotates conv -> ReLU6 (and linear -> ReLU6) as one quantized op, the way XNNPACK and TFLite run it.
 
-    XNNPACK's quantizer fuses ReLU but not ReLU6 (hardtanh): it put an int8 observer on the conv's raw output, before
-    the clamp, so every ReLU6 network (MobileNetV2, EfficientNet-Lite) was requantized twice, its pre-activation
-    range spent on values the clamp throws away. Annotated here first, the conv's output is observed only after the
-    clamp, in [0, 6]; ExecuTorch's XNNPACK backend fuses the clamp into the conv (FuseActivationPass). XNNPACK's own
-    quantizer runs after this and skips the nodes annotated here.
+    Neither XNNPACK's quantizer nor litert-torch's fuses ReLU6 (hardtanh): XNNPACK's put an int8 observer on the
+    conv's raw output, before the clamp, so every ReLU6 network (MobileNetV2, EfficientNet-Lite) was requantized
+    twice, its pre-activation range spent on values the clamp throws away. Annotated here first, the conv's output
+    is observed only after the clamp, in [0, 6]; ExecuTorch's XNNPACK backend fuses the clamp into the conv
+    (FuseActivationPass), TFLite's converter into the conv's fused activation. The runtime's quantizer runs after
+    this and skips the nodes annotated here.
     """
     from torchao.quantization.pt2e.quantizer import (
         QuantizationAnnotation,
@@ -91,8 +93,8 @@ def annotate_fused_clamps(
         if not _fusable(op, clamp, Q_ANNOTATION_KEY) or not (quantized(clamp) and quantized(op)):
             continue
         qspecs = {op.args[0]: get_input_act_qspec(config), op.args[1]: get_weight_qspec(config)}
-        if len(op.args) > 2 and isinstance(op.args[2], torch.fx.Node):
-            qspecs[op.args[2]] = get_bias_qspec(config)
+        if len(op.args) > 2 and isinstance(op.args[2], torch.fx.Node) and get_bias_qspec(config) is not None:
+            qspecs[op.args[2]] = get_bias_qspec(config)  # XNNPACK's config quantizes the bias, litert-torch's not
         op.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(input_qspec_map=qspecs, _annotated=True)
         output = get_output_act_qspec(config)
         clamp.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(output_qspec=output, _annotated=True)
@@ -182,14 +184,20 @@ def search_float_modules(
     return FloatFallback(chosen[-1].float_modules, fp32_top1, trials)
 
 
-def pt2e_simulator(model: nn.Module, calibration: Sequence[torch.Tensor], images: torch.Tensor) -> Simulator:
-    """PT2E simulated int8 with XNNPACK's quantizer; the model is exported once, each trial quantizes a copy."""
+def pt2e_simulator(
+    model: nn.Module,
+    calibration: Sequence[torch.Tensor],
+    images: torch.Tensor,
+    quantizer: Callable[[Sequence[str]], Any],
+) -> Simulator:
+    """PT2E simulated int8 with a runtime's quantizer (``quantizer(float_modules)``); the model is exported once,
+    each trial quantizes a copy."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     graph = _export_dynamic_batch(model.eval(), calibration[0])
 
     def int8_logits(float_modules: list[str]) -> torch.Tensor:
-        prepared = prepare_pt2e(copy.deepcopy(graph), xnnpack_quantizer(float_modules=float_modules))
+        prepared = prepare_pt2e(copy.deepcopy(graph), quantizer(float_modules))
         with torch.no_grad():
             for batch in calibration:
                 prepared(batch)

@@ -7,7 +7,8 @@ gate, ``predict``, ``eval``, ``serve``, ``profile``): the batch is made the C-co
 runners expect here, so no caller can hand a runtime memory laid out otherwise than it reads it.
 ``profile_artifact`` times it there (``mobiforge profile model.pte``); ``predict_artifact`` and
 ``evaluate_artifact`` classify images with it (``mobiforge predict model.pte photo.jpg``), reading the class names
-and preprocessing from the files export writes beside every artifact (``labels.txt``, ``<artifact>.json``).
+and preprocessing from the model card ship writes beside its file, or the files export writes beside every artifact
+(``labels.txt``, ``<artifact>.json``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 from torch import nn
 
 from mobiforge.backend_api import Interface, Runner, backend_for
+from mobiforge.card import CARD_FILE, ModelCard
 from mobiforge.config import BUILTIN_DATASETS, DataConfig
 from mobiforge.data import unprintable_class
 from mobiforge.errors import MobiforgeError
@@ -193,17 +195,19 @@ class ArtifactInfo:
 
 
 def artifact_info(path: str | Path) -> ArtifactInfo:
-    """The class names and preprocessing of an exported file, from its ``.json`` report (``labels.txt`` beside
-    it names the classes when the report predates them); without a report, from the file's own metadata where its
-    runtime writes one (a ``.tflite``'s labels and normalisation, as MediaPipe reads them)."""
+    """The class names and preprocessing of an exported file: from the model card beside a shipped file (ship's run
+    folder), else from its ``.json`` report (``labels.txt`` beside it names the classes when the report predates
+    them); without either, from the file's own metadata where its runtime writes one (a ``.tflite``'s labels and
+    normalisation, as MediaPipe reads them)."""
     path = Path(path)
+    carded = _card_info(path)
     report = sidecar(path)
     try:
         data = json.loads(report.read_text())
-        preprocess = Preprocess.from_dict(data["preprocess"])
-        classes = data.get("classes")
+        preprocess = carded.preprocess if carded else Preprocess.from_dict(data["preprocess"])
+        classes = carded.classes if carded else data.get("classes")
     except FileNotFoundError:
-        embedded = _embedded_info(path)
+        embedded = carded or _embedded_info(path)
         if embedded is not None:
             return embedded
         raise MobiforgeError(
@@ -211,8 +215,7 @@ def artifact_info(path: str | Path) -> ArtifactInfo:
             "records there (export the checkpoint again, or use the checkpoint itself)"
         ) from None
     except (OSError, ValueError, KeyError, TypeError, RecursionError) as error:  # nested too deep: RecursionError
-        what = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
-        raise MobiforgeError(f"{report}: not an export report with a preprocessing ({what})") from None
+        raise MobiforgeError(f"{report}: not an export report with a preprocessing ({_first_line(error)})") from None
     labels = path.parent / LABELS_FILE
     if not classes and labels.is_file():
         try:
@@ -223,8 +226,32 @@ def artifact_info(path: str | Path) -> ArtifactInfo:
         raise MobiforgeError(f"{path}: no class names in {report.name} or {LABELS_FILE} beside it")
     if (bad := unprintable_class(classes)) is not None:
         raise MobiforgeError(f"{report}: the class name {bad[:80]!r} holds a control character; export it again")
-    recorded = data.get("data") if isinstance(data.get("data"), dict) else {}
+    recorded = data.get("data") if isinstance(data, dict) and isinstance(data.get("data"), dict) else {}
     return ArtifactInfo(list(classes), preprocess, recorded)
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+
+
+def _card_info(path: Path) -> ArtifactInfo | None:
+    """Classes and preprocessing from the model card beside ``path`` when the card describes that file, else None
+    (an exported file has no card; a card before ``crop_pct`` was recorded leaves it to the report)."""
+    card_path = path.parent / CARD_FILE
+    if not card_path.is_file():
+        return None
+    try:
+        card = ModelCard.load(card_path)
+        given = card.preprocessing
+        if card.artifact.file != path.name or given.crop_pct is None or not card.classes:
+            return None
+        stored = {"img_size": given.crop, "crop_pct": given.crop_pct, "interpolation": given.interpolation}
+        preprocess = Preprocess.from_dict({**stored, "mean": given.mean, "std": given.std})
+    except (OSError, ValueError, TypeError, RecursionError) as error:
+        raise MobiforgeError(f"{card_path}: not a model card ({_first_line(error)}); ship the model again") from None
+    if not all(isinstance(name, str) for name in card.classes) or (bad := unprintable_class(card.classes)):
+        raise MobiforgeError(f"{card_path}: a class name that is not plain text ({bad!r:.80}); ship the model again")
+    return ArtifactInfo(list(card.classes), preprocess)
 
 
 def _embedded_info(path: Path) -> ArtifactInfo | None:

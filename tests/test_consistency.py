@@ -20,8 +20,10 @@ import numpy as np
 import pytest
 
 from mobiforge.backend_api import BACKENDS, Interface, register_backend, unregister_backend
+from mobiforge.errors import MobiforgeError
 from mobiforge.export import NEAR_TIE, ExportConfig, export_checkpoint
 from mobiforge.inference import prepare_images
+from mobiforge.models.base import Preprocess
 from mobiforge.runtimes import artifact_info, evaluate_artifact, predict_artifact
 from mobiforge.train import train
 from tests.helpers import make_split_folder, small_train_config
@@ -154,3 +156,37 @@ def test_the_page_classifies_with_an_executorch_file_as_predict_does_in_a_real_b
         httpd.shutdown()
         httpd.server_close()
     assert shown[::-1] == expected  # the newest result is on top
+
+
+def _card_beside(folder: Path, preprocess: Preprocess, classes: list[str], file: str = "model.onnx") -> Path:
+    from mobiforge.card import CARD_FILE, CardArtifact, CardInput, ModelCard
+
+    given = CardInput(
+        crop=preprocess.img_size, resize=preprocess.resize_size, crop_pct=preprocess.crop_pct,
+        interpolation=preprocess.interpolation, mean=list(preprocess.mean), std=list(preprocess.std),
+    )  # fmt: skip
+    card = ModelCard(artifact=CardArtifact(file=file), classes=classes, preprocessing=given)
+    (folder / CARD_FILE).write_text(json.dumps(card.to_dict()))
+    artifact = folder / "model.onnx"
+    artifact.write_bytes(b"")
+    return artifact
+
+
+def test_a_shipped_file_is_classified_as_its_model_card_says(tmp_path: Path) -> None:
+    """Issue 45: predict, eval and serve read ship's typed card beside its file, to the crop, before any report."""
+    preprocess = Preprocess(40, crop_pct=0.9, mean=(0.1, 0.2, 0.3), std=(0.4, 0.5, 0.6), interpolation="bicubic")
+    artifact = _card_beside(tmp_path, preprocess, ["cat", "dog"])
+    (tmp_path / "model.onnx.json").write_text(json.dumps({"classes": ["x", "y"], "preprocess": Preprocess().to_dict()}))
+    info = artifact_info(artifact)
+    assert info.classes == ["cat", "dog"] and info.preprocess == preprocess
+    assert info.preprocess.resize_size == 44  # floor(40 / 0.9): the card's crop_pct, not crop / resize, rebuilt it
+
+    other = tmp_path / "other"
+    other.mkdir()
+    artifact = _card_beside(other, preprocess, ["cat", "dog"], file="model.tflite")  # the card is another file's
+    (other / "model.onnx.json").write_text(json.dumps({"classes": ["x", "y"], "preprocess": Preprocess().to_dict()}))
+    assert artifact_info(artifact).classes == ["x", "y"]
+
+    (tmp_path / "model_card.json").write_text("[1, 2]")
+    with pytest.raises(MobiforgeError, match=r"model_card\.json: not a model card \(not a JSON object\); ship"):
+        artifact_info(tmp_path / "model.onnx")

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mobiforge.backends.executorch import xnnpack_quantizer
 from mobiforge.checkpoint import Checkpoint, model_from_checkpoint
 from mobiforge.cli import main
 from mobiforge.errors import MobiforgeError
@@ -171,8 +172,9 @@ def test_profile_times_an_exported_file_in_its_runtime(
 
 
 @pytest.mark.slow
-def test_qat_export_runs_in_executorch(checkpoint: Path, tmp_path: Path) -> None:
-    report = _export(checkpoint, tmp_path / "qat.pte", "executorch", "qat", qat_images=32)
+@pytest.mark.parametrize("fmt", ["executorch", "tflite"])  # each with its own quantizer (litert-torch's for LiteRT)
+def test_qat_export_runs_in_its_runtime(checkpoint: Path, tmp_path: Path, fmt: str) -> None:
+    report = _export(checkpoint, tmp_path / f"qat{SUFFIX[fmt]}", fmt, "qat", qat_images=32)
     assert report.precision == "int8-qat" and report.reference_max_abs_diff is not None
     # QAT trains a copy: the fp32 model that the report compares with is the checkpoint's, untouched.
     model = model_from_checkpoint(checkpoint)
@@ -182,7 +184,7 @@ def test_qat_export_runs_in_executorch(checkpoint: Path, tmp_path: Path) -> None
     assert report.torch_fp32_top1 == pytest.approx(expected)
     # Same network, same int8 tensors: the QAT file is no larger than the PTQ one (it was 8-10% larger when the
     # BatchNorm tensors folded by convert_pt2e stayed on the module and ExecuTorch serialised them).
-    ptq = _export(checkpoint, tmp_path / "ptq.pte", "executorch", "ptq")
+    ptq = _export(checkpoint, tmp_path / f"ptq{SUFFIX[fmt]}", fmt, "ptq")
     assert report.file_bytes <= ptq.file_bytes * 1.005
 
 
@@ -195,10 +197,10 @@ def test_converted_graphs_keep_only_the_tensors_they_use(mode: str) -> None:
     model = create_model("mobilenet_seed", num_classes=3, width_mult=0.25, small_input=True)
     images, labels = torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 0])
     if mode == "ptq":
-        graph = quantize.ptq_pt2e(model, quantize.xnnpack_quantizer(), [images])
+        graph = quantize.ptq_pt2e(model, xnnpack_quantizer(), [images])
     else:
         optim = engine.OptimConfig(lr=1e-3)
-        quantizer = quantize.xnnpack_quantizer(qat=True)
+        quantizer = xnnpack_quantizer(qat=True)
         graph = quantize.qat_pt2e(model, quantizer, [(images, labels)], images, 1, optim, 1)
     used = {node.target for node in graph.graph.nodes if node.op == "get_attr"}
     stored = {name for name, _ in [*graph.named_parameters(), *graph.named_buffers()]}
@@ -218,6 +220,7 @@ def test_relu6_is_quantized_after_the_conv_it_clamps() -> None:
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     from mobiforge import quantize
+    from mobiforge.backends.litert import litert_quantizer
 
     torch.manual_seed(0)
     block = lambda i, o: nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU6())  # noqa: E731
@@ -229,28 +232,36 @@ def test_relu6_is_quantized_after_the_conv_it_clamps() -> None:
     with torch.no_grad():
         fp32 = model(images)
 
-    graph = quantize.ptq_pt2e(model, quantize.xnnpack_quantizer(), calibration)
+    graph = quantize.ptq_pt2e(model, xnnpack_quantizer(), calibration)
     clamps = [node for node in graph.graph.nodes if node.target in quantize.CLAMPS]
     assert len(clamps) == 2 and all(clamp.args[0].target == torch.ops.aten.conv2d.default for clamp in clamps)
-    fused_error = (quantize.pt2e_simulator(model, calibration, images)([]) - fp32).abs().max()
+    fused_error = (quantize.pt2e_simulator(model, calibration, images, xnnpack_quantizer)([]) - fp32).abs().max()
+    litert_error = (quantize.pt2e_simulator(model, calibration, images, litert_quantizer)([]) - fp32).abs().max()
 
     plain = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
     prepared = prepare_pt2e(torch.export.export(model, (images,)).module(), plain)
     prepared(calibration[0])
     plain_error = (convert_pt2e(prepared)(images) - fp32).abs().max()
     assert fused_error < plain_error / 4
+    assert litert_error < plain_error / 4  # litert-torch's quantizer gets the same fusion
 
 
-def test_layers_named_float_stay_float(checkpoint: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("runtime", ["executorch", "litert"])
+def test_layers_named_float_stay_float(runtime: str, checkpoint: Path, tmp_path: Path) -> None:
+    """Both PT2E runtimes' quantizers honour the float layers, litert-torch's though it has no filter of its own."""
     from mobiforge import quantize
+    from mobiforge.backends.litert import litert_quantizer
 
+    quantizer = {"executorch": xnnpack_quantizer, "litert": litert_quantizer}[runtime]
     model = model_from_checkpoint(checkpoint).eval()
     calibration = [torch.randn(4, 3, 24, 24)]
-    graph = quantize.ptq_pt2e(model, quantize.xnnpack_quantizer(float_modules=["classifier"]), calibration)
+    graph = quantize.ptq_pt2e(model, quantizer(float_modules=["classifier"]), calibration)
     linear = next(node for node in graph.graph.nodes if node.target == torch.ops.aten.linear.default)
     assert linear.args[1].op == "get_attr"  # a float weight, not the output of a dequantize node
     tensors = dict([*graph.named_parameters(), *graph.named_buffers()])
     assert tensors[linear.args[1].target].dtype == torch.float32
+    convs = [node for node in graph.graph.nodes if node.target == torch.ops.aten.conv2d.default]
+    assert all(conv.args[1].op == "call_function" for conv in convs)  # the rest is int8: dequantized weights
     with pytest.raises(MobiforgeError, match=r"no such module; its layer groups: features\.0"):
         _export(checkpoint, tmp_path / "m.pte", "executorch", "ptq", float_modules=("head",))
     with pytest.raises(MobiforgeError, match="applies to int8 exports"):
@@ -295,7 +306,7 @@ def test_the_float_search_tries_every_group_then_adds_the_best_until_the_drop_fi
     assert quantize.layer_groups(model) == ["features.0", "features.1", "features.2", "classifier"]
 
     # A drop that is never small enough: every group alone (most helpful first), then the best two, three.
-    simulator = quantize.pt2e_simulator(model, calibration, images)
+    simulator = quantize.pt2e_simulator(model, calibration, images, xnnpack_quantizer)
     strict = quantize.search_float_modules(model, images, labels, max_drop=-1.0, max_groups=3, int8_logits=simulator)
     singles = strict.trials[:4]
     assert strict.fp32_top1 == 100.0 and sorted(len(t.float_modules) for t in singles) == [1, 1, 1, 1]
@@ -455,7 +466,7 @@ def test_qat_with_frozen_bn_keeps_the_running_statistics(monkeypatch: pytest.Mon
     optim = engine.OptimConfig(lr=1e-3)
     with pytest.raises(Trained):
         quantize.qat_pt2e(
-            model, quantize.xnnpack_quantizer(qat=True), [(images, labels)], images, 1, optim, 1, freeze_bn=freeze_bn
+            model, xnnpack_quantizer(qat=True), [(images, labels)], images, 1, optim, 1, freeze_bn=freeze_bn
         )
     assert unchanged == [freeze_bn]
 
@@ -539,7 +550,7 @@ def test_the_float_layers_of_a_folded_qat_graph_run_in_xnnpack() -> None:
     model = create_model("mobilenet_v2", num_classes=3, width_mult=0.35).eval()
     images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
     # Unfolded, the float stem stayed a conv on a weight computed in the graph, run outside XNNPACK.
-    quantizer = quantize.xnnpack_quantizer(qat=True, float_modules=["features.0"])
+    quantizer = xnnpack_quantizer(qat=True, float_modules=["features.0"])
     folded = quantize.fold_batchnorms(model, ["features.0"])
     graph = quantize.qat_pt2e(folded, quantizer, [(images, labels)], images, 1, engine.OptimConfig(lr=1e-3), 1)
     lowered = to_edge_transform_and_lower(torch.export.export(graph, (images[:1],)), partitioner=[XnnpackPartitioner()])

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mobiforge.card import ModelCard
 from mobiforge.config import DataConfig, ShipConfig
 from mobiforge.data import discover, load_rgb
 from mobiforge.errors import MobiforgeError
-from mobiforge.ship.card import ModelCard
 from tests.helpers import make_folder, make_split_folder
 
 

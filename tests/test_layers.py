@@ -28,6 +28,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "mobiforge.backend_api",  # the runtime table and the interface; the implementations are deploy
             "mobiforge.config",
             "mobiforge.options",  # the flags generated from the configs, and written back from them
+            "mobiforge.card",  # the model card ship writes, read by serve and predict
         ),
     ),
     ("models", ("mobiforge.models", "mobiforge.models.*")),
@@ -39,7 +40,17 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "deploy",
         ("mobiforge.backends", "mobiforge.backends.*", "mobiforge.untrusted", "mobiforge.runtimes", "mobiforge.export"),
     ),
-    ("recipes", ("mobiforge.distill", "mobiforge.ship", "mobiforge.ship.*", "mobiforge.serve")),
+    (
+        "recipes",
+        (
+            "mobiforge.distill",
+            "mobiforge.doctor",
+            "mobiforge.doctor.*",
+            "mobiforge.ship",
+            "mobiforge.ship.*",
+            "mobiforge.serve",
+        ),
+    ),
     ("cli", ("mobiforge.cli", "mobiforge.cli.*", "mobiforge.cli.progress", "mobiforge.__main__")),
 )
 # Only the CLI imports internal modules inside functions: `mobiforge --help` must not pay for torch.

@@ -15,13 +15,14 @@ import pytest
 import torch
 from torch import nn
 
-from mobiforge.checkpoint import load_checkpoint
+from mobiforge.card import ModelCard
+from mobiforge.checkpoint import Checkpoint, load_checkpoint
 from mobiforge.cli import main
 from mobiforge.errors import MobiforgeError
 from mobiforge.progress import SilentReporter
+from mobiforge.runtimes import artifact_info
 from mobiforge.ship import ShipConfig, ShipState, probes, scratch_recipe, ship
 from mobiforge.ship.budget import TimeBudget
-from mobiforge.ship.card import ModelCard
 from mobiforge.ship.plan import scratch_identity_init, scratch_whiten_stem
 from mobiforge.ship.snippets import android_snippet, ios_snippet
 from mobiforge.ship.state import EXPORT, RESULT, SEARCH, TEACHER, TRAIN, ResultRecord, Stage, Survey
@@ -156,6 +157,11 @@ def test_ship_end_to_end_then_resumes_without_redoing_work(
     assert stamps and all(path.stat().st_mtime_ns == stamp for path, stamp in stamps.items())
 
 
+def assert_read_as_trained(artifact: Path, checkpoint: Path) -> None:
+    """predict, eval and serve read the shipped file's preprocessing from its card: the trained model's, exactly."""
+    assert artifact_info(artifact).preprocess == Checkpoint.load(checkpoint).preprocess
+
+
 def assert_publishable(card: dict, run: Path) -> None:
     """Issue 42, item 6: a card people can publish, as JSON and as MODEL_CARD.md; and item 3: the shipped file's
     report, copied to the run folder, still finds its data, so that `eval model.*` repeats the card's figure."""
@@ -163,6 +169,8 @@ def assert_publishable(card: dict, run: Path) -> None:
 
     evaluated = evaluate_artifact(run / card["artifact"]["file"])
     assert evaluated.result.images == card["accuracy"]["images"]
+    trained = json.loads((run / "ship_state.json").read_text())["stages"][f"train:{card['model']['candidate']}"]
+    assert_read_as_trained(run / card["artifact"]["file"], run / trained["checkpoint"])
     assert evaluated.result.top1 == pytest.approx(card["accuracy"]["top1_in_runtime"], abs=1e-4)
     assert card["license"] == "not stated" and card["name"] == "data" and card["version"] == "1"
     assert card["intended_use"] and len(card["limitations"]) >= 3 and "not on a phone" in card["limitations"][2]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from torch import nn
 from mobiforge.backend_api import AppSnippets, BackendImpl, Int8Job, Interface, Runner, Simulator
 from mobiforge.errors import missing
 from mobiforge.log import native_stderr_silenced
-from mobiforge.quantize import PT2E_NOTE, pt2e_simulator, xnnpack_quantizer
+from mobiforge.quantize import PT2E_NOTE, mobilenet_quantizer, pt2e_simulator
 
 # The app code (ExecuTorch's Android ``org.pytorch.executorch`` and Swift ``ExecuTorch`` package APIs)
 KOTLIN = """\
@@ -44,6 +45,20 @@ func classify(rgba: [UInt8]) throws -> String {{
 """
 
 
+def xnnpack_quantizer(float_modules: Sequence[str] = (), qat: bool = False) -> Any:
+    """ExecuTorch's XNNPACK quantizer: per-channel symmetric int8 weights, static int8 activations; with ReLU6
+    fused and ``float_modules`` left in float (``quantize.mobilenet_quantizer``)."""
+    try:
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+            XNNPACKQuantizer,
+            get_symmetric_quantization_config,
+        )
+    except ImportError:
+        raise missing("executorch") from None
+    config = get_symmetric_quantization_config(is_per_channel=True, is_qat=qat)
+    return mobilenet_quantizer(XNNPACKQuantizer().set_global(config), config, float_modules)
+
+
 class ExecuTorch(BackendImpl):
     def write(self, model: nn.Module, example: torch.Tensor, path: Path, interface: Interface | None = None) -> Path:
         try:
@@ -57,12 +72,12 @@ class ExecuTorch(BackendImpl):
         return path
 
     def write_int8(self, model: nn.Module, job: Int8Job, path: Path) -> tuple[nn.Module, str]:
-        reference = job.pt2e(xnnpack_quantizer(qat=job.qat, float_modules=job.float_modules), True)
+        reference = job.pt2e(xnnpack_quantizer(job.float_modules, qat=job.qat), True)
         self.write(reference, job.example, path)
         return reference, PT2E_NOTE
 
     def int8_simulator(self, model: nn.Module, job: Int8Job, images: torch.Tensor, scratch: Path) -> Simulator:
-        return pt2e_simulator(model, job.calibration[:1], images)
+        return pt2e_simulator(model, job.calibration[:1], images, xnnpack_quantizer)
 
     def runner(self, path: Path, threads: int, interface: Interface | None = None) -> Runner:
         try:

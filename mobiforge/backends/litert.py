@@ -7,9 +7,10 @@ log: the logits less each image's log-sum-exp); and TFLite metadata written by M
 labels, the input's normalisation and its description. ``sdk_top1`` classifies images in
 MediaPipe's ``ImageClassifier`` for export's gate.
 
-int8 graphs are annotated by XNNPACK's quantizer, as for ExecuTorch: litert-torch 0.10's own annotator was measured
-to lose 32 top-1 points on a CIFAR-10 MobileNetV2 (RESULTS.md#export_cifar10) and its QAT variant fails on this torch.
-litert-torch still does the conversion, told by its quantizer config that the graph is statically quantized.
+int8 graphs are annotated by litert-torch's own quantizer through ``quantize.mobilenet_quantizer``, the PT2E helper
+ExecuTorch shares: it quantizes ReLU6 after the conv it clamps, which litert-torch's quantizer alone does not (it lost
+32 top-1 points on a CIFAR-10 MobileNetV2 that way, RESULTS.md#export_cifar10; RESULTS.md#litert_annotators_* compares
+the annotators). litert-torch then converts, told by its quantizer config that the graph is statically quantized.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import json
 import sys
 import types
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from torch import nn
 from mobiforge.backend_api import About, AppSnippets, BackendImpl, Int8Job, Interface, Region, Runner, Simulator
 from mobiforge.errors import MobiforgeError, missing
 from mobiforge.log import debug_requested, native_stderr_silenced
-from mobiforge.quantize import PT2E_NOTE, pt2e_simulator, xnnpack_quantizer
+from mobiforge.quantize import PT2E_NOTE, mobilenet_quantizer, pt2e_simulator
 
 # The app code: LiteRT's ``Interpreter`` on normalised floats, or, for a file that takes pixels and carries its labels
 # (what ship writes), MediaPipe Tasks' ``ImageClassifier``, which needs no preprocessing code: it is handed the center
@@ -144,14 +145,31 @@ class Probabilities(nn.Module):
         return torch.softmax(self.model(images), dim=1)
 
 
-def litert_quantizer() -> Any:
-    """litert-torch's PT2E quantizer config for static int8 (tells its converter how the graph was quantized)."""
+def litert_quantizer(float_modules: Sequence[str] = (), qat: bool = False) -> Any:
+    """litert-torch's PT2E quantizer: per-channel symmetric int8 weights, static int8 activations; with ReLU6 fused
+    and ``float_modules`` left in float (``quantize.mobilenet_quantizer``)."""
+    return mobilenet_quantizer(litert_own_quantizer(qat), _litert_config(qat), float_modules)
+
+
+def _litert_config(qat: bool) -> Any:
     try:
-        from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+        from litert_torch.quantize.pt2e_quantizer import get_symmetric_quantization_config
     except ImportError:
         raise missing("litert-torch") from None
-    config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False)
-    return PT2EQuantizer().set_global(config)
+    return get_symmetric_quantization_config(is_per_channel=True, is_qat=qat, is_dynamic=False)
+
+
+def litert_own_quantizer(qat: bool = False) -> Any:
+    """litert-torch's own quantizer, as its converter wants to be told how the graph was quantized. For QAT, without
+    its conv-BN patterns: litert-torch 0.10 builds them by exporting a function, which torch 2.14's ``export``
+    refuses; LiteRT's QAT folds every BatchNorm into its conv first instead (``write_int8``), which is exact on the
+    running statistics that QAT fine-tunes on by default."""
+    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer
+
+    class FoldedBatchNormQuantizer(PT2EQuantizer):  # type: ignore[misc]
+        STATIC_QAT_ONLY_OPS: list[str] = []
+
+    return FoldedBatchNormQuantizer().set_global(_litert_config(qat))
 
 
 # ------------------------------------------------------------------------------------------------------ metadata
@@ -278,12 +296,13 @@ class LiteRT(BackendImpl):
         return path
 
     def write_int8(self, model: nn.Module, job: Int8Job, path: Path) -> tuple[nn.Module, str]:
-        reference = job.pt2e(xnnpack_quantizer(qat=job.qat, float_modules=job.float_modules), False)  # it folds itself
-        self.write(reference, job.example, path, job.interface, litert_quantizer())
+        # the converter folds the weights itself; QAT trains on every BatchNorm folded (litert_own_quantizer)
+        reference = job.pt2e(litert_quantizer(job.float_modules, qat=job.qat), False, fold_every_bn=True)
+        self.write(reference, job.example, path, job.interface, litert_own_quantizer(job.qat))
         return reference, PT2E_NOTE
 
     def int8_simulator(self, model: nn.Module, job: Int8Job, images: torch.Tensor, scratch: Path) -> Simulator:
-        return pt2e_simulator(model, job.calibration[:1], images)
+        return pt2e_simulator(model, job.calibration[:1], images, litert_quantizer)
 
     def embedded_info(self, path: Path) -> tuple[list[str], tuple[float, ...], tuple[float, ...]] | None:
         """The labels and the normalisation that a file's metadata carries, as MediaPipe reads them (mean and std in

@@ -69,6 +69,10 @@ COMMANDS: dict[str, tuple[str, type, dict[str, Any], str, bool]] = {
         "image folder + device budget -> the best verified int8 on-device model, with a report",
         cfg.ShipConfig, {}, "run_ship", True,
     ),
+    "doctor": (
+        "find exact and near copies, val photos leaked into train, wrong labels and odd files in an image folder",
+        cfg.DoctorConfig, {}, "run_doctor", True,
+    ),
     "predict": (
         f"top-k classes of images or folders, with a checkpoint or an exported {runnable_suffixes()} file",
         cfg.PredictOptions, {}, "run_predict", True,

@@ -79,7 +79,9 @@ def run_ship(args: argparse.Namespace) -> int:
 
     with RichReporter() as reporter:
         result = ship(read_options(args, cfg.ShipConfig), reporter)
-    card_path = result.run_dir / "model_card.json"
+    from mobiforge.card import CARD_FILE
+
+    card_path = result.run_dir / CARD_FILE
     if getattr(args, "json", False) and card_path.exists():
         print(card_path.read_text())
     elif result.chosen:
@@ -124,6 +126,24 @@ def run_predict(args: argparse.Namespace) -> int:
     results = predict(options.checkpoint, options.images, options.top_k)
     if not _emit(args, results):
         render.predictions(results)
+    return EXIT_OK
+
+
+def run_doctor(args: argparse.Namespace) -> int:
+    from mobiforge.cli.progress import RichReporter
+    from mobiforge.doctor import doctor
+
+    config = read_options(args, cfg.DoctorConfig)
+    with RichReporter() as reporter:
+        diagnosis = doctor(config, reporter)
+    if _emit(args, diagnosis.to_dict()):
+        return EXIT_OK
+    for line in diagnosis.verdicts():
+        print(f"- {line}")
+    written = ", ".join(
+        name for name in ("doctor.html", "doctor.json", "cleaned.csv") if (config.run_dir() / name).exists()
+    )
+    print(f"report: {config.run_dir()} ({written})")
     return EXIT_OK
 
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 
-from mobiforge.config import DistillConfig, PruneConfig
+from mobiforge.config import PRETRAINED_TRUNK, DistillConfig, PruneConfig
 from mobiforge.engine import OptimConfig
 from mobiforge.ship.config import GridRow
 
 # ------------------------------------------------------------------------------------------------ the data
 
-TEACHER_MODEL = "efficientnet_lite0"  # the model zoo's network with real ImageNet weights on this machine
+TEACHER_MODEL = PRETRAINED_TRUNK  # ship's teacher and the doctor's features: real ImageNet weights
 SMALL_IMAGE_SIDE = 64  # images this small (CIFAR, digits) train at 32 px with the CIFAR-style stems
 SURVEY_IMAGES = 32  # training images, evenly spaced, whose median side decides the regime (a judgement)
 SMALL_INPUT_SIZE = 32

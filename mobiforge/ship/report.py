@@ -27,16 +27,8 @@ import torchvision
 
 from mobiforge import __version__
 from mobiforge.backend_api import get_backend
-from mobiforge.checkpoint import Checkpoint
-from mobiforge.config import BUILTIN_DATASETS, ShipConfig
-from mobiforge.data import data_root
-from mobiforge.export import ArtifactReport, about
-from mobiforge.files import write_atomic
-from mobiforge.models.base import Preprocess
-from mobiforge.options import to_argv
-from mobiforge.paths import shareable, without_local_paths
-from mobiforge.plots import plot_confusion, plot_mistakes, pyplot
-from mobiforge.ship.card import (
+from mobiforge.card import (
+    CARD_FILE,
     CardAccuracy,
     CardArtifact,
     CardBudget,
@@ -46,6 +38,15 @@ from mobiforge.ship.card import (
     CardModel,
     ModelCard,
 )
+from mobiforge.checkpoint import Checkpoint
+from mobiforge.config import BUILTIN_DATASETS, ShipConfig
+from mobiforge.data import data_root
+from mobiforge.export import ArtifactReport, about
+from mobiforge.files import write_atomic
+from mobiforge.models.base import Preprocess
+from mobiforge.options import to_argv
+from mobiforge.paths import shareable, without_local_paths
+from mobiforge.plots import plot_confusion, plot_mistakes, pyplot
 from mobiforge.ship.config import CORE_ML
 from mobiforge.ship.policy import FILE_OVERHEAD
 from mobiforge.ship.shortfall import headline, shortfall, why_nothing_shipped
@@ -104,6 +105,7 @@ def _card_input(preprocess: Preprocess, pixels: bool) -> CardInput:
         dtype="uint8" if pixels else "float32",
         resize=preprocess.resize_size,
         crop=size,
+        crop_pct=preprocess.crop_pct,
         interpolation=preprocess.interpolation,
         scale="none: RGB pixels 0-255, normalised inside the graph" if pixels else "RGB / 255",
         mean=list(preprocess.mean),
@@ -412,7 +414,7 @@ def write_ship_report(
                           accuracy.images, shipped=chosen is not None)  # fmt: skip
         card.budget.shortfall = short.to_dict() if short else None
     if card is not None:
-        write_atomic(run_dir / "model_card.json", json.dumps(card.to_dict(), indent=2))
+        write_atomic(run_dir / CARD_FILE, json.dumps(card.to_dict(), indent=2))
         write_atomic(run_dir / HUMAN_CARD, human_card(card))
     images = _images(run_dir, config, rows, focus)
     why = None if chosen else why_nothing_shipped(rows, closest)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mobiforge.backend_api import AppSnippets, get_backend
-from mobiforge.ship.card import ModelCard
+from mobiforge.card import ModelCard
 
 _KOTLIN_PREPROCESS = """\
 // Preprocessing of this model: resize the short side to {resize}, center-crop {size}x{size}, RGB scaled to [0, 1],

@@ -1,5 +1,6 @@
 """The model card as a typed record: ``model_card.json`` is ``ModelCard.to_dict()``, and every reader (the report,
-``MODEL_CARD.md``, the app snippets, ``--json``) reads the record, not the JSON's keys.
+``MODEL_CARD.md``, the app snippets, ``--json``, and ``predict``, ``eval`` and ``serve`` on a shipped file) reads the
+record, not the JSON's keys.
 
 The JSON layout is the one ship has always written; ``from_dict`` reads it back, filling what an older or a
 partial card lacks with the defaults below (a snippet needs only the file, the classes and the preprocessing)."""
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+CARD_FILE = "model_card.json"  # beside the shipped file, in ship's run folder
 
 
 def _known(cls: type[T], data: dict[str, Any] | None) -> T:
@@ -51,6 +54,7 @@ class CardInput:
     dtype: str = "float32"
     resize: int = 0
     crop: int = 0
+    crop_pct: float | None = None  # crop / resize as the model's preprocessing holds it (None: a card before it)
     interpolation: str = "bilinear"
     scale: str = "RGB / 255"
     mean: list[float] = field(default_factory=list)
@@ -152,4 +156,8 @@ class ModelCard:
 
     @classmethod
     def load(cls, path: Path) -> ModelCard:
-        return cls.from_dict(json.loads(path.read_text()))
+        """The card in ``path``; OSError, ValueError or TypeError when it is not one."""
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        return cls.from_dict(data)

@@ -1,0 +1,120 @@
+"""``mobiforge doctor``: find the exact and near copies, the val photos leaked into train, the wrong labels and the
+odd files of an image folder, before they fool a score.
+
+- ``files``: the cheap checks, one decode per file (pixel hashes, sizes, modes, EXIF, formats).
+- ``features``: the pretrained trunk's features through the transfer cache, a k-fold linear probe's held-out
+  probabilities, and cleanlab's Datalab on both (label issues, near-duplicates, outliers, non-IID order).
+- ``diagnosis``: the record: leaks across the split, verdicts, ``doctor.json`` and the cleaned split.
+- ``report``: ``doctor.html`` with thumbnails.
+
+The user's folder is only read: the report, the cache and the cleaned CSV go to the run folder.
+
+    from mobiforge.doctor import DoctorConfig, doctor
+    diagnosis = doctor(DoctorConfig(data="photos/"))
+    diagnosis.leaked_val()   # indices into diagnosis.facts
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mobiforge.config import DataConfig, DoctorConfig
+from mobiforge.data import data_name, discover
+from mobiforge.doctor.diagnosis import Diagnosis, Leak, duplicated_classes, find_leaks
+from mobiforge.doctor.features import (
+    FeatureFindings,
+    datalab_findings,
+    non_iid_order,
+    out_of_fold_probabilities,
+    trunk_features,
+)
+from mobiforge.doctor.files import FileFacts, cheap_findings, scan_files
+from mobiforge.doctor.report import write_report
+from mobiforge.errors import MobiforgeError
+from mobiforge.files import write_atomic
+from mobiforge.progress import Reporter, SilentReporter
+from mobiforge.units import named
+
+__all__ = ["Diagnosis", "DoctorConfig", "FileFacts", "Leak", "diagnose", "doctor"]
+
+TINY_FLOOR = 16  # px on the short side: a thumbnail, whatever the folder
+TINY_FRACTION = 0.25  # of the folder's median short side
+MAX_ASPECT = 3.0  # long side / short side; a 224 center crop of a 3:1 panorama keeps a third of it
+CLEANED_CSV = "cleaned.csv"
+
+
+def doctor(config: DoctorConfig, reporter: Reporter | None = None) -> Diagnosis:
+    """Diagnose ``config.data`` and write ``doctor.json``, ``doctor.html`` (and with ``fix``, ``cleaned.csv``) to
+    the run folder."""
+    reporter = reporter or SilentReporter()
+    run_dir = config.run_dir()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    diagnosis = diagnose(config, reporter, Path(config.cache_dir) if config.cache_dir else run_dir / "cache")
+    write_atomic(run_dir / "doctor.json", json.dumps(diagnosis.to_dict(), indent=2))
+    write_report(diagnosis, run_dir / "doctor.html", config.shown)
+    if config.fix:
+        write_atomic(run_dir / CLEANED_CSV, diagnosis.cleaned_csv(run_dir))
+    return diagnosis
+
+
+def diagnose(config: DoctorConfig, reporter: Reporter, cache_dir: Path) -> Diagnosis:
+    """The checks, without writing a report (ship calls this)."""
+    started = time.perf_counter()
+    splits = discover(DataConfig(data=config.data, val_split=config.val_split, split_seed=config.split_seed))
+    items = [(path, "train", label) for path, label in splits.train] + [
+        (path, "val", label) for path, label in splits.val
+    ]
+    facts = scan_files(items, config.workers)
+    cheap = cheap_findings(facts, TINY_FLOOR, TINY_FRACTION, MAX_ASPECT)
+    copied = duplicated_classes(facts, cheap, splits.classes)
+    if copied:
+        raise MobiforgeError(
+            f"{config.data}: every image of {named(copied)} is a copy of one image or of another class's images; "
+            "a class needs photos of its own"
+        )
+    diagnosis = Diagnosis(data_name(config.data), splits.root, splits.classes, facts, cheap)
+    diagnosis.seconds["files"] = time.perf_counter() - started
+    reporter.message(f"doctor: {len(facts)} files checked in {diagnosis.seconds['files']:.0f} s")
+    vectors = None
+    if config.features:
+        started = time.perf_counter()
+        diagnosis.features, vectors = feature_checks(facts, len(splits.classes), config, reporter, cache_dir)
+        diagnosis.seconds["features"] = time.perf_counter() - started
+    diagnosis.leaks = find_leaks(facts, cheap, diagnosis.features, vectors)
+    return diagnosis
+
+
+def feature_checks(
+    facts: list[FileFacts], classes: int, config: DoctorConfig, reporter: Reporter, cache_dir: Path
+) -> tuple[FeatureFindings, np.ndarray]:
+    """Datalab on the trunk's features of the readable files; its findings indexed as ``facts`` is, and the features
+    in that indexing too (zero rows for the unreadable files)."""
+    readable = [index for index, fact in enumerate(facts) if fact.problem is None]
+    samples = [(facts[index].path, facts[index].label) for index in readable]
+    features = trunk_features(samples, cache_dir, reporter, config.trunk_engine)
+    labels = np.array([label for _, label in samples], dtype=np.int64)
+    probabilities = out_of_fold_probabilities(features, labels, classes, config.folds, config.seed)
+    found = datalab_findings(features, labels, probabilities)
+    by_name = np.argsort([path for path, _ in samples], kind="stable")  # the order a folder lists its files
+    order = non_iid_order(features[by_name], labels[by_name], classes)
+    found = _reindexed(found, readable)
+    found.non_iid = order
+    vectors = np.zeros((len(facts), features.shape[1]), dtype=np.float32)
+    vectors[readable] = features
+    return found, vectors
+
+
+def _reindexed(found: FeatureFindings, readable: list[int]) -> FeatureFindings:
+    at = readable.__getitem__
+    return FeatureFindings(
+        label_issues=[(at(i), s, p, q) for i, s, p, q in found.label_issues],
+        near_duplicate_sets=[[at(i) for i in group] for group in found.near_duplicate_sets],
+        near_distance={at(i): d for i, d in found.near_distance.items()},
+        outliers=[(at(i), q) for i, q in found.outliers],
+        non_iid=found.non_iid,
+        probe_accuracy=found.probe_accuracy,
+    )

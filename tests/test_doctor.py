@@ -1,0 +1,180 @@
+"""`mobiforge doctor`: each cheap check on generated images, the feature checks (leaks, wrong labels) with the real
+pretrained trunk, the report's escaping, the cleaned CSV read back by train, and the user's folder left as it was."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
+
+from mobiforge.cli import main
+from mobiforge.config import DataConfig, DoctorConfig
+from mobiforge.data import discover
+from mobiforge.doctor import doctor
+from mobiforge.errors import MobiforgeError
+from tests.helpers import COLOURS, make_image, small_train_config
+
+pytest.importorskip("cleanlab")
+
+
+def make_split_folder(root: Path, classes: int, train: int, val: int) -> Path:
+    """Train and val photos that all differ (``tests.helpers.make_split_folder`` draws val with train's seeds: its
+    val photos are copies of train's, which the doctor rightly reports)."""
+    for split, count, offset in (("train", train, 0), ("val", val, 500)):
+        for label in range(classes):
+            for index in range(count):
+                path = root / split / f"class{label}" / f"{index:03d}.png"
+                make_image(path, COLOURS[label], 24, seed=label * 1000 + offset + index)
+    return root
+
+
+def folder_state(root: Path) -> dict[str, str]:
+    """Every entry under ``root`` with its bytes' digest (folders and links too): what 'unchanged' means."""
+    state = {}
+    for path in sorted(root.rglob("*")):
+        kind = "link" if path.is_symlink() else "dir" if path.is_dir() else "file"
+        content = hashlib.sha256(path.read_bytes()).hexdigest() if kind == "file" else ""
+        state[str(path.relative_to(root))] = f"{kind}:{content}:{path.stat().st_mtime_ns}"
+    return state
+
+
+def planted_cheap_issues(root: Path) -> Path:
+    """A split folder with one of each cheap issue planted."""
+    data = make_split_folder(root, classes=3, train=10, val=4)
+    first = Image.open(data / "train/class0/000.png").convert("RGB")
+    first.save(data / "train/class0/copy-of-000.bmp")  # the same pixels in another format: an exact copy
+    Image.open(data / "val/class1/000.png").convert("RGB").save(data / "train/class1/leaked.png")  # val in train
+    Image.new("RGB", (4, 4), (200, 10, 10)).save(data / "train/class2/tiny.png")
+    Image.new("RGB", (96, 24), (10, 200, 10)).save(data / "train/class2/panorama.png")
+    Image.new("L", (24, 24), 128).save(data / "train/class1/gray.png")
+    first.convert("CMYK").save(data / "train/class0/print.jpg")
+    rotated = first.copy()
+    exif = rotated.getexif()
+    exif[0x0112] = 6  # stored sideways, to be turned upright
+    rotated.save(data / "train/class0/sideways.jpg", exif=exif)
+    first.save(data / "train/class0/really-a-png.jpg", format="PNG")
+    return data
+
+
+def test_each_cheap_check_finds_what_was_planted(tmp_path: Path) -> None:
+    data = planted_cheap_issues(tmp_path / "data")
+    before = folder_state(data)
+    diagnosis = doctor(DoctorConfig(data=str(data), out=str(tmp_path / "run"), features=False, fix=True, workers=0))
+    found = json.loads((tmp_path / "run" / "doctor.json").read_text())["findings"]
+    assert folder_state(data) == before  # nothing written, moved or touched in the user's folder
+
+    def paths(key: str) -> set[str]:
+        return {entry["path"] for entry in found[key]}
+
+    groups = [{entry["path"] for entry in group} for group in found["exact_duplicates"]]
+    assert {"train/class0/000.png", "train/class0/copy-of-000.bmp", "train/class0/really-a-png.jpg"} in groups
+    assert found["leaked_val"] == [
+        {"val": "val/class1/000.png", "train": "train/class1/leaked.png", "kind": "exact", "distance": 0.0}
+    ]
+    assert paths("tiny") == {"train/class2/tiny.png"} and paths("extreme_aspect") == {"train/class2/panorama.png"}
+    assert paths("grayscale_among_colour") == {"train/class1/gray.png"} and paths("cmyk") == {"train/class0/print.jpg"}
+    assert paths("exif_rotated") == {"train/class0/sideways.jpg"}
+    assert found["lying_extension"] == [
+        {"path": "train/class0/really-a-png.jpg", "split": "train", "label": "class0", "format": "PNG"}
+    ]
+    assert diagnosis.class_counts()["class0"] == {"train": 14, "val": 4}
+    verdicts = " ".join(diagnosis.verdicts())
+    assert "1 of 12 val photos have a copy or near-copy in train" in verdicts and "exact copies" in verdicts
+
+    # the cleaned split: the leaked val photo and all but one of each set of copies are gone; train reads it
+    cleaned = discover(DataConfig(data=str(tmp_path / "run" / "cleaned.csv")))
+    val = {Path(path).relative_to(data.resolve()).as_posix() for path, _ in cleaned.val}
+    train = {Path(path).relative_to(data.resolve()).as_posix() for path, _ in cleaned.train}
+    assert "val/class1/000.png" not in val and len(val) == 11
+    assert len({"train/class0/000.png", "train/class0/copy-of-000.bmp", "train/class0/really-a-png.jpg"} & train) == 1
+    from mobiforge.train import train as run_training
+
+    config = small_train_config(tmp_path / "run" / "cleaned.csv", tmp_path / "runs", epochs=1)
+    assert run_training(config).best_top1 >= 0.0
+    assert folder_state(data) == before
+
+
+def test_a_folder_with_one_class_or_a_class_of_copies_is_a_one_line_error(tmp_path: Path) -> None:
+    data = make_split_folder(tmp_path / "one", classes=1, train=4, val=2)
+    with pytest.raises(MobiforgeError, match="single class"):
+        doctor(DoctorConfig(data=str(data), out=str(tmp_path / "r1"), features=False, workers=0))
+    data = make_split_folder(tmp_path / "copies", classes=2, train=4, val=2)
+    for path in (data / "train/class1").iterdir():
+        shutil.copyfile(data / "train/class0/000.png", path)  # every class1 photo is a class0 photo
+    for path in (data / "val/class1").iterdir():
+        shutil.copyfile(data / "train/class0/001.png", path)
+    with pytest.raises(MobiforgeError, match=r"every image of class1 is a copy .* a class needs photos of its own"):
+        doctor(DoctorConfig(data=str(data), out=str(tmp_path / "r2"), features=False, workers=0))
+    assert main(["doctor", str(data), "--no-features", "--out", str(tmp_path / "r3")]) == 2
+
+
+def test_the_report_escapes_names_and_lists_paths_relative_to_the_folder(tmp_path: Path) -> None:
+    data = make_split_folder(tmp_path / "data", classes=2, train=4, val=2)
+    (data / "train/class0").rename(data / "train/<b>class0")
+    (data / "val/class0").rename(data / "val/<b>class0")
+    source = data / "train/<b>class0/000.png"
+    shutil.copyfile(source, data / "train/<b>class0/<img src=x onerror=alert(1)>.png")
+    doctor(DoctorConfig(data=str(data), out=str(tmp_path / "run"), features=False, workers=0))
+    page = (tmp_path / "run" / "doctor.html").read_text()
+    assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;.png" in page
+    assert "<b>class0" not in page and "&lt;b&gt;class0" in page
+    assert "data:image/jpeg;base64," in page  # the copies are shown, inline
+    record = (tmp_path / "run" / "doctor.json").read_text()
+    assert str(tmp_path) not in record and str(tmp_path) not in page
+
+
+def test_the_cli_prints_the_verdicts_or_the_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = planted_cheap_issues(tmp_path / "data")
+    assert main(["doctor", str(data), "--no-features", "--out", str(tmp_path / "run"), "--workers", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "- 1 of 12 val photos have a copy or near-copy in train" in printed and "doctor.html" in printed
+    assert main(["doctor", str(data), "--no-features", "--out", str(tmp_path / "run"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["findings"]["leaked_val"][0]["kind"] == "exact"
+
+
+def photo_like(path: Path, seed: int, size: int = 256) -> None:
+    """A smooth picture of overlapping shapes, each one unlike the others (a photo's features vary as much)."""
+    rng = random.Random(seed)
+    image = Image.new("RGB", (size, size), tuple(rng.randrange(256) for _ in range(3)))
+    draw = ImageDraw.Draw(image)
+    for _ in range(6):
+        x, y = rng.randrange(size), rng.randrange(size)
+        box = (x, y, x + rng.randrange(size // 8, size), y + rng.randrange(size // 8, size))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=tuple(rng.randrange(256) for _ in range(3)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.filter(ImageFilter.GaussianBlur(4)).save(path)
+
+
+def test_the_feature_checks_find_a_brightened_re_encoded_val_photo_in_train(tmp_path: Path) -> None:
+    """The real pretrained trunk: a val photo copied into train, brightened and saved as JPEG, is a near-copy leak
+    (not an exact one: its pixels differ)."""
+    data = tmp_path / "data"
+    for split, count, offset in (("train", 12, 0), ("val", 4, 500)):
+        for label in range(2):
+            for index in range(count):
+                photo_like(data / split / f"class{label}" / f"{index:03d}.png", label * 1000 + offset + index)
+    original = Image.open(data / "val/class1/003.png").convert("RGB")
+    ImageEnhance.Brightness(original).enhance(1.15).save(data / "train/class1/brighter-copy.jpg", quality=90)
+    diagnosis = doctor(DoctorConfig(data=str(data), out=str(tmp_path / "run"), workers=0))
+    leaks = diagnosis.to_dict()["findings"]["leaked_val"]
+    assert [(leak["val"], leak["train"], leak["kind"]) for leak in leaks] == [
+        ("val/class1/003.png", "train/class1/brighter-copy.jpg", "near")
+    ]
+    assert not diagnosis.cheap.duplicate_groups
+    assert (tmp_path / "run" / "cache").is_dir()  # features cached: a second run reads them back
+    again = doctor(DoctorConfig(data=str(data), out=str(tmp_path / "run"), workers=0))
+    assert again.to_dict()["findings"]["leaked_val"] == leaks
+
+
+def test_the_feature_checks_rank_a_misfiled_photo_first(tmp_path: Path) -> None:
+    data = make_split_folder(tmp_path / "data", classes=3, train=16, val=6)
+    shutil.move(data / "train/class0/005.png", data / "train/class1/misfiled.png")
+    diagnosis = doctor(DoctorConfig(data=str(data), out=str(tmp_path / "run"), workers=0))
+    issues = diagnosis.to_dict()["findings"]["label_issues"]
+    assert issues[0]["path"] == "train/class1/misfiled.png" and issues[0]["suggested"] == "class0"
+    assert issues[0]["confidence"] > 0.5 and "look mislabelled" in " ".join(diagnosis.verdicts())
