@@ -7,7 +7,8 @@ the annotation of the graph differs. With ``--int8 qat`` each fine-tunes the sam
 LiteRT's QAT folds every BatchNorm first (litert-torch's own conv-BN QAT patterns fail on torch 2.14).
 
     python -m benchmarks.litert_annotators runs/rps-lite0/best.pt --data ../shared/datasets/rps
-    python -m benchmarks.litert_annotators runs/cifar-mnv2/last.pt --data ../shared/datasets/cifar10 --int8 qat
+    python -m benchmarks.litert_annotators runs/cifar-mnv2/last.pt --data ../shared/datasets/cifar10 --int8 qat \
+        --qat-images 5000
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ def main() -> None:
             f"Checkpoint: `{spec.get('name', model.__class__.__name__)}` "
             f"({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params), {len(data.val_labels)} val images "
             f"of `{Path(args.data).name}`, {args.calibration_images} calibration images"
-            + (f", QAT 1 epoch on {args.qat_images} training images" if args.int8 == "qat" else "")
+            + (f", QAT 1 epoch on {args.qat_images or 'all'} training images" if args.int8 == "qat" else "")
             + "; top-1 through the LiteRT "
             "runtime (ai-edge-litert), agreement with fp32 PyTorch's top-1.",
             "",
