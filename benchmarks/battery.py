@@ -329,6 +329,9 @@ def figures(row: Row, out: Outcome, data: str, order: int, scratch: Path | None 
         "candidate": card.get("model", {}).get("candidate"),
         "top1_runtime": out.top1,
         "top1_fp32": card.get("accuracy", {}).get("top1_fp32_pytorch"),
+        "leaked_val": card.get("accuracy", {}).get("leaked_val"),  # the doctor's: gate photos with a copy in train
+        "top1_without_leaked": card.get("accuracy", {}).get("top1_without_leaked"),
+        "data_health": (((out.state or {}).get("stages") or {}).get("health") or {}).get("verdicts"),
         "teacher_best": out.teacher_best,
         "bytes": card.get("artifact", {}).get("bytes"),
         "latency_ms": card.get("latency_ms", {}).get("median"),
@@ -363,6 +366,10 @@ def body(row: Row, f: dict[str, Any]) -> str:
     ]
     if f["stages_s"]:
         lines += ["", "Stages (s): " + ", ".join(f"{name} {sec:g}" for name, sec in f["stages_s"].items())]
+    if f.get("data_health"):
+        clean = f.get("top1_without_leaked")
+        without = f" Top-1 without the {f['leaked_val']} leaked val photos: {clean:.2f}%." if clean is not None else ""
+        lines += ["", "Data health (the doctor, inside ship): " + "; ".join(f["data_health"]) + "." + without]
     return "\n".join(lines)
 
 

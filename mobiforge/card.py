@@ -78,6 +78,8 @@ class CardAccuracy:
     sdk_clear_disagreements: int | None = None
     top1_in_sdk_app: float | None = None  # the SDK resizing the full-size val images, as in an app
     data: str = ""
+    leaked_val: int = 0  # gate images with a copy in train (the doctor's data health)
+    top1_without_leaked: float | None = None  # the runtime's top-1 on the other gate images
 
 
 @dataclass

@@ -106,6 +106,7 @@ class ArtifactReport:
     per_class: dict[str, dict[str, float]] = field(default_factory=dict)  # precision, recall, f1, support
     # image (relative to the data), label, predicted, confidence
     confident_mistakes: list[dict[str, Any]] = field(default_factory=list)
+    wrong_images: list[str] = field(default_factory=list)  # every val image the runtime gets wrong, as above
     pixel_input: bool = False  # the file takes uint8 RGB pixels (NHWC), the normalisation inside its graph
     # False where the runtime cannot run here (Core ML): the top-1 figures are then the PyTorch model computing as
     # the file does (its int8 weight rounding), and latency is not measured
@@ -618,5 +619,10 @@ def class_figures(runtime_logits: torch.Tensor, torch_logits: torch.Tensor, data
                 "confidence": confidence[i],
             }
             for i in wrong
+        ],
+        "wrong_images": [
+            _under_data(data.val_samples[i][0], data)
+            for i, (p, t) in enumerate(zip(predicted, labels, strict=True))
+            if p != t and i < len(data.val_samples)
         ],
     }

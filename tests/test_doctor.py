@@ -178,3 +178,15 @@ def test_the_feature_checks_rank_a_misfiled_photo_first(tmp_path: Path) -> None:
     issues = diagnosis.to_dict()["findings"]["label_issues"]
     assert issues[0]["path"] == "train/class1/misfiled.png" and issues[0]["suggested"] == "class0"
     assert issues[0]["confidence"] > 0.5 and "look mislabelled" in " ".join(diagnosis.verdicts())
+
+
+def test_ship_scores_the_gate_without_the_leaked_val_photos() -> None:
+    from mobiforge.ship.health import without_leaks
+    from mobiforge.ship.state import DataHealth
+
+    health = DataHealth(leaked_val=["val/a/1.png", "val/a/2.png", "val/b/9.png"])
+    gate = ["val/a/1.png", "val/a/2.png", "val/a/3.png", "val/b/4.png", "val/b/5.png"]  # val/b/9.png: not gated
+    # 5 gated, 2 of them leaked; wrong: one leaked and one clean photo -> 2 of the 3 clean ones right
+    assert without_leaks(health, ["val/a/1.png", "val/b/4.png"], 5, gate) == (pytest.approx(200 / 3), 2)
+    assert without_leaks(DataHealth(), [], 5, gate) is None
+    assert without_leaks(DataHealth(leaked_val=gate), [], 5, gate) is None  # all leaked: no score without them

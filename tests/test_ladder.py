@@ -312,3 +312,27 @@ def test_a_required_student_gets_the_time_its_shortest_rung_needs(
             stages.train_cached_student(candidate, record.trained, ship_run(_State(), config, run), budget)
         ends[-1] -= now
     assert 20.0 < ends[0] < 600.0 and ends[1] == pytest.approx(20.0, abs=1.0)
+
+
+def test_the_data_health_reads_the_features_the_teacher_probe_cached(
+    taught: tuple[ShipConfig, Path, TeacherRecord],
+) -> None:
+    """Issue 46: after the ladder, ship's feature checks read every image's features back from the probe rung's
+    cache: the trunk does not run again."""
+    pytest.importorskip("cleanlab")
+    from mobiforge.progress import SilentReporter
+    from mobiforge.ship.health import data_health
+
+    class Messages(SilentReporter):
+        said: list[str] = []
+
+        def message(self, text: str) -> None:
+            self.said.append(text)
+
+    config, run, _ = taught
+    reporter = Messages()
+    health = data_health(ship_run(_State(), config, run, reporter=reporter), features=True)
+    assert health.features and health.label_issues is not None and not health.note
+    passes = [text for text in reporter.said if "trunk passes computed" in text]
+    assert len(passes) == 2 and all(text.startswith("doctor: ") and " 0 trunk passes" in text for text in passes)
+    assert (run / "doctor.json").is_file()

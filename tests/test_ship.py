@@ -169,6 +169,8 @@ def assert_publishable(card: dict, run: Path) -> None:
 
     evaluated = evaluate_artifact(run / card["artifact"]["file"])
     assert evaluated.result.images == card["accuracy"]["images"]
+    # issue 46: the helper's val photos are copies of its train photos, and the data health section says so
+    assert "| 12 of 12 val photos have a copy" in (run / "report.md").read_text() and (run / "doctor.json").is_file()
     trained = json.loads((run / "ship_state.json").read_text())["stages"][f"train:{card['model']['candidate']}"]
     assert_read_as_trained(run / card["artifact"]["file"], run / trained["checkpoint"])
     assert evaluated.result.top1 == pytest.approx(card["accuracy"]["top1_in_runtime"], abs=1e-4)

@@ -9,8 +9,9 @@ MediaPipe's ``ImageClassifier`` for export's gate.
 
 int8 graphs are annotated by litert-torch's own quantizer through ``quantize.mobilenet_quantizer``, the PT2E helper
 ExecuTorch shares: it quantizes ReLU6 after the conv it clamps, which litert-torch's quantizer alone does not (it lost
-32 top-1 points on a CIFAR-10 MobileNetV2 that way, RESULTS.md#export_cifar10; RESULTS.md#litert_annotators_* compares
-the annotators). litert-torch then converts, told by its quantizer config that the graph is statically quantized.
+32 top-1 points on a CIFAR-10 MobileNetV2 that way, RESULTS.md#export_cifar10; the annotators side by side:
+RESULTS.md#litert_annotators_mobilenet_v2_ptq). litert-torch then converts, told by its quantizer config that the
+graph is statically quantized.
 """
 
 from __future__ import annotations

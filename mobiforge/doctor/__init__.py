@@ -61,8 +61,9 @@ def doctor(config: DoctorConfig, reporter: Reporter | None = None) -> Diagnosis:
     return diagnosis
 
 
-def diagnose(config: DoctorConfig, reporter: Reporter, cache_dir: Path) -> Diagnosis:
-    """The checks, without writing a report (ship calls this)."""
+def diagnose(config: DoctorConfig, reporter: Reporter, cache_dir: Path, data: DataConfig | None = None) -> Diagnosis:
+    """The checks, without writing a report (ship calls this). ``data``: the settings whose feature cache the
+    feature checks read (ship passes its teacher probe's, so the probe's cached rows are read back)."""
     started = time.perf_counter()
     splits = discover(DataConfig(data=config.data, val_split=config.val_split, split_seed=config.split_seed))
     items = [(path, "train", label) for path, label in splits.train] + [
@@ -82,20 +83,24 @@ def diagnose(config: DoctorConfig, reporter: Reporter, cache_dir: Path) -> Diagn
     vectors = None
     if config.features:
         started = time.perf_counter()
-        diagnosis.features, vectors = feature_checks(facts, len(splits.classes), config, reporter, cache_dir)
+        data = data or DataConfig(data=config.data, val_split=config.val_split, split_seed=config.split_seed)
+        diagnosis.features, vectors = feature_checks(facts, len(splits.classes), config, reporter, cache_dir, data)
         diagnosis.seconds["features"] = time.perf_counter() - started
     diagnosis.leaks = find_leaks(facts, cheap, diagnosis.features, vectors)
     return diagnosis
 
 
 def feature_checks(
-    facts: list[FileFacts], classes: int, config: DoctorConfig, reporter: Reporter, cache_dir: Path
+    facts: list[FileFacts], classes: int, config: DoctorConfig, reporter: Reporter, cache_dir: Path, data: DataConfig
 ) -> tuple[FeatureFindings, np.ndarray]:
     """Datalab on the trunk's features of the readable files; its findings indexed as ``facts`` is, and the features
     in that indexing too (zero rows for the unreadable files)."""
     readable = [index for index, fact in enumerate(facts) if fact.problem is None]
+    readable.sort(key=lambda index: facts[index].split != "train")  # the train rows first, as the cache holds them
     samples = [(facts[index].path, facts[index].label) for index in readable]
-    features = trunk_features(samples, cache_dir, reporter, config.trunk_engine)
+    train = [sample for index, sample in zip(readable, samples, strict=True) if facts[index].split == "train"]
+    val = samples[len(train) :]
+    features = trunk_features(train, val, cache_dir, reporter, data, config.seed, config.trunk_engine)
     labels = np.array([label for _, label in samples], dtype=np.int64)
     probabilities = out_of_fold_probabilities(features, labels, classes, config.folds, config.seed)
     found = datalab_findings(features, labels, probabilities)

@@ -77,7 +77,8 @@ class Diagnosis:
         if leaked:
             said.append(
                 f"{len(leaked)} of {val} val photos have a copy or near-copy in train: the val score may read high "
-                "(judge on the rest: --dedupe-val in ship, or train on the --fix CSV)"
+                "(judge on the rest: ship's report gives the score without them; doctor --fix writes a split "
+                "without them)"
             )
         conflicting = [group for group in self.cheap.duplicate_groups if len(self._labels(group)) > 1]
         if conflicting:

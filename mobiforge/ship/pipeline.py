@@ -19,6 +19,7 @@ from mobiforge.progress import Reporter, SilentReporter
 from mobiforge.runs import claim_run_dir
 from mobiforge.runtimes import copy_artifact, write_labels
 from mobiforge.ship.budget import TimeBudget
+from mobiforge.ship.health import data_health
 from mobiforge.ship.plan import export_estimate, export_reserve, next_training
 from mobiforge.ship.policy import (
     CACHED_SHARE,
@@ -43,6 +44,7 @@ from mobiforge.ship.stages import (
 from mobiforge.ship.state import (
     CORE_ML_PACKAGE,
     EXPORT,
+    HEALTH,
     RESULT,
     SEARCH,
     SURVEY,
@@ -126,6 +128,7 @@ def _stages(run: ShipRun) -> ShipResult:
     torch.manual_seed(config.seed)
 
     info = state.done(SURVEY) or state.finish(SURVEY, survey(config))
+    state.done(HEALTH) or state.finish(HEALTH, data_health(run, features=False))
     say(
         f"data: {info.train_images} train / {info.val_images} val images, {len(info.classes)} classes, "
         f"median side {info.median_side} px -> input {', '.join(map(str, info.img_sizes))} px"
@@ -140,6 +143,9 @@ def _stages(run: ShipRun) -> ShipResult:
     teacher = None
     if fitting and (teacher_spec is not None or config.teacher not in ("auto", "none")):
         teacher = _teacher(run)
+    ladder = state.done(TEACHER)
+    if ladder is not None and ladder.rungs and not state.health.features:  # its probe cached every image's features
+        state.finish(HEALTH, data_health(run, features=True))
     if teacher is None:
         fitting = [c for c in fitting if c.source == "scratch"]
     _train_and_export(fitting[: config.max_trained], teacher, run)

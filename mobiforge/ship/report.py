@@ -48,6 +48,7 @@ from mobiforge.options import to_argv
 from mobiforge.paths import shareable, without_local_paths
 from mobiforge.plots import plot_confusion, plot_mistakes, pyplot
 from mobiforge.ship.config import CORE_ML
+from mobiforge.ship.health import HEALTH_FILE, SHOWN_LEAKS, gate_images, without_leaks
 from mobiforge.ship.policy import FILE_OVERHEAD
 from mobiforge.ship.shortfall import headline, shortfall, why_nothing_shipped
 from mobiforge.ship.snippets import android_snippet, ios_snippet
@@ -413,6 +414,9 @@ def write_ship_report(
         short = shortfall(state, focus.trained, accuracy.top1_in_runtime, config.time_budget_s,
                           accuracy.images, shipped=chosen is not None)  # fmt: skip
         card.budget.shortfall = short.to_dict() if short else None
+    clean = _leak_free_score(config, state, focus)
+    if card is not None and clean is not None:
+        card.accuracy.top1_without_leaked, card.accuracy.leaked_val = clean
     if card is not None:
         write_atomic(run_dir / CARD_FILE, json.dumps(card.to_dict(), indent=2))
         write_atomic(run_dir / HUMAN_CARD, human_card(card))
@@ -423,6 +427,9 @@ def write_ship_report(
     ladder = _ladder_table(state, rows)
     if ladder:
         tables["Transfer ladder"] = ladder
+    health = _health_table(state, focus, clean)
+    if health:
+        tables["Data health"] = health
     per_class = _per_class_table(focus)
     if per_class:
         tables[f"Per class, int8 in {config.runtime}"] = per_class
@@ -566,6 +573,31 @@ def _intro(
 
 
 Tables = dict[str, list[list[str]]]  # title -> rows, the first the header
+
+
+def _leak_free_score(config: ShipConfig, state: ShipState, focus: Row | None) -> tuple[float, int] | None:
+    """The gate's top-1 without its val photos that have a copy in train, and how many those are (None: none)."""
+    exported = focus.exported.chosen if focus and focus.exported else None
+    if exported is None or not state.health.leaked_val:
+        return None
+    gate = gate_images(config.data, config.val_images, data_root(config.data))
+    return without_leaks(state.health, exported.wrong_images, exported.images, gate)
+
+
+def _health_table(state: ShipState, focus: Row | None, clean: tuple[float, int] | None) -> list[list[str]]:
+    """The doctor's verdicts, and the gate's score without the val photos that have a copy in train."""
+    health = state.health
+    rows = [[line] for line in health.verdicts] + ([[health.note]] if health.note else [])
+    if clean is not None and focus is not None and focus.exported is not None:
+        rows.append(
+            [f"the gate's top-1 without the {clean[1]} val photos that have a copy in train: {clean[0]:.2f}% "
+             f"(with them: {focus.exported.chosen.top1:.2f}%)"]
+        )  # fmt: skip
+    if health.leaked_val:
+        shown = ", ".join(health.leaked_val[:SHOWN_LEAKS])
+        more = f" and {len(health.leaked_val) - SHOWN_LEAKS} more" if len(health.leaked_val) > SHOWN_LEAKS else ""
+        rows.append([f"val photos with a copy in train: {shown}{more} (all: {HEALTH_FILE})"])
+    return [["finding"], *rows] if rows else []
 
 
 def _ladder_table(state: ShipState, rows: list[Row]) -> list[list[str]]:

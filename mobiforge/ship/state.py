@@ -60,6 +60,18 @@ class Survey:
 
 
 @dataclass
+class DataHealth:
+    """What the doctor found, as the report shows it."""
+
+    verdicts: list[str] = field(default_factory=list)
+    leaked_val: list[str] = field(default_factory=list)  # val photos with a copy in train, relative to the data
+    label_issues: int | None = None  # None: the feature checks did not run
+    features: bool = False
+    seconds: float = 0.0
+    note: str = ""  # why the feature checks did not run
+
+
+@dataclass
 class TeacherSpec:
     """The teacher before it is trained: enough to build, prune or truncate it for the search."""
 
@@ -219,13 +231,14 @@ class Stage(Generic[R]):
 
 
 SURVEY: Stage[Survey] = Stage("survey", functools.partial(known_fields, Survey))
+HEALTH: Stage[DataHealth] = Stage("health", functools.partial(known_fields, DataHealth))
 SEARCH: Stage[SearchRecord] = Stage("search", SearchRecord.from_dict)
 TEACHER: Stage[TeacherRecord] = Stage("teacher", TeacherRecord.from_dict)
 TRAIN: Stage[TrainRecord] = Stage("train", functools.partial(known_fields, TrainRecord))
 EXPORT: Stage[ExportRecord] = Stage("export", ExportRecord.from_dict)
 CORE_ML_PACKAGE: Stage[ArtifactReport] = Stage(CORE_ML, ArtifactReport.from_dict)
 RESULT: Stage[ResultRecord] = Stage("result", functools.partial(known_fields, ResultRecord))
-STAGES = {stage.name: stage for stage in (SURVEY, SEARCH, TEACHER, TRAIN, EXPORT, CORE_ML_PACKAGE, RESULT)}
+STAGES = {stage.name: stage for stage in (SURVEY, HEALTH, SEARCH, TEACHER, TRAIN, EXPORT, CORE_ML_PACKAGE, RESULT)}
 
 
 def read_record(key: str, data: dict[str, Any]) -> Any:
@@ -300,6 +313,11 @@ class ShipState:
     @property
     def survey(self) -> Survey:
         return self.stages[SURVEY.key]
+
+    @property
+    def health(self) -> DataHealth:
+        """What the doctor found (an empty record before its checks ran, or in a state file from before them)."""
+        return self.stages.get(HEALTH.key) or DataHealth(note="the data checks did not run")
 
     def done(self, stage: Stage[R]) -> R | None:
         return self.stages.get(stage.key)

@@ -1,0 +1,68 @@
+"""Ship's data health: the doctor's cheap checks right after the survey, and its feature checks after the
+teacher's ladder, on the features the ladder's first rung cached (read back: no trunk pass of their own).
+
+The user's folder is only read. What is found goes to the report's data health section, with the gate's score
+without the val photos that have a copy in train.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from mobiforge.config import DEFAULT_LOADER_WORKERS, DataConfig, DoctorConfig
+from mobiforge.data import discover, spaced_subset
+from mobiforge.doctor import diagnose
+from mobiforge.errors import MobiforgeError
+from mobiforge.files import write_atomic
+from mobiforge.ship.plan import data_config
+from mobiforge.ship.stages import ShipRun
+from mobiforge.ship.state import DataHealth
+
+HEALTH_FILE = "doctor.json"  # the whole diagnosis, beside the report
+SHOWN_LEAKS = 12
+
+
+def data_health(run: ShipRun, features: bool) -> DataHealth:
+    """The doctor on the ship's data; with ``features`` (the teacher's ladder ran: its linear probe cached the
+    trunk's features of every image), the feature checks too."""
+    config = run.config
+    workers = DEFAULT_LOADER_WORKERS if config.workers is None else config.workers
+    doctor_config = DoctorConfig(data=config.data, features=features, workers=workers, seed=config.seed)
+    data = data_config(config, img_size=None)  # the teacher's linear probe rung: its cached features are read back
+    try:
+        diagnosis = diagnose(doctor_config, run.reporter, run.run_dir / "cache", data)
+    except MobiforgeError:
+        raise  # a class of copies: no model can be judged on it
+    except Exception as error:  # a check that fails must not cost the run its model: say so in the report
+        first = str(error).splitlines()[0][:160] if str(error) else ""
+        return DataHealth(note=f"the data checks failed ({type(error).__name__}: {first})")
+    write_atomic(run.run_dir / HEALTH_FILE, json.dumps(diagnosis.to_dict(), indent=2))
+    found = diagnosis.features
+    return DataHealth(
+        verdicts=diagnosis.verdicts(),
+        leaked_val=[diagnosis.relative(index) for index in diagnosis.leaked_val()],
+        label_issues=len(found.label_issues) if found is not None else None,
+        features=features,
+        seconds=sum(diagnosis.seconds.values()),
+        note="" if features else "the feature checks need the teacher's cached features: no teacher ran",
+    )
+
+
+def without_leaks(health: DataHealth, wrong: list[str], images: int, gate: list[str]) -> tuple[float, int] | None:
+    """The gate's top-1 without the leaked val photos among its ``gate`` images (``wrong``: those it got wrong),
+    and how many it left out; None when no gate image leaked."""
+    leaked = set(health.leaked_val) & set(gate)
+    kept = images - len(leaked)
+    if not leaked or not kept:  # none leaked, or all: there is no score without them
+        return None
+    correct = images - len(wrong) - len(leaked - set(wrong))
+    return 100.0 * correct / kept, len(leaked)
+
+
+def gate_images(data: str, val_images: int | None, root: Path) -> list[str]:
+    """The val photos the gate ran on (``--val-images``: an evenly spaced subset), relative to the data."""
+    splits = discover(DataConfig(data=data))
+    gate = spaced_subset(splits.val, val_images)
+    return [Path(os.path.relpath(Path(path).resolve(), root.resolve())).as_posix() for path, _ in gate]
