@@ -190,3 +190,12 @@ def test_ship_scores_the_gate_without_the_leaked_val_photos() -> None:
     assert without_leaks(health, ["val/a/1.png", "val/b/4.png"], 5, gate) == (pytest.approx(200 / 3), 2)
     assert without_leaks(DataHealth(), [], 5, gate) is None
     assert without_leaks(DataHealth(leaked_val=gate), [], 5, gate) is None  # all leaked: no score without them
+
+
+def test_a_folder_of_small_images_is_not_tiny_throughout() -> None:
+    """Digits are 8 px: the folder is small-image data, not a folder of tiny strays; a 2 px one among them is."""
+    from mobiforge.doctor.files import FileFacts, cheap_findings
+
+    facts = [FileFacts(f"{index}.png", "train", 0, width=8, height=8, digest=str(index)) for index in range(10)]
+    facts.append(FileFacts("stray.png", "train", 0, width=2, height=2, digest="stray"))
+    assert cheap_findings(facts, tiny_floor=16, tiny_fraction=0.25, max_aspect=3.0).tiny == [10]

@@ -777,3 +777,14 @@ def test_predict_takes_folders_and_answers_a_non_image_in_one_sentence(
     report.pop("data")
     Path(f"{old}.json").write_text(json.dumps(report))
     assert main(["eval", str(old)]) == 2 and "pass --data FOLDER" in capsys.readouterr().err
+
+
+def test_litert_int8_needs_no_executorch(checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 45: LiteRT's int8 is annotated by litert-torch's own quantizer through the shared PT2E helper; with
+    ExecuTorch unimportable, a LiteRT int8 file is still written and verified."""
+    for name in [name for name in sys.modules if name == "executorch" or name.startswith("executorch.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "executorch", None)  # import executorch -> ImportError
+    report = _export(checkpoint, tmp_path / "m.tflite", "tflite", "ptq", float_fallback=False)
+    assert report.precision == "int8-ptq" and report.ran_in_runtime
+    assert not any(name.startswith("executorch.") for name in sys.modules)

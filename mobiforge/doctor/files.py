@@ -115,7 +115,8 @@ def cheap_findings(
     facts: Sequence[FileFacts], tiny_floor: int, tiny_fraction: float, max_aspect: float
 ) -> FileFindings:
     """Group and flag: a tiny image is under ``tiny_floor`` px on its short side, or under ``tiny_fraction`` of the
-    folder's median short side (a 32 px folder is not tiny throughout, a 32 px stray among photos is)."""
+    folder's median short side, and in either case under half that median: a folder of 8 px digits is not tiny
+    throughout, a 32 px stray among photos is."""
     found = FileFindings()
     readable = [index for index, fact in enumerate(facts) if fact.problem is None]
     found.unreadable = [index for index, fact in enumerate(facts) if fact.problem is not None]
@@ -124,7 +125,7 @@ def cheap_findings(
         by_digest[facts[index].digest].append(index)
     found.duplicate_groups = [group for group in by_digest.values() if len(group) > 1]
     median_side = statistics.median(facts[index].short_side for index in readable) if readable else 0
-    found.tiny_side = max(tiny_floor, int(tiny_fraction * median_side))
+    found.tiny_side = min(max(tiny_floor, int(tiny_fraction * median_side)), int(median_side / 2))
     found.tiny = [index for index in readable if facts[index].short_side < found.tiny_side]
     found.extreme_aspect = [index for index in readable if facts[index].aspect > max_aspect]
     gray = [index for index in readable if facts[index].gray]
