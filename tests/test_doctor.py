@@ -199,3 +199,21 @@ def test_a_folder_of_small_images_is_not_tiny_throughout() -> None:
     facts = [FileFacts(f"{index}.png", "train", 0, width=8, height=8, digest=str(index)) for index in range(10)]
     facts.append(FileFacts("stray.png", "train", 0, width=2, height=2, digest="stray"))
     assert cheap_findings(facts, tiny_floor=16, tiny_fraction=0.25, max_aspect=3.0).tiny == [10]
+
+
+def test_ship_skips_the_feature_checks_that_would_not_fit_its_time(tmp_path: Path) -> None:
+    from mobiforge.ship.health import feature_health
+    from mobiforge.ship.state import DataHealth, Survey
+    from tests.helpers import ship_run
+
+    class State:
+        survey = Survey(classes=["a", "b"], train_images=50_000, val_images=10_000)
+        health = DataHealth(verdicts=["cheap"], features=False)
+
+        def left(self) -> float:
+            return 600.0  # 60,000 images' feature checks take minutes: more than 5% of 10
+
+    skipped = feature_health(ship_run(State(), run_dir=tmp_path))  # type: ignore[arg-type]
+    assert skipped.verdicts == ["cheap"] and not skipped.features
+    assert "feature checks were skipped: ~210 s for 60000 images" in skipped.note
+    assert State.health.note == ""  # the cheap record itself is left as it was

@@ -7,6 +7,7 @@ without the val photos that have a copy in train.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -17,6 +18,7 @@ from mobiforge.doctor import diagnose
 from mobiforge.errors import MobiforgeError
 from mobiforge.files import write_atomic
 from mobiforge.ship.plan import data_config
+from mobiforge.ship.policy import HEALTH_SECONDS_PER_IMAGE, HEALTH_SHARE
 from mobiforge.ship.stages import ShipRun
 from mobiforge.ship.state import DataHealth
 
@@ -48,6 +50,22 @@ def data_health(run: ShipRun, features: bool) -> DataHealth:
         seconds=sum(diagnosis.seconds.values()),
         note="" if features else "the feature checks need the teacher's cached features: no teacher ran",
     )
+
+
+def feature_health(run: ShipRun) -> DataHealth:
+    """The feature checks, when their estimated time fits in HEALTH_SHARE of the time left; else the cheap checks'
+    record with a note saying why not (``mobiforge doctor`` runs them all on the same cache)."""
+    survey = run.state.survey
+    images = survey.train_images + survey.val_images
+    estimate = images * HEALTH_SECONDS_PER_IMAGE
+    if estimate > HEALTH_SHARE * run.state.left():
+        skipped = dataclasses.replace(run.state.health)
+        skipped.note = (
+            f"the feature checks were skipped: ~{estimate:.0f} s for {images} images is more than "
+            f"{HEALTH_SHARE:.0%} of the time left; run mobiforge doctor on the data"
+        )
+        return skipped
+    return data_health(run, features=True)
 
 
 def without_leaks(health: DataHealth, wrong: list[str], images: int, gate: list[str]) -> tuple[float, int] | None:

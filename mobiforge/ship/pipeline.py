@@ -19,7 +19,7 @@ from mobiforge.progress import Reporter, SilentReporter
 from mobiforge.runs import claim_run_dir
 from mobiforge.runtimes import copy_artifact, write_labels
 from mobiforge.ship.budget import TimeBudget
-from mobiforge.ship.health import data_health
+from mobiforge.ship.health import data_health, feature_health
 from mobiforge.ship.plan import export_estimate, export_reserve, next_training
 from mobiforge.ship.policy import (
     CACHED_SHARE,
@@ -145,7 +145,7 @@ def _stages(run: ShipRun) -> ShipResult:
         teacher = _teacher(run)
     ladder = state.done(TEACHER)
     if ladder is not None and ladder.rungs and not state.health.features:  # its probe cached every image's features
-        state.finish(HEALTH, data_health(run, features=True))
+        state.finish(HEALTH, feature_health(run))
     if teacher is None:
         fitting = [c for c in fitting if c.source == "scratch"]
     _train_and_export(fitting[: config.max_trained], teacher, run)

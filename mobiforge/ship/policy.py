@@ -52,6 +52,12 @@ CANDIDATE_GRID: tuple[GridRow, ...] = (
     GridRow("shufflenet_v2_x0_5", None),
 )
 
+# The doctor's feature checks inside ship (the probe's folds, Datalab's kNN, the order test) on features already
+# cached: about 3.5 ms an image on 2 cores (CIFAR-10's 60,000: some 210 s of the 873 s that included the trunk pass,
+# RESULTS.md#doctor_cifar10). They run only when that estimate fits in this share of the time left.
+HEALTH_SECONDS_PER_IMAGE = 0.0035
+HEALTH_SHARE = 0.05
+
 # ------------------------------------------------------------------------------------------------ the search
 
 FILE_OVERHEAD = 1.12  # an int8 artifact is measured at up to ~11% above its int8 weight bytes (graph, scales)
