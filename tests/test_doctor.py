@@ -217,3 +217,24 @@ def test_ship_skips_the_feature_checks_that_would_not_fit_its_time(tmp_path: Pat
     assert skipped.verdicts == ["cheap"] and not skipped.features
     assert "feature checks were skipped: ~210 s for 60000 images" in skipped.note
     assert State.health.note == ""  # the cheap record itself is left as it was
+
+
+def test_the_report_opens_in_a_real_browser_with_its_thumbnails_and_no_script_run(tmp_path: Path) -> None:
+    """doctor.html in Debian's chromium: every thumbnail decodes, and a file named like markup stays text (its
+    onerror handler, were it parsed, would set the page's title)."""
+    from tests.test_serve import chromium_or_skip
+
+    executable, sync_playwright = chromium_or_skip()
+    data = make_split_folder(tmp_path / "data", classes=2, train=4, val=2)
+    hostile = "<img src=x onerror=document.title='pwned'>.png"
+    shutil.copyfile(data / "train/class0/000.png", data / "train/class0" / hostile)
+    doctor(DoctorConfig(data=str(data), out=str(tmp_path / "run"), features=False, workers=0))
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        page = browser.new_page()
+        page.goto((tmp_path / "run" / "doctor.html").as_uri())
+        loaded = page.eval_on_selector_all("figure img", "images => images.map(image => image.naturalWidth > 0)")
+        title, text = page.title(), page.inner_text("body")
+        browser.close()
+    assert loaded and all(loaded)
+    assert title == "mobiforge doctor" and hostile in text
