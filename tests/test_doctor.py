@@ -238,3 +238,12 @@ def test_the_report_opens_in_a_real_browser_with_its_thumbnails_and_no_script_ru
         browser.close()
     assert loaded and all(loaded)
     assert title == "mobiforge doctor" and hostile in text
+
+
+def test_a_missing_folder_is_one_line_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["doctor", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert (
+        error == f"mobiforge doctor: error: {tmp_path / 'nowhere'}: no such folder; give an image folder, a "
+        "labels.csv or 'digits'"
+    )

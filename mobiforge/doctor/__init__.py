@@ -65,13 +65,16 @@ def diagnose(config: DoctorConfig, reporter: Reporter, cache_dir: Path, data: Da
     """The checks, without writing a report (ship calls this). ``data``: the settings whose feature cache the
     feature checks read (ship passes its teacher probe's, so the probe's cached rows are read back)."""
     started = time.perf_counter()
-    splits = discover(DataConfig(data=config.data, val_split=config.val_split, split_seed=config.split_seed))
+    try:
+        splits = discover(DataConfig(data=config.data, val_split=config.val_split, split_seed=config.split_seed))
+    except MobiforgeError as error:  # discovery names train's --data flag; the doctor takes DIR as it is
+        raise MobiforgeError(str(error).removeprefix("--data ")) from None
     items = [(path, "train", label) for path, label in splits.train] + [
         (path, "val", label) for path, label in splits.val
     ]
     facts = scan_files(items, config.workers)
     cheap = cheap_findings(facts, TINY_FLOOR, TINY_FRACTION, MAX_ASPECT)
-    copied = duplicated_classes(facts, cheap, splits.classes)
+    copied = duplicated_classes(facts, splits.classes)
     if copied:
         raise MobiforgeError(
             f"{config.data}: every image of {named(copied)} is a copy of one image or of another class's images; "

@@ -227,7 +227,7 @@ def find_leaks(
     return sorted(leaks.values(), key=lambda leak: leak.val)
 
 
-def duplicated_classes(facts: list[FileFacts], cheap: FileFindings, classes: list[str]) -> list[str]:
+def duplicated_classes(facts: list[FileFacts], classes: list[str]) -> list[str]:
     """Classes with at most one image of their own: every other file is a copy of it or of another class's image."""
     owners: dict[str, set[int]] = defaultdict(set)
     for fact in facts:

@@ -97,7 +97,6 @@ def out_of_fold_probabilities(
             method="predict_proba",
         )  # fmt: skip
     probabilities[np.ix_(np.flatnonzero(probed), kept)] = folded
-    probabilities[probed] = np.where(np.isin(np.arange(classes), kept), probabilities[probed], 0.0)
     return probabilities
 
 
