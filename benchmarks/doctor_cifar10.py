@@ -13,11 +13,9 @@ import random
 import time
 from pathlib import Path
 
-from PIL import Image, ImageDraw
-
 from benchmarks.results import BENCHMARKS, write_section
+from benchmarks.sheets import contact_sheet
 from mobiforge.config import DoctorConfig
-from mobiforge.data import load_rgb
 from mobiforge.doctor import Diagnosis, doctor
 from mobiforge.progress import SilentReporter
 
@@ -27,22 +25,15 @@ SHEET = Path("reports/doctor_cifar10/leak_pairs.png")
 PAIRS, SIDE, COLUMNS = 20, 64, 4
 
 
-def contact_sheet(diagnosis: Diagnosis, seed: int, path: Path) -> list[tuple[str, str, float]]:
+def leak_sheet(diagnosis: Diagnosis, seed: int, path: Path) -> list[tuple[str, str, float]]:
     """20 random leak pairs, test image left and train image right, 4 pairs a row; returns them."""
     leaks = random.Random(seed).sample(diagnosis.leaks, min(PAIRS, len(diagnosis.leaks)))
-    rows = (len(leaks) + COLUMNS - 1) // COLUMNS
-    sheet = Image.new("RGB", (COLUMNS * (2 * SIDE + 12), rows * (SIDE + 16)), "white")
-    draw = ImageDraw.Draw(sheet)
-    shown = []
-    for number, leak in enumerate(leaks):
-        x, y = (number % COLUMNS) * (2 * SIDE + 12), (number // COLUMNS) * (SIDE + 16)
-        for offset, index in ((0, leak.val), (SIDE, leak.train)):
-            sheet.paste(load_rgb(diagnosis.facts[index].path).resize((SIDE, SIDE), Image.NEAREST), (x + offset, y))
-        draw.text((x, y + SIDE + 2), f"{number + 1}: d={leak.distance:.3f}", fill="black")
-        shown.append((diagnosis.relative(leak.val), diagnosis.relative(leak.train), leak.distance))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path, optimize=True)
-    return shown
+    groups = [
+        ([diagnosis.facts[leak.val].path, diagnosis.facts[leak.train].path], f"{number + 1}: d={leak.distance:.3f}")
+        for number, leak in enumerate(leaks)
+    ]
+    contact_sheet(groups, path, SIDE, COLUMNS)
+    return [(diagnosis.relative(leak.val), diagnosis.relative(leak.train), leak.distance) for leak in leaks]
 
 
 def main() -> None:
@@ -61,7 +52,7 @@ def main() -> None:
     exact = sum(1 for leak in diagnosis.leaks if leak.kind == "exact")
     test_issues = sum(1 for index, *_ in diagnosis.features.label_issues if diagnosis.facts[index].split == "val")
     train_issues = len(diagnosis.features.label_issues) - test_issues
-    shown = contact_sheet(diagnosis, args.seed, BENCHMARKS / SHEET)
+    shown = leak_sheet(diagnosis, args.seed, BENCHMARKS / SHEET)
     figures = {
         "test_images": test,
         "test_leaked": len(leaked),

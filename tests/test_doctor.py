@@ -9,13 +9,15 @@ import random
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
-from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
 from mobiforge.cli import main
 from mobiforge.config import DataConfig, DoctorConfig
 from mobiforge.data import discover
 from mobiforge.doctor import doctor
+from mobiforge.doctor.pixels import COPY_SIMILARITY, similarity, thumbnail, verified_copies, views
 from mobiforge.errors import MobiforgeError
 from tests.helpers import COLOURS, make_image, small_train_config
 
@@ -73,8 +75,8 @@ def test_each_cheap_check_finds_what_was_planted(tmp_path: Path) -> None:
 
     groups = [{entry["path"] for entry in group} for group in found["exact_duplicates"]]
     assert {"train/class0/000.png", "train/class0/copy-of-000.bmp", "train/class0/really-a-png.jpg"} in groups
-    assert found["leaked_val"] == [
-        {"val": "val/class1/000.png", "train": "train/class1/leaked.png", "kind": "exact", "distance": 0.0}
+    assert [(leak["val"], leak["train"], leak["kind"]) for leak in found["leaked_val"]] == [
+        ("val/class1/000.png", "train/class1/leaked.png", "exact")
     ]
     assert paths("tiny") == {"train/class2/tiny.png"} and paths("extreme_aspect") == {"train/class2/panorama.png"}
     assert paths("grayscale_among_colour") == {"train/class1/gray.png"} and paths("cmyk") == {"train/class0/print.jpg"}
@@ -247,3 +249,55 @@ def test_a_missing_folder_is_one_line_naming_it(tmp_path: Path, capsys: pytest.C
         error == f"mobiforge doctor: error: {tmp_path / 'nowhere'}: no such folder; give an image folder, a "
         "labels.csv or 'digits'"
     )
+
+
+def test_the_pixel_check_confirms_crops_mirrors_and_brightness_and_refuses_look_alikes(tmp_path: Path) -> None:
+    """Features only propose (here: every train photo is as near as any); thumbnails decide. A 5% crop, a mirror
+    and a brighter JPEG of the val photo are copies; other photos, and a copy beyond the features' reach, are not."""
+    photo_like(tmp_path / "val.png", 1)
+    original = Image.open(tmp_path / "val.png").convert("RGB")
+    width, height = original.size
+    changed = {
+        "crop": original.crop(
+            (round(0.025 * width), round(0.025 * height), round(0.975 * width), round(0.975 * height))
+        ),
+        "mirror": ImageOps.mirror(original),
+        "brighter": ImageEnhance.Brightness(original).enhance(1.2),
+    }
+    thumbs = [thumbnail(original)]
+    for name, image in changed.items():
+        image.save(tmp_path / f"{name}.jpg", quality=75)
+        thumbs.append(thumbnail(Image.open(tmp_path / f"{name}.jpg").convert("RGB")))
+    for seed in range(2, 6):
+        photo_like(tmp_path / f"other{seed}.png", seed)
+        thumbs.append(thumbnail(Image.open(tmp_path / f"other{seed}.png").convert("RGB")))
+    vectors = np.tile(np.array([[0.5, 1.0, 0.0, 0.0]], dtype=np.float32), (len(thumbs), 1))
+    vectors[0] = [1.0, 0.0, 0.0, 0.0]
+    vectors[1:4, 1] = [0.10, 0.11, 0.12]  # the copies nearest by features: the candidates checked
+    for index in range(4):
+        assert similarity(views(thumbs[0]), views(thumbs[index])) >= COPY_SIMILARITY
+    for index in range(4, len(thumbs)):
+        assert similarity(views(thumbs[0]), views(thumbs[index])) < COPY_SIMILARITY
+    [found] = verified_copies(thumbs, vectors, train=range(1, len(thumbs)), val=[0])
+    assert found.val == 0 and sorted(found.train) == [1, 2, 3] and found.similarity >= 0.95
+    far = vectors.copy()
+    far[1:4] = [[0.0, 0.0, 1.0, 0.0]] * 3  # the copies' features far from the val photo: never proposed
+    assert verified_copies(thumbs, far, train=range(1, len(thumbs)), val=[0]) == []
+
+
+def test_a_leak_lists_every_train_copy_and_its_pixel_similarity_in_the_json(tmp_path: Path) -> None:
+    """Two near copies of one val photo in train: the leak names the closer, lists the other, and says how well
+    their pixels correlate (doctor.json and the report)."""
+    data = tmp_path / "data"
+    for split, count, offset in (("train", 12, 0), ("val", 4, 500)):
+        for label in range(2):
+            for index in range(count):
+                photo_like(data / split / f"class{label}" / f"{index:03d}.png", label * 1000 + offset + index)
+    original = Image.open(data / "val/class0/002.png").convert("RGB")
+    original.save(data / "train/class0/copy-a.jpg", quality=80)
+    ImageEnhance.Brightness(original).enhance(1.1).save(data / "train/class0/copy-b.jpg", quality=80)
+    diagnosis = doctor(DoctorConfig(data=str(data), out=str(tmp_path / "run"), workers=0))
+    [leak] = diagnosis.to_dict()["findings"]["leaked_val"]
+    assert leak["val"] == "val/class0/002.png" and leak["pixel_similarity"] >= COPY_SIMILARITY
+    assert {leak["train"], *leak["more_train_copies"]} == {"train/class0/copy-a.jpg", "train/class0/copy-b.jpg"}
+    assert "pixels correlate" in (tmp_path / "run" / "doctor.html").read_text()

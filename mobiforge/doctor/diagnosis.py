@@ -16,6 +16,7 @@ import numpy as np
 
 from mobiforge.doctor.features import NON_IID_P, FeatureFindings
 from mobiforge.doctor.files import FileFacts, FileFindings
+from mobiforge.doctor.pixels import verified_copies
 from mobiforge.units import named
 
 IMBALANCE_RATIO = 10.0  # most / fewest train images of a class above which the folder reads as imbalanced
@@ -24,12 +25,15 @@ FEW_IMAGES = 10  # a class with fewer train images than this is flagged (a judge
 
 @dataclass
 class Leak:
-    """A val image with a copy in train: the same pixels (``exact``) or a near-copy by the trunk's features."""
+    """A val image with a copy in train: the same pixels (``exact``), or a near copy (``near``) that its thumbnail
+    confirms (``similarity``) or that sits in one of Datalab's near-duplicate sets by features alone."""
 
     val: int
-    train: int
+    train: int  # the closest copy
     kind: str  # "exact" or "near"
-    distance: float = 0.0  # between their features (0 for exact)
+    distance: float = 0.0  # between their features, cosine (0 for exact)
+    similarity: float | None = None  # of their thumbnails (doctor.pixels), when the pixel check confirmed it
+    also: list[int] = field(default_factory=list)  # more train copies of it
 
 
 @dataclass
@@ -150,7 +154,9 @@ class Diagnosis:
             "lying_extension": [{**self.entry(i), "format": self.facts[i].format} for i in cheap.lying_extension],
             "leaked_val": [
                 {"val": self.relative(leak.val), "train": self.relative(leak.train), "kind": leak.kind,
-                 "distance": round(leak.distance, 5)}
+                 "distance": round(leak.distance, 5),
+                 "pixel_similarity": None if leak.similarity is None else round(leak.similarity, 4),
+                 "more_train_copies": [self.relative(index) for index in leak.also]}
                 for leak in self.leaks
             ],
         }  # fmt: skip
@@ -205,16 +211,22 @@ class Diagnosis:
 def find_leaks(
     facts: list[FileFacts], cheap: FileFindings, features: FeatureFindings | None, vectors: np.ndarray | None
 ) -> list[Leak]:
-    """Val images with a copy in train: exact (same pixels) or near (one near-duplicate set), each paired with its
-    closest train member."""
+    """Val images with a copy in train, each paired with its closest train copy: exact (same pixels), then near:
+    confirmed on pixels among the nearest by features (``doctor.pixels``), or in one near-duplicate set."""
     leaks: dict[int, Leak] = {}
     for group in cheap.duplicate_groups:
         train = [index for index in group if facts[index].split == "train"]
         for index in group:
             if facts[index].split == "val" and train:
-                leaks[index] = Leak(index, train[0], "exact")
+                leaks[index] = Leak(index, train[0], "exact", also=train[1:])
     if features is None or vectors is None:
         return sorted(leaks.values(), key=lambda leak: leak.val)
+    readable = [index for index, fact in enumerate(facts) if fact.problem is None]
+    thumbs = [fact.thumbnail for fact in facts]
+    train = [index for index in readable if facts[index].split == "train"]
+    val = [index for index in readable if facts[index].split == "val" and index not in leaks]
+    for copy in verified_copies(thumbs, vectors, train, val):
+        leaks[copy.val] = Leak(copy.val, copy.train[0], "near", copy.distance, copy.similarity, copy.train[1:])
     unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     for group in features.near_duplicate_sets:
         train = [index for index in group if facts[index].split == "train"]

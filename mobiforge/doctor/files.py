@@ -2,7 +2,8 @@
 
 Exact duplicates are found by a hash of the decoded pixels (upright, RGB), so a copy saved again losslessly, with
 other metadata or under another format, counts; a lossy re-encode, a crop or a brightness change is left to the
-feature checks (``doctor.features``).
+feature checks (``doctor.features``) and the pixel check of their candidates (``doctor.pixels``, on the thumbnail
+each file keeps from this scan).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from mobiforge.data.images import load_rgb
+from mobiforge.doctor.pixels import thumbnail
 
 # The extensions each decoder's format may honestly carry (Pillow's format names); any other is a lying extension.
 FORMAT_SUFFIXES: dict[str, tuple[str, ...]] = {
@@ -52,6 +54,7 @@ class FileFacts:
     exif_rotated: bool = False
     gray: bool = False
     digest: str = ""  # of the decoded, upright RGB pixels
+    thumbnail: bytes = field(default=b"", repr=False)  # grayscale, for the pixel check of near copies
 
     @property
     def short_side(self) -> int:
@@ -78,6 +81,7 @@ def file_facts(item: tuple[str, str, int]) -> FileFacts:
     pixels = np.asarray(rgb)
     facts.digest = hashlib.blake2b(pixels.tobytes() + f"{rgb.size}".encode(), digest_size=16).hexdigest()
     facts.gray = facts.mode in GRAY_MODES or _gray_content(rgb)
+    facts.thumbnail = thumbnail(rgb)
     return facts
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from PIL import ImageOps
 
 from mobiforge.data.images import load_rgb
-from mobiforge.doctor.diagnosis import Diagnosis
+from mobiforge.doctor.diagnosis import Diagnosis, Leak
 from mobiforge.files import write_atomic
 
 THUMB_SIDE = 112
@@ -81,7 +81,7 @@ def _sections(diagnosis: Diagnosis, shown: int) -> list[str]:
             lambda leak: _figure(
                 [diagnosis.facts[leak.val].path, diagnosis.facts[leak.train].path],
                 f"val {esc(diagnosis.relative(leak.val))}<br>train {esc(diagnosis.relative(leak.train))}<br>"
-                f"{leak.kind}" + (f", distance {leak.distance:.3f}" if leak.kind == "near" else ""),
+                + _leak_kind(leak),
             ),
             shown,
             "Each counts in the val score though the model has seen it: the score reads high.",
@@ -164,3 +164,14 @@ def _figure(paths: list[str], caption: str) -> str:
     images = "".join(f"<img src='{source}' alt=''>" for source in map(thumbnail, paths) if source)
     kind = "pair" if len(paths) > 1 else ""
     return f"<figure class='{kind}'><div class='imgs'>{images}</div><figcaption>{caption}</figcaption></figure>"
+
+
+def _leak_kind(leak: Leak) -> str:
+    said = leak.kind
+    if leak.kind == "near":
+        said += f", feature distance {leak.distance:.3f}"
+    if leak.similarity is not None:
+        said += f", pixels correlate {leak.similarity:.3f}"
+    if leak.also:
+        said += f", {len(leak.also)} more train copies"
+    return said
