@@ -315,11 +315,12 @@ def test_a_required_student_gets_the_time_its_shortest_rung_needs(
 
 
 def test_the_data_health_reads_the_features_the_teacher_probe_cached(
-    taught: tuple[ShipConfig, Path, TeacherRecord],
+    taught: tuple[ShipConfig, Path, TeacherRecord], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Issue 46: after the ladder, ship's feature checks read every image's features back from the probe rung's
-    cache: the trunk does not run again."""
+    cache (the trunk does not run again) and the files' facts from the cheap checks (no file is decoded again)."""
     pytest.importorskip("cleanlab")
+    import mobiforge.doctor
     from mobiforge.progress import SilentReporter
     from mobiforge.ship.health import data_health
 
@@ -331,7 +332,14 @@ def test_the_data_health_reads_the_features_the_teacher_probe_cached(
 
     config, run, _ = taught
     reporter = Messages()
-    health = data_health(ship_run(_State(), config, run, reporter=reporter), features=True)
+    shipping = ship_run(_State(), config, run, reporter=reporter)
+    assert not data_health(shipping, features=False).features
+
+    def no_second_scan(*args: object) -> None:
+        raise AssertionError("the files were decoded again")
+
+    monkeypatch.setattr(mobiforge.doctor, "scan_files", no_second_scan)
+    health = data_health(shipping, features=True)
     assert health.features and health.label_issues is not None and not health.note
     passes = [text for text in reporter.said if "trunk passes computed" in text]
     assert len(passes) == 2 and all(text.startswith("doctor: ") and " 0 trunk passes" in text for text in passes)

@@ -61,9 +61,16 @@ def doctor(config: DoctorConfig, reporter: Reporter | None = None) -> Diagnosis:
     return diagnosis
 
 
-def diagnose(config: DoctorConfig, reporter: Reporter, cache_dir: Path, data: DataConfig | None = None) -> Diagnosis:
+def diagnose(
+    config: DoctorConfig,
+    reporter: Reporter,
+    cache_dir: Path,
+    data: DataConfig | None = None,
+    facts: list[FileFacts] | None = None,
+) -> Diagnosis:
     """The checks, without writing a report (ship calls this). ``data``: the settings whose feature cache the
-    feature checks read (ship passes its teacher probe's, so the probe's cached rows are read back)."""
+    feature checks read (ship passes its teacher probe's, so the probe's cached rows are read back). ``facts``: an
+    earlier diagnosis's of the same folder and settings, so that no file is decoded again."""
     started = time.perf_counter()
     try:
         splits = discover(DataConfig(data=config.data, val_split=config.val_split, split_seed=config.split_seed))
@@ -72,7 +79,8 @@ def diagnose(config: DoctorConfig, reporter: Reporter, cache_dir: Path, data: Da
     items = [(path, "train", label) for path, label in splits.train] + [
         (path, "val", label) for path, label in splits.val
     ]
-    facts = scan_files(items, config.workers)
+    if facts is None or [(fact.path, fact.split, fact.label) for fact in facts] != items:
+        facts = scan_files(items, config.workers)
     cheap = cheap_findings(facts, TINY_FLOOR, TINY_FRACTION, MAX_ASPECT)
     copied = duplicated_classes(facts, splits.classes)
     if copied:

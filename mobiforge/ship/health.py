@@ -34,12 +34,13 @@ def data_health(run: ShipRun, features: bool) -> DataHealth:
     doctor_config = DoctorConfig(data=config.data, features=features, workers=workers, seed=config.seed)
     data = data_config(config, img_size=None)  # the teacher's linear probe rung: its cached features are read back
     try:
-        diagnosis = diagnose(doctor_config, run.reporter, run.run_dir / "cache", data)
+        diagnosis = diagnose(doctor_config, run.reporter, run.run_dir / "cache", data, run.file_facts or None)
     except MobiforgeError:
         raise  # a class of copies: no model can be judged on it
     except Exception as error:  # a check that fails must not cost the run its model: say so in the report
         first = str(error).splitlines()[0][:160] if str(error) else ""
         return DataHealth(note=f"the data checks failed ({type(error).__name__}: {first})")
+    run.file_facts[:] = diagnosis.facts  # the feature checks read them, not the files, again
     write_atomic(run.run_dir / HEALTH_FILE, json.dumps(diagnosis.to_dict(), indent=2))
     found = diagnosis.features
     return DataHealth(

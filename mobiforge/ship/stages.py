@@ -18,6 +18,7 @@ from mobiforge.backend_api import get_backend
 from mobiforge.checkpoint import Checkpoint
 from mobiforge.config import CARD_FIELDS, ShipConfig
 from mobiforge.data import DataConfig, loader_workers
+from mobiforge.doctor.files import FileFacts
 from mobiforge.errors import MobiforgeError
 from mobiforge.export import ArtifactReport, ExportConfig, export_checkpoint
 from mobiforge.models import build_from_spec, create_model
@@ -110,6 +111,8 @@ class ShipRun:
     reporter: Reporter
     say: Callable[[str], None]
     state: ShipState
+    # the doctor's cheap scan of the data, kept in memory for its feature checks (a resumed run scans again)
+    file_facts: list[FileFacts] = dataclasses.field(default_factory=list)
 
     def budget(self) -> TimeBudget:
         """The run's whole time left."""
