@@ -14,14 +14,14 @@ import time
 from pathlib import Path
 
 from benchmarks.results import BENCHMARKS, write_section
-from benchmarks.sheets import contact_sheet
+from benchmarks.sheets import contact_sheet, stamped
 from mobiforge.config import DoctorConfig
-from mobiforge.doctor import Diagnosis, doctor
+from mobiforge.doctor import Diagnosis, Leak, doctor
 from mobiforge.progress import SilentReporter
 
 CIFAIR_SHARE = 3.25  # % of the test set with a near-duplicate in train (ciFAIR)
 PUBLISHED_LABEL_ERRORS = 54  # in the test set (labelerrors.com)
-SHEET = Path("reports/doctor_cifar10/leak_pairs.png")
+SHEET = Path("reports/doctor_cifar10/leak_pairs.png")  # stamped with the run's date
 PAIRS, SIDE, COLUMNS = 20, 64, 4
 
 
@@ -29,11 +29,15 @@ def leak_sheet(diagnosis: Diagnosis, seed: int, path: Path) -> list[tuple[str, s
     """20 random leak pairs, test image left and train image right, 4 pairs a row; returns them."""
     leaks = random.Random(seed).sample(diagnosis.leaks, min(PAIRS, len(diagnosis.leaks)))
     groups = [
-        ([diagnosis.facts[leak.val].path, diagnosis.facts[leak.train].path], f"{number + 1}: d={leak.distance:.3f}")
+        ([diagnosis.facts[leak.val].path, diagnosis.facts[leak.train].path], f"{number + 1}: {_measures(leak)}")
         for number, leak in enumerate(leaks)
     ]
     contact_sheet(groups, path, SIDE, COLUMNS)
     return [(diagnosis.relative(leak.val), diagnosis.relative(leak.train), leak.distance) for leak in leaks]
+
+
+def _measures(leak: Leak) -> str:
+    return f"d={leak.distance:.3f}" + (f" r={leak.similarity:.2f}" if leak.similarity is not None else "")
 
 
 def main() -> None:
@@ -52,7 +56,8 @@ def main() -> None:
     exact = sum(1 for leak in diagnosis.leaks if leak.kind == "exact")
     test_issues = sum(1 for index, *_ in diagnosis.features.label_issues if diagnosis.facts[index].split == "val")
     train_issues = len(diagnosis.features.label_issues) - test_issues
-    shown = leak_sheet(diagnosis, args.seed, BENCHMARKS / SHEET)
+    sheet = stamped(SHEET)
+    shown = leak_sheet(diagnosis, args.seed, BENCHMARKS / sheet)
     figures = {
         "test_images": test,
         "test_leaked": len(leaked),
@@ -82,8 +87,8 @@ def main() -> None:
             + ", ".join(f"{k} {v:.0f} s" for k, v in diagnosis.seconds.items())
             + ").",
             "",
-            f"20 random flagged pairs (test left, train right; d: cosine distance of their features): "
-            f"![pairs]({SHEET.as_posix()})",
+            f"20 random flagged pairs (test left, train right; d: cosine distance of their features, r: correlation "
+            f"of their thumbnails where the pixel check confirmed them): ![pairs]({sheet.as_posix()})",
             "",
             f"The pairs: {pairs}.",
         ]

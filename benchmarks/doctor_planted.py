@@ -28,7 +28,7 @@ from typing import Any
 from PIL import ImageEnhance
 
 from benchmarks.results import BENCHMARKS, write_section
-from benchmarks.sheets import contact_sheet
+from benchmarks.sheets import contact_sheet, stamped
 from mobiforge.config import DataConfig, DoctorConfig
 from mobiforge.data import discover, load_rgb
 from mobiforge.doctor import Diagnosis, Leak, doctor
@@ -121,7 +121,7 @@ def main() -> None:
     by_kind = {kind: sum(1 for copy in found_copies if kinds[copy] == kind) for kind in KINDS}
     planted_kind = {kind: sum(1 for copy in copies if kinds[copy] == kind) for kind in KINDS}
     reports = BENCHMARKS / "reports" / f"doctor_planted_{name}"
-    _sheets(diagnosis, old_flags, flags, old_leaks, reports)
+    sheets = _sheets(diagnosis, old_flags, flags, old_leaks, reports)
     figures = {
         "images": len(diagnosis.facts),
         "flips_planted": len(flipped),
@@ -144,7 +144,9 @@ def main() -> None:
         "probe_top1": diagnosis.features.probe_accuracy,
     }
     print(figures)
-    write_section(f"doctor_planted_{name}", _body(name, args.seed, diagnosis, figures, by_kind, planted_kind), figures)
+    write_section(
+        f"doctor_planted_{name}", _body(name, args.seed, diagnosis, figures, by_kind, planted_kind, sheets), figures
+    )
 
 
 def _key(diagnosis: Diagnosis, index: int) -> tuple[str, str]:
@@ -162,26 +164,31 @@ def _same_source(val: str, partners: list[str]) -> bool:
 
 def _sheets(
     diagnosis: Diagnosis, old_flags: list[int], flags: dict[int, int], old_leaks: list[Leak], reports: Path
-) -> None:
-    """The pre-existing findings, for a reader to judge: flagged photos (given -> suggested), leaked pairs."""
+) -> list[str]:
+    """The pre-existing findings, for a reader to judge: flagged photos (given -> suggested), leaked pairs; returns
+    the sheets' names (stamped with the run's date)."""
+    sheets = [stamped(Path(name)).name for name in ("label_flags_before_planting.png", "leaks_before_planting.png")]
     classes, facts = diagnosis.classes, diagnosis.facts
     shown = old_flags[:SHEET_MOST]
     contact_sheet(
         [([facts[i].path], f"{classes[facts[i].label][:8]} -> {classes[flags[i]][:8]}") for i in shown],
-        reports / "label_flags_before_planting.png", SHEET_SIDE, 2 * SHEET_COLUMNS,
+        reports / sheets[0], SHEET_SIDE, 2 * SHEET_COLUMNS,
     )  # fmt: skip
     pairs = random.Random(0).sample(old_leaks, min(SHEET_MOST, len(old_leaks)))
     contact_sheet(
         [([facts[leak.val].path, facts[leak.train].path], _caption(leak)) for leak in pairs],
-        reports / "leaks_before_planting.png", SHEET_SIDE, SHEET_COLUMNS,
+        reports / sheets[1], SHEET_SIDE, SHEET_COLUMNS,
     )  # fmt: skip
+    return sheets
 
 
 def _caption(leak: Leak) -> str:
     return f"{leak.kind} d={leak.distance:.2f}" + (f" r={leak.similarity:.3f}" if leak.similarity is not None else "")
 
 
-def _body(name: str, seed: int, diagnosis: Diagnosis, figures: dict, by_kind: dict, planted_kind: dict) -> str:
+def _body(
+    name: str, seed: int, diagnosis: Diagnosis, figures: dict, by_kind: dict, planted_kind: dict, sheets: list[str]
+) -> str:
     f = figures
     met = f["flip_recall"] >= 0.9 and f["flip_precision_added"] >= 0.8
     met_copies = f["copy_recall"] >= 0.95 and f["copy_precision_added"] >= 0.8
@@ -211,8 +218,8 @@ def _body(name: str, seed: int, diagnosis: Diagnosis, figures: dict, by_kind: di
             "Copies found by kind: "
             + ", ".join(f"{kind} {by_kind[kind]} of {planted_kind[kind]}" for kind in KINDS)
             + f". The findings also raised on the original folder, for a reader to judge: "
-            f"`reports/doctor_planted_{name}/label_flags_before_planting.png` (given -> suggested class) and "
-            f"`leaks_before_planting.png` (val left, train right). Verdicts: " + "; ".join(diagnosis.verdicts()),
+            f"`reports/doctor_planted_{name}/{sheets[0]}` (given -> suggested class) and "
+            f"`{sheets[1]}` (val left, train right). Verdicts: " + "; ".join(diagnosis.verdicts()),
         ]
     )
 

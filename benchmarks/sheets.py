@@ -3,6 +3,7 @@ benchmark counted (near copies, suspected labels) with their own eyes."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,3 +26,9 @@ def contact_sheet(groups: Sequence[tuple[Sequence[str], str]], path: Path, side:
         draw.text((x, y + side + 2), caption, fill="black")
     path.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(path, optimize=True)
+
+
+def stamped(path: Path) -> Path:
+    """``path`` with the UTC date and time before its suffix: a new run's sheet never replaces the one an earlier
+    record shows."""
+    return path.with_name(f"{path.stem}_{time.strftime('%Y-%m-%d_%H%M', time.gmtime())}{path.suffix}")

@@ -147,6 +147,15 @@ def opt(default: Any = dataclasses.MISSING, help: str = "", **kwargs: Any) -> An
     return field(default=default, metadata=option(help, **kwargs))
 
 
+def read_path_list(file: str, flag: str) -> tuple[str, ...]:
+    """The paths listed in a text file, one a line (blank lines and ``#`` comments skipped)."""
+    try:
+        lines = Path(file).expanduser().read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise MobiforgeError(f"{flag} {file}: cannot read it ({type(error).__name__}); give a text file") from None
+    return tuple(line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#"))
+
+
 def comma_tuple(text: str) -> tuple[str, ...]:
     return tuple(name.strip() for name in text.split(",") if name.strip())
 
@@ -476,6 +485,14 @@ class ExportConfig:
     val_images: int | None = opt(
         None, "verify on an evenly spaced subset of this many val images (default all)", valid=AT_LEAST_1
     )
+    exclude_val: tuple[str, ...] = opt(
+        (),
+        "a text file of val images the gate leaves out, one path relative to the data a line (e.g. the val photos "
+        "mobiforge doctor finds with a copy in train)",
+        parse=lambda text: read_path_list(text, "--exclude-val"),
+        show=lambda value: f"{len(value)} images" if value else "none",
+        metavar="FILE",
+    )
     # the simulated-int8 graph runs its quantize ops one by one in Python: 1,000 EfficientNet-Lite0 images took 2 min
     reference_images: int | None = opt(
         None,
@@ -599,6 +616,10 @@ class ShipConfig:
         None, "gate on an evenly spaced subset of this many val images (default all)", valid=AT_LEAST_1
     )
     skip_bad_images: bool = opt(False, "skip undecodable files instead of failing")
+    dedupe_val: bool = opt(
+        False, "gate and choose the model on the val photos without a copy in train (the data checks find them); "
+        "the report gives the gate's score with and without them either way",
+    )  # fmt: skip
     seed: int = opt(0)
     license: str | None = opt(None, LICENSE_HELP, metavar="SPDX")
     model_name: str | None = opt(None, "the model's name in its card and metadata (default: the data's name)")

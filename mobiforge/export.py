@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import os
 import random
 import time
 from collections.abc import Iterator
@@ -41,9 +40,10 @@ from mobiforge.data import (
     ImageSamples,
     checkpoint_data_config,
     data_name,
-    data_root,
     eval_transform,
+    gate_samples,
     load_rgb,
+    relative_to_data,
     spaced_subset,
     split_samples,
     train_transform,
@@ -188,7 +188,7 @@ def load_export_data(checkpoint: Checkpoint, config: ExportConfig) -> ExportData
         batch_size=32,
         workers=config.workers,
     )
-    val = _subset(split_samples(data_config, "val", classes), config.val_images, config.seed, spaced=True)
+    val = gate_samples(data_config, classes, config.val_images, config.exclude_val)
     val_images, val_labels = _tensors(val, preprocess, config)
     calibration: list[torch.Tensor] = []
     calibration_labels, train_samples = None, []
@@ -364,7 +364,7 @@ def export_checkpoint(config: ExportConfig) -> ArtifactReport:
         **report.to_dict(),
         "classes": checkpoint.named_classes(),  # with the preprocessing: what predict and the app need beside it
         "preprocess": checkpoint.preprocess.to_dict(),
-        "data": verified_on(data.data_config, config.val_images),  # what eval repeats, to the image
+        "data": verified_on(data.data_config, config.val_images, config.exclude_val),  # what eval repeats, to the image
         "checkpoint": str(config.checkpoint),
         "config": dataclasses.asdict(config),
     }
@@ -583,7 +583,7 @@ MISTAKES_SHOWN = 10  # val images the shipped file gets wrong most confidently, 
 
 
 def _under_data(image: str, data: ExportData) -> str:
-    return Path(os.path.relpath(Path(image).resolve(), data_root(data.data_config.data).resolve())).as_posix()
+    return relative_to_data(image, data.data_config.data)
 
 
 def class_figures(runtime_logits: torch.Tensor, torch_logits: torch.Tensor, data: ExportData) -> dict[str, Any]:

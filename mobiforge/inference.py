@@ -6,6 +6,7 @@ Both read the preprocessing and class names from the checkpoint, never from defa
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -24,6 +25,7 @@ from mobiforge.data import (
     checkpoint_data_config,
     decodable,
     eval_transform,
+    gate_samples,
     is_image_name,
     load_rgb,
     spaced_subset,
@@ -70,10 +72,14 @@ def evaluate_samples(
     workers: int,
     skip_bad_images: bool,
     subset: int | None = None,
+    excluded: Collection[str] = (),
 ) -> CheckpointEval:
-    """``model`` (a checkpoint's, or an artifact in its runtime) on the ``split`` images of ``config.data`` (``subset``
-    of them, evenly spaced, as export's gate picks them)."""
-    samples = spaced_subset(split_samples(config, split, classes), subset)
+    """``model`` (a checkpoint's, or an artifact in its runtime) on the ``split`` images of ``config.data`` (val:
+    without the ``excluded`` and ``subset`` of the rest, evenly spaced, as export's gate picks them)."""
+    if split == "val":
+        samples = gate_samples(config, classes, subset, excluded)
+    else:
+        samples = spaced_subset(split_samples(config, split, classes), subset)
     bad = decodable(samples, skip_bad_images)
     samples = [sample for sample in samples if sample[0] not in bad]
     if not samples:

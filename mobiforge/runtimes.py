@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -340,10 +341,15 @@ def evaluate_artifact(
         val_split=float(recorded.get("val_split", DataConfig.val_split)),
         split_seed=int(recorded.get("split_seed", DataConfig.split_seed)),
     )
-    # the gate's evenly spaced subset, where the recorded data and split are what is evaluated
-    subset = recorded.get("val_images") if not data and split == recorded.get("split", "val") else None
+    # the gate's images (the subset of the val photos it did not leave out), where the recorded data and split are
+    # what is evaluated
+    repeated = not data and split == recorded.get("split", "val")
+    subset = recorded.get("val_images") if repeated else None
+    excluded = tuple(recorded.get("excluded_val") or ()) if repeated else ()
     model = checked_model(path, info, threads=ACCURACY_THREADS)
-    return evaluate_samples(model, info.classes, info.preprocess, config, split, 1, workers, skip_bad_images, subset)
+    return evaluate_samples(
+        model, info.classes, info.preprocess, config, split, 1, workers, skip_bad_images, subset, excluded
+    )
 
 
 # Every accuracy figure of an exported file is computed with the runtime on one thread, batch by batch as its rows
@@ -352,15 +358,17 @@ def evaluate_artifact(
 ACCURACY_THREADS = 1
 
 
-def verified_on(config: DataConfig, val_images: int | None) -> dict[str, Any]:
+def verified_on(config: DataConfig, val_images: int | None, excluded: Sequence[str] = ()) -> dict[str, Any]:
     """What the sidecar records of the data a file was verified on, for ``eval`` to repeat: the data (written
-    relative to the file by ``portable_record``), its split settings, and the evenly spaced val subset (None: all)."""
+    relative to the file by ``portable_record``), its split settings, the val images left out (relative to the
+    data) and the evenly spaced val subset of the rest (None: all)."""
     return {
         "data": config.data,
         "split": "val",
         "val_split": config.val_split,
         "split_seed": config.split_seed,
         "val_images": val_images,
+        "excluded_val": list(excluded),
     }
 
 

@@ -152,14 +152,19 @@ def photo_like(path: Path, seed: int, size: int = 256) -> None:
     image.filter(ImageFilter.GaussianBlur(4)).save(path)
 
 
-def test_the_feature_checks_find_a_brightened_re_encoded_val_photo_in_train(tmp_path: Path) -> None:
-    """The real pretrained trunk: a val photo copied into train, brightened and saved as JPEG, is a near-copy leak
-    (not an exact one: its pixels differ)."""
-    data = tmp_path / "data"
+def photo_folder(data: Path) -> Path:
+    """Two classes of ``photo_like`` pictures, 12 train and 4 val each, none a copy of another."""
     for split, count, offset in (("train", 12, 0), ("val", 4, 500)):
         for label in range(2):
             for index in range(count):
                 photo_like(data / split / f"class{label}" / f"{index:03d}.png", label * 1000 + offset + index)
+    return data
+
+
+def test_the_feature_checks_find_a_brightened_re_encoded_val_photo_in_train(tmp_path: Path) -> None:
+    """The real pretrained trunk: a val photo copied into train, brightened and saved as JPEG, is a near-copy leak
+    (not an exact one: its pixels differ)."""
+    data = photo_folder(tmp_path / "data")
     original = Image.open(data / "val/class1/003.png").convert("RGB")
     ImageEnhance.Brightness(original).enhance(1.15).save(data / "train/class1/brighter-copy.jpg", quality=90)
     diagnosis = doctor(DoctorConfig(data=str(data), out=str(tmp_path / "run"), workers=0))
@@ -192,6 +197,42 @@ def test_ship_scores_the_gate_without_the_leaked_val_photos() -> None:
     assert without_leaks(health, ["val/a/1.png", "val/b/4.png"], 5, gate) == (pytest.approx(200 / 3), 2)
     assert without_leaks(DataHealth(), [], 5, gate) is None
     assert without_leaks(DataHealth(leaked_val=gate), [], 5, gate) is None  # all leaked: no score without them
+
+
+def test_dedupe_val_leaves_the_leaked_photos_out_of_the_gate_unless_none_would_be_left(tmp_path: Path) -> None:
+    """``ship --dedupe-val``: the gate judges on the val photos without a copy in train; off by default; when
+    every val photo has one, the gate judges on all of them (nothing else to judge on) and the report says so."""
+    from types import SimpleNamespace
+
+    from mobiforge.config import ShipConfig
+    from mobiforge.ship.health import gate_images
+    from mobiforge.ship.report import _health_table, _leak_free_score
+    from mobiforge.ship.stages import left_out_of_gate
+    from mobiforge.ship.state import DataHealth
+
+    data = make_split_folder(tmp_path / "data", classes=2, train=4, val=3)
+    leaked = ["val/class0/000.png", "val/class1/002.png"]
+    state = SimpleNamespace(
+        health=DataHealth(leaked_val=leaked), survey=SimpleNamespace(val_images=6, classes=["class0", "class1"])
+    )
+    config = ShipConfig(data=str(data))
+    assert left_out_of_gate(config, state) == ()  # off by default: the report gives both scores
+    deduped = ShipConfig(data=str(data), dedupe_val=True)
+    assert left_out_of_gate(deduped, state) == tuple(leaked)
+    assert sorted(gate_images(deduped, state)) == sorted(
+        f"val/class{label}/{index:03d}.png" for label in range(2) for index in range(3) if
+        f"val/class{label}/{index:03d}.png" not in leaked
+    )  # fmt: skip
+    shipped = SimpleNamespace(top1=75.0, images=4, wrong_images=["val/class0/001.png"])
+    focus = SimpleNamespace(exported=SimpleNamespace(chosen=shipped))
+    assert _leak_free_score(deduped, state, focus) == (75.0, 2)  # the gate's own score is already without them
+    assert (
+        "--dedupe-val: the gate judged on the val photos without the 2"
+        in _health_table(deduped, state, focus, (75.0, 2))[-2][0]
+    )
+    everything = SimpleNamespace(health=DataHealth(leaked_val=leaked), survey=SimpleNamespace(val_images=2))
+    assert left_out_of_gate(deduped, everything) == ()
+    assert "every val photo has a copy" in " ".join(row[0] for row in _health_table(deduped, everything, None, None))
 
 
 def test_a_folder_of_small_images_is_not_tiny_throughout() -> None:
@@ -288,11 +329,7 @@ def test_the_pixel_check_confirms_crops_mirrors_and_brightness_and_refuses_look_
 def test_a_leak_lists_every_train_copy_and_its_pixel_similarity_in_the_json(tmp_path: Path) -> None:
     """Two near copies of one val photo in train: the leak names the closer, lists the other, and says how well
     their pixels correlate (doctor.json and the report)."""
-    data = tmp_path / "data"
-    for split, count, offset in (("train", 12, 0), ("val", 4, 500)):
-        for label in range(2):
-            for index in range(count):
-                photo_like(data / split / f"class{label}" / f"{index:03d}.png", label * 1000 + offset + index)
+    data = photo_folder(tmp_path / "data")
     original = Image.open(data / "val/class0/002.png").convert("RGB")
     original.save(data / "train/class0/copy-a.jpg", quality=80)
     ImageEnhance.Brightness(original).enhance(1.1).save(data / "train/class0/copy-b.jpg", quality=80)

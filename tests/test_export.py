@@ -788,3 +788,27 @@ def test_litert_int8_needs_no_executorch(checkpoint: Path, tmp_path: Path, monke
     report = _export(checkpoint, tmp_path / "m.tflite", "tflite", "ptq", float_fallback=False)
     assert report.precision == "int8-ptq" and report.ran_in_runtime
     assert not any(name.startswith("executorch.") for name in sys.modules)
+
+
+def test_the_gate_leaves_out_the_val_images_listed_and_eval_repeats_it(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 46: ``--exclude-val FILE`` (ship's --dedupe-val: the val photos with a copy in train) leaves those images
+    out of the gate; the file's report records them, so ``eval`` of the file judges on the same images."""
+    data = checkpoint.parent.parent.parent / "data"
+    left_out = sorted((data / "val").rglob("*.png"))[::3]
+    listed = tmp_path / "leaked.txt"
+    listed.write_text(
+        "# the doctor's leaked val photos\n" + "".join(f"{p.relative_to(data).as_posix()}\n" for p in left_out)
+    )
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(checkpoint), "-f", "onnx", "-o", str(out), "--exclude-val", str(listed), "-j", "0"]) == 0
+    report = json.loads(Path(f"{out}.json").read_text())
+    assert report["images"] == 24 - len(left_out)
+    assert report["data"]["excluded_val"] == [p.relative_to(data).as_posix() for p in left_out]
+    capsys.readouterr()
+    assert main(["eval", str(out), "--json", "-j", "0"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["images"] == report["images"] and again["confusion"] == report["confusion"]
+    assert main(["export", str(checkpoint), "-f", "onnx", "--exclude-val", str(tmp_path / "missing.txt")]) == 2
+    assert "--exclude-val" in capsys.readouterr().err

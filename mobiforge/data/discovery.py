@@ -12,7 +12,7 @@ import shutil
 import tempfile
 import unicodedata
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -308,6 +308,24 @@ def spaced_subset(samples: list[Any], count: int | None) -> list[Any]:
     if count is None or count >= len(samples):
         return samples
     return [samples[int(i * len(samples) / count)] for i in range(count)]
+
+
+def relative_to_data(path: str, data: str) -> str:
+    """``path`` as the data's reports name it: relative to ``data_root``, with forward slashes (links are not
+    followed: a folder of links to photos elsewhere names them by their place in it)."""
+    return Path(os.path.relpath(os.path.abspath(path), os.path.abspath(data_root(data)))).as_posix()
+
+
+def gate_samples(
+    config: DataConfig, classes: list[str], count: int | None, excluded: Collection[str] = ()
+) -> list[Sample]:
+    """The val images a gate judges on, and ``eval`` of its file repeats: the split without the ``excluded`` ones
+    (paths relative to the data: the doctor's val photos with a copy in train), then ``count`` evenly spaced."""
+    samples = split_samples(config, "val", classes)
+    if excluded:
+        left_out = set(excluded)
+        samples = [sample for sample in samples if relative_to_data(sample[0], config.data) not in left_out]
+    return spaced_subset(samples, count)
 
 
 def _checked_splits(splits: DatasetSplits, source: Path) -> DatasetSplits:

@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-from pathlib import Path
 
-from mobiforge.config import DEFAULT_LOADER_WORKERS, DataConfig, DoctorConfig
-from mobiforge.data import discover, spaced_subset
+from mobiforge.config import DEFAULT_LOADER_WORKERS, DataConfig, DoctorConfig, ShipConfig
+from mobiforge.data import gate_samples, relative_to_data
 from mobiforge.doctor import diagnose
 from mobiforge.errors import MobiforgeError
 from mobiforge.files import write_atomic
 from mobiforge.ship.plan import data_config
 from mobiforge.ship.policy import HEALTH_SECONDS_PER_IMAGE, HEALTH_SHARE
-from mobiforge.ship.stages import ShipRun
-from mobiforge.ship.state import DataHealth
+from mobiforge.ship.stages import ShipRun, left_out_of_gate
+from mobiforge.ship.state import DataHealth, ShipState
 
 HEALTH_FILE = "doctor.json"  # the whole diagnosis, beside the report
 SHOWN_LEAKS = 12
@@ -80,8 +78,9 @@ def without_leaks(health: DataHealth, wrong: list[str], images: int, gate: list[
     return 100.0 * correct / kept, len(leaked)
 
 
-def gate_images(data: str, val_images: int | None, root: Path) -> list[str]:
-    """The val photos the gate ran on (``--val-images``: an evenly spaced subset), relative to the data."""
-    splits = discover(DataConfig(data=data))
-    gate = spaced_subset(splits.val, val_images)
-    return [Path(os.path.relpath(Path(path).resolve(), root.resolve())).as_posix() for path, _ in gate]
+def gate_images(config: ShipConfig, state: ShipState) -> list[str]:
+    """The val photos the gate ran on (without those ``--dedupe-val`` left out, then ``--val-images`` of the rest,
+    evenly spaced), relative to the data."""
+    left_out = left_out_of_gate(config, state)
+    gate = gate_samples(DataConfig(data=config.data), state.survey.classes, config.val_images, left_out)
+    return [relative_to_data(path, config.data) for path, _ in gate]

@@ -52,6 +52,7 @@ from mobiforge.ship.health import HEALTH_FILE, SHOWN_LEAKS, gate_images, without
 from mobiforge.ship.policy import FILE_OVERHEAD
 from mobiforge.ship.shortfall import headline, shortfall, why_nothing_shipped
 from mobiforge.ship.snippets import android_snippet, ios_snippet
+from mobiforge.ship.stages import left_out_of_gate
 from mobiforge.ship.state import CORE_ML_PACKAGE, SEARCH, TEACHER, Candidate, Row, ShipState
 
 
@@ -427,7 +428,7 @@ def write_ship_report(
     ladder = _ladder_table(state, rows)
     if ladder:
         tables["Transfer ladder"] = ladder
-    health = _health_table(state, focus, clean)
+    health = _health_table(config, state, focus, clean)
     if health:
         tables["Data health"] = health
     per_class = _per_class_table(focus)
@@ -580,19 +581,28 @@ def _leak_free_score(config: ShipConfig, state: ShipState, focus: Row | None) ->
     exported = focus.exported.chosen if focus and focus.exported else None
     if exported is None or not state.health.leaked_val:
         return None
-    gate = gate_images(config.data, config.val_images, data_root(config.data))
-    return without_leaks(state.health, exported.wrong_images, exported.images, gate)
+    left_out = left_out_of_gate(config, state)
+    if left_out:  # --dedupe-val: the gate judged without them
+        return exported.top1, len(left_out)
+    return without_leaks(state.health, exported.wrong_images, exported.images, gate_images(config, state))
 
 
-def _health_table(state: ShipState, focus: Row | None, clean: tuple[float, int] | None) -> list[list[str]]:
+def _health_table(
+    config: ShipConfig, state: ShipState, focus: Row | None, clean: tuple[float, int] | None
+) -> list[list[str]]:
     """The doctor's verdicts, and the gate's score without the val photos that have a copy in train."""
     health = state.health
     rows = [[line] for line in health.verdicts] + ([[health.note]] if health.note else [])
-    if clean is not None and focus is not None and focus.exported is not None:
+    if clean is not None and left_out_of_gate(config, state):
+        rows.append([f"--dedupe-val: the gate judged on the val photos without the {clean[1]} that have a copy in "
+                     f"train: top-1 {clean[0]:.2f}%"])  # fmt: skip
+    elif clean is not None and focus is not None and focus.exported is not None:
         rows.append(
             [f"the gate's top-1 without the {clean[1]} val photos that have a copy in train: {clean[0]:.2f}% "
-             f"(with them: {focus.exported.chosen.top1:.2f}%)"]
+             f"(with them: {focus.exported.chosen.top1:.2f}%; --dedupe-val gates on the rest)"]
         )  # fmt: skip
+    elif config.dedupe_val and health.leaked_val:
+        rows.append(["--dedupe-val: every val photo has a copy in train, so the gate judged on all of them"])
     if health.leaked_val:
         shown = ", ".join(health.leaked_val[:SHOWN_LEAKS])
         more = f" and {len(health.leaked_val) - SHOWN_LEAKS} more" if len(health.leaked_val) > SHOWN_LEAKS else ""

@@ -608,6 +608,7 @@ def export_candidate(candidate: Candidate, trained: TrainRecord, run: ShipRun) -
                 out=str(folder / f"{name}{suffix}"),
                 calibration_images=CALIBRATION_IMAGES,
                 val_images=config.val_images,
+                exclude_val=left_out_of_gate(config, state),
                 reference_images=REFERENCE_IMAGES,
                 qat_images=min(QAT_IMAGES, state.survey.train_images),
                 threads=(config.threads,),
@@ -661,7 +662,7 @@ def core_ml_package(trained: TrainRecord, run: ShipRun) -> ArtifactReport | None
     say(f"core ml: the shipped checkpoint as model{backend.suffix}, int8 weights, for iOS (not run on this host; "
         f"scored on {images} val images)")  # fmt: skip
     try:
-        return _core_ml_export(trained, config, run.run_dir, backend.suffix, images)
+        return _core_ml_export(trained, config, run.run_dir, backend.suffix, images, left_out_of_gate(config, state))
     except MobiforgeError as error:  # the shipped artifact stands; the extra package is skipped, saying why
         say(f"core ml: skipped ({error})")
         return None
@@ -682,7 +683,7 @@ def _core_ml_seconds_per_image(backend: Any, checkpoint: str, batch: int = 8) ->
 
 
 def _core_ml_export(
-    trained: TrainRecord, config: ShipConfig, run_dir: Path, suffix: str, val_images: int
+    trained: TrainRecord, config: ShipConfig, run_dir: Path, suffix: str, val_images: int, left_out: tuple[str, ...]
 ) -> ArtifactReport:
     return export_checkpoint(
         ExportConfig(
@@ -693,12 +694,22 @@ def _core_ml_export(
             out=str(run_dir / f"model{suffix}"),
             calibration_images=1,
             val_images=val_images,
+            exclude_val=left_out,
             threads=(config.threads,),
             workers=loader_workers(config.workers),
             seed=config.seed,
             **card_settings(config),
         )
     )
+
+
+def left_out_of_gate(config: ShipConfig, state: ShipState) -> tuple[str, ...]:
+    """``--dedupe-val``: the val photos with a copy in train (the data checks'), which the gate leaves out; none
+    when every val photo has one (nothing would be left to judge on: the report says so)."""
+    leaked = state.health.leaked_val
+    if not config.dedupe_val or len(leaked) >= state.survey.val_images:
+        return ()
+    return tuple(leaked)
 
 
 def card_settings(config: ShipConfig) -> dict[str, Any]:
