@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
+    cold = not (Path(args.out) / "cache").exists()  # a second run reads the trunk's features back
     started = time.perf_counter()
     diagnosis = doctor(DoctorConfig(data=args.data, out=args.out), SilentReporter())
     seconds = time.perf_counter() - started
@@ -67,6 +68,7 @@ def main() -> None:
         "train_label_issues": train_issues,
         "probe_top1": diagnosis.features.probe_accuracy,
         "seconds": seconds,
+        "cold": cold,
     }
     print(figures)
     pairs = "; ".join(f"{n + 1}. {val} ~ {train}" for n, (val, train, _) in enumerate(shown))
@@ -83,7 +85,8 @@ def main() -> None:
             f"| suspected wrong labels in train | {train_issues} | |",
             "",
             f"Features: EfficientNet-Lite0 (ImageNet) on each 32 px image resized to 224; the linear probe's "
-            f"out-of-fold top-1 {diagnosis.features.probe_accuracy:.1f}%. Whole run, cold: {seconds / 60:.1f} min ("
+            f"out-of-fold top-1 {diagnosis.features.probe_accuracy:.1f}%. Whole run, "
+            f"{'cold' if cold else 'on a warm feature cache'}: {seconds / 60:.1f} min ("
             + ", ".join(f"{k} {v:.0f} s" for k, v in diagnosis.seconds.items())
             + ").",
             "",

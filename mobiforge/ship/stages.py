@@ -706,10 +706,10 @@ def _core_ml_export(
 def left_out_of_gate(config: ShipConfig, state: ShipState) -> tuple[str, ...]:
     """``--dedupe-val``: the val photos with a copy in train (the data checks'), which the gate leaves out; none
     when every val photo has one (nothing would be left to judge on: the report says so)."""
-    leaked = state.health.leaked_val
-    if not config.dedupe_val or len(leaked) >= state.survey.val_images:
+    if not config.dedupe_val:
         return ()
-    return tuple(leaked)
+    leaked = state.health.leaked_val
+    return tuple(leaked) if len(leaked) < state.survey.val_images else ()
 
 
 def card_settings(config: ShipConfig) -> dict[str, Any]:
