@@ -31,9 +31,9 @@ from mobiforge.trunk import choose_trunk_pass, memo_path
 PROBE_C = 10.0
 PROBE_ITERATIONS = 300
 # The label check's probabilities: the probe's, blended with the labels of each photo's 5 nearest neighbours. A
-# photo misfiled beside its near copies is outvoted by them, where the probe alone can be unsure. Measured on the
-# planted benchmarks' features (flips found / precision, strict): rps 0.81 / 0.58 -> 0.81 / 0.77, hymenoptera
-# 1.00 / 0.86 either way; a weight of 0.5 traded hymenoptera's precision (0.75) for rps's (0.80).
+# photo misfiled beside its near copies is outvoted by them, where the probe alone can be unsure. Chosen on the
+# planted benchmarks (RESULTS.md#doctor_planted_rps, #doctor_planted_hymenoptera): it raised rps's recall and flag
+# precision and left hymenoptera's as they were; a weight of 0.5 cost hymenoptera's precision.
 NEIGHBOUR_VOTES = 5
 NEIGHBOUR_WEIGHT = 0.3
 # Near copies: nearest neighbours closer than this fraction of the folder's median nearest-neighbour distance (cosine,
