@@ -94,6 +94,7 @@ class Row:
     target: str
     data: Callable[[Path], str]
     met: Callable[[Outcome], bool]
+    flags: tuple[str, ...] = ()  # ship's options beyond the data and the budget
 
 
 # --- data ---------------------------------------------------------------------------------------------------------
@@ -220,6 +221,13 @@ def near_teacher(points: float) -> Callable[[Outcome], bool]:
     return met
 
 
+def judged_without_leaks(out: Outcome) -> bool:
+    """``--dedupe-val``: shipped, with a gate that left out the val photos that have a copy in train."""
+    accuracy = (out.card or {}).get("accuracy", {})
+    leaked = accuracy.get("leaked_val") or 0
+    return out.shipped and leaked > 0 and accuracy.get("top1_without_leaked") == accuracy.get("top1_in_runtime")
+
+
 def ships_or_refuses(out: Outcome) -> bool:
     return (out.shipped or out.error is not None) and out.within_budget
 
@@ -248,6 +256,8 @@ ROWS = (
         generated("one_image_per_class", 3, 1), ships_or_refuses),
     Row("unreadable_class", "generated: 3 classes x 10 + 1 unreadable", 1, "quick",
         "ships or refuses in one line, in budget", generated("unreadable_class", 3, 10, True), ships_or_refuses),
+    Row("rps_dedupe", "rps, gated on the val photos without a copy in train", 10, "full",
+        "ships, judged without the leaked val photos", shared("rps"), judged_without_leaks, ("--dedupe-val",)),
     Row("proxy", "CIFAR-10 proxy: 5,000 at 224 px", 30, "full", "≥ 76.2%", proxy, at_least(76.2)),
     Row("large_folder", "CIFAR-10 at 224 px: all 50,000", 30, "full", "ships in budget + 5%", large_folder,
         within(0.05)),
@@ -277,7 +287,7 @@ def run_row(row: Row, data: str, work: Path) -> Outcome:
     shutil.rmtree(out, ignore_errors=True)
     log = work / "ship.log"
     command = [sys.executable, "-m", "mobiforge", "ship", "--data", data, "--time-budget", f"{row.budget_min:g}m",
-               "--out", str(out)]  # fmt: skip
+               "--out", str(out), *row.flags]  # fmt: skip
     budget_s = row.budget_min * 60
     started, killed = time.time(), False
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "120"}
@@ -385,7 +395,8 @@ def run_battery(rows: list[Row], scratch: Path, repeat: int) -> list[tuple[str, 
             summary.append((row.name, "skipped"))
             continue
         for _attempt in range(repeat):
-            print(f"battery {row.name}: ship --data {data} --time-budget {row.budget_min:g}m", flush=True)
+            shown = " ".join(["ship", "--data", data, "--time-budget", f"{row.budget_min:g}m", *row.flags])
+            print(f"battery {row.name}: {shown}", flush=True)
             work = scratch / "runs" / row.name
             work.mkdir(parents=True, exist_ok=True)
             try:
