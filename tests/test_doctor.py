@@ -338,3 +338,5 @@ def test_a_leak_lists_every_train_copy_and_its_pixel_similarity_in_the_json(tmp_
     assert leak["val"] == "val/class0/002.png" and leak["pixel_similarity"] >= COPY_SIMILARITY
     assert {leak["train"], *leak["more_train_copies"]} == {"train/class0/copy-a.jpg", "train/class0/copy-b.jpg"}
     assert "pixels correlate" in (tmp_path / "run" / "doctor.html").read_text()
+    listed = (tmp_path / "run" / "leaked_val.txt").read_text().splitlines()  # for export --exclude-val
+    assert listed[0].startswith("#") and listed[1:] == ["val/class0/002.png"]

@@ -131,6 +131,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def run_doctor(args: argparse.Namespace) -> int:
     from mobiforge.cli.progress import RichReporter
+    from mobiforge.doctor import WRITTEN as doctor_files
     from mobiforge.doctor import doctor
 
     config = read_options(args, cfg.DoctorConfig)
@@ -140,9 +141,7 @@ def run_doctor(args: argparse.Namespace) -> int:
         return EXIT_OK
     for line in diagnosis.verdicts():
         print(f"- {line}")
-    written = ", ".join(
-        name for name in ("doctor.html", "doctor.json", "cleaned.csv") if (config.run_dir() / name).exists()
-    )
+    written = ", ".join(name for name in doctor_files if (config.run_dir() / name).exists())
     print(f"report: {config.run_dir()} ({written})")
     return EXIT_OK
 

@@ -45,17 +45,24 @@ TINY_FLOOR = 16  # px on the short side: a thumbnail, whatever the folder
 TINY_FRACTION = 0.25  # of the folder's median short side
 MAX_ASPECT = 3.0  # long side / short side; a 224 center crop of a 3:1 panorama keeps a third of it
 CLEANED_CSV = "cleaned.csv"
+LEAKED_LIST = "leaked_val.txt"  # for export --exclude-val: one path relative to the data a line
+WRITTEN = ("doctor.html", "doctor.json", LEAKED_LIST, CLEANED_CSV)  # what a run may leave, in the order shown
 
 
 def doctor(config: DoctorConfig, reporter: Reporter | None = None) -> Diagnosis:
-    """Diagnose ``config.data`` and write ``doctor.json``, ``doctor.html`` (and with ``fix``, ``cleaned.csv``) to
-    the run folder."""
+    """Diagnose ``config.data`` and write ``doctor.json``, ``doctor.html``, ``leaked_val.txt`` when val photos
+    have a copy in train (and with ``fix``, ``cleaned.csv``) to the run folder."""
     reporter = reporter or SilentReporter()
     run_dir = config.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     diagnosis = diagnose(config, reporter, Path(config.cache_dir) if config.cache_dir else run_dir / "cache")
     write_atomic(run_dir / "doctor.json", json.dumps(diagnosis.to_dict(), indent=2))
     write_report(diagnosis, run_dir / "doctor.html", config.shown)
+    leaked = [diagnosis.relative(index) for index in diagnosis.leaked_val()]
+    (run_dir / LEAKED_LIST).unlink(missing_ok=True)  # an earlier run's list must not outlive its leaks
+    if leaked:
+        header = "# val photos with a copy in train, relative to the data: mobiforge export --exclude-val FILE\n"
+        write_atomic(run_dir / LEAKED_LIST, header + "".join(f"{path}\n" for path in leaked))
     if config.fix:
         write_atomic(run_dir / CLEANED_CSV, diagnosis.cleaned_csv(run_dir))
     return diagnosis
