@@ -812,3 +812,6 @@ def test_the_gate_leaves_out_the_val_images_listed_and_eval_repeats_it(
     assert again["images"] == report["images"] and again["confusion"] == report["confusion"]
     assert main(["export", str(checkpoint), "-f", "onnx", "--exclude-val", str(tmp_path / "missing.txt")]) == 2
     assert "--exclude-val" in capsys.readouterr().err
+    listed.write_text(f"{left_out[0]}\n")  # an absolute path: not how the data names it
+    assert main(["export", str(checkpoint), "-f", "onnx", "-o", str(out), "--exclude-val", str(listed)]) == 2
+    assert "not in the val split" in capsys.readouterr().err

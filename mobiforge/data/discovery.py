@@ -323,8 +323,15 @@ def gate_samples(
     (paths relative to the data: the doctor's val photos with a copy in train), then ``count`` evenly spaced."""
     samples = split_samples(config, "val", classes)
     if excluded:
+        named = {relative_to_data(path, config.data): (path, label) for path, label in samples}
+        unknown = sorted(set(excluded) - set(named))
+        if unknown:  # a list written against another folder, or with absolute paths, would leave nothing out
+            raise MobiforgeError(
+                f"{len(unknown)} of the {len(excluded)} val images to leave out are not in the val split of "
+                f"{config.data} (first: {unknown[0]}); list paths relative to the data folder, e.g. val/CLASS/FILE"
+            )
         left_out = set(excluded)
-        samples = [sample for sample in samples if relative_to_data(sample[0], config.data) not in left_out]
+        samples = [sample for name, sample in named.items() if name not in left_out]
     return spaced_subset(samples, count)
 
 
