@@ -30,6 +30,7 @@ DEFAULT_MODEL = "mobilenet_v2"
 PRETRAINED_TRUNK = "efficientnet_lite0"  # the model zoo's network with real ImageNet weights on this machine
 CACHE_MODES = ("auto", "memory", "none")
 TRUNK_ENGINES = ("auto", "eager", "onnxruntime")  # what runs a frozen trunk's cache pass (mobiforge.trunk)
+LABEL_PROBES = ("auto", "linear")  # what judges the labels in doctor (mobiforge.doctor.features)
 CROPS = ("rrc", "pad")
 OPTIMIZERS = ("sgd", "adamw", "rmsprop")
 SCHEDULERS = ("step", "cosine", "onecycle", "none")
@@ -661,7 +662,12 @@ class DoctorConfig:
     )
     val_split: float = opt(0.1, "val fraction when DIR has class folders only", valid=OPEN_FRACTION)
     split_seed: int = opt(0, "seed of that split")
-    folds: int = opt(5, "folds of the linear probe whose held-out predictions judge the labels", valid=Range(2, 20))
+    folds: int = opt(5, "folds of the probes whose held-out predictions judge the labels", valid=Range(2, 20))
+    label_probe: str = opt(
+        "auto", "auto: besides the linear probe, fine-tune the trunk's last blocks per fold where the folder is small "
+        "enough, and judge the labels with the probe that agrees more with them out of fold; linear: the linear "
+        "probe alone (seconds on a warm cache, as ship runs it)", choices=LABEL_PROBES,
+    )  # fmt: skip
     cache_dir: str | None = opt(None, "feature cache folder, which runs may share (default OUT/cache)", metavar="DIR")
     trunk_engine: str = opt("auto", "what runs the trunk's pass", choices=TRUNK_ENGINES)
     workers: int = opt(DEFAULT_LOADER_WORKERS, "processes decoding the files", flags=("--workers", "-j"),

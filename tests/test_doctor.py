@@ -14,9 +14,17 @@ import pytest
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
 from mobiforge.cli import main
-from mobiforge.config import DataConfig, DoctorConfig
+from mobiforge.config import PRETRAINED_TRUNK, DataConfig, DoctorConfig
 from mobiforge.data import discover
 from mobiforge.doctor import doctor
+from mobiforge.doctor.features import (
+    LINEAR_PROBE,
+    TUNED_BLOCKS,
+    TUNED_PROBE,
+    datalab_findings,
+    pooled_features,
+    tuned_out_of_fold_probabilities,
+)
 from mobiforge.doctor.pixels import COPY_SIMILARITY, similarity, thumbnail, verified_copies, views
 from mobiforge.errors import MobiforgeError
 from tests.helpers import COLOURS, make_image, small_train_config
@@ -185,6 +193,38 @@ def test_the_feature_checks_rank_a_misfiled_photo_first(tmp_path: Path) -> None:
     issues = diagnosis.to_dict()["findings"]["label_issues"]
     assert issues[0]["path"] == "train/class1/misfiled.png" and issues[0]["suggested"] == "class0"
     assert issues[0]["confidence"] > 0.5 and "look mislabelled" in " ".join(diagnosis.verdicts())
+    assert set(diagnosis.to_dict()["probes_top1_out_of_fold"]) == {LINEAR_PROBE, TUNED_PROBE}  # a small folder
+
+
+def test_the_labels_are_judged_by_the_probe_that_agrees_more_with_them_out_of_fold() -> None:
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(2), 20)
+    features = rng.normal(size=(40, 8)).astype(np.float32)  # no class structure: the linear probe guesses
+    guessing = np.full((40, 2), 0.5)
+    knowing = np.eye(2)[labels] * 0.9 + 0.05
+    knowing[3] = [0.05, 0.95]  # ... and says one photo of class 0 belongs to class 1
+    found = datalab_findings(features, labels, guessing, knowing)
+    assert found.probe == TUNED_PROBE and found.probe_accuracy == pytest.approx(97.5)
+    assert set(found.probe_accuracies) == {LINEAR_PROBE, TUNED_PROBE}
+    assert [issue[:2] for issue in found.label_issues] == [(3, 1)]
+    assert datalab_findings(features, labels, knowing).probe == LINEAR_PROBE  # the linear probe alone
+
+
+def test_the_tuned_probe_holds_each_photo_out_and_the_pooled_features_match_the_whole_trunk() -> None:
+    torch = pytest.importorskip("torch")
+    from mobiforge.models import create_model
+    from mobiforge.transfer import cut_index
+
+    model = create_model(PRETRAINED_TRUNK, pretrained=False).eval()
+    images = torch.randn(12, 3, 64, 64)
+    with torch.inference_mode():
+        activations = model.features[: cut_index(model, TUNED_BLOCKS)](images)
+        whole = torch.nn.functional.adaptive_avg_pool2d(model.forward_features(images), 1).flatten(1)
+    np.testing.assert_allclose(pooled_features(model, activations, TUNED_BLOCKS), whole.numpy(), atol=1e-4)
+    labels = np.array([0] * 6 + [1] * 5 + [2])  # class 2 has one photo: it cannot be held out
+    probabilities = tuned_out_of_fold_probabilities(model, activations, labels, 3, folds=3, seed=0)
+    np.testing.assert_allclose(probabilities.sum(1), 1.0, rtol=1e-5)
+    assert probabilities[11].tolist() == [0.0, 0.0, 1.0]
 
 
 def test_ship_scores_the_gate_without_the_leaked_val_photos() -> None:

@@ -26,11 +26,15 @@ from mobiforge.config import DataConfig, DoctorConfig
 from mobiforge.data import data_name, discover
 from mobiforge.doctor.diagnosis import Diagnosis, Leak, duplicated_classes, find_leaks
 from mobiforge.doctor.features import (
+    TUNED_BLOCKS,
+    TUNED_MOST_IMAGES,
     FeatureFindings,
     datalab_findings,
     non_iid_order,
     out_of_fold_probabilities,
-    trunk_features,
+    pooled_features,
+    trunk_activations,
+    tuned_out_of_fold_probabilities,
 )
 from mobiforge.doctor.files import FileFacts, cheap_findings, scan_files
 from mobiforge.doctor.report import write_report
@@ -118,10 +122,21 @@ def feature_checks(
     samples = [(facts[index].path, facts[index].label) for index in readable]
     train = [sample for index, sample in zip(readable, samples, strict=True) if facts[index].split == "train"]
     val = samples[len(train) :]
-    features = trunk_features(train, val, cache_dir, reporter, data, config.seed, config.trunk_engine)
+    tuned = config.label_probe == "auto" and len(train) <= TUNED_MOST_IMAGES
+    blocks = TUNED_BLOCKS if tuned else 0
+    model, activations = trunk_activations(
+        train, val, cache_dir, reporter, data, config.seed, config.trunk_engine, blocks
+    )
+    features = pooled_features(model, activations, blocks)
     labels = np.array([label for _, label in samples], dtype=np.int64)
     probabilities = out_of_fold_probabilities(features, labels, classes, config.folds, config.seed)
-    found = datalab_findings(features, labels, probabilities)
+    tuned_probabilities = None
+    if tuned:
+        reporter.message(f"doctor: fine-tuning the trunk's last {TUNED_BLOCKS} blocks on {config.folds} folds")
+        tuned_probabilities = tuned_out_of_fold_probabilities(
+            model, activations, labels, classes, config.folds, config.seed
+        )
+    found = datalab_findings(features, labels, probabilities, tuned_probabilities)
     by_name = np.argsort([path for path, _ in samples], kind="stable")  # the order a folder lists its files
     order = non_iid_order(features[by_name], labels[by_name], classes)
     found = _reindexed(found, readable)
@@ -140,4 +155,6 @@ def _reindexed(found: FeatureFindings, readable: list[int]) -> FeatureFindings:
         outliers=[(at(i), q) for i, q in found.outliers],
         non_iid=found.non_iid,
         probe_accuracy=found.probe_accuracy,
+        probe=found.probe,
+        probe_accuracies=found.probe_accuracies,
     )

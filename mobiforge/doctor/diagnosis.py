@@ -176,6 +176,12 @@ class Diagnosis:
             "verdicts": self.verdicts(),
             "feature_checks": self.features is not None,
             "probe_top1_out_of_fold": round(self.features.probe_accuracy, 2) if self.features else None,
+            "label_probe": self.features.probe if self.features else None,
+            "probes_top1_out_of_fold": (
+                {name: round(top1, 2) for name, top1 in self.features.probe_accuracies.items()}
+                if self.features
+                else None
+            ),
             "findings": listed,
             "seconds": {name: round(value, 1) for name, value in self.seconds.items()},
         }

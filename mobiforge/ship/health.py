@@ -29,7 +29,9 @@ def data_health(run: ShipRun, features: bool) -> DataHealth:
     trunk's features of every image), the feature checks too."""
     config = run.config
     workers = DEFAULT_LOADER_WORKERS if config.workers is None else config.workers
-    doctor_config = DoctorConfig(data=config.data, features=features, workers=workers, seed=config.seed)
+    doctor_config = DoctorConfig(
+        data=config.data, features=features, workers=workers, seed=config.seed, label_probe="linear"
+    )  # the linear probe alone: its features are cached, and the data checks must take seconds
     data = data_config(config, img_size=None)  # the teacher's linear probe rung: its cached features are read back
     try:
         diagnosis = diagnose(doctor_config, run.reporter, run.run_dir / "cache", data, run.file_facts or None)
