@@ -84,8 +84,8 @@ def main() -> None:
             "confirmed by reviewers) |",
             f"| suspected wrong labels in train | {train_issues} | |",
             "",
-            f"Features: EfficientNet-Lite0 (ImageNet) on each 32 px image resized to 224; the linear probe's "
-            f"out-of-fold top-1 {diagnosis.features.probe_accuracy:.1f}%. Whole run, "
+            f"Features: EfficientNet-Lite0 (ImageNet) on each 32 px image resized to 224; the labels judged by the "
+            f"{diagnosis.features.probe}, out-of-fold top-1 {diagnosis.features.probe_accuracy:.1f}%. Whole run, "
             f"{'cold' if cold else 'on a warm feature cache'}: {seconds / 60:.1f} min ("
             + ", ".join(f"{k} {v:.0f} s" for k, v in diagnosis.seconds.items())
             + ").",

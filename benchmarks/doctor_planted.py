@@ -142,6 +142,8 @@ def main() -> None:
         "leaks_before_same_source": same_source,
         "seconds": seconds,
         "probe_top1": diagnosis.features.probe_accuracy,
+        "label_probe": diagnosis.features.probe,
+        "probes_top1": diagnosis.features.probe_accuracies,
     }
     print(figures)
     write_section(
@@ -193,14 +195,15 @@ def _body(
     met = f["flip_recall"] >= 0.9 and f["flip_precision_added"] >= 0.8
     met_copies = f["copy_recall"] >= 0.95 and f["copy_precision_added"] >= 0.8
     seconds = ", ".join(f"{k} {v:.0f} s" for k, v in diagnosis.seconds.items())
+    probes = "; ".join(f"{probe} {top1:.1f}%" for probe, top1 in f["probes_top1"].items())
     return "\n".join(
         [
             f"## Doctor: planted issues in {name}",
             "",
             f"{f['images']} files after planting (seed {seed}): {f['flips_planted']} train photos ({FLIPPED:.0%}) "
             f"filed under another class, and {f['copies_planted']} val photos copied into train ({', '.join(KINDS)}, "
-            f"in turn). Doctor run cold (no feature cache): {f['seconds']:.0f} s, of which {seconds}. The linear "
-            f"probe's out-of-fold top-1: {f['probe_top1']:.1f}%.",
+            f"in turn). Doctor run cold (no feature cache): {f['seconds']:.0f} s, of which {seconds}. The labels were "
+            f"judged by the {f['label_probe']}, the probe that agreed more with them out of fold ({probes}).",
             "",
             "| planted | planted | found | recall | flagged or reported | of them also on the original folder | "
             "precision, strict | precision on what planting added | target |",
