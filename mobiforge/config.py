@@ -29,7 +29,8 @@ DEFAULT_LOADER_WORKERS = 2
 DEFAULT_MODEL = "mobilenet_v2"
 PRETRAINED_TRUNK = "efficientnet_lite0"  # the model zoo's network with real ImageNet weights on this machine
 CACHE_MODES = ("auto", "memory", "none")
-TRUNK_ENGINES = ("auto", "eager", "onnxruntime")  # what runs a frozen trunk's cache pass (mobiforge.trunk)
+# what runs a frozen trunk's cache pass (mobiforge.trunk)
+TRUNK_ENGINES = ("auto", "eager", "onnxruntime", "onnxruntime-int8")
 LABEL_PROBES = ("auto", "linear")  # what judges the labels in doctor (mobiforge.doctor.features)
 CROPS = ("rrc", "pad")
 OPTIMIZERS = ("sgd", "adamw", "rmsprop")
@@ -336,7 +337,8 @@ class TrainConfig:
     trunk_engine: str = opt(
         "auto",
         "with --trainable-blocks: what runs the frozen trunk's passes: eager PyTorch, or the trunk exported to ONNX "
-        "Runtime (fp32); auto: the faster of the two, timed here, when the passes are long enough to repay the export",
+        "Runtime in fp32 or in int8 (calibrated on the folder's images); auto: the fastest, timed here, when the "
+        "passes are long enough to repay the export, int8 only where its features match fp32's",
         choices=TRUNK_ENGINES,
     )
     whiten_stem: bool = opt(

@@ -30,13 +30,15 @@ trunk passes back from a shared cache) and the student's steps cost only the stu
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
 import shutil
 import time
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,9 +78,13 @@ from mobiforge.runs import (
 from mobiforge.trunk import TrunkPass, choose_trunk_pass, eager_pass, memo_path
 from mobiforge.units import format_bytes
 
-CACHE_VERSION = 4  # 3: files keyed on their bytes, chunks carry a checksum; 4: rows named by file, views seeded so
+# 3: files keyed on their bytes, chunks carry a checksum; 4: rows named by file, views seeded so that any file list
+# shares them; 5: the eval view decoded with the JPEG draft, as evaluation and export decode it
+CACHE_VERSION = 5
 CHUNK_IMAGES = 128  # images per cache file: what a killed run recomputes at most, per view
 EXTRACT_BATCH = 32
+DECODE_AHEAD = True  # decode the next batch on a thread while the trunk runs (RESULTS.md#trunk_pass_hymenoptera)
+CALIBRATION_BATCH, CALIBRATION_BATCHES = 16, 5  # an int8 trunk's: 64 images to calibrate on, 16 to check it on
 
 
 # ---------------------------------------------------------------------------------------------------- the cut
@@ -161,6 +167,7 @@ class CachePlan:
     dtype: torch.dtype | None = None  # autocast dtype of the trunk pass (None: fp32)
     mapped: bool = False  # larger than the memory budget: the chunks are memory-mapped, not read in
     recipe: str = ""  # the key without the files: chunks of one recipe lend each other the rows of files they share
+    draft_size: int | None = None  # the eval view's JPEG draft (``load_rgb``), as evaluation and export decode
 
     @property
     def bytes(self) -> int:
@@ -246,24 +253,29 @@ def cached_activations(
     computed = 0
     ids = row_ids(samples, folder)
     for view, transform in enumerate(plan.transforms):
-        dataset = ImageSamples(samples, transform, seed=seed, sample_ids=ids)
+        draft = plan.draft_size if view == 0 else None  # an augmented crop may zoom in: decoded in full
+        dataset = ImageSamples(samples, transform, seed=seed, draft_size=draft, sample_ids=ids)
         dataset.set_epoch(view)
-        lenders: dict[int, torch.Tensor] | None = None  # rows of this recipe and view cached for other file lists
-        for start in range(0, len(samples), CHUNK_IMAGES):
-            # named by the key alone: a teacher pass over the same crops reads back another run's train chunks
-            path = folder / f"{plan.recipe[:12]}-{plan.key[:24]}-v{view}-{start // CHUNK_IMAGES:05d}.pt"
-            chunk = _read_chunk(path, plan.key, plan.mapped)
+        starts = range(0, len(samples), CHUNK_IMAGES)
+        # named by the key alone: a teacher pass over the same crops reads back another run's train chunks
+        paths = [folder / f"{plan.recipe[:12]}-{plan.key[:24]}-v{view}-{n:05d}.pt" for n in range(len(starts))]
+        chunks = [_read_chunk(path, plan.key, plan.mapped) for path in paths]
+        spans = [range(start, min(start + CHUNK_IMAGES, len(samples))) for start in starts]
+        # rows of this recipe and view cached for other file lists
+        lenders = _lent_rows(folder, plan, view) if None in chunks else {}
+        to_compute = [span for span, chunk in zip(spans, chunks, strict=True) if chunk is None]
+        missing = [index for span in to_compute for index in span if ids[index] not in lenders]
+        fresh = _trunk_rows(trunk_pass, Subset(dataset, missing))  # one pipeline over every chunk to compute
+        for path, span, chunk in zip(paths, spans, chunks, strict=True):
             if chunk is None:
-                indices = list(range(start, min(start + CHUNK_IMAGES, len(samples))))
-                lenders = _lent_rows(folder, plan, view) if lenders is None else lenders
-                chunk, fresh = _assemble_chunk(trunk_pass, dataset, indices, ids, lenders)
-                chunk = {"key": plan.key, "recipe": plan.recipe, **chunk}
+                chunk = {"key": plan.key, "recipe": plan.recipe, **_assemble_chunk(fresh, dataset, span, ids, lenders)}
                 save_checkpoint({**chunk, "checksum": chunk_checksum(chunk)}, path)
-                computed += fresh
                 if plan.mapped:  # keep the file's pages, not the computed copy: memory holds one chunk at a time
                     chunk = _read_chunk(path, plan.key, mapped=True) or chunk
             outputs.append(chunk["features"])
             labels.append(chunk["labels"])
+        fresh.close()  # its decoding thread ends
+        computed += len(missing)
     reused = len(samples) * len(plan.transforms) - computed
     held = f"memory-mapped from {folder}" if plan.mapped else "in memory"
     reporter.message(
@@ -358,25 +370,26 @@ def _lent_rows(folder: Path, plan: CachePlan, view: int) -> dict[int, torch.Tens
 
 
 def _assemble_chunk(
-    trunk_pass: TrunkPass, dataset: ImageSamples, indices: list[int], ids: list[int], lent: dict[int, torch.Tensor]
-) -> tuple[dict[str, torch.Tensor], int]:
-    """The chunk of ``indices``: rows lent by other chunks where they hold the file, the rest computed; and how
-    many were computed."""
-    missing = [index for index in indices if ids[index] not in lent]
-    computed = _compute_chunk(trunk_pass, Subset(dataset, missing)) if missing else None
-    fresh = dict(zip(missing, computed["features"], strict=True)) if computed else {}
-    features = torch.stack([fresh[index] if index in fresh else lent[ids[index]] for index in indices])
-    labels = torch.tensor([dataset.samples[index][1] for index in indices])
-    rows = torch.tensor([ids[index] for index in indices], dtype=torch.long)
-    return {"features": features.contiguous(), "labels": labels, "rows": rows}, len(missing)
+    fresh: Iterator[torch.Tensor], dataset: ImageSamples, span: range, ids: list[int], lent: dict[int, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """The chunk of the images in ``span``: rows lent by other chunks where they hold the file, the next rows of
+    ``fresh`` for the rest."""
+    features = torch.stack([lent[ids[index]] if ids[index] in lent else next(fresh) for index in span])
+    labels = torch.tensor([dataset.samples[index][1] for index in span])
+    rows = torch.tensor([ids[index] for index in span], dtype=torch.long)
+    return {"features": features.contiguous(), "labels": labels, "rows": rows}
 
 
-def _compute_chunk(trunk_pass: TrunkPass, dataset: Subset) -> dict[str, torch.Tensor]:
-    features, labels = [], []
-    for images, targets in DataLoader(dataset, batch_size=EXTRACT_BATCH):
-        features.append(trunk_pass.run(images).to(torch.float16).contiguous())
-        labels.append(targets)
-    return {"features": torch.cat(features), "labels": torch.cat(labels)}
+def _trunk_rows(trunk_pass: TrunkPass, dataset: Subset) -> Iterator[torch.Tensor]:
+    """The trunk's fp16 rows of ``dataset``, one image at a time, computed a batch at a time. With ``DECODE_AHEAD``
+    each batch is decoded on a thread while the trunk runs on the one before (both release the GIL), so decoding
+    fills the gaps the trunk's threads leave."""
+    batches = iter(DataLoader(dataset, batch_size=EXTRACT_BATCH))
+    with ThreadPoolExecutor(1, thread_name_prefix="mobiforge-decode") as decoder:
+        upcoming = decoder.submit(next, batches, None) if DECODE_AHEAD else None
+        while (batch := upcoming.result() if upcoming else next(batches, None)) is not None:
+            upcoming = decoder.submit(next, batches, None) if DECODE_AHEAD else None
+            yield from trunk_pass.run(batch[0]).to(torch.float16).contiguous()
 
 
 def plan_cache(
@@ -416,8 +429,9 @@ def plan_cache(
     recipe = recipe_digest(trunk, cut, preprocess, data, seed, dtype)
     mapped = fitting * per_view > memory_budget()
     return CachePlan(
-        cache_key(recipe, samples, folder), transforms, item_shape, len(samples), trunk, dtype, mapped, recipe
-    )
+        cache_key(recipe, samples, folder), transforms, item_shape, len(samples), trunk, dtype, mapped, recipe,
+        preprocess.resize_size,
+    )  # fmt: skip
 
 
 def disk_room(folder: Path) -> int:
@@ -460,7 +474,7 @@ def cached_teacher_logits(
     teacher = checkpoint.model().to(memory_format=torch.channels_last)
     cut = teacher_cut(checkpoint, teacher)
     views = len(plan.transforms)
-    trunk_pass, digest = _trunk_pass(config, teacher, cut, preprocess, len(samples) * views, folder)
+    trunk_pass, digest = _trunk_pass(config, teacher, cut, preprocess, len(samples) * views, folder, samples)
     teacher_plan = plan_cache(
         teacher, cut, preprocess, config.data, views, config.seed, samples, folder, 0, trunk_pass.dtype, digest
     )
@@ -556,7 +570,7 @@ def prepare_tail(config: TrainConfig, reporter: Reporter) -> CachedTail:
     model.to(memory_format=torch.channels_last)
     folder = Path(config.cache_dir) if config.cache_dir else run_dir / "cache"
     trunk_pass, digest = _trunk_pass(
-        config, model, cut, preprocess, len(splits.train) * config.views + len(splits.val), folder
+        config, model, cut, preprocess, len(splits.train) * config.views + len(splits.val), folder, splits.train
     )
     plan = plan_cache(model, cut, preprocess, config.data, config.views, config.seed, splits.train, folder, len(
         splits.val), trunk_pass.dtype, digest)  # fmt: skip
@@ -580,13 +594,42 @@ def tail_data(train: tuple[Rows, ...], val: tuple[Rows, torch.Tensor]) -> TailDa
 
 
 def _trunk_pass(
-    config: TrainConfig, model: MobileClassifier, cut: int | None, preprocess: Preprocess, passes: int, folder: Path
+    config: TrainConfig, model: MobileClassifier, cut: int | None, preprocess: Preprocess, passes: int, folder: Path,
+    samples: list[Sample],
+) -> tuple[TrunkPass, str]:  # fmt: skip
+    """The engine of this run's trunk passes (``--trunk-engine``), and the trunk's digest (``trunk_pass_for``)."""
+    return trunk_pass_for(model, cut, preprocess, config.trunk_engine, config.amp, passes, folder, samples)
+
+
+def trunk_pass_for(
+    model: MobileClassifier,
+    cut: int | None,
+    preprocess: Preprocess,
+    engine_name: str,
+    amp: str,
+    passes: int,
+    folder: Path,
+    samples: list[Sample],
 ) -> tuple[TrunkPass, str]:
-    """The engine of this run's trunk passes (``--trunk-engine``), and the digest of the trunk's weights."""
+    """The engine of ``passes`` trunk passes over ``samples`` (``trunk.choose_trunk_pass``; an int8 trunk is calibrated
+    on their eval crops), and the digest the cache key takes: the trunk's weights, and what else the pass's outputs
+    depend on (an int8 trunk's calibration)."""
     digest = trunk_digest(model, cut)
-    memo = memo_path(folder, digest, cut, preprocess.img_size, config.amp)
+    memo = memo_path(folder, digest, cut, preprocess.img_size, amp)
     trunk = TrunkModule(model, cut).eval()
-    return choose_trunk_pass(trunk, preprocess.img_size, config.trunk_engine, config.amp, passes, memo), digest
+    calibration = functools.cache(functools.partial(calibration_batches, samples, preprocess))
+    trunk_pass = choose_trunk_pass(trunk, preprocess.img_size, engine_name, amp, passes, memo, calibration)
+    return trunk_pass, digest + (f"|{trunk_pass.variant}" if trunk_pass.variant else "")
+
+
+def calibration_batches(samples: list[Sample], preprocess: Preprocess) -> list[torch.Tensor]:
+    """``CALIBRATION_BATCHES`` batches of eval crops of ``samples``, spread over the list by a fixed stride (a folder
+    lists its files class by class), for an int8 trunk to read its activations' ranges on; the last is held out."""
+    count = min(len(samples), CALIBRATION_BATCHES * CALIBRATION_BATCH)
+    picked = [samples[round(i * len(samples) / count)] for i in range(count)] if count else []
+    dataset = ImageSamples(picked, eval_transform(preprocess))
+    images = [dataset[index][0] for index in range(len(picked))]
+    return [torch.stack(images[i : i + CALIBRATION_BATCH]) for i in range(0, len(images), CALIBRATION_BATCH)]
 
 
 class _CachedRows(Dataset):

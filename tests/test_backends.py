@@ -171,7 +171,8 @@ def test_onnx_float_layers_are_found_after_ort_rewrites_the_graph(tmp_path: Path
     import onnx
 
     from mobiforge import create_model
-    from mobiforge.backends.onnx import OnnxRuntime, onnx_static_int8
+    from mobiforge.backends.onnx import OnnxRuntime
+    from mobiforge.onnx_int8 import onnx_static_int8
 
     model = create_model("mobilenet_v3_small", num_classes=3, width_mult=0.25, small_input=True).eval()
     example = torch.randn(1, 3, 32, 32)

@@ -333,3 +333,35 @@ def test_many_empty_class_folders_make_one_short_line(tmp_path: Path) -> None:
     with pytest.raises(MobiforgeError, match=r"empty0000, .* and 490 more; add images") as error:
         discover(DataConfig(data=str(tmp_path)))
     assert len(str(error.value)) < 300
+
+
+def test_load_image_gives_pillows_pixels_faster_and_its_errors(tmp_path: Path) -> None:
+    """JPEGs go through libjpeg-turbo straight into a tensor: the same upright pixels as ``load_rgb``, for colour,
+    grayscale and an EXIF-rotated photo; a draft that shrinks, a PNG and a truncated JPEG go through Pillow."""
+    import numpy as np
+    from PIL import Image
+
+    from mobiforge.data import load_image, load_rgb
+
+    rng = np.random.default_rng(0)
+    colour = Image.fromarray(rng.integers(0, 256, (48, 80, 3), dtype=np.uint8))
+    colour.save(tmp_path / "colour.jpg", quality=90)
+    colour.convert("L").save(tmp_path / "gray.jpg", quality=90)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: turn 90 degrees clockwise to view
+    colour.save(tmp_path / "rotated.jpg", quality=90, exif=exif)
+    colour.save(tmp_path / "colour.png")
+    Image.fromarray(rng.integers(0, 256, (400, 600, 3), dtype=np.uint8)).save(tmp_path / "large.jpg", quality=90)
+    for name, draft in (("colour.jpg", None), ("gray.jpg", None), ("rotated.jpg", None), ("colour.png", None),
+                        ("large.jpg", 100), ("large.jpg", 300)):  # fmt: skip
+        image = load_image(str(tmp_path / name), draft)
+        expected = torch.from_numpy(np.array(load_rgb(str(tmp_path / name), draft))).permute(2, 0, 1)
+        assert image.dtype == torch.uint8, name
+        assert torch.equal(image, expected), name
+    assert load_image(str(tmp_path / "rotated.jpg")).shape == (3, 80, 48)
+    data = (tmp_path / "colour.jpg").read_bytes()
+    (tmp_path / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(OSError, match="truncated"):
+        load_rgb(str(tmp_path / "truncated.jpg"))
+    with pytest.raises(OSError, match="truncated"):
+        load_image(str(tmp_path / "truncated.jpg"))

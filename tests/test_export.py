@@ -561,7 +561,7 @@ def test_the_float_layers_of_a_folded_qat_graph_run_in_xnnpack() -> None:
 def test_onnx_weights_take_7_bits_where_the_cpu_would_saturate(monkeypatch: pytest.MonkeyPatch) -> None:
     import platform
 
-    from mobiforge.backends.onnx import onnx_needs_reduce_range
+    from mobiforge.onnx_int8 import onnx_needs_reduce_range
 
     monkeypatch.setattr(platform, "machine", lambda: "x86_64")
     assert onnx_needs_reduce_range("flags\t: fpu sse avx2 fma\n")  # AVX2 without VNNI: vpmaddubsw saturates

@@ -33,7 +33,10 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     ("models", ("mobiforge.models", "mobiforge.models.*")),
     ("data", ("mobiforge.checkpoint", "mobiforge.data", "mobiforge.data.*", "mobiforge.plots", "mobiforge.profile")),
-    ("training primitives", ("mobiforge.engine", "mobiforge.losses", "mobiforge.runs", "mobiforge.callbacks")),
+    (
+        "training primitives",
+        ("mobiforge.engine", "mobiforge.losses", "mobiforge.runs", "mobiforge.callbacks", "mobiforge.onnx_int8"),
+    ),
     ("training", ("mobiforge.trunk", "mobiforge.transfer", "mobiforge.train", "mobiforge.inference")),
     ("compress", ("mobiforge.quantize", "mobiforge.prune")),
     (

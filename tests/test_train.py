@@ -92,12 +92,14 @@ def test_images_cached_in_memory_train_exactly_like_images_read_from_files(
 ) -> None:
     import mobiforge.data.cache as cache_module
     import mobiforge.data.datasets as datasets_module
-    from mobiforge.data import load_rgb
+    from mobiforge.data import load_image, load_rgb
 
     reads: list[str] = []
-    counted = lambda path, *args: reads.append(path) or load_rgb(path, *args)  # noqa: E731
-    for module in (cache_module, datasets_module):  # the two that read images: the memory cache, the dataset
-        monkeypatch.setattr(module, "load_rgb", counted)
+    # the two that read images: the memory cache (Pillow), the dataset (its tensors)
+    monkeypatch.setattr(cache_module, "load_rgb", lambda path, *args: reads.append(path) or load_rgb(path, *args))
+    monkeypatch.setattr(
+        datasets_module, "load_image", lambda path, *args: reads.append(path) or load_image(path, *args)
+    )
     runs, read_counts = {}, {}
     for cache in ("none", "auto"):
         config = _config(colours, tmp_path / "runs", name=cache, epochs=2, deterministic=True)

@@ -74,7 +74,7 @@ def test_a_killed_cache_resumes_from_its_finished_chunks(
     data: Path, start: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(transfer, "CHUNK_IMAGES", 8)  # 48 train images x 2 views: 12 chunks, then 3 for val
-    compute, calls = transfer._compute_chunk, []
+    compute, calls = transfer._assemble_chunk, []
 
     def killed_after_five(*args, **kwargs):  # type: ignore[no-untyped-def]
         if len(calls) == 5:
@@ -82,14 +82,14 @@ def test_a_killed_cache_resumes_from_its_finished_chunks(
         calls.append(1)
         return compute(*args, **kwargs)
 
-    monkeypatch.setattr(transfer, "_compute_chunk", killed_after_five)
+    monkeypatch.setattr(transfer, "_assemble_chunk", killed_after_five)
     config = _config(data, tmp_path / "runs", start, blocks=1)
     with pytest.raises(KeyboardInterrupt):
         train(config)
     assert len(list((tmp_path / "runs" / "run" / "cache").glob("*.pt"))) == 5
 
     calls.clear()
-    monkeypatch.setattr(transfer, "_compute_chunk", lambda *a, **kw: calls.append(1) or compute(*a, **kw))
+    monkeypatch.setattr(transfer, "_assemble_chunk", lambda *a, **kw: calls.append(1) or compute(*a, **kw))
     result = train(config)  # the same command again
     assert len(calls) == 12 - 5 + 3 and len(result.history) == 3
 

@@ -152,3 +152,50 @@ def test_a_teacher_reads_its_trunk_passes_back_on_its_own_engine_whatever_the_st
     assert any(line.startswith("train cache: 24 trunk passes computed (eager bf16)") for line in reporter.lines)
     teacher_line = next(line for line in reporter.lines if line.startswith("teacher cache"))
     assert teacher_line.startswith("teacher cache: 0 trunk passes computed (onnxruntime fp32), 24 read"), teacher_line
+
+
+def test_auto_takes_int8_where_its_features_hold_to_fp32s_and_fp32_where_they_do_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fp32 = TrunkPass("onnxruntime", None, lambda images: torch.zeros(len(images), 4))
+    int8 = TrunkPass("onnxruntime", torch.qint8, lambda images: torch.zeros(len(images), 4), "int8 calibrated abc")
+    monkeypatch.setattr(trunk_engines, "onnxruntime_pass", lambda *a: fp32)
+    monkeypatch.setattr(trunk_engines, "onnxruntime_int8_pass", lambda *a: int8)
+    speeds = {None: 25.0, torch.qint8: 60.0, torch.bfloat16: 10.0}
+    monkeypatch.setattr(trunk_engines, "images_per_second", lambda p, size, batch=32: speeds[p.dtype])
+    calibration = lambda: [torch.zeros(2, 3, 16, 16)] * 3  # noqa: E731
+    fidelity = {"cosine": 0.995}
+    monkeypatch.setattr(trunk_engines, "int8_fidelity", lambda *a: fidelity["cosine"])
+    memo = tmp_path / "engine.json"
+    chosen = choose_trunk_pass(_trunk(), 16, "auto", "bf16", 10_000, memo, calibration)
+    assert chosen is int8 and chosen.label == "onnxruntime int8"
+    recorded = json.loads(memo.read_text())
+    assert recorded["engine"] == "onnxruntime int8" and recorded["int8_cosine"] == 0.995
+    assert choose_trunk_pass(_trunk(), 16, "auto", "bf16", 10_000, memo, calibration) is int8  # read back
+
+    fidelity["cosine"] = 0.9  # int8 points elsewhere: not kept, however fast
+    other = tmp_path / "other.json"
+    assert choose_trunk_pass(_trunk(), 16, "auto", "bf16", 10_000, other, calibration) is fp32
+    assert "onnxruntime int8" not in json.loads(other.read_text())["images_per_second"]
+    without = tmp_path / "without.json"  # no images to calibrate on: int8 is not tried
+    assert choose_trunk_pass(_trunk(), 16, "auto", "bf16", 10_000, without) is fp32
+
+
+@needs_onnxruntime
+def test_an_int8_trunk_is_keyed_by_its_calibration_and_quantized_only_when_it_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    trunk, images = _trunk(None), torch.randn(4, 3, 16, 16)
+    calibration = [torch.randn(4, 3, 16, 16) for _ in range(3)]
+    exports: list[int] = []
+    real_export = trunk_engines._exported
+    monkeypatch.setattr(trunk_engines, "_exported", lambda *a: exports.append(1) or real_export(*a))
+    int8 = trunk_engines.onnxruntime_int8_pass(trunk, 16, lambda: calibration)
+    assert not exports  # a pass whose rows are all cached never quantizes
+    again = trunk_engines.onnxruntime_int8_pass(trunk, 16, lambda: calibration)
+    other = trunk_engines.onnxruntime_int8_pass(trunk, 16, lambda: calibration[::-1])
+    assert int8.variant == again.variant != other.variant and int8.variant.startswith("int8 calibrated")
+    assert int8.label == "onnxruntime int8" and int8.dtype == torch.qint8
+    got, expected = int8.run(images), eager_pass(trunk, None).run(images)
+    assert exports and got.shape == expected.shape
+    assert trunk_engines.int8_fidelity(int8, eager_pass(trunk, None), images) > 0.9

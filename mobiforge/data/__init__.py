@@ -58,7 +58,7 @@ from mobiforge.data.discovery import (
     system_folder,
     unprintable_class,
 )
-from mobiforge.data.images import MAX_DECODED_PIXELS, SIXTEEN_BIT_MODES, load_rgb, oversized
+from mobiforge.data.images import MAX_DECODED_PIXELS, SIXTEEN_BIT_MODES, load_image, load_rgb, oversized
 from mobiforge.data.scan import classes_without_images, decodable, find_bad_images, find_unreadable, report_bad
 from mobiforge.data.transforms import (
     ERASED_AREA,
@@ -124,6 +124,7 @@ __all__ = [
     "is_image_name",
     "is_run_output",
     "is_table",
+    "load_image",
     "load_rgb",
     "loader_workers",
     "materialize_digits",

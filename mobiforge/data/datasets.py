@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from mobiforge.data.discovery import Sample
-from mobiforge.data.images import load_rgb
+from mobiforge.data.images import load_image
 
 
 class ImageSamples(Dataset):
@@ -45,7 +45,7 @@ class ImageSamples(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]
-        image = tv_tensors.Image(self.images[path]) if self.images is not None else load_rgb(path, self.draft_size)
+        image = tv_tensors.Image(self.images[path]) if self.images is not None else load_image(path, self.draft_size)
         # Seeding per sample makes augmentation independent of worker count and of where a resumed run restarts.
         # (The CPU generator alone: torch.manual_seed also seeds every accelerator, ~150 us a call here.)
         sample = index if self.sample_ids is None else self.sample_ids[index]

@@ -29,8 +29,7 @@ from mobiforge.models import create_model
 from mobiforge.models.base import MobileClassifier
 from mobiforge.models.weights import get_weights
 from mobiforge.progress import Reporter
-from mobiforge.transfer import Tail, TrunkModule, cached_activations, cut_index, eval_plan, plan_cache, trunk_digest
-from mobiforge.trunk import choose_trunk_pass, memo_path
+from mobiforge.transfer import Tail, cached_activations, cut_index, eval_plan, plan_cache, trunk_pass_for
 
 # The probe: logistic regression on L2-normalised features. Against sklearn's default (standardised features, C 1),
 # measured on the planted benchmarks' features: hymenoptera's flagged train photos 0.60 -> 0.86 planted, rps's
@@ -86,10 +85,8 @@ def trunk_activations(
     model = create_model(PRETRAINED_TRUNK, pretrained=True).eval()
     cut = cut_index(model, blocks)
     train, val = list(train), list(val)
-    digest = trunk_digest(model, cut)
-    memo = memo_path(cache_dir, digest, cut, preprocess.img_size, "auto")
-    trunk = TrunkModule(model, cut).eval()
-    trunk_pass = choose_trunk_pass(trunk, preprocess.img_size, engine_name, "auto", len(train) + len(val), memo)
+    passes = len(train) + len(val)
+    trunk_pass, digest = trunk_pass_for(model, cut, preprocess, engine_name, "auto", passes, cache_dir, train)
     plan = plan_cache(model, cut, preprocess, data, 1, seed, train, cache_dir, len(val), trunk_pass.dtype, digest)
     rows, _ = cached_activations(model, cut, train, plan, cache_dir, "doctor: train", seed, reporter, trunk_pass)
     parts = [torch.as_tensor(rows[: len(train)])]
