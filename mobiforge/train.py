@@ -331,7 +331,10 @@ class Trainer:
         """The cached tail as the data source: its tail is the model that trains and is evaluated, on batches of
         cached rows; the whole network is what the checkpoints hold."""
         self._resolve_config(None)
-        self.ddp, self.device = Distributed(), torch.device("cpu")  # one process (torchrun is refused: ``transfer``)
+        # under torchrun the ranks share the cache pass (``transfer``); then rank 0 trains the tail alone, a few
+        # seconds an epoch against the pass's minutes, and the others are done
+        ranks, _ = setup_distributed("cpu")
+        self.ddp, self.device = Distributed() if ranks.is_main else ranks, torch.device("cpu")
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
         torch.manual_seed(self.config.seed)
@@ -504,6 +507,8 @@ class Trainer:
     def fit(self) -> TrainResult:
         """Set up, then train until the planned epochs are done, a callback stops the run, or Ctrl-C."""
         self.setup()
+        if not self.ddp.is_main and self.cached_tail is not None:  # its share of the cache pass is done
+            return TrainResult(self.run_dir, 0.0, [], False)
         info = self._start_info()
         logger.debug("training: %s", info)
         self.reporter.start(info)

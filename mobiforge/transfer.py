@@ -33,7 +33,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-import os
 import shutil
 import time
 import warnings
@@ -44,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler, Subset
@@ -249,40 +249,71 @@ def cached_activations(
     memory-mapped chunk files when the plan is ``mapped``."""
     trunk_pass = trunk_pass or eager_pass(TrunkModule(model, cut).eval(), plan.dtype)
     folder.mkdir(parents=True, exist_ok=True)
+    rank, world = shard()
     outputs, labels = [], []
-    computed = 0
+    computed = here = 0
     ids = row_ids(samples, folder)
     for view, transform in enumerate(plan.transforms):
         draft = plan.draft_size if view == 0 else None  # an augmented crop may zoom in: decoded in full
         dataset = ImageSamples(samples, transform, seed=seed, draft_size=draft, sample_ids=ids)
         dataset.set_epoch(view)
-        starts = range(0, len(samples), CHUNK_IMAGES)
+        spans = [
+            range(start, min(start + CHUNK_IMAGES, len(samples))) for start in range(0, len(samples), CHUNK_IMAGES)
+        ]
         # named by the key alone: a teacher pass over the same crops reads back another run's train chunks
-        paths = [folder / f"{plan.recipe[:12]}-{plan.key[:24]}-v{view}-{n:05d}.pt" for n in range(len(starts))]
+        paths = [folder / f"{plan.recipe[:12]}-{plan.key[:24]}-v{view}-{n:05d}.pt" for n in range(len(spans))]
         chunks = [_read_chunk(path, plan.key, plan.mapped) for path in paths]
-        spans = [range(start, min(start + CHUNK_IMAGES, len(samples))) for start in starts]
         # rows of this recipe and view cached for other file lists
         lenders = _lent_rows(folder, plan, view) if None in chunks else {}
-        to_compute = [span for span, chunk in zip(spans, chunks, strict=True) if chunk is None]
-        missing = [index for span in to_compute for index in span if ids[index] not in lenders]
+        to_compute = [n for n, chunk in enumerate(chunks) if chunk is None]
+        mine = [n for n in to_compute if n % world == rank]  # under torchrun, each rank computes its share
+        missing = [index for n in mine for index in spans[n] if ids[index] not in lenders]
         fresh = _trunk_rows(trunk_pass, Subset(dataset, missing))  # one pipeline over every chunk to compute
-        for path, span, chunk in zip(paths, spans, chunks, strict=True):
-            if chunk is None:
-                chunk = {"key": plan.key, "recipe": plan.recipe, **_assemble_chunk(fresh, dataset, span, ids, lenders)}
-                save_checkpoint({**chunk, "checksum": chunk_checksum(chunk)}, path)
-                if plan.mapped:  # keep the file's pages, not the computed copy: memory holds one chunk at a time
-                    chunk = _read_chunk(path, plan.key, mapped=True) or chunk
-            outputs.append(chunk["features"])
-            labels.append(chunk["labels"])
+        for n in mine:
+            chunk = {"key": plan.key, "recipe": plan.recipe, **_assemble_chunk(fresh, dataset, spans[n], ids, lenders)}
+            save_checkpoint({**chunk, "checksum": chunk_checksum(chunk)}, paths[n])
+            # mapped: keep the file's pages, not the computed copy: memory holds one chunk at a time
+            chunks[n] = (_read_chunk(paths[n], plan.key, mapped=True) if plan.mapped else None) or chunk
         fresh.close()  # its decoding thread ends
-        computed += len(missing)
+        if world > 1:
+            chunks = _other_ranks_chunks(chunks, paths, plan, world)
+        outputs.extend(chunk["features"] for chunk in chunks)
+        labels.extend(chunk["labels"] for chunk in chunks)
+        here += len(missing)
+        computed += sum(1 for n in to_compute for index in spans[n] if ids[index] not in lenders)
     reused = len(samples) * len(plan.transforms) - computed
     held = f"memory-mapped from {folder}" if plan.mapped else "in memory"
+    ranks = f"; {here} on this rank of {world}" if world > 1 else ""
     reporter.message(
-        f"{split} cache: {computed} trunk passes computed ({trunk_pass.label}), {reused} read back "
+        f"{split} cache: {computed} trunk passes computed ({trunk_pass.label}{ranks}), {reused} read back "
         f"({plan.bytes / 2**20:.1f} MiB, fp16, {held})"
     )
     return (ChunkedRows(outputs) if plan.mapped else torch.cat(outputs)), torch.cat(labels)
+
+
+def shard() -> tuple[int, int]:
+    """This process's rank and the number of ranks: under ``torchrun`` the process group's, else (0, 1)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _other_ranks_chunks(
+    chunks: list[dict[str, Any] | None], paths: list[Path], plan: CachePlan, world: int
+) -> list[dict[str, Any]]:
+    """After every rank has written its chunks (a barrier every rank reaches once per view), the chunks the others
+    wrote, read back from the shared folder and checked."""
+    dist.barrier()
+    read = []
+    for n, (chunk, path) in enumerate(zip(chunks, paths, strict=True)):
+        chunk = chunk or _read_chunk(path, plan.key, plan.mapped)
+        if chunk is None:
+            raise MobiforgeError(
+                f"{path}: rank {n % world} did not write its chunk of the feature cache (is the cache folder shared by "
+                "every rank?); run the same command again: it resumes from the chunks written"
+            )
+        read.append(chunk)
+    return read
 
 
 class ChunkedRows:
@@ -382,13 +413,15 @@ def _assemble_chunk(
 
 def _trunk_rows(trunk_pass: TrunkPass, dataset: Subset) -> Iterator[torch.Tensor]:
     """The trunk's fp16 rows of ``dataset``, one image at a time, computed a batch at a time. With ``DECODE_AHEAD``
-    each batch is decoded on a thread while the trunk runs on the one before (both release the GIL), so decoding
-    fills the gaps the trunk's threads leave."""
+    and ONNX Runtime each batch is decoded on a thread while the trunk runs on the one before (both release the
+    GIL), so decoding fills the gaps its threads leave. Not beside eager PyTorch: its ops and the decode's resize then
+    share one thread pool, and the pass ran slower (RESULTS.md#trunk_pass_cifar10, "after: eager bf16")."""
     batches = iter(DataLoader(dataset, batch_size=EXTRACT_BATCH))
+    ahead = DECODE_AHEAD and trunk_pass.engine != "eager"
     with ThreadPoolExecutor(1, thread_name_prefix="mobiforge-decode") as decoder:
-        upcoming = decoder.submit(next, batches, None) if DECODE_AHEAD else None
+        upcoming = decoder.submit(next, batches, None) if ahead else None
         while (batch := upcoming.result() if upcoming else next(batches, None)) is not None:
-            upcoming = decoder.submit(next, batches, None) if DECODE_AHEAD else None
+            upcoming = decoder.submit(next, batches, None) if ahead else None
             yield from trunk_pass.run(batch[0]).to(torch.float16).contiguous()
 
 
@@ -501,7 +534,6 @@ def _check(config: TrainConfig) -> None:
     unsupported = [
         (config.resume, "--resume (a cached run retrains its tail in seconds: run the same command again)"),
         (config.distill and config.distill.feature_weight, "--feature-weight with --trainable-blocks"),
-        (int(os.environ.get("WORLD_SIZE", "1")) > 1, "torchrun with --trainable-blocks"),
         (config.freeze_epochs, "--freeze-epochs with --trainable-blocks (the trunk is frozen already)"),
     ]
     for given, what in unsupported:
@@ -565,8 +597,9 @@ def prepare_tail(config: TrainConfig, reporter: Reporter) -> CachedTail:
     cut = cut_index(model, config.trainable_blocks or 0)
     splits = check_images(splits, config.data.skip_bad_images)
     run_dir = prepare_run_dir(config, None)
-    claim_run_dir(run_dir, train_kind(config))
-    write_config(run_dir, config)
+    if shard()[0] == 0:  # under torchrun the ranks share the cache pass; rank 0 owns the folder
+        claim_run_dir(run_dir, train_kind(config))
+        write_config(run_dir, config)
     model.to(memory_format=torch.channels_last)
     folder = Path(config.cache_dir) if config.cache_dir else run_dir / "cache"
     trunk_pass, digest = _trunk_pass(
@@ -618,7 +651,13 @@ def trunk_pass_for(
     memo = memo_path(folder, digest, cut, preprocess.img_size, amp)
     trunk = TrunkModule(model, cut).eval()
     calibration = functools.cache(functools.partial(calibration_batches, samples, preprocess))
+    rank, world = shard()
+    if world > 1 and rank > 0:  # under torchrun, rank 0 chooses (and records); the others read its choice back
+        dist.barrier()
+        passes = 0  # never a trial of their own: what rank 0 left unrecorded is eager for every rank
     trunk_pass = choose_trunk_pass(trunk, preprocess.img_size, engine_name, amp, passes, memo, calibration)
+    if world > 1 and rank == 0:
+        dist.barrier()
     return trunk_pass, digest + (f"|{trunk_pass.variant}" if trunk_pass.variant else "")
 
 

@@ -41,9 +41,10 @@ TRIAL_MIN_SECONDS = 60.0  # auto tries ONNX Runtime only for an eager pass estim
 TRIAL_BATCH = 32
 TRIAL_ROUNDS = 3
 # int8 is kept only where its pooled features point where fp32's do: their mean cosine similarity on images it was not
-# calibrated on. EfficientNet-Lite0's int8 features on hymenoptera and CIFAR-10, and the probe on them against fp32's:
-# RESULTS.md#trunk_pass_hymenoptera, #trunk_pass_cifar10.
-INT8_MIN_COSINE = 0.99
+# calibrated on. EfficientNet-Lite0's int8 features against fp32's: 0.9945 on hymenoptera, 0.9794 on CIFAR-10 photos
+# upscaled to 224 px, and the probe on them the same to the image on both (RESULTS.md#trunk_pass_hymenoptera,
+# #trunk_pass_cifar10); a bound under both, with a margin.
+INT8_MIN_COSINE = 0.97
 # ONNX Runtime's threads spin between runs by default, taking the cores the next batch is decoded on meanwhile
 ORT_SPINNING = False
 Calibration = Callable[[], Sequence[torch.Tensor]]  # batches of the folder's own eval crops, built when needed

@@ -340,3 +340,64 @@ def _spy_tail_data(monkeypatch: pytest.MonkeyPatch) -> list[transfer.TailData]:
 
     monkeypatch.setattr(transfer, "tail_data", spy)
     return given
+
+
+def test_ranks_share_the_cache_pass_and_a_dead_ranks_chunks_are_computed_on_the_next_start(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under torchrun each rank computes every world-th chunk into the shared folder, then reads the others' back.
+    Here rank 1 of 2 runs alone, as if rank 0 had died: its chunks are written, the missing ones are a one-line
+    error naming rank 0, and a later start computes only those; the rows equal a single process's."""
+    model = create_model("mobilenet_seed", num_classes=3, width_mult=0.25, small_input=True).eval()
+    samples = [(str(path), label) for label, name in enumerate(("class0", "class1"))
+               for path in sorted((data / "train" / name).iterdir())]  # fmt: skip
+    monkeypatch.setattr(transfer, "CHUNK_IMAGES", 4)  # 32 images: 8 chunks a view
+
+    def activations(folder: Path, reporter: MessageLog | None = None) -> torch.Tensor:
+        config = DataConfig(data=str(data), img_size=16)
+        preprocess = model.preprocess.__class__(img_size=16, crop_pct=1.0)
+        plan = transfer.plan_cache(model, 3, preprocess, config, 2, 0, samples, folder, 0)
+        return transfer.cached_activations(model, 3, samples, plan, folder, "train", 0, reporter or MessageLog())[0]
+
+    alone = activations(tmp_path / "alone")
+    monkeypatch.setattr(transfer, "shard", lambda: (1, 2))
+    monkeypatch.setattr(transfer.dist, "barrier", lambda: None)
+    with pytest.raises(MobiforgeError, match=r"rank 0 did not write its chunk .* run the same command again"):
+        activations(tmp_path / "shared")
+    assert sorted(int(path.stem[-5:]) for path in (tmp_path / "shared").glob("*-v0-*.pt")) == [1, 3, 5, 7]
+    monkeypatch.setattr(transfer, "shard", lambda: (0, 1))
+    reporter = MessageLog()
+    assert torch.equal(activations(tmp_path / "shared", reporter), alone)
+    assert reporter.lines[-1].startswith("train cache: 48 trunk passes computed")  # half a view, then the second
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_share_the_cache_pass_and_write_what_one_process_does(data: Path, tmp_path: Path) -> None:
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    assert torchrun is not None
+
+    def command(name: str, cache: Path) -> list[str]:
+        return ["-m", "mobiforge", "train", "--model", "mobilenet_seed", "--width-mult", "0.25", "--data",
+                str(data), "--img-size", "16", "--trainable-blocks", "1", "--views", "2", "--epochs", "2",
+                "--cache-dir", str(cache), "--runs-dir", str(tmp_path / "runs"), "--name", name, "--workers", "0",
+                "--threads", "1", "--no-tensorboard", "--trunk-engine", "eager", "--amp", "none"]  # fmt: skip
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ranks = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", *command("ranks", tmp_path / "shared")],
+                           capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    assert ranks.returncode == 0, ranks.stderr[-2000:]
+    alone = subprocess.run([sys.executable, *command("alone", tmp_path / "single")], capture_output=True, text=True,
+                           env=env, timeout=300)  # fmt: skip
+    assert alone.returncode == 0, alone.stderr[-2000:]
+    chunks = sorted(path.name for path in (tmp_path / "single").glob("*.pt"))
+    assert chunks and chunks == sorted(path.name for path in (tmp_path / "shared").glob("*.pt"))
+    for name in chunks:  # the same key, the same rows
+        one = torch.load(tmp_path / "single" / name, weights_only=True)
+        two = torch.load(tmp_path / "shared" / name, weights_only=True)
+        assert torch.equal(one["features"], two["features"]) and torch.equal(one["rows"], two["rows"])
+    assert (tmp_path / "runs" / "ranks" / "last.pt").exists()  # rank 0 trained the tail
