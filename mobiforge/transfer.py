@@ -562,6 +562,7 @@ class CachedTail:
     splits: DatasetSplits
     run_dir: Path
     data: TailData
+    trunk_pass: str = ""  # what computed the cache (``TrunkPass.label``), for the record
 
     def loaders(self) -> tuple[Iterable[tuple[torch.Tensor, ...]], Iterable[tuple[torch.Tensor, ...]]]:
         """Batches of the cached rows as float32: training ones shuffled by the run's seed, then the val ones."""
@@ -584,7 +585,13 @@ class CachedTail:
         return loss
 
     def checkpoint_extra(self) -> dict[str, Any]:
-        return {"transfer": {"trainable_blocks": self.config.trainable_blocks, "views": self.config.views}}
+        return {
+            "transfer": {
+                "trainable_blocks": self.config.trainable_blocks,
+                "views": self.config.views,
+                "trunk_pass": self.trunk_pass,
+            }
+        }
 
 
 def prepare_tail(config: TrainConfig, reporter: Reporter) -> CachedTail:
@@ -618,7 +625,7 @@ def prepare_tail(config: TrainConfig, reporter: Reporter) -> CachedTail:
         teacher = (cached_teacher_logits(config, splits.train, splits.classes, plan, preprocess, folder, reporter),)
     logger.debug("feature cache ready in %.1f s: train %s, val %s", time.time() - started, train_x.shape, val_x.shape)
     data = tail_data((train_x, train_y, *teacher), (val_x, val_y))
-    return CachedTail(config, model, Tail(model, cut), splits.classes, splits, run_dir, data)
+    return CachedTail(config, model, Tail(model, cut), splits.classes, splits, run_dir, data, trunk_pass.label)
 
 
 def tail_data(train: tuple[Rows, ...], val: tuple[Rows, torch.Tensor]) -> TailData:

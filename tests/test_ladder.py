@@ -228,7 +228,12 @@ def test_the_report_shows_every_rung_with_its_time() -> None:
 
     teacher = TeacherRecord(
         TrainRecord("t.pt", "t"),
-        rungs=[Rung("linear probe", 12_810, 113.0, 75.9), Rung("last 3 blocks", 1_510_000, 332.0, 81.9)],
+        rungs=[
+            Rung("linear probe", 12_810, 113.0, 75.9, 2_367, 4, "onnxruntime int8"),
+            Rung("last 3 blocks", 1_510_000, 332.0, 81.9, 2_367, 1, "eager bf16"),
+            Rung("full fine-tune", 3_400_000, 600.0, 85.0, 2_367),
+            Rung("from an older state", 1000, 1.0, 50.0),
+        ],
     )
 
     class State:
@@ -240,10 +245,13 @@ def test_the_report_shows_every_rung_with_its_time() -> None:
         "s.pt", "s", top1=80.5, seconds=400.0, distilled=True, rung="last 4 blocks", trainable_params=700_000
     )
     table = _ladder_table(State(), [Row(student, trained, None)])  # type: ignore[arg-type]
-    assert table[0] == ["rung", "trainable params", "time", "val top-1"]
-    assert table[1] == ["teacher: linear probe", "0.013M", "113 s", "75.90%"]
-    assert table[2] == ["teacher: last 3 blocks", "1.510M", "332 s", "81.90%"]
-    assert table[3] == ["lite0-depth10: last 4 blocks, distilled", "0.700M", "400 s", "80.50%"]
+    assert table[0] == ["rung", "trainable params", "trained on (cache computed by)", "time", "val top-1"]
+    assert table[1] == ["teacher: linear probe", "0.013M", "2,367 photos x 4 cached views (onnxruntime int8)", "113 s",
+                        "75.90%"]  # fmt: skip
+    assert table[2][2] == "2,367 photos x 1 cached view (eager bf16)"
+    assert table[3][2] == "2,367 photos, a new augmented view every epoch"
+    assert table[4][2] == "-"
+    assert table[5] == ["lite0-depth10: last 4 blocks, distilled", "0.700M", "the teacher's cache", "400 s", "80.50%"]
 
 
 def test_a_student_takes_the_time_of_candidates_that_could_not_train(

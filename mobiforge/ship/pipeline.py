@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -237,6 +238,11 @@ def shipped_one(state: ShipState) -> bool:
 
 
 def _check(config: ShipConfig) -> None:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every rank would run the whole pipeline into one folder
+        raise MobiforgeError(
+            "ship runs in one process: start it without torchrun (train --trainable-blocks shares its cache pass "
+            "across torchrun's ranks)"
+        )
     backend = get_backend(config.runtime)  # an unknown name: one line naming the runtimes (numbers: check_ranges)
     if not backend.runs_here:
         raise MobiforgeError(

@@ -53,7 +53,7 @@ from mobiforge.ship.policy import FILE_OVERHEAD
 from mobiforge.ship.shortfall import headline, shortfall, why_nothing_shipped
 from mobiforge.ship.snippets import android_snippet, ios_snippet
 from mobiforge.ship.stages import left_out_of_gate
-from mobiforge.ship.state import CORE_ML_PACKAGE, SEARCH, TEACHER, Candidate, Row, ShipState
+from mobiforge.ship.state import CORE_ML_PACKAGE, SEARCH, TEACHER, Candidate, Row, Rung, ShipState
 
 
 def versions(runtime: str) -> dict[str, str]:
@@ -614,7 +614,13 @@ def _ladder_table(state: ShipState, rows: list[Row]) -> list[list[str]]:
     """Every rung climbed: the teacher's, then each student trained on the cache (its rung, distilled)."""
     teacher = state.done(TEACHER)
     table = [
-        [f"teacher: {rung.name}", f"{rung.trainable_params / 1e6:.3f}M", f"{rung.seconds:.0f} s", f"{rung.top1:.2f}%"]
+        [
+            f"teacher: {rung.name}",
+            f"{rung.trainable_params / 1e6:.3f}M",
+            _data_used(rung),
+            f"{rung.seconds:.0f} s",
+            f"{rung.top1:.2f}%",
+        ]
         for rung in (teacher.rungs if teacher else [])
     ]
     for row in rows:
@@ -623,8 +629,19 @@ def _ladder_table(state: ShipState, rows: list[Row]) -> list[list[str]]:
             top1 = f"{trained.top1:.2f}%" if trained.top1 is not None else "-"
             params = f"{trained.trainable_params / 1e6:.3f}M" if trained.trainable_params else "-"
             name = f"{row.candidate.name}: {trained.rung}, distilled"
-            table.append([name, params, f"{trained.seconds or 0:.0f} s", top1])
-    return [["rung", "trainable params", "time", "val top-1"], *table] if table else []
+            table.append([name, params, "the teacher's cache", f"{trained.seconds or 0:.0f} s", top1])
+    header = ["rung", "trainable params", "trained on (cache computed by)", "time", "val top-1"]
+    return [header, *table] if table else []
+
+
+def _data_used(rung: Rung) -> str:
+    """What a rung trained on: ``2,367 photos x 4 cached views (onnxruntime int8)``, or a fresh view every epoch."""
+    if rung.images is None:
+        return "-"  # a state from before the record
+    if rung.views is None:
+        return f"{rung.images:,} photos, a new augmented view every epoch"
+    engine = f" ({rung.trunk_pass})" if rung.trunk_pass else ""
+    return f"{rung.images:,} photos x {rung.views} cached view{'s' if rung.views != 1 else ''}{engine}"
 
 
 def _markdown(intro: list[str], tables: Tables, images: dict[str, Path], snippets: list[Snippet]) -> str:

@@ -207,7 +207,9 @@ def climb(rung: RungPlan, start: TrainRecord | None, run: ShipRun) -> tuple[Trai
     trained = Tail(model, cut_index(model, blocks)) if blocks is not None else model
     record = TrainRecord(str(folder / "best.pt"), str(folder), top1, top1, rung.epochs, len(history), history)
     params = sum(p.numel() for p in trained.parameters())
-    return record, Rung(rung.name, params, time.time() - started, top1)
+    cached = checkpoint.extra.get("transfer") or {}
+    images, views = run.state.survey.train_images, cached.get("views") if blocks is not None else None
+    return record, Rung(rung.name, params, time.time() - started, top1, images, views, cached.get("trunk_pass", ""))
 
 
 def _finished(folder: Path, epochs: int) -> bool:

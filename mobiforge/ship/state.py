@@ -153,6 +153,9 @@ class Rung:
     trainable_params: int
     seconds: float
     top1: float
+    images: int | None = None  # train images it trained on
+    views: int | None = None  # cached views of each (None: end to end, a fresh augmented view every epoch)
+    trunk_pass: str = ""  # what computed its cache: an engine and precision ("onnxruntime int8")
 
 
 @dataclass
