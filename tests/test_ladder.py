@@ -352,3 +352,14 @@ def test_the_data_health_reads_the_features_the_teacher_probe_cached(
     passes = [text for text in reporter.said if "trunk passes computed" in text]
     assert len(passes) == 2 and all(text.startswith("doctor: ") and " 0 trunk passes" in text for text in passes)
     assert (run / "doctor.json").is_file()
+
+
+def test_the_plan_times_the_cache_pass_at_its_engines_speed_where_a_trial_found_a_faster_one() -> None:
+    from mobiforge.ship.ladder import LadderSpeeds, with_cache_engine
+
+    eager = LadderSpeeds(forward=100.0, prefix={3: 150.0}, tail={0: 5000.0, 3: 800.0}, full=30.0)
+    assert with_cache_engine(eager, None) is eager  # no trial: eager's own timing
+    assert with_cache_engine(eager, 80.0) is eager  # a slower engine is never chosen
+    faster = with_cache_engine(eager, 250.0)
+    assert faster.forward == 250.0 and faster.prefix == {3: 375.0}  # the prefixes run by the same engine
+    assert faster.tail == eager.tail and faster.full == eager.full  # training is not the engine's

@@ -20,6 +20,7 @@ plan counts the teacher's passes for its logits at the speed the teacher's own e
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -206,6 +207,16 @@ def measure(
         prefix = {k: _prefix_speed(model, len(model.features) - k, img_size) for k in tails}
     tail = {k: _tail_speed(model, k, img_size) for k in (0, *tails)}
     return LadderSpeeds(forward, prefix, tail, training_speed(model, img_size, config) if full else None)
+
+
+def with_cache_engine(speeds: LadderSpeeds, engine_speed: float | None) -> LadderSpeeds:
+    """``speeds`` with the cache pass's own engine: where its trial (``trunk.choose_trunk_pass``) timed the whole
+    trunk faster than eager, the forward pass at that speed and every prefix, run by the same kind of engine, sped
+    up alike."""
+    if not engine_speed or engine_speed <= speeds.forward:
+        return speeds
+    factor = engine_speed / speeds.forward
+    return dataclasses.replace(speeds, forward=engine_speed, prefix={k: v * factor for k, v in speeds.prefix.items()})
 
 
 def forward_speed(model: StackedNet, img_size: int) -> float:

@@ -17,7 +17,8 @@ import yaml
 from mobiforge.backend_api import get_backend
 from mobiforge.checkpoint import Checkpoint
 from mobiforge.config import CARD_FIELDS, ShipConfig
-from mobiforge.data import DataConfig, loader_workers
+from mobiforge.data import DataConfig, discover, loader_workers
+from mobiforge.data.transforms import preprocess_for
 from mobiforge.doctor.files import FileFacts
 from mobiforge.errors import MobiforgeError
 from mobiforge.export import ArtifactReport, ExportConfig, export_checkpoint
@@ -42,6 +43,7 @@ from mobiforge.ship.ladder import (
     teacher_ladder,
     upper_rungs,
     views_for,
+    with_cache_engine,
 )
 from mobiforge.ship.plan import (
     batch_size,
@@ -90,6 +92,7 @@ from mobiforge.ship.policy import (
     TEACHER_MODEL,
     TEACHER_SHARE,
     TEACHER_TAILS,
+    TEACHER_VIEWS,
     UNMEASURED_SPEED,
     VIEWS,
     distilled_from,
@@ -98,7 +101,7 @@ from mobiforge.ship.probes import inference_speed
 from mobiforge.ship.search import prune_into
 from mobiforge.ship.state import Candidate, ExportRecord, Rung, ShipState, Survey, TeacherRecord, TrainRecord
 from mobiforge.train import EPOCH_END, TrainConfig, train
-from mobiforge.transfer import Tail, cut_index, teacher_cut, trunk_digest
+from mobiforge.transfer import Tail, cut_index, teacher_cut, trunk_digest, trunk_pass_for
 from mobiforge.trunk import memo_path, recorded_speed
 
 
@@ -135,9 +138,10 @@ def train_teacher(run: ShipRun) -> TeacherRecord:
     size = get_weights(TEACHER_MODEL).preprocess.img_size
     images = state.survey.train_images + state.survey.val_images
     budget = run.budget().share(TEACHER_SHARE)
-    if budget.left() <= 0 or images / forward_speed(model, size) > budget.left():  # before the slower probes
+    engine_speed = cache_engine_speed(run) if budget.left() > 0 else None
+    if budget.left() <= 0 or images / (engine_speed or forward_speed(model, size)) > budget.left():
         return TeacherRecord(skipped=f"no time for {TEACHER_MODEL}'s features (one pass over the data)")
-    speeds = measure(model, size, TEACHER_TAILS, config, full=True)
+    speeds = with_cache_engine(measure(model, size, TEACHER_TAILS, config, full=True), engine_speed)
     budget = run.budget().share(TEACHER_SHARE)  # counted from after the probes
     rungs = teacher_ladder(speeds, state.survey, budget.left())
     if not rungs:
@@ -160,6 +164,25 @@ def train_teacher(run: ShipRun) -> TeacherRecord:
         climbed.append(_step(sized(rung, chosen, size), climbed, run))
     best = max(climbed, key=lambda done: done[1].top1)
     return TeacherRecord(best[0], rungs=[rung for _, rung in climbed])
+
+
+def cache_engine_speed(run: ShipRun) -> float | None:
+    """The images per second of the engine the teacher's probe will cache with: chosen now, where its longest plan
+    (the most views of every image) is long enough for a trial, and recorded in the run's cache, where the probe's
+    pass reads the choice back. None where eager stays (no trial: the plan times eager itself). The plan timed eager
+    PyTorch alone, while the pass may run ONNX Runtime int8, 2.3x the best pass before it
+    (RESULTS.md#trunk_pass_cifar10): all 50,000 CIFAR-10 photos at 224 px shipped with no teacher
+    (RESULTS.md#battery_large_folder)."""
+    weights = get_weights(TEACHER_MODEL).preprocess
+    data = data_config(run.config, img_size=None).resolved(weights)
+    preprocess = preprocess_for(data, weights)
+    model = create_model(TEACHER_MODEL, pretrained=True).eval()
+    samples = discover(data).train
+    defaults = TrainConfig()
+    passes = len(samples) * max(TEACHER_VIEWS) + run.state.survey.val_images
+    folder = run.run_dir / "cache"
+    trunk_pass_for(model, None, preprocess, defaults.trunk_engine, defaults.amp, passes, folder, samples)
+    return recorded_speed(memo_path(folder, trunk_digest(model, None), None, preprocess.img_size, defaults.amp))
 
 
 def _step(rung: RungPlan, climbed: list[tuple[TrainRecord, Rung]], run: ShipRun) -> tuple[TrainRecord, Rung]:
