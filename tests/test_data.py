@@ -335,7 +335,7 @@ def test_many_empty_class_folders_make_one_short_line(tmp_path: Path) -> None:
     assert len(str(error.value)) < 300
 
 
-def test_load_image_gives_pillows_pixels_faster_and_its_errors(tmp_path: Path) -> None:
+def test_load_image_gives_pillows_pixels_faster_and_its_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """JPEGs go through libjpeg-turbo straight into a tensor: the same upright pixels as ``load_rgb``, for colour,
     grayscale and an EXIF-rotated photo; a draft that shrinks, a PNG and a truncated JPEG go through Pillow."""
     import numpy as np
@@ -352,12 +352,20 @@ def test_load_image_gives_pillows_pixels_faster_and_its_errors(tmp_path: Path) -
     colour.save(tmp_path / "rotated.jpg", quality=90, exif=exif)
     colour.save(tmp_path / "colour.png")
     Image.fromarray(rng.integers(0, 256, (400, 600, 3), dtype=np.uint8)).save(tmp_path / "large.jpg", quality=90)
+    import mobiforge.data.images as images
+
+    through_pillow: list[str] = []
+    monkeypatch.setattr(
+        images, "load_rgb", lambda path, *a: through_pillow.append(Path(path).name) or load_rgb(path, *a)
+    )
     for name, draft in (("colour.jpg", None), ("gray.jpg", None), ("rotated.jpg", None), ("colour.png", None),
                         ("large.jpg", 100), ("large.jpg", 300)):  # fmt: skip
         image = load_image(str(tmp_path / name), draft)
         expected = torch.from_numpy(np.array(load_rgb(str(tmp_path / name), draft))).permute(2, 0, 1)
         assert image.dtype == torch.uint8, name
         assert torch.equal(image, expected), name
+    # libjpeg-turbo decoded the JPEGs a draft would not shrink; Pillow the PNG and the one its draft shrinks
+    assert through_pillow == ["colour.png", "large.jpg"]
     assert load_image(str(tmp_path / "rotated.jpg")).shape == (3, 80, 48)
     data = (tmp_path / "colour.jpg").read_bytes()
     (tmp_path / "truncated.jpg").write_bytes(data[: len(data) // 2])
