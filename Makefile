@@ -4,17 +4,17 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.mobiforge-installed
 
-.PHONY: install browser demo test test-all lint bench clean
+.PHONY: install browser web demo test test-all lint bench clean
 
 install: $(STAMP)
 
 # torch/torchvision are taken from this machine's local wheel store by plain pip (uv/poetry would download GBs).
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt web/package-lock.json
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt torch torchvision
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[all]"
-	$(MAKE) --no-print-directory browser
+	$(MAKE) --no-print-directory browser web
 	touch $(STAMP)
 
 # The page tests drive Debian's chromium through Playwright (never Playwright's own browser download). Installed
@@ -23,6 +23,15 @@ browser:
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; } || \
 		echo "chromium not installed: the browser tests will skip"
+
+# The browser runtimes every web folder vendors (onnxruntime-web, LiteRT.js), pinned by web/package-lock.json.
+# Debian's node and npm where this is a Debian-like machine and we are root; elsewhere export --format web says
+# what is missing.
+web:
+	@command -v npm >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null; } || \
+		echo "npm not installed: the web runtime (export --format web) and its tests will skip"
+	@! command -v npm >/dev/null || (cd web && npm ci --silent --no-audit --no-fund)
 
 # The main job on built-in data: ship a verified int8 model for scikit-learn's digits (about 3 minutes on 2 cores).
 demo: install

@@ -7,9 +7,9 @@ report's versions and ship's QAT step all derive from it. This module imports no
 offers the choices in ``mobiforge --help`` without loading anything (the base layer).
 
 The implementation of each runtime is a ``BackendImpl`` subclass in its own module of ``mobiforge/backends/``
-(``executorch.py``, ``litert.py``, ``onnx.py``, ``coreml.py``), named by its row and imported on first use, as
-ExecuTorch keeps ``exir/backend``'s interface apart from ``backends/xnnpack``. Adding a runtime is one module and one
-row (``register_backend`` does it from outside the package; ``tests/test_backends.py`` registers a fake one, and
+(``executorch.py``, ``litert.py``, ``onnx.py``, ``coreml.py``, ``web.py``), named by its row and imported on first
+use, as ExecuTorch keeps ``exir/backend``'s interface apart from ``backends/xnnpack``. Adding a runtime is one module
+and one row (``register_backend`` does it from outside the package; ``tests/test_backends.py`` registers a fake one, and
 ship, export, profile and the CLI take it with no other edit).
 """
 
@@ -20,7 +20,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mobiforge.errors import MobiforgeError, missing
 from mobiforge.log import native_stderr_silenced
@@ -57,11 +57,19 @@ class Backend:
     probabilities: bool = False  # its files output softmax probabilities, and its runner their log (not logits)
     sdk_package: str = ""  # the pip distribution of the app-side SDK its gate runs the files in (``sdk_top1``)
     runs_here: bool = True  # its runtime runs on this host (Core ML runs only on Apple platforms)
+    # A folder artifact holding this file is one of this runtime's, whatever the folder's name (the web folder)
+    marker: str = ""
+    loads: str = ""  # the file inside a folder artifact that the runner loads (checked and vetted as the artifact)
+
+    def loaded_file(self, path: Path) -> Path:
+        """The file the runtime reads: ``path`` itself, or the file inside a folder artifact."""
+        return Path(path) / self.loads if self.loads else Path(path)
 
     def check_header(self, path: Path) -> None:
         """Refuse a file whose header is not this runtime's, before a native loader can abort on it."""
         if not self.magic:
             return
+        path = self.loaded_file(path)
         with open(path, "rb") as stream:
             head = stream.read(self.magic_offset + len(self.magic))
         if not head or head[self.magic_offset :] != self.magic:
@@ -114,6 +122,7 @@ class Interface:
     classes: tuple[str, ...] = ()
     pixels: bool = False
     about: About | None = None  # what the file's own metadata says of the model, where its format has a place
+    preprocess: dict[str, Any] | None = None  # ``Preprocess.to_dict()``: for a runtime whose app does its own resize
 
     def to_pixels(self, batch: np.ndarray) -> np.ndarray:
         """Normalised float images (NCHW) back to the uint8 RGB pixels they came from (exact for decoded images)."""
@@ -234,17 +243,20 @@ def get_backend(name: str) -> Backend:
 
 
 def backend_for(path: str | Path) -> Backend:
-    """The runtime of an artifact, by its suffix."""
+    """The runtime of an artifact, by its suffix, or for a folder by the marker file in it."""
     suffix = Path(path).suffix
     for backend in BACKENDS.values():
-        if backend.suffix == suffix:
+        if backend.suffix == suffix or (backend.marker and (Path(path) / backend.marker).is_file()):
             return backend
     expected = ", ".join(backend.suffix for backend in BACKENDS.values())
     raise MobiforgeError(f"{path}: unknown artifact type; expected one of {expected}")
 
 
 def is_artifact(path: str | Path) -> bool:
-    return any(Path(path).suffix == backend.suffix for backend in BACKENDS.values())
+    return any(
+        Path(path).suffix == backend.suffix or (backend.marker and (Path(path) / backend.marker).is_file())
+        for backend in BACKENDS.values()
+    )
 
 
 def runnable_suffixes() -> str:
@@ -309,5 +321,23 @@ register_backend(
         supports_qat=False,
         no_qat_reason="its int8 is post-training weight quantization (coremltools' linear_quantize_weights)",
         runs_here=False,
+    )
+)
+register_backend(
+    Backend(
+        name="web",
+        suffix=".web",  # a folder: the page, the model file and the runtime, to serve as it is
+        title="the browser (onnxruntime-web, WebAssembly)",
+        package="onnxruntime",  # the Python side of the same file (the page's runtime: web/package-lock.json)
+        modules=("onnx", "onnxscript", "onnxruntime"),
+        run_modules=("onnxruntime",),
+        implementation="mobiforge.backends.web:Web",
+        supports_qat=False,
+        no_qat_reason="its file is ONNX Runtime's static int8 (use --int8 ptq)",
+        batched=True,
+        magic=b"\x08",  # of the ONNX file inside
+        sdk_package="playwright",  # the gate runs the page in headless Chromium
+        marker="page.json",
+        loads="model.onnx",
     )
 )

@@ -116,6 +116,25 @@ class CardCoreML:
 
 
 @dataclass
+class CardWeb:
+    """The web folder beside the shipped file: a page that runs the model in the browser, and its gate there (the
+    page in headless Chromium against ONNX Runtime in Python on the same file)."""
+
+    folder: str = ""
+    model_bytes: int = 0
+    precision: str = ""
+    images: int = 0
+    top1_in_runtime: float = 0.0  # ONNX Runtime in Python, the same file
+    page: str = ""  # the browser, the page's runtime, its threads and latency
+    top1_in_page: float | None = None  # the page on the pixels at the model's input
+    agreement: float | None = None  # % of images where the page's top-1 and ONNX Runtime's agree
+    clear_disagreements: int | None = None  # of those that differ, the ones that are not near ties (the gate: none)
+    top1_in_page_full_size: float | None = None  # the page on the full-size photos, its own decode and resize
+    passed: bool = False
+    screenshot: str = ""  # in the run folder
+
+
+@dataclass
 class ModelCard:
     """What an app developer needs to use the artifact, and the evidence that it meets the budget."""
 
@@ -137,11 +156,13 @@ class ModelCard:
     command: str = ""
     created: str = ""
     core_ml: CardCoreML | None = None
+    web: CardWeb | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        if self.core_ml is None:
-            data.pop("core_ml")
+        for extra in ("core_ml", "web"):
+            if data[extra] is None:
+                data.pop(extra)
         return data
 
     @classmethod
@@ -150,10 +171,11 @@ class ModelCard:
             "artifact": CardArtifact, "model": CardModel, "preprocessing": CardInput, "accuracy": CardAccuracy,
             "latency_ms": CardLatency, "budget": CardBudget,
         }  # fmt: skip
-        card = _known(cls, {key: value for key, value in data.items() if key not in (*nested, "core_ml")})
+        card = _known(cls, {key: value for key, value in data.items() if key not in (*nested, "core_ml", "web")})
         for name, kind in nested.items():
             setattr(card, name, _known(kind, data.get(name)))
         card.core_ml = _known(CardCoreML, data["core_ml"]) if data.get("core_ml") else None
+        card.web = _known(CardWeb, data["web"]) if data.get("web") else None
         return card
 
     @classmethod

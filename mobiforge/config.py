@@ -732,6 +732,8 @@ class ServeConfig:
     host: str = opt("127.0.0.1", "address to bind (the default keeps the page on this machine)")
     port: int = opt(8000, "port (0: any free one)", valid=Range(0, 65535))
     threads: int = opt(1, "runtime threads, as for the latency budget", valid=AT_LEAST_1)
+    lan: bool = opt(False, "serve the web folder (the model runs in the visitor's browser) on the local network, "
+                    "with a QR code of its address for a phone")  # fmt: skip
 
     def __post_init__(self) -> None:
         check_ranges(self)

@@ -18,6 +18,7 @@ import copy
 import dataclasses
 import json
 import random
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from mobiforge import engine
-from mobiforge.backend_api import BACKENDS, About, Int8Job, Interface, Region, get_backend
+from mobiforge.backend_api import BACKENDS, About, Int8Job, Interface, Region, get_backend, is_artifact
 from mobiforge.checkpoint import Checkpoint
 from mobiforge.config import INT8_MODES
 from mobiforge.config import ExportConfig as ExportConfig  # public here too
@@ -309,7 +310,8 @@ def interface(config: ExportConfig, data: ExportData) -> Interface:
     the file's metadata says of the model."""
     mean, std = data.data_config.mean or Preprocess().mean, data.data_config.std or Preprocess().std
     described = about(config, data.data_config.data, data.classes)
-    return Interface(mean, std, tuple(data.classes), config.pixel_input, described)
+    seen = {**data.preprocess.to_dict(), "mean": list(mean), "std": list(std)}  # the page resizes as training did
+    return Interface(mean, std, tuple(data.classes), config.pixel_input, described, seen)
 
 
 def about(config: ExportConfig | Any, data: str, classes: list[str]) -> About:
@@ -346,7 +348,7 @@ def export_checkpoint(config: ExportConfig) -> ArtifactReport:
     backend = get_backend(config.format)
     backend.require()
     path = Path(config.out) if config.out else default_output(config)
-    if path.suffix != backend.suffix:
+    if path.suffix != backend.suffix and not (backend.marker and not is_artifact(path)):  # a folder: any free name
         raise MobiforgeError(f"--out {path}: a {config.format} artifact needs the suffix {backend.suffix}")
     checkpoint = Checkpoint.load(config.checkpoint)
     model = checkpoint.model()
@@ -421,13 +423,27 @@ def _retry_with_float_layers(
         + f" (fp32 {fallback.fp32_top1:.1f}%)"
     )
     if retry.top1 > first.top1:
-        trial_path.replace(path)
+        _replace_artifact(trial_path, path)
         retry.path = str(path)
         retry.notes.append(search)
         return retry
-    trial_path.unlink(missing_ok=True)
+    _remove_artifact(trial_path)
     first.notes.append(f"{search}; all-int8 kept: float {', '.join(fallback.float_modules)} scored {retry.top1:.2f}%")
     return first
+
+
+def _replace_artifact(source: Path, target: Path) -> None:
+    """``source`` renamed to ``target``: a file atomically, a folder artifact (the web's) once the old one is gone."""
+    if source.is_dir():
+        _remove_artifact(target)
+    source.replace(target)
+
+
+def _remove_artifact(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _against_reference(

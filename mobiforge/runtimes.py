@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mobiforge.backend_api import Interface, Runner, backend_for
+from mobiforge.backend_api import Interface, Runner, backend_for, is_artifact
 from mobiforge.card import CARD_FILE, ModelCard
 from mobiforge.config import BUILTIN_DATASETS, DataConfig
 from mobiforge.data import unprintable_class
@@ -115,8 +115,12 @@ def _existing(path: str | Path) -> Path:
 
 
 def artifact_bytes(path: str | Path) -> int:
-    """The size of an artifact as it ships: the file, or every file of a bundle folder."""
+    """The size of an artifact as it ships: the file, or every file of a bundle folder. Of a folder that holds a
+    runtime beside its model (the web's), the model file: the budget is the model's, and the runtime's files are the
+    same for every model (the export's notes give the folder's size)."""
     path = Path(path)
+    if path.is_dir() and is_artifact(path) and backend_for(path).loads:
+        return backend_for(path).loaded_file(path).stat().st_size
     if path.is_dir():
         return sum(item.stat().st_size for item in path.rglob("*") if item.is_file())
     return path.stat().st_size
@@ -177,8 +181,13 @@ def sidecar(path: str | Path) -> Path:
 
 def copy_artifact(source: Path, target: Path) -> None:
     """``source`` copied to ``target`` with its report, whose paths (relative to the file's folder) are rewritten
-    for the new folder, so that ``eval target`` still finds the data it was verified on."""
-    shutil.copyfile(source, target)
+    for the new folder, so that ``eval target`` still finds the data it was verified on. A folder artifact (the
+    web's) is copied whole, replacing one at ``target``."""
+    if source.is_dir():
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(source, target)
+    else:
+        shutil.copyfile(source, target)
     if sidecar(source).is_file():
         report = local_record(json.loads(sidecar(source).read_text()), source.parent)
         report["path"] = str(target)

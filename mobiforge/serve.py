@@ -19,8 +19,10 @@ from __future__ import annotations
 import errno
 import html
 import io
+import ipaddress
 import json
 import re
+import socket
 import sys
 import threading
 import time
@@ -32,7 +34,16 @@ from typing import Any
 
 import torch
 
-from mobiforge.backend_api import BACKENDS, DEFAULT_RUNTIME, is_artifact, runnable_suffixes
+from mobiforge.backend_api import (
+    BACKENDS,
+    DEFAULT_RUNTIME,
+    backend_for,
+    get_backend,
+    is_artifact,
+    runnable_suffixes,
+)
+from mobiforge.backends.browser import static_server
+from mobiforge.backends.web import SHIPPED_WEB_FOLDER, WEB
 from mobiforge.config import ServeConfig
 from mobiforge.errors import MobiforgeError
 from mobiforge.inference import prepare_images, top_classes
@@ -46,6 +57,8 @@ MAX_DECODES = 2  # uploads decoded at once; the others wait (up to DECODE_WAIT_S
 DECODE_WAIT_SECONDS = 30.0
 IDLE_SECONDS = 30  # a connection that sends nothing for this long is closed (one thread per connection)
 LOCAL_NAMES = ("127.0.0.1", "localhost", "[::1]")
+DEFAULT_HOST = ServeConfig.host
+QR_FILE = "qr.svg"  # served by serve --lan beside the web folder's files
 
 
 @dataclass
@@ -146,8 +159,100 @@ def _listen_advice(error: OSError) -> str:
     return "give --host an address of this machine (127.0.0.1 for this machine only, 0.0.0.0 for the network)"
 
 
+def web_folder(target: str | Path) -> Path | None:
+    """The web folder of ``target``: the target itself when it is one, or the one ship writes in its run folder."""
+    path = Path(target)
+    for candidate in (path, path / SHIPPED_WEB_FOLDER, path / f"model{BACKENDS[WEB].suffix}"):
+        if candidate.is_dir() and is_artifact(candidate) and backend_for(candidate).name == WEB:
+            return candidate
+    return None
+
+
+def lan_address() -> str:
+    """The address this machine has on its local network: the one the OS would send from (a UDP socket's
+    ``connect`` sends nothing)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: routed like any outside address, never reached
+            return str(probe.getsockname()[0])
+        except OSError:
+            raise MobiforgeError("--lan: this machine has no network address; give one with --host") from None
+
+
+def lan_host(config: ServeConfig) -> str:
+    """Where ``--lan`` binds: the address ``--host`` names, else this machine's private LAN address. A public
+    address is refused unless named: it would put the page on the internet."""
+    if config.host != DEFAULT_HOST:
+        return config.host
+    address = lan_address()
+    if not ipaddress.ip_address(address).is_private:
+        raise MobiforgeError(
+            f"--lan: this machine's address {address} is not a private (local network) one, so the page would be "
+            f"served to the internet; name it with --host {address} if that is what you want"
+        )
+    return address
+
+
+def qr_code(url: str) -> tuple[str, bytes]:
+    """The QR code of ``url``: for the terminal (text) and for the page (SVG)."""
+    import segno
+
+    code = segno.make(url, error="m")
+    text, svg = io.StringIO(), io.BytesIO()
+    code.terminal(out=text, compact=True)
+    code.save(svg, kind="svg", scale=4, border=2)
+    return text.getvalue(), svg.getvalue()
+
+
+def web_server(config: ServeConfig, folder: Path) -> tuple[ThreadingHTTPServer, str, str]:
+    """A server (not yet serving) of the static web folder, its URL and the URL's QR code for the terminal; the
+    page finds the same code at ``qr.svg``."""
+    host = lan_host(config) if config.lan else config.host
+    port, extra = config.port, dict[str, tuple[str, bytes]]()
+    try:
+        server = static_server(folder, host, port, extra)  # bound first: port 0 picks one, which the URL must name
+    except OSError as error:
+        raise MobiforgeError(f"cannot listen on {host}:{port} ({error.strerror}); {_listen_advice(error)}") from None
+    url = f"http://{host}:{server.server_address[1]}/"
+    terminal, svg = qr_code(url)
+    # the page shows the code when its config names it: served from memory, the folder itself untouched
+    config_file = f"/{get_backend(WEB).marker}"
+    page = json.loads((folder / config_file[1:]).read_text())
+    extra[config_file] = ("application/json", json.dumps({**page, "qr": QR_FILE}).encode())
+    extra[f"/{QR_FILE}"] = ("image/svg+xml", svg)
+    return server, url, terminal
+
+
+def serve_web(config: ServeConfig, folder: Path) -> None:
+    """Serve the static web folder until Ctrl-C: the page runs the model in the visitor's browser."""
+    server, url, terminal = web_server(config, folder)
+    print(f"serving {folder.name}/ at {url} (the model runs in the visitor's browser; Ctrl-C stops)")
+    if config.lan:
+        print(terminal, end="")
+        print(f"Open {url} on a phone on the same network (or scan the code). Phones give the camera only to https "
+              "pages: the page offers its file picker, and docs/web.md says how to get https.")  # fmt: skip
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
 def serve(config: ServeConfig) -> None:
-    """Serve until Ctrl-C (the CLI's ``mobiforge serve``)."""
+    """Serve until Ctrl-C (the CLI's ``mobiforge serve``): the page running the model in this machine's runtime, or
+    with ``--lan`` (or a web folder given) the static web folder, whose page runs it in the browser."""
+    folder = web_folder(config.target)
+    if config.lan and folder is None:
+        raise MobiforgeError(
+            f"{config.target}: no web folder to serve on the network; ship writes one (RUN/{SHIPPED_WEB_FOLDER}) "
+            "with a minute of budget left, or write one with mobiforge export --format web"
+        )
+    target = Path(config.target)
+    shipped_file = target.is_dir() and any((target / f"model{b.suffix}").is_file() for b in BACKENDS.values())
+    if folder is not None and (config.lan or target == folder or not shipped_file):
+        serve_web(config, folder)
+        return
     served = served_artifact(config.target, config.threads)
     server = make_server(served, config.host, config.port)
     host, port = server.server_address[:2]

@@ -55,7 +55,7 @@ def trust(path: Path) -> None:
     try:
         _vetted_path().parent.mkdir(parents=True, exist_ok=True)
         with open(_vetted_path(), "a") as stream:
-            stream.write(digest(path) + "\n")
+            stream.write(digest(backend_for(path).loaded_file(path)) + "\n")
     except OSError:
         pass  # a read-only home only costs the child next time
 
@@ -64,6 +64,7 @@ def vet(path: Path) -> None:
     """Load ``path`` in a child first unless its bytes were seen to load before; a child that dies or fails is a
     one-line MobiforgeError naming the file. A runtime that does not run on this host (Core ML) reads nothing."""
     backend = backend_for(path)
+    path = backend.loaded_file(path)  # a folder artifact's runtime reads one file in it
     if not backend.runs_here or digest(path) in _vetted():
         return
     child = subprocess.Popen(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -157,6 +158,21 @@ def test_ship_end_to_end_then_resumes_without_redoing_work(
     assert stamps and all(path.stat().st_mtime_ns == stamp for path, stamp in stamps.items())
 
 
+def assert_web_folder(run: Path, card: dict) -> None:
+    """Issue 48: the web folder beside the shipped file, its page gated in Chromium, a screenshot in the report
+    (where Chromium, Playwright and the npm runtime are installed; the run says why not elsewhere)."""
+    from mobiforge.backends.web import node_modules
+
+    if not (shutil.which("chromium") and (node_modules() / "onnxruntime-web").is_dir()):
+        assert "web" not in card
+        return
+    pytest.importorskip("playwright")
+    markdown = (run / "report.md").read_text()
+    assert (run / "web" / "index.html").is_file() and (run / "web" / "model.onnx").is_file()
+    assert card["web"]["passed"] and card["web"]["top1_in_page"] is not None and card["web"]["screenshot"] == "web.png"
+    assert "- web: `web/`" in markdown and "web.png" in markdown and "the page in Chromium" in markdown
+
+
 def assert_read_as_trained(artifact: Path, checkpoint: Path) -> None:
     """predict, eval and serve read the shipped file's preprocessing from its card: the trained model's, exactly."""
     assert artifact_info(artifact).preprocess == Checkpoint.load(checkpoint).preprocess
@@ -180,6 +196,7 @@ def assert_publishable(card: dict, run: Path) -> None:
     for heading in ("## Model details", "## Intended use", "## Limitations", "## Evaluation", "## How to use it"):
         assert heading in human
     assert "licence: not stated" in human and f"{card['accuracy']['top1_in_runtime']:.2f}%" in human
+    assert_web_folder(run, card)
 
 
 PRIVATE_FILES = (".pt",)  # checkpoints keep the config they trained with, data path included (eval and resume use it)
@@ -740,6 +757,50 @@ def test_a_failing_core_ml_conversion_does_not_end_a_run_that_shipped(
         stages.core_ml_package(TrainRecord("x.pt", "x"), ship_run(Clock(), run_dir=tmp_path, say=said.append)) is None
     )  # type: ignore[arg-type]
     assert len(scored) == 2 and said[-1].startswith("core ml: no time left for the iOS package")
+
+
+def test_the_web_folder_is_gated_on_what_the_time_left_scores_and_its_failure_is_a_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 48: the web folder comes after the shipped artifact; its export is cut to the val images the time left
+    runs through the page, skipped when not even WEB_MIN_IMAGES fit, and its failure is a line, not the run's."""
+    import mobiforge.ship.stages as stages
+    from mobiforge.export import ExportConfig
+    from mobiforge.ship.policy import WEB_IMAGES, WEB_MIN_IMAGES, WEB_SECONDS, WEB_SECONDS_PER_IMAGE
+    from mobiforge.ship.state import TrainRecord
+
+    scored: list[int | None] = []
+
+    def fails(config: ExportConfig) -> None:
+        scored.append(config.val_images)
+        assert config.format == "web" and config.out == str(tmp_path / "web")
+        raise MobiforgeError("web export of x.pt failed in the converter: ValueError: unsupported op")
+
+    class Clock:
+        survey = _survey(small=True)  # 10,000 val images
+        seconds = 600.0
+
+        def left(self) -> float:
+            return self.seconds
+
+    said: list[str] = []
+    monkeypatch.setattr(stages, "export_checkpoint", fails)
+    monkeypatch.setattr(stages, "_web_unavailable", lambda: "")
+    clock = Clock()
+    run = ship_run(clock, run_dir=tmp_path, say=said.append)  # type: ignore[arg-type]
+    assert stages.web_page(TrainRecord("x.pt", "x"), run) is None
+    assert said[-1].startswith("web: skipped (web export of x.pt failed") and scored == [WEB_IMAGES]
+    clock.seconds = WEB_SECONDS + 100 * WEB_SECONDS_PER_IMAGE  # time for 100 images
+    stages.web_page(TrainRecord("x.pt", "x"), run)
+    assert scored[-1] == 100
+    clock.seconds = WEB_SECONDS + (WEB_MIN_IMAGES - 1) * WEB_SECONDS_PER_IMAGE
+    assert stages.web_page(TrainRecord("x.pt", "x"), run) is None and len(scored) == 2
+    assert said[-1].startswith("web: no time left")
+    monkeypatch.setattr(stages, "_web_unavailable", lambda: "Chromium is not installed")
+    assert (
+        stages.web_page(TrainRecord("x.pt", "x"), run) is None
+        and said[-1] == "web: skipped (Chromium is not installed)"
+    )
 
 
 # ---------------------------------------------------------------------------------- issue 26: the small-image grid

@@ -32,8 +32,10 @@ Ctrl-C, a SIGTERM or a SIGKILL resumes instead of starting over (a training stop
 5. ``export:NAME``: int8 PTQ in the runtime and the accuracy gate through the runtime on the validation images;
    when PTQ loses more than ``max_drop`` points and time is left, PTQ with the stem and first block in float, then
    QAT.
-6. ``coreml``: with a minute of budget left, the iOS package beside the shipped file, checked without a Mac.
-7. ``result``: the most accurate artifact that meets every budget is copied to ``RUN/model.<ext>``, with
+6. ``web``: with a minute of budget left, ``RUN/web/``, a page running the model in the browser (onnxruntime-web),
+   gated by running the page in headless Chromium (``mobiforge.backends.web``).
+7. ``coreml``: with a minute left, the iOS package beside the shipped file, checked without a Mac.
+8. ``result``: the most accurate artifact that meets every budget is copied to ``RUN/model.<ext>``, with
    ``model_card.json``, ``report.md`` and ``report.html``; when none meets them, the report says what came closest
    and why (``shortfall``).
 

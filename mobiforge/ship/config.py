@@ -1,10 +1,11 @@
-"""The shapes ship's plan is made of: a grid row, the interruption, the iOS package's runtime row (its tuning values
-are in ``ship.policy``)."""
+"""The shapes ship's plan is made of: a grid row, the interruption, the runtime rows of the iOS package and the web
+folder (their tuning values are in ``ship.policy``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mobiforge.backends.web import SHIPPED_WEB_FOLDER, WEB  # noqa: F401 - the row and folder ship writes
 from mobiforge.errors import EXIT_INTERRUPTED, MobiforgeError
 
 

@@ -20,6 +20,7 @@ from mobiforge.progress import Reporter, SilentReporter
 from mobiforge.runs import claim_run_dir
 from mobiforge.runtimes import copy_artifact, write_labels
 from mobiforge.ship.budget import TimeBudget
+from mobiforge.ship.config import WEB
 from mobiforge.ship.health import data_health, feature_health
 from mobiforge.ship.plan import export_estimate, export_reserve, next_training
 from mobiforge.ship.policy import (
@@ -41,6 +42,7 @@ from mobiforge.ship.stages import (
     train_cached_student,
     train_candidate,
     train_teacher,
+    web_page,
 )
 from mobiforge.ship.state import (
     CORE_ML_PACKAGE,
@@ -51,6 +53,7 @@ from mobiforge.ship.state import (
     SURVEY,
     TEACHER,
     TRAIN,
+    WEB_PAGE,
     Candidate,
     ResultRecord,
     Row,
@@ -265,6 +268,11 @@ def _finish(run: ShipRun, candidates: list[Candidate]) -> ShipResult:
         artifact = run_dir / f"model{source.suffix}"
         copy_artifact(source, artifact)  # with its report: `predict`, `eval` and `serve` read it
         write_labels(run_dir, state.survey.classes)
+        # the web folder first: it runs here, and is what a user holds up to the real thing on the phone
+        if chosen.trained is not None and config.runtime != WEB and state.done(WEB_PAGE) is None:
+            page = web_page(chosen.trained, run)
+            if page is not None:
+                state.finish(WEB_PAGE, page)
         if chosen.trained is not None and state.done(CORE_ML_PACKAGE) is None:
             package = core_ml_package(chosen.trained, run)
             if package is not None:

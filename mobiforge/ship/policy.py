@@ -172,6 +172,16 @@ CORE_ML_SECONDS = 60.0  # its conversion and weight check, before scoring: about
 CORE_ML_IMAGES = 1000
 CORE_ML_MIN_IMAGES = 50  # fewer would say nothing about how the package computes: it is skipped
 
+# ----------------------------------------------------------------------------------------------- the web
+
+WEB_SECONDS = 60.0  # the int8 ONNX (calibration, quantization), the folder, Chromium's start and the screenshot
+# val images the page is gated on, at most, each classified twice in Chromium (the pixels at the model's input, then
+# the full-size photo, decoded and resized by the page): cut to what the time left scores; the shipped artifact
+# itself is judged on all of them
+WEB_IMAGES = 1000
+WEB_MIN_IMAGES = 50  # fewer would say little of how the page computes: the folder is skipped
+WEB_SECONDS_PER_IMAGE = 0.1  # both page runs and the Python side, a judgement until RESULTS.md#web_runtimes says
+
 # ------------------------------------------------------------------------------------------- the shortfall
 
 SHORTFALL_POINTS = 5.0  # this far below what the run showed reachable (or one more doubling would add): a headline

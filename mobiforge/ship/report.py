@@ -36,6 +36,7 @@ from mobiforge.card import (
     CardInput,
     CardLatency,
     CardModel,
+    CardWeb,
     ModelCard,
 )
 from mobiforge.checkpoint import Checkpoint
@@ -52,8 +53,8 @@ from mobiforge.ship.health import HEALTH_FILE, SHOWN_LEAKS, gate_images, without
 from mobiforge.ship.policy import FILE_OVERHEAD
 from mobiforge.ship.shortfall import headline, shortfall, why_nothing_shipped
 from mobiforge.ship.snippets import android_snippet, ios_snippet
-from mobiforge.ship.stages import left_out_of_gate
-from mobiforge.ship.state import CORE_ML_PACKAGE, SEARCH, TEACHER, Candidate, Row, Rung, ShipState
+from mobiforge.ship.stages import WEB_SCREENSHOT, left_out_of_gate
+from mobiforge.ship.state import CORE_ML_PACKAGE, SEARCH, TEACHER, WEB_PAGE, Candidate, Row, Rung, ShipState
 
 
 def versions(runtime: str) -> dict[str, str]:
@@ -96,6 +97,39 @@ def _core_ml_card(package: ArtifactReport) -> CardCoreML:
         top1_pytorch_as_it_computes=package.top1,
         images=package.images,
         checks=package.notes,
+    )
+
+
+def _web_card(page: ArtifactReport, run_dir: Path) -> CardWeb:
+    return CardWeb(
+        folder=Path(page.path).name,
+        model_bytes=page.file_bytes,
+        precision=page.precision,
+        images=page.images,
+        top1_in_runtime=page.top1,
+        page=page.sdk or "",
+        top1_in_page=page.sdk_top1,
+        agreement=page.sdk_agreement,
+        clear_disagreements=page.sdk_clear_disagreements,
+        top1_in_page_full_size=page.sdk_app_top1,
+        passed=page.passed,
+        screenshot=WEB_SCREENSHOT if (run_dir / WEB_SCREENSHOT).is_file() else "",
+    )
+
+
+def _web_line(web: CardWeb) -> str:
+    """The report's line on the web folder: where it is, how to open it on a phone, and its gate in the browser."""
+    where = (f"- web: `{web.folder}/` ({web.precision}, {web.model_bytes / 1e6:.3f} MB model) beside it, a page that "
+             "runs the model in the browser; `mobiforge serve RUN_FOLDER --lan` opens it on a phone")  # fmt: skip
+    if web.top1_in_page is None:
+        return f"{where}; not run in a browser here ({web.page or 'no Chromium'})"
+    ties = (
+        " (those that differ are near ties)" if (web.agreement or 0.0) < 100.0 and not web.clear_disagreements else ""
+    )
+    return (
+        f"{where}. In {web.page}: val top-1 {web.top1_in_page:.2f}% on {web.images} images, the same top-1 as ONNX "
+        f"Runtime on the same file on {web.agreement or 0.0:.2f}%{ties}; {web.top1_in_page_full_size or 0.0:.2f}% "
+        f"on the full-size photos, resized by the page: {'passed' if web.passed else '**failed**'}"
     )
 
 
@@ -354,6 +388,8 @@ def _headline(config: ShipConfig, card: ModelCard | None, shipped: bool, why: st
         lines.insert(-1, f"- iOS: `{package.file}` (Core ML, int8 weights, {package.bytes / 1e6:.3f} MB) beside it, "
                      "not run on this host (Core ML runs only on Apple platforms); PyTorch computing as it does: val "
                      f"top-1 {package.top1_pytorch_as_it_computes:.2f}%")  # fmt: skip
+    if card.web is not None:
+        lines.insert(-1, _web_line(card.web))
     sdk, sdk_top1 = accuracy.sdk, accuracy.top1_in_sdk
     if sdk and sdk_top1 is not None:
         agreement, clear = accuracy.sdk_agreement or 0.0, accuracy.sdk_clear_disagreements
@@ -410,6 +446,9 @@ def write_ship_report(
     package = state.done(CORE_ML_PACKAGE) if artifact else None
     if card is not None and package is not None:
         card.core_ml = _core_ml_card(package)
+    page = state.done(WEB_PAGE) if artifact else None
+    if card is not None and page is not None:
+        card.web = _web_card(page, run_dir)
     if card is not None and focus is not None:  # a model far below what this run showed reachable: say so
         accuracy = card.accuracy
         short = shortfall(state, focus.trained, accuracy.top1_in_runtime, config.time_budget_s,
@@ -524,6 +563,8 @@ def _images(run_dir: Path, config: ShipConfig, rows: list[Row], focus: Row | Non
         for title, name in (("training curves", "curves.png"), ("confusion matrix (val, fp32)", "confusion.png")):
             if (source / name).exists():
                 images[title] = Path(shutil.copyfile(source / name, run_dir / name))
+    if (run_dir / WEB_SCREENSHOT).is_file():
+        images["the web page, its camera shown a val photo (headless Chromium)"] = run_dir / WEB_SCREENSHOT
     if shipped is not None and shipped.confident_mistakes:
         mistakes = plot_mistakes(shipped.confident_mistakes, run_dir / "mistakes.png", data_root(config.data))
         if mistakes is not None:

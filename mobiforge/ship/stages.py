@@ -15,6 +15,8 @@ import torch
 import yaml
 
 from mobiforge.backend_api import get_backend
+from mobiforge.backends.browser import camera_screenshot, chromium_path
+from mobiforge.backends.web import runtime_package
 from mobiforge.checkpoint import Checkpoint
 from mobiforge.config import CARD_FIELDS, ShipConfig
 from mobiforge.data import DataConfig, discover, loader_workers
@@ -30,7 +32,7 @@ from mobiforge.prune import prune_and_save, taylor_gradients
 from mobiforge.quantize import layer_groups
 from mobiforge.runs import TrainResult
 from mobiforge.ship.budget import TimeBudget
-from mobiforge.ship.config import CORE_ML, ShipInterrupted
+from mobiforge.ship.config import CORE_ML, SHIPPED_WEB_FOLDER, WEB, ShipInterrupted
 from mobiforge.ship.ladder import (
     RungPlan,
     at_size,
@@ -95,6 +97,10 @@ from mobiforge.ship.policy import (
     TEACHER_VIEWS,
     UNMEASURED_SPEED,
     VIEWS,
+    WEB_IMAGES,
+    WEB_MIN_IMAGES,
+    WEB_SECONDS,
+    WEB_SECONDS_PER_IMAGE,
     distilled_from,
 )
 from mobiforge.ship.probes import inference_speed
@@ -726,6 +732,77 @@ def _core_ml_export(
             **card_settings(config),
         )
     )
+
+
+WEB_SCREENSHOT = "web.png"  # in the run folder: the page classifying a camera frame, for the report
+
+
+def web_page(trained: TrainRecord, run: ShipRun) -> ArtifactReport | None:
+    """The shipped checkpoint as a web folder too (``RUN/web/``: a page that runs the int8 ONNX file in the browser),
+    gated by running the page in headless Chromium, with a screenshot of it classifying a (stubbed) camera frame.
+    None, saying why, when its runtime files, Chromium or Playwright are missing or the budget has no minute left."""
+    config, say, state = run.config, run.say, run.state
+    missing_part = _web_unavailable()
+    if missing_part:
+        say(f"web: skipped ({missing_part})")
+        return None
+    affordable = (state.left() - WEB_SECONDS) / WEB_SECONDS_PER_IMAGE
+    wanted = min(config.val_images or state.survey.val_images, WEB_IMAGES)
+    images = int(min(wanted, max(0.0, affordable)))
+    if images < min(wanted, WEB_MIN_IMAGES):
+        say(f"web: no time left for the web folder (its export and {WEB_MIN_IMAGES} val images in the browser)")
+        return None
+    folder = run.run_dir / SHIPPED_WEB_FOLDER
+    say(f"web: the shipped checkpoint as {folder.name}/, a page running it in the browser; gated in Chromium on "
+        f"{images} val images")  # fmt: skip
+    try:
+        report = export_checkpoint(
+            ExportConfig(
+                checkpoint=trained.checkpoint,
+                format=WEB,
+                int8="ptq",
+                data=config.data,
+                out=str(folder),
+                val_images=images,
+                exclude_val=left_out_of_gate(config, state),
+                float_fallback=False,  # export's full search takes longer than the minute this holds
+                threads=(config.threads,),
+                workers=loader_workers(config.workers),
+                seed=config.seed,
+                **card_settings(config),
+            )
+        )
+    except MobiforgeError as error:  # the shipped artifact stands; the extra folder is skipped, saying why
+        say(f"web: skipped ({error})")
+        return None
+    _web_screenshot(folder, report, run)
+    return report
+
+
+def _web_unavailable() -> str:
+    """What the web folder and its gate need that is missing here (empty: nothing)."""
+    try:
+        get_backend(WEB).require()
+        runtime_package()
+        chromium_path()
+        import playwright  # noqa: F401 - the gate drives Chromium with it
+    except ImportError:
+        return "playwright is not installed: pip install 'mobiforge[dev]'"
+    except MobiforgeError as error:
+        return str(error)
+    return ""
+
+
+def _web_screenshot(folder: Path, report: ArtifactReport, run: ShipRun) -> None:
+    """The page classifying a val photo shown to its camera, for the report; a failure is a line, not the run's."""
+    data = DataConfig(data=run.config.data)
+    image = next((path for path, _ in discover(data).val), None)
+    if image is None:
+        return
+    try:
+        camera_screenshot(folder, Path(image), run.run_dir / WEB_SCREENSHOT)
+    except Exception as error:  # the browser's own errors: the folder and its gate stand
+        run.say(f"web: no screenshot ({type(error).__name__}: {str(error).splitlines()[0][:160]})")
 
 
 def left_out_of_gate(config: ShipConfig, state: ShipState) -> tuple[str, ...]:

@@ -27,7 +27,7 @@ from mobiforge.export import ArtifactReport
 from mobiforge.files import BACKUP_SUFFIX, write_atomic
 from mobiforge.log import logger
 from mobiforge.paths import NOT_PATHS, local_record, portable_record
-from mobiforge.ship.config import CORE_ML
+from mobiforge.ship.config import CORE_ML, WEB
 from mobiforge.ship.policy import CLOCK_SECONDS
 
 STATE_FILE = "ship_state.json"
@@ -240,8 +240,11 @@ TEACHER: Stage[TeacherRecord] = Stage("teacher", TeacherRecord.from_dict)
 TRAIN: Stage[TrainRecord] = Stage("train", functools.partial(known_fields, TrainRecord))
 EXPORT: Stage[ExportRecord] = Stage("export", ExportRecord.from_dict)
 CORE_ML_PACKAGE: Stage[ArtifactReport] = Stage(CORE_ML, ArtifactReport.from_dict)
+WEB_PAGE: Stage[ArtifactReport] = Stage(WEB, ArtifactReport.from_dict)
 RESULT: Stage[ResultRecord] = Stage("result", functools.partial(known_fields, ResultRecord))
-STAGES = {stage.name: stage for stage in (SURVEY, HEALTH, SEARCH, TEACHER, TRAIN, EXPORT, CORE_ML_PACKAGE, RESULT)}
+STAGES = {
+    stage.name: stage for stage in (SURVEY, HEALTH, SEARCH, TEACHER, TRAIN, EXPORT, CORE_ML_PACKAGE, WEB_PAGE, RESULT)
+}
 
 
 def read_record(key: str, data: dict[str, Any]) -> Any:

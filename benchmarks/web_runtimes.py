@@ -1,0 +1,190 @@
+"""The web runtimes side by side in headless Chromium on this machine, and the web gate.
+
+- **Latency**: onnxruntime-web (WebAssembly, SIMD; 1 and 2 threads, the page cross-origin isolated) on the int8 ONNX
+  file of the web folder, and LiteRT.js (its WebAssembly CPU backend, XNNPACK; 1 and 2 threads) on the int8
+  ``.tflite`` of the same checkpoint, against ONNX Runtime in Python on the same ONNX file. Each figure is the
+  median of the runtime's own call, timed inside the page (``performance.now``), batch 1, after a warm-up.
+- **The gate**: ``export --format web`` of the checkpoint, whose gate runs the page in Chromium over the val images:
+  the page's top-1 against ONNX Runtime's on the same file, and the images they disagree on that are not near ties.
+
+    python -m benchmarks.web_runtimes --checkpoint RUN/best.pt --name hymenoptera --scratch /tmp/web-runtimes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.results import write_section
+from mobiforge.backends.browser import chromium_path, serving
+from mobiforge.backends.web import MODEL_FILE, node_modules, runtime_title
+from mobiforge.export import ArtifactReport, ExportConfig, export_checkpoint
+from mobiforge.profile import measure_latency
+from mobiforge.runtimes import load_runner
+
+THREADS = (1, 2)
+WARMUP, RUNS = 10, 60
+LITERT = "@litertjs/core"
+BENCH_PAGE = """<!doctype html><meta charset="utf-8"><title>LiteRT.js latency</title>
+<script type="importmap">{"imports": {"@litertjs/wasm-utils": "./litert/wasm-utils.js"}}</script>
+<script type="module" src="bench.js"></script>"""
+BENCH_SCRIPT = """import {loadLiteRt, loadAndCompile, Tensor} from './litert/core.js';
+window.bench = async (threads, warmup, runs) => {
+  await loadLiteRt('./litert/wasm/', {threads: threads > 1});
+  const model = await loadAndCompile('model.tflite', {accelerator: 'wasm', cpuOptions: {numThreads: threads}});
+  const [details] = model.getInputDetails();
+  const size = details.shape.reduce((a, b) => a * b, 1);
+  const data = details.dtype === 'uint8' ? new Uint8Array(size).fill(128) : new Float32Array(size);
+  const times = [];
+  for (let i = 0; i < warmup + runs; i++) {
+    const input = new Tensor(data, details.shape);
+    const started = performance.now();
+    const outputs = await model.run(input);
+    const elapsed = performance.now() - started;
+    input.delete();
+    for (const output of outputs) output.delete();
+    if (i >= warmup) times.push(elapsed);
+  }
+  return {times, input: `${details.dtype} ${details.shape.join('x')}`};
+};
+"""
+
+
+def export(checkpoint: str, fmt: str, out: Path, val_images: int | None, data: str | None) -> ArtifactReport:
+    where = {"data": data} if data else {}
+    config = ExportConfig(
+        checkpoint, fmt, "ptq", out=str(out), val_images=val_images, workers=0, latency_seconds=0.2,
+        pixel_input=fmt == "tflite", **where,
+    )  # fmt: skip
+    return export_checkpoint(config)
+
+
+def ort_web_latency(folder: Path, image: bytes, threads: int) -> float:
+    from mobiforge.backends.browser import PageSession
+
+    with PageSession(folder, threads=threads) as page:
+        assert page.info()["threads"] == threads, "the page did not get the threads it was asked for"
+        times = [page.classify_bytes(image)["runtime_ms"] for _ in range(WARMUP + RUNS)][WARMUP:]
+    return statistics.median(times)
+
+
+def litert_latency(tflite: Path, scratch: Path, threads: int) -> tuple[float, str]:
+    from playwright.sync_api import sync_playwright
+
+    site = scratch / "litert-site"
+    shutil.rmtree(site, ignore_errors=True)
+    (site / "litert").mkdir(parents=True)
+    core = node_modules() / LITERT
+    shutil.copyfile(core / "dist" / "index.js", site / "litert" / "core.js")
+    shutil.copyfile(node_modules() / "@litertjs/wasm-utils/dist/bundle.js", site / "litert" / "wasm-utils.js")
+    shutil.copytree(core / "wasm", site / "litert" / "wasm")
+    shutil.copyfile(tflite, site / "model.tflite")
+    (site / "index.html").write_text(BENCH_PAGE)
+    (site / "bench.js").write_text(BENCH_SCRIPT)
+    with serving(site) as origin, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox"])
+        page = browser.new_page()
+        page.goto(f"{origin}/index.html")
+        result = page.evaluate(f"window.bench({threads}, {WARMUP}, {RUNS})")
+        browser.close()
+    return statistics.median(result["times"]), result["input"]
+
+
+def python_latency(onnx: Path, threads: int) -> float:
+    runner = load_runner(onnx, threads=threads)
+    batch = np.zeros((1, *load_shape(onnx)[1:]), dtype=np.float32)
+    return measure_latency(lambda: runner(batch), warmup=WARMUP, min_runs=RUNS).median_ms
+
+
+def load_shape(onnx: Path) -> tuple[int, ...]:
+    from mobiforge.runtimes import input_shape
+
+    return input_shape(onnx)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--name", required=True, help="the data's name, for the record")
+    parser.add_argument("--data", help="the folder to gate on (default: the checkpoint's)")
+    parser.add_argument("--val-images", type=int, default=None, help="val images for the gate (default: all)")
+    parser.add_argument("--scratch", default="/tmp/web-runtimes")
+    args = parser.parse_args()
+    scratch = Path(args.scratch)
+    scratch.mkdir(parents=True, exist_ok=True)
+
+    started = time.perf_counter()
+    web = export(args.checkpoint, "web", scratch / "web", args.val_images, args.data)
+    export_seconds = time.perf_counter() - started
+    tflite = export(args.checkpoint, "tflite", scratch / "model.tflite", 16, args.data)
+    folder, onnx = Path(web.path), Path(web.path) / MODEL_FILE
+    image = _first_val_image(folder)
+    rows: list[tuple[str, str, float]] = []
+    for threads in THREADS:
+        rows.append((f"onnxruntime-web {runtime_title().split()[1]}, wasm SIMD", f"{threads}",
+                     ort_web_latency(folder, image, threads)))  # fmt: skip
+    litert_input = ""
+    for threads in THREADS:
+        milliseconds, litert_input = litert_latency(Path(tflite.path), scratch, threads)
+        rows.append((f"LiteRT.js {_version(LITERT)}, wasm (XNNPACK)", f"{threads}", milliseconds))
+    for threads in THREADS:
+        rows.append(("ONNX Runtime in Python (same file)", f"{threads}", python_latency(onnx, threads)))
+    _record(args, web, tflite, rows, litert_input, export_seconds)
+
+
+def _first_val_image(folder: Path) -> bytes:
+    report = json.loads(Path(f"{folder}.json").read_text())
+    data = Path(report["data"]["data"])
+    base = folder.parent / data if not data.is_absolute() else data
+    images = sorted(path for path in base.rglob("*") if path.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    return images[0].read_bytes()
+
+
+def _version(package: str) -> str:
+    return json.loads((node_modules() / package / "package.json").read_text())["version"]
+
+
+def _record(args: Any, web: ArtifactReport, tflite: ArtifactReport, rows: list[tuple[str, str, float]],
+            litert_input: str, export_seconds: float) -> None:  # fmt: skip
+    table = "\n".join(f"| {runtime} | {threads} | {ms:.2f} |" for runtime, threads, ms in rows)
+    body = (
+        f"`python -m benchmarks.web_runtimes --checkpoint {Path(args.checkpoint).name} --name {args.name}`: the same "
+        f"checkpoint in int8, batch 1, in headless Chromium here (median of {RUNS} calls after {WARMUP}, timed "
+        "inside the page), against ONNX Runtime in Python.\n\n"
+        "| runtime | threads | latency, ms |\n|---|---|---|\n" + table + "\n\n"
+        f"LiteRT.js ran the `.tflite` export ({litert_input} input, {tflite.file_bytes / 1e6:.2f} MB); "
+        f"onnxruntime-web the web folder's `model.onnx` ({web.file_bytes / 1e6:.2f} MB).\n\n"
+        f"**The web gate** on {web.images} val images: ONNX Runtime (Python) top-1 {web.top1:.2f}%; the page in "
+        f"Chromium on the same pixels {web.sdk_top1:.2f}% (agreement {web.sdk_agreement:.2f}%, "
+        f"{web.sdk_clear_disagreements} disagreements that are not near ties); the page on the full-size photos, "
+        f"its own decode and resize, {web.sdk_app_top1:.2f}%. Gate passed: {web.passed}. ({web.sdk})\n\n"
+        f"The whole web export (int8 calibration, the folder, both page passes over the val images, the Python side) "
+        f"took {export_seconds:.0f} s: {export_seconds / web.images:.3f} s per val image."
+    )
+    figures = {
+        "export_seconds": round(export_seconds, 1),
+        "export_seconds_per_image": round(export_seconds / web.images, 4),
+        "latency_ms": {f"{runtime} / {threads}": round(ms, 3) for runtime, threads, ms in rows},
+        "gate": {
+            "images": web.images,
+            "onnxruntime_top1": web.top1,
+            "page_top1": web.sdk_top1,
+            "page_full_size_top1": web.sdk_app_top1,
+            "agreement": web.sdk_agreement,
+            "clear_disagreements": web.sdk_clear_disagreements,
+            "passed": web.passed,
+        },
+    }
+    write_section(f"web_runtimes_{args.name}", body, figures)
+    print(body)
+
+
+if __name__ == "__main__":
+    main()
