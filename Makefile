@@ -24,7 +24,8 @@ browser:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; } || \
 		echo "chromium not installed: the browser tests will skip"
 
-# The browser runtimes every web folder vendors (onnxruntime-web, LiteRT.js), pinned by web/package-lock.json.
+# The browser runtime every web folder vendors (LiteRT.js; onnxruntime-web, which the benchmark measures against
+# it), pinned by web/package-lock.json.
 # Debian's node and npm where this is a Debian-like machine and we are root; elsewhere export --format web says
 # what is missing.
 web:

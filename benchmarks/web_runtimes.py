@@ -1,11 +1,13 @@
 """The web runtimes side by side in headless Chromium on this machine, and the web gate.
 
-- **Latency**: onnxruntime-web (WebAssembly, SIMD; 1 and 2 threads, the page cross-origin isolated) on the int8 ONNX
-  file of the web folder, and LiteRT.js (its WebAssembly CPU backend, XNNPACK; 1 and 2 threads) on the int8
-  ``.tflite`` of the same checkpoint, against ONNX Runtime in Python on the same ONNX file. Each figure is the
-  median of the runtime's own call, timed inside the page (``performance.now``), batch 1, after a warm-up.
+- **Latency**: LiteRT.js (its WebAssembly CPU backend, XNNPACK; 1 and 2 threads) on the int8 ``.tflite`` of the web
+  folder, and onnxruntime-web (WebAssembly, SIMD; 1 and 2 threads) on the int8 ONNX export of the same checkpoint,
+  each on a bare page that times the runtime's own call (``performance.now``), batch 1, after a warm-up, cross-origin
+  isolated so that threads are allowed; the web folder's own page (its call to LiteRT.js); and LiteRT and ONNX
+  Runtime in Python on the same two files.
 - **The gate**: ``export --format web`` of the checkpoint, whose gate runs the page in Chromium over the val images:
-  the page's top-1 against ONNX Runtime's on the same file, and the images they disagree on that are not near ties.
+  the page's top-1 against LiteRT's in Python on the same file, and the images they disagree on that are not near
+  ties.
 
     python -m benchmarks.web_runtimes --checkpoint RUN/best.pt --name hymenoptera --scratch /tmp/web-runtimes
 """
@@ -27,11 +29,32 @@ from mobiforge.backends.browser import chromium_path, serving
 from mobiforge.backends.web import MODEL_FILE, node_modules, runtime_title
 from mobiforge.export import ArtifactReport, ExportConfig, export_checkpoint
 from mobiforge.profile import measure_latency
-from mobiforge.runtimes import load_runner
+from mobiforge.runtimes import input_shape, load_runner
 
 THREADS = (1, 2)
 WARMUP, RUNS = 10, 60
 LITERT = "@litertjs/core"
+ORT_WEB = "onnxruntime-web"
+ORT_FILES = ("dist/ort.wasm.min.mjs", "dist/ort-wasm-simd-threaded.mjs", "dist/ort-wasm-simd-threaded.wasm")
+ORT_PAGE = """<!doctype html><meta charset="utf-8"><title>onnxruntime-web latency</title>
+<script type="module" src="bench.js"></script>"""
+ORT_SCRIPT = """import * as ort from './ort/ort.wasm.min.mjs';
+window.bench = async (threads, warmup, runs) => {
+  ort.env.wasm.wasmPaths = new URL('./ort/', import.meta.url).href;
+  ort.env.wasm.numThreads = threads;
+  const session = await ort.InferenceSession.create('model.onnx', {executionProviders: ['wasm']});
+  const shape = [1, 3, SIZE, SIZE];
+  const input = new ort.Tensor('float32', new Float32Array(3 * SIZE * SIZE), shape);
+  const times = [];
+  for (let i = 0; i < warmup + runs; i++) {
+    const started = performance.now();
+    await session.run({[session.inputNames[0]]: input});
+    if (i >= warmup) times.push(performance.now() - started);
+  }
+  const threadsUsed = ort.env.wasm.numThreads;
+  return {times, input: `float32 ${shape.join('x')}`, threads: threadsUsed, isolated: self.crossOriginIsolated};
+};
+"""
 BENCH_PAGE = """<!doctype html><meta charset="utf-8"><title>LiteRT.js latency</title>
 <script type="importmap">{"imports": {"@litertjs/wasm-utils": "./litert/wasm-utils.js"}}</script>
 <script type="module" src="bench.js"></script>"""
@@ -66,18 +89,42 @@ def export(checkpoint: str, fmt: str, out: Path, val_images: int | None, data: s
     return export_checkpoint(config)
 
 
-def ort_web_latency(folder: Path, image: bytes, threads: int) -> float:
+def page_latency(folder: Path, image: bytes) -> float:
+    """The web folder's own page: its call to LiteRT.js on a photo, timed inside the page."""
     from mobiforge.backends.browser import PageSession
 
-    with PageSession(folder, threads=threads) as page:
-        assert page.info()["threads"] == threads, "the page did not get the threads it was asked for"
+    with PageSession(folder) as page:
         times = [page.classify_bytes(image)["runtime_ms"] for _ in range(WARMUP + RUNS)][WARMUP:]
     return statistics.median(times)
 
 
-def litert_latency(tflite: Path, scratch: Path, threads: int) -> tuple[float, str]:
+def _bench(site: Path, threads: int) -> dict[str, Any]:
     from playwright.sync_api import sync_playwright
 
+    with serving(site) as origin, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox"])
+        page = browser.new_page()
+        page.goto(f"{origin}/index.html")
+        result = page.evaluate(f"window.bench({threads}, {WARMUP}, {RUNS})")
+        browser.close()
+    return result
+
+
+def ort_web_latency(onnx: Path, size: int, scratch: Path, threads: int) -> tuple[float, str]:
+    site = scratch / "ort-site"
+    shutil.rmtree(site, ignore_errors=True)
+    (site / "ort").mkdir(parents=True)
+    for name in ORT_FILES:
+        shutil.copyfile(node_modules() / ORT_WEB / name, site / "ort" / Path(name).name)
+    shutil.copyfile(onnx, site / "model.onnx")
+    (site / "index.html").write_text(ORT_PAGE)
+    (site / "bench.js").write_text(ORT_SCRIPT.replace("SIZE", str(size)))
+    result = _bench(site, threads)
+    assert result["isolated"] and result["threads"] == threads, result
+    return statistics.median(result["times"]), result["input"]
+
+
+def litert_latency(tflite: Path, scratch: Path, threads: int) -> tuple[float, str]:
     site = scratch / "litert-site"
     shutil.rmtree(site, ignore_errors=True)
     (site / "litert").mkdir(parents=True)
@@ -88,25 +135,16 @@ def litert_latency(tflite: Path, scratch: Path, threads: int) -> tuple[float, st
     shutil.copyfile(tflite, site / "model.tflite")
     (site / "index.html").write_text(BENCH_PAGE)
     (site / "bench.js").write_text(BENCH_SCRIPT)
-    with serving(site) as origin, sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox"])
-        page = browser.new_page()
-        page.goto(f"{origin}/index.html")
-        result = page.evaluate(f"window.bench({threads}, {WARMUP}, {RUNS})")
-        browser.close()
+    result = _bench(site, threads)
     return statistics.median(result["times"]), result["input"]
 
 
-def python_latency(onnx: Path, threads: int) -> float:
-    runner = load_runner(onnx, threads=threads)
-    batch = np.zeros((1, *load_shape(onnx)[1:]), dtype=np.float32)
+def python_latency(path: Path, threads: int) -> float:
+    """LiteRT or ONNX Runtime in Python on the file, through the runner every command uses (normalised floats in)."""
+    runner = load_runner(path, threads=threads)
+    shape = input_shape(path)
+    batch = np.zeros((1, *shape[1:]), dtype=np.float32)
     return measure_latency(lambda: runner(batch), warmup=WARMUP, min_runs=RUNS).median_ms
-
-
-def load_shape(onnx: Path) -> tuple[int, ...]:
-    from mobiforge.runtimes import input_shape
-
-    return input_shape(onnx)
 
 
 def main() -> None:
@@ -123,20 +161,24 @@ def main() -> None:
     started = time.perf_counter()
     web = export(args.checkpoint, "web", scratch / "web", args.val_images, args.data)
     export_seconds = time.perf_counter() - started
-    tflite = export(args.checkpoint, "tflite", scratch / "model.tflite", 16, args.data)
-    folder, onnx = Path(web.path), Path(web.path) / MODEL_FILE
-    image = _first_val_image(folder)
-    rows: list[tuple[str, str, float]] = []
+    onnx = export(args.checkpoint, "onnx", scratch / "model.onnx", 16, args.data)
+    folder, tflite = Path(web.path), Path(web.path) / MODEL_FILE
+    size = input_shape(Path(onnx.path))[-1]
+    rows: list[tuple[str, str, float]] = [
+        (f"the web folder's page ({runtime_title()})", "1", page_latency(folder, _first_val_image(folder)))
+    ]
+    litert_input = ort_input = ""
     for threads in THREADS:
-        rows.append((f"onnxruntime-web {runtime_title().split()[1]}, wasm SIMD", f"{threads}",
-                     ort_web_latency(folder, image, threads)))  # fmt: skip
-    litert_input = ""
-    for threads in THREADS:
-        milliseconds, litert_input = litert_latency(Path(tflite.path), scratch, threads)
+        milliseconds, litert_input = litert_latency(tflite, scratch, threads)
         rows.append((f"LiteRT.js {_version(LITERT)}, wasm (XNNPACK)", f"{threads}", milliseconds))
     for threads in THREADS:
-        rows.append(("ONNX Runtime in Python (same file)", f"{threads}", python_latency(onnx, threads)))
-    _record(args, web, tflite, rows, litert_input, export_seconds)
+        milliseconds, ort_input = ort_web_latency(Path(onnx.path), size, scratch, threads)
+        rows.append((f"onnxruntime-web {_version(ORT_WEB)}, wasm SIMD", f"{threads}", milliseconds))
+    for threads in THREADS:
+        rows.append(("LiteRT in Python (the same .tflite)", f"{threads}", python_latency(tflite, threads)))
+    for threads in THREADS:
+        rows.append(("ONNX Runtime in Python (the same .onnx)", f"{threads}", python_latency(Path(onnx.path), threads)))
+    _record(args, web, onnx, rows, (litert_input, ort_input), export_seconds)
 
 
 def _first_val_image(folder: Path) -> bytes:
@@ -151,17 +193,17 @@ def _version(package: str) -> str:
     return json.loads((node_modules() / package / "package.json").read_text())["version"]
 
 
-def _record(args: Any, web: ArtifactReport, tflite: ArtifactReport, rows: list[tuple[str, str, float]],
-            litert_input: str, export_seconds: float) -> None:  # fmt: skip
+def _record(args: Any, web: ArtifactReport, onnx: ArtifactReport, rows: list[tuple[str, str, float]],
+            inputs: tuple[str, str], export_seconds: float) -> None:  # fmt: skip
     table = "\n".join(f"| {runtime} | {threads} | {ms:.2f} |" for runtime, threads, ms in rows)
     body = (
         f"`python -m benchmarks.web_runtimes --checkpoint {Path(args.checkpoint).name} --name {args.name}`: the same "
         f"checkpoint in int8, batch 1, in headless Chromium here (median of {RUNS} calls after {WARMUP}, timed "
-        "inside the page), against ONNX Runtime in Python.\n\n"
+        "inside the page), against LiteRT and ONNX Runtime in Python on the same files.\n\n"
         "| runtime | threads | latency, ms |\n|---|---|---|\n" + table + "\n\n"
-        f"LiteRT.js ran the `.tflite` export ({litert_input} input, {tflite.file_bytes / 1e6:.2f} MB); "
-        f"onnxruntime-web the web folder's `model.onnx` ({web.file_bytes / 1e6:.2f} MB).\n\n"
-        f"**The web gate** on {web.images} val images: ONNX Runtime (Python) top-1 {web.top1:.2f}%; the page in "
+        f"LiteRT.js ran the web folder's `model.tflite` ({inputs[0]} input, {web.file_bytes / 1e6:.2f} MB); "
+        f"onnxruntime-web the `--format onnx` export ({inputs[1]} input, {onnx.file_bytes / 1e6:.2f} MB).\n\n"
+        f"**The web gate** on {web.images} val images: LiteRT (Python) top-1 {web.top1:.2f}%; the page in "
         f"Chromium on the same pixels {web.sdk_top1:.2f}% (agreement {web.sdk_agreement:.2f}%, "
         f"{web.sdk_clear_disagreements} disagreements that are not near ties); the page on the full-size photos, "
         f"its own decode and resize, {web.sdk_app_top1:.2f}%. Gate passed: {web.passed}. ({web.sdk})\n\n"
@@ -174,7 +216,7 @@ def _record(args: Any, web: ArtifactReport, tflite: ArtifactReport, rows: list[t
         "latency_ms": {f"{runtime} / {threads}": round(ms, 3) for runtime, threads, ms in rows},
         "gate": {
             "images": web.images,
-            "onnxruntime_top1": web.top1,
+            "python_runtime_top1": web.top1,
             "page_top1": web.sdk_top1,
             "page_full_size_top1": web.sdk_app_top1,
             "agreement": web.sdk_agreement,

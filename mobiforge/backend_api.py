@@ -327,17 +327,17 @@ register_backend(
     Backend(
         name="web",
         suffix=".web",  # a folder: the page, the model file and the runtime, to serve as it is
-        title="the browser (onnxruntime-web, WebAssembly)",
-        package="onnxruntime",  # the Python side of the same file (the page's runtime: web/package-lock.json)
-        modules=("onnx", "onnxscript", "onnxruntime"),
-        run_modules=("onnxruntime",),
+        title="the browser (LiteRT.js, WebAssembly)",
+        package="ai-edge-litert",  # the Python side of the same file (the page's runtime: web/package-lock.json)
+        modules=("litert_torch", "ai_edge_litert.interpreter"),
+        run_modules=("ai_edge_litert.interpreter",),
         implementation="mobiforge.backends.web:Web",
-        supports_qat=False,
-        no_qat_reason="its file is ONNX Runtime's static int8 (use --int8 ptq)",
-        batched=True,
-        magic=b"\x08",  # of the ONNX file inside
+        magic=b"TFL3",  # of the .tflite file inside
+        magic_offset=4,
+        pixel_input=True,  # its file always takes uint8 pixels: the page hands it the canvas's bytes
+        probabilities=True,
         sdk_package="playwright",  # the gate runs the page in headless Chromium
         marker="page.json",
-        loads="model.onnx",
+        loads="model.tflite",
     )
 )

@@ -29,6 +29,7 @@ trunk passes back from a shared cache) and the student's steps cost only the stu
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import functools
 import hashlib
@@ -84,6 +85,11 @@ CACHE_VERSION = 5
 CHUNK_IMAGES = 128  # images per cache file: what a killed run recomputes at most, per view
 EXTRACT_BATCH = 32
 DECODE_AHEAD = True  # decode the next batch on a thread while the trunk runs (RESULTS.md#trunk_pass_hymenoptera)
+# The decode thread allocates each batch's 0.6 MB images and the main thread frees them. glibc's dynamic mmap threshold
+# then keeps such blocks in the thread's heap, which grew by about 300 KB per image and was never given back: 23.8 GB
+# of 24 after 77,000 images of the battery's large folder (RESULTS.md#trunk_pass_memory). A fixed threshold maps each
+# large block on its own, returned to the system when freed.
+M_MMAP_THRESHOLD, MMAP_THRESHOLD = -3, 128 * 1024  # glibc's mallopt parameter, and its default value
 CALIBRATION_BATCH, CALIBRATION_BATCHES = 16, 5  # an int8 trunk's: 64 images to calibrate on, 16 to check it on
 
 
@@ -411,6 +417,15 @@ def _assemble_chunk(
     return {"features": features.contiguous(), "labels": labels, "rows": rows}
 
 
+@functools.cache
+def bound_thread_heaps() -> bool:
+    """Fix glibc's mmap threshold for this process (see MMAP_THRESHOLD); False where the C library is not glibc."""
+    try:
+        return bool(ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+    except (OSError, AttributeError):  # musl, macOS, Windows: no mallopt, and not this heap
+        return False
+
+
 def _trunk_rows(trunk_pass: TrunkPass, dataset: Subset) -> Iterator[torch.Tensor]:
     """The trunk's fp16 rows of ``dataset``, one image at a time, computed a batch at a time. With ``DECODE_AHEAD``
     and ONNX Runtime each batch is decoded on a thread while the trunk runs on the one before (both release the
@@ -418,6 +433,8 @@ def _trunk_rows(trunk_pass: TrunkPass, dataset: Subset) -> Iterator[torch.Tensor
     share one thread pool, and the pass ran slower (RESULTS.md#trunk_pass_cifar10, "after: eager bf16")."""
     batches = iter(DataLoader(dataset, batch_size=EXTRACT_BATCH))
     ahead = DECODE_AHEAD and trunk_pass.engine != "eager"
+    if ahead:
+        bound_thread_heaps()
     with ThreadPoolExecutor(1, thread_name_prefix="mobiforge-decode") as decoder:
         upcoming = decoder.submit(next, batches, None) if ahead else None
         while (batch := upcoming.result() if upcoming else next(batches, None)) is not None:

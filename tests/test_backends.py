@@ -100,7 +100,7 @@ def test_the_built_in_rows_name_their_suffixes_and_capabilities() -> None:
         "coreml": ".mlpackage",
         "web": ".web",  # a folder of any name, known by the page.json in it
     }
-    assert [b.name for b in BACKENDS.values() if not b.supports_qat] == ["onnx", "coreml", "web"]
+    assert [b.name for b in BACKENDS.values() if not b.supports_qat] == ["onnx", "coreml"]
     assert [b.name for b in BACKENDS.values() if not b.runs_here] == ["coreml"]
     assert backend_for("model.tflite").name == "tflite"
     with pytest.raises(MobiforgeError, match=r"model\.bin: unknown artifact type; expected one of \.pte, "):

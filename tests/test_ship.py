@@ -163,12 +163,12 @@ def assert_web_folder(run: Path, card: dict) -> None:
     (where Chromium, Playwright and the npm runtime are installed; the run says why not elsewhere)."""
     from mobiforge.backends.web import node_modules
 
-    if not (shutil.which("chromium") and (node_modules() / "onnxruntime-web").is_dir()):
+    if not (shutil.which("chromium") and (node_modules() / "@litertjs" / "core").is_dir()):
         assert "web" not in card
         return
     pytest.importorskip("playwright")
     markdown = (run / "report.md").read_text()
-    assert (run / "web" / "index.html").is_file() and (run / "web" / "model.onnx").is_file()
+    assert (run / "web" / "index.html").is_file() and (run / "web" / "model.tflite").is_file()
     assert card["web"]["passed"] and card["web"]["top1_in_page"] is not None and card["web"]["screenshot"] == "web.png"
     assert "- web: `web/`" in markdown and "web.png" in markdown and "the page in Chromium" in markdown
 

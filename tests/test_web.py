@@ -27,8 +27,8 @@ def _requirements_or_skip() -> None:
     if shutil.which("chromium") is None and shutil.which("chromium-browser") is None:
         pytest.skip("Debian's chromium is not installed (make install installs it where apt-get is available)")
     pytest.importorskip("playwright", reason="playwright is not installed (pip install 'mobiforge[dev]')")
-    if not (node_modules() / "onnxruntime-web" / "package.json").is_file():
-        pytest.skip(f"onnxruntime-web is not installed in {node_modules()} (make install runs npm ci in web/)")
+    if not (node_modules() / "@litertjs" / "core" / "package.json").is_file():
+        pytest.skip(f"LiteRT.js is not installed in {node_modules()} (make install runs npm ci in web/)")
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,9 @@ def test_the_web_folder_holds_the_page_the_model_and_the_runtime(exported: tuple
     folder, report, _ = exported
     names = {path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file()}
     assert {"index.html", "app.js", "style.css", MODEL_FILE, "labels.txt", PAGE_CONFIG} <= names
-    assert {"ort/ort.wasm.min.mjs", "ort/ort-wasm-simd-threaded.wasm", "ort/NOTICE.txt"} <= names
+    runtime = {"litert/core.js", "litert/wasm-utils.js", "litert/NOTICE.txt", "litert/wasm/litert_wasm_internal.wasm"}
+    assert runtime <= names and "litert/wasm/litert_wasm_compat_internal.wasm" in names  # the build without SIMD
+    assert "@litertjs" not in (folder / "litert" / "core.js").read_text()  # no bare import left: no bundler needed
     config = json.loads((folder / PAGE_CONFIG).read_text())
     assert config["preprocess"]["img_size"] == 24 and config["model"] == MODEL_FILE
     assert HOSTILE in (folder / "labels.txt").read_text().splitlines()
@@ -65,7 +67,7 @@ def test_the_web_folder_holds_the_page_the_model_and_the_runtime(exported: tuple
 def test_the_gate_runs_the_page_in_chromium(exported: tuple[Path, ArtifactReport, Path]) -> None:
     _, report, _ = exported
     assert report.sdk is not None and report.sdk.startswith("the page in Chromium"), report.sdk
-    assert "onnxruntime-web" in report.sdk
+    assert "LiteRT.js" in report.sdk
     assert report.sdk_clear_disagreements == 0 and report.passed
     assert report.sdk_top1 == report.top1
 
@@ -128,12 +130,18 @@ def test_the_page_loads_nothing_from_outside_its_folder(exported: tuple[Path, Ar
         assert session.outside == []
 
 
-def test_a_browser_without_wasm_simd_is_told_so(exported: tuple[Path, ArtifactReport, Path]) -> None:
-    folder, _, _ = exported
+def test_a_browser_without_wasm_simd_falls_back_to_the_build_without_it(
+    exported: tuple[Path, ArtifactReport, Path],
+) -> None:
+    folder, _, data = exported
+    image = next((data / "val" / "class0").iterdir())
+    with PageSession(folder) as simd:
+        expected = simd.classify_bytes(image.read_bytes())["top"][0]["label"]
     session = PageSession(folder)
-    session.init_script = "WebAssembly.validate = () => false;"  # an engine without SIMD
-    with pytest.raises(MobiforgeError, match="lacks SIMD"), session:
-        pass
+    session.init_script = "WebAssembly.validate = () => false;"  # an engine without SIMD, as LiteRT.js probes it
+    with session:
+        assert "without SIMD" in session.page.text_content("#runtime")
+        assert session.classify_bytes(image.read_bytes())["top"][0]["label"] == expected
 
 
 def test_an_export_folder_needs_no_suffix_but_not_another_runtimes(tmp_path: Path) -> None:

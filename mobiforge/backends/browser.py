@@ -1,8 +1,8 @@
 """A web folder served on 127.0.0.1 and opened in headless Chromium, driven by Playwright: how the web gate, the
 tests and the latency benchmark run the page as a user's browser does.
 
-The folder is served with the headers that make the page cross-origin isolated (``Cross-Origin-Opener-Policy`` and
-``Cross-Origin-Embedder-Policy``), so that onnxruntime-web may use threads, as ``mobiforge serve`` serves it. The
+The folder is served with the headers that make a page cross-origin isolated (``Cross-Origin-Opener-Policy`` and
+``Cross-Origin-Embedder-Policy``), which a WebAssembly runtime needs for threads, as ``mobiforge serve`` serves it. The
 browser is Debian's ``chromium`` (never Playwright's own download); every request that is not to the folder's own
 address is aborted and recorded, so a page that reaches outside its folder is caught, not served.
 """
@@ -111,12 +111,10 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 
 class PageSession:
-    """The web folder's page open in headless Chromium (a context manager). ``threads``: onnxruntime-web's."""
+    """The web folder's page open in headless Chromium (a context manager)."""
 
-    def __init__(self, folder: str | Path, threads: int = 1, isolated: bool = True) -> None:
+    def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
-        self.threads = threads
-        self.isolated = isolated
         self.outside: list[str] = []  # requests to anything but the folder's own address (aborted)
         self.errors: list[str] = []  # the page's console errors and uncaught exceptions
         self.init_script = ""  # run before the page's own scripts (the tests stub browser features with it)
@@ -152,7 +150,7 @@ class PageSession:
         self.page = self.context.new_page()
         self.page.on("console", self._console)
         self.page.on("pageerror", lambda error: self.errors.append(str(error)))
-        self.page.goto(f"{self.origin}/index.html?threads={self.threads}", timeout=LOAD_TIMEOUT_MS)
+        self.page.goto(f"{self.origin}/index.html", timeout=LOAD_TIMEOUT_MS)
         try:
             self.page.evaluate("window.mobiforge.ready")
         except Exception:
@@ -206,8 +204,8 @@ class PageSession:
 
     def title(self) -> str:
         info = self.info()
-        threads = info["threads"]
-        return f"the page in Chromium {self.browser.version} ({info['runtime']}, {threads} thread{'s' * (threads > 1)})"
+        simd = "with SIMD" if info["simd"] else "without SIMD"
+        return f"the page in Chromium {self.browser.version} ({info['runtime']}, WebAssembly {simd}, 1 thread)"
 
 
 CAMERA_SIZE = (640, 480)  # the fake camera's frame, a phone camera's 4:3

@@ -23,27 +23,18 @@ async function fetchText(name) {
   return response.text();
 }
 
-function threadCount() {
-  // threads need SharedArrayBuffer, which browsers give only to cross-origin isolated pages (mobiforge serve's)
-  if (!self.crossOriginIsolated) return 1;
-  const asked = Number(new URLSearchParams(location.search).get("threads"));
-  return asked > 0 ? asked : Math.min(4, navigator.hardwareConcurrency || 1);
-}
-
 async function loadModel() {
   if (typeof WebAssembly !== "object") throw new Error("this browser has no WebAssembly: it cannot run the model");
-  if (!WebAssembly.validate(SIMD_PROBE)) {
-    throw new Error("this browser's WebAssembly lacks SIMD, which the runtime needs: update the browser " +
-      "(Chrome 91, Firefox 89, Safari 16.4 or later)");
-  }
   const [config, labels] = await Promise.all([fetchText("page.json").then(JSON.parse), fetchText("labels.txt")]);
   const classes = labels.split("\n").filter((line) => line.length > 0);
-  const ort = await import("./ort/ort.wasm.min.mjs");
-  ort.env.wasm.wasmPaths = new URL("./ort/", import.meta.url).href;
-  ort.env.wasm.numThreads = threadCount();
-  ort.env.logLevel = "error";
-  const session = await ort.InferenceSession.create(config.model, { executionProviders: ["wasm"] });
-  return { ort, session, config, classes, threads: ort.env.wasm.numThreads };
+  const litert = await import("./litert/core.js");
+  // LiteRT's native INFO and WARNING lines (its NPU and WebGPU probes) are not the user's; errors still show.
+  // Emscripten reads its settings from self.Module, which LiteRT.js's loader takes when one is set.
+  self.Module = { print: () => {}, printErr: (text) => /^(INFO|WARNING): /.test(text) || console.error(text) };
+  // LiteRT.js picks its build: with SIMD, or the slower one without for a browser that lacks it
+  await litert.loadLiteRt(new URL("./litert/wasm/", import.meta.url).href);
+  const compiled = await litert.loadAndCompile(config.model, { accelerator: "wasm" });
+  return { litert, compiled, config, classes, simd: WebAssembly.validate(SIMD_PROBE) };
 }
 
 // The part of a width x height image the model sees (left, top, width, height in pixels): the center square of
@@ -55,8 +46,7 @@ function regionSeen(pre, width, height) {
 }
 
 function toInput(model, source, region) {
-  const pre = model.config.preprocess;
-  const size = pre.img_size;
+  const size = model.config.preprocess.img_size;
   const canvas = $("preview");
   canvas.width = size;
   canvas.height = size;
@@ -66,13 +56,13 @@ function toInput(model, source, region) {
   const [left, top, width, height] = region;
   context.drawImage(source, left, top, width, height, 0, 0, size, size);
   const rgba = context.getImageData(0, 0, size, size).data;
-  const plane = size * size;
-  const input = new Float32Array(3 * plane);
-  for (let channel = 0; channel < 3; channel++) {
-    const mean = pre.mean[channel], std = pre.std[channel];
-    for (let i = 0; i < plane; i++) input[channel * plane + i] = (rgba[4 * i + channel] / 255 - mean) / std;
+  const pixels = new Uint8Array(size * size * 3); // RGB, row by row: the NHWC uint8 input the file takes
+  for (let i = 0, j = 0; i < rgba.length; i += 4, j += 3) {
+    pixels[j] = rgba[i];
+    pixels[j + 1] = rgba[i + 1];
+    pixels[j + 2] = rgba[i + 2];
   }
-  return new model.ort.Tensor("float32", input, [1, 3, size, size]);
+  return new model.litert.Tensor(pixels, [1, size, size, 3]);
 }
 
 function softmax(logits) {
@@ -82,11 +72,18 @@ function softmax(logits) {
   return exps.map((value) => value / sum);
 }
 
-async function run(model, tensor) {
-  const started = performance.now();
-  const outputs = await model.session.run({ [model.session.inputNames[0]]: tensor });
-  const ms = performance.now() - started;
-  return { logits: Array.from(outputs[model.session.outputNames[0]].data), ms };
+async function run(model, input) {
+  try {
+    const started = performance.now();
+    const outputs = await model.compiled.run(input);
+    const ms = performance.now() - started;
+    const values = Array.from(outputs[0].toTypedArray());
+    for (const output of outputs) output.delete(); // LiteRT.js tensors live in the WebAssembly heap
+    const probabilities = model.config.output === "probabilities" ? values : softmax(values);
+    return { probabilities, ms };
+  } finally {
+    input.delete();
+  }
 }
 
 // Top-5 of a decoded image or video frame; region: [left, top, right, bottom] fractions, or the region the model saw
@@ -94,8 +91,7 @@ async function classifySource(model, source, width, height, region) {
   const box = region ? [region[0] * width, region[1] * height, (region[2] - region[0]) * width,
     (region[3] - region[1]) * height] : regionSeen(model.config.preprocess, width, height);
   const started = performance.now();
-  const { logits, ms } = await run(model, toInput(model, source, box));
-  const probabilities = softmax(logits);
+  const { probabilities, ms } = await run(model, toInput(model, source, box));
   const order = probabilities.map((p, i) => i).sort((a, b) => probabilities[b] - probabilities[a]);
   const top = order.slice(0, TOP).map((i) => ({ index: i, label: model.classes[i] ?? `class ${i}`,
     probability: probabilities[i] }));
@@ -224,7 +220,7 @@ async function main() {
   const name = model.config.name || "mobiforge model";
   document.title = name;
   $("title").textContent = name;
-  $("runtime").textContent = `${model.config.runtime}, ${model.threads} thread${model.threads > 1 ? "s" : ""}.`;
+  $("runtime").textContent = `${model.config.runtime}, WebAssembly ${model.simd ? "with SIMD" : "without SIMD (slower)"}.`;
   say(`Ready: ${model.classes.length} classes. Choose a photo or use the camera.`);
   $("file").onchange = (event) => onFile(model, event.target.files[0]);
   $("camera").onclick = () => startCamera(model);
@@ -243,6 +239,6 @@ window.mobiforge = {
   },
   info: async () => {
     const model = await ready;
-    return { runtime: model.config.runtime, threads: model.threads, classes: model.classes };
+    return { runtime: model.config.runtime, simd: model.simd, classes: model.classes };
   },
 };
