@@ -182,11 +182,14 @@ def main() -> None:
 
 
 def _first_val_image(folder: Path) -> bytes:
-    report = json.loads(Path(f"{folder}.json").read_text())
-    data = Path(report["data"]["data"])
-    base = folder.parent / data if not data.is_absolute() else data
-    images = sorted(path for path in base.rglob("*") if path.suffix.lower() in (".jpg", ".jpeg", ".png"))
-    return images[0].read_bytes()
+    """The first val photo the web folder was gated on (its export's report says where the data is)."""
+    from mobiforge.config import BUILTIN_DATASETS, DataConfig
+    from mobiforge.data import discover
+
+    data = json.loads(Path(f"{folder}.json").read_text())["data"]["data"]
+    if data not in BUILTIN_DATASETS and not Path(data).is_absolute():
+        data = str(folder.parent / data)
+    return Path(discover(DataConfig(data=data)).val[0][0]).read_bytes()
 
 
 def _version(package: str) -> str:

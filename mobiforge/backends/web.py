@@ -5,7 +5,7 @@ time).
 The page decodes a photo or a camera frame, crops and resizes it as the model was trained (``page.json`` holds the
 model's own preprocessing) and hands its uint8 pixels to the file, whose graph normalises them and ends in a softmax.
 LiteRT.js runs it on its WebAssembly CPU backend (XNNPACK): the SIMD build, or the build without SIMD on a browser
-that lacks it. Why LiteRT.js over onnxruntime-web: it ran the same int8 model 6.5 times faster in Chromium here
+that lacks it. Why LiteRT.js over onnxruntime-web: it ran the same int8 model 5 to 6.5 times faster in Chromium here
 (RESULTS.md#web_runtimes_hymenoptera).
 
 The folder is judged by running it, as every runtime is. ``runner`` is LiteRT in Python on the folder's own file
