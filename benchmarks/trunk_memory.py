@@ -1,7 +1,8 @@
 """The memory of the cache's trunk pass, from files: resident memory while ``transfer.cached_activations`` runs ONNX
-Runtime over a folder with each next batch decoded on a thread (``DECODE_AHEAD``), with glibc's dynamic mmap
-threshold as it comes and with the fixed threshold ``transfer.bound_thread_heaps`` sets; and, for reference, the
-same pass with the decode in line. Each configuration runs in a fresh process (the threshold is process-wide).
+Runtime over a folder with each next batch decoded on a thread (``DECODE_AHEAD``): with glibc as it comes; with the
+freed pages given back after each chunk (``transfer.release_freed_memory``, what the cache does); with a fixed mmap
+threshold; with one malloc arena; and with the decode in line. Each configuration runs in a fresh process (glibc's
+settings are process-wide).
 
     python -m benchmarks.trunk_memory --data /tmp/battery/data/cifar224-all --images 10000 --scratch /tmp/trunk-memory
 """
@@ -22,13 +23,15 @@ from typing import Any
 from benchmarks.doctor_speed import linked_folder
 from benchmarks.results import write_section
 
-CONFIGS = {  # name -> (decode ahead, how the heap is bounded: "" as glibc comes, "threshold", "one arena")
+CONFIGS = {  # name -> (decode ahead, how the heap is bounded: "" as glibc comes, "trim", "threshold", "one arena")
     "before: decode ahead, glibc as it comes": (True, ""),
-    "after: decode ahead, fixed mmap threshold": (True, "threshold"),
+    "after: decode ahead, freed pages given back after each chunk (malloc_trim)": (True, "trim"),
+    "decode ahead, fixed mmap threshold": (True, "threshold"),
     "decode ahead, one malloc arena": (True, "one arena"),
-    "decode in line (reference)": (False, ""),
+    "decode in line": (False, "trim"),
 }
-M_ARENA_MAX = -8  # glibc's mallopt parameter
+M_ARENA_MAX, M_MMAP_THRESHOLD = -8, -3  # glibc's mallopt parameters
+MMAP_THRESHOLD = 128 * 1024  # glibc's default, before its dynamic adjustment
 TRAINABLE_BLOCKS = 9  # the cut of the battery's large-folder student: rows of 80 x 14 x 14 at 224 px
 SAMPLE_SECONDS = 1.0
 
@@ -55,10 +58,12 @@ def child(data: Path, scratch: Path, name: str) -> dict[str, Any]:
 
     ahead, bound = CONFIGS[name]
     transfer.DECODE_AHEAD = ahead
-    if bound != "threshold":
-        transfer.bound_thread_heaps = lambda: False  # type: ignore[assignment]
+    if bound != "trim":
+        transfer.release_freed_memory = lambda: False  # type: ignore[assignment]
     if bound == "one arena":
         ctypes.CDLL(None).mallopt(M_ARENA_MAX, 1)
+    if bound == "threshold":
+        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
     samples = discover(DataConfig(data=str(data))).train
     weights = get_weights(PRETRAINED_TRUNK).preprocess
     config = DataConfig(data=str(data)).resolved(weights)

@@ -31,7 +31,16 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from mobiforge import engine
-from mobiforge.backend_api import BACKENDS, About, Int8Job, Interface, Region, get_backend, is_artifact
+from mobiforge.backend_api import (
+    BACKENDS,
+    About,
+    Int8Job,
+    Interface,
+    Region,
+    backend_for,
+    get_backend,
+    is_artifact,
+)
 from mobiforge.checkpoint import Checkpoint
 from mobiforge.config import INT8_MODES
 from mobiforge.config import ExportConfig as ExportConfig  # public here too
@@ -348,7 +357,8 @@ def export_checkpoint(config: ExportConfig) -> ArtifactReport:
     backend = get_backend(config.format)
     backend.require()
     path = Path(config.out) if config.out else default_output(config)
-    if path.suffix != backend.suffix and not (backend.marker and not is_artifact(path)):  # a folder: any free name
+    another = is_artifact(path) and backend_for(path) is not backend  # a folder artifact takes any name but those
+    if path.suffix != backend.suffix and (another or not backend.marker):
         raise MobiforgeError(f"--out {path}: a {config.format} artifact needs the suffix {backend.suffix}")
     checkpoint = Checkpoint.load(config.checkpoint)
     model = checkpoint.model()

@@ -85,11 +85,10 @@ CACHE_VERSION = 5
 CHUNK_IMAGES = 128  # images per cache file: what a killed run recomputes at most, per view
 EXTRACT_BATCH = 32
 DECODE_AHEAD = True  # decode the next batch on a thread while the trunk runs (RESULTS.md#trunk_pass_hymenoptera)
-# The decode thread allocates each batch's 0.6 MB images and the main thread frees them. glibc's dynamic mmap threshold
-# then keeps such blocks in the thread's heap, which grew by about 300 KB per image and was never given back: 23.8 GB
-# of 24 after 77,000 images of the battery's large folder (RESULTS.md#trunk_pass_memory). A fixed threshold maps each
-# large block on its own, returned to the system when freed.
-M_MMAP_THRESHOLD, MMAP_THRESHOLD = -3, 128 * 1024  # glibc's mallopt parameter, and its default value
+# The decode thread allocates each batch's images and the main thread frees them: glibc keeps the freed blocks in the
+# thread's heap rather than give them back, and the heap grew by 150-300 KB per image, until 77,000 images of the
+# battery's large folder took 23.8 GB of 24 (RESULTS.md#trunk_pass_memory). Each chunk ends with the freed pages
+# given back (malloc_trim): the fastest of the ways measured to bound it.
 CALIBRATION_BATCH, CALIBRATION_BATCHES = 16, 5  # an int8 trunk's: 64 images to calibrate on, 16 to check it on
 
 
@@ -278,6 +277,7 @@ def cached_activations(
         for n in mine:
             chunk = {"key": plan.key, "recipe": plan.recipe, **_assemble_chunk(fresh, dataset, spans[n], ids, lenders)}
             save_checkpoint({**chunk, "checksum": chunk_checksum(chunk)}, paths[n])
+            release_freed_memory()  # the decoded images' pages (see RESULTS.md#trunk_pass_memory)
             # mapped: keep the file's pages, not the computed copy: memory holds one chunk at a time
             chunks[n] = (_read_chunk(paths[n], plan.key, mapped=True) if plan.mapped else None) or chunk
         fresh.close()  # its decoding thread ends
@@ -417,13 +417,18 @@ def _assemble_chunk(
     return {"features": features.contiguous(), "labels": labels, "rows": rows}
 
 
-@functools.cache
-def bound_thread_heaps() -> bool:
-    """Fix glibc's mmap threshold for this process (see MMAP_THRESHOLD); False where the C library is not glibc."""
+def release_freed_memory() -> bool:
+    """Give the system back the heap pages freed so far (glibc's ``malloc_trim``); False where the C library is not
+    glibc (musl, macOS, Windows: another allocator, and not this heap)."""
     try:
-        return bool(ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
-    except (OSError, AttributeError):  # musl, macOS, Windows: no mallopt, and not this heap
+        return bool(_libc().malloc_trim(0))
+    except AttributeError:
         return False
+
+
+@functools.cache
+def _libc() -> Any:
+    return ctypes.CDLL(None)
 
 
 def _trunk_rows(trunk_pass: TrunkPass, dataset: Subset) -> Iterator[torch.Tensor]:
@@ -433,8 +438,6 @@ def _trunk_rows(trunk_pass: TrunkPass, dataset: Subset) -> Iterator[torch.Tensor
     share one thread pool, and the pass ran slower (RESULTS.md#trunk_pass_cifar10, "after: eager bf16")."""
     batches = iter(DataLoader(dataset, batch_size=EXTRACT_BATCH))
     ahead = DECODE_AHEAD and trunk_pass.engine != "eager"
-    if ahead:
-        bound_thread_heaps()
     with ThreadPoolExecutor(1, thread_name_prefix="mobiforge-decode") as decoder:
         upcoming = decoder.submit(next, batches, None) if ahead else None
         while (batch := upcoming.result() if upcoming else next(batches, None)) is not None:

@@ -144,10 +144,15 @@ def test_a_browser_without_wasm_simd_falls_back_to_the_build_without_it(
         assert session.classify_bytes(image.read_bytes())["top"][0]["label"] == expected
 
 
-def test_an_export_folder_needs_no_suffix_but_not_another_runtimes(tmp_path: Path) -> None:
+def test_an_export_folder_needs_no_suffix_but_not_another_runtimes(
+    exported: tuple[Path, ArtifactReport, Path], tmp_path: Path
+) -> None:
     config = ExportConfig(str(tmp_path / "missing.pt"), "web", "ptq", out=str(tmp_path / "m.onnx"))
     with pytest.raises(MobiforgeError, match=r"suffix \.web"):
         export_checkpoint(config)
+    folder, _, _ = exported  # a web folder already there is written over: past the name check, to the checkpoint
+    with pytest.raises(MobiforgeError, match=r"missing\.pt"):
+        export_checkpoint(ExportConfig(str(tmp_path / "missing.pt"), "web", "ptq", out=str(folder)))
 
 
 def test_lan_binds_a_private_address_and_refuses_a_public_one(monkeypatch: pytest.MonkeyPatch) -> None:
