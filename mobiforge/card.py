@@ -118,13 +118,13 @@ class CardCoreML:
 @dataclass
 class CardWeb:
     """The web folder beside the shipped file: a page that runs the model in the browser, and its gate there (the
-    page in headless Chromium against ONNX Runtime in Python on the same file)."""
+    page in headless Chromium against LiteRT in Python on the same file)."""
 
     folder: str = ""
     model_bytes: int = 0
     precision: str = ""
     images: int = 0
-    top1_in_runtime: float = 0.0  # ONNX Runtime in Python, the same file
+    top1_in_runtime: float = 0.0  # LiteRT in Python, the same file
     page: str = ""  # the browser, the page's runtime, its threads and latency
     top1_in_page: float | None = None  # the page on the pixels at the model's input
     agreement: float | None = None  # % of images where the page's top-1 and ONNX Runtime's agree

@@ -786,6 +786,7 @@ def test_the_web_folder_is_gated_on_what_the_time_left_scores_and_its_failure_is
     said: list[str] = []
     monkeypatch.setattr(stages, "export_checkpoint", fails)
     monkeypatch.setattr(stages, "_web_unavailable", lambda: "")
+    monkeypatch.setattr(stages, "_web_seconds_per_image", lambda checkpoint: WEB_SECONDS_PER_IMAGE)  # a 224 px model
     clock = Clock()
     run = ship_run(clock, run_dir=tmp_path, say=said.append)  # type: ignore[arg-type]
     assert stages.web_page(TrainRecord("x.pt", "x"), run) is None

@@ -204,3 +204,21 @@ def test_serve_lan_shows_the_qr_code_of_its_address_on_the_page(
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.slow
+def test_ship_with_the_web_as_its_runtime_ships_the_folder(tmp_path: Path) -> None:
+    """``ship --runtime web``: every candidate is measured and gated as a web folder, and the shipped artifact is the
+    folder itself (``RUN/model.web/``), which ``serve`` serves as the static page."""
+    _requirements_or_skip()
+    from mobiforge.serve import web_folder
+    from mobiforge.ship import ship
+    from tests.test_ship import tiny_config
+
+    data = make_split_folder(tmp_path / "data", classes=3, train=12, val=4)
+    result = ship(tiny_config(data, tmp_path / "run", runtime="web", time_budget_s=600))
+    assert result.artifact == tmp_path / "run" / "model.web" and (result.artifact / "index.html").is_file()
+    card = json.loads((tmp_path / "run" / "model_card.json").read_text())
+    assert card["accuracy"]["sdk"].startswith("the page in Chromium") and "web" not in card  # no second folder
+    assert web_folder(tmp_path / "run") == result.artifact
+    assert predict_artifact(result.artifact, [str(next((data / "val" / "class0").iterdir()))])[0]["top"]

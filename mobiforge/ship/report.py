@@ -127,8 +127,8 @@ def _web_line(web: CardWeb) -> str:
         " (those that differ are near ties)" if (web.agreement or 0.0) < 100.0 and not web.clear_disagreements else ""
     )
     return (
-        f"{where}. In {web.page}: val top-1 {web.top1_in_page:.2f}% on {web.images} images, the same top-1 as ONNX "
-        f"Runtime on the same file on {web.agreement or 0.0:.2f}%{ties}; {web.top1_in_page_full_size or 0.0:.2f}% "
+        f"{where}. In {web.page}: val top-1 {web.top1_in_page:.2f}% on {web.images} images, the same top-1 as LiteRT "
+        f"in Python on the same file on {web.agreement or 0.0:.2f}%{ties}; {web.top1_in_page_full_size or 0.0:.2f}% "
         f"on the full-size photos, resized by the page: {'passed' if web.passed else '**failed**'}"
     )
 

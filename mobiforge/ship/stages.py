@@ -746,7 +746,7 @@ def web_page(trained: TrainRecord, run: ShipRun) -> ArtifactReport | None:
     if missing_part:
         say(f"web: skipped ({missing_part})")
         return None
-    affordable = (state.left() - WEB_SECONDS) / WEB_SECONDS_PER_IMAGE
+    affordable = (state.left() - WEB_SECONDS) / _web_seconds_per_image(trained.checkpoint)
     wanted = min(config.val_images or state.survey.val_images, WEB_IMAGES)
     images = int(min(wanted, max(0.0, affordable)))
     if images < min(wanted, WEB_MIN_IMAGES):
@@ -777,6 +777,12 @@ def web_page(trained: TrainRecord, run: ShipRun) -> ArtifactReport | None:
         return None
     _web_screenshot(folder, report, run)
     return report
+
+
+def _web_seconds_per_image(checkpoint: str) -> float:
+    """The web gate's seconds per val image, by the model's input pixels (WEB_SECONDS_PER_IMAGE is a 224 px one's)."""
+    side = Checkpoint.load(checkpoint).preprocess.img_size
+    return WEB_SECONDS_PER_IMAGE * max(0.1, (side / 224) ** 2)
 
 
 def _web_unavailable() -> str:
