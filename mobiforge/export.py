@@ -18,7 +18,6 @@ import copy
 import dataclasses
 import json
 import random
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -77,6 +76,7 @@ from mobiforge.runtimes import (
     ACCURACY_THREADS,
     artifact_bytes,
     load_runner,
+    remove_artifact,
     run_all,
     sidecar,
     verified_on,
@@ -437,7 +437,7 @@ def _retry_with_float_layers(
         retry.path = str(path)
         retry.notes.append(search)
         return retry
-    _remove_artifact(trial_path)
+    remove_artifact(trial_path)
     first.notes.append(f"{search}; all-int8 kept: float {', '.join(fallback.float_modules)} scored {retry.top1:.2f}%")
     return first
 
@@ -445,15 +445,8 @@ def _retry_with_float_layers(
 def _replace_artifact(source: Path, target: Path) -> None:
     """``source`` renamed to ``target``: a file atomically, a folder artifact (the web's) once the old one is gone."""
     if source.is_dir():
-        _remove_artifact(target)
+        remove_artifact(target)
     source.replace(target)
-
-
-def _remove_artifact(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
 
 
 def _against_reference(

@@ -179,6 +179,14 @@ def sidecar(path: str | Path) -> Path:
     return Path(f"{path}.json")
 
 
+def remove_artifact(path: Path) -> None:
+    """Remove an artifact: a file, or a folder artifact (the web's, a Core ML package) with what it holds."""
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def copy_artifact(source: Path, target: Path) -> None:
     """``source`` copied to ``target`` with its report, whose paths (relative to the file's folder) are rewritten
     for the new folder, so that ``eval target`` still finds the data it was verified on. A folder artifact (the

@@ -39,7 +39,7 @@ from mobiforge.models.widths import respec
 from mobiforge.paths import without_local_paths
 from mobiforge.profile import count_macs, count_params, int8_weight_bytes, measure_latency, num_threads
 from mobiforge.prune import prune_model, ratio_for_target
-from mobiforge.runtimes import load_runner
+from mobiforge.runtimes import artifact_bytes, load_runner, remove_artifact
 from mobiforge.ship.plan import export_reserve, plan_epochs
 from mobiforge.ship.policy import (
     CANDIDATE_GRID,
@@ -278,9 +278,9 @@ def measure_candidate(
     runner = load_runner(path, threads=config.threads, interface=interface(export_config, data))
     with num_threads(config.threads):
         stats = measure_latency(lambda: runner(example.numpy()), min_seconds=1.0)
-    candidate.artifact_bytes = path.stat().st_size
+    candidate.artifact_bytes = artifact_bytes(path)
     candidate.latency_ms = stats.median_ms
-    path.unlink()
+    remove_artifact(path)
     if candidate.train_images_per_s is None:
         probe_training(model, candidate, config, until)
 
