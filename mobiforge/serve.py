@@ -231,6 +231,10 @@ def serve_web(config: ServeConfig, folder: Path) -> None:
         print(terminal, end="")
         print(f"Open {url} on a phone on the same network (or scan the code). Phones give the camera only to https "
               "pages: the page offers its file picker, and docs/web.md says how to get https.")  # fmt: skip
+    _serve_until_interrupted(server)
+
+
+def _serve_until_interrupted(server: ThreadingHTTPServer) -> None:
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -259,12 +263,7 @@ def serve(config: ServeConfig) -> None:
     print(
         f"serving {served.artifact.name} ({len(served.info.classes)} classes) at http://{host}:{port}/ (Ctrl-C stops)"
     )
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    _serve_until_interrupted(server)
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -185,7 +185,7 @@ WEB_MIN_IMAGES = 50  # fewer would say little of how the page computes: the fold
 # a 224 px val image, both page runs and the Python side: the whole web export of hymenoptera took 49 s for 153
 # images, fixed costs included (RESULTS.md#web_runtimes_hymenoptera); smaller inputs cost less, by their pixels, down
 # to a tenth (digits, 32 px: 0.033 s an image with the fixed costs)
-WEB_SECONDS_PER_IMAGE = 0.25
+WEB_SECONDS_PER_IMAGE, WEB_IMAGE_SIDE, WEB_SMALLEST_SHARE = 0.25, 224, 0.1
 
 # ------------------------------------------------------------------------------------------- the shortfall
 

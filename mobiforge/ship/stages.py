@@ -97,10 +97,12 @@ from mobiforge.ship.policy import (
     TEACHER_VIEWS,
     UNMEASURED_SPEED,
     VIEWS,
+    WEB_IMAGE_SIDE,
     WEB_IMAGES,
     WEB_MIN_IMAGES,
     WEB_SECONDS,
     WEB_SECONDS_PER_IMAGE,
+    WEB_SMALLEST_SHARE,
     distilled_from,
 )
 from mobiforge.ship.probes import inference_speed
@@ -780,9 +782,10 @@ def web_page(trained: TrainRecord, run: ShipRun) -> ArtifactReport | None:
 
 
 def _web_seconds_per_image(checkpoint: str) -> float:
-    """The web gate's seconds per val image, by the model's input pixels (WEB_SECONDS_PER_IMAGE is a 224 px one's)."""
+    """The web gate's seconds per val image, by the model's input pixels (WEB_SECONDS_PER_IMAGE is a WEB_IMAGE_SIDE
+    px one's)."""
     side = Checkpoint.load(checkpoint).preprocess.img_size
-    return WEB_SECONDS_PER_IMAGE * max(0.1, (side / 224) ** 2)
+    return WEB_SECONDS_PER_IMAGE * max(WEB_SMALLEST_SHARE, (side / WEB_IMAGE_SIDE) ** 2)
 
 
 def _web_unavailable() -> str:
