@@ -170,7 +170,9 @@ def assert_web_folder(run: Path, card: dict) -> None:
     markdown = (run / "report.md").read_text()
     assert (run / "web" / "index.html").is_file() and (run / "web" / "model.tflite").is_file()
     assert card["web"]["passed"] and card["web"]["top1_in_page"] is not None and card["web"]["screenshot"] == "web.png"
-    assert "- web: `web/`" in markdown and "web.png" in markdown and "the page in Chromium" in markdown
+    assert (
+        "- web: [`web/`](web/index.html)" in markdown and "web.png" in markdown and "the page in Chromium" in markdown
+    )
 
 
 def assert_read_as_trained(artifact: Path, checkpoint: Path) -> None:

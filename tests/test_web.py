@@ -107,6 +107,31 @@ def test_bad_files_get_a_message_and_the_page_keeps_working(
         assert "megapixels" in session.status()
 
 
+def test_the_camera_classifies_a_frame_on_a_tap_and_continuously(
+    exported: tuple[Path, ArtifactReport, Path], tmp_path: Path
+) -> None:
+    """Chromium's fake camera plays a val photo (as the ship report's screenshot does): a tap on the picture
+    classifies a frame, and "continuously" keeps classifying frame after frame."""
+    from mobiforge.backends.browser import camera_screenshot
+
+    folder, _, data = exported
+    image = next((data / "val" / "class0").iterdir())
+    assert camera_screenshot(folder, image, tmp_path / "web.png").stat().st_size > 0
+    session = PageSession(folder)
+    session.browser_args = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
+    with session:
+        page = session.page
+        page.click("#camera")
+        page.wait_for_function("() => document.getElementById('video').videoWidth > 0")
+        page.click("#video")  # a tap
+        page.wait_for_function("() => document.querySelectorAll('#top li').length > 0")
+        page.evaluate("() => { window.shown = 0; new MutationObserver(() => window.shown++)"
+                      ".observe(document.getElementById('latency'), {childList: true}); }")  # fmt: skip
+        page.check("#continuous")
+        page.wait_for_function("() => window.shown >= 3")  # frame after frame, no tap
+        assert session.errors == []
+
+
 def test_labels_with_markup_are_shown_as_text(exported: tuple[Path, ArtifactReport, Path]) -> None:
     folder, _, data = exported
     image = next((data / "val" / HOSTILE).iterdir())

@@ -119,7 +119,8 @@ def _web_card(page: ArtifactReport, run_dir: Path) -> CardWeb:
 
 def _web_line(web: CardWeb) -> str:
     """The report's line on the web folder: where it is, how to open it on a phone, and its gate in the browser."""
-    where = (f"- web: `{web.folder}/` ({web.precision}, {web.model_bytes / 1e6:.3f} MB model) beside it, a page that "
+    where = (f"- web: [`{web.folder}/`]({web.folder}/index.html) ({web.precision}, {web.model_bytes / 1e6:.3f} MB "
+             "model) beside it, a page that "
              "runs the model in the browser; `mobiforge serve RUN_FOLDER --lan` opens it on a phone")  # fmt: skip
     if web.top1_in_page is None:
         return f"{where}; not run in a browser here ({web.page or 'no Chromium'})"
