@@ -26,7 +26,7 @@ import numpy as np
 
 from benchmarks.results import write_section
 from mobiforge.backends.browser import chromium_path, serving
-from mobiforge.backends.web import MODEL_FILE, node_modules, runtime_title
+from mobiforge.backends.web import MODEL_FILE, node_modules, runtime_title, vendor_runtime
 from mobiforge.export import ArtifactReport, ExportConfig, export_checkpoint
 from mobiforge.profile import measure_latency
 from mobiforge.runtimes import input_shape, load_runner
@@ -56,7 +56,6 @@ window.bench = async (threads, warmup, runs) => {
 };
 """
 BENCH_PAGE = """<!doctype html><meta charset="utf-8"><title>LiteRT.js latency</title>
-<script type="importmap">{"imports": {"@litertjs/wasm-utils": "./litert/wasm-utils.js"}}</script>
 <script type="module" src="bench.js"></script>"""
 BENCH_SCRIPT = """import {loadLiteRt, loadAndCompile, Tensor} from './litert/core.js';
 window.bench = async (threads, warmup, runs) => {
@@ -127,11 +126,10 @@ def ort_web_latency(onnx: Path, size: int, scratch: Path, threads: int) -> tuple
 def litert_latency(tflite: Path, scratch: Path, threads: int) -> tuple[float, str]:
     site = scratch / "litert-site"
     shutil.rmtree(site, ignore_errors=True)
-    (site / "litert").mkdir(parents=True)
-    core = node_modules() / LITERT
-    shutil.copyfile(core / "dist" / "index.js", site / "litert" / "core.js")
-    shutil.copyfile(node_modules() / "@litertjs/wasm-utils/dist/bundle.js", site / "litert" / "wasm-utils.js")
-    shutil.copytree(core / "wasm", site / "litert" / "wasm")
+    vendor_runtime(site / "litert")  # as the web folder holds it, with the threaded build beside it
+    threaded = node_modules() / LITERT / "wasm" / "litert_wasm_threaded_internal"
+    for suffix in (".js", ".wasm"):
+        shutil.copyfile(threaded.with_suffix(suffix), site / "litert" / "wasm" / threaded.with_suffix(suffix).name)
     shutil.copyfile(tflite, site / "model.tflite")
     (site / "index.html").write_text(BENCH_PAGE)
     (site / "bench.js").write_text(BENCH_SCRIPT)

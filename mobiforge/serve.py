@@ -205,8 +205,8 @@ def qr_code(url: str) -> tuple[str, bytes]:
 
 
 def web_server(config: ServeConfig, folder: Path) -> tuple[ThreadingHTTPServer, str, str]:
-    """A server (not yet serving) of the static web folder, its URL and the URL's QR code for the terminal; the
-    page finds the same code at ``qr.svg``."""
+    """A server (not yet serving) of the static web folder, and its URL; with ``--lan`` also the URL's QR code for the
+    terminal, which the page shows too (``qr.svg``, named in the ``page.json`` served from memory)."""
     host = lan_host(config) if config.lan else config.host
     port, extra = config.port, dict[str, tuple[str, bytes]]()
     try:
@@ -214,11 +214,19 @@ def web_server(config: ServeConfig, folder: Path) -> tuple[ThreadingHTTPServer, 
     except OSError as error:
         raise MobiforgeError(f"cannot listen on {host}:{port} ({error.strerror}); {_listen_advice(error)}") from None
     url = f"http://{host}:{server.server_address[1]}/"
+    if not config.lan:
+        return server, url, ""
     terminal, svg = qr_code(url)
     # the page shows the code when its config names it: served from memory, the folder itself untouched
-    config_file = f"/{get_backend(WEB).marker}"
-    page = json.loads((folder / config_file[1:]).read_text())
-    extra[config_file] = ("application/json", json.dumps({**page, "qr": QR_FILE}).encode())
+    config_file = folder / get_backend(WEB).marker
+    try:
+        page = json.loads(config_file.read_text())
+    except (OSError, ValueError) as error:
+        server.server_close()
+        raise MobiforgeError(
+            f"{config_file}: unreadable ({type(error).__name__}); export the web folder again"
+        ) from None
+    extra[f"/{config_file.name}"] = ("application/json", json.dumps({**page, "qr": QR_FILE}).encode())
     extra[f"/{QR_FILE}"] = ("image/svg+xml", svg)
     return server, url, terminal
 

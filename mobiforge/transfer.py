@@ -422,7 +422,7 @@ def release_freed_memory() -> bool:
     glibc (musl, macOS, Windows: another allocator, and not this heap)."""
     try:
         return bool(_libc().malloc_trim(0))
-    except AttributeError:
+    except (AttributeError, OSError, TypeError):  # no malloc_trim; no C library to load by None (Windows)
         return False
 
 

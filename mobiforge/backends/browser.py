@@ -116,6 +116,7 @@ class PageSession:
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
         self.outside: list[str] = []  # requests to anything but the folder's own address (aborted)
+        self.requested: list[str] = []  # the folder's files the page asked for, by path
         self.errors: list[str] = []  # the page's console errors and uncaught exceptions
         self.init_script = ""  # run before the page's own scripts (the tests stub browser features with it)
         self.browser_args: list[str] = []  # Chromium's flags beyond the defaults (a fake camera)
@@ -129,6 +130,13 @@ class PageSession:
         executable = chromium_path()
         try:
             self._open(sync_playwright, executable)
+        except MobiforgeError:
+            self.__exit__(None, None, None)
+            raise
+        except Exception as error:  # Playwright's own: Chromium would not start, or the page timed out
+            self.__exit__(None, None, None)
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise MobiforgeError(f"{self.folder}: Chromium could not open the page ({reason})") from None
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -164,6 +172,7 @@ class PageSession:
     def _only_own_origin(self, route: Any) -> None:
         url = route.request.url
         if url.startswith(self.origin + "/"):
+            self.requested.append(url.removeprefix(self.origin))
             route.continue_()
         else:
             self.outside.append(url)
@@ -204,7 +213,7 @@ class PageSession:
 
     def title(self) -> str:
         info = self.info()
-        simd = "with SIMD" if info["simd"] else "without SIMD"
+        simd = "with relaxed SIMD" if info["simd"] else "without relaxed SIMD"
         return f"the page in Chromium {self.browser.version} ({info['runtime']}, WebAssembly {simd}, 1 thread)"
 
 

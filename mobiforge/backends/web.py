@@ -4,9 +4,9 @@ time).
 
 The page decodes a photo or a camera frame, crops and resizes it as the model was trained (``page.json`` holds the
 model's own preprocessing) and hands its uint8 pixels to the file, whose graph normalises them and ends in a softmax.
-LiteRT.js runs it on its WebAssembly CPU backend (XNNPACK): the SIMD build, or the build without SIMD on a browser
-that lacks it. Why LiteRT.js over onnxruntime-web: it ran the same int8 model 5 to 6.5 times faster in Chromium here
-(RESULTS.md#web_runtimes_hymenoptera).
+LiteRT.js runs it on its WebAssembly CPU backend (XNNPACK): the relaxed-SIMD build, or the build without it on a
+browser that lacks it. Why LiteRT.js over onnxruntime-web: it ran the same int8 model 5 to 6.5 times faster in
+Chromium here (RESULTS.md#web_runtimes_hymenoptera).
 
 The folder is judged by running it, as every runtime is. ``runner`` is LiteRT in Python on the folder's own file
 (the Python-side runtime); ``sdk_top1`` is the page itself in headless Chromium, driven by Playwright: the page's
@@ -56,8 +56,8 @@ LABELS = "labels.txt"
 RUNTIME_FOLDER = "litert"  # in the web folder
 RUNTIME_PACKAGE = "@litertjs/core"
 UTILS_PACKAGE = "@litertjs/wasm-utils"  # what the core imports by its bare name: rewritten to the vendored file
-# The CPU builds of LiteRT.js's WebAssembly that the page may load: with SIMD, and without for a browser that lacks
-# it (LiteRT.js picks). Not the threaded or JSPI builds (WebGPU, WebNN): 9 MB each for about 1 ms here.
+# The CPU builds of LiteRT.js's WebAssembly that the page may load: with relaxed SIMD, and without for a browser that
+# lacks it (LiteRT.js picks). Not the threaded or JSPI builds (WebGPU, WebNN): 9 MB each for about 1 ms here.
 WASM_BUILDS = ("litert_wasm_internal", "litert_wasm_compat_internal")
 RUNTIMES_ENV = "MOBIFORGE_WEB_RUNTIMES"
 

@@ -5,10 +5,6 @@
 const MAX_PIXELS = 100e6; // larger images get a message instead of a decode that could take the tab's memory
 const MAX_BYTES = 64 * 2 ** 20;
 const TOP = 5;
-// The smallest module using a SIMD instruction (v128.const): WebAssembly.validate says whether the engine has SIMD.
-const SIMD_PROBE = new Uint8Array([0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1, 96, 0, 1, 123, 3, 2, 1, 0, 10, 10, 1, 8, 0,
-  65, 0, 253, 15, 253, 98, 11]);
-
 const $ = (id) => document.getElementById(id);
 
 function say(text, isError = false) {
@@ -31,10 +27,12 @@ async function loadModel() {
   // LiteRT's native INFO and WARNING lines (its NPU and WebGPU probes) are not the user's; errors still show.
   // Emscripten reads its settings from self.Module, which LiteRT.js's loader takes when one is set.
   self.Module = { print: () => {}, printErr: (text) => /^(INFO|WARNING): /.test(text) || console.error(text) };
-  // LiteRT.js picks its build: with SIMD, or the slower one without for a browser that lacks it
+  // LiteRT.js picks its build by the same probe: with relaxed SIMD, or the slower one without for a browser that
+  // lacks it
+  const simd = await litert.supportsFeature("relaxedSimd");
   await litert.loadLiteRt(new URL("./litert/wasm/", import.meta.url).href);
   const compiled = await litert.loadAndCompile(config.model, { accelerator: "wasm" });
-  return { litert, compiled, config, classes, simd: WebAssembly.validate(SIMD_PROBE) };
+  return { litert, compiled, config, classes, simd };
 }
 
 // The part of a width x height image the model sees (left, top, width, height in pixels): the center square of
@@ -220,7 +218,7 @@ async function main() {
   const name = model.config.name || "mobiforge model";
   document.title = name;
   $("title").textContent = name;
-  $("runtime").textContent = `${model.config.runtime}, WebAssembly ${model.simd ? "with SIMD" : "without SIMD (slower)"}.`;
+  $("runtime").textContent = `${model.config.runtime}, WebAssembly ${model.simd ? "with relaxed SIMD" : "without relaxed SIMD (slower)"}.`;
   say(`Ready: ${model.classes.length} classes. Choose a photo or use the camera.`);
   $("file").onchange = (event) => onFile(model, event.target.files[0]);
   $("camera").onclick = () => startCamera(model);
