@@ -475,6 +475,7 @@ def _train_student_tail(
     result = train(_cached(base, rung, run_dir), run.reporter, callbacks={EPOCH_END: [replan, stop_by(end)]})
     record = _record(result, result.run_dir / "last.pt", result.history[-1]["val_top1"])
     trainable = sum(p.numel() for p in Tail(student, cut_index(student, rung.trainable_blocks)).parameters())
+    cached = Checkpoint.load(result.run_dir / "last.pt").extra.get("transfer") or {}
     return dataclasses.replace(
         record,
         epochs_estimated=rung.epochs,
@@ -482,6 +483,8 @@ def _train_student_tail(
         distilled=True,
         rung=rung.name,
         trainable_params=trainable,
+        images=state.survey.train_images,
+        views=cached.get("views"),
     )
 
 

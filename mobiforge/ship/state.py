@@ -143,6 +143,8 @@ class TrainRecord:
     given: bool = False  # a teacher checkpoint given by the user, not trained here
     rung: str | None = None  # the transfer-ladder rung it trained on (a cached tail), None: end to end
     trainable_params: int | None = None  # of that rung
+    images: int | None = None  # train images it trained on (None: not recorded, every one)
+    views: int | None = None  # cached views of each (None: end to end, a fresh augmented view every epoch)
 
 
 @dataclass
@@ -342,6 +344,7 @@ class ShipState:
     def finish(self, stage: Stage[R], record: R) -> R:
         with self._lock:
             self.stages[stage.key] = record
+            self.finished_at.pop(stage.key, None)  # a stage finished again (health's feature checks) moves last
             self.finished_at[stage.key] = round(self.elapsed(), 1)
         self.save()
         return record
