@@ -237,6 +237,18 @@ def above_chance(out: Outcome) -> bool:
     return out.shipped and verdicts.get("above_chance", False) and out.within_budget
 
 
+def on_a_subset(slack: float) -> Callable[[Outcome], bool]:
+    """Shipped within the budget + ``slack``, the teacher's first rung on fewer photos than the folder holds."""
+
+    def met(out: Outcome) -> bool:
+        stages = (out.state or {}).get("stages") or {}
+        rungs = (stages.get("teacher") or {}).get("rungs") or []
+        folder = (stages.get("survey") or {}).get("train_images") or 0
+        return within(slack)(out) and bool(rungs) and (rungs[0].get("images") or folder) < folder
+
+    return met
+
+
 def within(slack: float) -> Callable[[Outcome], bool]:
     return lambda out: out.shipped and out.wall_s <= (1 + slack) * out.budget_s
 
@@ -261,6 +273,8 @@ ROWS = (
     Row("proxy", "CIFAR-10 proxy: 5,000 at 224 px", 30, "full", "≥ 76.2%", proxy, at_least(76.2)),
     Row("large_folder", "CIFAR-10 at 224 px: all 50,000", 30, "full", "ships in budget + 5%", large_folder,
         within(0.05)),
+    Row("large_folder_short", "CIFAR-10 at 224 px: all 50,000, a budget too short for one pass", 10, "full",
+        "ships in budget + 5%, its probe rungs on a subset", large_folder, on_a_subset(0.05)),
     Row("cifar10", "CIFAR-10 at 32 px (50,000)", 60, "full", "≥ 89.16%", shared("cifar10"), at_least(89.16)),
 )
 # fmt: on
@@ -313,6 +327,24 @@ def stage_seconds(state: dict[str, Any] | None) -> dict[str, float]:
     return seconds
 
 
+def trained_on(state: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Every rung and student that trained: its name, images, views, epochs, seconds and val top-1."""
+    stages = (state or {}).get("stages") or {}
+    rows = [
+        {"what": f"teacher: {rung['name']}", "images": rung.get("images"), "views": rung.get("views"),
+         "seconds": rung.get("seconds"), "top1": rung.get("top1"), "engine": rung.get("trunk_pass") or "eager"}
+        for rung in (stages.get("teacher") or {}).get("rungs", [])
+    ]  # fmt: skip
+    for key, record in stages.items():
+        if key.startswith("train:") and isinstance(record, dict):
+            rows.append({
+                "what": f"{key[len('train:'):]}: {record.get('rung') or 'end to end'}",
+                "images": record.get("images"), "views": record.get("views"), "seconds": record.get("seconds"),
+                "top1": record.get("top1"), "epochs": record.get("epochs_run"),
+            })  # fmt: skip
+    return rows
+
+
 def figures(row: Row, out: Outcome, data: str, order: int, scratch: Path | None = None) -> dict[str, Any]:
     """The row's record: what the README's table and the noise comparisons read. No path of this machine in it."""
     card = out.card or {}
@@ -348,6 +380,7 @@ def figures(row: Row, out: Outcome, data: str, order: int, scratch: Path | None 
         "train_images": survey.get("train_images"),
         "val_images": survey.get("val_images"),
         "stages_s": stage_seconds(out.state),
+        "trained_on": trained_on(out.state),
         "target": row.target,
         "target_met": bool(row.met(out)),
     }
@@ -376,6 +409,9 @@ def body(row: Row, f: dict[str, Any]) -> str:
     ]
     if f["stages_s"]:
         lines += ["", "Stages (s): " + ", ".join(f"{name} {sec:g}" for name, sec in f["stages_s"].items())]
+    if f.get("trained_on"):
+        used = [f"{r['what']} {_value(r['images'], '{:,}')} x {_value(r['views'], '{}')}" for r in f["trained_on"]]
+        lines += ["", "Trained on (photos x cached views): " + "; ".join(used)]
     if f.get("data_health"):
         clean = f.get("top1_without_leaked")
         without = f" Top-1 without the {f['leaked_val']} leaked val photos: {clean:.2f}%." if clean is not None else ""

@@ -22,13 +22,14 @@ from typing import Any
 from benchmarks import battery
 from benchmarks.results import record_path, write_section
 
-CLASSES = 10
 LARGE_FOLDER_RECORD = "battery_large_folder"
 
 
 def linked_folder(full: Path, folder: Path, images: int) -> Path:
-    """``folder/{train,test}/<class>/`` linking the first ``images / 10`` train photos of each class of ``full``."""
-    for split, count in (("train", images // CLASSES), ("test", None)):
+    """``folder/{train,test}/<class>/`` linking the first ``images / classes`` train photos of each class of ``full``
+    and all its test photos."""
+    classes = len([path for path in (full / "train").iterdir() if path.is_dir()])
+    for split, count in (("train", images // classes), ("test", None)):
         for class_dir in sorted((full / split).iterdir()):
             target = folder / split / class_dir.name
             target.mkdir(parents=True, exist_ok=True)
@@ -37,24 +38,6 @@ def linked_folder(full: Path, folder: Path, images: int) -> Path:
                 if not link.exists():
                     link.symlink_to(source.resolve())
     return folder
-
-
-def trained_on(state: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """Every rung and student that trained: its name, images, views, epochs, seconds and val top-1."""
-    stages = (state or {}).get("stages") or {}
-    rows = [
-        {"what": f"teacher: {rung['name']}", "images": rung.get("images"), "views": rung.get("views"),
-         "seconds": rung.get("seconds"), "top1": rung.get("top1"), "engine": rung.get("trunk_pass") or "eager"}
-        for rung in (stages.get("teacher") or {}).get("rungs", [])
-    ]  # fmt: skip
-    for key, record in stages.items():
-        if key.startswith("train:") and isinstance(record, dict):
-            rows.append({
-                "what": f"{key[len('train:'):]}: {record.get('rung') or 'end to end'}",
-                "images": record.get("images"), "views": record.get("views"), "seconds": record.get("seconds"),
-                "top1": record.get("top1"), "epochs": record.get("epochs_run"),
-            })  # fmt: skip
-    return rows
 
 
 def size_body(images: int, f: dict[str, Any]) -> str:
@@ -88,7 +71,7 @@ def run_size(full: Path, scratch: Path, images: int, budget_min: float) -> dict[
     out = battery.run_row(row, str(data), work)
     f = battery.figures(row, out, str(data), 0, scratch)
     f["images"] = images
-    f["trained_on"] = trained_on(out.state)
+    f["trained_on"] = battery.trained_on(out.state)
     write_section(f"cost_growth_{images}", size_body(images, f), f)
     print(f"cost growth: {images}: {battery._value(out.top1, '{:.2f}%')} in {out.wall_s / 60:.1f} min", flush=True)
     return f

@@ -583,6 +583,7 @@ class CachedTail:
     run_dir: Path
     data: TailData
     trunk_pass: str = ""  # what computed the cache (``TrunkPass.label``), for the record
+    cached_views: int | None = None  # the views the cache holds: fewer than asked where the disk could not hold them
 
     def loaders(self) -> tuple[Iterable[tuple[torch.Tensor, ...]], Iterable[tuple[torch.Tensor, ...]]]:
         """Batches of the cached rows as float32: training ones shuffled by the run's seed, then the val ones."""
@@ -608,7 +609,8 @@ class CachedTail:
         return {
             "transfer": {
                 "trainable_blocks": self.config.trainable_blocks,
-                "views": self.config.views,
+                "views": self.cached_views or self.config.views,
+                "views_asked": self.config.views,
                 "trunk_pass": self.trunk_pass,
             }
         }
@@ -645,7 +647,9 @@ def prepare_tail(config: TrainConfig, reporter: Reporter) -> CachedTail:
         teacher = (cached_teacher_logits(config, splits.train, splits.classes, plan, preprocess, folder, reporter),)
     logger.debug("feature cache ready in %.1f s: train %s, val %s", time.time() - started, train_x.shape, val_x.shape)
     data = tail_data((train_x, train_y, *teacher), (val_x, val_y))
-    return CachedTail(config, model, Tail(model, cut), splits.classes, splits, run_dir, data, trunk_pass.label)
+    return CachedTail(
+        config, model, Tail(model, cut), splits.classes, splits, run_dir, data, trunk_pass.label, len(plan.transforms)
+    )
 
 
 def tail_data(train: tuple[Rows, ...], val: tuple[Rows, torch.Tensor]) -> TailData:

@@ -116,3 +116,42 @@ def test_survey_lists_stray_files_unless_told_to_skip_them(tmp_path):
     with pytest.raises(MobiforgeError, match=r"1 image file\(s\) cannot be decoded: .*bad0\.jpg.*--skip-bad-images"):
         survey(ShipConfig(data=str(data)))
     assert survey(ShipConfig(data=str(data), skip_bad_images=True)).classes == ["cats", "dogs"]
+
+
+def test_the_cost_growth_benchmark_links_each_size_and_tabulates_what_each_stage_used(tmp_path):
+    from benchmarks import cost_growth
+
+    full = tmp_path / "full"
+    for split, count in (("train", 5), ("test", 2)):
+        for name in ("a", "b"):
+            (full / split / name).mkdir(parents=True)
+            for number in range(count):
+                (full / split / name / f"{number:04d}.jpg").write_bytes(b"x")
+    folder = cost_growth.linked_folder(full, tmp_path / "four", 4)
+    assert sorted(p.name for p in (folder / "train" / "a").iterdir()) == ["0000.jpg", "0001.jpg"]
+    assert len(list((folder / "test" / "b").iterdir())) == 2 and (folder / "train" / "a" / "0000.jpg").is_symlink()
+    state = {"stages": {"teacher": {"rungs": [{"name": "linear probe", "images": 4, "views": 2, "seconds": 30.0,
+                                               "top1": 80.0, "trunk_pass": "onnxruntime int8"}]},
+                        "train:student": {"rung": "last 9 blocks", "images": 4, "views": 8, "seconds": 100.0,
+                                          "top1": 85.0, "epochs_run": 3}},
+             "finished_at_s": {"survey": 1.0, "search": 5.0, "teacher": 40.0, "train:student": 150.0}}  # fmt: skip
+    used = battery.trained_on(state)
+    assert [row["what"] for row in used] == ["teacher: linear probe", "student: last 9 blocks"]
+    figures = {"images": 4, "wall_s": 200.0, "top1_runtime": 84.5, "stages_s": battery.stage_seconds(state),
+               "trained_on": used}  # fmt: skip
+    table = cost_growth.summary_body([({"commit": "abc1234"}, figures)])
+    assert (
+        "| 4 | 1 | 4 | 35 | 110 | 0 | 0 | 3.3 min | linear probe 4 x 2 | last 9 blocks 4 x 8 | 84.50% | abc1234 |"
+        in table
+    )
+
+
+def test_the_short_large_folder_row_asks_for_a_probe_on_a_subset(tmp_path):
+    def state(images):
+        rungs = [{"name": "linear probe", "top1": 80.0, "images": images}]
+        return {"stages": {"survey": {"train_images": 50_000, "val_images": 1000}, "teacher": {"rungs": rungs}}}
+
+    met = battery.on_a_subset(0.05)
+    assert met(_outcome(tmp_path, card=CARD, state=state(18_000), wall=600.0, budget=600.0))
+    assert not met(_outcome(tmp_path, card=CARD, state=state(50_000), wall=600.0, budget=600.0))
+    assert not met(_outcome(tmp_path, card=CARD, state=state(18_000), wall=700.0, budget=600.0))  # over budget + 5%

@@ -3,6 +3,7 @@ run of the whole network, the cache resumes after a kill, and a cache of other w
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from pathlib import Path
 
@@ -215,6 +216,22 @@ def test_a_cache_that_does_not_fit_on_disk_keeps_fewer_views_or_says_what_it_nee
     monkeypatch.setattr(transfer, "disk_room", lambda folder: one_view // 2)
     with pytest.raises(MobiforgeError, match=r"the feature cache needs .* for one view of 16 images .* --cache-dir"):
         transfer.plan_cache(model, 3, model.preprocess, config, 4, 0, samples, tmp_path, 0)
+
+
+def test_a_run_whose_cache_kept_fewer_views_records_the_views_it_trained_on(
+    data: Path, start: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ship's report says what each rung trained on: the views the disk held, beside the views asked for."""
+    planned = transfer.plan_cache
+
+    def disk_for_two(*args, **kwargs):  # type: ignore[no-untyped-def]
+        plan = planned(*args, **kwargs)
+        return dataclasses.replace(plan, transforms=plan.transforms[:2])
+
+    monkeypatch.setattr(transfer, "plan_cache", disk_for_two)
+    result = train(_config(data, tmp_path / "runs", start, blocks=1, views=4, epochs=1))
+    cached = Checkpoint.load(result.run_dir / "last.pt").extra["transfer"]
+    assert cached["views"] == 2 and cached["views_asked"] == 4
 
 
 def test_a_cache_larger_than_memory_is_memory_mapped_and_trains_as_if_it_were_in_memory(

@@ -41,6 +41,7 @@ from mobiforge.ship.policy import (
     PROBE_EPOCHS,
     PROBE_MIN_EPOCHS,
     SIZE_TOLERANCE,
+    SUBSET_PROBE_SHARE,
     TAIL_EPOCHS,
     TEACHER_TAILS,
     TEACHER_VIEWS,
@@ -48,6 +49,7 @@ from mobiforge.ship.policy import (
 )
 from mobiforge.ship.probes import inference_speed, step_speed, training_speed
 from mobiforge.ship.state import Survey
+from mobiforge.ship.subsets import floor_images, most_images
 from mobiforge.transfer import Tail, trunk_output
 from mobiforge.trunk import trunk_dtype
 
@@ -72,6 +74,7 @@ class RungPlan:
     seconds: float  # estimated, end to end
     views: int = 2
     img_size: int | None = None  # None: the network's own input size
+    images: int | None = None  # train photos (a stratified subset where fewer than the folder's); None: all
 
 
 def views_for(
@@ -100,7 +103,9 @@ def probe_rung(speeds: LadderSpeeds, info: Survey, views: int, seconds: float) -
     cache = MARGIN * passes / speeds.forward + CACHE_PASS_FIXED_SECONDS
     epoch = _cached_epoch(info.train_images * views, info.val_images, speeds.tail[0])
     epochs = min(PROBE_EPOCHS, int((seconds - cache) / epoch))
-    return RungPlan("linear probe", 0, epochs, cache + epochs * epoch, views) if epochs >= PROBE_MIN_EPOCHS else None
+    if epochs < PROBE_MIN_EPOCHS:
+        return None
+    return RungPlan("linear probe", 0, epochs, cache + epochs * epoch, views, images=info.train_images)
 
 
 def tail_rung(
@@ -121,7 +126,9 @@ def tail_rung(
         epoch = _cached_epoch(info.train_images * views, info.val_images, speeds.tail[blocks])
         epochs = min(max_epochs, int((seconds - cache) // epoch))
         if epochs >= MIN_TAIL_EPOCHS:
-            return RungPlan(f"last {blocks} blocks", blocks, epochs, cache + epochs * epoch, views)
+            return RungPlan(
+                f"last {blocks} blocks", blocks, epochs, cache + epochs * epoch, views, images=info.train_images
+            )
     return None
 
 
@@ -130,7 +137,43 @@ def full_rung(speeds: LadderSpeeds, info: Survey, seconds: float) -> RungPlan | 
         return None
     epoch = epoch_seconds(speeds.full, info, teacher_speed=None)
     epochs = int(min(FULL_MAX_EPOCHS, seconds // epoch))
-    return RungPlan("full fine-tune", None, epochs, epochs * epoch) if epochs >= FULL_MIN_EPOCHS else None
+    if epochs < FULL_MIN_EPOCHS:
+        return None
+    return RungPlan("full fine-tune", None, epochs, epochs * epoch, images=info.train_images)
+
+
+def with_images(info: Survey, images: int) -> Survey:
+    """``info`` as a plan over ``images`` of its training photos."""
+    return dataclasses.replace(info, train_images=images)
+
+
+def ladder_images(speeds: LadderSpeeds, info: Survey, seconds: float) -> int:
+    """The training photos the teacher's probe rungs take: all of them where the probe over all, with the fewest
+    views, fits in ``seconds``; else a subset, the most whose probe fits in SUBSET_PROBE_SHARE of them (the rungs
+    above it take more photos as the time left allows), at least ``floor_images``; 0: not even those fit."""
+    views = TEACHER_VIEWS[-1]
+    if probe_rung(speeds, info, views, seconds) is not None:
+        return info.train_images
+    low = floor_images(len(info.classes), info.train_images)
+
+    def fits(images: int) -> bool:
+        return probe_rung(speeds, with_images(info, images), views, SUBSET_PROBE_SHARE * seconds) is not None
+
+    return most_images(fits, low, info.train_images - 1) if low < info.train_images else 0
+
+
+def upper_images(speeds: LadderSpeeds, info: Survey, views: int, seconds: float, probed: int, more: bool) -> int:
+    """The training photos of the rungs above a probe on ``probed`` of them: where more photos pay (``more``, the
+    probe's learning curve), the most for which as many rungs fit in ``seconds`` as with ``probed``; else
+    ``probed``, its time spent on epochs."""
+    rungs = len(upper_rungs(speeds, with_images(info, probed), views, seconds))
+    if not more or probed >= info.train_images or rungs == 0:
+        return probed
+
+    def fits(images: int) -> bool:
+        return len(upper_rungs(speeds, with_images(info, images), views, seconds)) >= rungs
+
+    return most_images(fits, probed, info.train_images) or probed
 
 
 def teacher_ladder(speeds: LadderSpeeds, info: Survey, seconds: float) -> list[RungPlan]:
@@ -178,7 +221,7 @@ def size_probe(
     kept = upper_rungs(speeds, info, views, seconds - probe.seconds)
     if len(kept) < len(upper_rungs(speeds, info, views, seconds)):
         return None
-    return RungPlan(f"linear probe {size} px", 0, probe.epochs, probe.seconds, views, size)
+    return dataclasses.replace(probe, name=f"linear probe {size} px", img_size=size)
 
 
 def held(full_size_top1: float, lower_top1: float) -> bool:
@@ -190,7 +233,7 @@ def sized(rung: RungPlan, size: int, own_size: int) -> RungPlan:
     """``rung`` at input ``size`` (its name says so when it is not the network's own)."""
     if size == own_size:
         return rung
-    return RungPlan(f"{rung.name} {size} px", rung.trainable_blocks, rung.epochs, rung.seconds, rung.views, size)
+    return dataclasses.replace(rung, name=f"{rung.name} {size} px", img_size=size)
 
 
 # ------------------------------------------------------------------------------------------------ measurement

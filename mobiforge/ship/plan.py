@@ -54,11 +54,12 @@ def batch_size(config: ShipConfig, img_size: int) -> int:
     return config.batch_size or (SMALL_BATCH if img_size <= SMALL_IMAGE_SIDE else LARGE_BATCH)
 
 
-def data_config(config: ShipConfig, img_size: int | None) -> DataConfig:
-    """The training data settings of a candidate (``img_size`` None: the teacher's own input size)."""
+def data_config(config: ShipConfig, img_size: int | None, data: str | None = None) -> DataConfig:
+    """The training data settings of a candidate (``img_size`` None: the teacher's own input size; ``data``: a
+    subset's table in place of the user's data)."""
     size = img_size or LARGE_INPUT_SIZES[0]
     return DataConfig(
-        data=config.data,
+        data=data or config.data,
         img_size=img_size,
         batch_size=batch_size(config, size),
         workers=config.workers,

@@ -108,6 +108,16 @@ MARGIN = 1.3  # estimates from random-data timings ran ~1.3x short of real epoch
 CACHE_PASS_FIXED_SECONDS = 10.0  # a cache pass's cost beyond its images: loaders, memo files (a judgement)
 CACHED_EPOCH_FIXED_SECONDS = 0.5  # ... and a cached epoch's (its features are in memory; a judgement)
 LOWER_SIZES = (160, 128)  # input sizes the teacher's probe tries below its own, in this order
+# A folder larger than the budget passes through (mobiforge.ship.subsets): the probe rungs train on the most photos
+# whose probe, with the fewest views, fits in this share of the teacher's time (the rungs above it get the rest);
+# never fewer than SUBSET_MIN_PER_CLASS per class. Judgements, not measured optima: 50,000 CIFAR-10 photos fit whole
+# in 30 minutes here (RESULTS.md#battery_large_folder), so the subset starts above that.
+SUBSET_PROBE_SHARE = 0.5
+SUBSET_MIN_PER_CLASS = 20
+# The learning curve: the probe on these shares of its photos. More photos pay where the last doubling gained at
+# least CURVE_GAIN points of val top-1 (a judgement: about the noise of a 1,000-photo val split).
+CURVE_SHARES = (0.25, 0.5, 1.0)
+CURVE_GAIN = 1.0
 SIZE_TOLERANCE = 0.5  # probe val top-1 points a lower input size may lose and still be taken
 
 # ------------------------------------------------------------------------------------------------ the students

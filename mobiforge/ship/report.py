@@ -55,6 +55,7 @@ from mobiforge.ship.shortfall import headline, shortfall, why_nothing_shipped
 from mobiforge.ship.snippets import android_snippet, ios_snippet
 from mobiforge.ship.stages import WEB_SCREENSHOT, left_out_of_gate
 from mobiforge.ship.state import CORE_ML_PACKAGE, SEARCH, TEACHER, WEB_PAGE, Candidate, Row, Rung, ShipState
+from mobiforge.ship.subsets import more_images_pay
 
 
 def versions(runtime: str) -> dict[str, str]:
@@ -166,7 +167,7 @@ def model_card(config: ShipConfig, state: ShipState, row: Row, artifact: Path | 
         license=described.license or "not stated",
         description=described.description,
         intended_use=_intended_use(checkpoint.named_classes(), state),
-        limitations=_limitations(config, state, exported),
+        limitations=_limitations(config, state, exported, trained.images),
         shipped=artifact is not None,
         artifact=CardArtifact(file, config.runtime, exported.precision, exported.float_modules, exported.file_bytes),
         model=CardModel(
@@ -216,13 +217,17 @@ def _intended_use(classes: list[str], state: ShipState) -> str:
     )
 
 
-def _limitations(config: ShipConfig, state: ShipState, exported: Any) -> list[str]:
-    """What a reader must know before relying on the model: the card's standard caveats, with this run's figures."""
+def _limitations(config: ShipConfig, state: ShipState, exported: Any, images: int | None = None) -> list[str]:
+    """What a reader must know before relying on the model: the card's standard caveats, with this run's figures
+    (``images``: the training photos it learnt from, where a subset of the folder's)."""
     survey = state.survey
+    learnt = survey.train_images
+    if images is not None and images < survey.train_images:
+        learnt = f"{images} (a stratified subset of the folder's {survey.train_images})"
     limits = [
         f"It knows only its {len(survey.classes)} classes and always answers one of them: a photo of anything else "
         "gets a wrong class, often with high confidence.",
-        f"It learnt from {survey.train_images} training images and was measured on {survey.val_images} validation "
+        f"It learnt from {learnt} training images and was measured on {survey.val_images} validation "
         "images from the same source: photos unlike them (other cameras, light, backgrounds, framing) may score "
         "lower than the figures here.",
         f"Latency was measured on this machine's CPU ({versions(config.runtime)['machine']}), not on a phone: a "
@@ -659,7 +664,7 @@ def _ladder_table(state: ShipState, rows: list[Row]) -> list[list[str]]:
         [
             f"teacher: {rung.name}",
             f"{rung.trainable_params / 1e6:.3f}M",
-            _data_used(rung),
+            _data_used(rung, state.survey.train_images),
             f"{rung.seconds:.0f} s",
             f"{rung.top1:.2f}%",
         ]
@@ -671,19 +676,33 @@ def _ladder_table(state: ShipState, rows: list[Row]) -> list[list[str]]:
             top1 = f"{trained.top1:.2f}%" if trained.top1 is not None else "-"
             params = f"{trained.trainable_params / 1e6:.3f}M" if trained.trainable_params else "-"
             name = f"{row.candidate.name}: {trained.rung}, distilled"
-            table.append([name, params, "the teacher's cache", f"{trained.seconds or 0:.0f} s", top1])
+            used = Rung(name, 0, 0.0, 0.0, trained.images, trained.views, "the teacher's cache")
+            data = _data_used(used, state.survey.train_images) if trained.images else "the teacher's cache"
+            table.append([name, params, data, f"{trained.seconds or 0:.0f} s", top1])
+    if teacher and teacher.learning_curve:
+        photos = " / ".join(f"{int(images):,}" for images, _ in teacher.learning_curve)
+        scores = " / ".join(f"{top1:.2f}%" for _, top1 in teacher.learning_curve)
+        pays = "more photos pay" if more_images_pay(teacher.learning_curve) else "more epochs pay, not more photos"
+        table.append([f"teacher: the probe's learning curve ({pays})", "-", f"{photos} photos", "-", scores])
     header = ["rung", "trainable params", "trained on (cache computed by)", "time", "val top-1"]
     return [header, *table] if table else []
 
 
-def _data_used(rung: Rung) -> str:
-    """What a rung trained on: ``2,367 photos x 4 cached views (onnxruntime int8)``, or a fresh view every epoch."""
+def _data_used(rung: Rung, folder_images: int) -> str:
+    """What a rung trained on: ``2,367 photos x 4 cached views (onnxruntime int8)``, or a fresh view every epoch;
+    a subset with its share of the folder's ``folder_images`` training photos."""
     if rung.images is None:
         return "-"  # a state from before the record
+    photos = f"{rung.images:,} photos"
+    if rung.images < folder_images:
+        photos = f"{rung.images:,} of {folder_images:,} photos ({rung.images / folder_images:.0%}, stratified)"
     if rung.views is None:
-        return f"{rung.images:,} photos, a new augmented view every epoch"
+        return f"{photos}, a new augmented view every epoch"
     engine = f" ({rung.trunk_pass})" if rung.trunk_pass else ""
-    return f"{rung.images:,} photos x {rung.views} cached view{'s' if rung.views != 1 else ''}{engine}"
+    disk = (
+        f"; the disk held {rung.views} of the {rung.views_asked} asked" if (rung.views_asked or 0) > rung.views else ""
+    )
+    return f"{photos} x {rung.views} cached view{'s' if rung.views != 1 else ''}{engine}{disk}"
 
 
 def _markdown(intro: list[str], tables: Tables, images: dict[str, Path], snippets: list[Snippet]) -> str:

@@ -4,6 +4,7 @@ gate. Each returns the typed record that ``ShipState`` keeps."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import shutil
 import time
@@ -11,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 
@@ -34,18 +36,22 @@ from mobiforge.runs import TrainResult
 from mobiforge.ship.budget import TimeBudget
 from mobiforge.ship.config import CORE_ML, SHIPPED_WEB_FOLDER, WEB, ShipInterrupted
 from mobiforge.ship.ladder import (
+    LadderSpeeds,
     RungPlan,
     at_size,
     forward_speed,
     held,
+    ladder_images,
     measure,
     size_probe,
     sized,
     tail_rung,
     teacher_ladder,
+    upper_images,
     upper_rungs,
     views_for,
     with_cache_engine,
+    with_images,
 )
 from mobiforge.ship.plan import (
     batch_size,
@@ -108,6 +114,7 @@ from mobiforge.ship.policy import (
 from mobiforge.ship.probes import inference_speed
 from mobiforge.ship.search import prune_into
 from mobiforge.ship.state import Candidate, ExportRecord, Rung, ShipState, Survey, TeacherRecord, TrainRecord
+from mobiforge.ship.subsets import floor_images, learning_curve, more_images_pay, most_images, subset_table
 from mobiforge.train import EPOCH_END, TrainConfig, train
 from mobiforge.transfer import Tail, cut_index, teacher_cut, trunk_digest, trunk_pass_for
 from mobiforge.trunk import memo_path, recorded_speed
@@ -144,22 +151,25 @@ def train_teacher(run: ShipRun) -> TeacherRecord:
         )
     model = create_model(TEACHER_MODEL, num_classes=len(state.survey.classes))
     size = get_weights(TEACHER_MODEL).preprocess.img_size
-    images = state.survey.train_images + state.survey.val_images
+    fewest = floor_images(len(state.survey.classes), state.survey.train_images) + state.survey.val_images
     budget = run.budget().share(TEACHER_SHARE)
     engine_speed = cache_engine_speed(run) if budget.left() > 0 else None
-    if budget.left() <= 0 or images / (engine_speed or forward_speed(model, size)) > budget.left():
+    if budget.left() <= 0 or fewest / (engine_speed or forward_speed(model, size)) > budget.left():
         return TeacherRecord(skipped=f"no time for {TEACHER_MODEL}'s features (one pass over the data)")
     speeds = with_cache_engine(measure(model, size, TEACHER_TAILS, config, full=True), engine_speed)
     budget = run.budget().share(TEACHER_SHARE)  # counted from after the probes
-    rungs = teacher_ladder(speeds, state.survey, budget.left())
+    info = with_images(state.survey, ladder_images(speeds, state.survey, budget.left()))
+    rungs = teacher_ladder(speeds, info, budget.left()) if info.train_images else []
     if not rungs:
         return TeacherRecord(skipped=f"no time for {TEACHER_MODEL}'s features (one pass over the data)")
     plan = " -> ".join(f"{rung.name} ({rung.epochs} epochs)" for rung in rungs)
     say(f"teacher: {TEACHER_MODEL} from ImageNet weights, ladder: {plan}, ~{sum(r.seconds for r in rungs):.0f} s")
+    if info.train_images < state.survey.train_images:
+        say(f"teacher: the probe rungs train on {_share(info.train_images, state.survey)} (stratified)")
     climbed = [_step(rungs[0], [], run)]
     chosen, views = size, rungs[0].views
     for lower in LOWER_SIZES:  # cheaper inputs, while the probe holds its accuracy at them
-        probe = size_probe(speeds, state.survey, views, budget.left(), lower, size)
+        probe = size_probe(speeds, info, views, budget.left(), lower, size)
         if probe is None:
             break
         climbed.append(_step(probe, climbed, run))
@@ -168,10 +178,44 @@ def train_teacher(run: ShipRun) -> TeacherRecord:
         chosen = lower
     if chosen != size:
         say(f"teacher: the probe held at {chosen} px: the rungs above it and the students train at {chosen} px")
-    for rung in upper_rungs(at_size(speeds, chosen, size), state.survey, views, budget.left()):
+    curve = probe_curve(run, info.train_images) if info.train_images < state.survey.train_images else []
+    speeds_at = at_size(speeds, chosen, size)
+    images = upper_images(speeds_at, state.survey, views, budget.left(), info.train_images, more_images_pay(curve))
+    if curve:
+        points = ", ".join(f"{top1:.2f}% on {photos:,}" for photos, top1 in curve)
+        pays = "more photos pay" if more_images_pay(curve) else "more epochs pay, not more photos"
+        say(f"teacher: the probe's learning curve: {points}: {pays}; the rungs above it take {images:,} photos")
+    for rung in upper_rungs(speeds_at, with_images(state.survey, images), views, budget.left()):
         climbed.append(_step(sized(rung, chosen, size), climbed, run))
     best = max(climbed, key=lambda done: done[1].top1)
-    return TeacherRecord(best[0], rungs=[rung for _, rung in climbed])
+    return TeacherRecord(best[0], rungs=[rung for _, rung in climbed], learning_curve=[list(p) for p in curve])
+
+
+def _share(images: int, survey: Survey) -> str:
+    return f"{images:,} of the {survey.train_images:,} training photos ({images / survey.train_images:.0%})"
+
+
+def run_data(run: ShipRun, images: int | None) -> str | None:
+    """The data a rung or student of ``images`` training photos trains on: a stratified subset's table in the run
+    folder (``subsets.subset_table``), or None (the user's data) for all of them."""
+    survey = run.state.survey
+    if images is None or images >= survey.train_images:
+        return None
+    return subset_table(run.run_dir, data_config(run.config, img_size=None), survey.classes, images)
+
+
+def probe_curve(run: ShipRun, images: int) -> list[tuple[int, float]]:
+    """The learning curve of a linear probe on the teacher probe's own cached features of its ``images`` photos
+    (their eval crops, read back: no trunk pass), judged on the val split."""
+    from mobiforge.doctor.features import trunk_activations  # scikit-learn's import: only where a subset ran
+
+    data = data_config(run.config, img_size=None, data=run_data(run, images))
+    splits = discover(data)
+    _, rows = trunk_activations(splits.train, splits.val, run.run_dir / "cache", run.reporter, data, run.config.seed)
+    features = rows.float().numpy()
+    labels = np.array([label for _, label in [*splits.train, *splits.val]], dtype=np.int64)
+    train = len(splits.train)
+    return learning_curve(features[:train], labels[:train], features[train:], labels[train:])
 
 
 def cache_engine_speed(run: ShipRun) -> float | None:
@@ -213,7 +257,7 @@ def climb(rung: RungPlan, start: TrainRecord | None, run: ShipRun) -> tuple[Trai
             shutil.rmtree(folder, ignore_errors=True)
         base = TrainConfig(
             model=TEACHER_MODEL,
-            data=data_config(config, img_size=rung.img_size),
+            data=data_config(config, img_size=rung.img_size, data=run_data(run, rung.images)),
             epochs=rung.epochs,
             seed=config.seed,
             runs_dir=str(run_dir),
@@ -236,11 +280,16 @@ def climb(rung: RungPlan, start: TrainRecord | None, run: ShipRun) -> tuple[Trai
     top1 = float(checkpoint.metrics.get("best_top1", 0.0))
     blocks, model = rung.trainable_blocks, checkpoint.model()
     trained = Tail(model, cut_index(model, blocks)) if blocks is not None else model
-    record = TrainRecord(str(folder / "best.pt"), str(folder), top1, top1, rung.epochs, len(history), history)
-    params = sum(p.numel() for p in trained.parameters())
+    images = rung.images or run.state.survey.train_images
     cached = checkpoint.extra.get("transfer") or {}
-    images, views = run.state.survey.train_images, cached.get("views") if blocks is not None else None
-    return record, Rung(rung.name, params, time.time() - started, top1, images, views, cached.get("trunk_pass", ""))
+    views = cached.get("views") if blocks is not None else None
+    record = TrainRecord(
+        str(folder / "best.pt"), str(folder), top1, top1, rung.epochs, len(history), history, images=images, views=views
+    )
+    params = sum(p.numel() for p in trained.parameters())
+    asked = cached.get("views_asked") if blocks is not None else None
+    seconds = time.time() - started
+    return record, Rung(rung.name, params, seconds, top1, images, views, cached.get("trunk_pass", ""), asked)
 
 
 def _finished(folder: Path, epochs: int) -> bool:
@@ -436,25 +485,27 @@ def _train_student_tail(
     start = _teacher_start(candidate, teacher, config, folder)
     student = Checkpoint.load(start).model()
     tails = student_tails(candidate, student)
-    teacher_seconds = _teacher_pass_seconds(
-        Checkpoint.load(teacher.checkpoint), state.survey.train_images, run_dir / "cache"
-    )
+    passes = _teacher_pass_seconds(Checkpoint.load(teacher.checkpoint), teacher.images, run_dir / "cache")
     speeds = measure(student, Checkpoint.load(start).preprocess.img_size, tails, config)  # the teacher's size
     # planned on the time left after the pruning and the speed probes above, which the budget's clock counted
-    views = views_for(speeds, state.survey, budget.left(), teacher_seconds)
-    shortest = tail_rung(speeds, state.survey, views, 1e9, tails, MIN_TAIL_EPOCHS)  # any time: its cost
+    info = with_images(state.survey, _student_images(speeds, state.survey, tails, passes, budget))
+    teacher_seconds = functools.partial(passes, info.train_images)
+    views = views_for(speeds, info, budget.left(), teacher_seconds)
+    shortest = tail_rung(speeds, info, views, 1e9, tails, MIN_TAIL_EPOCHS)  # any time: its cost
     cost = shortest.seconds + teacher_seconds(views) if shortest else math.inf
     if budget.spare and budget.spare < cost:
         budget.take_spare()  # the candidates after it could not train: this one takes their time
     elif budget.spare and budget.left() < cost:
         budget.take_spare(cost - budget.left())  # its own share cannot buy its shortest rung: what it lacks
     seconds = budget.left() - teacher_seconds(views)
-    rung = tail_rung(speeds, state.survey, views, seconds, tails, STUDENT_TAIL_EPOCHS)
+    rung = tail_rung(speeds, info, views, seconds, tails, STUDENT_TAIL_EPOCHS)
     if rung is None and not required:
         return None
     end = budget.end
     if rung is None:  # required (nothing shipped yet): the shortest rung, with the time it needs up to the run's end
-        rung = shortest or RungPlan(f"last {tails[-1]} blocks", tails[-1], MIN_TAIL_EPOCHS, 0.0, VIEWS[-1])
+        rung = shortest or RungPlan(
+            f"last {tails[-1]} blocks", tails[-1], MIN_TAIL_EPOCHS, 0.0, VIEWS[-1], images=info.train_images
+        )
         end = min(max(end, time.time() + cost), budget.latest)
     for name in ("last.pt", "best.pt"):  # a run cut short restarts: its trunk passes are cached
         (folder / name).unlink(missing_ok=True)
@@ -462,7 +513,7 @@ def _train_student_tail(
         model=candidate.model,
         init_from=str(start),
         distill=distilled_from(teacher.checkpoint),
-        data=data_config(config, img_size=None),
+        data=data_config(config, img_size=None, data=run_data(run, rung.images)),
         epochs=rung.epochs,
         seed=config.seed,
         runs_dir=str(run_dir / "candidates"),
@@ -470,7 +521,7 @@ def _train_student_tail(
         tensorboard=False,
     )
     started = time.time()
-    _, full_epoch_s = plan_epochs(candidate, state.survey, teacher, 0.0)
+    _, full_epoch_s = plan_epochs(candidate, info, teacher, 0.0)
     replan = replan_early(tail_epochs(rung, end, full_epoch_s))
     result = train(_cached(base, rung, run_dir), run.reporter, callbacks={EPOCH_END: [replan, stop_by(end)]})
     record = _record(result, result.run_dir / "last.pt", result.history[-1]["val_top1"])
@@ -483,7 +534,7 @@ def _train_student_tail(
         distilled=True,
         rung=rung.name,
         trainable_params=trainable,
-        images=state.survey.train_images,
+        images=info.train_images,
         views=cached.get("views"),
     )
 
@@ -504,17 +555,44 @@ def tail_epochs(rung: RungPlan, end: float, full_epoch_s: float) -> Callable[[in
     return plan
 
 
-def _teacher_pass_seconds(teacher: Checkpoint, train_images: int, cache: Path) -> Callable[[int], float]:
-    """Seconds of the teacher's passes for its logits on ``views`` views of every training image: none for the views
-    a cached teacher (a tail run, such as the linear probe) has already computed, one pass of its trunk for each
-    other view, at the speed its engine trial recorded in ``cache`` (ONNX Runtime ran the proxy's 2.7x faster than
-    the eager fp32 timing this falls back to)."""
+def _teacher_pass_seconds(teacher: Checkpoint, teacher_images: int | None, cache: Path) -> Callable[[int, int], float]:
+    """Seconds of the teacher's passes for its logits on ``views`` views of ``images`` training photos: none for the
+    views of the ``teacher_images`` photos a cached teacher (a tail run, such as the linear probe; None: all) has
+    already computed, one pass of its trunk for each other, at the speed its engine trial recorded in ``cache``
+    (ONNX Runtime ran the proxy's 2.7x faster than the eager fp32 timing this falls back to)."""
     cached = int((teacher.extra.get("transfer") or {}).get("views") or 0)
     model = teacher.model().eval()
     cut = teacher_cut(teacher, model)
     memo = memo_path(cache, trunk_digest(model, cut), cut, teacher.preprocess.img_size, TrainConfig().amp)
     speed = recorded_speed(memo) or inference_speed(model, teacher.preprocess.img_size)
-    return lambda views: MARGIN * train_images * max(0, views - cached) / speed
+
+    def seconds(images: int, views: int) -> float:
+        done = min(images, teacher_images or images) * min(views, cached)
+        return MARGIN * max(0, images * views - done) / speed
+
+    return seconds
+
+
+def _student_images(
+    speeds: LadderSpeeds,
+    survey: Survey,
+    tails: tuple[int, ...],
+    passes: Callable[[int, int], float],
+    budget: TimeBudget,
+) -> int:
+    """The training photos a cached student takes: all of them where its shortest tail rung (with the teacher's
+    passes for its logits) fits in the time its budget may take; else the most that do (a stratified subset, at
+    least ``floor_images``); all of them where not even those fit (the rung then asks for the time it needs)."""
+    room = budget.left() + budget.spare
+
+    def fits(images: int) -> bool:
+        info = with_images(survey, images)
+        views = views_for(speeds, info, room, functools.partial(passes, images))
+        shortest = tail_rung(speeds, info, views, 1e9, tails, MIN_TAIL_EPOCHS)
+        return shortest is not None and shortest.seconds + passes(images, views) <= room
+
+    low = floor_images(len(survey.classes), survey.train_images)
+    return most_images(fits, low, survey.train_images) or survey.train_images
 
 
 def _teacher_start(candidate: Candidate, teacher: TrainRecord, config: ShipConfig, folder: Path) -> Path:

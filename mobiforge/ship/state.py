@@ -158,6 +158,7 @@ class Rung:
     images: int | None = None  # train images it trained on
     views: int | None = None  # cached views of each (None: end to end, a fresh augmented view every epoch)
     trunk_pass: str = ""  # what computed its cache: an engine and precision ("onnxruntime int8")
+    views_asked: int | None = None  # more than ``views`` where the disk could not hold the cache of them all
 
 
 @dataclass
@@ -167,17 +168,23 @@ class TeacherRecord:
     trained: TrainRecord | None = None
     skipped: str | None = None
     rungs: list[Rung] = field(default_factory=list)
+    # [photos, val top-1] of the probe on 1/4, 1/2 and all of a subset (mobiforge.ship.subsets); empty: all photos
+    learning_curve: list[list[float]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         data = {"skipped": self.skipped} if self.trained is None else _plain(self.trained)
+        if self.learning_curve:
+            data["learning_curve"] = self.learning_curve
         return {**data, "rungs": [dataclasses.asdict(rung) for rung in self.rungs]} if self.rungs else data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TeacherRecord:
         rungs = [known_fields(Rung, rung) for rung in data.get("rungs", [])]
+        curve = [list(point) for point in data.get("learning_curve", [])]
         if "skipped" in data:
-            return cls(skipped=str(data["skipped"]), rungs=rungs)
-        return cls(trained=known_fields(TrainRecord, data), rungs=rungs)
+            return cls(skipped=str(data["skipped"]), rungs=rungs, learning_curve=curve)
+        trained = known_fields(TrainRecord, {k: v for k, v in data.items() if k != "learning_curve"})
+        return cls(trained=trained, rungs=rungs, learning_curve=curve)
 
 
 @dataclass

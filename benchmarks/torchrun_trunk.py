@@ -1,0 +1,124 @@
+"""The trunk's cache pass under torchrun: img/s with 1, 2 and 4 processes (gloo) on one machine, from files, and the
+per-process throughput extrapolated on paper to N machines (issue 47).
+
+    python -m benchmarks.torchrun_trunk [--data ../shared/datasets/cifar10] [--images 2000] [--engine onnxruntime-int8]
+        [--processes 1,2,4] [--scratch /tmp/torchrun-trunk]
+
+Each configuration starts ``torchrun --nproc-per-node P`` on a fresh cache folder; every rank computes its share of
+the chunks of the pooled features of EfficientNet-Lite0 (one eval crop per photo, ``doctor.features
+.trunk_activations``, the pass ship's linear probe caches), then reads the others' back, as a ship or train run
+under torchrun does. Each rank gets ``cores // P`` threads (at least 1): the processes share this machine's cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.results import machine, write_section
+
+CHUNK_BYTES_PER_IMAGE = 1280 * 2  # the pooled features, fp16: what a rank writes per image to the shared folder
+
+
+def worker(args: argparse.Namespace) -> None:
+    """One rank: the cache pass over the first ``--images`` train photos, timed between two barriers."""
+    import torch
+    import torch.distributed as dist
+
+    from mobiforge.config import DataConfig
+    from mobiforge.data import discover
+    from mobiforge.doctor.features import trunk_activations
+    from mobiforge.progress import SilentReporter
+
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    data = DataConfig(data=args.data)
+    splits = discover(data)
+    train = splits.train[:: max(1, len(splits.train) // args.images)][: args.images]
+    dist.barrier()
+    started = time.perf_counter()
+    trunk_activations(train, [], Path(args.cache), SilentReporter(), data, engine_name=args.engine)
+    dist.barrier()
+    seconds = time.perf_counter() - started
+    if rank == 0:
+        Path(args.result).write_text(json.dumps({"seconds": seconds, "images": len(train), "processes": world}))
+    dist.destroy_process_group()
+
+
+def run(args: argparse.Namespace, processes: int) -> dict[str, float]:
+    """``torchrun`` with ``processes`` ranks on a fresh cache; its wall time from launch as well as the pass's."""
+    folder = Path(args.scratch) / f"p{processes}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    assert torchrun is not None, "torchrun is not installed beside this Python"
+    command = [torchrun, "--standalone", "--nproc-per-node", str(processes), "-m", "benchmarks.torchrun_trunk",
+               "--worker", "--data", args.data, "--images", str(args.images), "--engine", args.engine,
+               "--cache", str(folder / "cache"), "--result", str(folder / "result.json")]  # fmt: skip
+    started = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - started
+    result = json.loads((folder / "result.json").read_text())
+    result["wall"] = wall
+    result["img_s"] = result["images"] / result["seconds"]
+    print(f"torchrun trunk: {processes} processes: {result['img_s']:.0f} img/s", flush=True)
+    return result
+
+
+def body(args: argparse.Namespace, results: list[dict[str, float]]) -> str:
+    cores = machine().get("cores") or os.cpu_count()
+    single = results[0]["img_s"]
+    lines = [
+        "## The trunk's cache pass under torchrun: 1, 2 and 4 processes on one machine",
+        "",
+        f"EfficientNet-Lite0's pooled features of {args.images:,} photos of `{Path(args.data).name}` (one eval crop "
+        f"each, decode included, `--trunk-engine {args.engine}`) into a fresh cache shared by the ranks, gloo, "
+        f"{cores} cores: each rank gets cores / processes threads (at least 1).",
+        "",
+        "| processes | threads each | pass | img/s | per process | vs 1 process | launch to exit |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for result in results:
+        processes = int(result["processes"])
+        lines.append(
+            f"| {processes} | {max(1, int(cores) // processes)} | {result['seconds']:.1f} s | {result['img_s']:.0f} | "
+            f"{result['img_s'] / processes:.0f} | {result['img_s'] / single:.2f}x | {result['wall']:.1f} s |"
+        )
+    lines += [
+        "",
+        f"On paper, N machines like this one, each running the pass on all its cores: N x {single:.0f} img/s, as "
+        f"long as the shared folder takes N x {single * CHUNK_BYTES_PER_IMAGE / 1e6:.1f} MB/s of chunk writes "
+        f"(pooled features, {CHUNK_BYTES_PER_IMAGE} bytes per image in fp16; a cached tail's activations are larger) "
+        "and every rank reads the photos at its own speed. What stays serial: rank 0's engine choice (and an int8 "
+        "trunk's calibration) before the pass, and reading every chunk back after it.",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/datasets/cifar10"))
+    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--engine", default="onnxruntime-int8", help="the trunk engine (--trunk-engine)")
+    parser.add_argument("--processes", default="1,2,4")
+    parser.add_argument("--scratch", default="/tmp/torchrun-trunk")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--cache", help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args)
+        return
+    results = [run(args, int(p)) for p in args.processes.split(",")]
+    write_section(f"torchrun_trunk_{Path(args.data).name}", body(args, results), {"runs": results})
+
+
+if __name__ == "__main__":
+    main()
