@@ -237,6 +237,8 @@ def test_the_report_shows_every_rung_with_its_time() -> None:
     )
 
     class State:
+        survey = Survey(classes=["a", "b"], train_images=2_367, val_images=100)
+
         def done(self, stage: Stage[object]) -> TeacherRecord | None:
             return teacher if stage is TEACHER else None
 
