@@ -1058,8 +1058,8 @@ def test_a_teachers_passes_are_planned_at_the_speed_its_engine_trial_recorded(tm
         tmp_path, trunk_digest(teacher.model(), None), None, teacher.preprocess.img_size, TrainConfig().amp
     )
     memo.write_text(json.dumps({"engine": "onnxruntime fp32", "images_per_second": {"onnxruntime fp32": 130.0}}))
-    seconds = stages._teacher_pass_seconds(teacher, 1_000, tmp_path)
-    assert seconds(2) == pytest.approx(stages.MARGIN * 2_000 / 130.0)
+    seconds = stages._teacher_pass_seconds(teacher, None, tmp_path)
+    assert seconds(1_000, 2) == pytest.approx(stages.MARGIN * 2_000 / 130.0)
 
 
 def test_a_student_tail_is_re_planned_to_the_time_left_unless_a_full_fine_tune_still_fits_after_it() -> None:

@@ -23,6 +23,7 @@ from mobiforge.checkpoint import Checkpoint
 from mobiforge.config import CARD_FIELDS, ShipConfig
 from mobiforge.data import DataConfig, discover, loader_workers
 from mobiforge.data.transforms import preprocess_for
+from mobiforge.doctor.features import trunk_activations
 from mobiforge.doctor.files import FileFacts
 from mobiforge.errors import MobiforgeError
 from mobiforge.export import ArtifactReport, ExportConfig, export_checkpoint
@@ -207,8 +208,6 @@ def run_data(run: ShipRun, images: int | None) -> str | None:
 def probe_curve(run: ShipRun, images: int) -> list[tuple[int, float]]:
     """The learning curve of a linear probe on the teacher probe's own cached features of its ``images`` photos
     (their eval crops, read back: no trunk pass), judged on the val split."""
-    from mobiforge.doctor.features import trunk_activations  # scikit-learn's import: only where a subset ran
-
     data = data_config(run.config, img_size=None, data=run_data(run, images))
     splits = discover(data)
     _, rows = trunk_activations(splits.train, splits.val, run.run_dir / "cache", run.reporter, data, run.config.seed)

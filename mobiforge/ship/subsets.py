@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from mobiforge.data import DataConfig, discover, spaced_subset
+from mobiforge.doctor.features import PROBE_C, PROBE_ITERATIONS
 from mobiforge.files import write_atomic
 from mobiforge.ship.policy import CURVE_GAIN, CURVE_SHARES, SUBSET_MIN_PER_CLASS
 
@@ -88,8 +89,6 @@ def learning_curve(
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import Normalizer
-
-    from mobiforge.doctor.features import PROBE_C, PROBE_ITERATIONS
 
     rows = [(index, int(label)) for index, label in enumerate(labels)]
     curve = []
