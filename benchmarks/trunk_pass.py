@@ -18,7 +18,6 @@ import argparse
 import contextlib
 import shutil
 import time
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,16 +121,9 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def probe_top1(train: np.ndarray, train_labels: np.ndarray, val: np.ndarray, val_labels: np.ndarray) -> float:
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import Normalizer
+    from mobiforge.doctor.features import fitted_probe
 
-    from mobiforge.doctor.features import PROBE_C, PROBE_ITERATIONS
-
-    probe = make_pipeline(Normalizer(), LogisticRegression(C=PROBE_C, max_iter=PROBE_ITERATIONS))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        probe.fit(train, train_labels)
+    probe = fitted_probe(train, train_labels)
     return 100.0 * float((probe.predict(val) == val_labels).mean())
 
 

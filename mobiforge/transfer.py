@@ -611,6 +611,7 @@ class CachedTail:
                 "trainable_blocks": self.config.trainable_blocks,
                 "views": self.cached_views or self.config.views,
                 "views_asked": self.config.views,
+                "images": len(self.splits.train),
                 "trunk_pass": self.trunk_pass,
             }
         }

@@ -4,6 +4,7 @@ many photos each rung and student takes, and a teacher whose probe rungs train o
 from __future__ import annotations
 
 import csv
+import dataclasses
 import time
 from pathlib import Path
 
@@ -68,6 +69,33 @@ def test_the_rungs_above_take_more_photos_only_where_the_curve_says_they_pay() -
     more = upper_images(cheap_tail, LARGE, 2, 300, probed, more=True)
     assert probed < more < LARGE.train_images
     assert upper_images(SPEEDS, LARGE, 2, 300, probed, more=True) == probed  # no rung above fits: nothing to grow
+
+
+def test_a_cached_student_takes_every_photo_its_time_allows() -> None:
+    """A student's shortest tail rung, with the teacher's passes for its logits, must fit in its time (with the
+    spare it may take): all the photos where it does, the most that do where not, all where not even the fewest do."""
+    from mobiforge.ship.budget import TimeBudget
+    from mobiforge.ship.stages import _student_images
+
+    speeds = LadderSpeeds(forward=500.0, prefix={9: 600.0}, tail={9: 400.0})
+
+    def passes(images: int, views: int) -> float:  # the teacher's views cached for every photo
+        return 0.0
+
+    roomy = TimeBudget(time.time() + 10**6)
+    assert _student_images(speeds, LARGE, (9,), passes, roomy) == LARGE.train_images
+    short = TimeBudget(time.time() + 3600, seconds=600.0, spare=300.0)
+    images = _student_images(speeds, LARGE, (9,), passes, short)
+    assert floor_images(10, LARGE.train_images) <= images < LARGE.train_images
+
+    def costly(images: int, views: int) -> float:  # the teacher runs for every photo and view
+        return images * views / 100.0
+
+    assert _student_images(speeds, LARGE, (9,), costly, short) < images  # the teacher's passes take their share
+    smaller = dataclasses.replace(short, seconds=300.0)
+    assert _student_images(speeds, LARGE, (9,), passes, smaller) < images  # less time, fewer photos
+    none = TimeBudget(time.time() + 5)
+    assert _student_images(speeds, LARGE, (9,), passes, none) == LARGE.train_images
 
 
 def test_more_photos_pay_while_the_last_doubling_gains_a_point() -> None:

@@ -232,6 +232,7 @@ def test_a_run_whose_cache_kept_fewer_views_records_the_views_it_trained_on(
     result = train(_config(data, tmp_path / "runs", start, blocks=1, views=4, epochs=1))
     cached = Checkpoint.load(result.run_dir / "last.pt").extra["transfer"]
     assert cached["views"] == 2 and cached["views_asked"] == 4
+    assert cached["images"] == len(discover(DataConfig(data=str(data))).train)  # what ship's report shows
 
 
 def test_a_cache_larger_than_memory_is_memory_mapped_and_trains_as_if_it_were_in_memory(

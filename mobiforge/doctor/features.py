@@ -125,20 +125,25 @@ def _held_out_folds(labels: np.ndarray, classes: int, folds: int, seed: int) -> 
     return probabilities, [(probed[fit], probed[held]) for fit, held in splits]
 
 
-def out_of_fold_probabilities(
-    features: np.ndarray, labels: np.ndarray, classes: int, folds: int, seed: int
-) -> np.ndarray:
-    """Each image's class probabilities from a linear probe that never saw it (k-fold, stratified)."""
+def fitted_probe(features: np.ndarray, labels: np.ndarray) -> Any:
+    """The linear probe (logistic regression on L2-normalised features, PROBE_C) fitted on ``features``."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import Normalizer
 
+    probe = make_pipeline(Normalizer(), LogisticRegression(C=PROBE_C, max_iter=PROBE_ITERATIONS))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # lbfgs stopping at max_iter: the probe ranks, it need not converge fully
+        return probe.fit(features, labels)
+
+
+def out_of_fold_probabilities(
+    features: np.ndarray, labels: np.ndarray, classes: int, folds: int, seed: int
+) -> np.ndarray:
+    """Each image's class probabilities from a linear probe that never saw it (k-fold, stratified)."""
     probabilities, splits = _held_out_folds(labels, classes, folds, seed)
     for fit, held in splits:
-        probe = make_pipeline(Normalizer(), LogisticRegression(C=PROBE_C, max_iter=PROBE_ITERATIONS))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # lbfgs stopping at max_iter: the probe ranks, it need not converge fully
-            probe.fit(features[fit], labels[fit])
+        probe = fitted_probe(features[fit], labels[fit])
         probabilities[held] = 0.0
         probabilities[np.ix_(held, probe.classes_)] = probe.predict_proba(features[held])
     return probabilities

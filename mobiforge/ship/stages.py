@@ -279,8 +279,9 @@ def climb(rung: RungPlan, start: TrainRecord | None, run: ShipRun) -> tuple[Trai
     top1 = float(checkpoint.metrics.get("best_top1", 0.0))
     blocks, model = rung.trainable_blocks, checkpoint.model()
     trained = Tail(model, cut_index(model, blocks)) if blocks is not None else model
-    images = rung.images or run.state.survey.train_images
     cached = checkpoint.extra.get("transfer") or {}
+    # the photos it trained on, as its checkpoint says: a rung read back after a resume may have planned another count
+    images = cached.get("images") or rung.images or run.state.survey.train_images
     views = cached.get("views") if blocks is not None else None
     record = TrainRecord(
         str(folder / "best.pt"), str(folder), top1, top1, rung.epochs, len(history), history, images=images, views=views
@@ -533,7 +534,7 @@ def _train_student_tail(
         distilled=True,
         rung=rung.name,
         trainable_params=trainable,
-        images=info.train_images,
+        images=cached.get("images") or info.train_images,
         views=cached.get("views"),
     )
 
@@ -579,15 +580,15 @@ def _student_images(
     passes: Callable[[int, int], float],
     budget: TimeBudget,
 ) -> int:
-    """The training photos a cached student takes: all of them where its shortest tail rung (with the teacher's
-    passes for its logits) fits in the time its budget may take; else the most that do (a stratified subset, at
-    least ``floor_images``); all of them where not even those fit (the rung then asks for the time it needs)."""
-    room = budget.left() + budget.spare
+    """The training photos a cached student takes: all of them where its shortest tail rung on the fewest views
+    (with the teacher's passes for its logits) fits in the time its budget may take; else the most that do (a
+    stratified subset, at least ``floor_images``); all of them where not even those fit (the rung then asks for the
+    time it needs). Photos come before views (RESULTS.md#cost_growth: more photos paid at every size), and at a
+    fixed count of views the cost only grows with the photos, which the search needs."""
+    room, views = budget.left() + budget.spare, VIEWS[-1]
 
     def fits(images: int) -> bool:
-        info = with_images(survey, images)
-        views = views_for(speeds, info, room, functools.partial(passes, images))
-        shortest = tail_rung(speeds, info, views, 1e9, tails, MIN_TAIL_EPOCHS)
+        shortest = tail_rung(speeds, with_images(survey, images), views, 1e9, tails, MIN_TAIL_EPOCHS)
         return shortest is not None and shortest.seconds + passes(images, views) <= room
 
     low = floor_images(len(survey.classes), survey.train_images)

@@ -183,8 +183,7 @@ class TeacherRecord:
         curve = [list(point) for point in data.get("learning_curve", [])]
         if "skipped" in data:
             return cls(skipped=str(data["skipped"]), rungs=rungs, learning_curve=curve)
-        trained = known_fields(TrainRecord, {k: v for k, v in data.items() if k != "learning_curve"})
-        return cls(trained=trained, rungs=rungs, learning_curve=curve)
+        return cls(trained=known_fields(TrainRecord, data), rungs=rungs, learning_curve=curve)
 
 
 @dataclass

@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import io
 import os
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,7 +20,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from mobiforge.data import DataConfig, discover, spaced_subset
-from mobiforge.doctor.features import PROBE_C, PROBE_ITERATIONS
+from mobiforge.doctor.features import fitted_probe
 from mobiforge.files import write_atomic
 from mobiforge.ship.policy import CURVE_GAIN, CURVE_SHARES, SUBSET_MIN_PER_CLASS
 
@@ -86,20 +85,13 @@ def learning_curve(
 ) -> list[tuple[int, float]]:
     """(photos, val top-1) of a linear probe on CURVE_SHARES of the training ``features`` (stratified, evenly spaced):
     the shape of the curve says whether more photos would pay."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import Normalizer
-
     rows = [(index, int(label)) for index, label in enumerate(labels)]
     curve = []
     for share in CURVE_SHARES:
         picked = [index for index, _ in stratified_subset(rows, max(1, round(share * len(rows))))]
         if len(set(labels[picked].tolist())) < 2:  # a probe needs two classes
             continue
-        probe = make_pipeline(Normalizer(), LogisticRegression(C=PROBE_C, max_iter=PROBE_ITERATIONS))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # lbfgs stopping at max_iter: the curve compares, it need not converge
-            probe.fit(features[picked], labels[picked])
+        probe = fitted_probe(features[picked], labels[picked])
         curve.append((len(picked), round(100.0 * float(probe.score(val_features, val_labels)), 2)))
     return curve
 
