@@ -339,6 +339,8 @@ class Trainer:
             torch.set_num_threads(self.config.threads)
         torch.manual_seed(self.config.seed)
         tail = self.cached_tail = prepare_tail(self.config, self.reporter)
+        if ranks.enabled and ranks.is_main and not self.config.threads:  # the others are done: every core is free
+            torch.set_num_threads(os.cpu_count() or 1)
         self.config, self.run_dir, self.classes, self.splits = tail.config, tail.run_dir, tail.classes, tail.splits
         self.model, self.preprocess, self.img_size = tail.model, tail.model.preprocess, self.config.data.img_size
         self.train_model = self.eval_model = tail.tail
@@ -527,11 +529,13 @@ class Trainer:
                 self._precise_bn()
                 self.last_eval = self.evaluate()
                 self._end_epoch(stats)
-                if stop.requested:
+                if self._should_stop():  # under torchrun: any rank's Ctrl-C, on every rank
                     self.interrupted = True
                     break
                 self.epoch_seconds = time.time() - started
                 self._fire(Event.EPOCH_END)
+                if self.ddp.enabled:
+                    self._follow_rank_zero()
                 if self._stop_reason is not None:
                     self.reporter.message(self._stop_reason)
                     break
@@ -625,7 +629,7 @@ class Trainer:
     def set_epochs(self, epochs: int) -> None:
         """Re-plan the run to ``epochs`` (never fewer than done): the learning-rate schedule is stretched or
         shortened to end there, and the new plan is saved so that a resume follows it."""
-        epochs = max(self.epoch, _agreed_count(epochs, self.ddp, self.device))
+        epochs = max(self.epoch, epochs)
         if epochs == self.config.epochs:
             return
         self.reporter.message(
@@ -639,6 +643,18 @@ class Trainer:
         if self.ddp.is_main:
             self._write_config()
             self.save(is_best=False)
+
+    def _follow_rank_zero(self) -> None:
+        """Rank 0's plan on every rank after an epoch's callbacks: its clock timed the epoch, and ranks that timed
+        it otherwise (or that have no callbacks: ship's other ranks) must still run as many epochs and stop
+        together, or DDP would hang. Only rank 0's callbacks re-plan or stop a run under torchrun."""
+        plan = torch.tensor([self.config.epochs or 0, self._stop_reason is not None], device=self.device)
+        dist.broadcast(plan, src=0)
+        self.set_epochs(int(plan[0].item()))
+        if not plan[1].item():
+            self._stop_reason = None
+        elif self._stop_reason is None:
+            self._stop_reason = f"rank 0 ended the run after epoch {self.epoch}"
 
     def stop(self, reason: str) -> None:
         """End the run after the current epoch (a planned end, not an interruption: ``last.pt`` resumes it)."""
@@ -786,12 +802,3 @@ def _stop_check(stop: _StopFlag, ddp: Distributed, device: torch.device) -> Call
         return bool(flag.item() > 0)
 
     return agreed
-
-
-def _agreed_count(count: int, ddp: Distributed, device: torch.device) -> int:
-    """Rank 0's count on every rank: ranks that timed their epochs differently must still stop together."""
-    if not ddp.enabled:
-        return count
-    value = torch.tensor([count], device=device)
-    dist.broadcast(value, src=0)
-    return int(value.item())

@@ -29,6 +29,8 @@ trunk passes back from a shared cache) and the student's steps cost only the stu
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import ctypes
 import dataclasses
 import functools
@@ -297,11 +299,26 @@ def cached_activations(
     return (ChunkedRows(outputs) if plan.mapped else torch.cat(outputs)), torch.cat(labels)
 
 
+_SHARED = contextvars.ContextVar("shared", default=True)  # False: rank 0 works alone (``alone``)
+
+
 def shard() -> tuple[int, int]:
     """This process's rank and the number of ranks: under ``torchrun`` the process group's, else (0, 1)."""
-    if dist.is_available() and dist.is_initialized():
+    if dist.is_available() and dist.is_initialized() and _SHARED.get():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+@contextlib.contextmanager
+def alone(shared: bool = False) -> Iterator[None]:
+    """Trunk passes in this block run in this process alone, even under ``torchrun`` (``shared=True``: across the
+    ranks again). ``ship`` leads its ranks from rank 0: the others join its training runs only, so its own passes
+    (the data-health checks, the learning curve) must not wait for them."""
+    token = _SHARED.set(shared)
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
 
 
 def _other_ranks_chunks(

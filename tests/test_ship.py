@@ -338,15 +338,6 @@ def test_ship_flags_are_checked_in_one_line(tmp_path: Path, capsys: pytest.Captu
     assert parse_duration("90s", "m") == 90 and parse_duration("45", "m") == 45 * 60  # --time-budget 45: minutes
 
 
-def test_ship_under_torchrun_is_one_line_before_any_work(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    assert main(["ship", "--data", "digits", "--out", str(tmp_path / "run")]) == 2
-    assert "ship runs in one process: start it without torchrun" in capsys.readouterr().err
-    assert not (tmp_path / "run").exists()
-
-
 def test_short_runs_get_adamw_long_small_image_runs_the_measured_cifar_recipe() -> None:
     assert scratch_recipe(small=True, steps=100, batch=64).optimizer == "adamw"
     cifar = scratch_recipe(small=True, steps=3000, batch=128)

@@ -79,6 +79,8 @@ def run_ship(args: argparse.Namespace) -> int:
 
     with RichReporter() as reporter:
         result = ship(read_options(args, cfg.ShipConfig), reporter)
+    if result.follower:  # rank 0 prints the outcome
+        return EXIT_OK
     from mobiforge.card import CARD_FILE
 
     card_path = result.run_dir / CARD_FILE

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from mobiforge.ship.policy import (
     FIRST_EPOCH_SHARE,
     MIN_TAIL_EPOCHS,
 )
+from mobiforge.ship.ranks import follow, join, leading
 from mobiforge.ship.report import write_ship_report
 from mobiforge.ship.search import check_families, rank, search, survey, teacher_plan
 from mobiforge.ship.shortfall import headline, why_nothing_shipped
@@ -71,6 +71,7 @@ class ShipResult:
     artifact: Path | None
     state: ShipState | None = dataclasses.field(repr=False, default=None)
     why: str | None = None  # why nothing shipped, where it is not the budgets' verdicts (the time ran out)
+    follower: bool = False  # a rank other than 0 under torchrun: rank 0 ships, and reports
 
 
 class Progress:
@@ -95,10 +96,14 @@ def ship(config: ShipConfig, reporter: Reporter | None = None) -> ShipResult:
     reporter = reporter or SilentReporter()
     _check(config)
     get_backend(config.runtime).require()
+    if join(config) > 0:  # under torchrun: the other ranks join rank 0's training runs (``ship.ranks``)
+        with terminate_as_interrupt():
+            follow()
+        return ShipResult(config.run_dir(), None, None, None, follower=True)
     run_dir = config.run_dir()
     claim_run_dir(run_dir, "ship")
     state = ShipState(run_dir, config)
-    with state.clock(), terminate_as_interrupt():
+    with state.clock(), terminate_as_interrupt(), leading():
         return _stages(ShipRun(config, run_dir, reporter, Progress(reporter, state), state))
 
 
@@ -241,11 +246,6 @@ def shipped_one(state: ShipState) -> bool:
 
 
 def _check(config: ShipConfig) -> None:
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every rank would run the whole pipeline into one folder
-        raise MobiforgeError(
-            "ship runs in one process: start it without torchrun (train --trainable-blocks shares its cache pass "
-            "across torchrun's ranks)"
-        )
     backend = get_backend(config.runtime)  # an unknown name: one line naming the runtimes (numbers: check_ranges)
     if not backend.runs_here:
         raise MobiforgeError(

@@ -113,10 +113,11 @@ from mobiforge.ship.policy import (
     distilled_from,
 )
 from mobiforge.ship.probes import inference_speed
+from mobiforge.ship.ranks import train_together
 from mobiforge.ship.search import prune_into
 from mobiforge.ship.state import Candidate, ExportRecord, Rung, ShipState, Survey, TeacherRecord, TrainRecord
 from mobiforge.ship.subsets import floor_images, learning_curve, more_images_pay, most_images, subset_table
-from mobiforge.train import EPOCH_END, TrainConfig, train
+from mobiforge.train import EPOCH_END, TrainConfig
 from mobiforge.transfer import Tail, cut_index, teacher_cut, trunk_digest, trunk_pass_for
 from mobiforge.trunk import memo_path, recorded_speed
 
@@ -264,7 +265,7 @@ def climb(rung: RungPlan, start: TrainRecord | None, run: ShipRun) -> tuple[Trai
             tensorboard=False,
         )
         if rung.trainable_blocks is not None:
-            train(_cached(base, rung, run_dir, pretrained=True), reporter)
+            train_together(_cached(base, rung, run_dir, pretrained=True), reporter)
         else:
             assert start is not None
             full = dataclasses.replace(
@@ -330,7 +331,7 @@ def train_resumable(
     last = Path(config.runs_dir) / str(config.name) / "last.pt"
     if last.exists():
         config = TrainConfig(resume=str(last))
-    result = train(config, reporter, callbacks={EPOCH_END: [replan_early(plan), stop_by(deadline)]})
+    result = train_together(config, reporter, callbacks={EPOCH_END: [replan_early(plan), stop_by(deadline)]})
     if result.interrupted:
         raise ShipInterrupted(
             "stopped; the finished stages and the training so far are saved: rerun the same command to resume"
@@ -523,7 +524,7 @@ def _train_student_tail(
     started = time.time()
     _, full_epoch_s = plan_epochs(candidate, info, teacher, 0.0)
     replan = replan_early(tail_epochs(rung, end, full_epoch_s))
-    result = train(_cached(base, rung, run_dir), run.reporter, callbacks={EPOCH_END: [replan, stop_by(end)]})
+    result = train_together(_cached(base, rung, run_dir), run.reporter, callbacks={EPOCH_END: [replan, stop_by(end)]})
     record = _record(result, result.run_dir / "last.pt", result.history[-1]["val_top1"])
     trainable = sum(p.numel() for p in Tail(student, cut_index(student, rung.trainable_blocks)).parameters())
     cached = Checkpoint.load(result.run_dir / "last.pt").extra.get("transfer") or {}
