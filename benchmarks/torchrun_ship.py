@@ -99,8 +99,13 @@ def body(args: argparse.Namespace, runs: list[dict], caches: dict) -> str:
         f"Feature caches: {caches['chunks_both']} chunks were written under the same key by both runs (of "
         f"{caches['chunks_ranks']} under torchrun and {caches['chunks_alone']} in one process); rows "
         f"{'equal' if caches['rows_equal'] else 'DIFFERENT'} in all, features identical in "
-        f"{caches['identical_chunks']}, largest difference {caches['max_abs_difference']:.2g}. Chunks under other "
-        "keys come from plans that differ between the runs (the rungs, views and students each run's clock chose).",
+        f"{caches['identical_chunks']}, largest difference {caches['max_abs_difference']:.2g}."
+        + (
+            " Chunks under other keys come from plans that differ between the runs (the rungs, views and students "
+            "each run's clock chose)."
+            if caches["chunks_both"] < max(caches["chunks_ranks"], caches["chunks_alone"])
+            else ""
+        ),
     ]
     return "\n".join(lines)
 
