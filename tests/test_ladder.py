@@ -124,7 +124,7 @@ def test_the_teacher_climbs_its_rungs_at_the_smallest_size_that_held(
     assert record.trained.top1 == max(rung.top1 for rung in record.rungs)  # the teacher is the best rung
     assert TeacherRecord.from_dict(record.to_dict()) == record  # the ladder survives the state file
 
-    monkeypatch.setattr(stages, "train", lambda *a, **kw: pytest.fail("finished rungs are read back"))
+    monkeypatch.setattr(stages, "train_together", lambda *a, **kw: pytest.fail("finished rungs are read back"))
     monkeypatch.setattr(stages, "held", lambda full_size, lower: True)
     speeds = LadderSpeeds(forward=50.0, prefix={3: 60.0}, tail={0: 5000.0, 3: 100.0}, full=0.01)
     monkeypatch.setattr(stages, "measure", lambda *a, **kw: speeds)
@@ -279,7 +279,7 @@ def test_a_student_takes_the_time_of_candidates_that_could_not_train(
         planned.append(config.epochs)
         raise Planned
 
-    monkeypatch.setattr(stages, "train", plan_only)
+    monkeypatch.setattr(stages, "train_together", plan_only)
     now = time.time()
     monkeypatch.setattr(time, "time", lambda: now)  # each call plans on the same clock (CI saw 9 then 8 epochs)
     deadline = now + 600
@@ -314,7 +314,7 @@ def test_a_required_student_gets_the_time_its_shortest_rung_needs(
     def plan_only(config: TrainConfig, *args: object, **kwargs: object) -> None:
         raise Planned
 
-    monkeypatch.setattr(stages, "train", plan_only)
+    monkeypatch.setattr(stages, "train_together", plan_only)
     for run_end in (600.0, 20.0):  # far away: the rung's whole cost; close: the run's end
         now = time.time()
         with pytest.raises(Planned):
