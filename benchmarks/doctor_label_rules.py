@@ -6,7 +6,10 @@ ways of choosing how many to flag, on one set of out-of-fold probabilities of a 
 
 The probabilities are the doctor's own (``doctor.features``: the linear probe with its neighbour votes, and the
 fine-tuned tail), computed once; every rule then runs on the same ones, so the table compares rules, not runs. The
-doctor itself keeps the probe that agrees more with the given labels and cleanlab's default cut-off.
+doctor itself keeps the probe that agrees more with the given labels and cleanlab's default cut-off. Two more sets
+cost a second round of the tuned probe each: another fold split (its average with the first lowers the variance of
+one split), and a refit whose folds leave out the photos the first round flagged (so that the flips no longer teach
+the probe their wrong labels).
 """
 
 from __future__ import annotations
@@ -43,11 +46,18 @@ def probabilities(data: Path, scratch: Path) -> dict[str, Any]:
     features = doctor_features.pooled_features(model, activations, blocks)
     linear = doctor_features.out_of_fold_probabilities(features, labels, classes, 5, 0)
     tuned = doctor_features.tuned_out_of_fold_probabilities(model, activations, labels, classes, 5, 0)
+    other_split = doctor_features.tuned_out_of_fold_probabilities(model, activations, labels, classes, 5, 1)
+    from cleanlab.filter import find_label_issues
+
+    refit = doctor_features.tuned_out_of_fold_probabilities(
+        model, activations, labels, classes, 5, 0, unfitted=find_label_issues(labels, tuned)
+    )
     votes = neighbour_votes(features, labels, classes)
     blend = (1 - doctor_features.NEIGHBOUR_WEIGHT) * linear + doctor_features.NEIGHBOUR_WEIGHT * votes
     train = np.arange(len(samples)) < len(splits.train)
     flip = np.array([path in flipped for path, _ in samples])
-    return {"labels": labels, "train": train, "flip": flip, "linear probe + votes": blend, "tuned tail": tuned}
+    return {"labels": labels, "train": train, "flip": flip, "linear probe + votes": blend, "tuned tail": tuned,
+            "tuned tail, another split": other_split, "tuned tail, refit": refit}  # fmt: skip
 
 
 def neighbour_votes(features: np.ndarray, labels: np.ndarray, classes: int) -> np.ndarray:
@@ -66,7 +76,15 @@ def rows(found: dict[str, Any]) -> list[tuple[str, str, int, int, float]]:
 
     labels, train, flip = found["labels"], found["train"], found["flip"]
     tuned, blend = found["tuned tail"], found["linear probe + votes"]
-    sets = {"linear probe + votes": blend, "tuned tail": tuned, "mean of both": (tuned + blend) / 2}
+    other, refit = found["tuned tail, another split"], found["tuned tail, refit"]
+    sets = {
+        "linear probe + votes": blend,
+        "tuned tail": tuned,
+        "mean of both": (tuned + blend) / 2,
+        "tuned tail, two splits averaged": (tuned + other) / 2,
+        "tuned tail refit without the photos it flagged": refit,
+        "tuned tail and its refit averaged": (tuned + refit) / 2,
+    }
     table = []
     for name, probs in sets.items():
         agreement = 100.0 * float((probs.argmax(1) == labels).mean())

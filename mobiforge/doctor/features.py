@@ -150,12 +150,21 @@ def out_of_fold_probabilities(
 
 
 def tuned_out_of_fold_probabilities(
-    model: MobileClassifier, activations: torch.Tensor, labels: np.ndarray, classes: int, folds: int, seed: int
+    model: MobileClassifier,
+    activations: torch.Tensor,
+    labels: np.ndarray,
+    classes: int,
+    folds: int,
+    seed: int,
+    unfitted: np.ndarray | None = None,
 ) -> np.ndarray:
     """Each image's class probabilities from the pretrained network's last ``TUNED_BLOCKS`` blocks and a new
     classifier, fine-tuned (``engine.train_one_epoch``) on the cached activations of the other folds; held-out
-    logits averaged with the mirrored activations'."""
+    logits averaged with the mirrored activations'. Images ``unfitted`` marks (a boolean mask) are held out in
+    their fold but never fitted on."""
     probabilities, splits = _held_out_folds(labels, classes, folds, seed)
+    if unfitted is not None:
+        splits = [(fit[~unfitted[fit]], held) for fit, held in splits]
     start = copy.deepcopy(model)
     start.reset_classifier(classes)
     cut = cut_index(start, TUNED_BLOCKS)

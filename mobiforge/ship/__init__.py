@@ -6,7 +6,8 @@ stages, their typed records and the resumable state file), ``probes`` (training 
 ``speeds`` (this machine's probed training speeds, kept for the next search), ``search`` (survey, measured
 candidates), ``plan`` (the time plan and the train callbacks that keep it), ``ladder`` (the teacher's transfer
 ladder: probe, tail, full fine-tune), ``stages`` (teacher, training, export through the gate, the Core ML package;
-each takes a ``ShipRun`` and a budget), ``pipeline`` (the stage loop and the clock), ``shortfall``, ``card``
+each takes a ``ShipRun`` and a budget), ``pipeline`` (the stage loop and the clock), ``ranks`` (under
+``torchrun``: rank 0 leads, the others join its training runs), ``shortfall``, ``card``
 (the typed model card), ``report`` and ``snippets`` (what fell short and why, report, app code).
 
 Stages, each recorded in ``RUN/ship_state.json`` when it finishes so that rerunning the same command after a
