@@ -227,6 +227,35 @@ def test_the_tuned_probe_holds_each_photo_out_and_the_pooled_features_match_the_
     assert probabilities[11].tolist() == [0.0, 0.0, 1.0]
 
 
+def test_photos_left_unfitted_are_judged_by_the_tuned_probe_but_never_taught_to_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    torch = pytest.importorskip("torch")
+    import mobiforge.doctor.features as features
+    from mobiforge.models import create_model
+    from mobiforge.transfer import cut_index
+
+    model = create_model(PRETRAINED_TRUNK, pretrained=False).eval()
+    with torch.inference_mode():
+        activations = model.features[: cut_index(model, TUNED_BLOCKS)](torch.randn(12, 3, 64, 64))
+    labels = np.array([0] * 6 + [1] * 6)
+    fitted: list[set[int]] = []
+    original = features.TensorDataset
+
+    def spy(rows: torch.Tensor, targets: torch.Tensor) -> object:
+        fitted.append({index for index in range(12) if any(torch.equal(row, activations[index]) for row in rows)})
+        return original(rows, targets)
+
+    monkeypatch.setattr(features, "TensorDataset", spy)
+    monkeypatch.setattr(features, "TUNED_EPOCHS", 1)
+    unfitted = np.zeros(12, dtype=bool)
+    unfitted[[0, 7]] = True
+    probabilities = tuned_out_of_fold_probabilities(model, activations, labels, 2, folds=3, seed=0, unfitted=unfitted)
+    assert len(fitted) == 3 and not any({0, 7} & rows for rows in fitted)  # every fold, neither photo taught
+    assert set().union(*fitted) == set(range(12)) - {0, 7}
+    assert probabilities[0].sum() == pytest.approx(1.0) and probabilities[0].max() < 1.0  # judged, held out
+
+
 def test_ship_scores_the_gate_without_the_leaked_val_photos() -> None:
     from mobiforge.ship.health import without_leaks
     from mobiforge.ship.state import DataHealth
