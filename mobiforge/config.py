@@ -624,12 +624,17 @@ class ShipConfig:
         "the report gives the gate's score with and without them either way",
     )  # fmt: skip
     seed: int = opt(0)
+    device: str = opt(
+        "auto", "where the trunk's passes and end-to-end training run: auto (a GPU when there is one), cpu, cuda or "
+        "cuda:N; the exports, the gate and the cached tails run on the CPU",
+    )  # fmt: skip
     license: str | None = opt(None, LICENSE_HELP, metavar="SPDX")
     model_name: str | None = opt(None, "the model's name in its card and metadata (default: the data's name)")
     model_version: str = opt("1", "the model's version in its card and metadata")
 
     def __post_init__(self) -> None:
         check_ranges(self)
+        check_device(self.device)
 
     def run_dir(self) -> Path:
         return Path(self.out) if self.out else data_run_dir("ship", self.data)
@@ -672,6 +677,7 @@ class DoctorConfig:
     )  # fmt: skip
     cache_dir: str | None = opt(None, "feature cache folder, which runs may share (default OUT/cache)", metavar="DIR")
     trunk_engine: str = opt("auto", "what runs the trunk's pass", choices=TRUNK_ENGINES)
+    device: str = opt("auto", "where the trunk's pass runs: auto (a GPU when there is one), cpu, cuda or cuda:N")
     workers: int = opt(DEFAULT_LOADER_WORKERS, "processes decoding the files", flags=("--workers", "-j"),
                        valid=NON_NEGATIVE)  # fmt: skip
     shown: int = opt(24, "examples shown per section of doctor.html (doctor.json lists them all)", valid=AT_LEAST_1)
@@ -679,6 +685,7 @@ class DoctorConfig:
 
     def __post_init__(self) -> None:
         check_ranges(self)
+        check_device(self.device)
 
     def run_dir(self) -> Path:
         return Path(self.out) if self.out else data_run_dir("doctor", self.data)

@@ -78,7 +78,7 @@ from mobiforge.runs import (
     train_kind,
     write_config,
 )
-from mobiforge.trunk import TrunkPass, choose_trunk_pass, eager_pass, memo_path
+from mobiforge.trunk import TrunkPass, choose_trunk_pass, eager_pass, memo_path, trunk_device
 from mobiforge.units import format_bytes
 
 # 3: files keyed on their bytes, chunks carry a checksum; 4: rows named by file, views seeded so that any file list
@@ -679,8 +679,10 @@ def _trunk_pass(
     config: TrainConfig, model: MobileClassifier, cut: int | None, preprocess: Preprocess, passes: int, folder: Path,
     samples: list[Sample],
 ) -> tuple[TrunkPass, str]:  # fmt: skip
-    """The engine of this run's trunk passes (``--trunk-engine``), and the trunk's digest (``trunk_pass_for``)."""
-    return trunk_pass_for(model, cut, preprocess, config.trunk_engine, config.amp, passes, folder, samples)
+    """The engine of this run's trunk passes (``--trunk-engine``, on ``--device``), and the trunk's digest
+    (``trunk_pass_for``)."""
+    device = trunk_device(config.device)
+    return trunk_pass_for(model, cut, preprocess, config.trunk_engine, config.amp, passes, folder, samples, device)
 
 
 def trunk_pass_for(
@@ -692,10 +694,11 @@ def trunk_pass_for(
     passes: int,
     folder: Path,
     samples: list[Sample],
+    device: torch.device | None = None,
 ) -> tuple[TrunkPass, str]:
-    """The engine of ``passes`` trunk passes over ``samples`` (``trunk.choose_trunk_pass``; an int8 trunk is calibrated
-    on their eval crops), and the digest the cache key takes: the trunk's weights, and what else the pass's outputs
-    depend on (an int8 trunk's calibration)."""
+    """The engine of ``passes`` trunk passes over ``samples`` (``trunk.choose_trunk_pass``, on ``device``; an int8 trunk
+    is calibrated on their eval crops), and the digest the cache key takes: the trunk's weights, and what else the
+    pass's outputs depend on (an int8 trunk's calibration)."""
     digest = trunk_digest(model, cut)
     memo = memo_path(folder, digest, cut, preprocess.img_size, amp)
     trunk = TrunkModule(model, cut).eval()
@@ -704,7 +707,7 @@ def trunk_pass_for(
     if world > 1 and rank > 0:  # under torchrun, rank 0 chooses (and records); the others read its choice back
         dist.barrier()
         passes = 0  # never a trial of their own: what rank 0 left unrecorded is eager for every rank
-    trunk_pass = choose_trunk_pass(trunk, preprocess.img_size, engine_name, amp, passes, memo, calibration)
+    trunk_pass = choose_trunk_pass(trunk, preprocess.img_size, engine_name, amp, passes, memo, calibration, device)
     if world > 1 and rank == 0:
         dist.barrier()
     return trunk_pass, digest + (f"|{trunk_pass.variant}" if trunk_pass.variant else "")

@@ -18,8 +18,10 @@ part of the key (``TrunkPass.variant``). ``auto`` keeps it only where its featur
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import os
 import tempfile
 import time
 import warnings
@@ -74,7 +76,20 @@ class TrunkPass:
         return f"{self.engine} {PRECISION_NAMES.get(self.dtype, 'fp32')}"
 
 
-PRECISION_NAMES = {torch.bfloat16: "bf16", torch.qint8: "int8"}
+PRECISION_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.qint8: "int8"}
+
+
+def trunk_device(name: str) -> torch.device:
+    """Where ``--device name`` runs the trunk's passes: with auto a GPU where there is one (this rank's under
+    torchrun), else the CPU; cuda without one is a one-line error."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MobiforgeError(f"--device {name}: no CUDA device is available here; use --device cpu")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
 
 
 def eager_pass(trunk: nn.Module, dtype: torch.dtype | None) -> TrunkPass:
@@ -84,6 +99,19 @@ def eager_pass(trunk: nn.Module, dtype: torch.dtype | None) -> TrunkPass:
             return trunk(images).float()
 
     return TrunkPass("eager", dtype, run)
+
+
+def cuda_pass(trunk: nn.Module, device: torch.device) -> TrunkPass:
+    """The trunk on a GPU in fp16 autocast: a copy moved there (the caller's stays on the CPU, where its tail
+    trains), the outputs brought back to the CPU, where the cache is written."""
+    on_gpu = copy.deepcopy(trunk).to(device).to(memory_format=torch.channels_last)
+
+    def run(images: torch.Tensor) -> torch.Tensor:
+        images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16):
+            return on_gpu(images).float().cpu()
+
+    return TrunkPass("cuda", torch.float16, run)
 
 
 def onnxruntime_pass(trunk: nn.Module, img_size: int) -> TrunkPass:
@@ -202,12 +230,16 @@ def choose_trunk_pass(
     passes: int,
     memo: Path,
     calibration: Calibration | None = None,
+    device: torch.device | None = None,
 ) -> TrunkPass:
     """The trunk pass for ``passes`` images: the engine named, or with ``auto`` the one ``memo`` recorded for this
     trunk, else the fastest where the eager pass is long enough to try (recorded in ``memo``), else eager. int8 is
-    one of those tried only with ``calibration`` (the folder's eval crops; the last batch is held out to check it)."""
+    one of those tried only with ``calibration`` (the folder's eval crops; the last batch is held out to check it).
+    On a GPU ``device``, auto and eager run there (no trial: the CPU engines are not its rivals)."""
     if engine_name not in TRUNK_ENGINES:
         raise MobiforgeError(f"--trunk-engine must be one of {', '.join(TRUNK_ENGINES)}, got {engine_name!r}")
+    if device is not None and device.type == "cuda" and engine_name in ("auto", "eager"):
+        return cuda_pass(trunk, device)
     eager = eager_pass(trunk, trunk_dtype(amp))
     if engine_name == "eager":
         return eager

@@ -169,3 +169,18 @@ def test_torchrun_ship_shares_the_cache_pass_and_resumes_after_a_rank_is_killed(
         two_ranks = torch.load(tmp_path / "ranks" / "cache" / name, weights_only=True)
         assert torch.equal(one["rows"], two_ranks["rows"]), name
         torch.testing.assert_close(one["features"].float(), two_ranks["features"].float(), atol=2e-2, rtol=2e-2)
+
+
+def test_ship_and_doctor_take_a_device_and_check_it_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mobiforge.cli import main
+
+    assert main(["ship", "--data", "digits", "--device", "gpu", "--out", str(tmp_path / "run")]) == 2
+    assert main(["doctor", "digits", "--device", "tpu", "--out", str(tmp_path / "doctor")]) == 2
+    said = [line for line in capsys.readouterr().err.splitlines() if line]
+    assert said == [
+        "mobiforge ship: error: --device must be auto, cpu, cuda, cuda:N or mps, got 'gpu'",
+        "mobiforge doctor: error: --device must be auto, cpu, cuda, cuda:N or mps, got 'tpu'",
+    ]
+    assert not (tmp_path / "run").exists()

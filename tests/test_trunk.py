@@ -199,3 +199,24 @@ def test_an_int8_trunk_is_keyed_by_its_calibration_and_quantized_only_when_it_ru
     got, expected = int8.run(images), eager_pass(trunk, None).run(images)
     assert exports and got.shape == expected.shape
     assert trunk_engines.int8_fidelity(int8, eager_pass(trunk, None), images) > 0.9
+
+
+def test_device_auto_runs_the_trunk_on_this_ranks_gpu_where_there_is_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No GPU here: the GPU pass itself is stubbed; what is tested is which device and pass ``--device`` picks."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert trunk_engines.trunk_device("auto") == torch.device("cpu")
+    with pytest.raises(MobiforgeError, match=r"--device cuda: no CUDA device is available here; use --device cpu"):
+        trunk_engines.trunk_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert trunk_engines.trunk_device("auto") == torch.device("cuda", 1)  # torchrun's rank 1 on this node
+    assert trunk_engines.trunk_device("cuda:0") == torch.device("cuda", 0)
+
+    gpu = TrunkPass("cuda", torch.float16, lambda images: images)
+    monkeypatch.setattr(trunk_engines, "cuda_pass", lambda trunk, device: gpu)
+    memo = Path("never-written.json")
+    for engine in ("auto", "eager"):  # no CPU trial, no memo: the CPU engines are not a GPU's rivals
+        assert choose_trunk_pass(_trunk(), 16, engine, "none", 10**6, memo, device=torch.device("cuda", 1)) is gpu
+    assert gpu.label == "cuda fp16" and not memo.exists()  # fp16: its own cache key, apart from the CPU's
+    on_cpu = choose_trunk_pass(_trunk(), 16, "eager", "none", 1, memo, device=torch.device("cpu"))
+    assert on_cpu.label == "eager fp32"

@@ -74,6 +74,7 @@ def trunk_activations(
     seed: int = 0,
     engine_name: str = "auto",
     blocks: int = 0,
+    device: torch.device | None = None,
 ) -> tuple[MobileClassifier, torch.Tensor]:
     """``PRETRAINED_TRUNK`` and its outputs on each image's eval crop (the train rows, then the val rows): pooled
     features with ``blocks=0``, else the activations that its last ``blocks`` blocks take. The cache plans are a
@@ -86,7 +87,7 @@ def trunk_activations(
     cut = cut_index(model, blocks)
     train, val = list(train), list(val)
     passes = len(train) + len(val)
-    trunk_pass, digest = trunk_pass_for(model, cut, preprocess, engine_name, "auto", passes, cache_dir, train)
+    trunk_pass, digest = trunk_pass_for(model, cut, preprocess, engine_name, "auto", passes, cache_dir, train, device)
     plan = plan_cache(model, cut, preprocess, data, 1, seed, train, cache_dir, len(val), trunk_pass.dtype, digest)
     rows, _ = cached_activations(model, cut, train, plan, cache_dir, "doctor: train", seed, reporter, trunk_pass)
     parts = [torch.as_tensor(rows[: len(train)])]

@@ -30,7 +30,12 @@ def data_health(run: ShipRun, features: bool) -> DataHealth:
     config = run.config
     workers = DEFAULT_LOADER_WORKERS if config.workers is None else config.workers
     doctor_config = DoctorConfig(
-        data=config.data, features=features, workers=workers, seed=config.seed, label_probe="linear"
+        data=config.data,
+        features=features,
+        workers=workers,
+        seed=config.seed,
+        label_probe="linear",
+        device=config.device,
     )  # the linear probe alone: its features are cached, and the data checks must take seconds
     data = data_config(config, img_size=None)  # the teacher's linear probe rung: its cached features are read back
     try:

@@ -119,7 +119,7 @@ from mobiforge.ship.state import Candidate, ExportRecord, Rung, ShipState, Surve
 from mobiforge.ship.subsets import floor_images, learning_curve, more_images_pay, most_images, subset_table
 from mobiforge.train import EPOCH_END, TrainConfig
 from mobiforge.transfer import Tail, cut_index, teacher_cut, trunk_digest, trunk_pass_for
-from mobiforge.trunk import memo_path, recorded_speed
+from mobiforge.trunk import memo_path, recorded_speed, trunk_device
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,7 +211,10 @@ def probe_curve(run: ShipRun, images: int) -> list[tuple[int, float]]:
     (their eval crops, read back: no trunk pass), judged on the val split."""
     data = data_config(run.config, img_size=None, data=run_data(run, images))
     splits = discover(data)
-    _, rows = trunk_activations(splits.train, splits.val, run.run_dir / "cache", run.reporter, data, run.config.seed)
+    device = trunk_device(run.config.device)
+    _, rows = trunk_activations(
+        splits.train, splits.val, run.run_dir / "cache", run.reporter, data, run.config.seed, device=device
+    )
     features = rows.float().numpy()
     labels = np.array([label for _, label in [*splits.train, *splits.val]], dtype=np.int64)
     train = len(splits.train)
@@ -233,6 +236,9 @@ def cache_engine_speed(run: ShipRun) -> float | None:
     defaults = TrainConfig()
     passes = len(samples) * max(TEACHER_VIEWS) + run.state.survey.val_images
     folder = run.run_dir / "cache"
+    device = trunk_device(run.config.device)
+    if device.type == "cuda":  # no CPU engine trial; the plan times eager on the CPU (GPU plans are not tuned)
+        return None
     trunk_pass_for(model, None, preprocess, defaults.trunk_engine, defaults.amp, passes, folder, samples)
     return recorded_speed(memo_path(folder, trunk_digest(model, None), None, preprocess.img_size, defaults.amp))
 
@@ -260,6 +266,7 @@ def climb(rung: RungPlan, start: TrainRecord | None, run: ShipRun) -> tuple[Trai
             data=data_config(config, img_size=rung.img_size, data=run_data(run, rung.images)),
             epochs=rung.epochs,
             seed=config.seed,
+            device=config.device,
             runs_dir=str(run_dir),
             name=name,
             tensorboard=False,
@@ -355,6 +362,7 @@ def train_candidate(
     distill = distilled_from(teacher.checkpoint) if teacher else None
     base = TrainConfig(
         seed=config.seed,
+        device=config.device,
         epochs=epochs,
         distill=distill,
         runs_dir=str(run_dir / "candidates"),
@@ -439,6 +447,7 @@ def train_cached_student(
         optim=STUDENT_AFTER_TAIL,
         epochs=epochs,
         seed=config.seed,
+        device=config.device,
         runs_dir=str(run_dir / "candidates"),
         name=f"{candidate.name}-full",
         tensorboard=False,
@@ -517,6 +526,7 @@ def _train_student_tail(
         data=data_config(config, img_size=None, data=run_data(run, rung.images)),
         epochs=rung.epochs,
         seed=config.seed,
+        device=config.device,
         runs_dir=str(run_dir / "candidates"),
         name=candidate.name,
         tensorboard=False,
