@@ -220,3 +220,14 @@ def test_device_auto_runs_the_trunk_on_this_ranks_gpu_where_there_is_one(monkeyp
     assert gpu.label == "cuda fp16" and not memo.exists()  # fp16: its own cache key, apart from the CPU's
     on_cpu = choose_trunk_pass(_trunk(), 16, "eager", "none", 1, memo, device=torch.device("cpu"))
     assert on_cpu.label == "eager fp32"
+
+
+def test_the_gpu_pass_copies_the_trunk_and_brings_float_rows_back(recwarn: pytest.WarningsRecorder) -> None:
+    """The GPU pass's own steps, run on the CPU (no GPU here; its fp16 autocast is then off): the caller's trunk
+    stays where it was, and the rows come back as float32 on the CPU, as eager fp32 computes them."""
+    trunk, images = _trunk(), torch.randn(4, 3, 16, 16)
+    gpu_like = trunk_engines.cuda_pass(trunk, torch.device("cpu"))
+    got = gpu_like.run(images)
+    assert got.dtype == torch.float32 and got.device.type == "cpu"
+    torch.testing.assert_close(got, eager_pass(trunk, None).run(images))
+    assert next(trunk.parameters()).is_contiguous()  # the caller's trunk: not converted in place
