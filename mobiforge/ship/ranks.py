@@ -42,7 +42,9 @@ def world_size() -> int:
 
 
 def join(config: ShipConfig) -> int:
-    """Join torchrun's process group (gloo: ship trains on CPUs) and return this process's rank."""
+    """Join torchrun's process group and return this process's rank. gloo: ship's own messages and the cache pass's
+    barriers are CPU tensors, and DDP over gloo takes a GPU's too (NCCL, faster between GPUs, has not been tried on
+    one here)."""
     if world_size() <= 1:
         return 0
     if not dist.is_initialized():
@@ -68,7 +70,7 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:  # another user's: some process holds the number
-        return True
+        pass
     return True
 
 
