@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -376,6 +377,21 @@ def evaluate(
         confusion=confusion,
         per_class=per_class,
     )
+
+
+def resolve_device(name: str) -> torch.device:
+    """``--device``'s torch device, for training and the trunk's passes alike: auto is a GPU where there is one,
+    else the CPU; under torchrun a GPU is the rank's own (LOCAL_RANK); cuda without one is a one-line error."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type != "cuda":
+        return device
+    if not torch.cuda.is_available():
+        raise MobiforgeError(f"--device {name}: no CUDA device is available here; use --device cpu")
+    if device.index is None or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
 
 
 def _dist_device() -> torch.device:

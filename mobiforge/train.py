@@ -168,21 +168,16 @@ class Distributed:
 def setup_distributed(device_name: str) -> tuple[Distributed, torch.device]:
     """Join the process group that ``torchrun`` describes in the environment (a single process otherwise)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    want_cuda = device_name.startswith("cuda") or (device_name == "auto" and torch.cuda.is_available())
+    device = engine.resolve_device(device_name)
     if world_size <= 1:
-        if device_name == "auto":
-            return Distributed(), torch.device("cuda" if want_cuda else "cpu")
-        if want_cuda and not torch.cuda.is_available():
-            raise MobiforgeError(f"--device {device_name}: no CUDA device is available here; use --device cpu")
-        return Distributed(), torch.device(device_name)
+        return Distributed(), device
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if want_cuda:
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     else:
-        device = torch.device("cpu")
+        device = torch.device("cpu")  # DDP's ranks: a GPU each, or the CPU
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if want_cuda else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Distributed(rank, world_size, local_rank), device
 
 

@@ -78,7 +78,7 @@ from mobiforge.runs import (
     train_kind,
     write_config,
 )
-from mobiforge.trunk import TrunkPass, choose_trunk_pass, eager_pass, memo_path, trunk_device
+from mobiforge.trunk import TrunkPass, choose_trunk_pass, eager_pass, memo_path
 from mobiforge.units import format_bytes
 
 # 3: files keyed on their bytes, chunks carry a checksum; 4: rows named by file, views seeded so that any file list
@@ -681,7 +681,7 @@ def _trunk_pass(
 ) -> tuple[TrunkPass, str]:  # fmt: skip
     """The engine of this run's trunk passes (``--trunk-engine``, on ``--device``), and the trunk's digest
     (``trunk_pass_for``)."""
-    device = trunk_device(config.device)
+    device = engine.resolve_device(config.device)
     return trunk_pass_for(model, cut, preprocess, config.trunk_engine, config.amp, passes, folder, samples, device)
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 import tempfile
 import time
 import warnings
@@ -77,19 +76,6 @@ class TrunkPass:
 
 
 PRECISION_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.qint8: "int8"}
-
-
-def trunk_device(name: str) -> torch.device:
-    """Where ``--device name`` runs the trunk's passes: with auto a GPU where there is one (this rank's under
-    torchrun), else the CPU; cuda without one is a one-line error."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise MobiforgeError(f"--device {name}: no CUDA device is available here; use --device cpu")
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return device
 
 
 def eager_pass(trunk: nn.Module, dtype: torch.dtype | None) -> TrunkPass:

@@ -13,6 +13,7 @@ import torch
 import mobiforge.trunk as trunk_engines
 from mobiforge import create_model
 from mobiforge.checkpoint import model_checkpoint, save_checkpoint
+from mobiforge.engine import resolve_device
 from mobiforge.errors import MobiforgeError
 from mobiforge.train import train
 from mobiforge.transfer import TrunkModule
@@ -204,13 +205,15 @@ def test_an_int8_trunk_is_keyed_by_its_calibration_and_quantized_only_when_it_ru
 def test_device_auto_runs_the_trunk_on_this_ranks_gpu_where_there_is_one(monkeypatch: pytest.MonkeyPatch) -> None:
     """No GPU here: the GPU pass itself is stubbed; what is tested is which device and pass ``--device`` picks."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert trunk_engines.trunk_device("auto") == torch.device("cpu")
+    assert resolve_device("auto") == torch.device("cpu")
     with pytest.raises(MobiforgeError, match=r"--device cuda: no CUDA device is available here; use --device cpu"):
-        trunk_engines.trunk_device("cuda")
+        resolve_device("cuda")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setenv("LOCAL_RANK", "1")
-    assert trunk_engines.trunk_device("auto") == torch.device("cuda", 1)  # torchrun's rank 1 on this node
-    assert trunk_engines.trunk_device("cuda:0") == torch.device("cuda", 0)
+    assert resolve_device("auto") == torch.device("cuda", 1)  # torchrun's rank 1 on this node
+    assert resolve_device("cuda:0") == torch.device("cuda", 0)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert resolve_device("cuda:0") == torch.device("cuda", 1)  # under torchrun a rank keeps to its own GPU
 
     gpu = TrunkPass("cuda", torch.float16, lambda images: images)
     monkeypatch.setattr(trunk_engines, "cuda_pass", lambda trunk, device: gpu)

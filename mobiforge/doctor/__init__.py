@@ -38,10 +38,10 @@ from mobiforge.doctor.features import (
 )
 from mobiforge.doctor.files import FileFacts, cheap_findings, scan_files
 from mobiforge.doctor.report import write_report
+from mobiforge.engine import resolve_device
 from mobiforge.errors import MobiforgeError
 from mobiforge.files import write_atomic
 from mobiforge.progress import Reporter, SilentReporter
-from mobiforge.trunk import trunk_device
 from mobiforge.units import named
 
 __all__ = ["Diagnosis", "DoctorConfig", "FileFacts", "Leak", "diagnose", "doctor"]
@@ -126,7 +126,7 @@ def feature_checks(
     tuned = config.label_probe == "auto" and len(train) <= TUNED_MOST_IMAGES
     blocks = TUNED_BLOCKS if tuned else 0
     model, activations = trunk_activations(
-        train, val, cache_dir, reporter, data, config.seed, config.trunk_engine, blocks, trunk_device(config.device)
+        train, val, cache_dir, reporter, data, config.seed, config.trunk_engine, blocks, resolve_device(config.device)
     )
     features = pooled_features(model, activations, blocks)
     labels = np.array([label for _, label in samples], dtype=np.int64)

@@ -25,6 +25,7 @@ from mobiforge.data import DataConfig, discover, loader_workers
 from mobiforge.data.transforms import preprocess_for
 from mobiforge.doctor.features import trunk_activations
 from mobiforge.doctor.files import FileFacts
+from mobiforge.engine import resolve_device
 from mobiforge.errors import MobiforgeError
 from mobiforge.export import ArtifactReport, ExportConfig, export_checkpoint
 from mobiforge.models import build_from_spec, create_model
@@ -119,7 +120,7 @@ from mobiforge.ship.state import Candidate, ExportRecord, Rung, ShipState, Surve
 from mobiforge.ship.subsets import floor_images, learning_curve, more_images_pay, most_images, subset_table
 from mobiforge.train import EPOCH_END, TrainConfig
 from mobiforge.transfer import Tail, cut_index, teacher_cut, trunk_digest, trunk_pass_for
-from mobiforge.trunk import memo_path, recorded_speed, trunk_device
+from mobiforge.trunk import memo_path, recorded_speed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,7 +212,7 @@ def probe_curve(run: ShipRun, images: int) -> list[tuple[int, float]]:
     (their eval crops, read back: no trunk pass), judged on the val split."""
     data = data_config(run.config, img_size=None, data=run_data(run, images))
     splits = discover(data)
-    device = trunk_device(run.config.device)
+    device = resolve_device(run.config.device)
     _, rows = trunk_activations(
         splits.train, splits.val, run.run_dir / "cache", run.reporter, data, run.config.seed, device=device
     )
@@ -236,7 +237,7 @@ def cache_engine_speed(run: ShipRun) -> float | None:
     defaults = TrainConfig()
     passes = len(samples) * max(TEACHER_VIEWS) + run.state.survey.val_images
     folder = run.run_dir / "cache"
-    device = trunk_device(run.config.device)
+    device = resolve_device(run.config.device)
     if device.type == "cuda":  # no CPU engine trial; the plan times eager on the CPU (GPU plans are not tuned)
         return None
     trunk_pass_for(model, None, preprocess, defaults.trunk_engine, defaults.amp, passes, folder, samples)
