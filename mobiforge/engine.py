@@ -6,7 +6,9 @@ reuse these functions (distillation passes its own ``loss_fn``).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import datetime
 import math
 import os
 import time
@@ -392,6 +394,21 @@ def resolve_device(name: str) -> torch.device:
     if device.index is None or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return device
+
+
+def join_process_group(backend: str, timeout: datetime.timedelta | None = None) -> None:
+    """Join torchrun's process group, and leave it when the process exits: a gloo group still standing at
+    interpreter shutdown can abort the process (SIGABRT, "terminate called without an active exception",
+    pytorch/pytorch#190489) after a run that finished."""
+    if dist.is_initialized():
+        return
+    dist.init_process_group(backend, **({"timeout": timeout} if timeout else {}))
+    atexit.register(leave_process_group)
+
+
+def leave_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _dist_device() -> torch.device:

@@ -176,8 +176,7 @@ def setup_distributed(device_name: str) -> tuple[Distributed, torch.device]:
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")  # DDP's ranks: a GPU each, or the CPU
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    engine.join_process_group("nccl" if device.type == "cuda" else "gloo")
     return Distributed(rank, world_size, local_rank), device
 
 

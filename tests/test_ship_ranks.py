@@ -67,6 +67,23 @@ def test_a_stopped_leader_says_the_run_resumes(monkeypatch: pytest.MonkeyPatch) 
         raise KeyboardInterrupt
 
 
+def test_a_process_that_joined_the_group_leaves_it_at_exit(tmp_path: Path) -> None:
+    """A gloo group left standing at interpreter shutdown can abort a finished rank (SIGABRT in CI)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    script = (
+        "import atexit, datetime, torch.distributed as dist\n"
+        "atexit.register(lambda: print('still joined' if dist.is_initialized() else 'left'))\n"  # runs last
+        "from mobiforge import engine\n"
+        "engine.join_process_group('gloo', datetime.timedelta(seconds=60))\n"
+        "print('joined' if dist.is_initialized() else 'not joined')\n"
+    )
+    env = {**os.environ, "RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert (done.returncode, done.stdout.split()) == (0, ["joined", "left"]), done.stderr[-2000:]
+
+
 def _two_ranks_train(rank: int, data: str, runs: str, port: int) -> None:
     """A DDP run where rank 0 alone has ship's callbacks: it re-plans to 3 epochs, then stops after the second."""
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",

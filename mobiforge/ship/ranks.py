@@ -23,6 +23,7 @@ from collections.abc import Iterator
 import torch
 import torch.distributed as dist
 
+from mobiforge import engine
 from mobiforge.callbacks import Callbacks
 from mobiforge.config import ShipConfig
 from mobiforge.progress import Reporter, SilentReporter
@@ -47,9 +48,7 @@ def join(config: ShipConfig) -> int:
     one here)."""
     if world_size() <= 1:
         return 0
-    if not dist.is_initialized():
-        wait = datetime.timedelta(seconds=2 * config.time_budget_s + WAIT_MARGIN_S)
-        dist.init_process_group("gloo", timeout=wait)
+    engine.join_process_group("gloo", datetime.timedelta(seconds=2 * config.time_budget_s + WAIT_MARGIN_S))
     _PEERS[:] = [None] * dist.get_world_size()
     dist.all_gather_object(_PEERS, (socket.gethostname(), os.getpid()))
     return dist.get_rank()
