@@ -106,17 +106,17 @@ def main() -> None:
     flagged = {path[index] for index in flags if diagnosis.facts[index].split == "train"}
     flagged_val = sum(1 for index in flags if diagnosis.facts[index].split == "val")
     found_flips = flipped & flagged
-    flagged_before = {_key(original, index) for index, *_ in original.features.label_issues}
-    old_flags = [i for i in flags if path[i] in flagged - flipped and _key(diagnosis, i) in flagged_before]
+    flagged_before = {file_key(original, index) for index, *_ in original.features.label_issues}
+    old_flags = [i for i in flags if path[i] in flagged - flipped and file_key(diagnosis, i) in flagged_before]
     partners = {leak.val: [path[i] for i in (leak.train, *leak.also)] for leak in diagnosis.leaks}
     leaks = {(path[val], partner) for val, found in partners.items() for partner in found}
     found_copies = {copy for copy, original_path in copies.items() if (original_path, copy) in leaks}
     # a leak through a planted copy is real: the copy's original, or a val sibling of it (rps has several crops of
     # one source photo in val), is in train now
     planted_val = {path[val] for val, found in partners.items() if set(found) & set(copies)}
-    leaked_before = {_key(original, leak.val) for leak in original.leaks}
+    leaked_before = {file_key(original, leak.val) for leak in original.leaks}
     old_leaks = [leak for leak in diagnosis.leaks if path[leak.val] not in planted_val]
-    old_leaks = [leak for leak in old_leaks if _key(diagnosis, leak.val) in leaked_before]
+    old_leaks = [leak for leak in old_leaks if file_key(diagnosis, leak.val) in leaked_before]
     same_source = sum(1 for leak in old_leaks if _same_source(path[leak.val], partners[leak.val]))
     by_kind = {kind: sum(1 for copy in found_copies if kinds[copy] == kind) for kind in KINDS}
     planted_kind = {kind: sum(1 for copy in copies if kinds[copy] == kind) for kind in KINDS}
@@ -151,7 +151,7 @@ def main() -> None:
     )
 
 
-def _key(diagnosis: Diagnosis, index: int) -> tuple[str, str]:
+def file_key(diagnosis: Diagnosis, index: int) -> tuple[str, str]:
     """A file across the original and the planted folder: its split and name (a flip moves it to another class)."""
     fact = diagnosis.facts[index]
     return fact.split, Path(fact.path).name
