@@ -5,9 +5,15 @@ figure carries a standard error of about 0.03; the spread over seeds shows it.
 
     python -m benchmarks.doctor_plant_seeds --data ../shared/datasets/rps --scratch /tmp/plant-seeds --seeds 0,1,2,3,4
 
-Recall: the planted flips among the train photos the doctor flags as mislabelled. Precision, strict: the flags that
+Recall: the planted flips among the train photos the doctor flags as mislabelled (cleanlab's count: as many as it
+estimates are wrong). The ranking apart from that cut: the average precision of the flips among the train photos
+ordered by label score, and the most flips any cut of that order finds at precision 0.8 or more (an oracle's cut,
+with how many photos it flags). Precision, strict: the flags that
 were planted, as if the folder were clean; on what planting added: leaving out the flags it also raises on the
-original folder (run once), as ``doctor_planted`` counts it.
+original folder (run once), as ``doctor_planted`` counts it. The first seed's misses and wrong flags go on contact
+sheets beside the record (``reports/doctor_plant_seeds_<set>/``): the planted flips it did not flag (filed as, and
+the probe's top class) and the unplanted photos it flagged instead (given -> suggested), for a reader to judge
+which of those the folder itself has wrong.
 """
 
 from __future__ import annotations
@@ -17,14 +23,19 @@ import shutil
 import statistics
 import time
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from benchmarks.doctor_planted import file_key, plant
-from benchmarks.results import write_section
+from benchmarks.results import BENCHMARKS, write_section
+from benchmarks.sheets import contact_sheet, stamped
 from mobiforge.config import DoctorConfig
 from mobiforge.doctor import Diagnosis, doctor
 from mobiforge.progress import SilentReporter
 
 TARGET_RECALL, TARGET_PRECISION = 0.9, 0.8  # issue 46's
+SHEET_SIDE, SHEET_COLUMNS = 112, 6
 
 
 def flagged_train(diagnosis: Diagnosis) -> set[int]:
@@ -32,7 +43,7 @@ def flagged_train(diagnosis: Diagnosis) -> set[int]:
     return {index for index, *_ in diagnosis.features.label_issues if diagnosis.facts[index].split == "train"}
 
 
-def one_seed(data: Path, scratch: Path, seed: int, before: set[tuple[str, str]]) -> dict[str, float | int | str]:
+def one_seed(data: Path, scratch: Path, seed: int, before: set[tuple[str, str]], sheets: Path | None) -> dict[str, Any]:
     root, flipped, _, _ = plant(data, scratch / f"seed-{seed}", seed)
     run = scratch / f"seed-{seed}" / "run"
     shutil.rmtree(run, ignore_errors=True)
@@ -44,6 +55,8 @@ def one_seed(data: Path, scratch: Path, seed: int, before: set[tuple[str, str]])
     hits = sum(1 for index in flagged if diagnosis.facts[index].path in flipped)
     wrong = [index for index in flagged if diagnosis.facts[index].path not in flipped]
     old = sum(1 for index in wrong if file_key(diagnosis, index) in before)
+    ranking = _ranking(diagnosis, flipped)
+    written = _sheets(diagnosis, flipped, flagged, wrong, sheets) if sheets is not None else []
     shutil.rmtree(root)  # the links only; the next seed plants its own
     return {
         "seed": seed,
@@ -53,9 +66,11 @@ def one_seed(data: Path, scratch: Path, seed: int, before: set[tuple[str, str]])
         "recall": hits / len(flipped),
         "precision": hits / max(1, len(flagged)),
         "precision_added": hits / max(1, len(flagged) - old),
+        **ranking,
         "probe": diagnosis.features.probe,
         "probe_top1": diagnosis.features.probe_accuracy,
         "seconds": seconds,
+        "sheets": written,
     }
 
 
@@ -69,11 +84,49 @@ def main() -> None:
     seeds = [int(seed) for seed in args.seeds.split(",")]
     original = doctor(DoctorConfig(data=str(data), out=str(scratch / "original")), SilentReporter())
     before = {file_key(original, index) for index in flagged_train(original)}
-    rows = []
+    rows, sheets = [], BENCHMARKS / "reports" / f"doctor_plant_seeds_{name}"
     for seed in seeds:
-        rows.append(one_seed(data, scratch, seed, before))
+        rows.append(one_seed(data, scratch, seed, before, sheets if seed == seeds[0] else None))
         print(rows[-1], flush=True)
     write_section(f"doctor_plant_seeds_{name}", _body(name, rows, len(before)), {"rows": rows})
+
+
+def _ranking(diagnosis: Diagnosis, flipped: set[str]) -> dict[str, float | int]:
+    """The train photos ordered by label score: the flips' average precision, and the best cut at precision 0.8."""
+    from sklearn.metrics import average_precision_score
+
+    assert diagnosis.features is not None
+    train = [i for i, fact in enumerate(diagnosis.facts) if fact.split == "train" and fact.problem is None]
+    scores = diagnosis.features.label_scores[train]
+    planted = np.array([diagnosis.facts[i].path in flipped for i in train])
+    found = np.cumsum(planted[np.argsort(scores, kind="stable")])
+    flagged = np.arange(1, len(found) + 1)
+    precise = np.flatnonzero(found >= TARGET_PRECISION * flagged)
+    best = precise[np.argmax(found[precise])] if len(precise) else 0
+    return {
+        "average_precision": float(average_precision_score(planted, -scores)),
+        "best_cut_recall": float(found[best] / planted.sum()) if len(precise) else 0.0,
+        "best_cut_flagged": int(best + 1) if len(precise) else 0,
+    }
+
+
+def _sheets(diagnosis: Diagnosis, flipped: set[str], flagged: set[int], wrong: list[int], folder: Path) -> list[str]:
+    """The missed flips and the unplanted flags on contact sheets; returns the sheets' names (stamped)."""
+    assert diagnosis.features is not None
+    classes, facts = diagnosis.classes, diagnosis.facts
+    suggested = {index: (other, p) for index, other, p, _ in diagnosis.features.label_issues}
+    missed = [i for i, fact in enumerate(facts) if fact.path in flipped and i not in flagged]
+    wrong_flags = [([facts[i].path], f"{classes[facts[i].label][:8]} -> {classes[suggested[i][0]][:8]} "
+                    f"{suggested[i][1]:.2f}") for i in wrong]  # fmt: skip
+    written = []
+    for name, groups in (
+        ("missed_flips.png", [([facts[i].path], f"filed as {classes[facts[i].label][:8]}") for i in missed]),
+        ("flagged_unplanted.png", wrong_flags),
+    ):
+        path = stamped(folder / name)
+        contact_sheet(groups, path, SHEET_SIDE, SHEET_COLUMNS)
+        written.append(path.name)
+    return written
 
 
 def _body(name: str, rows: list[dict], before: int) -> str:
@@ -91,18 +144,25 @@ def _body(name: str, rows: list[dict], before: int) -> str:
         f"{len(rows)} plants.",
         "",
         "| seed | planted | flagged in train | found | recall | precision, strict | precision on what planting added "
-        "| probe (held-out top-1) | seconds |",
-        "|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+        "| ranking's average precision | oracle cut at precision 0.8: recall (flagged) | probe (held-out top-1) "
+        "| seconds |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['seed']} | {r['planted']} | {r['flagged']} | {r['found']} | {r['recall']:.3f} | "
-            f"{r['precision']:.3f} | {r['precision_added']:.3f} | {r['probe']} ({r['probe_top1']:.1f}%) | "
+            f"{r['precision']:.3f} | {r['precision_added']:.3f} | {r['average_precision']:.3f} | "
+            f"{r['best_cut_recall']:.3f} ({r['best_cut_flagged']}) | {r['probe']} ({r['probe_top1']:.1f}%) | "
             f"{r['seconds']:.0f} |"
         )
     lines += [
-        f"| mean ± sd | | | | {spread('recall')} | {spread('precision')} | {spread('precision_added')} | | |",
+        f"| mean ± sd | | | | {spread('recall')} | {spread('precision')} | {spread('precision_added')} | "
+        f"{spread('average_precision')} | {spread('best_cut_recall')} | | |",
     ]
+    if rows and rows[0].get("sheets"):
+        missed, flagged = (f"`reports/doctor_plant_seeds_{name}/{sheet}`" for sheet in rows[0]["sheets"])
+        lines += ["", f"Seed {rows[0]['seed']}'s planted flips not flagged: {missed}; its unplanted photos flagged "
+                  f"(given -> suggested, the probe's probability): {flagged}."]  # fmt: skip
     return "\n".join(lines)
 
 

@@ -53,6 +53,11 @@ def format_bytes(num_bytes: float) -> str:
     return f"{int(num_bytes)} B"
 
 
+def counted(count: int, one: str, many: str | None = None) -> str:
+    """``1 file is`` / ``3 files are``: a count and the words that agree with it (``many``: ``one`` + s)."""
+    return f"{count:,} {one if count == 1 else many or one + 's'}"
+
+
 NAMES_SHOWN = 10  # names a message or description lists before "and N more"
 
 

@@ -95,6 +95,7 @@ def test_each_cheap_check_finds_what_was_planted(tmp_path: Path) -> None:
     assert diagnosis.class_counts()["class0"] == {"train": 14, "val": 4}
     verdicts = " ".join(diagnosis.verdicts())
     assert "1 of 12 val photos have a copy or near-copy in train" in verdicts and "exact copies" in verdicts
+    assert "1 file is tiny" in verdicts and "1 file has an extreme aspect ratio" in verdicts  # not "1 files"
 
     # the cleaned split: the leaked val photo and all but one of each set of copies are gone; train reads it
     cleaned = discover(DataConfig(data=str(tmp_path / "run" / "cleaned.csv")))
@@ -192,7 +193,9 @@ def test_the_feature_checks_rank_a_misfiled_photo_first(tmp_path: Path) -> None:
     diagnosis = doctor(DoctorConfig(data=str(data), out=str(tmp_path / "run"), workers=0))
     issues = diagnosis.to_dict()["findings"]["label_issues"]
     assert issues[0]["path"] == "train/class1/misfiled.png" and issues[0]["suggested"] == "class0"
-    assert issues[0]["confidence"] > 0.5 and "look mislabelled" in " ".join(diagnosis.verdicts())
+    assert issues[0]["confidence"] > 0.5 and "mislabelled" in " ".join(diagnosis.verdicts())
+    assert diagnosis.features is not None and len(diagnosis.features.label_scores) == len(diagnosis.facts)
+    assert diagnosis.facts[int(np.nanargmin(diagnosis.features.label_scores))].path.endswith("misfiled.png")
     assert set(diagnosis.to_dict()["probes_top1_out_of_fold"]) == {LINEAR_PROBE, TUNED_PROBE}  # a small folder
 
 

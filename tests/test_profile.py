@@ -15,7 +15,7 @@ from mobiforge.profile import (
     peak_memory_bytes,
     profile_model,
 )
-from mobiforge.units import parse_count, parse_duration, parse_size
+from mobiforge.units import counted, parse_count, parse_duration, parse_size
 
 
 def test_parse_size_and_duration() -> None:
@@ -32,6 +32,7 @@ def test_parse_size_and_duration() -> None:
     assert parse_duration("45", "m") == 2700 and parse_count("1.5M", "--target-params") == 1_500_000
     with pytest.raises(MobiforgeError, match="--target-macs '150X': write a count like 150M"):
         parse_count("150X", "--target-macs")
+    assert [counted(1, "file is", "files are"), counted(1200, "photo")] == ["1 file is", "1,200 photos"]
 
 
 def test_macs_of_known_layers() -> None:

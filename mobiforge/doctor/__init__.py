@@ -140,15 +140,17 @@ def feature_checks(
     found = datalab_findings(features, labels, probabilities, tuned_probabilities)
     by_name = np.argsort([path for path, _ in samples], kind="stable")  # the order a folder lists its files
     order = non_iid_order(features[by_name], labels[by_name], classes)
-    found = _reindexed(found, readable)
+    found = _reindexed(found, readable, len(facts))
     found.non_iid = order
     vectors = np.zeros((len(facts), features.shape[1]), dtype=np.float32)
     vectors[readable] = features
     return found, vectors
 
 
-def _reindexed(found: FeatureFindings, readable: list[int]) -> FeatureFindings:
+def _reindexed(found: FeatureFindings, readable: list[int], files: int) -> FeatureFindings:
     at = readable.__getitem__
+    scores = np.full(files, np.nan)
+    scores[readable] = found.label_scores
     return FeatureFindings(
         label_issues=[(at(i), s, p, q) for i, s, p, q in found.label_issues],
         near_duplicate_sets=[[at(i) for i in group] for group in found.near_duplicate_sets],
@@ -158,4 +160,5 @@ def _reindexed(found: FeatureFindings, readable: list[int]) -> FeatureFindings:
         probe_accuracy=found.probe_accuracy,
         probe=found.probe,
         probe_accuracies=found.probe_accuracies,
+        label_scores=scores,
     )

@@ -17,7 +17,7 @@ import numpy as np
 from mobiforge.doctor.features import NON_IID_P, FeatureFindings
 from mobiforge.doctor.files import FileFacts, FileFindings
 from mobiforge.doctor.pixels import verified_copies
-from mobiforge.units import named
+from mobiforge.units import counted, named
 
 IMBALANCE_RATIO = 10.0  # most / fewest train images of a class above which the folder reads as imbalanced
 FEW_IMAGES = 10  # a class with fewer train images than this is flagged (a judgement: a probe fold needs some)
@@ -86,11 +86,15 @@ class Diagnosis:
             )
         conflicting = [group for group in self.cheap.duplicate_groups if len(self._labels(group)) > 1]
         if conflicting:
-            said.append(f"{len(conflicting)} sets of identical images carry different labels: one of each is wrong")
+            said.append(
+                f"{counted(len(conflicting), 'set of identical images carries', 'sets of identical images carry')} "
+                "different labels: one of each is wrong"
+            )
         if self.features is not None and self.features.label_issues:
             share = 100.0 * len(self.features.label_issues) / len(self.facts)
             said.append(
-                f"{len(self.features.label_issues)} photos ({share:.1f}%) look mislabelled: their features sit "
+                f"{counted(len(self.features.label_issues), 'photo')} ({share:.1f}%) "
+                f"{'looks' if len(self.features.label_issues) == 1 else 'look'} mislabelled: their features sit "
                 "with another class (check them before trusting a tenth of a point)"
             )
         said += self._cheap_verdicts()
@@ -114,9 +118,11 @@ class Diagnosis:
         cheap, said = self.cheap, []
         copies = sum(len(group) - 1 for group in cheap.duplicate_groups)
         if copies:
-            said.append(f"{copies} files are exact copies of another (same pixels): each counts twice")
+            copied = counted(copies, "file is an exact copy", "files are exact copies")
+            said.append(f"{copied} of another (same pixels): each counts twice")
         if cheap.unreadable:
-            said.append(f"{len(cheap.unreadable)} files do not decode: train and ship stop on them (--skip-bad-images)")
+            broken = counted(len(cheap.unreadable), "file does", "files do")
+            said.append(f"{broken} not decode: train and ship stop on them (--skip-bad-images)")
         counts = self.class_counts()
         few = [name for name, count in counts.items() if count["train"] < FEW_IMAGES]
         if few:
@@ -125,15 +131,15 @@ class Diagnosis:
             said.append(
                 f"the classes are imbalanced {self.imbalance():.0f} to 1 in train: top-1 favours the large ones"
             )
-        for items, what in (
-            (cheap.tiny, f"are tiny (under {cheap.tiny_side} px on a side)"),
-            (cheap.extreme_aspect, "have an extreme aspect ratio: the center crop sees a sliver"),
-            (cheap.gray_among_colour, "are grayscale among colour photos"),
-            (cheap.cmyk, "are stored in CMYK (print colours): some apps decode them with wrong colours"),
-            (cheap.lying_extension, "have an extension that does not match their format"),
+        for items, verbs, what in (
+            (cheap.tiny, ("is", "are"), f"tiny (under {cheap.tiny_side} px on a side)"),
+            (cheap.extreme_aspect, ("has", "have"), "an extreme aspect ratio: the center crop sees a sliver"),
+            (cheap.gray_among_colour, ("is", "are"), "grayscale among colour photos"),
+            (cheap.cmyk, ("is", "are"), "stored in CMYK (print colours): some apps decode them with wrong colours"),
+            (cheap.lying_extension, ("has", "have"), "an extension that does not match their format"),
         ):
             if items:
-                said.append(f"{len(items)} files {what}")
+                said.append(f"{counted(len(items), 'file ' + verbs[0], 'files ' + verbs[1])} {what}")
         return said
 
     # --------------------------------------------------------------------------------------------- records

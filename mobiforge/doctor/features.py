@@ -214,6 +214,9 @@ class FeatureFindings:
     probe_accuracy: float = 0.0  # out-of-fold top-1 of the probe whose probabilities judged the labels, %
     probe: str = LINEAR_PROBE  # which one: LINEAR_PROBE or TUNED_PROBE
     probe_accuracies: dict[str, float] = field(default_factory=dict)  # every probe that ran, by name
+    # every photo's label quality (cleanlab's label_score; low: likely wrong; NaN: not checked), for a cut-off of
+    # one's own: label_issues holds the ones cleanlab flags, as many as it estimates are wrong
+    label_scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
 def datalab_findings(
@@ -239,8 +242,11 @@ def datalab_findings(
         chosen = max(accuracies, key=accuracies.__getitem__)  # a tie keeps the linear probe, the cheaper one
         probabilities = probes[chosen]
         lab.find_issues(pred_probs=probabilities, issue_types={"label": {}})
-    found = FeatureFindings(probe_accuracy=accuracies[chosen], probe=chosen, probe_accuracies=accuracies)
     label = lab.get_issues("label")
+    found = FeatureFindings(
+        probe_accuracy=accuracies[chosen], probe=chosen, probe_accuracies=accuracies,
+        label_scores=label["label_score"].to_numpy(dtype=np.float64),
+    )  # fmt: skip
     for index in np.flatnonzero(label["is_label_issue"].to_numpy()):
         suggested = int(label["predicted_label"].iloc[index])
         found.label_issues.append(
