@@ -109,7 +109,7 @@ def pooled_features(model: MobileClassifier, activations: torch.Tensor, blocks: 
     return torch.cat(pooled).numpy()
 
 
-def _held_out_folds(labels: np.ndarray, classes: int, folds: int, seed: int) -> tuple[np.ndarray, list[Any]]:
+def held_out_folds(labels: np.ndarray, classes: int, folds: int, seed: int) -> tuple[np.ndarray, list[Any]]:
     """Each image's probabilities set to 1 on its own label, and the stratified folds of the images whose class has
     two or more (a class with a single image cannot be held out: no issue can be found in it)."""
     from sklearn.model_selection import StratifiedKFold
@@ -142,7 +142,7 @@ def out_of_fold_probabilities(
     features: np.ndarray, labels: np.ndarray, classes: int, folds: int, seed: int
 ) -> np.ndarray:
     """Each image's class probabilities from a linear probe that never saw it (k-fold, stratified)."""
-    probabilities, splits = _held_out_folds(labels, classes, folds, seed)
+    probabilities, splits = held_out_folds(labels, classes, folds, seed)
     for fit, held in splits:
         probe = fitted_probe(features[fit], labels[fit])
         probabilities[held] = 0.0
@@ -163,7 +163,7 @@ def tuned_out_of_fold_probabilities(
     classifier, fine-tuned (``engine.train_one_epoch``) on the cached activations of the other folds; held-out
     logits averaged with the mirrored activations'. Images ``unfitted`` marks (a boolean mask) are held out in
     their fold but never fitted on."""
-    probabilities, splits = _held_out_folds(labels, classes, folds, seed)
+    probabilities, splits = held_out_folds(labels, classes, folds, seed)
     if unfitted is not None:
         splits = [(fit[~unfitted[fit]], held) for fit, held in splits]
     start = copy.deepcopy(model)
