@@ -1,8 +1,8 @@
-"""The label check's ceiling with a far stronger probe than the doctor can afford: the whole EfficientNet-Lite0
-fine-tuned per fold (``mobiforge.train``, ImageNet start, its default recipe) on ``doctor_planted``'s plant, each
-photo's probabilities taken from the fold that held it out, then cleanlab's count as the doctor uses it. The
-doctor's folds (``doctor.features``), the same seed. Minutes per fold on this machine's CPU, where the doctor's own
-probes take seconds: it says whether the flips the doctor misses are the probe's fault or the folder's.
+"""The label check with the probe the doctor cannot afford: the whole EfficientNet-Lite0 fine-tuned per fold
+(``mobiforge.train``, ImageNet start, its default recipe) on ``doctor_planted``'s plant, each photo's probabilities
+taken from the fold that held it out, then cleanlab's count as the doctor uses it. The doctor's folds
+(``doctor.features.held_out_folds``), the same seed. Minutes per fold on this machine's CPU, where the doctor's own
+probes take seconds: does more of the network, trained on the photos themselves, judge the labels better?
 
     python -m benchmarks.doctor_full_probe --data ../shared/datasets/rps --scratch /tmp/full-probe --epochs 4
 """

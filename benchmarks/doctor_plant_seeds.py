@@ -33,6 +33,7 @@ from benchmarks.sheets import contact_sheet, stamped
 from mobiforge.config import DoctorConfig
 from mobiforge.doctor import Diagnosis, doctor
 from mobiforge.progress import SilentReporter
+from mobiforge.units import counted
 
 TARGET_RECALL, TARGET_PRECISION = 0.9, 0.8  # issue 46's
 SHEET_SIDE, SHEET_COLUMNS = 112, 6
@@ -139,8 +140,8 @@ def _body(name: str, rows: list[dict], before: int) -> str:
         f"## Doctor: planted flips in {name}, one plant per seed",
         "",
         f"`benchmarks.doctor_planted`'s plant drawn with {len(rows)} seeds; the doctor run cold on each, as it ships "
-        f"(its probe choice, cleanlab's count). The original folder has {before} train photos flagged before "
-        f"planting. Target: recall {TARGET_RECALL} and precision {TARGET_PRECISION} together; met on {met} of "
+        f"(its probe choice, cleanlab's count). The original folder has {counted(before, 'train photo')} flagged "
+        f"before planting. Target: recall {TARGET_RECALL} and precision {TARGET_PRECISION} together; met on {met} of "
         f"{len(rows)} plants.",
         "",
         "| seed | planted | flagged in train | found | recall | precision, strict | precision on what planting added "
