@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.doctor_plant_seeds import TARGET_PRECISION, TARGET_RECALL
+from benchmarks.doctor_plant_seeds import TARGET_PRECISION, TARGET_RECALL, ranking
 from benchmarks.doctor_planted import plant
 from benchmarks.results import write_section
 from mobiforge.config import PRETRAINED_TRUNK, DataConfig, TrainConfig
@@ -74,7 +74,6 @@ def main() -> None:
     minutes = (time.perf_counter() - started) / 60
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
-    from sklearn.metrics import average_precision_score
 
     labels = np.array([label for _, label in samples])
     train_rows = np.arange(len(samples)) < len(splits.train)
@@ -84,16 +83,11 @@ def main() -> None:
         flagged = find_label_issues(labels, probabilities) & train_rows
         scores = get_label_quality_scores(labels, probabilities)[train_rows]
     hits = int((flagged & planted).sum())
-    found = np.cumsum(planted[train_rows][np.argsort(scores, kind="stable")])
-    precise = np.flatnonzero(found >= TARGET_PRECISION * np.arange(1, len(found) + 1))
-    best = precise[np.argmax(found[precise])]
     figures = {
         "epochs": args.epochs, "folds": args.folds, "minutes": minutes, "planted": int(planted.sum()),
         "held_out_top1": 100.0 * float((probabilities.argmax(1) == labels).mean()),
         "flagged": int(flagged.sum()), "found": hits, "recall": hits / planted.sum(),
-        "precision": hits / max(1, flagged.sum()),
-        "average_precision": float(average_precision_score(planted[train_rows], -scores)),
-        "best_cut_recall": float(found[best] / planted.sum()), "best_cut_flagged": int(best + 1),
+        "precision": hits / max(1, flagged.sum()), **ranking(scores, planted[train_rows]),
     }  # fmt: skip
     print(figures)
     f = figures

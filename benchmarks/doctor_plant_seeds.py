@@ -93,21 +93,24 @@ def main() -> None:
 
 
 def _ranking(diagnosis: Diagnosis, flipped: set[str]) -> dict[str, float | int]:
-    """The train photos ordered by label score: the flips' average precision, and the best cut at precision 0.8."""
-    from sklearn.metrics import average_precision_score
-
     assert diagnosis.features is not None
     train = [i for i, fact in enumerate(diagnosis.facts) if fact.split == "train" and fact.problem is None]
-    scores = diagnosis.features.label_scores[train]
     planted = np.array([diagnosis.facts[i].path in flipped for i in train])
+    return ranking(diagnosis.features.label_scores[train], planted)
+
+
+def ranking(scores: np.ndarray, planted: np.ndarray) -> dict[str, float | int]:
+    """Photos ordered by label score (low first): the planted flips' average precision, and the cut of that order
+    at precision ``TARGET_PRECISION`` or more that finds the most of them (its recall, and how many it flags)."""
+    from sklearn.metrics import average_precision_score
+
     found = np.cumsum(planted[np.argsort(scores, kind="stable")])
-    flagged = np.arange(1, len(found) + 1)
-    precise = np.flatnonzero(found >= TARGET_PRECISION * flagged)
-    best = precise[np.argmax(found[precise])] if len(precise) else 0
+    precise = np.flatnonzero(found >= TARGET_PRECISION * np.arange(1, len(found) + 1))
+    best = int(precise[np.argmax(found[precise])]) if len(precise) else -1
     return {
         "average_precision": float(average_precision_score(planted, -scores)),
-        "best_cut_recall": float(found[best] / planted.sum()) if len(precise) else 0.0,
-        "best_cut_flagged": int(best + 1) if len(precise) else 0,
+        "best_cut_recall": float(found[best] / planted.sum()) if best >= 0 else 0.0,
+        "best_cut_flagged": best + 1,
     }
 
 
