@@ -223,8 +223,9 @@ def datalab_findings(
     features: np.ndarray, labels: np.ndarray, probabilities: np.ndarray, tuned: np.ndarray | None = None
 ) -> FeatureFindings:
     """cleanlab's Datalab on the features, then its label check on the probabilities of whichever probe agrees more
-    with the given labels out of fold: the linear probe's (``probabilities``) blended with the labels of each photo's
-    nearest neighbours (``neighbour_votes``, on the kNN graph Datalab built), or the fine-tuned one's (``tuned``)."""
+    with the given labels out of fold, the linear probe's (``probabilities``) or the fine-tuned one's (``tuned``),
+    each blended with the labels of each photo's nearest neighbours (``neighbour_votes``, on the kNN graph Datalab
+    built)."""
     try:
         from cleanlab import Datalab
     except ImportError:
@@ -237,7 +238,7 @@ def datalab_findings(
         votes = neighbour_votes(lab.get_info("statistics")["weighted_knn_graph"], labels, probabilities.shape[1])
         probes = {LINEAR_PROBE: (1.0 - NEIGHBOUR_WEIGHT) * probabilities + NEIGHBOUR_WEIGHT * votes}
         if tuned is not None:
-            probes[TUNED_PROBE] = tuned
+            probes[TUNED_PROBE] = (1.0 - NEIGHBOUR_WEIGHT) * tuned + NEIGHBOUR_WEIGHT * votes
         accuracies = {name: 100.0 * float((p.argmax(1) == labels).mean()) for name, p in probes.items()}
         chosen = max(accuracies, key=accuracies.__getitem__)  # a tie keeps the linear probe, the cheaper one
         probabilities = probes[chosen]
