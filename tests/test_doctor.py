@@ -202,11 +202,15 @@ def test_the_feature_checks_rank_a_misfiled_photo_first(tmp_path: Path) -> None:
 def test_the_labels_are_judged_by_the_probe_that_agrees_more_with_them_out_of_fold() -> None:
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(2), 20)
-    features = rng.normal(size=(40, 8)).astype(np.float32)  # no class structure: the linear probe guesses
-    guessing = np.full((40, 2), 0.5)
+    guessing = np.eye(2)[1 - labels] * 0.6 + 0.2  # the linear probe is wrong throughout
     knowing = np.eye(2)[labels] * 0.9 + 0.05
     knowing[3] = [0.05, 0.95]  # ... and says one photo of class 0 belongs to class 1
+    knowing[10] = [0.45, 0.55]  # and leans the wrong way on another, which sits among its own class
+    sits = labels.copy()
+    sits[3] = 1
+    features = (rng.normal(size=(40, 8)) + 4 * np.eye(8)[sits]).astype(np.float32)
     found = datalab_findings(features, labels, guessing, knowing)
+    # photo 10's neighbours outvote the probe's lean (blended 0.3, as the linear probe's are): 39 of 40 agree
     assert found.probe == TUNED_PROBE and found.probe_accuracy == pytest.approx(97.5)
     assert set(found.probe_accuracies) == {LINEAR_PROBE, TUNED_PROBE}
     assert [issue[:2] for issue in found.label_issues] == [(3, 1)]
