@@ -4,9 +4,10 @@ ways of choosing how many to flag, on one set of out-of-fold probabilities of a 
 
     python -m benchmarks.doctor_label_rules --data ../shared/datasets/rps --scratch /tmp/label-rules
 
-The probabilities are the doctor's own (``doctor.features``: the linear probe with its neighbour votes, and the
-fine-tuned tail), computed once; every rule then runs on the same ones, so the table compares rules, not runs. The
-doctor itself keeps the probe that agrees more with the given labels and cleanlab's default cut-off. Two more sets
+The probabilities are the doctor's own (``doctor.features``: the linear probe and the fine-tuned tail, each with
+its neighbour votes; the tail without them too, as the doctor judged before), computed once; every rule then runs on
+the same ones, so the table compares rules, not runs. The doctor itself keeps the probe that agrees more with the
+given labels and cleanlab's default cut-off. Two more sets
 cost a second round of the tuned probe each: another fold split (its average with the first lowers the variance of
 one split), and a refit whose folds leave out the photos the first round flagged (so that the flips no longer teach
 the probe their wrong labels).
@@ -56,7 +57,9 @@ def probabilities(data: Path, scratch: Path) -> dict[str, Any]:
     blend = (1 - doctor_features.NEIGHBOUR_WEIGHT) * linear + doctor_features.NEIGHBOUR_WEIGHT * votes
     train = np.arange(len(samples)) < len(splits.train)
     flip = np.array([path in flipped for path, _ in samples])
+    tuned_votes = (1 - doctor_features.NEIGHBOUR_WEIGHT) * tuned + doctor_features.NEIGHBOUR_WEIGHT * votes
     return {"labels": labels, "train": train, "flip": flip, "linear probe + votes": blend, "tuned tail": tuned,
+            "tuned tail + votes": tuned_votes,
             "tuned tail, another split": other_split, "tuned tail, refit": refit}  # fmt: skip
 
 
@@ -80,6 +83,7 @@ def rows(found: dict[str, Any]) -> list[tuple[str, str, int, int, float]]:
     sets = {
         "linear probe + votes": blend,
         "tuned tail": tuned,
+        "tuned tail + votes (the doctor's now)": found["tuned tail + votes"],
         "mean of both": (tuned + blend) / 2,
         "tuned tail, two splits averaged": (tuned + other) / 2,
         "tuned tail refit without the photos it flagged": refit,

@@ -67,11 +67,15 @@ def test_a_stopped_leader_says_the_run_resumes(monkeypatch: pytest.MonkeyPatch) 
         raise KeyboardInterrupt
 
 
-def test_a_process_that_joined_the_group_leaves_it_at_exit(tmp_path: Path) -> None:
-    """A gloo group left standing at interpreter shutdown can abort a finished rank (SIGABRT in CI)."""
+def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+        return int(probe.getsockname()[1])
+
+
+def test_a_process_that_joined_the_group_leaves_it_at_exit(tmp_path: Path) -> None:
+    """A gloo group left standing at interpreter shutdown can abort a finished rank (SIGABRT in CI)."""
+    port = _free_port()
     script = (
         "import atexit, datetime, torch.distributed as dist\n"
         "atexit.register(lambda: print('still joined' if dist.is_initialized() else 'left'))\n"  # runs last
@@ -103,14 +107,11 @@ def _two_ranks_train(rank: int, data: str, runs: str, port: int) -> None:
 
 
 def test_ddp_ranks_follow_rank_zeros_plan_and_stop_together(tmp_path: Path) -> None:
-    import socket
 
     import torch.multiprocessing as mp
 
     data = make_split_folder(tmp_path / "data", classes=2, train=8, val=4)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = _free_port()
     mp.spawn(_two_ranks_train, args=(str(data), str(tmp_path / "runs"), port), nprocs=2, join=True)  # no hang
     assert [(tmp_path / "runs" / f"epochs-{rank}").read_text() for rank in (0, 1)] == ["2", "2"]
 

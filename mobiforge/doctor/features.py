@@ -238,9 +238,10 @@ def datalab_findings(
         warnings.simplefilter("ignore")
         lab.find_issues(features=features, issue_types=issue_types)
         votes = neighbour_votes(lab.get_info("statistics")["weighted_knn_graph"], labels, probabilities.shape[1])
-        probes = {LINEAR_PROBE: (1.0 - NEIGHBOUR_WEIGHT) * probabilities + NEIGHBOUR_WEIGHT * votes}
-        if tuned is not None:
-            probes[TUNED_PROBE] = (1.0 - NEIGHBOUR_WEIGHT) * tuned + NEIGHBOUR_WEIGHT * votes
+        own = {LINEAR_PROBE: probabilities, TUNED_PROBE: tuned}
+        probes = {
+            name: (1.0 - NEIGHBOUR_WEIGHT) * p + NEIGHBOUR_WEIGHT * votes for name, p in own.items() if p is not None
+        }
         accuracies = {name: 100.0 * float((p.argmax(1) == labels).mean()) for name, p in probes.items()}
         chosen = max(accuracies, key=accuracies.__getitem__)  # a tie keeps the linear probe, the cheaper one
         probabilities = probes[chosen]
